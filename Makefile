@@ -1,0 +1,100 @@
+# duet: one GNU Makefile. `make help` lists the targets.
+CC      ?= cc
+O       ?= build
+PORTABLE ?= 0
+ifeq ($(PORTABLE),1)
+ARCH    := -march=x86-64-v2
+else
+ARCH    := -march=native
+endif
+CFLAGS  ?= -O3
+CFLAGS  += $(ARCH) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread \
+           -Iinclude -Isrc -MMD -MP -g
+LDLIBS  += -lm -pthread
+
+# Debian packages the build, tests and demo need (installed by `make deps`).
+DEPS_PKGS := gcc make python3 python3-numpy
+FUZZ_PKGS := clang libclang-rt-14-dev
+
+LIB_SRC  := $(wildcard src/*.c)
+CMD_SRC  := $(wildcard cmd/*.c)
+TEST_SRC := $(wildcard tests/*.c)
+BENCH_SRC := $(wildcard bench/*.c)
+
+LIB_OBJ  := $(LIB_SRC:%.c=$(O)/%.o)
+CMD_OBJ  := $(CMD_SRC:%.c=$(O)/%.o)
+TEST_OBJ := $(TEST_SRC:%.c=$(O)/%.o)
+
+# ISA-specific kernel files get their own flags; dispatch happens at run time.
+$(O)/src/kernels_avx2.o:   XFLAGS := -mavx2 -mfma -mf16c
+$(O)/src/kernels_avx512.o: XFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
+
+.PHONY: all deps test test-long demo bench debug fuzz clean help models
+
+all: $(O)/duet $(O)/run_tests
+
+$(O)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(XFLAGS) -c $< -o $@
+
+$(O)/libduet.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(O)/duet: $(CMD_OBJ) $(O)/libduet.a
+	$(CC) $(CFLAGS) -o $@ $(CMD_OBJ) $(O)/libduet.a $(LDLIBS)
+
+$(O)/run_tests: $(TEST_OBJ) $(O)/libduet.a
+	$(CC) $(CFLAGS) -o $@ $(TEST_OBJ) $(O)/libduet.a $(LDLIBS)
+
+deps:
+	@tools/deps.sh $(DEPS_PKGS)
+
+## test: build and run the unit and model tests (the README's test command)
+test: deps all
+	DUET_BIN=$(O)/duet $(O)/run_tests
+
+## test-long: slower checks (real models, longer generations)
+test-long: deps all
+	DUET_BIN=$(O)/duet DUET_LONG=1 $(O)/run_tests
+
+## demo: the main job on the embedded default models
+demo: deps $(O)/duet
+	@sh tools/demo.sh $(O)/duet
+
+## bench: benchmarks, results written under bench/results/
+bench: deps $(O)/duet
+	@sh bench/run.sh $(O)/duet
+
+## debug: build with ASan + UBSan into build-debug/ and run the unit tests there
+debug:
+	$(MAKE) O=build-debug CFLAGS="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	    LDLIBS="-lm -pthread -fsanitize=address,undefined" all
+	DUET_BIN=build-debug/duet ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build-debug/run_tests
+
+## fuzz: build libFuzzer harnesses into build-fuzz/ (run: build-fuzz/fuzz_gguf -max_total_time=600)
+fuzz:
+	@tools/deps.sh $(FUZZ_PKGS)
+	$(MAKE) O=build-fuzz CC=clang ARCH=-march=native \
+	    CFLAGS="-O1 -g -fsanitize=fuzzer-no-link,address,undefined" build-fuzz/libduet.a
+	@for f in fuzz/*.c; do n=$$(basename $$f .c); \
+	    echo "clang fuzz $$n"; \
+	    clang -O1 -g -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Isrc \
+	        $$f build-fuzz/libduet.a -lm -pthread -o build-fuzz/$$n || exit 1; done
+
+clean:
+	rm -rf build build-debug build-fuzz
+
+help:
+	@echo "make            build build/duet and build/run_tests"
+	@echo "make deps       install missing Debian packages ($(DEPS_PKGS))"
+	@echo "make test       run the tests (ends with 'N passed, N failed')"
+	@echo "make test-long  also the slow checks"
+	@echo "make demo       run the demo"
+	@echo "make bench      run benchmarks, CSV under bench/results/"
+	@echo "make debug      ASan+UBSan build in build-debug/ and run the tests"
+	@echo "make fuzz       libFuzzer harnesses in build-fuzz/"
+	@echo "make clean      remove build outputs"
+	@echo "PORTABLE=1      build for x86-64-v2 instead of -march=native"
+
+-include $(LIB_OBJ:.o=.d) $(CMD_OBJ:.o=.d) $(TEST_OBJ:.o=.d)

@@ -1,0 +1,68 @@
+/* common.c: error formatting, aligned allocation, printable strings, clock. */
+#include "common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int duet_fail(duet_error *err, int code, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return code;
+}
+
+const char *duet_status_str(int status) {
+    switch (status) {
+    case DUET_OK: return "ok";
+    case DUET_EOS: return "end of sequence";
+    case DUET_ERR_IO: return "i/o error";
+    case DUET_ERR_FORMAT: return "format error";
+    case DUET_ERR_UNSUPPORTED: return "unsupported";
+    case DUET_ERR_NOMEM: return "out of memory";
+    case DUET_ERR_ARG: return "bad argument";
+    case DUET_ERR_RANGE: return "out of range";
+    default: return "unknown status";
+    }
+}
+
+void *duet_aalloc(size_t n) {
+    if (n == 0) n = 64;
+    size_t r = (n + 63) & ~(size_t)63;
+    if (r < n) return NULL;
+    void *p = aligned_alloc(64, r);
+    if (p) memset(p, 0, r);
+    return p;
+}
+
+void duet_afree(void *p) { free(p); }
+
+void duet_printable(char *dst, size_t cap, const char *s, size_t n) {
+    size_t o = 0;
+    if (cap == 0) return;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (o + 8 >= cap) {
+            if (cap >= 4) { o = DUET_MIN(o, cap - 4); memcpy(dst + o, "...", 3); o += 3; }
+            break;
+        }
+        if (c < 0x20 || c == 0x7f || c >= 0x80 || c == '\\') {
+            if (c == '\\') { dst[o++] = '\\'; dst[o++] = '\\'; }
+            else o += (size_t)snprintf(dst + o, cap - o, "\\x%02x", c);
+        } else {
+            dst[o++] = (char)c;
+        }
+    }
+    dst[o < cap ? o : cap - 1] = 0;
+}
+
+double duet_time_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

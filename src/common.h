@@ -1,0 +1,39 @@
+/*
+ * common.h: internal helpers every module shares (errors, checked arithmetic, allocation).
+ * Not part of the public API.
+ */
+#ifndef DUET_COMMON_H
+#define DUET_COMMON_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "duet.h"
+
+#define DUET_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define DUET_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+/* Fill err (may be NULL) with code and a printf-style message; returns code, so that
+ * `return duet_fail(err, DUET_ERR_FORMAT, "%s: ...", path);` reads naturally. */
+int duet_fail(duet_error *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Checked size arithmetic: return false on overflow. */
+static inline bool duet_mul_ok(uint64_t a, uint64_t b, uint64_t *out) {
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool duet_add_ok(uint64_t a, uint64_t b, uint64_t *out) {
+    return !__builtin_add_overflow(a, b, out);
+}
+
+/* 64-byte aligned allocation (zeroed); free with duet_afree. NULL on failure or overflow. */
+void *duet_aalloc(size_t n);
+void duet_afree(void *p);
+
+/* Copy at most n bytes of s into a printable, single-line form for error messages:
+ * control bytes and non-UTF-8 become \xNN, long strings are cut with "...". */
+void duet_printable(char *dst, size_t cap, const char *s, size_t n);
+
+#endif

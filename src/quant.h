@@ -1,0 +1,58 @@
+/*
+ * quant.h: tensor element types and block formats, with scalar reference
+ * quantize / dequantize. Type ids and block layouts are ggml's, so GGUF files from other
+ * tools are read bit-for-bit:
+ *   F32 (0), F16 (1, IEEE half), BF16 (30, top 16 bits of an f32),
+ *   Q4_0 (2): blocks of 32: f16 d; 16 bytes qs, low nibbles = elements 0..15, high = 16..31;
+ *             x = d * (q - 8)
+ *   Q8_0 (8): blocks of 32: f16 d; int8 qs[32]; x = d * q
+ * Other ggml types are known by size (so files holding them are parsed and named in errors)
+ * but have supported = 0 until implemented.
+ */
+#ifndef DUET_QUANT_H
+#define DUET_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    DT_F32 = 0, DT_F16 = 1, DT_Q4_0 = 2, DT_Q4_1 = 3, DT_Q5_0 = 6, DT_Q5_1 = 7, DT_Q8_0 = 8,
+    DT_Q8_1 = 9, DT_Q2_K = 10, DT_Q3_K = 11, DT_Q4_K = 12, DT_Q5_K = 13, DT_Q6_K = 14,
+    DT_Q8_K = 15, DT_IQ2_XXS = 16, DT_IQ2_XS = 17, DT_IQ3_XXS = 18, DT_IQ1_S = 19,
+    DT_IQ4_NL = 20, DT_IQ3_S = 21, DT_IQ2_S = 22, DT_IQ4_XS = 23, DT_I8 = 24, DT_I16 = 25,
+    DT_I32 = 26, DT_I64 = 27, DT_F64 = 28, DT_IQ1_M = 29, DT_BF16 = 30, DT_TQ1_0 = 34,
+    DT_TQ2_0 = 35, DT_COUNT = 40
+};
+
+#define QK4_0 32
+#define QK8_0 32
+
+typedef struct { uint16_t d; uint8_t qs[QK4_0 / 2]; } block_q4_0; /* 18 bytes */
+typedef struct { uint16_t d; int8_t qs[QK8_0]; } block_q8_0;      /* 34 bytes */
+
+typedef struct dtype_traits {
+    const char *name;   /* "f32", "q4_0", ... as ggml names them */
+    int blck;           /* elements per block */
+    size_t type_size;   /* bytes per block */
+    int supported;      /* 1 when duet can compute with it */
+} dtype_traits;
+
+/* NULL for an id that is not a known ggml type. */
+const dtype_traits *dtype_info(int type);
+/* Type id for a name ("q8_0", "Q8_0", "f16" ...), -1 if unknown. */
+int dtype_from_name(const char *name);
+/* Bytes of a row of n elements; 0 if n is not a multiple of the block or type unknown. */
+size_t dtype_row_size(int type, int64_t n);
+
+/* Half / bfloat16 conversions (round to nearest even; NaN stays NaN). */
+float fp16_to_fp32(uint16_t h);
+uint16_t fp32_to_fp16(float f);
+float bf16_to_fp32(uint16_t h);
+uint16_t fp32_to_bf16(float f);
+
+/* Scalar reference conversions of n elements (n a multiple of the block size).
+ * These define the formats; every fast path is tested against them. */
+void quant_dequantize_row(int type, const void *src, float *dst, int64_t n);
+void quant_quantize_row(int type, const float *src, void *dst, int64_t n);
+
+#endif
