@@ -4,12 +4,14 @@
  * Reader invariants (after gguf_open* returns DUET_OK):
  *  - every key is non-empty, unique, valid UTF-8 without NUL, at most GGUF_MAX_KEY bytes;
  *  - every string value lies inside the buffer; every array's count * element size was
- *    checked for overflow and lies inside the buffer; arrays of arrays are rejected beyond
- *    nesting depth 1 (GGUF in the wild never nests);
+ *    checked for overflow and lies inside the buffer; arrays of arrays are rejected
+ *    (GGUF in the wild never nests);
+ *  - a scalar BOOL is 0 or 1 (array elements are raw bytes);
  *  - general.alignment, if present, is a UINT32 power of two in [1, 1<<16]; default 32;
- *  - every tensor has a unique non-empty name (<= GGUF_MAX_NAME bytes), 1..4 dims, each dim
- *    >= 1, element count without overflow, ne[0] a multiple of its type's block size, a known
- *    type, an aligned offset, data wholly inside the file, and no two tensors overlap.
+ *  - every tensor has a unique non-empty name (<= GGUF_MAX_NAME bytes, valid UTF-8 without
+ *    NUL, like keys), 1..4 dims, each dim >= 1, element count without overflow, ne[0] a
+ *    multiple of its type's block size, a known type, an aligned offset, data wholly inside
+ *    the file, and no two tensors overlap. A file without tensors may end without padding.
  * Strings held by the reader point into the mapping and are NOT NUL-terminated: use len.
  * Keys and tensor names are copied and NUL-terminated.
  */
@@ -63,7 +65,7 @@ typedef struct gguf_kv {
     } v;
     gguf_str str;          /* type == STRING */
     /* arrays (type == ARRAY) */
-    gguf_type arr_type;    /* element type; ARRAY only for a nested (then unreadable) array */
+    gguf_type arr_type;    /* element type (never ARRAY: nested arrays are rejected) */
     uint64_t arr_n;        /* element count */
     const void *arr_data;  /* scalar elements: raw little-endian data inside the buffer
                               (may be unaligned: read with memcpy) */
@@ -148,7 +150,10 @@ void gguf_set_arr_str(gguf_writer *w, const char *key, const char *const *strs,
 /* Add a tensor; data (nbytes as its type and shape require) is copied. ne as in gguf_tensor. */
 int gguf_add_tensor(gguf_writer *w, const char *name, int type, uint32_t n_dims,
                     const int64_t *ne, const void *data, duet_error *err);
-/* Write version-3 GGUF to path atomically (path.tmp then rename). */
+/* Write version-3 GGUF to path atomically (path.tmp, fsync, rename; the temp file is removed
+ * on failure). general.alignment is always written: the caller's u32 value (a power of two
+ * <= 65536), else 32 appended after the caller's keys. Setters return nothing: their first
+ * error (bad key, NULL string, bad array type) is returned here and nothing is written. */
 int gguf_write(gguf_writer *w, const char *path, duet_error *err);
 
 #endif
