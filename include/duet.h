@@ -55,6 +55,8 @@ typedef struct duet_model_params {
                           0 (default): copy weights into anonymous memory with huge pages,
                           which measured faster for generation on this class of machine */
     int check_tensors; /* 1: scan every weight for NaN/Inf at load (slow) */
+    int vocab_only;    /* 1: load metadata and tokenizer only (vocabulary-only GGUF files);
+                          sessions cannot be created on such a model */
 } duet_model_params;
 
 typedef struct duet_hparams {
@@ -131,6 +133,7 @@ const float *duet_session_hidden(const duet_session *s, int i);
 int duet_session_n_past(const duet_session *s);
 const int32_t *duet_session_tokens(const duet_session *s);
 int duet_session_n_ctx(const duet_session *s);
+duet_model *duet_session_model(const duet_session *s);
 /* Drop the timeline back to its first n tokens (KV entries past n become invalid). */
 int duet_session_truncate(duet_session *s, int n);
 /* Make the timeline equal to tokens[0..n): keeps the longest common prefix, evaluates only
@@ -138,6 +141,20 @@ int duet_session_truncate(duet_session *s, int n);
  * If the timeline already equals the prefix, the last logits must have been kept; otherwise
  * the last token is re-evaluated. This is what makes lazy expert catch-up a single call. */
 int duet_session_sync(duet_session *s, const int32_t *tokens, int n, duet_error *err);
+
+/* ---- scoring text -------------------------------------------------------------------- */
+typedef struct duet_text_nll {
+    int n_tokens;      /* tokens scored */
+    size_t n_bytes;    /* bytes of text */
+    double nll;        /* total negative log-likelihood in nats */
+} duet_text_nll;
+
+/* Negative log-likelihood of a text under the session's model: the text is tokenised once
+ * (no BOS) and cut into windows of the session's context; each window starts with BOS
+ * (when the vocabulary has one), so every text token is scored exactly once and
+ * nll / n_bytes is nats per byte. progress (may be NULL) is called after each window. */
+int duet_text_score(duet_session *s, const char *text, size_t len, duet_text_nll *out,
+                    void (*progress)(void *ud, int done, int total), void *ud, duet_error *err);
 
 /* ---- sampling -------------------------------------------------------------------------- */
 typedef struct duet_sampler duet_sampler;
@@ -159,9 +176,40 @@ int32_t duet_sampler_sample(duet_sampler *s, const float *logits, int n_vocab);
 /* Index of the largest value (lowest index wins ties). */
 int32_t duet_argmax(const float *x, int n);
 
+/* ---- model files: import and fixtures ---------------------------------------------------- */
+typedef struct duet_convert_params {
+    const char *checkpoint;  /* llama2.c .bin (version 0 "legacy" layout) */
+    const char *tokenizer;   /* llama2.c tokenizer .bin, or NULL */
+    const char *vocab;       /* sentencepiece .vocab (piece TAB score), or NULL */
+    int byte_tokens;         /* with vocab: insert <0x00>..<0xFF> after the special tokens */
+    const char *name;        /* general.name; NULL = checkpoint file name */
+} duet_convert_params;
+
+/* Import a llama2.c checkpoint + tokenizer into a GGUF (F32 weights), atomically.
+ * Exactly one of tokenizer / vocab must be given; the vocabulary size must equal the
+ * checkpoint's. */
+int duet_convert_llama2c(const duet_convert_params *p, const char *out_path, duet_error *err);
+
+typedef struct duet_make_model_params {
+    const char *arch;        /* "llama" */
+    int n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
+    int type;                /* ggml type id of the matrices (norms stay f32) */
+    int output_type;         /* type of output.weight and token_embd; -1: same as type */
+    int tied;                /* 1: no output.weight (shares token_embd) */
+    uint64_t seed;
+} duet_make_model_params;
+
+/* Write a random-weight model (matrices ~N(0, 0.02), norms 1) with a synthetic
+ * SentencePiece vocabulary (specials, 256 byte tokens, printable characters, then made-up
+ * pieces), loadable by duet and by other GGUF tools. Same seed = same file. */
+int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_error *err);
+
 /* ---- utilities ------------------------------------------------------------------------- */
 /* Seconds from a monotonic clock. */
 double duet_time_s(void);
+/* Measured memory read bandwidth in bytes/s with n_threads threads (best of reps passes over
+ * a buffer of `bytes`, far larger than the caches; 0 on allocation failure). */
+double duet_memory_bandwidth(int n_threads, size_t bytes, int reps);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,7 @@
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -44,7 +45,11 @@ static void *worker(void *p) {
         int spins = 0;
         while ((g = atomic_load_explicit(&tp->generation, memory_order_acquire)) == seen &&
                !atomic_load(&tp->stop)) {
-            if (++spins < SPIN_ITERS) { CPU_RELAX(); continue; }
+            if (++spins < SPIN_ITERS) {
+                if (spins % 1024) CPU_RELAX();
+                else sched_yield(); /* let a descheduled caller run on an oversubscribed CPU */
+                continue;
+            }
             pthread_mutex_lock(&tp->mu);
             while (atomic_load(&tp->generation) == seen && !atomic_load(&tp->stop))
                 pthread_cond_wait(&tp->cv, &tp->mu);
@@ -110,5 +115,9 @@ void tp_run(threadpool *tp, tp_fn fn, void *ctx) {
     pthread_cond_broadcast(&tp->cv);
     pthread_mutex_unlock(&tp->mu);
     fn(ctx, 0, tp->n);
-    while (atomic_load_explicit(&tp->pending, memory_order_acquire) > 0) CPU_RELAX();
+    /* A worker that was descheduled (more runnable threads than cores) would make a pure
+     * spin burn the whole time slice it needs: yield once the wait is no longer short. */
+    for (int spins = 0; atomic_load_explicit(&tp->pending, memory_order_acquire) > 0;)
+        if (++spins < 2048) CPU_RELAX();
+        else sched_yield();
 }

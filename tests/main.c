@@ -1,7 +1,6 @@
 /* tests/main.c: the one test runner. Usage: run_tests [FILTER...] (substring of test names).
  * Each test runs in-process; failures are counted, not fatal. Ends with
  * "N passed, N failed, N skipped" and exits non-zero if any test failed. */
-#define _GNU_SOURCE
 #include <stdarg.h>
 #include <stdlib.h>
 #include <sys/stat.h>

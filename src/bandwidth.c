@@ -1,0 +1,50 @@
+/* bandwidth.c: measure the memory read bandwidth, the limit of token generation (every
+ * weight streams from memory once per token). Used by `duet bench` to print the share of
+ * the limit reached. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "common.h"
+#include "threadpool.h"
+
+typedef struct bw_job {
+    const uint64_t *buf;
+    size_t n;
+    uint64_t sink[64];
+} bw_job;
+
+static void bw_worker(void *ctx, int ith, int nth) {
+    bw_job *j = ctx;
+    long lo, hi;
+    tp_split((long)(j->n / 64), ith, nth, &lo, &hi);
+    /* 8 independent accumulators over 64-byte lines: enough loads in flight to saturate */
+    uint64_t acc[8] = {0};
+    for (long i = lo * 64; i < hi * 64; i += 8)
+        for (int k = 0; k < 8; k++) acc[k] ^= j->buf[i + k];
+    uint64_t x = 0;
+    for (int k = 0; k < 8; k++) x ^= acc[k];
+    j->sink[ith & 63] = x;
+}
+
+double duet_memory_bandwidth(int n_threads, size_t bytes, int reps) {
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return 0;
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    memset(p, 1, bytes); /* fault every page in before timing */
+    threadpool *tp = tp_new(n_threads);
+    bw_job job = {.buf = p, .n = bytes / 8};
+    double best = 0;
+    for (int r = 0; r < reps; r++) {
+        double t0 = duet_time_s();
+        tp_run(tp, bw_worker, &job);
+        double dt = duet_time_s() - t0;
+        double bw = (double)(job.n / 64 * 64 * 8) / dt;
+        if (bw > best) best = bw;
+    }
+    tp_free(tp);
+    munmap(p, bytes);
+    return best;
+}

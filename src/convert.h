@@ -1,0 +1,11 @@
+/* convert.h: helpers shared by the model-file writers (convert.c, make_model.c). */
+#ifndef DUET_CONVERT_H
+#define DUET_CONVERT_H
+
+#include "gguf.h"
+
+/* Write the general.* and llama.* hyperparameter keys of a llama model. */
+void convert_set_llama_hparams(gguf_writer *w, const char *name, int n_ctx, int n_embd,
+                               int n_layer, int n_ff, int n_head, int n_head_kv, int file_type);
+
+#endif

@@ -1,0 +1,393 @@
+/*
+ * model.c: read a llama-family GGUF into a duet_model: hyperparameters from metadata, every
+ * tensor's shape checked against them before anything is indexed, weights bound as views
+ * (file mapping) or copied into anonymous memory (default: measured faster for generation).
+ */
+#include "model.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "kernels.h"
+#include "quant.h"
+
+#define MAX_LAYERS 1024
+#define MAX_CTX (1 << 24)
+#define MAX_EMBD (1 << 17)
+
+static int get_u32_req(const gguf_file *f, const char *arch, const char *suffix, uint32_t *out,
+                       duet_error *err) {
+    char key[160];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    return gguf_get_u32(f, key, out, err);
+}
+
+static int get_u32_opt(const gguf_file *f, const char *arch, const char *suffix, uint32_t *out,
+                       duet_error *err) {
+    char key[160];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    return gguf_get_u32_opt(f, key, out, err);
+}
+
+static int get_f32_opt(const gguf_file *f, const char *arch, const char *suffix, float *out,
+                       duet_error *err) {
+    char key[160];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    return gguf_get_f32_opt(f, key, out, err);
+}
+
+static int read_hparams(duet_model *m, duet_error *err) {
+    const gguf_file *f = m->gguf;
+    duet_hparams *hp = &m->hp;
+    gguf_str s;
+    int rc = gguf_get_str(f, "general.architecture", &s, err);
+    if (rc) return rc;
+    char arch[64];
+    duet_printable(arch, sizeof arch, s.ptr, s.len);
+    if (s.len != 5 || memcmp(s.ptr, "llama", 5) != 0)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED,
+                         "%s: general.architecture '%s' is not supported (supported: llama)",
+                         f->path, arch);
+    snprintf(hp->arch, sizeof hp->arch, "%.31s", arch);
+
+    gguf_str name = {0, NULL};
+    if ((rc = gguf_get_str_opt(f, "general.name", &name, err))) return rc;
+    if (name.ptr) {
+        duet_printable(hp->name, sizeof hp->name, name.ptr, name.len);
+    } else {
+        const char *b = strrchr(m->path, '/');
+        snprintf(hp->name, sizeof hp->name, "%.127s", b ? b + 1 : m->path);
+    }
+    if (m->vocab_only) return DUET_OK;
+
+    uint32_t n_ctx, n_embd, n_layer, n_ff, n_head, n_head_kv = 0, n_rot = 0, key_len = 0;
+    if ((rc = get_u32_req(f, arch, "context_length", &n_ctx, err)) ||
+        (rc = get_u32_req(f, arch, "embedding_length", &n_embd, err)) ||
+        (rc = get_u32_req(f, arch, "block_count", &n_layer, err)) ||
+        (rc = get_u32_req(f, arch, "feed_forward_length", &n_ff, err)) ||
+        (rc = get_u32_req(f, arch, "attention.head_count", &n_head, err)))
+        return rc;
+    n_head_kv = n_head;
+    if ((rc = get_u32_opt(f, arch, "attention.head_count_kv", &n_head_kv, err)) ||
+        (rc = get_u32_opt(f, arch, "rope.dimension_count", &n_rot, err)) ||
+        (rc = get_u32_opt(f, arch, "attention.key_length", &key_len, err)))
+        return rc;
+    float eps = 1e-5f, theta = 10000.0f, scale = 1.0f;
+    if ((rc = get_f32_opt(f, arch, "attention.layer_norm_rms_epsilon", &eps, err)) ||
+        (rc = get_f32_opt(f, arch, "rope.freq_base", &theta, err)) ||
+        (rc = get_f32_opt(f, arch, "rope.scaling.factor", &scale, err)))
+        return rc;
+#define BAD(...) duet_fail(err, DUET_ERR_FORMAT, __VA_ARGS__)
+    if (n_layer == 0 || n_layer > MAX_LAYERS)
+        return BAD("%s: %s.block_count = %u is out of range [1, %d]", f->path, arch, n_layer,
+                   MAX_LAYERS);
+    if (n_ctx == 0 || n_ctx > MAX_CTX)
+        return BAD("%s: %s.context_length = %u is out of range [1, %d]", f->path, arch, n_ctx,
+                   MAX_CTX);
+    if (n_embd == 0 || n_embd > MAX_EMBD)
+        return BAD("%s: %s.embedding_length = %u is out of range", f->path, arch, n_embd);
+    if (n_ff == 0 || n_ff > 16 * MAX_EMBD)
+        return BAD("%s: %s.feed_forward_length = %u is out of range", f->path, arch, n_ff);
+    if (n_head == 0 || n_head > n_embd)
+        return BAD("%s: %s.attention.head_count = %u is out of range", f->path, arch, n_head);
+    if (n_embd % n_head)
+        return BAD("%s: %s.embedding_length %u is not a multiple of attention.head_count %u",
+                   f->path, arch, n_embd, n_head);
+    if (n_head_kv == 0 || n_head % n_head_kv)
+        return BAD("%s: %s.attention.head_count %u is not a multiple of head_count_kv %u",
+                   f->path, arch, n_head, n_head_kv);
+    uint32_t head_dim = key_len ? key_len : n_embd / n_head;
+    if (head_dim != n_embd / n_head || head_dim % 2)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED,
+                         "%s: %s.attention.key_length %u (head dim %u) is not supported",
+                         f->path, arch, key_len, n_embd / n_head);
+    if (n_rot && n_rot != head_dim)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED,
+                         "%s: %s.rope.dimension_count %u != head dim %u (partial rotary is not "
+                         "supported for llama)", f->path, arch, n_rot, head_dim);
+    if (!isfinite(eps) || eps <= 0 || eps > 1)
+        return BAD("%s: %s.attention.layer_norm_rms_epsilon = %g is out of range", f->path,
+                   arch, eps);
+    if (!isfinite(theta) || theta <= 0)
+        return BAD("%s: %s.rope.freq_base = %g is not a positive number", f->path, arch, theta);
+    if (!isfinite(scale) || scale <= 0)
+        return BAD("%s: %s.rope.scaling.factor = %g is not a positive number", f->path, arch,
+                   scale);
+    char skey[160];
+    snprintf(skey, sizeof skey, "%s.rope.scaling.type", arch);
+    gguf_str stype = {0, NULL};
+    if ((rc = gguf_get_str_opt(f, skey, &stype, err))) return rc;
+    float freq_scale = 1.0f;
+    if (stype.ptr && !(stype.len == 4 && !memcmp(stype.ptr, "none", 4))) {
+        if (stype.len == 6 && !memcmp(stype.ptr, "linear", 6)) {
+            freq_scale = 1.0f / scale;
+        } else {
+            char t[64];
+            duet_printable(t, sizeof t, stype.ptr, stype.len);
+            return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: %s = '%s' is not supported "
+                             "(supported: none, linear)", f->path, skey, t);
+        }
+    }
+#undef BAD
+    hp->n_ctx_train = (int)n_ctx;
+    hp->n_embd = (int)n_embd;
+    hp->n_layer = (int)n_layer;
+    hp->n_ff = (int)n_ff;
+    hp->n_head = (int)n_head;
+    hp->n_head_kv = (int)n_head_kv;
+    hp->head_dim = (int)head_dim;
+    hp->rms_eps = eps;
+    hp->rope_theta = theta;
+    m->rope_inv_freq = calloc(head_dim / 2, sizeof(float));
+    if (!m->rope_inv_freq) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", f->path);
+    /* same float formula as llama2.c's run.c, so greedy output matches it bit for bit */
+    for (uint32_t i = 0; i < head_dim / 2; i++)
+        m->rope_inv_freq[i] =
+            freq_scale * (1.0f / powf(theta, (float)(2 * i) / (float)head_dim));
+    return DUET_OK;
+}
+
+/* Find a tensor and check its shape is exactly {n_in, n_out} (n_out 0: a 1-d vector). */
+static int bind(duet_model *m, const char *name, int64_t n_in, int64_t n_out, int optional,
+                mtensor *out, duet_error *err) {
+    const gguf_tensor *t = gguf_find_tensor(m->gguf, name);
+    memset(out, 0, sizeof *out);
+    if (!t) {
+        if (optional) return DUET_OK;
+        return duet_fail(err, DUET_ERR_FORMAT, "%s: required tensor '%s' is missing",
+                         m->gguf->path, name);
+    }
+    uint32_t want_dims = n_out ? 2 : 1;
+    int ok = t->n_dims == want_dims && t->ne[0] == n_in && (n_out ? t->ne[1] == n_out : 1);
+    for (uint32_t d = want_dims; d < GGUF_MAX_DIMS; d++) ok = ok && t->ne[d] == 1;
+    if (!ok)
+        return duet_fail(err, DUET_ERR_FORMAT,
+                         "%s: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld%s%lld]",
+                         m->gguf->path, name, (long long)t->ne[0], (long long)t->ne[1],
+                         (long long)t->ne[2], (long long)t->ne[3], (long long)n_in,
+                         n_out ? ", " : "", (long long)(n_out ? n_out : 0));
+    const dtype_traits *tr = dtype_info(t->type);
+    if (!tr || !tr->supported || (n_out && !kernels_get(t->type)))
+        return duet_fail(err, DUET_ERR_UNSUPPORTED,
+                         "%s: tensor '%s' has type %s (%d), which duet cannot compute with yet",
+                         m->gguf->path, name, tr ? tr->name : "unknown", t->type);
+    out->data = m->weights ? (const uint8_t *)m->weights + t->offset : t->data;
+    out->type = t->type;
+    out->n_in = n_in;
+    out->n_out = n_out ? n_out : 1;
+    return DUET_OK;
+}
+
+/* A 1-d weight (norm) as f32: a view when stored as f32, else a converted owned copy. */
+static int bind_vec(duet_model *m, const char *name, int64_t n, const float **out,
+                    duet_error *err) {
+    mtensor t;
+    int rc = bind(m, name, n, 0, 0, &t, err);
+    if (rc) return rc;
+    if (t.type == DT_F32) { *out = t.data; return DUET_OK; }
+    float *v = malloc((size_t)n * sizeof(float));
+    float **list = realloc(m->owned_f32, (size_t)(m->n_owned_f32 + 1) * sizeof(float *));
+    if (!v || !list) {
+        free(v);
+        if (list) m->owned_f32 = list;
+        return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", m->gguf->path);
+    }
+    m->owned_f32 = list;
+    quant_dequantize_row(t.type, t.data, v, n);
+    m->owned_f32[m->n_owned_f32++] = v;
+    *out = v;
+    return DUET_OK;
+}
+
+static int bind_all(duet_model *m, duet_error *err) {
+    duet_hparams *hp = &m->hp;
+    int64_t E = hp->n_embd, V = hp->n_vocab, F = hp->n_ff;
+    int64_t Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
+    int rc;
+    if ((rc = bind(m, "token_embd.weight", E, V, 0, &m->tok_embd, err)) ||
+        (rc = bind_vec(m, "output_norm.weight", E, &m->output_norm, err)) ||
+        (rc = bind(m, "output.weight", E, V, 1, &m->output, err)))
+        return rc;
+    hp->tied_output = m->output.data == NULL;
+    if (hp->tied_output) m->output = m->tok_embd;
+    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->layers) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", m->path);
+    for (int l = 0; l < hp->n_layer; l++) {
+        layer_weights *L = &m->layers[l];
+        char n[9][64];
+        static const char *suffix[9] = {"attn_norm", "attn_q",   "attn_k",  "attn_v",  "attn_output",
+                                        "ffn_norm",  "ffn_gate", "ffn_up",  "ffn_down"};
+        for (int i = 0; i < 9; i++) snprintf(n[i], sizeof n[i], "blk.%d.%s.weight", l, suffix[i]);
+        if ((rc = bind_vec(m, n[0], E, &L->attn_norm, err)) ||
+            (rc = bind(m, n[1], E, Q, 0, &L->wq, err)) ||
+            (rc = bind(m, n[2], E, KV, 0, &L->wk, err)) ||
+            (rc = bind(m, n[3], E, KV, 0, &L->wv, err)) ||
+            (rc = bind(m, n[4], Q, E, 0, &L->wo, err)) ||
+            (rc = bind_vec(m, n[5], E, &L->ffn_norm, err)) ||
+            (rc = bind(m, n[6], E, F, 0, &L->w_gate, err)) ||
+            (rc = bind(m, n[7], E, F, 0, &L->w_up, err)) ||
+            (rc = bind(m, n[8], F, E, 0, &L->w_down, err)))
+            return rc;
+    }
+    /* llama3-style per-frequency divisors */
+    mtensor ff;
+    if ((rc = bind(m, "rope_freqs.weight", hp->head_dim / 2, 0, 1, &ff, err))) return rc;
+    if (ff.data) {
+        float *div = malloc((size_t)hp->head_dim / 2 * sizeof(float));
+        if (!div) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", m->path);
+        quant_dequantize_row(ff.type, ff.data, div, hp->head_dim / 2);
+        for (int i = 0; i < hp->head_dim / 2; i++) {
+            if (!isfinite(div[i]) || div[i] <= 0) {
+                float bad = div[i];
+                free(div);
+                return duet_fail(err, DUET_ERR_FORMAT,
+                                 "%s: rope_freqs.weight[%d] = %g is not a positive number",
+                                 m->path, i, bad);
+            }
+            m->rope_inv_freq[i] /= div[i];
+        }
+        free(div);
+    }
+    /* totals for reports and the bandwidth figure of `duet bench` */
+    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const gguf_tensor *t = &m->gguf->tensors[i];
+        hp->n_params += (uint64_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);
+        hp->weight_bytes += t->nbytes;
+    }
+    hp->weight_type = m->layers[0].wq.type;
+    return DUET_OK;
+}
+
+static int check_finite(duet_model *m, duet_error *err) {
+    float buf[256];
+    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const gguf_tensor *t = &m->gguf->tensors[i];
+        const dtype_traits *tr = dtype_info(t->type);
+        if (!tr || !tr->supported) continue;
+        int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+        const uint8_t *p = m->weights ? (const uint8_t *)m->weights + t->offset : t->data;
+        int64_t chunk = 256 - 256 % tr->blck;
+        for (int64_t j = 0; j < n; j += chunk) {
+            int64_t c = DUET_MIN(chunk, n - j);
+            quant_dequantize_row(t->type, p + (size_t)(j / tr->blck) * tr->type_size, buf, c);
+            for (int64_t k = 0; k < c; k++)
+                if (!isfinite(buf[k]))
+                    return duet_fail(err, DUET_ERR_FORMAT, "%s: tensor '%s' element %lld is %g",
+                                     m->path, t->name, (long long)(j + k), buf[k]);
+        }
+    }
+    return DUET_OK;
+}
+
+/* Copy the data section into anonymous memory (huge pages where the kernel allows). */
+static int copy_weights(duet_model *m, duet_error *err) {
+    size_t n = (size_t)(m->gguf->size - m->gguf->data_offset);
+    if (n == 0) return DUET_OK;
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return duet_fail(err, DUET_ERR_NOMEM, "%s: cannot allocate %zu bytes for weights",
+                         m->path, n);
+#ifdef MADV_HUGEPAGE
+    madvise(p, n, MADV_HUGEPAGE);
+#endif
+    int fd = open(m->path, O_RDONLY);
+    if (fd < 0) {
+        munmap(p, n);
+        return duet_fail(err, DUET_ERR_IO, "%s: %s", m->path, strerror(errno));
+    }
+    size_t done = 0;
+    while (done < n) {
+        ssize_t r = pread(fd, (char *)p + done, n - done, (off_t)(m->gguf->data_offset + done));
+        if (r <= 0) {
+            int e = r < 0 ? errno : EIO;
+            close(fd);
+            munmap(p, n);
+            return duet_fail(err, DUET_ERR_IO, "%s: reading weights: %s", m->path, strerror(e));
+        }
+        done += (size_t)r;
+    }
+    close(fd);
+    m->weights = p;
+    m->weights_size = n;
+    return DUET_OK;
+}
+
+int duet_model_load(const char *path, const duet_model_params *params, duet_model **out,
+                    duet_error *err) {
+    duet_model_params def = {0};
+    if (!params) params = &def;
+    *out = NULL;
+    duet_model *m = calloc(1, sizeof *m);
+    if (!m) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", path);
+    snprintf(m->path, sizeof m->path, "%s", path);
+    m->vocab_only = params->vocab_only;
+    int rc = gguf_open(path, &m->gguf, err);
+    if (!rc) rc = read_hparams(m, err);
+    if (!rc) rc = tokenizer_load(m->gguf, &m->tok, err);
+    if (!rc) m->hp.n_vocab = tokenizer_n_vocab(m->tok);
+    if (!rc && !m->vocab_only) {
+        if (!params->use_mmap) rc = copy_weights(m, err);
+        if (!rc) rc = bind_all(m, err);
+        if (!rc && params->check_tensors) rc = check_finite(m, err);
+        if (!rc && !(m->tp = tp_new(params->n_threads)))
+            rc = duet_fail(err, DUET_ERR_NOMEM, "%s: cannot start the thread pool", path);
+    }
+    if (rc) {
+        duet_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return DUET_OK;
+}
+
+void duet_model_free(duet_model *m) {
+    if (!m) return;
+    tp_free(m->tp);
+    tokenizer_free(m->tok);
+    gguf_close(m->gguf);
+    if (m->weights) munmap(m->weights, m->weights_size);
+    for (int i = 0; i < m->n_owned_f32; i++) free(m->owned_f32[i]);
+    free(m->owned_f32);
+    free(m->layers);
+    free(m->rope_inv_freq);
+    free(m);
+}
+
+const duet_hparams *duet_model_hparams(const duet_model *m) { return &m->hp; }
+
+static uint64_t mat_bytes(const mtensor *t) {
+    return t->data ? (uint64_t)dtype_row_size(t->type, t->n_in) * (uint64_t)t->n_out : 0;
+}
+
+uint64_t duet_model_bytes_per_token(const duet_model *m) {
+    if (m->vocab_only) return 0;
+    uint64_t b = mat_bytes(&m->output);
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        const layer_weights *L = &m->layers[l];
+        b += mat_bytes(&L->wq) + mat_bytes(&L->wk) + mat_bytes(&L->wv) + mat_bytes(&L->wo) +
+             mat_bytes(&L->w_gate) + mat_bytes(&L->w_up) + mat_bytes(&L->w_down);
+    }
+    return b;
+}
+
+/* ---- tokenizer pass-throughs ----------------------------------------------------------- */
+int32_t duet_token_bos(const duet_model *m) { return tokenizer_bos(m->tok); }
+int32_t duet_token_eos(const duet_model *m) { return tokenizer_eos(m->tok); }
+int duet_token_is_eog(const duet_model *m, int32_t t) { return tokenizer_is_eog(m->tok, t); }
+const char *duet_token_text(const duet_model *m, int32_t t) { return tokenizer_text(m->tok, t); }
+
+int duet_tokenize(const duet_model *m, const char *text, size_t len, int add_bos,
+                  int parse_special, int32_t *out, int cap, duet_error *err) {
+    return tokenizer_encode(m->tok, text, len, add_bos, parse_special, out, cap, err);
+}
+
+int duet_token_to_piece(const duet_model *m, int32_t prev, int32_t token, char *buf, int cap) {
+    return tokenizer_piece(m->tok, prev, token, buf, cap);
+}
