@@ -7,10 +7,13 @@ ARCH    := -march=x86-64-v2
 else
 ARCH    := -march=native
 endif
-CFLAGS  ?= -O3
-CFLAGS  += $(ARCH) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -pthread \
-           -Iinclude -Isrc -MMD -MP -g
-LDLIBS  += -lm -pthread
+# OPT and SAN are the knobs for variant builds (debug, fuzz); CFLAGS/LDFLAGS from the
+# command line are added on top, never replace the project's own flags.
+OPT     ?= -O3
+SAN     ?=
+BASE_CFLAGS := $(OPT) $(SAN) $(ARCH) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter \
+           -pthread -Iinclude -Isrc -MMD -MP -g
+LDLIBS  := -lm -pthread $(SAN)
 
 # Debian packages the build, tests and demo need (installed by `make deps`).
 DEPS_PKGS := gcc make python3 python3-numpy
@@ -35,17 +38,17 @@ all: $(O)/duet $(O)/run_tests
 
 $(O)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(XFLAGS) -c $< -o $@
+	$(CC) $(BASE_CFLAGS) $(XFLAGS) $(CFLAGS) -c $< -o $@
 
 $(O)/libduet.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
 $(O)/duet: $(CMD_OBJ) $(O)/libduet.a
-	$(CC) $(CFLAGS) -o $@ $(CMD_OBJ) $(O)/libduet.a $(LDLIBS)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(CMD_OBJ) $(O)/libduet.a $(LDLIBS)
 
 $(O)/run_tests: $(TEST_OBJ) $(O)/libduet.a
-	$(CC) $(CFLAGS) -o $@ $(TEST_OBJ) $(O)/libduet.a $(LDLIBS)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(TEST_OBJ) $(O)/libduet.a $(LDLIBS)
 
 deps:
 	@tools/deps.sh $(DEPS_PKGS)
@@ -68,15 +71,13 @@ bench: deps $(O)/duet
 
 ## debug: build with ASan + UBSan into build-debug/ and run the unit tests there
 debug:
-	$(MAKE) O=build-debug CFLAGS="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	    LDLIBS="-lm -pthread -fsanitize=address,undefined" all
+	$(MAKE) O=build-debug OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
 	DUET_BIN=build-debug/duet ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build-debug/run_tests
 
 ## fuzz: build libFuzzer harnesses into build-fuzz/ (run: build-fuzz/fuzz_gguf -max_total_time=600)
 fuzz:
 	@tools/deps.sh $(FUZZ_PKGS)
-	$(MAKE) O=build-fuzz CC=clang ARCH=-march=native \
-	    CFLAGS="-O1 -g -fsanitize=fuzzer-no-link,address,undefined" build-fuzz/libduet.a
+	$(MAKE) O=build-fuzz CC=clang OPT=-O1 SAN="-fsanitize=fuzzer-no-link,address,undefined" build-fuzz/libduet.a
 	@for f in fuzz/*.c; do n=$$(basename $$f .c); \
 	    echo "clang fuzz $$n"; \
 	    clang -O1 -g -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Isrc \

@@ -10,49 +10,8 @@
 #include "../src/gguf.h"
 #include "../src/quant.h"
 #include "duet.h"
+#include "fixtures.h"
 #include "test.h"
-
-/* ---- helpers ----------------------------------------------------------------------------- */
-static const char *shared_file(const char *rel) {
-    const char *sh = test_shared_dir();
-    if (!sh) return NULL;
-    const char *p = test_path(sh, rel);
-    return access(p, R_OK) == 0 ? p : NULL;
-}
-
-/* Convert a shared llama2.c model once per run; NULL (and SKIP by caller) if absent. */
-static const char *converted(const char *name) {
-    static char done[4][512];
-    const char *ckpt, *tok = NULL, *vocab = NULL;
-    int bytes = 0, slot;
-    if (!strcmp(name, "stories260K")) {
-        slot = 0;
-        ckpt = shared_file("models/stories260K/stories260K.bin");
-        tok = shared_file("models/stories260K/tok512.bin");
-    } else if (!strcmp(name, "tok105")) {
-        slot = 1;
-        ckpt = shared_file("models/babyllama/tok105_model5000.bin");
-        vocab = shared_file("models/babyllama/tok105.vocab");
-    } else {
-        slot = 2;
-        ckpt = shared_file("models/babyllama/tok361_model5000.bin");
-        vocab = shared_file("models/babyllama/tok105.vocab");
-        bytes = 1;
-    }
-    if (!ckpt || (!tok && !vocab)) return NULL;
-    if (done[slot][0]) return done[slot];
-    char out[512];
-    snprintf(out, sizeof out, "%s/%s.gguf", test_tmpdir(), name);
-    duet_convert_params p = {.checkpoint = ckpt, .tokenizer = tok, .vocab = vocab,
-                             .byte_tokens = bytes};
-    duet_error err = {0};
-    if (duet_convert_llama2c(&p, out, &err)) {
-        test_fail_at(__FILE__, __LINE__, "convert %s: %s", name, err.msg);
-        return NULL;
-    }
-    snprintf(done[slot], sizeof done[slot], "%s", out);
-    return done[slot];
-}
 
 /* Greedy (or sampled) continuation; appends generated ids to gen (cap) and text to buf. */
 static int generate(duet_model *m, const char *prompt, int n, const duet_sampler_params *sp,
@@ -99,8 +58,8 @@ static duet_model *load(const char *path) {
 
 /* ---- llama2.c import -------------------------------------------------------------------- */
 TEST(model_stories260k_golden_greedy) {
-    const char *g = converted("stories260K");
-    const char *exp_path = shared_file("models/stories260K/expected_greedy_200steps.txt");
+    const char *g = fixture_llama2c("stories260K");
+    const char *exp_path = fixture_shared("models/stories260K/expected_greedy_200steps.txt");
     if (!g || !exp_path) SKIP("../shared/models/stories260K not present");
     FILE *f = fopen(exp_path, "rb");
     REQUIRE(f);
@@ -155,12 +114,12 @@ static void check_against_oracle(const char *gguf, const char *ckpt, const char 
 }
 
 TEST(model_stories260k_matches_numpy_reference) {
-    const char *g = converted("stories260K");
+    const char *g = fixture_llama2c("stories260K");
     if (!g) SKIP("../shared/models/stories260K not present");
     if (access("/usr/bin/python3", X_OK) || system("/usr/bin/python3 -c 'import numpy' 2>/dev/null"))
         SKIP("python3-numpy missing (make deps installs it)");
-    const char *ck = shared_file("models/stories260K/stories260K.bin");
-    const char *tk = shared_file("models/stories260K/tok512.bin");
+    const char *ck = fixture_shared("models/stories260K/stories260K.bin");
+    const char *tk = fixture_shared("models/stories260K/tok512.bin");
     const char *prompts[] = {"Once upon a time", "The little dog was sad because",
                              "Tom and Lily went to the park. They saw", "Zebra! 123 \xc3\xa9t\xc3\xa9"};
     for (int i = 0; i < 4; i++) check_against_oracle(g, ck, tk, prompts[i], 120);
@@ -180,7 +139,7 @@ static double nats_per_byte(duet_model *m, const char *text) {
 }
 
 TEST(model_babyllama_pair_expert_is_stronger) {
-    const char *a = converted("tok105"), *b = converted("tok361"), *c = converted("stories260K");
+    const char *a = fixture_llama2c("tok105"), *b = fixture_llama2c("tok361"), *c = fixture_llama2c("stories260K");
     if (!a || !b || !c) SKIP("../shared/models/babyllama or stories260K not present");
     duet_model *base = load(a), *expert = load(b), *third = load(c);
     REQUIRE(base && expert && third);
@@ -220,7 +179,7 @@ TEST(model_babyllama_pair_expert_is_stronger) {
 }
 
 TEST(model_tiny_random_gguf_runs) {
-    const char *p = shared_file("models/tiny-random/llama-2-tiny-random.gguf");
+    const char *p = fixture_shared("models/tiny-random/llama-2-tiny-random.gguf");
     if (!p) SKIP("../shared/models/tiny-random not present");
     duet_model *m = load(p);
     REQUIRE(m);
@@ -231,23 +190,6 @@ TEST(model_tiny_random_gguf_runs) {
 }
 
 /* ---- quantised twins, prefill vs decode, sync ------------------------------------------- */
-static const char *make_model(int type, uint64_t seed, int tied) {
-    static char path[8][512];
-    static int k;
-    char *out = path[k++ & 7];
-    snprintf(out, 512, "%s/rand-%d-%llu-%d.gguf", test_tmpdir(), type, (unsigned long long)seed, tied);
-    if (access(out, R_OK) == 0) return out;
-    duet_make_model_params p = {.arch = "llama", .n_embd = 128, .n_layer = 2, .n_head = 4,
-                                .n_head_kv = 2, .n_ff = 256, .n_vocab = 600, .n_ctx = 256,
-                                .type = type, .output_type = -1, .tied = tied, .seed = seed};
-    duet_error err = {0};
-    if (duet_make_model(&p, out, &err)) {
-        test_fail_at(__FILE__, __LINE__, "make-model: %s", err.msg);
-        return NULL;
-    }
-    return out;
-}
-
 static float *logits_of(const char *path, const int32_t *toks, int n) {
     duet_model *m = load(path);
     if (!m) return NULL;
@@ -270,7 +212,7 @@ static float *logits_of(const char *path, const int32_t *toks, int n) {
 TEST(model_quantised_types_track_f32) {
     int32_t toks[24];
     for (int i = 0; i < 24; i++) toks[i] = (i * 37 + 5) % 600;
-    const char *f32 = make_model(DT_F32, 11, 0);
+    const char *f32 = fixture_random(DT_F32, 11, 0);
     REQUIRE(f32);
     float *ref = logits_of(f32, toks, 24);
     REQUIRE(ref);
@@ -280,7 +222,7 @@ TEST(model_quantised_types_track_f32) {
     struct { int type; double bound; } cases[] = {
         {DT_F16, 1e-5}, {DT_BF16, 5e-4}, {DT_Q8_0, 1e-3}, {DT_Q4_0, 0.1}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        const char *p = make_model(cases[c].type, 11, 0);
+        const char *p = fixture_random(cases[c].type, 11, 0);
         REQUIRE(p);
         float *l = logits_of(p, toks, 24);
         REQUIRE(l);
@@ -298,7 +240,7 @@ TEST(model_quantised_types_track_f32) {
 TEST(model_prefill_equals_decode) {
     const int types[] = {DT_F32, DT_Q8_0, DT_Q4_0};
     for (int ti = 0; ti < 3; ti++) {
-        const char *p = make_model(types[ti], 5, 1);
+        const char *p = fixture_random(types[ti], 5, 1);
         REQUIRE(p);
         duet_model *m = load(p);
         REQUIRE(m);
@@ -326,7 +268,7 @@ TEST(model_prefill_equals_decode) {
 }
 
 TEST(model_session_sync_truncate) {
-    const char *p = make_model(DT_F32, 9, 1);
+    const char *p = fixture_random(DT_F32, 9, 1);
     REQUIRE(p);
     duet_model *m = load(p);
     REQUIRE(m);

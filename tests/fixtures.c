@@ -1,0 +1,70 @@
+/* fixtures.c: model files the tests share, made once per run in the test directory:
+ * llama2.c models from ../shared imported with duet's converter, and random-weight models
+ * written by duet's own GGUF writer. */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "duet.h"
+#include "fixtures.h"
+#include "test.h"
+
+/* ---- helpers ----------------------------------------------------------------------------- */
+const char *fixture_shared(const char *rel) {
+    const char *sh = test_shared_dir();
+    if (!sh) return NULL;
+    const char *p = test_path(sh, rel);
+    return access(p, R_OK) == 0 ? p : NULL;
+}
+
+/* Convert a shared llama2.c model once per run; NULL (and SKIP by caller) if absent. */
+const char *fixture_llama2c(const char *name) {
+    static char done[4][512];
+    const char *ckpt, *tok = NULL, *vocab = NULL;
+    int bytes = 0, slot;
+    if (!strcmp(name, "stories260K")) {
+        slot = 0;
+        ckpt = fixture_shared("models/stories260K/stories260K.bin");
+        tok = fixture_shared("models/stories260K/tok512.bin");
+    } else if (!strcmp(name, "tok105")) {
+        slot = 1;
+        ckpt = fixture_shared("models/babyllama/tok105_model5000.bin");
+        vocab = fixture_shared("models/babyllama/tok105.vocab");
+    } else {
+        slot = 2;
+        ckpt = fixture_shared("models/babyllama/tok361_model5000.bin");
+        vocab = fixture_shared("models/babyllama/tok105.vocab");
+        bytes = 1;
+    }
+    if (!ckpt || (!tok && !vocab)) return NULL;
+    if (done[slot][0]) return done[slot];
+    char out[512];
+    snprintf(out, sizeof out, "%s/%s.gguf", test_tmpdir(), name);
+    duet_convert_params p = {.checkpoint = ckpt, .tokenizer = tok, .vocab = vocab,
+                             .byte_tokens = bytes};
+    duet_error err = {0};
+    if (duet_convert_llama2c(&p, out, &err)) {
+        test_fail_at(__FILE__, __LINE__, "convert %s: %s", name, err.msg);
+        return NULL;
+    }
+    snprintf(done[slot], sizeof done[slot], "%s", out);
+    return done[slot];
+}
+
+const char *fixture_random(int type, uint64_t seed, int tied) {
+    static char path[8][512];
+    static int k;
+    char *out = path[k++ & 7];
+    snprintf(out, 512, "%s/rand-%d-%llu-%d.gguf", test_tmpdir(), type, (unsigned long long)seed, tied);
+    if (access(out, R_OK) == 0) return out;
+    duet_make_model_params p = {.arch = "llama", .n_embd = 128, .n_layer = 2, .n_head = 4,
+                                .n_head_kv = 2, .n_ff = 256, .n_vocab = 600, .n_ctx = 256,
+                                .type = type, .output_type = -1, .tied = tied, .seed = seed};
+    duet_error err = {0};
+    if (duet_make_model(&p, out, &err)) {
+        test_fail_at(__FILE__, __LINE__, "make-model: %s", err.msg);
+        return NULL;
+    }
+    return out;
+}
+

@@ -1,0 +1,16 @@
+/* fixtures.h: model files shared by the tests (see fixtures.c). */
+#ifndef DUET_TEST_FIXTURES_H
+#define DUET_TEST_FIXTURES_H
+
+#include <stdint.h>
+
+/* Path of a readable file under ../shared, or NULL when absent. */
+const char *fixture_shared(const char *rel);
+/* "stories260K", "tok105" or "tok361" imported to GGUF (once per run); NULL when the shared
+ * files are absent (the caller skips) or the import failed (the test fails). */
+const char *fixture_llama2c(const char *name);
+/* A random-weight llama (n_embd 128, 2 layers, 4 heads / 2 kv, n_ff 256, vocab 600) with
+ * matrices of the given type; the same seed gives the same underlying f32 draws. */
+const char *fixture_random(int type, uint64_t seed, int tied);
+
+#endif

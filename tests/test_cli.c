@@ -1,0 +1,176 @@
+/* test_cli.c: the duet binary as a user meets it: output on stdout, one-line errors on
+ * stderr, exit codes (0 ok, 1 failure, 2 usage). Needs DUET_BIN (set by `make test`). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../src/quant.h"
+#include "fixtures.h"
+#include "test.h"
+
+static const char *duet_bin(void) {
+    const char *b = getenv("DUET_BIN");
+    return b && access(b, X_OK) == 0 ? b : NULL;
+}
+
+/* Run `duet ARGS`, capture stdout and stderr into out/err (NUL-terminated); exit status. */
+static int run_duet(const char *args, char *out, size_t outcap, char *err, size_t errcap) {
+    char o[600], e[600], cmd[4096];
+    snprintf(o, sizeof o, "%s/cli-out.txt", test_tmpdir());
+    snprintf(e, sizeof e, "%s/cli-err.txt", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s %s >'%s' 2>'%s' </dev/null", duet_bin(), args, o, e);
+    int st = system(cmd);
+    const char *paths[2] = {o, e};
+    char *bufs[2] = {out, err};
+    size_t caps[2] = {outcap, errcap};
+    for (int i = 0; i < 2; i++) {
+        if (!bufs[i]) continue;
+        FILE *f = fopen(paths[i], "rb");
+        size_t n = f ? fread(bufs[i], 1, caps[i] - 1, f) : 0;
+        bufs[i][n] = 0;
+        if (f) fclose(f);
+    }
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int count_lines(const char *s) {
+    int n = 0;
+    for (; *s; s++) n += *s == '\n';
+    return n;
+}
+
+#define NEED_BIN() do { if (!duet_bin()) SKIP("DUET_BIN not set (run through make test)"); } while (0)
+
+TEST(cli_run_stories260k_golden) {
+    NEED_BIN();
+    const char *g = fixture_llama2c("stories260K");
+    const char *exp_path = fixture_shared("models/stories260K/expected_greedy_200steps.txt");
+    if (!g || !exp_path) SKIP("../shared/models/stories260K not present");
+    static char out[16384], err[4096], want[4096];
+    FILE *f = fopen(exp_path, "rb");
+    REQUIRE(f);
+    want[fread(want, 1, sizeof want - 1, f)] = 0;
+    fclose(f);
+    char args[1024];
+    snprintf(args, sizeof args, "run -m '%s' -p '' -n 200 --temp 0", g);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    size_t n = strlen(out);
+    if (n && out[n - 1] == '\n') out[--n] = 0; /* the one trailing newline is allowed */
+    CHECKF(!strcmp(out, want), "stdout differs from expected_greedy_200steps.txt:\n%s", out);
+    CHECKF(strstr(err, "tok/s"), "no timings on stderr: %s", err);
+    /* a prompt is echoed, then continued */
+    snprintf(args, sizeof args, "run -m '%s' -p 'Once upon a time' -n 20 --temp 0 --quiet", g);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    CHECKF(!strncmp(out, "Once upon a time,", 17), "got: %s", out);
+    CHECKF(err[0] == 0, "--quiet printed: %s", err);
+}
+
+TEST(cli_tokenize_ids) {
+    NEED_BIN();
+    const char *v = fixture_shared("tokenizers/vocab/ggml-vocab-llama-spm.gguf");
+    if (!v) SKIP("../shared/tokenizers/vocab not present");
+    char out[4096], err[4096], args[1024];
+    /* Llama-2's vocabulary: "Hello world" = BOS, "▁Hello", "▁world" */
+    snprintf(args, sizeof args, "tokenize -m '%s' -p 'Hello world' --ids", v);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    CHECK_STR(out, "[1, 15043, 3186]\n");
+    snprintf(args, sizeof args, "tokenize -m '%s' -p 'Hello world' --ids --no-bos", v);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    CHECK_STR(out, "[15043, 3186]\n");
+    /* "<s>" is text unless --parse-special */
+    snprintf(args, sizeof args, "tokenize -m '%s' -p '<s>' --ids --no-bos --parse-special", v);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    CHECK_STR(out, "[1]\n");
+    snprintf(args, sizeof args, "tokenize -m '%s' -p '<s>' --ids --no-bos", v);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    CHECKF(strcmp(out, "[1]\n") != 0 && out[0] == '[', "got %s", out);
+}
+
+TEST(cli_errors_are_one_line_with_exit_codes) {
+    NEED_BIN();
+    char out[4096], err[4096], args[1024];
+    char bad[600];
+    snprintf(bad, sizeof bad, "%s/not-gguf.bin", test_tmpdir());
+    FILE *f = fopen(bad, "wb");
+    REQUIRE(f);
+    fputs("this is not a gguf file at all", f);
+    fclose(f);
+    const char *cases[] = {"info '%s'", "run -m '%s' -n 1", "tokenize -m '%s' -p x", "bench -m '%s' -r 1",
+                           "perplexity -m '%s' -f '%s'"};
+    for (int i = 0; i < 5; i++) {
+        snprintf(args, sizeof args, cases[i], bad, bad);
+        CHECKF(run_duet(args, out, sizeof out, err, sizeof err) == 1, "%s: want exit 1", args);
+        CHECKF(count_lines(err) == 1 && strstr(err, "not-gguf.bin"), "%s: stderr '%s'", args, err);
+    }
+    CHECK_EQ_INT(run_duet("info /nonexistent/x.gguf", out, sizeof out, err, sizeof err), 1);
+    CHECK(count_lines(err) == 1 && strstr(err, "/nonexistent/x.gguf"));
+    CHECK_EQ_INT(run_duet("run --no-such-flag", out, sizeof out, err, sizeof err), 2);
+    CHECK_EQ_INT(run_duet("nosuchcommand", out, sizeof out, err, sizeof err), 2);
+    CHECK_EQ_INT(run_duet("run -m x -n abc", out, sizeof out, err, sizeof err), 2);
+    CHECK(strstr(err, "abc") != NULL);
+    CHECK_EQ_INT(run_duet("--help", out, sizeof out, err, sizeof err), 0);
+    CHECK(strstr(out, "run") && strstr(out, "convert"));
+}
+
+TEST(cli_make_model_info_run_perplexity) {
+    NEED_BIN();
+    char out[16384], err[4096], args[2048], model[600], text[600];
+    snprintf(model, sizeof model, "%s/cli-rand.gguf", test_tmpdir());
+    snprintf(args, sizeof args, "make-model --n-embd 64 --n-layer 2 --n-head 4 --n-head-kv 2 "
+             "--n-ff 128 --n-vocab 400 --type q8_0 --seed 3 -o '%s'", model);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    snprintf(args, sizeof args, "info '%s'", model);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    CHECK(strstr(out, "blk.1.ffn_down.weight") && strstr(out, "q8_0") && strstr(out, "general.architecture"));
+    snprintf(args, sizeof args, "run -m '%s' -p 'ab' -n 5 --temp 0.7 -s 9", model);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    CHECKF(!strncmp(out, "ab", 2), "got %s", out);
+    snprintf(text, sizeof text, "%s/cli-text.txt", test_tmpdir());
+    FILE *f = fopen(text, "wb");
+    REQUIRE(f);
+    for (int i = 0; i < 50; i++) fputs("the quick brown fox jumps over the lazy dog. ", f);
+    fclose(f);
+    snprintf(args, sizeof args, "perplexity -m '%s' -f '%s' -c 64", model, text);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    double ppl = 0;
+    const char *p = strstr(out, "perplexity ");
+    CHECKF(p && sscanf(p, "perplexity %lf", &ppl) == 1 && ppl > 1, "got %s", out);
+    /* a random model is close to uniform over its 400 tokens */
+    CHECKF(ppl > 200 && ppl < 800, "perplexity %g of a random model", ppl);
+    /* the same seed writes the same bytes */
+    char again[600];
+    snprintf(again, sizeof again, "%s/cli-rand2.gguf", test_tmpdir());
+    snprintf(args, sizeof args, "make-model --n-embd 64 --n-layer 2 --n-head 4 --n-head-kv 2 "
+             "--n-ff 128 --n-vocab 400 --type q8_0 --seed 3 -o '%s'", again);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    char cmp[1400];
+    snprintf(cmp, sizeof cmp, "cmp -s '%s' '%s'", model, again);
+    CHECK(system(cmp) == 0);
+}
+
+TEST(cli_convert_errors) {
+    NEED_BIN();
+    const char *ck = fixture_shared("models/stories260K/stories260K.bin");
+    const char *vocab = fixture_shared("models/babyllama/tok105.vocab");
+    if (!ck || !vocab) SKIP("../shared models not present");
+    char out[4096], err[4096], args[2048], o[600];
+    snprintf(o, sizeof o, "%s/should-not-exist.gguf", test_tmpdir());
+    /* 105 pieces for a 512-token checkpoint: refused, and no output file left behind */
+    snprintf(args, sizeof args, "convert --llama2c '%s' --vocab '%s' -o '%s'", ck, vocab, o);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 1);
+    CHECKF(strstr(err, "105") && strstr(err, "512") && count_lines(err) == 1, "stderr: %s", err);
+    CHECK(access(o, F_OK) != 0);
+    char tmp[700];
+    snprintf(tmp, sizeof tmp, "%s.tmp", o);
+    CHECK(access(tmp, F_OK) != 0);
+    /* a truncated checkpoint */
+    char trunc[600];
+    snprintf(trunc, sizeof trunc, "%s/trunc.bin", test_tmpdir());
+    snprintf(args, sizeof args, "head -c 5000 '%s' > '%s'", ck, trunc);
+    REQUIRE(system(args) == 0);
+    snprintf(args, sizeof args, "convert --llama2c '%s' --vocab '%s' -o '%s'", trunc, vocab, o);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 1);
+    CHECKF(strstr(err, "trunc.bin") && strstr(err, "5000"), "stderr: %s", err);
+}
