@@ -1,0 +1,987 @@
+/*
+ * test_tokenizer.c: the SentencePiece ("llama") tokenizer.
+ * Unit tests run on small vocabularies built here as in-memory GGUF buffers (a tiny metadata
+ * writer of its own, so that malformed vocabularies the real writer would refuse can be made
+ * too). Reference tests use ../shared/tokenizers/vocab (llama.cpp's test vectors, produced by
+ * the Hugging Face tokenizers) the way llama.cpp's test-tokenizer-0 reads them: no BOS, no
+ * special-token parsing.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem */
+#endif
+#include <stdbool.h>
+#include <stdlib.h>
+
+#include "../src/common.h"
+#include "../src/gguf.h"
+#include "../src/tokenizer.h"
+#include "test.h"
+
+/* ---- a minimal GGUF metadata writer (no tensors) ---------------------------------------- */
+
+typedef struct gbuf {
+    unsigned char *p;
+    size_t n, cap;
+    uint64_t n_kv;
+} gbuf;
+
+static void gb_bytes(gbuf *b, const void *src, size_t n) {
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + n) cap *= 2;
+        unsigned char *q = realloc(b->p, cap);
+        if (!q) abort();
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+static void gb_u32(gbuf *b, uint32_t v) { gb_bytes(b, &v, 4); }
+static void gb_u64(gbuf *b, uint64_t v) { gb_bytes(b, &v, 8); }
+static void gb_strn(gbuf *b, const char *s, size_t n) { gb_u64(b, n); gb_bytes(b, s, n); }
+static void gb_str(gbuf *b, const char *s) { gb_strn(b, s, strlen(s)); }
+
+static void gb_init(gbuf *b) {
+    memset(b, 0, sizeof *b);
+    gb_u32(b, GGUF_MAGIC);
+    gb_u32(b, 3);
+    gb_u64(b, 0); /* tensors */
+    gb_u64(b, 0); /* kv count, patched by gb_open */
+}
+static void gb_key(gbuf *b, const char *key, uint32_t type) {
+    gb_str(b, key);
+    gb_u32(b, type);
+    b->n_kv++;
+}
+static void kv_str(gbuf *b, const char *key, const char *v) {
+    gb_key(b, key, GGUF_TYPE_STRING);
+    gb_str(b, v);
+}
+static void kv_u32(gbuf *b, const char *key, uint32_t v) {
+    gb_key(b, key, GGUF_TYPE_UINT32);
+    gb_u32(b, v);
+}
+static void kv_bool(gbuf *b, const char *key, bool v) {
+    unsigned char c = v;
+    gb_key(b, key, GGUF_TYPE_BOOL);
+    gb_bytes(b, &c, 1);
+}
+static void kv_arr(gbuf *b, const char *key, uint32_t type, const void *data, uint64_t n,
+                   size_t elem) {
+    gb_key(b, key, GGUF_TYPE_ARRAY);
+    gb_u32(b, type);
+    gb_u64(b, n);
+    gb_bytes(b, data, n * elem);
+}
+static void kv_strs(gbuf *b, const char *key, const char *const *s, uint64_t n) {
+    gb_key(b, key, GGUF_TYPE_ARRAY);
+    gb_u32(b, GGUF_TYPE_STRING);
+    gb_u64(b, n);
+    for (uint64_t i = 0; i < n; i++) gb_str(b, s[i]);
+}
+/* Parse the buffer; the buffer must outlive the gguf_file (freed by gb_close). */
+static int gb_open(gbuf *b, gguf_file **f, duet_error *err) {
+    static const unsigned char zero[32];
+    memcpy(b->p + 16, &b->n_kv, 8);
+    gb_bytes(b, zero, (32 - b->n % 32) % 32); /* the (empty) data section starts aligned */
+    return gguf_open_buffer(b->p, b->n, "hand-made.gguf", f, err);
+}
+static void gb_close(gbuf *b, gguf_file *f) {
+    gguf_close(f);
+    free(b->p);
+    b->p = NULL;
+}
+
+/* ---- a small SentencePiece vocabulary ------------------------------------------------------ */
+
+#define SP "\xe2\x96\x81" /* U+2581, SentencePiece's space */
+
+typedef struct vtok { const char *text; float score; int type; } vtok;
+
+/* ids 0..2 specials, 3..258 the bytes <0x00>..<0xFF>, then these: */
+static const vtok k_words[] = {
+    {SP, -1, 1},          /* 259 */
+    {"a", -2, 1},         /* 260 */
+    {"b", -2, 1},         /* 261 */
+    {"c", -2, 1},         /* 262 */
+    {"ab", -1.5f, 1},     /* 263 */
+    {"bc", -1.0f, 1},     /* 264 */
+    {"abb", -3, 1},       /* 265 */
+    {SP "a", -0.5f, 1},   /* 266 */
+    {"aa", -1, 1},        /* 267 */
+    {"<", -4, 1},         /* 268 */
+    {"s", -4, 1},         /* 269 */
+    {">", -4, 1},         /* 270 */
+    {"<|u|>", 0, 4},      /* 271 user-defined */
+    {"h", -4, 1},         /* 272 */
+    {"i", -4, 1},         /* 273 */
+    {SP "hi", -0.1f, 1},  /* 274 */
+    {"hi", -0.2f, 1},     /* 275 */
+    {"<unused>", 0, 5},   /* 276 unused */
+    {"\xc3\xa9", -5, 1},  /* 277 "é" */
+};
+#define N_WORDS (int)(sizeof k_words / sizeof k_words[0])
+#define ID_SP 259
+#define ID_A 260
+#define ID_B 261
+#define ID_C 262
+#define ID_AB 263
+#define ID_BC 264
+#define ID_ABB 265
+#define ID_SPA 266
+#define ID_AA 267
+#define ID_LT 268
+#define ID_S 269
+#define ID_GT 270
+#define ID_USER 271
+#define ID_SPHI 274
+#define ID_HI 275
+#define ID_UNUSED 276
+#define ID_EACUTE 277
+#define BYTE_ID(b) (3 + (b))
+
+typedef struct vocab_opts {
+    bool no_bytes;      /* leave out the 256 byte tokens */
+    int add_bos;        /* -1: key absent */
+    int add_eos;        /* -1: key absent */
+    int space_prefix;   /* -1: key absent */
+} vocab_opts;
+
+/* Build the vocabulary (ids as above; without byte tokens the words start at 3). */
+static int load_small(const vocab_opts *o, tokenizer **t, duet_error *err) {
+    static char bytes[256][8];
+    const char *texts[3 + 256 + N_WORDS];
+    float scores[3 + 256 + N_WORDS];
+    int32_t types[3 + 256 + N_WORDS];
+    int n = 0;
+    const char *sp[3] = {"<unk>", "<s>", "</s>"};
+    int spt[3] = {TOKTYPE_UNKNOWN, TOKTYPE_CONTROL, TOKTYPE_CONTROL};
+    for (int i = 0; i < 3; i++, n++) { texts[n] = sp[i]; scores[n] = 0; types[n] = spt[i]; }
+    if (!o->no_bytes)
+        for (int i = 0; i < 256; i++, n++) {
+            snprintf(bytes[i], sizeof bytes[i], "<0x%02X>", i);
+            texts[n] = bytes[i];
+            scores[n] = 0;
+            types[n] = TOKTYPE_BYTE;
+        }
+    for (int i = 0; i < N_WORDS; i++, n++) {
+        texts[n] = k_words[i].text;
+        scores[n] = k_words[i].score;
+        types[n] = k_words[i].type;
+    }
+    gbuf b;
+    gb_init(&b);
+    kv_str(&b, "general.architecture", "llama");
+    kv_str(&b, "tokenizer.ggml.model", "llama");
+    kv_strs(&b, "tokenizer.ggml.tokens", texts, (uint64_t)n);
+    kv_arr(&b, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, scores, (uint64_t)n, 4);
+    kv_arr(&b, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types, (uint64_t)n, 4);
+    kv_u32(&b, "tokenizer.ggml.bos_token_id", 1);
+    kv_u32(&b, "tokenizer.ggml.eos_token_id", 2);
+    kv_u32(&b, "tokenizer.ggml.unknown_token_id", 0);
+    if (o->add_bos >= 0) kv_bool(&b, "tokenizer.ggml.add_bos_token", o->add_bos);
+    if (o->add_eos >= 0) kv_bool(&b, "tokenizer.ggml.add_eos_token", o->add_eos);
+    if (o->space_prefix >= 0) kv_bool(&b, "tokenizer.ggml.add_space_prefix", o->space_prefix);
+    gguf_file *f = NULL;
+    int rc = gb_open(&b, &f, err);
+    if (rc == DUET_OK) rc = tokenizer_load(f, t, err);
+    gb_close(&b, f);
+    return rc;
+}
+
+static const vocab_opts k_default = {false, -1, -1, -1};
+
+/* Encode into a fixed buffer; returns the count (or a negative status). */
+static int enc(const tokenizer *t, const char *s, bool bos, bool special, int32_t *ids) {
+    duet_error err = {0};
+    int n = tokenizer_encode(t, s, strlen(s), bos, special, ids, 64, &err);
+    if (n < 0) fprintf(stderr, "    encode \"%s\": %s\n", s, err.msg);
+    return n;
+}
+
+static bool ids_eq(const int32_t *got, int n, const int32_t *want, int m) {
+    if (n != m) return false;
+    for (int i = 0; i < n; i++)
+        if (got[i] != want[i]) return false;
+    return true;
+}
+
+static void print_ids(const char *what, const int32_t *ids, int n) {
+    fprintf(stderr, "    %s:", what);
+    for (int i = 0; i < n && i < 64; i++) fprintf(stderr, " %d", ids[i]);
+    fprintf(stderr, "\n");
+}
+
+#define CHECK_IDS(t, text, bos, special, ...)                                                 \
+    do {                                                                                    \
+        int32_t _want[] = {__VA_ARGS__};                                                    \
+        int32_t _got[64];                                                                   \
+        int _n = enc(t, text, bos, special, _got);                                          \
+        int _m = (int)(sizeof _want / sizeof _want[0]);                                     \
+        if (!ids_eq(_got, _n, _want, _m)) {                                                 \
+            test_fail_at(__FILE__, __LINE__, "encode \"%s\" (bos %d, special %d)", text,    \
+                         (int)(bos), (int)(special));                                       \
+            print_ids("got ", _got, _n);                                                    \
+            print_ids("want", _want, _m);                                                   \
+        }                                                                                   \
+    } while (0)
+
+/* Decode a whole sequence the way a generation loop does (prev = the token before). */
+static size_t decode(const tokenizer *t, int32_t prev, const int32_t *ids, int n, char *buf,
+                     size_t cap) {
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        int k = tokenizer_piece(t, prev, ids[i], buf + o, (int)(cap - 1 - o));
+        if (k < 0 || (size_t)k > cap - 1 - o) return (size_t)-1;
+        o += (size_t)k;
+        prev = ids[i];
+    }
+    buf[o] = 0;
+    return o;
+}
+
+/* ---- unit tests on the small vocabulary ------------------------------------------------- */
+
+TEST(tok_small_load_and_queries) {
+    tokenizer *t = NULL;
+    duet_error err = {0};
+    REQUIRE(load_small(&k_default, &t, &err) == DUET_OK);
+    CHECK_EQ_INT(tokenizer_n_vocab(t), 3 + 256 + N_WORDS);
+    CHECK_EQ_INT(tokenizer_bos(t), 1);
+    CHECK_EQ_INT(tokenizer_eos(t), 2);
+    CHECK(tokenizer_add_bos(t)); /* absent key: SentencePiece default */
+    CHECK(tokenizer_is_eog(t, 2));
+    CHECK(!tokenizer_is_eog(t, 1));
+    CHECK(!tokenizer_is_eog(t, -1));
+    CHECK(!tokenizer_is_eog(t, 1 << 30));
+    CHECK_EQ_INT(tokenizer_type(t, 0), TOKTYPE_UNKNOWN);
+    CHECK_EQ_INT(tokenizer_type(t, BYTE_ID(0x41)), TOKTYPE_BYTE);
+    CHECK_EQ_INT(tokenizer_type(t, ID_USER), TOKTYPE_USER);
+    CHECK_EQ_INT(tokenizer_type(t, -1), 0);
+    CHECK_EQ_INT(tokenizer_type(t, 100000), 0);
+    CHECK_STR(tokenizer_text(t, ID_SPA), SP "a");
+    CHECK_STR(tokenizer_text(t, BYTE_ID(0x0A)), "<0x0A>");
+    CHECK(tokenizer_text(t, -1) == NULL);
+    CHECK(tokenizer_text(t, tokenizer_n_vocab(t)) == NULL);
+    tokenizer_free(t);
+    tokenizer_free(NULL);
+}
+
+TEST(tok_small_merges) {
+    tokenizer *t = NULL;
+    duet_error err = {0};
+    vocab_opts o = k_default;
+    o.space_prefix = 0; /* test the merge order itself, without the leading U+2581 */
+    REQUIRE(load_small(&o, &t, &err) == DUET_OK);
+    /* "bc" (-1.0) beats "ab" (-1.5); "a"+"bc" is no token, so no further merge */
+    CHECK_IDS(t, "abc", false, false, ID_A, ID_BC);
+    CHECK_IDS(t, "ab", false, false, ID_AB);
+    /* merges chain: "ab" + "b" -> "abb" */
+    CHECK_IDS(t, "abb", false, false, ID_ABB);
+    /* ... but greedily: "bc" goes first, then "ab", and "abb" never forms */
+    CHECK_IDS(t, "abbc", false, false, ID_AB, ID_BC);
+    /* equal scores: the leftmost pair merges first */
+    CHECK_IDS(t, "aaa", false, false, ID_AA, ID_A);
+    CHECK_IDS(t, "aaaa", false, false, ID_AA, ID_AA);
+    /* a space becomes U+2581 and merges like any character */
+    CHECK_IDS(t, " a", false, false, ID_SPA);
+    CHECK_IDS(t, "a a", false, false, ID_A, ID_SPA);
+    int32_t ids[8];
+    CHECK_EQ_INT(enc(t, "", false, false, ids), 0);
+    tokenizer_free(t);
+}
+
+TEST(tok_small_space_prefix_and_bos) {
+    tokenizer *t = NULL;
+    duet_error err = {0};
+    REQUIRE(load_small(&k_default, &t, &err) == DUET_OK);
+    CHECK_IDS(t, "a", false, false, ID_SPA);
+    CHECK_IDS(t, "a", true, false, 1, ID_SPA);
+    CHECK_IDS(t, "hi", false, false, ID_SPHI);
+    CHECK_IDS(t, " hi", false, false, ID_SP, ID_SPHI);
+    int32_t ids[8];
+    CHECK_EQ_INT(enc(t, "", false, false, ids), 0);
+    CHECK_IDS(t, "", true, false, 1);
+    tokenizer_free(t);
+
+    /* add_bos_token false: add_bos is not honoured; add_eos_token true appends EOS */
+    vocab_opts o = k_default;
+    o.add_bos = 0;
+    o.add_eos = 1;
+    REQUIRE(load_small(&o, &t, &err) == DUET_OK);
+    CHECK(!tokenizer_add_bos(t));
+    CHECK_IDS(t, "a", true, false, ID_SPA, 2);
+    CHECK_IDS(t, "a", false, false, ID_SPA);
+    tokenizer_free(t);
+}
+
+TEST(tok_small_byte_fallback_and_unknown) {
+    tokenizer *t = NULL;
+    duet_error err = {0};
+    REQUIRE(load_small(&k_default, &t, &err) == DUET_OK);
+    /* "é" is a token; "ö" is not, so its two UTF-8 bytes become byte tokens */
+    CHECK_IDS(t, "\xc3\xa9", false, false, ID_SP, ID_EACUTE);
+    CHECK_IDS(t, "\xc3\xb6", false, false, ID_SP, BYTE_ID(0xC3), BYTE_ID(0xB6));
+    CHECK_IDS(t, "\n", false, false, ID_SP, BYTE_ID(0x0A));
+    /* invalid UTF-8 is split byte-wise and still encodes losslessly */
+    CHECK_IDS(t, "\xff", false, false, ID_SP, BYTE_ID(0xFF));
+    /* a stray lead byte swallows part of the next U+2581: more symbols than input bytes */
+    CHECK_IDS(t, "\xc3 \xc3 ", false, false, ID_SP, BYTE_ID(0xC3), BYTE_ID(0xE2), BYTE_ID(0x96),
+              BYTE_ID(0x81), BYTE_ID(0xC3), BYTE_ID(0xE2), BYTE_ID(0x96), BYTE_ID(0x81));
+    tokenizer_free(t);
+
+    /* without byte tokens an unknown character becomes <unk>, once per byte */
+    vocab_opts o = k_default;
+    o.no_bytes = true;
+    REQUIRE(load_small(&o, &t, &err) == DUET_OK);
+    int32_t ids[8];
+    int n = enc(t, "\xc3\xb6", false, false, ids);
+    CHECK_EQ_INT(n, 3);
+    if (n == 3) CHECK(ids[1] == 0 && ids[2] == 0);
+    tokenizer_free(t);
+}
+
+TEST(tok_small_special_tokens) {
+    tokenizer *t = NULL;
+    duet_error err = {0};
+    REQUIRE(load_small(&k_default, &t, &err) == DUET_OK);
+    /* "<s>" is plain text unless parse_special */
+    CHECK_IDS(t, "<s>", false, false, ID_SP, ID_LT, ID_S, ID_GT);
+    CHECK_IDS(t, "<s>", false, true, 1);
+    /* the text after a special token gets its own space prefix (as llama.cpp does) */
+    CHECK_IDS(t, "<s>hi", false, true, 1, ID_SPHI);
+    CHECK_IDS(t, "hi<s>hi", false, true, ID_SPHI, 1, ID_SPHI);
+    CHECK_IDS(t, "<s></s>", true, true, 1, 1, 2);
+    /* the unknown token's text is special too; unused tokens never are */
+    CHECK_IDS(t, "<unk>", false, true, 0);
+    /* user-defined tokens are matched even without parse_special */
+    CHECK_IDS(t, "<|u|>", false, false, ID_USER);
+    CHECK_IDS(t, "hi<|u|>hi", false, false, ID_SPHI, ID_USER, ID_SPHI);
+    /* an incomplete one is plain text ('|' and 'u' are not in this vocabulary: bytes) */
+    CHECK_IDS(t, "<|u|", false, false, ID_SP, ID_LT, BYTE_ID('|'), BYTE_ID('u'), BYTE_ID('|'));
+    tokenizer_free(t);
+}
+
+TEST(tok_small_capacity) {
+    tokenizer *t = NULL;
+    duet_error err = {0};
+    REQUIRE(load_small(&k_default, &t, &err) == DUET_OK);
+    int32_t ids[4] = {-7, -7, -7, -7};
+    /* the full count comes back; only cap ids are written */
+    CHECK_EQ_INT(tokenizer_encode(t, "a a a", 5, true, false, ids, 2, &err), 4);
+    CHECK(ids[0] == 1 && ids[1] == ID_SPA && ids[2] == -7);
+    CHECK_EQ_INT(tokenizer_encode(t, "a a a", 5, true, false, NULL, 0, &err), 4);
+    /* bad arguments */
+    CHECK_EQ_INT(tokenizer_encode(t, NULL, 3, false, false, ids, 4, &err), DUET_ERR_ARG);
+    CHECK_EQ_INT(tokenizer_encode(t, "a", 1, false, false, NULL, 4, &err), DUET_ERR_ARG);
+    CHECK_EQ_INT(tokenizer_encode(t, "a", 1, false, false, ids, -1, &err), DUET_ERR_ARG);
+    CHECK_EQ_INT(tokenizer_encode(t, NULL, 0, false, false, ids, 4, &err), 0);
+    /* text with an embedded NUL is encoded by length, not cut at the NUL */
+    CHECK_EQ_INT(tokenizer_encode(t, "a\0a", 3, false, false, ids, 4, &err), 3);
+    CHECK(ids[1] == BYTE_ID(0));
+    tokenizer_free(t);
+}
+
+TEST(tok_small_pieces) {
+    tokenizer *t = NULL;
+    duet_error err = {0};
+    REQUIRE(load_small(&k_default, &t, &err) == DUET_OK);
+    char buf[16];
+    int n;
+    n = tokenizer_piece(t, -1, ID_SPHI, buf, sizeof buf);
+    CHECK(n == 3 && memcmp(buf, " hi", 3) == 0);
+    /* right after BOS the prefix space goes */
+    n = tokenizer_piece(t, 1, ID_SPHI, buf, sizeof buf);
+    CHECK(n == 2 && memcmp(buf, "hi", 2) == 0);
+    n = tokenizer_piece(t, 1, ID_HI, buf, sizeof buf);
+    CHECK(n == 2 && memcmp(buf, "hi", 2) == 0);
+    n = tokenizer_piece(t, -1, BYTE_ID(0x0A), buf, sizeof buf);
+    CHECK(n == 1 && buf[0] == '\n');
+    n = tokenizer_piece(t, -1, BYTE_ID(0xC3), buf, sizeof buf);
+    CHECK(n == 1 && (unsigned char)buf[0] == 0xC3);
+    CHECK_EQ_INT(tokenizer_piece(t, -1, 1, buf, sizeof buf), 0); /* control */
+    CHECK_EQ_INT(tokenizer_piece(t, -1, 2, buf, sizeof buf), 0);
+    CHECK_EQ_INT(tokenizer_piece(t, -1, ID_UNUSED, buf, sizeof buf), 0);
+    n = tokenizer_piece(t, -1, 0, buf, sizeof buf); /* unknown: a visible mark */
+    CHECK(n == 3 && memcmp(buf, "\xe2\x96\x85", 3) == 0);
+    n = tokenizer_piece(t, -1, ID_USER, buf, sizeof buf); /* user-defined: verbatim */
+    CHECK(n == 5 && memcmp(buf, "<|u|>", 5) == 0);
+    /* too small: the size comes back and nothing is written */
+    memset(buf, 'x', sizeof buf);
+    CHECK_EQ_INT(tokenizer_piece(t, -1, ID_SPHI, buf, 2), 3);
+    CHECK(buf[0] == 'x' && buf[1] == 'x');
+    CHECK_EQ_INT(tokenizer_piece(t, -1, ID_USER, NULL, 0), 5);
+    CHECK_EQ_INT(tokenizer_piece(t, -1, -1, buf, sizeof buf), DUET_ERR_RANGE);
+    CHECK_EQ_INT(tokenizer_piece(t, -1, tokenizer_n_vocab(t), buf, sizeof buf), DUET_ERR_RANGE);
+    /* a round trip through encode and decode */
+    int32_t ids[64];
+    const char *s = "hi a\xc3\xb6<s> aa\n";
+    n = tokenizer_encode(t, s, strlen(s), true, false, ids, 64, &err);
+    REQUIRE(n > 0 && n <= 64);
+    char text[128];
+    CHECK(decode(t, -1, ids, n, text, sizeof text) == strlen(s));
+    CHECK_STR(text, s);
+    tokenizer_free(t);
+}
+
+TEST(tok_small_hash) {
+    tokenizer *a = NULL, *b = NULL, *c = NULL;
+    duet_error err = {0};
+    vocab_opts o = k_default;
+    REQUIRE(load_small(&o, &a, &err) == DUET_OK);
+    REQUIRE(load_small(&o, &b, &err) == DUET_OK);
+    o.no_bytes = true;
+    REQUIRE(load_small(&o, &c, &err) == DUET_OK);
+    CHECK(tokenizer_hash(a) == tokenizer_hash(b));
+    CHECK(tokenizer_hash(a) != tokenizer_hash(c));
+    CHECK(tokenizer_hash(a) != 0);
+    tokenizer_free(a);
+    tokenizer_free(b);
+    tokenizer_free(c);
+}
+
+/* ---- bad vocabularies (BAD-INPUTS item 12) ---------------------------------------------- */
+
+typedef struct bad_case {
+    const char *what;
+    int code;
+    const char *msg_part1, *msg_part2; /* both must appear in the message */
+} bad_case;
+
+/* Builds a vocabulary of 5 tokens with one defect chosen by k. */
+static int load_bad(int k, tokenizer **t, duet_error *err) {
+    const char *texts[5] = {"<unk>", "<s>", "</s>", "<0x41>", "a"};
+    float scores[5] = {0, 0, 0, 0, -1};
+    int32_t types[5] = {2, 3, 3, 6, 1};
+    uint64_t n_scores = 5, n_types = 5, n_tokens = 5;
+    const char *model = "llama";
+    uint32_t bos = 1;
+    switch (k) {
+    case 0: model = "gpt2"; break;
+    case 1: model = "t5-unigram"; break;
+    case 2: n_tokens = 0; n_scores = 0; n_types = 0; break;
+    case 3: n_scores = 4; break;
+    case 4: n_types = 3; break;
+    case 5: bos = 5; break;
+    case 6: texts[3] = "<0xZZ>"; break;
+    case 7: texts[3] = "<0x411>"; break;
+    case 8: texts[4] = "a\xc3("; break;
+    case 9: texts[4] = "<s>"; break;
+    case 10: types[4] = 9; break;
+    case 11: scores[4] = NAN; break;
+    case 12: texts[3] = "<0x4>"; break;
+    }
+    gbuf b;
+    gb_init(&b);
+    kv_str(&b, "tokenizer.ggml.model", model);
+    kv_strs(&b, "tokenizer.ggml.tokens", texts, n_tokens);
+    kv_arr(&b, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, scores, n_scores, 4);
+    kv_arr(&b, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types, n_types, 4);
+    kv_u32(&b, "tokenizer.ggml.bos_token_id", bos);
+    if (k == 13) kv_str(&b, "tokenizer.ggml.eos_token_id", "2");
+    if (k == 14) kv_u32(&b, "tokenizer.ggml.unknown_token_id", 1000);
+    if (k == 15) kv_u32(&b, "tokenizer.ggml.add_bos_token", 1);
+    gguf_file *f = NULL;
+    int rc = gb_open(&b, &f, err);
+    if (rc == DUET_OK) rc = tokenizer_load(f, t, err);
+    gb_close(&b, f);
+    return rc;
+}
+
+TEST(tok_bad_vocabularies) {
+    static const bad_case cases[] = {
+        {"BPE model", DUET_ERR_UNSUPPORTED, "tokenizer.ggml.model = \"gpt2\"", "not supported yet"},
+        {"unknown model", DUET_ERR_UNSUPPORTED, "tokenizer.ggml.model = \"t5-unigram\"", "llama"},
+        {"vocab size 0", DUET_ERR_FORMAT, "tokenizer.ggml.tokens", "size 0"},
+        {"scores length", DUET_ERR_FORMAT, "tokenizer.ggml.scores has 4 entries", "has 5"},
+        {"types length", DUET_ERR_FORMAT, "tokenizer.ggml.token_type has 3 entries", "has 5"},
+        {"bos out of range", DUET_ERR_FORMAT, "tokenizer.ggml.bos_token_id = 5", "5 tokens"},
+        {"byte token <0xZZ>", DUET_ERR_FORMAT, "tokenizer.ggml.tokens[3] = \"<0xZZ>\"", "<0xXX>"},
+        {"byte token <0x411>", DUET_ERR_FORMAT, "tokenizer.ggml.tokens[3] = \"<0x411>\"", "byte"},
+        {"invalid UTF-8", DUET_ERR_FORMAT, "tokenizer.ggml.tokens[4] = \"a\\xc3(\"", "UTF-8"},
+        {"duplicate", DUET_ERR_FORMAT, "tokenizer.ggml.tokens[4] = \"<s>\"", "duplicates token 1"},
+        {"token type 9", DUET_ERR_FORMAT, "tokenizer.ggml.token_type[4] = 9", "token type"},
+        {"NaN score", DUET_ERR_FORMAT, "tokenizer.ggml.scores[4]", "NaN"},
+        {"byte token <0x4>", DUET_ERR_FORMAT, "tokenizer.ggml.tokens[3] = \"<0x4>\"", "<0xXX>"},
+        {"eos id of type str", DUET_ERR_FORMAT, "tokenizer.ggml.eos_token_id", "type str"},
+        {"unk out of range", DUET_ERR_FORMAT, "tokenizer.ggml.unknown_token_id = 1000", "range"},
+        {"add_bos not bool", DUET_ERR_FORMAT, "tokenizer.ggml.add_bos_token", "expected bool"},
+    };
+    for (int k = 0; k < (int)(sizeof cases / sizeof cases[0]); k++) {
+        tokenizer *t = (tokenizer *)&k; /* must come back NULL */
+        duet_error err = {0};
+        int rc = load_bad(k, &t, &err);
+        CHECKF(rc == cases[k].code, "%s: status %d, want %d (%s)", cases[k].what, rc,
+               cases[k].code, err.msg);
+        CHECKF(t == NULL, "%s: output not cleared", cases[k].what);
+        CHECKF(strstr(err.msg, "hand-made.gguf") && strstr(err.msg, cases[k].msg_part1) &&
+                   strstr(err.msg, cases[k].msg_part2),
+               "%s: message \"%s\" lacks \"%s\" / \"%s\"", cases[k].what, err.msg,
+               cases[k].msg_part1, cases[k].msg_part2);
+        if (rc == DUET_OK) tokenizer_free(t);
+    }
+    /* the unmodified vocabulary loads */
+    tokenizer *t = NULL;
+    duet_error err = {0};
+    CHECKF(load_bad(-1, &t, &err) == DUET_OK, "%s", err.msg);
+    tokenizer_free(t);
+}
+
+TEST(tok_missing_keys) {
+    duet_error err = {0};
+    tokenizer *t = NULL;
+    gguf_file *f = NULL;
+    gbuf b;
+    gb_init(&b);
+    kv_str(&b, "general.architecture", "llama");
+    REQUIRE(gb_open(&b, &f, &err) == DUET_OK);
+    CHECK_EQ_INT(tokenizer_load(f, &t, &err), DUET_ERR_FORMAT);
+    CHECK(strstr(err.msg, "tokenizer.ggml.model") != NULL);
+    gb_close(&b, f);
+
+    gb_init(&b);
+    kv_str(&b, "tokenizer.ggml.model", "llama");
+    REQUIRE(gb_open(&b, &f, &err) == DUET_OK);
+    CHECK_EQ_INT(tokenizer_load(f, &t, &err), DUET_ERR_FORMAT);
+    CHECK(strstr(err.msg, "tokenizer.ggml.tokens") != NULL);
+    gb_close(&b, f);
+
+    /* tokens only: scores 0, every type normal, SentencePiece default ids 1/2/0 */
+    const char *texts[4] = {"<unk>", "<s>", "</s>", SP "x"};
+    gb_init(&b);
+    kv_str(&b, "tokenizer.ggml.model", "llama");
+    kv_strs(&b, "tokenizer.ggml.tokens", texts, 4);
+    REQUIRE(gb_open(&b, &f, &err) == DUET_OK);
+    CHECKF(tokenizer_load(f, &t, &err) == DUET_OK, "%s", err.msg);
+    gb_close(&b, f);
+    REQUIRE(t != NULL);
+    CHECK_EQ_INT(tokenizer_bos(t), 1);
+    CHECK_EQ_INT(tokenizer_eos(t), 2);
+    CHECK_EQ_INT(tokenizer_type(t, 1), TOKTYPE_NORMAL);
+    CHECK_IDS(t, "x", true, false, 1, 3);
+    tokenizer_free(t);
+}
+
+/* ---- reference vocabularies from ../shared ----------------------------------------------- */
+
+static char *read_file(const char *path, size_t *n) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return NULL;
+    fseek(fp, 0, SEEK_END);
+    long sz = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    char *buf = malloc((size_t)sz + 1);
+    if (buf && fread(buf, 1, (size_t)sz, fp) != (size_t)sz) { free(buf); buf = NULL; }
+    fclose(fp);
+    if (buf) { buf[sz] = 0; *n = (size_t)sz; }
+    return buf;
+}
+
+static tokenizer *load_vocab_file(const char *path) {
+    gguf_file *f = NULL;
+    tokenizer *t = NULL;
+    duet_error err = {0};
+    if (gguf_open(path, &f, &err) != DUET_OK) {
+        test_fail_at(__FILE__, __LINE__, "%s", err.msg);
+        return NULL;
+    }
+    if (tokenizer_load(f, &t, &err) != DUET_OK) test_fail_at(__FILE__, __LINE__, "%s", err.msg);
+    gguf_close(f);
+    return t;
+}
+
+/* llama.cpp's test vectors: .inp strings separated by "\n__ggml_vocab_test__\n" (the text
+ * after the last separator, if any, is one more string); .out one line of ids each. */
+typedef struct vectors {
+    char *inp, *out;
+    int n;
+    char **text;
+    size_t *len;
+    char **ids_line;
+} vectors;
+
+static void vectors_free(vectors *v) {
+    free(v->inp);
+    free(v->out);
+    free(v->text);
+    free(v->len);
+    free(v->ids_line);
+    memset(v, 0, sizeof *v);
+}
+
+static bool vectors_read(const char *vocab_path, vectors *v) {
+    char p[1100];
+    size_t ni = 0, no = 0;
+    memset(v, 0, sizeof *v);
+    snprintf(p, sizeof p, "%s.inp", vocab_path);
+    v->inp = read_file(p, &ni);
+    snprintf(p, sizeof p, "%s.out", vocab_path);
+    v->out = read_file(p, &no);
+    if (!v->inp || !v->out) { vectors_free(v); return false; }
+    static const char sep[] = "\n__ggml_vocab_test__\n";
+    size_t cap = 16;
+    v->text = malloc(cap * sizeof *v->text);
+    v->len = malloc(cap * sizeof *v->len);
+    for (size_t pos = 0; pos < ni;) {
+        if ((size_t)v->n == cap) {
+            cap *= 2;
+            v->text = realloc(v->text, cap * sizeof *v->text);
+            v->len = realloc(v->len, cap * sizeof *v->len);
+        }
+        char *next = memmem(v->inp + pos, ni - pos, sep, sizeof sep - 1);
+        size_t end = next ? (size_t)(next - v->inp) : ni;
+        v->text[v->n] = v->inp + pos;
+        v->len[v->n] = end - pos;
+        v->n++;
+        pos = next ? end + sizeof sep - 1 : ni;
+    }
+    int lines = 0;
+    v->ids_line = malloc(((size_t)v->n + 1) * sizeof *v->ids_line);
+    for (char *s = v->out; *s && lines <= v->n;) {
+        char *nl = strchr(s, '\n');
+        if (nl) *nl = 0;
+        if (lines < v->n) v->ids_line[lines] = s;
+        lines++;
+        s = nl ? nl + 1 : s + strlen(s);
+    }
+    if (lines != v->n) {
+        test_fail_at(__FILE__, __LINE__, "%s: %d test strings but %d lines of ids", vocab_path,
+                     v->n, lines);
+        vectors_free(v);
+        return false;
+    }
+    return true;
+}
+
+static int parse_ids(const char *line, int32_t *ids, int cap) {
+    int n = 0;
+    char *end;
+    for (const char *s = line;;) {
+        long x = strtol(s, &end, 10);
+        if (end == s) break;
+        if (n < cap) ids[n] = (int32_t)x;
+        n++;
+        s = end;
+    }
+    return n;
+}
+
+/* Every vector must encode to exactly the expected ids, and decode (after BOS, which drops
+ * the prefix space as llama.cpp's detokenizer does) back to the input. */
+static void check_vectors(tokenizer *t, const char *vocab_path, const char *name) {
+    vectors v;
+    if (!vectors_read(vocab_path, &v)) {
+        test_fail_at(__FILE__, __LINE__, "%s: cannot read test vectors", vocab_path);
+        return;
+    }
+    int enc_ok = 0, dec_ok = 0;
+    for (int i = 0; i < v.n; i++) {
+        int32_t want[512], got[512];
+        int m = parse_ids(v.ids_line[i], want, 512);
+        duet_error err = {0};
+        int n = tokenizer_encode(t, v.text[i], v.len[i], false, false, got, 512, &err);
+        char shown[120];
+        duet_printable(shown, sizeof shown, v.text[i], v.len[i]);
+        if (m <= 512 && ids_eq(got, n, want, m)) {
+            enc_ok++;
+        } else {
+            test_fail_at(__FILE__, __LINE__, "%s: vector %d \"%s\" encodes differently (%s)",
+                         name, i, shown, n < 0 ? err.msg : "");
+            print_ids("got ", got, n);
+            print_ids("want", want, m);
+            continue;
+        }
+        size_t cap = 4 * v.len[i] + 64;
+        char *text = malloc(cap);
+        size_t k = decode(t, tokenizer_bos(t), got, n, text, cap);
+        if (k == v.len[i] && memcmp(text, v.text[i], k) == 0) dec_ok++;
+        else test_fail_at(__FILE__, __LINE__, "%s: vector %d \"%s\" does not decode back", name,
+                          i, shown);
+        free(text);
+    }
+    fprintf(stderr, "    %s: %d/%d vectors encode exactly, %d/%d decode back\n", name, enc_ok,
+            v.n, dec_ok, v.n);
+    CHECK(v.n >= 40);
+    vectors_free(&v);
+}
+
+static const char *vocab_path(const char *file) {
+    const char *shared = test_shared_dir();
+    if (!shared) return NULL;
+    static char p[1024];
+    snprintf(p, sizeof p, "%s/tokenizers/vocab/%s", shared, file);
+    FILE *fp = fopen(p, "rb");
+    if (!fp) return NULL;
+    fclose(fp);
+    return p;
+}
+
+TEST(tok_vectors_llama_spm) {
+    const char *p = vocab_path("ggml-vocab-llama-spm.gguf");
+    if (!p) SKIP("../shared/tokenizers/vocab/ggml-vocab-llama-spm.gguf not found");
+    tokenizer *t = load_vocab_file(p);
+    REQUIRE(t != NULL);
+    CHECK_EQ_INT(tokenizer_n_vocab(t), 32000);
+    CHECK_EQ_INT(tokenizer_bos(t), 1);
+    CHECK_EQ_INT(tokenizer_eos(t), 2);
+    CHECK(tokenizer_add_bos(t));
+    check_vectors(t, p, "llama-spm");
+    /* "<s>" is text unless parse_special */
+    CHECK_IDS(t, "<s>Hello", false, true, 1, 15043);
+    CHECK_IDS(t, "<s>", false, false, 529, 29879, 29958);
+    tokenizer_free(t);
+}
+
+TEST(tok_vectors_phi3) {
+    const char *p = vocab_path("ggml-vocab-phi-3.gguf");
+    if (!p) SKIP("../shared/tokenizers/vocab/ggml-vocab-phi-3.gguf not found");
+    tokenizer *t = load_vocab_file(p);
+    REQUIRE(t != NULL);
+    CHECK_EQ_INT(tokenizer_n_vocab(t), 32064);
+    CHECK_EQ_INT(tokenizer_eos(t), 32000);
+    CHECK(tokenizer_is_eog(t, 32000)); /* <|endoftext|> */
+    CHECK(tokenizer_is_eog(t, 32007)); /* <|end|>, known by text */
+    CHECK(!tokenizer_is_eog(t, 32010));
+    check_vectors(t, p, "phi-3");
+    /* a chat turn: Phi-3's special tokens swallow the whitespace after them */
+    CHECK_IDS(t, "<|user|>\nHello<|end|>\n<|assistant|>", true, true, 1, 32010, 15043, 32007,
+              32001);
+    /* without parse_special they are text */
+    int32_t ids[64];
+    int n = enc(t, "<|user|>", false, false, ids);
+    CHECK(n > 1);
+    tokenizer_free(t);
+}
+
+TEST(tok_tiny_random_matches_llama_spm) {
+    const char *shared = test_shared_dir();
+    const char *ref = vocab_path("ggml-vocab-llama-spm.gguf");
+    if (!shared || !ref) SKIP("../shared vocabularies not found");
+    char p[1024];
+    snprintf(p, sizeof p, "%s/models/tiny-random/llama-2-tiny-random.gguf", shared);
+    FILE *fp = fopen(p, "rb");
+    if (!fp) SKIP("../shared/models/tiny-random/llama-2-tiny-random.gguf not found");
+    fclose(fp);
+    char refp[1024];
+    snprintf(refp, sizeof refp, "%s", ref);
+    tokenizer *a = load_vocab_file(p), *b = load_vocab_file(refp);
+    if (a && b) {
+        CHECK(tokenizer_hash(a) == tokenizer_hash(b));
+        CHECK_EQ_INT(tokenizer_n_vocab(a), tokenizer_n_vocab(b));
+        check_vectors(a, refp, "tiny-random (llama-spm vectors)");
+    }
+    tokenizer_free(a);
+    tokenizer_free(b);
+}
+
+/* Special-token partitioning, space prefixes, Phi-3's whitespace stripping and invalid UTF-8,
+ * under every add_bos/parse_special combination. Expected ids come from llama.cpp itself
+ * (commit c392e50, llama_tokenize on these vocabulary files); a differential run of 22,000
+ * random strings, each under all 8 vocabulary/flag combinations, matched it too. */
+typedef struct ref_case {
+    int phi3;
+    int bos, special;
+    const char *text;
+    int32_t ids[32]; /* ends with -1 */
+} ref_case;
+
+static const ref_case k_ref_cases[] = {
+    {0, 0, 0, "<|user|>\nHello<|end|>\n<|assistant|>",
+     {529, 29989, 1792, 29989, 29958, 13, 10994, 29966, 29989, 355, 29989, 29958, 13, 29966,
+      29989, 465, 22137, 29989, 29958, -1}},
+    {0, 0, 0, "</s>  x",
+     {1533, 29879, 29958, 29871, 921, -1}},
+    {0, 0, 0, " <|end|> \n x",
+     {29871, 529, 29989, 355, 29989, 29958, 29871, 13, 921, -1}},
+    {0, 0, 0, "\xc3 \xe2 \xf0 x\xff",
+     {29871, 198, 229, 153, 132, 229, 229, 153, 132, 243, 229, 153, 132, 29916, 258, -1}},
+    {0, 0, 0, "\xe2\x96\x81\xe2\x96\x81" "a <s>\t<unk>b",
+     {259, 263, 529, 29879, 29958, 12, 29966, 2960, 29958, 29890, -1}},
+    {0, 0, 0, "<s><s>  </s>",
+     {529, 29879, 5299, 29879, 29958, 29871, 1533, 29879, 29958, -1}},
+    {0, 0, 0, "<|system|><|system|>hi<|endoftext|>",
+     {529, 29989, 5205, 29989, 5299, 29989, 5205, 29989, 29958, 2918, 29966, 29989, 355, 974,
+      726, 29989, 29958, -1}},
+    {0, 0, 1, "<|user|>\nHello<|end|>\n<|assistant|>",
+     {529, 29989, 1792, 29989, 29958, 13, 10994, 29966, 29989, 355, 29989, 29958, 13, 29966,
+      29989, 465, 22137, 29989, 29958, -1}},
+    {0, 0, 1, "</s>  x",
+     {2, 259, 921, -1}},
+    {0, 0, 1, " <|end|> \n x",
+     {29871, 529, 29989, 355, 29989, 29958, 29871, 13, 921, -1}},
+    {0, 0, 1, "\xc3 \xe2 \xf0 x\xff",
+     {29871, 198, 229, 153, 132, 229, 229, 153, 132, 243, 229, 153, 132, 29916, 258, -1}},
+    {0, 0, 1, "\xe2\x96\x81\xe2\x96\x81" "a <s>\t<unk>b",
+     {259, 263, 29871, 1, 29871, 12, 0, 289, -1}},
+    {0, 0, 1, "<s><s>  </s>",
+     {1, 1, 1678, 2, -1}},
+    {0, 0, 1, "<|system|><|system|>hi<|endoftext|>",
+     {529, 29989, 5205, 29989, 5299, 29989, 5205, 29989, 29958, 2918, 29966, 29989, 355, 974,
+      726, 29989, 29958, -1}},
+    {0, 1, 0, "<|user|>\nHello<|end|>\n<|assistant|>",
+     {1, 529, 29989, 1792, 29989, 29958, 13, 10994, 29966, 29989, 355, 29989, 29958, 13, 29966,
+      29989, 465, 22137, 29989, 29958, -1}},
+    {0, 1, 0, "</s>  x",
+     {1, 1533, 29879, 29958, 29871, 921, -1}},
+    {0, 1, 0, " <|end|> \n x",
+     {1, 29871, 529, 29989, 355, 29989, 29958, 29871, 13, 921, -1}},
+    {0, 1, 0, "\xc3 \xe2 \xf0 x\xff",
+     {1, 29871, 198, 229, 153, 132, 229, 229, 153, 132, 243, 229, 153, 132, 29916, 258, -1}},
+    {0, 1, 0, "\xe2\x96\x81\xe2\x96\x81" "a <s>\t<unk>b",
+     {1, 259, 263, 529, 29879, 29958, 12, 29966, 2960, 29958, 29890, -1}},
+    {0, 1, 0, "<s><s>  </s>",
+     {1, 529, 29879, 5299, 29879, 29958, 29871, 1533, 29879, 29958, -1}},
+    {0, 1, 0, "<|system|><|system|>hi<|endoftext|>",
+     {1, 529, 29989, 5205, 29989, 5299, 29989, 5205, 29989, 29958, 2918, 29966, 29989, 355, 974,
+      726, 29989, 29958, -1}},
+    {0, 1, 1, "<|user|>\nHello<|end|>\n<|assistant|>",
+     {1, 529, 29989, 1792, 29989, 29958, 13, 10994, 29966, 29989, 355, 29989, 29958, 13, 29966,
+      29989, 465, 22137, 29989, 29958, -1}},
+    {0, 1, 1, "</s>  x",
+     {1, 2, 259, 921, -1}},
+    {0, 1, 1, " <|end|> \n x",
+     {1, 29871, 529, 29989, 355, 29989, 29958, 29871, 13, 921, -1}},
+    {0, 1, 1, "\xc3 \xe2 \xf0 x\xff",
+     {1, 29871, 198, 229, 153, 132, 229, 229, 153, 132, 243, 229, 153, 132, 29916, 258, -1}},
+    {0, 1, 1, "\xe2\x96\x81\xe2\x96\x81" "a <s>\t<unk>b",
+     {1, 259, 263, 29871, 1, 29871, 12, 0, 289, -1}},
+    {0, 1, 1, "<s><s>  </s>",
+     {1, 1, 1, 1678, 2, -1}},
+    {0, 1, 1, "<|system|><|system|>hi<|endoftext|>",
+     {1, 529, 29989, 5205, 29989, 5299, 29989, 5205, 29989, 29958, 2918, 29966, 29989, 355, 974,
+      726, 29989, 29958, -1}},
+    {1, 0, 0, "<|user|>\nHello<|end|>\n<|assistant|>",
+     {529, 29989, 1792, 29989, 29958, 13, 10994, 29966, 29989, 355, 29989, 29958, 13, 29966,
+      29989, 465, 22137, 29989, 29958, -1}},
+    {1, 0, 0, "</s>  x",
+     {2, 921, -1}},
+    {1, 0, 0, " <|end|> \n x",
+     {29871, 529, 29989, 355, 29989, 29958, 29871, 13, 921, -1}},
+    {1, 0, 0, "\xc3 \xe2 \xf0 x\xff",
+     {29871, 198, 229, 153, 132, 229, 229, 153, 132, 243, 229, 153, 132, 29916, 258, -1}},
+    {1, 0, 0, "\xe2\x96\x81\xe2\x96\x81" "a <s>\t<unk>b",
+     {259, 263, 529, 29879, 29958, 12, 29966, 2960, 29958, 29890, -1}},
+    {1, 0, 0, "<s><s>  </s>",
+     {529, 29879, 5299, 29879, 29958, 259, 2, -1}},
+    {1, 0, 0, "<|system|><|system|>hi<|endoftext|>",
+     {529, 29989, 5205, 29989, 5299, 29989, 5205, 29989, 29958, 2918, 29966, 29989, 355, 974,
+      726, 29989, 29958, -1}},
+    {1, 0, 1, "<|user|>\nHello<|end|>\n<|assistant|>",
+     {32010, 15043, 32007, 32001, -1}},
+    {1, 0, 1, "</s>  x",
+     {2, 921, -1}},
+    {1, 0, 1, " <|end|> \n x",
+     {259, 32007, 921, -1}},
+    {1, 0, 1, "\xc3 \xe2 \xf0 x\xff",
+     {29871, 198, 229, 153, 132, 229, 229, 153, 132, 243, 229, 153, 132, 29916, 258, -1}},
+    {1, 0, 1, "\xe2\x96\x81\xe2\x96\x81" "a <s>\t<unk>b",
+     {259, 263, 29871, 1, 29871, 12, 0, 289, -1}},
+    {1, 0, 1, "<s><s>  </s>",
+     {1, 1, 1678, 2, -1}},
+    {1, 0, 1, "<|system|><|system|>hi<|endoftext|>",
+     {32006, 32006, 7251, 32000, -1}},
+    {1, 1, 0, "<|user|>\nHello<|end|>\n<|assistant|>",
+     {1, 529, 29989, 1792, 29989, 29958, 13, 10994, 29966, 29989, 355, 29989, 29958, 13, 29966,
+      29989, 465, 22137, 29989, 29958, -1}},
+    {1, 1, 0, "</s>  x",
+     {1, 2, 921, -1}},
+    {1, 1, 0, " <|end|> \n x",
+     {1, 29871, 529, 29989, 355, 29989, 29958, 29871, 13, 921, -1}},
+    {1, 1, 0, "\xc3 \xe2 \xf0 x\xff",
+     {1, 29871, 198, 229, 153, 132, 229, 229, 153, 132, 243, 229, 153, 132, 29916, 258, -1}},
+    {1, 1, 0, "\xe2\x96\x81\xe2\x96\x81" "a <s>\t<unk>b",
+     {1, 259, 263, 529, 29879, 29958, 12, 29966, 2960, 29958, 29890, -1}},
+    {1, 1, 0, "<s><s>  </s>",
+     {1, 529, 29879, 5299, 29879, 29958, 259, 2, -1}},
+    {1, 1, 0, "<|system|><|system|>hi<|endoftext|>",
+     {1, 529, 29989, 5205, 29989, 5299, 29989, 5205, 29989, 29958, 2918, 29966, 29989, 355, 974,
+      726, 29989, 29958, -1}},
+    {1, 1, 1, "<|user|>\nHello<|end|>\n<|assistant|>",
+     {1, 32010, 15043, 32007, 32001, -1}},
+    {1, 1, 1, "</s>  x",
+     {1, 2, 921, -1}},
+    {1, 1, 1, " <|end|> \n x",
+     {1, 259, 32007, 921, -1}},
+    {1, 1, 1, "\xc3 \xe2 \xf0 x\xff",
+     {1, 29871, 198, 229, 153, 132, 229, 229, 153, 132, 243, 229, 153, 132, 29916, 258, -1}},
+    {1, 1, 1, "\xe2\x96\x81\xe2\x96\x81" "a <s>\t<unk>b",
+     {1, 259, 263, 29871, 1, 29871, 12, 0, 289, -1}},
+    {1, 1, 1, "<s><s>  </s>",
+     {1, 1, 1, 1678, 2, -1}},
+    {1, 1, 1, "<|system|><|system|>hi<|endoftext|>",
+     {1, 32006, 32006, 7251, 32000, -1}},
+};
+
+TEST(tok_reference_cases) {
+    const char *p[2] = {vocab_path("ggml-vocab-llama-spm.gguf"), NULL};
+    char spm[1024];
+    if (!p[0]) SKIP("../shared/tokenizers/vocab not found");
+    snprintf(spm, sizeof spm, "%s", p[0]);
+    p[1] = vocab_path("ggml-vocab-phi-3.gguf");
+    if (!p[1]) SKIP("../shared/tokenizers/vocab/ggml-vocab-phi-3.gguf not found");
+    tokenizer *t[2] = {load_vocab_file(spm), load_vocab_file(p[1])};
+    if (t[0] && t[1]) {
+        for (size_t i = 0; i < sizeof k_ref_cases / sizeof k_ref_cases[0]; i++) {
+            const ref_case *c = &k_ref_cases[i];
+            int m = 0;
+            while (c->ids[m] >= 0) m++;
+            int32_t got[64];
+            duet_error err = {0};
+            int n = tokenizer_encode(t[c->phi3], c->text, strlen(c->text), c->bos, c->special,
+                                     got, 64, &err);
+            if (!ids_eq(got, n, c->ids, m)) {
+                char shown[120];
+                duet_printable(shown, sizeof shown, c->text, strlen(c->text));
+                test_fail_at(__FILE__, __LINE__, "%s \"%s\" (bos %d, special %d) %s",
+                             c->phi3 ? "phi-3" : "llama-spm", shown, c->bos, c->special, err.msg);
+                print_ids("got ", got, n);
+                print_ids("want", c->ids, m);
+            }
+        }
+    }
+    tokenizer_free(t[0]);
+    tokenizer_free(t[1]);
+}
+
+/* Big inputs must stay fast (hash lookups, heap merges: O(n log n)) and lossless. */
+TEST(tok_large_text) {
+    const char *shared = test_shared_dir();
+    const char *p = vocab_path("ggml-vocab-llama-spm.gguf");
+    if (!shared || !p) SKIP("../shared vocabularies not found");
+    char tp[1024];
+    snprintf(tp, sizeof tp, "%s/data/tinyshakespeare/input.txt", shared);
+    size_t n = 0;
+    char *text = read_file(tp, &n);
+    if (!text) SKIP("../shared/data/tinyshakespeare/input.txt not found");
+    tokenizer *t = load_vocab_file(p);
+    if (!t) { free(text); return; }
+    duet_error err = {0};
+    double t0 = duet_time_s();
+    int m = tokenizer_encode(t, text, n, true, false, NULL, 0, &err);
+    double dt = duet_time_s() - t0;
+    CHECKF(m > 0, "%s", err.msg);
+    int32_t *ids = malloc((size_t)(m > 0 ? m : 1) * sizeof *ids);
+    int m2 = tokenizer_encode(t, text, n, true, false, ids, m, &err);
+    CHECK_EQ_INT(m2, m);
+    char *back = malloc(n + 64);
+    size_t k = decode(t, -1, ids, m, back, n + 64);
+    CHECK(k == n && memcmp(back, text, n) == 0);
+    fprintf(stderr, "    tinyshakespeare: %zu bytes -> %d tokens in %.3f s\n", n, m, dt);
+
+    /* one long run of the same character: the worst case for pair merging */
+    size_t rn = 200000;
+    char *run = malloc(rn);
+    memset(run, 'a', rn);
+    t0 = duet_time_s();
+    m = tokenizer_encode(t, run, rn, false, false, NULL, 0, &err);
+    dt = duet_time_s() - t0;
+    CHECK(m > 0);
+    fprintf(stderr, "    200000 x 'a' -> %d tokens in %.3f s\n", m, dt);
+    CHECKF(dt < 10.0, "pathological input took %.1f s", dt);
+    free(run);
+    free(back);
+    free(ids);
+    free(text);
+    tokenizer_free(t);
+}
