@@ -16,6 +16,7 @@ static const struct {
     {"convert", cmd_convert, "import llama2.c checkpoints: duet convert --llama2c CKPT ..."},
     {"perplexity", cmd_perplexity, "perplexity of a text file: duet perplexity -m MODEL -f FILE"},
     {"make-model", cmd_make_model, "write a random-weight GGUF: duet make-model ... -o OUT"},
+    {"head", cmd_head, "deferral head: duet head init --base MODEL -o HEAD.gguf"},
     {"bench", cmd_bench, "prompt/generation speed: duet bench -m MODEL [-p 512] [-n 128]"},
 };
 

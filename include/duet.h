@@ -85,6 +85,12 @@ void duet_model_free(duet_model *model);
 const duet_hparams *duet_model_hparams(const duet_model *model);
 /* Bytes of weights one decoded token streams from memory (all matrices read once). */
 uint64_t duet_model_bytes_per_token(const duet_model *model);
+/* FNV-1a 64 hash of the vocabulary (every token's text and type): equal hashes mean the
+ * two models tokenise and number text identically. */
+uint64_t duet_model_vocab_hash(const duet_model *model);
+/* Token type as GGUF stores it (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
+ * 6 byte), 0 when out of range. */
+int duet_token_type(const duet_model *model, int32_t token);
 
 /* ---- tokenizer (owned by the model) ----------------------------------------------------- */
 int32_t duet_token_bos(const duet_model *model);   /* -1 when the vocabulary has none */
@@ -134,6 +140,9 @@ int duet_session_n_past(const duet_session *s);
 const int32_t *duet_session_tokens(const duet_session *s);
 int duet_session_n_ctx(const duet_session *s);
 duet_model *duet_session_model(const duet_session *s);
+/* Tokens this session has run through the model since creation (prompt, decode, re-evaluation
+ * after truncate/sync all count): the cost counter collaboration statistics are built on. */
+long duet_session_n_evaluated(const duet_session *s);
 /* Drop the timeline back to its first n tokens (KV entries past n become invalid). */
 int duet_session_truncate(duet_session *s, int n);
 /* Make the timeline equal to tokens[0..n): keeps the longest common prefix, evaluates only
@@ -175,6 +184,113 @@ void duet_sampler_free(duet_sampler *s);
 int32_t duet_sampler_sample(duet_sampler *s, const float *logits, int n_vocab);
 /* Index of the largest value (lowest index wins ties). */
 int32_t duet_argmax(const float *x, int n);
+
+/* ---- deferral head (Co-LLM's switch) ------------------------------------------------------ */
+/* s_t = u . h_t on the base model's final-norm hidden state h_t; P(defer) = sigmoid(s_t).
+ * Stored as a sidecar GGUF (general.type "duet.head") that records the base model's identity
+ * (name, n_embd, n_vocab, vocabulary hash): loading it for another base is an error. */
+typedef struct duet_head duet_head;
+
+/* The untrained start: u = mean of the base's output-matrix rows. */
+int duet_head_init(const duet_model *base, duet_head **out, duet_error *err);
+/* A head from a given vector u [n_embd] (copied), e.g. hand-made heads for tests. */
+int duet_head_from_vector(const duet_model *base, const float *u, int n, duet_head **out,
+                          duet_error *err);
+/* Load and check against base: name, n_embd, n_vocab and vocabulary hash must all match
+ * (BAD-INPUTS 15); NaN/Inf weights are rejected. */
+int duet_head_load(const char *path, const duet_model *base, duet_head **out, duet_error *err);
+/* Write atomically (temp file + rename). */
+int duet_head_save(const duet_head *head, const char *path, duet_error *err);
+void duet_head_free(duet_head *head);
+int duet_head_n_embd(const duet_head *head);
+const float *duet_head_u(const duet_head *head);   /* [n_embd], mutable via _set_u */
+int duet_head_set_u(duet_head *head, const float *u, int n);
+/* The tuned threshold eta in [0,1], or a negative value when the head has none. */
+float duet_head_threshold(const duet_head *head);
+void duet_head_set_threshold(duet_head *head, float eta);
+/* s = u . h (the logit of P(defer)). */
+float duet_head_score(const duet_head *head, const float *hidden);
+
+/* ---- collaborative decoding ------------------------------------------------------------- */
+typedef enum duet_policy {
+    DUET_POLICY_COLLM = 0,   /* defer iff u.h > logit(eta) (head required) */
+    DUET_POLICY_BASE,        /* base alone */
+    DUET_POLICY_EXPERT,      /* expert alone */
+    DUET_POLICY_RANDOM,      /* defer with probability random_rate (seeded) */
+    DUET_POLICY_CONFIDENCE,  /* token of the model whose max-probability is higher */
+    DUET_POLICY_COMPOSE,     /* p = sigmoid(u.h); if p > eta: argmax (1-p) P_base + p P_expert */
+    DUET_POLICY_PROXY,       /* logits_expert + logits_base - logits_anti (anti model required) */
+    DUET_POLICY_CONTRASTIVE, /* (1+b) s_expert - b s_base over s_expert >= log(a) + max s_expert */
+    DUET_POLICY_UNCERTAINTY, /* defer iff the base's next-token entropy (nats) > threshold */
+    DUET_POLICY_COUNT
+} duet_policy;
+
+/* "collm", "base", ... -> policy; -1 for an unknown name. */
+int duet_policy_from_name(const char *name);
+const char *duet_policy_name(int policy);
+
+typedef struct duet_collab_params {
+    duet_policy policy;
+    float threshold;       /* eta for collm/compose (default: the head's tuned one, else 0.5);
+                              entropy in nats for uncertainty (default 2.0). Negative = default */
+    float random_rate;     /* random policy: P(defer) */
+    float cd_alpha;        /* contrastive plausibility alpha (0 = 0.1) */
+    float cd_beta;         /* contrastive beta (0 = 0.5) */
+    int eager_sync;        /* 1: the expert evaluates every token as it is emitted */
+    int n_ctx;             /* context for all sessions (0 = min of the models' defaults) */
+    duet_sampler_params sampling; /* applied to whichever distribution the policy picks */
+} duet_collab_params;
+
+enum { DUET_SRC_BASE = 0, DUET_SRC_EXPERT = 1, DUET_SRC_MIXED = 2 };
+
+/* One emitted token and why. */
+typedef struct duet_collab_token {
+    int32_t id;            /* base vocabulary id (the canonical token list is in base ids) */
+    int source;            /* DUET_SRC_* */
+    int deferred;          /* the policy consulted the expert for this token's choice */
+    float score;           /* u.h (collm/compose), entropy (uncertainty), or NaN */
+    float p_defer;         /* sigmoid(score) for head policies, else NaN */
+    int32_t base_top;      /* base's argmax (base ids) and its probability */
+    float base_top_p;
+    int32_t expert_top;    /* expert's argmax mapped to base ids (-1 when not computed) */
+    float expert_top_p;
+} duet_collab_token;
+
+typedef struct duet_collab_stats {
+    int n_prompt;          /* prompt tokens */
+    int n_generated;       /* tokens emitted */
+    int n_deferred;        /* tokens whose choice consulted the expert */
+    int expert_calls;      /* times the expert produced a next-token distribution */
+    long expert_evaluated; /* tokens the expert evaluated (prompt + catch-up) */
+    long base_evaluated;   /* tokens the base evaluated */
+    double t_base;         /* seconds in base forward passes */
+    double t_expert;       /* seconds in expert forward passes (incl. the anti model) */
+    double t_total;        /* seconds in start + steps */
+} duet_collab_stats;
+
+typedef struct duet_collab duet_collab;
+
+/* Check vocabularies (identical, or bridged when every base token text exists in the expert's
+ * vocabulary; else DUET_ERR_UNSUPPORTED naming the first base id and text that has no match)
+ * and create sessions. head is needed by collm and compose; anti by proxy; expert may be NULL
+ * only for the base policy (single-model generation). The models and head must outlive the
+ * collab. */
+int duet_collab_new(duet_model *base, duet_model *expert, duet_model *anti,
+                    const duet_head *head, const duet_collab_params *params,
+                    duet_collab **out, duet_error *err);
+void duet_collab_free(duet_collab *c);
+/* Begin a new answer after prompt (base ids). Sessions keep their KV caches where the new
+ * prompt shares a prefix with the previous timeline. */
+int duet_collab_start(duet_collab *c, const int32_t *prompt, int n, duet_error *err);
+/* Choose and emit the next token. DUET_OK with *tok filled; DUET_EOS when the chosen token
+ * ends generation (it is reported in *tok but not added); DUET_ERR_RANGE when the context is
+ * full. */
+int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err);
+const duet_collab_stats *duet_collab_get_stats(const duet_collab *c);
+/* The canonical token list (prompt + emitted), base ids. */
+const int32_t *duet_collab_tokens(const duet_collab *c, int *n);
+/* 1 when the vocabularies differ and ids go through the bridge. */
+int duet_collab_bridged(const duet_collab *c);
 
 /* ---- model files: import and fixtures ---------------------------------------------------- */
 typedef struct duet_convert_params {

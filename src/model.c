@@ -391,3 +391,6 @@ int duet_tokenize(const duet_model *m, const char *text, size_t len, int add_bos
 int duet_token_to_piece(const duet_model *m, int32_t prev, int32_t token, char *buf, int cap) {
     return tokenizer_piece(m->tok, prev, token, buf, cap);
 }
+
+uint64_t duet_model_vocab_hash(const duet_model *m) { return tokenizer_hash(m->tok); }
+int duet_token_type(const duet_model *m, int32_t t) { return tokenizer_type(m->tok, t); }

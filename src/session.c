@@ -21,6 +21,7 @@ struct duet_session {
     int out_cap;     /* rows allocated */
     int n_out;       /* rows kept by the last eval */
     int out_pos;     /* position of the last kept row; -1: none valid */
+    long n_evaluated;
 };
 
 static int grow_outputs(duet_session *s, int rows, duet_error *err) {
@@ -104,6 +105,7 @@ int duet_session_eval(duet_session *s, const int32_t *tokens, int n, int all_log
         fwd_eval(&s->st, tokens + done, c, s->n_past, first_out, s->hidden + (size_t)row * E,
                  s->logits + (size_t)row * V);
         s->n_past += c;
+        s->n_evaluated += c;
         done += c;
     }
     s->n_out = all_logits ? n : 1;
@@ -132,6 +134,7 @@ int duet_session_n_past(const duet_session *s) { return s->n_past; }
 const int32_t *duet_session_tokens(const duet_session *s) { return s->tokens; }
 int duet_session_n_ctx(const duet_session *s) { return s->st.n_ctx; }
 duet_model *duet_session_model(const duet_session *s) { return s->m; }
+long duet_session_n_evaluated(const duet_session *s) { return s->n_evaluated; }
 
 int duet_session_truncate(duet_session *s, int n) {
     if (n < 0 || n > s->n_past) return DUET_ERR_ARG;
