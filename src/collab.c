@@ -365,7 +365,9 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
         }
         case DUET_POLICY_PROXY:
             if ((rc = follower_sync(c, &c->anti, 1, err))) return rc;
-            for (int i = 0; i < V; i++) c->work[i] = le[i] + lb[i] - c->anti.logits[i];
+            /* le + (lb - la): with anti == base the bracket is exactly 0, so proxy tuning
+             * then reproduces the expert bit for bit */
+            for (int i = 0; i < V; i++) c->work[i] = le[i] + (lb[i] - c->anti.logits[i]);
             pick = c->work;
             source = DUET_SRC_MIXED;
             break;

@@ -174,3 +174,48 @@ TEST(cli_convert_errors) {
     CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 1);
     CHECKF(strstr(err, "trunc.bin") && strstr(err, "5000"), "stderr: %s", err);
 }
+
+TEST(cli_run_with_expert_head_trace) {
+    NEED_BIN();
+    const char *b = fixture_random(DT_F32, 61, 0), *e = fixture_random(DT_F32, 62, 0);
+    REQUIRE(b && e);
+    static char out[16384], err[8192], base_out[16384], exp_out[16384];
+    char args[4096], head[600], trace[600];
+    snprintf(head, sizeof head, "%s/cli-head.gguf", test_tmpdir());
+    snprintf(trace, sizeof trace, "%s/cli-trace.jsonl", test_tmpdir());
+    snprintf(args, sizeof args, "head init --base '%s' -o '%s'", b, head);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    /* the single models alone */
+    snprintf(args, sizeof args, "run -m '%s' -p 'ab cd' -n 30 --temp 0 --quiet", b);
+    CHECK_EQ_INT(run_duet(args, base_out, sizeof base_out, err, sizeof err), 0);
+    snprintf(args, sizeof args, "run -m '%s' -p 'ab cd' -n 30 --temp 0 --quiet", e);
+    CHECK_EQ_INT(run_duet(args, exp_out, sizeof exp_out, err, sizeof err), 0);
+    CHECK(strcmp(base_out, exp_out) != 0);
+    /* threshold 1 is the base alone, byte for byte; policy expert is the expert alone */
+    snprintf(args, sizeof args, "run -m '%s' --expert '%s' --head '%s' --threshold 1 -p 'ab cd' -n 30 --temp 0 --quiet",
+             b, e, head);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    CHECK_STR(out, base_out);
+    snprintf(args, sizeof args, "run -m '%s' --expert '%s' --policy expert -p 'ab cd' -n 30 --temp 0 --quiet", b, e);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    CHECK_STR(out, exp_out);
+    /* a trace: one JSON object per generated token, and the summary on stderr */
+    snprintf(args, sizeof args, "run -m '%s' --expert '%s' --head '%s' --threshold 0.5 -p 'ab cd' -n 30 "
+             "--temp 0 --trace '%s' --color", b, e, head, trace);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    CHECKF(strstr(err, "deferred") && strstr(err, "expert calls") && strstr(err, "expert tokens evaluated"),
+           "summary: %s", err);
+    CHECKF(!strchr(out, '\x1b'), "--color must not colour a pipe");
+    char cmd[1400];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c \"import json,sys; L=[json.loads(l) for l in open('%s')]; "
+             "sys.exit(0 if len(L)==30 and all(k in L[0] for k in ('id','text','source','p_defer','base_top','expert_top')) else 1)\"",
+             trace);
+    CHECKF(system(cmd) == 0, "trace %s is not 30 JSON lines with the fields", trace);
+    /* unknown policy / sync mode: usage errors */
+    snprintf(args, sizeof args, "run -m '%s' --expert '%s' --policy nosuch -p x -n 3", b, e);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 2);
+    CHECK(strstr(err, "nosuch") != NULL);
+    snprintf(args, sizeof args, "run -m '%s' --expert '%s' --policy collm -p x -n 3", b, e);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 1);
+    CHECKF(strstr(err, "head") != NULL, "collm without a head: %s", err);
+}

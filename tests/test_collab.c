@@ -1,0 +1,291 @@
+/* test_collab.c: Co-LLM decoding: analytic cases (eta 1 = base, eta 0 = expert, random
+ * r 0/1, proxy with anti == base = expert), lazy vs eager sync, the expert's evaluation
+ * count, the vocabulary bridge, and the head sidecar. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../src/gguf.h"
+#include "../src/quant.h"
+#include "duet.h"
+#include "fixtures.h"
+#include "test.h"
+
+#define MAXGEN 64
+
+typedef struct run_out {
+    int32_t ids[MAXGEN];
+    int src[MAXGEN];
+    duet_collab_token tok[MAXGEN];
+    int n;
+    int eos_src;   /* source of the step that chose EOS, -1 if generation did not end so */
+    duet_collab_stats st;
+} run_out;
+
+static duet_model *load(const char *path) {
+    duet_model *m = NULL;
+    duet_error err = {0};
+    duet_model_params mp = {.n_threads = 2};
+    if (!path || duet_model_load(path, &mp, &m, &err))
+        test_fail_at(__FILE__, __LINE__, "load %s: %s", path ? path : "(null)", err.msg);
+    return m;
+}
+
+/* Decode n tokens after prompt (base ids) with the given policy; 0 on success. */
+static int decode(duet_model *b, duet_model *e, duet_model *anti, const duet_head *h,
+                  duet_collab_params p, const int32_t *prompt, int np, int n, run_out *o) {
+    duet_collab *c = NULL;
+    duet_error err = {0};
+    memset(o, 0, sizeof *o);
+    if (duet_collab_new(b, e, anti, h, &p, &c, &err) || duet_collab_start(c, prompt, np, &err)) {
+        test_fail_at(__FILE__, __LINE__, "collab: %s", err.msg);
+        duet_collab_free(c);
+        return -1;
+    }
+    int rc = 0;
+    while (o->n < n && o->n < MAXGEN) {
+        duet_collab_token t;
+        rc = duet_collab_step(c, &t, &err);
+        o->eos_src = rc == DUET_EOS ? t.source : -1;
+        if (rc) break;
+        o->tok[o->n] = t;
+        o->ids[o->n] = t.id;
+        o->src[o->n++] = t.source;
+    }
+    o->st = *duet_collab_get_stats(c);
+    duet_collab_free(c);
+    if (rc < 0) test_fail_at(__FILE__, __LINE__, "step: %s", err.msg);
+    return rc < 0 ? -1 : 0;
+}
+
+static int same_ids(const run_out *a, const run_out *b) {
+    return a->n == b->n && !memcmp(a->ids, b->ids, sizeof(int32_t) * (size_t)a->n);
+}
+
+static void prompt_of(int k, int32_t *p, int *np) {
+    *np = 3 + k % 7;
+    p[0] = 1;
+    for (int i = 1; i < *np; i++) p[i] = 3 + (k * 131 + i * 17) % 590;
+}
+
+/* A hand-made head: a seeded random direction scaled so scores spread over a few logits. */
+static duet_head *random_head(duet_model *b, uint64_t seed, float scale) {
+    int E = duet_model_hparams(b)->n_embd;
+    float u[1024];
+    uint64_t x = seed;
+    for (int i = 0; i < E; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        u[i] = scale * ((float)(x >> 40) / (float)(1 << 24) - 0.5f);
+    }
+    duet_head *h = NULL;
+    duet_error err = {0};
+    if (duet_head_from_vector(b, u, E, &h, &err)) test_fail_at(__FILE__, __LINE__, "%s", err.msg);
+    return h;
+}
+
+TEST(collab_analytic_cases) {
+    duet_model *b = load(fixture_random(DT_F32, 21, 0)), *e = load(fixture_random(DT_F32, 22, 0));
+    REQUIRE(b && e);
+    duet_head *h = random_head(b, 5, 40.0f);
+    REQUIRE(h);
+    int32_t pr[16];
+    int np;
+    for (int k = 0; k < 4; k++) {
+        prompt_of(k, pr, &np);
+        run_out base, expert, x;
+        duet_collab_params p = {.policy = DUET_POLICY_BASE};
+        REQUIRE(!decode(b, NULL, NULL, NULL, p, pr, np, 40, &base));
+        p.policy = DUET_POLICY_EXPERT;
+        REQUIRE(!decode(b, e, NULL, NULL, p, pr, np, 40, &expert));
+        CHECKF(!same_ids(&base, &expert), "base and expert agree: the test cannot tell them apart");
+        /* eta 1 never defers, eta 0 always */
+        p = (duet_collab_params){.policy = DUET_POLICY_COLLM, .threshold = 1.0f};
+        REQUIRE(!decode(b, e, NULL, h, p, pr, np, 40, &x));
+        CHECK(same_ids(&x, &base) && x.st.expert_calls == 0 && x.st.expert_evaluated == 0);
+        p.threshold = 0.0f;
+        REQUIRE(!decode(b, e, NULL, h, p, pr, np, 40, &x));
+        CHECK(same_ids(&x, &expert) && x.st.n_deferred == x.n);
+        /* random r = 0 / 1 */
+        p = (duet_collab_params){.policy = DUET_POLICY_RANDOM, .random_rate = 0.0f};
+        REQUIRE(!decode(b, e, NULL, NULL, p, pr, np, 40, &x));
+        CHECK(same_ids(&x, &base));
+        p.random_rate = 1.0f;
+        REQUIRE(!decode(b, e, NULL, NULL, p, pr, np, 40, &x));
+        CHECK(same_ids(&x, &expert));
+        /* proxy tuning with anti == base is the expert */
+        p = (duet_collab_params){.policy = DUET_POLICY_PROXY};
+        REQUIRE(!decode(b, e, b, NULL, p, pr, np, 40, &x));
+        CHECK(same_ids(&x, &expert));
+        /* uncertainty: a threshold above any entropy is base, 0 is expert */
+        p = (duet_collab_params){.policy = DUET_POLICY_UNCERTAINTY, .threshold = 1e6f};
+        REQUIRE(!decode(b, e, NULL, NULL, p, pr, np, 40, &x));
+        CHECK(same_ids(&x, &base) && x.st.expert_calls == 0);
+        p.threshold = 0.0f;
+        REQUIRE(!decode(b, e, NULL, NULL, p, pr, np, 40, &x));
+        CHECK(same_ids(&x, &expert));
+        /* compose with eta 1 is base; confidence and contrastive run and consult the expert */
+        p = (duet_collab_params){.policy = DUET_POLICY_COMPOSE, .threshold = 1.0f};
+        REQUIRE(!decode(b, e, NULL, h, p, pr, np, 40, &x));
+        CHECK(same_ids(&x, &base));
+        p = (duet_collab_params){.policy = DUET_POLICY_CONFIDENCE};
+        REQUIRE(!decode(b, e, NULL, NULL, p, pr, np, 40, &x));
+        CHECK(x.st.expert_calls == x.n);
+        for (int i = 0; i < x.n; i++) { /* greedy: the more confident model's argmax */
+            const duet_collab_token *t = &x.tok[i];
+            int want = t->expert_top_p > t->base_top_p ? t->expert_top : t->base_top;
+            CHECKF(t->id == want && (t->source == DUET_SRC_EXPERT) == (t->expert_top_p > t->base_top_p),
+                   "confidence token %d: id %d source %d, base %d (%.4f) expert %d (%.4f)", i, t->id,
+                   t->source, t->base_top, t->base_top_p, t->expert_top, t->expert_top_p);
+        }
+        p = (duet_collab_params){.policy = DUET_POLICY_CONTRASTIVE};
+        REQUIRE(!decode(b, e, NULL, NULL, p, pr, np, 40, &x));
+        CHECK(x.n > 0 && x.st.expert_calls == x.n);
+    }
+    duet_head_free(h);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
+/* Lazy and eager expert sync must give identical tokens; in lazy mode the expert evaluates
+ * exactly the prefix up to its last deferral, each token once. */
+TEST(collab_lazy_equals_eager_and_counts) {
+    duet_model *b = load(fixture_random(DT_Q8_0, 31, 0)), *e = load(fixture_random(DT_Q8_0, 32, 0));
+    REQUIRE(b && e);
+    double rates[2] = {0, 0};
+    int runs[2] = {0, 0};
+    for (int k = 0; k < 20; k++) {
+        int often = k % 2;
+        duet_head *h = random_head(b, 100 + (uint64_t)k, 0.5f);
+        REQUIRE(h);
+        int32_t pr[16];
+        int np;
+        prompt_of(k, pr, &np);
+        duet_collab_params p = {.policy = DUET_POLICY_COLLM, .threshold = often ? 0.15f : 0.85f};
+        run_out lazy, eager;
+        REQUIRE(!decode(b, e, NULL, h, p, pr, np, 48, &lazy));
+        p.eager_sync = 1;
+        REQUIRE(!decode(b, e, NULL, h, p, pr, np, 48, &eager));
+        CHECKF(same_ids(&lazy, &eager), "prompt %d: lazy and eager sync differ", k);
+        CHECK_EQ_INT(lazy.st.n_deferred, eager.st.n_deferred);
+        /* lazy: expert evaluated = prompt + catch-up = the prefix before its last deferral */
+        /* (a step that chose EOS counts as the step after the last emitted token) */
+        int last = lazy.eos_src == DUET_SRC_EXPERT ? lazy.n : -1, eos = lazy.eos_src >= 0;
+        for (int i = 0; last < 0 && i < lazy.n; i++)
+            if (lazy.src[lazy.n - 1 - i] == DUET_SRC_EXPERT) last = lazy.n - 1 - i;
+        long want = last < 0 ? 0 : np + last;
+        CHECKF(lazy.st.expert_evaluated == want, "prompt %d: expert evaluated %ld, want %ld", k,
+               lazy.st.expert_evaluated, want);
+        CHECK(lazy.st.expert_evaluated <= np + lazy.n);
+        CHECK_EQ_INT(eager.st.expert_evaluated, np + eager.n);
+        CHECK_EQ_INT(lazy.st.base_evaluated, np + lazy.n - 1 + eos);
+        rates[often] += (double)lazy.st.n_deferred / (lazy.n ? lazy.n : 1);
+        runs[often]++;
+        duet_head_free(h);
+    }
+    double rare = rates[0] / runs[0], often = rates[1] / runs[1];
+    fprintf(stderr, "    mean deferral: %.1f%% (eta 0.85), %.1f%% (eta 0.15)\n", 100 * rare, 100 * often);
+    CHECKF(rare > 0.02 && rare < 0.35 && often > 0.65 && often < 0.98,
+           "heads should defer rarely and often: %.2f / %.2f", rare, often);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
+TEST(collab_babyllama_bridge_and_refusal) {
+    const char *a = fixture_llama2c("tok105"), *x = fixture_llama2c("tok361");
+    if (!a || !x) SKIP("../shared/models/babyllama not present");
+    duet_model *b = load(a), *e = load(x), *r = load(fixture_random(DT_F32, 1, 1));
+    REQUIRE(b && e && r);
+    int32_t pr[64];
+    duet_error err = {0};
+    int np = duet_tokenize(b, "Once upon a time", 16, 1, 0, pr, 64, &err);
+    REQUIRE(np > 1);
+    run_out base, expert;
+    duet_collab_params p = {.policy = DUET_POLICY_BASE};
+    REQUIRE(!decode(b, NULL, NULL, NULL, p, pr, np, 60, &base));
+    p.policy = DUET_POLICY_EXPERT;
+    REQUIRE(!decode(b, e, NULL, NULL, p, pr, np, 60, &expert));
+    /* the expert's own greedy text, in its own ids, spells the same characters */
+    char s1[512] = "", s2[512] = "";
+    for (int i = 0, o = 0; i < expert.n; i++)
+        o += duet_token_to_piece(b, i ? expert.ids[i - 1] : pr[np - 1], expert.ids[i], s1 + o, 8);
+    duet_session *es = NULL;
+    int32_t epr[64];
+    int enp = duet_tokenize(e, "Once upon a time", 16, 1, 0, epr, 64, &err);
+    REQUIRE(enp == np && !duet_session_new(e, NULL, &es, &err) && !duet_session_eval(es, epr, enp, 0, &err));
+    int32_t prev = epr[enp - 1];
+    for (int i = 0, o = 0; i < expert.n; i++) {
+        int32_t t = duet_argmax(duet_session_logits(es, -1), duet_model_hparams(e)->n_vocab);
+        o += duet_token_to_piece(e, prev, t, s2 + o, 8);
+        prev = t;
+        REQUIRE(!duet_session_eval(es, &t, 1, 0, &err));
+    }
+    CHECKF(!strcmp(s1, s2), "bridged expert text '%s' != expert alone '%s'", s1, s2);
+    duet_session_free(es);
+    /* a base whose byte tokens the expert lacks is refused, naming id and text */
+    duet_collab *c = NULL;
+    p.policy = DUET_POLICY_EXPERT;
+    int rc = duet_collab_new(r, b, NULL, NULL, &p, &c, &err);
+    CHECK(rc == DUET_ERR_UNSUPPORTED && !c);
+    CHECKF(strstr(err.msg, "base token 3") && strstr(err.msg, "<0x00>"), "message: %s", err.msg);
+    duet_model_free(r);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
+TEST(collab_head_sidecar) {
+    duet_model *b = load(fixture_random(DT_F32, 41, 0));
+    REQUIRE(b);
+    duet_head *h = NULL, *g = NULL;
+    duet_error err = {0};
+    REQUIRE(!duet_head_init(b, &h, &err));
+    CHECK(duet_head_threshold(h) < 0);
+    /* init is the mean of the output-matrix rows: recompute from the file in double */
+    gguf_file *f = NULL;
+    REQUIRE(!gguf_open(fixture_random(DT_F32, 41, 0), &f, &err));
+    const gguf_tensor *o = gguf_find_tensor(f, "output.weight");
+    REQUIRE(o && o->type == DT_F32);
+    for (int j = 0; j < 4; j++) {
+        double acc = 0;
+        for (int64_t r = 0; r < o->ne[1]; r++) {
+            float v;
+            memcpy(&v, (const char *)o->data + (size_t)(r * o->ne[0] + j) * 4, 4);
+            acc += v;
+        }
+        CHECK_NEAR(duet_head_u(h)[j], acc / (double)o->ne[1], 1e-7);
+    }
+    gguf_close(f);
+    duet_head_set_threshold(h, 0.37f);
+    char path[600];
+    snprintf(path, sizeof path, "%s/head.gguf", test_tmpdir());
+    REQUIRE(!duet_head_save(h, path, &err));
+    REQUIRE(!duet_head_load(path, b, &g, &err));
+    CHECK(!memcmp(duet_head_u(h), duet_head_u(g), sizeof(float) * (size_t)duet_head_n_embd(h)));
+    CHECK_NEAR(duet_head_threshold(g), 0.37, 1e-7);
+    duet_head_free(g);
+    g = NULL;
+    /* a base of another shape and name: refused with both identities in the message */
+    char other_path[600];
+    snprintf(other_path, sizeof other_path, "%s/other-base.gguf", test_tmpdir());
+    duet_make_model_params mp = {.arch = "llama", .n_embd = 64, .n_layer = 1, .n_head = 2,
+                                 .n_head_kv = 2, .n_ff = 64, .n_vocab = 600, .type = DT_F16,
+                                 .output_type = -1, .seed = 3};
+    REQUIRE(!duet_make_model(&mp, other_path, &err));
+    duet_model *other = load(other_path);
+    REQUIRE(other);
+    int rc = duet_head_load(path, other, &g, &err);
+    CHECK(rc < 0 && !g);
+    CHECKF(strstr(err.msg, path) && strstr(err.msg, "belongs to") && strstr(err.msg, "n_embd 128"),
+           "message: %s", err.msg);
+    /* NaN weights are refused */
+    float u[128];
+    memcpy(u, duet_head_u(h), sizeof u);
+    u[7] = NAN;
+    duet_head_set_u(h, u, 128);
+    REQUIRE(!duet_head_save(h, path, &err));
+    rc = duet_head_load(path, b, &g, &err);
+    CHECKF(rc < 0 && strstr(err.msg, "head.u[7]"), "NaN head: %s", err.msg);
+    duet_model_free(other);
+    duet_head_free(h);
+    duet_model_free(b);
+}
