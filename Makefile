@@ -13,13 +13,13 @@ OPT     ?= -O3
 SAN     ?=
 BASE_CFLAGS := $(OPT) $(SAN) $(ARCH) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter \
            -pthread -Iinclude -Isrc -MMD -MP -g
-LDLIBS  := -lm -pthread $(SAN)
+LDLIBS  := -ljansson -lm -pthread $(SAN)
 
 # Debian packages the build, tests and demo need (installed by `make deps`).
-DEPS_PKGS := gcc make python3 python3-numpy
+DEPS_PKGS := gcc make python3 python3-numpy libjansson-dev
 FUZZ_PKGS := clang libclang-rt-14-dev
 
-LIB_SRC  := $(wildcard src/*.c)
+LIB_SRC  := $(wildcard src/*.c src/train/*.c)
 CMD_SRC  := $(wildcard cmd/*.c)
 TEST_SRC := $(wildcard tests/*.c)
 BENCH_SRC := $(wildcard bench/*.c)
@@ -81,7 +81,7 @@ fuzz:
 	@for f in fuzz/*.c; do n=$$(basename $$f .c); \
 	    echo "clang fuzz $$n"; \
 	    clang -O1 -g -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Isrc \
-	        $$f build-fuzz/libduet.a -lm -pthread -o build-fuzz/$$n || exit 1; done
+	        $$f build-fuzz/libduet.a -ljansson -lm -pthread -o build-fuzz/$$n || exit 1; done
 
 clean:
 	rm -rf build build-debug build-fuzz
