@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "common.h"
+#include "vocab_bridge.h"
 
 static const char *k_policy_names[DUET_POLICY_COUNT] = {
     "collm", "base", "expert", "random", "confidence", "compose", "proxy", "contrastive",
@@ -56,65 +57,12 @@ struct duet_collab {
     long ex_eval0, base_eval0;
 };
 
-/* ---- vocabulary bridge ------------------------------------------------------------------ */
-static uint64_t fnv(const char *s) {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
-    return h;
-}
-
-/* map[b] = id of the same text in `to`; refuses with the first base token that has none. */
-static int build_map(duet_model *from, duet_model *to, const char *role, int32_t **out, int *bridged,
-                     duet_error *err) {
-    int nf = duet_model_hparams(from)->n_vocab, nt = duet_model_hparams(to)->n_vocab;
-    int32_t *map = malloc((size_t)nf * sizeof *map);
-    if (!map) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-    *out = map;
-    if (duet_model_vocab_hash(from) == duet_model_vocab_hash(to) && nf == nt) {
-        for (int i = 0; i < nf; i++) map[i] = i;
-        *bridged = 0;
-        return DUET_OK;
-    }
-    *bridged = 1;
-    size_t cap = 1;
-    while (cap < 2 * (size_t)nt) cap <<= 1;
-    int32_t *tab = malloc(cap * sizeof *tab);
-    if (!tab) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-    memset(tab, 0xff, cap * sizeof *tab);
-    for (int i = 0; i < nt; i++) {
-        const char *t = duet_token_text(to, i);
-        size_t k = fnv(t) & (cap - 1);
-        while (tab[k] >= 0) {
-            if (!strcmp(duet_token_text(to, tab[k]), t)) break; /* keep the first id of a text */
-            k = (k + 1) & (cap - 1);
-        }
-        if (tab[k] < 0) tab[k] = i;
-    }
-    int rc = DUET_OK;
-    for (int b = 0; b < nf && !rc; b++) {
-        const char *t = duet_token_text(from, b);
-        size_t k = fnv(t) & (cap - 1);
-        map[b] = -1;
-        for (; tab[k] >= 0; k = (k + 1) & (cap - 1))
-            if (!strcmp(duet_token_text(to, tab[k]), t)) { map[b] = tab[k]; break; }
-        if (map[b] < 0) {
-            char pt[96];
-            duet_printable(pt, sizeof pt, t, strlen(t));
-            rc = duet_fail(err, DUET_ERR_UNSUPPORTED,
-                           "incompatible vocabularies: base token %d '%s' has no match in the %s "
-                           "model's vocabulary (%d tokens)", b, pt, role, nt);
-        }
-    }
-    free(tab);
-    return rc;
-}
-
 static int follower_init(follower *f, duet_model *base, duet_model *m, const char *role, int n_ctx,
                          int *bridged, duet_error *err) {
     f->m = m;
     duet_session_params sp = {.n_ctx = n_ctx};
     int nb = duet_model_hparams(base)->n_vocab;
-    int rc = build_map(base, m, role, &f->map, bridged, err);
+    int rc = vocab_bridge_build(base, m, role, &f->map, bridged, err);
     if (!rc) rc = duet_session_new(m, &sp, &f->s, err);
     if (!rc && (!(f->ids = malloc((size_t)n_ctx * sizeof(int32_t))) ||
                 !(f->logits = malloc((size_t)nb * sizeof(float)))))
