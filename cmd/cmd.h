@@ -12,4 +12,21 @@ int cmd_make_model(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_head(int argc, char **argv);
 
+/* ---- evaluation: duet eval and duet tune (cmd/eval.c, cmd/tune.c) ---- */
+int cmd_eval(int argc, char **argv);
+int cmd_tune(int argc, char **argv);
+/* Shared by eval and tune (defined in cmd/eval.c): progress on stderr with rate and ETA (the
+ * state from _new is NULL when quiet or stderr is not a terminal; free() it); a comma list of
+ * numbers in [lo, hi]; loading base/expert/anti/head (prints the error, returns 1). */
+struct duet_model;
+struct duet_head;
+void cmd_eval_progress(void *ud, const char *what, long done, long total);
+void *cmd_eval_progress_new(int quiet);
+int cmd_eval_number_list(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                         double *out, int cap);
+int cmd_eval_load(const char *cmd, const char *base_path, const char *expert_path,
+                  const char *anti_path, const char *head_path, int n_threads,
+                  struct duet_model **base, struct duet_model **expert, struct duet_model **anti,
+                  struct duet_head **head);
+
 #endif

@@ -17,6 +17,8 @@ static const struct {
     {"perplexity", cmd_perplexity, "perplexity of a text file: duet perplexity -m MODEL -f FILE"},
     {"make-model", cmd_make_model, "write a random-weight GGUF: duet make-model ... -o OUT"},
     {"head", cmd_head, "deferral head: duet head init --base MODEL -o HEAD.gguf"},
+    {"eval", cmd_eval, "policies side by side: duet eval -m BASE --expert E --task gsm8k|math|nll"},
+    {"tune", cmd_tune, "choose the deferral threshold: duet tune -m BASE --expert E --head H ..."},
     {"bench", cmd_bench, "prompt/generation speed: duet bench -m MODEL [-p 512] [-n 128]"},
 };
 

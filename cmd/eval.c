@@ -1,0 +1,316 @@
+/* eval.c: `duet eval`: policies side by side on a task: GSM8K / MATH exact match from greedy
+ * collaborative generation, or per-byte NLL of a policy's hard routing on a text (teacher-
+ * forced). stdout: a table, one row per policy (and target rate); --json FILE: the same as
+ * {"results": [...]}, written atomically. stderr: progress on a terminal. The work is the
+ * library's (src/train/eval.c); this file parses flags and prints. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "duet.h"
+#include "train/eval.h"
+#include "util.h"
+
+#define MAX_SPECS 128
+#define MAX_RATES 32
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: duet eval -m BASE [--expert E] [--head H] --task gsm8k|math|nll --data FILE\n"
+            "                 [--policy P1,P2,...] [--defer-rate R1,R2,...] [options]\n"
+            "  -m, --model FILE     base model (GGUF)\n"
+            "  --expert FILE        expert model\n"
+            "  --head FILE          deferral head of the base (collm, compose)\n"
+            "  --anti FILE          third model for proxy tuning\n"
+            "  --task T             gsm8k, math (accuracy of greedy answers) or nll (NLL per byte)\n"
+            "  --data FILE          JSONL ({\"question\",\"answer\"} / {\"problem\",\"answer\"}) or text (nll)\n"
+            "  --policy LIST        base, expert, collm, random, uncertainty, confidence, compose,\n"
+            "                       proxy, contrastive, oracle (nll only); default: base,expert\n"
+            "                       (+ collm,random with --head)\n"
+            "  --defer-rate LIST    target deferral rates: each thresholded policy (collm, compose,\n"
+            "                       uncertainty, oracle) gets the threshold at that quantile of its\n"
+            "                       score, random that rate; one row per rate\n"
+            "  --threshold X        eta for collm/compose (default: the head's, else 0.5)\n"
+            "  --entropy-threshold X  nats for uncertainty (default 2.0)\n"
+            "  -n, --max-tokens N   new tokens per answer (default 256)\n"
+            "  --limit N            first N examples (gsm8k/math) or bytes of text (nll)\n"
+            "  --calib N            prompts of the base-only pass that calibrates rates (default 15)\n"
+            "  --stop STR           stop string (repeatable; default \"\\n\\nQuestion:\")\n"
+            "  -c, --ctx-size N     context (default: min of the models' training contexts)\n"
+            "  -t, --threads N      threads per model (default: all cores)\n"
+            "  -s, --seed S         seed of the random policy (default 0)\n"
+            "  --json FILE          write the results as JSON (atomically)\n"
+            "  --outputs FILE       gsm8k/math: every answer as a JSON line (policy, rate, index,\n"
+            "                       output, pred, reference, correct)\n"
+            "  --quiet              no progress on stderr\n");
+}
+
+/* ---- shared with duet tune ------------------------------------------------------------ */
+typedef struct progress_state { double t0; char what[96]; int active; } progress_state;
+
+void cmd_eval_progress(void *ud, const char *what, long done, long total) {
+    progress_state *p = ud;
+    double now = duet_time_s();
+    if (strcmp(p->what, what) || !p->active) {
+        snprintf(p->what, sizeof p->what, "%s", what);
+        p->t0 = now;
+        p->active = 1;
+    }
+    double dt = now - p->t0, rate = done / (dt > 0 ? dt : 1e-9);
+    fprintf(stderr, "\r\x1b[K[%s] %ld/%ld, %.1f/s, ETA %.0fs", what, done, total, rate,
+            rate > 0 ? (total - done) / rate : 0.0);
+    if (done >= total) {
+        fputc('\n', stderr);
+        p->active = 0;
+    }
+}
+
+void *cmd_eval_progress_new(int quiet) {
+    if (quiet || !isatty(2)) return NULL;
+    return calloc(1, sizeof(progress_state));
+}
+
+/* Comma-separated numbers in [lo, hi] into out[cap]; count, or 0 after a message. */
+int cmd_eval_number_list(const char *cmd, const char *flag, const char *s, double lo, double hi,
+                         double *out, int cap) {
+    int n = 0;
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        float v;
+        if (n == cap) {
+            fprintf(stderr, "duet %s: %s: at most %d values\n", cmd, flag, cap);
+            return 0;
+        }
+        if (!arg_float(cmd, flag, tok, lo, hi, &v)) return 0;
+        out[n++] = v;
+    }
+    if (!n) fprintf(stderr, "duet %s: %s needs at least one value\n", cmd, flag);
+    return n;
+}
+
+/* ---- duet eval ------------------------------------------------------------------------- */
+static void fmt_or_dash(char *buf, size_t cap, const char *fmt, double v) {
+    if (isfinite(v)) snprintf(buf, cap, fmt, v);
+    else snprintf(buf, cap, "-");
+}
+
+static void print_table(int task, const eval_result *r, int n) {
+    printf("%-12s %6s %10s %12s %9s %12s %10s\n", "policy", "rate", "threshold",
+           task == EVAL_TASK_NLL ? "nll/byte" : "accuracy", "deferral", "expert calls", "tok/s");
+    for (int i = 0; i < n; i++) {
+        char rate[32], thr[32], val[48];
+        fmt_or_dash(rate, sizeof rate, "%.2f", r[i].rate);
+        fmt_or_dash(thr, sizeof thr, "%.4g", r[i].threshold);
+        if (task == EVAL_TASK_NLL) snprintf(val, sizeof val, "%.5f", r[i].value);
+        else snprintf(val, sizeof val, "%.1f%% %d/%d", 100 * r[i].value, r[i].n_correct, r[i].n_examples);
+        printf("%-12s %6s %10s %12s %8.1f%% %12ld %10.1f\n", eval_policy_name(r[i].spec.policy), rate, thr,
+               val, 100 * r[i].deferral_frequency, r[i].expert_calls, r[i].tokens_per_second);
+    }
+}
+
+/* A JSON string of model text, which need not be valid UTF-8 (bytes >= 0x80 become '?'
+ * only when it is not). */
+static json_t *text_json(const char *s) {
+    json_t *j = json_string(s);
+    if (j) return j;
+    char *t = strdup(s);
+    if (!t) return json_null();
+    for (char *p = t; *p; p++)
+        if ((unsigned char)*p >= 0x80) *p = '?';
+    j = json_string(t);
+    free(t);
+    return j ? j : json_null();
+}
+
+/* --outputs: one JSON line per generated answer */
+static void write_answer(void *ud, const eval_spec *spec, int index, const char *output, const char *pred,
+                         const char *reference, int correct) {
+    json_t *o = json_object();
+    json_object_set_new(o, "policy", json_string(eval_policy_name(spec->policy)));
+    json_object_set_new(o, "rate", spec->rate >= 0 ? json_real(spec->rate) : json_null());
+    json_object_set_new(o, "index", json_integer(index));
+    json_object_set_new(o, "output", text_json(output));
+    json_object_set_new(o, "pred", text_json(pred));
+    json_object_set_new(o, "reference", text_json(reference));
+    json_object_set_new(o, "correct", json_boolean(correct));
+    json_dumpf(o, ud, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    fputc('\n', ud);
+    json_decref(o);
+}
+
+/* One spec per policy, and per rate for the policies a rate applies to. */
+static int build_specs(const char *list, const double *rates, int n_rates, float eta, float ent,
+                       eval_spec *specs, int cap) {
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", list);
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int pol = eval_policy_from_name(tok);
+        if (pol < 0) {
+            fprintf(stderr, "duet eval: --policy '%s' is not one of base, expert, collm, random, "
+                            "uncertainty, confidence, compose, proxy, contrastive, oracle\n", tok);
+            return -1;
+        }
+        int per_rate = n_rates > 0 && (eval_policy_thresholded(pol) || pol == DUET_POLICY_RANDOM);
+        for (int k = 0; k < (per_rate ? n_rates : 1); k++) {
+            if (n == cap) {
+                fprintf(stderr, "duet eval: at most %d policy/rate rows\n", cap);
+                return -1;
+            }
+            float thr = pol == DUET_POLICY_UNCERTAINTY ? ent : pol == EVAL_POLICY_ORACLE ? -1 : eta;
+            specs[n++] = (eval_spec){.policy = pol, .rate = per_rate ? rates[k] : -1, .threshold = thr};
+        }
+    }
+    return n;
+}
+
+int cmd_eval_load(const char *cmd, const char *base_path, const char *expert_path, const char *anti_path,
+                  const char *head_path, int n_threads, duet_model **base, duet_model **expert,
+                  duet_model **anti, duet_head **head) {
+    duet_error err = {0};
+    duet_model_params mp = {.n_threads = n_threads};
+    if (duet_model_load(base_path, &mp, base, &err) ||
+        (expert_path && duet_model_load(expert_path, &mp, expert, &err)) ||
+        (anti_path && duet_model_load(anti_path, &mp, anti, &err)) ||
+        (head_path && duet_head_load(head_path, *base, head, &err))) {
+        fprintf(stderr, "duet %s: %s\n", cmd, err.msg);
+        return 1;
+    }
+    return 0;
+}
+
+int cmd_eval(int argc, char **argv) {
+    const char *base_path = NULL, *expert_path = NULL, *head_path = NULL, *anti_path = NULL;
+    const char *data = NULL, *json_path = NULL, *policies = NULL, *stops[16], *outputs = NULL;
+    int task = -1, n_threads = 0, quiet = 0, n_stops = 0, n_rates = 0;
+    double rates[MAX_RATES];
+    float eta = -1, ent = -1;
+    eval_params ep = {0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        if (!strcmp(a, "--quiet")) { quiet = 1; continue; }
+        if (!(v = arg_value("eval", argc, argv, &i))) return 2;
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) base_path = v;
+        else if (!strcmp(a, "--expert")) expert_path = v;
+        else if (!strcmp(a, "--head")) head_path = v;
+        else if (!strcmp(a, "--anti")) anti_path = v;
+        else if (!strcmp(a, "--data")) data = v;
+        else if (!strcmp(a, "--json")) json_path = v;
+        else if (!strcmp(a, "--outputs")) outputs = v;
+        else if (!strcmp(a, "--policy")) policies = v;
+        else if (!strcmp(a, "--task")) {
+            if ((task = eval_task_from_name(v)) < 0) {
+                fprintf(stderr, "duet eval: --task '%s' is not gsm8k, math or nll\n", v);
+                return 2;
+            }
+        } else if (!strcmp(a, "--defer-rate")) {
+            if (!(n_rates = cmd_eval_number_list("eval", a, v, 0, 1, rates, MAX_RATES))) return 2;
+        } else if (!strcmp(a, "--threshold")) {
+            if (!arg_float("eval", a, v, 0, 1, &eta)) return 2;
+        } else if (!strcmp(a, "--entropy-threshold")) {
+            if (!arg_float("eval", a, v, 0, 1e6, &ent)) return 2;
+        } else if (!strcmp(a, "-n") || !strcmp(a, "--max-tokens")) {
+            if (!arg_int("eval", a, v, 1, 1 << 20, &ep.max_tokens)) return 2;
+        } else if (!strcmp(a, "--limit")) {
+            if (!arg_int("eval", a, v, 1, 1 << 30, &ep.limit)) return 2;
+        } else if (!strcmp(a, "--calib")) {
+            if (!arg_int("eval", a, v, 1, 1 << 20, &ep.n_calib)) return 2;
+        } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
+            if (!arg_int("eval", a, v, 8, 1 << 24, &ep.n_ctx)) return 2;
+        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+            if (!arg_int("eval", a, v, 1, 256, &n_threads)) return 2;
+        } else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
+            if (!arg_u64("eval", a, v, &ep.seed)) return 2;
+        } else if (!strcmp(a, "--stop")) {
+            if (n_stops == 16) { fprintf(stderr, "duet eval: at most 16 --stop strings\n"); return 2; }
+            stops[n_stops++] = v;
+        } else {
+            fprintf(stderr, "duet eval: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!base_path || !data || task < 0) {
+        fprintf(stderr, "duet eval: -m BASE, --task and --data are required\n");
+        usage(stderr);
+        return 2;
+    }
+    if (!policies) policies = !expert_path ? "base" : head_path ? "base,expert,collm,random" : "base,expert";
+    eval_spec specs[MAX_SPECS];
+    int n_specs = build_specs(policies, rates, n_rates, eta, ent, specs, MAX_SPECS);
+    if (n_specs <= 0) return 2;
+    ep.task = task;
+    if (n_stops) { ep.stops = stops; ep.n_stops = n_stops; }
+    ep.progress = cmd_eval_progress;
+    ep.ud = cmd_eval_progress_new(quiet);
+    if (!ep.ud) ep.progress = NULL;
+
+    duet_model *base = NULL, *expert = NULL, *anti = NULL;
+    duet_head *head = NULL;
+    eval_ctx *ctx = NULL;
+    eval_result res[MAX_SPECS];
+    duet_error err = {0};
+    int rc = 1;
+    char out_tmp[4096] = "";
+    FILE *out_f = NULL;
+    if (outputs) { /* written to a temp file, renamed at the end: no partial output */
+        snprintf(out_tmp, sizeof out_tmp, "%s.tmp", outputs);
+        if (!(out_f = fopen(out_tmp, "w"))) {
+            snprintf(err.msg, sizeof err.msg, "%.480s: cannot write", out_tmp);
+            goto fail;
+        }
+        ep.on_answer = write_answer;
+        ep.answer_ud = out_f;
+    }
+    if (cmd_eval_load("eval", base_path, expert_path, anti_path, head_path, n_threads, &base, &expert,
+                      &anti, &head))
+        goto done;
+    if (eval_open(base, expert, anti, head, data, &ep, &ctx, &err) || eval_run(ctx, specs, n_specs, res, &err))
+        goto fail;
+    int size = eval_size(ctx, &err);
+    printf("duet eval: task %s, %s (%d %s), base %s%s%s\n", eval_task_name(task), data, size,
+           task == EVAL_TASK_NLL ? "tokens" : "examples", duet_model_hparams(base)->name,
+           expert ? ", expert " : "", expert ? duet_model_hparams(expert)->name : "");
+    print_table(task, res, n_specs);
+    if (task != EVAL_TASK_NLL && res[0].n_truncated)
+        fprintf(stderr, "duet eval: %d prompts were cut from the left to fit the context\n", res[0].n_truncated);
+    if (eval_n_unknown(ctx))
+        fprintf(stderr, "duet eval: warning: %d of %d tokens are the base's unknown token (text it cannot "
+                        "spell); the expert is scored on its unknown token there\n", eval_n_unknown(ctx), size);
+    if (out_f) {
+        int bad = ferror(out_f) | fclose(out_f);
+        out_f = NULL;
+        if (bad || rename(out_tmp, outputs)) {
+            snprintf(err.msg, sizeof err.msg, "%.480s: write failed", outputs);
+            goto fail;
+        }
+    }
+    if (json_path) {
+        json_t *j = eval_results_json(task, data, res, n_specs);
+        int bad = !j || eval_json_save(j, json_path, &err);
+        json_decref(j);
+        if (bad) goto fail;
+    }
+    rc = 0;
+    goto done;
+fail:
+    if (ep.ud) fputc('\n', stderr);
+    fprintf(stderr, "duet eval: %s\n", err.msg);
+done:
+    if (out_f) {
+        fclose(out_f);
+        remove(out_tmp);
+    }
+    eval_close(ctx);
+    free(ep.ud);
+    duet_head_free(head);
+    duet_model_free(anti);
+    duet_model_free(expert);
+    duet_model_free(base);
+    return rc;
+}

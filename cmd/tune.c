@@ -1,0 +1,126 @@
+/* tune.c: `duet tune`: choose the collm threshold the paper's way (METHOD.md section 6) on a
+ * validation split: base-only calibration pass, candidate eta per target deferral portion,
+ * one collm evaluation per candidate, keep the best. Writes OUTPREFIX.csv/.json/.svg and
+ * stores the chosen eta in the head file. The work is the library's (src/train/tune.c). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd.h"
+#include "duet.h"
+#include "train/tune.h"
+#include "util.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: duet tune -m BASE --expert E --head H --task gsm8k|math|nll --data VALFILE\n"
+            "                 -o OUTPREFIX [options]\n"
+            "  -m, --model FILE     base model (GGUF)\n"
+            "  --expert FILE        expert model\n"
+            "  --head FILE          deferral head; the chosen threshold is stored in it\n"
+            "  --task T             gsm8k, math (accuracy) or nll (NLL per byte)\n"
+            "  --data FILE          validation split: JSONL (gsm8k/math) or text (nll)\n"
+            "  -o, --output PREFIX  writes PREFIX.csv, PREFIX.json and PREFIX.svg\n"
+            "  --portions LIST      target deferral portions (default 0,0.1,...,0.9)\n"
+            "  --limit N            first N examples (gsm8k/math) or bytes of text (nll)\n"
+            "  --calib N            prompts of the base-only calibration pass (default 15)\n"
+            "  -n, --max-tokens N   new tokens per answer (default 256)\n"
+            "  --stop STR           stop string (repeatable; default \"\\n\\nQuestion:\")\n"
+            "  -c, --ctx-size N     context (default: min of the models' training contexts)\n"
+            "  -t, --threads N      threads per model (default: all cores)\n"
+            "  --no-store           do not write the threshold into the head file\n"
+            "  --quiet              no progress on stderr\n");
+}
+
+int cmd_tune(int argc, char **argv) {
+    const char *base_path = NULL, *expert_path = NULL, *head_path = NULL, *data = NULL;
+    const char *prefix = NULL, *stops[16];
+    int task = -1, n_threads = 0, quiet = 0, n_stops = 0, n_portions = 0, store = 1;
+    double portions[TUNE_MAX_POINTS];
+    eval_params ep = {0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        if (!strcmp(a, "--quiet")) { quiet = 1; continue; }
+        if (!strcmp(a, "--no-store")) { store = 0; continue; }
+        if (!(v = arg_value("tune", argc, argv, &i))) return 2;
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) base_path = v;
+        else if (!strcmp(a, "--expert")) expert_path = v;
+        else if (!strcmp(a, "--head")) head_path = v;
+        else if (!strcmp(a, "--data")) data = v;
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) prefix = v;
+        else if (!strcmp(a, "--task")) {
+            if ((task = eval_task_from_name(v)) < 0) {
+                fprintf(stderr, "duet tune: --task '%s' is not gsm8k, math or nll\n", v);
+                return 2;
+            }
+        } else if (!strcmp(a, "--portions")) {
+            if (!(n_portions = cmd_eval_number_list("tune", a, v, 0, 1, portions, TUNE_MAX_POINTS))) return 2;
+        } else if (!strcmp(a, "--limit")) {
+            if (!arg_int("tune", a, v, 1, 1 << 30, &ep.limit)) return 2;
+        } else if (!strcmp(a, "--calib")) {
+            if (!arg_int("tune", a, v, 1, 1 << 20, &ep.n_calib)) return 2;
+        } else if (!strcmp(a, "-n") || !strcmp(a, "--max-tokens")) {
+            if (!arg_int("tune", a, v, 1, 1 << 20, &ep.max_tokens)) return 2;
+        } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
+            if (!arg_int("tune", a, v, 8, 1 << 24, &ep.n_ctx)) return 2;
+        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+            if (!arg_int("tune", a, v, 1, 256, &n_threads)) return 2;
+        } else if (!strcmp(a, "--stop")) {
+            if (n_stops == 16) { fprintf(stderr, "duet tune: at most 16 --stop strings\n"); return 2; }
+            stops[n_stops++] = v;
+        } else {
+            fprintf(stderr, "duet tune: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!base_path || !expert_path || !head_path || !data || !prefix || task < 0) {
+        fprintf(stderr, "duet tune: -m, --expert, --head, --task, --data and -o are required\n");
+        usage(stderr);
+        return 2;
+    }
+    ep.task = task;
+    if (n_stops) { ep.stops = stops; ep.n_stops = n_stops; }
+    ep.ud = cmd_eval_progress_new(quiet);
+    ep.progress = ep.ud ? cmd_eval_progress : NULL;
+
+    duet_model *base = NULL, *expert = NULL;
+    duet_head *head = NULL;
+    eval_ctx *ctx = NULL;
+    tune_result *tr = calloc(1, sizeof *tr);
+    duet_error err = {0};
+    int rc = 1;
+    if (!tr) { snprintf(err.msg, sizeof err.msg, "out of memory"); goto fail; }
+    if (cmd_eval_load("tune", base_path, expert_path, NULL, head_path, n_threads, &base, &expert, NULL, &head))
+        goto done;
+    if (eval_open(base, expert, NULL, head, data, &ep, &ctx, &err) ||
+        tune_run(ctx, n_portions ? portions : NULL, n_portions, tr, &err) ||
+        tune_save(tr, prefix, store ? head : NULL, head_path, &err))
+        goto fail;
+    printf("duet tune: task %s, %s; %d calibration tokens\n", eval_task_name(task), data, tr->n_calib_tokens);
+    printf("%8s %12s %9s %12s %12s %10s\n", "portion", "eta", "deferral",
+           task == EVAL_TASK_NLL ? "nll/byte" : "accuracy", "expert calls", "tok/s");
+    for (int i = 0; i < tr->n_points; i++) {
+        const tune_point *p = &tr->points[i];
+        printf("%8.2f %12.6g %8.1f%% %12.5f %12ld %10.1f%s\n", p->portion, p->eta, 100 * p->res.deferral_frequency,
+               p->res.value, p->res.expert_calls, p->res.tokens_per_second, i == tr->best ? "  <- chosen" : "");
+    }
+    const tune_point *b = &tr->points[tr->best];
+    printf("chosen eta %.6g (portion %.2f): %s %.5f at deferral %.1f%%; wrote %s.csv, %s.json, %s.svg%s%s\n",
+           b->eta, b->portion, eval_metric_name(task), b->res.value, 100 * b->res.deferral_frequency, prefix,
+           prefix, prefix, store ? "; threshold stored in " : "", store ? head_path : "");
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "duet tune: %s\n", err.msg);
+done:
+    eval_close(ctx);
+    free(tr);
+    free(ep.ud);
+    duet_head_free(head);
+    duet_model_free(expert);
+    duet_model_free(base);
+    return rc;
+}

@@ -1,0 +1,527 @@
+/* test_eval.c: answer metrics on hand-written answers (GSM8K last number, MATH boxed answers
+ * and their equivalence); teacher-forced policy NLL against its analytic cases (base and
+ * expert alone = duet_text_score, oracle bounds, quantile thresholds hit the requested rate);
+ * the BabyLlama vocabulary bridge; gsm8k generation end to end; data errors naming file:line;
+ * duet tune's table, plot and stored threshold; the eval and tune CLIs. */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../src/quant.h"
+#include "../src/train/answers.h"
+#include "../src/train/eval.h"
+#include "../src/train/tune.h"
+#include "duet.h"
+#include "fixtures.h"
+#include "test.h"
+
+/* ---- answers --------------------------------------------------------------------------- */
+static double last_num(const char *s) {
+    double v = NAN;
+    return answers_last_number(s, strlen(s), &v) ? v : NAN;
+}
+
+TEST(eval_answers_gsm8k) {
+    CHECK_NEAR(last_num("She makes 9 * 2 = $18 every day."), 18, 0);
+    CHECK_NEAR(last_num("The total is 1,000."), 1000, 0);
+    CHECK_NEAR(last_num("It costs $1,234,567.50 in all"), 1234567.5, 1e-9);
+    CHECK_NEAR(last_num("The temperature fell to -3 degrees."), -3, 0);
+    CHECK_NEAR(last_num("16-3 = 13"), 13, 0);
+    CHECK_NEAR(last_num("16-3"), 3, 0);          /* a minus after a digit is an operator */
+    CHECK_NEAR(last_num("x = -0.5"), -0.5, 0);
+    CHECK_NEAR(last_num("about .75 of it"), 0.75, 0);
+    CHECK_NEAR(last_num("1, 2, 3"), 3, 0);        /* list commas are not thousands separators */
+    CHECK_NEAR(last_num("1,2"), 2, 0);
+    CHECK_NEAR(last_num("is 18.\n\nQuestion: what"), 18, 0);
+    CHECK(isnan(last_num("no number here")));
+    double v;
+    CHECK(answers_gsm8k_reference("Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 eggs.\n#### 18", &v) && v == 18);
+    CHECK(answers_gsm8k_reference("#### 1,234", &v) && v == 1234);
+    CHECK(answers_gsm8k_reference("so\n#### -5", &v) && v == -5);
+    CHECK(!answers_gsm8k_reference("#### none", &v));
+    CHECK(answers_gsm8k_correct("So she makes 9 * 2 = $18 every day.", "... #### 18"));
+    CHECK(answers_gsm8k_correct("The answer is 18.0", "#### 18"));
+    CHECK(answers_gsm8k_correct("He made a profit of $70,000.", "#### 70000"));
+    CHECK(answers_gsm8k_correct("-2 is the answer", "#### -2"));
+    CHECK(!answers_gsm8k_correct("The answer is 17.", "#### 18"));
+    CHECK(!answers_gsm8k_correct("18 eggs, then 19", "#### 18")); /* the last number counts */
+    CHECK(!answers_gsm8k_correct("no idea", "#### 18"));
+}
+
+TEST(eval_answers_math) {
+    char a[ANSWERS_CAP];
+    CHECK(answers_math_extract("so the answer is $\\boxed{\\frac{1}{2}}$.", a, sizeof a));
+    CHECK_STR(a, "\\frac{1}{2}");
+    CHECK(answers_math_extract("\\boxed{1} then \\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}", a, sizeof a));
+    CHECK_STR(a, "\\left( 3, \\frac{\\pi}{2} \\right)");
+    CHECK(answers_math_extract("thus $\\boxed 5$", a, sizeof a));
+    CHECK_STR(a, "5");
+    CHECK(answers_math_extract("\\fbox{x^{2}}", a, sizeof a));
+    CHECK_STR(a, "x^{2}");
+    CHECK(answers_math_extract("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", a, sizeof a));
+    CHECK_STR(a, "\\frac{3}{4}");
+    CHECK(!answers_math_extract("\\boxed{unbalanced", a, sizeof a) && a[0] == 0);
+    CHECK(!answers_math_extract("no answer", a, sizeof a));
+    struct { const char *x, *y; int eq; } cases[] = {
+        {"\\dfrac{1}{2}", "\\frac12", 1},
+        {"\\tfrac{1}{2}", "0.5", 1},
+        {"1/2", "\\frac{1}{2}", 1},
+        {"-\\frac{1}{2}", "-0.5", 1},
+        {"\\frac{-1}{2}", "-.5", 1},
+        {"\\frac{14}{3}", "\\dfrac{14}{3}", 1},
+        {"\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})", 1},
+        {"10\\text{ cm}", "10", 1},
+        {"\\text{Evelyn}", "Evelyn", 1},
+        {"90^\\circ", "90", 1},
+        {"x = 5", "5", 1},
+        {"1,000", "1000", 1},
+        {"$5$.", "5", 1},
+        {"\\$5", "5", 1},
+        {"50\\%", "50", 1},
+        {"11\\sqrt2", "11\\sqrt{2}", 1},
+        {"3\\sqrt{13}", "3\\sqrt13", 0}, /* TeX reads \sqrt13 as \sqrt{1}3 */
+        {"6 - 5i", "6-5i", 1},
+        {"1,-2", "1, -2", 1},
+        {"\\!1\\,000", "1000", 1},
+        {"1,-2", "-2,1", 0},
+        {"\\frac{1}{3}", "0.33", 0},
+        {"3", "4", 0},
+        {"\\frac{1}{2}", "\\frac{1}{3}", 0},
+        {"", "", 0},
+        {"1,2", "12", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        CHECKF(answers_math_equiv(cases[i].x, cases[i].y) == cases[i].eq, "equiv('%s', '%s') != %d",
+               cases[i].x, cases[i].y, cases[i].eq);
+    CHECK(answers_math_correct("We get $\\boxed{\\dfrac{14}{3}}$.", "\\frac{14}{3}"));
+    CHECK(answers_math_correct("The final answer is 0.5. I hope it is correct.", "\\frac{1}{2}"));
+    CHECK(!answers_math_correct("We get 14/3", "\\frac{14}{3}")); /* no boxed answer */
+}
+
+TEST(eval_quantile_and_candidates) {
+    float s[10];
+    for (int i = 0; i < 10; i++) s[i] = (float)(i + 1);
+    CHECK_NEAR(eval_rate_threshold(s, 10, 0.3), 7.5, 0);
+    CHECK(eval_rate_threshold(s, 10, 0.0) == INFINITY);
+    CHECK(eval_rate_threshold(s, 10, 1.0) == -INFINITY);
+    /* smallest observed p with fraction(p >= eta) <= q */
+    CHECK(tune_candidate(s, 10, 0.0) == 1.0f);
+    CHECK_NEAR(tune_candidate(s, 10, 0.3), 1 / (1 + exp(-8.0)), 1e-7);
+    CHECK_NEAR(tune_candidate(s, 10, 0.35), 1 / (1 + exp(-8.0)), 1e-7);
+    float t[6] = {5, 5, 5, 1, 1, 0}; /* ties: the three 5s enter together */
+    CHECK(tune_candidate(t, 6, 0.4) == 1.0f);
+    CHECK_NEAR(tune_candidate(t, 6, 0.5), 1 / (1 + exp(-5.0)), 1e-7);
+}
+
+/* ---- fixtures -------------------------------------------------------------------------- */
+static duet_model *load(const char *path) {
+    duet_model *m = NULL;
+    duet_error err = {0};
+    duet_model_params mp = {.n_threads = 2};
+    if (!path || duet_model_load(path, &mp, &m, &err))
+        test_fail_at(__FILE__, __LINE__, "load %s: %s", path ? path : "(null)", err.msg);
+    return m;
+}
+
+static duet_head *random_head(duet_model *b, uint64_t seed, float scale) {
+    int E = duet_model_hparams(b)->n_embd;
+    float u[1024];
+    uint64_t x = seed;
+    for (int i = 0; i < E; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        u[i] = scale * ((float)(x >> 40) / (float)(1 << 24) - 0.5f);
+    }
+    duet_head *h = NULL;
+    duet_error err = {0};
+    if (duet_head_from_vector(b, u, E, &h, &err)) test_fail_at(__FILE__, __LINE__, "%s", err.msg);
+    return h;
+}
+
+static const char *write_tmp(const char *name, const char *text) {
+    const char *p = test_path(test_tmpdir(), name);
+    FILE *f = fopen(p, "wb");
+    if (!f) return NULL;
+    fputs(text, f);
+    fclose(f);
+    return p;
+}
+
+/* Text of about n bytes: sentences from a fixed list with varying numbers in them. */
+static char *story(int n) {
+    static const char *s[] = {"Once upon a time, there was a little girl named Lily who was %d. ",
+                              "She liked to play in the park with her %d red balls. ",
+                              "One day, the sun was hot and %d birds sang songs. ",
+                              "Tom said, \"Can I play too?\" and Lily smiled %d times at him. ",
+                              "They ran and laughed until it was %d and time to go home. "};
+    char *t = malloc((size_t)n + 128);
+    int o = 0;
+    for (int i = 0, k = 0; o < n; i = (i * 7 + 3) % 5, k++) o += sprintf(t + o, s[i], (k * 37) % 101);
+    return t;
+}
+
+static double rel(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-300); }
+
+static eval_result run1(eval_ctx *c, int pol, double rate, float thr) {
+    eval_spec s = {.policy = pol, .rate = rate, .threshold = thr};
+    eval_result r;
+    duet_error err = {0};
+    if (eval_one(c, &s, &r, &err)) {
+        test_fail_at(__FILE__, __LINE__, "eval %s: %s", eval_policy_name(pol), err.msg);
+        memset(&r, 0, sizeof r);
+        r.value = NAN;
+    }
+    return r;
+}
+
+/* ---- nll: analytic cases ------------------------------------------------------------------ */
+static int cmp_desc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+/* Equal scores on both sides of the quantile (no threshold can split them) */
+static int tie_at(eval_ctx *c, int pol, double rate) {
+    const float *sc;
+    int n;
+    duet_error err = {0};
+    if (eval_calibration(c, pol, &sc, &n, &err)) return 0;
+    float *s = malloc((size_t)n * sizeof *s);
+    memcpy(s, sc, (size_t)n * sizeof *s);
+    qsort(s, (size_t)n, sizeof *s, cmp_desc);
+    long k = lround(rate * n);
+    int tie = k > 0 && k < n && s[k - 1] == s[k];
+    free(s);
+    return tie;
+}
+TEST(eval_nll_analytic_cases) {
+    duet_model *b = load(fixture_random(DT_F32, 51, 0)), *e = load(fixture_random(DT_F32, 52, 0));
+    REQUIRE(b && e);
+    duet_head *h = random_head(b, 7, 4.0f);
+    REQUIRE(h);
+    char *text = story(2500);
+    const char *path = write_tmp("nll.txt", text);
+    REQUIRE(path);
+    eval_params ep = {.task = EVAL_TASK_NLL, .seed = 3};
+    eval_ctx *c = NULL;
+    duet_error err = {0};
+    REQUIRE(!eval_open(b, e, NULL, h, path, &ep, &c, &err));
+    int n = eval_size(c, &err);
+    REQUIRE(n > 600);
+    /* base / expert alone = duet_text_score with the same context (several windows) */
+    duet_text_nll tb, te;
+    duet_session *sb = NULL, *se = NULL;
+    duet_session_params sp = {.n_ctx = 256};
+    REQUIRE(!duet_session_new(b, &sp, &sb, &err) && !duet_session_new(e, &sp, &se, &err));
+    REQUIRE(!duet_text_score(sb, text, strlen(text), &tb, NULL, NULL, &err));
+    REQUIRE(!duet_text_score(se, text, strlen(text), &te, NULL, NULL, &err));
+    duet_session_free(sb);
+    duet_session_free(se);
+    CHECK_EQ_INT(tb.n_tokens, n);
+    eval_result rb = run1(c, DUET_POLICY_BASE, -1, -1), re = run1(c, DUET_POLICY_EXPERT, -1, -1);
+    double vb = tb.nll / (double)tb.n_bytes, ve = te.nll / (double)te.n_bytes;
+    CHECKF(rel(rb.value, vb) < 1e-9, "base %.12g vs duet_text_score %.12g", rb.value, vb);
+    CHECKF(rel(re.value, ve) < 1e-9, "expert %.12g vs duet_text_score %.12g", re.value, ve);
+    CHECK(rb.n_deferred == 0 && rb.expert_calls == 0 && re.n_deferred == n && re.deferral_frequency == 1);
+    /* the extremes of every router are the two models */
+    CHECK(run1(c, DUET_POLICY_COLLM, -1, 1.0f).value == rb.value);
+    CHECK(run1(c, DUET_POLICY_COLLM, -1, 0.0f).value == re.value);
+    CHECK(run1(c, DUET_POLICY_RANDOM, 0.0, -1).value == rb.value);
+    CHECK(run1(c, DUET_POLICY_RANDOM, 1.0, -1).value == re.value);
+    CHECK(run1(c, DUET_POLICY_COMPOSE, -1, 1.0f).value == rb.value);
+    CHECK(run1(c, DUET_POLICY_UNCERTAINTY, 0.0, -1).value == rb.value);
+    CHECK(run1(c, DUET_POLICY_UNCERTAINTY, 1.0, -1).value == re.value);
+    /* oracle with threshold 0 takes the better model per token: below both */
+    eval_result o0 = run1(c, EVAL_POLICY_ORACLE, -1, 0.0f);
+    CHECKF(o0.value <= fmin(rb.value, re.value), "oracle@0 %.6f, base %.6f, expert %.6f", o0.value, rb.value, re.value);
+    /* quantile thresholds defer the requested fraction within one token */
+    static const double rates[] = {0.1, 0.2, 0.3, 0.37, 0.5, 0.9};
+    const int pols[] = {DUET_POLICY_COLLM, DUET_POLICY_UNCERTAINTY, EVAL_POLICY_ORACLE, DUET_POLICY_COMPOSE};
+    for (size_t k = 0; k < sizeof rates / sizeof rates[0]; k++) {
+        for (size_t p = 0; p < sizeof pols / sizeof pols[0]; p++) {
+            eval_result r = run1(c, pols[p], rates[k], -1);
+            CHECKF(fabs(r.n_deferred - rates[k] * n) <= 1.0 || tie_at(c, pols[p], rates[k]),
+                   "%s at rate %.2f deferred %ld of %d", eval_policy_name(pols[p]), rates[k], r.n_deferred, n);
+            if (pols[p] != EVAL_POLICY_ORACLE) continue;
+            /* oracle: below base, expert and their mixture at the same rate */
+            double mix = (1 - rates[k]) * rb.value + rates[k] * re.value;
+            CHECKF(r.value <= fmin(fmin(rb.value, re.value), mix) + 1e-12,
+                   "oracle at %.2f: %.6f, base %.6f, expert %.6f", rates[k], r.value, rb.value, re.value);
+            CHECK(r.value >= o0.value - 1e-12);
+        }
+    }
+    /* random matches collm's deferral frequency when given none */
+    eval_spec specs[3] = {{DUET_POLICY_COLLM, -1, 0.6f}, {DUET_POLICY_RANDOM, -1, -1}, {EVAL_POLICY_ORACLE, -1, -1}};
+    eval_result rs[3];
+    REQUIRE(!eval_run(c, specs, 3, rs, &err));
+    CHECKF(rs[0].deferral_frequency > 0.05 && rs[0].deferral_frequency < 0.95, "collm deferral %.3f",
+           rs[0].deferral_frequency);
+    CHECK_NEAR(rs[1].rate, rs[0].deferral_frequency, 0);
+    CHECKF(fabs(rs[1].deferral_frequency - rs[0].deferral_frequency) < 0.06, "random %.3f vs collm %.3f",
+           rs[1].deferral_frequency, rs[0].deferral_frequency);
+    CHECK(fabs(rs[2].n_deferred - rs[0].deferral_frequency * n) <= 1.0);
+    /* JSON report fields */
+    json_t *j = eval_results_json(EVAL_TASK_NLL, path, rs, 3);
+    json_t *r0 = json_array_get(json_object_get(j, "results"), 0);
+    CHECK_STR(json_string_value(json_object_get(r0, "policy")), "collm");
+    CHECK_STR(json_string_value(json_object_get(r0, "metric")), "nll_per_byte");
+    CHECK(json_is_real(json_object_get(r0, "value")) && json_is_real(json_object_get(r0, "deferral_frequency")) &&
+          json_is_integer(json_object_get(r0, "expert_calls")) && json_is_real(json_object_get(r0, "tokens_per_second")));
+    json_decref(j);
+    /* policies without a teacher-forced reading, and random without any rate, are refused */
+    eval_spec bad = {DUET_POLICY_PROXY, -1, -1};
+    CHECK(eval_one(c, &bad, rs, &err) < 0);
+    bad = (eval_spec){DUET_POLICY_RANDOM, -1, -1};
+    CHECK(eval_run(c, &bad, 1, rs, &err) < 0 && strstr(err.msg, "--defer-rate"));
+    eval_close(c);
+    free(text);
+    duet_head_free(h);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
+/* tok105 base + tok361 expert: the expert sees the base's tokens through the bridge, and
+ * scores exactly as it does alone on text both spell the same way. */
+TEST(eval_nll_babyllama_bridge) {
+    const char *a = fixture_llama2c("tok105"), *x = fixture_llama2c("tok361");
+    if (!a || !x) SKIP("../shared/models/babyllama not present");
+    duet_model *b = load(a), *e = load(x);
+    REQUIRE(b && e);
+    char *text = story(1500);
+    const char *path = write_tmp("baby.txt", text);
+    eval_params ep = {.task = EVAL_TASK_NLL};
+    eval_ctx *c = NULL;
+    duet_error err = {0};
+    REQUIRE(!eval_open(b, e, NULL, NULL, path, &ep, &c, &err));
+    eval_result rb = run1(c, DUET_POLICY_BASE, -1, -1), re = run1(c, DUET_POLICY_EXPERT, -1, -1);
+    duet_text_nll tb, te;
+    duet_session *sb = NULL, *se = NULL;
+    REQUIRE(!duet_session_new(b, NULL, &sb, &err) && !duet_session_new(e, NULL, &se, &err));
+    REQUIRE(!duet_text_score(sb, text, strlen(text), &tb, NULL, NULL, &err));
+    REQUIRE(!duet_text_score(se, text, strlen(text), &te, NULL, NULL, &err));
+    CHECKF(rel(rb.value, tb.nll / tb.n_bytes) < 1e-9, "base %.12g vs %.12g", rb.value, tb.nll / tb.n_bytes);
+    CHECKF(rel(re.value, te.nll / te.n_bytes) < 1e-9, "expert %.12g vs %.12g", re.value, te.nll / te.n_bytes);
+    CHECK(eval_n_unknown(c) == 0);
+    eval_result o = run1(c, EVAL_POLICY_ORACLE, 0.3, -1);
+    CHECK(o.value < re.value);
+    duet_session_free(sb);
+    duet_session_free(se);
+    eval_close(c);
+    free(text);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
+/* ---- generation ---------------------------------------------------------------------------- */
+static const char *k_gsm3 =
+    "{\"question\": \"Janet has 3 apples and buys 2 more. How many apples does she have?\", \"answer\": \"3+2=5\\n#### 5\"}\n"
+    "\n"
+    "{\"question\": \"A pen costs $1,200 and a book $300. What do both cost?\", \"answer\": \"#### 1,500\"}\n"
+    "{\"question\": \"Tom had 10 marbles and lost 12. How many does he have now?\", \"answer\": \"#### -2\"}\n";
+
+TEST(eval_gsm8k_end_to_end) {
+    duet_model *b = load(fixture_random(DT_F32, 51, 0)), *e = load(fixture_random(DT_F32, 52, 0));
+    REQUIRE(b && e);
+    duet_head *h = random_head(b, 9, 4.0f);
+    const char *path = write_tmp("gsm3.jsonl", k_gsm3);
+    REQUIRE(h && path);
+    eval_params ep = {.task = EVAL_TASK_GSM8K, .max_tokens = 24, .n_ctx = 128};
+    eval_ctx *c = NULL;
+    duet_error err = {0};
+    REQUIRE(!eval_open(b, e, NULL, h, path, &ep, &c, &err));
+    CHECK_EQ_INT(eval_size(c, &err), 3);
+    eval_spec specs[5] = {{DUET_POLICY_BASE, -1, -1}, {DUET_POLICY_EXPERT, -1, -1}, {DUET_POLICY_COLLM, 0.3, -1},
+                          {DUET_POLICY_RANDOM, -1, -1}, {DUET_POLICY_UNCERTAINTY, 0.5, -1}};
+    eval_result r[5];
+    REQUIRE(!eval_run(c, specs, 5, r, &err));
+    for (int i = 0; i < 5; i++) {
+        CHECK_EQ_INT(r[i].n_examples, 3);
+        CHECK(r[i].value >= 0 && r[i].value <= 1 && r[i].n_tokens > 0 && r[i].n_tokens <= 3 * 24);
+        CHECK(r[i].tokens_per_second > 0);
+    }
+    CHECK(r[0].n_deferred == 0 && r[1].deferral_frequency == 1 && r[1].expert_calls == r[1].n_tokens);
+    CHECK(r[2].threshold > 0 && r[2].threshold < 1 && r[2].n_deferred > 0);
+    CHECK_NEAR(r[3].rate, r[2].deferral_frequency, 0);
+    CHECK_EQ_INT(r[0].n_truncated, 3); /* the paper's prompt is longer than this context allows */
+    /* the oracle needs gold tokens */
+    eval_spec o = {EVAL_POLICY_ORACLE, 0.3, -1};
+    CHECK(eval_one(c, &o, r, &err) == DUET_ERR_UNSUPPORTED);
+    eval_close(c);
+    duet_head_free(h);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
+TEST(eval_bad_data_names_file_and_line) {
+    duet_model *b = load(fixture_random(DT_F32, 51, 0));
+    REQUIRE(b);
+    struct { const char *name, *text, *want; int task; } cases[] = {
+        {"bad1.jsonl", "{\"question\": \"q\", \"answer\": \"#### 1\"}\n{\"question\": \"q\", \"answer\": \n",
+         "bad1.jsonl:2: invalid JSON", EVAL_TASK_GSM8K},
+        {"bad2.jsonl", "\n{\"answer\": \"#### 1\"}\n", "bad2.jsonl:2: field 'question' is missing", EVAL_TASK_GSM8K},
+        {"bad3.jsonl", "{\"question\": 5, \"answer\": \"#### 1\"}\n", "bad3.jsonl:1: field 'question' is not a string",
+         EVAL_TASK_GSM8K},
+        {"bad4.jsonl", "{\"question\": \"q\", \"answer\": \"no number\"}\n", "bad4.jsonl:1: field 'answer' has no number",
+         EVAL_TASK_GSM8K},
+        {"bad5.jsonl", "[1, 2]\n", "bad5.jsonl:1: not a JSON object", EVAL_TASK_MATH},
+        {"bad6.jsonl", "{\"problem\": \"p\", \"solution\": \"no box\"}\n", "bad6.jsonl:1: no field 'answer'", EVAL_TASK_MATH},
+        {"empty.txt", "", "empty.txt: no text", EVAL_TASK_NLL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *p = write_tmp(cases[i].name, cases[i].text);
+        eval_params ep = {.task = cases[i].task};
+        eval_ctx *c = NULL;
+        duet_error err = {0};
+        int rc = eval_open(b, NULL, NULL, NULL, p, &ep, &c, &err);
+        CHECKF(rc < 0 && !c && strstr(err.msg, cases[i].want), "%s: rc %d, message: %s", cases[i].name, rc, err.msg);
+        eval_close(c);
+    }
+    eval_params ep = {.task = EVAL_TASK_GSM8K};
+    eval_ctx *c = NULL;
+    duet_error err = {0};
+    CHECK(eval_open(b, NULL, NULL, NULL, test_path(test_tmpdir(), "missing.jsonl"), &ep, &c, &err) == DUET_ERR_IO &&
+          strstr(err.msg, "missing.jsonl"));
+    duet_model_free(b);
+}
+
+/* ---- tune ------------------------------------------------------------------------------ */
+static char *slurp(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+static int count_char(const char *s, char ch) {
+    int n = 0;
+    for (; s && *s; s++) n += *s == ch;
+    return n;
+}
+
+TEST(eval_tune_nll_writes_table_plot_and_threshold) {
+    duet_model *b = load(fixture_random(DT_F32, 51, 0)), *e = load(fixture_random(DT_F32, 52, 0));
+    REQUIRE(b && e);
+    duet_head *h = random_head(b, 11, 4.0f);
+    REQUIRE(h);
+    char head_path[600], prefix[600], p[700];
+    snprintf(head_path, sizeof head_path, "%s/tune-head.gguf", test_tmpdir());
+    snprintf(prefix, sizeof prefix, "%s/tune-nll", test_tmpdir());
+    duet_error err = {0};
+    REQUIRE(!duet_head_save(h, head_path, &err));
+    char *text = story(1200);
+    const char *path = write_tmp("tune.txt", text);
+    eval_params ep = {.task = EVAL_TASK_NLL};
+    eval_ctx *c = NULL;
+    tune_result *tr = calloc(1, sizeof *tr);
+    REQUIRE(tr && !eval_open(b, e, NULL, h, path, &ep, &c, &err));
+    REQUIRE(!tune_run(c, NULL, 0, tr, &err));
+    CHECK_EQ_INT(tr->n_points, 10);
+    CHECK_EQ_INT(tr->n_calib_tokens, eval_size(c, &err));
+    CHECK(tr->points[0].eta == 1.0f && tr->points[0].res.n_deferred == 0);
+    for (int i = 0; i < tr->n_points; i++) {
+        CHECKF(tr->points[i].res.deferral_frequency <= tr->points[i].portion + 1e-9, "point %d defers %.4f > %.2f",
+               i, tr->points[i].res.deferral_frequency, tr->points[i].portion);
+        CHECK(tr->points[tr->best].res.value <= tr->points[i].res.value);
+        if (i) CHECK(tr->points[i].eta <= tr->points[i - 1].eta);
+    }
+    REQUIRE(!tune_save(tr, prefix, h, head_path, &err));
+    snprintf(p, sizeof p, "%s.csv", prefix);
+    const char *csv = slurp(p);
+    CHECKF(csv && !strncmp(csv, "portion,eta,deferral_frequency,nll_per_byte,", 44) && count_char(csv, '\n') == 11,
+           "csv: %s", csv ? csv : "(missing)");
+    snprintf(p, sizeof p, "%s.json", prefix);
+    json_error_t je;
+    json_t *j = json_load_file(p, 0, &je);
+    CHECKF(j && json_array_size(json_object_get(j, "points")) == 10 && json_is_object(json_object_get(j, "chosen")),
+           "json: %s", j ? "fields missing" : je.text);
+    json_decref(j);
+    snprintf(p, sizeof p, "%s.svg", prefix);
+    const char *svg = slurp(p);
+    CHECK(svg && !strncmp(svg, "<?xml", 5) && strstr(svg, "<polyline") && strstr(svg, "deferral frequency") &&
+          strstr(svg, "</svg>"));
+    duet_head *g = NULL;
+    REQUIRE(!duet_head_load(head_path, b, &g, &err));
+    CHECK_NEAR(duet_head_threshold(g), tr->points[tr->best].eta, 0);
+    duet_head_free(g);
+    free(tr);
+    eval_close(c);
+    free(text);
+    duet_head_free(h);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
+/* ---- CLI ----------------------------------------------------------------------------------- */
+static const char *duet_bin(void) {
+    const char *b = getenv("DUET_BIN");
+    return b && access(b, X_OK) == 0 ? b : NULL;
+}
+
+static int run_cli(const char *args, char *err, size_t cap) {
+    char e[600], cmd[8192];
+    snprintf(e, sizeof e, "%s/eval-cli-err.txt", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>'%s' </dev/null", duet_bin(), args, e);
+    int st = system(cmd);
+    FILE *f = fopen(e, "rb");
+    size_t n = f ? fread(err, 1, cap - 1, f) : 0;
+    err[n] = 0;
+    if (f) fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST(eval_cli_eval_and_tune) {
+    if (!duet_bin()) SKIP("DUET_BIN not set (run through make test)");
+    const char *bp = fixture_random(DT_F32, 51, 0), *xp = fixture_random(DT_F32, 52, 0);
+    REQUIRE(bp && xp);
+    duet_model *b = load(bp);
+    REQUIRE(b);
+    duet_head *h = random_head(b, 13, 4.0f);
+    char head_path[600], json_path[600], prefix[600], args[6000], err[4096];
+    snprintf(head_path, sizeof head_path, "%s/cli-head.gguf", test_tmpdir());
+    snprintf(json_path, sizeof json_path, "%s/cli-eval.json", test_tmpdir());
+    snprintf(prefix, sizeof prefix, "%s/cli-tune", test_tmpdir());
+    duet_error e = {0};
+    REQUIRE(h && !duet_head_save(h, head_path, &e));
+    const char *data = write_tmp("cli-gsm3.jsonl", k_gsm3);
+    snprintf(args, sizeof args, "eval -m '%s' --expert '%s' --head '%s' --task gsm8k --data '%s' -n 16 -c 128 "
+             "--policy base,collm,random --defer-rate 0.3 --json '%s' -t 2", bp, xp, head_path, data, json_path);
+    CHECKF(run_cli(args, err, sizeof err) == 0, "duet eval: %s", err);
+    json_error_t je;
+    json_t *j = json_load_file(json_path, 0, &je), *res = json_object_get(j, "results");
+    CHECKF(json_array_size(res) == 3, "json: %s", j ? "no 3 results" : je.text);
+    for (size_t i = 0; i < json_array_size(res); i++) {
+        json_t *o = json_array_get(res, i);
+        static const char *keys[] = {"policy", "metric", "value", "deferral_frequency", "expert_calls", "tokens_per_second"};
+        for (size_t k = 0; k < 6; k++) CHECKF(json_object_get(o, keys[k]), "result %zu lacks '%s'", i, keys[k]);
+        CHECK_STR(json_string_value(json_object_get(o, "metric")), "accuracy");
+    }
+    json_decref(j);
+    /* usage errors and bad data: exit codes 2 and 1, one line naming the problem */
+    snprintf(args, sizeof args, "eval -m '%s' --task gsm8k --data '%s' --policy nosuch", bp, data);
+    CHECK(run_cli(args, err, sizeof err) == 2 && strstr(err, "nosuch"));
+    const char *bad = write_tmp("cli-bad.jsonl", "{\"question\": \"q\", \"answer\": \"#### 1\"}\nnot json\n");
+    snprintf(args, sizeof args, "eval -m '%s' --task gsm8k --data '%s'", bp, bad);
+    CHECKF(run_cli(args, err, sizeof err) == 1 && strstr(err, "cli-bad.jsonl:2:"), "bad data: %s", err);
+    /* tune on the three problems: files written, threshold stored in the head */
+    snprintf(args, sizeof args, "tune -m '%s' --expert '%s' --head '%s' --task gsm8k --data '%s' -n 12 -c 128 "
+             "--portions 0,0.3,0.6 -o '%s' -t 2", bp, xp, head_path, data, prefix);
+    CHECKF(run_cli(args, err, sizeof err) == 0, "duet tune: %s", err);
+    const char *ext[3] = {"csv", "json", "svg"};
+    for (int i = 0; i < 3; i++) {
+        char p[700];
+        snprintf(p, sizeof p, "%s.%s", prefix, ext[i]);
+        CHECKF(access(p, R_OK) == 0, "%s was not written", p);
+    }
+    duet_head *g = NULL;
+    REQUIRE(!duet_head_load(head_path, b, &g, &e));
+    CHECKF(duet_head_threshold(g) >= 0 && duet_head_threshold(g) <= 1, "stored threshold %g", duet_head_threshold(g));
+    duet_head_free(g);
+    duet_head_free(h);
+    duet_model_free(b);
+}
