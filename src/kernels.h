@@ -21,9 +21,19 @@ typedef struct kernel_traits {
     int vec_dot_type;
     /* Convert n f32 activations to vec_dot_type (NULL when vec_dot_type is F32). */
     void (*from_float)(const float *x, void *y, int64_t n);
-    /* *s = dot(w[0..n), x[0..n)) where w has the weight type and x vec_dot_type. */
+    /* *s = dot(w[0..n), x[0..n)) where w has the weight type and x vec_dot_type (for Q8_0,
+     * values in [-127, 127], as from_float makes them). */
     void (*vec_dot)(int64_t n, float *s, const void *w, const void *x);
+    /* kernels_matmul's inner kernel: y[t * y_stride + r] = dot(w row r, x row t) for r < nr,
+     * t < nt (nr <= tile_rows, nt <= tile_toks); w rows are w_stride bytes apart, x rows
+     * (vec_dot_type) x_stride bytes. Each result is bit-identical to vec_dot's, whatever the
+     * tile shape, so the matrix product does not depend on tiling or thread count. */
+    void (*tile)(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride,
+                 float *y, int64_t y_stride, int nr, int nt);
+    int tile_rows, tile_toks; /* at most KERNEL_TILE_MAX */
 } kernel_traits;
+
+#define KERNEL_TILE_MAX 8
 
 /* Detected CPU level (highest supported), honouring DUET_KLEVEL=scalar|avx2|avx512. */
 int kernels_level(void);
@@ -33,6 +43,13 @@ const kernel_traits *kernels_get(int type);
 /* Traits at a given level (for tests); NULL if that level is not available on this CPU or
  * has no kernel for the type. */
 const kernel_traits *kernels_get_level(int type, int level);
+/* Use at most `level` from now on (tests, benchmarks); capped at what the CPU has. Returns
+ * the level in effect. Not to be called while kernels run on other threads. */
+int kernels_set_level(int level);
+/* Per-level tables (kernels_avx2.c, kernels_avx512.c); use kernels_get*, which check the
+ * CPU. The AVX-512 table's Q4_0/Q8_0 kernels use VNNI (vpdpbusd). */
+const kernel_traits *kernels_avx2_traits(int type);
+const kernel_traits *kernels_avx512_traits(int type);
 
 /*
  * y[t][o] = sum_i W[o][i] * x[t][i]   for t < n_tok, o < n_out
@@ -40,9 +57,11 @@ const kernel_traits *kernels_get_level(int type, int level);
  *   x: [n_tok][n_in] f32, y: [n_tok][n_out] f32 (row stride n_out)
  * Activations are converted once per call; work is split over the pool by output rows, in
  * blocks so that each weight block is reused across tokens while it is in cache.
- * scratch must hold kernels_matmul_scratch(wtype, n_in, n_tok) bytes.
+ * scratch must hold kernels_matmul_scratch(wtype, n_in, n_tok) bytes (0: may be NULL).
+ * y[t] is bit-identical to vec_dot of each row with x[t] converted by from_float, so it does
+ * not depend on n_tok (decode and prefill agree), tiling or the number of threads.
  */
-size_t kernels_matmul_scratch(int wtype, int64_t n_in, int64_t n_tok);
+size_t kernels_matmul_scratch(int wtype, int64_t n_in, int64_t n_tok); /* same at every level */
 void kernels_matmul(threadpool *tp, int wtype, const void *W, int64_t n_in, int64_t n_out,
                     const float *x, int64_t n_tok, float *y, void *scratch);
 

@@ -1,0 +1,290 @@
+/*
+ * kernels.c: the scalar reference kernels (they define every kernel's result), run-time
+ * selection of the SIMD levels, and the threaded matrix product.
+ *
+ * Invariants: at every level, vec_dot and tile compute each (row, token) dot with the same
+ * sequence of operations, so kernels_matmul equals vec_dot bit for bit at that level, for
+ * any tile shape and thread count. Q4_0/Q8_0 weights are dotted with activations quantised
+ * to Q8_0 by exactly quant_quantize_row's rule; float weights with f32 activations.
+ */
+#include "kernels.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+
+/* ---- scalar reference ------------------------------------------------------------------ */
+static void vec_dot_f32(int64_t n, float *s, const void *w, const void *x) {
+    const float *a = w, *b = x;
+    float sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += a[i] * b[i];
+    *s = sum;
+}
+
+static void vec_dot_f16(int64_t n, float *s, const void *w, const void *x) {
+    const uint16_t *a = w;
+    const float *b = x;
+    float sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += fp16_to_fp32(a[i]) * b[i];
+    *s = sum;
+}
+
+static void vec_dot_bf16(int64_t n, float *s, const void *w, const void *x) {
+    const uint16_t *a = w;
+    const float *b = x;
+    float sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += bf16_to_fp32(a[i]) * b[i];
+    *s = sum;
+}
+
+/* Block sums are exact integers; only the per-block scaling is floating point. */
+static void vec_dot_q8_0(int64_t n, float *s, const void *w, const void *x) {
+    const block_q8_0 *a = w, *b = x;
+    float sum = 0;
+    for (int64_t k = 0; k < n / QK8_0; k++) {
+        int sumi = 0;
+        for (int j = 0; j < QK8_0; j++) sumi += a[k].qs[j] * b[k].qs[j];
+        sum += (float)sumi * (fp16_to_fp32(a[k].d) * fp16_to_fp32(b[k].d));
+    }
+    *s = sum;
+}
+
+static void vec_dot_q4_0(int64_t n, float *s, const void *w, const void *x) {
+    const block_q4_0 *a = w;
+    const block_q8_0 *b = x;
+    float sum = 0;
+    for (int64_t k = 0; k < n / QK4_0; k++) {
+        int sumi = 0;
+        for (int j = 0; j < QK4_0 / 2; j++)
+            sumi += ((a[k].qs[j] & 0x0f) - 8) * b[k].qs[j] +
+                    ((a[k].qs[j] >> 4) - 8) * b[k].qs[j + QK4_0 / 2];
+        sum += (float)sumi * (fp16_to_fp32(a[k].d) * fp16_to_fp32(b[k].d));
+    }
+    *s = sum;
+}
+
+static void from_float_q8_0(const float *x, void *y, int64_t n) {
+    quant_quantize_row(DT_Q8_0, x, y, n);
+}
+
+/* The scalar level has no register tiling: a tile is a loop of vec_dot calls. */
+#define SCALAR_TILE(name)                                                                   \
+    static void tile_##name(int64_t n, const void *w, size_t ws, const void *x, size_t xs,  \
+                            float *y, int64_t ys, int nr, int nt) {                         \
+        for (int t = 0; t < nt; t++)                                                        \
+            for (int r = 0; r < nr; r++)                                                    \
+                vec_dot_##name(n, &y[t * ys + r], (const char *)w + r * ws,                 \
+                               (const char *)x + t * xs);                                   \
+    }
+SCALAR_TILE(f32)
+SCALAR_TILE(f16)
+SCALAR_TILE(bf16)
+SCALAR_TILE(q8_0)
+SCALAR_TILE(q4_0)
+
+static const kernel_traits k_scalar[] = {
+    [DT_F32] = {DT_F32, NULL, vec_dot_f32, tile_f32, 1, 1},
+    [DT_F16] = {DT_F32, NULL, vec_dot_f16, tile_f16, 1, 1},
+    [DT_BF16] = {DT_F32, NULL, vec_dot_bf16, tile_bf16, 1, 1},
+    [DT_Q8_0] = {DT_Q8_0, from_float_q8_0, vec_dot_q8_0, tile_q8_0, 1, 1},
+    [DT_Q4_0] = {DT_Q8_0, from_float_q8_0, vec_dot_q4_0, tile_q4_0, 1, 1},
+};
+
+/* ---- dispatch -------------------------------------------------------------------------- */
+#if defined(__x86_64__) || defined(__i386__)
+#define KX86 1
+#include <cpuid.h>
+#else
+#define KX86 0
+#endif
+
+static int cpu_level(void) {
+#if KX86
+    __builtin_cpu_init();
+    unsigned a, b, c, d; /* F16C by cpuid: clang's __builtin_cpu_supports does not know it */
+    int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
+    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        return KLEVEL_AVX512;
+    if (avx2) return KLEVEL_AVX2;
+#endif
+    return KLEVEL_SCALAR;
+}
+
+static int cpu_has_vnni(void) {
+#if KX86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
+static const char *const k_level_names[KLEVEL_COUNT] = {"scalar", "avx2", "avx512"};
+
+const char *kernels_level_name(int level) {
+    return level >= 0 && level < KLEVEL_COUNT ? k_level_names[level] : "unknown";
+}
+
+/* -1 until first use; an atomic so that concurrent first calls are well defined (they all
+ * compute the same value). */
+static atomic_int g_level = -1;
+
+int kernels_level(void) {
+    int level = atomic_load_explicit(&g_level, memory_order_relaxed);
+    if (level >= 0) return level;
+    level = cpu_level();
+    const char *env = getenv("DUET_KLEVEL");
+    if (env && *env) {
+        for (int l = 0; l < KLEVEL_COUNT; l++)
+            if (strcmp(env, k_level_names[l]) == 0 && l < level) level = l;
+    }
+    atomic_store_explicit(&g_level, level, memory_order_relaxed);
+    return level;
+}
+
+int kernels_set_level(int level) {
+    int cpu = cpu_level();
+    if (level < 0) level = 0;
+    if (level > cpu) level = cpu;
+    atomic_store_explicit(&g_level, level, memory_order_relaxed);
+    return level;
+}
+
+const kernel_traits *kernels_get_level(int type, int level) {
+    if (type < 0 || type >= (int)(sizeof k_scalar / sizeof k_scalar[0]) || level < 0 ||
+        level > cpu_level())
+        return NULL;
+    const kernel_traits *kt = NULL;
+#if KX86
+    if (level == KLEVEL_AVX512)
+        kt = (type == DT_Q4_0 || type == DT_Q8_0) && !cpu_has_vnni()
+                 ? kernels_avx2_traits(type) /* the int8 kernels need vpdpbusd */
+                 : kernels_avx512_traits(type);
+    else if (level == KLEVEL_AVX2)
+        kt = kernels_avx2_traits(type);
+#endif
+    if (!kt && level == KLEVEL_SCALAR) kt = &k_scalar[type];
+    return kt && kt->vec_dot ? kt : NULL;
+}
+
+const kernel_traits *kernels_get(int type) { return kernels_get_level(type, kernels_level()); }
+
+/* ---- matrix product -------------------------------------------------------------------- */
+typedef struct mm_ctx {
+    const kernel_traits *kt;
+    const char *w;      /* [n_out] rows of ws bytes */
+    size_t ws;
+    int64_t n_in, n_out, n_tok;
+    const float *xf;    /* [n_tok][n_in] f32 activations */
+    const char *x;      /* [n_tok] rows of xs bytes in vec_dot_type */
+    size_t xs;
+    void *xq;           /* scratch for the converted activations */
+    float *y;           /* [n_tok][n_out] */
+    int64_t chunk_rows, n_chunks;
+    atomic_long next_chunk;
+} mm_ctx;
+
+static void mm_convert(void *p, int ith, int nth) {
+    mm_ctx *c = p;
+    long lo, hi;
+    tp_split((long)c->n_tok, ith, nth, &lo, &hi);
+    for (long t = lo; t < hi; t++)
+        c->kt->from_float(c->xf + t * c->n_in, (char *)c->xq + t * c->xs, c->n_in);
+}
+
+/* Threads take chunks of output rows from a shared counter (a hypervisor or a third thread
+ * on two cores makes static shares uneven). */
+static void mm_compute(void *p, int ith, int nth) {
+    mm_ctx *c = p;
+    const kernel_traits *kt = c->kt;
+    const int TR = kt->tile_rows, TT = kt->tile_toks;
+    for (;;) {
+        int64_t ch = atomic_fetch_add_explicit(&c->next_chunk, 1, memory_order_relaxed);
+        if (ch >= c->n_chunks) break;
+        int64_t r0 = ch * c->chunk_rows;
+        int64_t r1 = r0 + c->chunk_rows < c->n_out ? r0 + c->chunk_rows : c->n_out;
+        if (c->n_tok <= TT) {
+            /* Decode (one token tile) streams the weights once, at memory speed only if the
+             * hardware prefetchers see long sequential streams: a tile of adjacent rows is a
+             * few KiB per stream before it jumps (measured: 2+ adjacent Q8_0 rows ran at half
+             * the speed of one row). So the tile's rows are TR lanes spread over the chunk,
+             * row k of the tile in lane k, each lane read front to back. */
+            int64_t rows = r1 - r0, lane = (rows + TR - 1) / TR;
+            for (int64_t i = 0; i < lane; i++) {
+                int nr = (int)((rows - i + lane - 1) / lane); /* <= TR */
+                float out[KERNEL_TILE_MAX * KERNEL_TILE_MAX];
+                kt->tile(c->n_in, c->w + (r0 + i) * c->ws, (size_t)lane * c->ws, c->x, c->xs,
+                         out, KERNEL_TILE_MAX, nr, (int)c->n_tok);
+                for (int64_t t = 0; t < c->n_tok; t++)
+                    for (int k = 0; k < nr; k++)
+                        c->y[t * c->n_out + r0 + i + k * lane] = out[t * KERNEL_TILE_MAX + k];
+            }
+            continue;
+        }
+        /* Prefill: tokens advance in tiles and each token tile sweeps the chunk's rows, so
+         * the chunk's weights stay in L2 and the token tile in L1 while every weight block
+         * is used tile_toks times from registers. */
+        for (int64_t t = 0; t < c->n_tok; t += TT) {
+            int nt = c->n_tok - t < TT ? (int)(c->n_tok - t) : TT;
+            for (int64_t r = r0; r < r1; r += TR) {
+                int nr = r1 - r < TR ? (int)(r1 - r) : TR;
+                kt->tile(c->n_in, c->w + r * c->ws, c->ws, c->x + t * c->xs, c->xs,
+                         c->y + t * c->n_out + r, c->n_out, nr, nt);
+            }
+        }
+    }
+}
+
+size_t kernels_matmul_scratch(int wtype, int64_t n_in, int64_t n_tok) {
+    const kernel_traits *kt = kernels_get_level(wtype, KLEVEL_SCALAR);
+    if (!kt || !kt->from_float) return 0;
+    return dtype_row_size(kt->vec_dot_type, n_in) * (size_t)n_tok;
+}
+
+void kernels_matmul(threadpool *tp, int wtype, const void *W, int64_t n_in, int64_t n_out,
+                    const float *x, int64_t n_tok, float *y, void *scratch) {
+    const kernel_traits *kt = kernels_get(wtype);
+    if (!kt || n_out <= 0 || n_tok <= 0 || !dtype_row_size(wtype, n_in))
+        return; /* callers validate types and shapes at load */
+    mm_ctx c = {.kt = kt, .w = W, .ws = dtype_row_size(wtype, n_in), .n_in = n_in,
+                .n_out = n_out, .n_tok = n_tok, .xf = x, .x = (const char *)x,
+                .xs = (size_t)n_in * sizeof(float), .y = y};
+    int nth = tp_n_threads(tp);
+    if (kt->from_float) {
+        c.xq = scratch;
+        c.x = scratch;
+        c.xs = dtype_row_size(kt->vec_dot_type, n_in);
+        if (n_tok < 2 * nth) mm_convert(&c, 0, 1); /* too little to be worth a wake-up */
+        else tp_run(tp, mm_convert, &c);
+    }
+    /* Chunks of ~1 MiB of weights for decode (long streams, see mm_compute) or ~128 KiB for
+     * prefill (fits L2 beside the token tile), and at least 4 per thread when the matrix
+     * allows, so that threads finish together. */
+    int64_t TR = kt->tile_rows;
+    int64_t target = (n_tok <= kt->tile_toks ? 1 << 20 : 1 << 17) / (int64_t)c.ws;
+    int64_t rows = target < TR ? TR : (target + TR - 1) / TR * TR;
+    int64_t balanced = (n_out + 4 * nth - 1) / (4 * nth);
+    balanced = balanced < TR ? TR : (balanced + TR - 1) / TR * TR;
+    if (rows > balanced) rows = balanced;
+    c.chunk_rows = rows;
+    c.n_chunks = (n_out + rows - 1) / rows;
+    atomic_init(&c.next_chunk, 0);
+    tp_run(c.n_chunks > 1 ? tp : NULL, mm_compute, &c);
+}
+
+/* Sixteen independent partial sums: the compiler maps them onto vector lanes without
+ * reassociating anything, so the result is the same at any -march. */
+float kvec_dot_f32(const float *a, const float *b, int64_t n) {
+    float acc[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
+    for (int j = 0; i + j < n; j++) acc[j] += a[i + j] * b[i + j];
+    float s = 0;
+    for (int j = 0; j < 16; j++) s += acc[j];
+    return s;
+}

@@ -1,0 +1,327 @@
+/*
+ * kernels_avx2.c: the AVX2 + FMA + F16C level (256-bit vectors), and the template of the
+ * AVX-512 level: kernels_avx512.c defines KX_AVX512 and includes this file, which compiles
+ * the same code with EVEX encodings (32 vector registers, so larger register tiles) and
+ * VNNI (vpdpbusd) for the int8 dot products. Keeping one source keeps the levels' results
+ * and tiling logic from drifting apart.
+ *
+ * Every kernel is one always-inline function of the tile shape (R weight rows x T tokens);
+ * vec_dot is the 1x1 instance. Each (row, token) accumulator sees the same sequence of
+ * vector operations whatever R and T are, so tiles equal vec_dot bit for bit.
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#if !defined(KX_AVX512) && !defined(__clang__)
+/* A -march=native build would otherwise let this level use AVX-512 encodings too; keep it
+ * to what an AVX2-only CPU runs, so that it can be tested and measured here. (clang has no
+ * such pragma; there the AVX2 level may use what -march allows, which is still correct.) */
+#pragma GCC target("no-avx512f")
+#endif
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "quant.h"
+
+#ifdef KX_AVX512
+#define KX(name) avx512_##name
+#define KX_TRAITS kernels_avx512_traits
+#define KX_VNNI 1
+/* Tile shapes (rows x tokens) measured fastest on Zen 4, within 32 registers: R*T
+ * accumulators, the T activation vectors (and their offset corrections), temporaries. */
+#define F_TR 4
+#define F_TT 4
+#define Q_TR 5
+#define Q_TT 4
+#else
+#define KX(name) avx2_##name
+#define KX_TRAITS kernels_avx2_traits
+#define KX_VNNI 0
+/* The same within 16 registers (measured running this level on Zen 4). */
+#define F_TR 4
+#define F_TT 3
+#define Q_TR 4
+#define Q_TT 3
+#endif
+
+#define KX_MAX 6 /* largest tile side any level may ask for (array bounds only) */
+#define KX_INLINE static inline __attribute__((always_inline))
+#define KX_EXPAND(...) __VA_ARGS__
+/* The tile loops must unroll completely so that the accumulator arrays become registers. */
+#ifdef __clang__
+#define KX_UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define KX_UNROLL _Pragma("GCC unroll 8")
+#endif
+/* GCC likes to fold a load into each FMA that uses it, which for a tile turns T loads into
+ * R*T loads from L2; this empty asm makes the value live in a register instead. */
+#define KX_IN_REGISTER(v) __asm__("" : "+v"(v))
+
+/* Call fn(R, T, args...) with compile-time R <= MR, T <= MT equal to (nr, nt), so that each
+ * tile shape gets its own fully unrolled, register-allocated instance. */
+#define KX_CASE(MR, MT, fn, args, R, T)                                                     \
+    case (R) * 8 + (T):                                                                     \
+        if ((R) <= (MR) && (T) <= (MT)) fn(R, T, KX_EXPAND args);                           \
+        break;
+#define KX_ROW(MR, MT, fn, args, R)                                                         \
+    KX_CASE(MR, MT, fn, args, R, 1) KX_CASE(MR, MT, fn, args, R, 2)                         \
+    KX_CASE(MR, MT, fn, args, R, 3) KX_CASE(MR, MT, fn, args, R, 4)                         \
+    KX_CASE(MR, MT, fn, args, R, 5) KX_CASE(MR, MT, fn, args, R, 6)
+#define KX_DISPATCH(MR, MT, nr, nt, fn, args)                                               \
+    switch ((nr) * 8 + (nt)) {                                                              \
+        KX_ROW(MR, MT, fn, args, 1) KX_ROW(MR, MT, fn, args, 2)                             \
+        KX_ROW(MR, MT, fn, args, 3) KX_ROW(MR, MT, fn, args, 4)                             \
+        KX_ROW(MR, MT, fn, args, 5) KX_ROW(MR, MT, fn, args, 6)                             \
+    default: break;                                                                         \
+    }
+
+KX_INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* ---- float weights: 8 weights per step converted to f32, FMA with f32 activations ------ */
+KX_INLINE __m256 ld8_f32(const void *w, int64_t i) { return _mm256_loadu_ps((const float *)w + i); }
+KX_INLINE __m256 ld8_f16(const void *w, int64_t i) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
+}
+KX_INLINE __m256 ld8_bf16(const void *w, int64_t i) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+KX_INLINE float ld1_f32(const void *w, int64_t i) { return ((const float *)w)[i]; }
+KX_INLINE float ld1_f16(const void *w, int64_t i) { return _cvtsh_ss(((const uint16_t *)w)[i]); }
+KX_INLINE float ld1_bf16(const void *w, int64_t i) {
+    uint32_t bits = (uint32_t)((const uint16_t *)w)[i] << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+KX_INLINE void ftile(const int R, const int T, __m256 (*ld8)(const void *, int64_t),
+                     float (*ld1)(const void *, int64_t), int64_t n, const char *w, size_t ws,
+                     const char *x, size_t xs, float *y, int64_t ys) {
+    __m256 acc[KX_MAX][KX_MAX];
+    KX_UNROLL
+    for (int r = 0; r < R; r++)
+        KX_UNROLL
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 xv[KX_MAX];
+        KX_UNROLL
+        for (int t = 0; t < T; t++) {
+            xv[t] = _mm256_loadu_ps((const float *)(x + t * xs) + i);
+            KX_IN_REGISTER(xv[t]);
+        }
+        KX_UNROLL
+        for (int r = 0; r < R; r++) {
+            __m256 wv = ld8(w + r * ws, i);
+            KX_IN_REGISTER(wv);
+            KX_UNROLL
+            for (int t = 0; t < T; t++) acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    KX_UNROLL
+    for (int r = 0; r < R; r++)
+        KX_UNROLL
+        for (int t = 0; t < T; t++) {
+            const float *xt = (const float *)(x + t * xs);
+            float s = hsum8(acc[r][t]);
+            for (int64_t j = i; j < n; j++) s += ld1(w + r * ws, j) * xt[j];
+            y[t * ys + r] = s;
+        }
+}
+
+#define KX_FLOAT_KERNELS(name)                                                              \
+    static void KX(vec_dot_##name)(int64_t n, float *s, const void *w, const void *x) {     \
+        ftile(1, 1, ld8_##name, ld1_##name, n, w, 0, x, 0, s, 0);                          \
+    }                                                                                       \
+    static void KX(tile_##name)(int64_t n, const void *w, size_t ws, const void *x,         \
+                                size_t xs, float *y, int64_t ys, int nr, int nt) {          \
+        KX_DISPATCH(F_TR, F_TT, nr, nt, ftile,                                              \
+                    (ld8_##name, ld1_##name, n, w, ws, x, xs, y, ys))                       \
+    }
+KX_FLOAT_KERNELS(f32)
+KX_FLOAT_KERNELS(f16)
+KX_FLOAT_KERNELS(bf16)
+
+/* ---- Q8_0 activations ------------------------------------------------------------------ */
+/* Bit-exact with quant_quantize_row(DT_Q8_0): same amax (max is exact), same float division
+ * for d and 1/d, and roundf's half-away-from-zero done as trunc + (|frac| >= 0.5), which
+ * unlike floor(v + 0.5) cannot be spoilt by the addition rounding up. */
+static void KX(from_float_q8_0)(const float *x, void *vy, int64_t n) {
+    block_q8_0 *y = vy;
+    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f),
+                 one = _mm256_set1_ps(1.0f);
+    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
+        __m256 v[4];
+        KX_UNROLL
+        for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_ps(x + 8 * k);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                 _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float d = _mm_cvtss_f32(m4) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = (uint16_t)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+        const __m256 idv = _mm256_set1_ps(id);
+        __m256i q[4];
+        KX_UNROLL
+        for (int k = 0; k < 4; k++) {
+            __m256 p = _mm256_mul_ps(v[k], idv);
+            __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __m256 away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(p, t)), half, _CMP_GE_OQ);
+            __m256 step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(p, sign), one));
+            q[k] = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+        }
+        /* the packs work within 128-bit lanes; the permute restores element order */
+        __m256i q8 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        q8 = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)y[b].qs, q8);
+    }
+}
+
+/* ---- Q4_0 / Q8_0 weights x Q8_0 activations --------------------------------------------
+ * Per 32-element block, an exact int32 dot in 8 lanes, then acc += lanes * (dw * dx).
+ * VNNI: vpdpbusd takes an unsigned and a signed operand. The weights are made unsigned
+ * (Q8_0: w + 128 by flipping the sign bit; Q4_0: the raw nibbles, w + 8) and the offset is
+ * removed by starting the accumulator at -offset * sum(x), computed once per token and
+ * block and shared by the tile's rows. Exact for every int8 input.
+ * AVX2: vpmaddubsw (u8 x s8 -> s16, saturating) then vpmaddwd. Q4_0: nibbles times x, minus
+ * 8 * x pairs in s16 (|.| <= 3840: no saturation). Q8_0: |w| times sign(x, w) (|.| <=
+ * 32512); needs x > -128, which from_float guarantees (|q| <= 127). */
+
+/* 16 bytes of nibbles -> 32 bytes 0..15 in element order: the load broadcasts the bytes to
+ * both halves (no shuffle), then only the upper half is shifted. */
+KX_INLINE __m256i q4_unpack(const uint8_t *qs) {
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+}
+
+/* The weight block as the unsigned operand (u), and for AVX2 Q8_0 its signs (*wq). */
+KX_INLINE __m256i q_weights(int q4, const char *wb, __m256i *wq) {
+    if (q4) return q4_unpack(((const block_q4_0 *)wb)->qs);
+    *wq = _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)wb)->qs);
+    return KX_VNNI ? _mm256_xor_si256(*wq, _mm256_set1_epi8((char)0x80)) : _mm256_abs_epi8(*wq);
+}
+
+/* What each token block contributes for all rows: the offset correction (VNNI: -offset *
+ * lane sums of x, as int32; AVX2 Q4_0: 8 * pair sums of x, as int16). */
+KX_INLINE __m256i q_correction(int q4, __m256i xv) {
+#if KX_VNNI
+    const __m256i off = _mm256_set1_epi8(q4 ? 8 : (char)0x80), zero = _mm256_setzero_si256();
+    return _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, off, xv));
+#else
+    return q4 ? _mm256_maddubs_epi16(_mm256_set1_epi8(8), xv) : _mm256_setzero_si256();
+#endif
+}
+
+/* Exact int32 lane sums of (weight block) x (activation block). */
+KX_INLINE __m256i q_dot(int q4, __m256i u, __m256i wq, __m256i xv, __m256i xc) {
+#if KX_VNNI
+    return _mm256_dpbusd_epi32(xc, u, xv);
+#else
+    __m256i p = q4 ? _mm256_sub_epi16(_mm256_maddubs_epi16(u, xv), xc)
+                   : _mm256_maddubs_epi16(u, _mm256_sign_epi8(xv, wq));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+#endif
+}
+
+/* Eight copies of an f16 scale as f32. */
+KX_INLINE __m256 broadcast_f16(const void *d) {
+    uint16_t h;
+    memcpy(&h, d, 2);
+    return _mm256_cvtph_ps(_mm_set1_epi16((short)h));
+}
+
+/* f16 scale d (it leads both block layouts) of block b of row r into lane r of v; written
+ * out per lane because the lane must be an immediate even at -O0. */
+#define KX_DW_LANE(v, r)                                                                        if (R > (r)) {                                                                                  uint16_t h_;                                                                                memcpy(&h_, w + (r) * ws + b * wbs, 2);                                                     v = _mm_insert_epi16(v, (short)h_, r);                                                  }
+
+/* Blocks whose scales are prepared at a time (see qtile). */
+#define KX_SC_BLOCKS 8
+
+KX_INLINE void qtile(const int R, const int T, const int q4, int64_t n, const char *w,
+                     size_t ws, const char *x, size_t xs, float *y, int64_t ys) {
+    const size_t wbs = q4 ? sizeof(block_q4_0) : sizeof(block_q8_0);
+    const int64_t nb = n / QK8_0;
+    __m256 acc[Q_TR][Q_TT];
+    KX_UNROLL
+    for (int r = 0; r < R; r++)
+        KX_UNROLL
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    /* sc[k][t][r] = dw(row r, block b0 + k) * dx(token t, block b0 + k): R*T products in T
+     * multiplies, stored a few blocks ahead of use and read back as broadcast operands of
+     * the FMAs. Multiplying set1(dw) * set1(dx) per (row, token) instead costs as much as
+     * the dot itself: GCC turns it into a scalar multiply and a register broadcast. */
+    float sc[KX_SC_BLOCKS][KX_MAX][8] __attribute__((aligned(32)));
+    for (int64_t b0 = 0; b0 < nb; b0 += KX_SC_BLOCKS) {
+        const int g = nb - b0 < KX_SC_BLOCKS ? (int)(nb - b0) : KX_SC_BLOCKS;
+        for (int k = 0; k < g; k++) {
+            const int64_t b = b0 + k;
+            __m128i dwh = _mm_setzero_si128();
+            KX_DW_LANE(dwh, 0) KX_DW_LANE(dwh, 1) KX_DW_LANE(dwh, 2)
+            KX_DW_LANE(dwh, 3) KX_DW_LANE(dwh, 4) KX_DW_LANE(dwh, 5)
+            const __m256 dwv = _mm256_cvtph_ps(dwh);
+            KX_UNROLL
+            for (int t = 0; t < T; t++) {
+                const block_q8_0 *xb = (const block_q8_0 *)(x + t * xs) + b;
+                _mm256_store_ps(sc[k][t], _mm256_mul_ps(dwv, broadcast_f16(&xb->d)));
+            }
+        }
+        for (int k = 0; k < g; k++) {
+            const int64_t b = b0 + k;
+            __m256i xv[KX_MAX], xc[KX_MAX];
+            KX_UNROLL
+            for (int t = 0; t < T; t++) {
+                xv[t] = _mm256_loadu_si256((const __m256i *)((const block_q8_0 *)(x + t * xs) + b)->qs);
+                xc[t] = q_correction(q4, xv[t]);
+            }
+            KX_UNROLL
+            for (int r = 0; r < R; r++) {
+                __m256i wq = _mm256_setzero_si256();
+                const __m256i u = q_weights(q4, w + r * ws + b * wbs, &wq);
+                KX_UNROLL
+                for (int t = 0; t < T; t++) {
+                    __m256 p = _mm256_cvtepi32_ps(q_dot(q4, u, wq, xv[t], xc[t]));
+                    acc[r][t] = _mm256_fmadd_ps(p, _mm256_broadcast_ss(&sc[k][t][r]), acc[r][t]);
+                }
+            }
+        }
+    }
+    KX_UNROLL
+    for (int r = 0; r < R; r++)
+        KX_UNROLL
+        for (int t = 0; t < T; t++) y[t * ys + r] = hsum8(acc[r][t]);
+}
+
+#define KX_QUANT_KERNELS(name, q4)                                                          \
+    static void KX(vec_dot_##name)(int64_t n, float *s, const void *w, const void *x) {     \
+        qtile(1, 1, q4, n, w, 0, x, 0, s, 0);                                               \
+    }                                                                                       \
+    static void KX(tile_##name)(int64_t n, const void *w, size_t ws, const void *x,         \
+                                size_t xs, float *y, int64_t ys, int nr, int nt) {          \
+        KX_DISPATCH(Q_TR, Q_TT, nr, nt, qtile, (q4, n, w, ws, x, xs, y, ys))                \
+    }
+KX_QUANT_KERNELS(q8_0, 0)
+KX_QUANT_KERNELS(q4_0, 1)
+
+static const kernel_traits KX(traits)[] = {
+    [DT_F32] = {DT_F32, NULL, KX(vec_dot_f32), KX(tile_f32), F_TR, F_TT},
+    [DT_F16] = {DT_F32, NULL, KX(vec_dot_f16), KX(tile_f16), F_TR, F_TT},
+    [DT_BF16] = {DT_F32, NULL, KX(vec_dot_bf16), KX(tile_bf16), F_TR, F_TT},
+    [DT_Q8_0] = {DT_Q8_0, KX(from_float_q8_0), KX(vec_dot_q8_0), KX(tile_q8_0), Q_TR, Q_TT},
+    [DT_Q4_0] = {DT_Q8_0, KX(from_float_q8_0), KX(vec_dot_q4_0), KX(tile_q4_0), Q_TR, Q_TT},
+};
+
+const kernel_traits *KX_TRAITS(int type) {
+    if (type < 0 || type >= (int)(sizeof KX(traits) / sizeof KX(traits)[0])) return NULL;
+    return KX(traits)[type].vec_dot ? &KX(traits)[type] : NULL;
+}
+
+#endif
