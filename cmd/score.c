@@ -1,0 +1,157 @@
+/* score.c: `duet score`: a teacher-forced pass of one model over a dataset, writing the
+ * per-token score file that head training reads (format: src/train/scores.h). Progress with
+ * tokens/s and ETA on a terminal; Ctrl-C stops cleanly and the same command resumes. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "duet.h"
+#include "train/dataset.h"
+#include "train/scores.h"
+#include "util.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: duet score -m MODEL -d DATA -o SCORES [options]\n"
+            "  -m, --model FILE      GGUF model to score with\n"
+            "  -d, --data FILE       JSONL ({\"prompt\",\"response\"}, {\"messages\"}, {\"question\",\"answer\"})\n"
+            "                        or plain text (paragraphs, cut into context windows)\n"
+            "  -o, --output FILE     score file (written as FILE.partial, renamed when complete;\n"
+            "                        re-running the same command resumes an interrupted run)\n"
+            "  --tokenizer-of BASE   tokenise with BASE's tokenizer and map ids through the\n"
+            "                        vocabulary bridge (score the expert on the base's tokens)\n"
+            "  -c, --ctx-size N      context per sequence (default min(training context, 4096));\n"
+            "                        longer examples are cut, with a count\n"
+            "  --format F            auto (default), jsonl or text\n"
+            "  --skip-bad            skip malformed examples (counted) instead of stopping\n"
+            "  --no-hidden           do not store hidden states (default: stored, F16)\n"
+            "  -t, --threads N       threads (default: all cores)\n"
+            "  --quiet               no progress or summary (warnings still print)\n");
+}
+
+typedef struct prog {
+    int show;
+    double last;
+} prog;
+
+static volatile sig_atomic_t g_stop;
+static void on_sigint(int sig) { (void)sig; g_stop = 1; }
+
+static int on_progress(void *ud, const dsf_progress *p) {
+    prog *pg = ud;
+    if (pg->show) {
+        double now = duet_time_s();
+        int final = p->seq_done == p->seq_total;
+        if (final || now - pg->last >= 0.25) {
+            pg->last = now;
+            double rate = p->seconds > 0 ? (double)p->tok_run / p->seconds : 0;
+            double eta = rate > 0 ? (double)(p->tok_total - p->tok_done) / rate : 0;
+            fprintf(stderr, "\r\x1b[Kduet score: %lld/%lld sequences, %.1f%% of %lld tokens, "
+                            "%.0f tok/s, ETA %d:%02d", (long long)p->seq_done,
+                    (long long)p->seq_total, 100.0 * (double)p->tok_done / (double)p->tok_total,
+                    (long long)p->tok_total, rate, (int)(eta / 60), (int)eta % 60);
+            if (final) fputc('\n', stderr);
+        }
+    }
+    return g_stop;
+}
+
+int cmd_score(int argc, char **argv) {
+    const char *model_path = NULL, *data_path = NULL, *out = NULL, *tok_of = NULL;
+    int n_ctx = 0, n_threads = 0, quiet = 0;
+    ds_params dp = {0};
+    dsf_score_params sp = {0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+#define VAL() do { if (!(v = arg_value("score", argc, argv, &i))) return 2; } while (0)
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); model_path = v; }
+        else if (!strcmp(a, "-d") || !strcmp(a, "--data")) { VAL(); data_path = v; }
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { VAL(); out = v; }
+        else if (!strcmp(a, "--tokenizer-of")) { VAL(); tok_of = v; }
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
+            VAL(); if (!arg_int("score", a, v, 2, 1 << 20, &n_ctx)) return 2;
+        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+            VAL(); if (!arg_int("score", a, v, 1, 256, &n_threads)) return 2;
+        } else if (!strcmp(a, "--format")) {
+            VAL();
+            if (!strcmp(v, "auto")) dp.format = DS_AUTO;
+            else if (!strcmp(v, "jsonl")) dp.format = DS_JSONL;
+            else if (!strcmp(v, "text")) dp.format = DS_TEXT;
+            else {
+                fprintf(stderr, "duet score: --format '%s' is not auto, jsonl or text\n", v);
+                return 2;
+            }
+        } else if (!strcmp(a, "--skip-bad")) dp.skip_bad = 1;
+        else if (!strcmp(a, "--no-hidden")) sp.no_hidden = 1;
+        else if (!strcmp(a, "--hidden")) sp.no_hidden = 0;
+        else if (!strcmp(a, "--quiet")) quiet = 1;
+        else {
+            fprintf(stderr, "duet score: unknown option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+#undef VAL
+    }
+    if (!model_path || !data_path || !out) {
+        fprintf(stderr, "duet score: -m MODEL, -d DATA and -o SCORES are required\n");
+        usage(stderr);
+        return 2;
+    }
+    duet_error err = {0};
+    duet_model *m = NULL, *base = NULL;
+    ds_dataset ds = {0};
+    int rc = 1, st;
+    duet_model_params mp = {.n_threads = n_threads};
+    if ((st = ds_load(data_path, &dp, &ds, &err))) goto fail;
+    if (ds.n_bad)
+        fprintf(stderr, "duet score: warning: skipped %d bad example%s in %s (the first: %s)\n",
+                ds.n_bad, ds.n_bad > 1 ? "s" : "", data_path, ds.first_bad);
+    if ((st = duet_model_load(model_path, &mp, &m, &err))) goto fail;
+    if (tok_of) {
+        duet_model_params bp = {.vocab_only = 1};
+        if ((st = duet_model_load(tok_of, &bp, &base, &err))) goto fail;
+    }
+    prog pg = {.show = !quiet && isatty(2), .last = 0};
+    sp.n_ctx = n_ctx;
+    sp.ids_model = base;
+    sp.progress = on_progress;
+    sp.ud = &pg;
+    g_stop = 0;
+    struct sigaction sa = {0}, old;
+    sa.sa_handler = on_sigint;
+    sigaction(SIGINT, &sa, &old);
+    dsf_score_stats ss;
+    st = dsf_score(m, &ds, &sp, out, &ss, &err);
+    sigaction(SIGINT, &old, NULL);
+    if (st == DSF_STOPPED) {
+        fprintf(stderr, "\nduet score: interrupted after %d of %d sequences; %s.partial is kept: "
+                        "run the same command again to resume\n", (int)ss.n_seq_done, ss.n_seq, out);
+        rc = 130;
+        goto done;
+    }
+    if (ss.n_truncated)
+        fprintf(stderr, "duet score: warning: %d example%s longer than the context of %d tokens "
+                        "were cut (%lld tokens dropped)\n", ss.n_truncated, ss.n_truncated > 1 ? "s" : "",
+                ss.n_ctx, (long long)ss.n_dropped_tok);
+    if (ss.n_skipped)
+        fprintf(stderr, "duet score: warning: skipped %d example%s with no response token inside "
+                        "the context\n", ss.n_skipped, ss.n_skipped > 1 ? "s" : "");
+    if (st) goto fail;
+    if (!quiet)
+        fprintf(stderr, "duet score: wrote %s: %d sequences, %lld response tokens from %d examples "
+                        "(%s%s) in %.1fs%s\n", out, ss.n_seq, (long long)ss.n_tok, ss.n_examples,
+                duet_model_hparams(m)->name, base ? ", base tokenizer" : "", ss.seconds,
+                ss.n_resumed_seq ? " (resumed)" : "");
+    rc = 0;
+    goto done;
+fail:
+    fprintf(stderr, "duet score: %s\n", err.msg);
+done:
+    ds_free(&ds);
+    duet_model_free(base);
+    duet_model_free(m);
+    return rc;
+}
