@@ -1,18 +1,180 @@
 /* head.c: `duet head init --base MODEL -o HEAD.gguf [--threshold ETA]`: the untrained
  * deferral head (u = mean of the base's output-matrix rows), so the Co-LLM pipeline runs
- * before training. (`duet head train` comes with the switch-learning work.) */
+ * before training; `duet head train`: learn it from two score files (src/train/head_train.h). */
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cmd.h"
 #include "duet.h"
+#include "train/head_train.h"
 #include "util.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: duet head init --base MODEL -o HEAD.gguf [--threshold ETA]\n");
+    fprintf(f, "usage: duet head init --base MODEL -o HEAD.gguf [--threshold ETA]\n"
+               "       duet head train --base-scores B --expert-scores E -o HEAD.gguf [options]\n"
+               "       (duet head train --help for its options)\n");
 }
 
+/* ---- duet head train ------------------------------------------------------------------------ */
+static void train_usage(FILE *f) {
+    fprintf(f,
+            "usage: duet head train --base-scores B --expert-scores E -o HEAD.gguf [options]\n"
+            "  --base-scores FILE    duet score of the base (own tokenizer, hidden states)\n"
+            "  --expert-scores FILE  duet score of the expert on the same data, --tokenizer-of BASE\n"
+            "  -o, --output FILE     the head (sidecar GGUF)\n"
+            "  --objective O         nll (default: weak-supervision start, then the marginal\n"
+            "                        likelihood) or weak (weak supervision only)\n"
+            "  --defer-cost L        cost-aware nll: add L * sigmoid(s) per token (default 0)\n"
+            "  --features LIST       head inputs: hidden,entropy,maxlogp (default hidden)\n"
+            "  --epochs N            epochs of the main phase (default 2)\n"
+            "  --weak-epochs N       epochs of the weak start before nll (default 1; 0 = none)\n"
+            "  --lr X                peak learning rate (AdamW, warm-up + linear decay; default 1e-3)\n"
+            "  --weak-lr X           learning rate of the weak start (default: --lr)\n"
+            "  --weight-decay X      AdamW weight decay (default 0)\n"
+            "  --pos-weight X        weak positive weight (default 8)\n"
+            "  --batch N             sequences per step (default 8)\n"
+            "  --val-frac F          validation share of the sequences (default 0.1)\n"
+            "  --seed S              split and batch order (default 0)\n"
+            "  --base MODEL          start u at the mean of the base's output rows (default: zero)\n"
+            "                        and check the head's identity against the model\n"
+            "  --report FILE         JSON report: losses per step, routing per evaluation\n"
+            "  --quiet               no progress or summary\n");
+}
+
+static void train_progress(void *ud, const ht_progress *p) {
+    (void)ud;
+    fprintf(stderr, "\r\x1b[Kduet head train: %s epoch %d step %d/%d, loss %.4f, routing %.4f "
+                    "(best %.4f)", p->phase, p->epoch, p->step, p->steps, p->loss, p->route, p->best);
+    if (p->step == p->steps) fputc('\n', stderr);
+}
+
+static int cmd_head_train(int argc, char **argv) {
+    const char *bpath = NULL, *epath = NULL, *out = NULL, *base_model = NULL;
+    int quiet = 0, weak_epochs = -2;
+    ht_params hp = {0};
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { train_usage(stdout); return 0; }
+        if (!strcmp(a, "--quiet")) { quiet = 1; continue; }
+        if (!(v = arg_value("head train", argc, argv, &i))) return 2;
+        float x;
+        int n;
+        if (!strcmp(a, "--base-scores")) bpath = v;
+        else if (!strcmp(a, "--expert-scores")) epath = v;
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = v;
+        else if (!strcmp(a, "--report")) hp.report_path = v;
+        else if (!strcmp(a, "--base")) base_model = v;
+        else if (!strcmp(a, "--objective")) {
+            if (!strcmp(v, "nll")) hp.objective = HT_NLL;
+            else if (!strcmp(v, "weak")) hp.objective = HT_WEAK;
+            else {
+                fprintf(stderr, "duet head train: --objective '%s' is not nll or weak\n", v);
+                return 2;
+            }
+        } else if (!strcmp(a, "--features")) {
+            duet_error e = {0};
+            if (duet_head_features_parse(v, &hp.features, &e)) {
+                fprintf(stderr, "duet head train: --features: %s\n", e.msg);
+                return 2;
+            }
+        } else if (!strcmp(a, "--defer-cost")) {
+            if (!arg_float("head train", a, v, 0, 1e6, &x)) return 2;
+            hp.defer_cost = x;
+        } else if (!strcmp(a, "--epochs")) {
+            if (!arg_int("head train", a, v, 1, 100000, &hp.epochs)) return 2;
+        } else if (!strcmp(a, "--weak-epochs")) {
+            if (!arg_int("head train", a, v, 0, 100000, &weak_epochs)) return 2;
+        } else if (!strcmp(a, "--lr")) {
+            if (!arg_float("head train", a, v, 1e-12, 10, &x)) return 2;
+            hp.lr = x;
+        } else if (!strcmp(a, "--weak-lr")) {
+            if (!arg_float("head train", a, v, 1e-12, 10, &x)) return 2;
+            hp.weak_lr = x;
+        } else if (!strcmp(a, "--weight-decay")) {
+            if (!arg_float("head train", a, v, 0, 10, &x)) return 2;
+            hp.weight_decay = x;
+        } else if (!strcmp(a, "--pos-weight")) {
+            if (!arg_float("head train", a, v, 1e-6, 1e6, &x)) return 2;
+            hp.pos_weight = x;
+        } else if (!strcmp(a, "--batch")) {
+            if (!arg_int("head train", a, v, 1, 1 << 20, &hp.batch_seqs)) return 2;
+        } else if (!strcmp(a, "--val-frac")) {
+            if (!arg_float("head train", a, v, 1e-6, 0.9, &x)) return 2;
+            hp.val_frac = x;
+        } else if (!strcmp(a, "--seed")) {
+            if (!arg_u64("head train", a, v, &hp.seed)) return 2;
+        } else if (!strcmp(a, "--evals")) {
+            if (!arg_int("head train", a, v, 1, 100000, &n)) return 2;
+            hp.evals_per_phase = n;
+        } else {
+            fprintf(stderr, "duet head train: unknown option '%s'\n", a);
+            train_usage(stderr);
+            return 2;
+        }
+    }
+    if (!bpath || !epath || !out) {
+        fprintf(stderr, "duet head train: --base-scores, --expert-scores and -o are required\n");
+        train_usage(stderr);
+        return 2;
+    }
+    if (weak_epochs != -2) hp.weak_epochs = weak_epochs ? weak_epochs : -1;
+    duet_error err = {0};
+    dsf_file *B = NULL, *E = NULL;
+    duet_model *m = NULL;
+    duet_head *init = NULL, *h = NULL;
+    int rc;
+    if ((rc = dsf_open(bpath, &B, &err)) || (rc = dsf_open(epath, &E, &err))) goto done;
+    if (base_model) {
+        duet_model_params mp = {.n_threads = 1, .use_mmap = 1};
+        const dsf_header *bh = dsf_hdr(B);
+        if ((rc = duet_model_load(base_model, &mp, &m, &err))) goto done;
+        const duet_hparams *mh = duet_model_hparams(m);
+        if (strcmp(mh->name, bh->model_name) || mh->n_embd != (int)bh->n_embd ||
+            duet_model_vocab_hash(m) != bh->vocab_hash) {
+            rc = DUET_ERR_ARG;
+            snprintf(err.msg, sizeof err.msg, "%s ('%s', n_embd %d) is not the model that scored %s "
+                     "('%s', n_embd %u)", base_model, mh->name, mh->n_embd, bpath, bh->model_name,
+                     bh->n_embd);
+            goto done;
+        }
+        if ((rc = duet_head_init(m, &init, &err))) goto done;
+        hp.u_init = duet_head_u(init);
+    }
+    if (!quiet && isatty(2)) hp.progress = train_progress;
+    ht_result res;
+    if ((rc = ht_train(B, E, &hp, &h, &res, &err))) goto done;
+    if ((rc = duet_head_save(h, out, &err))) goto done;
+    if (!quiet) {
+        const ht_routing *r = &res.val;
+        double bpt = r->n_bytes ? (double)r->n_tok / (double)r->n_bytes : 1;
+        char fs[64];
+        duet_head_features_string(duet_head_features(h), fs, sizeof fs);
+        fprintf(stderr, "duet head train: wrote %s (features %s), kept step %d (%s); %d/%d training/"
+                        "validation sequences, pseudo-label positive rate %.1f%%\n", out, fs,
+                res.best_step, res.best_phase, res.n_train_seq, res.n_val_seq, 100 * res.pos_rate);
+        fprintf(stderr, "validation NLL per byte (%lld tokens): base %.4f, expert %.4f\n",
+                (long long)r->n_tok, r->base * bpt, r->expert * bpt);
+        fprintf(stderr, "  defer   collm   random  uncert.  confid.  oracle   gap closed (collm)\n");
+        for (int k = 0; k < HT_N_RATES; k++)
+            fprintf(stderr, "  %3.0f%%   %.4f  %.4f  %.4f   %.4f   %.4f   %5.1f%%\n", 100 * ht_rates[k],
+                    r->head[k] * bpt, r->random[k] * bpt, r->uncertainty[k] * bpt,
+                    r->confidence[k] * bpt, r->oracle[k] * bpt,
+                    100 * (r->base - r->head[k]) / (r->base - r->expert));
+    }
+done:
+    if (rc) fprintf(stderr, "duet head train: %s\n", err.msg);
+    duet_head_free(h);
+    duet_head_free(init);
+    duet_model_free(m);
+    dsf_close(B);
+    dsf_close(E);
+    return rc ? 1 : 0;
+}
+
+
 int cmd_head(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "train")) return cmd_head_train(argc, argv);
     if (argc < 2 || strcmp(argv[1], "init")) {
         if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
             usage(stdout);

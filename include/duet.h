@@ -211,6 +211,35 @@ void duet_head_set_threshold(duet_head *head, float eta);
 /* s = u . h (the logit of P(defer)). */
 float duet_head_score(const duet_head *head, const float *hidden);
 
+/* ---- deferral head: confidence features (head training, issue 4) -------------------------- */
+/* Besides the hidden state, a trained head may read the base's confidence at the same
+ * position: s = [u . h] + w_entropy * entropy + w_maxlogp * max_logp + bias, each term only
+ * when the head uses that input. entropy = -sum_v p_v log p_v and max_logp = log max_v p_v,
+ * natural log, over softmax of the base's logits for the next token (all n_vocab entries):
+ * exactly what `duet score` stores for the base. Hidden-only heads (the paper's) have bias 0
+ * and duet_head_score gives their full score; for other heads use duet_head_score_ex. */
+enum {
+    DUET_HEAD_FEAT_HIDDEN = 1,   /* u . h */
+    DUET_HEAD_FEAT_ENTROPY = 2,  /* entropy of the base's next-token distribution (nats) */
+    DUET_HEAD_FEAT_MAXLOGP = 4,  /* log of the base's largest next-token probability */
+};
+/* A zero head (u = 0, hidden only) for a base known by identity (e.g. from a score file). */
+int duet_head_new(const char *base_name, int n_embd, int n_vocab, uint64_t vocab_hash,
+                  duet_head **out, duet_error *err);
+/* DUET_HEAD_FEAT_* mask of the inputs the head reads. */
+int duet_head_features(const duet_head *head);
+/* Set the inputs and weights: w[0] entropy, w[1] max_logp (ignored for inputs not in mask);
+ * without DUET_HEAD_FEAT_HIDDEN, u is zeroed. DUET_ERR_ARG on a bad mask or non-finite value. */
+int duet_head_set_features(duet_head *head, int mask, const float w[2], float bias);
+void duet_head_get_features(const duet_head *head, float w[2], float *bias);
+/* The score (logit of P(defer)); hidden may be NULL for heads without the hidden input. */
+float duet_head_score_ex(const duet_head *head, const float *hidden, float entropy,
+                         float max_logp);
+/* "hidden,entropy,maxlogp" (any non-empty subset, comma-separated) <-> mask. */
+int duet_head_features_parse(const char *s, int *mask, duet_error *err);
+void duet_head_features_string(int mask, char *buf, size_t cap);
+/* ---- end of confidence features ---------------------------------------------------------- */
+
 /* ---- collaborative decoding ------------------------------------------------------------- */
 typedef enum duet_policy {
     DUET_POLICY_COLLM = 0,   /* defer iff u.h > logit(eta) (head required) */

@@ -1,0 +1,664 @@
+/* test_train.c: datasets, score files (round trip against an independent recomputation,
+ * resume after interruption, refusals), the head's gradients against finite differences,
+ * head sidecars with features, and head training end to end (BabyLlama pair when present:
+ * the trained head must beat random routing on held-out text). */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../src/gguf.h"
+#include "../src/quant.h"
+#include "../src/train/dataset.h"
+#include "../src/train/head_train.h"
+#include "../src/train/scores.h"
+#include "duet.h"
+#include "fixtures.h"
+#include "test.h"
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+/* Paths in the test directory, in a ring of buffers large enough for any one test. */
+static const char *tmp_file(const char *name) {
+    static char ring[64][600];
+    static int k;
+    char *b = ring[k++ & 63];
+    snprintf(b, sizeof ring[0], "%s/%s", test_tmpdir(), name);
+    return b;
+}
+
+static void write_text(const char *path, const char *s) {
+    FILE *f = fopen(path, "wb");
+    if (!f) { test_fail_at(__FILE__, __LINE__, "cannot write %s", path); return; }
+    fputs(s, f);
+    fclose(f);
+}
+
+static duet_model *load(const char *path, int n_threads) {
+    duet_model *m = NULL;
+    duet_error err = {0};
+    duet_model_params mp = {.n_threads = n_threads};
+    if (!path || duet_model_load(path, &mp, &m, &err))
+        test_fail_at(__FILE__, __LINE__, "load %s: %s", path ? path : "(null)", err.msg);
+    return m;
+}
+
+static long file_size(const char *p) {
+    struct stat st;
+    return stat(p, &st) ? -1 : (long)st.st_size;
+}
+
+static int same_file(const char *a, const char *b) {
+    FILE *x = fopen(a, "rb"), *y = fopen(b, "rb");
+    int same = x && y;
+    while (same) {
+        int c = fgetc(x), d = fgetc(y);
+        if (c != d) same = 0;
+        if (c == EOF || d == EOF) break;
+    }
+    if (x) fclose(x);
+    if (y) fclose(y);
+    return same;
+}
+
+/* Score a dataset file; 0 on success. */
+static int score(duet_model *m, const duet_model *ids, const char *data, int n_ctx, const char *out,
+                 dsf_score_stats *st, duet_error *err) {
+    ds_dataset d;
+    int rc = ds_load(data, NULL, &d, err);
+    if (rc) return rc;
+    dsf_score_params p = {.n_ctx = n_ctx, .ids_model = ids};
+    rc = dsf_score(m, &d, &p, out, st, err);
+    ds_free(&d);
+    return rc;
+}
+
+/* ---- datasets ------------------------------------------------------------------------------ */
+TEST(train_dataset_formats) {
+    duet_error err = {0};
+    ds_dataset d;
+    const char *j = "{\"prompt\": \"Hi\", \"response\": \"there\"}\n"
+                    "\n"
+                    "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
+                    "{\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": \"assistant\", "
+                    "\"content\": \"4\"}, {\"role\": \"user\", \"content\": \"thanks\"}]}\n"
+                    "{\"question\": \"1+1?\", \"answer\": \"2\\n#### 2\"}\n";
+    REQUIRE(!ds_load_buffer(j, strlen(j), "a.jsonl", NULL, &d, &err));
+    CHECK_EQ_INT(d.format, DS_JSONL);
+    REQUIRE(d.n == 3);
+    CHECK_STR(d.ex[0].prompt, "Hi");
+    CHECK_STR(d.ex[0].response, "there");
+    CHECK_STR(d.ex[1].prompt, "system: Be brief.\nuser: 2+2?");
+    CHECK_STR(d.ex[1].response, "4");
+    CHECK_EQ_INT(d.ex[1].line, 3);
+    CHECK(strstr(d.ex[2].prompt, "Question: 1+1?\nAnswer:") != NULL);
+    CHECK_STR(d.ex[2].response, "2\n#### 2");
+    ds_free(&d);
+    /* plain text: paragraphs, first lines numbered */
+    const char *t = "One two.\nthree\n\n  \n\nfour\n";
+    REQUIRE(!ds_load_buffer(t, strlen(t), "a.txt", NULL, &d, &err));
+    CHECK_EQ_INT(d.format, DS_TEXT);
+    REQUIRE(d.n == 2);
+    CHECK(d.ex[0].prompt == NULL);
+    CHECK_STR(d.ex[0].response, "One two.\nthree");
+    CHECK_STR(d.ex[1].response, "four");
+    CHECK_EQ_INT(d.ex[1].line, 6);
+    ds_free(&d);
+}
+
+TEST(train_dataset_bad_inputs) {
+    duet_error err = {0};
+    ds_dataset d;
+    static const struct { const char *text, *want; } cases[] = {
+        {"{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\", \"response\": }\n", "x.jsonl:2: invalid JSON"},
+        {"{\"prompt\": \"a\"}\n", "x.jsonl:1: field 'response' is missing"},
+        {"{\"prompt\": \"a\", \"response\": \"\"}\n", "x.jsonl:1: the response is empty"},
+        {"{\"prompt\": 3, \"response\": \"b\"}\n", "x.jsonl:1: field 'prompt' is an integer"},
+        {"{\"text\": \"b\"}\n", "x.jsonl:1: no example fields"},
+        {"[1, 2]\n", "x.jsonl:1: a line must hold a JSON object"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n", "no assistant message"},
+        {"{\"messages\": [{\"role\": \"user\", \"content\": null}]}\n", "messages[0]: field 'content' is null"},
+        {"{\"prompt\": \"\xc3\x28\", \"response\": \"b\"}\n", "x.jsonl:1: invalid JSON"},
+        {"{\"prompt\": \"a\", \"prompt\": \"b\", \"response\": \"c\"}\n", "x.jsonl:1: invalid JSON"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = ds_load_buffer(cases[i].text, strlen(cases[i].text), "x.jsonl",
+                                &(ds_params){.format = DS_JSONL}, &d, &err);
+        CHECKF(rc == DUET_ERR_FORMAT && strstr(err.msg, cases[i].want), "case %zu: rc %d, '%s'", i,
+               rc, err.msg);
+        CHECK(d.n == 0 && d.ex == NULL);
+    }
+    /* skip_bad: counted, the first message kept */
+    const char *mixed = "{\"prompt\": \"a\", \"response\": \"b\"}\nnot json\n{\"prompt\": \"c\"}\n"
+                        "{\"prompt\": \"d\", \"response\": \"e\"}\n";
+    REQUIRE(!ds_load_buffer(mixed, strlen(mixed), "m.jsonl", &(ds_params){.skip_bad = 1}, &d, &err));
+    CHECK_EQ_INT(d.n, 2);
+    CHECK_EQ_INT(d.n_bad, 2);
+    CHECKF(strstr(d.first_bad, "m.jsonl:2:"), "first bad: %s", d.first_bad);
+    ds_free(&d);
+    /* all bad / empty: no usable examples */
+    CHECK(ds_load_buffer("x\n", 2, "b.jsonl", &(ds_params){.format = DS_JSONL, .skip_bad = 1}, &d, &err) ==
+          DUET_ERR_FORMAT && strstr(err.msg, "no usable examples"));
+    CHECK(ds_load_buffer(" \n\n", 3, "e.txt", NULL, &d, &err) == DUET_ERR_FORMAT &&
+          strstr(err.msg, "no usable examples"));
+    /* invalid UTF-8 in plain text: the line of the bad byte */
+    const char *bad = "good line\nstill good\n\nfine\nbad \xff here\n";
+    CHECK(ds_load_buffer(bad, strlen(bad), "u.txt", NULL, &d, &err) == DUET_ERR_FORMAT);
+    CHECKF(strstr(err.msg, "u.txt:5: invalid UTF-8 (byte 0xff)"), "%s", err.msg);
+    CHECK_EQ_INT(ds_utf8_check("\xed\xa0\x80", 3), 0);   /* surrogate */
+    CHECK_EQ_INT(ds_utf8_check("\xc0\xaf", 2), 0);       /* overlong */
+    CHECK_EQ_INT(ds_utf8_check("a\xe2\x82\xac", 4), 4);  /* euro sign */
+    CHECK(ds_load(tmp_file("missing.jsonl"), NULL, &d, &err) == DUET_ERR_IO && strstr(err.msg, "missing.jsonl"));
+}
+
+/* ---- head gradients ------------------------------------------------------------------------- */
+TEST(train_head_gradients_match_finite_differences) {
+    enum { N = 9, E = 12 };
+    float h[N * E], ent[N], mx[N], lpb[N], lpe[N], z[N];
+    uint64_t x = 12345;
+#define RND() ((x = x * 6364136223846793005ull + 1442695040888963407ull), (double)(x >> 11) * 0x1.0p-53)
+    for (int i = 0; i < N * E; i++) h[i] = (float)(2 * RND() - 1);
+    for (int i = 0; i < N; i++) {
+        ent[i] = (float)(3 * RND());
+        mx[i] = (float)(-2 * RND());
+        lpb[i] = (float)(-6 * RND());
+        lpe[i] = (float)(-6 * RND());
+        z[i] = RND() < 0.4 ? 1.0f : 0.0f;
+    }
+    ht_batch b = {N, h, ent, mx, lpb, lpe, z};
+    static const int masks[] = {1, 3, 5, 7, 2, 6};
+    static const struct { ht_objective obj; double cost; } objs[] = {{HT_WEAK, 0}, {HT_NLL, 0}, {HT_NLL, 0.7}};
+    for (size_t mi = 0; mi < sizeof masks / sizeof masks[0]; mi++)
+        for (size_t oi = 0; oi < 3; oi++) {
+            ht_layout L;
+            ht_layout_init(&L, masks[mi], E);
+            double th[E + 3], g[E + 3], t2[E + 3];
+            for (int k = 0; k < L.n_param; k++) th[k] = 1.5 * (2 * RND() - 1) / (k < E ? 3 : 1);
+            ht_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, th, g);
+            double num = 0, den = 0, worst = 0;
+            for (int k = 0; k < L.n_param; k++) {
+                double eps = 1e-5;
+                memcpy(t2, th, sizeof th);
+                t2[k] += eps;
+                double lp = ht_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, t2, NULL);
+                t2[k] -= 2 * eps;
+                double lm = ht_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, t2, NULL);
+                double fd = (lp - lm) / (2 * eps), d = fabs(fd - g[k]);
+                num += d * d;
+                den += fd * fd;
+                double rel = d / fmax(fabs(fd), 1e-3);
+                worst = rel > worst ? rel : worst;
+            }
+            double rel = sqrt(num / den);
+            CHECKF(rel < 1e-4 && worst < 1e-4, "mask %d objective %d cost %g: relative error %.3g "
+                   "(worst component %.3g)", masks[mi], objs[oi].obj, objs[oi].cost, rel, worst);
+        }
+    /* the loss itself at s = 0: weak = mean of pw*z*log2 + (1-z)*log2; nll = -log((pb+pe)/2) */
+    ht_layout L;
+    ht_layout_init(&L, 1, E);
+    double zero[E] = {0};
+    double want_w = 0, want_n = 0;
+    for (int i = 0; i < N; i++) {
+        want_w += (8 * z[i] + (1 - z[i])) * log(2.0) / N;
+        want_n += -log((exp(lpb[i]) + exp(lpe[i])) / 2) / N;
+    }
+    CHECK_NEAR(ht_loss_grad(&L, &b, HT_WEAK, 0, 8, zero, NULL), want_w, 1e-12);
+    CHECK_NEAR(ht_loss_grad(&L, &b, HT_NLL, 0, 8, zero, NULL), want_n, 1e-12);
+    CHECK_NEAR(ht_loss_grad(&L, &b, HT_NLL, 0.5, 8, zero, NULL), want_n + 0.25, 1e-12);
+#undef RND
+}
+
+/* ---- score files ----------------------------------------------------------------------------- */
+static const char *k_jsonl =
+    "{\"prompt\": \"The cat\", \"response\": \"sat on the mat.\"}\n"
+    "{\"prompt\": \"The cat\", \"response\": \"ran away from the dog, fast.\"}\n"
+    "{\"messages\": [{\"role\": \"user\", \"content\": \"hello\"}, {\"role\": \"assistant\", "
+    "\"content\": \"hi, how are you?\"}]}\n"
+    "{\"question\": \"What is 3 + 4?\", \"answer\": \"3 + 4 = <<3+4=7>>7\\n#### 7\"}\n";
+
+static double lsm(const float *l, int n, int k, double *maxlp, double *ent) {
+    double mx = l[0], z = 0, ez = 0;
+    for (int i = 1; i < n; i++) mx = l[i] > mx ? l[i] : mx;
+    for (int i = 0; i < n; i++) z += exp((double)l[i] - mx);
+    double lz = mx + log(z);
+    for (int i = 0; i < n; i++) ez += exp((double)l[i] - lz) * ((double)l[i] - lz);
+    *maxlp = mx - lz;
+    *ent = -ez;
+    return (double)l[k] - lz;
+}
+
+TEST(train_score_file_round_trip) {
+    const char *mp = fixture_random(DT_F32, 61, 0);
+    duet_model *m = load(mp, 2);
+    REQUIRE(m);
+    const char *data = tmp_file("rt.jsonl"), *out = tmp_file("rt.scores");
+    /* a long example that does not fit a context of 48 tokens */
+    char buf[4096];
+    const char *abc = "a b c d e f g h i j k l m n o p q r s t u v w x y z 0 1 2 3 4 5 6 7 8 9 ";
+    snprintf(buf, sizeof buf, "%s{\"prompt\": \"long\", \"response\": \"%s%s%s%s\"}\n", k_jsonl,
+             abc, abc, abc, abc);
+    write_text(data, buf);
+    duet_error err = {0};
+    dsf_score_stats st;
+    /* a context of 48 has no room for the GSM8K prompt: skipped, with a count */
+    CHECK(!score(m, NULL, data, 48, out, &st, &err) && st.n_skipped == 1 && st.n_seq == 4);
+    REQUIRE(!score(m, NULL, data, 120, out, &st, &err) || (test_fail_at(__FILE__, __LINE__, "%s", err.msg), 0));
+    CHECK_EQ_INT(st.n_examples, 5);
+    CHECK_EQ_INT(st.n_truncated, 1);
+    CHECK(st.n_dropped_tok > 0);
+    CHECK(access(test_path(test_tmpdir(), "rt.scores.partial"), F_OK) != 0);
+    dsf_file *f = NULL;
+    REQUIRE(!dsf_open(out, &f, &err));
+    const dsf_header *h = dsf_hdr(f);
+    const duet_hparams *hp = duet_model_hparams(m);
+    CHECK_EQ_INT(h->n_seq, 5);
+    CHECK_EQ_INT(h->n_ctx, 120);
+    CHECK_EQ_INT(h->hidden_dim, hp->n_embd);
+    CHECK_EQ_INT(h->n_embd, hp->n_embd);
+    CHECK_EQ_INT(h->n_vocab, hp->n_vocab);
+    CHECK(h->vocab_hash == duet_model_vocab_hash(m) && h->ids_vocab_hash == h->vocab_hash);
+    CHECK_STR(h->model_name, hp->name);
+    CHECK_EQ_INT(h->n_truncated, 1);
+    /* independent recomputation: tokenise, evaluate the whole sequence, log-softmax */
+    ds_dataset d;
+    REQUIRE(!ds_load(data, NULL, &d, &err));
+    duet_session *s = NULL;
+    duet_session_params sp = {.n_ctx = 160};
+    REQUIRE(!duet_session_new(m, &sp, &s, &err));
+    uint64_t tok_sum = 0;
+    double worst = 0;
+    int hid_bad = 0;
+    for (int e = 0; e < 5; e++) {
+        const dsf_seq *q = &dsf_seqs(f)[e];
+        char text[2048];
+        int32_t full[256], pre[256];
+        snprintf(text, sizeof text, "%s\n", d.ex[e].prompt);
+        int np = duet_tokenize(m, text, strlen(text), 1, 0, pre, 256, &err);
+        snprintf(text, sizeof text, "%s\n%s", d.ex[e].prompt, d.ex[e].response);
+        int n = duet_tokenize(m, text, strlen(text), 1, 0, full, 255, &err);
+        REQUIRE(np > 0 && n > np);
+        full[n++] = duet_token_eos(m);
+        int lcp = 0;
+        while (lcp < np && full[lcp] == pre[lcp]) lcp++;
+        if (n > 120) n = 120;
+        CHECK_EQ_INT(q->n_prompt, lcp);
+        CHECK_EQ_INT(q->n_tok, n - lcp);
+        CHECK_EQ_INT(q->example, e);
+        CHECK_EQ_INT(q->flags, e == 4 ? DSF_SEQ_TRUNCATED : 0);
+        CHECK_EQ_INT(q->tok_start, tok_sum);
+        tok_sum += q->n_tok;
+        duet_session_truncate(s, 0);
+        REQUIRE(!duet_session_eval(s, full, n, 1, &err));
+        const dsf_tok *t = dsf_seq_toks(f, (uint64_t)e);
+        const uint16_t *hh = dsf_seq_hidden(f, (uint64_t)e);
+        for (uint32_t k = 0; k < q->n_tok; k++) {
+            int pos = lcp + (int)k;
+            double mxl, ent, lp = lsm(duet_session_logits(s, pos - 1), hp->n_vocab, full[pos], &mxl, &ent);
+            CHECK_EQ_INT(t[k].gold, full[pos]);
+            double dd = fmax(fabs(lp - t[k].lp), fmax(fabs(mxl - t[k].maxlp), fabs(ent - t[k].entropy)));
+            worst = dd > worst ? dd : worst;
+            const float *hv = duet_session_hidden(s, pos - 1);
+            for (int c = 0; c < hp->n_embd; c++) {
+                float a = fp16_to_fp32(hh[(size_t)k * hp->n_embd + c]), b = fp16_to_fp32(fp32_to_fp16(hv[c]));
+                hid_bad += fabsf(a - b) > 1e-3f * fabsf(b) + 1e-6f;
+            }
+        }
+    }
+    CHECKF(worst < 2e-5, "lp/maxlp/entropy differ from the recomputation by %.3g", worst);
+    CHECKF(hid_bad == 0, "%d hidden values differ", hid_bad);
+    CHECK_EQ_INT(h->n_tok, tok_sum);
+    duet_session_free(s);
+    ds_free(&d);
+    dsf_close(f);
+    /* corrupt files are refused with the file's name */
+    const char *bad = tmp_file("bad.scores");
+    FILE *in = fopen(out, "rb"), *o = fopen(bad, "wb");
+    REQUIRE(in && o);
+    int c, k = 0;
+    while ((c = fgetc(in)) != EOF) fputc(k++ == 600 ? c ^ 0x55 : c, o);
+    fclose(in);
+    fclose(o);
+    CHECK(dsf_open(bad, &f, &err) == DUET_ERR_FORMAT && strstr(err.msg, "bad.scores") && !f);
+    if (truncate(bad, 300) == 0)
+        CHECK(dsf_open(bad, &f, &err) == DUET_ERR_FORMAT && strstr(err.msg, "too short"));
+    duet_model_free(m);
+}
+
+typedef struct stopper { int left; } stopper;
+static int stop_after(void *ud, const dsf_progress *p) {
+    stopper *s = ud;
+    (void)p;
+    return --s->left <= 0;
+}
+
+TEST(train_score_resume_gives_the_same_file) {
+    duet_model *m = load(fixture_random(DT_Q8_0, 62, 0), 2);
+    REQUIRE(m);
+    const char *data = tmp_file("res.txt");
+    char text[8192] = "";
+    for (int i = 0; i < 12; i++) {
+        char para[512];
+        snprintf(para, sizeof para, "Paragraph %d says %s.\n\n", i,
+                 i % 3 ? "something short" : "a much longer thing that will need a few windows of "
+                 "a small context to be scored in full, every token exactly once");
+        strcat(text, para);
+    }
+    write_text(data, text);
+    duet_error err = {0};
+    dsf_score_stats st;
+    const char *whole = tmp_file("whole.scores"), *cut = tmp_file("cut.scores");
+    char partial[600];
+    snprintf(partial, sizeof partial, "%s.partial", cut);
+    REQUIRE(!score(m, NULL, data, 40, whole, &st, &err));
+    CHECKF(st.n_seq > 12, "long paragraphs should need several windows: %d sequences", st.n_seq);
+    /* stopped after 5 sequences: the partial stays, no final file */
+    ds_dataset d;
+    REQUIRE(!ds_load(data, NULL, &d, &err));
+    stopper sp = {5};
+    dsf_score_params p = {.n_ctx = 40, .progress = stop_after, .ud = &sp};
+    CHECK_EQ_INT(dsf_score(m, &d, &p, cut, &st, &err), DSF_STOPPED);
+    CHECK_EQ_INT(st.n_seq_done, 5);
+    CHECK(file_size(partial) > 512 && access(cut, F_OK) != 0);
+    /* a torn last block (killed mid-write) is dropped on resume */
+    REQUIRE(!truncate(partial, file_size(partial) - 100));
+    sp.left = 1000;
+    CHECK_EQ_INT(dsf_score(m, &d, &p, cut, &st, &err), DUET_OK);
+    CHECK_EQ_INT(st.n_resumed_seq, 4);
+    CHECK(access(partial, F_OK) != 0);
+    CHECKF(same_file(whole, cut), "resumed file differs from the uninterrupted one");
+    /* a partial made with other options is refused, naming it */
+    sp.left = 2;
+    CHECK_EQ_INT(dsf_score(m, &d, &p, cut, &st, &err), DSF_STOPPED);
+    p.n_ctx = 32;
+    p.progress = NULL;
+    CHECK(dsf_score(m, &d, &p, cut, &st, &err) == DUET_ERR_ARG && strstr(err.msg, "remove it"));
+    remove(partial);
+    ds_free(&d);
+    duet_model_free(m);
+}
+
+/* ---- pairs of score files and training ---------------------------------------------------- */
+TEST(train_mismatched_score_files_are_refused) {
+    duet_model *b = load(fixture_random(DT_F32, 63, 0), 2), *e = load(fixture_random(DT_F32, 64, 0), 2);
+    REQUIRE(b && e);
+    const char *d1 = tmp_file("mm1.jsonl"), *d2 = tmp_file("mm2.jsonl");
+    write_text(d1, k_jsonl);
+    write_text(d2, "{\"prompt\": \"The cat\", \"response\": \"sat on the mat.\"}\n"
+                   "{\"prompt\": \"The cat\", \"response\": \"ran away from the cat, fast.\"}\n"
+                   "{\"prompt\": \"x\", \"response\": \"y\"}\n{\"prompt\": \"x\", \"response\": \"y\"}\n");
+    duet_error err = {0};
+    REQUIRE(!score(b, NULL, d1, 0, tmp_file("mm-b.scores"), NULL, &err));
+    REQUIRE(!score(e, b, d2, 0, tmp_file("mm-e.scores"), NULL, &err));
+    REQUIRE(!score(e, b, d1, 0, tmp_file("mm-e1.scores"), NULL, &err));
+    dsf_file *B = NULL, *E = NULL, *E1 = NULL;
+    REQUIRE(!dsf_open(tmp_file("mm-b.scores"), &B, &err) && !dsf_open(tmp_file("mm-e.scores"), &E, &err) &&
+            !dsf_open(tmp_file("mm-e1.scores"), &E1, &err));
+    CHECK(!ht_check_pair(B, E1, &err));
+    int rc = ht_check_pair(B, E, &err);
+    CHECKF(rc == DUET_ERR_ARG && strstr(err.msg, "sequence 1") && strstr(err.msg, "gold id"), "%s", err.msg);
+    duet_head *h = NULL;
+    CHECK(ht_train(B, E, NULL, &h, NULL, &err) == DUET_ERR_ARG && !h && strstr(err.msg, "sequence 1"));
+    /* the expert file as base: hidden states of another model are refused; ids of another
+     * vocabulary name --tokenizer-of */
+    char other[600];
+    snprintf(other, sizeof other, "%s/other-vocab.gguf", test_tmpdir());
+    duet_make_model_params mp = {.arch = "llama", .n_embd = 32, .n_layer = 1, .n_head = 2,
+                                 .n_head_kv = 2, .n_ff = 64, .n_vocab = 700, .n_ctx = 128,
+                                 .type = DT_F32, .output_type = -1, .seed = 9};
+    REQUIRE(!duet_make_model(&mp, other, &err));
+    duet_model *o = load(other, 1);
+    REQUIRE(o);
+    REQUIRE(!score(o, NULL, d1, 0, tmp_file("mm-o.scores"), NULL, &err) || (test_fail_at(__FILE__, __LINE__, "%s", err.msg), 0));
+    dsf_file *O = NULL;
+    REQUIRE(!dsf_open(tmp_file("mm-o.scores"), &O, &err));
+    rc = ht_check_pair(B, O, &err);
+    CHECKF(rc == DUET_ERR_ARG && strstr(err.msg, "--tokenizer-of"), "%s", err.msg);
+    /* a base scored through another tokenizer cannot be the base */
+    dsf_file *O2 = NULL;
+    REQUIRE(!score(o, b, d1, 0, tmp_file("mm-o2.scores"), NULL, &err) &&
+            !dsf_open(tmp_file("mm-o2.scores"), &O2, &err));
+    CHECK(!ht_check_pair(B, O2, &err));
+    CHECK(ht_train(O2, B, NULL, &h, NULL, &err) == DUET_ERR_ARG && strstr(err.msg, "own tokenizer"));
+    dsf_close(O2);
+    dsf_close(O);
+    duet_model_free(o);
+    dsf_close(B);
+    dsf_close(E);
+    dsf_close(E1);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
+TEST(train_head_sidecar_with_features) {
+    duet_model *b = load(fixture_random(DT_F32, 65, 0), 1);
+    REQUIRE(b);
+    const duet_hparams *hp = duet_model_hparams(b);
+    duet_head *h = NULL, *g = NULL;
+    duet_error err = {0};
+    REQUIRE(!duet_head_new(hp->name, hp->n_embd, hp->n_vocab, duet_model_vocab_hash(b), &h, &err));
+    float u[128], hid[128];
+    for (int i = 0; i < 128; i++) {
+        u[i] = 0.01f * (float)(i % 7 - 3);
+        hid[i] = (float)(i % 5) - 2.0f;
+    }
+    duet_head_set_u(h, u, 128);
+    float w[2] = {0.75f, -1.25f};
+    CHECK(duet_head_set_features(h, 0, w, 0) == DUET_ERR_ARG);
+    REQUIRE(!duet_head_set_features(h, 7, w, 0.3f));
+    double want = 0.3 + 0.75 * 2.0 - 1.25 * -0.5;
+    for (int i = 0; i < 128; i++) want += (double)u[i] * hid[i];
+    CHECK_NEAR(duet_head_score_ex(h, hid, 2.0f, -0.5f), want, 1e-5);
+    const char *path = tmp_file("feat-head.gguf");
+    REQUIRE(!duet_head_save(h, path, &err));
+    REQUIRE(!duet_head_load(path, b, &g, &err));
+    CHECK_EQ_INT(duet_head_features(g), 7);
+    CHECK_NEAR(duet_head_score_ex(g, hid, 2.0f, -0.5f), want, 1e-5);
+    duet_head_free(g);
+    g = NULL;
+    /* entropy only: u is zeroed, hidden may be NULL */
+    REQUIRE(!duet_head_set_features(h, DUET_HEAD_FEAT_ENTROPY, w, -1.0f));
+    REQUIRE(!duet_head_save(h, path, &err));
+    REQUIRE(!duet_head_load(path, b, &g, &err));
+    CHECK_NEAR(duet_head_score_ex(g, NULL, 2.0f, 9.0f), 0.5, 1e-6);
+    CHECK_NEAR(duet_head_score_ex(g, hid, 2.0f, 9.0f), 0.5, 1e-6);
+    duet_head_free(g);
+    g = NULL;
+    int mask = 0;
+    CHECK(duet_head_features_parse("hidden,entropy", &mask, &err) == 0 && mask == 3);
+    CHECK(duet_head_features_parse("hidden,colour", &mask, &err) == DUET_ERR_ARG && strstr(err.msg, "'colour'"));
+    CHECK(duet_head_features_parse("entropy,entropy", &mask, &err) == DUET_ERR_ARG && strstr(err.msg, "twice"));
+    char fs[64];
+    duet_head_features_string(6, fs, sizeof fs);
+    CHECK_STR(fs, "entropy,maxlogp");
+    /* a hidden-only head keeps the paper's layout: no features key, no head.w, no bias */
+    REQUIRE(!duet_head_set_features(h, DUET_HEAD_FEAT_HIDDEN, NULL, 0));
+    REQUIRE(!duet_head_save(h, path, &err));
+    gguf_file *gf = NULL;
+    REQUIRE(!gguf_open(path, &gf, &err));
+    CHECK(!gguf_find(gf, "duet.head.features") && !gguf_find(gf, "duet.head.bias") &&
+          !gguf_find_tensor(gf, "head.w") && gguf_find_tensor(gf, "head.u"));
+    gguf_close(gf);
+    duet_model_free(b);
+    duet_head_free(h);
+}
+
+/* Stories sampled from a model at temperature 1, one per paragraph, ASCII, one line each. */
+static int sample_stories(duet_model *m, uint64_t seed, int chars, const char *path) {
+    FILE *f = fopen(path, "wb");
+    duet_session *s = NULL;
+    duet_sampler *smp = NULL;
+    duet_error err = {0};
+    duet_session_params sp = {.n_ctx = 256};
+    duet_sampler_params pp = {.temp = 1.0f, .seed = seed};
+    if (!f || duet_session_new(m, &sp, &s, &err) || duet_sampler_new(&pp, &smp, &err)) {
+        if (f) fclose(f);
+        duet_session_free(s);
+        return -1;
+    }
+    int V = duet_model_hparams(m)->n_vocab, total = 0;
+    while (total < chars) {
+        int32_t t = duet_token_bos(m), prev = t;
+        duet_session_truncate(s, 0);
+        int col = 0;
+        for (int i = 0; i < 250; i++) {
+            if (duet_session_eval(s, &t, 1, 0, &err)) break;
+            t = duet_sampler_sample(smp, duet_session_logits(s, -1), V);
+            if (duet_token_is_eog(m, t)) break;
+            char piece[64];
+            int n = duet_token_to_piece(m, prev, t, piece, sizeof piece);
+            for (int k = 0; k < n && k < (int)sizeof piece; k++) {
+                unsigned char c = (unsigned char)piece[k];
+                if (c == '\n') c = ' ';
+                if (c < 0x20 || c >= 0x7f || (c == ' ' && col == 0)) continue;
+                fputc(c, f);
+                col++;
+            }
+            prev = t;
+        }
+        if (col) fputs("\n\n", f);
+        total += col;
+    }
+    duet_sampler_free(smp);
+    duet_session_free(s);
+    return fclose(f);
+}
+
+TEST(train_head_end_to_end) {
+    const char *bp = fixture_llama2c("tok105"), *ep = fixture_llama2c("tok361");
+    int baby = bp && ep;
+    if (!baby) { /* the pipeline still runs on random-weight models */
+        bp = fixture_random(DT_F32, 66, 0);
+        ep = fixture_random(DT_F32, 67, 0);
+    }
+    duet_model *b = load(bp, 1), *e = load(ep, 1);
+    REQUIRE(b && e);
+    const char *tr = tmp_file("e2e-train.txt"), *ho = tmp_file("e2e-heldout.txt");
+    int train_chars = baby ? (getenv("DUET_LONG") ? 100000 : 20000) : 6000;
+    REQUIRE(!sample_stories(e, 1, train_chars, tr) && !sample_stories(e, 777, baby ? 6000 : 2000, ho));
+    duet_error err = {0};
+    if (score(b, NULL, tr, 0, tmp_file("e2e-tb.scores"), NULL, &err) ||
+        score(e, b, tr, 0, tmp_file("e2e-te.scores"), NULL, &err) ||
+        score(b, NULL, ho, 0, tmp_file("e2e-hb.scores"), NULL, &err) ||
+        score(e, b, ho, 0, tmp_file("e2e-he.scores"), NULL, &err)) {
+        test_fail_at(__FILE__, __LINE__, "score: %s", err.msg);
+        duet_model_free(b);
+        duet_model_free(e);
+        return;
+    }
+    dsf_file *TB = NULL, *TE = NULL, *HB = NULL, *HE = NULL;
+    REQUIRE(!dsf_open(tmp_file("e2e-tb.scores"), &TB, &err) && !dsf_open(tmp_file("e2e-te.scores"), &TE, &err) &&
+            !dsf_open(tmp_file("e2e-hb.scores"), &HB, &err) && !dsf_open(tmp_file("e2e-he.scores"), &HE, &err));
+    static const struct { const char *name; ht_params p; } runs[] = {
+        {"weak, hidden", {.objective = HT_WEAK, .epochs = 6, .lr = 1e-2}},
+        {"nll, hidden+entropy+maxlogp", {.objective = HT_NLL, .features = 7, .epochs = 3,
+                                         .weak_epochs = 3, .weak_lr = 1e-2, .lr = 3e-3}},
+    };
+    const char *report = tmp_file("e2e-report.json");
+    for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
+        ht_params p = runs[r].p;
+        p.report_path = report;
+        duet_head *h = NULL;
+        ht_result res;
+        if (ht_train(TB, TE, &p, &h, &res, &err)) {
+            test_fail_at(__FILE__, __LINE__, "train (%s): %s", runs[r].name, err.msg);
+            continue;
+        }
+        ht_routing hr;
+        REQUIRE(!ht_eval_scores(h, HB, HE, &hr, &err));
+        double bpt = (double)hr.n_tok / (double)hr.n_bytes;
+        fprintf(stderr, "    %s: held-out NLL/byte base %.4f expert %.4f; at 10..50%%: collm", runs[r].name,
+                hr.base * bpt, hr.expert * bpt);
+        for (int k = 0; k < HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.head[k] * bpt);
+        fprintf(stderr, ", random");
+        for (int k = 0; k < HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.random[k] * bpt);
+        fprintf(stderr, ", uncertainty");
+        for (int k = 0; k < HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.uncertainty[k] * bpt);
+        fprintf(stderr, "\n");
+        CHECK(res.n_train_seq > 0 && res.n_val_seq > 0 && res.pos_rate > 0 && res.pos_rate < 1);
+        if (baby)
+            CHECKF(hr.head[2] < hr.random[2], "%s: held-out routing NLL at 30%% %.4f is not below "
+                   "random's %.4f", runs[r].name, hr.head[2], hr.random[2]);
+        /* the saved head routes the same after a round trip through its sidecar */
+        const char *hp = tmp_file("e2e-head.gguf");
+        duet_head *g = NULL;
+        ht_routing gr;
+        REQUIRE(!duet_head_save(h, hp, &err) && !duet_head_load(hp, b, &g, &err));
+        REQUIRE(!ht_eval_scores(g, HB, HE, &gr, &err));
+        CHECK_NEAR(gr.head_mean, hr.head_mean, 1e-12);
+        duet_head_free(g);
+        duet_head_free(h);
+        /* the report: losses per step and routing per evaluation */
+        json_error_t je;
+        json_t *j = json_load_file(report, 0, &je);
+        CHECKF(j && json_array_size(json_object_get(j, "train_loss")) > 0 &&
+               json_array_size(json_object_get(j, "evaluations")) > 1 &&
+               json_is_number(json_object_get(j, "pseudo_label_positive_rate")) &&
+               json_object_get(json_object_get(j, "validation"), "uncertainty"), "report %s", report);
+        json_decref(j);
+    }
+    dsf_close(TB);
+    dsf_close(TE);
+    dsf_close(HB);
+    dsf_close(HE);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
+/* ---- the CLI --------------------------------------------------------------------------------- */
+static int run_cli(const char *args, char *err, size_t cap) {
+    const char *bin = getenv("DUET_BIN");
+    if (!bin || access(bin, X_OK)) return -2;
+    char cmd[4096], ep[600];
+    snprintf(ep, sizeof ep, "%s/train-cli-err.txt", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>'%s' </dev/null", bin, args, ep);
+    int st = system(cmd);
+    FILE *f = fopen(ep, "rb");
+    size_t n = f ? fread(err, 1, cap - 1, f) : 0;
+    err[n] = 0;
+    if (f) fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST(train_cli_score_and_head_train) {
+    if (!getenv("DUET_BIN")) SKIP("DUET_BIN not set (run through make test)");
+    const char *b = fixture_random(DT_F32, 68, 0), *e = fixture_random(DT_F32, 69, 0);
+    REQUIRE(b && e);
+    const char *data = tmp_file("cli.jsonl"), *bad = tmp_file("cli-bad.jsonl");
+    char text[4096] = "";
+    for (int i = 0; i < 6; i++) strcat(text, k_jsonl);
+    write_text(data, text);
+    write_text(bad, "{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\", \"response\": \"b\"}\n{oops\n");
+    char args[4096], err[8192];
+    snprintf(args, sizeof args, "score -m '%s' -d '%s' -o '%s'", b, bad, tmp_file("cli-bad.scores"));
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 1);
+    CHECKF(strstr(err, "cli-bad.jsonl:3: invalid JSON") && !strchr(strchr(err, '\n') + 1, '\n'),
+           "stderr: %s", err);
+    snprintf(args, sizeof args, "score -m '%s' -d '%s' -o '%s' --skip-bad", b, bad, tmp_file("cli-bad.scores"));
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
+    CHECKF(strstr(err, "skipped 1 bad example") && strstr(err, "2 sequences"), "stderr: %s", err);
+    snprintf(args, sizeof args, "score -m '%s' -d '%s' -o '%s' -c 24 --quiet", b, data, tmp_file("cli-b.scores"));
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
+    CHECKF(strstr(err, "were cut") && strstr(err, "context of 24"), "truncation must be reported: %s", err);
+    snprintf(args, sizeof args, "score -m '%s' --tokenizer-of '%s' -d '%s' -o '%s' -c 24 --quiet", e, b, data,
+             tmp_file("cli-e.scores"));
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
+    snprintf(args, sizeof args, "head train --base-scores '%s' --expert-scores '%s' -o '%s' --report '%s' "
+             "--features hidden,maxlogp --defer-cost 0.1 --epochs 2 --seed 3", tmp_file("cli-b.scores"),
+             tmp_file("cli-e.scores"), tmp_file("cli-head.gguf"), tmp_file("cli-report.json"));
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
+    CHECKF(strstr(err, "collm") && strstr(err, "uncert."), "summary: %s", err);
+    CHECK(file_size(tmp_file("cli-head.gguf")) > 0 && file_size(tmp_file("cli-report.json")) > 0);
+    snprintf(args, sizeof args, "run -m '%s' --expert '%s' --head '%s' -p 'ab' -n 4 --temp 0 --quiet", b, e,
+             tmp_file("cli-head.gguf"));
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
+    /* mismatched files: one line naming the first difference */
+    snprintf(args, sizeof args, "head train --base-scores '%s' --expert-scores '%s' -o '%s'",
+             tmp_file("cli-b.scores"), tmp_file("cli-bad.scores"), tmp_file("cli-head2.gguf"));
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 1);
+    CHECKF(strstr(err, "sequences") && access(tmp_file("cli-head2.gguf"), F_OK) != 0, "stderr: %s", err);
+    snprintf(args, sizeof args, "head train --base-scores x --expert-scores y -o z --features hidden,bogus");
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 2);
+}
