@@ -65,6 +65,8 @@ int svg_line_plot(const svg_plot *plot, const svg_series *series, int n_series, 
             xmn = fmin(xmn, x), xmx = fmax(xmx, x), ymn = fmin(ymn, y), ymx = fmax(ymx, y);
         }
     if (!(xmn <= xmx)) xmn = 0, xmx = 1, ymn = 0, ymx = 1; /* nothing to draw: empty axes */
+    if (plot->fixed_x && plot->x_hi > plot->x_lo) xmn = plot->x_lo, xmx = plot->x_hi;
+    if (plot->fixed_y && plot->y_hi > plot->y_lo) ymn = plot->y_lo, ymx = plot->y_hi;
     double x0, x1, y0, y1, xs = nice_axis(xmn, xmx, &x0, &x1), ys = nice_axis(ymn, ymx, &y0, &y1);
     FILE *f = open_memstream(out, len);
     if (!f) return -1;
@@ -116,10 +118,14 @@ int svg_line_plot(const svg_plot *plot, const svg_series *series, int n_series, 
             fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\"/>\n", PX(o[k].x), PY(se->y[o[k].i]));
         fputs("</g>\n", f);
         int h = se->highlight;
-        if (h >= 0 && h < se->n && isfinite(se->x[h]) && isfinite(se->y[h]))
+        if (h >= 0 && h < se->n && isfinite(se->x[h]) && isfinite(se->y[h])) {
+            double hx = PX(se->x[h]), hy = PY(se->y[h]);
+            int left = hx > L + pw - 60; /* keep the label inside the plot */
             fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"8\" fill=\"none\" stroke=\"#d62728\" "
-                       "stroke-width=\"2\"/>\n<text x=\"%.1f\" y=\"%.1f\" fill=\"#d62728\">chosen</text>\n",
-                    PX(se->x[h]), PY(se->y[h]), PX(se->x[h]) + 10, PY(se->y[h]) - 10);
+                       "stroke-width=\"2\"/>\n<text x=\"%.1f\" y=\"%.1f\" fill=\"#d62728\" "
+                       "text-anchor=\"%s\">chosen</text>\n",
+                    hx, hy, left ? hx - 10 : hx + 10, hy < T + 20 ? hy + 22 : hy - 10, left ? "end" : "start");
+        }
         if (se->name) {
             double ly = T + 14 + 16 * n_legend++;
             fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"/>"

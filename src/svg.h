@@ -17,6 +17,8 @@ typedef struct svg_series {
 typedef struct svg_plot {
     const char *title, *xlabel, *ylabel;
     int width, height;     /* pixels (0: 640 x 420) */
+    int fixed_x, fixed_y;  /* 1: that axis spans [lo, hi] (e.g. 0..1 for fractions) */
+    double x_lo, x_hi, y_lo, y_hi;
 } svg_plot;
 
 /* The SVG document as a NUL-terminated malloc'd string (*out, length *len); 0 on success,

@@ -137,7 +137,9 @@ int tune_save(const tune_result *r, const char *prefix, duet_head *head, const c
              eval_task_name(r->task), metric, r->points[r->best].eta);
     svg_series s = {.name = "collm", .x = x, .y = y, .n = r->n_points, .highlight = r->best};
     svg_plot pl = {.title = title, .xlabel = "deferral frequency (fraction of tokens from the expert)",
-                   .ylabel = r->task == EVAL_TASK_NLL ? "NLL per byte (nats)" : "accuracy"};
+                   .ylabel = r->task == EVAL_TASK_NLL ? "NLL per byte (nats)" : "accuracy",
+                   .fixed_x = 1, .x_lo = 0, .x_hi = 1,
+                   .fixed_y = r->task != EVAL_TASK_NLL, .y_lo = 0, .y_hi = 1};
     if (svg_line_plot(&pl, &s, 1, &svg, &len)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     snprintf(path, sizeof path, "%s.svg", prefix);
     rc = eval_text_save(svg, len, path, err);
