@@ -50,6 +50,9 @@ $(O)/duet: $(CMD_OBJ) $(O)/libduet.a
 $(O)/run_tests: $(TEST_OBJ) $(O)/libduet.a
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(TEST_OBJ) $(O)/libduet.a $(LDLIBS)
 
+$(O)/bench_collab: bench/bench_collab.c $(O)/libduet.a include/duet.h
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ bench/bench_collab.c $(O)/libduet.a $(LDLIBS)
+
 deps:
 	@tools/deps.sh $(DEPS_PKGS)
 
@@ -66,7 +69,7 @@ demo: deps $(O)/duet
 	@sh tools/demo.sh $(O)/duet
 
 ## bench: benchmarks, results written under bench/results/
-bench: deps $(O)/duet
+bench: deps $(O)/duet $(O)/bench_collab
 	@sh bench/run.sh $(O)/duet
 
 ## debug: build with ASan + UBSan into build-debug/ and run the unit tests there

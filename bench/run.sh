@@ -30,3 +30,9 @@ done
 mv "$out.tmp" "$out"
 cat "$out"
 echo "wrote $out"
+# Collaboration benchmark (bench/bench_collab.c): a Markdown table on the terminal, its CSV
+# rows next to the CSV above.
+cout=${out%.csv}-collab.csv
+"$(dirname "$duet")/bench_collab" --csv "$cout.tmp"
+mv "$cout.tmp" "$cout"
+echo "wrote $cout"
