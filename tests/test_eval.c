@@ -253,6 +253,23 @@ TEST(eval_nll_analytic_cases) {
             CHECK(r.value >= o0.value - 1e-12);
         }
     }
+    /* a head reading the base's entropy (s = entropy - m) is the uncertainty policy at m nats */
+    {
+        const float *ent;
+        int ne;
+        REQUIRE(!eval_calibration(c, DUET_POLICY_UNCERTAINTY, &ent, &ne, &err) && ne == n);
+        float m = (float)eval_rate_threshold(ent, ne, 0.4), zero[128] = {0}, w[2] = {1, 0};
+        duet_head *fh = NULL;
+        REQUIRE(!duet_head_from_vector(b, zero, 128, &fh, &err) &&
+                !duet_head_set_features(fh, DUET_HEAD_FEAT_ENTROPY, w, -m));
+        eval_ctx *c2 = NULL;
+        REQUIRE(!eval_open(b, e, NULL, fh, path, &ep, &c2, &err));
+        eval_result ru = run1(c2, DUET_POLICY_UNCERTAINTY, -1, m), rc = run1(c2, DUET_POLICY_COLLM, -1, 0.5f);
+        CHECK(ru.n_deferred > 0 && ru.n_deferred < n);
+        CHECK(rc.n_deferred == ru.n_deferred && rc.value == ru.value);
+        eval_close(c2);
+        duet_head_free(fh);
+    }
     /* random matches collm's deferral frequency when given none */
     eval_spec specs[3] = {{DUET_POLICY_COLLM, -1, 0.6f}, {DUET_POLICY_RANDOM, -1, -1}, {EVAL_POLICY_ORACLE, -1, -1}};
     eval_result rs[3];
@@ -349,6 +366,14 @@ TEST(eval_gsm8k_end_to_end) {
     /* the oracle needs gold tokens */
     eval_spec o = {EVAL_POLICY_ORACLE, 0.3, -1};
     CHECK(eval_one(c, &o, r, &err) == DUET_ERR_UNSUPPORTED);
+    eval_close(c);
+    /* the collab decoder scores the hidden state only: a head with confidence features is
+     * refused for generation rather than silently decoded as another head */
+    float w[2] = {1, 0};
+    REQUIRE(!duet_head_set_features(h, DUET_HEAD_FEAT_HIDDEN | DUET_HEAD_FEAT_ENTROPY, w, 0));
+    REQUIRE(!eval_open(b, e, NULL, h, path, &ep, &c, &err));
+    eval_spec cs = {DUET_POLICY_COLLM, -1, 0.5f};
+    CHECK(eval_one(c, &cs, r, &err) == DUET_ERR_UNSUPPORTED && strstr(err.msg, "hidden,entropy"));
     eval_close(c);
     duet_head_free(h);
     duet_model_free(b);

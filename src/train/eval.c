@@ -94,7 +94,7 @@ typedef struct tf_data {
     float *score;               /* u.h (NaN: no head) */
     float *entropy;             /* base entropy, nats */
     float *gain;                /* lpe - lpb */
-    float *maxp_b, *maxp_e;     /* max-probabilities */
+    float *maxlp_b, *maxlp_e;   /* log max-probabilities */
     double t_base, t_expert;    /* seconds in each model's forward passes */
     int n_unknown;              /* gold tokens of the base's "unknown" type */
 } tf_data;
@@ -302,27 +302,27 @@ void eval_close(eval_ctx *c) {
     free(t->score);
     free(t->entropy);
     free(t->gain);
-    free(t->maxp_b);
-    free(t->maxp_e);
+    free(t->maxlp_b);
+    free(t->maxlp_e);
     for (int i = 0; i < N_ROUTERS; i++) free(c->calib[i].v);
     free(c);
 }
 
 /* ---- teacher-forced pass (nll) --------------------------------------------------------- */
-/* log softmax(l)[tok], entropy and max-probability of softmax(l), in double as
- * duet_text_score computes its log-prob (same operations, same order). */
-static double row_stats(const float *l, int n, int tok, float *entropy, float *maxp) {
+/* log softmax(l)[tok] in double, the same operations in the same order as duet_text_score
+ * (so policy base reproduces it bit for bit), plus the base's confidence as duet score
+ * stores it: entropy and log max-probability (nats). */
+static double row_stats(const float *l, int n, int tok, float *entropy, float *max_logp) {
     double mx = l[0], z = 0, ez = 0;
     for (int i = 1; i < n; i++) mx = l[i] > mx ? l[i] : mx;
-    for (int i = 0; i < n; i++) z += exp((double)l[i] - mx);
-    if (entropy) {
-        for (int i = 0; i < n; i++) {
-            double d = (double)l[i] - mx;
-            ez += exp(d) * d;
-        }
-        *entropy = (float)(log(z) - ez / z);
+    for (int i = 0; i < n; i++) {
+        double d = (double)l[i] - mx, e = exp(d);
+        z += e;
+        ez += e * d;
     }
-    if (maxp) *maxp = (float)(1.0 / z);
+    double lz = log(z);
+    if (entropy) *entropy = (float)(lz - ez / z);
+    *max_logp = (float)-lz;
     return (double)l[tok] - mx - log(z);
 }
 
@@ -333,7 +333,7 @@ static void progress(eval_ctx *c, const char *what, long done, long total) {
 static int tf_alloc(tf_data *t, int n) {
     t->lpb = malloc((size_t)n * sizeof(double));
     t->lpe = malloc((size_t)n * sizeof(double));
-    float **f[5] = {&t->score, &t->entropy, &t->gain, &t->maxp_b, &t->maxp_e};
+    float **f[5] = {&t->score, &t->entropy, &t->gain, &t->maxlp_b, &t->maxlp_e};
     int ok = t->lpb && t->lpe;
     for (int i = 0; i < 5; i++) ok &= (*f[i] = malloc((size_t)n * sizeof(float))) != NULL;
     return ok ? DUET_OK : DUET_ERR_NOMEM;
@@ -374,8 +374,9 @@ static int tf_run(eval_ctx *c, duet_error *err) {
         t->t_base += t1 - t0;
         for (int j = 0; j + 1 < w; j++) { /* row j predicts win[j+1] */
             int i = t->n + j;
-            t->lpb[i] = row_stats(duet_session_logits(sb, j), Vb, win[j + 1], &t->entropy[i], &t->maxp_b[i]);
-            t->score[i] = c->head ? duet_head_score(c->head, duet_session_hidden(sb, j)) : NAN;
+            t->lpb[i] = row_stats(duet_session_logits(sb, j), Vb, win[j + 1], &t->entropy[i], &t->maxlp_b[i]);
+            t->score[i] = c->head ? duet_head_score_ex(c->head, duet_session_hidden(sb, j), t->entropy[i],
+                                                       t->maxlp_b[i]) : NAN;
         }
         if (e) {
             for (int j = 0; j < w; j++) ewin[j] = map[win[j]];
@@ -385,13 +386,13 @@ static int tf_run(eval_ctx *c, duet_error *err) {
             t->t_expert += duet_time_s() - t1;
             for (int j = 0; j + 1 < w; j++) {
                 int i = t->n + j;
-                t->lpe[i] = row_stats(duet_session_logits(se, j), Ve, ewin[j + 1], NULL, &t->maxp_e[i]);
+                t->lpe[i] = row_stats(duet_session_logits(se, j), Ve, ewin[j + 1], NULL, &t->maxlp_e[i]);
                 t->gain[i] = (float)(t->lpe[i] - t->lpb[i]);
             }
         } else {
             for (int j = 0; j + 1 < w; j++) {
                 t->lpe[t->n + j] = NAN;
-                t->maxp_e[t->n + j] = t->gain[t->n + j] = NAN;
+                t->maxlp_e[t->n + j] = t->gain[t->n + j] = NAN;
             }
         }
         t->n += w - 1;
@@ -488,6 +489,9 @@ int eval_calibration(eval_ctx *c, int policy, const float **scores, int *n, duet
     }
     if (policy == EVAL_POLICY_ORACLE)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "policy oracle needs gold tokens: only --task nll");
+    if (uses_head(policy) && duet_head_features(c->head) != DUET_HEAD_FEAT_HIDDEN)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED, "heads with confidence features are scored by the "
+                         "collaborative decoder on the hidden state only: use --task nll");
     if (!c->calib_done[slot]) {
         /* base-only greedy: the policy never defers (eta 1 / infinite entropy threshold), so
          * the collab decoder reproduces the base alone and reports each token's score */
@@ -607,7 +611,7 @@ static int eval_nll(eval_ctx *c, const eval_spec *s, eval_result *r, duet_error 
         case DUET_POLICY_BASE: break;
         case DUET_POLICY_EXPERT: d = 1; break;
         case DUET_POLICY_RANDOM: d = (double)(rng_next(&rng) >> 11) * 0x1.0p-53 < rate; break;
-        case DUET_POLICY_CONFIDENCE: d = t->maxp_e[i] > t->maxp_b[i]; calls++; break;
+        case DUET_POLICY_CONFIDENCE: d = t->maxlp_e[i] > t->maxlp_b[i]; calls++; break;
         case DUET_POLICY_UNCERTAINTY: d = t->entropy[i] > cmp; break;
         case EVAL_POLICY_ORACLE: d = t->gain[i] > cmp; break;
         default: d = t->score[i] > cmp; break; /* collm, compose */
@@ -640,6 +644,13 @@ static int eval_generation(eval_ctx *c, const eval_spec *s, eval_result *r, duet
     int pol = s->policy, rc;
     if (pol == EVAL_POLICY_ORACLE)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "policy oracle needs gold tokens: only --task nll");
+    if (uses_head(pol) && duet_head_features(c->head) != DUET_HEAD_FEAT_HIDDEN) {
+        char f[64];
+        duet_head_features_string(duet_head_features(c->head), f, sizeof f);
+        return duet_fail(err, DUET_ERR_UNSUPPORTED, "the head reads '%s': collaborative decoding "
+                         "scores the hidden state only, so %s generation would not be this head's; "
+                         "use --task nll", f, eval_policy_name(pol));
+    }
     duet_collab_params cp = {.policy = (duet_policy)pol, .threshold = -1, .n_ctx = c->n_ctx};
     cp.sampling.seed = c->p.seed;
     if (eval_policy_thresholded(pol)) {
