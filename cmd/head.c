@@ -13,6 +13,7 @@
 static void usage(FILE *f) {
     fprintf(f, "usage: duet head init --base MODEL -o HEAD.gguf [--threshold ETA]\n"
                "       duet head train --base-scores B --expert-scores E -o HEAD.gguf [options]\n"
+               "       duet head eval --base-scores B --expert-scores E --head HEAD.gguf --base MODEL\n"
                "       (duet head train --help for its options)\n");
 }
 
@@ -23,14 +24,16 @@ static void train_usage(FILE *f) {
             "  --base-scores FILE    duet score of the base (own tokenizer, hidden states)\n"
             "  --expert-scores FILE  duet score of the expert on the same data, --tokenizer-of BASE\n"
             "  -o, --output FILE     the head (sidecar GGUF)\n"
-            "  --objective O         nll (default: weak-supervision start, then the marginal\n"
-            "                        likelihood) or weak (weak supervision only)\n"
+            "  --objective O         nll (default: weak-supervision start, then the paper's marginal\n"
+            "                        likelihood), weak (weak supervision only), or gain (regress\n"
+            "                        the score onto the expert's log-prob gain: ranks tokens best)\n"
             "  --defer-cost L        cost-aware nll: add L * sigmoid(s) per token (default 0)\n"
             "  --features LIST       head inputs: hidden,entropy,maxlogp (default hidden)\n"
-            "  --epochs N            epochs of the main phase (default 2)\n"
-            "  --weak-epochs N       epochs of the weak start before nll (default 1; 0 = none)\n"
-            "  --lr X                peak learning rate (AdamW, warm-up + linear decay; default 1e-3)\n"
-            "  --weak-lr X           learning rate of the weak start (default: --lr)\n"
+            "  --epochs N            epochs of the main phase (default 2 for nll, else 5)\n"
+            "  --weak-epochs N       epochs of the weak start before nll (default 3; 0 = none)\n"
+            "  --lr X                peak learning rate (AdamW, warm-up + linear decay; default 1e-3\n"
+            "                        for nll, else 1e-2; times 128/n_embd for wider hidden heads)\n"
+            "  --weak-lr X           learning rate of the weak start (default 1e-2, scaled alike)\n"
             "  --weight-decay X      AdamW weight decay (default 0)\n"
             "  --pos-weight X        weak positive weight (default 8)\n"
             "  --batch N             sequences per step (default 8)\n"
@@ -40,6 +43,64 @@ static void train_usage(FILE *f) {
             "                        and check the head's identity against the model\n"
             "  --report FILE         JSON report: losses per step, routing per evaluation\n"
             "  --quiet               no progress or summary\n");
+}
+
+/* The routing table: NLL per byte of hard routing at each deferral rate. */
+static void print_routing(const char *what, const ht_routing *r) {
+    double bpt = r->n_bytes ? (double)r->n_tok / (double)r->n_bytes : 1;
+    fprintf(stderr, "%s NLL per byte (%lld tokens, %llu bytes): base %.4f, expert %.4f\n", what,
+            (long long)r->n_tok, (unsigned long long)r->n_bytes, r->base * bpt, r->expert * bpt);
+    fprintf(stderr, "  defer   collm   random  uncert.  confid.  oracle   gap closed (collm)\n");
+    for (int k = 0; k < HT_N_RATES; k++)
+        fprintf(stderr, "  %3.0f%%   %.4f  %.4f  %.4f   %.4f   %.4f   %5.1f%%\n", 100 * ht_rates[k],
+                r->head[k] * bpt, r->random[k] * bpt, r->uncertainty[k] * bpt,
+                r->confidence[k] * bpt, r->oracle[k] * bpt,
+                100 * (r->base - r->head[k]) / (r->base - r->expert));
+}
+
+/* ---- duet head eval ------------------------------------------------------------------------- */
+static int cmd_head_eval(int argc, char **argv) {
+    const char *bpath = NULL, *epath = NULL, *hpath = NULL, *mpath = NULL;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            printf("usage: duet head eval --base-scores B --expert-scores E --head HEAD.gguf --base MODEL\n"
+                   "  routing NLL per byte of the head on a pair of score files (e.g. held-out data)\n"
+                   "  beside random, uncertainty, confidence and oracle routing\n");
+            return 0;
+        }
+        if (!(v = arg_value("head eval", argc, argv, &i))) return 2;
+        if (!strcmp(a, "--base-scores")) bpath = v;
+        else if (!strcmp(a, "--expert-scores")) epath = v;
+        else if (!strcmp(a, "--head")) hpath = v;
+        else if (!strcmp(a, "--base") || !strcmp(a, "-m")) mpath = v;
+        else {
+            fprintf(stderr, "duet head eval: unknown option '%s'\n", a);
+            return 2;
+        }
+    }
+    if (!bpath || !epath || !hpath || !mpath) {
+        fprintf(stderr, "duet head eval: --base-scores, --expert-scores, --head and --base are required\n");
+        return 2;
+    }
+    duet_error err = {0};
+    dsf_file *B = NULL, *E = NULL;
+    duet_model *m = NULL;
+    duet_head *h = NULL;
+    ht_routing r;
+    duet_model_params mp = {.n_threads = 1, .use_mmap = 1, .vocab_only = 0};
+    int rc = dsf_open(bpath, &B, &err);
+    if (!rc) rc = dsf_open(epath, &E, &err);
+    if (!rc) rc = duet_model_load(mpath, &mp, &m, &err);
+    if (!rc) rc = duet_head_load(hpath, m, &h, &err);
+    if (!rc) rc = ht_eval_scores(h, B, E, &r, &err);
+    if (!rc) print_routing(hpath, &r);
+    else fprintf(stderr, "duet head eval: %s\n", err.msg);
+    duet_head_free(h);
+    duet_model_free(m);
+    dsf_close(B);
+    dsf_close(E);
+    return rc ? 1 : 0;
 }
 
 static void train_progress(void *ud, const ht_progress *p) {
@@ -68,8 +129,9 @@ static int cmd_head_train(int argc, char **argv) {
         else if (!strcmp(a, "--objective")) {
             if (!strcmp(v, "nll")) hp.objective = HT_NLL;
             else if (!strcmp(v, "weak")) hp.objective = HT_WEAK;
+            else if (!strcmp(v, "gain")) hp.objective = HT_GAIN;
             else {
-                fprintf(stderr, "duet head train: --objective '%s' is not nll or weak\n", v);
+                fprintf(stderr, "duet head train: --objective '%s' is not nll, weak or gain\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--features")) {
@@ -146,21 +208,12 @@ static int cmd_head_train(int argc, char **argv) {
     if ((rc = ht_train(B, E, &hp, &h, &res, &err))) goto done;
     if ((rc = duet_head_save(h, out, &err))) goto done;
     if (!quiet) {
-        const ht_routing *r = &res.val;
-        double bpt = r->n_bytes ? (double)r->n_tok / (double)r->n_bytes : 1;
         char fs[64];
         duet_head_features_string(duet_head_features(h), fs, sizeof fs);
         fprintf(stderr, "duet head train: wrote %s (features %s), kept step %d (%s); %d/%d training/"
                         "validation sequences, pseudo-label positive rate %.1f%%\n", out, fs,
                 res.best_step, res.best_phase, res.n_train_seq, res.n_val_seq, 100 * res.pos_rate);
-        fprintf(stderr, "validation NLL per byte (%lld tokens): base %.4f, expert %.4f\n",
-                (long long)r->n_tok, r->base * bpt, r->expert * bpt);
-        fprintf(stderr, "  defer   collm   random  uncert.  confid.  oracle   gap closed (collm)\n");
-        for (int k = 0; k < HT_N_RATES; k++)
-            fprintf(stderr, "  %3.0f%%   %.4f  %.4f  %.4f   %.4f   %.4f   %5.1f%%\n", 100 * ht_rates[k],
-                    r->head[k] * bpt, r->random[k] * bpt, r->uncertainty[k] * bpt,
-                    r->confidence[k] * bpt, r->oracle[k] * bpt,
-                    100 * (r->base - r->head[k]) / (r->base - r->expert));
+        print_routing("validation", &res.val);
     }
 done:
     if (rc) fprintf(stderr, "duet head train: %s\n", err.msg);
@@ -175,6 +228,7 @@ done:
 
 int cmd_head(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "train")) return cmd_head_train(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "eval")) return cmd_head_eval(argc, argv);
     if (argc < 2 || strcmp(argv[1], "init")) {
         if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
             usage(stdout);

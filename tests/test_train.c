@@ -170,9 +170,10 @@ TEST(train_head_gradients_match_finite_differences) {
     }
     ht_batch b = {N, h, ent, mx, lpb, lpe, z};
     static const int masks[] = {1, 3, 5, 7, 2, 6};
-    static const struct { ht_objective obj; double cost; } objs[] = {{HT_WEAK, 0}, {HT_NLL, 0}, {HT_NLL, 0.7}};
+    static const struct { ht_objective obj; double cost; } objs[] = {
+        {HT_WEAK, 0}, {HT_NLL, 0}, {HT_NLL, 0.7}, {HT_GAIN, 0}};
     for (size_t mi = 0; mi < sizeof masks / sizeof masks[0]; mi++)
-        for (size_t oi = 0; oi < 3; oi++) {
+        for (size_t oi = 0; oi < sizeof objs / sizeof objs[0]; oi++) {
             ht_layout L;
             ht_layout_init(&L, masks[mi], E);
             double th[E + 3], g[E + 3], t2[E + 3];
@@ -208,6 +209,9 @@ TEST(train_head_gradients_match_finite_differences) {
     CHECK_NEAR(ht_loss_grad(&L, &b, HT_WEAK, 0, 8, zero, NULL), want_w, 1e-12);
     CHECK_NEAR(ht_loss_grad(&L, &b, HT_NLL, 0, 8, zero, NULL), want_n, 1e-12);
     CHECK_NEAR(ht_loss_grad(&L, &b, HT_NLL, 0.5, 8, zero, NULL), want_n + 0.25, 1e-12);
+    double want_g = 0;
+    for (int i = 0; i < N; i++) want_g += 0.5 * ((double)lpe[i] - lpb[i]) * ((double)lpe[i] - lpb[i]) / N;
+    CHECK_NEAR(ht_loss_grad(&L, &b, HT_GAIN, 0, 8, zero, NULL), want_g, 1e-12);
 #undef RND
 }
 
@@ -555,6 +559,7 @@ TEST(train_head_end_to_end) {
         {"weak, hidden", {.objective = HT_WEAK, .epochs = 6, .lr = 1e-2}},
         {"nll, hidden+entropy+maxlogp", {.objective = HT_NLL, .features = 7, .epochs = 3,
                                          .weak_epochs = 3, .weak_lr = 1e-2, .lr = 3e-3}},
+        {"gain, hidden+entropy+maxlogp", {.objective = HT_GAIN, .features = 7}},
     };
     const char *report = tmp_file("e2e-report.json");
     for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {

@@ -66,6 +66,12 @@ static double tok_score(const ht_layout *L, const ht_batch *b, int i, const doub
 /* Per-token loss at score s and its derivative d loss / d s. */
 static double tok_loss(ht_objective obj, double s, double lpb, double lpe, double z, double cost,
                        double pw, double *dlds) {
+    if (obj == HT_GAIN) {
+        double d = lpe - lpb;
+        d = d > HT_GAIN_CLIP ? HT_GAIN_CLIP : d < -HT_GAIN_CLIP ? -HT_GAIN_CLIP : d;
+        if (dlds) *dlds = s - d;
+        return 0.5 * (s - d) * (s - d);
+    }
     if (obj == HT_WEAK) {
         double sg = sig(s);
         if (dlds) *dlds = pw * z * (sg - 1) + (1 - z) * sg;
@@ -84,7 +90,7 @@ double ht_loss_grad(const ht_layout *L, const ht_batch *b, ht_objective obj, dou
     double tot = 0, inv = 1.0 / b->n;
     for (int i = 0; i < b->n; i++) {
         double s = tok_score(L, b, i, th), g;
-        tot += tok_loss(obj, s, obj == HT_NLL ? b->lpb[i] : 0, obj == HT_NLL ? b->lpe[i] : 0,
+        tot += tok_loss(obj, s, obj != HT_WEAK ? b->lpb[i] : 0, obj != HT_WEAK ? b->lpe[i] : 0,
                         obj == HT_WEAK ? b->label[i] : 0, defer_cost, pos_weight, &g);
         if (!grad) continue;
         g *= inv;
@@ -486,7 +492,8 @@ static int write_report(trainer *T, const ht_result *res, const ht_routing *vr,
     json_object_set_new(o, "expert_scores", json_string(dsf_path(T->E)));
     json_object_set_new(o, "base_model", json_string(dsf_hdr(T->B)->model_name));
     json_object_set_new(o, "expert_model", json_string(dsf_hdr(T->E)->model_name));
-    json_object_set_new(o, "objective", json_string(T->p.objective == HT_NLL ? "nll" : "weak"));
+    static const char *objs[] = {"nll", "weak", "gain"};
+    json_object_set_new(o, "objective", json_string(objs[T->p.objective]));
     json_object_set_new(o, "defer_cost", json_real(T->p.defer_cost));
     json_object_set_new(o, "features", json_string(fs));
     json_object_set_new(o, "epochs", json_integer(T->p.epochs));
@@ -559,18 +566,23 @@ int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet
     if (params) T.p = *params;
     ht_params *p = &T.p;
     if (!p->features) p->features = DUET_HEAD_FEAT_HIDDEN;
-    if (p->epochs <= 0) p->epochs = 2;
-    if (p->weak_epochs == 0) p->weak_epochs = 1;
-    if (p->lr <= 0) p->lr = 1e-3;
-    if (p->weak_lr <= 0) p->weak_lr = p->lr;
+    /* Adam moves every weight by about lr per step, so a step moves u . h by about
+     * lr * n_embd: the default rates shrink with the hidden size (measured at n_embd 128) */
+    double lr_scale = (p->features & DUET_HEAD_FEAT_HIDDEN) && dsf_hdr(B)->n_embd > 128
+                          ? 128.0 / dsf_hdr(B)->n_embd : 1.0;
+    if (p->epochs <= 0) p->epochs = p->objective == HT_NLL ? 2 : 5;
+    if (p->weak_epochs == 0) p->weak_epochs = 3;
+    if (p->lr <= 0) p->lr = (p->objective == HT_NLL ? 1e-3 : 1e-2) * lr_scale;
+    if (p->weak_lr <= 0) p->weak_lr = (p->objective == HT_WEAK ? p->lr : 1e-2 * lr_scale);
     if (p->pos_weight <= 0) p->pos_weight = 8;
     if (p->val_frac <= 0) p->val_frac = 0.1;
     if (p->batch_seqs <= 0) p->batch_seqs = 8;
     if (p->evals_per_phase <= 0) p->evals_per_phase = 10;
-    if (!(p->defer_cost >= 0) || !(p->val_frac < 1) || p->features > 7 || !(p->weight_decay >= 0))
+    if (!(p->defer_cost >= 0) || !(p->val_frac < 1) || p->features > 7 || !(p->weight_decay >= 0) ||
+        p->objective < HT_NLL || p->objective > HT_GAIN)
         return duet_fail(err, DUET_ERR_ARG, "head training: defer cost %g, validation share %g, "
-                         "features %d or weight decay %g out of range", p->defer_cost, p->val_frac,
-                         p->features, p->weight_decay);
+                         "features %d, weight decay %g or objective %d out of range", p->defer_cost,
+                         p->val_frac, p->features, p->weight_decay, (int)p->objective);
     const dsf_header *hb = dsf_hdr(B);
     int rc = ht_check_pair(B, E, err);
     if (!rc) rc = check_base_file(B, p->features, (int)hb->n_embd, err);
@@ -610,6 +622,7 @@ int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet
     phase ph[2];
     int n_ph = 0;
     if (p->objective == HT_WEAK) ph[n_ph++] = (phase){"weak", HT_WEAK, p->epochs, p->weak_lr};
+    else if (p->objective == HT_GAIN) ph[n_ph++] = (phase){"gain", HT_GAIN, p->epochs, p->lr};
     else {
         if (p->weak_epochs > 0) ph[n_ph++] = (phase){"weak", HT_WEAK, p->weak_epochs, p->weak_lr};
         ph[n_ph++] = (phase){"nll", HT_NLL, p->epochs, p->lr};

@@ -11,6 +11,12 @@
  *        (ties within 1e-5 relative count as argmax)
  *   nll (METHOD.md 3): -logsumexp(log sig(-s_t) + lpb_t, log sig(s_t) + lpe_t)
  *        + L * sig(s_t)   (the cost-aware variant, L = defer_cost >= 0)
+ *   gain (duet's addition): (s_t - clip(lpe_t - lpb_t, +-8))^2 / 2: s regresses onto the
+ *        expert's log-prob gain, so ranking tokens by s approximates the oracle router;
+ *        sig(s) > 0.5 then means "the expert is expected to do better"
+ * With a frozen base the marginal likelihood improves by deferring more everywhere (the
+ * expert is better on most tokens), which can leave the head's ranking worse than its weak
+ * start: hence the selection by routing quality below.
  * Training: a weak-supervision start, then (objective nll) the marginal likelihood, AdamW
  * with warm-up and linear decay, gradient clipping at 1. Sequences are split into training and
  * validation; the checkpoint kept is the one with the best routing quality on validation:
@@ -29,7 +35,9 @@
 #define HT_N_RATES 5
 extern const double ht_rates[HT_N_RATES]; /* 0.1, 0.2, 0.3, 0.4, 0.5 */
 
-typedef enum ht_objective { HT_NLL = 0, HT_WEAK = 1 } ht_objective;
+#define HT_GAIN_CLIP 8.0
+
+typedef enum ht_objective { HT_NLL = 0, HT_WEAK = 1, HT_GAIN = 2 } ht_objective;
 
 /* Where each input's weight sits in the parameter vector theta. */
 typedef struct ht_layout {
@@ -86,13 +94,15 @@ typedef struct ht_progress {
 } ht_progress;
 
 typedef struct ht_params {
-    ht_objective objective;         /* HT_NLL (weak start, then nll) or HT_WEAK (weak only) */
+    ht_objective objective;         /* HT_NLL (weak start, then nll), HT_WEAK (weak only) or
+                                       HT_GAIN (gain regression only) */
     double defer_cost;              /* L of the cost-aware nll, >= 0 */
     int features;                   /* DUET_HEAD_FEAT_* mask; 0 = hidden */
-    int epochs;                     /* epochs of the main phase (0 = 2) */
-    int weak_epochs;                /* epochs of the weak start before nll (0 = 1, -1 = none) */
-    double lr;                      /* main phase peak learning rate (0 = 1e-3) */
-    double weak_lr;                 /* weak start (0 = lr) */
+    int epochs;                     /* epochs of the main phase (0 = 2 for nll, else 5) */
+    int weak_epochs;                /* epochs of the weak start before nll (0 = 3, -1 = none) */
+    double lr;                      /* main phase peak learning rate (0 = 1e-3 for nll, else
+                                       1e-2; times 128/n_embd for hidden heads wider than 128) */
+    double weak_lr;                 /* weak start (0 = 1e-2, scaled the same way) */
     double weight_decay;            /* AdamW decoupled decay (0 = none, the paper's) */
     double pos_weight;              /* weak positive weight (0 = 8) */
     double val_frac;                /* validation share of the sequences (0 = 0.1) */
