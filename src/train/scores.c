@@ -358,7 +358,7 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
 
     int V = ihp->n_vocab, max_n = 0;
     for (int i = 0; i < pl.n_seq; i++) max_n = DUET_MAX(max_n, pl.seq[i].n);
-    duet_session_params sp = {.n_ctx = n_ctx, .n_batch = DUET_MIN(n_ctx, 512)};
+    duet_session_params sp = {.n_ctx = n_ctx, .n_batch = DUET_MIN(n_ctx, P.n_batch > 0 ? P.n_batch : 512)};
     if ((rc = duet_session_new(model, &sp, &s, err))) goto done;
     g = malloc((size_t)V * sizeof *g);
     blk = malloc((size_t)block_bytes((uint64_t)max_n, hd));
@@ -398,23 +398,31 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
         const int32_t *cur = duet_session_tokens(s);
         while (keep < have && keep < q->n_prompt - 1 && cur[keep] == mt[keep]) keep++;
         duet_session_truncate(s, keep);
-        if ((rc = duet_session_eval(s, mt + keep, q->n - keep, 1, err))) goto done;
         int nt = q->n - q->n_prompt;
         size_t rb = (size_t)nt * sizeof(dsf_tok), hb = (size_t)nt * hd * 2;
         size_t bb = (size_t)block_bytes((uint64_t)nt, hd);
         dsf_tok *recs = (dsf_tok *)(blk + sizeof(dsf_block));
         uint16_t *hid = (uint16_t *)(blk + sizeof(dsf_block) + rb);
-        for (int t = 0; t < nt; t++) {
-            int row = q->n_prompt + t - 1 - keep;
-            const float *l = duet_session_logits(s, row);
-            if (bridged) {
-                for (int b = 0; b < V; b++) g[b] = l[map[b]];
-                l = g;
-            }
-            tok_stats(l, V, ids[q->n_prompt + t], &recs[t]);
-            if (hd) {
-                const float *h = duet_session_hidden(s, row);
-                for (uint32_t k = 0; k < hd; k++) hid[(size_t)t * hd + k] = fp32_to_fp16(h[k]);
+        /* chunks of n_batch keep the logits buffer at n_batch rows whatever the context */
+        for (int start = keep; start < q->n; start += sp.n_batch) {
+            int c = DUET_MIN(sp.n_batch, q->n - start);
+            if ((rc = duet_session_eval(s, mt + start, c, 1, err))) goto done;
+            for (int r = 0; r < c; r++) { /* row r predicts the token at start + r + 1 */
+                int t = start + r + 1 - q->n_prompt;
+                if (t < 0 || t >= nt) continue;
+                const float *l = duet_session_logits(s, r);
+                if (bridged) {
+                    for (int b = 0; b < V; b++) g[b] = l[map[b]];
+                    l = g;
+                }
+                tok_stats(l, V, ids[q->n_prompt + t], &recs[t]);
+                if (hd) {
+                    const float *h = duet_session_hidden(s, r);
+                    for (uint32_t k = 0; k < hd; k++) { /* saturate: F16 ends at 65504 */
+                        float v = h[k] > 65504.0f ? 65504.0f : h[k] < -65504.0f ? -65504.0f : h[k];
+                        hid[(size_t)t * hd + k] = fp32_to_fp16(v);
+                    }
+                }
             }
         }
         memset(blk + sizeof(dsf_block) + rb + hb, 0, bb - sizeof(dsf_block) - rb - hb);

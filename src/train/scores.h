@@ -105,6 +105,8 @@ typedef struct dsf_progress {
 
 typedef struct dsf_score_params {
     int n_ctx;                     /* 0: min(n_ctx_train of the model(s), 4096) */
+    int n_batch;                   /* tokens per prefill call, which bounds the logits buffer
+                                      to n_batch x n_vocab (0: min(n_ctx, 512)) */
     int no_hidden;                 /* 1: store no hidden states */
     const duet_model *ids_model;   /* tokenizer-of: NULL = the scored model's own */
     /* called after each sequence; a non-zero return stops (the partial file stays and the
