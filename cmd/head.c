@@ -210,9 +210,10 @@ static int cmd_head_train(int argc, char **argv) {
     if (!quiet) {
         char fs[64];
         duet_head_features_string(duet_head_features(h), fs, sizeof fs);
-        fprintf(stderr, "duet head train: wrote %s (features %s), kept step %d (%s); %d/%d training/"
-                        "validation sequences, pseudo-label positive rate %.1f%%\n", out, fs,
-                res.best_step, res.best_phase, res.n_train_seq, res.n_val_seq, 100 * res.pos_rate);
+        fprintf(stderr, "duet head train: wrote %s (features %s), kept step %d (%s, validation loss "
+                        "%.4f); %d/%d training/validation sequences, pseudo-label positive rate "
+                        "%.1f%%\n", out, fs, res.best_step, res.best_phase, res.best_val_loss,
+                res.n_train_seq, res.n_val_seq, 100 * res.pos_rate);
         print_routing("validation", &res.val);
     }
 done:

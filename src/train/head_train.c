@@ -337,13 +337,13 @@ static int evaluate(trainer *T, const double *th, ht_objective obj, evalres *r, 
             T->vs[k] = s;
             ln += tok_loss(HT_NLL, s, T->bb[t], T->bx[t], 0, 0, 1, NULL);
             lb += tok_loss(HT_WEAK, s, 0, 0, T->bz[t], 0, T->p.pos_weight, NULL);
-            lo += obj == HT_NLL ? tok_loss(HT_NLL, s, T->bb[t], T->bx[t], 0, T->p.defer_cost, 1, NULL) : 0;
+            lo += tok_loss(obj, s, T->bb[t], T->bx[t], T->bz[t], T->p.defer_cost, T->p.pos_weight, NULL);
         }
     }
     double nv = (double)T->n_val_tok;
     r->val_nll = ln / nv;
     r->val_bce = lb / nv;
-    r->val_loss = obj == HT_NLL ? lo / nv : r->val_bce;
+    r->val_loss = lo / nv;
     ht_routing tmp;
     if (!rt) rt = &tmp;
     int rc = routing_fill(T->vs, T->vlpb, T->vlpe, T->vent, T->vmx, T->n_val_tok, T->val_bytes, rt, err);
@@ -497,9 +497,10 @@ static int write_report(trainer *T, const ht_result *res, const ht_routing *vr,
     json_object_set_new(o, "defer_cost", json_real(T->p.defer_cost));
     json_object_set_new(o, "features", json_string(fs));
     json_object_set_new(o, "epochs", json_integer(T->p.epochs));
-    json_object_set_new(o, "weak_epochs", json_integer(T->p.weak_epochs));
+    int weak_start = T->p.objective == HT_NLL && T->p.weak_epochs > 0;
+    json_object_set_new(o, "weak_epochs", json_integer(weak_start ? T->p.weak_epochs : 0));
     json_object_set_new(o, "lr", json_real(T->p.lr));
-    json_object_set_new(o, "weak_lr", json_real(T->p.weak_lr));
+    json_object_set_new(o, "weak_lr", weak_start ? json_real(T->p.weak_lr) : json_null());
     json_object_set_new(o, "weight_decay", json_real(T->p.weight_decay));
     json_object_set_new(o, "pos_weight", json_real(T->p.pos_weight));
     json_object_set_new(o, "val_frac", json_real(T->p.val_frac));
