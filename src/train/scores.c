@@ -29,6 +29,8 @@ _Static_assert(sizeof(dsf_header) == DSF_HEADER_SIZE, "dsf_header must be 512 by
 _Static_assert(sizeof(dsf_block) == 32, "dsf_block must be 32 bytes");
 _Static_assert(sizeof(dsf_tok) == 16, "dsf_tok must be 16 bytes");
 _Static_assert(sizeof(dsf_seq) == 40, "dsf_seq must be 40 bytes");
+_Static_assert(offsetof(dsf_header, n_seq) == 56 && offsetof(dsf_header, model_name) == 120 &&
+               offsetof(dsf_header, reserved) == 376, "dsf_header offsets as documented");
 
 static uint64_t block_bytes(uint64_t n_tok, uint64_t hd) {
     uint64_t b = sizeof(dsf_block) + n_tok * sizeof(dsf_tok) + n_tok * hd * 2;

@@ -47,33 +47,33 @@
 enum { DSF_SEQ_TRUNCATED = 1, DSF_SEQ_WINDOW = 2 };
 
 typedef struct dsf_header {
-    char magic[8];            /* "DUETSCR\0" */
-    uint32_t version;         /* DSF_VERSION */
-    uint32_t header_size;     /* DSF_HEADER_SIZE */
-    uint32_t complete;        /* 1 once the index is written */
-    uint32_t hidden_dim;      /* elements per stored hidden state (0: none stored) */
-    uint32_t n_embd;          /* scored model */
-    uint32_t n_vocab;         /* scored model */
-    uint64_t vocab_hash;      /* scored model's vocabulary hash */
-    uint64_t ids_vocab_hash;  /* vocabulary of the gold ids (= vocab_hash without bridge) */
-    uint32_t ids_n_vocab;
-    uint32_t n_ctx;           /* every sequence has n_prompt + n_tok <= n_ctx */
-    uint64_t n_seq;
-    uint64_t n_tok;           /* response tokens, all sequences */
-    uint64_t n_bytes;         /* bytes of the response tokens' text (ids tokenizer pieces) */
-    uint64_t index_offset;    /* 0 until complete */
-    uint64_t config_hash;     /* dataset bytes + models + options: what a resume must match */
-    uint32_t n_examples;      /* examples in the dataset */
-    uint32_t n_truncated;     /* examples cut to the context */
-    uint32_t n_skipped;       /* examples with no response token inside the context */
-    uint32_t reserved0;
-    uint64_t n_dropped_tok;   /* tokens cut off by truncation */
-    char model_name[128];     /* scored model (general.name) */
-    char ids_name[128];       /* model whose tokenizer produced the ids */
-    uint8_t reserved[136];
+    char magic[8];            /*   0: "DUETSCR\0" */
+    uint32_t version;         /*   8: DSF_VERSION */
+    uint32_t header_size;     /*  12: DSF_HEADER_SIZE */
+    uint32_t complete;        /*  16: 1 once the index is written */
+    uint32_t hidden_dim;      /*  20: elements per stored hidden state (0: none stored) */
+    uint32_t n_embd;          /*  24: scored model */
+    uint32_t n_vocab;         /*  28: scored model */
+    uint64_t vocab_hash;      /*  32: scored model's vocabulary hash */
+    uint64_t ids_vocab_hash;  /*  40: vocabulary of the gold ids (= vocab_hash unbridged) */
+    uint32_t ids_n_vocab;     /*  48 */
+    uint32_t n_ctx;           /*  52: every sequence has n_prompt + n_tok <= n_ctx */
+    uint64_t n_seq;           /*  56 */
+    uint64_t n_tok;           /*  64: response tokens, all sequences */
+    uint64_t n_bytes;         /*  72: bytes of the response tokens' text (ids pieces) */
+    uint64_t index_offset;    /*  80: 0 until complete */
+    uint64_t config_hash;     /*  88: dataset bytes + models + options (resume identity) */
+    uint32_t n_examples;      /*  96: examples in the dataset */
+    uint32_t n_truncated;     /* 100: examples cut to the context */
+    uint32_t n_skipped;       /* 104: examples with no response token inside the context */
+    uint32_t reserved0;       /* 108 */
+    uint64_t n_dropped_tok;   /* 112: tokens cut off by truncation */
+    char model_name[128];     /* 120: scored model (general.name), NUL-terminated */
+    char ids_name[128];       /* 248: model whose tokenizer produced the ids */
+    uint8_t reserved[136];    /* 376: zero */
 } dsf_header;
 
-typedef struct dsf_block {
+typedef struct dsf_block {     /* offsets from the block's start */
     char magic[4];            /* "SEQB" */
     uint32_t seq;             /* ordinal of the sequence */
     uint32_t n_tok;           /* response tokens */
@@ -81,18 +81,19 @@ typedef struct dsf_block {
     uint32_t example;         /* index of the dataset example it comes from */
     uint32_t n_bytes;         /* bytes of its response tokens' text */
     uint32_t flags;           /* DSF_SEQ_* */
-    uint32_t check;           /* hash of the block's token records and hidden states */
+    uint32_t check;           /* hash of the block's token records and hidden states
+                                 (block_check in scores.c; other readers may ignore it) */
 } dsf_block;
 
 typedef struct dsf_tok {
-    int32_t gold;
-    float lp, maxlp, entropy;
+    int32_t gold;             /* 0 */
+    float lp, maxlp, entropy; /* 4, 8, 12 */
 } dsf_tok;
 
 typedef struct dsf_seq {
-    uint64_t offset;          /* of the sequence's dsf_block */
-    uint64_t tok_start;       /* response tokens in the sequences before it */
-    uint32_t n_tok, n_prompt, example, n_bytes, flags, reserved;
+    uint64_t offset;          /*  0: of the sequence's dsf_block */
+    uint64_t tok_start;       /*  8: response tokens in the sequences before it */
+    uint32_t n_tok, n_prompt, example, n_bytes, flags, reserved; /* 16 .. 36 */
 } dsf_seq;
 
 /* ---- writing: the scoring pass ---------------------------------------------------------- */
