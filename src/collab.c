@@ -263,14 +263,16 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
     const float *lb = duet_session_logits(c->sb, -1);
     const float *h = duet_session_hidden(c->sb, -1);
     tok->base_top = duet_argmax(lb, V);
-    dist_stats(lb, V, &tok->base_top_p, NULL);
+    float base_entropy;
+    dist_stats(lb, V, &tok->base_top_p, &base_entropy);
 
     int pol = c->p.policy, need_expert = 0, source = DUET_SRC_BASE;
     float p = NAN;
     switch (pol) {
     case DUET_POLICY_COLLM:
     case DUET_POLICY_COMPOSE:
-        tok->score = duet_head_score(c->head, h);
+        /* heads may also read the base's confidence (entropy, max log-prob) */
+        tok->score = duet_head_score_ex(c->head, h, base_entropy, logf(tok->base_top_p));
         p = 1.0f / (1.0f + expf(-tok->score));
         tok->p_defer = p;
         need_expert = tok->score > c->thr_logit;
@@ -282,7 +284,7 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
         need_expert = (double)(rng_next(&c->rng) >> 11) * 0x1.0p-53 < (double)c->p.random_rate;
         break;
     case DUET_POLICY_UNCERTAINTY:
-        dist_stats(lb, V, NULL, &tok->score);
+        tok->score = base_entropy;
         need_expert = tok->score > c->thr_logit;
         break;
     default: need_expert = 1; break; /* confidence, proxy, contrastive read the expert always */

@@ -289,3 +289,43 @@ TEST(collab_head_sidecar) {
     duet_head_free(h);
     duet_model_free(b);
 }
+
+/* A head that reads only the base's entropy, s = entropy - t, thresholded at eta 0.5
+ * (logit 0), must route exactly like the uncertainty policy at t nats (t = the median
+ * entropy of a base-only run, so both branches are taken). */
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+TEST(collab_feature_head_equals_uncertainty) {
+    duet_model *b = load(fixture_random(DT_F32, 71, 0)), *e = load(fixture_random(DT_F32, 72, 0));
+    REQUIRE(b && e);
+    duet_head *h = random_head(b, 9, 0.5f);
+    REQUIRE(h);
+    int32_t pr[16];
+    int np;
+    for (int k = 0; k < 3; k++) {
+        prompt_of(k, pr, &np);
+        run_out a, u;
+        duet_collab_params p = {.policy = DUET_POLICY_UNCERTAINTY, .threshold = 1e6f};
+        REQUIRE(!decode(b, e, NULL, NULL, p, pr, np, 40, &u));
+        float ent[MAXGEN];
+        for (int i = 0; i < u.n; i++) ent[i] = u.tok[i].score;
+        qsort(ent, (size_t)u.n, sizeof ent[0], cmp_float);
+        float t = ent[u.n / 2];
+        float w[2] = {1.0f, 0.0f};
+        REQUIRE(!duet_head_set_features(h, DUET_HEAD_FEAT_ENTROPY, w, -t));
+        p = (duet_collab_params){.policy = DUET_POLICY_COLLM, .threshold = 0.5f};
+        REQUIRE(!decode(b, e, NULL, h, p, pr, np, 40, &a));
+        p = (duet_collab_params){.policy = DUET_POLICY_UNCERTAINTY, .threshold = t};
+        REQUIRE(!decode(b, e, NULL, NULL, p, pr, np, 40, &u));
+        CHECK(same_ids(&a, &u));
+        CHECK_EQ_INT(a.st.n_deferred, u.st.n_deferred);
+        CHECKF(a.st.n_deferred > 0 && a.st.n_deferred < a.n, "deferred %d of %d", a.st.n_deferred, a.n);
+        for (int i = 0; i < a.n && i < u.n; i++) CHECK_NEAR(a.tok[i].score, u.tok[i].score - t, 1e-5);
+    }
+    duet_head_free(h);
+    duet_model_free(b);
+    duet_model_free(e);
+}
