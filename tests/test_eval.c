@@ -367,13 +367,13 @@ TEST(eval_gsm8k_end_to_end) {
     eval_spec o = {EVAL_POLICY_ORACLE, 0.3, -1};
     CHECK(eval_one(c, &o, r, &err) == DUET_ERR_UNSUPPORTED);
     eval_close(c);
-    /* the collab decoder scores the hidden state only: a head with confidence features is
-     * refused for generation rather than silently decoded as another head */
-    float w[2] = {1, 0};
-    REQUIRE(!duet_head_set_features(h, DUET_HEAD_FEAT_HIDDEN | DUET_HEAD_FEAT_ENTROPY, w, 0));
+    /* a head with confidence features generates too: calibrated on its own scores */
+    float w[2] = {0.5f, 0.5f};
+    REQUIRE(!duet_head_set_features(h, DUET_HEAD_FEAT_HIDDEN | DUET_HEAD_FEAT_ENTROPY | DUET_HEAD_FEAT_MAXLOGP, w, 0));
     REQUIRE(!eval_open(b, e, NULL, h, path, &ep, &c, &err));
-    eval_spec cs = {DUET_POLICY_COLLM, -1, 0.5f};
-    CHECK(eval_one(c, &cs, r, &err) == DUET_ERR_UNSUPPORTED && strstr(err.msg, "hidden,entropy"));
+    eval_spec cs = {DUET_POLICY_COLLM, 0.3, -1};
+    CHECKF(!eval_one(c, &cs, r, &err), "%s", err.msg);
+    CHECK(r[0].n_deferred > 0 && r[0].n_deferred < r[0].n_tokens);
     eval_close(c);
     duet_head_free(h);
     duet_model_free(b);

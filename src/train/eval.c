@@ -489,9 +489,6 @@ int eval_calibration(eval_ctx *c, int policy, const float **scores, int *n, duet
     }
     if (policy == EVAL_POLICY_ORACLE)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "policy oracle needs gold tokens: only --task nll");
-    if (uses_head(policy) && duet_head_features(c->head) != DUET_HEAD_FEAT_HIDDEN)
-        return duet_fail(err, DUET_ERR_UNSUPPORTED, "heads with confidence features are scored by the "
-                         "collaborative decoder on the hidden state only: use --task nll");
     if (!c->calib_done[slot]) {
         /* base-only greedy: the policy never defers (eta 1 / infinite entropy threshold), so
          * the collab decoder reproduces the base alone and reports each token's score */
@@ -644,13 +641,6 @@ static int eval_generation(eval_ctx *c, const eval_spec *s, eval_result *r, duet
     int pol = s->policy, rc;
     if (pol == EVAL_POLICY_ORACLE)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "policy oracle needs gold tokens: only --task nll");
-    if (uses_head(pol) && duet_head_features(c->head) != DUET_HEAD_FEAT_HIDDEN) {
-        char f[64];
-        duet_head_features_string(duet_head_features(c->head), f, sizeof f);
-        return duet_fail(err, DUET_ERR_UNSUPPORTED, "the head reads '%s': collaborative decoding "
-                         "scores the hidden state only, so %s generation would not be this head's; "
-                         "use --task nll", f, eval_policy_name(pol));
-    }
     duet_collab_params cp = {.policy = (duet_policy)pol, .threshold = -1, .n_ctx = c->n_ctx};
     cp.sampling.seed = c->p.seed;
     if (eval_policy_thresholded(pol)) {

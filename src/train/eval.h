@@ -14,8 +14,6 @@
  *    over its whole vocabulary), the head score (duet_head_score_ex: u.h plus the confidence
  *    features the head reads), the base's entropy and both models' log max-probabilities;
  *    each policy then takes every token's probability from the model it picks.
- *    Generation goes through the collab decoder, which scores the hidden state only, so heads
- *    with confidence features are refused there (DUET_ERR_UNSUPPORTED) until it reads them.
  *
  * Thresholds: a spec gives a policy either an explicit threshold or a target deferral rate.
  * A rate becomes the threshold at the matching quantile of the policy's score (label-free):
