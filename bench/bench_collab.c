@@ -19,8 +19,8 @@
  *    at every deferred step the expert evaluates the whole prefix from scratch
  *    (truncate to 0, one batched eval), plus the base-alone time.
  * Collaboration and ideal times are the best (or median) of -r repetitions, each repetition
- * on fresh sessions; the re-prefill time is measured --rp-reps times (default 1: it is slow
- * and only compared against a 10x target).
+ * on fresh sessions. The re-prefill calls run once each (they are slow); a call that ran slow
+ * against its neighbours is timed again (--rp-retime, default 2) and the fastest time kept.
  *
  * Uses only the public API (include/duet.h).
  */
@@ -50,7 +50,7 @@ static const char *k_default_prompt =
 
 typedef struct opts {
     const char *base, *expert, *dir, *fmt, *csv_path, *prompt;
-    int n, threads, reps, rp_reps, median;
+    int n, threads, reps, rp_retime, no_rp, median;
 } opts;
 
 /* one collaborative decoding run */
@@ -81,8 +81,8 @@ static void die(const char *what, const duet_error *err) {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: bench_collab [--base B.gguf --expert E.gguf] [-n 256] [-t THREADS] [-r REPS]\n"
-            "                    [-o md|csv] [--csv FILE] [--median] [--rp-reps N] [-p PROMPT]\n"
-            "                    [--dir DIR]\n"
+            "                    [-o md|csv] [--csv FILE] [--median] [--rp-retime N]\n"
+            "                    [--no-reprefill] [-p PROMPT] [--dir DIR]\n"
             "  without --base/--expert, random-weight models are written once under DIR\n"
             "  (default build/bench). --csv FILE also writes the CSV rows to FILE.\n");
 }
@@ -200,24 +200,60 @@ static double replay_expert(duet_model *expert, const run_rec *r, int n_ctx) {
     return dt;
 }
 
-/* the research code's expert: the whole prefix from scratch at every deferred step */
-static double reprefill_expert(duet_model *expert, const run_rec *r, int n_ctx, long *n_eval) {
+static int cmp_d(const void *a, const void *b);
+
+/* the research code's expert: the whole prefix from scratch at every deferred step. Every
+ * call is timed on its own; a call more than 15% slower per token than the median of its
+ * neighbours (a busy spell on a shared machine), or 25% slower than the reference prefill
+ * measured during the timing runs, or than the fastest tenth of the calls (a longer spell;
+ * the cost per token varies far less than that with the length here), is timed again, up to
+ * `retime` times, and the fastest time kept. Returns the sum. */
+static double reprefill_expert(duet_model *expert, const run_rec *r, int n_ctx, int retime,
+                               double ref_pt, long *n_eval, int *n_retimed) {
     *n_eval = 0;
+    *n_retimed = 0;
     if (!r->n_sync) return 0;
     duet_error err = {0};
     duet_session *s = new_session(expert, n_ctx);
-    int V = duet_model_hparams(expert)->n_vocab;
+    int V = duet_model_hparams(expert)->n_vocab, n = r->n_sync;
+    double *t = malloc(sizeof(double) * (size_t)n), *pt = malloc(sizeof(double) * (size_t)n);
+    double win[17], p10 = 0;
+    if (!t || !pt) die("out of memory", NULL);
     volatile int32_t sink = 0;
-    double t0 = now();
-    for (int i = 0; i < r->n_sync; i++) {
-        duet_session_truncate(s, 0);
-        if (duet_session_eval(s, r->toks, r->sync_len[i], 0, &err)) die("re-prefill", &err);
-        sink += duet_argmax(duet_session_logits(s, -1), V);
+    for (int pass = 0; pass <= retime; pass++) {
+        int again = 0;
+        if (pass > 0) {
+            for (int i = 0; i < n; i++) pt[i] = t[i] / r->sync_len[i];
+            qsort(pt, (size_t)n, sizeof *pt, cmp_d);
+            p10 = pt[n / 10];
+        }
+        for (int i = 0; i < n; i++) {
+            if (pass > 0) { /* a call slow against its neighbours, or against all? */
+                int m = 0;
+                for (int j = i - 8; j <= i + 8; j++)
+                    if (j >= 0 && j < n) win[m++] = t[j] / r->sync_len[j];
+                qsort(win, (size_t)m, sizeof *win, cmp_d);
+                double ti = t[i] / r->sync_len[i];
+                if (ti <= 1.15 * win[m / 2] && ti <= 1.25 * p10 && ti <= 1.25 * ref_pt) continue;
+                (*n_retimed)++;
+                again = 1;
+            }
+            double t0 = now();
+            duet_session_truncate(s, 0);
+            if (duet_session_eval(s, r->toks, r->sync_len[i], 0, &err)) die("re-prefill", &err);
+            sink += duet_argmax(duet_session_logits(s, -1), V);
+            double dt = now() - t0;
+            t[i] = pass == 0 || dt < t[i] ? dt : t[i];
+        }
+        if (pass == 0) *n_eval = duet_session_n_evaluated(s);
+        else if (!again) break;
     }
-    double dt = now() - t0;
-    *n_eval = duet_session_n_evaluated(s);
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += t[i];
+    free(t);
+    free(pt);
     duet_session_free(s);
-    return dt;
+    return sum;
 }
 
 /* ---- deferral-rate calibration ----------------------------------------------------------- */
@@ -357,6 +393,7 @@ typedef struct row {
     int n_gen, steps, eos, calls, identical;
     const char *method; /* how the rate was forced */
     long ex_eval, base_eval, rp_eval;
+    int rp_retimed; /* re-prefill calls timed again */
     double wall, t_base_alone, t_expert_alone, ideal, t_rp, t_rp_total;
     double in_base, in_expert; /* collab's own split (best run) */
 } row;
@@ -392,41 +429,45 @@ static void print_header(FILE *f, const char *pre, const opts *o, int argc, char
         fclose(la);
     }
     if (*load) fprintf(f, "%sload average at start (/proc/loadavg): %s\n", pre, load);
-    fprintf(f, "%stimes: %s of %d runs (collab and each replay, fresh sessions); re-prefill: "
-               "%s of %d; ideal = base alone + expert alone (same calls, timed separately)\n",
-            pre, o->median ? "median" : "best", o->reps, o->median ? "median" : "best",
-            o->rp_reps);
+    fprintf(f, "%stimes: %s of %d runs, rates interleaved (collab and each replay, fresh "
+               "sessions); ideal = base alone + expert alone (same calls, timed separately); "
+               "re-prefill = base alone + every expert call timed once, calls slow per token "
+               "against their neighbours, the fastest tenth or the reference prefill re-timed up "
+               "to %d times (fastest kept)\n",
+            pre, o->median ? "median" : "best", o->reps, o->rp_retime);
 }
 
 static void print_csv(FILE *f, const row *rw, int n) {
     fprintf(f, "target_rate,measured_rate,eta,tokens,steps,eos,tps,expert_calls,"
                "expert_tokens,base_tokens,collab_s,base_alone_s,expert_alone_s,ideal_s,"
                "ideal_ratio,collab_base_s,collab_expert_s,reprefill_expert_tokens,reprefill_s,"
-               "reprefill_speedup,identical_runs,forced_by\n");
+               "reprefill_speedup,reprefill_retimed_calls,identical_runs,forced_by\n");
     for (int i = 0; i < n; i++) {
         const row *r = &rw[i];
         fprintf(f, "%.2f,%.4f,%.6g,%d,%d,%d,%.3f,%d,%ld,%ld,%.6f,%.6f,%.6f,%.6f,%.4f,%.6f,%.6f,"
-                   "%ld,%.6f,%.3f,%d,%s\n",
+                   "%ld,%.6f,%.3f,%d,%d,%s\n",
                 r->target, r->rate, r->eta, r->n_gen, r->steps, r->eos, r->n_gen / r->wall,
                 r->calls, r->ex_eval, r->base_eval, r->wall, r->t_base_alone, r->t_expert_alone,
                 r->ideal, r->wall / r->ideal, r->in_base, r->in_expert, r->rp_eval, r->t_rp_total,
-                r->t_rp_total / r->wall, r->identical, r->method);
+                r->t_rp_total / r->wall, r->rp_retimed, r->identical, r->method);
     }
 }
 
 static void print_md(const row *rw, int n) {
-    printf("\n| target rate | forced by | measured rate | tokens | t/s | expert calls | expert tokens "
+    printf("\n| target rate | forced by | measured rate | tokens | t/s | expert calls "
+           "| expert tokens "
            "| collab s | ideal s (base + expert) | vs ideal | re-prefill s | speed-up vs "
            "re-prefill |\n");
-    printf("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    printf("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+           "| ---: |\n");
     for (int i = 0; i < n; i++) {
         const row *r = &rw[i];
         char rp[32] = "-", sp[32] = "-";
         if (r->t_rp_total > 0) snprintf(rp, sizeof rp, "%.2f", r->t_rp_total);
         if (r->t_rp_total > 0 && r->calls > 0)
             snprintf(sp, sizeof sp, "%.1fx", r->t_rp_total / r->wall);
-        printf("| %.0f%% | %s | %.1f%% | %d%s | %.1f | %d | %ld | %.3f | %.3f (%.3f + %.3f) | %.3fx "
-               "| %s | %s |\n",
+        printf("| %.0f%% | %s | %.1f%% | %d%s | %.1f | %d | %ld | %.3f | %.3f (%.3f + %.3f) "
+               "| %.3fx | %s | %s |\n",
                100 * r->target, r->method, 100 * r->rate, r->n_gen, r->eos ? " (EOS)" : "",
                r->n_gen / r->wall, r->calls, r->ex_eval, r->wall, r->ideal, r->t_base_alone,
                r->t_expert_alone, r->wall / r->ideal, rp, sp);
@@ -461,11 +502,12 @@ static void print_md(const row *rw, int n) {
 
 int main(int argc, char **argv) {
     opts o = {.dir = "build/bench", .fmt = "md", .prompt = k_default_prompt, .n = 256,
-              .threads = 2, .reps = 3, .rp_reps = 1};
+              .threads = 2, .reps = 3, .rp_retime = 2};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--median")) { o.median = 1; continue; }
+        if (!strcmp(a, "--no-reprefill")) { o.no_rp = 1; continue; }
         if (i + 1 >= argc) { usage(stderr); return 2; }
         const char *v = argv[++i];
         if (!strcmp(a, "--base")) o.base = v;
@@ -477,10 +519,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-n")) o.n = atoi(v);
         else if (!strcmp(a, "-t")) o.threads = atoi(v);
         else if (!strcmp(a, "-r")) o.reps = atoi(v);
-        else if (!strcmp(a, "--rp-reps")) o.rp_reps = atoi(v); /* 0: skip re-prefill */
+        else if (!strcmp(a, "--rp-retime")) o.rp_retime = atoi(v);
         else { fprintf(stderr, "bench_collab: unknown option '%s'\n", a); usage(stderr); return 2; }
     }
-    if (!!o.base != !!o.expert || o.n < 1 || o.threads < 1 || o.reps < 1 || o.rp_reps < 0 ||
+    if (!!o.base != !!o.expert || o.n < 1 || o.threads < 1 || o.reps < 1 || o.rp_retime < 0 ||
         (strcmp(o.fmt, "md") && strcmp(o.fmt, "csv"))) {
         usage(stderr);
         return 2;
@@ -607,7 +649,10 @@ int main(int argc, char **argv) {
      * than all runs of one rate) */
     double *tm = malloc(sizeof(double) * (size_t)o.reps * 3 * N_RATES);
     if (!tm) die("out of memory", NULL);
-    double best_wall[N_RATES];
+    double best_wall[N_RATES], ref_pt = INFINITY;
+    int ref_len = r0.n_toks < n_prompt + o.n / 2 ? r0.n_toks : n_prompt + o.n / 2;
+    duet_session *ref_s = new_session(expert, n_ctx); /* warmed once, as the re-prefill's is */
+    if (duet_session_eval(ref_s, r0.toks, ref_len, 0, &err)) die("reference prefill", &err);
     for (int ri = 0; ri < N_RATES; ri++) {
         best_wall[ri] = INFINITY;
         rows[ri].identical = 1;
@@ -633,6 +678,12 @@ int main(int argc, char **argv) {
                 w->identical = 0;
             }
         }
+        { /* reference for the re-prefill: one prefill of the middle length, best of the runs */
+            double t0 = now();
+            duet_session_truncate(ref_s, 0);
+            if (duet_session_eval(ref_s, r0.toks, ref_len, 0, &err)) die("reference prefill", &err);
+            ref_pt = fmin(ref_pt, (now() - t0) / ref_len);
+        }
         fprintf(stderr, "bench_collab: timing run %d of %d done (%.0f s elapsed)\n", rep + 1,
                 o.reps, now() - t_start);
     }
@@ -651,23 +702,20 @@ int main(int argc, char **argv) {
         w->calls = c0->st.expert_calls;
         w->ex_eval = c0->st.expert_evaluated;
         w->base_eval = c0->st.base_evaluated;
-        if (o.rp_reps > 0) {
-            double *tr = malloc(sizeof(double) * (size_t)o.rp_reps);
-            if (!tr) die("out of memory", NULL);
-            for (int rep = 0; rep < o.rp_reps; rep++)
-                tr[rep] = reprefill_expert(expert, c0, n_ctx, &w->rp_eval);
-            w->t_rp = pick(tr, o.rp_reps, o.median);
-            free(tr);
+        if (!o.no_rp) {
+            w->t_rp = reprefill_expert(expert, c0, n_ctx, o.rp_retime, ref_pt, &w->rp_eval,
+                                       &w->rp_retimed);
             w->t_rp_total = w->t_rp + w->t_base_alone;
         }
         fprintf(stderr, "bench_collab: rate %.0f%%: measured %.1f%%, %.3f s vs ideal %.3f s, "
-                        "re-prefill %.2f s (%.0f s elapsed)\n",
+                        "re-prefill %.2f s, %d calls re-timed (%.0f s elapsed)\n",
                 100 * w->target, 100 * w->rate, w->wall, w->ideal, w->t_rp_total,
-                now() - t_start);
+                w->rp_retimed, now() - t_start);
         duet_head_free(fitted_heads[ri]);
         rec_free(&recs[ri]);
     }
     free(tm);
+    duet_session_free(ref_s);
     rec_free(&r0);
     rec_free(&cal);
     rec_free(&rr);
@@ -692,10 +740,13 @@ int main(int argc, char **argv) {
             pmin = fmin(pmin, rows[i].rp_eval / rows[i].t_rp);
             pmax = fmax(pmax, rows[i].rp_eval / rows[i].t_rp);
         }
-    if (pmax > 1.15 * pmin)
-        printf("%swarning: the re-prefill speed varied %.2fx between rates (%.0f to %.0f "
-               "tokens/s): the machine was busy, re-prefill times are unreliable\n",
-               md ? "" : "# ", pmax / pmin, pmin, pmax);
+    if (pmin < INFINITY)
+        printf("%sre-prefill speed %.0f to %.0f tokens/s; reference prefill of %d tokens in the "
+               "timing runs: %.0f tokens/s\n", md ? "" : "# ", pmin, pmax, ref_len, 1 / ref_pt);
+    if (pmax > 1.15 * pmin || (pmin > 0 && pmin * ref_pt < 0.8))
+        printf("%swarning: re-prefill speed %.0f to %.0f tokens/s against %.0f tokens/s for "
+               "the reference prefill in the timing runs: the machine was busy, re-prefill "
+               "times are unreliable\n", md ? "" : "# ", pmin, pmax, 1 / ref_pt);
     for (int i = 0; i < N_RATES; i++)
         if (!rows[i].identical)
             printf("%swarning: rate %.0f%%: repeated runs emitted different tokens\n",
