@@ -191,10 +191,10 @@ int cmd_run(int argc, char **argv) {
     }
     if (!quiet)
         fprintf(stderr, "duet run: %s (%s, %d layers, n_embd %d, vocab %d)%s%s%s loaded in %.2fs; "
-                        "policy %s; prompt %d tokens\n", hp->name, hp->arch, hp->n_layer, hp->n_embd,
+                        "%s%s%sprompt %d tokens\n", hp->name, hp->arch, hp->n_layer, hp->n_embd,
                 hp->n_vocab, expert ? " + expert " : "", expert ? duet_model_hparams(expert)->name : "",
                 expert && duet_collab_bridged(co) ? " (vocabulary bridge)" : "", t_load,
-                duet_policy_name(policy), n_tok);
+                expert ? "policy " : "", expert ? duet_policy_name(policy) : "", expert ? "; " : "", n_tok);
     fwrite(prompt, 1, prompt_len, stdout);
     fflush(stdout);
     int tty = isatty(1), hl = color && tty;
