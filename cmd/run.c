@@ -148,6 +148,7 @@ int cmd_run(int argc, char **argv) {
     }
     cp.policy = (duet_policy)policy;
     cp.n_ctx = n_ctx;
+    cp.details = trace_path != NULL;
     char *file_text = NULL;
     size_t prompt_len = strlen(prompt);
     if (prompt_file) {

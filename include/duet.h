@@ -11,8 +11,9 @@
  *  - Every *_free accepts NULL.
  *  - Thread safety: a duet_model is read-only after loading and may be shared by sessions in
  *    different threads as long as each thread uses its own sessions; calls on one session or
- *    one sampler must not run concurrently. A model's thread pool serves one forward pass at a
- *    time: sessions of the same model must not evaluate concurrently.
+ *    one sampler must not run concurrently. A compute pool serves one forward pass at a
+ *    time, and models loaded with the same n_threads share one pool (so that a base and an
+ *    expert do not spin against each other): evaluate sessions of such models one at a time.
  */
 #ifndef DUET_H
 #define DUET_H
@@ -266,6 +267,9 @@ typedef struct duet_collab_params {
     float cd_alpha;        /* contrastive plausibility alpha (0 = 0.1) */
     float cd_beta;         /* contrastive beta (0 = 0.5) */
     int eager_sync;        /* 1: the expert evaluates every token as it is emitted */
+    int details;           /* 1: fill base_top_p / expert_top_p of every token (traces);
+                              0: compute distribution statistics only where the policy or
+                              the head reads them (they cost ~10% of a small model's step) */
     int n_ctx;             /* context for all sessions (0 = min of the models' defaults) */
     duet_sampler_params sampling; /* applied to whichever distribution the policy picks */
 } duet_collab_params;
@@ -279,10 +283,10 @@ typedef struct duet_collab_token {
     int deferred;          /* the policy consulted the expert for this token's choice */
     float score;           /* u.h (collm/compose), entropy (uncertainty), or NaN */
     float p_defer;         /* sigmoid(score) for head policies, else NaN */
-    int32_t base_top;      /* base's argmax (base ids) and its probability */
-    float base_top_p;
+    int32_t base_top;      /* base's argmax (base ids) and its probability (NaN when not */
+    float base_top_p;      /* computed: see duet_collab_params.details) */
     int32_t expert_top;    /* expert's argmax mapped to base ids (-1 when not computed) */
-    float expert_top_p;
+    float expert_top_p;    /* (NaN when not computed) */
 } duet_collab_token;
 
 typedef struct duet_collab_stats {

@@ -46,6 +46,7 @@ struct duet_collab {
     duet_session *sb;
     follower ex, anti;
     int has_expert, has_anti, bridged, n_vocab, n_ctx;
+    int base_stats;    /* compute the base's max-probability and entropy each step */
     int32_t *toks;     /* [n_ctx] canonical list, base ids */
     int n_toks;
     float *work;       /* [n_vocab] the distribution handed to the sampler */
@@ -151,6 +152,9 @@ int duet_collab_new(duet_model *base, duet_model *expert, duet_model *anti,
         c->thr_logit = p.threshold >= 0 ? p.threshold : 2.0f;
     }
     c->rng = p.sampling.seed ^ 0x5851f42d4c957f2dull;
+    c->base_stats = p.details || p.policy == DUET_POLICY_CONFIDENCE ||
+                    p.policy == DUET_POLICY_UNCERTAINTY ||
+                    (need_head && (duet_head_features(head) & (DUET_HEAD_FEAT_ENTROPY | DUET_HEAD_FEAT_MAXLOGP)));
     duet_session_params sp = {.n_ctx = n_ctx};
     int bridged_anti = 0;
     int rc = duet_session_new(base, &sp, &c->sb, err);
@@ -263,8 +267,9 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
     const float *lb = duet_session_logits(c->sb, -1);
     const float *h = duet_session_hidden(c->sb, -1);
     tok->base_top = duet_argmax(lb, V);
-    float base_entropy;
-    dist_stats(lb, V, &tok->base_top_p, &base_entropy);
+    float base_entropy = NAN;
+    tok->base_top_p = NAN;
+    if (c->base_stats) dist_stats(lb, V, &tok->base_top_p, &base_entropy);
 
     int pol = c->p.policy, need_expert = 0, source = DUET_SRC_BASE;
     float p = NAN;
@@ -295,7 +300,8 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
         c->st.expert_calls++;
         const float *le = c->ex.logits;
         tok->expert_top = duet_argmax(le, V);
-        dist_stats(le, V, &tok->expert_top_p, NULL);
+        tok->expert_top_p = NAN;
+        if (c->p.details || pol == DUET_POLICY_CONFIDENCE) dist_stats(le, V, &tok->expert_top_p, NULL);
         switch (pol) {
         case DUET_POLICY_CONFIDENCE:
             if (tok->expert_top_p > tok->base_top_p) { pick = le; source = DUET_SRC_EXPERT; }

@@ -100,7 +100,18 @@ static const kernel_traits k_scalar[] = {
 #define KX86 0
 #endif
 
+static int cpu_level_probe(void);
+
+/* CPUID traps to the hypervisor on VMs (6% of a collaboration benchmark was spent here when
+ * every matrix product asked): probe once. */
 static int cpu_level(void) {
+    static atomic_int cached = -1;
+    int l = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (l < 0) atomic_store_explicit(&cached, l = cpu_level_probe(), memory_order_relaxed);
+    return l;
+}
+
+static int cpu_level_probe(void) {
 #if KX86
     __builtin_cpu_init();
     unsigned a, b, c, d; /* F16C by cpuid: clang's __builtin_cpu_supports does not know it */
@@ -116,8 +127,13 @@ static int cpu_level(void) {
 
 static int cpu_has_vnni(void) {
 #if KX86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vnni");
+    static atomic_int cached = -1;
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v < 0) {
+        __builtin_cpu_init();
+        atomic_store_explicit(&cached, v = __builtin_cpu_supports("avx512vnni") != 0, memory_order_relaxed);
+    }
+    return v;
 #else
     return 0;
 #endif

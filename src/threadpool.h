@@ -10,7 +10,9 @@
 typedef struct threadpool threadpool;
 typedef void (*tp_fn)(void *ctx, int ith, int nth);
 
-/* n_threads <= 0: number of online CPUs. NULL on failure. */
+/* n_threads <= 0: number of online CPUs. NULL on failure. Pools are shared per thread
+ * count and refcounted: tp_new may return a pool another caller holds, so two holders of one
+ * pool must not call tp_run at the same time. */
 threadpool *tp_new(int n_threads);
 void tp_free(threadpool *tp);
 int tp_n_threads(const threadpool *tp);
