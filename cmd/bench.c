@@ -101,6 +101,9 @@ int cmd_bench(int argc, char **argv) {
                 sum += tps;
                 sum2 += tps * tps;
             }
+            /* this machine's bandwidth drifts from minute to minute: measure it again right
+             * after the test and keep the higher figure, so the share is not flattered */
+            if (!is_pp) bw = fmax(bw, duet_memory_bandwidth(tl[ti], (size_t)1 << 30, 3));
             double mean = sum / reps, sd = reps > 1 ? sqrt(fmax(0, (sum2 - sum * sum / reps) / (reps - 1))) : 0;
             double limit = is_pp ? 0 : bw / bpt; /* tokens/s if weights stream at full bandwidth */
             char test[32];
