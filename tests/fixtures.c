@@ -68,3 +68,30 @@ const char *fixture_random(int type, uint64_t seed, int tied) {
     return out;
 }
 
+
+struct duet_model *fixture_load(const char *path) {
+    duet_model *m = NULL;
+    duet_error err = {0};
+    duet_model_params mp = {.n_threads = 2};
+    if (!path || duet_model_load(path, &mp, &m, &err))
+        test_fail_at(__FILE__, __LINE__, "load %s: %s", path ? path : "(null)", err.msg);
+    return m;
+}
+
+struct duet_head *fixture_random_head(struct duet_model *b, uint64_t seed, float scale) {
+    int E = duet_model_hparams(b)->n_embd;
+    float u[4096];
+    if (E > 4096) {
+        test_fail_at(__FILE__, __LINE__, "fixture_random_head: n_embd %d > 4096", E);
+        return NULL;
+    }
+    uint64_t x = seed;
+    for (int i = 0; i < E; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        u[i] = scale * ((float)(x >> 40) / (float)(1 << 24) - 0.5f);
+    }
+    duet_head *h = NULL;
+    duet_error err = {0};
+    if (duet_head_from_vector(b, u, E, &h, &err)) test_fail_at(__FILE__, __LINE__, "%s", err.msg);
+    return h;
+}

@@ -13,4 +13,10 @@ const char *fixture_llama2c(const char *name);
  * matrices of the given type; the same seed gives the same underlying f32 draws. */
 const char *fixture_random(int type, uint64_t seed, int tied);
 
+/* Load a model with 2 threads; a failure fails the current test and returns NULL. */
+struct duet_model *fixture_load(const char *path);
+/* A hand-made head for base b: a seeded random direction, elements uniform in
+ * [-scale/2, scale/2] (scale 0.5 spreads a random model's scores over a few logits). */
+struct duet_head *fixture_random_head(struct duet_model *b, uint64_t seed, float scale);
+
 #endif

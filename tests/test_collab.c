@@ -23,14 +23,6 @@ typedef struct run_out {
     duet_collab_stats st;
 } run_out;
 
-static duet_model *load(const char *path) {
-    duet_model *m = NULL;
-    duet_error err = {0};
-    duet_model_params mp = {.n_threads = 2};
-    if (!path || duet_model_load(path, &mp, &m, &err))
-        test_fail_at(__FILE__, __LINE__, "load %s: %s", path ? path : "(null)", err.msg);
-    return m;
-}
 
 /* Decode n tokens after prompt (base ids) with the given policy; 0 on success. */
 static int decode(duet_model *b, duet_model *e, duet_model *anti, const duet_head *h,
@@ -69,25 +61,10 @@ static void prompt_of(int k, int32_t *p, int *np) {
     for (int i = 1; i < *np; i++) p[i] = 3 + (k * 131 + i * 17) % 590;
 }
 
-/* A hand-made head: a seeded random direction scaled so scores spread over a few logits. */
-static duet_head *random_head(duet_model *b, uint64_t seed, float scale) {
-    int E = duet_model_hparams(b)->n_embd;
-    float u[1024];
-    uint64_t x = seed;
-    for (int i = 0; i < E; i++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        u[i] = scale * ((float)(x >> 40) / (float)(1 << 24) - 0.5f);
-    }
-    duet_head *h = NULL;
-    duet_error err = {0};
-    if (duet_head_from_vector(b, u, E, &h, &err)) test_fail_at(__FILE__, __LINE__, "%s", err.msg);
-    return h;
-}
-
 TEST(collab_analytic_cases) {
-    duet_model *b = load(fixture_random(DT_F32, 21, 0)), *e = load(fixture_random(DT_F32, 22, 0));
+    duet_model *b = fixture_load(fixture_random(DT_F32, 21, 0)), *e = fixture_load(fixture_random(DT_F32, 22, 0));
     REQUIRE(b && e);
-    duet_head *h = random_head(b, 5, 40.0f);
+    duet_head *h = fixture_random_head(b, 5, 40.0f);
     REQUIRE(h);
     int32_t pr[16];
     int np;
@@ -150,13 +127,13 @@ TEST(collab_analytic_cases) {
 /* Lazy and eager expert sync must give identical tokens; in lazy mode the expert evaluates
  * exactly the prefix up to its last deferral, each token once. */
 TEST(collab_lazy_equals_eager_and_counts) {
-    duet_model *b = load(fixture_random(DT_Q8_0, 31, 0)), *e = load(fixture_random(DT_Q8_0, 32, 0));
+    duet_model *b = fixture_load(fixture_random(DT_Q8_0, 31, 0)), *e = fixture_load(fixture_random(DT_Q8_0, 32, 0));
     REQUIRE(b && e);
     double rates[2] = {0, 0};
     int runs[2] = {0, 0};
     for (int k = 0; k < 20; k++) {
         int often = k % 2;
-        duet_head *h = random_head(b, 100 + (uint64_t)k, 0.5f);
+        duet_head *h = fixture_random_head(b, 100 + (uint64_t)k, 0.5f);
         REQUIRE(h);
         int32_t pr[16];
         int np;
@@ -194,7 +171,7 @@ TEST(collab_lazy_equals_eager_and_counts) {
 TEST(collab_babyllama_bridge_and_refusal) {
     const char *a = fixture_llama2c("tok105"), *x = fixture_llama2c("tok361");
     if (!a || !x) SKIP("../shared/models/babyllama not present");
-    duet_model *b = load(a), *e = load(x), *r = load(fixture_random(DT_F32, 1, 1));
+    duet_model *b = fixture_load(a), *e = fixture_load(x), *r = fixture_load(fixture_random(DT_F32, 1, 1));
     REQUIRE(b && e && r);
     int32_t pr[64];
     duet_error err = {0};
@@ -234,7 +211,7 @@ TEST(collab_babyllama_bridge_and_refusal) {
 }
 
 TEST(collab_head_sidecar) {
-    duet_model *b = load(fixture_random(DT_F32, 41, 0));
+    duet_model *b = fixture_load(fixture_random(DT_F32, 41, 0));
     REQUIRE(b);
     duet_head *h = NULL, *g = NULL;
     duet_error err = {0};
@@ -271,7 +248,7 @@ TEST(collab_head_sidecar) {
                                  .n_head_kv = 2, .n_ff = 64, .n_vocab = 600, .type = DT_F16,
                                  .output_type = -1, .seed = 3};
     REQUIRE(!duet_make_model(&mp, other_path, &err));
-    duet_model *other = load(other_path);
+    duet_model *other = fixture_load(other_path);
     REQUIRE(other);
     int rc = duet_head_load(path, other, &g, &err);
     CHECK(rc < 0 && !g);
@@ -299,9 +276,9 @@ static int cmp_float(const void *a, const void *b) {
 }
 
 TEST(collab_feature_head_equals_uncertainty) {
-    duet_model *b = load(fixture_random(DT_F32, 71, 0)), *e = load(fixture_random(DT_F32, 72, 0));
+    duet_model *b = fixture_load(fixture_random(DT_F32, 71, 0)), *e = fixture_load(fixture_random(DT_F32, 72, 0));
     REQUIRE(b && e);
-    duet_head *h = random_head(b, 9, 0.5f);
+    duet_head *h = fixture_random_head(b, 9, 0.5f);
     REQUIRE(h);
     int32_t pr[16];
     int np;

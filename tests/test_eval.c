@@ -117,29 +117,6 @@ TEST(eval_quantile_and_candidates) {
     CHECK_NEAR(tune_candidate(t, 6, 0.5), 1 / (1 + exp(-5.0)), 1e-7);
 }
 
-/* ---- fixtures -------------------------------------------------------------------------- */
-static duet_model *load(const char *path) {
-    duet_model *m = NULL;
-    duet_error err = {0};
-    duet_model_params mp = {.n_threads = 2};
-    if (!path || duet_model_load(path, &mp, &m, &err))
-        test_fail_at(__FILE__, __LINE__, "load %s: %s", path ? path : "(null)", err.msg);
-    return m;
-}
-
-static duet_head *random_head(duet_model *b, uint64_t seed, float scale) {
-    int E = duet_model_hparams(b)->n_embd;
-    float u[1024];
-    uint64_t x = seed;
-    for (int i = 0; i < E; i++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        u[i] = scale * ((float)(x >> 40) / (float)(1 << 24) - 0.5f);
-    }
-    duet_head *h = NULL;
-    duet_error err = {0};
-    if (duet_head_from_vector(b, u, E, &h, &err)) test_fail_at(__FILE__, __LINE__, "%s", err.msg);
-    return h;
-}
 
 static const char *write_tmp(const char *name, const char *text) {
     const char *p = test_path(test_tmpdir(), name);
@@ -198,9 +175,9 @@ static int tie_at(eval_ctx *c, int pol, double rate) {
     return tie;
 }
 TEST(eval_nll_analytic_cases) {
-    duet_model *b = load(fixture_random(DT_F32, 51, 0)), *e = load(fixture_random(DT_F32, 52, 0));
+    duet_model *b = fixture_load(fixture_random(DT_F32, 51, 0)), *e = fixture_load(fixture_random(DT_F32, 52, 0));
     REQUIRE(b && e);
-    duet_head *h = random_head(b, 7, 4.0f);
+    duet_head *h = fixture_random_head(b, 7, 4.0f);
     REQUIRE(h);
     char *text = story(2500);
     const char *path = write_tmp("nll.txt", text);
@@ -305,7 +282,7 @@ TEST(eval_nll_analytic_cases) {
 TEST(eval_nll_babyllama_bridge) {
     const char *a = fixture_llama2c("tok105"), *x = fixture_llama2c("tok361");
     if (!a || !x) SKIP("../shared/models/babyllama not present");
-    duet_model *b = load(a), *e = load(x);
+    duet_model *b = fixture_load(a), *e = fixture_load(x);
     REQUIRE(b && e);
     char *text = story(1500);
     const char *path = write_tmp("baby.txt", text);
@@ -340,9 +317,9 @@ static const char *k_gsm3 =
     "{\"question\": \"Tom had 10 marbles and lost 12. How many does he have now?\", \"answer\": \"#### -2\"}\n";
 
 TEST(eval_gsm8k_end_to_end) {
-    duet_model *b = load(fixture_random(DT_F32, 51, 0)), *e = load(fixture_random(DT_F32, 52, 0));
+    duet_model *b = fixture_load(fixture_random(DT_F32, 51, 0)), *e = fixture_load(fixture_random(DT_F32, 52, 0));
     REQUIRE(b && e);
-    duet_head *h = random_head(b, 9, 4.0f);
+    duet_head *h = fixture_random_head(b, 9, 4.0f);
     const char *path = write_tmp("gsm3.jsonl", k_gsm3);
     REQUIRE(h && path);
     eval_params ep = {.task = EVAL_TASK_GSM8K, .max_tokens = 24, .n_ctx = 128};
@@ -381,7 +358,7 @@ TEST(eval_gsm8k_end_to_end) {
 }
 
 TEST(eval_bad_data_names_file_and_line) {
-    duet_model *b = load(fixture_random(DT_F32, 51, 0));
+    duet_model *b = fixture_load(fixture_random(DT_F32, 51, 0));
     REQUIRE(b);
     struct { const char *name, *text, *want; int task; } cases[] = {
         {"bad1.jsonl", "{\"question\": \"q\", \"answer\": \"#### 1\"}\n{\"question\": \"q\", \"answer\": \n",
@@ -430,9 +407,9 @@ static int count_char(const char *s, char ch) {
 }
 
 TEST(eval_tune_nll_writes_table_plot_and_threshold) {
-    duet_model *b = load(fixture_random(DT_F32, 51, 0)), *e = load(fixture_random(DT_F32, 52, 0));
+    duet_model *b = fixture_load(fixture_random(DT_F32, 51, 0)), *e = fixture_load(fixture_random(DT_F32, 52, 0));
     REQUIRE(b && e);
-    duet_head *h = random_head(b, 11, 4.0f);
+    duet_head *h = fixture_random_head(b, 11, 4.0f);
     REQUIRE(h);
     char head_path[600], prefix[600], p[700];
     snprintf(head_path, sizeof head_path, "%s/tune-head.gguf", test_tmpdir());
@@ -504,9 +481,9 @@ TEST(eval_cli_eval_and_tune) {
     if (!duet_bin()) SKIP("DUET_BIN not set (run through make test)");
     const char *bp = fixture_random(DT_F32, 51, 0), *xp = fixture_random(DT_F32, 52, 0);
     REQUIRE(bp && xp);
-    duet_model *b = load(bp);
+    duet_model *b = fixture_load(bp);
     REQUIRE(b);
-    duet_head *h = random_head(b, 13, 4.0f);
+    duet_head *h = fixture_random_head(b, 13, 4.0f);
     char head_path[600], json_path[600], prefix[600], args[6000], err[4096];
     snprintf(head_path, sizeof head_path, "%s/cli-head.gguf", test_tmpdir());
     snprintf(json_path, sizeof json_path, "%s/cli-eval.json", test_tmpdir());

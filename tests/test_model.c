@@ -47,14 +47,6 @@ static int generate(duet_model *m, const char *prompt, int n, const duet_sampler
     return rc ? -1 : k;
 }
 
-static duet_model *load(const char *path) {
-    duet_model *m = NULL;
-    duet_error err = {0};
-    duet_model_params mp = {.n_threads = 2};
-    if (duet_model_load(path, &mp, &m, &err))
-        test_fail_at(__FILE__, __LINE__, "load %s: %s", path, err.msg);
-    return m;
-}
 
 /* ---- llama2.c import -------------------------------------------------------------------- */
 TEST(model_stories260k_golden_greedy) {
@@ -67,7 +59,7 @@ TEST(model_stories260k_golden_greedy) {
     size_t n = fread(expected, 1, sizeof expected - 1, f);
     fclose(f);
     expected[n] = 0;
-    duet_model *m = load(g);
+    duet_model *m = fixture_load(g);
     REQUIRE(m);
     /* llama2.c's test runs "-n 200": 200 forward steps from BOS = 200 generated tokens */
     static char out[8192];
@@ -94,7 +86,7 @@ static void check_against_oracle(const char *gguf, const char *ckpt, const char 
     int np = 0, ng = 0;
     for (char *t = strtok(line1, " \n"); t && np < 512; t = strtok(NULL, " \n")) ref_prompt[np++] = atoi(t);
     for (char *t = strtok(line2, " \n"); t && ng < 1024; t = strtok(NULL, " \n")) ref_gen[ng++] = atoi(t);
-    duet_model *m = load(gguf);
+    duet_model *m = fixture_load(gguf);
     REQUIRE(m);
     int32_t mine[512];
     duet_error err = {0};
@@ -141,7 +133,7 @@ static double nats_per_byte(duet_model *m, const char *text) {
 TEST(model_babyllama_pair_expert_is_stronger) {
     const char *a = fixture_llama2c("tok105"), *b = fixture_llama2c("tok361"), *c = fixture_llama2c("stories260K");
     if (!a || !b || !c) SKIP("../shared/models/babyllama or stories260K not present");
-    duet_model *base = load(a), *expert = load(b), *third = load(c);
+    duet_model *base = fixture_load(a), *expert = fixture_load(b), *third = fixture_load(c);
     REQUIRE(base && expert && third);
     /* Each model samples stories that must read as text. A model always wins on its own
      * samples (cross-entropy = its entropy + KL), so the fair comparison is text from an
@@ -181,7 +173,7 @@ TEST(model_babyllama_pair_expert_is_stronger) {
 TEST(model_tiny_random_gguf_runs) {
     const char *p = fixture_shared("models/tiny-random/llama-2-tiny-random.gguf");
     if (!p) SKIP("../shared/models/tiny-random not present");
-    duet_model *m = load(p);
+    duet_model *m = fixture_load(p);
     REQUIRE(m);
     CHECK_EQ_INT(duet_model_hparams(m)->n_vocab, 32000);
     int32_t gen[8];
@@ -191,7 +183,7 @@ TEST(model_tiny_random_gguf_runs) {
 
 /* ---- quantised twins, prefill vs decode, sync ------------------------------------------- */
 static float *logits_of(const char *path, const int32_t *toks, int n) {
-    duet_model *m = load(path);
+    duet_model *m = fixture_load(path);
     if (!m) return NULL;
     duet_session *s = NULL;
     duet_error err = {0};
@@ -242,7 +234,7 @@ TEST(model_prefill_equals_decode) {
     for (int ti = 0; ti < 3; ti++) {
         const char *p = fixture_random(types[ti], 5, 1);
         REQUIRE(p);
-        duet_model *m = load(p);
+        duet_model *m = fixture_load(p);
         REQUIRE(m);
         int V = duet_model_hparams(m)->n_vocab, E = duet_model_hparams(m)->n_embd;
         int32_t toks[40];
@@ -270,7 +262,7 @@ TEST(model_prefill_equals_decode) {
 TEST(model_session_sync_truncate) {
     const char *p = fixture_random(DT_F32, 9, 1);
     REQUIRE(p);
-    duet_model *m = load(p);
+    duet_model *m = fixture_load(p);
     REQUIRE(m);
     int V = duet_model_hparams(m)->n_vocab;
     int32_t toks[30];
