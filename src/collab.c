@@ -227,21 +227,15 @@ static uint64_t rng_next(uint64_t *x) {
 
 /* max-probability and entropy (nats) of softmax(l) */
 static void dist_stats(const float *l, int n, float *maxp, float *entropy) {
-    double mx = l[0], z = 0, ez = 0;
-    for (int i = 1; i < n; i++) mx = l[i] > mx ? l[i] : mx;
-    for (int i = 0; i < n; i++) {
-        double e = exp((double)l[i] - mx);
-        z += e;
-        ez += e * ((double)l[i] - mx);
-    }
+    double mx, z, ez;
+    duet_softmax_stats(l, n, &mx, &z, &ez);
     if (maxp) *maxp = (float)(1.0 / z);
     if (entropy) *entropy = (float)(log(z) - ez / z);
 }
 
 static void log_softmax(const float *l, int n, float *out) {
-    double mx = l[0], z = 0;
-    for (int i = 1; i < n; i++) mx = l[i] > mx ? l[i] : mx;
-    for (int i = 0; i < n; i++) z += exp((double)l[i] - mx);
+    double mx, z;
+    duet_softmax_stats(l, n, &mx, &z, NULL);
     double lz = mx + log(z);
     for (int i = 0; i < n; i++) out[i] = (float)((double)l[i] - lz);
 }

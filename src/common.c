@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <time.h>
 
 int duet_fail(duet_error *err, int code, const char *fmt, ...) {
@@ -65,4 +66,17 @@ double duet_time_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void duet_softmax_stats(const float *l, int n, double *max, double *z, double *ez) {
+    double mx = l[0], zz = 0, e2 = 0;
+    for (int i = 1; i < n; i++) mx = l[i] > mx ? l[i] : mx;
+    for (int i = 0; i < n; i++) {
+        double d = (double)l[i] - mx, e = exp(d);
+        zz += e;
+        e2 += e * d;
+    }
+    *max = mx;
+    *z = zz;
+    if (ez) *ez = e2;
 }

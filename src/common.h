@@ -28,6 +28,12 @@ static inline bool duet_add_ok(uint64_t a, uint64_t b, uint64_t *out) {
     return !__builtin_add_overflow(a, b, out);
 }
 
+/* Softmax statistics of logits l[0..n) in double, one definition for every pass that needs
+ * them (scoring, evaluation, decoding) so their numbers agree bit for bit:
+ * *max = max l, *z = sum exp(l - max), and, when ez is non-NULL, *ez = sum exp(l - max)(l - max).
+ * Then log p[t] = l[t] - max - log z, max log p = -log z, entropy = log z - ez / z. */
+void duet_softmax_stats(const float *l, int n, double *max, double *z, double *ez);
+
 /* 64-byte aligned allocation (zeroed); free with duet_afree. NULL on failure or overflow. */
 void *duet_aalloc(size_t n);
 void duet_afree(void *p);

@@ -9,9 +9,8 @@
 
 /* log softmax(logits)[tok] in double */
 static double log_prob(const float *logits, int n, int tok) {
-    double mx = logits[0], z = 0;
-    for (int i = 1; i < n; i++) mx = logits[i] > mx ? logits[i] : mx;
-    for (int i = 0; i < n; i++) z += exp((double)logits[i] - mx);
+    double mx, z;
+    duet_softmax_stats(logits, n, &mx, &z, NULL);
     return (double)logits[tok] - mx - log(z);
 }
 

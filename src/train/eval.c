@@ -313,13 +313,8 @@ void eval_close(eval_ctx *c) {
  * (so policy base reproduces it bit for bit), plus the base's confidence as duet score
  * stores it: entropy and log max-probability (nats). */
 static double row_stats(const float *l, int n, int tok, float *entropy, float *max_logp) {
-    double mx = l[0], z = 0, ez = 0;
-    for (int i = 1; i < n; i++) mx = l[i] > mx ? l[i] : mx;
-    for (int i = 0; i < n; i++) {
-        double d = (double)l[i] - mx, e = exp(d);
-        z += e;
-        ez += e * d;
-    }
+    double mx, z, ez;
+    duet_softmax_stats(l, n, &mx, &z, &ez);
     double lz = log(z);
     if (entropy) *entropy = (float)(lz - ez / z);
     *max_logp = (float)-lz;

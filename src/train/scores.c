@@ -211,13 +211,8 @@ static int build_plan(const duet_model *idm, const ds_dataset *d, int n_ctx, pla
 
 /* ---- scoring ---------------------------------------------------------------------------- */
 static void tok_stats(const float *g, int n, int gold, dsf_tok *out) {
-    double mx = g[0], z = 0, ez = 0;
-    for (int i = 1; i < n; i++) mx = g[i] > mx ? g[i] : mx;
-    for (int i = 0; i < n; i++) {
-        double d = (double)g[i] - mx, e = exp(d);
-        z += e;
-        ez += e * d;
-    }
+    double mx, z, ez;
+    duet_softmax_stats(g, n, &mx, &z, &ez);
     double lz = log(z);
     out->gold = gold;
     out->lp = (float)((double)g[gold] - mx - lz);
