@@ -218,13 +218,6 @@ int duet_collab_start(duet_collab *c, const int32_t *prompt, int n, duet_error *
     return rc;
 }
 
-static uint64_t rng_next(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* max-probability and entropy (nats) of softmax(l) */
 static void dist_stats(const float *l, int n, float *maxp, float *entropy) {
     double mx, z, ez;
@@ -280,7 +273,7 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
     case DUET_POLICY_EXPERT: need_expert = 1; break;
     case DUET_POLICY_RANDOM:
         /* 53-bit uniform in [0,1): rate 0 never defers, rate 1 always */
-        need_expert = (double)(rng_next(&c->rng) >> 11) * 0x1.0p-53 < (double)c->p.random_rate;
+        need_expert = (double)(duet_splitmix64(&c->rng) >> 11) * 0x1.0p-53 < (double)c->p.random_rate;
         break;
     case DUET_POLICY_UNCERTAINTY:
         tok->score = base_entropy;

@@ -28,6 +28,16 @@ static inline bool duet_add_ok(uint64_t a, uint64_t b, uint64_t *out) {
     return !__builtin_add_overflow(a, b, out);
 }
 
+/* splitmix64: advance *x and return the next 64 random bits. The one seeded generator every
+ * module uses (sampler seeding, random deferral, random weights, shuffles), so a seed means
+ * the same stream everywhere. */
+static inline uint64_t duet_splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 /* Softmax statistics of logits l[0..n) in double, one definition for every pass that needs
  * them (scoring, evaluation, decoding) so their numbers agree bit for bit:
  * *max = max l, *z = sum exp(l - max), and, when ez is non-NULL, *ez = sum exp(l - max)(l - max).

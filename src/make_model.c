@@ -17,17 +17,10 @@
 
 typedef struct rng { uint64_t s; int have; double spare; } rng;
 
-static uint64_t rng_u64(rng *r) {
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static double rng_normal(rng *r) { /* Box-Muller, both values used */
     if (r->have) { r->have = 0; return r->spare; }
-    double u1 = ((double)(rng_u64(r) >> 11) + 0.5) * 0x1.0p-53;
-    double u2 = (double)(rng_u64(r) >> 11) * 0x1.0p-53;
+    double u1 = ((double)(duet_splitmix64(&r->s) >> 11) + 0.5) * 0x1.0p-53;
+    double u2 = (double)(duet_splitmix64(&r->s) >> 11) * 0x1.0p-53;
     double m = sqrt(-2.0 * log(u1));
     r->spare = m * sin(2 * M_PI * u2);
     r->have = 1;

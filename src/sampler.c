@@ -18,13 +18,6 @@ struct duet_sampler {
     int cap;
 };
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 static uint64_t next_u64(duet_sampler *s) {
@@ -57,7 +50,7 @@ int duet_sampler_new(const duet_sampler_params *params, duet_sampler **out, duet
     if (!s) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     if (params) s->p = *params;
     uint64_t x = s->p.seed;
-    for (int i = 0; i < 4; i++) s->s[i] = splitmix64(&x);
+    for (int i = 0; i < 4; i++) s->s[i] = duet_splitmix64(&x);
     *out = s;
     return DUET_OK;
 }

@@ -532,13 +532,6 @@ double eval_rate_threshold(const float *scores, int n, double rate) {
 /* ---- evaluating one spec --------------------------------------------------------------- */
 static double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
-static uint64_t rng_next(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* The threshold a thresholded spec compares its score with (logit for collm/compose), and the
  * value to report (eta for collm/compose). */
 static int resolve_threshold(eval_ctx *c, const eval_spec *s, double *cmp, double *report, duet_error *err) {
@@ -602,7 +595,7 @@ static int eval_nll(eval_ctx *c, const eval_spec *s, eval_result *r, duet_error 
         switch (pol) {
         case DUET_POLICY_BASE: break;
         case DUET_POLICY_EXPERT: d = 1; break;
-        case DUET_POLICY_RANDOM: d = (double)(rng_next(&rng) >> 11) * 0x1.0p-53 < rate; break;
+        case DUET_POLICY_RANDOM: d = (double)(duet_splitmix64(&rng) >> 11) * 0x1.0p-53 < rate; break;
         case DUET_POLICY_CONFIDENCE: d = t->maxlp_e[i] > t->maxlp_b[i]; calls++; break;
         case DUET_POLICY_UNCERTAINTY: d = t->entropy[i] > cmp; break;
         case EVAL_POLICY_ORACLE: d = t->gain[i] > cmp; break;

@@ -277,16 +277,9 @@ typedef struct trainer {
     uint64_t rng;
 } trainer;
 
-static uint64_t rng_next(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static void shuffle(int *a, int n, uint64_t *rng) {
     for (int i = n - 1; i > 0; i--) {
-        int j = (int)(rng_next(rng) % (uint64_t)(i + 1)), t = a[i];
+        int j = (int)(duet_splitmix64(rng) % (uint64_t)(i + 1)), t = a[i];
         a[i] = a[j];
         a[j] = t;
     }
