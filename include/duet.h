@@ -132,7 +132,10 @@ void duet_session_free(duet_session *s);
  * context would overflow or an id is out of the vocabulary. */
 int duet_session_eval(duet_session *s, const int32_t *tokens, int n, int all_logits,
                       duet_error *err);
-/* Logits [n_vocab] of token i of the last eval call (i = -1: the last one). NULL if not kept. */
+/* Logits [n_vocab] of token i of the last eval call (i = -1: the last one). NULL if not kept.
+ * After an eval with all_logits 0 the logits are computed on this first read (the output
+ * matrix is skipped by callers that need only the hidden state), so like every session call
+ * it must not race with another call on the same session. */
 const float *duet_session_logits(const duet_session *s, int i);
 /* Final-norm hidden state [n_embd] (the input of the output matrix) of token i, as above. */
 const float *duet_session_hidden(const duet_session *s, int i);
@@ -283,8 +286,9 @@ typedef struct duet_collab_token {
     int deferred;          /* the policy consulted the expert for this token's choice */
     float score;           /* u.h (collm/compose), entropy (uncertainty), or NaN */
     float p_defer;         /* sigmoid(score) for head policies, else NaN */
-    int32_t base_top;      /* base's argmax (base ids) and its probability (NaN when not */
-    float base_top_p;      /* computed: see duet_collab_params.details) */
+    int32_t base_top;      /* base's argmax (base ids; -1 when a deferred token of collm, */
+                           /* random or expert never read the base's logits, unless details) */
+    float base_top_p;      /* its probability (NaN when not computed: see details) */
     int32_t expert_top;    /* expert's argmax mapped to base ids (-1 when not computed) */
     float expert_top_p;    /* (NaN when not computed) */
 } duet_collab_token;

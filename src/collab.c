@@ -94,11 +94,12 @@ static int follower_sync(duet_collab *c, follower *f, int want_logits, duet_erro
         duet_session_truncate(f->s, lcp);
         rc = lcp < c->n_toks ? duet_session_eval(f->s, f->ids + lcp, c->n_toks - lcp, 0, err) : 0;
     }
+    if (!rc && want_logits) { /* (the logits are computed on this read) */
+        const float *l = duet_session_logits(f->s, -1);
+        for (int b = 0; b < c->n_vocab; b++) f->logits[b] = l[f->map[b]];
+    }
     c->st.t_expert += duet_time_s() - t0;
-    if (rc || !want_logits) return rc;
-    const float *l = duet_session_logits(f->s, -1);
-    for (int b = 0; b < c->n_vocab; b++) f->logits[b] = l[f->map[b]];
-    return DUET_OK;
+    return rc;
 }
 
 /* ---- creation --------------------------------------------------------------------------- */
@@ -251,14 +252,23 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
     rc = duet_session_sync(c->sb, c->toks, c->n_toks, err);
     c->st.t_base += duet_time_s() - t0;
     if (rc) return rc;
-    const float *lb = duet_session_logits(c->sb, -1);
-    const float *h = duet_session_hidden(c->sb, -1);
-    tok->base_top = duet_argmax(lb, V);
-    float base_entropy = NAN;
-    tok->base_top_p = NAN;
-    if (c->base_stats) dist_stats(lb, V, &tok->base_top_p, &base_entropy);
-
     int pol = c->p.policy, need_expert = 0, source = DUET_SRC_BASE;
+    const float *h = duet_session_hidden(c->sb, -1), *lb = NULL;
+    float base_entropy = NAN;
+    tok->base_top = -1;
+    tok->base_top_p = NAN;
+    /* The base's logits are read only where something needs them: collm, random and expert
+     * decide without them, and a deferred token then never pays for the output matrix. */
+    int lazy_lb = !c->base_stats && (pol == DUET_POLICY_COLLM || pol == DUET_POLICY_RANDOM ||
+                                     pol == DUET_POLICY_EXPERT);
+    if (!lazy_lb) {
+        t0 = duet_time_s();
+        lb = duet_session_logits(c->sb, -1);
+        c->st.t_base += duet_time_s() - t0;
+        tok->base_top = duet_argmax(lb, V);
+        if (c->base_stats) dist_stats(lb, V, &tok->base_top_p, &base_entropy);
+    }
+
     float p = NAN;
     switch (pol) {
     case DUET_POLICY_COLLM:
@@ -327,6 +337,12 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
             source = DUET_SRC_EXPERT;
             break;
         }
+    }
+    if (!pick) { /* the base speaks after a decision that did not read its logits */
+        t0 = duet_time_s();
+        pick = lb = duet_session_logits(c->sb, -1);
+        c->st.t_base += duet_time_s() - t0;
+        tok->base_top = duet_argmax(lb, V);
     }
     tok->source = source;
     tok->deferred = source != DUET_SRC_BASE;

@@ -182,5 +182,9 @@ void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_ou
     for (int t = 0; t < n_out; t++)
         rmsnorm(hidden + (size_t)t * E, st->x + (size_t)(first_out + t) * E, m->output_norm, E,
                 hp->rms_eps);
-    matmul(st, &m->output, hidden, n_out, logits);
+    if (logits) fwd_logits(st, hidden, n_out, logits);
+}
+
+void fwd_logits(fwd_state *st, const float *hidden, int n, float *logits) {
+    matmul(st, &st->m->output, hidden, n, logits);
 }

@@ -30,8 +30,12 @@ void fwd_free(fwd_state *st);
 /* Evaluate tokens[0..n) at positions pos..pos+n-1 (n <= n_batch, pos + n <= n_ctx).
  * Outputs only for tokens first_out..n-1 (a prefill that needs only the last token's logits
  * computes only those): the final-norm hidden state of token first_out + r goes to
- * hidden + r*n_embd and its logits to logits + r*n_vocab. */
+ * hidden + r*n_embd and its logits to logits + r*n_vocab; logits NULL: hidden states only
+ * (fwd_logits later, if at all: the output matrix is often the largest single weight). */
 void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_out,
               float *hidden, float *logits);
+
+/* Logits of n final-norm hidden states (rows of n_embd) into logits (rows of n_vocab). */
+void fwd_logits(fwd_state *st, const float *hidden, int n, float *logits);
 
 #endif

@@ -4,6 +4,9 @@
  * evaluating only the missing suffix (one batched call: the lazy expert catch-up).
  * Invariant: tokens[0..n_past) are exactly what the KV cache holds; out_pos is the
  * position of the last row of the kept outputs (-1 when none are valid).
+ * Logits of a last-token-only eval are computed on first read (logits_pending): a caller
+ * that needs only the hidden state (the Co-LLM decision when it defers) skips the output
+ * matrix, which is a quarter or more of a small model's weights.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +24,7 @@ struct duet_session {
     int out_cap;     /* rows allocated */
     int n_out;       /* rows kept by the last eval */
     int out_pos;     /* position of the last kept row; -1: none valid */
+    int logits_pending; /* the one kept row has its hidden state but no logits yet */
     long n_evaluated;
 };
 
@@ -103,13 +107,14 @@ int duet_session_eval(duet_session *s, const int32_t *tokens, int n, int all_log
         int row = all_logits ? done : 0;
         memcpy(s->tokens + s->n_past, tokens + done, (size_t)c * sizeof(int32_t));
         fwd_eval(&s->st, tokens + done, c, s->n_past, first_out, s->hidden + (size_t)row * E,
-                 s->logits + (size_t)row * V);
+                 all_logits ? s->logits + (size_t)row * V : NULL);
         s->n_past += c;
         s->n_evaluated += c;
         done += c;
     }
     s->n_out = all_logits ? n : 1;
     s->out_pos = s->n_past - 1;
+    s->logits_pending = !all_logits;
     return DUET_OK;
 }
 
@@ -122,7 +127,13 @@ static int row_of(const duet_session *s, int i) {
 
 const float *duet_session_logits(const duet_session *s, int i) {
     int r = row_of(s, i);
-    return r < 0 ? NULL : s->logits + (size_t)r * s->m->hp.n_vocab;
+    if (r < 0) return NULL;
+    if (s->logits_pending) { /* computed on first read; the session is logically unchanged */
+        duet_session *w = (duet_session *)s;
+        fwd_logits(&w->st, w->hidden, 1, w->logits);
+        w->logits_pending = 0;
+    }
+    return s->logits + (size_t)r * s->m->hp.n_vocab;
 }
 
 const float *duet_session_hidden(const duet_session *s, int i) {
