@@ -11,6 +11,7 @@ static const struct {
     const char *help;
 } k_cmds[] = {
     {"run", cmd_run, "generate text: duet run -m MODEL -p PROMPT -n N"},
+    {"chat", cmd_chat, "interactive chat: duet chat -m BASE [--expert E --head H]"},
     {"info", cmd_info, "print a GGUF file's metadata and tensors: duet info FILE"},
     {"tokenize", cmd_tokenize, "tokenize text: duet tokenize -m MODEL -p TEXT [--ids]"},
     {"convert", cmd_convert, "import llama2.c checkpoints: duet convert --llama2c CKPT ..."},

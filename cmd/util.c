@@ -1,4 +1,4 @@
-/* util.c: argument parsing shared by the subcommands. */
+/* util.c: argument parsing shared by the subcommands, and the generation loop of run and chat. */
 #include "util.h"
 
 #include <errno.h>
@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 const char *arg_value(const char *cmd, int argc, char **argv, int *i) {
     if (*i + 1 >= argc) {
@@ -96,4 +98,323 @@ char *read_file(const char *cmd, const char *path, size_t *len) {
     buf[n] = 0;
     if (len) *len = n;
     return buf;
+}
+
+/* ---- generation (run, chat) -------------------------------------------------------------- */
+void gen_opts_init(gen_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->n_predict = -1;
+    o->policy = -1;
+    o->cp.threshold = -1;
+    duet_sampler_defaults(&o->cp.sampling);
+    o->cp.sampling.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+}
+
+void gen_opts_free(gen_opts *o) {
+    free(o->chat_template_buf);
+    o->chat_template_buf = NULL;
+}
+
+void gen_opts_usage(FILE *f) {
+    fputs("  -m, --model FILE     GGUF model (the base when --expert is given)\n"
+          "  -n, --n-predict N    new tokens to generate (-1: until EOS or context full; default -1)\n"
+          "  -c, --ctx-size N     context size (default min(training context, 4096))\n"
+          "  -t, --threads N      threads (default: all cores)\n"
+          "  --temp T             temperature (default 0.8; 0 = greedy)\n"
+          "  --top-k K            top-k (default 40; 0 = off)\n"
+          "  --top-p P            top-p (default 0.95; 1 = off)\n"
+          "  --min-p P            min-p (default 0.05; 0 = off)\n"
+          "  -s, --seed S         RNG seed (default: random)\n"
+          "  --mmap               compute from the file mapping (faster start, slower generation)\n"
+          "  --quiet              no load line or timings on stderr\n"
+          "  --verbose-prompt     print the prompt text and its token ids on stderr\n"
+          "chat:\n"
+          "  --system TEXT        system message\n"
+          "  --chat-template T    chat format by name (chatml, llama3, mistral-v7, ...; `duet chat\n"
+          "                       --list-templates`) or a Jinja template's text; default: the\n"
+          "                       model's tokenizer.chat_template\n"
+          "  --chat-template-file FILE  the same, read from a file\n"
+          "collaboration (Co-LLM):\n"
+          "  --expert FILE        expert model; the base defers tokens to it\n"
+          "  --head FILE          deferral head of the base (duet head init / train)\n"
+          "  --policy NAME        collm (default with --head), base, expert, random, confidence,\n"
+          "                       compose, proxy, contrastive, uncertainty\n"
+          "  --threshold X        eta for collm/compose (default: the head's, else 0.5);\n"
+          "                       entropy in nats for uncertainty (default 2.0)\n"
+          "  --random-rate R      deferral probability of the random policy\n"
+          "  --anti FILE          third model for proxy tuning (logits_e + logits_b - logits_anti)\n"
+          "  --expert-sync MODE   lazy (default: catch up only when deferring) or eager\n"
+          "  --color              highlight expert tokens on a terminal\n", f);
+}
+
+int gen_opts_parse(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
+    const char *a = argv[*i], *v;
+    duet_sampler_params *sp = &o->cp.sampling;
+#define VAL() do { if (!(v = arg_value(cmd, argc, argv, i))) return -1; } while (0)
+#define NUM(call) do { VAL(); if (!(call)) return -1; } while (0)
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); o->model_path = v; }
+    else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) NUM(arg_int(cmd, a, v, -1, 1 << 24, &o->n_predict));
+    else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) NUM(arg_int(cmd, a, v, 0, 1 << 24, &o->n_ctx));
+    else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) NUM(arg_int(cmd, a, v, 1, 256, &o->n_threads));
+    else if (!strcmp(a, "--temp")) NUM(arg_float(cmd, a, v, 0, 1e6, &sp->temp));
+    else if (!strcmp(a, "--top-k")) NUM(arg_int(cmd, a, v, 0, 1 << 30, &sp->top_k));
+    else if (!strcmp(a, "--top-p")) NUM(arg_float(cmd, a, v, 0, 1, &sp->top_p));
+    else if (!strcmp(a, "--min-p")) NUM(arg_float(cmd, a, v, 0, 1, &sp->min_p));
+    else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) NUM(arg_u64(cmd, a, v, &sp->seed));
+    else if (!strcmp(a, "--expert")) { VAL(); o->expert_path = v; }
+    else if (!strcmp(a, "--head")) { VAL(); o->head_path = v; }
+    else if (!strcmp(a, "--anti")) { VAL(); o->anti_path = v; }
+    else if (!strcmp(a, "--system")) { VAL(); o->system = v; }
+    else if (!strcmp(a, "--chat-template")) { VAL(); o->chat_template = v; }
+    else if (!strcmp(a, "--chat-template-file")) {
+        VAL();
+        free(o->chat_template_buf);
+        if (!(o->chat_template_buf = read_file(cmd, v, NULL))) return -1;
+        o->chat_template = o->chat_template_buf;
+    } else if (!strcmp(a, "--policy")) {
+        VAL();
+        if ((o->policy = duet_policy_from_name(v)) < 0) {
+            fprintf(stderr, "duet %s: --policy '%s' is not one of collm, base, expert, random, "
+                            "confidence, compose, proxy, contrastive, uncertainty\n", cmd, v);
+            return -1;
+        }
+    } else if (!strcmp(a, "--threshold")) NUM(arg_float(cmd, a, v, 0, 1e6, &o->cp.threshold));
+    else if (!strcmp(a, "--random-rate")) NUM(arg_float(cmd, a, v, 0, 1, &o->cp.random_rate));
+    else if (!strcmp(a, "--expert-sync")) {
+        VAL();
+        if (strcmp(v, "lazy") && strcmp(v, "eager")) {
+            fprintf(stderr, "duet %s: --expert-sync '%s' is not lazy or eager\n", cmd, v);
+            return -1;
+        }
+        o->cp.eager_sync = !strcmp(v, "eager");
+    } else if (!strcmp(a, "--mmap")) o->use_mmap = 1;
+    else if (!strcmp(a, "--no-mmap")) o->use_mmap = 0;
+    else if (!strcmp(a, "--quiet")) o->quiet = 1;
+    else if (!strcmp(a, "--color")) o->color = 1;
+    else if (!strcmp(a, "--verbose-prompt")) o->verbose_prompt = 1;
+    else return 0;
+#undef NUM
+#undef VAL
+    return 1;
+}
+
+int gen_opts_finish(const char *cmd, gen_opts *o) {
+    if (!o->model_path) {
+        fprintf(stderr, "duet %s: -m MODEL is required\n", cmd);
+        return 0;
+    }
+    if (o->policy < 0)
+        o->policy = !o->expert_path ? DUET_POLICY_BASE : o->head_path ? DUET_POLICY_COLLM : -1;
+    if (o->policy < 0) {
+        fprintf(stderr, "duet %s: with --expert, give --head (policy collm) or --policy NAME\n", cmd);
+        return 0;
+    }
+    o->cp.policy = (duet_policy)o->policy;
+    o->cp.n_ctx = o->n_ctx;
+    return 1;
+}
+
+int gen_load(const char *cmd, const gen_opts *o, gen_models *g, duet_error *err) {
+    memset(g, 0, sizeof *g);
+    double t0 = duet_time_s();
+    duet_model_params mp = {.n_threads = o->n_threads, .use_mmap = o->use_mmap};
+    int rc;
+    if ((rc = duet_model_load(o->model_path, &mp, &g->base, err)) ||
+        (o->expert_path && (rc = duet_model_load(o->expert_path, &mp, &g->expert, err))) ||
+        (o->anti_path && (rc = duet_model_load(o->anti_path, &mp, &g->anti, err))) ||
+        (o->head_path && (rc = duet_head_load(o->head_path, g->base, &g->head, err))))
+        return rc;
+    double t_load = duet_time_s() - t0;
+    if ((rc = duet_collab_new(g->base, g->expert, g->anti, g->head, &o->cp, &g->co, err))) return rc;
+    if (!o->quiet) {
+        const duet_hparams *hp = duet_model_hparams(g->base);
+        fprintf(stderr, "duet %s: %s (%s, %d layers, n_embd %d, vocab %d)%s%s%s loaded in %.2fs%s%s\n",
+                cmd, hp->name, hp->arch, hp->n_layer, hp->n_embd, hp->n_vocab,
+                g->expert ? " + expert " : "", g->expert ? duet_model_hparams(g->expert)->name : "",
+                g->expert && duet_collab_bridged(g->co) ? " (vocabulary bridge)" : "", t_load,
+                g->expert ? "; policy " : "", g->expert ? duet_policy_name(o->policy) : "");
+    }
+    return DUET_OK;
+}
+
+void gen_free(gen_models *g) {
+    duet_collab_free(g->co);
+    duet_head_free(g->head);
+    duet_model_free(g->anti);
+    duet_model_free(g->expert);
+    duet_model_free(g->base);
+    memset(g, 0, sizeof *g);
+}
+
+void gen_result_free(gen_result *r) {
+    free(r->text);
+    free(r->src);
+    memset(r, 0, sizeof *r);
+}
+
+void json_str(FILE *f, const char *s, size_t n) {
+    fputc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch == '\n') fputs("\\n", f);
+        else if (ch == '\t') fputs("\\t", f);
+        else if (ch < 0x20 || ch == 0x7f) fprintf(f, "\\u%04x", ch);
+        else if (ch >= 0x80) { /* whole UTF-8 sequences pass; a stray byte stays valid JSON */
+            size_t len = ch >= 0xf0 ? 4 : ch >= 0xe0 ? 3 : ch >= 0xc0 ? 2 : 0;
+            int ok = len && i + len <= n;
+            for (size_t k = 1; ok && k < len; k++) ok = ((unsigned char)s[i + k] & 0xc0) == 0x80;
+            if (ok) { fwrite(s + i, 1, len, f); i += len - 1; }
+            else fprintf(f, "\\u%04x", ch);
+        } else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static void json_num(FILE *f, const char *key, double v) {
+    if (isfinite(v)) fprintf(f, ",\"%s\":%.6g", key, v);
+    else fprintf(f, ",\"%s\":null", key);
+}
+
+/* Print text[shown..to) on stdout, expert bytes highlighted when hl. */
+static void show(gen_result *r, size_t to, int hl, int flush) {
+    while (r->shown < to) {
+        size_t j = r->shown;
+        int s = r->src[j];
+        while (j < to && r->src[j] == s) j++;
+        if (hl && s != DUET_SRC_BASE) fputs(s == DUET_SRC_EXPERT ? "\x1b[1;36m" : "\x1b[1;35m", stdout);
+        fwrite(r->text + r->shown, 1, j - r->shown, stdout);
+        if (hl && s != DUET_SRC_BASE) fputs("\x1b[0m", stdout);
+        r->shown = j;
+    }
+    if (flush) fflush(stdout);
+}
+
+static int append(gen_result *r, const char *s, size_t n, int src) {
+    if (r->len + n + 1 > r->cap) {
+        size_t cap = (r->len + n + 1) * 2;
+        char *t = realloc(r->text, cap);
+        if (t) r->text = t;
+        unsigned char *u = realloc(r->src, cap);
+        if (u) r->src = u;
+        if (!t || !u) return 0;
+        r->cap = cap;
+    }
+    memcpy(r->text + r->len, s, n);
+    memset(r->src + r->len, src, n);
+    r->len += n;
+    r->text[r->len] = 0;
+    return 1;
+}
+
+int gen_decode(const gen_opts *o, gen_models *g, int32_t prev, const char *stop, FILE *trace,
+               gen_result *r, duet_error *err) {
+    memset(r, 0, sizeof *r);
+    size_t sl = stop ? strlen(stop) : 0;
+    int tty = isatty(1), hl = o->color && tty;
+    char piece[256];
+    double t0 = duet_time_s();
+    int rc = DUET_OK;
+    r->stop = GEN_STOP_LIMIT;
+    if (!append(r, "", 0, 0)) {
+        snprintf(err->msg, sizeof err->msg, "out of memory");
+        return DUET_ERR_NOMEM;
+    }
+    while (o->n_predict < 0 || r->n_gen < o->n_predict) {
+        duet_collab_token t;
+        rc = duet_collab_step(g->co, &t, err);
+        if (rc == DUET_EOS) { rc = DUET_OK; r->stop = GEN_STOP_EOG; break; }
+        if (rc == DUET_ERR_RANGE) { /* context full: what was generated stands */
+            if (!o->quiet) fprintf(stderr, "\nduet: %s\n", err->msg);
+            rc = DUET_OK;
+            r->stop = GEN_STOP_CONTEXT;
+            break;
+        }
+        if (rc) break;
+        int len = duet_token_to_piece(g->base, prev, t.id, piece, sizeof piece);
+        len = len < 0 ? 0 : len > (int)sizeof piece ? (int)sizeof piece : len;
+        if (trace) {
+            static const char *src[3] = {"base", "expert", "mixed"};
+            fprintf(trace, "{\"i\":%d,\"id\":%d,\"text\":", r->n_gen, t.id);
+            json_str(trace, piece, (size_t)len);
+            fprintf(trace, ",\"source\":\"%s\"", src[t.source]);
+            json_num(trace, "p_defer", t.p_defer);
+            json_num(trace, "score", t.score);
+            fprintf(trace, ",\"base_top\":%d", t.base_top);
+            json_num(trace, "base_top_p", t.base_top_p);
+            fprintf(trace, ",\"expert_top\":%d", t.expert_top);
+            json_num(trace, "expert_top_p", t.expert_top >= 0 ? t.expert_top_p : NAN);
+            fputs("}\n", trace);
+        }
+        r->n_gen++;
+        prev = t.id;
+        if (!append(r, piece, (size_t)len, t.source)) {
+            snprintf(err->msg, sizeof err->msg, "out of memory");
+            rc = DUET_ERR_NOMEM;
+            break;
+        }
+        if (!sl) { show(r, r->len, hl, tty); continue; }
+        /* A stop text can only begin at or after `shown`: every suffix that might begin one
+         * is held back. */
+        const char *hit = memmem(r->text + r->shown, r->len - r->shown, stop, sl);
+        if (hit) {
+            r->len = (size_t)(hit - r->text);
+            r->text[r->len] = 0;
+            r->stop = GEN_STOP_TEXT;
+            break;
+        }
+        size_t hold = r->len - r->shown < sl - 1 ? r->len - r->shown : sl - 1;
+        while (hold && memcmp(r->text + r->len - hold, stop, hold)) hold--;
+        show(r, r->len - hold, hl, tty);
+    }
+    show(r, r->len, hl, 1);
+    r->t_gen = duet_time_s() - t0;
+    return rc;
+}
+
+void gen_print_stats(const char *cmd, const gen_models *g, int n_prompt, double t_prompt,
+                     const gen_result *r) {
+    const duet_collab_stats *st = duet_collab_get_stats(g->co);
+    fprintf(stderr, "duet %s: prompt %d tokens in %.3fs (%.2f tok/s); generated %d tokens in "
+                    "%.3fs (%.2f tok/s)\n", cmd, n_prompt, t_prompt,
+            n_prompt / (t_prompt > 0 ? t_prompt : 1e-9), r->n_gen, r->t_gen,
+            r->n_gen / (r->t_gen > 0 ? r->t_gen : 1e-9));
+    if (g->expert)
+        fprintf(stderr, "duet %s: deferred %d of %d tokens (%.1f%%), expert calls %d, expert "
+                        "tokens evaluated %ld (prompt + catch-up), time base %.3fs, expert %.3fs\n",
+                cmd, st->n_deferred, st->n_generated,
+                100.0 * st->n_deferred / (st->n_generated ? st->n_generated : 1), st->expert_calls,
+                st->expert_evaluated, st->t_base, st->t_expert);
+}
+
+void gen_print_prompt(const char *cmd, const char *text, size_t len, const int32_t *toks, int n) {
+    fprintf(stderr, "duet %s: prompt: ", cmd);
+    json_str(stderr, text, len);
+    fprintf(stderr, "\nduet %s: prompt tokens (%d): [", cmd, n);
+    for (int i = 0; i < n; i++) fprintf(stderr, i ? ", %d" : "%d", toks[i]);
+    fputs("]\n", stderr);
+}
+
+int32_t *tokenize_alloc(const duet_model *m, const char *text, size_t len, int add_bos,
+                        int parse_special, int *n, duet_error *err) {
+    int k = duet_tokenize(m, text, len, add_bos, parse_special, NULL, 0, err);
+    if (k < 0) return NULL;
+    int32_t *t = malloc((size_t)(k + 1) * sizeof *t);
+    if (!t) { snprintf(err->msg, sizeof err->msg, "out of memory"); return NULL; }
+    if ((k = duet_tokenize(m, text, len, add_bos, parse_special, t, k, err)) < 0) {
+        free(t);
+        return NULL;
+    }
+    *n = k;
+    return t;
+}
+
+char *chat_render_alloc(const char *format, const duet_chat_message *msgs, int n,
+                        duet_error *err) {
+    int k = duet_chat_render(format, msgs, n, 1, NULL, 0, err);
+    if (k < 0) return NULL;
+    char *s = malloc((size_t)k + 1);
+    if (!s) { snprintf(err->msg, sizeof err->msg, "out of memory"); return NULL; }
+    if (duet_chat_render(format, msgs, n, 1, s, (size_t)k + 1, err) < 0) { free(s); return NULL; }
+    return s;
 }

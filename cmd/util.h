@@ -1,10 +1,14 @@
-/* util.h: argument parsing shared by the subcommands. Parsers print "duet CMD: ..." on
- * failure and return 0; callers then return 2 (usage error). */
+/* util.h: argument parsing shared by the subcommands, and the generation loop shared by
+ * `duet run` and `duet chat`. Parsers print "duet CMD: ..." on failure and return 0; callers
+ * then return 2 (usage error). */
 #ifndef DUET_CMD_UTIL_H
 #define DUET_CMD_UTIL_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+
+#include "duet.h"
 
 /* The value after argv[*i] (advancing *i), or NULL with a message when missing. */
 const char *arg_value(const char *cmd, int argc, char **argv, int *i);
@@ -15,5 +19,67 @@ int arg_float(const char *cmd, const char *flag, const char *s, double lo, doubl
 int arg_int_list(const char *cmd, const char *flag, const char *s, int *out, int cap);
 /* Read a whole file (NUL-terminated); NULL with a message on failure. */
 char *read_file(const char *cmd, const char *path, size_t *len);
+
+
+/* ---- generation (run, chat) -------------------------------------------------------------- */
+/* Options both generating commands take: models, sampling, collaboration, chat format. */
+typedef struct gen_opts {
+    const char *model_path, *expert_path, *head_path, *anti_path;
+    const char *chat_template; /* --chat-template: a format name or a template file's text */
+    const char *system;        /* --system TEXT */
+    char *chat_template_buf;   /* owned text of --chat-template FILE (free with gen_opts_free) */
+    int n_predict, n_ctx, n_threads, use_mmap, quiet, color, verbose_prompt, policy;
+    duet_collab_params cp;
+} gen_opts;
+
+void gen_opts_init(gen_opts *o);
+void gen_opts_free(gen_opts *o);
+/* Take argv[*i] when it is one of the shared options: 1 taken, 0 not one of them, -1 bad
+ * value (message printed; exit status 2). */
+int gen_opts_parse(const char *cmd, gen_opts *o, int argc, char **argv, int *i);
+/* After parsing: -m given and the policy resolved; 0 with a message on a usage error. */
+int gen_opts_finish(const char *cmd, gen_opts *o);
+void gen_opts_usage(FILE *f);
+
+typedef struct gen_models {
+    duet_model *base, *expert, *anti;
+    duet_head *head;
+    duet_collab *co;
+} gen_models;
+
+/* Load the models and head, create the collab, print the load line unless quiet. */
+int gen_load(const char *cmd, const gen_opts *o, gen_models *g, duet_error *err);
+void gen_free(gen_models *g);
+
+enum { GEN_STOP_LIMIT, GEN_STOP_EOG, GEN_STOP_TEXT, GEN_STOP_CONTEXT };
+typedef struct gen_result {
+    char *text;            /* what was printed (a stop text excluded), NUL-terminated */
+    unsigned char *src;    /* [len] DUET_SRC_* of each byte (colors) */
+    size_t len, cap, shown;
+    int n_gen, stop;       /* tokens emitted, GEN_STOP_* */
+    double t_gen;
+} gen_result;
+void gen_result_free(gen_result *r);
+
+/* Generate after duet_collab_start (prev: the last prompt token): print each piece on stdout
+ * (expert tokens highlighted with --color on a terminal), one trace line per token when trace
+ * is not NULL, until n_predict tokens, an end-of-generation token, the text `stop` (held back
+ * while it may be starting, never printed; NULL or "" for none) or a full context. */
+int gen_decode(const gen_opts *o, gen_models *g, int32_t prev, const char *stop, FILE *trace,
+               gen_result *r, duet_error *err);
+/* "prompt N tokens in ...; generated ..." and the collaboration summary on stderr. */
+void gen_print_stats(const char *cmd, const gen_models *g, int n_prompt, double t_prompt,
+                     const gen_result *r);
+/* The --verbose-prompt lines on stderr: the text as a JSON string, then the token ids. */
+void gen_print_prompt(const char *cmd, const char *text, size_t len, const int32_t *toks, int n);
+
+/* Tokenize into a new array (*n ids); NULL with err filled on failure. */
+int32_t *tokenize_alloc(const duet_model *m, const char *text, size_t len, int add_bos,
+                        int parse_special, int *n, duet_error *err);
+/* duet_chat_render into a new NUL-terminated string; NULL with err filled on failure. */
+char *chat_render_alloc(const char *format, const duet_chat_message *msgs, int n,
+                        duet_error *err);
+/* A JSON string literal for s[0..n) (invalid UTF-8 bytes become \u00XX). */
+void json_str(FILE *f, const char *s, size_t n);
 
 #endif

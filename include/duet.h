@@ -329,6 +329,47 @@ const int32_t *duet_collab_tokens(const duet_collab *c, int *n);
 /* 1 when the vocabularies differ and ids go through the bridge. */
 int duet_collab_bridged(const duet_collab *c);
 
+/* ---- chat templates ------------------------------------------------------------------------ */
+/* A conversation is rendered into prompt text by a built-in chat format. A model's Jinja
+ * template (tokenizer.chat_template) is recognised by distinctive substrings, never evaluated.
+ * Format names follow llama.cpp (chatml, llama2, llama2-sys, llama3, mistral-v1, mistral-v3,
+ * mistral-v7, phi3, gemma, deepseek3, command-r, ...) plus formats that reproduce one model
+ * family's own template exactly (qwen2.5, llama3.1, mistral-nemo, deepseek-r1, ...).
+ * The rendered text leaves out the template's leading BOS: tokenize it with add_bos = 1 and
+ * parse_special = 1. Only plain chat: tool-calling templates are refused with the reason. */
+typedef struct duet_chat_message {
+    const char *role;     /* "system", "user" or "assistant" */
+    const char *content;  /* NUL-terminated UTF-8; may be empty, not NULL */
+} duet_chat_message;
+
+#define DUET_CHAT_MAX_BYTES (64 << 20)   /* largest rendered conversation (and message) */
+#define DUET_CHAT_MAX_MESSAGES (1 << 20)
+
+/* The built-in format names (static, NULL-terminated); *n (may be NULL) gets the count. */
+const char *const *duet_chat_template_names(int *n);
+/* Which format a template uses: tmpl[0..len) is a format name or a Jinja template source.
+ * *name gets the (static) format name. DUET_ERR_UNSUPPORTED, naming the template's first bytes,
+ * when it is not recognised or is a recognised template duet refuses (tool calling). */
+int duet_chat_template_detect(const char *tmpl, size_t len, const char **name, duet_error *err);
+/* The text that closes an assistant turn in that format ("<|im_end|>", "<|eot_id|>", ...; "" when
+ * the format has none, NULL for an unknown name): generation stops when it appears. */
+const char *duet_chat_template_eot(const char *name);
+/* Render msgs[0..n) (add_generation_prompt: end with the assistant turn's opening) with tmpl,
+ * a format name or template source (NUL-terminated). Writes at most cap bytes including a NUL;
+ * returns the length of the full text (call again with a larger buffer when >= cap), or a
+ * negative status: NULL role/content, unknown role, more than DUET_CHAT_MAX_BYTES of text. */
+int duet_chat_render(const char *tmpl, const duet_chat_message *msgs, int n,
+                     int add_generation_prompt, char *buf, size_t cap, duet_error *err);
+/* The model's tokenizer.chat_template: *tmpl points into the model (valid while it lives, NOT
+ * NUL-terminated) with *len bytes, or is NULL when the model has none. */
+int duet_model_chat_template(const duet_model *model, const char **tmpl, size_t *len,
+                             duet_error *err);
+/* The format to chat with: override (a name or template source) when not NULL, else the
+ * model's own template, recognised. An error names the model file when its template is absent
+ * or not recognised. */
+int duet_model_chat_format(const duet_model *model, const char *override, const char **name,
+                           duet_error *err);
+
 /* ---- model files: import and fixtures ---------------------------------------------------- */
 typedef struct duet_convert_params {
     const char *checkpoint;  /* llama2.c .bin (version 0 "legacy" layout) */

@@ -196,6 +196,11 @@ static long expert_evaluated(const duet_collab *c) {
            (c->has_anti ? duet_session_n_evaluated(c->anti.s) : 0);
 }
 
+static void update_counts(duet_collab *c) {
+    c->st.expert_evaluated = expert_evaluated(c) - c->ex_eval0;
+    c->st.base_evaluated = duet_session_n_evaluated(c->sb) - c->base_eval0;
+}
+
 int duet_collab_start(duet_collab *c, const int32_t *prompt, int n, duet_error *err) {
     if (n <= 0) return duet_fail(err, DUET_ERR_ARG, "empty prompt (at least BOS is needed)");
     if (n >= c->n_ctx)
@@ -216,6 +221,7 @@ int duet_collab_start(duet_collab *c, const int32_t *prompt, int n, duet_error *
     c->st.t_base += duet_time_s() - t0;
     if (!rc && c->p.eager_sync && c->has_expert) rc = follower_sync(c, &c->ex, 0, err);
     c->st.t_total += duet_time_s() - t0;
+    update_counts(c); /* so that the stats show what the prompt cost (cache reuse) */
     return rc;
 }
 
@@ -232,11 +238,6 @@ static void log_softmax(const float *l, int n, float *out) {
     duet_softmax_stats(l, n, &mx, &z, NULL);
     double lz = mx + log(z);
     for (int i = 0; i < n; i++) out[i] = (float)((double)l[i] - lz);
-}
-
-static void update_counts(duet_collab *c) {
-    c->st.expert_evaluated = expert_evaluated(c) - c->ex_eval0;
-    c->st.base_evaluated = duet_session_n_evaluated(c->sb) - c->base_eval0;
 }
 
 int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
