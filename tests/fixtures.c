@@ -2,9 +2,11 @@
  * llama2.c models from ../shared imported with duet's converter, and random-weight models
  * written by duet's own GGUF writer. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "../src/gguf.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"
@@ -94,4 +96,77 @@ struct duet_head *fixture_random_head(struct duet_model *b, uint64_t seed, float
     duet_error err = {0};
     if (duet_head_from_vector(b, u, E, &h, &err)) test_fail_at(__FILE__, __LINE__, "%s", err.msg);
     return h;
+}
+
+/* A copy of fixture_random(F32, seed 7) whose last two made-up tokens are the ChatML control
+ * tokens, with FIXTURE_CHAT_TEMPLATE as tokenizer.chat_template: a model to chat with. The
+ * copy goes through duet's GGUF reader and writer, key by key and tensor by tensor. */
+static void copy_kv(gguf_writer *w, const gguf_kv *kv) {
+    static const char *const specials[2] = {"<|im_start|>", "<|im_end|>"};
+    switch (kv->type) {
+    case GGUF_TYPE_UINT32: gguf_set_u32(w, kv->key, (uint32_t)kv->v.u64); break;
+    case GGUF_TYPE_INT32: gguf_set_i32(w, kv->key, (int32_t)kv->v.i64); break;
+    case GGUF_TYPE_UINT64: gguf_set_u64(w, kv->key, kv->v.u64); break;
+    case GGUF_TYPE_FLOAT32: gguf_set_f32(w, kv->key, (float)kv->v.f64); break;
+    case GGUF_TYPE_BOOL: gguf_set_bool(w, kv->key, kv->v.u64 != 0); break;
+    case GGUF_TYPE_STRING: {
+        char s[4096];
+        snprintf(s, sizeof s, "%.*s", (int)kv->str.len, kv->str.ptr);
+        gguf_set_str(w, kv->key, s);
+        break;
+    }
+    case GGUF_TYPE_ARRAY:
+        if (kv->arr_type == GGUF_TYPE_STRING) {
+            uint64_t n = kv->arr_n;
+            const char **p = calloc(n, sizeof *p);
+            uint64_t *l = calloc(n, sizeof *l);
+            for (uint64_t i = 0; p && l && i < n; i++) {
+                int sp = !strcmp(kv->key, "tokenizer.ggml.tokens") && i + 2 >= n;
+                p[i] = sp ? specials[i + 2 - n] : kv->arr_str[i].ptr;
+                l[i] = sp ? strlen(p[i]) : kv->arr_str[i].len;
+            }
+            if (p && l) gguf_set_arr_str(w, kv->key, p, l, n);
+            free(p);
+            free(l);
+        } else if (!strcmp(kv->key, "tokenizer.ggml.token_type")) {
+            int32_t *t = malloc(kv->arr_n * sizeof *t);
+            if (!t) break;
+            memcpy(t, kv->arr_data, kv->arr_n * sizeof *t);
+            t[kv->arr_n - 2] = t[kv->arr_n - 1] = 3; /* control */
+            gguf_set_arr(w, kv->key, kv->arr_type, t, kv->arr_n);
+            free(t);
+        } else {
+            gguf_set_arr(w, kv->key, kv->arr_type, kv->arr_data, kv->arr_n);
+        }
+        break;
+    default: test_fail_at(__FILE__, __LINE__, "copy_kv: %s has type %d", kv->key, kv->type);
+    }
+}
+
+const char *fixture_chat_model(void) {
+    static char out[512];
+    if (out[0]) return out;
+    const char *src = fixture_random(0, 7, 0);
+    if (!src) return NULL;
+    char path[512];
+    snprintf(path, sizeof path, "%s/chat-chatml.gguf", test_tmpdir());
+    gguf_file *f = NULL;
+    gguf_writer *w = gguf_writer_new();
+    duet_error err = {0};
+    int rc = gguf_open(src, &f, &err);
+    for (uint64_t i = 0; !rc && i < f->n_kv; i++) copy_kv(w, &f->kv[i]);
+    if (!rc) gguf_set_str(w, "tokenizer.chat_template", FIXTURE_CHAT_TEMPLATE);
+    for (uint64_t i = 0; !rc && i < f->n_tensors; i++) {
+        const gguf_tensor *t = &f->tensors[i];
+        rc = gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, &err);
+    }
+    if (!rc) rc = gguf_write(w, path, &err);
+    gguf_writer_free(w);
+    gguf_close(f);
+    if (rc) {
+        test_fail_at(__FILE__, __LINE__, "fixture_chat_model: %s", err.msg);
+        return NULL;
+    }
+    snprintf(out, sizeof out, "%s", path);
+    return out;
 }

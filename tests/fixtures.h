@@ -19,4 +19,14 @@ struct duet_model *fixture_load(const char *path);
  * [-scale/2, scale/2] (scale 0.5 spreads a random model's scores over a few logits). */
 struct duet_head *fixture_random_head(struct duet_model *b, uint64_t seed, float scale);
 
+/* A random-weight model to chat with: fixture_random's vocabulary with ids 598 and 599 turned
+ * into the ChatML control tokens, and a ChatML template in tokenizer.chat_template. */
+#define FIXTURE_CHAT_TEMPLATE                                                                   \
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "              \
+    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}"    \
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+#define FIXTURE_CHAT_IM_START 598
+#define FIXTURE_CHAT_IM_END 599
+const char *fixture_chat_model(void);
+
 #endif
