@@ -15,12 +15,15 @@ static const char *duet_bin(void) {
     return b && access(b, X_OK) == 0 ? b : NULL;
 }
 
-/* Run `duet ARGS`, capture stdout and stderr into out/err (NUL-terminated); exit status. */
-static int run_duet(const char *args, char *out, size_t outcap, char *err, size_t errcap) {
+/* Run `duet ARGS` with stdin from the file `in` (NULL: /dev/null), capture stdout and stderr
+ * into out/err (NUL-terminated); exit status. */
+static int run_duet_in(const char *args, const char *in, char *out, size_t outcap, char *err,
+                       size_t errcap) {
     char o[600], e[600], cmd[4096];
     snprintf(o, sizeof o, "%s/cli-out.txt", test_tmpdir());
     snprintf(e, sizeof e, "%s/cli-err.txt", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s %s >'%s' 2>'%s' </dev/null", duet_bin(), args, o, e);
+    snprintf(cmd, sizeof cmd, "%s %s >'%s' 2>'%s' <'%s'", duet_bin(), args, o, e,
+             in ? in : "/dev/null");
     int st = system(cmd);
     const char *paths[2] = {o, e};
     char *bufs[2] = {out, err};
@@ -33,6 +36,10 @@ static int run_duet(const char *args, char *out, size_t outcap, char *err, size_
         if (f) fclose(f);
     }
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int run_duet(const char *args, char *out, size_t outcap, char *err, size_t errcap) {
+    return run_duet_in(args, NULL, out, outcap, err, errcap);
 }
 
 static int count_lines(const char *s) {
@@ -218,4 +225,122 @@ TEST(cli_run_with_expert_head_trace) {
     snprintf(args, sizeof args, "run -m '%s' --expert '%s' --policy collm -p x -n 3", b, e);
     CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 1);
     CHECKF(strstr(err, "head") != NULL, "collm without a head: %s", err);
+}
+
+/* ---- chat ---------------------------------------------------------------------------------- */
+/* The JSON string after the n-th (0-based) "PREFIX" in s, copied into buf (without quotes). */
+static int nth_field(const char *s, const char *prefix, int n, char *buf, size_t cap) {
+    const char *p = s;
+    for (int i = 0; p && i <= n; i++) if ((p = strstr(p, prefix))) p += strlen(prefix);
+    if (!p) return 0;
+    const char *end = strchr(p, '\n');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    if (len >= cap) return 0;
+    memcpy(buf, p, len);
+    buf[len] = 0;
+    return 1;
+}
+
+static int count_str(const char *s, const char *needle) {
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, needle)); p += strlen(needle)) n++;
+    return n;
+}
+
+TEST(cli_run_chat_renders_the_template) {
+    NEED_BIN();
+    const char *m = fixture_chat_model();
+    REQUIRE(m);
+    static char out[16384], err[16384], ids[8192], want_ids[8192];
+    char args[4096], field[8192];
+    snprintf(args, sizeof args, "run -m '%s' --chat -p 'Hello there' --system 'Be brief.' -n 4 "
+             "--temp 0 --verbose-prompt", m);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    CHECKF(strstr(err, "chat format chatml"), "stderr: %s", err);
+    /* the rendering, written by hand (JSON-escaped as --verbose-prompt prints it) */
+    REQUIRE(nth_field(err, "duet run: prompt: ", 0, field, sizeof field));
+    CHECK_STR(field, "\"<|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nHello there"
+                     "<|im_end|>\\n<|im_start|>assistant\\n\"");
+    /* the prompt tokens are the hand-written text tokenised with special tokens parsed */
+    REQUIRE(nth_field(err, "prompt tokens (", 0, field, sizeof field));
+    const char *list = strchr(field, '[');
+    REQUIRE(list);
+    snprintf(ids, sizeof ids, "%s\n", list);
+    CHECKF(!strncmp(ids, "[1, 598, ", 9), "BOS then <|im_start|>: %s", ids);
+    CHECK_EQ_INT(count_str(ids, " 598,"), 3);
+    CHECK_EQ_INT(count_str(ids, " 599,"), 2);
+    char txt[600];
+    snprintf(txt, sizeof txt, "%s/chat-prompt.txt", test_tmpdir());
+    FILE *f = fopen(txt, "wb");
+    REQUIRE(f);
+    fputs("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello there<|im_end|>\n"
+          "<|im_start|>assistant\n", f);
+    fclose(f);
+    snprintf(args, sizeof args, "tokenize -m '%s' -f '%s' --ids --parse-special", m, txt);
+    CHECK_EQ_INT(run_duet(args, want_ids, sizeof want_ids, err, sizeof err), 0);
+    CHECK_STR(ids, want_ids);
+    /* --chat prints the answer only, not the prompt */
+    snprintf(args, sizeof args, "run -m '%s' --chat -p 'Hello there' -n 4 --temp 0 --quiet", m);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    CHECKF(!strstr(out, "Hello there") && !strstr(out, "im_start"), "stdout: %s", out);
+    /* --chat-template names a format over the model's own */
+    snprintf(args, sizeof args, "run -m '%s' --chat -p 'Hi' --system 'S' --chat-template llama2 -n 1 "
+             "--temp 0 --quiet --verbose-prompt", m);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 0);
+    REQUIRE(nth_field(err, "duet run: prompt: ", 0, field, sizeof field));
+    CHECK_STR(field, "\"[INST] S\\nHi [/INST]\"");
+    /* errors: an unknown template text, a model without a template, --system without --chat */
+    snprintf(args, sizeof args, "run -m '%s' --chat -p 'Hi' --chat-template '{{ messages }}' -n 1", m);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 1);
+    CHECKF(count_lines(err) == 2 && strstr(err, "{{ messages }}") && strstr(err, "not one duet recognises"),
+           "stderr: %s", err); /* the load line, then the error */
+    const char *plain = fixture_random(DT_F32, 1, 0);
+    snprintf(args, sizeof args, "run -m '%s' --chat -p 'Hi' -n 1 --quiet", plain);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 1);
+    CHECKF(count_lines(err) == 1 && strstr(err, "no tokenizer.chat_template"), "stderr: %s", err);
+    snprintf(args, sizeof args, "run -m '%s' --system 'S' -p 'Hi' -n 1", m);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 2);
+}
+
+TEST(cli_chat_from_a_pipe) {
+    NEED_BIN();
+    const char *m = fixture_chat_model();
+    REQUIRE(m);
+    static char out[16384], err[32768], p1[8192], p2[8192];
+    char args[4096], in[600];
+    snprintf(in, sizeof in, "%s/chat-in.txt", test_tmpdir());
+    FILE *f = fopen(in, "wb");
+    REQUIRE(f);
+    fputs("Hello\nHow are you?\n\n/exit\nignored\n", f);
+    fclose(f);
+    snprintf(args, sizeof args, "chat -m '%s' --system 'Be brief.' -n 5 --temp 0 --verbose-prompt", m);
+    CHECK_EQ_INT(run_duet_in(args, in, out, sizeof out, err, sizeof err), 0);
+    /* two turns: nothing after /exit, the empty line skipped */
+    CHECK_EQ_INT(count_str(err, "duet chat: prompt: "), 2);
+    CHECKF(strstr(err, "turn 2:") && !strstr(err, "turn 3:") && !strstr(err, "ignored"), "%s", err);
+    REQUIRE(nth_field(err, "duet chat: prompt: ", 0, p1, sizeof p1));
+    REQUIRE(nth_field(err, "duet chat: prompt: ", 1, p2, sizeof p2));
+    CHECK_STR(p1, "\"<|im_start|>system\\nBe brief.<|im_end|>\\n<|im_start|>user\\nHello<|im_end|>\\n"
+                  "<|im_start|>assistant\\n\"");
+    /* turn 2 keeps the conversation: turn 1's prompt, the answer, then the new user turn */
+    size_t l1 = strlen(p1) - 1, l2 = strlen(p2);
+    const char *tail = "<|im_end|>\\n<|im_start|>user\\nHow are you?<|im_end|>\\n<|im_start|>assistant\\n\"";
+    CHECKF(!strncmp(p2, p1, l1) && l2 > strlen(tail) && !strcmp(p2 + l2 - strlen(tail), tail),
+           "turn 2 prompt: %s", p2);
+    /* and reuses the cache: fewer tokens evaluated than the prompt has */
+    int n2 = 0, ev2 = -1;
+    const char *t2 = strstr(err, "turn 2: prompt ");
+    CHECKF(t2 && sscanf(t2, "turn 2: prompt %d tokens (%d evaluated", &n2, &ev2) == 2 && ev2 > 0 &&
+           ev2 < n2 / 2, "%s", t2 ? t2 : err);
+    /* /reset starts over: greedy decoding then answers the same message the same way */
+    f = fopen(in, "wb");
+    REQUIRE(f);
+    fputs("Hello\n/reset\nHello\n", f); /* end of input ends the chat */
+    fclose(f);
+    snprintf(args, sizeof args, "chat -m '%s' -n 5 --temp 0 --quiet", m);
+    CHECK_EQ_INT(run_duet_in(args, in, out, sizeof out, err, sizeof err), 0);
+    size_t n = strlen(out); /* stdout: answer, newline, the same answer, newline */
+    CHECKF(n >= 4 && n % 2 == 0 && out[n / 2 - 1] == '\n' && !memcmp(out, out + n / 2, n / 2),
+           "answers differ after /reset: '%s'", out);
+    CHECKF(err[0] == 0, "--quiet printed: %s", err);
 }
