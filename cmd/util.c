@@ -310,7 +310,6 @@ static int append(gen_result *r, const char *s, size_t n, int src) {
 int gen_decode(const gen_opts *o, gen_models *g, int32_t prev, const char *stop, FILE *trace,
                gen_result *r, duet_error *err) {
     memset(r, 0, sizeof *r);
-    size_t sl = stop ? strlen(stop) : 0;
     int tty = isatty(1), hl = o->color && tty;
     char piece[256];
     double t0 = duet_time_s();
@@ -353,19 +352,15 @@ int gen_decode(const gen_opts *o, gen_models *g, int32_t prev, const char *stop,
             rc = DUET_ERR_NOMEM;
             break;
         }
-        if (!sl) { show(r, r->len, hl, tty); continue; }
-        /* A stop text can only begin at or after `shown`: every suffix that might begin one
-         * is held back. */
-        const char *hit = memmem(r->text + r->shown, r->len - r->shown, stop, sl);
-        if (hit) {
-            r->len = (size_t)(hit - r->text);
+        size_t upto = r->shown;
+        long at = duet_stop_scan(r->text, r->len, &stop, 1, &upto);
+        if (at >= 0) {
+            r->len = (size_t)at;
             r->text[r->len] = 0;
             r->stop = GEN_STOP_TEXT;
             break;
         }
-        size_t hold = r->len - r->shown < sl - 1 ? r->len - r->shown : sl - 1;
-        while (hold && memcmp(r->text + r->len - hold, stop, hold)) hold--;
-        show(r, r->len - hold, hl, tty);
+        show(r, upto, hl, tty);
     }
     show(r, r->len, hl, 1);
     r->t_gen = duet_time_s() - t0;

@@ -370,6 +370,14 @@ int duet_model_chat_template(const duet_model *model, const char **tmpl, size_t 
 int duet_model_chat_format(const duet_model *model, const char *override, const char **name,
                            duet_error *err);
 
+/* Stop texts in streamed output (the format's end-of-turn marker, a request's stop strings).
+ * text[0..len) is the output so far, of which text[0..*shown) was already released. Returns the
+ * offset of the earliest stop text (then *shown = that offset: release up to it, cut there), or
+ * -1 when none occurs; then *shown advances to what may be released now: all but a tail that
+ * could be the start of a stop text. Empty or NULL stops are ignored. */
+long duet_stop_scan(const char *text, size_t len, const char *const *stops, int n_stops,
+                    size_t *shown);
+
 /* ---- model files: import and fixtures ---------------------------------------------------- */
 typedef struct duet_convert_params {
     const char *checkpoint;  /* llama2.c .bin (version 0 "legacy" layout) */

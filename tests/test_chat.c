@@ -394,3 +394,31 @@ TEST(chat_model_template_metadata) {
     CHECKF(strstr(err.msg, plain) && strstr(err.msg, "no tokenizer.chat_template"), "%s", err.msg);
     duet_model_free(p);
 }
+
+TEST(chat_stop_scan_holds_back_a_possible_start) {
+    const char *eot[1] = {"<|im_end|>"};
+    size_t shown = 0;
+    /* "<|im" may begin the marker: held back */
+    CHECK_EQ_INT(duet_stop_scan("Hello<|im", 9, eot, 1, &shown), -1);
+    CHECK_EQ_INT(shown, 5);
+    /* the marker completes: cut at 5 */
+    CHECK_EQ_INT(duet_stop_scan("Hello<|im_end|>xx", 17, eot, 1, &shown), 5);
+    CHECK_EQ_INT(shown, 5);
+    /* "<|ix" cannot: everything is released */
+    shown = 5;
+    CHECK_EQ_INT(duet_stop_scan("Hello<|ix", 9, eot, 1, &shown), -1);
+    CHECK_EQ_INT(shown, 9);
+    /* several stop texts: the longest possible start is held, the earliest match wins */
+    const char *two[2] = {"\n\nUser:", "</s>"};
+    shown = 0;
+    CHECK_EQ_INT(duet_stop_scan("abc\n\nUs", 7, two, 2, &shown), -1);
+    CHECK_EQ_INT(shown, 3);
+    shown = 0;
+    CHECK_EQ_INT(duet_stop_scan("a</s>b\n\nUser:", 13, two, 2, &shown), 1);
+    CHECK_EQ_INT(shown, 1);
+    /* empty and NULL stop texts are ignored */
+    const char *none[2] = {"", NULL};
+    shown = 0;
+    CHECK_EQ_INT(duet_stop_scan("abc", 3, none, 2, &shown), -1);
+    CHECK_EQ_INT(shown, 3);
+}
