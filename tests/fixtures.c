@@ -19,6 +19,24 @@ const char *fixture_shared(const char *rel) {
     return access(p, R_OK) == 0 ? p : NULL;
 }
 
+char *fixture_read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *s = NULL;
+    long size = fseek(f, 0, SEEK_END) ? -1 : ftell(f);
+    if (size >= 0 && !fseek(f, 0, SEEK_SET) && (s = malloc((size_t)size + 1)) &&
+        fread(s, 1, (size_t)size, f) != (size_t)size) {
+        free(s);
+        s = NULL;
+    }
+    fclose(f);
+    if (s) {
+        s[size] = 0;
+        if (n) *n = (size_t)size;
+    }
+    return s;
+}
+
 /* Convert a shared llama2.c model once per run; NULL (and SKIP by caller) if absent. */
 const char *fixture_llama2c(const char *name) {
     static char done[4][512];

@@ -2,6 +2,7 @@
 #ifndef DUET_TEST_FIXTURES_H
 #define DUET_TEST_FIXTURES_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* Path of a readable file under ../shared, or NULL when absent. */
@@ -13,6 +14,8 @@ const char *fixture_llama2c(const char *name);
  * matrices of the given type; the same seed gives the same underlying f32 draws. */
 const char *fixture_random(int type, uint64_t seed, int tied);
 
+/* A whole file, NUL-terminated (*n its size; n may be NULL), or NULL. Caller frees. */
+char *fixture_read_file(const char *path, size_t *n);
 /* Load a model with 2 threads; a failure fails the current test and returns NULL. */
 struct duet_model *fixture_load(const char *path);
 /* A hand-made head for base b: a seeded random direction, elements uniform in

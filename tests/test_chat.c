@@ -36,6 +36,14 @@ static char *render(const char *tmpl, const duet_chat_message *m, int n, int gen
     return s;
 }
 
+/* Render and compare, reporting the caller's line. */
+#define EXPECT_RENDER(tmpl, msgs, n, gen, want)                                              \
+    do {                                                                                     \
+        char *_s = render(tmpl, msgs, n, gen);                                               \
+        CHECK_STR(_s, want);                                                                 \
+        free(_s);                                                                            \
+    } while (0)
+
 static const struct { const char *name, *want; } k_builtin[] = {
     {"chatml", "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n"
                "<|im_start|>assistant\nHi there<|im_end|>\n<|im_start|>user\nHow are you?<|im_end|>\n"
@@ -157,43 +165,27 @@ TEST(chat_builtin_formats_render_the_conversation) {
 TEST(chat_format_details) {
     const duet_chat_message user_only[1] = {{"user", "Hello"}};
     /* Qwen2.5's default system message when the conversation has none */
-    char *s = render("qwen2.5", user_only, 1, 1);
-    CHECK_STR(s, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+    EXPECT_RENDER("qwen2.5", user_only, 1, 1, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
                  "assistant.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n");
-    free(s);
     /* Llama 3.1: the system turn with the dates is there without a system message too */
-    s = render("llama3.1", user_only, 1, 0);
-    CHECK_STR(s, "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+    EXPECT_RENDER("llama3.1", user_only, 1, 0, "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
                  "Today Date: 26 Jul 2024\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
                  "Hello<|eot_id|>");
-    free(s);
     /* trimming: llama3 trims content, chatml keeps it */
     const duet_chat_message spaced[1] = {{"user", "  Hi \n"}};
-    s = render("llama3", spaced, 1, 0);
-    CHECK_STR(s, "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>");
-    free(s);
-    s = render("chatml", spaced, 1, 0);
-    CHECK_STR(s, "<|im_start|>user\n  Hi \n<|im_end|>\n");
-    free(s);
+    EXPECT_RENDER("llama3", spaced, 1, 0, "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>");
+    EXPECT_RENDER("chatml", spaced, 1, 0, "<|im_start|>user\n  Hi \n<|im_end|>\n");
     /* DeepSeek-R1 drops earlier reasoning: only what follows the last </think> stays */
     const duet_chat_message think[2] = {{"user", "Q"}, {"assistant", "<think>\nhmm\n</think>\n\nA"}};
-    s = render("deepseek-r1", think, 2, 0);
-    CHECK_STR(s, DS_USER "Q" DS_ASSISTANT "\n\nA" DS_EOS);
-    free(s);
+    EXPECT_RENDER("deepseek-r1", think, 2, 0, DS_USER "Q" DS_ASSISTANT "\n\nA" DS_EOS);
     /* Phi-3.5 prints no turn for an empty system message */
     const duet_chat_message empty_sys[2] = {{"system", ""}, {"user", "Hi"}};
-    s = render("phi3", empty_sys, 2, 1);
-    CHECK_STR(s, "<|user|>\nHi<|end|>\n<|assistant|>\n");
-    free(s);
+    EXPECT_RENDER("phi3", empty_sys, 2, 1, "<|user|>\nHi<|end|>\n<|assistant|>\n");
     /* empty content is allowed and renders as an empty turn */
     const duet_chat_message empty_user[1] = {{"user", ""}};
-    s = render("chatml", empty_user, 1, 1);
-    CHECK_STR(s, "<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n");
-    free(s);
+    EXPECT_RENDER("chatml", empty_user, 1, 1, "<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n");
     /* no messages: the generation prompt alone */
-    s = render("chatml", NULL, 0, 1);
-    CHECK_STR(s, "<|im_start|>assistant\n");
-    free(s);
+    EXPECT_RENDER("chatml", NULL, 0, 1, "<|im_start|>assistant\n");
     /* a small buffer gets the start and a NUL; the return value is the full length */
     char small[8];
     int k = duet_chat_render("chatml", user_only, 1, 0, small, sizeof small, NULL);
@@ -254,18 +246,6 @@ TEST(chat_bad_inputs_are_clear_errors) {
 }
 
 /* ---- the template files in ../shared ------------------------------------------------------ */
-static char *slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) { free(s); s = NULL; }
-    if (s) s[n] = 0;
-    fclose(f);
-    return s;
-}
 
 /* Expected renderings, read off each .jinja for the fixed conversation without tools. */
 #define WANT_CHATML \
@@ -331,7 +311,7 @@ TEST(chat_shared_template_files) {
     for (int i = 0; i < n_files; i++) {
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", dir, k_files[i].file);
-        char *t = slurp(path);
+        char *t = fixture_read_file(path, NULL);
         CHECKF(t, "cannot read %s", path);
         if (!t) continue;
         duet_error err = {0};
