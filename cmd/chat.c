@@ -195,9 +195,9 @@ int cmd_chat(int argc, char **argv) {
             }
         }
         if (!o.quiet)
-            fprintf(stderr, "duet chat: turn %d: prompt %d tokens (%ld evaluated, the rest reused) "
-                            "in %.3fs; answer %d tokens in %.3fs (%.2f tok/s)\n", turn, n_tok,
-                    ev_prompt, t_prompt, res.n_gen, res.t_gen,
+            fprintf(stderr, "duet chat: turn %d: prompt %d tokens (%ld evaluated, %ld from the "
+                            "cache) in %.3fs; answer %d tokens in %.3fs (%.2f tok/s)\n", turn,
+                    n_tok, ev_prompt, n_tok - ev_prompt, t_prompt, res.n_gen, res.t_gen,
                     res.n_gen / (res.t_gen > 0 ? res.t_gen : 1e-9));
         gen_result_free(&res);
     }

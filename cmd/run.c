@@ -98,7 +98,7 @@ int cmd_run(int argc, char **argv) {
     if (trace_path) { /* written to a temp file, renamed at the end: no partial output */
         snprintf(trace_tmp, sizeof trace_tmp, "%s.tmp", trace_path);
         if (!(trace = fopen(trace_tmp, "w"))) {
-            snprintf(err.msg, sizeof err.msg, "%s: cannot write", trace_tmp);
+            snprintf(err.msg, sizeof err.msg, "%.400s: cannot write", trace_tmp);
             goto fail;
         }
     }
