@@ -105,9 +105,9 @@ int cmd_chat(int argc, char **argv) {
         if (taken) continue;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { chat_usage(stdout); rc = 0; goto out; }
         if (!strcmp(a, "--list-templates")) {
-            int n;
-            const char *const *names = duet_chat_template_names(&n);
-            for (int k = 0; k < n; k++) printf("%s\n", names[k]);
+            const char *names[128];
+            int n = duet_chat_template_names(names, 128);
+            for (int k = 0; k < n && k < 128; k++) printf("%s\n", names[k]);
             rc = 0;
             goto out;
         }

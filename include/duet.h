@@ -345,8 +345,9 @@ typedef struct duet_chat_message {
 #define DUET_CHAT_MAX_BYTES (64 << 20)   /* largest rendered conversation (and message) */
 #define DUET_CHAT_MAX_MESSAGES (1 << 20)
 
-/* The built-in format names (static, NULL-terminated); *n (may be NULL) gets the count. */
-const char *const *duet_chat_template_names(int *n);
+/* The built-in format names (static strings) into out[0..cap); returns how many there are
+ * (as llama_chat_builtin_templates). */
+int duet_chat_template_names(const char **out, int cap);
 /* Which format a template uses: tmpl[0..len) is a format name or a Jinja template source.
  * *name gets the (static) format name. DUET_ERR_UNSUPPORTED, naming the template's first bytes,
  * when it is not recognised or is a recognised template duet refuses (tool calling). */

@@ -177,12 +177,9 @@ static const chat_format k_formats[] = {
 };
 #define N_FORMATS (sizeof k_formats / sizeof k_formats[0])
 
-const char *const *duet_chat_template_names(int *n) {
-    static const char *names[N_FORMATS + 1];
-    if (!names[0]) /* idempotent: concurrent first calls write the same values */
-        for (size_t i = 0; i < N_FORMATS; i++) names[i] = k_formats[i].name;
-    if (n) *n = (int)N_FORMATS;
-    return names;
+int duet_chat_template_names(const char **out, int cap) {
+    for (int i = 0; i < cap && i < (int)N_FORMATS; i++) out[i] = k_formats[i].name;
+    return (int)N_FORMATS;
 }
 
 static const chat_format *format_by_name(const char *s, size_t len) {

@@ -148,10 +148,10 @@ TEST(chat_builtin_formats_render_the_conversation) {
         free(s);
     }
     /* every name the library lists has an expectation above, and every name detects as itself */
-    int n;
-    const char *const *names = duet_chat_template_names(&n);
+    const char *names[N_BUILTIN + 1] = {0};
+    int n = duet_chat_template_names(names, N_BUILTIN + 1);
     CHECK_EQ_INT(n, N_BUILTIN);
-    CHECK(names[n] == NULL);
+    CHECK(names[n] == NULL); /* nothing written past the count */
     for (int k = 0; k < n; k++) {
         int found = 0;
         for (int i = 0; i < N_BUILTIN; i++) found |= !strcmp(names[k], k_builtin[i].name);
