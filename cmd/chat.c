@@ -158,7 +158,7 @@ int cmd_chat(int argc, char **argv) {
         int n_tok = 0;
         int32_t *toks = NULL;
         double t0 = duet_time_s();
-        if (!(text = chat_render_alloc(format, h.m, h.n, &err)) ||
+        if (!(text = chat_render_alloc(g.base, o.chat_template, h.m, h.n, &err)) ||
             !(toks = turn_tokens(g.base, text, prev_text, prev, n_prev, &n_tok, &err)) ||
             (o.verbose_prompt && (gen_print_prompt("chat", text, strlen(text), toks, n_tok), 0)) ||
             duet_collab_start(g.co, toks, n_tok, &err)) {

@@ -79,7 +79,8 @@ int cmd_run(int argc, char **argv) {
         const char *format;
         if (duet_model_chat_format(g.base, o.chat_template, &format, &err)) goto fail;
         duet_chat_message msgs[2] = {{"system", o.system}, {"user", prompt}};
-        if (!(rendered = chat_render_alloc(format, o.system ? msgs : msgs + 1, o.system ? 2 : 1, &err)))
+        if (!(rendered = chat_render_alloc(g.base, o.chat_template, o.system ? msgs : msgs + 1,
+                                           o.system ? 2 : 1, &err)))
             goto fail;
         prompt = rendered;
         prompt_len = strlen(rendered);

@@ -404,12 +404,15 @@ int32_t *tokenize_alloc(const duet_model *m, const char *text, size_t len, int a
     return t;
 }
 
-char *chat_render_alloc(const char *format, const duet_chat_message *msgs, int n,
-                        duet_error *err) {
-    int k = duet_chat_render(format, msgs, n, 1, NULL, 0, err);
+char *chat_render_alloc(const duet_model *m, const char *override, const duet_chat_message *msgs,
+                        int n, duet_error *err) {
+    int k = duet_model_chat_render(m, override, msgs, n, 1, NULL, 0, err);
     if (k < 0) return NULL;
     char *s = malloc((size_t)k + 1);
     if (!s) { snprintf(err->msg, sizeof err->msg, "out of memory"); return NULL; }
-    if (duet_chat_render(format, msgs, n, 1, s, (size_t)k + 1, err) < 0) { free(s); return NULL; }
+    if (duet_model_chat_render(m, override, msgs, n, 1, s, (size_t)k + 1, err) < 0) {
+        free(s);
+        return NULL;
+    }
     return s;
 }

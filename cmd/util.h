@@ -76,9 +76,10 @@ void gen_print_prompt(const char *cmd, const char *text, size_t len, const int32
 /* Tokenize into a new array (*n ids); NULL with err filled on failure. */
 int32_t *tokenize_alloc(const duet_model *m, const char *text, size_t len, int add_bos,
                         int parse_special, int *n, duet_error *err);
-/* duet_chat_render into a new NUL-terminated string; NULL with err filled on failure. */
-char *chat_render_alloc(const char *format, const duet_chat_message *msgs, int n,
-                        duet_error *err);
+/* duet_model_chat_render (with the generation prompt) into a new NUL-terminated string; NULL
+ * with err filled on failure. */
+char *chat_render_alloc(const duet_model *m, const char *override, const duet_chat_message *msgs,
+                        int n, duet_error *err);
 /* A JSON string literal for s[0..n) (invalid UTF-8 bytes become \u00XX). */
 void json_str(FILE *f, const char *s, size_t n);
 

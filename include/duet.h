@@ -371,6 +371,13 @@ int duet_model_chat_template(const duet_model *model, const char **tmpl, size_t 
 int duet_model_chat_format(const duet_model *model, const char *override, const char **name,
                            duet_error *err);
 
+/* Render with the model's own template (or override, a name or template source, when not
+ * NULL): as duet_chat_render, and what only the template says is kept (a ChatML template's
+ * default system message, used when the conversation has none). Prefer this to rendering by
+ * the name from duet_model_chat_format. */
+int duet_model_chat_render(const duet_model *model, const char *override,
+                           const duet_chat_message *msgs, int n, int add_generation_prompt,
+                           char *buf, size_t cap, duet_error *err);
 /* Stop texts in streamed output (the format's end-of-turn marker, a request's stop strings).
  * text[0..len) is the output so far, of which text[0..*shown) was already released. Returns the
  * offset of the earliest stop text (then *shown = that offset: release up to it, cut there), or

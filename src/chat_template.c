@@ -17,6 +17,9 @@
  *    a model (qwen2.5, llama3.1, functionary-v3.1, deepseek-r1, llama-cpp-deepseek-r1,
  *    mistral-nemo) reproduce that model's own template exactly for system/user/assistant
  *    conversations, where llama.cpp's generic format would differ.
+ *  - one thing is read from the template text itself: a ChatML template's default system
+ *    message (a string literal), so that rendering with the template (duet_model_chat_render)
+ *    matches Qwen2 / Qwen2.5-Math / SmolLM2 when the conversation has no system message.
  *
  * A format is a table row: most are "per role: prefix + content + suffix" with a few flags;
  * the Llama-2 and Mistral v1/v3 families keep an [INST] turn open across messages and have
@@ -289,6 +292,28 @@ static const chat_format *detect(const tmpl_text *t, const char **llama_only) {
     return NULL;
 }
 
+/* A ChatML template's own default system message: the string literal
+ * '<|im_start|>system\nTEXT<|im_end|>\n' that such templates print when the conversation has
+ * no system message (Qwen2, Qwen2.5, Qwen2.5-Math, SmolLM2, ...). Only read, as data: *dflt
+ * gets TEXT still escaped (put_literal unescapes it), or NULL. */
+static void find_default_system(const tmpl_text *t, const char **dflt, size_t *n) {
+    static const char open[] = "<|im_start|>system\\n", close[] = "<|im_end|>\\n";
+    const size_t lo = sizeof open - 1, lc = sizeof close - 1;
+    *dflt = NULL;
+    *n = 0;
+    for (const char *p = t->s, *end = t->s + t->n;
+         (p = memmem(p, (size_t)(end - p), open, lo)); p += lo) {
+        if (p == t->s || (p[-1] != '\'' && p[-1] != '"')) continue;
+        char q = p[-1];
+        const char *a = p + lo, *b = a;
+        while (b < end && *b != q) b += *b == '\\' && b + 1 < end ? 2 : 1;
+        if (b >= end || (size_t)(b - a) <= lc || memcmp(b - lc, close, lc)) continue;
+        *dflt = a;
+        *n = (size_t)(b - lc - a);
+        return;
+    }
+}
+
 static int resolve(const char *tmpl, size_t len, const chat_format **out, duet_error *err) {
     *out = NULL;
     if (!tmpl || len == 0)
@@ -382,6 +407,18 @@ static void put(out_buf *o, const char *s, size_t n) {
 }
 static void puts_(out_buf *o, const char *s) { if (s) put(o, s, strlen(s)); }
 
+/* Text of a Jinja string literal: \n, \t and \X (X itself) unescaped. */
+static void put_literal(out_buf *o, const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '\\' && i + 1 < n) {
+            c = s[++i];
+            c = c == 'n' ? '\n' : c == 't' ? '\t' : c;
+        }
+        put(o, &c, 1);
+    }
+}
+
 /* Content as the format sees it: trimmed (ASCII whitespace, as Jinja's trim on these texts),
  * and for F_THINK_SPLIT assistant turns, only what follows the last </think>. */
 typedef struct span { const char *s; size_t n; } span;
@@ -401,15 +438,16 @@ static span after_think(span c) {
 }
 
 static void render_turns(const chat_format *f, const duet_chat_message *m, const int *role,
-                         const size_t *len, int n, out_buf *o) {
+                         const size_t *len, int n, span dflt, out_buf *o) {
     puts_(o, f->head);
     if (f->flags & F_SYS_HOIST) {
         for (int i = n - 1; i >= 0; i--)
             if (role[i] == ROLE_SYSTEM) { put(o, m[i].content, len[i]); break; }
     }
-    if ((f->flags & F_ALWAYS_SYSTEM) && (n == 0 || role[0] != ROLE_SYSTEM)) {
+    if (((f->flags & F_ALWAYS_SYSTEM) || dflt.s) && (n == 0 || role[0] != ROLE_SYSTEM)) {
         puts_(o, f->first_sys_pre ? f->first_sys_pre : f->pre[ROLE_SYSTEM]);
-        puts_(o, f->default_system);
+        if (dflt.s) put_literal(o, dflt.s, dflt.n);
+        else puts_(o, f->default_system);
         puts_(o, f->suf[ROLE_SYSTEM]);
     }
     span pending = {NULL, 0}; /* F_SYS_MERGE: system text waiting for a user turn */
@@ -506,8 +544,8 @@ static int render_nemo(const duet_chat_message *m, const int *role, const size_t
     return DUET_OK;
 }
 
-int duet_chat_render(const char *tmpl, const duet_chat_message *msgs, int n,
-                     int add_generation_prompt, char *buf, size_t cap, duet_error *err) {
+static int render(const char *tmpl, size_t tmpl_len, const duet_chat_message *msgs, int n,
+                  int add_generation_prompt, char *buf, size_t cap, duet_error *err) {
     if (n < 0 || (n > 0 && !msgs) || (cap > 0 && !buf))
         return duet_fail(err, DUET_ERR_ARG, "chat: bad argument (%d messages, messages %s, "
                          "buffer %s)", n, msgs ? "set" : "NULL", buf ? "set" : "NULL");
@@ -515,8 +553,13 @@ int duet_chat_render(const char *tmpl, const duet_chat_message *msgs, int n,
         return duet_fail(err, DUET_ERR_RANGE, "chat: %d messages (at most %d)", n,
                          DUET_CHAT_MAX_MESSAGES);
     const chat_format *f;
-    int rc = resolve(tmpl, tmpl ? strlen(tmpl) : 0, &f, err);
+    int rc = resolve(tmpl, tmpl_len, &f, err);
     if (rc) return rc;
+    span dflt = {NULL, 0};
+    if (f == named("chatml")) {
+        tmpl_text t = {tmpl, tmpl_len};
+        find_default_system(&t, &dflt.s, &dflt.n);
+    }
     int *role = malloc((size_t)(n ? n : 1) * sizeof *role);
     size_t *len = malloc((size_t)(n ? n : 1) * sizeof *len);
     if (!role || !len) {
@@ -552,7 +595,7 @@ int duet_chat_render(const char *tmpl, const duet_chat_message *msgs, int n,
     if (!rc) {
         out_buf o = {buf, cap, 0, 0};
         switch (f->kind) {
-        case K_TURNS: render_turns(f, msgs, role, len, n, &o); break;
+        case K_TURNS: render_turns(f, msgs, role, len, n, dflt, &o); break;
         case K_LLAMA2: render_llama2(f, msgs, role, len, n, &o); break;
         case K_MISTRAL: render_mistral(f, msgs, role, len, n, &o); break;
         case K_NEMO: rc = render_nemo(msgs, role, len, n, &o, err); break;
@@ -592,4 +635,23 @@ long duet_stop_scan(const char *text, size_t len, const char *const *stops, int 
     }
     *shown = len - hold;
     return -1;
+}
+
+int duet_chat_render(const char *tmpl, const duet_chat_message *msgs, int n,
+                     int add_generation_prompt, char *buf, size_t cap, duet_error *err) {
+    return render(tmpl, tmpl ? strlen(tmpl) : 0, msgs, n, add_generation_prompt, buf, cap, err);
+}
+
+int duet_model_chat_render(const duet_model *m, const char *override,
+                           const duet_chat_message *msgs, int n, int add_generation_prompt,
+                           char *buf, size_t cap, duet_error *err) {
+    const char *name;
+    int rc = duet_model_chat_format(m, override, &name, err); /* errors name the model */
+    if (rc) return rc;
+    if (override)
+        return duet_chat_render(override, msgs, n, add_generation_prompt, buf, cap, err);
+    const char *t;
+    size_t tn;
+    if ((rc = duet_model_chat_template(m, &t, &tn, err))) return rc;
+    return render(t, tn, msgs, n, add_generation_prompt, buf, cap, err);
 }

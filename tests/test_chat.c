@@ -335,6 +335,50 @@ TEST(chat_shared_template_files) {
     }
 }
 
+/* A ChatML template's own default system message is read off its string literal (escapes
+ * and all) and used when the conversation has none. Templates in the style of Qwen2 /
+ * Qwen2.5-Math, written here by hand. */
+TEST(chat_chatml_default_system_from_the_template) {
+    const char *qwen2 =
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+        "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    const duet_chat_message user_only[1] = {{"user", "Hello"}};
+    const char *name = NULL;
+    CHECK_EQ_INT(duet_chat_template_detect(qwen2, strlen(qwen2), &name, NULL), DUET_OK);
+    CHECK_STR(name, "chatml");
+    EXPECT_RENDER(qwen2, user_only, 1, 1, "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                                          "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n");
+    /* a system message replaces it */
+    EXPECT_RENDER(qwen2, k_conv, 2, 0, "<|im_start|>system\nYou are helpful.<|im_end|>\n"
+                                       "<|im_start|>user\nHello<|im_end|>\n");
+    /* the name alone knows no default */
+    EXPECT_RENDER("chatml", user_only, 1, 0, "<|im_start|>user\nHello<|im_end|>\n");
+    /* escapes inside the literal: \\ is one backslash, \' a quote; double quotes work too */
+    const char *math =
+        "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content']"
+        " + '<|im_end|>\\n' }}{%- else %}{{- '<|im_start|>system\\nPlease reason step by step, and "
+        "put your final answer within \\\\boxed{}.<|im_end|>\\n' }}{%- endif %}<|im_start|>";
+    EXPECT_RENDER(math, user_only, 1, 0, "<|im_start|>system\nPlease reason step by step, and put your "
+                                         "final answer within \\boxed{}.<|im_end|>\n"
+                                         "<|im_start|>user\nHello<|im_end|>\n");
+    const char *quoted = "{{ \"<|im_start|>system\\nIt\\'s \\\"fine\\\".<|im_end|>\\n\" }}<|im_start|>";
+    EXPECT_RENDER(quoted, user_only, 1, 0, "<|im_start|>system\nIt's \"fine\".<|im_end|>\n"
+                                           "<|im_start|>user\nHello<|im_end|>\n");
+    /* Qwen2.5's own file without a system message */
+    const char *dir = fixture_shared("tokenizers/chat-templates");
+    if (!dir) return;
+    char path[1024];
+    snprintf(path, sizeof path, "%s/Qwen-Qwen2.5-7B-Instruct.jinja", dir);
+    char *t = fixture_read_file(path, NULL);
+    REQUIRE(t);
+    EXPECT_RENDER(t, user_only, 1, 1, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You "
+                                      "are a helpful assistant.<|im_end|>\n<|im_start|>user\nHello"
+                                      "<|im_end|>\n<|im_start|>assistant\n");
+    free(t);
+}
+
 /* ---- the model's template ---------------------------------------------------------------- */
 TEST(chat_model_template_metadata) {
     const char *path = fixture_chat_model();
@@ -351,6 +395,15 @@ TEST(chat_model_template_metadata) {
     CHECK_STR(name, "chatml");
     CHECK_EQ_INT(duet_model_chat_format(m, "llama3", &name, &err), DUET_OK);
     CHECK_STR(name, "llama3");
+    /* rendering with the model's template, or a name over it */
+    const duet_chat_message hi[1] = {{"user", "Hi"}};
+    char buf[256];
+    const char *want = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n";
+    CHECK_EQ_INT(duet_model_chat_render(m, NULL, hi, 1, 1, buf, sizeof buf, &err), strlen(want));
+    CHECK_STR(buf, want);
+    want = "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n";
+    CHECK_EQ_INT(duet_model_chat_render(m, "gemma", hi, 1, 1, buf, sizeof buf, &err), strlen(want));
+    CHECK_STR(buf, want);
     CHECK_EQ_INT(duet_model_chat_format(m, "no-such-format", &name, &err), DUET_ERR_UNSUPPORTED);
     CHECKF(strstr(err.msg, "no-such-format"), "%s", err.msg);
     /* the rendered special tokens are single tokens when parsed as special */
