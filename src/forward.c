@@ -1,6 +1,9 @@
 /*
- * forward.c: llama transformer forward (RMSNorm, RoPE, grouped-query attention, SwiGLU)
- * for a batch of consecutive tokens against the KV cache. Matrix products go through
+ * forward.c: transformer forward (RMSNorm, RoPE, grouped-query attention, gated FFN) for a
+ * batch of consecutive tokens against the KV cache. The llama path is the plain one; the
+ * other architectures add steps where their weights or arch_params say so (qwen2 q/k/v
+ * biases, qwen3 per-head q/k norms, gemma2 embedding scale, soft caps, post-norms, GELU and
+ * sliding windows; phi3's fused matrices are split at load and need nothing here). Matrix products go through
  * kernels_matmul (threaded, SIMD); attention is split over (token, head) pairs across the
  * pool. Elementwise steps are cheap next to the matrices and stay on the calling thread.
  */
@@ -71,20 +74,37 @@ static void rmsnorm(float *o, const float *x, const float *w, int n, float eps) 
     for (int i = 0; i < n; i++) o[i] = w[i] * (scale * x[i]);
 }
 
-/* Rotate consecutive pairs (x[2i], x[2i+1]) of each head by pos * inv_freq[i] (GGUF llama
- * files store q/k in this "normal" rope order; llama2.c uses it too). */
-static void rope(float *x, int n_heads, int head_dim, int pos, const float *inv_freq) {
-    for (int i = 0; i < head_dim / 2; i++) {
+/* Rotate the first n_rot dims of each head by pos * inv_freq[i]: pairs (x[2i], x[2i+1])
+ * (llama files store q/k in this "normal" order; llama2.c uses it too) or, neox, the halves
+ * (x[i], x[i + n_rot/2]) as qwen2/qwen3/phi3/gemma2 files expect. */
+static void rope(float *x, int n_heads, int head_dim, int n_rot, int neox, int pos,
+                 const float *inv_freq) {
+    int half = n_rot / 2, step = neox ? 1 : 2, off = neox ? half : 1;
+    for (int i = 0; i < half; i++) {
         float val = (float)pos * inv_freq[i];
         float c = cosf(val), s = sinf(val);
         for (int h = 0; h < n_heads; h++) {
-            float *p = x + h * head_dim + 2 * i;
-            float x0 = p[0], x1 = p[1];
+            float *p = x + h * head_dim + i * step;
+            float x0 = p[0], x1 = p[off];
             p[0] = x0 * c - x1 * s;
-            p[1] = x0 * s + x1 * c;
+            p[off] = x0 * s + x1 * c;
         }
     }
 }
+
+/* x[t][i] += b[i] for n rows of width w (qwen2's q/k/v biases). */
+static void add_bias(float *x, const float *b, int n, int w) {
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < w; i++) x[(size_t)t * w + i] += b[i];
+}
+
+/* RMSNorm of each of n rows of width w in place (per-head q/k norms, post-norms). */
+static void rmsnorm_rows(float *x, const float *wt, int n, int w, float eps) {
+    for (int r = 0; r < n; r++) rmsnorm(x + (size_t)r * w, x + (size_t)r * w, wt, w, eps);
+}
+
+/* cap * tanh(x / cap): gemma2's soft capping of attention scores and logits. */
+static inline float softcap(float x, float cap) { return cap * tanhf(x / cap); }
 
 typedef struct attn_job {
     fwd_state *st;
@@ -101,29 +121,34 @@ static void attn_worker(void *ctx, int ith, int nth) {
     const float *kc = st->k_cache + (size_t)job->layer * st->n_ctx * KV;
     const float *vc = st->v_cache + (size_t)job->layer * st->n_ctx * KV;
     float *sc = st->scores + (size_t)ith * st->n_ctx;
-    float inv_sqrt = 1.0f / sqrtf((float)hd);
+    const arch_params *ap = &st->m->ap;
+    float scale = ap->attn_scale, cap = ap->attn_softcap;
+    int window = st->m->layers[job->layer].swa ? ap->n_swa : 0;
     long lo, hi;
     tp_split((long)job->n * H, ith, nth, &lo, &hi);
     for (long w = lo; w < hi; w++) {
         int t = (int)(w / H), h = (int)(w % H), kvh = h / group;
         int n_pos = job->pos + t + 1;
+        /* a sliding-window layer sees the last `window` positions, itself included */
+        int p0 = window && n_pos > window ? n_pos - window : 0;
         const float *q = st->q + ((size_t)t * H + h) * hd;
         float mx = -INFINITY;
-        for (int p = 0; p < n_pos; p++) {
+        for (int p = p0; p < n_pos; p++) {
             const float *k = kc + (size_t)p * KV + (size_t)kvh * hd;
-            float s = kvec_dot_f32(q, k, hd) * inv_sqrt;
+            float s = kvec_dot_f32(q, k, hd) * scale;
+            if (cap > 0) s = softcap(s, cap);
             sc[p] = s;
             mx = s > mx ? s : mx;
         }
         float sum = 0;
-        for (int p = 0; p < n_pos; p++) {
+        for (int p = p0; p < n_pos; p++) {
             sc[p] = expf(sc[p] - mx);
             sum += sc[p];
         }
         float inv = 1.0f / sum;
         float *o = st->att + ((size_t)t * H + h) * hd;
         memset(o, 0, (size_t)hd * sizeof(float));
-        for (int p = 0; p < n_pos; p++) {
+        for (int p = p0; p < n_pos; p++) {
             const float *v = vc + (size_t)p * KV + (size_t)kvh * hd;
             float a = sc[p] * inv;
             for (int i = 0; i < hd; i++) o[i] += a * v[i];
@@ -139,6 +164,7 @@ void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_ou
               float *hidden, float *logits) {
     const duet_model *m = st->m;
     const duet_hparams *hp = &m->hp;
+    const arch_params *ap = &m->ap;
     int E = hp->n_embd, F = hp->n_ff, hd = hp->head_dim;
     int Q = hp->n_head * hd, KV = hp->n_head_kv * hd;
     size_t erow = dtype_row_size(m->tok_embd.type, E);
@@ -146,6 +172,8 @@ void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_ou
     for (int t = 0; t < n; t++)
         quant_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data +
                              (size_t)tokens[t] * erow, st->x + (size_t)t * E, E);
+    if (ap->embd_scale != 1.0f)
+        for (size_t i = 0; i < (size_t)n * E; i++) st->x[i] *= ap->embd_scale;
 
     for (int l = 0; l < hp->n_layer; l++) {
         const layer_weights *L = &m->layers[l];
@@ -156,26 +184,47 @@ void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_ou
         matmul(st, &L->wv, st->xb, n, st->v);
         float *kc = st->k_cache + ((size_t)l * st->n_ctx + (size_t)pos) * KV;
         float *vc = st->v_cache + ((size_t)l * st->n_ctx + (size_t)pos) * KV;
+        if (L->bq) {
+            add_bias(st->q, L->bq, n, Q);
+            add_bias(st->k, L->bk, n, KV);
+            add_bias(st->v, L->bv, n, KV);
+        }
+        if (L->q_norm) {
+            rmsnorm_rows(st->q, L->q_norm, n * hp->n_head, hd, hp->rms_eps);
+            rmsnorm_rows(st->k, L->k_norm, n * hp->n_head_kv, hd, hp->rms_eps);
+        }
         for (int t = 0; t < n; t++) {
-            rope(st->q + (size_t)t * Q, hp->n_head, hd, pos + t, m->rope_inv_freq);
-            rope(st->k + (size_t)t * KV, hp->n_head_kv, hd, pos + t, m->rope_inv_freq);
+            rope(st->q + (size_t)t * Q, hp->n_head, hd, ap->n_rot, ap->rope_neox, pos + t,
+                 m->rope_inv_freq);
+            rope(st->k + (size_t)t * KV, hp->n_head_kv, hd, ap->n_rot, ap->rope_neox, pos + t,
+                 m->rope_inv_freq);
         }
         memcpy(kc, st->k, (size_t)n * KV * sizeof(float));
         memcpy(vc, st->v, (size_t)n * KV * sizeof(float));
         attn_job job = {st, l, n, pos};
         tp_run(m->tp, attn_worker, &job);
         matmul(st, &L->wo, st->att, n, st->proj);
+        if (L->attn_post_norm) rmsnorm_rows(st->proj, L->attn_post_norm, n, E, hp->rms_eps);
         for (size_t i = 0; i < (size_t)n * E; i++) st->x[i] += st->proj[i];
 
         for (int t = 0; t < n; t++)
             rmsnorm(st->xb + (size_t)t * E, st->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
         matmul(st, &L->w_gate, st->xb, n, st->hg);
         matmul(st, &L->w_up, st->xb, n, st->hu);
-        for (size_t i = 0; i < (size_t)n * F; i++) {
-            float g = st->hg[i];
-            st->hg[i] = g / (1.0f + expf(-g)) * st->hu[i];
+        if (ap->ffn_gelu) {
+            for (size_t i = 0; i < (size_t)n * F; i++) {
+                float g = st->hg[i]; /* GELU, tanh approximation (as ggml_gelu) */
+                st->hg[i] = 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g)))
+                            * st->hu[i];
+            }
+        } else {
+            for (size_t i = 0; i < (size_t)n * F; i++) {
+                float g = st->hg[i];
+                st->hg[i] = g / (1.0f + expf(-g)) * st->hu[i];
+            }
         }
         matmul(st, &L->w_down, st->hg, n, st->proj);
+        if (L->ffn_post_norm) rmsnorm_rows(st->proj, L->ffn_post_norm, n, E, hp->rms_eps);
         for (size_t i = 0; i < (size_t)n * E; i++) st->x[i] += st->proj[i];
     }
     int n_out = n - first_out;
@@ -187,4 +236,8 @@ void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_ou
 
 void fwd_logits(fwd_state *st, const float *hidden, int n, float *logits) {
     matmul(st, &st->m->output, hidden, n, logits);
+    float cap = st->m->ap.final_softcap;
+    if (cap > 0)
+        for (size_t i = 0; i < (size_t)n * st->m->hp.n_vocab; i++)
+            logits[i] = softcap(logits[i], cap);
 }

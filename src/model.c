@@ -1,7 +1,8 @@
 /*
- * model.c: read a llama-family GGUF into a duet_model: hyperparameters from metadata, every
- * tensor's shape checked against them before anything is indexed, weights bound as views
- * (file mapping) or copied into anonymous memory (default: measured faster for generation).
+ * model.c: read a GGUF (llama, qwen2, qwen3, phi3, gemma2) into a duet_model: hyperparameters
+ * from metadata, every tensor's shape checked against them before anything is indexed,
+ * weights bound as views (file mapping) or copied into anonymous memory (default: measured
+ * faster for generation). Names and keys are llama.cpp's, so its GGUF files load as they are.
  */
 #include "model.h"
 
@@ -43,6 +44,57 @@ static int get_f32_opt(const gguf_file *f, const char *arch, const char *suffix,
     return gguf_get_f32_opt(f, key, out, err);
 }
 
+/* The architectures duet runs, by general.architecture. RoPE order as llama.cpp has it:
+ * llama files store q/k so that consecutive pairs rotate; the others rotate halves (NEOX). */
+static const struct { const char *name; int id, rope_neox; } k_archs[] = {
+    {"llama", ARCH_LLAMA, 0}, {"qwen2", ARCH_QWEN2, 1}, {"qwen3", ARCH_QWEN3, 1},
+    {"phi3", ARCH_PHI3, 1},   {"gemma2", ARCH_GEMMA2, 1},
+};
+#define N_ARCHS (int)(sizeof k_archs / sizeof k_archs[0])
+
+/* Architecture-specific metadata: sliding window, soft caps, embedding and query scales. */
+static int read_arch_params(duet_model *m, const char *arch, duet_error *err) {
+    const gguf_file *f = m->gguf;
+    const duet_hparams *hp = &m->hp;
+    arch_params *ap = &m->ap;
+    int rc;
+    ap->embd_scale = 1.0f;
+    ap->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    if (ap->id == ARCH_PHI3) {
+        /* llama.cpp: every phi3 layer uses the window; files from before the key existed get
+         * the value Phi-3-mini/medium-4k were trained with */
+        uint32_t swa = (hp->n_layer == 32 || hp->n_layer == 40) && hp->n_ctx_train == 4096
+                       ? 2047 : 0;
+        if ((rc = get_u32_opt(f, arch, "attention.sliding_window", &swa, err))) return rc;
+        ap->n_swa = (int)DUET_MIN(swa, (uint32_t)MAX_CTX);
+    } else if (ap->id == ARCH_GEMMA2) {
+        uint32_t swa = 4096;
+        float cap_a = 50.0f, cap_f = 30.0f; /* Gemma 2's values, defaults in llama.cpp too */
+        if ((rc = get_u32_opt(f, arch, "attention.sliding_window", &swa, err)) ||
+            (rc = get_f32_opt(f, arch, "attn_logit_softcapping", &cap_a, err)) ||
+            (rc = get_f32_opt(f, arch, "final_logit_softcapping", &cap_f, err)))
+            return rc;
+        if (swa == 0)
+            return duet_fail(err, DUET_ERR_FORMAT, "%s: %s.attention.sliding_window = 0 (gemma2 "
+                             "needs a window for its local layers)", f->path, arch);
+        if (!isfinite(cap_a) || cap_a < 0)
+            return duet_fail(err, DUET_ERR_FORMAT, "%s: %s.attn_logit_softcapping = %g is not a "
+                             "number >= 0", f->path, arch, cap_a);
+        if (!isfinite(cap_f) || cap_f < 0)
+            return duet_fail(err, DUET_ERR_FORMAT, "%s: %s.final_logit_softcapping = %g is not a "
+                             "number >= 0", f->path, arch, cap_f);
+        ap->n_swa = (int)DUET_MIN(swa, (uint32_t)MAX_CTX);
+        ap->attn_softcap = cap_a;
+        ap->final_softcap = cap_f;
+        ap->ffn_gelu = 1;
+        ap->embd_scale = sqrtf((float)hp->n_embd);
+        /* query_pre_attn_scalar is not in GGUF; llama.cpp derives it as Gemma 2 configs set
+         * it: n_embd / n_head for the 27B (46 layers), head_dim for the others */
+        if (hp->n_layer == 46) ap->attn_scale = 1.0f / sqrtf((float)(hp->n_embd / hp->n_head));
+    }
+    return DUET_OK;
+}
+
 static int read_hparams(duet_model *m, duet_error *err) {
     const gguf_file *f = m->gguf;
     duet_hparams *hp = &m->hp;
@@ -51,10 +103,16 @@ static int read_hparams(duet_model *m, duet_error *err) {
     if (rc) return rc;
     char arch[64];
     duet_printable(arch, sizeof arch, s.ptr, s.len);
-    if (s.len != 5 || memcmp(s.ptr, "llama", 5) != 0)
+    int ai = 0;
+    while (ai < N_ARCHS && !(strlen(k_archs[ai].name) == s.len &&
+                             !memcmp(k_archs[ai].name, s.ptr, s.len)))
+        ai++;
+    if (ai == N_ARCHS)
         return duet_fail(err, DUET_ERR_UNSUPPORTED,
-                         "%s: general.architecture '%s' is not supported (supported: llama)",
-                         f->path, arch);
+                         "%s: general.architecture '%s' is not supported (supported: llama, "
+                         "qwen2, qwen3, phi3, gemma2)", f->path, arch);
+    m->ap.id = k_archs[ai].id;
+    m->ap.rope_neox = k_archs[ai].rope_neox;
     snprintf(hp->arch, sizeof hp->arch, "%.31s", arch);
 
     gguf_str name = {0, NULL};
@@ -67,7 +125,8 @@ static int read_hparams(duet_model *m, duet_error *err) {
     }
     if (m->vocab_only) return DUET_OK;
 
-    uint32_t n_ctx, n_embd, n_layer, n_ff, n_head, n_head_kv = 0, n_rot = 0, key_len = 0;
+    uint32_t n_ctx, n_embd, n_layer, n_ff, n_head, n_head_kv = 0, n_rot = 0, key_len = 0,
+             val_len = 0;
     if ((rc = get_u32_req(f, arch, "context_length", &n_ctx, err)) ||
         (rc = get_u32_req(f, arch, "embedding_length", &n_embd, err)) ||
         (rc = get_u32_req(f, arch, "block_count", &n_layer, err)) ||
@@ -77,7 +136,8 @@ static int read_hparams(duet_model *m, duet_error *err) {
     n_head_kv = n_head;
     if ((rc = get_u32_opt(f, arch, "attention.head_count_kv", &n_head_kv, err)) ||
         (rc = get_u32_opt(f, arch, "rope.dimension_count", &n_rot, err)) ||
-        (rc = get_u32_opt(f, arch, "attention.key_length", &key_len, err)))
+        (rc = get_u32_opt(f, arch, "attention.key_length", &key_len, err)) ||
+        (rc = get_u32_opt(f, arch, "attention.value_length", &val_len, err)))
         return rc;
     float eps = 1e-5f, theta = 10000.0f, scale = 1.0f;
     if ((rc = get_f32_opt(f, arch, "attention.layer_norm_rms_epsilon", &eps, err)) ||
@@ -97,21 +157,26 @@ static int read_hparams(duet_model *m, duet_error *err) {
         return BAD("%s: %s.feed_forward_length = %u is out of range", f->path, arch, n_ff);
     if (n_head == 0 || n_head > n_embd)
         return BAD("%s: %s.attention.head_count = %u is out of range", f->path, arch, n_head);
-    if (n_embd % n_head)
+    /* the head size is key_length when given (qwen3, gemma2 differ from n_embd / n_head) */
+    if (!key_len && n_embd % n_head)
         return BAD("%s: %s.embedding_length %u is not a multiple of attention.head_count %u",
                    f->path, arch, n_embd, n_head);
     if (n_head_kv == 0 || n_head % n_head_kv)
         return BAD("%s: %s.attention.head_count %u is not a multiple of head_count_kv %u",
                    f->path, arch, n_head, n_head_kv);
     uint32_t head_dim = key_len ? key_len : n_embd / n_head;
-    if (head_dim != n_embd / n_head || head_dim % 2)
+    if (head_dim % 2 || head_dim > MAX_EMBD)
         return duet_fail(err, DUET_ERR_UNSUPPORTED,
-                         "%s: %s.attention.key_length %u (head dim %u) is not supported",
-                         f->path, arch, key_len, n_embd / n_head);
-    if (n_rot && n_rot != head_dim)
+                         "%s: %s.attention.key_length %u (head dim %u) is not supported (must be "
+                         "even, at most %d)", f->path, arch, key_len, head_dim, MAX_EMBD);
+    if (val_len && val_len != head_dim)
         return duet_fail(err, DUET_ERR_UNSUPPORTED,
-                         "%s: %s.rope.dimension_count %u != head dim %u (partial rotary is not "
-                         "supported for llama)", f->path, arch, n_rot, head_dim);
+                         "%s: %s.attention.value_length %u differs from the key length %u (not "
+                         "supported)", f->path, arch, val_len, head_dim);
+    if (!n_rot) n_rot = head_dim;
+    if (n_rot > head_dim || n_rot % 2)
+        return BAD("%s: %s.rope.dimension_count = %u is not an even number <= head dim %u",
+                   f->path, arch, n_rot, head_dim);
     if (!isfinite(eps) || eps <= 0 || eps > 1)
         return BAD("%s: %s.attention.layer_norm_rms_epsilon = %g is out of range", f->path,
                    arch, eps);
@@ -145,12 +210,13 @@ static int read_hparams(duet_model *m, duet_error *err) {
     hp->head_dim = (int)head_dim;
     hp->rms_eps = eps;
     hp->rope_theta = theta;
-    m->rope_inv_freq = calloc(head_dim / 2, sizeof(float));
+    m->ap.n_rot = (int)n_rot;
+    if ((rc = read_arch_params(m, arch, err))) return rc;
+    m->rope_inv_freq = calloc(n_rot / 2, sizeof(float));
     if (!m->rope_inv_freq) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", f->path);
     /* same float formula as llama2.c's run.c, so greedy output matches it bit for bit */
-    for (uint32_t i = 0; i < head_dim / 2; i++)
-        m->rope_inv_freq[i] =
-            freq_scale * (1.0f / powf(theta, (float)(2 * i) / (float)head_dim));
+    for (uint32_t i = 0; i < n_rot / 2; i++)
+        m->rope_inv_freq[i] = freq_scale * (1.0f / powf(theta, (float)(2 * i) / (float)n_rot));
     return DUET_OK;
 }
 
@@ -185,12 +251,14 @@ static int bind(duet_model *m, const char *name, int64_t n_in, int64_t n_out, in
     return DUET_OK;
 }
 
-/* A 1-d weight (norm) as f32: a view when stored as f32, else a converted owned copy. */
-static int bind_vec(duet_model *m, const char *name, int64_t n, const float **out,
+/* A 1-d weight (norm, bias) as f32: a view when stored as f32, else a converted owned copy.
+ * optional: *out = NULL when the tensor is absent. */
+static int bind_vec(duet_model *m, const char *name, int64_t n, int optional, const float **out,
                     duet_error *err) {
     mtensor t;
-    int rc = bind(m, name, n, 0, 0, &t, err);
-    if (rc) return rc;
+    *out = NULL;
+    int rc = bind(m, name, n, 0, optional, &t, err);
+    if (rc || !t.data) return rc;
     if (t.type == DT_F32) { *out = t.data; return DUET_OK; }
     float *v = malloc((size_t)n * sizeof(float));
     float **list = realloc(m->owned_f32, (size_t)(m->n_owned_f32 + 1) * sizeof(float *));
@@ -206,44 +274,100 @@ static int bind_vec(duet_model *m, const char *name, int64_t n, const float **ou
     return DUET_OK;
 }
 
+/* Rows [r0, r0 + n) of a bound matrix, as a matrix of its own (fused tensors). */
+static mtensor rows_of(const mtensor *t, int64_t r0, int64_t n) {
+    mtensor v = *t;
+    v.data = (const uint8_t *)t->data + (size_t)r0 * dtype_row_size(t->type, t->n_in);
+    v.n_out = n;
+    return v;
+}
+
+/* One block's tensors under llama.cpp's names, by architecture. */
+static int bind_layer(duet_model *m, int l, duet_error *err) {
+    const duet_hparams *hp = &m->hp;
+    const arch_params *ap = &m->ap;
+    layer_weights *L = &m->layers[l];
+    int64_t E = hp->n_embd, F = hp->n_ff, hd = hp->head_dim;
+    int64_t Q = (int64_t)hp->n_head * hd, KV = (int64_t)hp->n_head_kv * hd;
+    char n[96];
+    int rc;
+#define NM(s) (snprintf(n, sizeof n, "blk.%d.%s", l, s), n)
+    if ((rc = bind_vec(m, NM("attn_norm.weight"), E, 0, &L->attn_norm, err))) return rc;
+    mtensor qkv = {0};
+    if (ap->id == ARCH_PHI3 && (rc = bind(m, NM("attn_qkv.weight"), E, Q + 2 * KV, 1, &qkv, err)))
+        return rc;
+    if (qkv.data) { /* phi3: q, k, v rows one after another */
+        L->wq = rows_of(&qkv, 0, Q);
+        L->wk = rows_of(&qkv, Q, KV);
+        L->wv = rows_of(&qkv, Q + KV, KV);
+    } else if ((rc = bind(m, NM("attn_q.weight"), E, Q, 0, &L->wq, err)) ||
+               (rc = bind(m, NM("attn_k.weight"), E, KV, 0, &L->wk, err)) ||
+               (rc = bind(m, NM("attn_v.weight"), E, KV, 0, &L->wv, err))) {
+        return rc;
+    }
+    /* biases: required by qwen2, optional elsewhere (as llama.cpp loads llama) */
+    int nb = ap->id != ARCH_QWEN2;
+    if ((rc = bind_vec(m, NM("attn_q.bias"), Q, nb, &L->bq, err)) ||
+        (rc = bind_vec(m, NM("attn_k.bias"), KV, nb, &L->bk, err)) ||
+        (rc = bind_vec(m, NM("attn_v.bias"), KV, nb, &L->bv, err)))
+        return rc;
+    if (ap->id == ARCH_QWEN3 &&
+        ((rc = bind_vec(m, NM("attn_q_norm.weight"), hd, 0, &L->q_norm, err)) ||
+         (rc = bind_vec(m, NM("attn_k_norm.weight"), hd, 0, &L->k_norm, err))))
+        return rc;
+    if ((rc = bind(m, NM("attn_output.weight"), Q, E, 0, &L->wo, err)) ||
+        (rc = bind_vec(m, NM("ffn_norm.weight"), E, 0, &L->ffn_norm, err)))
+        return rc;
+    if (ap->id == ARCH_GEMMA2 &&
+        ((rc = bind_vec(m, NM("post_attention_norm.weight"), E, 0, &L->attn_post_norm, err)) ||
+         (rc = bind_vec(m, NM("post_ffw_norm.weight"), E, 0, &L->ffn_post_norm, err))))
+        return rc;
+    if (ap->id == ARCH_PHI3) { /* ffn_up holds the gate rows, then the up rows */
+        mtensor up2;
+        if ((rc = bind(m, NM("ffn_up.weight"), E, 2 * F, 0, &up2, err))) return rc;
+        L->w_gate = rows_of(&up2, 0, F);
+        L->w_up = rows_of(&up2, F, F);
+    } else if ((rc = bind(m, NM("ffn_gate.weight"), E, F, 0, &L->w_gate, err)) ||
+               (rc = bind(m, NM("ffn_up.weight"), E, F, 0, &L->w_up, err))) {
+        return rc;
+    }
+    if ((rc = bind(m, NM("ffn_down.weight"), F, E, 0, &L->w_down, err))) return rc;
+#undef NM
+    /* gemma2 alternates local (sliding-window) and global layers, starting with local */
+    L->swa = ap->n_swa > 0 && (ap->id == ARCH_PHI3 || (ap->id == ARCH_GEMMA2 && l % 2 == 0));
+    return DUET_OK;
+}
+
 static int bind_all(duet_model *m, duet_error *err) {
     duet_hparams *hp = &m->hp;
-    int64_t E = hp->n_embd, V = hp->n_vocab, F = hp->n_ff;
-    int64_t Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
+    int64_t E = hp->n_embd, V = hp->n_vocab;
     int rc;
     if ((rc = bind(m, "token_embd.weight", E, V, 0, &m->tok_embd, err)) ||
-        (rc = bind_vec(m, "output_norm.weight", E, &m->output_norm, err)) ||
+        (rc = bind_vec(m, "output_norm.weight", E, 0, &m->output_norm, err)) ||
         (rc = bind(m, "output.weight", E, V, 1, &m->output, err)))
         return rc;
     hp->tied_output = m->output.data == NULL;
     if (hp->tied_output) m->output = m->tok_embd;
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
     if (!m->layers) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", m->path);
-    for (int l = 0; l < hp->n_layer; l++) {
-        layer_weights *L = &m->layers[l];
-        char n[9][64];
-        static const char *suffix[9] = {"attn_norm", "attn_q",   "attn_k",  "attn_v",  "attn_output",
-                                        "ffn_norm",  "ffn_gate", "ffn_up",  "ffn_down"};
-        for (int i = 0; i < 9; i++) snprintf(n[i], sizeof n[i], "blk.%d.%s.weight", l, suffix[i]);
-        if ((rc = bind_vec(m, n[0], E, &L->attn_norm, err)) ||
-            (rc = bind(m, n[1], E, Q, 0, &L->wq, err)) ||
-            (rc = bind(m, n[2], E, KV, 0, &L->wk, err)) ||
-            (rc = bind(m, n[3], E, KV, 0, &L->wv, err)) ||
-            (rc = bind(m, n[4], Q, E, 0, &L->wo, err)) ||
-            (rc = bind_vec(m, n[5], E, &L->ffn_norm, err)) ||
-            (rc = bind(m, n[6], E, F, 0, &L->w_gate, err)) ||
-            (rc = bind(m, n[7], E, F, 0, &L->w_up, err)) ||
-            (rc = bind(m, n[8], F, E, 0, &L->w_down, err)))
-            return rc;
-    }
+    for (int l = 0; l < hp->n_layer; l++)
+        if ((rc = bind_layer(m, l, err))) return rc;
+    /* LongRoPE (Phi-3 128k, Phi-3.5) needs per-context factor selection and an attention
+     * factor that duet does not implement: refuse rather than compute something else */
+    static const char *longrope[2] = {"rope_factors_long.weight", "rope_factors_short.weight"};
+    for (int i = 0; i < 2; i++)
+        if (gguf_find_tensor(m->gguf, longrope[i]))
+            return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: tensor '%s': LongRoPE scaling is "
+                             "not supported", m->path, longrope[i]);
     /* llama3-style per-frequency divisors */
     mtensor ff;
-    if ((rc = bind(m, "rope_freqs.weight", hp->head_dim / 2, 0, 1, &ff, err))) return rc;
+    int half = m->ap.n_rot / 2;
+    if ((rc = bind(m, "rope_freqs.weight", half, 0, 1, &ff, err))) return rc;
     if (ff.data) {
-        float *div = malloc((size_t)hp->head_dim / 2 * sizeof(float));
+        float *div = malloc((size_t)half * sizeof(float));
         if (!div) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", m->path);
-        quant_dequantize_row(ff.type, ff.data, div, hp->head_dim / 2);
-        for (int i = 0; i < hp->head_dim / 2; i++) {
+        quant_dequantize_row(ff.type, ff.data, div, half);
+        for (int i = 0; i < half; i++) {
             if (!isfinite(div[i]) || div[i] <= 0) {
                 float bad = div[i];
                 free(div);

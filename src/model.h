@@ -1,5 +1,6 @@
 /*
- * model.h: architecture hyperparameters and tensor binding for the llama family.
+ * model.h: architecture hyperparameters and tensor binding for the architectures duet runs
+ * (general.architecture: llama, qwen2, qwen3, phi3, gemma2; see arch_desc in model.c).
  * A duet_model owns: hyperparameters read from GGUF metadata, views of every weight (into
  * the file mapping, or into an anonymous copy), the tokenizer, and the compute pool.
  * Invariants after duet_model_load: every tensor's shape was checked against the
@@ -22,20 +23,43 @@ typedef struct mtensor {
     int64_t n_out;    /* ne[1] */
 } mtensor;
 
+/* Fused matrices (phi3's attn_qkv, ffn_up holding gate and up) are bound as row ranges of
+ * the one stored matrix, so the forward pass never needs to know they were fused. */
 typedef struct layer_weights {
     const float *attn_norm;  /* [n_embd] */
     mtensor wq;              /* [n_head*head_dim][n_embd] */
     mtensor wk;              /* [n_head_kv*head_dim][n_embd] */
     mtensor wv;              /* [n_head_kv*head_dim][n_embd] */
+    const float *bq, *bk, *bv; /* [n_head*head_dim], [n_head_kv*head_dim] x2, or NULL (qwen2) */
+    const float *q_norm, *k_norm; /* [head_dim] per-head RMSNorm before RoPE, or NULL (qwen3) */
     mtensor wo;              /* [n_embd][n_head*head_dim] */
+    const float *attn_post_norm; /* [n_embd] on the attention output, or NULL (gemma2) */
     const float *ffn_norm;   /* [n_embd] */
     mtensor w_gate;          /* [n_ff][n_embd]  (ffn_gate, llama2.c w1) */
     mtensor w_up;            /* [n_ff][n_embd]  (ffn_up, w3) */
     mtensor w_down;          /* [n_embd][n_ff]  (ffn_down, w2) */
+    const float *ffn_post_norm; /* [n_embd] on the FFN output, or NULL (gemma2) */
+    int swa;                 /* 1: attends only to the last n_swa positions */
 } layer_weights;
+
+enum { ARCH_LLAMA, ARCH_QWEN2, ARCH_QWEN3, ARCH_PHI3, ARCH_GEMMA2 };
+
+/* How an architecture computes, beyond the shapes in duet_hparams. */
+typedef struct arch_params {
+    int id;                  /* ARCH_* */
+    int rope_neox;           /* 1: rotate (x[i], x[i + n_rot/2]); 0: (x[2i], x[2i+1]) */
+    int n_rot;               /* leading dims of each head that RoPE rotates (<= head_dim) */
+    int ffn_gelu;            /* 1: GELU (tanh form) on the gate; 0: SiLU */
+    float embd_scale;        /* token embeddings are multiplied by this (gemma2: sqrt(n_embd)) */
+    float attn_scale;        /* q.k is multiplied by this (1/sqrt(head_dim) or gemma2's) */
+    float attn_softcap;      /* > 0: scores become cap * tanh(score / cap) */
+    float final_softcap;     /* > 0: the same on the logits */
+    int n_swa;               /* sliding-window size of layers with swa set (0: none) */
+} arch_params;
 
 struct duet_model {
     duet_hparams hp;
+    arch_params ap;
     char path[512];
     gguf_file *gguf;          /* kept open while weights are views into its mapping */
     tokenizer *tok;
@@ -44,7 +68,7 @@ struct duet_model {
     const float *output_norm; /* [n_embd] */
     mtensor output;           /* [n_vocab][n_embd] (= tok_embd when tied) */
     layer_weights *layers;    /* [n_layer] */
-    float *rope_inv_freq;     /* [head_dim/2]: theta_i per position (base, scale, llama3 factors) */
+    float *rope_inv_freq;     /* [n_rot/2]: theta_i per position (base, scale, llama3 factors) */
     float **owned_f32;        /* norm vectors converted to f32 */
     int n_owned_f32;
     void *weights;            /* anonymous copy of the data section (use_mmap == 0) */
