@@ -8,9 +8,11 @@
 #include "util.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: duet make-model [--arch llama] --n-embd N --n-layer N --n-head N "
-               "[--n-head-kv N] --n-ff N --n-vocab N [--n-ctx N] [--type f32|f16|bf16|q8_0|q4_0] "
-               "[--output-type T] [--tied] [--seed S] -o OUT.gguf\n");
+    fprintf(f, "usage: duet make-model [--arch llama|qwen2|qwen3|phi3|gemma2] --n-embd N "
+               "--n-layer N --n-head N [--n-head-kv N] --n-ff N --n-vocab N [--n-ctx N] "
+               "[--head-dim N] [--n-rot N] [--sliding-window N] [--attn-softcap X] "
+               "[--final-softcap X] [--type f32|f16|bf16|q8_0|q4_0] [--output-type T] [--tied] "
+               "[--seed S] -o OUT.gguf\n");
 }
 
 int cmd_make_model(int argc, char **argv) {
@@ -24,9 +26,15 @@ int cmd_make_model(int argc, char **argv) {
         int *ip = !strcmp(a, "--n-embd") ? &p.n_embd : !strcmp(a, "--n-layer") ? &p.n_layer
                 : !strcmp(a, "--n-head") ? &p.n_head : !strcmp(a, "--n-head-kv") ? &p.n_head_kv
                 : !strcmp(a, "--n-ff") ? &p.n_ff : !strcmp(a, "--n-vocab") ? &p.n_vocab
-                : !strcmp(a, "--n-ctx") ? &p.n_ctx : NULL;
+                : !strcmp(a, "--n-ctx") ? &p.n_ctx : !strcmp(a, "--head-dim") ? &p.head_dim
+                : !strcmp(a, "--n-rot") ? &p.n_rot : !strcmp(a, "--sliding-window") ? &p.n_swa
+                : NULL;
+        float *fp = !strcmp(a, "--attn-softcap") ? &p.attn_softcap
+                  : !strcmp(a, "--final-softcap") ? &p.final_softcap : NULL;
         if (ip) {
             if (!arg_int("make-model", a, v, 1, 1 << 24, ip)) return 2;
+        } else if (fp) {
+            if (!arg_float("make-model", a, v, 1e-6, 1e6, fp)) return 2;
         } else if (!strcmp(a, "--type") || !strcmp(a, "--output-type")) {
             int t = dtype_from_name(v);
             if (t < 0) {

@@ -401,17 +401,24 @@ typedef struct duet_convert_params {
 int duet_convert_llama2c(const duet_convert_params *p, const char *out_path, duet_error *err);
 
 typedef struct duet_make_model_params {
-    const char *arch;        /* "llama" */
+    const char *arch;        /* "llama" (NULL too), "qwen2", "qwen3", "phi3" or "gemma2" */
     int n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
     int type;                /* ggml type id of the matrices (norms stay f32) */
     int output_type;         /* type of output.weight and token_embd; -1: same as type */
-    int tied;                /* 1: no output.weight (shares token_embd) */
+    int tied;                /* 1: no output.weight (shares token_embd; gemma2 always) */
     uint64_t seed;
+    int head_dim;            /* 0: n_embd / n_head; else written as attention.key_length */
+    int n_rot;               /* rope.dimension_count; 0: head_dim */
+    int n_swa;               /* phi3/gemma2 attention.sliding_window; 0: none (phi3),
+                                4096 (gemma2) */
+    float attn_softcap, final_softcap; /* gemma2; 0: Gemma 2's 50 and 30 */
 } duet_make_model_params;
 
-/* Write a random-weight model (matrices ~N(0, 0.02), norms 1) with a synthetic
- * SentencePiece vocabulary (specials, 256 byte tokens, printable characters, then made-up
- * pieces), loadable by duet and by other GGUF tools. Same seed = same file. */
+/* Write a random-weight model (matrices ~N(0, 0.02); norms 1 for llama, 1 + N(0, 0.1) for
+ * the other architectures so that a norm applied to the wrong vector shows; biases
+ * N(0, 0.02)) with the tensors and metadata llama.cpp expects of the architecture, and a
+ * synthetic SentencePiece vocabulary (specials, 256 byte tokens, printable characters, then
+ * made-up pieces), loadable by duet and by other GGUF tools. Same seed = same file. */
 int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_error *err);
 
 /* ---- utilities ------------------------------------------------------------------------- */

@@ -183,20 +183,24 @@ static void set_tokenizer_kv(gguf_writer *w, const vocab *v) {
 }
 
 /* Shared by convert and make-model: the llama hyperparameter keys. */
-void convert_set_llama_hparams(gguf_writer *w, const char *name, int n_ctx, int n_embd,
-                               int n_layer, int n_ff, int n_head, int n_head_kv, int file_type) {
-    gguf_set_str(w, "general.architecture", "llama");
+void convert_set_hparams(gguf_writer *w, const char *arch, const char *name, int n_ctx,
+                         int n_embd, int n_layer, int n_ff, int n_head, int n_head_kv,
+                         int file_type) {
+    char k[96];
+#define KEY(suffix) (snprintf(k, sizeof k, "%s." suffix, arch), k)
+    gguf_set_str(w, "general.architecture", arch);
     gguf_set_str(w, "general.name", name);
     gguf_set_u32(w, "general.file_type", (uint32_t)file_type);
-    gguf_set_u32(w, "llama.context_length", (uint32_t)n_ctx);
-    gguf_set_u32(w, "llama.embedding_length", (uint32_t)n_embd);
-    gguf_set_u32(w, "llama.block_count", (uint32_t)n_layer);
-    gguf_set_u32(w, "llama.feed_forward_length", (uint32_t)n_ff);
-    gguf_set_u32(w, "llama.attention.head_count", (uint32_t)n_head);
-    gguf_set_u32(w, "llama.attention.head_count_kv", (uint32_t)n_head_kv);
-    gguf_set_u32(w, "llama.rope.dimension_count", (uint32_t)(n_embd / n_head));
-    gguf_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    gguf_set_f32(w, "llama.rope.freq_base", 10000.0f);
+    gguf_set_u32(w, KEY("context_length"), (uint32_t)n_ctx);
+    gguf_set_u32(w, KEY("embedding_length"), (uint32_t)n_embd);
+    gguf_set_u32(w, KEY("block_count"), (uint32_t)n_layer);
+    gguf_set_u32(w, KEY("feed_forward_length"), (uint32_t)n_ff);
+    gguf_set_u32(w, KEY("attention.head_count"), (uint32_t)n_head);
+    gguf_set_u32(w, KEY("attention.head_count_kv"), (uint32_t)n_head_kv);
+    gguf_set_u32(w, KEY("rope.dimension_count"), (uint32_t)(n_embd / n_head));
+    gguf_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-5f);
+    gguf_set_f32(w, KEY("rope.freq_base"), 10000.0f);
+#undef KEY
 }
 
 static int add_f32(gguf_writer *w, const char *name, const float *data, int64_t n_in,
@@ -273,7 +277,7 @@ int duet_convert_llama2c(const duet_convert_params *p, const char *out_path, due
             name = strrchr(p->checkpoint, '/');
             name = name ? name + 1 : p->checkpoint;
         }
-        convert_set_llama_hparams(gw, name, seq, dim, n_layer, hidden, n_head, n_kv, 0);
+        convert_set_hparams(gw, "llama", name, seq, dim, n_layer, hidden, n_head, n_kv, 0);
         set_tokenizer_kv(gw, &v);
         const float *tok_emb = w, *rms_att = tok_emb + (uint64_t)n_vocab * D;
         const float *wq = rms_att + L * D, *wk = wq + L * D * D, *wv = wk + L * D * kv_dim;

@@ -4,8 +4,10 @@
 
 #include "gguf.h"
 
-/* Write the general.* and llama.* hyperparameter keys of a llama model. */
-void convert_set_llama_hparams(gguf_writer *w, const char *name, int n_ctx, int n_embd,
-                               int n_layer, int n_ff, int n_head, int n_head_kv, int file_type);
+/* Write the general.* and ARCH.* hyperparameter keys every architecture has (llama's
+ * defaults for eps, rope base and dimension: callers override what differs). */
+void convert_set_hparams(gguf_writer *w, const char *arch, const char *name, int n_ctx,
+                         int n_embd, int n_layer, int n_ff, int n_head, int n_head_kv,
+                         int file_type);
 
 #endif

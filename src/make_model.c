@@ -1,6 +1,6 @@
 /*
- * make_model.c: random-weight llama GGUFs of any shape and type, for fixtures and
- * benchmarks. Each tensor draws from its own stream seeded by (seed, tensor index), so a
+ * make_model.c: random-weight GGUFs of any supported architecture (llama, qwen2, qwen3,
+ * phi3, gemma2), shape and type, for fixtures and benchmarks. Each tensor draws from its own stream seeded by (seed, tensor index), so a
  * file is reproducible bit for bit. The synthetic vocabulary is a valid SentencePiece one
  * (specials, byte tokens, characters, made-up pieces) so that other GGUF tools load it.
  */
@@ -27,14 +27,16 @@ static double rng_normal(rng *r) { /* Box-Muller, both values used */
     return m * cos(2 * M_PI * u2);
 }
 
+/* A tensor of draws mean + std * N(0, 1): a matrix [n_out][n_in], or (n_out 0) a vector. */
 static int add_random(gguf_writer *w, const char *name, int type, int64_t n_in, int64_t n_out,
-                      uint64_t seed, int index, duet_error *err) {
+                      uint64_t seed, int index, double mean, double std, duet_error *err) {
     size_t row = dtype_row_size(type, n_in);
     if (!row)
         return duet_fail(err, DUET_ERR_ARG, "make-model: tensor '%s': row of %lld is not a "
                          "multiple of the %s block", name, (long long)n_in,
                          dtype_info(type) ? dtype_info(type)->name : "?");
-    uint8_t *data = malloc(row * (size_t)n_out);
+    int64_t rows = n_out ? n_out : 1;
+    uint8_t *data = malloc(row * (size_t)rows);
     float *tmp = malloc((size_t)n_in * sizeof(float));
     if (!data || !tmp) {
         free(data);
@@ -42,12 +44,12 @@ static int add_random(gguf_writer *w, const char *name, int type, int64_t n_in, 
         return duet_fail(err, DUET_ERR_NOMEM, "make-model: out of memory for '%s'", name);
     }
     rng r = {seed * 0x100000001b3ull + (uint64_t)index * 0x9e3779b97f4a7c15ull, 0, 0};
-    for (int64_t o = 0; o < n_out; o++) {
-        for (int64_t i = 0; i < n_in; i++) tmp[i] = (float)(0.02 * rng_normal(&r));
+    for (int64_t o = 0; o < rows; o++) {
+        for (int64_t i = 0; i < n_in; i++) tmp[i] = (float)(mean + std * rng_normal(&r));
         quant_quantize_row(type, tmp, data + (size_t)o * row, n_in);
     }
     int64_t ne[2] = {n_in, n_out};
-    int rc = gguf_add_tensor(w, name, type, 2, ne, data, err);
+    int rc = gguf_add_tensor(w, name, type, n_out ? 2 : 1, ne, data, err);
     free(data);
     free(tmp);
     return rc;
@@ -120,51 +122,109 @@ static int file_type_of(int type) {
     }
 }
 
+static const char *const k_archs[] = {"llama", "qwen2", "qwen3", "phi3", "gemma2"};
+
 int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_error *err) {
-    if (p->arch && strcmp(p->arch, "llama") != 0)
+    const char *arch = p->arch ? p->arch : "llama";
+    int ai = 0, n_archs = (int)(sizeof k_archs / sizeof k_archs[0]);
+    while (ai < n_archs && strcmp(arch, k_archs[ai])) ai++;
+    if (ai == n_archs)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "make-model: --arch %s is not supported "
-                         "(supported: llama)", p->arch);
+                         "(supported: llama, qwen2, qwen3, phi3, gemma2)", arch);
+    int llama = ai == 0, qwen2 = ai == 1, qwen3 = ai == 2, phi3 = ai == 3, gemma2 = ai == 4;
     const dtype_traits *tr = dtype_info(p->type);
     int otype = p->output_type >= 0 ? p->output_type : p->type;
     if (!tr || !tr->supported || !dtype_info(otype) || !dtype_info(otype)->supported)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "make-model: type %d is not supported",
                          tr ? p->type : otype);
+    int hd = p->head_dim > 0 ? p->head_dim : (p->n_head > 0 ? p->n_embd / p->n_head : 0);
+    int n_rot = p->n_rot > 0 ? p->n_rot : hd;
     if (p->n_embd <= 0 || p->n_layer <= 0 || p->n_head <= 0 || p->n_head_kv <= 0 ||
-        p->n_ff <= 0 || p->n_vocab < 3 || p->n_embd % p->n_head || p->n_head % p->n_head_kv ||
-        (p->n_embd / p->n_head) % 2)
+        p->n_ff <= 0 || p->n_vocab < 3 || (!p->head_dim && p->n_embd % p->n_head) ||
+        p->n_head % p->n_head_kv || hd <= 0 || hd % 2 || n_rot > hd || n_rot % 2 ||
+        p->n_swa < 0 || !(p->attn_softcap >= 0) || !(p->final_softcap >= 0))
         return duet_fail(err, DUET_ERR_ARG, "make-model: inconsistent shape (n_embd %d, "
-                         "n_layer %d, n_head %d, n_head_kv %d, n_ff %d, n_vocab %d)", p->n_embd,
-                         p->n_layer, p->n_head, p->n_head_kv, p->n_ff, p->n_vocab);
+                         "n_layer %d, n_head %d, n_head_kv %d, n_ff %d, n_vocab %d, head_dim %d, "
+                         "n_rot %d, n_swa %d, soft caps %g %g)", p->n_embd, p->n_layer, p->n_head,
+                         p->n_head_kv, p->n_ff, p->n_vocab, hd, n_rot, p->n_swa,
+                         p->attn_softcap, p->final_softcap);
     gguf_writer *w = gguf_writer_new();
     if (!w) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-    char name[96];
+    char name[96], key[96];
     snprintf(name, sizeof name, "duet-random-%s", tr->name);
-    int hd = p->n_embd / p->n_head, kv = p->n_head_kv * hd;
-    convert_set_llama_hparams(w, name, p->n_ctx > 0 ? p->n_ctx : 2048, p->n_embd, p->n_layer,
-                              p->n_ff, p->n_head, p->n_head_kv, file_type_of(p->type));
+    int64_t E = p->n_embd, F = p->n_ff, Q = (int64_t)p->n_head * hd,
+            KV = (int64_t)p->n_head_kv * hd;
+    convert_set_hparams(w, arch, name, p->n_ctx > 0 ? p->n_ctx : 2048, p->n_embd, p->n_layer,
+                        p->n_ff, p->n_head, p->n_head_kv, file_type_of(p->type));
+#define KEY(suffix) (snprintf(key, sizeof key, "%s." suffix, arch), key)
+    gguf_set_u32(w, KEY("rope.dimension_count"), (uint32_t)n_rot);
+    if (p->head_dim) {
+        gguf_set_u32(w, KEY("attention.key_length"), (uint32_t)hd);
+        gguf_set_u32(w, KEY("attention.value_length"), (uint32_t)hd);
+    }
+    if (!llama) { /* the values these families ship with, so the reader must take them */
+        gguf_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-6f);
+        gguf_set_f32(w, KEY("rope.freq_base"), 1000000.0f);
+    }
+    if (phi3) gguf_set_u32(w, KEY("attention.sliding_window"), (uint32_t)p->n_swa);
+    if (gemma2) {
+        gguf_set_u32(w, KEY("attention.sliding_window"), p->n_swa ? (uint32_t)p->n_swa : 4096);
+        gguf_set_f32(w, KEY("attn_logit_softcapping"), p->attn_softcap > 0 ? p->attn_softcap : 50);
+        gguf_set_f32(w, KEY("final_logit_softcapping"),
+                     p->final_softcap > 0 ? p->final_softcap : 30);
+    }
+#undef KEY
+    /* norms: ones for llama (files stay as they were); jittered for the others */
+    double jit = llama ? 0.0 : 0.1;
     int rc = set_vocab(w, p->n_vocab, err), idx = 0;
-    if (!rc) rc = add_random(w, "token_embd.weight", otype, p->n_embd, p->n_vocab, p->seed, idx++, err);
-    if (!rc) rc = add_ones(w, "output_norm.weight", p->n_embd, err);
-    if (!rc && !p->tied)
-        rc = add_random(w, "output.weight", otype, p->n_embd, p->n_vocab, p->seed, idx++, err);
+    if (!rc) rc = add_random(w, "token_embd.weight", otype, E, p->n_vocab, p->seed, idx++, 0, 0.02, err);
+    if (!rc) rc = llama ? add_ones(w, "output_norm.weight", E, err)
+                        : add_random(w, "output_norm.weight", DT_F32, E, 0, p->seed, idx++, 1, jit, err);
+    if (!rc && !p->tied && !gemma2)
+        rc = add_random(w, "output.weight", otype, E, p->n_vocab, p->seed, idx++, 0, 0.02, err);
     for (int l = 0; !rc && l < p->n_layer; l++) {
         char n[64];
+#define NM(suffix) (snprintf(n, sizeof n, "blk.%d.%s", l, suffix), n)
 #define M(suffix, nin, nout) \
-    if (!rc) { snprintf(n, sizeof n, "blk.%d.%s.weight", l, suffix); \
-               rc = add_random(w, n, p->type, nin, nout, p->seed, idx++, err); }
-#define N(suffix) \
-    if (!rc) { snprintf(n, sizeof n, "blk.%d.%s.weight", l, suffix); rc = add_ones(w, n, p->n_embd, err); }
-        N("attn_norm")
-        M("attn_q", p->n_embd, p->n_embd)
-        M("attn_k", p->n_embd, kv)
-        M("attn_v", p->n_embd, kv)
-        M("attn_output", p->n_embd, p->n_embd)
-        N("ffn_norm")
-        M("ffn_gate", p->n_embd, p->n_ff)
-        M("ffn_down", p->n_ff, p->n_embd)
-        M("ffn_up", p->n_embd, p->n_ff)
+    if (!rc) rc = add_random(w, NM(suffix), p->type, nin, nout, p->seed, idx++, 0, 0.02, err);
+#define V(suffix, len, mean, std) \
+    if (!rc) rc = add_random(w, NM(suffix), DT_F32, len, 0, p->seed, idx++, mean, std, err);
+#define N(suffix, len) \
+    if (!rc) rc = llama ? add_ones(w, NM(suffix), len, err) \
+                        : add_random(w, NM(suffix), DT_F32, len, 0, p->seed, idx++, 1, jit, err);
+        N("attn_norm.weight", E)
+        if (phi3) {
+            M("attn_qkv.weight", E, Q + 2 * KV)
+        } else {
+            M("attn_q.weight", E, Q)
+            M("attn_k.weight", E, KV)
+            M("attn_v.weight", E, KV)
+        }
+        if (qwen2) {
+            V("attn_q.bias", Q, 0, 0.02)
+            V("attn_k.bias", KV, 0, 0.02)
+            V("attn_v.bias", KV, 0, 0.02)
+        }
+        if (qwen3) {
+            N("attn_q_norm.weight", hd)
+            N("attn_k_norm.weight", hd)
+        }
+        M("attn_output.weight", Q, E)
+        if (gemma2) N("post_attention_norm.weight", E)
+        N("ffn_norm.weight", E)
+        if (phi3) {
+            M("ffn_up.weight", E, 2 * F) /* gate rows, then up rows */
+            M("ffn_down.weight", F, E)
+        } else {
+            M("ffn_gate.weight", E, F)
+            M("ffn_down.weight", F, E)
+            M("ffn_up.weight", E, F)
+        }
+        if (gemma2) N("post_ffw_norm.weight", E)
 #undef M
+#undef V
 #undef N
+#undef NM
     }
     if (!rc) rc = gguf_write(w, out_path, err);
     gguf_writer_free(w);

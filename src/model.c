@@ -344,7 +344,8 @@ static int bind_all(duet_model *m, duet_error *err) {
     int rc;
     if ((rc = bind(m, "token_embd.weight", E, V, 0, &m->tok_embd, err)) ||
         (rc = bind_vec(m, "output_norm.weight", E, 0, &m->output_norm, err)) ||
-        (rc = bind(m, "output.weight", E, V, 1, &m->output, err)))
+        /* gemma2 always computes logits with the embedding (llama.cpp ignores output.weight) */
+        (m->ap.id != ARCH_GEMMA2 && (rc = bind(m, "output.weight", E, V, 1, &m->output, err))))
         return rc;
     hp->tied_output = m->output.data == NULL;
     if (hp->tied_output) m->output = m->tok_embd;
