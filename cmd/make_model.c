@@ -11,7 +11,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: duet make-model [--arch llama|qwen2|qwen3|phi3|gemma2] --n-embd N "
                "--n-layer N --n-head N [--n-head-kv N] --n-ff N --n-vocab N [--n-ctx N] "
                "[--head-dim N] [--n-rot N] [--sliding-window N] [--attn-softcap X] "
-               "[--final-softcap X] [--type f32|f16|bf16|q8_0|q4_0] [--output-type T] [--tied] "
+               "[--final-softcap X] [--weight-std X] [--type f32|f16|bf16|q8_0|q4_0] [--output-type T] [--tied] "
                "[--seed S] -o OUT.gguf\n");
 }
 
@@ -30,7 +30,8 @@ int cmd_make_model(int argc, char **argv) {
                 : !strcmp(a, "--n-rot") ? &p.n_rot : !strcmp(a, "--sliding-window") ? &p.n_swa
                 : NULL;
         float *fp = !strcmp(a, "--attn-softcap") ? &p.attn_softcap
-                  : !strcmp(a, "--final-softcap") ? &p.final_softcap : NULL;
+                  : !strcmp(a, "--final-softcap") ? &p.final_softcap
+                  : !strcmp(a, "--weight-std") ? &p.weight_std : NULL;
         if (ip) {
             if (!arg_int("make-model", a, v, 1, 1 << 24, ip)) return 2;
         } else if (fp) {

@@ -412,11 +412,13 @@ typedef struct duet_make_model_params {
     int n_swa;               /* phi3/gemma2 attention.sliding_window; 0: none (phi3),
                                 4096 (gemma2) */
     float attn_softcap, final_softcap; /* gemma2; 0: Gemma 2's 50 and 30 */
+    float weight_std;        /* std of the random matrices and biases; 0: 0.02 (larger values
+                                make attention sharp, so tests see the position terms) */
 } duet_make_model_params;
 
-/* Write a random-weight model (matrices ~N(0, 0.02); norms 1 for llama, 1 + N(0, 0.1) for
+/* Write a random-weight model (matrices ~N(0, weight_std); norms 1 for llama, 1 + N(0, 0.1) for
  * the other architectures so that a norm applied to the wrong vector shows; biases
- * N(0, 0.02)) with the tensors and metadata llama.cpp expects of the architecture, and a
+ * N(0, weight_std)) with the tensors and metadata llama.cpp expects of the architecture, and a
  * synthetic SentencePiece vocabulary (specials, 256 byte tokens, printable characters, then
  * made-up pieces), loadable by duet and by other GGUF tools. Same seed = same file. */
 int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_error *err);

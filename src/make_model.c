@@ -142,7 +142,8 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
     if (p->n_embd <= 0 || p->n_layer <= 0 || p->n_head <= 0 || p->n_head_kv <= 0 ||
         p->n_ff <= 0 || p->n_vocab < 3 || (!p->head_dim && p->n_embd % p->n_head) ||
         p->n_head % p->n_head_kv || hd <= 0 || hd % 2 || n_rot > hd || n_rot % 2 ||
-        p->n_swa < 0 || !(p->attn_softcap >= 0) || !(p->final_softcap >= 0))
+        p->n_swa < 0 || !(p->attn_softcap >= 0) || !(p->final_softcap >= 0) ||
+        !(p->weight_std >= 0 && p->weight_std < 100))
         return duet_fail(err, DUET_ERR_ARG, "make-model: inconsistent shape (n_embd %d, "
                          "n_layer %d, n_head %d, n_head_kv %d, n_ff %d, n_vocab %d, head_dim %d, "
                          "n_rot %d, n_swa %d, soft caps %g %g)", p->n_embd, p->n_layer, p->n_head,
@@ -175,18 +176,18 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
     }
 #undef KEY
     /* norms: ones for llama (files stay as they were); jittered for the others */
-    double jit = llama ? 0.0 : 0.1;
+    double jit = llama ? 0.0 : 0.1, sd = p->weight_std > 0 ? p->weight_std : 0.02;
     int rc = set_vocab(w, p->n_vocab, err), idx = 0;
-    if (!rc) rc = add_random(w, "token_embd.weight", otype, E, p->n_vocab, p->seed, idx++, 0, 0.02, err);
+    if (!rc) rc = add_random(w, "token_embd.weight", otype, E, p->n_vocab, p->seed, idx++, 0, sd, err);
     if (!rc) rc = llama ? add_ones(w, "output_norm.weight", E, err)
                         : add_random(w, "output_norm.weight", DT_F32, E, 0, p->seed, idx++, 1, jit, err);
     if (!rc && !p->tied && !gemma2)
-        rc = add_random(w, "output.weight", otype, E, p->n_vocab, p->seed, idx++, 0, 0.02, err);
+        rc = add_random(w, "output.weight", otype, E, p->n_vocab, p->seed, idx++, 0, sd, err);
     for (int l = 0; !rc && l < p->n_layer; l++) {
         char n[64];
 #define NM(suffix) (snprintf(n, sizeof n, "blk.%d.%s", l, suffix), n)
 #define M(suffix, nin, nout) \
-    if (!rc) rc = add_random(w, NM(suffix), p->type, nin, nout, p->seed, idx++, 0, 0.02, err);
+    if (!rc) rc = add_random(w, NM(suffix), p->type, nin, nout, p->seed, idx++, 0, sd, err);
 #define V(suffix, len, mean, std) \
     if (!rc) rc = add_random(w, NM(suffix), DT_F32, len, 0, p->seed, idx++, mean, std, err);
 #define N(suffix, len) \
@@ -201,9 +202,9 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
             M("attn_v.weight", E, KV)
         }
         if (qwen2) {
-            V("attn_q.bias", Q, 0, 0.02)
-            V("attn_k.bias", KV, 0, 0.02)
-            V("attn_v.bias", KV, 0, 0.02)
+            V("attn_q.bias", Q, 0, sd)
+            V("attn_k.bias", KV, 0, sd)
+            V("attn_v.bias", KV, 0, sd)
         }
         if (qwen3) {
             N("attn_q_norm.weight", hd)

@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Independent reference forward pass for GGUF models (numpy, float64): its own GGUF
+reader and dequantisers, and each architecture written out from llama.cpp's published
+conventions (tensor names, metadata keys, RoPE order), not from duet's C code. Unlike duet
+it evaluates the whole sequence at once with explicit causal / sliding-window masks and no
+KV cache. Prints the logits of every position, one line of n_vocab numbers per token.
+Usage: gguf_ref.py MODEL.gguf TOKEN [TOKEN ...]
+Architectures: llama, qwen2 (q/k/v biases), qwen3 (per-head q/k RMSNorm), phi3 (fused
+attn_qkv and ffn_up = [gate; up], sliding window on every layer), gemma2 (embedding scale,
+GELU, post-norms, soft caps, sliding window on even layers)."""
+import struct
+import sys
+
+import numpy as np
+
+# ---- GGUF reader ---------------------------------------------------------------------------
+SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+          10: "<Q", 11: "<q", 12: "<d"}
+
+
+class Reader:
+    def __init__(self, data):
+        self.d, self.o = data, 0
+
+    def take(self, fmt):
+        v = struct.unpack_from(fmt, self.d, self.o)[0]
+        self.o += struct.calcsize(fmt)
+        return v
+
+    def string(self):
+        n = self.take("<Q")
+        s = self.d[self.o:self.o + n].decode("utf-8", "replace")
+        self.o += n
+        return s
+
+    def value(self, t):
+        if t == 8:
+            return self.string()
+        if t == 9:
+            et, n = self.take("<I"), self.take("<Q")
+            return [self.value(et) for _ in range(n)]
+        return self.take(SCALAR[t])
+
+
+def dequant(t, raw, n):
+    """n elements of ggml type t from bytes raw, as float64."""
+    if t == 0:
+        return np.frombuffer(raw, "<f4", n).astype(np.float64)
+    if t == 1:
+        return np.frombuffer(raw, "<f2", n).astype(np.float64)
+    if t == 30:  # bf16: the high half of an f32
+        return (np.frombuffer(raw, "<u2", n).astype(np.uint32) << 16).view("<f4").astype(np.float64)
+    if t == 8:  # Q8_0: blocks of f16 scale + 32 int8
+        b = np.frombuffer(raw, np.uint8, n // 32 * 34).reshape(-1, 34)
+        d = b[:, :2].copy().view("<f2").astype(np.float64)
+        return (d * b[:, 2:].view(np.int8)).reshape(-1)
+    if t == 2:  # Q4_0: f16 scale + 16 bytes; low nibbles are elements 0..15, high 16..31
+        b = np.frombuffer(raw, np.uint8, n // 32 * 18).reshape(-1, 18)
+        d = b[:, :2].copy().view("<f2").astype(np.float64)
+        q = np.concatenate([b[:, 2:] & 15, b[:, 2:] >> 4], axis=1).astype(np.float64) - 8
+        return (d * q).reshape(-1)
+    raise SystemExit("gguf_ref: tensor type %d not implemented" % t)
+
+
+BYTES = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 2: (32, 18)}
+
+
+def load(path):
+    data = open(path, "rb").read()
+    r = Reader(data)
+    if r.take("<I") != 0x46554747:
+        raise SystemExit("gguf_ref: %s is not GGUF" % path)
+    r.take("<I")  # version (2 and 3 share this layout)
+    n_t, n_kv = r.take("<Q"), r.take("<Q")
+    meta = {}
+    for _ in range(n_kv):
+        k = r.string()
+        meta[k] = r.value(r.take("<I"))
+    infos = []
+    for _ in range(n_t):
+        name = r.string()
+        nd = r.take("<I")
+        ne = [r.take("<Q") for _ in range(nd)]
+        infos.append((name, ne, r.take("<I"), r.take("<Q")))
+    align = meta.get("general.alignment", 32)
+    base = (r.o + align - 1) // align * align
+    tensors = {}
+    for name, ne, t, off in infos:
+        n = int(np.prod(ne))
+        blk, size = BYTES[t]
+        v = dequant(t, data[base + off:base + off + n // blk * size], n)
+        tensors[name] = v.reshape(list(reversed(ne))) if len(ne) > 1 else v
+    return meta, tensors
+
+
+# ---- forward --------------------------------------------------------------------------------
+def rms(x, w, eps):
+    return w * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+def rope(x, pos, n_rot, base, neox):
+    """x: [T, heads, hd]; rotate the first n_rot dims of each head."""
+    half = n_rot // 2
+    ang = pos[:, None] * base ** (-2.0 * np.arange(half) / n_rot)  # [T, half]
+    c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    x = x.copy()
+    i0 = np.arange(half) if neox else 2 * np.arange(half)
+    i1 = i0 + half if neox else i0 + 1
+    a, b = x[..., i0].copy(), x[..., i1].copy()
+    x[..., i0] = a * c - b * s
+    x[..., i1] = a * s + b * c
+    return x
+
+
+def forward(meta, W, toks):
+    arch = meta["general.architecture"]
+    if arch not in ("llama", "qwen2", "qwen3", "phi3", "gemma2"):
+        raise SystemExit("gguf_ref: architecture %s not implemented" % arch)
+
+    def hp(k, d=None):
+        return meta.get(arch + "." + k, d)
+
+    E, L, H = hp("embedding_length"), hp("block_count"), hp("attention.head_count")
+    Hkv = hp("attention.head_count_kv", H)
+    hd = hp("attention.key_length", E // H)
+    n_rot = hp("rope.dimension_count", hd)
+    eps, base = hp("attention.layer_norm_rms_epsilon", 1e-5), hp("rope.freq_base", 10000.0)
+    neox = arch != "llama"
+    gemma2 = arch == "gemma2"
+    scale = 1.0 / np.sqrt(hd)
+    cap_a = cap_f = 0.0
+    swa_layers, n_swa = set(), 0
+    if gemma2:
+        n_swa = hp("attention.sliding_window", 4096)
+        cap_a = hp("attn_logit_softcapping", 50.0)
+        cap_f = hp("final_logit_softcapping", 30.0)
+        swa_layers = set(range(0, L, 2))
+        if L == 46:
+            scale = 1.0 / np.sqrt(E // H)
+    if arch == "phi3":
+        n_swa = hp("attention.sliding_window", 0)
+        swa_layers = set(range(L)) if n_swa else set()
+    T = len(toks)
+    pos = np.arange(T, dtype=np.float64)
+    causal = pos[None, :] <= pos[:, None]                      # [query, key]
+    window = causal & (pos[:, None] - pos[None, :] < max(n_swa, 1))
+    x = W["token_embd.weight"][toks]
+    if gemma2:
+        x = x * np.sqrt(E)
+    for l in range(L):
+        def w(s):
+            return W.get("blk.%d.%s" % (l, s))
+        h = rms(x, w("attn_norm.weight"), eps)
+        if w("attn_qkv.weight") is not None:
+            qkv = h @ w("attn_qkv.weight").T
+            q, k, v = qkv[:, :H * hd], qkv[:, H * hd:(H + Hkv) * hd], qkv[:, (H + Hkv) * hd:]
+        else:
+            q, k, v = h @ w("attn_q.weight").T, h @ w("attn_k.weight").T, h @ w("attn_v.weight").T
+        if w("attn_q.bias") is not None:
+            q, k, v = q + w("attn_q.bias"), k + w("attn_k.bias"), v + w("attn_v.bias")
+        q, k, v = q.reshape(T, H, hd), k.reshape(T, Hkv, hd), v.reshape(T, Hkv, hd)
+        if w("attn_q_norm.weight") is not None:
+            q, k = rms(q, w("attn_q_norm.weight"), eps), rms(k, w("attn_k_norm.weight"), eps)
+        q, k = rope(q, pos, n_rot, base, neox), rope(k, pos, n_rot, base, neox)
+        mask = window if l in swa_layers else causal
+        att = np.zeros((T, H, hd))
+        for hh in range(H):
+            kv = hh // (H // Hkv)
+            sc = q[:, hh] @ k[:, kv].T * scale
+            if cap_a:
+                sc = cap_a * np.tanh(sc / cap_a)
+            sc = np.where(mask, sc, -np.inf)
+            p = np.exp(sc - sc.max(axis=1, keepdims=True))
+            att[:, hh] = (p / p.sum(axis=1, keepdims=True)) @ v[:, kv]
+        o = att.reshape(T, H * hd) @ w("attn_output.weight").T
+        if gemma2:
+            o = rms(o, w("post_attention_norm.weight"), eps)
+        x = x + o
+        h = rms(x, w("ffn_norm.weight"), eps)
+        if arch == "phi3":
+            gu = h @ w("ffn_up.weight").T
+            g, u = gu[:, :gu.shape[1] // 2], gu[:, gu.shape[1] // 2:]
+        else:
+            g, u = h @ w("ffn_gate.weight").T, h @ w("ffn_up.weight").T
+        if gemma2:
+            a = 0.5 * g * (1 + np.tanh(np.sqrt(2 / np.pi) * (g + 0.044715 * g ** 3)))
+        else:
+            a = g / (1 + np.exp(-g))
+        d = (a * u) @ w("ffn_down.weight").T
+        if gemma2:
+            d = rms(d, w("post_ffw_norm.weight"), eps)
+        x = x + d
+    out = W.get("output.weight")
+    if out is None or gemma2:
+        out = W["token_embd.weight"]
+    logits = rms(x, W["output_norm.weight"], eps) @ out.T
+    if cap_f:
+        logits = cap_f * np.tanh(logits / cap_f)
+    return logits
+
+
+def main():
+    meta, W = load(sys.argv[1])
+    toks = [int(t) for t in sys.argv[2:]]
+    for row in forward(meta, W, toks):
+        print(" ".join("%.9g" % v for v in row))
+
+
+if __name__ == "__main__":
+    main()
