@@ -107,12 +107,14 @@ static int read_hparams(duet_model *m, duet_error *err) {
     while (ai < N_ARCHS && !(strlen(k_archs[ai].name) == s.len &&
                              !memcmp(k_archs[ai].name, s.ptr, s.len)))
         ai++;
-    if (ai == N_ARCHS)
+    /* a vocabulary-only load needs no compute, so any architecture's vocabulary will do
+     * (llama.cpp's vocab files are gpt2, falcon, starcoder2, ...) */
+    if (ai == N_ARCHS && !m->vocab_only)
         return duet_fail(err, DUET_ERR_UNSUPPORTED,
                          "%s: general.architecture '%s' is not supported (supported: llama, "
                          "qwen2, qwen3, phi3, gemma2)", f->path, arch);
-    m->ap.id = k_archs[ai].id;
-    m->ap.rope_neox = k_archs[ai].rope_neox;
+    m->ap.id = ai < N_ARCHS ? k_archs[ai].id : -1;
+    m->ap.rope_neox = ai < N_ARCHS ? k_archs[ai].rope_neox : 0;
     snprintf(hp->arch, sizeof hp->arch, "%.31s", arch);
 
     gguf_str name = {0, NULL};

@@ -240,6 +240,11 @@ TEST(arch_unknown_refused_by_name) {
     duet_model *m = NULL;
     CHECK(duet_model_load(path, NULL, &m, &err) == DUET_ERR_UNSUPPORTED && !m);
     CHECKF(strstr(err.msg, "'gptneox'") && strstr(err.msg, "qwen2"), "message: %s", err.msg);
+    /* its vocabulary alone still loads: vocab files come in every architecture */
+    duet_model_params vo = {.vocab_only = 1};
+    CHECKF(!duet_model_load(path, &vo, &m, &err), "vocab-only: %s", err.msg);
+    if (m) CHECK_STR(duet_model_hparams(m)->arch, "gptneox");
+    duet_model_free(m);
     duet_make_model_params p = {.arch = "mamba", .n_embd = 8, .n_layer = 1, .n_head = 1,
                                 .n_head_kv = 1, .n_ff = 8, .n_vocab = 300, .output_type = -1};
     CHECK(duet_make_model(&p, path, &err) == DUET_ERR_UNSUPPORTED);
