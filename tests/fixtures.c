@@ -88,17 +88,18 @@ const char *fixture_random(int type, uint64_t seed, int tied) {
     return out;
 }
 
-const char *fixture_arch(const char *arch, int n_swa, float attn_softcap, float final_softcap) {
+const char *fixture_arch(const char *arch, int type, int n_swa, float attn_softcap,
+                         float final_softcap) {
     static char path[8][512];
     static int k;
     char *out = path[k++ & 7];
-    snprintf(out, 512, "%s/arch-%s-%d-%g-%g.gguf", test_tmpdir(), arch, n_swa, attn_softcap,
-             final_softcap);
+    snprintf(out, 512, "%s/arch-%s-%d-%d-%g-%g.gguf", test_tmpdir(), arch, type, n_swa,
+             attn_softcap, final_softcap);
     if (access(out, R_OK) == 0) return out;
     int wide = !strcmp(arch, "qwen3") || !strcmp(arch, "gemma2");
     duet_make_model_params p = {.arch = arch, .n_embd = 64, .n_layer = 3, .n_head = 4,
                                 .n_head_kv = 2, .n_ff = 96, .n_vocab = 300, .n_ctx = 64,
-                                .type = 0 /* f32 */, .output_type = -1, .seed = 11,
+                                .type = type, .output_type = -1, .seed = 11,
                                 .head_dim = wide ? 24 : 0,
                                 .n_rot = !strcmp(arch, "phi3") ? 12 : 0,
                                 .n_swa = n_swa ? n_swa : 4,

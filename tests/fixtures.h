@@ -13,12 +13,14 @@ const char *fixture_llama2c(const char *name);
 /* A random-weight llama (n_embd 128, 2 layers, 4 heads / 2 kv, n_ff 256, vocab 600) with
  * matrices of the given type; the same seed gives the same underlying f32 draws. */
 const char *fixture_random(int type, uint64_t seed, int tied);
-/* A random-weight model of architecture arch (make-model --arch) in f32: n_embd 64, 3 layers,
+/* A random-weight model of architecture arch (make-model --arch) with matrices of the given
+ * type: n_embd 64, 3 layers,
  * 4 heads / 2 kv, n_ff 96, vocab 300, n_ctx 64, weights N(0, 0.25) so attention is sharp;
  * qwen3 and gemma2 with head_dim 24 (not n_embd / n_head), phi3 with partial RoPE (12 of 16
  * dims), phi3 and gemma2 with a sliding window of 4, gemma2 with soft caps 2 (attention) and
  * 5 (logits) that bind on these weights. Options change it: swa/caps 0 = those defaults. */
-const char *fixture_arch(const char *arch, int n_swa, float attn_softcap, float final_softcap);
+const char *fixture_arch(const char *arch, int type, int n_swa, float attn_softcap,
+                         float final_softcap);
 
 /* A whole file, NUL-terminated (*n its size; n may be NULL), or NULL. Caller frees. */
 char *fixture_read_file(const char *path, size_t *n);

@@ -80,16 +80,23 @@ TEST(arch_fixtures_match_numpy_reference) {
     if (!have_numpy()) SKIP("python3-numpy missing (make deps installs it)");
     static float got[N_TOKS * 300];
     static double ref[N_TOKS * 300];
-    for (int a = 0; a < N_ARCHS; a++) {
-        const char *path = fixture_arch(k_archs[a], 0, 0, 0);
-        int V = 0;
-        REQUIRE(path && !duet_logits(path, got, &V) && V == 300);
-        REQUIRE(!oracle_logits(path, ref, V));
-        double e = rel_err(got, ref, (long)N_TOKS * V);
-        CHECKF(e <= TOL, "%s: logits differ from the numpy reference by %g (relative, tol %g)",
-               k_archs[a], e, TOL);
-        if (getenv("DUET_TEST_VERBOSE")) printf("  %s: relative error %.3g\n", k_archs[a], e);
-    }
+    /* f32: TOL. Q8_0 / Q4_0: the reference dequantises the same weights, but duet also rounds
+     * the activations to Q8_0 for the dot products, which these sharp random models amplify
+     * (measured 2e-2 to 5e-2 relative for every architecture, llama included); a misplaced
+     * row or block (e.g. a fused matrix split at the wrong offset) gives errors near 1 */
+    struct { int type; double tol; } types[] = {{0, TOL}, {8, 0.1}, {2, 0.1}};
+    for (int ti = 0; ti < 3; ti++)
+        for (int a = 0; a < N_ARCHS; a++) {
+            const char *path = fixture_arch(k_archs[a], types[ti].type, 0, 0, 0);
+            int V = 0;
+            REQUIRE(path && !duet_logits(path, got, &V) && V == 300);
+            REQUIRE(!oracle_logits(path, ref, V));
+            double e = rel_err(got, ref, (long)N_TOKS * V);
+            CHECKF(e <= types[ti].tol, "%s type %d: logits differ from the numpy reference by %g "
+                   "(relative, tol %g)", k_archs[a], types[ti].type, e, types[ti].tol);
+            if (getenv("DUET_TEST_VERBOSE"))
+                printf("  %s type %d: relative error %.3g\n", k_archs[a], types[ti].type, e);
+        }
 }
 
 /* The reference comparison only proves something if the features change the result: a
@@ -103,8 +110,8 @@ TEST(arch_fixtures_exercise_window_and_caps) {
     };
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
         int V = 0;
-        REQUIRE(!duet_logits(fixture_arch(v[i].arch, 0, 0, 0), base, &V));
-        REQUIRE(!duet_logits(fixture_arch(v[i].arch, v[i].swa, v[i].cap_a, v[i].cap_f), other, &V));
+        REQUIRE(!duet_logits(fixture_arch(v[i].arch, 0, 0, 0, 0), base, &V));
+        REQUIRE(!duet_logits(fixture_arch(v[i].arch, 0, v[i].swa, v[i].cap_a, v[i].cap_f), other, &V));
         for (long k = 0; k < (long)N_TOKS * V; k++) based[k] = base[k];
         double e = rel_err(other, based, (long)N_TOKS * V);
         CHECKF(e > 100 * TOL, "%s (window %d, caps %g %g): logits moved only %g", v[i].arch,
@@ -207,7 +214,7 @@ TEST(arch_bad_files_rejected_with_reason) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char path[600];
         snprintf(path, sizeof path, "%s/bad-arch-%zu.gguf", test_tmpdir(), i);
-        const char *src = fixture_arch(cases[i].arch, 0, 0, 0);
+        const char *src = fixture_arch(cases[i].arch, 0, 0, 0, 0);
         REQUIRE(src);
         CHECKF(!rewrite(src, path, &cases[i].e), "case %zu: rewrite failed", i);
         duet_model *m = NULL;
@@ -223,7 +230,7 @@ TEST(arch_bad_files_rejected_with_reason) {
 }
 
 TEST(arch_unknown_refused_by_name) {
-    const char *src = fixture_arch("qwen2", 0, 0, 0);
+    const char *src = fixture_arch("qwen2", 0, 0, 0, 0);
     REQUIRE(src);
     char path[600];
     snprintf(path, sizeof path, "%s/arch-gptneox.gguf", test_tmpdir());
