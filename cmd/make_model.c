@@ -11,7 +11,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: duet make-model [--arch llama|qwen2|qwen3|phi3|gemma2] --n-embd N "
                "--n-layer N --n-head N [--n-head-kv N] --n-ff N --n-vocab N [--n-ctx N] "
                "[--head-dim N] [--n-rot N] [--sliding-window N] [--attn-softcap X] "
-               "[--final-softcap X] [--weight-std X] [--type f32|f16|bf16|q8_0|q4_0] [--output-type T] [--tied] "
+               "[--final-softcap X] [--weight-std X] [--longrope] [--type f32|f16|bf16|q8_0|q4_0] [--output-type T] [--tied] "
                "[--seed S] -o OUT.gguf\n");
 }
 
@@ -22,6 +22,7 @@ int cmd_make_model(int argc, char **argv) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--tied")) { p.tied = 1; continue; }
+        if (!strcmp(a, "--longrope")) { p.longrope = 1; continue; }
         if (!(v = arg_value("make-model", argc, argv, &i))) return 2;
         int *ip = !strcmp(a, "--n-embd") ? &p.n_embd : !strcmp(a, "--n-layer") ? &p.n_layer
                 : !strcmp(a, "--n-head") ? &p.n_head : !strcmp(a, "--n-head-kv") ? &p.n_head_kv

@@ -414,6 +414,8 @@ typedef struct duet_make_model_params {
     float attn_softcap, final_softcap; /* gemma2; 0: Gemma 2's 50 and 30 */
     float weight_std;        /* std of the random matrices and biases; 0: 0.02 (larger values
                                 make attention sharp, so tests see the position terms) */
+    int longrope;            /* phi3: LongRoPE as Phi-3.5 files have it (factor tensors, an
+                                original context of n_ctx / 2, the matching attn_factor) */
 } duet_make_model_params;
 
 /* Write a random-weight model (matrices ~N(0, weight_std); norms 1 for llama, 1 + N(0, 0.1) for

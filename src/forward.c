@@ -23,6 +23,8 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, duet_er
     st->m = m;
     st->n_ctx = n_ctx;
     st->n_batch = n_batch;
+    st->rope_inv_freq = m->rope_inv_freq_long && n_ctx > m->n_ctx_orig ? m->rope_inv_freq_long
+                                                                        : m->rope_inv_freq;
     size_t E = (size_t)hp->n_embd, Q = (size_t)hp->n_head * hp->head_dim,
            KV = (size_t)hp->n_head_kv * hp->head_dim, F = (size_t)hp->n_ff, B = (size_t)n_batch;
     size_t cache = (size_t)hp->n_layer * (size_t)n_ctx * KV * sizeof(float);
@@ -74,15 +76,16 @@ static void rmsnorm(float *o, const float *x, const float *w, int n, float eps) 
     for (int i = 0; i < n; i++) o[i] = w[i] * (scale * x[i]);
 }
 
-/* Rotate the first n_rot dims of each head by pos * inv_freq[i]: pairs (x[2i], x[2i+1])
+/* Rotate the first n_rot dims of each head by pos * inv_freq[i] and scale them by mscale
+ * (rope.scaling.attn_factor; 1 for most files): pairs (x[2i], x[2i+1])
  * (llama files store q/k in this "normal" order; llama2.c uses it too) or, neox, the halves
  * (x[i], x[i + n_rot/2]) as qwen2/qwen3/phi3/gemma2 files expect. */
 static void rope(float *x, int n_heads, int head_dim, int n_rot, int neox, int pos,
-                 const float *inv_freq) {
+                 const float *inv_freq, float mscale) {
     int half = n_rot / 2, step = neox ? 1 : 2, off = neox ? half : 1;
     for (int i = 0; i < half; i++) {
         float val = (float)pos * inv_freq[i];
-        float c = cosf(val), s = sinf(val);
+        float c = cosf(val) * mscale, s = sinf(val) * mscale;
         for (int h = 0; h < n_heads; h++) {
             float *p = x + h * head_dim + i * step;
             float x0 = p[0], x1 = p[off];
@@ -195,9 +198,9 @@ void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_ou
         }
         for (int t = 0; t < n; t++) {
             rope(st->q + (size_t)t * Q, hp->n_head, hd, ap->n_rot, ap->rope_neox, pos + t,
-                 m->rope_inv_freq);
+                 st->rope_inv_freq, ap->rope_mscale);
             rope(st->k + (size_t)t * KV, hp->n_head_kv, hd, ap->n_rot, ap->rope_neox, pos + t,
-                 m->rope_inv_freq);
+                 st->rope_inv_freq, ap->rope_mscale);
         }
         memcpy(kc, st->k, (size_t)n * KV * sizeof(float));
         memcpy(vc, st->v, (size_t)n * KV * sizeof(float));

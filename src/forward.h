@@ -11,6 +11,7 @@
 typedef struct fwd_state {
     const duet_model *m;
     int n_ctx, n_batch;
+    const float *rope_inv_freq; /* the model's table for this n_ctx (LongRoPE: short or long) */
     float *k_cache;   /* [n_layer][n_ctx][n_head_kv*head_dim] */
     float *v_cache;   /* [n_layer][n_ctx][n_head_kv*head_dim] */
     float *x;         /* [n_batch][n_embd] residual stream */

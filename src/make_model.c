@@ -139,6 +139,9 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
                          tr ? p->type : otype);
     int hd = p->head_dim > 0 ? p->head_dim : (p->n_head > 0 ? p->n_embd / p->n_head : 0);
     int n_rot = p->n_rot > 0 ? p->n_rot : hd;
+    if (p->longrope && !phi3)
+        return duet_fail(err, DUET_ERR_ARG, "make-model: --longrope is for --arch phi3, not %s",
+                         arch);
     if (p->n_embd <= 0 || p->n_layer <= 0 || p->n_head <= 0 || p->n_head_kv <= 0 ||
         p->n_ff <= 0 || p->n_vocab < 3 || (!p->head_dim && p->n_embd % p->n_head) ||
         p->n_head % p->n_head_kv || hd <= 0 || hd % 2 || n_rot > hd || n_rot % 2 ||
@@ -168,6 +171,13 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
         gguf_set_f32(w, KEY("rope.freq_base"), 1000000.0f);
     }
     if (phi3) gguf_set_u32(w, KEY("attention.sliding_window"), (uint32_t)p->n_swa);
+    int n_ctx = p->n_ctx > 0 ? p->n_ctx : 2048;
+    if (p->longrope) { /* the attn_factor llama.cpp's converter derives for LongRoPE */
+        int orig = DUET_MAX(n_ctx / 2, 2);
+        gguf_set_u32(w, KEY("rope.scaling.original_context_length"), (uint32_t)orig);
+        gguf_set_f32(w, KEY("rope.scaling.attn_factor"),
+                     (float)sqrt(1 + log((double)n_ctx / orig) / log((double)orig)));
+    }
     if (gemma2) {
         gguf_set_u32(w, KEY("attention.sliding_window"), p->n_swa ? (uint32_t)p->n_swa : 4096);
         gguf_set_f32(w, KEY("attn_logit_softcapping"), p->attn_softcap > 0 ? p->attn_softcap : 50);
@@ -183,6 +193,13 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
                         : add_random(w, "output_norm.weight", DT_F32, E, 0, p->seed, idx++, 1, jit, err);
     if (!rc && !p->tied && !gemma2)
         rc = add_random(w, "output.weight", otype, E, p->n_vocab, p->seed, idx++, 0, sd, err);
+    /* factors as Phi-3.5's: near 1 for the short context, larger for the long one */
+    if (!rc && p->longrope)
+        rc = add_random(w, "rope_factors_short.weight", DT_F32, n_rot / 2, 0, p->seed, idx++, 1.5,
+                        0.1, err);
+    if (!rc && p->longrope)
+        rc = add_random(w, "rope_factors_long.weight", DT_F32, n_rot / 2, 0, p->seed, idx++, 6,
+                        1, err);
     for (int l = 0; !rc && l < p->n_layer; l++) {
         char n[64];
 #define NM(suffix) (snprintf(n, sizeof n, "blk.%d.%s", l, suffix), n)

@@ -141,10 +141,13 @@ static int read_hparams(duet_model *m, duet_error *err) {
         (rc = get_u32_opt(f, arch, "attention.key_length", &key_len, err)) ||
         (rc = get_u32_opt(f, arch, "attention.value_length", &val_len, err)))
         return rc;
-    float eps = 1e-5f, theta = 10000.0f, scale = 1.0f;
+    float eps = 1e-5f, theta = 10000.0f, scale = 1.0f, attn_factor = 1.0f;
+    uint32_t n_ctx_orig = n_ctx;
     if ((rc = get_f32_opt(f, arch, "attention.layer_norm_rms_epsilon", &eps, err)) ||
         (rc = get_f32_opt(f, arch, "rope.freq_base", &theta, err)) ||
-        (rc = get_f32_opt(f, arch, "rope.scaling.factor", &scale, err)))
+        (rc = get_f32_opt(f, arch, "rope.scaling.factor", &scale, err)) ||
+        (rc = get_f32_opt(f, arch, "rope.scaling.attn_factor", &attn_factor, err)) ||
+        (rc = get_u32_opt(f, arch, "rope.scaling.original_context_length", &n_ctx_orig, err)))
         return rc;
 #define BAD(...) duet_fail(err, DUET_ERR_FORMAT, __VA_ARGS__)
     if (n_layer == 0 || n_layer > MAX_LAYERS)
@@ -187,6 +190,11 @@ static int read_hparams(duet_model *m, duet_error *err) {
     if (!isfinite(scale) || scale <= 0)
         return BAD("%s: %s.rope.scaling.factor = %g is not a positive number", f->path, arch,
                    scale);
+    if (!isfinite(attn_factor) || attn_factor <= 0)
+        return BAD("%s: %s.rope.scaling.attn_factor = %g is not a positive number", f->path,
+                   arch, attn_factor);
+    if (n_ctx_orig == 0)
+        return BAD("%s: %s.rope.scaling.original_context_length = 0", f->path, arch);
     char skey[160];
     snprintf(skey, sizeof skey, "%s.rope.scaling.type", arch);
     gguf_str stype = {0, NULL};
@@ -213,6 +221,8 @@ static int read_hparams(duet_model *m, duet_error *err) {
     hp->rms_eps = eps;
     hp->rope_theta = theta;
     m->ap.n_rot = (int)n_rot;
+    m->ap.rope_mscale = attn_factor;
+    m->n_ctx_orig = (int)DUET_MIN(n_ctx_orig, (uint32_t)MAX_CTX);
     if ((rc = read_arch_params(m, arch, err))) return rc;
     m->rope_inv_freq = calloc(n_rot / 2, sizeof(float));
     if (!m->rope_inv_freq) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", f->path);
@@ -340,6 +350,31 @@ static int bind_layer(duet_model *m, int l, duet_error *err) {
     return DUET_OK;
 }
 
+/* out[i] = inv[i] / factor[i] for the n_rot/2 factors in tensor `name` (out may be inv);
+ * *found = 0 (and out untouched) when the file has no such tensor. */
+static int freq_factors(duet_model *m, const char *name, const float *inv, float *out,
+                        int *found, duet_error *err) {
+    mtensor ff;
+    int half = m->ap.n_rot / 2, rc;
+    *found = 0;
+    if ((rc = bind(m, name, half, 0, 1, &ff, err)) || !ff.data) return rc;
+    float *div = malloc((size_t)half * sizeof(float));
+    if (!div) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", m->path);
+    quant_dequantize_row(ff.type, ff.data, div, half);
+    for (int i = 0; i < half; i++) {
+        if (!isfinite(div[i]) || div[i] <= 0) {
+            float bad = div[i];
+            free(div);
+            return duet_fail(err, DUET_ERR_FORMAT, "%s: %s[%d] = %g is not a positive number",
+                             m->path, name, i, bad);
+        }
+        out[i] = inv[i] / div[i];
+    }
+    free(div);
+    *found = 1;
+    return DUET_OK;
+}
+
 static int bind_all(duet_model *m, duet_error *err) {
     duet_hparams *hp = &m->hp;
     int64_t E = hp->n_embd, V = hp->n_vocab;
@@ -355,32 +390,30 @@ static int bind_all(duet_model *m, duet_error *err) {
     if (!m->layers) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", m->path);
     for (int l = 0; l < hp->n_layer; l++)
         if ((rc = bind_layer(m, l, err))) return rc;
-    /* LongRoPE (Phi-3 128k, Phi-3.5) needs per-context factor selection and an attention
-     * factor that duet does not implement: refuse rather than compute something else */
-    static const char *longrope[2] = {"rope_factors_long.weight", "rope_factors_short.weight"};
-    for (int i = 0; i < 2; i++)
-        if (gguf_find_tensor(m->gguf, longrope[i]))
-            return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: tensor '%s': LongRoPE scaling is "
-                             "not supported", m->path, longrope[i]);
     /* llama3-style per-frequency divisors */
-    mtensor ff;
-    int half = m->ap.n_rot / 2;
-    if ((rc = bind(m, "rope_freqs.weight", half, 0, 1, &ff, err))) return rc;
-    if (ff.data) {
-        float *div = malloc((size_t)half * sizeof(float));
-        if (!div) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", m->path);
-        quant_dequantize_row(ff.type, ff.data, div, half);
-        for (int i = 0; i < half; i++) {
-            if (!isfinite(div[i]) || div[i] <= 0) {
-                float bad = div[i];
-                free(div);
-                return duet_fail(err, DUET_ERR_FORMAT,
-                                 "%s: rope_freqs.weight[%d] = %g is not a positive number",
-                                 m->path, i, bad);
-            }
-            m->rope_inv_freq[i] /= div[i];
-        }
-        free(div);
+    int found;
+    if ((rc = freq_factors(m, "rope_freqs.weight", m->rope_inv_freq, m->rope_inv_freq, &found,
+                           err)))
+        return rc;
+    /* Phi-3's LongRoPE: divisors for contexts up to original_context_length (short) and for
+     * longer ones (long); fwd_init picks by the session's n_ctx, as llama.cpp does */
+    static const char *lr[2] = {"rope_factors_long.weight", "rope_factors_short.weight"};
+    int has_long = gguf_find_tensor(m->gguf, lr[0]) != NULL;
+    int has_short = gguf_find_tensor(m->gguf, lr[1]) != NULL;
+    if ((has_long || has_short) && m->ap.id != ARCH_PHI3)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: tensor '%s': LongRoPE factors are "
+                         "only supported for phi3, not %s", m->path, lr[has_long ? 0 : 1],
+                         hp->arch);
+    if (has_long != has_short)
+        return duet_fail(err, DUET_ERR_FORMAT, "%s: tensor '%s' is missing (LongRoPE needs "
+                         "both factor tensors)", m->path, lr[has_long ? 1 : 0]);
+    if (has_long) {
+        size_t half = (size_t)m->ap.n_rot / 2;
+        if (!(m->rope_inv_freq_long = malloc(half * sizeof(float))))
+            return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", m->path);
+        if ((rc = freq_factors(m, lr[0], m->rope_inv_freq, m->rope_inv_freq_long, &found, err)) ||
+            (rc = freq_factors(m, lr[1], m->rope_inv_freq, m->rope_inv_freq, &found, err)))
+            return rc;
     }
     /* totals for reports and the bandwidth figure of `duet bench` */
     for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
@@ -484,6 +517,7 @@ void duet_model_free(duet_model *m) {
     free(m->owned_f32);
     free(m->layers);
     free(m->rope_inv_freq);
+    free(m->rope_inv_freq_long);
     free(m);
 }
 

@@ -49,6 +49,7 @@ typedef struct arch_params {
     int id;                  /* ARCH_* */
     int rope_neox;           /* 1: rotate (x[i], x[i + n_rot/2]); 0: (x[2i], x[2i+1]) */
     int n_rot;               /* leading dims of each head that RoPE rotates (<= head_dim) */
+    float rope_mscale;       /* rotated dims are scaled by this (rope.scaling.attn_factor) */
     int ffn_gelu;            /* 1: GELU (tanh form) on the gate; 0: SiLU */
     float embd_scale;        /* token embeddings are multiplied by this (gemma2: sqrt(n_embd)) */
     float attn_scale;        /* q.k is multiplied by this (1/sqrt(head_dim) or gemma2's) */
@@ -68,7 +69,11 @@ struct duet_model {
     const float *output_norm; /* [n_embd] */
     mtensor output;           /* [n_vocab][n_embd] (= tok_embd when tied) */
     layer_weights *layers;    /* [n_layer] */
-    float *rope_inv_freq;     /* [n_rot/2]: theta_i per position (base, scale, llama3 factors) */
+    float *rope_inv_freq;     /* [n_rot/2]: theta_i per position (base, scale, llama3 factors;
+                                 LongRoPE's short factors) */
+    float *rope_inv_freq_long; /* [n_rot/2] with LongRoPE's long factors, or NULL: used by
+                                 sessions whose n_ctx exceeds n_ctx_orig */
+    int n_ctx_orig;           /* rope.scaling.original_context_length (default n_ctx_train) */
     float **owned_f32;        /* norm vectors converted to f32 */
     int n_owned_f32;
     void *weights;            /* anonymous copy of the data section (use_mmap == 0) */

@@ -97,6 +97,8 @@ const char *fixture_arch(const char *arch, int type, int n_swa, float attn_softc
              attn_softcap, final_softcap);
     if (access(out, R_OK) == 0) return out;
     int wide = !strcmp(arch, "qwen3") || !strcmp(arch, "gemma2");
+    int longrope = !strcmp(arch, "phi3-longrope");
+    if (longrope) arch = "phi3";
     duet_make_model_params p = {.arch = arch, .n_embd = 64, .n_layer = 3, .n_head = 4,
                                 .n_head_kv = 2, .n_ff = 96, .n_vocab = 300, .n_ctx = 64,
                                 .type = type, .output_type = -1, .seed = 11,
@@ -105,7 +107,7 @@ const char *fixture_arch(const char *arch, int type, int n_swa, float attn_softc
                                 .n_swa = n_swa ? n_swa : 4,
                                 .attn_softcap = attn_softcap > 0 ? attn_softcap : 2.0f,
                                 .final_softcap = final_softcap > 0 ? final_softcap : 5.0f,
-                                .weight_std = 0.25f};
+                                .weight_std = 0.25f, .longrope = longrope};
     duet_error err = {0};
     if (duet_make_model(&p, out, &err)) {
         test_fail_at(__FILE__, __LINE__, "make-model --arch %s: %s", arch, err.msg);

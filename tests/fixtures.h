@@ -18,7 +18,8 @@ const char *fixture_random(int type, uint64_t seed, int tied);
  * 4 heads / 2 kv, n_ff 96, vocab 300, n_ctx 64, weights N(0, 0.25) so attention is sharp;
  * qwen3 and gemma2 with head_dim 24 (not n_embd / n_head), phi3 with partial RoPE (12 of 16
  * dims), phi3 and gemma2 with a sliding window of 4, gemma2 with soft caps 2 (attention) and
- * 5 (logits) that bind on these weights. Options change it: swa/caps 0 = those defaults. */
+ * 5 (logits) that bind on these weights. Options change it: swa/caps 0 = those defaults.
+ * arch "phi3-longrope": phi3 with LongRoPE factors (original context 32 of 64). */
 const char *fixture_arch(const char *arch, int type, int n_swa, float attn_softcap,
                          float final_softcap);
 

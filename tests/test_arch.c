@@ -14,8 +14,9 @@
 #include "fixtures.h"
 #include "test.h"
 
-static const char *const k_archs[] = {"llama", "qwen2", "qwen3", "phi3", "gemma2"};
-#define N_ARCHS 5
+static const char *const k_archs[] = {"llama", "qwen2", "qwen3", "phi3", "gemma2",
+                                     "phi3-longrope"};
+#define N_ARCHS 6
 /* Longer than the fixtures' window of 4, so sliding-window layers drop positions. */
 static const int32_t k_toks[] = {1, 17, 250, 3, 99, 42, 42, 180, 7, 299, 64, 128};
 #define N_TOKS 12
@@ -28,15 +29,16 @@ static int have_numpy(void) {
            !system("/usr/bin/python3 -c 'import numpy' 2>/dev/null");
 }
 
-/* Logits of every token of k_toks, prefilled in one call: out[N_TOKS][V]. Also checks that
- * decoding one token at a time gives the same logits. */
-static int duet_logits(const char *path, float *out, int *V) {
+/* Logits of every token of k_toks, prefilled in one call in a session of n_ctx (0: default):
+ * out[N_TOKS][V]. Also checks that decoding one token at a time gives the same logits. */
+static int duet_logits(const char *path, int n_ctx, float *out, int *V) {
     duet_model *m = fixture_load(path);
     if (!m) return -1;
     *V = duet_model_hparams(m)->n_vocab;
     duet_session *a = NULL, *b = NULL;
     duet_error err = {0};
-    int rc = duet_session_new(m, NULL, &a, &err) || duet_session_new(m, NULL, &b, &err) ||
+    duet_session_params sp = {.n_ctx = n_ctx};
+    int rc = duet_session_new(m, &sp, &a, &err) || duet_session_new(m, &sp, &b, &err) ||
              duet_session_eval(a, k_toks, N_TOKS, 1, &err);
     double worst = 0;
     for (int i = 0; !rc && i < N_TOKS; i++) {
@@ -52,9 +54,10 @@ static int duet_logits(const char *path, float *out, int *V) {
     return rc ? -1 : 0;
 }
 
-static int oracle_logits(const char *path, double *out, int V) {
+static int oracle_logits(const char *path, int n_ctx, double *out, int V) {
     char cmd[1024];
     int o = snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/oracle/gguf_ref.py '%s'", path);
+    if (n_ctx) o += snprintf(cmd + o, sizeof cmd - (size_t)o, " --n-ctx %d", n_ctx);
     for (int i = 0; i < N_TOKS; i++) o += snprintf(cmd + o, sizeof cmd - (size_t)o, " %d", k_toks[i]);
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
@@ -80,22 +83,32 @@ TEST(arch_fixtures_match_numpy_reference) {
     if (!have_numpy()) SKIP("python3-numpy missing (make deps installs it)");
     static float got[N_TOKS * 300];
     static double ref[N_TOKS * 300];
-    /* f32: TOL. Q8_0 / Q4_0: the reference dequantises the same weights, but duet also rounds
-     * the activations to Q8_0 for the dot products, which these sharp random models amplify
-     * (measured 2e-2 to 5e-2 relative for every architecture, llama included); a misplaced
-     * row or block (e.g. a fused matrix split at the wrong offset) gives errors near 1 */
-    struct { int type; double tol; } types[] = {{0, TOL}, {8, 0.1}, {2, 0.1}};
+    /* f32: max relative error <= TOL. Q8_0 / Q4_0: the reference dequantises the same
+     * weights, but duet also rounds the activations to Q8_0 for the dot products, which
+     * these sharp random models amplify into a few outliers (max relative error 2e-2 to
+     * 1e-1 measured, llama included), so those compare by normalised mean squared error
+     * instead (measured up to 3e-3); a misplaced row or block (e.g. a fused matrix split at
+     * the wrong offset) gives errors near 1 by either measure */
+    struct { int type; double tol; } types[] = {{0, TOL}, {8, 1e-2}, {2, 1e-2}};
+    static float reff[N_TOKS * 300];
     for (int ti = 0; ti < 3; ti++)
-        for (int a = 0; a < N_ARCHS; a++) {
-            const char *path = fixture_arch(k_archs[a], types[ti].type, 0, 0, 0);
+        for (int a = 0; a < N_ARCHS + 1; a++) {
+            /* the last round: LongRoPE in a context short enough for its short factors */
+            const char *arch = k_archs[a < N_ARCHS ? a : N_ARCHS - 1];
+            int n_ctx = a < N_ARCHS ? 0 : 32;
+            const char *path = fixture_arch(arch, types[ti].type, 0, 0, 0);
             int V = 0;
-            REQUIRE(path && !duet_logits(path, got, &V) && V == 300);
-            REQUIRE(!oracle_logits(path, ref, V));
-            double e = rel_err(got, ref, (long)N_TOKS * V);
-            CHECKF(e <= types[ti].tol, "%s type %d: logits differ from the numpy reference by %g "
-                   "(relative, tol %g)", k_archs[a], types[ti].type, e, types[ti].tol);
+            REQUIRE(path && !duet_logits(path, n_ctx, got, &V) && V == 300);
+            REQUIRE(!oracle_logits(path, n_ctx, ref, V));
+            for (int k = 0; k < N_TOKS * V; k++) reff[k] = (float)ref[k];
+            double e = ti == 0 ? rel_err(got, ref, (long)N_TOKS * V)
+                               : test_nmse(got, reff, (long)N_TOKS * V);
+            CHECKF(e <= types[ti].tol, "%s type %d n_ctx %d: logits differ from the numpy "
+                   "reference by %g (%s, tol %g)", arch, types[ti].type, n_ctx, e,
+                   ti ? "NMSE" : "max relative", types[ti].tol);
             if (getenv("DUET_TEST_VERBOSE"))
-                printf("  %s type %d: relative error %.3g\n", k_archs[a], types[ti].type, e);
+                printf("  %s type %d n_ctx %d: %s %.3g\n", arch, types[ti].type, n_ctx,
+                       ti ? "NMSE" : "max relative error", e);
         }
 }
 
@@ -105,17 +118,19 @@ TEST(arch_fixtures_match_numpy_reference) {
 TEST(arch_fixtures_exercise_window_and_caps) {
     static float base[N_TOKS * 300], other[N_TOKS * 300];
     static double based[N_TOKS * 300];
-    struct { const char *arch; int swa; float cap_a, cap_f; } v[] = {
-        {"phi3", 64, 0, 0}, {"gemma2", 64, 0, 0}, {"gemma2", 0, 1000, 0}, {"gemma2", 0, 0, 1000},
+    struct { const char *arch; int swa; float cap_a, cap_f; int n_ctx; } v[] = {
+        {"phi3", 64, 0, 0, 0}, {"gemma2", 64, 0, 0, 0}, {"gemma2", 0, 1000, 0, 0},
+        {"gemma2", 0, 0, 1000, 0}, {"phi3-longrope", 0, 0, 0, 32} /* short vs long factors */,
     };
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
         int V = 0;
-        REQUIRE(!duet_logits(fixture_arch(v[i].arch, 0, 0, 0, 0), base, &V));
-        REQUIRE(!duet_logits(fixture_arch(v[i].arch, 0, v[i].swa, v[i].cap_a, v[i].cap_f), other, &V));
+        REQUIRE(!duet_logits(fixture_arch(v[i].arch, 0, 0, 0, 0), 0, base, &V));
+        REQUIRE(!duet_logits(fixture_arch(v[i].arch, 0, v[i].swa, v[i].cap_a, v[i].cap_f),
+                             v[i].n_ctx, other, &V));
         for (long k = 0; k < (long)N_TOKS * V; k++) based[k] = base[k];
         double e = rel_err(other, based, (long)N_TOKS * V);
-        CHECKF(e > 100 * TOL, "%s (window %d, caps %g %g): logits moved only %g", v[i].arch,
-               v[i].swa, v[i].cap_a, v[i].cap_f, e);
+        CHECKF(e > 100 * TOL, "%s (window %d, caps %g %g, n_ctx %d): logits moved only %g",
+               v[i].arch, v[i].swa, v[i].cap_a, v[i].cap_f, v[i].n_ctx, e);
     }
 }
 
@@ -204,7 +219,10 @@ TEST(arch_bad_files_rejected_with_reason) {
         {"phi3", {.tensor = "blk.0.ffn_up.weight", .shrink = 1}, "blk.0.ffn_up.weight"},
         {"phi3", {.tensor = "blk.1.attn_qkv.weight"}, "blk.1.attn_q.weight"},
         {"phi3", {.key = "phi3.rope.dimension_count", .kind = 'u', .num = 18}, "rope.dimension_count = 18"},
-        {"phi3", {.add = "rope_factors_long.weight"}, "rope_factors_long.weight"},
+        {"phi3", {.add = "rope_factors_long.weight"}, "'rope_factors_short.weight' is missing"},
+        {"qwen2", {.add = "rope_factors_long.weight"}, "only supported for phi3, not qwen2"},
+        {"phi3-longrope", {.tensor = "rope_factors_long.weight", .shrink = 1}, "rope_factors_long.weight"},
+        {"phi3-longrope", {.key = "phi3.rope.scaling.attn_factor", .kind = 'f', .num = 0}, "attn_factor = 0"},
         {"gemma2", {.tensor = "blk.1.post_ffw_norm.weight"}, "blk.1.post_ffw_norm.weight"},
         {"gemma2", {.key = "gemma2.attn_logit_softcapping", .kind = 'f', .num = -1}, "gemma2.attn_logit_softcapping = -1"},
         {"gemma2", {.key = "gemma2.final_logit_softcapping", .kind = 'f', .num = NAN}, "gemma2.final_logit_softcapping = nan"},

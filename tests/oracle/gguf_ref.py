@@ -4,7 +4,9 @@ reader and dequantisers, and each architecture written out from llama.cpp's publ
 conventions (tensor names, metadata keys, RoPE order), not from duet's C code. Unlike duet
 it evaluates the whole sequence at once with explicit causal / sliding-window masks and no
 KV cache. Prints the logits of every position, one line of n_vocab numbers per token.
-Usage: gguf_ref.py MODEL.gguf TOKEN [TOKEN ...]
+Usage: gguf_ref.py MODEL.gguf [--n-ctx N] TOKEN [TOKEN ...]
+(N: the context size the caller runs with; LongRoPE files use their long factors beyond
+rope.scaling.original_context_length; default: the model's context_length)
 Architectures: llama, qwen2 (q/k/v biases), qwen3 (per-head q/k RMSNorm), phi3 (fused
 attn_qkv and ffn_up = [gate; up], sliding window on every layer), gemma2 (embedding scale,
 GELU, post-norms, soft caps, sliding window on even layers)."""
@@ -98,11 +100,12 @@ def rms(x, w, eps):
     return w * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
 
 
-def rope(x, pos, n_rot, base, neox):
-    """x: [T, heads, hd]; rotate the first n_rot dims of each head."""
+def rope(x, pos, n_rot, base, neox, factors, mscale):
+    """x: [T, heads, hd]; rotate the first n_rot dims of each head (frequencies divided by
+    factors) and scale them by mscale."""
     half = n_rot // 2
-    ang = pos[:, None] * base ** (-2.0 * np.arange(half) / n_rot)  # [T, half]
-    c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    ang = pos[:, None] * base ** (-2.0 * np.arange(half) / n_rot) / factors  # [T, half]
+    c, s = mscale * np.cos(ang)[:, None, :], mscale * np.sin(ang)[:, None, :]
     x = x.copy()
     i0 = np.arange(half) if neox else 2 * np.arange(half)
     i1 = i0 + half if neox else i0 + 1
@@ -112,7 +115,7 @@ def rope(x, pos, n_rot, base, neox):
     return x
 
 
-def forward(meta, W, toks):
+def forward(meta, W, toks, n_ctx=None):
     arch = meta["general.architecture"]
     if arch not in ("llama", "qwen2", "qwen3", "phi3", "gemma2"):
         raise SystemExit("gguf_ref: architecture %s not implemented" % arch)
@@ -126,6 +129,12 @@ def forward(meta, W, toks):
     n_rot = hp("rope.dimension_count", hd)
     eps, base = hp("attention.layer_norm_rms_epsilon", 1e-5), hp("rope.freq_base", 10000.0)
     neox = arch != "llama"
+    factors = W.get("rope_freqs.weight", np.ones(n_rot // 2))
+    if "rope_factors_long.weight" in W:  # Phi-3 LongRoPE: by the context the caller runs
+        orig = hp("rope.scaling.original_context_length", hp("context_length"))
+        long = (n_ctx or hp("context_length")) > orig
+        factors = W["rope_factors_long.weight" if long else "rope_factors_short.weight"]
+    mscale = hp("rope.scaling.attn_factor", 1.0)
     gemma2 = arch == "gemma2"
     scale = 1.0 / np.sqrt(hd)
     cap_a = cap_f = 0.0
@@ -161,7 +170,8 @@ def forward(meta, W, toks):
         q, k, v = q.reshape(T, H, hd), k.reshape(T, Hkv, hd), v.reshape(T, Hkv, hd)
         if w("attn_q_norm.weight") is not None:
             q, k = rms(q, w("attn_q_norm.weight"), eps), rms(k, w("attn_k_norm.weight"), eps)
-        q, k = rope(q, pos, n_rot, base, neox), rope(k, pos, n_rot, base, neox)
+        q = rope(q, pos, n_rot, base, neox, factors, mscale)
+        k = rope(k, pos, n_rot, base, neox, factors, mscale)
         mask = window if l in swa_layers else causal
         att = np.zeros((T, H, hd))
         for hh in range(H):
@@ -201,8 +211,11 @@ def forward(meta, W, toks):
 
 def main():
     meta, W = load(sys.argv[1])
-    toks = [int(t) for t in sys.argv[2:]]
-    for row in forward(meta, W, toks):
+    args, n_ctx = sys.argv[2:], None
+    if args[:1] == ["--n-ctx"]:
+        n_ctx, args = int(args[1]), args[2:]
+    toks = [int(t) for t in args]
+    for row in forward(meta, W, toks, n_ctx):
         print(" ".join("%.9g" % v for v in row))
 
 
