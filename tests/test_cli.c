@@ -121,6 +121,26 @@ TEST(cli_errors_are_one_line_with_exit_codes) {
     CHECK(strstr(out, "run") && strstr(out, "convert"));
 }
 
+TEST(cli_make_model_arch) {
+    NEED_BIN();
+    char out[16384], err[4096], args[2048], model[600];
+    const char *flags[] = {"--arch qwen2", "--arch qwen3 --head-dim 24",
+                           "--arch phi3 --n-rot 12 --sliding-window 4 --longrope --n-ctx 64",
+                           "--arch gemma2 --head-dim 24 --sliding-window 4 --attn-softcap 20 "
+                           "--final-softcap 10"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(model, sizeof model, "%s/cli-arch-%d.gguf", test_tmpdir(), i);
+        snprintf(args, sizeof args, "make-model %s --n-embd 64 --n-layer 2 --n-head 4 "
+                 "--n-head-kv 2 --n-ff 96 --n-vocab 300 -o '%s'", flags[i], model);
+        CHECKF(run_duet(args, out, sizeof out, err, sizeof err) == 0, "%s: %s", flags[i], err);
+        snprintf(args, sizeof args, "run -m '%s' -p 'ab' -n 3 --temp 0", model);
+        CHECKF(run_duet(args, out, sizeof out, err, sizeof err) == 0, "%s: %s", flags[i], err);
+    }
+    snprintf(args, sizeof args, "make-model --arch mamba --n-embd 64 --n-layer 1 --n-head 4 "
+             "--n-ff 96 --n-vocab 300 -o '%s/cli-mamba.gguf'", test_tmpdir());
+    CHECK(run_duet(args, out, sizeof out, err, sizeof err) != 0 && strstr(err, "mamba"));
+}
+
 TEST(cli_make_model_info_run_perplexity) {
     NEED_BIN();
     char out[16384], err[4096], args[2048], model[600], text[600];
