@@ -169,6 +169,15 @@ static int read_hparams(duet_model *m, duet_error *err) {
     if (n_head_kv == 0 || n_head % n_head_kv)
         return BAD("%s: %s.attention.head_count %u is not a multiple of head_count_kv %u",
                    f->path, arch, n_head, n_head_kv);
+    /* 0 would silently mean "absent" below: a file that says 0 is broken */
+    static const char *const nonzero[3] = {"attention.key_length", "attention.value_length",
+                                           "rope.dimension_count"};
+    for (int i = 0; i < 3; i++) {
+        char key[160];
+        snprintf(key, sizeof key, "%s.%s", arch, nonzero[i]);
+        uint32_t v = i == 0 ? key_len : i == 1 ? val_len : n_rot;
+        if (v == 0 && gguf_find(f, key)) return BAD("%s: %s = 0", f->path, key);
+    }
     uint32_t head_dim = key_len ? key_len : n_embd / n_head;
     if (head_dim % 2 || head_dim > MAX_EMBD)
         return duet_fail(err, DUET_ERR_UNSUPPORTED,

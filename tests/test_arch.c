@@ -216,6 +216,8 @@ TEST(arch_bad_files_rejected_with_reason) {
         {"qwen3", {.tensor = "blk.0.attn_k_norm.weight", .shrink = 1}, "blk.0.attn_k_norm.weight"},
         {"qwen3", {.key = "qwen3.attention.key_length", .kind = 'u', .num = 25}, "key_length 25"},
         {"qwen3", {.key = "qwen3.attention.value_length", .kind = 'u', .num = 16}, "value_length 16"},
+        {"qwen3", {.key = "qwen3.attention.key_length", .kind = 'u', .num = 0}, "qwen3.attention.key_length = 0"},
+        {"qwen2", {.key = "qwen2.rope.dimension_count", .kind = 'u', .num = 0}, "qwen2.rope.dimension_count = 0"},
         {"phi3", {.tensor = "blk.0.ffn_up.weight", .shrink = 1}, "blk.0.ffn_up.weight"},
         {"phi3", {.tensor = "blk.1.attn_qkv.weight"}, "blk.1.attn_q.weight"},
         {"phi3", {.key = "phi3.rope.dimension_count", .kind = 'u', .num = 18}, "rope.dimension_count = 18"},
