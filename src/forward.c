@@ -3,9 +3,10 @@
  * batch of consecutive tokens against the KV cache. The llama path is the plain one; the
  * other architectures add steps where their weights or arch_params say so (qwen2 q/k/v
  * biases, qwen3 per-head q/k norms, gemma2 embedding scale, soft caps, post-norms, GELU and
- * sliding windows; phi3's fused matrices are split at load and need nothing here). Matrix products go through
- * kernels_matmul (threaded, SIMD); attention is split over (token, head) pairs across the
- * pool. Elementwise steps are cheap next to the matrices and stay on the calling thread.
+ * sliding windows; phi3's fused matrices are split at load and need nothing here). Matrix
+ * products go through kernels_matmul (threaded, SIMD); attention is split over (token, head)
+ * pairs across the pool. Elementwise steps are cheap next to the matrices and stay on the
+ * calling thread.
  */
 #include "forward.h"
 
@@ -187,11 +188,9 @@ void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_ou
         matmul(st, &L->wv, st->xb, n, st->v);
         float *kc = st->k_cache + ((size_t)l * st->n_ctx + (size_t)pos) * KV;
         float *vc = st->v_cache + ((size_t)l * st->n_ctx + (size_t)pos) * KV;
-        if (L->bq) {
-            add_bias(st->q, L->bq, n, Q);
-            add_bias(st->k, L->bk, n, KV);
-            add_bias(st->v, L->bv, n, KV);
-        }
+        if (L->bq) add_bias(st->q, L->bq, n, Q); /* each is optional on its own */
+        if (L->bk) add_bias(st->k, L->bk, n, KV);
+        if (L->bv) add_bias(st->v, L->bv, n, KV);
         if (L->q_norm) {
             rmsnorm_rows(st->q, L->q_norm, n * hp->n_head, hd, hp->rms_eps);
             rmsnorm_rows(st->k, L->k_norm, n * hp->n_head_kv, hd, hp->rms_eps);

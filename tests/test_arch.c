@@ -141,7 +141,8 @@ typedef struct edit {
     double num;
     const char *tensor;   /* tensor to drop (shrink 0) or shrink by one row/element */
     int shrink;
-    const char *add;      /* extra 1-d f32 tensor of 8 ones */
+    const char *add;      /* extra 1-d f32 tensor of add_n (0: 8) values 0.5, 0.25, 0.125, ... */
+    int add_n;
 } edit;
 
 static int copy_kv(gguf_writer *w, const gguf_kv *kv) {
@@ -198,9 +199,10 @@ static int rewrite(const char *src, const char *dst, const edit *e) {
         rc = gguf_add_tensor(w, t->name, t->type, t->n_dims, ne, t->data, &err);
     }
     if (!rc && e->add) {
-        float ones[8] = {1, 1, 1, 1, 1, 1, 1, 1};
-        int64_t ne = 8;
-        rc = gguf_add_tensor(w, e->add, 0, 1, &ne, ones, &err);
+        float v[256];
+        int64_t ne = e->add_n ? e->add_n : 8;
+        for (int i = 0; i < ne && i < 256; i++) v[i] = ldexpf(1.0f, -1 - i % 8);
+        rc = ne <= 256 ? gguf_add_tensor(w, e->add, 0, 1, &ne, v, &err) : -1;
     }
     if (!rc) rc = gguf_write(w, dst, &err);
     gguf_writer_free(w);
@@ -276,4 +278,23 @@ TEST(arch_unknown_refused_by_name) {
                                 .n_head_kv = 1, .n_ff = 8, .n_vocab = 300, .output_type = -1};
     CHECK(duet_make_model(&p, path, &err) == DUET_ERR_UNSUPPORTED);
     CHECKF(strstr(err.msg, "mamba"), "message: %s", err.msg);
+}
+
+/* llama.cpp loads each of llama's q/k/v biases when present: one alone must work. */
+TEST(arch_llama_lone_bias_matches_reference) {
+    if (!have_numpy()) SKIP("python3-numpy missing (make deps installs it)");
+    static float got[N_TOKS * 300], plain[N_TOKS * 300];
+    static double ref[N_TOKS * 300];
+    char path[600];
+    snprintf(path, sizeof path, "%s/arch-llama-kbias.gguf", test_tmpdir());
+    const char *src = fixture_arch("llama", 0, 0, 0, 0);
+    edit e = {.add = "blk.1.attn_k.bias", .add_n = 32}; /* 2 kv heads x 16 */
+    REQUIRE(src && !rewrite(src, path, &e));
+    int V = 0;
+    REQUIRE(!duet_logits(path, 0, got, &V) && !oracle_logits(path, 0, ref, V));
+    double err = rel_err(got, ref, (long)N_TOKS * V);
+    CHECKF(err <= TOL, "llama with a k bias: %g from the reference", err);
+    REQUIRE(!duet_logits(src, 0, plain, &V));
+    for (long k = 0; k < (long)N_TOKS * V; k++) ref[k] = plain[k];
+    CHECKF(rel_err(got, ref, (long)N_TOKS * V) > 100 * TOL, "the bias changed nothing");
 }

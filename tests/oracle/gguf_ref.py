@@ -165,8 +165,10 @@ def forward(meta, W, toks, n_ctx=None):
             q, k, v = qkv[:, :H * hd], qkv[:, H * hd:(H + Hkv) * hd], qkv[:, (H + Hkv) * hd:]
         else:
             q, k, v = h @ w("attn_q.weight").T, h @ w("attn_k.weight").T, h @ w("attn_v.weight").T
-        if w("attn_q.bias") is not None:
-            q, k, v = q + w("attn_q.bias"), k + w("attn_k.bias"), v + w("attn_v.bias")
+        # biases: qwen2 has all three; elsewhere each is optional on its own
+        q = q + w("attn_q.bias") if w("attn_q.bias") is not None else q
+        k = k + w("attn_k.bias") if w("attn_k.bias") is not None else k
+        v = v + w("attn_v.bias") if w("attn_v.bias") is not None else v
         q, k, v = q.reshape(T, H, hd), k.reshape(T, Hkv, hd), v.reshape(T, Hkv, hd)
         if w("attn_q_norm.weight") is not None:
             q, k = rms(q, w("attn_q_norm.weight"), eps), rms(k, w("attn_k_norm.weight"), eps)
