@@ -13,10 +13,10 @@ OPT     ?= -O3
 SAN     ?=
 BASE_CFLAGS := $(OPT) $(SAN) $(ARCH) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter \
            -pthread -Iinclude -Isrc -MMD -MP -g
-LDLIBS  := -ljansson -lm -pthread $(SAN)
+LDLIBS  := -ljansson -lpcre2-8 -lm -pthread $(SAN)
 
 # Debian packages the build, tests and demo need (installed by `make deps`).
-DEPS_PKGS := gcc make python3 python3-numpy libjansson-dev
+DEPS_PKGS := gcc make python3 python3-numpy libjansson-dev libpcre2-dev
 FUZZ_PKGS := clang libclang-rt-14-dev
 
 LIB_SRC  := $(wildcard src/*.c src/train/*.c)
@@ -84,7 +84,7 @@ fuzz:
 	@for f in fuzz/*.c; do n=$$(basename $$f .c); \
 	    echo "clang fuzz $$n"; \
 	    clang -O1 -g -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Isrc \
-	        $$f build-fuzz/libduet.a -ljansson -lm -pthread -o build-fuzz/$$n || exit 1; done
+	        $$f build-fuzz/libduet.a -ljansson -lpcre2-8 -lm -pthread -o build-fuzz/$$n || exit 1; done
 
 clean:
 	rm -rf build build-debug build-fuzz

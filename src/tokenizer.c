@@ -19,7 +19,7 @@
  * non-empty texts are unique (llama.cpp refuses duplicates too).
  * A loaded tokenizer is read-only: encode and piece may run concurrently from many threads.
  */
-#include "tokenizer.h"
+#include "tokenizer_impl.h"
 
 #include <limits.h>
 #include <math.h>
@@ -27,46 +27,6 @@
 #include <string.h>
 
 #include "common.h"
-
-/* Behaviour flags beside the type (llama.cpp calls these token attributes). RSTRIP/LSTRIP:
- * a matched special token also eats the whitespace after/before it. No SentencePiece
- * vocabulary sets LSTRIP yet (llama.cpp uses it for some BPE ones); the partitioner honours
- * both so the BPE tokenizer can share it. */
-enum { ATTR_EOG = 1, ATTR_RSTRIP = 2, ATTR_LSTRIP = 4 };
-
-typedef struct index_slot {
-    uint32_t hash;
-    int32_t id; /* -1: empty */
-} index_slot;
-
-typedef struct trie_edge {
-    uint64_t key;  /* node * 256 + byte */
-    int32_t child; /* 0: empty (the root is never a child) */
-} trie_edge;
-
-struct tokenizer {
-    int n_vocab;
-    char *blob;        /* every text, NUL-terminated */
-    uint64_t *off;     /* [n_vocab] start of text i in blob */
-    uint32_t *len;     /* [n_vocab] bytes of text i */
-    float *score;      /* [n_vocab] merge priority (higher merges first) */
-    uint8_t *type;     /* [n_vocab] TOKTYPE_* after llama.cpp's EOG override; 0 = undefined */
-    uint8_t *attr;     /* [n_vocab] ATTR_* */
-    index_slot *index; /* open addressing, power-of-two size, load <= 1/2 */
-    uint64_t index_mask;
-    uint32_t max_len;  /* longest token text: longer candidates cannot be tokens */
-    int32_t byte_tok[256]; /* token for a raw byte, -1 when the vocabulary has none */
-    int32_t bos, eos, unk, pad, eot, eom;
-    bool add_bos, add_eos, add_space_prefix;
-    uint64_t hash;
-    /* special-token trie: node 0 is the root; root edges in a flat table, deeper edges
-     * hashed. term[node] is the token whose text ends at node, or -1. */
-    int32_t root_child[256];
-    trie_edge *edges;
-    uint64_t edges_mask;
-    int32_t *term;
-    int32_t n_nodes;
-};
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
@@ -77,38 +37,43 @@ static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
 }
 #define FNV_OFFSET 0xcbf29ce484222325ull
 
-static uint32_t str_hash(const char *s, size_t n) {
+uint32_t tok_str_hash(const char *s, size_t n) {
     uint64_t h = fnv1a(FNV_OFFSET, s, n);
     return (uint32_t)(h ^ (h >> 32));
 }
 
-static uint64_t pow2_at_least(uint64_t n) {
+uint64_t tok_pow2_at_least(uint64_t n) {
     uint64_t c = 16;
     while (c < n) c <<= 1;
     return c;
 }
 
-/* Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF. */
-static bool utf8_valid(const unsigned char *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        if (c < 0x80) { i++; continue; }
-        size_t k;
-        unsigned cp;
-        if (c >= 0xC2 && c <= 0xDF) { k = 1; cp = c & 0x1F; }
-        else if (c >= 0xE0 && c <= 0xEF) { k = 2; cp = c & 0x0F; }
-        else if (c >= 0xF0 && c <= 0xF4) { k = 3; cp = c & 0x07; }
-        else return false;
-        if (n - i <= k) return false;
-        for (size_t j = 1; j <= k; j++) {
-            if ((s[i + j] & 0xC0) != 0x80) return false;
-            cp = (cp << 6) | (s[i + j] & 0x3F);
-        }
-        if ((k == 2 && cp < 0x800) || (k == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-            (cp >= 0xD800 && cp <= 0xDFFF))
-            return false;
-        i += k + 1;
+int tok_utf8_char(const unsigned char *s, size_t n) {
+    if (n == 0) return 0;
+    unsigned c = s[0];
+    if (c < 0x80) return 1;
+    size_t k;
+    unsigned cp;
+    if (c >= 0xC2 && c <= 0xDF) { k = 1; cp = c & 0x1F; }
+    else if (c >= 0xE0 && c <= 0xEF) { k = 2; cp = c & 0x0F; }
+    else if (c >= 0xF0 && c <= 0xF4) { k = 3; cp = c & 0x07; }
+    else return 0;
+    if (n <= k) return 0;
+    for (size_t j = 1; j <= k; j++) {
+        if ((s[j] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (s[j] & 0x3F);
+    }
+    if ((k == 2 && cp < 0x800) || (k == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return (int)k + 1;
+}
+
+bool tok_utf8_valid(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        int k = tok_utf8_char(s + i, n - i);
+        if (!k) return false;
+        i += (size_t)k;
     }
     return true;
 }
@@ -135,11 +100,9 @@ static int parse_byte_token(const char *s, size_t n) {
     return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
 }
 
-static const char *tok_str(const tokenizer *t, int32_t id) { return t->blob + t->off[id]; }
-
-static int32_t find_token(const tokenizer *t, const char *s, size_t n) {
+int32_t tok_find(const tokenizer *t, const char *s, size_t n) {
     if (n == 0 || n > t->max_len) return -1;
-    uint32_t h = str_hash(s, n);
+    uint32_t h = tok_str_hash(s, n);
     for (uint64_t i = h & t->index_mask;; i = (i + 1) & t->index_mask) {
         const index_slot *e = &t->index[i];
         if (e->id < 0) return -1;
@@ -212,7 +175,7 @@ static bool gguf_str_eq(gguf_str s, const char *lit) {
 }
 
 static int build_index(tokenizer *t, const gguf_file *f, duet_error *err) {
-    uint64_t cap = pow2_at_least(2 * (uint64_t)t->n_vocab);
+    uint64_t cap = tok_pow2_at_least(2 * (uint64_t)t->n_vocab);
     t->index = malloc(cap * sizeof *t->index);
     if (!t->index)
         return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory (token index)", f->path);
@@ -222,7 +185,7 @@ static int build_index(tokenizer *t, const gguf_file *f, duet_error *err) {
         uint32_t n = t->len[id];
         if (n == 0) continue; /* an empty text can never be matched */
         const char *s = tok_str(t, id);
-        uint32_t h = str_hash(s, n);
+        uint32_t h = tok_str_hash(s, n);
         uint64_t i = h & t->index_mask;
         for (;; i = (i + 1) & t->index_mask) {
             index_slot *e = &t->index[i];
@@ -261,7 +224,7 @@ static int build_trie(tokenizer *t, const gguf_file *f, duet_error *err) {
     if (total > INT32_MAX - 1)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: special tokens too long in total", f->path);
     t->term = malloc((total + 1) * sizeof *t->term);
-    uint64_t cap = pow2_at_least(2 * total);
+    uint64_t cap = tok_pow2_at_least(2 * total);
     t->edges = calloc(cap, sizeof *t->edges);
     if (!t->term || !t->edges)
         return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory (special-token trie)", f->path);
@@ -300,7 +263,7 @@ static const char *const k_eog_texts[] = {
 };
 
 static void set_attr_by_text(tokenizer *t, const char *text, int flag, bool on) {
-    int32_t id = find_token(t, text, strlen(text));
+    int32_t id = tok_find(t, text, strlen(text));
     if (id < 0) return;
     if (on) t->attr[id] |= (uint8_t)flag;
     else t->attr[id] &= (uint8_t)~flag;
@@ -317,16 +280,13 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
     if (model->type != GGUF_TYPE_STRING)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.model has type %s, expected "
                          "str", path, gguf_type_name(model->type));
-    if (!gguf_str_eq(model->str, "llama")) {
+    bool is_bpe = gguf_str_eq(model->str, "gpt2");
+    if (!is_bpe && !gguf_str_eq(model->str, "llama")) {
         char p[64];
         duet_printable(p, sizeof p, model->str.ptr, model->str.len);
-        if (gguf_str_eq(model->str, "gpt2"))
-            return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model = \"gpt2\" "
-                             "(byte-level BPE) is not supported yet; it is planned, only "
-                             "\"llama\" (SentencePiece) vocabularies load for now", path);
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model = \"%s\" is not "
-                         "supported (only \"llama\", SentencePiece; \"gpt2\" BPE is planned)",
-                         path, p);
+                         "supported (only \"llama\", SentencePiece, and \"gpt2\", byte-level "
+                         "BPE)", path, p);
     }
 
     const gguf_kv *toks = gguf_find(f, "tokenizer.ggml.tokens");
@@ -405,7 +365,7 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
                 return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.tokens[%llu] = \"%s\" "
                                  "has type byte (tokenizer.ggml.token_type 6) but is not of the "
                                  "form <0xXX>", path, (unsigned long long)i, SHOW_TOKEN);
-        } else if (!utf8_valid((const unsigned char *)s.ptr, s.len)) {
+        } else if (!tok_utf8_valid((const unsigned char *)s.ptr, s.len)) {
             return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.tokens[%llu] = \"%s\" is "
                              "not valid UTF-8", path, (unsigned long long)i, SHOW_TOKEN);
         }
@@ -432,11 +392,23 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
 
     if ((rc = build_index(t, f, err))) return rc;
 
-    /* llama.cpp's defaults for SentencePiece vocabularies, where those ids exist */
-    t->bos = n > 1 ? 1 : -1;
-    t->eos = n > 2 ? 2 : -1;
-    t->unk = 0;
+    /* llama.cpp's defaults where those ids exist: SentencePiece <s> 1, </s> 2, <unk> 0;
+     * BPE 11 for both BOS and EOS (Falcon's <|endoftext|>) and no unknown token. Its
+     * defaults for the flags: SentencePiece adds BOS and the space prefix, BPE neither
+     * (some pre-tokenizers turn add_bos on; tok_bpe_load sets that). */
+    if (is_bpe) {
+        t->bos = t->eos = n > 11 ? 11 : -1;
+        t->unk = -1;
+    } else {
+        t->bos = n > 1 ? 1 : -1;
+        t->eos = n > 2 ? 2 : -1;
+        t->unk = 0;
+    }
     t->pad = t->eot = t->eom = -1;
+    t->add_bos = !is_bpe;
+    t->add_eos = false;
+    t->add_space_prefix = !is_bpe;
+    if (is_bpe && (rc = tok_bpe_load(t, f, err))) return rc;
     if ((rc = read_id(f, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos, err)) ||
         (rc = read_id(f, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->eos, err)) ||
         (rc = read_id(f, "tokenizer.ggml.unknown_token_id", t->n_vocab, &t->unk, err)) ||
@@ -445,9 +417,6 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
         (rc = read_id(f, "tokenizer.ggml.eom_token_id", t->n_vocab, &t->eom, err)))
         return rc;
 
-    t->add_bos = true;
-    t->add_eos = false;
-    t->add_space_prefix = true;
     if ((rc = read_bool(f, "tokenizer.ggml.add_bos_token", &t->add_bos, err)) ||
         (rc = read_bool(f, "tokenizer.ggml.add_eos_token", &t->add_eos, err)) ||
         (rc = read_bool(f, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix, err)))
@@ -460,7 +429,7 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
     for (int k = 0; k < 3; k++)
         if (eog_ids[k] >= 0) t->attr[eog_ids[k]] |= ATTR_EOG;
     for (size_t k = 0; k < sizeof k_eog_texts / sizeof k_eog_texts[0]; k++) {
-        int32_t id = find_token(t, k_eog_texts[k], strlen(k_eog_texts[k]));
+        int32_t id = tok_find(t, k_eog_texts[k], strlen(k_eog_texts[k]));
         if (id < 0) continue;
         t->attr[id] |= ATTR_EOG;
         t->type[id] = TOKTYPE_CONTROL;
@@ -488,13 +457,18 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
     }
 
     /* Byte fallback as llama.cpp looks it up: "<0xXX>", else the one-byte text itself; a
-     * byte-typed token spelled in lower case is accepted as a last resort. */
-    for (int b = 0; b < 256; b++) {
+     * byte-typed token spelled in lower case is accepted as a last resort. A BPE vocabulary
+     * spells byte b as its byte-to-unicode character. */
+    for (int b = 0; b < 256 && t->bpe; b++) {
+        char c[2];
+        t->byte_tok[b] = tok_find(t, c, (size_t)tok_bpe_byte_char(b, c));
+    }
+    for (int b = 0; b < 256 && !t->bpe; b++) {
         static const char hex[] = "0123456789ABCDEF";
         char s[6] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
         char one = (char)b;
-        t->byte_tok[b] = find_token(t, s, 6);
-        if (t->byte_tok[b] < 0) t->byte_tok[b] = find_token(t, &one, 1);
+        t->byte_tok[b] = tok_find(t, s, 6);
+        if (t->byte_tok[b] < 0) t->byte_tok[b] = tok_find(t, &one, 1);
     }
     for (int32_t id = 0; id < t->n_vocab; id++) {
         if (t->type[id] != TOKTYPE_BYTE) continue;
@@ -516,6 +490,7 @@ void tokenizer_free(tokenizer *t) {
     free(t->index);
     free(t->edges);
     free(t->term);
+    tok_bpe_free(t->bpe);
     free(t);
 }
 
@@ -555,47 +530,15 @@ const char *tokenizer_text(const tokenizer *t, int32_t tok) {
 
 /* ---- encoding ---------------------------------------------------------------------------- */
 
-typedef struct emitter {
-    int32_t *out;
-    int cap;
-    int n; /* ids of the full encoding so far (may exceed cap) */
-} emitter;
-
-static void emit(emitter *e, int32_t id) {
-    if (e->n < e->cap) e->out[e->n] = id;
-    e->n++;
-}
-
-typedef struct symbol {
-    int32_t start, n; /* bytes [start, start + n) of the escaped fragment; n = 0: merged away */
-    int32_t prev, next;
-} symbol;
-
-typedef struct bigram {
-    float score;
-    int32_t left, right;
-    int32_t size; /* bytes of the merged text when queued: detects stale entries */
-} bigram;
-
-/* Scratch for one encode call, reused by each fragment: esc holds the escaped fragment
- * (sized for the whole text), sym and heap grow as needed. */
-typedef struct work {
-    char *esc;
-    symbol *sym;
-    size_t sym_cap;
-    bigram *heap;
-    size_t heap_n, heap_cap;
-} work;
-
 /* Heap order: higher score first; equal scores: the leftmost pair first. */
-static bool bigram_before(const bigram *a, const bigram *b) {
+static bool bigram_before(const tok_bigram *a, const tok_bigram *b) {
     return a->score > b->score || (a->score == b->score && a->left < b->left);
 }
 
-static int heap_push(work *w, bigram b) {
+static int heap_push(tok_work *w, tok_bigram b) {
     if (w->heap_n == w->heap_cap) {
         size_t cap = w->heap_cap ? 2 * w->heap_cap : 256;
-        bigram *h = realloc(w->heap, cap * sizeof *h);
+        tok_bigram *h = realloc(w->heap, cap * sizeof *h);
         if (!h) return DUET_ERR_NOMEM;
         w->heap = h;
         w->heap_cap = cap;
@@ -611,9 +554,9 @@ static int heap_push(work *w, bigram b) {
     return DUET_OK;
 }
 
-static bigram heap_pop(work *w) {
-    bigram top = w->heap[0];
-    bigram last = w->heap[--w->heap_n];
+static tok_bigram heap_pop(tok_work *w) {
+    tok_bigram top = w->heap[0];
+    tok_bigram last = w->heap[--w->heap_n];
     size_t i = 0, n = w->heap_n;
     for (;;) {
         size_t c = 2 * i + 1;
@@ -627,68 +570,82 @@ static bigram heap_pop(work *w) {
     return top;
 }
 
-static int try_bigram(const tokenizer *t, work *w, int32_t left, int32_t right) {
+static int try_bigram(const tokenizer *t, tok_work *w, int32_t left, int32_t right) {
     if (left < 0 || right < 0) return DUET_OK;
     int32_t size = w->sym[left].n + w->sym[right].n;
-    /* the pair is contiguous in esc: right follows left */
-    int32_t id = find_token(t, w->esc + w->sym[left].start, (size_t)size);
-    if (id < 0) return DUET_OK;
-    return heap_push(w, (bigram){t->score[id], left, right, size});
+    const char *s = w->esc + w->sym[left].start; /* contiguous: right follows left */
+    float score;
+    if (t->bpe) {
+        score = tok_bpe_pair_score(t, s, (uint32_t)w->sym[left].n, (uint32_t)w->sym[right].n);
+        if (score == -INFINITY) return DUET_OK;
+    } else {
+        int32_t id = tok_find(t, s, (size_t)size);
+        if (id < 0) return DUET_OK;
+        score = t->score[id];
+    }
+    return heap_push(w, (tok_bigram){score, left, right, size});
 }
 
-/* SentencePiece on one text fragment (raw bytes, spaces not yet escaped). */
-static int encode_fragment(const tokenizer *t, work *w, const char *s, size_t n, bool prefix,
-                           emitter *e, duet_error *err) {
-    size_t m = 0;
-    if (prefix) { memcpy(w->esc, "\xe2\x96\x81", 3); m = 3; }
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == ' ') { memcpy(w->esc + m, "\xe2\x96\x81", 3); m += 3; }
-        else w->esc[m++] = s[i];
-    }
-    /* Count the symbols first: escaping can add some (a stray lead byte before a space
-     * swallows part of the U+2581 and leaves its last bytes as symbols of their own). */
+int tok_merge(const tokenizer *t, tok_work *w, size_t m) {
+    /* Count the symbols first (SentencePiece escaping can add some: a stray lead byte before
+     * a space swallows part of the U+2581 and leaves its last bytes as symbols of their
+     * own). */
     size_t count = 0;
     for (size_t o = 0; o < m; count++)
         o += DUET_MIN((size_t)utf8_len((unsigned char)w->esc[o]), m - o);
     if (count > w->sym_cap) {
-        symbol *g = realloc(w->sym, count * sizeof *g);
-        if (!g) goto nomem;
+        tok_symbol *g = realloc(w->sym, count * sizeof *g);
+        if (!g) return DUET_ERR_NOMEM;
         w->sym = g;
         w->sym_cap = count;
     }
     int32_t nsym = 0;
     for (size_t o = 0; o < m;) {
         size_t k = DUET_MIN((size_t)utf8_len((unsigned char)w->esc[o]), m - o);
-        w->sym[nsym] = (symbol){(int32_t)o, (int32_t)k, nsym - 1, o + k == m ? -1 : nsym + 1};
+        w->sym[nsym] = (tok_symbol){(int32_t)o, (int32_t)k, nsym - 1, o + k == m ? -1 : nsym + 1};
         nsym++;
         o += k;
     }
-    if (nsym == 0) return DUET_OK;
-
     w->heap_n = 0;
     for (int32_t i = 1; i < nsym; i++)
-        if (try_bigram(t, w, i - 1, i)) goto nomem;
+        if (try_bigram(t, w, i - 1, i)) return DUET_ERR_NOMEM;
     while (w->heap_n) {
-        bigram b = heap_pop(w);
-        symbol *l = &w->sym[b.left], *r = &w->sym[b.right];
+        tok_bigram b = heap_pop(w);
+        tok_symbol *l = &w->sym[b.left], *r = &w->sym[b.right];
         if (l->n == 0 || r->n == 0 || l->n + r->n != b.size) continue; /* stale */
         l->n += r->n;
         r->n = 0;
         l->next = r->next;
         if (r->next >= 0) w->sym[r->next].prev = b.left;
-        if (try_bigram(t, w, l->prev, b.left) || try_bigram(t, w, b.left, l->next)) goto nomem;
+        if (try_bigram(t, w, l->prev, b.left) || try_bigram(t, w, b.left, l->next))
+            return DUET_ERR_NOMEM;
     }
+    return nsym;
+}
+
+/* SentencePiece on one text fragment (raw bytes, spaces not yet escaped). */
+static int encode_fragment(const tokenizer *t, tok_work *w, const char *s, size_t n, bool prefix,
+                           tok_emitter *e, duet_error *err) {
+    size_t m = 0;
+    if (prefix) { memcpy(w->esc, "\xe2\x96\x81", 3); m = 3; }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ' ') { memcpy(w->esc + m, "\xe2\x96\x81", 3); m += 3; }
+        else w->esc[m++] = s[i];
+    }
+    int nsym = tok_merge(t, w, m);
+    if (nsym < 0) return duet_fail(err, DUET_ERR_NOMEM, "tokenize: out of memory");
+    if (nsym == 0) return DUET_OK;
 
     for (int32_t i = 0; i != -1; i = w->sym[i].next) {
-        const symbol *y = &w->sym[i];
-        int32_t id = find_token(t, w->esc + y->start, (size_t)y->n);
-        if (id >= 0) { emit(e, id); continue; }
+        const tok_symbol *y = &w->sym[i];
+        int32_t id = tok_find(t, w->esc + y->start, (size_t)y->n);
+        if (id >= 0) { tok_emit(e, id); continue; }
         /* Merged symbols are tokens by construction, so this is one character that is not
          * in the vocabulary: fall back to its bytes. */
         for (int32_t k = 0; k < y->n; k++) {
             unsigned char b = (unsigned char)w->esc[y->start + k];
-            if (t->byte_tok[b] >= 0) emit(e, t->byte_tok[b]);
-            else if (t->unk >= 0) emit(e, t->unk);
+            if (t->byte_tok[b] >= 0) tok_emit(e, t->byte_tok[b]);
+            else if (t->unk >= 0) tok_emit(e, t->unk);
             else
                 return duet_fail(err, DUET_ERR_RANGE, "tokenize: byte 0x%02x cannot be encoded: "
                                  "the vocabulary has no <0x%02X> token and no unknown token",
@@ -696,8 +653,6 @@ static int encode_fragment(const tokenizer *t, work *w, const char *s, size_t n,
         }
     }
     return DUET_OK;
-nomem:
-    return duet_fail(err, DUET_ERR_NOMEM, "tokenize: out of memory");
 }
 
 /* A special-token occurrence in the text. */
@@ -794,15 +749,15 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_
     if (len > (size_t)INT_MAX / 8)
         return duet_fail(err, DUET_ERR_RANGE, "tokenize: text of %zu bytes is too long (at most "
                          "%d)", len, INT_MAX / 8);
-    emitter e = {out, cap, 0};
+    tok_emitter e = {out, cap, 0};
     bool bos = add_bos && t->add_bos && t->bos >= 0;
-    if (bos) emit(&e, t->bos);
+    if (bos) tok_emit(&e, t->bos);
 
     int rc = DUET_OK;
     match *acc = NULL;
     size_t n_acc = 0;
     unsigned char *cov = NULL;
-    work w = {0};
+    tok_work w = {0};
     if (len > 0) {
         if (partition(t, text, len, parse_special, &acc, &n_acc, &cov)) {
             rc = duet_fail(err, DUET_ERR_NOMEM, "tokenize: out of memory");
@@ -817,7 +772,7 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_
         size_t i = 0, next = 0;
         while (i < len) {
             if (next < n_acc && acc[next].pos == i) {
-                emit(&e, acc[next].id);
+                tok_emit(&e, acc[next].id);
                 i += acc[next].len;
                 next++;
                 prev_special = true;
@@ -826,14 +781,17 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_
             if (cov && cov[i] == COV_STRIPPED) { i++; continue; }
             size_t j = i + 1;
             while (j < len && (!cov || cov[j] == COV_TEXT)) j++;
-            rc = encode_fragment(t, &w, text + i, j - i, t->add_space_prefix && prev_special, &e,
-                                 err);
+            if (t->bpe)
+                rc = tok_bpe_encode(t, &w, text + i, j - i, &e, err);
+            else
+                rc = encode_fragment(t, &w, text + i, j - i,
+                                     t->add_space_prefix && prev_special, &e, err);
             if (rc) goto done;
             prev_special = false;
             i = j;
         }
     }
-    if (add_bos && t->add_eos && t->eos >= 0) emit(&e, t->eos);
+    if (add_bos && t->add_eos && t->eos >= 0) tok_emit(&e, t->eos);
     rc = e.n;
 done:
     free(acc);
@@ -841,6 +799,7 @@ done:
     free(w.esc);
     free(w.sym);
     free(w.heap);
+    tok_bpe_work_free(&w);
     return rc;
 }
 
@@ -854,6 +813,7 @@ int tokenizer_piece(const tokenizer *t, int32_t prev, int32_t tok, char *buf, in
     char one;
     switch (t->type[tok]) {
     case TOKTYPE_NORMAL: {
+        if (t->bpe) return tok_bpe_piece(t, tok, buf, cap);
         /* U+2581 -> ' '. Right after BOS the piece loses the space that the encoder
          * prefixed (SentencePiece decoding; llama2.c does the same). */
         size_t i0 = 0;

@@ -16,6 +16,7 @@
 #include "../src/gguf.h"
 #include "../src/tokenizer.h"
 #include "test.h"
+#include "tok_vectors.h"
 
 /* ---- a minimal GGUF metadata writer (no tensors) ---------------------------------------- */
 
@@ -200,46 +201,19 @@ static int enc(const tokenizer *t, const char *s, bool bos, bool special, int32_
     return n;
 }
 
-static bool ids_eq(const int32_t *got, int n, const int32_t *want, int m) {
-    if (n != m) return false;
-    for (int i = 0; i < n; i++)
-        if (got[i] != want[i]) return false;
-    return true;
-}
-
-static void print_ids(const char *what, const int32_t *ids, int n) {
-    fprintf(stderr, "    %s:", what);
-    for (int i = 0; i < n && i < 64; i++) fprintf(stderr, " %d", ids[i]);
-    fprintf(stderr, "\n");
-}
-
 #define CHECK_IDS(t, text, bos, special, ...)                                                 \
     do {                                                                                    \
         int32_t _want[] = {__VA_ARGS__};                                                    \
         int32_t _got[64];                                                                   \
         int _n = enc(t, text, bos, special, _got);                                          \
         int _m = (int)(sizeof _want / sizeof _want[0]);                                     \
-        if (!ids_eq(_got, _n, _want, _m)) {                                                 \
+        if (!tv_ids_eq(_got, _n, _want, _m)) {                                                 \
             test_fail_at(__FILE__, __LINE__, "encode \"%s\" (bos %d, special %d)", text,    \
                          (int)(bos), (int)(special));                                       \
-            print_ids("got ", _got, _n);                                                    \
-            print_ids("want", _want, _m);                                                   \
+            tv_print_ids("got ", _got, _n);                                                    \
+            tv_print_ids("want", _want, _m);                                                   \
         }                                                                                   \
     } while (0)
-
-/* Decode a whole sequence the way a generation loop does (prev = the token before). */
-static size_t decode(const tokenizer *t, int32_t prev, const int32_t *ids, int n, char *buf,
-                     size_t cap) {
-    size_t o = 0;
-    for (int i = 0; i < n; i++) {
-        int k = tokenizer_piece(t, prev, ids[i], buf + o, (int)(cap - 1 - o));
-        if (k < 0 || (size_t)k > cap - 1 - o) return (size_t)-1;
-        o += (size_t)k;
-        prev = ids[i];
-    }
-    buf[o] = 0;
-    return o;
-}
 
 /* ---- unit tests on the small vocabulary ------------------------------------------------- */
 
@@ -420,7 +394,7 @@ TEST(tok_small_pieces) {
     n = tokenizer_encode(t, s, strlen(s), true, false, ids, 64, &err);
     REQUIRE(n > 0 && n <= 64);
     char text[128];
-    CHECK(decode(t, -1, ids, n, text, sizeof text) == strlen(s));
+    CHECK(tv_decode(t, -1, ids, n, text, sizeof text) == strlen(s));
     CHECK_STR(text, s);
     tokenizer_free(t);
 }
@@ -491,7 +465,7 @@ static int load_bad(int k, tokenizer **t, duet_error *err) {
 
 TEST(tok_bad_vocabularies) {
     static const bad_case cases[] = {
-        {"BPE model", DUET_ERR_UNSUPPORTED, "tokenizer.ggml.model = \"gpt2\"", "not supported yet"},
+        {"BPE without merges", DUET_ERR_FORMAT, "tokenizer.ggml.merges", "\"gpt2\""},
         {"unknown model", DUET_ERR_UNSUPPORTED, "tokenizer.ggml.model = \"t5-unigram\"", "llama"},
         {"vocab size 0", DUET_ERR_FORMAT, "tokenizer.ggml.tokens", "size 0"},
         {"scores length", DUET_ERR_FORMAT, "tokenizer.ggml.scores has 4 entries", "has 5"},
@@ -565,168 +539,16 @@ TEST(tok_missing_keys) {
 
 /* ---- reference vocabularies from ../shared ----------------------------------------------- */
 
-static char *read_file(const char *path, size_t *n) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long sz = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    char *buf = malloc((size_t)sz + 1);
-    if (buf && fread(buf, 1, (size_t)sz, fp) != (size_t)sz) { free(buf); buf = NULL; }
-    fclose(fp);
-    if (buf) { buf[sz] = 0; *n = (size_t)sz; }
-    return buf;
-}
-
-static tokenizer *load_vocab_file(const char *path) {
-    gguf_file *f = NULL;
-    tokenizer *t = NULL;
-    duet_error err = {0};
-    if (gguf_open(path, &f, &err) != DUET_OK) {
-        test_fail_at(__FILE__, __LINE__, "%s", err.msg);
-        return NULL;
-    }
-    if (tokenizer_load(f, &t, &err) != DUET_OK) test_fail_at(__FILE__, __LINE__, "%s", err.msg);
-    gguf_close(f);
-    return t;
-}
-
-/* llama.cpp's test vectors: .inp strings separated by "\n__ggml_vocab_test__\n" (the text
- * after the last separator, if any, is one more string); .out one line of ids each. */
-typedef struct vectors {
-    char *inp, *out;
-    int n;
-    char **text;
-    size_t *len;
-    char **ids_line;
-} vectors;
-
-static void vectors_free(vectors *v) {
-    free(v->inp);
-    free(v->out);
-    free(v->text);
-    free(v->len);
-    free(v->ids_line);
-    memset(v, 0, sizeof *v);
-}
-
-static bool vectors_read(const char *vocab_path, vectors *v) {
-    char p[1100];
-    size_t ni = 0, no = 0;
-    memset(v, 0, sizeof *v);
-    snprintf(p, sizeof p, "%s.inp", vocab_path);
-    v->inp = read_file(p, &ni);
-    snprintf(p, sizeof p, "%s.out", vocab_path);
-    v->out = read_file(p, &no);
-    if (!v->inp || !v->out) { vectors_free(v); return false; }
-    static const char sep[] = "\n__ggml_vocab_test__\n";
-    size_t cap = 16;
-    v->text = malloc(cap * sizeof *v->text);
-    v->len = malloc(cap * sizeof *v->len);
-    for (size_t pos = 0; pos < ni;) {
-        if ((size_t)v->n == cap) {
-            cap *= 2;
-            v->text = realloc(v->text, cap * sizeof *v->text);
-            v->len = realloc(v->len, cap * sizeof *v->len);
-        }
-        char *next = memmem(v->inp + pos, ni - pos, sep, sizeof sep - 1);
-        size_t end = next ? (size_t)(next - v->inp) : ni;
-        v->text[v->n] = v->inp + pos;
-        v->len[v->n] = end - pos;
-        v->n++;
-        pos = next ? end + sizeof sep - 1 : ni;
-    }
-    int lines = 0;
-    v->ids_line = malloc(((size_t)v->n + 1) * sizeof *v->ids_line);
-    for (char *s = v->out; *s && lines <= v->n;) {
-        char *nl = strchr(s, '\n');
-        if (nl) *nl = 0;
-        if (lines < v->n) v->ids_line[lines] = s;
-        lines++;
-        s = nl ? nl + 1 : s + strlen(s);
-    }
-    if (lines != v->n) {
-        test_fail_at(__FILE__, __LINE__, "%s: %d test strings but %d lines of ids", vocab_path,
-                     v->n, lines);
-        vectors_free(v);
-        return false;
-    }
-    return true;
-}
-
-static int parse_ids(const char *line, int32_t *ids, int cap) {
-    int n = 0;
-    char *end;
-    for (const char *s = line;;) {
-        long x = strtol(s, &end, 10);
-        if (end == s) break;
-        if (n < cap) ids[n] = (int32_t)x;
-        n++;
-        s = end;
-    }
-    return n;
-}
-
-/* Every vector must encode to exactly the expected ids, and decode (after BOS, which drops
- * the prefix space as llama.cpp's detokenizer does) back to the input. */
-static void check_vectors(tokenizer *t, const char *vocab_path, const char *name) {
-    vectors v;
-    if (!vectors_read(vocab_path, &v)) {
-        test_fail_at(__FILE__, __LINE__, "%s: cannot read test vectors", vocab_path);
-        return;
-    }
-    int enc_ok = 0, dec_ok = 0;
-    for (int i = 0; i < v.n; i++) {
-        int32_t want[512], got[512];
-        int m = parse_ids(v.ids_line[i], want, 512);
-        duet_error err = {0};
-        int n = tokenizer_encode(t, v.text[i], v.len[i], false, false, got, 512, &err);
-        char shown[120];
-        duet_printable(shown, sizeof shown, v.text[i], v.len[i]);
-        if (m <= 512 && ids_eq(got, n, want, m)) {
-            enc_ok++;
-        } else {
-            test_fail_at(__FILE__, __LINE__, "%s: vector %d \"%s\" encodes differently (%s)",
-                         name, i, shown, n < 0 ? err.msg : "");
-            print_ids("got ", got, n);
-            print_ids("want", want, m);
-            continue;
-        }
-        size_t cap = 4 * v.len[i] + 64;
-        char *text = malloc(cap);
-        size_t k = decode(t, tokenizer_bos(t), got, n, text, cap);
-        if (k == v.len[i] && memcmp(text, v.text[i], k) == 0) dec_ok++;
-        else test_fail_at(__FILE__, __LINE__, "%s: vector %d \"%s\" does not decode back", name,
-                          i, shown);
-        free(text);
-    }
-    fprintf(stderr, "    %s: %d/%d vectors encode exactly, %d/%d decode back\n", name, enc_ok,
-            v.n, dec_ok, v.n);
-    CHECK(v.n >= 40);
-    vectors_free(&v);
-}
-
-static const char *vocab_path(const char *file) {
-    const char *shared = test_shared_dir();
-    if (!shared) return NULL;
-    static char p[1024];
-    snprintf(p, sizeof p, "%s/tokenizers/vocab/%s", shared, file);
-    FILE *fp = fopen(p, "rb");
-    if (!fp) return NULL;
-    fclose(fp);
-    return p;
-}
-
 TEST(tok_vectors_llama_spm) {
-    const char *p = vocab_path("ggml-vocab-llama-spm.gguf");
+    const char *p = tv_vocab_path("ggml-vocab-llama-spm.gguf");
     if (!p) SKIP("../shared/tokenizers/vocab/ggml-vocab-llama-spm.gguf not found");
-    tokenizer *t = load_vocab_file(p);
+    tokenizer *t = tv_load_vocab_file(p);
     REQUIRE(t != NULL);
     CHECK_EQ_INT(tokenizer_n_vocab(t), 32000);
     CHECK_EQ_INT(tokenizer_bos(t), 1);
     CHECK_EQ_INT(tokenizer_eos(t), 2);
     CHECK(tokenizer_add_bos(t));
-    check_vectors(t, p, "llama-spm");
+    tv_check_vectors(t, p, "llama-spm");
     /* "<s>" is text unless parse_special */
     CHECK_IDS(t, "<s>Hello", false, true, 1, 15043);
     CHECK_IDS(t, "<s>", false, false, 529, 29879, 29958);
@@ -734,16 +556,16 @@ TEST(tok_vectors_llama_spm) {
 }
 
 TEST(tok_vectors_phi3) {
-    const char *p = vocab_path("ggml-vocab-phi-3.gguf");
+    const char *p = tv_vocab_path("ggml-vocab-phi-3.gguf");
     if (!p) SKIP("../shared/tokenizers/vocab/ggml-vocab-phi-3.gguf not found");
-    tokenizer *t = load_vocab_file(p);
+    tokenizer *t = tv_load_vocab_file(p);
     REQUIRE(t != NULL);
     CHECK_EQ_INT(tokenizer_n_vocab(t), 32064);
     CHECK_EQ_INT(tokenizer_eos(t), 32000);
     CHECK(tokenizer_is_eog(t, 32000)); /* <|endoftext|> */
     CHECK(tokenizer_is_eog(t, 32007)); /* <|end|>, known by text */
     CHECK(!tokenizer_is_eog(t, 32010));
-    check_vectors(t, p, "phi-3");
+    tv_check_vectors(t, p, "phi-3");
     /* a chat turn: Phi-3's special tokens swallow the whitespace after them */
     CHECK_IDS(t, "<|user|>\nHello<|end|>\n<|assistant|>", true, true, 1, 32010, 15043, 32007,
               32001);
@@ -756,7 +578,7 @@ TEST(tok_vectors_phi3) {
 
 TEST(tok_tiny_random_matches_llama_spm) {
     const char *shared = test_shared_dir();
-    const char *ref = vocab_path("ggml-vocab-llama-spm.gguf");
+    const char *ref = tv_vocab_path("ggml-vocab-llama-spm.gguf");
     if (!shared || !ref) SKIP("../shared vocabularies not found");
     char p[1024];
     snprintf(p, sizeof p, "%s/models/tiny-random/llama-2-tiny-random.gguf", shared);
@@ -765,11 +587,11 @@ TEST(tok_tiny_random_matches_llama_spm) {
     fclose(fp);
     char refp[1024];
     snprintf(refp, sizeof refp, "%s", ref);
-    tokenizer *a = load_vocab_file(p), *b = load_vocab_file(refp);
+    tokenizer *a = tv_load_vocab_file(p), *b = tv_load_vocab_file(refp);
     if (a && b) {
         CHECK(tokenizer_hash(a) == tokenizer_hash(b));
         CHECK_EQ_INT(tokenizer_n_vocab(a), tokenizer_n_vocab(b));
-        check_vectors(a, refp, "tiny-random (llama-spm vectors)");
+        tv_check_vectors(a, refp, "tiny-random (llama-spm vectors)");
     }
     tokenizer_free(a);
     tokenizer_free(b);
@@ -914,13 +736,13 @@ static const ref_case k_ref_cases[] = {
 };
 
 TEST(tok_reference_cases) {
-    const char *p[2] = {vocab_path("ggml-vocab-llama-spm.gguf"), NULL};
+    const char *p[2] = {tv_vocab_path("ggml-vocab-llama-spm.gguf"), NULL};
     char spm[1024];
     if (!p[0]) SKIP("../shared/tokenizers/vocab not found");
     snprintf(spm, sizeof spm, "%s", p[0]);
-    p[1] = vocab_path("ggml-vocab-phi-3.gguf");
+    p[1] = tv_vocab_path("ggml-vocab-phi-3.gguf");
     if (!p[1]) SKIP("../shared/tokenizers/vocab/ggml-vocab-phi-3.gguf not found");
-    tokenizer *t[2] = {load_vocab_file(spm), load_vocab_file(p[1])};
+    tokenizer *t[2] = {tv_load_vocab_file(spm), tv_load_vocab_file(p[1])};
     if (t[0] && t[1]) {
         for (size_t i = 0; i < sizeof k_ref_cases / sizeof k_ref_cases[0]; i++) {
             const ref_case *c = &k_ref_cases[i];
@@ -930,13 +752,13 @@ TEST(tok_reference_cases) {
             duet_error err = {0};
             int n = tokenizer_encode(t[c->phi3], c->text, strlen(c->text), c->bos, c->special,
                                      got, 64, &err);
-            if (!ids_eq(got, n, c->ids, m)) {
+            if (!tv_ids_eq(got, n, c->ids, m)) {
                 char shown[120];
                 duet_printable(shown, sizeof shown, c->text, strlen(c->text));
                 test_fail_at(__FILE__, __LINE__, "%s \"%s\" (bos %d, special %d) %s",
                              c->phi3 ? "phi-3" : "llama-spm", shown, c->bos, c->special, err.msg);
-                print_ids("got ", got, n);
-                print_ids("want", c->ids, m);
+                tv_print_ids("got ", got, n);
+                tv_print_ids("want", c->ids, m);
             }
         }
     }
@@ -947,14 +769,14 @@ TEST(tok_reference_cases) {
 /* Big inputs must stay fast (hash lookups, heap merges: O(n log n)) and lossless. */
 TEST(tok_large_text) {
     const char *shared = test_shared_dir();
-    const char *p = vocab_path("ggml-vocab-llama-spm.gguf");
+    const char *p = tv_vocab_path("ggml-vocab-llama-spm.gguf");
     if (!shared || !p) SKIP("../shared vocabularies not found");
     char tp[1024];
     snprintf(tp, sizeof tp, "%s/data/tinyshakespeare/input.txt", shared);
     size_t n = 0;
-    char *text = read_file(tp, &n);
+    char *text = tv_read_file(tp, &n);
     if (!text) SKIP("../shared/data/tinyshakespeare/input.txt not found");
-    tokenizer *t = load_vocab_file(p);
+    tokenizer *t = tv_load_vocab_file(p);
     if (!t) { free(text); return; }
     duet_error err = {0};
     double t0 = duet_time_s();
@@ -965,7 +787,7 @@ TEST(tok_large_text) {
     int m2 = tokenizer_encode(t, text, n, true, false, ids, m, &err);
     CHECK_EQ_INT(m2, m);
     char *back = malloc(n + 64);
-    size_t k = decode(t, -1, ids, m, back, n + 64);
+    size_t k = tv_decode(t, -1, ids, m, back, n + 64);
     CHECK(k == n && memcmp(back, text, n) == 0);
     fprintf(stderr, "    tinyshakespeare: %zu bytes -> %d tokens in %.3f s\n", n, m, dt);
 
