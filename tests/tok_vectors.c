@@ -146,7 +146,7 @@ static int tv_parse_ids(const char *line, int32_t *ids, int cap) {
 void tv_check_vectors(tokenizer *t, const char *vocab_path, const char *name) {
     tv_vectors v;
     if (!tv_vectors_read(vocab_path, &v)) {
-        test_fail_at(__FILE__, __LINE__, "%s: cannot read test tv_vectors", vocab_path);
+        test_fail_at(__FILE__, __LINE__, "%s: cannot read test vectors", vocab_path);
         return;
     }
     int enc_ok = 0, dec_ok = 0;
