@@ -227,7 +227,7 @@ TEST(bpe_pathological_runs) {
 
 /* Run the oracle on a file; returns the ids of its first output line (malloc'd) or NULL. */
 static int32_t *oracle_ids(const char *gpt2_dir, const char *input, int *n_out) {
-    char cmd[4096];
+    char cmd[8192];
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/oracle/gpt2_bpe.py '%s/encoder.json' "
              "'%s/vocab.bpe' '%s'", gpt2_dir, gpt2_dir, input);
     FILE *fp = popen(cmd, "r");

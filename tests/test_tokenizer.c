@@ -537,6 +537,144 @@ TEST(tok_missing_keys) {
     tokenizer_free(t);
 }
 
+/* ---- a small byte-level BPE vocabulary ------------------------------------------------------ */
+
+/* ids 0..254: the characters of bytes 0x00..0xFE (GPT-2's table, written out here: printable
+ * Latin-1 bytes are themselves, the others U+0100 onwards in byte order); 0xFF has none. */
+#define BPE_G "\xc4\xa0" /* U+0120, byte 0x20's character */
+enum { B_AB = 255, B_BC, B_ABC, B_GA, B_AA, B_END, B_XYZ, B_N };
+static const char *const k_bpe_extra[] = {"ab", "bc", "abc", BPE_G "a", "aa", "<|end|>", "xyz"};
+static const char *const k_bpe_merges[] = {"b c", "a b", "a bc", BPE_G " a", "a a", "x y"};
+
+typedef struct bpe_opts {
+    const char *pre;        /* NULL: key absent */
+    int unk;                /* -1: key absent */
+    int bad;                /* 1: a merge without a space, 2: merges of u32, 3: pre of u32 */
+} bpe_opts;
+
+static int load_bpe(const bpe_opts *o, tokenizer **t, duet_error *err) {
+    static char chars[255][3];
+    const char *texts[B_N];
+    int32_t types[B_N];
+    int extra = 0;
+    for (int b = 0; b < 255; b++) {
+        bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+        unsigned cp = printable ? (unsigned)b : 256u + (unsigned)extra++;
+        if (cp < 0x80) { chars[b][0] = (char)cp; chars[b][1] = 0; }
+        else { chars[b][0] = (char)(0xC0 | (cp >> 6)); chars[b][1] = (char)(0x80 | (cp & 63)); chars[b][2] = 0; }
+        texts[b] = chars[b];
+        types[b] = TOKTYPE_NORMAL;
+    }
+    for (int i = B_AB; i < B_N; i++) {
+        texts[i] = k_bpe_extra[i - B_AB];
+        types[i] = i == B_END ? TOKTYPE_CONTROL : TOKTYPE_NORMAL;
+    }
+    const char *merges[6];
+    memcpy(merges, k_bpe_merges, sizeof merges);
+    if (o->bad == 1) merges[1] = "ab";
+    gbuf b;
+    gb_init(&b);
+    kv_str(&b, "tokenizer.ggml.model", "gpt2");
+    if (o->bad == 3) kv_u32(&b, "tokenizer.ggml.pre", 1);
+    else if (o->pre) kv_str(&b, "tokenizer.ggml.pre", o->pre);
+    kv_strs(&b, "tokenizer.ggml.tokens", texts, B_N);
+    kv_arr(&b, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, types, B_N, 4);
+    if (o->bad == 2) {
+        uint32_t m[2] = {1, 2};
+        kv_arr(&b, "tokenizer.ggml.merges", GGUF_TYPE_UINT32, m, 2, 4);
+    } else {
+        kv_strs(&b, "tokenizer.ggml.merges", merges, 6);
+    }
+    if (o->unk >= 0) kv_u32(&b, "tokenizer.ggml.unknown_token_id", (uint32_t)o->unk);
+    gguf_file *f = NULL;
+    int rc = gb_open(&b, &f, err);
+    if (rc == DUET_OK) rc = tokenizer_load(f, t, err);
+    gb_close(&b, f);
+    return rc;
+}
+
+TEST(bpe_small_merges_and_split) {
+    tokenizer *t = NULL;
+    duet_error err = {0};
+    bpe_opts o = {"gpt-2", -1, 0};
+    REQUIRE(load_bpe(&o, &t, &err) == DUET_OK);
+    CHECK_EQ_INT(tokenizer_bos(t), 11); /* llama.cpp's BPE default when the file names none */
+    CHECK(!tokenizer_add_bos(t));
+    /* "b c" (rank 0) before "a b" (rank 1), then "a bc" */
+    CHECK_IDS(t, "abc", false, false, B_ABC);
+    CHECK_IDS(t, "ab", false, false, B_AB);
+    /* equal ranks: the leftmost pair first */
+    CHECK_IDS(t, "aaa", false, false, B_AA, 'a');
+    /* the split keeps one leading space with a letter run, then merges across it */
+    CHECK_IDS(t, " a", false, false, B_GA);
+    CHECK_IDS(t, "a b", false, false, 'a', 0x20, 'b');
+    CHECK_IDS(t, "ab,abc", false, false, B_AB, ',', B_ABC);
+    /* "x y" is a merge whose result is not a token: its bytes are emitted instead */
+    CHECK_IDS(t, "xyz", false, false, 'x', 'y', 'z');
+    /* control token: with special parsing only; renders as "" */
+    CHECK_IDS(t, "a<|end|>", false, true, 'a', B_END);
+    char buf[8];
+    CHECK_EQ_INT(tokenizer_piece(t, -1, B_END, buf, sizeof buf), 0);
+    /* a normal token decodes through the byte table: U+0120 is a space again */
+    CHECK_EQ_INT(tokenizer_piece(t, -1, B_GA, buf, sizeof buf), 2);
+    CHECK(memcmp(buf, " a", 2) == 0);
+    CHECK_EQ_INT(tokenizer_piece(t, -1, B_GA, buf, 1), 2); /* too small: size, no write */
+    /* byte 0xFF has no character token and there is no unknown token: a clear error */
+    int32_t ids[8];
+    CHECK_EQ_INT(tokenizer_encode(t, "a\xff", 2, false, false, ids, 8, &err), DUET_ERR_RANGE);
+    CHECKF(strstr(err.msg, "0xff") != NULL, "%s", err.msg);
+    tokenizer_free(t);
+
+    /* with an unknown token the byte becomes it */
+    o.unk = 3;
+    REQUIRE(load_bpe(&o, &t, &err) == DUET_OK);
+    CHECK_IDS(t, "a\xff", false, false, 'a', 3);
+    tokenizer_free(t);
+
+    /* Llama-3's pre-tokenizer: a piece that is a token is taken whole (ignore_merges), and
+     * BOS is on by default */
+    bpe_opts l3 = {"llama-bpe", -1, 0};
+    REQUIRE(load_bpe(&l3, &t, &err) == DUET_OK);
+    CHECK_IDS(t, "xyz", false, false, B_XYZ);
+    CHECK(tokenizer_add_bos(t));
+    CHECK_IDS(t, "abc", true, false, 11, B_ABC);
+    tokenizer_free(t);
+
+    /* no tokenizer.ggml.pre: llama.cpp's "default" (punctuation runs split off first) */
+    bpe_opts none = {NULL, -1, 0};
+    REQUIRE(load_bpe(&none, &t, &err) == DUET_OK);
+    CHECK_IDS(t, "ab,abc", false, false, B_AB, ',', B_ABC);
+    tokenizer_free(t);
+}
+
+TEST(bpe_small_bad_vocabularies) {
+    static const struct {
+        bpe_opts o;
+        int code;
+        const char *part1, *part2;
+    } cases[] = {
+        {{"no-such-pre", -1, 0}, DUET_ERR_UNSUPPORTED, "tokenizer.ggml.pre = \"no-such-pre\"",
+         "not a known pre-tokenizer"},
+        {{"gpt-2", -1, 1}, DUET_ERR_FORMAT, "tokenizer.ggml.merges[1] = \"ab\"", "left right"},
+        {{"gpt-2", -1, 2}, DUET_ERR_FORMAT, "tokenizer.ggml.merges has type arr of u32",
+         "array of str"},
+        {{"gpt-2", -1, 3}, DUET_ERR_FORMAT, "tokenizer.ggml.pre has type u32", "expected str"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        tokenizer *t = (tokenizer *)&k; /* must come back NULL */
+        duet_error err = {0};
+        int rc = load_bpe(&cases[k].o, &t, &err);
+        CHECKF(rc == cases[k].code, "case %zu: status %d, want %d (%s)", k, rc, cases[k].code,
+               err.msg);
+        CHECKF(t == NULL, "case %zu: output not cleared", k);
+        CHECKF(strstr(err.msg, "hand-made.gguf") && strstr(err.msg, cases[k].part1) &&
+                   strstr(err.msg, cases[k].part2),
+               "case %zu: message \"%s\" lacks \"%s\" / \"%s\"", k, err.msg, cases[k].part1,
+               cases[k].part2);
+        if (rc == DUET_OK) tokenizer_free(t);
+    }
+}
+
 /* ---- reference vocabularies from ../shared ----------------------------------------------- */
 
 TEST(tok_vectors_llama_spm) {
