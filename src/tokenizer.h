@@ -1,7 +1,9 @@
 /*
- * tokenizer.h: tokenizers built from GGUF metadata (tokenizer.ggml.*).
- * Now: SentencePiece-style ("llama" model): scores, byte fallback (<0xXX> tokens),
- * add-space-prefix, control/user-defined special tokens, BOS/EOS.
+ * tokenizer.h: tokenizers built from GGUF metadata (tokenizer.ggml.*):
+ * SentencePiece-style ("llama" model; tokenizer.c): scores, byte fallback (<0xXX> tokens),
+ * add-space-prefix; byte-level BPE ("gpt2" model; tokenizer_bpe.c): merges, byte-to-unicode
+ * mapping, the pre-tokenizer named by tokenizer.ggml.pre. Both: control/user-defined special
+ * tokens, BOS/EOS, end-of-generation tokens.
  * Token types follow llama.cpp: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
  * 6 byte.
  */
@@ -40,6 +42,12 @@ uint64_t tokenizer_hash(const tokenizer *t);
  * has a BOS token and asks for it (add_bos_token true or absent). */
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_bos,
                      bool parse_special, int32_t *out, int cap, duet_error *err);
+/* Byte-level BPE only: the pre-tokenizer's piece boundaries in text (input byte offsets,
+ * 0 first and len last; a text without special tokens is one fragment). Writes up to cap
+ * offsets and returns how many there are; DUET_ERR_ARG for a SentencePiece vocabulary.
+ * For tests and tools that check the split against other implementations. */
+int tokenizer_bpe_split(const tokenizer *t, const char *text, size_t len, uint32_t *cuts,
+                        int cap, duet_error *err);
 /* Same contract as duet_token_to_piece. */
 int tokenizer_piece(const tokenizer *t, int32_t prev, int32_t tok, char *buf, int cap);
 

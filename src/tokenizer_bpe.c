@@ -527,6 +527,26 @@ int tok_bpe_encode(const tokenizer *t, tok_work *w, const char *s, size_t n, tok
     return rc;
 }
 
+int tokenizer_bpe_split(const tokenizer *t, const char *text, size_t len, uint32_t *cuts,
+                        int cap, duet_error *err) {
+    if (!t || !t->bpe || (!text && len > 0) || cap < 0 || (!cuts && cap > 0) ||
+        len > (size_t)INT_MAX / 8)
+        return duet_fail(err, DUET_ERR_ARG, "tokenizer_bpe_split: bad argument (%s)",
+                         t && !t->bpe ? "not a BPE vocabulary" : "NULL or too long");
+    tok_work w = {0};
+    const char *subj;
+    size_t m = make_subject(&w, text, len, &subj);
+    int rc = m == (size_t)-1 ? duet_fail(err, DUET_ERR_NOMEM, "tokenize: out of memory")
+                             : split(t->bpe, &w, subj, m, err);
+    if (!rc) {
+        for (size_t k = 0; k < w.cut_n; k++)
+            if ((int)k < cap) cuts[k] = subj == text ? w.cut[k] : w.subj_src[w.cut[k]];
+        rc = (int)w.cut_n;
+    }
+    tok_bpe_work_free(&w);
+    return rc;
+}
+
 /* ---- decoding ---------------------------------------------------------------------------- */
 
 int tok_bpe_piece(const tokenizer *t, int32_t tok, char *buf, int cap) {

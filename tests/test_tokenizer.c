@@ -11,6 +11,7 @@
 #endif
 #include <stdbool.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "../src/common.h"
 #include "../src/gguf.h"
@@ -672,6 +673,125 @@ TEST(bpe_small_bad_vocabularies) {
                "case %zu: message \"%s\" lacks \"%s\" / \"%s\"", k, err.msg, cases[k].part1,
                cases[k].part2);
         if (rc == DUET_OK) tokenizer_free(t);
+    }
+}
+
+/* The PCRE2 splits of the pre-tokenizers whose vocabularies ../shared does not carry (Llama 3,
+ * Qwen2; GPT-2 as a control) against tests/oracle/bpe_split.py, a hand-written scanner, on
+ * llama.cpp's test strings and on a slice of gsm8k (digits, symbols, newlines). The .out ids
+ * of those strings add a consistency check: every piece yields at least one token. */
+static int read_cut_line(FILE *fp, uint32_t *cuts, int cap) {
+    int n = 0, c;
+    long v;
+    while (fscanf(fp, "%ld", &v) == 1) {
+        if (n < cap) cuts[n] = (uint32_t)v;
+        n++;
+        while ((c = fgetc(fp)) == ' ') {}
+        if (c == '\n' || c == EOF) break;
+        ungetc(c, fp);
+    }
+    return n;
+}
+
+static void split_vs_oracle(tokenizer *t, const char *kind, const char *inp, const char *sep,
+                            const char *out_ids) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/oracle/bpe_split.py %s '%s' '%s'", kind,
+             inp, sep);
+    FILE *fp = popen(cmd, "r");
+    if (!fp) { /* (REQUIRE would also return after any earlier failure of this test) */
+        test_fail_at(__FILE__, __LINE__, "cannot run %s", cmd);
+        return;
+    }
+    size_t n = 0;
+    char *text = tv_read_file(inp, &n);
+    char *ids = out_ids ? tv_read_file(out_ids, &(size_t){0}) : NULL;
+    char *ids_line = ids;
+    size_t sep_n = strlen(sep) + 2;
+    char *full_sep = malloc(sep_n + 1);
+    snprintf(full_sep, sep_n + 1, "\n%s\n", sep);
+    int parts = 0, same = 0;
+    static uint32_t want[1 << 18], got[1 << 18];
+    for (size_t pos = 0; text && pos < n; parts++) {
+        char *next = memmem(text + pos, n - pos, full_sep, sep_n);
+        size_t end = next ? (size_t)(next - text) : n;
+        int nw = read_cut_line(fp, want, 1 << 18);
+        duet_error err = {0};
+        int ng = tokenizer_bpe_split(t, text + pos, end - pos, got, 1 << 18, &err);
+        bool eq = ng == nw && ng <= (1 << 18) && memcmp(got, want, (size_t)ng * 4) == 0;
+        same += eq;
+        if (!eq) {
+            char shown[80];
+            duet_printable(shown, sizeof shown, text + pos, end - pos);
+            test_fail_at(__FILE__, __LINE__, "%s: part %d \"%s\": %d cuts vs the oracle's %d "
+                         "(%s)", kind, parts, shown, ng, nw, ng < 0 ? err.msg : "");
+        }
+        if (ids_line) { /* count the ids on this part's line of .out */
+            int k = 0;
+            char *nl = strchr(ids_line, '\n');
+            for (char *s = ids_line, *e; s < (nl ? nl : s + strlen(s)); s = e, k++) {
+                strtol(s, &e, 10);
+                if (e == s) break;
+            }
+            CHECKF(ng - 1 <= k, "%s: part %d: %d pieces but the reference has %d tokens", kind,
+                   parts, ng - 1, k);
+            ids_line = nl ? nl + 1 : NULL;
+        }
+        pos = next ? end + sep_n : n;
+    }
+    int st = pclose(fp);
+    CHECKF(st == 0 && parts > 0, "oracle failed: %s", cmd);
+    fprintf(stderr, "    %-7s %s: %d/%d splits identical to the oracle's\n", kind,
+            strrchr(inp, '/') ? strrchr(inp, '/') + 1 : inp, same, parts);
+    free(full_sep);
+    free(ids);
+    free(text);
+}
+
+TEST(bpe_split_matches_oracle) {
+    const char *shared = test_shared_dir();
+    if (!shared) SKIP("../shared not found");
+    if (access("/usr/bin/python3", X_OK) != 0) SKIP("/usr/bin/python3 not found");
+    /* a slice of gsm8k, written out whole lines (never a cut UTF-8 character) */
+    char p[1024];
+    snprintf(p, sizeof p, "%s/data/gsm8k/test.jsonl", shared);
+    size_t n = 0;
+    char *gsm = tv_read_file(p, &n);
+    const char *slice = NULL;
+    char slice_path[1024];
+    if (gsm) {
+        size_t cut = n < 200000 ? n : 200000;
+        while (cut > 0 && gsm[cut - 1] != '\n') cut--;
+        snprintf(slice_path, sizeof slice_path, "%s", test_path(test_tmpdir(), "gsm8k-slice.txt"));
+        slice = slice_path;
+        FILE *fp = fopen(slice, "wb");
+        if (fp) { fwrite(gsm, 1, cut, fp); fclose(fp); }
+        free(gsm);
+    }
+    static const struct { const char *pre, *kind, *vocab; } kinds[] = {
+        {"llama-bpe", "llama3", "llama-bpe"}, {"qwen2", "qwen2", "qwen2"},
+        {"gpt-2", "gpt2", "gpt-2"}};
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        tokenizer *t = NULL;
+        duet_error err = {0};
+        bpe_opts o = {kinds[k].pre, -1, 0};
+        if (load_bpe(&o, &t, &err) != DUET_OK) {
+            test_fail_at(__FILE__, __LINE__, "%s", err.msg);
+            continue;
+        }
+        char inp[256], out[256];
+        snprintf(inp, sizeof inp, "ggml-vocab-%s.gguf.inp", kinds[k].vocab);
+        snprintf(out, sizeof out, "ggml-vocab-%s.gguf.out", kinds[k].vocab);
+        const char *ip = tv_vocab_path(inp);
+        if (ip) {
+            char ipath[1024], opath[1024];
+            snprintf(ipath, sizeof ipath, "%s", ip);
+            snprintf(opath, sizeof opath, "%s", tv_vocab_path(out) ? tv_vocab_path(out) : "");
+            split_vs_oracle(t, kinds[k].kind, ipath, "__ggml_vocab_test__",
+                            opath[0] ? opath : NULL);
+        }
+        if (slice) split_vs_oracle(t, kinds[k].kind, slice, "__no_such_separator__", NULL);
+        tokenizer_free(t);
     }
 }
 
