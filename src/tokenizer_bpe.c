@@ -226,7 +226,7 @@ float tok_bpe_pair_score(const tokenizer *t, const char *s, uint32_t ln, uint32_
     return r < 0 ? -INFINITY : -(float)r; /* ranks below 2^24 are exact in float */
 }
 
-static int load_merges(tok_bpe *b, const gguf_file *f, duet_error *err) {
+static int load_merges(const tokenizer *t, tok_bpe *b, const gguf_file *f, duet_error *err) {
     const char *path = f->path;
     const gguf_kv *kv = gguf_find(f, "tokenizer.ggml.merges");
     if (!kv)
@@ -269,6 +269,17 @@ static int load_merges(tok_bpe *b, const gguf_file *f, duet_error *err) {
                              path, (int)r, p);
         }
         uint32_t ln = (uint32_t)(sp - m.ptr), rn = (uint32_t)(m.len - ln - 1);
+        /* both halves must be tokens (the merged text need not be: encoding then falls
+         * back to the halves' bytes) */
+        bool left_ok = tok_find(t, m.ptr, ln) >= 0;
+        if (!left_ok || tok_find(t, sp + 1, rn) < 0) {
+            char p[96], q[64];
+            duet_printable(p, sizeof p, m.ptr, m.len);
+            duet_printable(q, sizeof q, left_ok ? sp + 1 : m.ptr, left_ok ? rn : ln);
+            return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.merges[%d] = \"%s\" "
+                             "names \"%s\", which is not in tokenizer.ggml.tokens", path, (int)r,
+                             p, q);
+        }
         memcpy(b->mblob + pos, m.ptr, ln);
         memcpy(b->mblob + pos + ln, sp + 1, rn);
         b->moff[r] = pos;
@@ -348,7 +359,7 @@ int tok_bpe_load(tokenizer *t, const gguf_file *f, duet_error *err) {
     if (kind->flags & PRE_ADD_BOS) t->add_bos = true;
     if (kind->flags & PRE_NO_BOS) t->bos = -1;
     int rc = compile_patterns(b, kind, path, err);
-    if (!rc) rc = load_merges(b, f, err);
+    if (!rc) rc = load_merges(t, b, f, err);
     return rc;
 }
 

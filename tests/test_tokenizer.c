@@ -550,7 +550,7 @@ static const char *const k_bpe_merges[] = {"b c", "a b", "a bc", BPE_G " a", "a 
 typedef struct bpe_opts {
     const char *pre;        /* NULL: key absent */
     int unk;                /* -1: key absent */
-    int bad;                /* 1: a merge without a space, 2: merges of u32, 3: pre of u32 */
+    int bad; /* 1: a merge without a space, 2: merges of u32, 3: pre of u32, 4: unknown part */
 } bpe_opts;
 
 static int load_bpe(const bpe_opts *o, tokenizer **t, duet_error *err) {
@@ -573,6 +573,7 @@ static int load_bpe(const bpe_opts *o, tokenizer **t, duet_error *err) {
     const char *merges[6];
     memcpy(merges, k_bpe_merges, sizeof merges);
     if (o->bad == 1) merges[1] = "ab";
+    if (o->bad == 4) merges[4] = "a qq";
     gbuf b;
     gb_init(&b);
     kv_str(&b, "tokenizer.ggml.model", "gpt2");
@@ -660,6 +661,8 @@ TEST(bpe_small_bad_vocabularies) {
         {{"gpt-2", -1, 2}, DUET_ERR_FORMAT, "tokenizer.ggml.merges has type arr of u32",
          "array of str"},
         {{"gpt-2", -1, 3}, DUET_ERR_FORMAT, "tokenizer.ggml.pre has type u32", "expected str"},
+        {{"gpt-2", -1, 4}, DUET_ERR_FORMAT, "tokenizer.ggml.merges[4] = \"a qq\" names \"qq\"",
+         "not in tokenizer.ggml.tokens"},
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         tokenizer *t = (tokenizer *)&k; /* must come back NULL */
