@@ -101,7 +101,11 @@ int duet_token_is_eog(const duet_model *model, int32_t token); /* end of generat
 /* Encode text. add_bos: prepend BOS when the vocabulary says so (and has one).
  * parse_special: text spelling a control token ("<s>") becomes that token; otherwise it is
  * plain text. Writes at most cap ids; returns the number of ids the full encoding has
- * (may exceed cap: call again with a larger buffer), or a negative status. */
+ * (may exceed cap: call again with a larger buffer), or a negative status.
+ * Vocabularies: SentencePiece ("llama") and byte-level BPE ("gpt2", split as
+ * tokenizer.ggml.pre names; an unknown name fails to load). Invalid UTF-8 is never dropped:
+ * BPE encodes such bytes as their byte tokens (decoding gives them back), or as the unknown
+ * token / an error when the vocabulary has no token for that byte. */
 int duet_tokenize(const duet_model *model, const char *text, size_t len, int add_bos,
                   int parse_special, int32_t *out, int cap, duet_error *err);
 

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "duet.h"
 #include "../src/common.h"
 #include "../src/gguf.h"
 #include "../src/tokenizer.h"
@@ -291,4 +292,31 @@ TEST(bpe_gpt2_matches_oracle) {
         free(text);
     }
     tokenizer_free(t);
+}
+
+/* ---- through the public API ------------------------------------------------------------------ */
+
+/* A vocabulary-only load of a non-llama file (gpt2, starcoder2, falcon architectures) and the
+ * public calls every command uses. */
+TEST(bpe_public_api_vocab_only) {
+    SKIP_NO_VOCAB("ggml-vocab-starcoder.gguf");
+    duet_model_params mp = {.vocab_only = 1};
+    duet_model *m = NULL;
+    duet_error err = {0};
+    REQUIRE(duet_model_load(vpath, &mp, &m, &err) == DUET_OK);
+    CHECK_EQ_INT(duet_model_hparams(m)->n_vocab, 49152);
+    static const char text[] = "def f(x):\n    return x**2  # \xc3\xa9t\xc3\xa9\n";
+    int32_t ids[128];
+    int n = duet_tokenize(m, text, sizeof text - 1, 0, 0, ids, 128, &err);
+    CHECKF(n > 0 && n < 128, "%d: %s", n, err.msg);
+    char out[256];
+    size_t o = 0;
+    for (int i = 0; i < n && n < 128; i++) {
+        int k = duet_token_to_piece(m, i ? ids[i - 1] : -1, ids[i], out + o, (int)(sizeof out - o));
+        REQUIRE(k >= 0 && (size_t)k < sizeof out - o);
+        o += (size_t)k;
+    }
+    CHECK(o == sizeof text - 1 && memcmp(out, text, o) == 0);
+    CHECK_STR(duet_token_text(m, 0), "<|endoftext|>");
+    duet_model_free(m);
 }
