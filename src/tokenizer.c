@@ -1,8 +1,10 @@
 /*
- * tokenizer.c: the SentencePiece-style tokenizer (tokenizer.ggml.model == "llama") built from
- * GGUF metadata. Encoding reproduces llama.cpp's SPM tokenizer (llm_tokenizer_spm and the
- * special-token partitioning in llama-vocab.cpp), because its outputs are what GGUF models
- * were evaluated with and what the reference test vectors hold:
+ * tokenizer.c: loading a vocabulary from GGUF metadata, the special-token partitioner and the
+ * merge engine shared with byte-level BPE (tokenizer_bpe.c, tokenizer.ggml.model == "gpt2"),
+ * and the SentencePiece-style tokenizer (tokenizer.ggml.model == "llama"). SentencePiece
+ * encoding reproduces llama.cpp's SPM tokenizer (llm_tokenizer_spm and the special-token
+ * partitioning in llama-vocab.cpp), because its outputs are what GGUF models were evaluated
+ * with and what the reference test vectors hold:
  *  1. special tokens found in the text become their own fragments (control and unknown
  *     tokens only with parse_special; user-defined tokens always), longest text first;
  *  2. every remaining text fragment gets a leading space when add_space_prefix is set and it
@@ -13,7 +15,7 @@
  *     unknown token when the vocabulary has no such byte token.
  *
  * Owns: a copy of every token text (one blob, NUL-terminated each), scores, types, a hash
- * index text -> id, and a byte trie over the special tokens.
+ * index text -> id, a byte trie over the special tokens, and for BPE the tok_bpe.
  * Invariants after tokenizer_load: n_vocab >= 1; every special id is -1 or in range; token
  * texts have no NUL, non-byte texts are valid UTF-8, byte-typed texts are exactly <0xXX>;
  * non-empty texts are unique (llama.cpp refuses duplicates too).
