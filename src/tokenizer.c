@@ -636,22 +636,28 @@ static int encode_fragment(const tokenizer *t, tok_work *w, const char *s, size_
     }
     int nsym = tok_merge(t, w, m);
     if (nsym < 0) return duet_fail(err, DUET_ERR_NOMEM, "tokenize: out of memory");
-    if (nsym == 0) return DUET_OK;
+    return tok_emit_chain(t, w, nsym, e, err);
+}
 
-    for (int32_t i = 0; i != -1; i = w->sym[i].next) {
+int tok_emit_chain(const tokenizer *t, const tok_work *w, int nsym, tok_emitter *e,
+                   duet_error *err) {
+    for (int32_t i = 0; nsym > 0 && i != -1; i = w->sym[i].next) {
         const tok_symbol *y = &w->sym[i];
         int32_t id = tok_find(t, w->esc + y->start, (size_t)y->n);
         if (id >= 0) { tok_emit(e, id); continue; }
-        /* Merged symbols are tokens by construction, so this is one character that is not
-         * in the vocabulary: fall back to its bytes. */
-        for (int32_t k = 0; k < y->n; k++) {
-            unsigned char b = (unsigned char)w->esc[y->start + k];
+        /* SentencePiece: merged symbols are tokens by construction, so this is one
+         * character that is not in the vocabulary. BPE: a listed merge whose result is not.
+         * Either way: fall back to the symbol's bytes. */
+        for (int32_t k = 0; k < y->n;) {
+            const unsigned char *c = (const unsigned char *)w->esc + y->start + k;
+            int b = *c;
+            k += t->bpe ? tok_bpe_char_byte(t, c, &b) : 1;
             if (t->byte_tok[b] >= 0) tok_emit(e, t->byte_tok[b]);
             else if (t->unk >= 0) tok_emit(e, t->unk);
             else
                 return duet_fail(err, DUET_ERR_RANGE, "tokenize: byte 0x%02x cannot be encoded: "
-                                 "the vocabulary has no <0x%02X> token and no unknown token",
-                                 b, b);
+                                 "the vocabulary has no token for it (%s) and no unknown "
+                                 "token", b, t->bpe ? "its byte character" : "<0xXX>");
         }
     }
     return DUET_OK;

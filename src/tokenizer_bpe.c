@@ -502,26 +502,14 @@ static int encode_piece(const tokenizer *t, tok_work *w, const unsigned char *s,
     }
     int nsym = tok_merge(t, w, m);
     if (nsym < 0) return duet_fail(err, DUET_ERR_NOMEM, "tokenize: out of memory");
-    if (nsym == 0) return DUET_OK;
-    for (int32_t i = 0; i != -1; i = w->sym[i].next) {
-        const tok_symbol *y = &w->sym[i];
-        int32_t id = tok_find(t, w->esc + y->start, (size_t)y->n);
-        if (id >= 0) { tok_emit(e, id); continue; }
-        /* a merge the vocabulary has no token for: emit the symbol's bytes one by one */
-        for (int32_t k = 0; k < y->n;) {
-            const unsigned char *c = (const unsigned char *)w->esc + y->start + k;
-            unsigned cp = c[0] < 0x80 ? c[0] : ((c[0] & 0x1Fu) << 6) | (c[1] & 0x3Fu);
-            int byte = b->dec[cp];
-            k += c[0] < 0x80 ? 1 : 2;
-            if (t->byte_tok[byte] >= 0) tok_emit(e, t->byte_tok[byte]);
-            else if (t->unk >= 0) tok_emit(e, t->unk);
-            else
-                return duet_fail(err, DUET_ERR_RANGE, "tokenize: byte 0x%02x cannot be encoded: "
-                                 "the vocabulary has no token for its byte character and no "
-                                 "unknown token", byte);
-        }
-    }
-    return DUET_OK;
+    return tok_emit_chain(t, w, nsym, e, err);
+}
+
+int tok_bpe_char_byte(const tokenizer *t, const unsigned char *c, int *byte) {
+    /* the characters of the byte table are all one or two bytes long */
+    unsigned cp = c[0] < 0x80 ? c[0] : ((c[0] & 0x1Fu) << 6) | (c[1] & 0x3Fu);
+    *byte = t->bpe->dec[cp];
+    return c[0] < 0x80 ? 1 : 2;
 }
 
 int tok_bpe_encode(const tokenizer *t, tok_work *w, const char *s, size_t n, tok_emitter *e,

@@ -112,6 +112,12 @@ typedef struct tok_work {
  * DUET_ERR_NOMEM. */
 int tok_merge(const tokenizer *t, tok_work *w, size_t m);
 
+/* Emit the chain tok_merge left (nsym symbols): each symbol's token, or when its text is not
+ * a token, the tokens of its bytes (the unknown token for a byte without one; an error when
+ * there is none). */
+int tok_emit_chain(const tokenizer *t, const tok_work *w, int nsym, tok_emitter *e,
+                   duet_error *err);
+
 /* ---- byte-level BPE (tokenizer_bpe.c) ------------------------------------------------------ */
 
 /* Reads tokenizer.ggml.pre and tokenizer.ggml.merges and compiles the split patterns; sets
@@ -120,6 +126,9 @@ int tok_bpe_load(tokenizer *t, const gguf_file *f, duet_error *err);
 void tok_bpe_free(tok_bpe *b);
 /* The UTF-8 text (1 or 2 bytes, returned count) byte-level BPE writes for byte b. */
 int tok_bpe_byte_char(int b, char out[2]);
+/* The byte a character of the byte table (at c, as tok_merge's symbols hold them) stands for;
+ * returns the character's length. */
+int tok_bpe_char_byte(const tokenizer *t, const unsigned char *c, int *byte);
 /* Merge priority of the adjacent symbols s[0..ln) and s[ln..ln+rn): -rank, or -INFINITY
  * (never merges) when tokenizer.ggml.merges does not list the pair. */
 float tok_bpe_pair_score(const tokenizer *t, const char *s, uint32_t ln, uint32_t rn);
