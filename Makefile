@@ -77,7 +77,8 @@ debug:
 	$(MAKE) O=build-debug OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
 	DUET_BIN=build-debug/duet ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build-debug/run_tests
 
-## fuzz: build libFuzzer harnesses into build-fuzz/ (run: build-fuzz/fuzz_gguf -max_total_time=600)
+## fuzz: build libFuzzer harnesses into build-fuzz/ (run: build-fuzz/fuzz_gguf -max_total_time=600;
+## fuzz_tokenizer reads ../shared/tokenizers/vocab, or DUET_FUZZ_VOCAB=a.gguf:b.gguf)
 fuzz:
 	@tools/deps.sh $(FUZZ_PKGS)
 	$(MAKE) O=build-fuzz CC=clang OPT=-O1 SAN="-fsanitize=fuzzer-no-link,address,undefined" build-fuzz/libduet.a

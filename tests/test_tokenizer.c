@@ -679,6 +679,38 @@ TEST(bpe_small_bad_vocabularies) {
     }
 }
 
+/* Every tokenizer.ggml.pre name llama.cpp knows and this file claims compiles its patterns
+ * and loses nothing: a text with letters, digits, CJK, emoji, contractions, punctuation,
+ * mixed whitespace and invalid UTF-8 comes back byte for byte (byte 0xFF aside: this
+ * vocabulary has no character for it). */
+TEST(bpe_small_every_pre_tokenizer) {
+    static const char *const names[] = {
+        "default", "llama3", "llama-v3", "llama-bpe", "falcon3", "dbrx", "smaug-bpe",
+        "chatglm-bpe", "deepseek-llm", "deepseek-coder", "deepseek-v3", "falcon", "gpt-2",
+        "gpt2", "phi-2", "roberta-bpe", "gigachat", "mpt", "olmo", "jais", "starcoder", "refact",
+        "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "qwen2", "deepseek-r1-qwen",
+        "megrez", "stablelm2", "poro-chat", "bloom", "gpt3-finnish", "viking", "tekken"};
+    static const char text[] = "Hello, y'all! It's 2024: 12345 \xe6\x88\x91\xe6\x83\xb3 "
+                               "\xf0\x9f\x98\x81 caf\xc3\xa9 \xce\xb1\xce\xb2\t\n\n  \r\n x\xfe"
+                               "\xc3( $+<=>^~|` \xef\xbc\x81 \xe2\x80\x9cq\xe2\x80\x9d   ";
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        tokenizer *t = NULL;
+        duet_error err = {0};
+        bpe_opts o = {names[k], -1, 0};
+        if (load_bpe(&o, &t, &err) != DUET_OK) {
+            test_fail_at(__FILE__, __LINE__, "pre %s: %s", names[k], err.msg);
+            continue;
+        }
+        int32_t ids[256];
+        char back[512];
+        int n = tokenizer_encode(t, text, sizeof text - 1, false, false, ids, 256, &err);
+        size_t m = n > 0 && n <= 256 ? tv_decode(t, -1, ids, n, back, sizeof back) : 0;
+        CHECKF(m == sizeof text - 1 && memcmp(back, text, m) == 0, "pre %s: %d ids, %zu bytes "
+               "back (%s)", names[k], n, m, n < 0 ? err.msg : "");
+        tokenizer_free(t);
+    }
+}
+
 /* The PCRE2 splits of the pre-tokenizers whose vocabularies ../shared does not carry (Llama 3,
  * Qwen2; GPT-2 as a control) against tests/oracle/bpe_split.py, a hand-written scanner, on
  * llama.cpp's test strings and on a slice of gsm8k (digits, symbols, newlines). The .out ids
