@@ -1084,6 +1084,27 @@ TEST(tok_large_text) {
     CHECK(k == n && memcmp(back, text, n) == 0);
     fprintf(stderr, "    tinyshakespeare: %zu bytes -> %d tokens in %.3f s\n", n, m, dt);
 
+    /* Phi-3's vocabulary too, on gsm8k (its user-defined </s> never occurs there) */
+    const char *pp = tv_vocab_path("ggml-vocab-phi-3.gguf");
+    snprintf(tp, sizeof tp, "%s/data/gsm8k/test.jsonl", shared);
+    size_t gn = 0;
+    char *gsm = pp ? tv_read_file(tp, &gn) : NULL;
+    tokenizer *phi = gsm ? tv_load_vocab_file(pp) : NULL;
+    if (phi) {
+        int gm = tokenizer_encode(phi, gsm, gn, true, false, NULL, 0, &err);
+        int32_t *gids = malloc((size_t)(gm > 0 ? gm : 1) * sizeof *gids);
+        char *gback = malloc(gn + 64);
+        CHECK_EQ_INT(tokenizer_encode(phi, gsm, gn, true, false, gids, gm, &err), gm);
+        size_t gk = tv_decode(phi, -1, gids, gm, gback, gn + 64);
+        CHECKF(gm > 0 && gk == gn && memcmp(gback, gsm, gn) == 0, "phi-3: gsm8k does not "
+               "round-trip (%d ids, %zu of %zu bytes)", gm, gk, gn);
+        fprintf(stderr, "    phi-3 gsm8k test: %zu bytes -> %d tokens\n", gn, gm);
+        free(gids);
+        free(gback);
+        tokenizer_free(phi);
+    }
+    free(gsm);
+
     /* one long run of the same character: the worst case for pair merging */
     size_t rn = 200000;
     char *run = malloc(rn);
