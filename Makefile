@@ -13,10 +13,10 @@ OPT     ?= -O3
 SAN     ?=
 BASE_CFLAGS := $(OPT) $(SAN) $(ARCH) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter \
            -pthread -Iinclude -Isrc -MMD -MP -g
-LDLIBS  := -ljansson -lpcre2-8 -lm -pthread $(SAN)
+LDLIBS  := -ljansson -lpcre2-8 -lmicrohttpd -lcurl -lm -pthread $(SAN)
 
 # Debian packages the build, tests and demo need (installed by `make deps`).
-DEPS_PKGS := gcc make python3 python3-numpy libjansson-dev libpcre2-dev
+DEPS_PKGS := gcc make python3 python3-numpy libjansson-dev libpcre2-dev libmicrohttpd-dev libcurl4-openssl-dev
 FUZZ_PKGS := clang libclang-rt-14-dev
 
 LIB_SRC  := $(wildcard src/*.c src/train/*.c)
@@ -39,6 +39,9 @@ all: $(O)/duet $(O)/run_tests
 $(O)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) $(XFLAGS) $(CFLAGS) -c $< -o $@
+
+# the web page is embedded with .incbin, which the compiler's dependency files do not see
+$(O)/src/web_page.o: web/index.html
 
 $(O)/libduet.a: $(LIB_OBJ)
 	@rm -f $@

@@ -279,6 +279,11 @@ typedef struct duet_collab_params {
                               the head reads them (they cost ~10% of a small model's step) */
     int n_ctx;             /* context for all sessions (0 = min of the models' defaults) */
     duet_sampler_params sampling; /* applied to whichever distribution the policy picks */
+    /* An expert behind an interface instead of a local model (e.g. a remote server, see
+     * duet_expert_remote_new): give it here and pass expert = NULL to duet_collab_new. */
+    const struct duet_expert_backend *expert_backend;
+    int expert_fallback;   /* 1: when the expert fails, the base chooses the token (reported
+                              as expert_failed) instead of the step returning the error */
 } duet_collab_params;
 
 enum { DUET_SRC_BASE = 0, DUET_SRC_EXPERT = 1, DUET_SRC_MIXED = 2 };
@@ -295,6 +300,7 @@ typedef struct duet_collab_token {
     float base_top_p;      /* its probability (NaN when not computed: see details) */
     int32_t expert_top;    /* expert's argmax mapped to base ids (-1 when not computed) */
     float expert_top_p;    /* (NaN when not computed) */
+    int expert_failed;     /* the expert was needed but failed; the base chose (expert_fallback) */
 } duet_collab_token;
 
 typedef struct duet_collab_stats {
@@ -307,6 +313,7 @@ typedef struct duet_collab_stats {
     double t_base;         /* seconds in base forward passes */
     double t_expert;       /* seconds in expert forward passes (incl. the anti model) */
     double t_total;        /* seconds in start + steps */
+    int expert_failures;   /* tokens the expert could not supply (expert_fallback) */
 } duet_collab_stats;
 
 typedef struct duet_collab duet_collab;
@@ -332,6 +339,90 @@ const duet_collab_stats *duet_collab_get_stats(const duet_collab *c);
 const int32_t *duet_collab_tokens(const duet_collab *c, int *n);
 /* 1 when the vocabularies differ and ids go through the bridge. */
 int duet_collab_bridged(const duet_collab *c);
+/* The context size (tokens) of the decoder's sessions: prompt + answer must fit it. */
+int duet_collab_n_ctx(const duet_collab *c);
+
+/* ---- expert backends --------------------------------------------------------------------- */
+/* What the collab decoder needs from an expert it does not run itself: the next-token
+ * distribution after a token list. Implementations: remote servers (duet_expert_remote_new);
+ * a local expert model is handled inside the decoder (sessions with KV cache). */
+typedef struct duet_expert_backend {
+    void *ctx;
+    /* Next-token scores after tokens[0..n) (base ids) into out[n_vocab of the base]: logits
+     * or log-probabilities (the decoder only takes argmax / softmax of them); ids the backend
+     * does not know (a remote that returns only the top-k) are -INFINITY. */
+    int (*next_logits)(void *ctx, const int32_t *tokens, int n, float *out, duet_error *err);
+    int n_ctx;             /* the expert's context size, 0 when unknown */
+} duet_expert_backend;
+
+/* Experts over HTTP (libcurl). Two protocols:
+ *  "llama":  llama.cpp's server and `duet serve`: POST /completion {prompt: [ids], n_predict: 1,
+ *            n_probs: K, temperature 0} -> completion_probabilities[0].top_logprobs[{id, logprob}];
+ *  "openai": OpenAI-compatible engines (vLLM): POST /v1/completions {prompt: [ids], max_tokens 1,
+ *            logprobs: K, return_tokens_as_token_ids: true} -> choices[0].logprobs.top_logprobs[0].
+ * Only the top K log-probabilities come back, so the expert's distribution is truncated to
+ * them (argmax / greedy decoding is exact; sampling from the expert samples among its top K).
+ * Vocabularies must be identical (no bridge): _new tokenizes a probe text through the
+ * server's /tokenize and compares ids, and compares duet's vocabulary hash where the server
+ * reports one (/props). Failures (refused, timeout, 5xx, 429) are retried with exponential
+ * backoff; then the call fails with a message naming the URL and the cause. */
+typedef struct duet_expert_remote duet_expert_remote;
+
+typedef struct duet_expert_remote_params {
+    const char *url;       /* base URL, e.g. "http://127.0.0.1:8081" */
+    const char *api;       /* "llama" (default) or "openai" */
+    const char *api_key;   /* sent as "Authorization: Bearer KEY" (NULL: none) */
+    const char *model;     /* "model" field of openai requests (NULL: the server's first) */
+    int top_k;             /* log-probabilities asked per call (0 = 20) */
+    int retries;           /* extra attempts after a failure (0 = 2, negative = none) */
+    int backoff_ms;        /* wait before the first retry, doubled each time (0 = 100) */
+    int timeout_ms;        /* per HTTP request (0 = 30000) */
+    int skip_check;        /* 1: do not verify the tokenizer (already done by another instance) */
+} duet_expert_remote_params;
+
+/* Connect-check and verify the tokenizer against base. One instance per thread (it owns one
+ * HTTP connection); the base must outlive it. */
+int duet_expert_remote_new(const duet_model *base, const duet_expert_remote_params *params,
+                           duet_expert_remote **out, duet_error *err);
+void duet_expert_remote_free(duet_expert_remote *r);
+/* The backend to put in duet_collab_params.expert_backend (valid while r lives). */
+const duet_expert_backend *duet_expert_remote_backend(duet_expert_remote *r);
+/* Calls made and HTTP attempts that failed (retries included), for metrics. */
+void duet_expert_remote_counts(const duet_expert_remote *r, long *calls, long *failed_attempts);
+
+/* ---- HTTP server (duet serve) ------------------------------------------------------------ */
+/* An OpenAI-compatible server on libmicrohttpd: /v1/completions, /v1/chat/completions
+ * (server-sent events with stream: true), /v1/models, /health, /props, /tokenize, /detokenize,
+ * /metrics (Prometheus), /completion (llama.cpp protocol: next-token log-probabilities of the
+ * served pair, which is what a remote-expert client asks), and a web page at /.
+ * Requests queue for one of n_slots decoding slots; forward passes of all slots take turns
+ * on the models' one compute pool (token by token), HTTP calls to a remote expert do not
+ * hold it. */
+typedef struct duet_server duet_server;
+
+typedef struct duet_server_params {
+    const char *host;          /* address to bind (default "127.0.0.1") */
+    int port;                  /* 0: an ephemeral port (see duet_server_port) */
+    const char *api_key;       /* required as "Authorization: Bearer KEY" (NULL: open);
+                                  / and /health stay open, as in llama.cpp */
+    int n_slots;               /* concurrent generations (0 = 1); more requests queue */
+    duet_model *base;          /* the served (base) model */
+    duet_model *expert;        /* local expert, or NULL */
+    const duet_expert_remote_params *remote; /* expert over HTTP instead (or NULL) */
+    const duet_head *head;     /* deferral head, or NULL */
+    duet_collab_params defaults; /* policy, threshold, n_ctx; sampling is per request */
+    size_t max_body;           /* request body limit in bytes (0 = 1 MiB) */
+    int max_connections;       /* open connections (0 = 64) */
+    int timeout_s;             /* idle connection timeout (0 = 60) */
+    int queue_timeout_s;       /* longest wait for a slot before 503 (0 = 120) */
+    int quiet;                 /* 1: no request log on stderr */
+} duet_server_params;
+
+/* Bind, start serving in background threads, return. The models and head must outlive it. */
+int duet_server_start(const duet_server_params *params, duet_server **out, duet_error *err);
+int duet_server_port(const duet_server *s);
+/* Stop accepting, finish, free. */
+void duet_server_stop(duet_server *s);
 
 /* ---- chat templates ------------------------------------------------------------------------ */
 /* A conversation is rendered into prompt text by a built-in chat format. A model's Jinja

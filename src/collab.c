@@ -32,6 +32,7 @@ const char *duet_policy_name(int p) {
 
 /* A model that follows the canonical list through an id map. */
 typedef struct follower {
+    const duet_expert_backend *remote; /* set: the backend replaces m, s, map and ids */
     duet_model *m;
     duet_session *s;
     int32_t *map;   /* [n_vocab_base] base id -> this model's id */
@@ -81,6 +82,13 @@ static void follower_free(follower *f) {
 /* Bring the follower's timeline to toks[0..n) (one batched call for the missing suffix) and
  * gather its next-token logits into base ids. */
 static int follower_sync(duet_collab *c, follower *f, int want_logits, duet_error *err) {
+    if (f->remote) { /* stateless: the backend gets the whole list (servers cache prefixes) */
+        if (!want_logits) return DUET_OK;
+        double t0 = duet_time_s();
+        int rc = f->remote->next_logits(f->remote->ctx, c->toks, c->n_toks, f->logits, err);
+        c->st.t_expert += duet_time_s() - t0;
+        return rc;
+    }
     int have = duet_session_n_past(f->s);
     for (int i = 0; i < c->n_toks; i++) f->ids[i] = f->map[c->toks[i]];
     double t0 = duet_time_s();
@@ -120,7 +128,7 @@ int duet_collab_new(duet_model *base, duet_model *expert, duet_model *anti,
                          duet_head_n_embd(head), duet_model_hparams(base)->n_embd);
     if (p.policy == DUET_POLICY_PROXY && !anti)
         return duet_fail(err, DUET_ERR_ARG, "policy proxy needs a third (anti-expert) model");
-    if (!expert && p.policy != DUET_POLICY_BASE)
+    if (!expert && !p.expert_backend && p.policy != DUET_POLICY_BASE)
         return duet_fail(err, DUET_ERR_ARG, "policy %s needs an expert model (--expert)",
                          duet_policy_name(p.policy));
     if (!(p.random_rate >= 0 && p.random_rate <= 1))
@@ -140,6 +148,8 @@ int duet_collab_new(duet_model *base, duet_model *expert, duet_model *anti,
     if (n_ctx <= 0) {
         n_ctx = duet_model_hparams(base)->n_ctx_train;
         if (expert) n_ctx = DUET_MIN(n_ctx, duet_model_hparams(expert)->n_ctx_train);
+        if (!expert && p.expert_backend && p.expert_backend->n_ctx > 0)
+            n_ctx = DUET_MIN(n_ctx, p.expert_backend->n_ctx);
         if (anti) n_ctx = DUET_MIN(n_ctx, duet_model_hparams(anti)->n_ctx_train);
         n_ctx = DUET_MIN(n_ctx, 4096);
     }
@@ -162,6 +172,11 @@ int duet_collab_new(duet_model *base, duet_model *expert, duet_model *anti,
     if (!rc && expert) {
         c->has_expert = 1;
         rc = follower_init(&c->ex, base, expert, "expert", n_ctx, &c->bridged, err);
+    } else if (!rc && p.expert_backend) {
+        c->has_expert = 1;
+        c->ex.remote = p.expert_backend;
+        if (!(c->ex.logits = malloc((size_t)c->n_vocab * sizeof(float))))
+            rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     }
     if (!rc && anti) {
         c->has_anti = 1;
@@ -192,7 +207,7 @@ void duet_collab_free(duet_collab *c) {
 
 /* ---- decoding --------------------------------------------------------------------------- */
 static long expert_evaluated(const duet_collab *c) {
-    return (c->has_expert ? duet_session_n_evaluated(c->ex.s) : 0) +
+    return (c->has_expert && c->ex.s ? duet_session_n_evaluated(c->ex.s) : 0) +
            (c->has_anti ? duet_session_n_evaluated(c->anti.s) : 0);
 }
 
@@ -293,8 +308,14 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
     default: need_expert = 1; break; /* confidence, proxy, contrastive read the expert always */
     }
     const float *pick = lb;
+    if (need_expert && (rc = follower_sync(c, &c->ex, 1, err))) {
+        if (!c->p.expert_fallback) return rc;
+        tok->expert_failed = 1; /* the base decides this token; the caller reports it */
+        c->st.expert_failures++;
+        need_expert = 0;
+        rc = DUET_OK;
+    }
     if (need_expert) {
-        if ((rc = follower_sync(c, &c->ex, 1, err))) return rc;
         c->st.expert_calls++;
         const float *le = c->ex.logits;
         tok->expert_top = duet_argmax(le, V);
@@ -369,3 +390,5 @@ const int32_t *duet_collab_tokens(const duet_collab *c, int *n) {
 }
 
 int duet_collab_bridged(const duet_collab *c) { return c->bridged; }
+
+int duet_collab_n_ctx(const duet_collab *c) { return c->n_ctx; }

@@ -1,0 +1,148 @@
+/* serve.c: `duet serve`: the OpenAI-compatible HTTP server (duet_server_* in the library).
+ * Flags follow llama.cpp's llama-server where one exists (-m, --host, --port, --api-key,
+ * -np, -c, -t). Runs until SIGINT / SIGTERM. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "duet.h"
+#include "util.h"
+
+static void serve_usage(FILE *f) {
+    fprintf(f,
+            "usage: duet serve -m BASE [--expert E | --expert-url URL] [--head H] [options]\n"
+            "  -m, --model FILE       base model (the served model without an expert)\n"
+            "  --expert FILE          local expert model\n"
+            "  --expert-url URL       remote expert: a duet serve or llama.cpp server (--expert-api llama),\n"
+            "                         or an OpenAI-compatible engine such as vLLM (--expert-api openai)\n"
+            "  --expert-api NAME      llama (default) or openai\n"
+            "  --expert-key KEY       API key of the remote expert\n"
+            "  --expert-model NAME    model name sent to an openai expert\n"
+            "  --expert-top-k K       log-probabilities asked per expert call (default 20)\n"
+            "  --expert-retries N     retries after a failed expert call (default 2, backoff 100 ms doubling)\n"
+            "  --expert-timeout MS    per expert HTTP request (default 30000)\n"
+            "  --on-expert-failure P  fail (default: the request errors) or continue (the base decides\n"
+            "                         the token; the response lists the tokens); per request too\n"
+            "  --head FILE            deferral head of the base\n"
+            "  --policy NAME          default policy (collm with --head; expert ones need an expert)\n"
+            "  --threshold X          default deferral threshold\n"
+            "  --host ADDR            IPv4 address to bind (default 127.0.0.1)\n"
+            "  --port N               port (default 8080; 0 = any free port, printed at start)\n"
+            "  --api-key KEY          require Authorization: Bearer KEY (not for / and /health)\n"
+            "  -np, --parallel N      decoding slots (default 1); more requests queue\n"
+            "  -c, --ctx-size N       context size (default min(training context, 4096))\n"
+            "  -t, --threads N        threads (default: all cores)\n"
+            "  --max-body BYTES       request body limit (default 1048576)\n"
+            "  --max-connections N    open connections (default 64)\n"
+            "  --timeout S            idle connection timeout in seconds (default 60)\n"
+            "  --quiet                no request log\n");
+}
+
+static volatile sig_atomic_t g_stop;
+static void on_signal(int sig) { g_stop = sig; }
+
+int cmd_serve(int argc, char **argv) {
+    const char *model_path = NULL, *expert_path = NULL, *head_path = NULL;
+    int n_threads = 0, policy = -1, port = 8080, max_body = 0;
+    duet_server_params sp = {.host = "127.0.0.1"};
+    duet_expert_remote_params rp = {0};
+    sp.defaults.threshold = -1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { serve_usage(stdout); return 0; }
+        if (!strcmp(a, "--quiet")) { sp.quiet = 1; continue; }
+        if (!(v = arg_value("serve", argc, argv, &i))) return 2;
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = v;
+        else if (!strcmp(a, "--expert")) expert_path = v;
+        else if (!strcmp(a, "--expert-url")) rp.url = v;
+        else if (!strcmp(a, "--expert-api")) rp.api = v;
+        else if (!strcmp(a, "--expert-key")) rp.api_key = v;
+        else if (!strcmp(a, "--expert-model")) rp.model = v;
+        else if (!strcmp(a, "--expert-top-k")) { if (!arg_int("serve", a, v, 1, 1 << 20, &rp.top_k)) return 2; }
+        else if (!strcmp(a, "--expert-retries")) {
+            if (!arg_int("serve", a, v, 0, 20, &rp.retries)) return 2;
+            if (!rp.retries) rp.retries = -1; /* 0 in the struct means the default */
+        } else if (!strcmp(a, "--expert-timeout")) { if (!arg_int("serve", a, v, 1, 3600000, &rp.timeout_ms)) return 2; }
+        else if (!strcmp(a, "--on-expert-failure")) {
+            if (strcmp(v, "fail") && strcmp(v, "continue")) {
+                fprintf(stderr, "duet serve: --on-expert-failure '%s' is not fail or continue\n", v);
+                return 2;
+            }
+            sp.defaults.expert_fallback = !strcmp(v, "continue");
+        } else if (!strcmp(a, "--head")) head_path = v;
+        else if (!strcmp(a, "--policy")) {
+            if ((policy = duet_policy_from_name(v)) < 0) {
+                fprintf(stderr, "duet serve: --policy '%s' is not one of collm, base, expert, random, "
+                                "confidence, compose, proxy, contrastive, uncertainty\n", v);
+                return 2;
+            }
+        } else if (!strcmp(a, "--threshold")) { if (!arg_float("serve", a, v, 0, 1e6, &sp.defaults.threshold)) return 2; }
+        else if (!strcmp(a, "--host")) sp.host = v;
+        else if (!strcmp(a, "--port")) { if (!arg_int("serve", a, v, 0, 65535, &port)) return 2; }
+        else if (!strcmp(a, "--api-key")) sp.api_key = v;
+        else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) { if (!arg_int("serve", a, v, 1, 256, &sp.n_slots)) return 2; }
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { if (!arg_int("serve", a, v, 0, 1 << 24, &sp.defaults.n_ctx)) return 2; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!arg_int("serve", a, v, 1, 256, &n_threads)) return 2; }
+        else if (!strcmp(a, "--max-body")) { if (!arg_int("serve", a, v, 64, 1 << 30, &max_body)) return 2; }
+        else if (!strcmp(a, "--max-connections")) { if (!arg_int("serve", a, v, 1, 100000, &sp.max_connections)) return 2; }
+        else if (!strcmp(a, "--timeout")) { if (!arg_int("serve", a, v, 1, 86400, &sp.timeout_s)) return 2; }
+        else {
+            fprintf(stderr, "duet serve: unknown option '%s'\n", a);
+            serve_usage(stderr);
+            return 2;
+        }
+    }
+    if (!model_path) {
+        fprintf(stderr, "duet serve: -m MODEL is required\n");
+        serve_usage(stderr);
+        return 2;
+    }
+    if (expert_path && rp.url) {
+        fprintf(stderr, "duet serve: give --expert or --expert-url, not both\n");
+        return 2;
+    }
+    int has_expert = expert_path || rp.url;
+    if (policy < 0) policy = !has_expert ? DUET_POLICY_BASE : head_path ? DUET_POLICY_COLLM : -1;
+    if (policy < 0) {
+        fprintf(stderr, "duet serve: with an expert, give --head (policy collm) or --policy NAME\n");
+        return 2;
+    }
+    sp.defaults.policy = (duet_policy)policy;
+    sp.port = port;
+    sp.max_body = (size_t)max_body;
+    sp.remote = rp.url ? &rp : NULL;
+    duet_model *base = NULL, *expert = NULL;
+    duet_head *head = NULL;
+    duet_server *srv = NULL;
+    duet_error err = {0};
+    int rc = 1;
+    if (cmd_eval_load("serve", model_path, expert_path, NULL, head_path, n_threads, &base, &expert,
+                      NULL, &head))
+        goto done;
+    sp.base = base;
+    sp.expert = expert;
+    sp.head = head;
+    if (duet_server_start(&sp, &srv, &err)) {
+        fprintf(stderr, "duet serve: %s\n", err.msg);
+        goto done;
+    }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    /* the line scripts and tests wait for: the port is real even with --port 0 */
+    fprintf(stderr, "duet serve: listening on http://%s:%d (model %s%s%s, policy %s, %d slot%s)\n",
+            sp.host, duet_server_port(srv), duet_model_hparams(base)->name,
+            has_expert ? ", expert " : "", expert ? duet_model_hparams(expert)->name : rp.url ? rp.url : "",
+            duet_policy_name(policy), sp.n_slots ? sp.n_slots : 1, sp.n_slots > 1 ? "s" : "");
+    while (!g_stop) pause();
+    fprintf(stderr, "duet serve: stopping (signal %d)\n", (int)g_stop);
+    rc = 0;
+done:
+    duet_server_stop(srv);
+    duet_head_free(head);
+    duet_model_free(expert);
+    duet_model_free(base);
+    return rc;
+}

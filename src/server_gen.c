@@ -1,0 +1,634 @@
+/*
+ * server_gen.c: the generation endpoints of duet serve: /v1/completions and
+ * /v1/chat/completions (OpenAI shape, streamed as server-sent events or whole), and
+ * /completion (llama.cpp's protocol: next-token log-probabilities, what a remote-expert client
+ * asks). Text leaves only as valid UTF-8: token pieces that end inside a multi-byte character
+ * wait for the rest, and bytes that never form a character become U+FFFD.
+ * Extensions (off unless asked): "duet_tokens": true adds each token's id, text, source and
+ * p_defer; "policy", "threshold" and "on_expert_failure" ("fail" | "continue") are per request.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "server.h"
+
+/* ---- UTF-8 ------------------------------------------------------------------------------- */
+/* Length of the valid UTF-8 sequence at s[0..n) (1-4), 0 when invalid, -1 when s is a valid
+ * but incomplete start (more bytes may complete it). */
+static int utf8_len(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    int len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+    if (!len || (len == 2 && c < 0xc2) || (c > 0xf4)) return 0;
+    for (int k = 1; k < len; k++) {
+        if ((size_t)k >= n) return -1;
+        if ((s[k] & 0xc0) != 0x80) return 0;
+        /* overlong 3/4-byte forms, surrogates and code points past U+10FFFF */
+        if (k == 1 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0) ||
+                       (c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90)))
+            return 0;
+    }
+    return len;
+}
+
+static int sb_raw(strbuf *b, const char *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = DUET_MAX(b->cap * 2, b->n + n + 64);
+        char *p = realloc(b->p, cap);
+        if (!p) return -1;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+    return 0;
+}
+
+/* Append s[0..n) as valid UTF-8; returns how many bytes at the end were held back as an
+ * incomplete character when hold is set (they are not appended). */
+static size_t sb_add_utf8(strbuf *b, const char *s, size_t n, int hold) {
+    size_t i = 0;
+    while (i < n) {
+        int len = utf8_len((const unsigned char *)s + i, n - i);
+        if (len < 0 && hold) return n - i;
+        if (len <= 0) { sb_raw(b, "\xef\xbf\xbd", 3); i++; continue; }
+        sb_raw(b, s + i, (size_t)len);
+        i += (size_t)len;
+    }
+    if (!b->p) sb_raw(b, "", 0);
+    return 0;
+}
+
+int sb_add(strbuf *b, const char *s, size_t n) { sb_add_utf8(b, s, n, 0); return 0; }
+
+/* ---- chat rendering ---------------------------------------------------------------------- */
+/* ChatML ("<|im_start|>role\ncontent<|im_end|>\n" ... "<|im_start|>assistant\n"), the fallback
+ * until the model's own chat template is rendered by the library (duet_chat_render): the one
+ * function to swap. Returns 0, or -1 after filling msg. */
+static int render_chat(duet_server *s, json_t *msgs, strbuf *out, char *msg, size_t cap) {
+    static const char *roles[] = {"system", "user", "assistant", "developer", "tool"};
+    (void)s;
+    if (!json_is_array(msgs) || !json_array_size(msgs)) {
+        snprintf(msg, cap, "'messages' must be a non-empty array");
+        return -1;
+    }
+    size_t i;
+    json_t *m;
+    json_array_foreach(msgs, i, m) {
+        const char *role = json_string_value(json_object_get(m, "role"));
+        int known = 0;
+        for (size_t r = 0; role && r < sizeof roles / sizeof *roles; r++) known |= !strcmp(role, roles[r]);
+        if (!known) {
+            char shown[64];
+            duet_printable(shown, sizeof shown, role ? role : "(missing)", role ? strlen(role) : 9);
+            snprintf(msg, cap, "messages[%zu].role '%s' is not one of system, user, assistant, "
+                     "developer, tool", i, shown);
+            return -1;
+        }
+        json_t *content = json_object_get(m, "content");
+        sb_raw(out, "<|im_start|>", 12);
+        sb_raw(out, role, strlen(role));
+        sb_raw(out, "\n", 1);
+        if (json_is_string(content)) {
+            sb_raw(out, json_string_value(content), json_string_length(content));
+        } else if (json_is_array(content)) { /* [{"type": "text", "text": ...}] */
+            size_t k;
+            json_t *part;
+            json_array_foreach(content, k, part) {
+                json_t *t = json_object_get(part, "text");
+                const char *ty = json_string_value(json_object_get(part, "type"));
+                if (!ty || strcmp(ty, "text") || !json_is_string(t)) {
+                    snprintf(msg, cap, "messages[%zu].content[%zu] must be {\"type\": \"text\", "
+                             "\"text\": string}", i, k);
+                    return -1;
+                }
+                sb_raw(out, json_string_value(t), json_string_length(t));
+            }
+        } else {
+            snprintf(msg, cap, "messages[%zu].content must be a string or an array of text parts%s",
+                     i, json_is_null(content) || !content ? " (it is null or missing)" : "");
+            return -1;
+        }
+        sb_raw(out, "<|im_end|>\n", 11);
+    }
+    sb_raw(out, "<|im_start|>assistant\n", 22);
+    return 0;
+}
+
+/* ---- request fields ---------------------------------------------------------------------- */
+/* Optional number in [lo, hi] (absent or null: untouched). 0 ok, -1 after filling msg. */
+static int field_num(json_t *b, const char *k, double lo, double hi, double *out, char *msg, size_t cap) {
+    json_t *v = json_object_get(b, k);
+    if (!v || json_is_null(v)) return 0;
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    if (!json_is_number(v) || !(x >= lo && x <= hi)) {
+        snprintf(msg, cap, "'%s' must be a number in [%g, %g]", k, lo, hi);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+static int field_int(json_t *b, const char *k, long long lo, long long hi, long long *out, char *msg,
+                     size_t cap) {
+    json_t *v = json_object_get(b, k);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
+        snprintf(msg, cap, "'%s' must be an integer in [%lld, %lld]", k, lo, hi);
+        return -1;
+    }
+    *out = json_integer_value(v);
+    return 0;
+}
+
+static int field_bool(json_t *b, const char *k, int *out, char *msg, size_t cap) {
+    json_t *v = json_object_get(b, k);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_boolean(v)) {
+        snprintf(msg, cap, "'%s' must be true or false", k);
+        return -1;
+    }
+    *out = json_is_true(v);
+    return 0;
+}
+
+#define MAX_STOP 4
+#define MAX_STOP_LEN 256
+
+typedef struct gen_req {
+    duet_collab_params cp;
+    long long max_tokens;
+    int stream, want_tokens, n_stop;
+    char stop[MAX_STOP][MAX_STOP_LEN + 1];
+} gen_req;
+
+static int parse_request(duet_server *s, json_t *b, int chat, gen_req *r, char *msg, size_t cap) {
+    memset(r, 0, sizeof *r);
+    r->cp = s->p.defaults;
+    duet_sampler_defaults(&r->cp.sampling);
+    r->cp.sampling.seed = (uint64_t)time(NULL) ^ (uint64_t)atomic_fetch_add(&s->next_id, 0) * 0x9e3779b97f4a7c15ull;
+    r->max_tokens = chat ? s->n_ctx : 16; /* OpenAI: 16 for completions; chat until the end */
+    double temp = r->cp.sampling.temp, top_p = r->cp.sampling.top_p, min_p = r->cp.sampling.min_p;
+    double thr = r->cp.threshold;
+    long long top_k = r->cp.sampling.top_k, seed = -1, n = 1, logprobs = 0;
+    json_t *model = json_object_get(b, "model");
+    if (model && !json_is_null(model) && !json_is_string(model))
+        return snprintf(msg, cap, "'model' must be a string"), -1;
+    const char *mt = chat && json_object_get(b, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+    if (field_int(b, mt, 0, s->n_ctx, &r->max_tokens, msg, cap) ||
+        field_num(b, "temperature", 0, 100, &temp, msg, cap) ||
+        field_num(b, "top_p", 0, 1, &top_p, msg, cap) || field_num(b, "min_p", 0, 1, &min_p, msg, cap) ||
+        field_int(b, "top_k", 0, 1 << 30, &top_k, msg, cap) ||
+        field_int(b, "seed", -1, INT64_MAX, &seed, msg, cap) || field_int(b, "n", 1, 1, &n, msg, cap) ||
+        field_bool(b, "stream", &r->stream, msg, cap) ||
+        field_bool(b, "duet_tokens", &r->want_tokens, msg, cap))
+        return -1;
+    if (chat) {
+        int lp = 0;
+        if (field_bool(b, "logprobs", &lp, msg, cap)) return -1;
+        if (lp) return snprintf(msg, cap, "'logprobs' is not supported by duet serve's chat endpoint "
+                                "(ask /completion with n_probs)"), -1;
+    } else {
+        if (field_int(b, "logprobs", 0, s->n_vocab, &logprobs, msg, cap)) return -1;
+        if (logprobs) return snprintf(msg, cap, "'logprobs' is not supported by duet serve's "
+                                      "completions endpoint (ask /completion with n_probs)"), -1;
+    }
+    json_t *pol = json_object_get(b, "policy");
+    if (pol && !json_is_null(pol)) {
+        int pi = json_is_string(pol) ? duet_policy_from_name(json_string_value(pol)) : -1;
+        if (pi < 0) return snprintf(msg, cap, "'policy' must be one of collm, base, expert, random, "
+                                    "confidence, compose, proxy, contrastive, uncertainty"), -1;
+        r->cp.policy = (duet_policy)pi;
+    }
+    int head_pol = r->cp.policy == DUET_POLICY_COLLM || r->cp.policy == DUET_POLICY_COMPOSE;
+    if (field_num(b, "threshold", 0, head_pol ? 1 : 100, &thr, msg, cap)) return -1;
+    json_t *fail = json_object_get(b, "on_expert_failure");
+    if (fail && !json_is_null(fail)) {
+        const char *f = json_string_value(fail);
+        if (!f || (strcmp(f, "fail") && strcmp(f, "continue")))
+            return snprintf(msg, cap, "'on_expert_failure' must be \"fail\" or \"continue\""), -1;
+        r->cp.expert_fallback = !strcmp(f, "continue");
+    }
+    json_t *stop = json_object_get(b, "stop");
+    if (stop && !json_is_null(stop)) {
+        json_t *one = json_is_string(stop) ? stop : NULL;
+        size_t ns = one ? 1 : json_is_array(stop) ? json_array_size(stop) : 99;
+        if (ns > MAX_STOP) return snprintf(msg, cap, "'stop' must be a string or up to %d strings", MAX_STOP), -1;
+        for (size_t i = 0; i < ns; i++) {
+            json_t *v = one ? one : json_array_get(stop, i);
+            if (!json_is_string(v) || !json_string_length(v) || json_string_length(v) > MAX_STOP_LEN)
+                return snprintf(msg, cap, "'stop' strings must have 1 to %d bytes", MAX_STOP_LEN), -1;
+            memcpy(r->stop[r->n_stop++], json_string_value(v), json_string_length(v) + 1);
+        }
+    }
+    r->cp.sampling.temp = (float)temp;
+    r->cp.sampling.top_p = (float)top_p;
+    r->cp.sampling.min_p = (float)min_p;
+    r->cp.sampling.top_k = (int)top_k;
+    if (seed >= 0) r->cp.sampling.seed = (uint64_t)seed;
+    r->cp.threshold = (float)thr;
+    r->cp.n_ctx = s->n_ctx;
+    return 0;
+}
+
+/* ---- one generation ---------------------------------------------------------------------- */
+typedef struct gen {
+    duet_server *s;
+    slot *sl;
+    gen_req r;
+    int chat, n_prompt, n_gen, done, sent_done;
+    const char *finish;
+    int32_t prev;
+    strbuf pend;      /* piece bytes that do not yet form a whole character */
+    strbuf text;      /* the answer so far, valid UTF-8 */
+    size_t sent;      /* bytes of text already streamed */
+    size_t max_stop;
+    json_t *tokens;   /* duet_tokens not yet reported */
+    json_t *failed;   /* indices of tokens the expert could not supply */
+    char id[48], err[560];
+    long created;
+    strbuf out;       /* SSE bytes waiting for the socket */
+    size_t out_off;
+    duet_collab_stats st;
+} gen;
+
+static int same_settings(const duet_collab_params *a, const duet_collab_params *b) {
+    return a->policy == b->policy && a->threshold == b->threshold &&
+           a->random_rate == b->random_rate && a->cd_alpha == b->cd_alpha && a->cd_beta == b->cd_beta &&
+           a->eager_sync == b->eager_sync && a->details == b->details && a->n_ctx == b->n_ctx &&
+           a->expert_backend == b->expert_backend && a->expert_fallback == b->expert_fallback &&
+           a->sampling.temp == b->sampling.temp && a->sampling.top_k == b->sampling.top_k &&
+           a->sampling.top_p == b->sampling.top_p && a->sampling.min_p == b->sampling.min_p;
+}
+
+/* Make the slot's decoder fit the request and run the prompt. A decoder is reused (keeping
+ * its KV cache prefix) only when its settings match and nothing random carries over between
+ * requests (greedy sampling, no random policy): a seed must mean the same answer. */
+static int gen_start(gen *g, const int32_t *prompt, duet_error *err) {
+    slot *sl = g->sl;
+    duet_collab_params cp = g->r.cp;
+    cp.expert_backend = g->s->p.remote ? &sl->be : NULL;
+    int reuse = sl->co && same_settings(&sl->cp, &cp) && cp.sampling.temp <= 0 &&
+                cp.policy != DUET_POLICY_RANDOM;
+    int rc = DUET_OK;
+    if (!reuse) {
+        duet_collab_free(sl->co);
+        sl->co = NULL;
+        rc = duet_collab_new(g->s->p.base, g->s->p.expert, NULL, g->s->p.head, &cp, &sl->co, err);
+        if (!rc) sl->cp = cp;
+    }
+    if (rc) return rc;
+    pthread_mutex_lock(&g->s->compute);
+    rc = duet_collab_start(sl->co, prompt, g->n_prompt, err);
+    pthread_mutex_unlock(&g->s->compute);
+    g->prev = prompt[g->n_prompt - 1];
+    return rc;
+}
+
+static void gen_finish(gen *g, const char *why) {
+    if (g->done) return;
+    g->done = 1;
+    g->finish = why;
+    if (g->pend.n) sb_add_utf8(&g->text, g->pend.p, g->pend.n, 0); /* never-completed bytes */
+    g->pend.n = 0;
+    g->st = *duet_collab_get_stats(g->sl->co);
+}
+
+/* Cut the text at the first stop string (searching only where a new match can start). */
+static int check_stop(gen *g, size_t from) {
+    for (int i = 0; i < g->r.n_stop; i++) {
+        size_t ls = strlen(g->r.stop[i]);
+        size_t start = from > ls ? from - ls : 0;
+        if (g->text.n < ls) continue;
+        const char *hit = memmem(g->text.p + start, g->text.n - start, g->r.stop[i], ls);
+        if (hit) {
+            g->text.n = (size_t)(hit - g->text.p);
+            g->text.p[g->text.n] = 0;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void gen_step(gen *g) {
+    duet_collab_token t;
+    duet_error err = {0};
+    pthread_mutex_lock(&g->s->compute);
+    int rc = duet_collab_step(g->sl->co, &t, &err);
+    pthread_mutex_unlock(&g->s->compute);
+    if (rc == DUET_EOS) return gen_finish(g, "stop");
+    if (rc == DUET_ERR_RANGE) return gen_finish(g, "length"); /* context full */
+    if (rc) {
+        snprintf(g->err, sizeof g->err, "%s", err.msg);
+        return gen_finish(g, "error");
+    }
+    char piece[256];
+    int len = duet_token_to_piece(g->s->p.base, g->prev, t.id, piece, sizeof piece);
+    len = len < 0 ? 0 : DUET_MIN(len, (int)sizeof piece);
+    g->prev = t.id;
+    sb_raw(&g->pend, piece, (size_t)len);
+    size_t before = g->text.n;
+    size_t kept = sb_add_utf8(&g->text, g->pend.p, g->pend.n, 1);
+    memmove(g->pend.p, g->pend.p + g->pend.n - kept, kept);
+    g->pend.n = kept;
+    if (t.expert_failed) json_array_append_new(g->failed, json_integer(g->n_gen));
+    if (g->r.want_tokens) {
+        static const char *src[3] = {"base", "expert", "mixed"};
+        strbuf ps = {0};
+        sb_add(&ps, piece, (size_t)len);
+        json_t *o = json_pack("{s:i, s:s, s:s}", "id", t.id, "text", ps.p, "source", src[t.source]);
+        free(ps.p);
+        json_object_set_new(o, "p_defer", isfinite(t.p_defer) ? json_real(t.p_defer) : json_null());
+        if (t.expert_failed) json_object_set_new(o, "expert_failed", json_true());
+        json_array_append_new(g->tokens, o);
+    }
+    g->n_gen++;
+    if (check_stop(g, before)) gen_finish(g, "stop");
+    else if (g->n_gen >= g->r.max_tokens) gen_finish(g, "length");
+}
+
+/* Bytes of text that may be streamed now: all once done; else hold back what could still
+ * become the start of a stop string, at a character boundary. */
+static size_t releasable(const gen *g) {
+    if (g->done) return g->text.n;
+    size_t hold = g->max_stop ? g->max_stop - 1 : 0;
+    size_t end = g->text.n > hold ? g->text.n - hold : 0;
+    while (end > g->sent && end < g->text.n && ((unsigned char)g->text.p[end] & 0xc0) == 0x80) end--;
+    return end < g->sent ? g->sent : end;
+}
+
+static json_t *duet_summary(const gen *g) {
+    json_t *d = json_pack("{s:s, s:i, s:i, s:i, s:O}", "policy", duet_policy_name(g->r.cp.policy),
+                          "deferred", g->st.n_deferred, "expert_calls", g->st.expert_calls,
+                          "expert_failures", g->st.expert_failures, "expert_failed_tokens", g->failed);
+    if (g->st.expert_failures)
+        json_object_set_new(d, "warning", json_string("the expert failed for some tokens "
+                            "(expert_failed_tokens); the base chose them (on_expert_failure: continue)"));
+    return d;
+}
+
+static json_t *usage(const gen *g) {
+    return json_pack("{s:i, s:i, s:i}", "prompt_tokens", g->n_prompt, "completion_tokens", g->n_gen,
+                     "total_tokens", g->n_prompt + g->n_gen);
+}
+
+/* One choice object: a chunk (delta) when streaming, else the whole answer. */
+static json_t *choice(gen *g, const char *text, size_t n, int final) {
+    json_t *c = json_pack("{s:i}", "index", 0);
+    json_t *txt = json_stringn(text ? text : "", n);
+    if (g->chat) json_object_set_new(c, g->r.stream ? "delta" : "message",
+                                     g->r.stream ? json_pack("{s:o}", "content", txt)
+                                                 : json_pack("{s:s, s:o}", "role", "assistant", "content", txt));
+    else {
+        json_object_set_new(c, "text", txt);
+        json_object_set_new(c, "logprobs", json_null());
+    }
+    json_object_set_new(c, "finish_reason", final && g->done ? json_string(g->finish) : json_null());
+    if (g->r.want_tokens) {
+        json_object_set(c, "duet_tokens", g->tokens);
+        json_decref(g->tokens);
+        g->tokens = json_array();
+    }
+    return c;
+}
+
+static json_t *envelope(gen *g, json_t *ch) {
+    const char *obj = g->chat ? (g->r.stream ? "chat.completion.chunk" : "chat.completion") : "text_completion";
+    return json_pack("{s:s, s:s, s:i, s:s, s:[o]}", "id", g->id, "object", obj, "created",
+                     (int)g->created, "model", g->s->model_name, "choices", ch);
+}
+
+static void sse_event(gen *g, json_t *js) {
+    char *s = json_dumps(js, JSON_COMPACT);
+    json_decref(js);
+    if (!s) return;
+    sb_raw(&g->out, "data: ", 6);
+    sb_raw(&g->out, s, strlen(s));
+    sb_raw(&g->out, "\n\n", 2);
+    free(s);
+}
+
+static void gen_free(void *cls) {
+    gen *g = cls;
+    if (g->sl) {
+        if (g->sl->co) srv_count_generation(g->s, g->n_prompt, duet_collab_get_stats(g->sl->co));
+        srv_slot_release(g->s, g->sl);
+    }
+    json_decref(g->tokens);
+    json_decref(g->failed);
+    free(g->pend.p);
+    free(g->text.p);
+    free(g->out.p);
+    free(g);
+}
+
+/* MHD pulls the stream from here: one decoding step per event. Returning END_OF_STREAM (or
+ * a client hanging up) ends the response, and gen_free gives the slot back. */
+static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    gen *g = cls;
+    while (g->out_off == g->out.n) {
+        g->out.n = g->out_off = 0;
+        if (g->sent_done) return MHD_CONTENT_READER_END_OF_STREAM;
+        if (!g->done) gen_step(g);
+        if (g->done && g->err[0]) { /* the stream has begun: the error becomes an event */
+            strbuf m = {0};
+            sb_add(&m, g->err, strlen(g->err));
+            sse_event(g, json_pack("{s:{s:s, s:s, s:i}}", "error", "message", m.p, "type",
+                                   "expert_error", "code", 502));
+            free(m.p);
+        } else {
+            size_t upto = releasable(g);
+            if (upto > g->sent || g->done || (g->r.want_tokens && json_array_size(g->tokens))) {
+                json_t *js = envelope(g, choice(g, g->text.p + g->sent, upto - g->sent, 1));
+                g->sent = upto;
+                if (g->done) {
+                    json_object_set_new(js, "usage", usage(g));
+                    json_object_set_new(js, "duet", duet_summary(g));
+                }
+                sse_event(g, js);
+            }
+        }
+        if (g->done) {
+            sb_raw(&g->out, "data: [DONE]\n\n", 14);
+            g->sent_done = 1;
+        }
+    }
+    size_t n = DUET_MIN(max, g->out.n - g->out_off);
+    memcpy(buf, g->out.p + g->out_off, n);
+    g->out_off += n;
+    return (ssize_t)n;
+}
+
+enum MHD_Result srv_completions(duet_server *s, struct MHD_Connection *c, conn_ctx *cx,
+                                json_t *body, int chat) {
+    char msg[600];
+    gen *g = calloc(1, sizeof *g);
+    if (!g) return srv_send_error(c, cx, 500, "out of memory");
+    g->s = s;
+    g->chat = chat;
+    g->tokens = json_array();
+    g->failed = json_array();
+    g->created = (long)time(NULL);
+    snprintf(g->id, sizeof g->id, "%s-%ld", chat ? "chatcmpl" : "cmpl", atomic_fetch_add(&s->next_id, 1));
+    if (parse_request(s, body, chat, &g->r, msg, sizeof msg)) {
+        gen_free(g);
+        return srv_send_error(c, cx, 400, "%s", msg);
+    }
+    for (int i = 0; i < g->r.n_stop; i++) g->max_stop = DUET_MAX(g->max_stop, strlen(g->r.stop[i]));
+    int32_t *ids = NULL;
+    int n = -1;
+    if (chat) {
+        strbuf txt = {0};
+        if (!render_chat(s, json_object_get(body, "messages"), &txt, msg, sizeof msg)) {
+            json_t *tmp = json_stringn_nocheck(txt.p, txt.n);
+            n = srv_prompt_ids(s, tmp, 1, 1, &ids, msg, sizeof msg);
+            json_decref(tmp);
+        }
+        free(txt.p);
+    } else {
+        json_t *pr = json_object_get(body, "prompt"), *empty = json_string("");
+        n = srv_prompt_ids(s, pr ? pr : empty, 1, 0, &ids, msg, sizeof msg); /* none: from BOS */
+        json_decref(empty);
+    }
+    if (n == 0) snprintf(msg, sizeof msg, "the prompt is empty (and the model has no BOS token)");
+    if (n >= s->n_ctx)
+        snprintf(msg, sizeof msg, "the prompt has %d tokens and the context holds %d: shorten it "
+                 "(duet serve never truncates silently)", n, s->n_ctx);
+    if (n <= 0 || n >= s->n_ctx) {
+        free(ids);
+        gen_free(g);
+        return srv_send_error(c, cx, 400, "%s", msg);
+    }
+    g->n_prompt = n;
+    if (!(g->sl = srv_slot_acquire(s))) {
+        free(ids);
+        gen_free(g);
+        return srv_send_error(c, cx, 503, "all %d slots stayed busy for %d s; try again later",
+                              s->p.n_slots, s->p.queue_timeout_s);
+    }
+    duet_error err = {0};
+    int rc = gen_start(g, ids, &err);
+    free(ids);
+    if (rc) {
+        unsigned st = rc == DUET_ERR_ARG || rc == DUET_ERR_RANGE || rc == DUET_ERR_UNSUPPORTED ? 400 : 500;
+        gen_free(g);
+        return srv_send_error(c, cx, st, "%s", err.msg);
+    }
+    if (g->r.max_tokens == 0) gen_finish(g, "length");
+    if (g->r.stream) {
+        if (chat) { /* OpenAI opens a chat stream with the role */
+            json_t *ch = json_pack("{s:i, s:{s:s, s:s}, s:n}", "index", 0, "delta", "role",
+                                   "assistant", "content", "", "finish_reason");
+            sse_event(g, envelope(g, ch));
+        }
+        struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384,
+                                                                   sse_reader, g, gen_free);
+        if (!r) { gen_free(g); return MHD_NO; }
+        MHD_add_response_header(r, "Content-Type", "text/event-stream");
+        MHD_add_response_header(r, "Cache-Control", "no-cache");
+        enum MHD_Result ok = MHD_queue_response(c, 200, r);
+        MHD_destroy_response(r);
+        cx->status = 200;
+        return ok;
+    }
+    while (!g->done) gen_step(g);
+    enum MHD_Result ok;
+    if (g->err[0]) {
+        ok = srv_send_error(c, cx, 502, "the expert failed and on_expert_failure is \"fail\": %s", g->err);
+    } else {
+        json_t *js = envelope(g, choice(g, g->text.p, g->text.n, 1));
+        json_object_set_new(js, "usage", usage(g));
+        json_object_set_new(js, "duet", duet_summary(g));
+        ok = srv_send_json(c, cx, 200, js);
+    }
+    gen_free(g);
+    return ok;
+}
+
+/* ---- /completion: next-token log-probabilities (llama.cpp protocol) --------------------- */
+static const float *g_sort_lp; /* qsort has no context argument; guarded by the compute lock */
+static int by_logprob(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    float lx = g_sort_lp[x], ly = g_sort_lp[y];
+    return lx > ly ? -1 : lx < ly ? 1 : (x > y) - (x < y); /* lowest id first on ties */
+}
+
+static json_t *token_json(duet_server *s, int32_t prev, int32_t id, double lp) {
+    char piece[256];
+    int len = duet_token_to_piece(s->p.base, prev, id, piece, sizeof piece);
+    strbuf b = {0};
+    sb_add(&b, piece, (size_t)(len < 0 ? 0 : DUET_MIN(len, (int)sizeof piece)));
+    json_t *o = json_pack("{s:i, s:s, s:f}", "id", id, "token", b.p, "logprob", lp);
+    free(b.p);
+    return o;
+}
+
+enum MHD_Result srv_next_token(duet_server *s, struct MHD_Connection *c, conn_ctx *cx, json_t *body) {
+    char msg[300];
+    long long n_predict = 1, n_probs = 0;
+    if (field_int(body, "n_predict", 0, 1, &n_predict, msg, sizeof msg) ||
+        field_int(body, "n_probs", 0, s->n_vocab, &n_probs, msg, sizeof msg))
+        return srv_send_error(c, cx, 400, "%s (duet serve's /completion answers next-token "
+                              "probabilities; generate with /v1/completions)", msg);
+    json_t *pr = json_object_get(body, "prompt");
+    if (!pr) return srv_send_error(c, cx, 400, "'prompt' is required");
+    int32_t *ids = NULL;
+    int n = srv_prompt_ids(s, pr, 1, 0, &ids, msg, sizeof msg);
+    if (n == 0) snprintf(msg, sizeof msg, "the prompt is empty");
+    if (n >= s->n_ctx)
+        snprintf(msg, sizeof msg, "the prompt has %d tokens and the context holds %d", n, s->n_ctx);
+    if (n <= 0 || n >= s->n_ctx) {
+        free(ids);
+        return srv_send_error(c, cx, 400, "%s", msg);
+    }
+    slot *sl = srv_slot_acquire(s);
+    if (!sl) {
+        free(ids);
+        return srv_send_error(c, cx, 503, "all slots stayed busy for %d s", s->p.queue_timeout_s);
+    }
+    duet_error err = {0};
+    int V = s->n_vocab;
+    int32_t *order = malloc((size_t)V * sizeof *order);
+    float *lp = malloc((size_t)V * sizeof *lp);
+    pthread_mutex_lock(&s->compute);
+    int rc = order && lp ? duet_session_sync(sl->sess, ids, n, &err) : duet_fail(&err, DUET_ERR_NOMEM, "out of memory");
+    if (!rc) {
+        const float *l = duet_session_logits(sl->sess, -1);
+        double mx, z;
+        duet_softmax_stats(l, V, &mx, &z, NULL);
+        double lz = mx + log(z);
+        for (int i = 0; i < V; i++) { lp[i] = (float)((double)l[i] - lz); order[i] = i; }
+        g_sort_lp = lp;
+        qsort(order, (size_t)V, sizeof *order, by_logprob);
+    }
+    pthread_mutex_unlock(&s->compute);
+    srv_slot_release(s, sl);
+    enum MHD_Result ok;
+    if (rc) {
+        ok = srv_send_error(c, cx, rc == DUET_ERR_RANGE ? 400 : 500, "%s", err.msg);
+    } else {
+        int32_t prev = ids[n - 1], best = order[0];
+        json_t *top = json_array();
+        for (int k = 0; k < n_probs; k++)
+            json_array_append_new(top, token_json(s, prev, order[k], lp[order[k]]));
+        json_t *first = token_json(s, prev, best, lp[best]);
+        json_object_set_new(first, "top_logprobs", top);
+        json_t *js = json_pack("{s:s, s:s, s:b, s:s, s:i}", "model", s->model_name, "content",
+                               "", "stop", 1, "stop_type", "limit", "tokens_evaluated", n);
+        if (n_predict) {
+            json_object_set(js, "content", json_object_get(first, "token"));
+            json_object_set_new(js, "tokens", json_pack("[i]", best));
+            json_object_set_new(js, "completion_probabilities", json_pack("[o]", first));
+        } else {
+            json_decref(first);
+        }
+        ok = srv_send_json(c, cx, 200, js);
+    }
+    free(ids);
+    free(order);
+    free(lp);
+    return ok;
+}
