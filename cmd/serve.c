@@ -1,6 +1,7 @@
 /* serve.c: `duet serve`: the OpenAI-compatible HTTP server (duet_server_* in the library).
  * Flags follow llama.cpp's llama-server where one exists (-m, --host, --port, --api-key,
  * -np, -c, -t). Runs until SIGINT / SIGTERM. */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,9 +41,6 @@ static void serve_usage(FILE *f) {
             "  --timeout S            idle connection timeout in seconds (default 60)\n"
             "  --quiet                no request log\n");
 }
-
-static volatile sig_atomic_t g_stop;
-static void on_signal(int sig) { g_stop = sig; }
 
 int cmd_serve(int argc, char **argv) {
     const char *model_path = NULL, *expert_path = NULL, *head_path = NULL;
@@ -125,19 +123,25 @@ int cmd_serve(int argc, char **argv) {
     sp.base = base;
     sp.expert = expert;
     sp.head = head;
+    /* SIGINT/SIGTERM are taken by sigwait below: blocked before the server's threads start
+     * (they inherit the mask), so no connection thread swallows them */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     if (duet_server_start(&sp, &srv, &err)) {
         fprintf(stderr, "duet serve: %s\n", err.msg);
         goto done;
     }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
     /* the line scripts and tests wait for: the port is real even with --port 0 */
     fprintf(stderr, "duet serve: listening on http://%s:%d (model %s%s%s, policy %s, %d slot%s)\n",
             sp.host, duet_server_port(srv), duet_model_hparams(base)->name,
             has_expert ? ", expert " : "", expert ? duet_model_hparams(expert)->name : rp.url ? rp.url : "",
             duet_policy_name(policy), sp.n_slots ? sp.n_slots : 1, sp.n_slots > 1 ? "s" : "");
-    while (!g_stop) pause();
-    fprintf(stderr, "duet serve: stopping (signal %d)\n", (int)g_stop);
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "duet serve: stopping (signal %d)\n", sig);
     rc = 0;
 done:
     duet_server_stop(srv);

@@ -218,8 +218,9 @@ static enum MHD_Result do_detokenize(duet_server *s, struct MHD_Connection *c, c
     if (n < 0) return srv_send_error(c, cx, 400, "%s", msg[0] == '\'' ? msg + 8 : msg);
     strbuf text = {0};
     char piece[256];
-    for (int i = 0; i < n; i++) {
-        int len = duet_token_to_piece(s->p.base, i ? ids[i - 1] : -1, ids[i], piece, sizeof piece);
+    for (int i = 0; i < n; i++) { /* as after BOS: SentencePiece's leading space goes */
+        int len = duet_token_to_piece(s->p.base, i ? ids[i - 1] : duet_token_bos(s->p.base), ids[i],
+                                      piece, sizeof piece);
         if (len > 0) sb_add(&text, piece, (size_t)DUET_MIN(len, (int)sizeof piece));
     }
     free(ids);

@@ -77,5 +77,9 @@ int srv_prompt_ids(duet_server *s, json_t *prompt, int add_bos, int parse_specia
 /* Append text to a growing buffer as valid UTF-8 (see server_gen.c). */
 typedef struct strbuf { char *p; size_t n, cap; } strbuf;
 int sb_add(strbuf *b, const char *s, size_t n);
+/* Append s[0..n) as valid UTF-8 (invalid bytes become U+FFFD). hold = 1: a character cut off
+ * at the end is not appended; the return value is its byte count (the caller keeps them for
+ * the next piece). */
+size_t srv_utf8_append(strbuf *b, const char *s, size_t n, int hold);
 
 #endif

@@ -47,9 +47,7 @@ static int sb_raw(strbuf *b, const char *s, size_t n) {
     return 0;
 }
 
-/* Append s[0..n) as valid UTF-8; returns how many bytes at the end were held back as an
- * incomplete character when hold is set (they are not appended). */
-static size_t sb_add_utf8(strbuf *b, const char *s, size_t n, int hold) {
+size_t srv_utf8_append(strbuf *b, const char *s, size_t n, int hold) {
     size_t i = 0;
     while (i < n) {
         int len = utf8_len((const unsigned char *)s + i, n - i);
@@ -62,7 +60,7 @@ static size_t sb_add_utf8(strbuf *b, const char *s, size_t n, int hold) {
     return 0;
 }
 
-int sb_add(strbuf *b, const char *s, size_t n) { sb_add_utf8(b, s, n, 0); return 0; }
+int sb_add(strbuf *b, const char *s, size_t n) { srv_utf8_append(b, s, n, 0); return 0; }
 
 /* ---- chat rendering ---------------------------------------------------------------------- */
 /* ChatML ("<|im_start|>role\ncontent<|im_end|>\n" ... "<|im_start|>assistant\n"), the fallback
@@ -292,7 +290,7 @@ static void gen_finish(gen *g, const char *why) {
     if (g->done) return;
     g->done = 1;
     g->finish = why;
-    if (g->pend.n) sb_add_utf8(&g->text, g->pend.p, g->pend.n, 0); /* never-completed bytes */
+    if (g->pend.n) srv_utf8_append(&g->text, g->pend.p, g->pend.n, 0); /* never-completed bytes */
     g->pend.n = 0;
     g->st = *duet_collab_get_stats(g->sl->co);
 }
@@ -331,7 +329,7 @@ static void gen_step(gen *g) {
     g->prev = t.id;
     sb_raw(&g->pend, piece, (size_t)len);
     size_t before = g->text.n;
-    size_t kept = sb_add_utf8(&g->text, g->pend.p, g->pend.n, 1);
+    size_t kept = srv_utf8_append(&g->text, g->pend.p, g->pend.n, 1);
     memmove(g->pend.p, g->pend.p + g->pend.n - kept, kept);
     g->pend.n = kept;
     if (t.expert_failed) json_array_append_new(g->failed, json_integer(g->n_gen));

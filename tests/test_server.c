@@ -1,0 +1,996 @@
+/* test_server.c: duet serve as a client meets it. The servers run as separate processes of
+ * the duet binary (DUET_BIN, set by make test) on ephemeral loopback ports, so a crash shows
+ * as a dead process and "the server stays up" is checked after every bad input. Covers every
+ * HTTP-server case of ../shared/docs/BAD-INPUTS.md, the remote expert (against an in-process
+ * fake server for the failure cases, against a real duet serve for the identity and kill
+ * tests), streaming vs whole answers, queueing over slots, and a load test. */
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../src/server.h"
+#include "duet.h"
+#include "fixtures.h"
+#include "test.h"
+
+/* ---- processes --------------------------------------------------------------------------- */
+typedef struct proc { pid_t pid; int port; char log[600]; } proc;
+
+static const char *duet_bin(void) {
+    const char *b = getenv("DUET_BIN");
+    return b && access(b, X_OK) == 0 ? b : NULL;
+}
+#define NEED_BIN() do { if (!duet_bin()) SKIP("DUET_BIN not set (run through make test)"); } while (0)
+
+static int read_text(const char *path, char *buf, size_t cap) {
+    FILE *f = fopen(path, "rb");
+    size_t n = f ? fread(buf, 1, cap - 1, f) : 0;
+    buf[n] = 0;
+    if (f) fclose(f);
+    return (int)n;
+}
+
+/* Start `duet serve ARGS --port 0`, wait for its "listening" line; 0 on success. */
+static int spawn_serve(proc *p, const char *args) {
+    static int seq;
+    memset(p, 0, sizeof *p);
+    snprintf(p->log, sizeof p->log, "%s/serve-%d.log", test_tmpdir(), seq++);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "exec %s serve %s --port 0 -t 1 2>'%s' </dev/null", duet_bin(), args, p->log);
+    fflush(NULL);
+    p->pid = fork();
+    if (p->pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    char buf[4096];
+    for (int i = 0; i < 600; i++) { /* up to 30 s (ASan builds start slowly) */
+        read_text(p->log, buf, sizeof buf);
+        const char *l = strstr(buf, "listening on http://127.0.0.1:");
+        if (l) {
+            p->port = atoi(l + strlen("listening on http://127.0.0.1:"));
+            return 0;
+        }
+        int st;
+        if (waitpid(p->pid, &st, WNOHANG) == p->pid) { p->pid = 0; return -1; }
+        usleep(50000);
+    }
+    return -1;
+}
+
+static int alive(const proc *p) {
+    int st;
+    return p->pid > 0 && waitpid(p->pid, &st, WNOHANG) == 0;
+}
+
+/* SIGTERM and wait; the exit status (0 = clean, which under ASan also means no leak). */
+static int stop_serve(proc *p) {
+    if (p->pid <= 0) return -1;
+    kill(p->pid, SIGTERM);
+    int st = 0;
+    for (int i = 0; i < 400; i++) {
+        if (waitpid(p->pid, &st, WNOHANG) == p->pid) { p->pid = 0; return WIFEXITED(st) ? WEXITSTATUS(st) : 128; }
+        usleep(25000);
+    }
+    kill(p->pid, SIGKILL);
+    waitpid(p->pid, &st, 0);
+    p->pid = 0;
+    return 137;
+}
+
+/* ---- HTTP client ------------------------------------------------------------------------- */
+typedef struct resp { long status; char *body; size_t n; json_t *js; int curl_rc; } resp;
+typedef struct req_opts {
+    const char *method, *auth;
+    size_t len;               /* body length when it holds NUL bytes (0: strlen) */
+    long timeout_ms;
+    size_t (*on_data)(char *, size_t, size_t, void *); /* streaming hook (NULL: collect) */
+    void *ud;
+} req_opts;
+
+static size_t collect(char *d, size_t sz, size_t nm, void *ud) {
+    resp *r = ud;
+    size_t n = sz * nm;
+    char *p = realloc(r->body, r->n + n + 1);
+    if (!p) return 0;
+    memcpy(p + r->n, d, n);
+    r->body = p;
+    r->n += n;
+    r->body[r->n] = 0;
+    return n;
+}
+
+static resp http(int port, const char *path, const char *body, const req_opts *o) {
+    static const req_opts none = {0};
+    if (!o) o = &none;
+    resp r = {0};
+    CURL *c = curl_easy_init();
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    char auth[300];
+    if (o->auth) {
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s", o->auth);
+        h = curl_slist_append(h, auth);
+    }
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, o->timeout_ms ? o->timeout_ms : 30000L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, o->on_data ? o->on_data : collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, o->on_data ? o->ud : &r);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)(o->len ? o->len : strlen(body)));
+    }
+    if (o->method) curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, o->method);
+    r.curl_rc = curl_easy_perform(c);
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    if (r.body) r.js = json_loadb(r.body, r.n, JSON_ALLOW_NUL, NULL); /* \u0000 is valid JSON */
+    return r;
+}
+
+static void resp_free(resp *r) { free(r->body); json_decref(r->js); memset(r, 0, sizeof *r); }
+
+/* A 4xx answer with an OpenAI-style JSON error whose message contains want. */
+static int is_error(const resp *r, long status, const char *want) {
+    const char *m = json_string_value(json_object_get(json_object_get(r->js, "error"), "message"));
+    if (r->status != status || !m || (want && !strstr(m, want))) {
+        fprintf(stderr, "    got HTTP %ld: %.300s\n", r->status, r->body ? r->body : "(no body)");
+        return 0;
+    }
+    return 1;
+}
+
+static int health_ok(int port) {
+    resp r = http(port, "/health", NULL, NULL);
+    int ok = r.status == 200 && r.js && !strcmp(json_string_value(json_object_get(r.js, "status")), "ok");
+    resp_free(&r);
+    return ok;
+}
+
+#define CHECK_ERR(port, path, body, status, want) do {                                     \
+        resp _r = http(port, path, body, NULL);                                             \
+        CHECKF(is_error(&_r, status, want), "%s %.80s: expected %d with \"%s\"", path, body, \
+               status, want ? want : "");                                                   \
+        resp_free(&_r);                                                                      \
+    } while (0)
+
+/* ---- the shared servers -------------------------------------------------------------------- */
+static const char *g_base, *g_exp, *g_head;
+static proc g_expert, g_local, g_remote, g_keyed;
+
+static void stop_all(void) {
+    proc *ps[] = {&g_expert, &g_local, &g_remote, &g_keyed};
+    for (int i = 0; i < 4; i++) if (ps[i]->pid > 0) stop_serve(ps[i]);
+}
+
+/* Models and a head (scale 2: p_defer spread over (0, 1), so a threshold of 0.5 mixes). */
+static int fixtures(void) {
+    if (g_head) return 0;
+    g_base = fixture_random(0, 11, 0);
+    g_exp = fixture_random(0, 12, 0);
+    if (!g_base || !g_exp) return -1;
+    duet_model *b = fixture_load(g_base);
+    if (!b) return -1;
+    duet_head *h = fixture_random_head(b, 5, 2.0f);
+    static char path[600];
+    snprintf(path, sizeof path, "%s/server-head.gguf", test_tmpdir());
+    int rc = h ? duet_head_save(h, path, NULL) : -1;
+    duet_head_free(h);
+    duet_model_free(b);
+    if (!rc) g_head = path;
+    atexit(stop_all);
+    return rc;
+}
+
+/* The plain server (local expert, collm, 2 slots) most bad-input tests talk to. */
+static int local_port(void) {
+    if (g_local.pid > 0 || fixtures()) return g_local.pid > 0 ? g_local.port : 0;
+    char args[2048];
+    snprintf(args, sizeof args, "-m '%s' --expert '%s' --head '%s' -np 2 --max-body 65536 --timeout 2",
+             g_base, g_exp, g_head);
+    return spawn_serve(&g_local, args) ? 0 : g_local.port;
+}
+
+static int expert_port(void) {
+    if (g_expert.pid > 0 || fixtures()) return g_expert.pid > 0 ? g_expert.port : 0;
+    char args[1024];
+    snprintf(args, sizeof args, "-m '%s' -np 2 --quiet", g_exp);
+    return spawn_serve(&g_expert, args) ? 0 : g_expert.port;
+}
+
+static int remote_port(void) {
+    if (g_remote.pid > 0) return g_remote.port;
+    int ep = expert_port();
+    if (!ep) return 0;
+    char args[2048];
+    snprintf(args, sizeof args, "-m '%s' --expert-url http://127.0.0.1:%d --head '%s' -np 2 --quiet",
+             g_base, ep, g_head);
+    return spawn_serve(&g_remote, args) ? 0 : g_remote.port;
+}
+
+#define NEED_SERVER(port) \
+    do { NEED_BIN(); REQUIRE((port) > 0); } while (0)
+#define STAYS_UP(p, port) do { CHECK(alive(p)); CHECK(health_ok(port)); } while (0)
+
+/* ---- UTF-8 (unit level, hand-written expectations) --------------------------------------- */
+TEST(server_utf8_holds_split_characters) {
+    strbuf b = {0};
+    /* "é" = c3 a9 arriving as two pieces: nothing, then the whole character */
+    CHECK_EQ_INT(srv_utf8_append(&b, "a\xc3", 2, 1), 1);
+    CHECK_STR(b.p, "a");
+    CHECK_EQ_INT(srv_utf8_append(&b, "\xc3\xa9", 2, 1), 0);
+    CHECK_STR(b.p, "a\xc3\xa9");
+    /* a 4-byte emoji cut after 3 bytes is held, never emitted half */
+    CHECK_EQ_INT(srv_utf8_append(&b, "\xf0\x9f\x98", 3, 1), 3);
+    /* invalid bytes (stray continuation, overlong, surrogate) become U+FFFD */
+    b.n = 0;
+    srv_utf8_append(&b, "\x80x\xc0\xafy\xed\xa0\x80", 9, 0);
+    CHECK_STR(b.p, "\xef\xbf\xbdx\xef\xbf\xbd\xef\xbf\xbdy\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
+    /* at the end of an answer a never-completed start is replaced, not dropped */
+    b.n = 0;
+    CHECK_EQ_INT(srv_utf8_append(&b, "z\xe2\x82", 3, 0), 0);
+    CHECK_STR(b.p, "z\xef\xbf\xbd\xef\xbf\xbd");
+    free(b.p);
+}
+
+/* ---- BAD-INPUTS server 1: bodies ------------------------------------------------------- */
+TEST(server_bad_bodies) {
+    int port = local_port();
+    NEED_SERVER(port);
+    const char *P = "/v1/completions";
+    CHECK_ERR(port, P, "not json", 400, "not valid JSON");
+    CHECK_ERR(port, P, "", 400, "not valid JSON");
+    CHECK_ERR(port, P, "{\"prompt\": \"a\", \"max_tokens\": 4", 400, "not valid JSON");
+    CHECK_ERR(port, P, "[1, 2]", 400, "must be a JSON object");
+    CHECK_ERR(port, P, "{\"prompt\": \"a\", \"prompt\": \"b\"}", 400, "duplicate");
+    CHECK_ERR(port, P, "{\"prompt\": \"a\", \"temperature\": 1e999}", 400, "not valid JSON");
+    CHECK_ERR(port, P, "{\"prompt\": \"a\", \"temperature\": NaN}", 400, "not valid JSON");
+    /* 20000 levels of nesting (inside the 64 KiB limit): the parser's depth cap answers */
+    static char deep[40100];
+    memset(deep, '[', 20000);
+    memset(deep + 20000, ']', 20000);
+    deep[40000] = 0;
+    CHECK_ERR(port, P, deep, 400, "not valid JSON");
+    /* over --max-body 65536: 413, for a declared and for a chunked length */
+    static char big[70001];
+    memset(big, ' ', 70000);
+    big[0] = '{';
+    big[69999] = '}';
+    CHECK_ERR(port, P, big, 413, "exceeds the limit");
+    STAYS_UP(&g_local, port);
+}
+
+/* ---- 2: text encoding ---------------------------------------------------------------------- */
+TEST(server_bad_text) {
+    int port = local_port();
+    NEED_SERVER(port);
+    CHECK_ERR(port, "/v1/completions", "{\"prompt\": \"ab\xff\xfe\"}", 400, "not valid JSON");
+    CHECK_ERR(port, "/v1/completions", "{\"prompt\": \"a\\u0000b\"}", 400, "not valid JSON");
+    /* a raw NUL byte inside the body */
+    req_opts o = {.len = 20};
+    resp r = http(port, "/v1/completions", "{\"prompt\": \"a\0b\"}   ", &o);
+    CHECK(is_error(&r, 400, "not valid JSON"));
+    resp_free(&r);
+    /* whatever bytes the model emits (this random model emits byte tokens), every answer is
+     * valid JSON with valid UTF-8 (the client parses with Jansson, which rejects anything else) */
+    for (int i = 0; i < 6; i++) {
+        char body[200];
+        snprintf(body, sizeof body, "{\"prompt\": [1, %d, %d], \"max_tokens\": 24, \"temperature\": 1, "
+                 "\"seed\": %d, \"stream\": %s}", 3 + i * 50, 40 + i, i, i % 2 ? "true" : "false");
+        r = http(port, "/v1/completions", body, NULL);
+        CHECK_EQ_INT(r.status, 200);
+        if (i % 2) { /* each event parses */
+            char *save = NULL, *ev = strtok_r(r.body, "\n", &save);
+            int n_ev = 0;
+            for (; ev; ev = strtok_r(NULL, "\n", &save)) {
+                if (!strncmp(ev, "data: {", 7)) {
+                    json_t *j = json_loads(ev + 6, JSON_ALLOW_NUL, NULL);
+                    CHECKF(j != NULL, "event is not valid JSON: %.200s", ev);
+                    json_decref(j);
+                    n_ev++;
+                }
+            }
+            CHECK(n_ev > 0);
+        } else {
+            CHECKF(r.js != NULL, "answer is not valid JSON: %.200s", r.body);
+        }
+        resp_free(&r);
+    }
+    STAYS_UP(&g_local, port);
+}
+
+/* ---- 3: prompts and messages ------------------------------------------------------------- */
+TEST(server_bad_prompts) {
+    int port = local_port();
+    NEED_SERVER(port);
+    const char *P = "/v1/completions", *C = "/v1/chat/completions";
+    CHECK_ERR(port, P, "{\"prompt\": [1, -3]}", 400, "'prompt'[1] must be a token id in [0, 600)");
+    CHECK_ERR(port, P, "{\"prompt\": [1, 600]}", 400, "in [0, 600)");
+    CHECK_ERR(port, P, "{\"prompt\": [1, 2.5]}", 400, "token id");
+    CHECK_ERR(port, P, "{\"prompt\": []}", 400, "empty");
+    CHECK_ERR(port, P, "{\"prompt\": {\"a\": 1}}", 400, "string or an array");
+    CHECK_ERR(port, C, "{\"messages\": [{\"role\": \"wizard\", \"content\": \"hi\"}]}", 400,
+              "messages[0].role 'wizard' is not one of");
+    CHECK_ERR(port, C, "{\"messages\": [{\"role\": \"user\", \"content\": null}]}", 400,
+              "messages[0].content must be a string");
+    CHECK_ERR(port, C, "{\"messages\": [{\"role\": \"user\"}]}", 400, "missing");
+    CHECK_ERR(port, C, "{\"messages\": []}", 400, "non-empty array");
+    CHECK_ERR(port, C, "{}", 400, "'messages'");
+    CHECK_ERR(port, "/detokenize", "{\"tokens\": [5, 9999]}", 400, "in [0, 600)");
+    CHECK_ERR(port, "/tokenize", "{\"content\": 5}", 400, "'content' must be a string");
+    STAYS_UP(&g_local, port);
+}
+
+/* ---- 4: out-of-range fields ---------------------------------------------------------------- */
+TEST(server_bad_fields) {
+    int port = local_port();
+    NEED_SERVER(port);
+    static const struct { const char *field, *want; } k[] = {
+        {"\"max_tokens\": -1", "'max_tokens' must be an integer in [0, 256]"},
+        {"\"max_tokens\": 100000000000", "'max_tokens'"},
+        {"\"max_tokens\": \"5\"", "'max_tokens'"},
+        {"\"temperature\": -0.5", "'temperature' must be a number in [0, 100]"},
+        {"\"temperature\": \"NaN\"", "'temperature'"},
+        {"\"top_p\": 1.5", "'top_p' must be a number in [0, 1]"},
+        {"\"top_p\": -0.1", "'top_p'"},
+        {"\"top_k\": -1", "'top_k'"},
+        {"\"min_p\": 2", "'min_p'"},
+        {"\"logprobs\": 601", "'logprobs' must be an integer in [0, 600]"},
+        {"\"seed\": -2", "'seed'"},
+        {"\"seed\": 1e30", "'seed'"},
+        {"\"threshold\": 1.5", "'threshold' must be a number in [0, 1]"},
+        {"\"threshold\": -0.1", "'threshold'"},
+        {"\"policy\": \"oracle\"", "'policy' must be one of"},
+        {"\"on_expert_failure\": \"retry\"", "'on_expert_failure'"},
+        {"\"n\": 3", "'n'"},
+        {"\"stream\": 1", "'stream' must be true or false"},
+        {"\"stop\": [\"a\", \"b\", \"c\", \"d\", \"e\"]", "'stop'"},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
+        char body[300];
+        snprintf(body, sizeof body, "{\"prompt\": \"Hi\", %s}", k[i].field);
+        CHECK_ERR(port, "/v1/completions", body, 400, k[i].want);
+    }
+    CHECK_ERR(port, "/v1/chat/completions",
+              "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"temperature\": -1}", 400,
+              "'temperature'");
+    CHECK_ERR(port, "/completion", "{\"prompt\": [1], \"n_probs\": 601}", 400, "'n_probs'");
+    /* the boundaries themselves are accepted */
+    resp r = http(port, "/v1/completions", "{\"prompt\": \"Hi\", \"max_tokens\": 0, \"temperature\": 0, "
+                  "\"top_p\": 1, \"top_k\": 0, \"seed\": 0, \"threshold\": 1}", NULL);
+    CHECK_EQ_INT(r.status, 200);
+    resp_free(&r);
+    STAYS_UP(&g_local, port);
+}
+
+/* ---- 5: prompt longer than the context ---------------------------------------------------- */
+TEST(server_prompt_too_long) {
+    int port = local_port();
+    NEED_SERVER(port);
+    char body[4000] = "{\"prompt\": [1";
+    for (int i = 0; i < 300; i++) strcat(body, ", 5");
+    strcat(body, "]}");
+    CHECK_ERR(port, "/v1/completions", body, 400, "the prompt has 301 tokens and the context holds 256");
+    CHECK_ERR(port, "/completion", body, 400, "context holds 256");
+    STAYS_UP(&g_local, port);
+}
+
+/* ---- 6: more requests than slots; client gone mid-stream -------------------------------- */
+typedef struct job { int port; const char *body; long status; double t; } job;
+static void *run_job(void *ud) {
+    job *j = ud;
+    double t0 = duet_time_s();
+    resp r = http(j->port, "/v1/completions", j->body, NULL);
+    j->status = r.status;
+    j->t = duet_time_s() - t0;
+    resp_free(&r);
+    return NULL;
+}
+
+/* Hang up after the first event; the stream's slot must come back. */
+static size_t hang_up(char *d, size_t sz, size_t nm, void *ud) { (void)d; (void)ud; (void)sz; (void)nm; return 0; }
+
+TEST(server_queue_and_disconnect) {
+    NEED_BIN();
+    REQUIRE(!fixtures());
+    proc p;
+    char args[1024];
+    snprintf(args, sizeof args, "-m '%s' -np 1 --quiet", g_base);
+    REQUIRE(!spawn_serve(&p, args));
+    /* 6 concurrent requests over 1 slot: all queue and finish */
+    pthread_t th[6];
+    job jobs[6];
+    for (int i = 0; i < 6; i++) {
+        jobs[i] = (job){p.port, "{\"prompt\": \"Once\", \"max_tokens\": 20, \"temperature\": 0}", 0, 0};
+        pthread_create(&th[i], NULL, run_job, &jobs[i]);
+    }
+    for (int i = 0; i < 6; i++) {
+        pthread_join(th[i], NULL);
+        CHECK_EQ_INT(jobs[i].status, 200);
+    }
+    /* disconnect mid-stream, three times: with one slot, a leaked slot would block the next */
+    for (int k = 0; k < 3; k++) {
+        req_opts o = {.on_data = hang_up};
+        resp r = http(p.port, "/v1/completions", "{\"prompt\": \"Once\", \"max_tokens\": 200, \"stream\": true}", &o);
+        CHECK(r.curl_rc == CURLE_WRITE_ERROR);
+        resp_free(&r);
+    }
+    req_opts quick = {.timeout_ms = 10000};
+    resp r = http(p.port, "/v1/completions", "{\"prompt\": \"Once\", \"max_tokens\": 4}", &quick);
+    CHECK_EQ_INT(r.status, 200);
+    resp_free(&r);
+    CHECK(alive(&p));
+    CHECK_EQ_INT(stop_serve(&p), 0);
+}
+
+/* ---- 7: slow and idle clients, methods, paths, API key, cheap /health -------------------- */
+static int connect_port(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a)) { close(fd); return -1; }
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+TEST(server_slow_idle_method_path_key) {
+    NEED_BIN();
+    REQUIRE(!fixtures());
+    proc p;
+    char args[1024];
+    snprintf(args, sizeof args, "-m '%s' --api-key sekret --max-connections 4 --timeout 1 --quiet", g_base);
+    REQUIRE(!spawn_serve(&p, args));
+    int port = p.port;
+    /* a client that sends half a request and stalls is cut off after the idle timeout */
+    int fd = connect_port(port);
+    REQUIRE(fd >= 0);
+    const char *half = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"pro";
+    CHECK(write(fd, half, strlen(half)) > 0);
+    double t0 = duet_time_s();
+    char buf[256];
+    ssize_t got = read(fd, buf, sizeof buf); /* 0: closed by the server */
+    CHECKF(got <= 0 && duet_time_s() - t0 < 4.5, "stalled client not cut off (read %zd after %.1fs)",
+           got, duet_time_s() - t0);
+    close(fd);
+    /* idle connections beyond the limit are refused, and the server recovers after */
+    int idle[6], n_open = 0;
+    for (int i = 0; i < 6; i++) if ((idle[i] = connect_port(port)) >= 0) n_open++;
+    usleep(200000);
+    int refused = 0;
+    for (int i = 0; i < 6; i++) {
+        if (idle[i] < 0) { refused++; continue; }
+        struct timeval tv = {0, 300000};
+        setsockopt(idle[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        if (read(idle[i], buf, sizeof buf) == 0) refused++; /* accepted, then closed at once */
+    }
+    CHECKF(refused >= 2, "only %d of 6 idle connections over a limit of 4 were turned away", refused);
+    for (int i = 0; i < 6; i++) if (idle[i] >= 0) close(idle[i]);
+    usleep(300000);
+    /* method, path, key */
+    req_opts get = {.method = "GET", .auth = "sekret"}, del = {.method = "DELETE", .auth = "sekret"};
+    resp r = http(port, "/v1/completions", NULL, &get);
+    CHECK(is_error(&r, 405, "method GET is not allowed"));
+    resp_free(&r);
+    r = http(port, "/health", NULL, &del);
+    CHECK(is_error(&r, 405, NULL));
+    resp_free(&r);
+    req_opts key = {.auth = "sekret"};
+    r = http(port, "/v2/everything", "{}", &key);
+    CHECK(is_error(&r, 404, "no endpoint /v2/everything"));
+    resp_free(&r);
+    CHECK_ERR(port, "/v1/completions", "{\"prompt\": \"x\"}", 401, "API key");
+    req_opts wrong = {.auth = "sekreT"}, longer = {.auth = "sekret2"};
+    r = http(port, "/v1/models", NULL, &wrong);
+    CHECK(is_error(&r, 401, NULL));
+    resp_free(&r);
+    r = http(port, "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 2}", &longer);
+    CHECK(is_error(&r, 401, NULL));
+    resp_free(&r);
+    r = http(port, "/v1/completions", "{\"prompt\": \"x\", \"max_tokens\": 2}", &key);
+    CHECK_EQ_INT(r.status, 200);
+    resp_free(&r);
+    /* /health needs no key and answers at once while the only slot is busy */
+    CHECK(health_ok(port));
+    CHECK(alive(&p));
+    CHECK_EQ_INT(stop_serve(&p), 0);
+}
+
+TEST(server_health_cheap_while_busy) {
+    NEED_BIN();
+    REQUIRE(!fixtures());
+    proc p;
+    char args[1024];
+    snprintf(args, sizeof args, "-m '%s' -np 1 --quiet", g_base);
+    REQUIRE(!spawn_serve(&p, args));
+    job j = {p.port, "{\"prompt\": \"Once\", \"max_tokens\": 250, \"temperature\": 0}", 0, 0};
+    pthread_t th;
+    pthread_create(&th, NULL, run_job, &j);
+    usleep(100000);
+    double worst = 0;
+    for (int i = 0; i < 5; i++) {
+        double t0 = duet_time_s();
+        CHECK(health_ok(p.port));
+        worst = DUET_MAX(worst, duet_time_s() - t0);
+    }
+    pthread_join(th, NULL);
+    CHECK_EQ_INT(j.status, 200);
+    CHECKF(worst < 0.25 || worst < j.t / 4, "/health took %.3fs while a %.3fs generation ran", worst, j.t);
+    CHECK_EQ_INT(stop_serve(&p), 0);
+}
+
+/* ---- 8: CR/LF and escapes do not reach the log raw --------------------------------------- */
+TEST(server_log_injection) {
+    int port = local_port();
+    NEED_SERVER(port);
+    resp r = http(port, "/v1/x%0d%0aFAKE%20200%200.000s%1b%5b31m", "{}", NULL);
+    CHECK(is_error(&r, 404, NULL));
+    resp_free(&r);
+    r = http(port, "/v1/completions", "{\"prompt\": \"a\\r\\nFAKE 200\\u001b[2J\", \"max_tokens\": 2}", NULL);
+    CHECK_EQ_INT(r.status, 200);
+    resp_free(&r);
+    usleep(100000);
+    static char log[1 << 16];
+    int n = read_text(g_local.log, log, sizeof log);
+    CHECK(n > 0);
+    CHECK(!memchr(log, '\r', (size_t)n));
+    CHECK(!memchr(log, 0x1b, (size_t)n));
+    CHECK(!strstr(log, "\nFAKE"));
+    STAYS_UP(&g_local, port);
+}
+
+/* ---- the OpenAI shape, streaming == whole ------------------------------------------------- */
+/* Concatenate the text of an SSE answer; counts events, checks the [DONE] end. */
+static char *sse_text(const char *body, int chat, int *n_events, int *done, json_t **last) {
+    strbuf out = {0};
+    sb_add(&out, "", 0);
+    *n_events = 0;
+    *done = 0;
+    const char *p = body;
+    while (p && *p) {
+        const char *e = strstr(p, "\n\n");
+        if (!e) break;
+        if (!strncmp(p, "data: [DONE]", 12)) *done = 1;
+        else if (!strncmp(p, "data: ", 6)) {
+            json_t *j = json_loadb(p + 6, (size_t)(e - p - 6), JSON_ALLOW_NUL, NULL);
+            json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+            json_t *t = chat ? json_object_get(json_object_get(ch, "delta"), "content") : json_object_get(ch, "text");
+            if (json_is_string(t)) sb_add(&out, json_string_value(t), json_string_length(t));
+            (*n_events)++;
+            if (last) { json_decref(*last); *last = j; } else json_decref(j);
+        }
+        p = e + 2;
+    }
+    return out.p;
+}
+
+static char *whole_text(const resp *r, int chat) {
+    json_t *ch = json_array_get(json_object_get(r->js, "choices"), 0);
+    json_t *t = chat ? json_object_get(json_object_get(ch, "message"), "content") : json_object_get(ch, "text");
+    return json_is_string(t) ? strdup(json_string_value(t)) : NULL;
+}
+
+TEST(server_stream_equals_whole) {
+    int port = local_port();
+    NEED_SERVER(port);
+    static const char *bodies[] = {
+        "{\"prompt\": \"Once upon\", \"max_tokens\": 40, \"temperature\": 0%s}",
+        "{\"prompt\": \"Once upon\", \"max_tokens\": 40, \"temperature\": 0.9, \"seed\": 7%s}",
+        "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", "
+        "\"content\": \"Hello there\"}], \"max_tokens\": 30, \"temperature\": 0.7, \"seed\": 3%s}",
+        "{\"prompt\": \"Once upon\", \"max_tokens\": 40, \"temperature\": 0, \"stop\": [\"e\"]%s}",
+    };
+    for (int i = 0; i < 4; i++) {
+        int chat = i == 2;
+        const char *path = chat ? "/v1/chat/completions" : "/v1/completions";
+        char b1[512], b2[512];
+        snprintf(b1, sizeof b1, bodies[i], "");
+        snprintf(b2, sizeof b2, bodies[i], ", \"stream\": true");
+        resp w = http(port, path, b1, NULL), s = http(port, path, b2, NULL);
+        CHECK_EQ_INT(w.status, 200);
+        CHECK_EQ_INT(s.status, 200);
+        int n_ev = 0, done = 0;
+        json_t *last = NULL;
+        char *st = sse_text(s.body ? s.body : "", chat, &n_ev, &done, &last);
+        char *wt = whole_text(&w, chat);
+        CHECK_STR(st, wt);
+        CHECK(done);
+        CHECK(n_ev >= 2);
+        /* the same usage and finish reason both ways */
+        json_t *wu = json_object_get(w.js, "usage"), *su = json_object_get(last, "usage");
+        CHECK(json_equal(wu, su));
+        CHECK_STR(json_string_value(json_object_get(json_array_get(json_object_get(last, "choices"), 0), "finish_reason")),
+                  json_string_value(json_object_get(json_array_get(json_object_get(w.js, "choices"), 0), "finish_reason")));
+        if (i == 3) CHECK(wt && !strchr(wt, 'e')); /* cut before the stop string */
+        CHECK_STR(json_string_value(json_object_get(w.js, "object")), chat ? "chat.completion" : "text_completion");
+        free(st);
+        free(wt);
+        json_decref(last);
+        resp_free(&w);
+        resp_free(&s);
+    }
+}
+
+/* The README's curl examples, as they are written there. */
+TEST(server_openai_shape) {
+    int port = local_port();
+    NEED_SERVER(port);
+    resp r = http(port, "/v1/models", NULL, NULL);
+    CHECK_EQ_INT(r.status, 200);
+    CHECK_STR(json_string_value(json_object_get(r.js, "object")), "list");
+    CHECK(json_is_string(json_object_get(json_array_get(json_object_get(r.js, "data"), 0), "id")));
+    resp_free(&r);
+    r = http(port, "/v1/chat/completions", "{\"model\": \"duet\", \"messages\": [{\"role\": \"user\", "
+             "\"content\": \"Say hello\"}], \"max_tokens\": 16}", NULL);
+    CHECK_EQ_INT(r.status, 200);
+    json_t *ch = json_array_get(json_object_get(r.js, "choices"), 0);
+    CHECK_STR(json_string_value(json_object_get(json_object_get(ch, "message"), "role")), "assistant");
+    CHECK(json_integer_value(json_object_get(json_object_get(r.js, "usage"), "completion_tokens")) > 0);
+    resp_free(&r);
+    /* tokenize / detokenize round trip (ids from the library as the oracle) */
+    r = http(port, "/tokenize", "{\"content\": \"Hello world\"}", NULL);
+    duet_model *b = fixture_load(g_base);
+    REQUIRE(b);
+    int32_t ids[64];
+    int n = duet_tokenize(b, "Hello world", 11, 0, 0, ids, 64, NULL);
+    json_t *toks = json_object_get(r.js, "tokens");
+    CHECK_EQ_INT(json_array_size(toks), n);
+    for (int i = 0; i < n; i++) CHECK_EQ_INT(json_integer_value(json_array_get(toks, (size_t)i)), ids[i]);
+    char body[512];
+    char *tj = json_dumps(toks, 0);
+    snprintf(body, sizeof body, "{\"tokens\": %s}", tj);
+    free(tj);
+    resp_free(&r);
+    duet_model_free(b);
+    r = http(port, "/detokenize", body, NULL);
+    CHECK_STR(json_string_value(json_object_get(r.js, "content")), "Hello world");
+    resp_free(&r);
+    /* metrics: Prometheus text with the counters the issue names */
+    r = http(port, "/metrics", NULL, NULL);
+    CHECK_EQ_INT(r.status, 200);
+    const char *names[] = {"duet_requests_total", "duet_tokens_generated_total", "duet_deferral_frequency",
+                           "duet_expert_calls_total", "duet_request_latency_seconds_bucket{le=\"+Inf\"}"};
+    for (int i = 0; i < 5; i++) CHECKF(r.body && strstr(r.body, names[i]), "no %s in /metrics", names[i]);
+    resp_free(&r);
+    /* the page at / is the embedded HTML */
+    r = http(port, "/", NULL, NULL);
+    CHECK_EQ_INT(r.status, 200);
+    CHECK(r.body && strstr(r.body, "<title>duet</title>") && strstr(r.body, "duet_tokens"));
+    resp_free(&r);
+}
+
+/* ---- remote expert: identical text through HTTP -------------------------------------------- */
+static json_t *complete(int port, const char *prompt, double thr, int stream) {
+    char body[600];
+    snprintf(body, sizeof body, "{\"prompt\": \"%s\", \"max_tokens\": 40, \"temperature\": 0, "
+             "\"threshold\": %g, \"duet_tokens\": true%s}", prompt, thr, stream ? ", \"stream\": true" : "");
+    resp r = http(port, "/v1/completions", body, NULL);
+    json_t *js = r.status == 200 ? json_incref(r.js) : NULL;
+    if (!js) fprintf(stderr, "    HTTP %ld: %.300s\n", r.status, r.body ? r.body : "");
+    resp_free(&r);
+    return js;
+}
+
+TEST(server_remote_expert_identical) {
+    int lp = local_port(), rp = remote_port();
+    NEED_SERVER(lp);
+    REQUIRE(rp > 0);
+    static const char *prompts[] = {"Once upon a time", "The cat", "12 + 7 ="};
+    int total = 0, deferred = 0;
+    for (int i = 0; i < 3; i++) {
+        json_t *a = complete(lp, prompts[i], 0.5, 0), *b = complete(rp, prompts[i], 0.5, 0);
+        REQUIRE(a && b);
+        json_t *ca = json_array_get(json_object_get(a, "choices"), 0), *cb = json_array_get(json_object_get(b, "choices"), 0);
+        CHECK_STR(json_string_value(json_object_get(ca, "text")), json_string_value(json_object_get(cb, "text")));
+        /* token by token: same ids and same sources */
+        json_t *ta = json_object_get(ca, "duet_tokens"), *tb = json_object_get(cb, "duet_tokens");
+        CHECK_EQ_INT(json_array_size(ta), json_array_size(tb));
+        for (size_t k = 0; k < json_array_size(ta) && k < json_array_size(tb); k++) {
+            json_t *x = json_array_get(ta, k), *y = json_array_get(tb, k);
+            CHECK_EQ_INT(json_integer_value(json_object_get(x, "id")), json_integer_value(json_object_get(y, "id")));
+            CHECK_STR(json_string_value(json_object_get(x, "source")), json_string_value(json_object_get(y, "source")));
+            deferred += !strcmp(json_string_value(json_object_get(x, "source")), "expert");
+            total++;
+        }
+        json_decref(a);
+        json_decref(b);
+    }
+    /* the comparison means something only if both models wrote part of the answers */
+    CHECKF(deferred > 0 && deferred < total, "deferred %d of %d tokens", deferred, total);
+    STAYS_UP(&g_remote, rp);
+}
+
+/* ---- remote expert killed mid-generation ------------------------------------------------- */
+typedef struct killer { proc *victim; strbuf seen; int killed_at; } killer;
+static size_t kill_on_data(char *d, size_t sz, size_t nm, void *ud) {
+    killer *k = ud;
+    size_t n = sz * nm;
+    char *p = realloc(k->seen.p, k->seen.n + n + 1);
+    if (!p) return 0;
+    memcpy(p + k->seen.n, d, n);
+    k->seen.p = p;
+    k->seen.n += n;
+    p[k->seen.n] = 0;
+    int events = 0;
+    for (const char *q = k->seen.p; (q = strstr(q, "data: ")); q++) events++;
+    if (!k->killed_at && events >= 4) { /* a few tokens in: the expert dies */
+        kill(k->victim->pid, SIGKILL);
+        waitpid(k->victim->pid, NULL, 0);
+        k->victim->pid = 0;
+        k->killed_at = events;
+    }
+    return n;
+}
+
+TEST(server_expert_killed_mid_generation) {
+    NEED_BIN();
+    REQUIRE(!fixtures());
+    proc ex, front;
+    char args[2048];
+    snprintf(args, sizeof args, "-m '%s' --quiet", g_exp);
+    REQUIRE(!spawn_serve(&ex, args));
+    snprintf(args, sizeof args, "-m '%s' --expert-url http://127.0.0.1:%d --policy expert "
+             "--expert-retries 2 --expert-timeout 2000 --quiet", g_base, ex.port);
+    if (spawn_serve(&front, args)) { stop_serve(&ex); REQUIRE(0); }
+    /* policy continue: the answer goes on with the base and lists the tokens it chose */
+    killer k = {&ex, {0}, 0};
+    req_opts o = {.on_data = kill_on_data, .ud = &k};
+    resp r = http(front.port, "/v1/completions", "{\"prompt\": \"Once\", \"max_tokens\": 30, \"temperature\": 0, "
+                  "\"stream\": true, \"duet_tokens\": true, \"on_expert_failure\": \"continue\"}", &o);
+    CHECK_EQ_INT(r.status, 200);
+    CHECK(k.killed_at > 0);
+    int n_ev = 0, done = 0;
+    json_t *last = NULL;
+    char *txt = sse_text(k.seen.p ? k.seen.p : "", 0, &n_ev, &done, &last);
+    json_t *d = json_object_get(last, "duet");
+    CHECK(done);
+    CHECK(json_integer_value(json_object_get(d, "expert_failures")) > 0);
+    CHECK(json_array_size(json_object_get(d, "expert_failed_tokens")) > 0);
+    CHECK(json_is_string(json_object_get(d, "warning")));
+    CHECK(json_integer_value(json_object_get(json_object_get(last, "usage"), "completion_tokens")) == 30);
+    CHECK(k.seen.p && strstr(k.seen.p, "\"expert_failed\":true"));
+    free(txt);
+    json_decref(last);
+    free(k.seen.p);
+    resp_free(&r);
+    /* policy fail: a 502 naming the expert, whole and streamed */
+    r = http(front.port, "/v1/completions", "{\"prompt\": \"Once\", \"max_tokens\": 5, \"on_expert_failure\": \"fail\"}", NULL);
+    CHECK(is_error(&r, 502, "expert http://127.0.0.1:"));
+    CHECK(r.body && strstr(r.body, "after 3 attempts"));
+    resp_free(&r);
+    r = http(front.port, "/v1/completions", "{\"prompt\": \"Once\", \"max_tokens\": 5, \"stream\": true}", NULL);
+    CHECK_EQ_INT(r.status, 200);
+    CHECK(r.body && strstr(r.body, "\"type\":\"expert_error\"") && strstr(r.body, "data: [DONE]"));
+    resp_free(&r);
+    STAYS_UP(&front, front.port);
+    CHECK_EQ_INT(stop_serve(&front), 0);
+}
+
+TEST(server_expert_unreachable_at_start) {
+    NEED_BIN();
+    REQUIRE(!fixtures());
+    char args[2048], err[2048];
+    /* a port nobody listens on: bind one, learn it, close it */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t al = sizeof a;
+    bind(fd, (struct sockaddr *)&a, sizeof a);
+    getsockname(fd, (struct sockaddr *)&a, &al);
+    close(fd);
+    snprintf(args, sizeof args, "-m '%s' --expert-url http://127.0.0.1:%d --policy expert --expert-retries 1",
+             g_base, ntohs(a.sin_port));
+    proc p;
+    CHECK(spawn_serve(&p, args) != 0); /* exits instead of listening */
+    read_text(p.log, err, sizeof err);
+    CHECKF(strstr(err, "expert http://127.0.0.1:") && strstr(err, "after 2 attempts"), "stderr: %s", err);
+}
+
+/* ---- remote expert client against a fake server ------------------------------------------ */
+enum { FAKE_OK, FAKE_500, FAKE_429_ONCE, FAKE_MALFORMED, FAKE_NO_LOGPROBS, FAKE_BAD_ID, FAKE_HUGE,
+       FAKE_SLOW, FAKE_WRONG_TOKENS };
+static struct { int mode, hits; duet_model *base; } g_fake;
+
+static enum MHD_Result fake_send(struct MHD_Connection *c, unsigned st, const char *body, size_t n) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(n, (void *)body, MHD_RESPMEM_MUST_COPY);
+    enum MHD_Result ok = MHD_queue_response(c, st, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                    const char *version, const char *up, size_t *up_size, void **cc) {
+    strbuf *b = *cc;
+    if (!b) { *cc = calloc(1, sizeof(strbuf)); return MHD_YES; }
+    if (*up_size) { sb_add(b, up, *up_size); *up_size = 0; return MHD_YES; }
+    json_t *req = b->p ? json_loads(b->p, 0, NULL) : NULL;
+    free(b->p);
+    free(b);
+    *cc = NULL;
+    enum MHD_Result ok;
+    if (!strcmp(url, "/tokenize")) {
+        json_t *t = json_object_get(req, "content");
+        if (!t) t = json_object_get(req, "prompt");
+        int32_t ids[256];
+        int n = duet_tokenize(g_fake.base, json_string_value(t), json_string_length(t), 0, 0, ids, 256, NULL);
+        json_t *arr = json_array();
+        for (int i = 0; i < n; i++) json_array_append_new(arr, json_integer(g_fake.mode == FAKE_WRONG_TOKENS ? i : ids[i]));
+        char *s = json_dumps(json_pack("{s:o}", "tokens", arr), 0);
+        ok = fake_send(c, 200, s, strlen(s));
+        free(s);
+    } else if (!strcmp(url, "/completion") || !strcmp(url, "/v1/completions")) {
+        g_fake.hits++;
+        int openai = url[1] == 'v';
+        static const char *llama_ok = "{\"completion_probabilities\":[{\"id\":5,\"logprob\":-0.25,\"top_logprobs\":"
+                                      "[{\"id\":5,\"logprob\":-0.25},{\"id\":7,\"logprob\":-2.5}]}]}";
+        static const char *openai_ok = "{\"choices\":[{\"logprobs\":{\"top_logprobs\":[{\"token_id:5\":-0.25,"
+                                       "\"token_id:7\":-2.5}]}}]}";
+        switch (g_fake.mode) {
+        case FAKE_500: ok = fake_send(c, 500, "boom", 4); break;
+        case FAKE_429_ONCE:
+            ok = g_fake.hits == 1 ? fake_send(c, 429, "slow down", 9) : fake_send(c, 200, llama_ok, strlen(llama_ok));
+            break;
+        case FAKE_MALFORMED: ok = fake_send(c, 200, "{\"completion_probabilities\": [", 30); break;
+        case FAKE_NO_LOGPROBS: ok = fake_send(c, 200, "{\"content\": \"x\"}", 16); break;
+        case FAKE_BAD_ID: {
+            const char *s = "{\"completion_probabilities\":[{\"top_logprobs\":[{\"id\":600,\"logprob\":-1}]}]}";
+            ok = fake_send(c, 200, s, strlen(s));
+            break;
+        }
+        case FAKE_HUGE: {
+            size_t n = 9u << 20;
+            char *s = malloc(n);
+            memset(s, ' ', n);
+            ok = fake_send(c, 200, s, n);
+            free(s);
+            break;
+        }
+        case FAKE_SLOW: usleep(1500000); /* fall through */
+        default: ok = openai ? fake_send(c, 200, openai_ok, strlen(openai_ok)) : fake_send(c, 200, llama_ok, strlen(llama_ok));
+        }
+    } else {
+        ok = fake_send(c, 404, "{}", 2);
+    }
+    json_decref(req);
+    return ok;
+}
+
+TEST(server_remote_client_failures) {
+    REQUIRE(!fixtures());
+    duet_model *base = fixture_load(g_base);
+    REQUIRE(base);
+    g_fake.base = base;
+    g_fake.mode = FAKE_OK;
+    struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0,
+                                            NULL, NULL, fake_handler, NULL, MHD_OPTION_END);
+    REQUIRE(d);
+    int port = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port;
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    float *out = malloc(600 * sizeof *out);
+    int32_t toks[3] = {1, 20, 30};
+    for (int api = 0; api < 2; api++) { /* the happy path, both protocols */
+        duet_expert_remote_params rp = {.url = url, .api = api ? "openai" : "llama", .backoff_ms = 10};
+        duet_expert_remote *r = NULL;
+        duet_error err = {0};
+        CHECKF(!duet_expert_remote_new(base, &rp, &r, &err), "%s", err.msg);
+        if (!r) continue;
+        const duet_expert_backend *be = duet_expert_remote_backend(r);
+        CHECKF(!be->next_logits(be->ctx, toks, 3, out, &err), "%s", err.msg);
+        CHECK_NEAR(out[5], -0.25, 0);
+        CHECK_NEAR(out[7], -2.5, 0);
+        CHECK(isinf(out[0]) && out[0] < 0 && isinf(out[599]));
+        duet_expert_remote_free(r);
+    }
+    static const struct { int mode, hits; const char *want; } k[] = {
+        {FAKE_500, 3, "HTTP 500: boom (after 3 attempts)"},
+        {FAKE_429_ONCE, 2, NULL},
+        {FAKE_MALFORMED, 1, "malformed JSON"},
+        {FAKE_NO_LOGPROBS, 1, "no completion_probabilities[0].top_logprobs"},
+        {FAKE_BAD_ID, 1, "token id 600 is outside the base vocabulary [0, 600)"},
+        {FAKE_HUGE, 1, "response larger than"},
+        {FAKE_SLOW, 3, "Timeout"},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
+        duet_expert_remote_params rp = {.url = url, .backoff_ms = 10, .timeout_ms = 400};
+        duet_expert_remote *r = NULL;
+        duet_error err = {0};
+        g_fake.mode = FAKE_OK;
+        REQUIRE(!duet_expert_remote_new(base, &rp, &r, &err));
+        g_fake.mode = k[i].mode;
+        g_fake.hits = 0;
+        const duet_expert_backend *be = duet_expert_remote_backend(r);
+        int rc = be->next_logits(be->ctx, toks, 3, out, &err);
+        if (k[i].want) CHECKF(rc < 0 && strstr(err.msg, k[i].want), "mode %d: rc %d, '%s'", k[i].mode, rc, err.msg);
+        else CHECKF(rc == 0, "mode %d: %s", k[i].mode, err.msg);
+        CHECKF(g_fake.hits == k[i].hits, "mode %d: %d attempts, want %d", k[i].mode, g_fake.hits, k[i].hits);
+        duet_expert_remote_free(r);
+    }
+    /* a tokenizer that numbers text differently is refused at start-up */
+    g_fake.mode = FAKE_WRONG_TOKENS;
+    duet_expert_remote_params rp = {.url = url};
+    duet_expert_remote *r = NULL;
+    duet_error err = {0};
+    CHECK(duet_expert_remote_new(base, &rp, &r, &err) == DUET_ERR_UNSUPPORTED);
+    CHECK(strstr(err.msg, "tokenizer numbers the probe text differently") != NULL);
+    rp.url = "ftp://x";
+    CHECK(duet_expert_remote_new(base, &rp, &r, &err) == DUET_ERR_ARG);
+    MHD_stop_daemon(d);
+    free(out);
+    duet_model_free(base);
+}
+
+/* ---- load: 8 clients x 50 requests --------------------------------------------------------- */
+typedef struct loader { int port, n, errors; double *lat; } loader;
+static void *load_client(void *ud) {
+    loader *l = ud;
+    for (int i = 0; i < l->n; i++) {
+        char body[200];
+        snprintf(body, sizeof body, "{\"prompt\": \"Load %d\", \"max_tokens\": 8, \"temperature\": 0.5, "
+                 "\"seed\": %d%s}", i, i, i % 3 == 0 ? ", \"stream\": true" : "");
+        double t0 = duet_time_s();
+        resp r = http(l->port, i % 5 == 4 ? "/v1/chat/completions" : "/v1/completions",
+                      i % 5 == 4 ? "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_tokens\": 8}" : body, NULL);
+        l->lat[i] = duet_time_s() - t0;
+        l->errors += r.status != 200 || r.curl_rc != 0;
+        resp_free(&r);
+    }
+    return NULL;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+TEST(server_load_8x50) {
+    NEED_BIN();
+    REQUIRE(!fixtures());
+    proc p;
+    char args[2048];
+    snprintf(args, sizeof args, "-m '%s' --expert '%s' --head '%s' -np 4 --quiet", g_base, g_exp, g_head);
+    REQUIRE(!spawn_serve(&p, args));
+    enum { NC = 8, NR = 50 };
+    static double lat[NC * NR];
+    loader ls[NC];
+    pthread_t th[NC];
+    double t0 = duet_time_s();
+    for (int i = 0; i < NC; i++) {
+        ls[i] = (loader){p.port, NR, 0, lat + i * NR};
+        pthread_create(&th[i], NULL, load_client, &ls[i]);
+    }
+    int errors = 0;
+    for (int i = 0; i < NC; i++) { pthread_join(th[i], NULL); errors += ls[i].errors; }
+    double wall = duet_time_s() - t0;
+    qsort(lat, NC * NR, sizeof *lat, cmp_double);
+    fprintf(stderr, "    load: %d requests in %.2fs, %d errors; latency p50 %.1f ms, p90 %.1f ms, "
+            "p99 %.1f ms, max %.1f ms\n", NC * NR, wall, errors, 1e3 * lat[NC * NR / 2],
+            1e3 * lat[NC * NR * 9 / 10], 1e3 * lat[NC * NR * 99 / 100], 1e3 * lat[NC * NR - 1]);
+    CHECK_EQ_INT(errors, 0);
+    /* a request is counted when its connection finishes, just after the client has the answer */
+    int counted = 0;
+    for (int i = 0; i < 40 && !counted; i++) {
+        resp r = http(p.port, "/metrics", NULL, NULL);
+        counted = r.body && strstr(r.body, "duet_requests_total 400\n");
+        if (!counted && i == 39 && r.body) fprintf(stderr, "    %.300s\n", strstr(r.body, "duet_requests_total "));
+        resp_free(&r);
+        if (!counted) usleep(50000);
+    }
+    CHECK(counted);
+    CHECK(alive(&p));
+    /* exit status 0: under `make debug` (ASan + LeakSanitizer) any leak fails the exit */
+    CHECK_EQ_INT(stop_serve(&p), 0);
+}
