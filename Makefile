@@ -32,7 +32,7 @@ TEST_OBJ := $(TEST_SRC:%.c=$(O)/%.o)
 $(O)/src/kernels_avx2.o:   XFLAGS := -mavx2 -mfma -mf16c
 $(O)/src/kernels_avx512.o: XFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
 
-.PHONY: all deps test test-long demo bench debug fuzz clean help models
+.PHONY: all deps deps-long test test-long demo bench debug fuzz clean help models
 
 all: $(O)/duet $(O)/run_tests
 
@@ -63,9 +63,18 @@ deps:
 test: deps all
 	DUET_BIN=$(O)/duet $(O)/run_tests
 
-## test-long: slower checks (real models, longer generations)
-test-long: deps all
+## test-long: slower checks (real models, longer generations) and the web page in a browser
+test-long: deps deps-long all
 	DUET_BIN=$(O)/duet DUET_LONG=1 $(O)/run_tests
+	sh tests/browser/run.sh $(O)/duet $(O)/browser-screenshot.png
+
+# Only test-long needs a browser: Debian's chromium and playwright-core from npm
+# (version pinned in tests/browser/package.json, installed under tests/browser/node_modules).
+LONG_PKGS := chromium nodejs npm
+deps-long:
+	@tools/deps.sh $(LONG_PKGS)
+	@[ -d tests/browser/node_modules/playwright-core ] || \
+	    (cd tests/browser && npm install --no-audit --no-fund --silent)
 
 ## demo: the main job on the embedded default models
 demo: deps $(O)/duet
@@ -97,7 +106,7 @@ help:
 	@echo "make            build build/duet and build/run_tests"
 	@echo "make deps       install missing Debian packages ($(DEPS_PKGS))"
 	@echo "make test       run the tests (ends with 'N passed, N failed')"
-	@echo "make test-long  also the slow checks"
+	@echo "make test-long  also the slow checks and the browser test (screenshot in build/)"
 	@echo "make demo       run the demo"
 	@echo "make bench      run benchmarks, CSV under bench/results/"
 	@echo "make debug      ASan+UBSan build in build-debug/ and run the tests"

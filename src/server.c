@@ -104,13 +104,24 @@ void srv_count_generation(duet_server *s, int n_prompt, const duet_collab_stats 
     pthread_mutex_unlock(&s->mu);
 }
 
-/* The remote expert's HTTP call does not need the compute pool: let other slots step. */
+/* The remote expert's HTTP call does not need the compute pool: let other slots step. After
+ * a call failed (retries spent), the next second's calls fail at once with the same message,
+ * so that a dead expert costs one retry cycle, not one per token. */
+#define EXPERT_DOWN_S 1.0
 static int slot_remote_next(void *ctx, const int32_t *t, int n, float *out, duet_error *err) {
     slot *sl = ctx;
+    if (duet_time_s() < sl->down_until)
+        return duet_fail(err, DUET_ERR_IO, "%s", sl->down_msg);
     pthread_mutex_unlock(&sl->srv->compute);
     const duet_expert_backend *rb = duet_expert_remote_backend(sl->remote);
-    int rc = rb->next_logits(rb->ctx, t, n, out, err);
+    duet_error e = {0};
+    int rc = rb->next_logits(rb->ctx, t, n, out, &e);
     pthread_mutex_lock(&sl->srv->compute);
+    if (rc) {
+        sl->down_until = duet_time_s() + EXPERT_DOWN_S;
+        snprintf(sl->down_msg, sizeof sl->down_msg, "%s", e.msg);
+        duet_fail(err, rc, "%s", e.msg);
+    }
     return rc;
 }
 

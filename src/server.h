@@ -21,6 +21,8 @@ typedef struct slot {
     duet_session *sess;        /* /completion (next-token probabilities) */
     duet_expert_remote *remote;
     duet_expert_backend be;    /* wraps remote: releases the compute lock around HTTP */
+    double down_until;         /* after a failed expert call: fail fast until then */
+    char down_msg[512];
     struct duet_server *srv;
 } slot;
 
