@@ -828,7 +828,9 @@ static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const c
         int n = duet_tokenize(g_fake.base, json_string_value(t), json_string_length(t), 0, 0, ids, 256, NULL);
         json_t *arr = json_array();
         for (int i = 0; i < n; i++) json_array_append_new(arr, json_integer(g_fake.mode == FAKE_WRONG_TOKENS ? i : ids[i]));
-        char *s = json_dumps(json_pack("{s:o}", "tokens", arr), 0);
+        json_t *js = json_pack("{s:o}", "tokens", arr);
+        char *s = json_dumps(js, 0);
+        json_decref(js);
         ok = fake_send(c, 200, s, strlen(s));
         free(s);
     } else if (!strcmp(url, "/completion") || !strcmp(url, "/v1/completions")) {
