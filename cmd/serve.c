@@ -30,6 +30,8 @@ static void serve_usage(FILE *f) {
             "  --head FILE            deferral head of the base\n"
             "  --policy NAME          default policy (collm with --head; expert ones need an expert)\n"
             "  --threshold X          default deferral threshold\n"
+            "  --chat-template NAME   chat format or template text (default: the model's; ChatML\n"
+            "                         when it has none; duet chat --list-templates names them)\n"
             "  --host ADDR            IPv4 address to bind (default 127.0.0.1)\n"
             "  --port N               port (default 8080; 0 = any free port, printed at start)\n"
             "  --api-key KEY          require Authorization: Bearer KEY (not for / and /health)\n"
@@ -78,6 +80,7 @@ int cmd_serve(int argc, char **argv) {
                 return 2;
             }
         } else if (!strcmp(a, "--threshold")) { if (!arg_float("serve", a, v, 0, 1e6, &sp.defaults.threshold)) return 2; }
+        else if (!strcmp(a, "--chat-template")) sp.chat_template = v;
         else if (!strcmp(a, "--host")) sp.host = v;
         else if (!strcmp(a, "--port")) { if (!arg_int("serve", a, v, 0, 65535, &port)) return 2; }
         else if (!strcmp(a, "--api-key")) sp.api_key = v;

@@ -416,6 +416,8 @@ typedef struct duet_server_params {
     int timeout_s;             /* idle connection timeout (0 = 60) */
     int queue_timeout_s;       /* longest wait for a slot before 503 (0 = 120) */
     int quiet;                 /* 1: no request log on stderr */
+    const char *chat_template; /* chat format name or template source for /v1/chat/completions
+                                  (NULL: the model's own; ChatML when the model has none) */
 } duet_server_params;
 
 /* Bind, start serving in background threads, return. The models and head must outlive it. */

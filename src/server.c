@@ -432,6 +432,20 @@ int duet_server_start(const duet_server_params *params, duet_server **out, duet_
             }
         }
     }
+    /* chat format: the override, else the model's template, else ChatML (as llama.cpp does);
+     * a template duet does not recognise leaves the other endpoints working */
+    if (!rc) {
+        const char *tmpl = NULL, *fmt = NULL;
+        size_t tlen = 0;
+        duet_error cerr = {0};
+        s->chat_override = p.chat_template;
+        if (!s->chat_override && (duet_model_chat_template(p.base, &tmpl, &tlen, NULL) || !tmpl))
+            s->chat_override = "chatml";
+        if (duet_model_chat_format(p.base, s->chat_override, &fmt, &cerr))
+            snprintf(s->chat_err, sizeof s->chat_err, "%s", cerr.msg);
+        else
+            s->chat_eot = duet_chat_template_eot(fmt);
+    }
     /* the decoder's own rule (min of the models' contexts, capped) decides n_ctx: build one
      * collab to learn it and to check the configuration before binding */
     if (!rc) {

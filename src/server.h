@@ -32,6 +32,9 @@ struct duet_server {
     duet_server_params p;
     struct MHD_Daemon *d;
     int port, n_ctx, n_vocab;
+    const char *chat_override; /* passed to duet_model_chat_render */
+    const char *chat_eot;      /* the format's end-of-turn text: a stop string of chat answers */
+    char chat_err[512];        /* why chat is unavailable (template not recognised), or "" */
     char model_name[160];
     slot *slots;
     pthread_mutex_t mu;        /* slots, queue and metrics */

@@ -63,57 +63,67 @@ size_t srv_utf8_append(strbuf *b, const char *s, size_t n, int hold) {
 int sb_add(strbuf *b, const char *s, size_t n) { srv_utf8_append(b, s, n, 0); return 0; }
 
 /* ---- chat rendering ---------------------------------------------------------------------- */
-/* ChatML ("<|im_start|>role\ncontent<|im_end|>\n" ... "<|im_start|>assistant\n"), the fallback
- * until the model's own chat template is rendered by the library (duet_chat_render): the one
- * function to swap. Returns 0, or -1 after filling msg. */
+/* messages -> prompt text with the server's chat format (duet_model_chat_render). OpenAI's
+ * "developer" role is the system role; content is a string or [{"type": "text", "text"}]
+ * parts (joined). Returns 0, or -1 after filling msg. */
 static int render_chat(duet_server *s, json_t *msgs, strbuf *out, char *msg, size_t cap) {
-    static const char *roles[] = {"system", "user", "assistant", "developer", "tool"};
-    (void)s;
-    if (!json_is_array(msgs) || !json_array_size(msgs)) {
-        snprintf(msg, cap, "'messages' must be a non-empty array");
-        return -1;
-    }
-    size_t i;
+    if (s->chat_err[0]) return snprintf(msg, cap, "chat is unavailable: %s", s->chat_err), -1;
+    if (!json_is_array(msgs) || !json_array_size(msgs))
+        return snprintf(msg, cap, "'messages' must be a non-empty array"), -1;
+    size_t n = json_array_size(msgs), i;
+    duet_chat_message *cm = calloc(n, sizeof *cm);
+    strbuf *parts = calloc(n, sizeof *parts);
+    int rc = cm && parts ? 0 : (snprintf(msg, cap, "out of memory"), -1);
     json_t *m;
     json_array_foreach(msgs, i, m) {
+        if (rc) break;
         const char *role = json_string_value(json_object_get(m, "role"));
-        int known = 0;
-        for (size_t r = 0; role && r < sizeof roles / sizeof *roles; r++) known |= !strcmp(role, roles[r]);
-        if (!known) {
+        if (role && !strcmp(role, "developer")) role = "system";
+        if (!role || (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant"))) {
             char shown[64];
             duet_printable(shown, sizeof shown, role ? role : "(missing)", role ? strlen(role) : 9);
-            snprintf(msg, cap, "messages[%zu].role '%s' is not one of system, user, assistant, "
-                     "developer, tool", i, shown);
-            return -1;
+            rc = -1;
+            snprintf(msg, cap, "messages[%zu].role '%s' is not one of system, developer, user, assistant",
+                     i, shown);
+            break;
         }
         json_t *content = json_object_get(m, "content");
-        sb_raw(out, "<|im_start|>", 12);
-        sb_raw(out, role, strlen(role));
-        sb_raw(out, "\n", 1);
+        sb_raw(&parts[i], "", 0);
         if (json_is_string(content)) {
-            sb_raw(out, json_string_value(content), json_string_length(content));
-        } else if (json_is_array(content)) { /* [{"type": "text", "text": ...}] */
+            sb_raw(&parts[i], json_string_value(content), json_string_length(content));
+        } else if (json_is_array(content)) {
             size_t k;
             json_t *part;
             json_array_foreach(content, k, part) {
                 json_t *t = json_object_get(part, "text");
                 const char *ty = json_string_value(json_object_get(part, "type"));
                 if (!ty || strcmp(ty, "text") || !json_is_string(t)) {
+                    rc = -1;
                     snprintf(msg, cap, "messages[%zu].content[%zu] must be {\"type\": \"text\", "
                              "\"text\": string}", i, k);
-                    return -1;
+                    break;
                 }
-                sb_raw(out, json_string_value(t), json_string_length(t));
+                sb_raw(&parts[i], json_string_value(t), json_string_length(t));
             }
         } else {
+            rc = -1;
             snprintf(msg, cap, "messages[%zu].content must be a string or an array of text parts%s",
                      i, json_is_null(content) || !content ? " (it is null or missing)" : "");
-            return -1;
         }
-        sb_raw(out, "<|im_end|>\n", 11);
+        cm[i].role = role;
+        cm[i].content = parts[i].p;
     }
-    sb_raw(out, "<|im_start|>assistant\n", 22);
-    return 0;
+    duet_error err = {0};
+    int len = rc ? -1 : duet_model_chat_render(s->p.base, s->chat_override, cm, (int)n, 1, NULL, 0, &err);
+    if (!rc && len < 0) rc = -1, snprintf(msg, cap, "%s", err.msg);
+    if (!rc && (out->cap = (size_t)len + 1, !(out->p = malloc(out->cap))))
+        rc = -1, snprintf(msg, cap, "out of memory");
+    if (!rc) out->n = (size_t)duet_model_chat_render(s->p.base, s->chat_override, cm, (int)n, 1,
+                                                     out->p, out->cap, &err);
+    for (i = 0; parts && i < n; i++) free(parts[i].p);
+    free(parts);
+    free(cm);
+    return rc;
 }
 
 /* ---- request fields ---------------------------------------------------------------------- */
@@ -160,7 +170,7 @@ typedef struct gen_req {
     duet_collab_params cp;
     long long max_tokens;
     int stream, want_tokens, n_stop;
-    char stop[MAX_STOP][MAX_STOP_LEN + 1];
+    char stop[MAX_STOP + 1][MAX_STOP_LEN + 1]; /* + the chat format's end of turn */
 } gen_req;
 
 static int parse_request(duet_server *s, json_t *b, int chat, gen_req *r, char *msg, size_t cap) {
@@ -243,7 +253,8 @@ typedef struct gen {
     strbuf pend;      /* piece bytes that do not yet form a whole character */
     strbuf text;      /* the answer so far, valid UTF-8 */
     size_t sent;      /* bytes of text already streamed */
-    size_t max_stop;
+    size_t shown;     /* bytes of text that may be streamed (no stop string can start before) */
+    const char *stops[MAX_STOP + 1];
     json_t *tokens;   /* duet_tokens not yet reported */
     json_t *failed;   /* indices of tokens the expert could not supply */
     char id[48], err[560];
@@ -295,22 +306,6 @@ static void gen_finish(gen *g, const char *why) {
     g->st = *duet_collab_get_stats(g->sl->co);
 }
 
-/* Cut the text at the first stop string (searching only where a new match can start). */
-static int check_stop(gen *g, size_t from) {
-    for (int i = 0; i < g->r.n_stop; i++) {
-        size_t ls = strlen(g->r.stop[i]);
-        size_t start = from > ls ? from - ls : 0;
-        if (g->text.n < ls) continue;
-        const char *hit = memmem(g->text.p + start, g->text.n - start, g->r.stop[i], ls);
-        if (hit) {
-            g->text.n = (size_t)(hit - g->text.p);
-            g->text.p[g->text.n] = 0;
-            return 1;
-        }
-    }
-    return 0;
-}
-
 static void gen_step(gen *g) {
     duet_collab_token t;
     duet_error err = {0};
@@ -328,7 +323,6 @@ static void gen_step(gen *g) {
     len = len < 0 ? 0 : DUET_MIN(len, (int)sizeof piece);
     g->prev = t.id;
     sb_raw(&g->pend, piece, (size_t)len);
-    size_t before = g->text.n;
     size_t kept = srv_utf8_append(&g->text, g->pend.p, g->pend.n, 1);
     memmove(g->pend.p, g->pend.p + g->pend.n - kept, kept);
     g->pend.n = kept;
@@ -344,19 +338,16 @@ static void gen_step(gen *g) {
         json_array_append_new(g->tokens, o);
     }
     g->n_gen++;
-    if (check_stop(g, before)) gen_finish(g, "stop");
-    else if (g->n_gen >= g->r.max_tokens) gen_finish(g, "length");
+    long cut = duet_stop_scan(g->text.p, g->text.n, g->stops, g->r.n_stop, &g->shown);
+    if (cut >= 0) {
+        g->text.n = (size_t)cut;
+        g->text.p[cut] = 0;
+        gen_finish(g, "stop");
+    } else if (g->n_gen >= g->r.max_tokens) gen_finish(g, "length");
 }
 
-/* Bytes of text that may be streamed now: all once done; else hold back what could still
- * become the start of a stop string, at a character boundary. */
-static size_t releasable(const gen *g) {
-    if (g->done) return g->text.n;
-    size_t hold = g->max_stop ? g->max_stop - 1 : 0;
-    size_t end = g->text.n > hold ? g->text.n - hold : 0;
-    while (end > g->sent && end < g->text.n && ((unsigned char)g->text.p[end] & 0xc0) == 0x80) end--;
-    return end < g->sent ? g->sent : end;
-}
+/* Bytes of text that may be streamed now: all once done, else what no stop string can claim. */
+static size_t releasable(const gen *g) { return g->done ? g->text.n : DUET_MAX(g->shown, g->sent); }
 
 static json_t *duet_summary(const gen *g) {
     json_t *d = json_pack("{s:s, s:i, s:i, s:i, s:O}", "policy", duet_policy_name(g->r.cp.policy),
@@ -475,7 +466,9 @@ enum MHD_Result srv_completions(duet_server *s, struct MHD_Connection *c, conn_c
         gen_free(g);
         return srv_send_error(c, cx, 400, "%s", msg);
     }
-    for (int i = 0; i < g->r.n_stop; i++) g->max_stop = DUET_MAX(g->max_stop, strlen(g->r.stop[i]));
+    if (chat && s->chat_eot && s->chat_eot[0] && strlen(s->chat_eot) <= MAX_STOP_LEN)
+        strcpy(g->r.stop[g->r.n_stop++], s->chat_eot);
+    for (int i = 0; i < g->r.n_stop; i++) g->stops[i] = g->r.stop[i];
     int32_t *ids = NULL;
     int n = -1;
     if (chat) {

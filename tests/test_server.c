@@ -639,6 +639,18 @@ TEST(server_openai_shape) {
     json_t *ch = json_array_get(json_object_get(r.js, "choices"), 0);
     CHECK_STR(json_string_value(json_object_get(json_object_get(ch, "message"), "role")), "assistant");
     CHECK(json_integer_value(json_object_get(json_object_get(r.js, "usage"), "completion_tokens")) > 0);
+    /* the prompt is the conversation in ChatML (the fixture has no template of its own),
+     * rendered by the library's chat module and tokenized with specials */
+    duet_model *bm = fixture_load(g_base);
+    REQUIRE(bm);
+    duet_chat_message cm = {"user", "Say hello"};
+    char text[256];
+    int32_t pids[256];
+    int tl = duet_chat_render("chatml", &cm, 1, 1, text, sizeof text, NULL);
+    int np = duet_tokenize(bm, text, (size_t)tl, 1, 1, pids, 256, NULL);
+    CHECK(tl > 0 && np > 0);
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(r.js, "usage"), "prompt_tokens")), np);
+    duet_model_free(bm);
     resp_free(&r);
     /* tokenize / detokenize round trip (ids from the library as the oracle) */
     r = http(port, "/tokenize", "{\"content\": \"Hello world\"}", NULL);
