@@ -80,3 +80,17 @@ void duet_softmax_stats(const float *l, int n, double *max, double *z, double *e
     *z = zz;
     if (ez) *ez = e2;
 }
+
+int duet_buf_add(duet_buf *b, const void *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = DUET_MAX(b->cap * 2, b->n + n + 64);
+        char *p = realloc(b->p, cap);
+        if (!p) return DUET_ERR_NOMEM;
+        b->p = p;
+        b->cap = cap;
+    }
+    if (n) memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+    return DUET_OK;
+}

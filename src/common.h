@@ -44,6 +44,12 @@ static inline uint64_t duet_splitmix64(uint64_t *x) {
  * Then log p[t] = l[t] - max - log z, max log p = -log z, entropy = log z - ez / z. */
 void duet_softmax_stats(const float *l, int n, double *max, double *z, double *ez);
 
+/* A growable byte buffer (zero-initialise; free(b.p) when done). After an add, p holds n
+ * bytes and a NUL after them. */
+typedef struct duet_buf { char *p; size_t n, cap; } duet_buf;
+/* Append s[0..n); DUET_ERR_NOMEM (buffer unchanged) when it cannot grow. */
+int duet_buf_add(duet_buf *b, const void *s, size_t n);
+
 /* 64-byte aligned allocation (zeroed); free with duet_afree. NULL on failure or overflow. */
 void *duet_aalloc(size_t n);
 void duet_afree(void *p);

@@ -27,26 +27,15 @@ struct duet_expert_remote {
 };
 
 typedef struct buf {
-    char *p;
-    size_t n, cap;
+    duet_buf b;
     int over;
 } buf;
 
 static size_t on_data(char *d, size_t sz, size_t nm, void *ud) {
     buf *b = ud;
     size_t n = sz * nm;
-    if (b->n + n + 1 > REMOTE_MAX_RESPONSE) { b->over = 1; return 0; } /* aborts the transfer */
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = (b->n + n + 1) * 2;
-        char *p = realloc(b->p, cap);
-        if (!p) return 0;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, d, n);
-    b->n += n;
-    b->p[b->n] = 0;
-    return n;
+    if (b->b.n + n + 1 > REMOTE_MAX_RESPONSE) { b->over = 1; return 0; } /* aborts the transfer */
+    return duet_buf_add(&b->b, d, n) ? 0 : n;
 }
 
 static void sleep_ms(int ms) {
@@ -89,16 +78,16 @@ static int http_json(duet_expert_remote *r, const char *path, const char *body, 
             retry = 1;
         } else if (status < 200 || status >= 300) {
             char snip[160];
-            duet_printable(snip, sizeof snip, b.p ? b.p : "", b.n);
+            duet_printable(snip, sizeof snip, b.b.p ? b.b.p : "", b.b.n);
             rc = duet_fail(err, DUET_ERR_IO, "expert %s: HTTP %ld: %s", url, status, snip);
             retry = status >= 500 || status == 429;
         } else {
             json_error_t je;
-            *out = json_loadb(b.p ? b.p : "", b.n, JSON_REJECT_DUPLICATES, &je);
+            *out = json_loadb(b.b.p ? b.b.p : "", b.b.n, JSON_REJECT_DUPLICATES, &je);
             rc = *out ? DUET_OK
                       : duet_fail(err, DUET_ERR_FORMAT, "expert %s: malformed JSON: %s", url, je.text);
         }
-        free(b.p);
+        free(b.b.p);
         if (rc) r->failed_attempts++;
         if (!rc || !retry) break;
     }

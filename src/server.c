@@ -57,7 +57,7 @@ enum MHD_Result srv_send_error(struct MHD_Connection *c, conn_ctx *cx, unsigned 
     const char *type = status == 401 ? "authentication_error" : status == 404 ? "not_found_error"
                      : status >= 500 ? "server_error" : "invalid_request_error";
     /* messages may quote user text: json_string needs valid UTF-8, so go through sb_add */
-    strbuf b = {0};
+    duet_buf b = {0};
     sb_add(&b, msg, strlen(msg));
     json_t *js = json_pack("{s:{s:s, s:s, s:i}}", "error", "message", b.p ? b.p : "", "type",
                            type, "code", (int)status);
@@ -227,7 +227,7 @@ static enum MHD_Result do_detokenize(duet_server *s, struct MHD_Connection *c, c
     char msg[200];
     int n = srv_prompt_ids(s, toks, 0, 0, &ids, msg, sizeof msg);
     if (n < 0) return srv_send_error(c, cx, 400, "%s", msg[0] == '\'' ? msg + 8 : msg);
-    strbuf text = {0};
+    duet_buf text = {0};
     char piece[256];
     for (int i = 0; i < n; i++) { /* as after BOS: SentencePiece's leading space goes */
         int len = duet_token_to_piece(s->p.base, i ? ids[i - 1] : duet_token_bos(s->p.base), ids[i],
@@ -294,7 +294,7 @@ static enum MHD_Result dispatch(duet_server *s, struct MHD_Connection *c, conn_c
     default: break;
     }
     json_error_t je;
-    json_t *b = json_loadb(cx->body ? cx->body : "", cx->n, JSON_REJECT_DUPLICATES, &je);
+    json_t *b = json_loadb(cx->body.p ? cx->body.p : "", cx->body.n, JSON_REJECT_DUPLICATES, &je);
     if (!b) {
         char snip[120];
         duet_printable(snip, sizeof snip, je.text, strlen(je.text));
@@ -331,22 +331,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         size_t n = *upload_size;
         *upload_size = 0;
         if (cx->too_big || cx->status) return MHD_YES;
-        if (cx->n + n > s->p.max_body) { /* chunked bodies have no Content-Length */
+        if (cx->body.n + n > s->p.max_body) { /* chunked bodies have no Content-Length */
             cx->too_big = 1;
-            free(cx->body);
-            cx->body = NULL;
+            free(cx->body.p);
+            cx->body = (duet_buf){0};
             return MHD_YES;
         }
-        if (cx->n + n + 1 > cx->cap) {
-            size_t cap = DUET_MAX(cx->cap * 2, cx->n + n + 1);
-            char *p = realloc(cx->body, cap);
-            if (!p) return MHD_NO;
-            cx->body = p;
-            cx->cap = cap;
-        }
-        memcpy(cx->body + cx->n, upload, n);
-        cx->n += n;
-        return MHD_YES;
+        return duet_buf_add(&cx->body, upload, n) ? MHD_NO : MHD_YES;
     }
     if (cx->status) return MHD_YES; /* already answered (413 from the headers) */
     if (cx->too_big)
@@ -384,7 +375,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (!s->p.quiet) /* the endpoint went through duet_printable: no CR/LF or escapes */
         fprintf(stderr, "duet serve: %s %d %.3fs%s\n", cx->endpoint, cx->status, dt,
                 toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
-    free(cx->body);
+    free(cx->body.p);
     free(cx);
     *con_cls = NULL;
 }

@@ -50,8 +50,7 @@ struct duet_server {
 
 /* Per-connection state, kept from the first callback to the completion notice. */
 typedef struct conn_ctx {
-    char *body;
-    size_t n, cap;
+    duet_buf body;
     int too_big;
     double t0;
     int status;                /* of the response queued, for the log and metrics */
@@ -79,12 +78,11 @@ enum MHD_Result srv_next_token(duet_server *s, struct MHD_Connection *c, conn_ct
  * returns the count or -1 after filling msg. *ids is malloc'd. */
 int srv_prompt_ids(duet_server *s, json_t *prompt, int add_bos, int parse_special, int32_t **ids,
                    char *msg, size_t cap);
-/* Append text to a growing buffer as valid UTF-8 (see server_gen.c). */
-typedef struct strbuf { char *p; size_t n, cap; } strbuf;
-int sb_add(strbuf *b, const char *s, size_t n);
+/* Append text to a buffer as valid UTF-8 (invalid bytes become U+FFFD). */
+int sb_add(duet_buf *b, const char *s, size_t n);
 /* Append s[0..n) as valid UTF-8 (invalid bytes become U+FFFD). hold = 1: a character cut off
  * at the end is not appended; the return value is its byte count (the caller keeps them for
  * the next piece). */
-size_t srv_utf8_append(strbuf *b, const char *s, size_t n, int hold);
+size_t srv_utf8_append(duet_buf *b, const char *s, size_t n, int hold);
 
 #endif

@@ -33,46 +33,32 @@ static int utf8_len(const unsigned char *s, size_t n) {
     return len;
 }
 
-static int sb_raw(strbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = DUET_MAX(b->cap * 2, b->n + n + 64);
-        char *p = realloc(b->p, cap);
-        if (!p) return -1;
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-    return 0;
-}
-
-size_t srv_utf8_append(strbuf *b, const char *s, size_t n, int hold) {
+size_t srv_utf8_append(duet_buf *b, const char *s, size_t n, int hold) {
     size_t i = 0;
     while (i < n) {
         int len = utf8_len((const unsigned char *)s + i, n - i);
         if (len < 0 && hold) return n - i;
-        if (len <= 0) { sb_raw(b, "\xef\xbf\xbd", 3); i++; continue; }
-        sb_raw(b, s + i, (size_t)len);
+        if (len <= 0) { duet_buf_add(b, "\xef\xbf\xbd", 3); i++; continue; }
+        duet_buf_add(b, s + i, (size_t)len);
         i += (size_t)len;
     }
-    if (!b->p) sb_raw(b, "", 0);
+    if (!b->p) duet_buf_add(b, "", 0);
     return 0;
 }
 
-int sb_add(strbuf *b, const char *s, size_t n) { srv_utf8_append(b, s, n, 0); return 0; }
+int sb_add(duet_buf *b, const char *s, size_t n) { srv_utf8_append(b, s, n, 0); return 0; }
 
 /* ---- chat rendering ---------------------------------------------------------------------- */
 /* messages -> prompt text with the server's chat format (duet_model_chat_render). OpenAI's
  * "developer" role is the system role; content is a string or [{"type": "text", "text"}]
  * parts (joined). Returns 0, or -1 after filling msg. */
-static int render_chat(duet_server *s, json_t *msgs, strbuf *out, char *msg, size_t cap) {
+static int render_chat(duet_server *s, json_t *msgs, duet_buf *out, char *msg, size_t cap) {
     if (s->chat_err[0]) return snprintf(msg, cap, "chat is unavailable: %s", s->chat_err), -1;
     if (!json_is_array(msgs) || !json_array_size(msgs))
         return snprintf(msg, cap, "'messages' must be a non-empty array"), -1;
     size_t n = json_array_size(msgs), i;
     duet_chat_message *cm = calloc(n, sizeof *cm);
-    strbuf *parts = calloc(n, sizeof *parts);
+    duet_buf *parts = calloc(n, sizeof *parts);
     int rc = cm && parts ? 0 : (snprintf(msg, cap, "out of memory"), -1);
     json_t *m;
     json_array_foreach(msgs, i, m) {
@@ -88,9 +74,9 @@ static int render_chat(duet_server *s, json_t *msgs, strbuf *out, char *msg, siz
             break;
         }
         json_t *content = json_object_get(m, "content");
-        sb_raw(&parts[i], "", 0);
+        duet_buf_add(&parts[i], "", 0);
         if (json_is_string(content)) {
-            sb_raw(&parts[i], json_string_value(content), json_string_length(content));
+            duet_buf_add(&parts[i], json_string_value(content), json_string_length(content));
         } else if (json_is_array(content)) {
             size_t k;
             json_t *part;
@@ -103,7 +89,7 @@ static int render_chat(duet_server *s, json_t *msgs, strbuf *out, char *msg, siz
                              "\"text\": string}", i, k);
                     break;
                 }
-                sb_raw(&parts[i], json_string_value(t), json_string_length(t));
+                duet_buf_add(&parts[i], json_string_value(t), json_string_length(t));
             }
         } else {
             rc = -1;
@@ -250,8 +236,8 @@ typedef struct gen {
     int chat, n_prompt, n_gen, done, sent_done;
     const char *finish;
     int32_t prev;
-    strbuf pend;      /* piece bytes that do not yet form a whole character */
-    strbuf text;      /* the answer so far, valid UTF-8 */
+    duet_buf pend;      /* piece bytes that do not yet form a whole character */
+    duet_buf text;      /* the answer so far, valid UTF-8 */
     size_t sent;      /* bytes of text already streamed */
     size_t shown;     /* bytes of text that may be streamed (no stop string can start before) */
     const char *stops[MAX_STOP + 1];
@@ -259,7 +245,7 @@ typedef struct gen {
     json_t *failed;   /* indices of tokens the expert could not supply */
     char id[48], err[560];
     long created;
-    strbuf out;       /* SSE bytes waiting for the socket */
+    duet_buf out;       /* SSE bytes waiting for the socket */
     size_t out_off;
     duet_collab_stats st;
 } gen;
@@ -322,14 +308,14 @@ static void gen_step(gen *g) {
     int len = duet_token_to_piece(g->s->p.base, g->prev, t.id, piece, sizeof piece);
     len = len < 0 ? 0 : DUET_MIN(len, (int)sizeof piece);
     g->prev = t.id;
-    sb_raw(&g->pend, piece, (size_t)len);
+    duet_buf_add(&g->pend, piece, (size_t)len);
     size_t kept = srv_utf8_append(&g->text, g->pend.p, g->pend.n, 1);
     memmove(g->pend.p, g->pend.p + g->pend.n - kept, kept);
     g->pend.n = kept;
     if (t.expert_failed) json_array_append_new(g->failed, json_integer(g->n_gen));
     if (g->r.want_tokens) {
         static const char *src[3] = {"base", "expert", "mixed"};
-        strbuf ps = {0};
+        duet_buf ps = {0};
         sb_add(&ps, piece, (size_t)len);
         json_t *o = json_pack("{s:i, s:s, s:s}", "id", t.id, "text", ps.p, "source", src[t.source]);
         free(ps.p);
@@ -394,9 +380,9 @@ static void sse_event(gen *g, json_t *js) {
     char *s = json_dumps(js, JSON_COMPACT);
     json_decref(js);
     if (!s) return;
-    sb_raw(&g->out, "data: ", 6);
-    sb_raw(&g->out, s, strlen(s));
-    sb_raw(&g->out, "\n\n", 2);
+    duet_buf_add(&g->out, "data: ", 6);
+    duet_buf_add(&g->out, s, strlen(s));
+    duet_buf_add(&g->out, "\n\n", 2);
     free(s);
 }
 
@@ -423,7 +409,7 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         if (g->sent_done) return MHD_CONTENT_READER_END_OF_STREAM;
         if (!g->done) gen_step(g);
         if (g->done && g->err[0]) { /* the stream has begun: the error becomes an event */
-            strbuf m = {0};
+            duet_buf m = {0};
             sb_add(&m, g->err, strlen(g->err));
             sse_event(g, json_pack("{s:{s:s, s:s, s:i}}", "error", "message", m.p, "type",
                                    "expert_error", "code", 502));
@@ -441,7 +427,7 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             }
         }
         if (g->done) {
-            sb_raw(&g->out, "data: [DONE]\n\n", 14);
+            duet_buf_add(&g->out, "data: [DONE]\n\n", 14);
             g->sent_done = 1;
         }
     }
@@ -472,7 +458,7 @@ enum MHD_Result srv_completions(duet_server *s, struct MHD_Connection *c, conn_c
     int32_t *ids = NULL;
     int n = -1;
     if (chat) {
-        strbuf txt = {0};
+        duet_buf txt = {0};
         if (!render_chat(s, json_object_get(body, "messages"), &txt, msg, sizeof msg)) {
             json_t *tmp = json_stringn_nocheck(txt.p, txt.n);
             n = srv_prompt_ids(s, tmp, 1, 1, &ids, msg, sizeof msg);
@@ -550,7 +536,7 @@ static int by_logprob(const void *a, const void *b) {
 static json_t *token_json(duet_server *s, int32_t prev, int32_t id, double lp) {
     char piece[256];
     int len = duet_token_to_piece(s->p.base, prev, id, piece, sizeof piece);
-    strbuf b = {0};
+    duet_buf b = {0};
     sb_add(&b, piece, (size_t)(len < 0 ? 0 : DUET_MIN(len, (int)sizeof piece)));
     json_t *o = json_pack("{s:i, s:s, s:f}", "id", id, "token", b.p, "logprob", lp);
     free(b.p);

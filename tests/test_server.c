@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -39,9 +40,16 @@ static int read_text(const char *path, char *buf, size_t cap) {
     return (int)n;
 }
 
-/* Start `duet serve ARGS --port 0`, wait for its "listening" line; 0 on success. */
-static int spawn_serve(proc *p, const char *args) {
+/* Start `duet serve ARGS --port 0` (ARGS printf-style), wait for its "listening" line; 0 on
+ * success. */
+static int spawn_serve(proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int spawn_serve(proc *p, const char *fmt, ...) {
     static int seq;
+    char args[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
     memset(p, 0, sizeof *p);
     snprintf(p->log, sizeof p->log, "%s/serve-%d.log", test_tmpdir(), seq++);
     char cmd[4096];
@@ -88,7 +96,7 @@ static int stop_serve(proc *p) {
 }
 
 /* ---- HTTP client ------------------------------------------------------------------------- */
-typedef struct resp { long status; char *body; size_t n; json_t *js; int curl_rc; } resp;
+typedef struct resp { long status; char *body; size_t n; json_t *js; int curl_rc; duet_buf buf; } resp;
 typedef struct req_opts {
     const char *method, *auth;
     size_t len;               /* body length when it holds NUL bytes (0: strlen) */
@@ -98,15 +106,8 @@ typedef struct req_opts {
 } req_opts;
 
 static size_t collect(char *d, size_t sz, size_t nm, void *ud) {
-    resp *r = ud;
-    size_t n = sz * nm;
-    char *p = realloc(r->body, r->n + n + 1);
-    if (!p) return 0;
-    memcpy(p + r->n, d, n);
-    r->body = p;
-    r->n += n;
-    r->body[r->n] = 0;
-    return n;
+    duet_buf *b = ud;
+    return duet_buf_add(b, d, sz * nm) ? 0 : sz * nm;
 }
 
 static resp http(int port, const char *path, const char *body, const req_opts *o) {
@@ -127,7 +128,7 @@ static resp http(int port, const char *path, const char *body, const req_opts *o
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, o->timeout_ms ? o->timeout_ms : 30000L);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, o->on_data ? o->on_data : collect);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, o->on_data ? o->ud : &r);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, o->on_data ? o->ud : &r.buf);
     if (body) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)(o->len ? o->len : strlen(body)));
@@ -137,6 +138,8 @@ static resp http(int port, const char *path, const char *body, const req_opts *o
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
+    r.body = r.buf.p;
+    r.n = r.buf.n;
     if (r.body) r.js = json_loadb(r.body, r.n, JSON_ALLOW_NUL, NULL); /* \u0000 is valid JSON */
     return r;
 }
@@ -198,36 +201,31 @@ static int fixtures(void) {
 /* The plain server (local expert, collm, 2 slots) most bad-input tests talk to. */
 static int local_port(void) {
     if (g_local.pid > 0 || fixtures()) return g_local.pid > 0 ? g_local.port : 0;
-    char args[2048];
-    snprintf(args, sizeof args, "-m '%s' --expert '%s' --head '%s' -np 2 --max-body 65536 --timeout 2",
-             g_base, g_exp, g_head);
-    return spawn_serve(&g_local, args) ? 0 : g_local.port;
+    return spawn_serve(&g_local, "-m '%s' --expert '%s' --head '%s' -np 2 --max-body 65536 --timeout 2",
+                       g_base, g_exp, g_head) ? 0 : g_local.port;
 }
 
 static int expert_port(void) {
     if (g_expert.pid > 0 || fixtures()) return g_expert.pid > 0 ? g_expert.port : 0;
-    char args[1024];
-    snprintf(args, sizeof args, "-m '%s' -np 2 --quiet", g_exp);
-    return spawn_serve(&g_expert, args) ? 0 : g_expert.port;
+    return spawn_serve(&g_expert, "-m '%s' -np 2 --quiet", g_exp) ? 0 : g_expert.port;
 }
 
 static int remote_port(void) {
     if (g_remote.pid > 0) return g_remote.port;
     int ep = expert_port();
     if (!ep) return 0;
-    char args[2048];
-    snprintf(args, sizeof args, "-m '%s' --expert-url http://127.0.0.1:%d --head '%s' -np 2 --quiet",
-             g_base, ep, g_head);
-    return spawn_serve(&g_remote, args) ? 0 : g_remote.port;
+    return spawn_serve(&g_remote, "-m '%s' --expert-url http://127.0.0.1:%d --head '%s' -np 2 --quiet",
+                       g_base, ep, g_head) ? 0 : g_remote.port;
 }
 
+#define NEED_FIXTURES() do { NEED_BIN(); REQUIRE(!fixtures()); } while (0)
 #define NEED_SERVER(port) \
     do { NEED_BIN(); REQUIRE((port) > 0); } while (0)
 #define STAYS_UP(p, port) do { CHECK(alive(p)); CHECK(health_ok(port)); } while (0)
 
 /* ---- UTF-8 (unit level, hand-written expectations) --------------------------------------- */
 TEST(server_utf8_holds_split_characters) {
-    strbuf b = {0};
+    duet_buf b = {0};
     /* "é" = c3 a9 arriving as two pieces: nothing, then the whole character */
     CHECK_EQ_INT(srv_utf8_append(&b, "a\xc3", 2, 1), 1);
     CHECK_STR(b.p, "a");
@@ -404,12 +402,9 @@ static void *run_job(void *ud) {
 static size_t hang_up(char *d, size_t sz, size_t nm, void *ud) { (void)d; (void)ud; (void)sz; (void)nm; return 0; }
 
 TEST(server_queue_and_disconnect) {
-    NEED_BIN();
-    REQUIRE(!fixtures());
+    NEED_FIXTURES();
     proc p;
-    char args[1024];
-    snprintf(args, sizeof args, "-m '%s' -np 1 --quiet", g_base);
-    REQUIRE(!spawn_serve(&p, args));
+    REQUIRE(!spawn_serve(&p, "-m '%s' -np 1 --quiet", g_base));
     /* 6 concurrent requests over 1 slot: all queue and finish */
     pthread_t th[6];
     job jobs[6];
@@ -448,12 +443,9 @@ static int connect_port(int port) {
 }
 
 TEST(server_slow_idle_method_path_key) {
-    NEED_BIN();
-    REQUIRE(!fixtures());
+    NEED_FIXTURES();
     proc p;
-    char args[1024];
-    snprintf(args, sizeof args, "-m '%s' --api-key sekret --max-connections 4 --timeout 1 --quiet", g_base);
-    REQUIRE(!spawn_serve(&p, args));
+    REQUIRE(!spawn_serve(&p, "-m '%s' --api-key sekret --max-connections 4 --timeout 1 --quiet", g_base));
     int port = p.port;
     /* a client that sends half a request and stalls is cut off after the idle timeout */
     int fd = connect_port(port);
@@ -510,12 +502,9 @@ TEST(server_slow_idle_method_path_key) {
 }
 
 TEST(server_health_cheap_while_busy) {
-    NEED_BIN();
-    REQUIRE(!fixtures());
+    NEED_FIXTURES();
     proc p;
-    char args[1024];
-    snprintf(args, sizeof args, "-m '%s' -np 1 --quiet", g_base);
-    REQUIRE(!spawn_serve(&p, args));
+    REQUIRE(!spawn_serve(&p, "-m '%s' -np 1 --quiet", g_base));
     job j = {p.port, "{\"prompt\": \"Once\", \"max_tokens\": 250, \"temperature\": 0}", 0, 0};
     pthread_t th;
     pthread_create(&th, NULL, run_job, &j);
@@ -555,7 +544,7 @@ TEST(server_log_injection) {
 /* ---- the OpenAI shape, streaming == whole ------------------------------------------------- */
 /* Concatenate the text of an SSE answer; counts events, checks the [DONE] end. */
 static char *sse_text(const char *body, int chat, int *n_events, int *done, json_t **last) {
-    strbuf out = {0};
+    duet_buf out = {0};
     sb_add(&out, "", 0);
     *n_events = 0;
     *done = 0;
@@ -726,16 +715,11 @@ TEST(server_remote_expert_identical) {
 }
 
 /* ---- remote expert killed mid-generation ------------------------------------------------- */
-typedef struct killer { proc *victim; strbuf seen; int killed_at; } killer;
+typedef struct killer { proc *victim; duet_buf seen; int killed_at; } killer;
 static size_t kill_on_data(char *d, size_t sz, size_t nm, void *ud) {
     killer *k = ud;
     size_t n = sz * nm;
-    char *p = realloc(k->seen.p, k->seen.n + n + 1);
-    if (!p) return 0;
-    memcpy(p + k->seen.n, d, n);
-    k->seen.p = p;
-    k->seen.n += n;
-    p[k->seen.n] = 0;
+    if (duet_buf_add(&k->seen, d, n)) return 0;
     int events = 0;
     for (const char *q = k->seen.p; (q = strstr(q, "data: ")); q++) events++;
     if (!k->killed_at && events >= 4) { /* a few tokens in: the expert dies */
@@ -748,15 +732,11 @@ static size_t kill_on_data(char *d, size_t sz, size_t nm, void *ud) {
 }
 
 TEST(server_expert_killed_mid_generation) {
-    NEED_BIN();
-    REQUIRE(!fixtures());
+    NEED_FIXTURES();
     proc ex, front;
-    char args[2048];
-    snprintf(args, sizeof args, "-m '%s' --quiet", g_exp);
-    REQUIRE(!spawn_serve(&ex, args));
-    snprintf(args, sizeof args, "-m '%s' --expert-url http://127.0.0.1:%d --policy expert "
-             "--expert-retries 2 --expert-timeout 2000 --quiet", g_base, ex.port);
-    if (spawn_serve(&front, args)) { stop_serve(&ex); REQUIRE(0); }
+    REQUIRE(!spawn_serve(&ex, "-m '%s' --quiet", g_exp));
+    if (spawn_serve(&front, "-m '%s' --expert-url http://127.0.0.1:%d --policy expert "
+             "--expert-retries 2 --expert-timeout 2000 --quiet", g_base, ex.port)) { stop_serve(&ex); REQUIRE(0); }
     /* policy continue: the answer goes on with the base and lists the tokens it chose */
     killer k = {&ex, {0}, 0};
     req_opts o = {.on_data = kill_on_data, .ud = &k};
@@ -792,9 +772,8 @@ TEST(server_expert_killed_mid_generation) {
 }
 
 TEST(server_expert_unreachable_at_start) {
-    NEED_BIN();
-    REQUIRE(!fixtures());
-    char args[2048], err[2048];
+    NEED_FIXTURES();
+    char err[2048];
     /* a port nobody listens on: bind one, learn it, close it */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET};
@@ -803,10 +782,9 @@ TEST(server_expert_unreachable_at_start) {
     bind(fd, (struct sockaddr *)&a, sizeof a);
     getsockname(fd, (struct sockaddr *)&a, &al);
     close(fd);
-    snprintf(args, sizeof args, "-m '%s' --expert-url http://127.0.0.1:%d --policy expert --expert-retries 1",
-             g_base, ntohs(a.sin_port));
-    proc p;
-    CHECK(spawn_serve(&p, args) != 0); /* exits instead of listening */
+    proc p; /* exits instead of listening */
+    CHECK(spawn_serve(&p, "-m '%s' --expert-url http://127.0.0.1:%d --policy expert --expert-retries 1",
+                      g_base, ntohs(a.sin_port)) != 0);
     read_text(p.log, err, sizeof err);
     CHECKF(strstr(err, "expert http://127.0.0.1:") && strstr(err, "after 2 attempts"), "stderr: %s", err);
 }
@@ -825,8 +803,8 @@ static enum MHD_Result fake_send(struct MHD_Connection *c, unsigned st, const ch
 
 static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                     const char *version, const char *up, size_t *up_size, void **cc) {
-    strbuf *b = *cc;
-    if (!b) { *cc = calloc(1, sizeof(strbuf)); return MHD_YES; }
+    duet_buf *b = *cc;
+    if (!b) { *cc = calloc(1, sizeof(duet_buf)); return MHD_YES; }
     if (*up_size) { sb_add(b, up, *up_size); *up_size = 0; return MHD_YES; }
     json_t *req = b->p ? json_loads(b->p, 0, NULL) : NULL;
     free(b->p);
@@ -971,12 +949,9 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 TEST(server_load_8x50) {
-    NEED_BIN();
-    REQUIRE(!fixtures());
+    NEED_FIXTURES();
     proc p;
-    char args[2048];
-    snprintf(args, sizeof args, "-m '%s' --expert '%s' --head '%s' -np 4 --quiet", g_base, g_exp, g_head);
-    REQUIRE(!spawn_serve(&p, args));
+    REQUIRE(!spawn_serve(&p, "-m '%s' --expert '%s' --head '%s' -np 4 --quiet", g_base, g_exp, g_head));
     enum { NC = 8, NR = 50 };
     static double lat[NC * NR];
     loader ls[NC];
