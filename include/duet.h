@@ -394,7 +394,9 @@ void duet_expert_remote_counts(const duet_expert_remote *r, long *calls, long *f
 /* An OpenAI-compatible server on libmicrohttpd: /v1/completions, /v1/chat/completions
  * (server-sent events with stream: true), /v1/models, /health, /props, /tokenize, /detokenize,
  * /metrics (Prometheus), /completion (llama.cpp protocol: next-token log-probabilities of the
- * served pair, which is what a remote-expert client asks), and a web page at /.
+ * served model -m alone, which is what a remote-expert client asks; "prompt_logprobs": true
+ * adds each prompt token's log-probability, max log-probability and entropy, the per-token
+ * numbers of a score file), and a web page at /.
  * Requests queue for one of n_slots decoding slots; forward passes of all slots take turns
  * on the models' one compute pool (token by token), HTTP calls to a remote expert do not
  * hold it. */

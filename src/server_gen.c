@@ -2,7 +2,9 @@
  * server_gen.c: the generation endpoints of duet serve: /v1/completions and
  * /v1/chat/completions (OpenAI shape, streamed as server-sent events or whole), and
  * /completion (llama.cpp's protocol: next-token log-probabilities, what a remote-expert client
- * asks). Text leaves only as valid UTF-8: token pieces that end inside a multi-byte character
+ * asks, answered by the served model alone; with "prompt_logprobs": true also every prompt
+ * token's log-probability, max log-probability and entropy, what `duet score` stores). Text
+ * leaves only as valid UTF-8: token pieces that end inside a multi-byte character
  * wait for the rest, and bytes that never form a character become U+FFFD.
  * Extensions (off unless asked): "duet_tokens": true adds each token's id, text, source and
  * p_defer; "policy", "threshold" and "on_expert_failure" ("fail" | "continue") are per request.
@@ -543,11 +545,38 @@ static json_t *token_json(duet_server *s, int32_t prev, int32_t id, double lp) {
     return o;
 }
 
+/* What `duet score` stores per token, for every prompt position after the first: the token's
+ * log-probability, the largest log-probability and the entropy (nats) of the distribution that
+ * predicts it. Evaluated from scratch in chunks so that only one chunk's logits are held;
+ * afterwards the session's timeline is the prompt, its last logits kept. */
+#define PROMPT_CHUNK 256
+static int prompt_scores(duet_server *s, duet_session *sess, const int32_t *ids, int n, json_t *out,
+                         duet_error *err) {
+    duet_session_truncate(sess, 0);
+    for (int start = 0; start < n; start += PROMPT_CHUNK) {
+        int c = DUET_MIN(PROMPT_CHUNK, n - start);
+        int rc = duet_session_eval(sess, ids + start, c, 1, err);
+        if (rc) return rc;
+        for (int i = 0; i < c && start + i + 1 < n; i++) {
+            const float *l = duet_session_logits(sess, i);
+            double mx, z, ez;
+            duet_softmax_stats(l, s->n_vocab, &mx, &z, &ez);
+            int32_t gold = ids[start + i + 1];
+            json_array_append_new(out, json_pack("{s:i, s:f, s:f, s:f}", "id", gold, "logprob",
+                                                 (double)l[gold] - mx - log(z), "max_logprob",
+                                                 -log(z), "entropy", log(z) - ez / z));
+        }
+    }
+    return DUET_OK;
+}
+
 enum MHD_Result srv_next_token(duet_server *s, struct MHD_Connection *c, conn_ctx *cx, json_t *body) {
     char msg[300];
     long long n_predict = 1, n_probs = 0;
+    int want_prompt = 0;
     if (field_int(body, "n_predict", 0, 1, &n_predict, msg, sizeof msg) ||
-        field_int(body, "n_probs", 0, s->n_vocab, &n_probs, msg, sizeof msg))
+        field_int(body, "n_probs", 0, s->n_vocab, &n_probs, msg, sizeof msg) ||
+        field_bool(body, "prompt_logprobs", &want_prompt, msg, sizeof msg))
         return srv_send_error(c, cx, 400, "%s (duet serve's /completion answers next-token "
                               "probabilities; generate with /v1/completions)", msg);
     json_t *pr = json_object_get(body, "prompt");
@@ -570,8 +599,11 @@ enum MHD_Result srv_next_token(duet_server *s, struct MHD_Connection *c, conn_ct
     int V = s->n_vocab;
     int32_t *order = malloc((size_t)V * sizeof *order);
     float *lp = malloc((size_t)V * sizeof *lp);
+    json_t *prompt_probs = want_prompt ? json_array() : NULL;
     pthread_mutex_lock(&s->compute);
-    int rc = order && lp ? duet_session_sync(sl->sess, ids, n, &err) : duet_fail(&err, DUET_ERR_NOMEM, "out of memory");
+    int rc = !order || !lp ? duet_fail(&err, DUET_ERR_NOMEM, "out of memory")
+             : want_prompt ? prompt_scores(s, sl->sess, ids, n, prompt_probs, &err)
+             : duet_session_sync(sl->sess, ids, n, &err);
     if (!rc) {
         const float *l = duet_session_logits(sl->sess, -1);
         double mx, z;
@@ -602,8 +634,10 @@ enum MHD_Result srv_next_token(duet_server *s, struct MHD_Connection *c, conn_ct
         } else {
             json_decref(first);
         }
+        if (prompt_probs) json_object_set(js, "prompt_probabilities", prompt_probs);
         ok = srv_send_json(c, cx, 200, js);
     }
+    json_decref(prompt_probs);
     free(ids);
     free(order);
     free(lp);

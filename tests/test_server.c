@@ -1030,3 +1030,37 @@ TEST(server_readme_curl_examples) {
     }
     CHECK_EQ_INT(n_run, 6);
 }
+
+/* ---- prompt log-probabilities (what duet score needs from a remote expert) ----------------- */
+TEST(server_prompt_logprobs_match_text_score) {
+    int port = local_port();
+    NEED_SERVER(port);
+    static const char text[] = "Once upon a time there was a little cat who liked the sun.";
+    resp r = http(port, "/completion", "{\"prompt\": \"Once upon a time there was a little cat who liked "
+                  "the sun.\", \"n_predict\": 0, \"prompt_logprobs\": true}", NULL);
+    CHECK_EQ_INT(r.status, 200);
+    json_t *pp = json_object_get(r.js, "prompt_probabilities");
+    /* the oracle: the library's text scorer on the same model (BOS + text in one window) */
+    duet_model *b = fixture_load(g_base);
+    REQUIRE(b);
+    duet_session *ss = NULL;
+    REQUIRE(!duet_session_new(b, NULL, &ss, NULL));
+    duet_text_nll nll;
+    REQUIRE(!duet_text_score(ss, text, sizeof text - 1, &nll, NULL, NULL, NULL));
+    CHECK_EQ_INT(json_array_size(pp), nll.n_tokens);
+    double sum = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(pp, i, e) {
+        double lp = json_real_value(json_object_get(e, "logprob"));
+        double mx = json_real_value(json_object_get(e, "max_logprob"));
+        double h = json_real_value(json_object_get(e, "entropy"));
+        sum -= lp;
+        CHECK(lp <= mx + 1e-9 && mx <= 0 && h >= -1e-9 && h <= log(600) + 1e-9);
+    }
+    CHECK_NEAR(sum, nll.nll, 1e-6 * nll.nll + 1e-6);
+    duet_session_free(ss);
+    duet_model_free(b);
+    resp_free(&r);
+    CHECK_ERR(port, "/completion", "{\"prompt\": [1, 2], \"prompt_logprobs\": 1}", 400, "'prompt_logprobs'");
+}
