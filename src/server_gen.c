@@ -37,6 +37,7 @@ static int utf8_len(const unsigned char *s, size_t n) {
 
 size_t srv_utf8_append(duet_buf *b, const char *s, size_t n, int hold) {
     size_t i = 0;
+    if (!b->p) duet_buf_add(b, "", 0); /* callers read b->p as a string even when empty */
     while (i < n) {
         int len = utf8_len((const unsigned char *)s + i, n - i);
         if (len < 0 && hold) return n - i;
@@ -44,7 +45,6 @@ size_t srv_utf8_append(duet_buf *b, const char *s, size_t n, int hold) {
         duet_buf_add(b, s + i, (size_t)len);
         i += (size_t)len;
     }
-    if (!b->p) duet_buf_add(b, "", 0);
     return 0;
 }
 
@@ -448,6 +448,7 @@ enum MHD_Result srv_completions(duet_server *s, struct MHD_Connection *c, conn_c
     g->chat = chat;
     g->tokens = json_array();
     g->failed = json_array();
+    duet_buf_add(&g->text, "", 0); /* text.p is never NULL: stop scans and JSON read it */
     g->created = (long)time(NULL);
     snprintf(g->id, sizeof g->id, "%s-%ld", chat ? "chatcmpl" : "cmpl", atomic_fetch_add(&s->next_id, 1));
     if (parse_request(s, body, chat, &g->r, msg, sizeof msg)) {

@@ -75,9 +75,11 @@ static int spawn_serve(proc *p, const char *fmt, ...) {
     return -1;
 }
 
-static int alive(const proc *p) {
+/* Still running? A process found dead is reaped (pid 0: stop_serve then reports -1). */
+static int alive(proc *p) {
     int st;
-    return p->pid > 0 && waitpid(p->pid, &st, WNOHANG) == 0;
+    if (p->pid > 0 && waitpid(p->pid, &st, WNOHANG) == p->pid) p->pid = 0;
+    return p->pid > 0;
 }
 
 /* SIGTERM and wait; the exit status (0 = clean, which under ASan also means no leak). */
