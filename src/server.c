@@ -66,7 +66,35 @@ enum MHD_Result srv_send_error(struct MHD_Connection *c, conn_ctx *cx, unsigned 
 }
 
 /* ---- slots ------------------------------------------------------------------------------- */
-slot *srv_slot_acquire(duet_server *s) {
+int srv_slot_prefix(const slot *sl, const int32_t *ids, int n, int collab, int *have_out) {
+    int have = 0;
+    const int32_t *t = NULL;
+    if (collab && sl->co) t = duet_collab_tokens(sl->co, &have);
+    if (!collab) { t = duet_session_tokens(sl->sess); have = duet_session_n_past(sl->sess); }
+    int k = 0;
+    while (k < have && k < n && t[k] == ids[k]) k++;
+    *have_out = have;
+    return k;
+}
+
+/* A free slot: the one whose timeline shares the longest prefix with ids when that prefix is
+ * at least half of the timeline (a continuation: an expert server asked token by token finds
+ * its KV cache every time), else the least recently used one, so an unrelated request does
+ * not evict a conversation that is still going (llama.cpp's server picks alike). */
+static slot *pick_free(duet_server *s, const int32_t *ids, int n, int collab) {
+    slot *best = NULL, *lru = NULL;
+    int best_k = 0;
+    for (int i = 0; i < s->p.n_slots; i++) {
+        slot *sl = &s->slots[i];
+        if (sl->busy) continue;
+        int have = 0, k = ids ? srv_slot_prefix(sl, ids, n, collab, &have) : 0;
+        if (k > best_k && 2 * k >= have) { best = sl; best_k = k; }
+        if (!lru || sl->last_used < lru->last_used) lru = sl;
+    }
+    return best ? best : lru;
+}
+
+slot *srv_slot_acquire(duet_server *s, const int32_t *ids, int n, int collab) {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
     until.tv_sec += s->p.queue_timeout_s;
@@ -74,14 +102,16 @@ slot *srv_slot_acquire(duet_server *s) {
     s->n_waiting++;
     slot *got = NULL;
     for (;;) {
-        for (int i = 0; i < s->p.n_slots && !got; i++)
-            if (!s->slots[i].busy) got = &s->slots[i];
-        if (got || pthread_cond_timedwait(&s->cv, &s->mu, &until) == ETIMEDOUT) break;
+        if ((got = pick_free(s, ids, n, collab))) break;
+        if (pthread_cond_timedwait(&s->cv, &s->mu, &until) == ETIMEDOUT) {
+            got = pick_free(s, ids, n, collab); /* one last look */
+            break;
+        }
     }
-    if (!got) /* one last look after the timeout */
-        for (int i = 0; i < s->p.n_slots && !got; i++)
-            if (!s->slots[i].busy) got = &s->slots[i];
-    if (got) got->busy = 1;
+    if (got) {
+        got->busy = 1;
+        got->last_used = ++s->use_clock;
+    }
     s->n_waiting--;
     pthread_mutex_unlock(&s->mu);
     return got;

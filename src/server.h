@@ -16,6 +16,7 @@
  * session for /completion, and its own remote-expert connection. */
 typedef struct slot {
     int busy;
+    long last_used;            /* use_clock when last acquired */
     duet_collab *co;
     duet_collab_params cp;     /* the settings co was made with */
     duet_session *sess;        /* /completion (next-token probabilities) */
@@ -41,6 +42,7 @@ struct duet_server {
     pthread_cond_t cv;
     pthread_mutex_t compute;   /* one forward pass at a time on the shared pool */
     int n_waiting;
+    long use_clock;
     atomic_long next_id;
     /* metrics (under mu) */
     long m_requests, m_errors, m_prompt_tokens, m_gen_tokens, m_deferred, m_expert_calls;
@@ -63,9 +65,13 @@ extern const double k_lat_bounds[N_LAT_BUCKETS];
 enum MHD_Result srv_send_json(struct MHD_Connection *c, conn_ctx *cx, unsigned status, json_t *js);
 enum MHD_Result srv_send_error(struct MHD_Connection *c, conn_ctx *cx, unsigned status,
                                const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-/* Wait for a free slot (NULL after queue_timeout_s) / give it back. */
-slot *srv_slot_acquire(duet_server *s);
+/* Wait for a free slot (NULL after queue_timeout_s), preferring the one whose decoder
+ * (collab = 1) or plain session (0) already holds the longest prefix of ids / give it back. */
+slot *srv_slot_acquire(duet_server *s, const int32_t *ids, int n, int collab);
 void srv_slot_release(duet_server *s, slot *sl);
+/* Tokens at the start of the slot's timeline (decoder or session) that equal ids[0..n): what
+ * its KV cache can reuse; *have gets the timeline's length. */
+int srv_slot_prefix(const slot *sl, const int32_t *ids, int n, int collab, int *have);
 /* Add one finished generation to the metrics. */
 void srv_count_generation(duet_server *s, int n_prompt, const duet_collab_stats *st);
 

@@ -483,7 +483,7 @@ enum MHD_Result srv_completions(duet_server *s, struct MHD_Connection *c, conn_c
         return srv_send_error(c, cx, 400, "%s", msg);
     }
     g->n_prompt = n;
-    if (!(g->sl = srv_slot_acquire(s))) {
+    if (!(g->sl = srv_slot_acquire(s, ids, n, 1))) {
         free(ids);
         gen_free(g);
         return srv_send_error(c, cx, 503, "all %d slots stayed busy for %d s; try again later",
@@ -591,7 +591,7 @@ enum MHD_Result srv_next_token(duet_server *s, struct MHD_Connection *c, conn_ct
         free(ids);
         return srv_send_error(c, cx, 400, "%s", msg);
     }
-    slot *sl = srv_slot_acquire(s);
+    slot *sl = srv_slot_acquire(s, ids, n, 0);
     if (!sl) {
         free(ids);
         return srv_send_error(c, cx, 503, "all slots stayed busy for %d s", s->p.queue_timeout_s);
@@ -601,6 +601,8 @@ enum MHD_Result srv_next_token(duet_server *s, struct MHD_Connection *c, conn_ct
     int32_t *order = malloc((size_t)V * sizeof *order);
     float *lp = malloc((size_t)V * sizeof *lp);
     json_t *prompt_probs = want_prompt ? json_array() : NULL;
+    int have; /* tokens_cached, as llama.cpp reports: prompt tokens the KV cache already held */
+    int cached = want_prompt ? 0 : srv_slot_prefix(sl, ids, n, 0, &have);
     pthread_mutex_lock(&s->compute);
     int rc = !order || !lp ? duet_fail(&err, DUET_ERR_NOMEM, "out of memory")
              : want_prompt ? prompt_scores(s, sl->sess, ids, n, prompt_probs, &err)
@@ -626,8 +628,9 @@ enum MHD_Result srv_next_token(duet_server *s, struct MHD_Connection *c, conn_ct
             json_array_append_new(top, token_json(s, prev, order[k], lp[order[k]]));
         json_t *first = token_json(s, prev, best, lp[best]);
         json_object_set_new(first, "top_logprobs", top);
-        json_t *js = json_pack("{s:s, s:s, s:b, s:s, s:i}", "model", s->model_name, "content",
-                               "", "stop", 1, "stop_type", "limit", "tokens_evaluated", n);
+        json_t *js = json_pack("{s:s, s:s, s:b, s:s, s:i, s:i}", "model", s->model_name, "content",
+                               "", "stop", 1, "stop_type", "limit", "tokens_evaluated", n,
+                               "tokens_cached", cached);
         if (n_predict) {
             json_object_set(js, "content", json_object_get(first, "token"));
             json_object_set_new(js, "tokens", json_pack("[i]", best));

@@ -1066,3 +1066,25 @@ TEST(server_prompt_logprobs_match_text_score) {
     resp_free(&r);
     CHECK_ERR(port, "/completion", "{\"prompt\": [1, 2], \"prompt_logprobs\": 1}", 400, "'prompt_logprobs'");
 }
+
+/* ---- slots keep their conversations ------------------------------------------------------ */
+static long cached_tokens(int port, int first, int n, int extra) {
+    char body[1024];
+    int len = snprintf(body, sizeof body, "{\"prompt\": [1");
+    for (int i = 0; i < n; i++) len += snprintf(body + len, sizeof body - (size_t)len, ", %d", first + i);
+    if (extra) len += snprintf(body + len, sizeof body - (size_t)len, ", %d", extra);
+    snprintf(body + len, sizeof body - (size_t)len, "], \"n_probs\": 2}");
+    resp r = http(port, "/completion", body, NULL);
+    long c = r.status == 200 ? (long)json_integer_value(json_object_get(r.js, "tokens_cached")) : -1;
+    resp_free(&r);
+    return c;
+}
+
+TEST(server_slot_affinity) {
+    int port = expert_port(); /* 2 slots */
+    NEED_SERVER(port);
+    CHECK(cached_tokens(port, 10, 20, 0) >= 0);   /* conversation A: 21 tokens */
+    CHECK(cached_tokens(port, 300, 20, 0) >= 0);  /* B, unrelated: must not evict A */
+    CHECK_EQ_INT(cached_tokens(port, 10, 20, 40), 21); /* A goes on: its whole prefix cached */
+    CHECK_EQ_INT(cached_tokens(port, 300, 20, 41), 21);
+}
