@@ -354,6 +354,7 @@ TEST(server_bad_fields) {
         {"\"threshold\": 1.5", "'threshold' must be a number in [0, 1]"},
         {"\"threshold\": -0.1", "'threshold'"},
         {"\"policy\": \"oracle\"", "'policy' must be one of"},
+        {"\"policy\": \"proxy\"", "policy proxy needs a third (anti-expert) model"},
         {"\"on_expert_failure\": \"retry\"", "'on_expert_failure'"},
         {"\"n\": 3", "'n'"},
         {"\"stream\": 1", "'stream' must be true or false"},
