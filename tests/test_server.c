@@ -1089,3 +1089,75 @@ TEST(server_slot_affinity) {
     CHECK_EQ_INT(cached_tokens(port, 10, 20, 40), 21); /* A goes on: its whole prefix cached */
     CHECK_EQ_INT(cached_tokens(port, 300, 20, 41), 21);
 }
+
+/* ---- the collab decoder's expert interface, without HTTP ---------------------------------- */
+typedef struct sess_backend { duet_session *s; int calls, fail_at; } sess_backend;
+static int sess_next(void *ctx, const int32_t *t, int n, float *out, duet_error *err) {
+    sess_backend *b = ctx;
+    if (++b->calls == b->fail_at) return duet_fail(err, DUET_ERR_IO, "expert down (test)");
+    int rc = duet_session_sync(b->s, t, n, err);
+    if (rc) return rc;
+    int V = duet_model_hparams(duet_session_model(b->s))->n_vocab;
+    memcpy(out, duet_session_logits(b->s, -1), (size_t)V * sizeof *out);
+    return DUET_OK;
+}
+
+TEST(collab_expert_backend_matches_local_and_falls_back) {
+    REQUIRE(!fixtures());
+    duet_model *b = fixture_load(g_base), *e = fixture_load(g_exp);
+    REQUIRE(b && e);
+    duet_head *h = fixture_random_head(b, 5, 2.0f);
+    int32_t prompt[3] = {1, 40, 90};
+    duet_collab_params cp = {.policy = DUET_POLICY_COLLM, .threshold = 0.5f};
+    cp.sampling = (duet_sampler_params){.temp = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 9};
+    duet_collab *local = NULL, *viab = NULL;
+    sess_backend sb = {0};
+    REQUIRE(!duet_session_new(e, NULL, &sb.s, NULL));
+    duet_expert_backend be = {.ctx = &sb, .next_logits = sess_next};
+    REQUIRE(!duet_collab_new(b, e, NULL, h, &cp, &local, NULL));
+    duet_collab_params cp2 = cp;
+    cp2.expert_backend = &be;
+    REQUIRE(!duet_collab_new(b, NULL, NULL, h, &cp2, &viab, NULL));
+    /* the same sampled tokens and sources through the interface as with the local expert */
+    REQUIRE(!duet_collab_start(local, prompt, 3, NULL) && !duet_collab_start(viab, prompt, 3, NULL));
+    int deferred = 0;
+    for (int i = 0; i < 40; i++) {
+        duet_collab_token x, y;
+        int r1 = duet_collab_step(local, &x, NULL), r2 = duet_collab_step(viab, &y, NULL);
+        CHECK_EQ_INT(r1, r2);
+        CHECK_EQ_INT(x.id, y.id);
+        CHECK_EQ_INT(x.source, y.source);
+        deferred += x.deferred;
+        if (r1) break;
+    }
+    CHECK(deferred > 0);
+    CHECK_EQ_INT(duet_collab_get_stats(viab)->expert_calls, sb.calls);
+    /* a failing expert: the step fails, or with expert_fallback the base writes the token */
+    duet_collab_free(viab);
+    cp2.policy = DUET_POLICY_EXPERT;
+    cp2.sampling.temp = 0; /* greedy: the base's fallback token is its argmax */
+    sb.calls = 0;
+    sb.fail_at = 2;
+    REQUIRE(!duet_collab_new(b, NULL, NULL, h, &cp2, &viab, NULL));
+    REQUIRE(!duet_collab_start(viab, prompt, 3, NULL));
+    duet_collab_token t;
+    duet_error err = {0};
+    CHECK_EQ_INT(duet_collab_step(viab, &t, &err), 0);
+    CHECK(duet_collab_step(viab, &t, &err) == DUET_ERR_IO && strstr(err.msg, "expert down"));
+    duet_collab_free(viab);
+    cp2.expert_fallback = 1;
+    sb.calls = 0;
+    REQUIRE(!duet_collab_new(b, NULL, NULL, h, &cp2, &viab, NULL));
+    REQUIRE(!duet_collab_start(viab, prompt, 3, NULL));
+    CHECK_EQ_INT(duet_collab_step(viab, &t, NULL), 0);
+    CHECK(!t.expert_failed && t.source == DUET_SRC_EXPERT);
+    CHECK_EQ_INT(duet_collab_step(viab, &t, NULL), 0);
+    CHECK(t.expert_failed && t.source == DUET_SRC_BASE && t.id == t.base_top);
+    CHECK_EQ_INT(duet_collab_get_stats(viab)->expert_failures, 1);
+    duet_collab_free(viab);
+    duet_collab_free(local);
+    duet_session_free(sb.s);
+    duet_head_free(h);
+    duet_model_free(e);
+    duet_model_free(b);
+}
