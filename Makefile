@@ -70,9 +70,10 @@ test-long: deps deps-long all
 
 # Only test-long needs a browser: Debian's chromium and playwright-core from npm
 # (version pinned in tests/browser/package.json, installed under tests/browser/node_modules).
-LONG_PKGS := chromium nodejs npm
+# (node and npm from Debian unless some other node install is already on the PATH)
 deps-long:
-	@tools/deps.sh $(LONG_PKGS)
+	@tools/deps.sh chromium
+	@command -v npm >/dev/null || tools/deps.sh nodejs npm
 	@[ -d tests/browser/node_modules/playwright-core ] || \
 	    (cd tests/browser && npm install --no-audit --no-fund --silent)
 

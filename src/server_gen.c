@@ -161,6 +161,25 @@ typedef struct gen_req {
     char stop[MAX_STOP + 1][MAX_STOP_LEN + 1]; /* + the chat format's end of turn */
 } gen_req;
 
+/* OpenAI fields duet does not implement: refused when they would change the answer, so that
+ * no client gets silently different behaviour; absent, null, false, empty and the neutral
+ * number (or response_format {"type": "text"}) are accepted. */
+static const struct { const char *key; double neutral; } k_unsupported[] = {
+    {"echo", 0}, {"best_of", 1}, {"presence_penalty", 0}, {"frequency_penalty", 0},
+    {"logit_bias", 0}, {"suffix", 0}, {"tools", 0}, {"functions", 0}, {"response_format", 0},
+};
+
+static int is_default(json_t *v, double neutral) {
+    if (!v || json_is_null(v) || json_is_false(v)) return 1;
+    if (json_is_number(v)) return json_number_value(v) == neutral;
+    if (json_is_array(v)) return !json_array_size(v);
+    if (json_is_object(v)) {
+        const char *type = json_string_value(json_object_get(v, "type"));
+        return !json_object_size(v) || (json_object_size(v) == 1 && type && !strcmp(type, "text"));
+    }
+    return 0;
+}
+
 static int parse_request(duet_server *s, json_t *b, int chat, gen_req *r, char *msg, size_t cap) {
     memset(r, 0, sizeof *r);
     r->cp = s->p.defaults;
@@ -192,6 +211,9 @@ static int parse_request(duet_server *s, json_t *b, int chat, gen_req *r, char *
         if (logprobs) return snprintf(msg, cap, "'logprobs' is not supported by duet serve's "
                                       "completions endpoint (ask /completion with n_probs)"), -1;
     }
+    for (size_t i = 0; i < sizeof k_unsupported / sizeof *k_unsupported; i++)
+        if (!is_default(json_object_get(b, k_unsupported[i].key), k_unsupported[i].neutral))
+            return snprintf(msg, cap, "'%s' is not supported by duet serve", k_unsupported[i].key), -1;
     json_t *pol = json_object_get(b, "policy");
     if (pol && !json_is_null(pol)) {
         int pi = json_is_string(pol) ? duet_policy_from_name(json_string_value(pol)) : -1;

@@ -358,6 +358,10 @@ TEST(server_bad_fields) {
         {"\"on_expert_failure\": \"retry\"", "'on_expert_failure'"},
         {"\"n\": 3", "'n'"},
         {"\"stream\": 1", "'stream' must be true or false"},
+        {"\"echo\": true", "'echo' is not supported"},
+        {"\"presence_penalty\": 0.5", "'presence_penalty' is not supported"},
+        {"\"logit_bias\": {\"5\": 10}", "'logit_bias' is not supported"},
+        {"\"best_of\": 3", "'best_of' is not supported"},
         {"\"stop\": [\"a\", \"b\", \"c\", \"d\", \"e\"]", "'stop'"},
     };
     for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
@@ -371,7 +375,9 @@ TEST(server_bad_fields) {
     CHECK_ERR(port, "/completion", "{\"prompt\": [1], \"n_probs\": 601}", 400, "'n_probs'");
     /* the boundaries themselves are accepted */
     resp r = http(port, "/v1/completions", "{\"prompt\": \"Hi\", \"max_tokens\": 0, \"temperature\": 0, "
-                  "\"top_p\": 1, \"top_k\": 0, \"seed\": 0, \"threshold\": 1}", NULL);
+                  "\"top_p\": 1, \"top_k\": 0, \"seed\": 0, \"threshold\": 1, \"echo\": false, "
+                  "\"presence_penalty\": 0, \"frequency_penalty\": 0.0, \"logit_bias\": {}, \"best_of\": 1, "
+                  "\"user\": \"x\", \"response_format\": {\"type\": \"text\"}}", NULL);
     CHECK_EQ_INT(r.status, 200);
     resp_free(&r);
     STAYS_UP(&g_local, port);
