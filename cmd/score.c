@@ -22,6 +22,10 @@ static void usage(FILE *f) {
             "                        re-running the same command resumes an interrupted run)\n"
             "  --tokenizer-of BASE   tokenise with BASE's tokenizer and map ids through the\n"
             "                        vocabulary bridge (score the expert on the base's tokens)\n"
+            "  --url URL             score with a remote duet serve (its prompt log-probabilities)\n"
+            "                        instead of -m; needs --tokenizer-of BASE, whose vocabulary the\n"
+            "                        server must share; no hidden states are stored\n"
+            "  --api-key KEY         API key of the --url server\n"
             "  -c, --ctx-size N      context per sequence (default min(training context, 4096));\n"
             "                        longer examples are cut, with a count\n"
             "  --format F            auto (default), jsonl or text\n"
@@ -60,6 +64,8 @@ static int on_progress(void *ud, const dsf_progress *p) {
 
 int cmd_score(int argc, char **argv) {
     const char *model_path = NULL, *data_path = NULL, *out = NULL, *tok_of = NULL;
+    duet_expert_remote_params rp = {0};
+    duet_expert_remote *remote = NULL;
     int n_ctx = 0, n_threads = 0, quiet = 0;
     ds_params dp = {0};
     dsf_score_params sp = {0};
@@ -71,6 +77,8 @@ int cmd_score(int argc, char **argv) {
         else if (!strcmp(a, "-d") || !strcmp(a, "--data")) { VAL(); data_path = v; }
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { VAL(); out = v; }
         else if (!strcmp(a, "--tokenizer-of")) { VAL(); tok_of = v; }
+        else if (!strcmp(a, "--url")) { VAL(); rp.url = v; }
+        else if (!strcmp(a, "--api-key")) { VAL(); rp.api_key = v; }
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
             VAL(); if (!arg_int("score", a, v, 2, 1 << 20, &n_ctx)) return 2;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
@@ -95,8 +103,12 @@ int cmd_score(int argc, char **argv) {
         }
 #undef VAL
     }
-    if (!model_path || !data_path || !out) {
-        fprintf(stderr, "duet score: -m MODEL, -d DATA and -o SCORES are required\n");
+    if (rp.url && (model_path || !tok_of)) {
+        fprintf(stderr, "duet score: --url scores with the server: give --tokenizer-of BASE, not -m\n");
+        return 2;
+    }
+    if ((!model_path && !rp.url) || !data_path || !out) {
+        fprintf(stderr, "duet score: -m MODEL (or --url URL), -d DATA and -o SCORES are required\n");
         usage(stderr);
         return 2;
     }
@@ -109,7 +121,13 @@ int cmd_score(int argc, char **argv) {
     if (ds.n_bad)
         fprintf(stderr, "duet score: warning: skipped %d bad example%s in %s (the first: %s)\n",
                 ds.n_bad, ds.n_bad > 1 ? "s" : "", data_path, ds.first_bad);
-    if ((st = duet_model_load(model_path, &mp, &m, &err))) goto fail;
+    if (rp.url) { /* the server scores; the base's vocabulary numbers the tokens */
+        duet_model_params bp = {.vocab_only = 1};
+        if ((st = duet_model_load(tok_of, &bp, &m, &err)) ||
+            (st = duet_expert_remote_new(m, &rp, &remote, &err)))
+            goto fail;
+        tok_of = NULL;
+    } else if ((st = duet_model_load(model_path, &mp, &m, &err))) goto fail;
     if (tok_of) {
         duet_model_params bp = {.vocab_only = 1};
         if ((st = duet_model_load(tok_of, &bp, &base, &err))) goto fail;
@@ -117,6 +135,7 @@ int cmd_score(int argc, char **argv) {
     prog pg = {.show = !quiet && isatty(2), .last = 0};
     sp.n_ctx = n_ctx;
     sp.ids_model = base;
+    sp.remote = remote;
     sp.progress = on_progress;
     sp.ud = &pg;
     g_stop = 0;
@@ -143,7 +162,8 @@ int cmd_score(int argc, char **argv) {
     if (!quiet)
         fprintf(stderr, "duet score: wrote %s: %d sequences, %lld response tokens from %d examples "
                         "(%s%s) in %.1fs%s\n", out, ss.n_seq, (long long)ss.n_tok, ss.n_examples,
-                duet_model_hparams(m)->name, base ? ", base tokenizer" : "", ss.seconds,
+                remote ? duet_expert_remote_name(remote) : duet_model_hparams(m)->name,
+                base || remote ? ", base tokenizer" : "", ss.seconds,
                 ss.n_resumed_seq ? " (resumed)" : "");
     rc = 0;
     goto done;
@@ -151,6 +171,7 @@ fail:
     fprintf(stderr, "duet score: %s\n", err.msg);
 done:
     ds_free(&ds);
+    duet_expert_remote_free(remote);
     duet_model_free(base);
     duet_model_free(m);
     return rc;

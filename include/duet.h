@@ -389,6 +389,15 @@ void duet_expert_remote_free(duet_expert_remote *r);
 const duet_expert_backend *duet_expert_remote_backend(duet_expert_remote *r);
 /* Calls made and HTTP attempts that failed (retries included), for metrics. */
 void duet_expert_remote_counts(const duet_expert_remote *r, long *calls, long *failed_attempts);
+/* Teacher-forced scores of tokens[1..n) (base ids) from the server's prompt log-probabilities
+ * ("prompt_logprobs" of duet serve's /completion; llama.cpp and OpenAI servers do not give
+ * the entropy: DUET_ERR_UNSUPPORTED): for token i, lp[i-1] = log P(token i | prefix),
+ * maxlp[i-1] = the largest log-probability and entropy[i-1] (nats) of that distribution,
+ * exactly what `duet score` stores. */
+int duet_expert_remote_prompt_scores(duet_expert_remote *r, const int32_t *tokens, int n,
+                                     float *lp, float *maxlp, float *entropy, duet_error *err);
+/* The served model's name as the server reports it (/props "model"), else the URL. */
+const char *duet_expert_remote_name(const duet_expert_remote *r);
 
 /* ---- HTTP server (duet serve) ------------------------------------------------------------ */
 /* An OpenAI-compatible server on libmicrohttpd: /v1/completions, /v1/chat/completions

@@ -21,7 +21,7 @@ struct duet_expert_remote {
     duet_expert_backend be;
     const duet_model *base;
     int n_vocab, openai, top_k, retries, backoff_ms, timeout_ms;
-    char url[512], model[256], auth[600];
+    char url[512], model[256], auth[600], name[128];
     CURL *curl;
     long calls, failed_attempts;
 };
@@ -206,6 +206,8 @@ static int check_tokenizer(duet_expert_remote *r, duet_error *err) {
     if (r->openai) return DUET_OK;
     if (http_json(r, "/props", NULL, &js, NULL)) return DUET_OK; /* optional endpoint */
     const char *h = json_string_value(json_object_get(js, "duet_vocab_hash"));
+    const char *served = json_string_value(json_object_get(js, "model"));
+    if (served) snprintf(r->name, sizeof r->name, "%s", served);
     char mine[32];
     snprintf(mine, sizeof mine, "%016llx", (unsigned long long)duet_model_vocab_hash(r->base));
     if (h && strcmp(h, mine)) rc = duet_fail(err, DUET_ERR_UNSUPPORTED, "expert %s: vocabulary "
@@ -244,6 +246,7 @@ int duet_expert_remote_new(const duet_model *base, const duet_expert_remote_para
     r->timeout_ms = p.timeout_ms > 0 ? p.timeout_ms : 30000;
     snprintf(r->url, sizeof r->url, "%s", p.url);
     for (size_t n = strlen(r->url); n && r->url[n - 1] == '/'; n--) r->url[n - 1] = 0;
+    snprintf(r->name, sizeof r->name, "%s", r->url);
     if (p.model) snprintf(r->model, sizeof r->model, "%s", p.model);
     if (p.api_key) snprintf(r->auth, sizeof r->auth, "Authorization: Bearer %s", p.api_key);
     r->be.ctx = r;
@@ -269,4 +272,44 @@ const duet_expert_backend *duet_expert_remote_backend(duet_expert_remote *r) { r
 void duet_expert_remote_counts(const duet_expert_remote *r, long *calls, long *failed_attempts) {
     if (calls) *calls = r->calls;
     if (failed_attempts) *failed_attempts = r->failed_attempts;
+}
+
+const char *duet_expert_remote_name(const duet_expert_remote *r) { return r->name; }
+
+int duet_expert_remote_prompt_scores(duet_expert_remote *r, const int32_t *tokens, int n,
+                                     float *lp, float *maxlp, float *entropy, duet_error *err) {
+    if (r->openai)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED, "expert %s: prompt scores (with entropy) "
+                         "need a duet serve (--expert-api llama)", r->url);
+    json_t *ids = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(ids, json_integer(tokens[i]));
+    json_t *req = json_pack("{s:o, s:i, s:b}", "prompt", ids, "n_predict", 0, "prompt_logprobs", 1);
+    char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    if (!body) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    json_t *js = NULL;
+    r->calls++;
+    int rc = http_json(r, "/completion", body, &js, err);
+    free(body);
+    if (rc) return rc;
+    json_t *pp = json_object_get(js, "prompt_probabilities");
+    if (!json_is_array(pp) || (int)json_array_size(pp) != n - 1)
+        rc = duet_fail(err, DUET_ERR_FORMAT, "expert %s: response has no prompt_probabilities "
+                       "for %d tokens (is it a duet serve?)", r->url, n - 1);
+    for (int i = 0; !rc && i < n - 1; i++) {
+        json_t *e = json_array_get(pp, (size_t)i);
+        json_t *a = json_object_get(e, "logprob"), *b = json_object_get(e, "max_logprob"),
+               *c = json_object_get(e, "entropy"), *id = json_object_get(e, "id");
+        if (!json_is_number(a) || !json_is_number(b) || !json_is_number(c) ||
+            json_integer_value(id) != tokens[i + 1])
+            rc = duet_fail(err, DUET_ERR_FORMAT, "expert %s: prompt_probabilities[%d] is not "
+                           "{id %d, logprob, max_logprob, entropy}", r->url, i, tokens[i + 1]);
+        else {
+            lp[i] = (float)json_number_value(a);
+            maxlp[i] = (float)json_number_value(b);
+            entropy[i] = (float)json_number_value(c);
+        }
+    }
+    json_decref(js);
+    return rc;
 }

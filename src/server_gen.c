@@ -606,10 +606,11 @@ enum MHD_Result srv_next_token(duet_server *s, struct MHD_Connection *c, conn_ct
     if (!pr) return srv_send_error(c, cx, 400, "'prompt' is required");
     int32_t *ids = NULL;
     int n = srv_prompt_ids(s, pr, 1, 0, &ids, msg, sizeof msg);
+    int fits = n_predict ? n < s->n_ctx : n <= s->n_ctx; /* scoring only may fill the context */
     if (n == 0) snprintf(msg, sizeof msg, "the prompt is empty");
-    if (n >= s->n_ctx)
+    if (n > 0 && !fits)
         snprintf(msg, sizeof msg, "the prompt has %d tokens and the context holds %d", n, s->n_ctx);
-    if (n <= 0 || n >= s->n_ctx) {
+    if (n <= 0 || !fits) {
         free(ids);
         return srv_send_error(c, cx, 400, "%s", msg);
     }

@@ -1167,3 +1167,51 @@ TEST(collab_expert_backend_matches_local_and_falls_back) {
     duet_model_free(e);
     duet_model_free(b);
 }
+
+/* ---- duet score against a remote expert ------------------------------------------------------ */
+#include "../src/train/scores.h"
+
+TEST(server_score_remote_equals_local) {
+    int port = expert_port();
+    NEED_SERVER(port);
+    const char *data = test_path(test_tmpdir(), "srv-score.jsonl");
+    FILE *f = fopen(data, "w");
+    REQUIRE(f);
+    fputs("{\"prompt\": \"What is 2+2?\", \"response\": \"It is 4, of course.\"}\n"
+          "{\"prompt\": \"Name a colour.\", \"response\": \"Blue, like the sky.\"}\n"
+          "{\"question\": \"Once upon a time\", \"answer\": \"there was a cat who sat.\"}\n", f);
+    fclose(f);
+    char cmd[4096], local[600], remote[600];
+    snprintf(local, sizeof local, "%s/srv-local.scores", test_tmpdir());
+    snprintf(remote, sizeof remote, "%s/srv-remote.scores", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s score -m '%s' --tokenizer-of '%s' -d '%s' -o '%s' --no-hidden --quiet -t 1",
+             duet_bin(), g_exp, g_base, data, local);
+    REQUIRE(system(cmd) == 0);
+    snprintf(cmd, sizeof cmd, "%s score --url http://127.0.0.1:%d --tokenizer-of '%s' -d '%s' -o '%s' --quiet",
+             duet_bin(), port, g_base, data, remote);
+    REQUIRE(system(cmd) == 0);
+    dsf_file *a = NULL, *b = NULL;
+    duet_error err = {0};
+    REQUIRE(!dsf_open(local, &a, &err) && !dsf_open(remote, &b, &err));
+    const dsf_header *ha = dsf_hdr(a), *hb = dsf_hdr(b);
+    CHECK_EQ_INT(ha->n_seq, hb->n_seq);
+    CHECK_EQ_INT(ha->n_tok, hb->n_tok);
+    CHECK(ha->n_tok > 10);
+    CHECK(ha->ids_vocab_hash == hb->ids_vocab_hash);
+    CHECK_STR(hb->model_name, ha->model_name); /* the server reports the expert's name */
+    for (uint64_t i = 0; i < ha->n_seq && i < hb->n_seq; i++) {
+        const dsf_tok *x = dsf_seq_toks(a, i), *y = dsf_seq_toks(b, i);
+        for (uint32_t t = 0; t < dsf_seqs(a)[i].n_tok; t++) {
+            CHECK_EQ_INT(x[t].gold, y[t].gold);
+            CHECK_NEAR(x[t].lp, y[t].lp, 1e-6);
+            CHECK_NEAR(x[t].maxlp, y[t].maxlp, 1e-6);
+            CHECK_NEAR(x[t].entropy, y[t].entropy, 1e-6);
+        }
+    }
+    dsf_close(a);
+    dsf_close(b);
+    /* --url scores with the server: a local -m with it is a usage error */
+    snprintf(cmd, sizeof cmd, "%s score --url http://127.0.0.1:%d -m '%s' -d '%s' -o x 2>/dev/null",
+             duet_bin(), port, g_base, data);
+    CHECK(WEXITSTATUS(system(cmd)) == 2);
+}

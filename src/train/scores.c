@@ -259,6 +259,19 @@ static int64_t resume_scan(FILE *f, const plan *pl, uint32_t hd, uint64_t size, 
     return n;
 }
 
+/* One sequence through a remote server: its prompt scores of every position (the server
+ * keeps the shared prefix in its cache), the response's into recs. work holds 3 x n floats. */
+static int remote_seq(duet_expert_remote *r, const int32_t *mt, const pseq *q, const int32_t *ids,
+                      dsf_tok *recs, float *work, duet_error *err) {
+    float *lp = work, *mx = work + q->n, *ent = work + 2 * q->n;
+    int rc = duet_expert_remote_prompt_scores(r, mt, q->n, lp, mx, ent, err);
+    for (int t = 0; !rc && t < q->n - q->n_prompt; t++) { /* position p is entry p - 1 */
+        int i = q->n_prompt + t - 1;
+        recs[t] = (dsf_tok){ids[q->n_prompt + t], lp[i], mx[i], ent[i]};
+    }
+    return rc;
+}
+
 int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params *params,
               const char *out_path, dsf_score_stats *st, duet_error *err) {
     dsf_score_params P = {0};
@@ -273,9 +286,11 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
     if (n_ctx <= 0) {
         n_ctx = DUET_MIN(hp->n_ctx_train, 4096);
         if (P.ids_model && ihp->n_ctx_train > 0) n_ctx = DUET_MIN(n_ctx, ihp->n_ctx_train);
+        int rctx = P.remote ? duet_expert_remote_backend(P.remote)->n_ctx : 0;
+        if (rctx > 0) n_ctx = DUET_MIN(n_ctx > 0 ? n_ctx : 4096, rctx); /* the server's context */
     }
     if (n_ctx < 2) return duet_fail(err, DUET_ERR_ARG, "context of %d tokens is too small to score", n_ctx);
-    uint32_t hd = P.no_hidden ? 0 : (uint32_t)hp->n_embd;
+    uint32_t hd = P.no_hidden || P.remote ? 0 : (uint32_t)hp->n_embd;
     int32_t *map = NULL;
     int bridged = 0, rc;
     if ((rc = vocab_bridge_build(idm, model, "scored", &map, &bridged, err))) return rc;
@@ -295,13 +310,13 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
     H.version = DSF_VERSION;
     H.header_size = DSF_HEADER_SIZE;
     H.hidden_dim = hd;
-    H.n_embd = (uint32_t)hp->n_embd;
+    H.n_embd = P.remote ? 0 : (uint32_t)hp->n_embd; /* a remote model's size is not known */
     H.n_vocab = (uint32_t)hp->n_vocab;
     H.vocab_hash = duet_model_vocab_hash(model);
     H.ids_vocab_hash = duet_model_vocab_hash(idm);
     H.ids_n_vocab = (uint32_t)ihp->n_vocab;
     H.n_ctx = (uint32_t)n_ctx;
-    snprintf(H.model_name, sizeof H.model_name, "%s", hp->name);
+    snprintf(H.model_name, sizeof H.model_name, "%s", P.remote ? duet_expert_remote_name(P.remote) : hp->name);
     snprintf(H.ids_name, sizeof H.ids_name, "%s", ihp->name);
     uint64_t ch = fnv_bytes(1469598103934665603ull, &data->hash, 8);
     ch = fnv_bytes(ch, &H, offsetof(dsf_header, n_seq)); /* identity + options */
@@ -356,8 +371,8 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
     int V = ihp->n_vocab, max_n = 0;
     for (int i = 0; i < pl.n_seq; i++) max_n = DUET_MAX(max_n, pl.seq[i].n);
     duet_session_params sp = {.n_ctx = n_ctx, .n_batch = DUET_MIN(n_ctx, P.n_batch > 0 ? P.n_batch : 512)};
-    if ((rc = duet_session_new(model, &sp, &s, err))) goto done;
-    g = malloc((size_t)V * sizeof *g);
+    if (!P.remote && (rc = duet_session_new(model, &sp, &s, err))) goto done;
+    g = malloc((size_t)DUET_MAX(V, 3 * max_n) * sizeof *g); /* logits row, or remote scores */
     blk = malloc((size_t)block_bytes((uint64_t)max_n, hd));
     index = calloc((size_t)pl.n_seq, sizeof *index);
     mt = malloc((size_t)max_n * sizeof *mt);
@@ -391,17 +406,18 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
         for (int j = 0; j < q->n; j++) mt[j] = map[ids[j]];
         /* reuse the KV cache of a shared prefix (e.g. one prompt for many examples), up to
          * the last context token, whose logits row is needed */
-        int have = duet_session_n_past(s), keep = 0;
-        const int32_t *cur = duet_session_tokens(s);
+        int have = s ? duet_session_n_past(s) : 0, keep = 0;
+        const int32_t *cur = s ? duet_session_tokens(s) : NULL;
         while (keep < have && keep < q->n_prompt - 1 && cur[keep] == mt[keep]) keep++;
-        duet_session_truncate(s, keep);
+        if (s) duet_session_truncate(s, keep);
         int nt = q->n - q->n_prompt;
         size_t rb = (size_t)nt * sizeof(dsf_tok), hb = (size_t)nt * hd * 2;
         size_t bb = (size_t)block_bytes((uint64_t)nt, hd);
         dsf_tok *recs = (dsf_tok *)(blk + sizeof(dsf_block));
         uint16_t *hid = (uint16_t *)(blk + sizeof(dsf_block) + rb);
+        if (P.remote && (rc = remote_seq(P.remote, mt, q, ids, recs, g, err))) goto done;
         /* chunks of n_batch keep the logits buffer at n_batch rows whatever the context */
-        for (int start = keep; start < q->n; start += sp.n_batch) {
+        for (int start = keep; !P.remote && start < q->n; start += sp.n_batch) {
             int c = DUET_MIN(sp.n_batch, q->n - start);
             if ((rc = duet_session_eval(s, mt + start, c, 1, err))) goto done;
             for (int r = 0; r < c; r++) { /* row r predicts the token at start + r + 1 */

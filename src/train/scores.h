@@ -110,6 +110,10 @@ typedef struct dsf_score_params {
                                       to n_batch x n_vocab (0: min(n_ctx, 512)) */
     int no_hidden;                 /* 1: store no hidden states */
     const duet_model *ids_model;   /* tokenizer-of: NULL = the scored model's own */
+    /* Score with a remote duet serve (its prompt log-probabilities) instead of evaluating
+     * the model, which then only gives the vocabulary the server shares (vocab_only is
+     * enough; checked when r was made). No hidden states are stored. */
+    duet_expert_remote *remote;
     /* called after each sequence; a non-zero return stops (the partial file stays and the
      * call returns DSF_STOPPED) */
     int (*progress)(void *ud, const dsf_progress *p);
