@@ -106,6 +106,7 @@ clean:
 help:
 	@echo "make            build build/duet and build/run_tests"
 	@echo "make deps       install missing Debian packages ($(DEPS_PKGS))"
+	@echo "make deps-long  chromium and playwright-core for the browser test of make test-long"
 	@echo "make test       run the tests (ends with 'N passed, N failed')"
 	@echo "make test-long  also the slow checks and the browser test (screenshot in build/)"
 	@echo "make demo       run the demo"
