@@ -246,7 +246,7 @@ int duet_expert_remote_new(const duet_model *base, const duet_expert_remote_para
     r->timeout_ms = p.timeout_ms > 0 ? p.timeout_ms : 30000;
     snprintf(r->url, sizeof r->url, "%s", p.url);
     for (size_t n = strlen(r->url); n && r->url[n - 1] == '/'; n--) r->url[n - 1] = 0;
-    snprintf(r->name, sizeof r->name, "%s", r->url);
+    snprintf(r->name, sizeof r->name, "%.127s", r->url);
     if (p.model) snprintf(r->model, sizeof r->model, "%s", p.model);
     if (p.api_key) snprintf(r->auth, sizeof r->auth, "Authorization: Bearer %s", p.api_key);
     r->be.ctx = r;
