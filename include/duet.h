@@ -431,7 +431,8 @@ typedef struct duet_server_params {
                                   (NULL: the model's own; ChatML when the model has none) */
 } duet_server_params;
 
-/* Bind, start serving in background threads, return. The models and head must outlive it. */
+/* Bind, start serving in background threads, return. The models and head must outlive it.
+ * Sets SIGPIPE to be ignored in the process (a client that hangs up must not end it). */
 int duet_server_start(const duet_server_params *params, duet_server **out, duet_error *err);
 int duet_server_port(const duet_server *s);
 /* Stop accepting, finish, free. */
