@@ -869,16 +869,23 @@ static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const c
     return ok;
 }
 
-TEST(server_remote_client_failures) {
-    REQUIRE(!fixtures());
-    duet_model *base = fixture_load(g_base);
-    REQUIRE(base);
+/* The fake expert on an ephemeral port, tokenizing with base. */
+static struct MHD_Daemon *fake_start(duet_model *base, int *port) {
     g_fake.base = base;
     g_fake.mode = FAKE_OK;
     struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0,
                                             NULL, NULL, fake_handler, NULL, MHD_OPTION_END);
+    *port = d ? MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port : 0;
+    return d;
+}
+
+TEST(server_remote_client_failures) {
+    REQUIRE(!fixtures());
+    duet_model *base = fixture_load(g_base);
+    REQUIRE(base);
+    int port;
+    struct MHD_Daemon *d = fake_start(base, &port);
     REQUIRE(d);
-    int port = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port;
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
     float *out = malloc(600 * sizeof *out);
@@ -1214,4 +1221,36 @@ TEST(server_score_remote_equals_local) {
     snprintf(cmd, sizeof cmd, "%s score --url http://127.0.0.1:%d -m '%s' -d '%s' -o x 2>/dev/null",
              duet_bin(), port, g_base, data);
     CHECK(WEXITSTATUS(system(cmd)) == 2);
+}
+
+/* A front server with an OpenAI-protocol (vLLM-shaped) expert: the fake's top token (id 5)
+ * is what the expert policy writes, token after token. */
+TEST(server_openai_expert_in_the_decoder) {
+    NEED_FIXTURES();
+    duet_model *base = fixture_load(g_base);
+    REQUIRE(base);
+    int fport;
+    struct MHD_Daemon *d = fake_start(base, &fport);
+    REQUIRE(d);
+    proc front;
+    if (!spawn_serve(&front, "-m '%s' --expert-url http://127.0.0.1:%d --expert-api openai --policy expert --quiet",
+                     g_base, fport)) {
+        resp r = http(front.port, "/v1/completions", "{\"prompt\": \"Hi\", \"max_tokens\": 6, \"temperature\": 0, "
+                      "\"duet_tokens\": true}", NULL);
+        CHECK_EQ_INT(r.status, 200);
+        json_t *toks = json_object_get(json_array_get(json_object_get(r.js, "choices"), 0), "duet_tokens");
+        CHECK_EQ_INT(json_array_size(toks), 6);
+        size_t i;
+        json_t *t;
+        json_array_foreach(toks, i, t) {
+            CHECK_EQ_INT(json_integer_value(json_object_get(t, "id")), 5);
+            CHECK_STR(json_string_value(json_object_get(t, "source")), "expert");
+        }
+        resp_free(&r);
+        CHECK_EQ_INT(stop_serve(&front), 0);
+    } else {
+        CHECK(!"front server with an openai expert did not start");
+    }
+    MHD_stop_daemon(d);
+    duet_model_free(base);
 }
