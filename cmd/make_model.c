@@ -9,7 +9,8 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: duet make-model [--arch llama|qwen2|qwen3|phi3|gemma2] --n-embd N "
-               "--n-layer N --n-head N [--n-head-kv N] --n-ff N --n-vocab N [--n-ctx N] "
+               "--n-layer N --n-head N [--n-head-kv N] --n-ff N (--n-vocab N | --vocab-from V.gguf) "
+               "[--n-ctx N] "
                "[--head-dim N] [--n-rot N] [--sliding-window N] [--attn-softcap X] "
                "[--final-softcap X] [--weight-std X] [--longrope] [--type f32|f16|bf16|q8_0|q4_0] [--output-type T] [--tied] "
                "[--seed S] -o OUT.gguf\n");
@@ -47,6 +48,7 @@ int cmd_make_model(int argc, char **argv) {
         } else if (!strcmp(a, "--seed") || !strcmp(a, "-s")) {
             if (!arg_u64("make-model", a, v, &p.seed)) return 2;
         } else if (!strcmp(a, "--arch")) p.arch = v;
+        else if (!strcmp(a, "--vocab-from")) p.vocab_from = v;
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = v;
         else {
             fprintf(stderr, "duet make-model: unknown option '%s'\n", a);
@@ -55,8 +57,10 @@ int cmd_make_model(int argc, char **argv) {
         }
     }
     if (!p.n_head_kv) p.n_head_kv = p.n_head;
-    if (!out || !p.n_embd || !p.n_layer || !p.n_head || !p.n_ff || !p.n_vocab) {
-        fprintf(stderr, "duet make-model: need --n-embd, --n-layer, --n-head, --n-ff, --n-vocab and -o\n");
+    if (!out || !p.n_embd || !p.n_layer || !p.n_head || !p.n_ff ||
+        (!p.n_vocab && !p.vocab_from)) {
+        fprintf(stderr, "duet make-model: need --n-embd, --n-layer, --n-head, --n-ff, --n-vocab "
+                        "(or --vocab-from) and -o\n");
         usage(stderr);
         return 2;
     }

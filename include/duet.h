@@ -525,13 +525,18 @@ typedef struct duet_make_model_params {
                                 make attention sharp, so tests see the position terms) */
     int longrope;            /* phi3: LongRoPE as Phi-3.5 files have it (factor tensors, an
                                 original context of n_ctx / 2, the matching attn_factor) */
+    const char *vocab_from;  /* a GGUF (a model or a vocabulary-only file) whose tokenizer.*
+                                keys are copied in place of the synthetic vocabulary; n_vocab
+                                is then its token count (n_vocab 0, or equal to it). NULL: the
+                                synthetic SentencePiece vocabulary */
 } duet_make_model_params;
 
 /* Write a random-weight model (matrices ~N(0, weight_std); norms 1 for llama, 1 + N(0, 0.1) for
  * the other architectures so that a norm applied to the wrong vector shows; biases
  * N(0, weight_std)) with the tensors and metadata llama.cpp expects of the architecture, and a
  * synthetic SentencePiece vocabulary (specials, 256 byte tokens, printable characters, then
- * made-up pieces), loadable by duet and by other GGUF tools. Same seed = same file. */
+ * made-up pieces) or the vocabulary of p->vocab_from, loadable by duet and by other GGUF tools.
+ * Same seed (and vocabulary) = same file. */
 int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_error *err);
 
 /* ---- utilities ------------------------------------------------------------------------- */

@@ -1,8 +1,10 @@
 /*
  * make_model.c: random-weight GGUFs of any supported architecture (llama, qwen2, qwen3,
- * phi3, gemma2), shape and type, for fixtures and benchmarks. Each tensor draws from its own stream seeded by (seed, tensor index), so a
- * file is reproducible bit for bit. The synthetic vocabulary is a valid SentencePiece one
- * (specials, byte tokens, characters, made-up pieces) so that other GGUF tools load it.
+ * phi3, gemma2), shape and type, for fixtures and benchmarks. Each tensor draws from its own
+ * stream seeded by (seed, tensor index), so a file is reproducible bit for bit. The synthetic
+ * vocabulary is a valid SentencePiece one (specials, byte tokens, characters, made-up pieces)
+ * so that other GGUF tools load it; --vocab-from takes a real one (e.g. a byte-level BPE
+ * vocabulary) from another GGUF instead, so any tokenizer can be run through the product.
  */
 #include <math.h>
 #include <stdio.h>
@@ -110,6 +112,90 @@ static int set_vocab(gguf_writer *w, int n_vocab, duet_error *err) {
     return rc;
 }
 
+/* Check that --vocab-from's file holds a tokenizer duet loads (so the model written loads
+ * too) whose size agrees with a --n-vocab the caller gave; *n_vocab is that size. */
+static int vocab_size(const char *path, int want_n, int *n_vocab, duet_error *err) {
+    gguf_file *f = NULL;
+    tokenizer *t = NULL;
+    int rc = gguf_open(path, &f, err);
+    if (!rc && !gguf_find(f, "tokenizer.ggml.tokens"))
+        rc = duet_fail(err, DUET_ERR_FORMAT, "make-model: --vocab-from %s: no "
+                       "tokenizer.ggml.tokens (not a vocabulary)", path);
+    if (!rc) rc = tokenizer_load(f, &t, err);
+    if (!rc) {
+        *n_vocab = tokenizer_n_vocab(t);
+        if (want_n && want_n != *n_vocab)
+            rc = duet_fail(err, DUET_ERR_ARG, "make-model: --n-vocab %d does not match the %d "
+                           "tokens of --vocab-from %s (omit --n-vocab to take the file's)",
+                           want_n, *n_vocab, path);
+    }
+    tokenizer_free(t);
+    gguf_close(f);
+    return rc;
+}
+
+/* Copy every tokenizer.* key of the file at path (checked by vocab_size: n_vocab tokens) as it
+ * is (types kept, except that 8- and 16-bit integers widen to 32 bits: the writer has no
+ * narrower setters and every reader accepts them). */
+static int copy_vocab(gguf_writer *w, const char *path, int n_vocab, duet_error *err) {
+    gguf_file *f = NULL;
+    int rc = gguf_open(path, &f, err);
+    const gguf_kv *toks = rc ? NULL : gguf_find(f, "tokenizer.ggml.tokens");
+    if (!rc && (!toks || toks->type != GGUF_TYPE_ARRAY || toks->arr_n != (uint64_t)n_vocab))
+        rc = duet_fail(err, DUET_ERR_FORMAT, "make-model: --vocab-from %s changed while it was "
+                       "read (no longer %d tokens)", path, n_vocab);
+    for (uint64_t i = 0; !rc && i < f->n_kv; i++) {
+        const gguf_kv *kv = &f->kv[i];
+        if (strncmp(kv->key, "tokenizer.", 10)) continue;
+        switch (kv->type) {
+        case GGUF_TYPE_UINT8: case GGUF_TYPE_UINT16: case GGUF_TYPE_UINT32:
+            gguf_set_u32(w, kv->key, (uint32_t)kv->v.u64);
+            break;
+        case GGUF_TYPE_UINT64: gguf_set_u64(w, kv->key, kv->v.u64); break;
+        case GGUF_TYPE_INT8: case GGUF_TYPE_INT16: case GGUF_TYPE_INT32:
+            gguf_set_i32(w, kv->key, (int32_t)kv->v.i64);
+            break;
+        case GGUF_TYPE_FLOAT32: gguf_set_f32(w, kv->key, (float)kv->v.f64); break;
+        case GGUF_TYPE_BOOL: gguf_set_bool(w, kv->key, kv->v.u64 != 0); break;
+        case GGUF_TYPE_STRING: {
+            char *s = kv->str.len < SIZE_MAX && !memchr(kv->str.ptr, 0, (size_t)kv->str.len)
+                          ? strndup(kv->str.ptr, (size_t)kv->str.len) : NULL;
+            if (!s) {
+                rc = duet_fail(err, DUET_ERR_FORMAT, "make-model: %s: key '%s': string holds a "
+                               "NUL byte (or out of memory)", path, kv->key);
+                break;
+            }
+            gguf_set_str(w, kv->key, s);
+            free(s);
+            break;
+        }
+        case GGUF_TYPE_ARRAY: {
+            if (kv->arr_type != GGUF_TYPE_STRING) {
+                gguf_set_arr(w, kv->key, kv->arr_type, kv->arr_data, kv->arr_n);
+                break;
+            }
+            const char **strs = malloc((size_t)kv->arr_n * sizeof *strs + 1);
+            uint64_t *lens = malloc((size_t)kv->arr_n * sizeof *lens + 1);
+            for (uint64_t j = 0; strs && lens && j < kv->arr_n; j++) {
+                strs[j] = kv->arr_str[j].ptr;
+                lens[j] = kv->arr_str[j].len;
+            }
+            if (strs && lens) gguf_set_arr_str(w, kv->key, strs, lens, kv->arr_n);
+            else rc = duet_fail(err, DUET_ERR_NOMEM, "make-model: out of memory copying '%s'",
+                                kv->key);
+            free(strs);
+            free(lens);
+            break;
+        }
+        default: /* int64 / float64: no tokenizer key in the wild has them */
+            rc = duet_fail(err, DUET_ERR_UNSUPPORTED, "make-model: %s: key '%s' of type %s "
+                           "cannot be copied", path, kv->key, gguf_type_name(kv->type));
+        }
+    }
+    gguf_close(f);
+    return rc;
+}
+
 /* ggml's general.file_type (llama_ftype) for an all-one-type model */
 static int file_type_of(int type) {
     switch (type) {
@@ -132,6 +218,13 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "make-model: --arch %s is not supported "
                          "(supported: llama, qwen2, qwen3, phi3, gemma2)", arch);
     int llama = ai == 0, qwen2 = ai == 1, qwen3 = ai == 2, phi3 = ai == 3, gemma2 = ai == 4;
+    duet_make_model_params with_vocab; /* p, with n_vocab the file's */
+    if (p->vocab_from) {
+        with_vocab = *p;
+        int rc = vocab_size(p->vocab_from, p->n_vocab, &with_vocab.n_vocab, err);
+        if (rc) return rc;
+        p = &with_vocab;
+    }
     const dtype_traits *tr = dtype_info(p->type);
     int otype = p->output_type >= 0 ? p->output_type : p->type;
     if (!tr || !tr->supported || !dtype_info(otype) || !dtype_info(otype)->supported)
@@ -187,7 +280,8 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
 #undef KEY
     /* norms: ones for llama (files stay as they were); jittered for the others */
     double jit = llama ? 0.0 : 0.1, sd = p->weight_std > 0 ? p->weight_std : 0.02;
-    int rc = set_vocab(w, p->n_vocab, err), idx = 0;
+    int rc = p->vocab_from ? copy_vocab(w, p->vocab_from, p->n_vocab, err)
+                           : set_vocab(w, p->n_vocab, err), idx = 0;
     if (!rc) rc = add_random(w, "token_embd.weight", otype, E, p->n_vocab, p->seed, idx++, 0, sd, err);
     if (!rc) rc = llama ? add_ones(w, "output_norm.weight", E, err)
                         : add_random(w, "output_norm.weight", DT_F32, E, 0, p->seed, idx++, 1, jit, err);

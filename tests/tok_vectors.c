@@ -180,6 +180,21 @@ void tv_check_vectors(tokenizer *t, const char *vocab_path, const char *name) {
     tv_vectors_free(&v);
 }
 
+int tv_vector(const char *vocab_path, int i, char **text, size_t *len, int32_t *ids, int cap) {
+    tv_vectors v;
+    *text = NULL;
+    if (!tv_vectors_read(vocab_path, &v)) return -1;
+    int n = -1;
+    if (i >= 0 && i < v.n && (*text = malloc(v.len[i] + 1))) {
+        memcpy(*text, v.text[i], v.len[i]);
+        (*text)[v.len[i]] = 0;
+        *len = v.len[i];
+        n = tv_parse_ids(v.ids_line[i], ids, cap);
+    }
+    tv_vectors_free(&v);
+    return n;
+}
+
 const char *tv_vocab_path(const char *file) {
     const char *shared = test_shared_dir();
     if (!shared) return NULL;

@@ -23,6 +23,10 @@ tokenizer *tv_load_vocab_file(const char *path);
 /* Every vector must encode (no BOS, no special parsing, as llama.cpp's test-tokenizer-0) to
  * exactly the expected ids and decode back to the input. */
 void tv_check_vectors(tokenizer *t, const char *vocab_path, const char *name);
+/* Vector i of vocab_path's .inp/.out: *text (malloc'd, NUL-terminated, *len bytes) and its
+ * expected ids (the first cap of them); the id count, or -1 when the files or vector i are
+ * absent (then *text is NULL). */
+int tv_vector(const char *vocab_path, int i, char **text, size_t *len, int32_t *ids, int cap);
 /* ../shared/tokenizers/vocab/FILE when it exists (static storage), else NULL. */
 const char *tv_vocab_path(const char *file);
 
