@@ -12,7 +12,7 @@ static void usage(FILE *f) {
                "--n-layer N --n-head N [--n-head-kv N] --n-ff N (--n-vocab N | --vocab-from V.gguf) "
                "[--n-ctx N] "
                "[--head-dim N] [--n-rot N] [--sliding-window N] [--attn-softcap X] "
-               "[--final-softcap X] [--weight-std X] [--longrope] [--type f32|f16|bf16|q8_0|q4_0] [--output-type T] [--tied] "
+               "[--final-softcap X] [--weight-std X] [--longrope] [--type f32|f16|bf16|q8_0|q4_0|q4_k|q5_k|q6_k|q4_k_m|q5_k_m] [--output-type T] [--tied] "
                "[--seed S] -o OUT.gguf\n");
 }
 
@@ -39,7 +39,11 @@ int cmd_make_model(int argc, char **argv) {
         } else if (fp) {
             if (!arg_float("make-model", a, v, 1e-6, 1e6, fp)) return 2;
         } else if (!strcmp(a, "--type") || !strcmp(a, "--output-type")) {
-            int t = dtype_from_name(v);
+            int t = dtype_from_name(v), mix = a[2] == 't' ? quant_mix_from_name(v) : -1;
+            if (mix > 0) {
+                p.mix = mix;
+                continue;
+            }
             if (t < 0) {
                 fprintf(stderr, "duet make-model: %s '%s' is not a known type\n", a, v);
                 return 2;

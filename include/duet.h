@@ -529,6 +529,8 @@ typedef struct duet_make_model_params {
                                 keys are copied in place of the synthetic vocabulary; n_vocab
                                 is then its token count (n_vocab 0, or equal to it). NULL: the
                                 synthetic SentencePiece vocabulary */
+    int mix;                 /* 0, or a llama.cpp mixed type (quant.h QMIX_*, e.g. Q4_K_M):
+                                per-tensor types by llama-quantize's rules; type is ignored */
 } duet_make_model_params;
 
 /* Write a random-weight model (matrices ~N(0, weight_std); norms 1 for llama, 1 + N(0, 0.1) for

@@ -69,6 +69,63 @@ static void from_float_q8_0(const float *x, void *y, int64_t n) {
     quant_quantize_row(DT_Q8_0, x, y, n);
 }
 
+/* K-quants x Q8_K: per super-block, the integer sums of each sub-block times its integer
+ * scale, exact in int32 (|sum| < 2^28); the mins (Q4_K/Q5_K) come from the activations'
+ * 16-value sums. Then two float terms per super-block. */
+static void vec_dot_kaffine(int64_t n, float *s, const void *w, const void *x, int five) {
+    const block_q8_K *b = x;
+    float sum = 0;
+    for (int64_t k = 0; k < n / QK_K; k++) {
+        const block_q4_K *a4 = (const block_q4_K *)w + k;
+        const block_q5_K *a5 = (const block_q5_K *)w + k;
+        uint8_t sc[8], m[8];
+        quant_kscales(five ? a5->scales : a4->scales, sc, m);
+        const uint8_t *qs = five ? a5->qs : a4->qs;
+        int sumi = 0, summ = 0;
+        for (int j = 0; j < 8; j++) {
+            int si = 0;
+            for (int l = 0; l < 32; l++) {
+                int q = j & 1 ? qs[32 * (j / 2) + l] >> 4 : qs[32 * (j / 2) + l] & 15;
+                if (five) q |= ((a5->qh[l] >> j) & 1) << 4;
+                si += q * b[k].qs[32 * j + l];
+            }
+            sumi += sc[j] * si;
+            summ += m[j] * (b[k].bsums[2 * j] + b[k].bsums[2 * j + 1]);
+        }
+        float d = fp16_to_fp32(five ? a5->d : a4->d), dmin = fp16_to_fp32(five ? a5->dmin : a4->dmin);
+        sum += (d * b[k].d) * (float)sumi - (dmin * b[k].d) * (float)summ;
+    }
+    *s = sum;
+}
+
+static void vec_dot_q4_K(int64_t n, float *s, const void *w, const void *x) {
+    vec_dot_kaffine(n, s, w, x, 0);
+}
+
+static void vec_dot_q5_K(int64_t n, float *s, const void *w, const void *x) {
+    vec_dot_kaffine(n, s, w, x, 1);
+}
+
+static void vec_dot_q6_K(int64_t n, float *s, const void *w, const void *x) {
+    const block_q6_K *a = w;
+    const block_q8_K *b = x;
+    float sum = 0;
+    for (int64_t k = 0; k < n / QK_K; k++) {
+        float wf[QK_K]; /* the 6-bit values q - 32 are exact small integers in float */
+        block_q6_K one = a[k];
+        one.d = 0x3c00; /* 1.0: dequantise to scales[j] * (q - 32), exact */
+        quant_dequantize_row(DT_Q6_K, &one, wf, QK_K);
+        int sumi = 0;
+        for (int j = 0; j < QK_K; j++) sumi += (int)wf[j] * b[k].qs[j];
+        sum += (fp16_to_fp32(a[k].d) * b[k].d) * (float)sumi;
+    }
+    *s = sum;
+}
+
+static void from_float_q8_K(const float *x, void *y, int64_t n) {
+    quant_quantize_row(DT_Q8_K, x, y, n);
+}
+
 /* The scalar level has no register tiling: a tile is a loop of vec_dot calls. */
 #define SCALAR_TILE(name)                                                                   \
     static void tile_##name(int64_t n, const void *w, size_t ws, const void *x, size_t xs,  \
@@ -83,6 +140,9 @@ SCALAR_TILE(f16)
 SCALAR_TILE(bf16)
 SCALAR_TILE(q8_0)
 SCALAR_TILE(q4_0)
+SCALAR_TILE(q4_K)
+SCALAR_TILE(q5_K)
+SCALAR_TILE(q6_K)
 
 static const kernel_traits k_scalar[] = {
     [DT_F32] = {DT_F32, NULL, vec_dot_f32, tile_f32, 1, 1},
@@ -90,6 +150,9 @@ static const kernel_traits k_scalar[] = {
     [DT_BF16] = {DT_F32, NULL, vec_dot_bf16, tile_bf16, 1, 1},
     [DT_Q8_0] = {DT_Q8_0, from_float_q8_0, vec_dot_q8_0, tile_q8_0, 1, 1},
     [DT_Q4_0] = {DT_Q8_0, from_float_q8_0, vec_dot_q4_0, tile_q4_0, 1, 1},
+    [DT_Q4_K] = {DT_Q8_K, from_float_q8_K, vec_dot_q4_K, tile_q4_K, 1, 1},
+    [DT_Q5_K] = {DT_Q8_K, from_float_q8_K, vec_dot_q5_K, tile_q5_K, 1, 1},
+    [DT_Q6_K] = {DT_Q8_K, from_float_q8_K, vec_dot_q6_K, tile_q6_K, 1, 1},
 };
 
 /* ---- dispatch -------------------------------------------------------------------------- */
@@ -177,7 +240,8 @@ const kernel_traits *kernels_get_level(int type, int level) {
     const kernel_traits *kt = NULL;
 #if KX86
     if (level == KLEVEL_AVX512)
-        kt = (type == DT_Q4_0 || type == DT_Q8_0) && !cpu_has_vnni()
+        kt = (type == DT_Q4_0 || type == DT_Q8_0 || type == DT_Q4_K || type == DT_Q5_K ||
+              type == DT_Q6_K) && !cpu_has_vnni()
                  ? kernels_avx2_traits(type) /* the int8 kernels need vpdpbusd */
                  : kernels_avx512_traits(type);
     else if (level == KLEVEL_AVX2)

@@ -311,12 +311,241 @@ KX_INLINE void qtile(const int R, const int T, const int q4, int64_t n, const ch
 KX_QUANT_KERNELS(q8_0, 0)
 KX_QUANT_KERNELS(q4_0, 1)
 
+/* ---- K-quant weights x Q8_K activations ------------------------------------------------
+ * Per super-block of 256 and per (row, token), an exact int32 sum in 8 lanes of each
+ * sub-block's dot times its integer scale: vpmaddubsw (weights 0..63 unsigned x int8
+ * activations, |pair| <= 16002: no saturation), then vpmaddwd with the scale broadcast
+ * to int16 (VNNI: vpdpwssd, the same sum fused). Then per super-block one or two FMAs into
+ * the float accumulator. Integer sums are exact, so every level agrees with the reference
+ * up to the order of the float additions. Q6_K's offset of 32 and Q4_K/Q5_K's mins come
+ * from the activations' 16-value sums (bsums), once per token and super-block. */
+#if KX_VNNI
+#define K_TR 4
+#define K_TT 3
+#else
+#define K_TR 2
+#define K_TT 2
+#endif
+
+KX_INLINE __m256i kdot(__m256i acc, __m256i q, const void *x, __m256i sc16) {
+    __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)x));
+#if KX_VNNI
+    return _mm256_dpwssd_epi32(acc, p, sc16);
+#else
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc16));
+#endif
+}
+
+/* Bit `bit` (0..7) of every byte of h moved to bit 4 (the fifth bit of a Q5_K value). In
+ * 16-bit lanes a shift by at most 4 never carries a byte's bit 4 from the other byte. */
+KX_INLINE __m256i kbit4(__m256i h, const int bit) {
+    __m256i v = bit <= 4 ? _mm256_slli_epi16(h, 4 - bit) : _mm256_srli_epi16(h, bit - 4);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+KX_INLINE void ktile_affine(const int R, const int T, const int five, int64_t n, const char *w,
+                            size_t ws, const char *x, size_t xs, float *y, int64_t ys) {
+    const size_t wbs = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
+    const __m256i lo4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[K_TR][K_TT];
+    KX_UNROLL
+    for (int r = 0; r < R; r++)
+        KX_UNROLL
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        __m256i isum[K_TR][K_TT], scb[K_TR];
+        __m128i mins[K_TR], xsum[K_TT];
+        KX_UNROLL
+        for (int r = 0; r < R; r++) {
+            /* the 6-bit scales and mins (quant_kscales) unpacked four at a time in words */
+            uint32_t u[3];
+            memcpy(u, w + r * ws + b * wbs + 4, 12);
+            const uint32_t sc_lo = u[0] & 0x3f3f3f3f, m_lo = u[1] & 0x3f3f3f3f;
+            const uint32_t sc_hi = (u[2] & 0x0f0f0f0f) | ((u[0] >> 6) & 0x03030303) << 4;
+            const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0f) | ((u[1] >> 6) & 0x03030303) << 4;
+            const __m256i s16 = _mm256_cvtepu8_epi16(_mm_setr_epi32((int)sc_lo, (int)sc_hi, (int)m_lo, (int)m_hi));
+            scb[r] = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(s16)); /* sc[0..7] twice */
+            mins[r] = _mm256_extracti128_si256(s16, 1);                       /* m[0..7] */
+            KX_UNROLL
+            for (int t = 0; t < T; t++) isum[r][t] = _mm256_setzero_si256();
+        }
+        KX_UNROLL
+        for (int t = 0; t < T; t++) { /* sums of each 32-value sub-block */
+            const block_q8_K *xb = (const block_q8_K *)(x + t * xs) + b;
+            xsum[t] = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)xb->bsums),
+                                     _mm_loadu_si128((const __m128i *)xb->bsums + 1));
+        }
+        KX_UNROLL
+        for (int g = 0; g < 4; g++) {
+            KX_UNROLL
+            for (int r = 0; r < R; r++) {
+                const char *wb = w + r * ws + b * wbs;
+                const uint8_t *qs = five ? ((const block_q5_K *)wb)->qs : ((const block_q4_K *)wb)->qs;
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * g));
+                __m256i lo = _mm256_and_si256(v, lo4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+                if (five) {
+                    const __m256i h = _mm256_loadu_si256((const __m256i *)((const block_q5_K *)wb)->qh);
+                    lo = _mm256_or_si256(lo, kbit4(h, 2 * g));
+                    hi = _mm256_or_si256(hi, kbit4(h, 2 * g + 1));
+                }
+                const __m256i s0 = _mm256_shuffle_epi8(scb[r], _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * g)))),
+                              s1 = _mm256_shuffle_epi8(scb[r], _mm256_set1_epi16((short)(0x0100 + 0x0202 * (2 * g + 1))));
+                KX_UNROLL
+                for (int t = 0; t < T; t++) {
+                    const int8_t *xq = ((const block_q8_K *)(x + t * xs) + b)->qs + 64 * g;
+                    isum[r][t] = kdot(kdot(isum[r][t], lo, xq, s0), hi, xq + 32, s1);
+                }
+            }
+        }
+        KX_UNROLL
+        for (int r = 0; r < R; r++) {
+            const char *wb = w + r * ws + b * wbs;
+            const float d = _cvtsh_ss(((const uint16_t *)wb)[0]), dmin = _cvtsh_ss(((const uint16_t *)wb)[1]);
+            KX_UNROLL
+            for (int t = 0; t < T; t++) {
+                const float dx = ((const block_q8_K *)(x + t * xs) + b)->d;
+                const __m256i summ = _mm256_zextsi128_si256(_mm_madd_epi16(mins[r], xsum[t]));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][t]), _mm256_set1_ps(d * dx), acc[r][t]);
+                acc[r][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(summ), _mm256_set1_ps(dmin * dx), acc[r][t]);
+            }
+        }
+    }
+    KX_UNROLL
+    for (int r = 0; r < R; r++)
+        KX_UNROLL
+        for (int t = 0; t < T; t++) y[t * ys + r] = hsum8(acc[r][t]);
+}
+
+KX_INLINE void ktile_q6(const int R, const int T, int64_t n, const char *w, size_t ws,
+                        const char *x, size_t xs, float *y, int64_t ys) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0f), hi2 = _mm256_set1_epi8(0x30);
+    __m256 acc[K_TR][K_TT];
+    KX_UNROLL
+    for (int r = 0; r < R; r++)
+        KX_UNROLL
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        __m256i isum[K_TR][K_TT];
+        __m128i sc8[K_TR];
+        KX_UNROLL
+        for (int r = 0; r < R; r++) {
+            const block_q6_K *wb = (const block_q6_K *)(w + r * ws) + b;
+            sc8[r] = _mm_loadu_si128((const __m128i *)wb->scales);
+            const __m256i sc16 = _mm256_cvtepi8_epi16(sc8[r]);
+            KX_UNROLL
+            for (int t = 0; t < T; t++) { /* -32 * sum_j scale[j] * bsum[j]: the offset */
+                const block_q8_K *xb = (const block_q8_K *)(x + t * xs) + b;
+                const __m256i c = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)xb->bsums));
+                isum[r][t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(c, 5));
+            }
+        }
+        KX_UNROLL
+        for (int h = 0; h < 2; h++) {
+            KX_UNROLL
+            for (int r = 0; r < R; r++) {
+                const block_q6_K *wb = (const block_q6_K *)(w + r * ws) + b;
+                const __m256i l0 = _mm256_loadu_si256((const __m256i *)(wb->ql + 64 * h)),
+                              l1 = _mm256_loadu_si256((const __m256i *)(wb->ql + 64 * h + 32)),
+                              qh = _mm256_loadu_si256((const __m256i *)(wb->qh + 32 * h));
+                /* the four 32-value runs of this half, 0..63 (see quant.c's dequantizer) */
+                __m256i q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(l0, lo4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), hi2));
+                q[1] = _mm256_or_si256(_mm256_and_si256(l1, lo4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), hi2));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), lo4), _mm256_and_si256(qh, hi2));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), lo4),
+                                       _mm256_and_si256(_mm256_srli_epi16(qh, 2), hi2));
+                KX_UNROLL
+                for (int k = 0; k < 4; k++) {
+                    /* run k covers sub-blocks 8h + 2k (its first 16 values) and 8h + 2k + 1 */
+                    const int j = 8 * h + 2 * k;
+                    const __m256i s16 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+                        sc8[r], _mm_setr_epi8(j, j, j, j, j, j, j, j, j + 1, j + 1, j + 1, j + 1, j + 1,
+                                              j + 1, j + 1, j + 1)));
+                    KX_UNROLL
+                    for (int t = 0; t < T; t++)
+                        isum[r][t] = kdot(isum[r][t], q[k],
+                                          ((const block_q8_K *)(x + t * xs) + b)->qs + 128 * h + 32 * k, s16);
+                }
+            }
+        }
+        KX_UNROLL
+        for (int r = 0; r < R; r++) {
+            const float d = _cvtsh_ss(((const block_q6_K *)(w + r * ws) + b)->d);
+            KX_UNROLL
+            for (int t = 0; t < T; t++) {
+                const float dx = ((const block_q8_K *)(x + t * xs) + b)->d;
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][t]), _mm256_set1_ps(d * dx), acc[r][t]);
+            }
+        }
+    }
+    KX_UNROLL
+    for (int r = 0; r < R; r++)
+        KX_UNROLL
+        for (int t = 0; t < T; t++) y[t * ys + r] = hsum8(acc[r][t]);
+}
+
+/* Q8_K activations: quant_quantize_row's rule (as from_float_q8_0 does it), 256 at a time,
+ * plus the 16-value sums. */
+static void KX(from_float_q8_K)(const float *x, void *vy, int64_t n) {
+    block_q8_K *y = vy;
+    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < QK_K / 8; k++) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float d = _mm_cvtss_f32(m4) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[b].d = d;
+        const __m256 idv = _mm256_set1_ps(id);
+        for (int k = 0; k < QK_K / 32; k++) {
+            __m256i q[4];
+            KX_UNROLL
+            for (int i = 0; i < 4; i++) {
+                __m256 p = _mm256_mul_ps(_mm256_loadu_ps(x + 32 * k + 8 * i), idv);
+                __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                __m256 away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(p, t)), half, _CMP_GE_OQ);
+                __m256 step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(p, sign), one));
+                q[i] = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+            }
+            __m256i q8 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            q8 = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            /* packs saturate at -128; the rule clamps at -127 */
+            q8 = _mm256_max_epi8(q8, _mm256_set1_epi8(-127));
+            q8 = _mm256_min_epi8(q8, _mm256_set1_epi8(127));
+            _mm256_storeu_si256((__m256i *)(y[b].qs + 32 * k), q8);
+            /* two 16-value sums: bytes -> pair sums -> sums of four in 8 lanes -> two sums */
+            __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q8), _mm256_set1_epi16(1));
+            int16_t *bs = y[b].bsums + 2 * k;
+            int32_t lanes[8];
+            _mm256_storeu_si256((__m256i *)lanes, s);
+            bs[0] = (int16_t)(lanes[0] + lanes[1] + lanes[2] + lanes[3]);
+            bs[1] = (int16_t)(lanes[4] + lanes[5] + lanes[6] + lanes[7]);
+        }
+    }
+}
+
+#define KX_KQUANT_KERNELS(name, call, ...)                                                  \
+    static void KX(vec_dot_##name)(int64_t n, float *s, const void *w, const void *x) {     \
+        call(1, 1, __VA_ARGS__ n, w, 0, x, 0, s, 0);                                        \
+    }                                                                                       \
+    static void KX(tile_##name)(int64_t n, const void *w, size_t ws, const void *x,         \
+                                size_t xs, float *y, int64_t ys, int nr, int nt) {          \
+        KX_DISPATCH(K_TR, K_TT, nr, nt, call, (__VA_ARGS__ n, w, ws, x, xs, y, ys))         \
+    }
+KX_KQUANT_KERNELS(q4_K, ktile_affine, 0,)
+KX_KQUANT_KERNELS(q5_K, ktile_affine, 1,)
+KX_KQUANT_KERNELS(q6_K, ktile_q6,)
+
 static const kernel_traits KX(traits)[] = {
     [DT_F32] = {DT_F32, NULL, KX(vec_dot_f32), KX(tile_f32), F_TR, F_TT},
     [DT_F16] = {DT_F32, NULL, KX(vec_dot_f16), KX(tile_f16), F_TR, F_TT},
     [DT_BF16] = {DT_F32, NULL, KX(vec_dot_bf16), KX(tile_bf16), F_TR, F_TT},
     [DT_Q8_0] = {DT_Q8_0, KX(from_float_q8_0), KX(vec_dot_q8_0), KX(tile_q8_0), Q_TR, Q_TT},
     [DT_Q4_0] = {DT_Q8_0, KX(from_float_q8_0), KX(vec_dot_q4_0), KX(tile_q4_0), Q_TR, Q_TT},
+    [DT_Q4_K] = {DT_Q8_K, KX(from_float_q8_K), KX(vec_dot_q4_K), KX(tile_q4_K), K_TR, K_TT},
+    [DT_Q5_K] = {DT_Q8_K, KX(from_float_q8_K), KX(vec_dot_q5_K), KX(tile_q5_K), K_TR, K_TT},
+    [DT_Q6_K] = {DT_Q8_K, KX(from_float_q8_K), KX(vec_dot_q6_K), KX(tile_q6_K), K_TR, K_TT},
 };
 
 const kernel_traits *KX_TRAITS(int type) {

@@ -203,9 +203,19 @@ static int file_type_of(int type) {
     case DT_F16: return 1;
     case DT_Q4_0: return 2;
     case DT_Q8_0: return 7;
+    case DT_Q4_K: return 14; /* llama.cpp names the uniform K types by their _S mixes */
+    case DT_Q5_K: return 16;
+    case DT_Q6_K: return 18;
     case DT_BF16: return 32;
     default: return 0;
     }
+}
+
+/* The type of one tensor: a mix's rule (token_embd takes output.weight's when tied, as
+ * llama-quantize does), unless --output-type names the output's. */
+static int tensor_type(const duet_make_model_params *p, const char *name, int is_output, int dflt) {
+    if (!p->mix || (is_output && p->output_type >= 0)) return dflt;
+    return quant_mix_tensor_type(p->mix, name, p->n_layer);
 }
 
 static const char *const k_archs[] = {"llama", "qwen2", "qwen3", "phi3", "gemma2"};
@@ -225,11 +235,12 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
         if (rc) return rc;
         p = &with_vocab;
     }
-    const dtype_traits *tr = dtype_info(p->type);
-    int otype = p->output_type >= 0 ? p->output_type : p->type;
+    int type = p->mix ? quant_mix_base_type(p->mix) : p->type;
+    const dtype_traits *tr = dtype_info(type);
+    int otype = p->output_type >= 0 ? p->output_type : type;
     if (!tr || !tr->supported || !dtype_info(otype) || !dtype_info(otype)->supported)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "make-model: type %d is not supported",
-                         tr ? p->type : otype);
+                         tr ? type : otype);
     int hd = p->head_dim > 0 ? p->head_dim : (p->n_head > 0 ? p->n_embd / p->n_head : 0);
     int n_rot = p->n_rot > 0 ? p->n_rot : hd;
     if (p->longrope && !phi3)
@@ -248,11 +259,12 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
     gguf_writer *w = gguf_writer_new();
     if (!w) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     char name[96], key[96];
-    snprintf(name, sizeof name, "duet-random-%s", tr->name);
+    snprintf(name, sizeof name, "duet-random-%s", p->mix ? "mix" : tr->name);
     int64_t E = p->n_embd, F = p->n_ff, Q = (int64_t)p->n_head * hd,
             KV = (int64_t)p->n_head_kv * hd;
     convert_set_hparams(w, arch, name, p->n_ctx > 0 ? p->n_ctx : 2048, p->n_embd, p->n_layer,
-                        p->n_ff, p->n_head, p->n_head_kv, file_type_of(p->type));
+                        p->n_ff, p->n_head, p->n_head_kv,
+                        p->mix ? quant_mix_file_type(p->mix) : file_type_of(type));
 #define KEY(suffix) (snprintf(key, sizeof key, "%s." suffix, arch), key)
     gguf_set_u32(w, KEY("rope.dimension_count"), (uint32_t)n_rot);
     if (p->head_dim) {
@@ -282,11 +294,13 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
     double jit = llama ? 0.0 : 0.1, sd = p->weight_std > 0 ? p->weight_std : 0.02;
     int rc = p->vocab_from ? copy_vocab(w, p->vocab_from, p->n_vocab, err)
                            : set_vocab(w, p->n_vocab, err), idx = 0;
-    if (!rc) rc = add_random(w, "token_embd.weight", otype, E, p->n_vocab, p->seed, idx++, 0, sd, err);
+    int etype = tensor_type(p, p->tied || gemma2 ? "output.weight" : "token_embd.weight", 1, otype);
+    if (!rc) rc = add_random(w, "token_embd.weight", etype, E, p->n_vocab, p->seed, idx++, 0, sd, err);
     if (!rc) rc = llama ? add_ones(w, "output_norm.weight", E, err)
                         : add_random(w, "output_norm.weight", DT_F32, E, 0, p->seed, idx++, 1, jit, err);
     if (!rc && !p->tied && !gemma2)
-        rc = add_random(w, "output.weight", otype, E, p->n_vocab, p->seed, idx++, 0, sd, err);
+        rc = add_random(w, "output.weight", tensor_type(p, "output.weight", 1, otype), E, p->n_vocab,
+                        p->seed, idx++, 0, sd, err);
     /* factors as Phi-3.5's: near 1 for the short context, larger for the long one */
     if (!rc && p->longrope)
         rc = add_random(w, "rope_factors_short.weight", DT_F32, n_rot / 2, 0, p->seed, idx++, 1.5,
@@ -298,7 +312,8 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
         char n[64];
 #define NM(suffix) (snprintf(n, sizeof n, "blk.%d.%s", l, suffix), n)
 #define M(suffix, nin, nout) \
-    if (!rc) rc = add_random(w, NM(suffix), p->type, nin, nout, p->seed, idx++, 0, sd, err);
+    if (!rc) { NM(suffix); /* before tensor_type reads n */ \
+               rc = add_random(w, n, tensor_type(p, n, 0, type), nin, nout, p->seed, idx++, 0, sd, err); }
 #define V(suffix, len, mean, std) \
     if (!rc) rc = add_random(w, NM(suffix), DT_F32, len, 0, p->seed, idx++, mean, std, err);
 #define N(suffix, len) \

@@ -6,6 +6,7 @@
 #include "quant.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -22,9 +23,9 @@ static const dtype_traits k_types[DT_COUNT] = {
     [DT_Q8_1] = {"q8_1", 32, 36, 0},
     [DT_Q2_K] = {"q2_K", 256, 84, 0},
     [DT_Q3_K] = {"q3_K", 256, 110, 0},
-    [DT_Q4_K] = {"q4_K", 256, 144, 0},
-    [DT_Q5_K] = {"q5_K", 256, 176, 0},
-    [DT_Q6_K] = {"q6_K", 256, 210, 0},
+    [DT_Q4_K] = {"q4_K", 256, 144, 1},
+    [DT_Q5_K] = {"q5_K", 256, 176, 1},
+    [DT_Q6_K] = {"q6_K", 256, 210, 1},
     [DT_Q8_K] = {"q8_K", 256, 292, 0},
     [DT_IQ2_XXS] = {"iq2_xxs", 256, 66, 0},
     [DT_IQ2_XS] = {"iq2_xs", 256, 74, 0},
@@ -147,6 +148,224 @@ static void quantize_q4_0(const float *x, block_q4_0 *y, int64_t n) {
     }
 }
 
+/* ---- K-quants ------------------------------------------------------------------------- */
+static int nearest_int(float v) { return (int)lrintf(v); }
+static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+void quant_kscales(const uint8_t s[12], uint8_t sc[8], uint8_t m[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        m[j] = s[j + 4] & 63;
+        sc[j + 4] = (uint8_t)((s[j + 8] & 0x0f) | ((s[j] >> 6) << 4));
+        m[j + 4] = (uint8_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
+    }
+}
+
+static void pack_kscales(const uint8_t sc[8], const uint8_t m[8], uint8_t s[12]) {
+    for (int j = 0; j < 4; j++) {
+        s[j] = (uint8_t)(sc[j] | ((sc[j + 4] >> 4) << 6));
+        s[j + 4] = (uint8_t)(m[j] | ((m[j + 4] >> 4) << 6));
+        s[j + 8] = (uint8_t)((sc[j + 4] & 0x0f) | ((m[j + 4] & 0x0f) << 4));
+    }
+}
+
+/* Affine fit x ~ a * q - b of one sub-block (q in 0..nmax, a >= 0, b >= 0 so that zero
+ * stays representable): min/max start, then least-squares refits of (a, b) to the rounded
+ * q while the squared error falls. */
+static void fit_affine(const float *x, int n, int nmax, float *a_out, float *b_out) {
+    float lo = 0, hi = 0;
+    for (int i = 0; i < n; i++) {
+        lo = fminf(lo, x[i]);
+        hi = fmaxf(hi, x[i]);
+    }
+    float a = (hi - lo) / (float)nmax, b = -lo;
+    if (a <= 0) { *a_out = 0; *b_out = b; return; }
+    double best = INFINITY;
+    for (int it = 0; it < 4; it++) {
+        double sq = 0, sx = 0, sqq = 0, sqx = 0, err = 0;
+        for (int i = 0; i < n; i++) {
+            int q = clampi(nearest_int((x[i] + b) / a), 0, nmax);
+            double e = (double)a * q - b - x[i];
+            err += e * e;
+            sq += q; sx += x[i]; sqq += (double)q * q; sqx += (double)q * x[i];
+        }
+        if (err >= best) break;
+        best = err;
+        *a_out = a;
+        *b_out = b;
+        double det = n * sqq - sq * sq;
+        if (det <= 0) break;
+        double na = (n * sqx - sq * sx) / det, nb = (na * sq - sx) / n;
+        if (nb < 0) { nb = 0; na = sqq > 0 ? sqx / sqq : 0; }
+        if (na <= 0) break;
+        a = (float)na;
+        b = (float)nb;
+    }
+}
+
+/* Q4_K (nmax 15) and Q5_K (nmax 31): per sub-block of 32 an affine fit, then the 8 scales
+ * and 8 mins quantised to 6 bits against the block's f16 d and dmin, then the values
+ * against the quantised scales (so rounding of the scales is not compounded). */
+static void quantize_kaffine(const float *x, void *vy, int64_t n, int nmax) {
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        float a[8], mn[8], amax = 0, mmax = 0;
+        for (int j = 0; j < 8; j++) {
+            fit_affine(x + 32 * j, 32, nmax, &a[j], &mn[j]);
+            amax = fmaxf(amax, a[j]);
+            mmax = fmaxf(mmax, mn[j]);
+        }
+        uint16_t dh = fp32_to_fp16(amax / 63), mh = fp32_to_fp16(mmax / 63);
+        float d = fp16_to_fp32(dh), dmin = fp16_to_fp32(mh);
+        uint8_t sc[8], m[8], q[QK_K];
+        for (int j = 0; j < 8; j++) {
+            sc[j] = (uint8_t)(d > 0 ? clampi(nearest_int(a[j] / d), 0, 63) : 0);
+            m[j] = (uint8_t)(dmin > 0 ? clampi(nearest_int(mn[j] / dmin), 0, 63) : 0);
+            float ds = d * sc[j], dm = dmin * m[j];
+            for (int l = 0; l < 32; l++)
+                q[32 * j + l] = (uint8_t)(ds > 0 ? clampi(nearest_int((x[32 * j + l] + dm) / ds), 0, nmax) : 0);
+        }
+        uint8_t *scales, *qs;
+        if (nmax == 15) {
+            block_q4_K *y = (block_q4_K *)vy + b;
+            y->d = dh; y->dmin = mh; scales = y->scales; qs = y->qs;
+        } else {
+            block_q5_K *y = (block_q5_K *)vy + b;
+            y->d = dh; y->dmin = mh; scales = y->scales; qs = y->qs;
+            memset(y->qh, 0, sizeof y->qh);
+            for (int j = 0; j < 8; j++)
+                for (int l = 0; l < 32; l++) y->qh[l] |= (uint8_t)(((q[32 * j + l] >> 4) & 1) << j);
+        }
+        pack_kscales(sc, m, scales);
+        for (int g = 0; g < 4; g++)
+            for (int l = 0; l < 32; l++)
+                qs[32 * g + l] = (uint8_t)((q[64 * g + l] & 15) | ((q[64 * g + 32 + l] & 15) << 4));
+    }
+}
+
+/* Q6_K: per sub-block of 16 a symmetric scale mapping the value of largest magnitude to
+ * -32 (as Q4_0 does with -8), the 16 scales to int8 against the block's f16 d. */
+static void quantize_q6_K(const float *x, block_q6_K *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K, y++) {
+        float s[16], smax = 0;
+        for (int j = 0; j < 16; j++) {
+            float amax = 0, v = 0;
+            for (int l = 0; l < 16; l++)
+                if (fabsf(x[16 * j + l]) > amax) { amax = fabsf(x[16 * j + l]); v = x[16 * j + l]; }
+            s[j] = v / -32.0f;
+            smax = fmaxf(smax, fabsf(s[j]));
+        }
+        y->d = fp32_to_fp16(smax / 127);
+        float d = fp16_to_fp32(y->d);
+        uint8_t q[QK_K];
+        for (int j = 0; j < 16; j++) {
+            y->scales[j] = (int8_t)(d > 0 ? clampi(nearest_int(s[j] / d), -128, 127) : 0);
+            float ds = d * y->scales[j];
+            for (int l = 0; l < 16; l++)
+                q[16 * j + l] = (uint8_t)(ds != 0 ? clampi(nearest_int(x[16 * j + l] / ds) + 32, 0, 63) : 32);
+        }
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t *e = q + 128 * h + l; /* e[0], e[32], e[64], e[96] */
+                y->ql[64 * h + l] = (uint8_t)((e[0] & 15) | ((e[64] & 15) << 4));
+                y->ql[64 * h + 32 + l] = (uint8_t)((e[32] & 15) | ((e[96] & 15) << 4));
+                y->qh[32 * h + l] = (uint8_t)((e[0] >> 4) | ((e[32] >> 4) << 2) | ((e[64] >> 4) << 4) |
+                                              ((e[96] >> 4) << 6));
+            }
+    }
+}
+
+/* Q8_K: the Q8_0 rule over 256 values with an f32 scale, plus the 16-value sums the
+ * K-quant dot products use for their mins and offsets. */
+static void quantize_q8_K(const float *x, block_q8_K *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K, y++) {
+        float amax = 0;
+        for (int j = 0; j < QK_K; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+        y->d = d;
+        for (int j = 0; j < QK_K; j++) y->qs[j] = (int8_t)clampi((int)roundf(x[j] * id), -127, 127);
+        for (int g = 0; g < QK_K / 16; g++) {
+            int sum = 0;
+            for (int l = 0; l < 16; l++) sum += y->qs[16 * g + l];
+            y->bsums[g] = (int16_t)sum;
+        }
+    }
+}
+
+/* The dequantisers follow ggml's arithmetic step for step (d * sc first, then * q, then
+ * minus dmin * m), so that a file's values come out as ggml computes them. */
+static void dequantize_q4_K(const block_q4_K *x, float *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK_K; b++, x++) {
+        uint8_t sc[8], m[8];
+        quant_kscales(x->scales, sc, m);
+        float d = fp16_to_fp32(x->d), dmin = fp16_to_fp32(x->dmin);
+        for (int g = 0; g < 4; g++) {
+            float d1 = d * sc[2 * g], m1 = dmin * m[2 * g];
+            float d2 = d * sc[2 * g + 1], m2 = dmin * m[2 * g + 1];
+            for (int l = 0; l < 32; l++) *y++ = d1 * (float)(x->qs[32 * g + l] & 15) - m1;
+            for (int l = 0; l < 32; l++) *y++ = d2 * (float)(x->qs[32 * g + l] >> 4) - m2;
+        }
+    }
+}
+
+static void dequantize_q5_K(const block_q5_K *x, float *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK_K; b++, x++) {
+        uint8_t sc[8], m[8];
+        quant_kscales(x->scales, sc, m);
+        float d = fp16_to_fp32(x->d), dmin = fp16_to_fp32(x->dmin);
+        for (int g = 0; g < 4; g++) {
+            float d1 = d * sc[2 * g], m1 = dmin * m[2 * g];
+            float d2 = d * sc[2 * g + 1], m2 = dmin * m[2 * g + 1];
+            for (int l = 0; l < 32; l++)
+                *y++ = d1 * (float)((x->qs[32 * g + l] & 15) | (((x->qh[l] >> (2 * g)) & 1) << 4)) - m1;
+            for (int l = 0; l < 32; l++)
+                *y++ = d2 * (float)((x->qs[32 * g + l] >> 4) | (((x->qh[l] >> (2 * g + 1)) & 1) << 4)) - m2;
+        }
+    }
+}
+
+static void dequantize_q6_K(const block_q6_K *x, float *y, int64_t n) {
+    for (int64_t b = 0; b < n / QK_K; b++, x++, y += QK_K) {
+        float d = fp16_to_fp32(x->d);
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t ql0 = x->ql[64 * h + l], ql1 = x->ql[64 * h + 32 + l], qh = x->qh[32 * h + l];
+                const int q[4] = {(ql0 & 15) | ((qh & 3) << 4), (ql1 & 15) | (((qh >> 2) & 3) << 4),
+                                  (ql0 >> 4) | (((qh >> 4) & 3) << 4), (ql1 >> 4) | (((qh >> 6) & 3) << 4)};
+                for (int k = 0; k < 4; k++) {
+                    int e = 128 * h + 32 * k + l;
+                    y[e] = d * (float)x->scales[e / 16] * (float)(q[k] - 32);
+                }
+            }
+    }
+}
+
+/* ---- llama.cpp's mixed file types ------------------------------------------------------ */
+int quant_mix_from_name(const char *name) {
+    if (!strcasecmp(name, "q4_k_m")) return QMIX_Q4_K_M;
+    if (!strcasecmp(name, "q5_k_m")) return QMIX_Q5_K_M;
+    return -1;
+}
+
+int quant_mix_base_type(int mix) {
+    return mix == QMIX_Q4_K_M ? DT_Q4_K : mix == QMIX_Q5_K_M ? DT_Q5_K : -1;
+}
+
+int quant_mix_file_type(int mix) { return mix == QMIX_Q4_K_M ? 15 : mix == QMIX_Q5_K_M ? 17 : 0; }
+
+/* llama.cpp gives more bits to the first and last eighth of the layers and every third
+ * layer between. */
+static int use_more_bits(int i, int n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+int quant_mix_tensor_type(int mix, const char *name, int n_layer) {
+    int base = quant_mix_base_type(mix), layer = -1, off = 0;
+    if (!strcmp(name, "output.weight")) return DT_Q6_K;
+    if (sscanf(name, "blk.%d.%n", &layer, &off) == 1 && off > 0 &&
+        (!strcmp(name + off, "attn_v.weight") || !strcmp(name + off, "ffn_down.weight")) &&
+        use_more_bits(layer, n_layer))
+        return DT_Q6_K;
+    return base;
+}
+
 void quant_quantize_row(int type, const float *src, void *dst, int64_t n) {
     switch (type) {
     case DT_F32: memcpy(dst, src, (size_t)n * 4); break;
@@ -158,6 +377,10 @@ void quant_quantize_row(int type, const float *src, void *dst, int64_t n) {
         break;
     case DT_Q8_0: quantize_q8_0(src, dst, n); break;
     case DT_Q4_0: quantize_q4_0(src, dst, n); break;
+    case DT_Q4_K: quantize_kaffine(src, dst, n, 15); break;
+    case DT_Q5_K: quantize_kaffine(src, dst, n, 31); break;
+    case DT_Q6_K: quantize_q6_K(src, dst, n); break;
+    case DT_Q8_K: quantize_q8_K(src, dst, n); break;
     default: break; /* callers check dtype_info()->supported first */
     }
 }
@@ -188,6 +411,15 @@ void quant_dequantize_row(int type, const void *src, float *dst, int64_t n) {
                 dst[b * QK4_0 + j + QK4_0 / 2] = d * (float)((x[b].qs[j] >> 4) - 8);
             }
         }
+        break;
+    }
+    case DT_Q4_K: dequantize_q4_K(src, dst, n); break;
+    case DT_Q5_K: dequantize_q5_K(src, dst, n); break;
+    case DT_Q6_K: dequantize_q6_K(src, dst, n); break;
+    case DT_Q8_K: {
+        const block_q8_K *x = src;
+        for (int64_t b = 0; b < n / QK_K; b++)
+            for (int j = 0; j < QK_K; j++) dst[b * QK_K + j] = x[b].d * (float)x[b].qs[j];
         break;
     }
     default: break;

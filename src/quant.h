@@ -6,6 +6,17 @@
  *   Q4_0 (2): blocks of 32: f16 d; 16 bytes qs, low nibbles = elements 0..15, high = 16..31;
  *             x = d * (q - 8)
  *   Q8_0 (8): blocks of 32: f16 d; int8 qs[32]; x = d * q
+ *   K-quants: super-blocks of 256 (QK_K) made of sub-blocks with their own small scales.
+ *   Q4_K (12): f16 d, dmin; scales[12] = 8 six-bit scales sc[j] and mins m[j] (packing in
+ *             quant_kscales); qs[128]: each 32-byte group g holds sub-block 2g in its low
+ *             nibbles and 2g+1 in its high nibbles; x = d * sc[j] * q - dmin * m[j]
+ *   Q5_K (13): as Q4_K plus qh[32]: bit j of qh[l] is the fifth bit (+16) of element l of
+ *             sub-block j
+ *   Q6_K (14): ql[128], qh[64], int8 scales[16], f16 d; 16 sub-blocks of 16;
+ *             x = d * scales[j] * (q - 32), q six bits (layout in quant.c's dequantizer)
+ *   Q8_K (15): f32 d; int8 qs[256]; int16 bsums[16] (sums of 16 consecutive qs): the
+ *             activations K-quant dot products take; never stored in files
+ * Q8_K is computed with (activations) but not a weight type, so not "supported".
  * Other ggml types are known by size (so files holding them are parsed and named in errors)
  * but have supported = 0 until implemented.
  */
@@ -29,6 +40,25 @@ enum {
 
 typedef struct { uint16_t d; uint8_t qs[QK4_0 / 2]; } block_q4_0; /* 18 bytes */
 typedef struct { uint16_t d; int8_t qs[QK8_0]; } block_q8_0;      /* 34 bytes */
+
+#define QK_K 256
+typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K; /* 144 */
+typedef struct {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+} block_q5_K; /* 176 */
+typedef struct {
+    uint8_t ql[QK_K / 2];
+    uint8_t qh[QK_K / 4];
+    int8_t scales[QK_K / 16];
+    uint16_t d;
+} block_q6_K; /* 210 */
+typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K; /* 292 */
+
+/* The eight 6-bit scales and mins of a Q4_K/Q5_K block: sc[j], m[j] for j < 8. */
+void quant_kscales(const uint8_t scales[12], uint8_t sc[8], uint8_t m[8]);
 
 typedef struct dtype_traits {
     const char *name;   /* "f32", "q4_0", ... as ggml names them */
@@ -54,5 +84,16 @@ uint16_t fp32_to_bf16(float f);
  * These define the formats; every fast path is tested against them. */
 void quant_dequantize_row(int type, const void *src, float *dst, int64_t n);
 void quant_quantize_row(int type, const float *src, void *dst, int64_t n);
+
+
+/* llama.cpp's mixed file types, as `llama-quantize` names them ("q4_k_m"): most matrices
+ * in one type, some in more bits. 0 = none (a uniform type). */
+enum { QMIX_NONE = 0, QMIX_Q4_K_M = 1, QMIX_Q5_K_M = 2 };
+int quant_mix_from_name(const char *name);       /* -1 if unknown */
+int quant_mix_base_type(int mix);                /* DT_Q4_K for QMIX_Q4_K_M ... */
+int quant_mix_file_type(int mix);                /* general.file_type (llama_ftype) */
+/* Type of tensor `name` ("output.weight", "blk.3.attn_v.weight", ...) of a model with
+ * n_layer layers in the mix, by llama.cpp's rules for llama-architecture models. */
+int quant_mix_tensor_type(int mix, const char *name, int n_layer);
 
 #endif
