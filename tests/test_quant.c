@@ -297,3 +297,52 @@ TEST(quant_k_models_match_dequantised_f32) {
     gguf_close(g);
     unlink(q);
 }
+
+/* K-quant files from other tools: DUET_FOREIGN_KQUANT="Q.gguf:Q_F32.gguf[,...]" names
+ * files written by another quantiser (llama.cpp's llama-quantize) and their F32 twins as
+ * that tool dequantises them. duet's dequantisation must equal the tool's bit for bit, and
+ * the file's logits must match the twin's (NMSE < 1e-3, the bound above). Skipped unless
+ * set: the files come from outside the repository (bench/results/ says how they were made). */
+TEST(quant_k_foreign_files) {
+    const char *env = getenv("DUET_FOREIGN_KQUANT");
+    if (!env || !*env) SKIP("DUET_FOREIGN_KQUANT not set");
+    char list[4096];
+    snprintf(list, sizeof list, "%s", env);
+    int32_t toks[20];
+    for (char *save = NULL, *pair = strtok_r(list, ",", &save); pair; pair = strtok_r(NULL, ",", &save)) {
+        char *colon = strchr(pair, ':');
+        REQUIRE(colon);
+        *colon = 0;
+        const char *qp = pair, *fp = colon + 1;
+        gguf_file *fq = NULL, *ff = NULL;
+        duet_error err = {0};
+        REQUIRE(!gguf_open(qp, &fq, &err) && !gguf_open(fp, &ff, &err));
+        long n_k = 0, n_diff = 0;
+        for (uint64_t i = 0; i < fq->n_tensors; i++) {
+            const gguf_tensor *tq = &fq->tensors[i], *tf = gguf_find_tensor(ff, tq->name);
+            REQUIRE(tf && tf->type == DT_F32);
+            int64_t n = tq->ne[0] * tq->ne[1];
+            float *y = malloc((size_t)n * sizeof(float));
+            quant_dequantize_row(tq->type, tq->data, y, n);
+            if (memcmp(y, tf->data, (size_t)n * sizeof(float))) n_diff++;
+            n_k += tq->type >= DT_Q4_K && tq->type <= DT_Q6_K;
+            free(y);
+        }
+        CHECKF(n_diff == 0, "%s: %ld tensors dequantise differently from %s", qp, n_diff, fp);
+        duet_model *m = fixture_load(qp);
+        REQUIRE(m);
+        int V = duet_model_hparams(m)->n_vocab;
+        duet_model_free(m);
+        for (int i = 0; i < 20; i++) toks[i] = (i * 53 + 11) % V;
+        float *lq = logits(qp, toks, 20), *lf = logits(fp, toks, 20);
+        REQUIRE(lq && lf);
+        double e = test_nmse(lq, lf, 20L * V);
+        fprintf(stderr, "    %s: %ld K-quant tensors, all bit-exact with %s: %s; logits NMSE %.3g\n", qp, n_k,
+                fp, n_diff ? "no" : "yes", e);
+        CHECKF(e < 1e-3, "%s: logits NMSE %g vs its dequantised twin", qp, e);
+        free(lq);
+        free(lf);
+        gguf_close(fq);
+        gguf_close(ff);
+    }
+}
