@@ -168,7 +168,7 @@ int main(int argc, char **argv) {
         printf("%d thread(s): FMA peak %.1f GFLOP/s\n", tp_n_threads(pools[p]), peak[p]);
     }
 
-    static const int types[] = {DT_Q4_0, DT_Q8_0, DT_F16, DT_BF16, DT_F32};
+    static const int types[] = {DT_Q4_0, DT_Q8_0, DT_Q4_K, DT_Q5_K, DT_Q6_K, DT_F16, DT_BF16, DT_F32};
     const int64_t n_out = 2048, n_in = 5632;
     printf("\ndecode: %lld x %lld matrix-vector, weights cycled over copies >= 512 MiB;\n"
            "read = best read pass of a 1 GiB buffer interleaved with the matvec passes\n",
@@ -178,7 +178,7 @@ int main(int argc, char **argv) {
     float *x = big_alloc(512 * 5632 * sizeof(float));
     for (int64_t i = 0; i < 512 * 5632; i++) x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
     float *y = big_alloc(512 * 5632 * sizeof(float));
-    void *scratch = big_alloc(kernels_matmul_scratch(DT_Q8_0, 5632, 512) + 64);
+    void *scratch = big_alloc(kernels_matmul_scratch(DT_Q4_K, 5632, 512) + 64); /* Q8_K: the largest */
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         size_t total = dtype_row_size(types[k], n_in) * (size_t)n_out;
         int copies = (int)((512u << 20) / total) + 1;

@@ -1,6 +1,7 @@
 /* common.c: error formatting, aligned allocation, printable strings, clock. */
 #include "common.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,16 +33,24 @@ const char *duet_status_str(int status) {
     }
 }
 
+/* calloc rather than aligned_alloc + memset: large blocks come zeroed from mmap, and their
+ * pages become resident only when first written, so buffers sized for the worst case (a
+ * full batch of activations and logits, the whole context's KV cache) cost memory only as
+ * they are used (generating after a short prompt touched 114 MiB of them before). The raw
+ * pointer is kept just below the aligned block for duet_afree. */
 void *duet_aalloc(size_t n) {
     if (n == 0) n = 64;
-    size_t r = (n + 63) & ~(size_t)63;
-    if (r < n) return NULL;
-    void *p = aligned_alloc(64, r);
-    if (p) memset(p, 0, r);
-    return p;
+    if (n > SIZE_MAX - 64 - sizeof(void *)) return NULL;
+    char *raw = calloc(1, n + 64 + sizeof(void *));
+    if (!raw) return NULL;
+    uintptr_t a = ((uintptr_t)raw + sizeof(void *) + 63) & ~(uintptr_t)63;
+    ((void **)a)[-1] = raw;
+    return (void *)a;
 }
 
-void duet_afree(void *p) { free(p); }
+void duet_afree(void *p) {
+    if (p) free(((void **)p)[-1]);
+}
 
 void duet_printable(char *dst, size_t cap, const char *s, size_t n) {
     size_t o = 0;
