@@ -5,7 +5,7 @@
 # named by date and commit, with the machine in its header comment lines.
 set -e
 duet=${1:-build/duet}
-types=${BENCH_TYPES:-"q8_0 q4_0"}
+types=${BENCH_TYPES:-"q8_0 q4_0 q4_k_m"}
 mkdir -p build/bench bench/results
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 out=bench/results/$(date +%Y%m%d-%H%M%S)-$commit.csv

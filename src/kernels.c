@@ -5,7 +5,8 @@
  * Invariants: at every level, vec_dot and tile compute each (row, token) dot with the same
  * sequence of operations, so kernels_matmul equals vec_dot bit for bit at that level, for
  * any tile shape and thread count. Q4_0/Q8_0 weights are dotted with activations quantised
- * to Q8_0 by exactly quant_quantize_row's rule; float weights with f32 activations.
+ * to Q8_0, K-quants with activations in Q8_K, by exactly quant_quantize_row's rules; float
+ * weights with f32 activations.
  */
 #include "kernels.h"
 

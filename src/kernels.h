@@ -17,7 +17,8 @@ enum { KLEVEL_SCALAR = 0, KLEVEL_AVX2 = 1, KLEVEL_AVX512 = 2, KLEVEL_COUNT };
 
 typedef struct kernel_traits {
     /* Activations are converted once per row to this type before dotting with weights of
-     * the kernel's type (Q8_0 for Q4_0/Q8_0 weights, F32 for float weights). */
+     * the kernel's type (Q8_0 for Q4_0/Q8_0 weights, Q8_K for the K-quants Q4_K/Q5_K/Q6_K,
+     * F32 for float weights). */
     int vec_dot_type;
     /* Convert n f32 activations to vec_dot_type (NULL when vec_dot_type is F32). */
     void (*from_float)(const float *x, void *y, int64_t n);
@@ -47,7 +48,7 @@ const kernel_traits *kernels_get_level(int type, int level);
  * the level in effect. Not to be called while kernels run on other threads. */
 int kernels_set_level(int level);
 /* Per-level tables (kernels_avx2.c, kernels_avx512.c); use kernels_get*, which check the
- * CPU. The AVX-512 table's Q4_0/Q8_0 kernels use VNNI (vpdpbusd). */
+ * CPU. The AVX-512 table's integer kernels use VNNI (vpdpbusd, vpdpwssd). */
 const kernel_traits *kernels_avx2_traits(int type);
 const kernel_traits *kernels_avx512_traits(int type);
 

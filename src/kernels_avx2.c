@@ -150,38 +150,45 @@ KX_FLOAT_KERNELS(f16)
 KX_FLOAT_KERNELS(bf16)
 
 /* ---- Q8_0 activations ------------------------------------------------------------------ */
+KX_INLINE float hmax8(__m256 m) {
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    return _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+}
+
+/* 32 values v * id rounded half away from zero (roundf) to int8 in element order; values
+ * beyond the int8 range saturate. */
+KX_INLINE __m256i round_pack32(const __m256 v[4], __m256 id) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    __m256i q[4];
+    KX_UNROLL
+    for (int k = 0; k < 4; k++) {
+        __m256 p = _mm256_mul_ps(v[k], id);
+        __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        __m256 away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(p, t)), half, _CMP_GE_OQ);
+        __m256 step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(p, sign), one));
+        q[k] = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
+    }
+    /* the packs work within 128-bit lanes; the permute restores element order */
+    __m256i q8 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    return _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
 /* Bit-exact with quant_quantize_row(DT_Q8_0): same amax (max is exact), same float division
  * for d and 1/d, and roundf's half-away-from-zero done as trunc + (|frac| >= 0.5), which
  * unlike floor(v + 0.5) cannot be spoilt by the addition rounding up. */
 static void KX(from_float_q8_0)(const float *x, void *vy, int64_t n) {
     block_q8_0 *y = vy;
-    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f),
-                 one = _mm256_set1_ps(1.0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
         __m256 v[4];
         KX_UNROLL
         for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_ps(x + 8 * k);
         __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
                                  _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        float d = _mm_cvtss_f32(m4) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        float d = hmax8(m) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = (uint16_t)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
-        const __m256 idv = _mm256_set1_ps(id);
-        __m256i q[4];
-        KX_UNROLL
-        for (int k = 0; k < 4; k++) {
-            __m256 p = _mm256_mul_ps(v[k], idv);
-            __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-            __m256 away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(p, t)), half, _CMP_GE_OQ);
-            __m256 step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(p, sign), one));
-            q[k] = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
-        }
-        /* the packs work within 128-bit lanes; the permute restores element order */
-        __m256i q8 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-        q8 = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256((__m256i *)y[b].qs, q8);
+        _mm256_storeu_si256((__m256i *)y[b].qs, round_pack32(v, _mm256_set1_ps(id)));
     }
 }
 
@@ -488,28 +495,18 @@ KX_INLINE void ktile_q6(const int R, const int T, int64_t n, const char *w, size
  * plus the 16-value sums. */
 static void KX(from_float_q8_K)(const float *x, void *vy, int64_t n) {
     block_q8_K *y = vy;
-    const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
         __m256 m = _mm256_setzero_ps();
         for (int k = 0; k < QK_K / 8; k++) m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + 8 * k)));
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        const float d = _mm_cvtss_f32(m4) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        const float d = hmax8(m) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
         y[b].d = d;
         const __m256 idv = _mm256_set1_ps(id);
         for (int k = 0; k < QK_K / 32; k++) {
-            __m256i q[4];
+            __m256 v[4];
             KX_UNROLL
-            for (int i = 0; i < 4; i++) {
-                __m256 p = _mm256_mul_ps(_mm256_loadu_ps(x + 32 * k + 8 * i), idv);
-                __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-                __m256 away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(p, t)), half, _CMP_GE_OQ);
-                __m256 step = _mm256_and_ps(away, _mm256_or_ps(_mm256_and_ps(p, sign), one));
-                q[i] = _mm256_cvttps_epi32(_mm256_add_ps(t, step));
-            }
-            __m256i q8 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-            q8 = _mm256_permutevar8x32_epi32(q8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(x + 32 * k + 8 * i);
+            __m256i q8 = round_pack32(v, idv);
             /* packs saturate at -128; the rule clamps at -127 */
             q8 = _mm256_max_epi8(q8, _mm256_set1_epi8(-127));
             q8 = _mm256_min_epi8(q8, _mm256_set1_epi8(127));

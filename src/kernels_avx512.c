@@ -4,7 +4,7 @@
  * vector registers (larger register tiles) and vpdpbusd for the int8 dot products. On Zen 4,
  * which splits 512-bit operations into two 256-bit halves, wider vectors would add shuffles
  * (two Q blocks per register) without adding throughput. kernels.c uses this level's
- * Q4_0/Q8_0 kernels only on CPUs with avx512vnni, the AVX2 ones otherwise.
+ * integer kernels (Q4_0, Q8_0, K-quants) only on CPUs with avx512vnni, the AVX2 ones otherwise.
  */
 #define KX_AVX512 1
 #include "kernels_avx2.c"

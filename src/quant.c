@@ -292,33 +292,23 @@ static void quantize_q8_K(const float *x, block_q8_K *y, int64_t n) {
 }
 
 /* The dequantisers follow ggml's arithmetic step for step (d * sc first, then * q, then
- * minus dmin * m), so that a file's values come out as ggml computes them. */
-static void dequantize_q4_K(const block_q4_K *x, float *y, int64_t n) {
-    for (int64_t b = 0; b < n / QK_K; b++, x++) {
+ * minus dmin * m), so that a file's values come out as ggml computes them. Q4_K and Q5_K
+ * share their header (d, dmin, scales) and nibble layout; Q5_K adds qh. */
+static void dequantize_kaffine(const void *src, float *y, int64_t n, int five) {
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const block_q4_K *x4 = (const block_q4_K *)src + b;
+        const block_q5_K *x5 = (const block_q5_K *)src + b;
+        const uint8_t *qs = five ? x5->qs : x4->qs;
         uint8_t sc[8], m[8];
-        quant_kscales(x->scales, sc, m);
-        float d = fp16_to_fp32(x->d), dmin = fp16_to_fp32(x->dmin);
-        for (int g = 0; g < 4; g++) {
-            float d1 = d * sc[2 * g], m1 = dmin * m[2 * g];
-            float d2 = d * sc[2 * g + 1], m2 = dmin * m[2 * g + 1];
-            for (int l = 0; l < 32; l++) *y++ = d1 * (float)(x->qs[32 * g + l] & 15) - m1;
-            for (int l = 0; l < 32; l++) *y++ = d2 * (float)(x->qs[32 * g + l] >> 4) - m2;
-        }
-    }
-}
-
-static void dequantize_q5_K(const block_q5_K *x, float *y, int64_t n) {
-    for (int64_t b = 0; b < n / QK_K; b++, x++) {
-        uint8_t sc[8], m[8];
-        quant_kscales(x->scales, sc, m);
-        float d = fp16_to_fp32(x->d), dmin = fp16_to_fp32(x->dmin);
-        for (int g = 0; g < 4; g++) {
-            float d1 = d * sc[2 * g], m1 = dmin * m[2 * g];
-            float d2 = d * sc[2 * g + 1], m2 = dmin * m[2 * g + 1];
-            for (int l = 0; l < 32; l++)
-                *y++ = d1 * (float)((x->qs[32 * g + l] & 15) | (((x->qh[l] >> (2 * g)) & 1) << 4)) - m1;
-            for (int l = 0; l < 32; l++)
-                *y++ = d2 * (float)((x->qs[32 * g + l] >> 4) | (((x->qh[l] >> (2 * g + 1)) & 1) << 4)) - m2;
+        quant_kscales(five ? x5->scales : x4->scales, sc, m);
+        float d = fp16_to_fp32(five ? x5->d : x4->d), dmin = fp16_to_fp32(five ? x5->dmin : x4->dmin);
+        for (int j = 0; j < 8; j++) { /* sub-block j: nibbles of group j / 2, high if j odd */
+            float dj = d * sc[j], mj = dmin * m[j];
+            for (int l = 0; l < 32; l++) {
+                int q = j & 1 ? qs[32 * (j / 2) + l] >> 4 : qs[32 * (j / 2) + l] & 15;
+                if (five) q |= ((x5->qh[l] >> j) & 1) << 4;
+                *y++ = dj * (float)q - mj;
+            }
         }
     }
 }
@@ -413,8 +403,8 @@ void quant_dequantize_row(int type, const void *src, float *dst, int64_t n) {
         }
         break;
     }
-    case DT_Q4_K: dequantize_q4_K(src, dst, n); break;
-    case DT_Q5_K: dequantize_q5_K(src, dst, n); break;
+    case DT_Q4_K: dequantize_kaffine(src, dst, n, 0); break;
+    case DT_Q5_K: dequantize_kaffine(src, dst, n, 1); break;
     case DT_Q6_K: dequantize_q6_K(src, dst, n); break;
     case DT_Q8_K: {
         const block_q8_K *x = src;

@@ -125,6 +125,25 @@ struct duet_model *fixture_load(const char *path) {
     return m;
 }
 
+float *fixture_logits(const char *path, const int32_t *toks, int n) {
+    duet_model *m = fixture_load(path);
+    if (!m) return NULL;
+    duet_session *s = NULL;
+    duet_error err = {0};
+    int V = duet_model_hparams(m)->n_vocab;
+    float *out = malloc(sizeof(float) * (size_t)V * (size_t)n);
+    if (!out || duet_session_new(m, NULL, &s, &err) || duet_session_eval(s, toks, n, 1, &err)) {
+        test_fail_at(__FILE__, __LINE__, "%s: %s", path, out ? err.msg : "out of memory");
+        free(out);
+        out = NULL;
+    }
+    for (int i = 0; out && i < n; i++)
+        memcpy(out + (size_t)i * V, duet_session_logits(s, i), sizeof(float) * (size_t)V);
+    duet_session_free(s);
+    duet_model_free(m);
+    return out;
+}
+
 struct duet_head *fixture_random_head(struct duet_model *b, uint64_t seed, float scale) {
     int E = duet_model_hparams(b)->n_embd;
     float u[4096];

@@ -27,6 +27,9 @@ const char *fixture_arch(const char *arch, int type, int n_swa, float attn_softc
 char *fixture_read_file(const char *path, size_t *n);
 /* Load a model with 2 threads; a failure fails the current test and returns NULL. */
 struct duet_model *fixture_load(const char *path);
+/* Logits of every position after one evaluation of toks[0..n) from an empty context:
+ * malloc'd [n][n_vocab]; NULL (and the current test failed) on error. */
+float *fixture_logits(const char *path, const int32_t *toks, int n);
 /* A hand-made head for base b: a seeded random direction, elements uniform in
  * [-scale/2, scale/2] (scale 0.5 spreads a random model's scores over a few logits). */
 struct duet_head *fixture_random_head(struct duet_model *b, uint64_t seed, float scale);

@@ -182,31 +182,12 @@ TEST(model_tiny_random_gguf_runs) {
 }
 
 /* ---- quantised twins, prefill vs decode, sync ------------------------------------------- */
-static float *logits_of(const char *path, const int32_t *toks, int n) {
-    duet_model *m = fixture_load(path);
-    if (!m) return NULL;
-    duet_session *s = NULL;
-    duet_error err = {0};
-    int V = duet_model_hparams(m)->n_vocab;
-    float *out = malloc(sizeof(float) * (size_t)V * (size_t)n);
-    if (duet_session_new(m, NULL, &s, &err) || duet_session_eval(s, toks, n, 1, &err)) {
-        test_fail_at(__FILE__, __LINE__, "%s: %s", path, err.msg);
-        free(out);
-        out = NULL;
-    } else {
-        for (int i = 0; i < n; i++) memcpy(out + (size_t)i * V, duet_session_logits(s, i), sizeof(float) * (size_t)V);
-    }
-    duet_session_free(s);
-    duet_model_free(m);
-    return out;
-}
-
 TEST(model_quantised_types_track_f32) {
     int32_t toks[24];
     for (int i = 0; i < 24; i++) toks[i] = (i * 37 + 5) % 600;
     const char *f32 = fixture_random(DT_F32, 11, 0);
     REQUIRE(f32);
-    float *ref = logits_of(f32, toks, 24);
+    float *ref = fixture_logits(f32, toks, 24);
     REQUIRE(ref);
     /* Bounds: 2.5x to 50x the NMSE measured on this model (F16 1.8e-7, BF16 1.3e-5, Q8_0
      * 2.1e-4 incl. the Q8_0 activations, Q4_0 3.8e-2). Random weights make logits small and
@@ -216,7 +197,7 @@ TEST(model_quantised_types_track_f32) {
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const char *p = fixture_random(cases[c].type, 11, 0);
         REQUIRE(p);
-        float *l = logits_of(p, toks, 24);
+        float *l = fixture_logits(p, toks, 24);
         REQUIRE(l);
         double e = test_nmse(l, ref, 24L * 600);
         fprintf(stderr, "    %s vs f32: logits NMSE %.3g (bound %g)\n", dtype_info(cases[c].type)->name, e,

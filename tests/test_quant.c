@@ -236,24 +236,6 @@ static int dequantised_twin(const char *q, const char *f32) {
     return rc;
 }
 
-static float *logits(const char *path, const int32_t *toks, int n) {
-    duet_model *m = fixture_load(path);
-    if (!m) return NULL;
-    duet_session *s = NULL;
-    duet_error err = {0};
-    int V = duet_model_hparams(m)->n_vocab;
-    float *out = malloc(sizeof(float) * (size_t)(V * n));
-    if (duet_session_new(m, NULL, &s, &err) || duet_session_eval(s, toks, n, 1, &err)) {
-        fprintf(stderr, "    %s\n", err.msg);
-        free(out);
-        out = NULL;
-    }
-    for (int i = 0; out && i < n; i++) memcpy(out + (size_t)i * V, duet_session_logits(s, i), sizeof(float) * (size_t)V);
-    duet_session_free(s);
-    duet_model_free(m);
-    return out;
-}
-
 TEST(quant_k_models_match_dequantised_f32) {
     struct { int type, mix, tied; const char *name; } cases[] = {
         {DT_Q4_K, 0, 0, "q4_K"}, {DT_Q5_K, 0, 0, "q5_K"}, {DT_Q6_K, 0, 1, "q6_K tied"},
@@ -267,7 +249,7 @@ TEST(quant_k_models_match_dequantised_f32) {
         REQUIRE(!make(q, cases[c].type, cases[c].mix, cases[c].tied));
         REQUIRE(!make(f, DT_F32, 0, cases[c].tied));
         REQUIRE(!dequantised_twin(q, f));
-        float *lq = logits(q, toks, 20), *lf = logits(f, toks, 20);
+        float *lq = fixture_logits(q, toks, 20), *lf = fixture_logits(f, toks, 20);
         REQUIRE(lq && lf);
         double e = test_nmse(lq, lf, 20L * 300);
         fprintf(stderr, "    %s vs its dequantised f32: logits NMSE %.3g (bound 1e-3)\n", cases[c].name, e);
@@ -334,7 +316,7 @@ TEST(quant_k_foreign_files) {
         int V = duet_model_hparams(m)->n_vocab;
         duet_model_free(m);
         for (int i = 0; i < 20; i++) toks[i] = (i * 53 + 11) % V;
-        float *lq = logits(qp, toks, 20), *lf = logits(fp, toks, 20);
+        float *lq = fixture_logits(qp, toks, 20), *lf = fixture_logits(fp, toks, 20);
         REQUIRE(lq && lf);
         double e = test_nmse(lq, lf, 20L * V);
         fprintf(stderr, "    %s: %ld K-quant tensors, all bit-exact with %s: %s; logits NMSE %.3g\n", qp, n_k,
