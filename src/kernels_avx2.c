@@ -334,6 +334,18 @@ KX_QUANT_KERNELS(q4_0, 1)
 #define K_TT 2
 #endif
 
+/* The R x T float accumulators of a K-quant tile: cleared, and summed into y at the end. */
+#define KX_ZERO_ACC(acc, R, T)                                                              \
+    KX_UNROLL                                                                               \
+    for (int r_ = 0; r_ < (R); r_++)                                                        \
+        KX_UNROLL                                                                           \
+        for (int t_ = 0; t_ < (T); t_++) acc[r_][t_] = _mm256_setzero_ps();
+#define KX_STORE_ACC(acc, R, T, y, ys)                                                      \
+    KX_UNROLL                                                                               \
+    for (int r_ = 0; r_ < (R); r_++)                                                        \
+        KX_UNROLL                                                                           \
+        for (int t_ = 0; t_ < (T); t_++) (y)[t_ * (ys) + r_] = hsum8(acc[r_][t_]);
+
 KX_INLINE __m256i kdot(__m256i acc, __m256i q, const void *x, __m256i sc16) {
     __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)x));
 #if KX_VNNI
@@ -355,10 +367,7 @@ KX_INLINE void ktile_affine(const int R, const int T, const int five, int64_t n,
     const size_t wbs = five ? sizeof(block_q5_K) : sizeof(block_q4_K);
     const __m256i lo4 = _mm256_set1_epi8(0x0f);
     __m256 acc[K_TR][K_TT];
-    KX_UNROLL
-    for (int r = 0; r < R; r++)
-        KX_UNROLL
-        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    KX_ZERO_ACC(acc, R, T)
     for (int64_t b = 0; b < n / QK_K; b++) {
         __m256i isum[K_TR][K_TT], scb[K_TR];
         __m128i mins[K_TR], xsum[K_TT];
@@ -417,20 +426,14 @@ KX_INLINE void ktile_affine(const int R, const int T, const int five, int64_t n,
             }
         }
     }
-    KX_UNROLL
-    for (int r = 0; r < R; r++)
-        KX_UNROLL
-        for (int t = 0; t < T; t++) y[t * ys + r] = hsum8(acc[r][t]);
+    KX_STORE_ACC(acc, R, T, y, ys)
 }
 
 KX_INLINE void ktile_q6(const int R, const int T, int64_t n, const char *w, size_t ws,
                         const char *x, size_t xs, float *y, int64_t ys) {
     const __m256i lo4 = _mm256_set1_epi8(0x0f), hi2 = _mm256_set1_epi8(0x30);
     __m256 acc[K_TR][K_TT];
-    KX_UNROLL
-    for (int r = 0; r < R; r++)
-        KX_UNROLL
-        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    KX_ZERO_ACC(acc, R, T)
     for (int64_t b = 0; b < n / QK_K; b++) {
         __m256i isum[K_TR][K_TT];
         __m128i sc8[K_TR];
@@ -485,10 +488,7 @@ KX_INLINE void ktile_q6(const int R, const int T, int64_t n, const char *w, size
             }
         }
     }
-    KX_UNROLL
-    for (int r = 0; r < R; r++)
-        KX_UNROLL
-        for (int t = 0; t < T; t++) y[t * ys + r] = hsum8(acc[r][t]);
+    KX_STORE_ACC(acc, R, T, y, ys)
 }
 
 /* Q8_K activations: quant_quantize_row's rule (as from_float_q8_0 does it), 256 at a time,
