@@ -388,3 +388,107 @@ TEST(lm_lr_schedule) {
     CHECK_NEAR(lm_lr_at(1.0, 55, 100, 10, 0, 0.0), 0.5, 1e-12);
     CHECK_NEAR(lm_lr_at(1.0, 10, 100, 10, 1, 0.0), 1.0, 1e-12);
 }
+
+/* ---- training runs ---------------------------------------------------------------------- */
+#include "train/lm_train.h"
+
+static const char *write_jsonl(const char *name, int n, int offset) {
+    const char *path = test_path(test_tmpdir(), name);
+    FILE *f = fopen(path, "w");
+    if (!f) return NULL;
+    for (int i = 0; i < n; i++) {
+        int a = (i + offset) % 10, b = (i * 7 + offset) % 10;
+        fprintf(f, "{\"prompt\": \"%d plus %d\", \"response\": \"is %d, so %d\"}\n", a, b, a + b, a + b);
+    }
+    fclose(f);
+    return path;
+}
+
+static int weights_equal(const char *a, const char *b) {
+    lm_model x, y;
+    duet_error err;
+    if (lm_model_load(a, 1, &x, &err) || lm_model_load(b, 1, &y, &err)) return 0;
+    int eq = x.L.n_params == y.L.n_params && !memcmp(x.w, y.w, x.L.n_params * sizeof(float));
+    lm_model_free(&x);
+    lm_model_free(&y);
+    return eq;
+}
+
+/* SFT on JSONL: held-out loss goes down; a run stopped half-way and resumed ends with the
+ * same bits as the uninterrupted run (data order and optimizer state restored). */
+TEST(lm_train_sft_and_resume) {
+    const char *init = fixture_random(0, 21, 1);
+    const char *data = write_jsonl("sft.jsonl", 60, 0);
+    REQUIRE(init && data);
+    duet_error err = {0};
+    lm_train_params p = {.data_path = data, .seq_len = 24, .batch = 4, .accum = 2, .steps = 12,
+                         .lr = 3e-3, .seed = 3, .val_frac = 0.2, .eval_every = 4};
+    lm_model m;
+    lm_train_result r;
+    p.out_path = test_path(test_tmpdir(), "sft-a.gguf");
+    REQUIRE(lm_model_load(init, 2, &m, &err) == DUET_OK);
+    CHECKF(lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
+    lm_model_free(&m);
+    CHECKF(r.last_val < r.first_val - 0.5, "held-out %g -> %g", r.first_val, r.last_val);
+    CHECK(r.n_val_seq > 0 && r.n_train_seq > r.n_val_seq);
+    /* the same run in two halves */
+    p.out_path = test_path(test_tmpdir(), "sft-b.gguf");
+    p.stop_at = 5;
+    REQUIRE(lm_model_load(init, 1, &m, &err) == DUET_OK); /* other thread count on purpose */
+    CHECK(lm_train(&m, &p, &r, &err) == LM_STOPPED);
+    lm_model_free(&m);
+    p.stop_at = 0;
+    p.resume = 1;
+    REQUIRE(lm_model_load(p.out_path, 2, &m, &err) == DUET_OK);
+    CHECKF(lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
+    lm_model_free(&m);
+    CHECK(weights_equal(test_path(test_tmpdir(), "sft-a.gguf"), p.out_path));
+}
+
+/* Joint training: expert scores made by the scorer; a wrong context is refused by name. */
+TEST(lm_train_collm_joint) {
+    const char *base = fixture_random(0, 31, 1), *expert = fixture_random(0, 32, 0);
+    const char *data = write_jsonl("collm.jsonl", 40, 3);
+    REQUIRE(base && expert && data);
+    duet_error err = {0};
+    duet_model *bm = fixture_load(base), *em = fixture_load(expert);
+    REQUIRE(bm && em);
+    ds_dataset d;
+    REQUIRE(ds_load(data, NULL, &d, &err) == DUET_OK);
+    const char *ep = test_path(test_tmpdir(), "collm-expert.dsf"),
+               *bad = test_path(test_tmpdir(), "collm-expert-bad.dsf");
+    dsf_score_params sp = {.n_ctx = 25, .no_hidden = 1, .ids_model = bm};
+    REQUIRE(dsf_score(em, &d, &sp, ep, NULL, &err) == DUET_OK);
+    sp.n_ctx = 14; /* shorter context: sequences cut differently */
+    REQUIRE(dsf_score(em, &d, &sp, bad, NULL, &err) == DUET_OK);
+    ds_free(&d);
+    dsf_file *E, *Ebad;
+    REQUIRE(dsf_open(ep, &E, &err) == DUET_OK && dsf_open(bad, &Ebad, &err) == DUET_OK);
+    float u[128];
+    for (int i = 0; i < 128; i++) u[i] = 0.01f * (float)((i % 5) - 2);
+    lm_train_params p = {.data_path = data, .seq_len = 24, .batch = 4, .steps = 8, .lr = 2e-3,
+                         .val_frac = 0.2, .expert = Ebad, .u_init = u,
+                         .out_path = test_path(test_tmpdir(), "collm.gguf"),
+                         .head_out = test_path(test_tmpdir(), "collm.head.gguf"), .name = "joint"};
+    lm_model m;
+    lm_train_result r;
+    REQUIRE(lm_model_load(base, 2, &m, &err) == DUET_OK);
+    int brc = lm_train(&m, &p, &r, &err);
+    CHECKF(brc == DUET_ERR_ARG && strstr(err.msg, "collm-expert-bad.dsf"), "rc %d: %s", brc, err.msg);
+    p.expert = E;
+    CHECKF(lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
+    CHECKF(r.last_val < r.first_val, "held-out marginal NLL %g -> %g", r.first_val, r.last_val);
+    lm_model_free(&m);
+    /* the head belongs to the trained base */
+    duet_model *tm = fixture_load(p.out_path);
+    duet_head *h = NULL;
+    REQUIRE(tm);
+    CHECKF(duet_head_load(p.head_out, tm, &h, &err) == DUET_OK, "%s", err.msg);
+    CHECK(h && memcmp(duet_head_u(h), u, sizeof u) != 0);
+    duet_head_free(h);
+    duet_model_free(tm);
+    dsf_close(E);
+    dsf_close(Ebad);
+    duet_model_free(bm);
+    duet_model_free(em);
+}

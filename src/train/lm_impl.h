@@ -299,7 +299,12 @@ static void LM_T(loss_worker)(void *ctx, int ith, int nth) {
         double lpb = (double)(z[y] - mx) - log(sum);
         j->lp[t] = (float)lpb;
         double gz = 1.0; /* weight of the base's token gradient: 1, or (1 - q) under COLLM */
-        if (b->loss == LM_LOSS_COLLM) {
+        if (b->loss == LM_LOSS_COLLM && wt == 0) { /* no expert log-prob here: no loss */
+            j->sc[t] = (float)LM_T(dot)(j->hidden + (size_t)t * j->E, j->u, j->E);
+            j->loss[t] = 0;
+            j->ds[t] = 0;
+            gz = 0;
+        } else if (b->loss == LM_LOSS_COLLM) {
             double s = LM_T(dot)(j->hidden + (size_t)t * j->E, j->u, j->E);
             double a = LM_T(log_sig)(-s) + lpb, c = LM_T(log_sig)(s) + b->lpe[t];
             double m = a > c ? a : c, lse = m + log(exp(a - m) + exp(c - m));
