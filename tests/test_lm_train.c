@@ -253,8 +253,12 @@ TEST(lm_collm_loss_value) {
 
 /* ---- the float trainer ------------------------------------------------------------------- */
 TEST(lm_logits_match_engine) {
-    for (int tied = 0; tied < 2; tied++) {
-        const char *path = fixture_random(0 /* F32 */, 7, tied);
+    /* random F32 models untied and tied, and a trained one (stories260K, GQA) when present */
+    const char *paths[3] = {fixture_random(0 /* F32 */, 7, 0), fixture_random(0, 7, 1),
+                            fixture_llama2c("stories260K")};
+    for (int tied = 0; tied < 3; tied++) {
+        const char *path = paths[tied];
+        if (tied == 2 && !path) break;
         REQUIRE(path);
         lm_model m;
         duet_error err = {0};
@@ -262,6 +266,12 @@ TEST(lm_logits_match_engine) {
         enum { T = 24 };
         int32_t tok[T], tgt[T];
         for (int i = 0; i < T; i++) { tok[i] = (int32_t)(3 + (i * 37) % 500); tgt[i] = tok[i]; }
+        if (tied == 2) { /* a real story's tokens */
+            int n = duet_tokenize(m.src, "Once upon a time, there was a little girl named Lily.", 53,
+                                  1, 0, tok, T, &err);
+            REQUIRE(n > 8 && n <= T);
+            for (int i = n; i < T; i++) tok[i] = tok[i - n];
+        }
         tok[0] = 1;
         lm_acts *a;
         REQUIRE(lm_acts_new(&m, 1, T, &a, &err) == DUET_OK);
@@ -279,7 +289,7 @@ TEST(lm_logits_match_engine) {
             const float *ref = duet_session_logits(s, t);
             for (int v = 0; v < V; v++) worst = fmax(worst, fabs((double)ref[v] - logits[(size_t)t * V + v]));
         }
-        CHECKF(worst < 1e-4, "tied %d: max |trainer - engine| logit = %g", tied, worst);
+        CHECKF(worst < 1e-4, "%s: max |trainer - engine| logit = %g", path, worst);
         /* the hidden state the head reads is the engine's too */
         double wh = 0;
         for (int i = 0; i < m.c.n_embd; i++)
