@@ -22,9 +22,11 @@ base="$m/demo-base.gguf" expert="$m/demo-expert.gguf"
 joint="$m/demo-joint.gguf"
 
 echo "Task: word problems whose answer is a product a * b (a, b in 2..12)."
-echo "  base   ($(du -k "$base" | cut -f1) KiB) learned the answer format on problems over 40% of the number pairs"
-echo "  expert ($(du -k "$expert" | cut -f1) KiB) learned every multiplication fact, never saw a question"
-echo "  joint  base and deferral head trained together (Co-LLM's marginal likelihood)"
+echo "  expert ($(du -k "$expert" | cut -f1) KiB): every multiplication fact, never saw a question"
+echo "  base   ($(du -k "$base" | cut -f1) KiB): pre-trained on the format with random products, fine-tuned on"
+echo "         problems over 40% of the number pairs"
+echo "  joint  ($(du -k "$joint" | cut -f1) KiB): the same start, base and deferral head trained together on the"
+echo "         same problems with Co-LLM's marginal likelihood (make models rebuilds all of them)"
 echo
 i=0
 for line in 3 4 5; do

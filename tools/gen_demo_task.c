@@ -13,7 +13,11 @@
  *    words, every pair, never a question or an answer: it knows the facts, not the format.
  * Held-out problems draw pairs from all 121, and no held-out question appears in training.
  *
- * usage: gen_demo_task OUTDIR [SEED]   writes base_train.jsonl, heldout.jsonl, expert_train.txt
+ * A validation set (problems over all pairs, disjoint from training and held-out) is where a
+ * switch for the frozen fine-tuned base can see that base's weaknesses.
+ *
+ * usage: gen_demo_task OUTDIR [SEED]   writes base_train.jsonl, heldout.jsonl, expert_train.txt,
+ *                                      val.jsonl
  * Same seed, same bytes.
  */
 #include <errno.h>
@@ -29,6 +33,8 @@
 #define N_TRAIN 1500
 #define N_HELDOUT 600
 #define N_EXPERT 3000
+#define N_VAL 400
+#define N_PRE 1500
 #define SEEN_FRAC 0.4
 
 static const char *k_names[] = {"Ann", "Ben", "Cal", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy",
@@ -42,10 +48,11 @@ static const char *k_objs[] = {"apples", "pens", "books", "cards", "eggs", "shel
 static uint64_t g_rng;
 static int rnd(int n) { return (int)(duet_splitmix64(&g_rng) % (uint64_t)n); }
 
-/* One problem: question and answer text (GSM8K style: the answer ends "#### p"). */
-static void problem(int a, int b, char *q, size_t qn, char *ans, size_t an) {
+/* One problem: question and answer text (GSM8K style: the answer ends "#### p"); p < 0
+ * means the true product a * b. */
+static void problem(int a, int b, int p, char *q, size_t qn, char *ans, size_t an) {
     const char *nm = k_names[rnd(N_NAMES)], *ob = k_objs[rnd(N_OBJS)];
-    int p = a * b;
+    if (p < 0) p = a * b; /* the true product unless a stand-in is given */
     switch (rnd(3)) {
     case 0:
         snprintf(q, qn, "%s has %d boxes with %d %s in each box. How many %s does %s have?", nm,
@@ -126,37 +133,71 @@ int main(int argc, char **argv) {
     char q[256], a[256];
     for (int i = 0; i < N_TRAIN; i++) {
         int pr = seen_list[rnd(n_seen)];
-        problem(LO + pr / (HI - LO + 1), LO + pr % (HI - LO + 1), q, sizeof q, a, sizeof a);
+        problem(LO + pr / (HI - LO + 1), LO + pr % (HI - LO + 1), -1, q, sizeof q, a, sizeof a);
         set_add(hash_str(q));
         json_line(tr, q, a, 1);
     }
     for (int i = 0; i < N_HELDOUT;) {
         int pr = rnd(NP);
-        problem(LO + pr / (HI - LO + 1), LO + pr % (HI - LO + 1), q, sizeof q, a, sizeof a);
+        problem(LO + pr / (HI - LO + 1), LO + pr % (HI - LO + 1), -1, q, sizeof q, a, sizeof a);
         if (!set_add(hash_str(q))) continue; /* seen in training (or already held out) */
         json_line(ho, q, a, 0);
         i++;
     }
-    /* expert: paragraphs of 1-3 lines, each a few random words then a fact */
+    /* expert: groups of 1-3 lines, each 1-3 random words then a fact, every group after a
+     * question line of the task ("Question: ..."): the expert reads the task's language but
+     * never sees an answer. Questions come from their own stream so that the main stream (and
+     * every other file) does not depend on them. */
+    uint64_t q_rng = seed ^ 0x5eed0e5e17ull;
     for (int i = 0; i < N_EXPERT; i++) {
+        uint64_t main_rng = g_rng;
+        g_rng = q_rng;
+        int pr = rnd(NP);
+        problem(LO + pr / (HI - LO + 1), LO + pr % (HI - LO + 1), -1, q, sizeof q, a, sizeof a);
+        q_rng = g_rng;
+        g_rng = main_rng;
+        fprintf(ex, "Question: %s\n", q);
         int lines = 1 + rnd(3);
         for (int l = 0; l < lines; l++) {
-            int words = rnd(4);
+            int words = 1 + rnd(3); /* a line never starts with a number: the expert has no
+                                     * reason to put one at the start of an answer */
             for (int w = 0; w < words; w++)
                 fprintf(ex, "%s ", rnd(2) ? k_names[rnd(N_NAMES)] : k_objs[rnd(N_OBJS)]);
             int x = LO + rnd(HI - LO + 1), y = LO + rnd(HI - LO + 1);
             fprintf(ex, "%d * %d = %d.\n", x, y, x * y);
         }
-        fputc('\n', ex);
+        /* no blank line: the corpus is one paragraph, cut into full-length windows, so the
+         * expert sees facts at every position a task answer reaches */
     }
-    int bad = ferror(tr) | ferror(ho) | ferror(ex);
-    bad |= fclose(tr) | fclose(ho) | fclose(ex);
+    /* validation: problems over all pairs (training layout), disjoint from the rest; drawn
+     * last so that the other files do not depend on it */
+    FILE *va = open_out(argv[1], "val.jsonl");
+    if (!va) return 1;
+    for (int i = 0; i < N_VAL;) {
+        int pr = rnd(NP);
+        problem(LO + pr / (HI - LO + 1), LO + pr % (HI - LO + 1), -1, q, sizeof q, a, sizeof a);
+        if (!set_add(hash_str(q))) continue;
+        json_line(va, q, a, 1);
+        i++;
+    }
+    /* pre-training for the base: the format over all pairs, but every product a random
+     * number (restated consistently): reading, copying and the layout, no multiplication */
+    FILE *pt = open_out(argv[1], "base_pretrain.jsonl");
+    if (!pt) return 1;
+    for (int i = 0; i < N_PRE; i++) {
+        int pr = rnd(NP), x = LO + pr / (HI - LO + 1), y = LO + pr % (HI - LO + 1);
+        int fake = LO * LO + rnd(HI * HI - LO * LO + 1);
+        problem(x, y, fake, q, sizeof q, a, sizeof a);
+        json_line(pt, q, a, 1);
+    }
+    int bad = ferror(tr) | ferror(ho) | ferror(ex) | ferror(va) | ferror(pt);
+    bad |= fclose(tr) | fclose(ho) | fclose(ex) | fclose(va) | fclose(pt);
     if (bad) {
         fprintf(stderr, "gen_demo_task: write error in %s\n", argv[1]);
         return 1;
     }
     fprintf(stderr, "gen_demo_task: %d training problems over %d of %d number pairs, %d held-out "
-                    "problems over all pairs, %d expert paragraphs in %s\n", N_TRAIN, n_seen, NP,
-            N_HELDOUT, N_EXPERT, argv[1]);
+                    "problems over all pairs, %d expert paragraphs, %d validation problems in %s\n",
+            N_TRAIN, n_seen, NP, N_HELDOUT, N_EXPERT, N_VAL, argv[1]);
     return 0;
 }
