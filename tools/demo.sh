@@ -22,7 +22,7 @@ base="$m/demo-base.gguf" expert="$m/demo-expert.gguf"
 joint="$m/demo-joint.gguf"
 
 echo "Task: word problems whose answer is a product a * b (a, b in 2..12)."
-echo "  expert ($(du -k "$expert" | cut -f1) KiB): every multiplication fact, never saw a question"
+echo "  expert ($(du -k "$expert" | cut -f1) KiB): multiplication facts and the questions' language, never an answer"
 echo "  base   ($(du -k "$base" | cut -f1) KiB): pre-trained on the format with random products, fine-tuned on"
 echo "         problems over 40% of the number pairs"
 echo "  joint  ($(du -k "$joint" | cut -f1) KiB): the same start, base and deferral head trained together on the"

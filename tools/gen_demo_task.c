@@ -9,15 +9,19 @@
  *    prompt/response JSONL laid out so that the completion format (prompt + "\n" + response)
  *    gives exactly the text `duet eval --task gsm8k` prompts with (the paper's prompt ending
  *    "\nAnswer:") followed by the answer: the response starts with "Answer:\n";
- *  - expert: pre-trained on plain text of multiplication facts ("7 * 8 = 56") among random
- *    words, every pair, never a question or an answer: it knows the facts, not the format.
+ *  - expert: pre-trained on plain text of multiplication facts ("7 * 8 = 56") after random
+ *    words, every pair, with task questions between them ("Question: ..."): it knows the facts
+ *    and the questions' language, never an answer;
+ *  - the base's own pre-training (base_pretrain.jsonl): problems over all pairs in the task's
+ *    layout but with a random number for every product, so that the base reads, copies and
+ *    lays out answers without knowing a single fact before fine-tuning.
  * Held-out problems draw pairs from all 121, and no held-out question appears in training.
  *
  * A validation set (problems over all pairs, disjoint from training and held-out) is where a
  * switch for the frozen fine-tuned base can see that base's weaknesses.
  *
  * usage: gen_demo_task OUTDIR [SEED]   writes base_train.jsonl, heldout.jsonl, expert_train.txt,
- *                                      val.jsonl
+ *                                      val.jsonl, base_pretrain.jsonl
  * Same seed, same bytes.
  */
 #include <errno.h>

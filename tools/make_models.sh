@@ -19,7 +19,7 @@ set -e
 duet=${1:-build/duet}
 gen=${2:-build/gen_demo_task}
 out=${3:-models}
-work=build/demo
+work=${DEMO_WORK:-build/demo}
 mkdir -p "$work" "$out"
 rm -f "$work"/*.dsf "$work"/*.dsf.partial   # score files resume: start clean
 q=--quiet
