@@ -21,7 +21,7 @@ static void usage(FILE *f, int collm) {
                 "                        --head-out HEAD.gguf (--head WEAK.gguf | --base-scores B) [options]\n"
                 "  Joint training (METHOD.md 3): the base's weights and the head vector u learn together\n"
                 "  on the negative log marginal likelihood, with the expert's log-probs from E.\n"
-                "  --expert-scores FILE  duet score -m EXPERT --tokenizer-of BASE -d DATA --n-ctx SEQ+1\n"
+                "  --expert-scores FILE  duet score -m EXPERT --tokenizer-of BASE -d DATA -c SEQ_LEN+1\n"
                 "  --head FILE           the starting head (duet head train --objective weak)\n"
                 "  --base-scores FILE    or: the base's scores of DATA, to train the weak start here\n"
                 "  --head-out FILE       the trained head (sidecar GGUF, for the trained base)\n"
