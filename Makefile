@@ -56,6 +56,10 @@ $(O)/run_tests: $(TEST_OBJ) $(O)/libduet.a
 $(O)/bench_collab: bench/bench_collab.c $(O)/libduet.a include/duet.h
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ bench/bench_collab.c $(O)/libduet.a $(LDLIBS)
 
+$(O)/gen_demo_task: tools/gen_demo_task.c src/common.h
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ tools/gen_demo_task.c
+
 deps:
 	@tools/deps.sh $(DEPS_PKGS)
 
@@ -77,9 +81,13 @@ deps-long:
 	@[ -d tests/browser/node_modules/playwright-core ] || \
 	    (cd tests/browser && npm install --no-audit --no-fund --silent)
 
-## demo: the main job on the embedded default models
+## demo: Co-LLM on the embedded demo models (models/), then the held-out evaluation table
 demo: deps $(O)/duet
 	@sh tools/demo.sh $(O)/duet
+
+## models: retrain the embedded demo models under models/ from seeds (bit for bit)
+models: deps $(O)/duet $(O)/gen_demo_task
+	@sh tools/make_models.sh $(O)/duet $(O)/gen_demo_task models
 
 ## bench: benchmarks, results written under bench/results/
 bench: deps $(O)/duet $(O)/bench_collab
@@ -110,6 +118,7 @@ help:
 	@echo "make test       run the tests (ends with 'N passed, N failed')"
 	@echo "make test-long  also the slow checks and the browser test (screenshot in build/)"
 	@echo "make demo       run the demo"
+	@echo "make models     retrain the embedded demo models (models/) from seeds"
 	@echo "make bench      run benchmarks, CSV under bench/results/"
 	@echo "make debug      ASan+UBSan build in build-debug/ and run the tests"
 	@echo "make fuzz       libFuzzer harnesses in build-fuzz/"

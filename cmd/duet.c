@@ -19,6 +19,7 @@ static const struct {
     {"make-model", cmd_make_model, "write a random-weight GGUF: duet make-model ... -o OUT"},
     {"head", cmd_head, "deferral head: duet head init | train (see duet head --help)"},
     {"score", cmd_score, "teacher-forced scores of a dataset: duet score -m MODEL -d DATA -o OUT"},
+    {"train", cmd_train, "train models: duet train lm | collm (see duet train --help)"},
     {"eval", cmd_eval, "policies side by side: duet eval -m BASE --expert E --task gsm8k|math|nll"},
     {"tune", cmd_tune, "choose the deferral threshold: duet tune -m BASE --expert E --head H ..."},
     {"serve", cmd_serve, "OpenAI-compatible HTTP server: duet serve -m BASE [--expert E] --port 8080"},

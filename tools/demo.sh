@@ -1,18 +1,55 @@
 #!/bin/sh
-# tools/demo.sh DUET_BIN: the demo. Until duet ships its own embedded model pair (a later
-# issue), it imports stories260K from ../shared and tells a story with it.
+# tools/demo.sh DUET_BIN: Co-LLM on the embedded demo models (models/, made by `make models`;
+# see tools/gen_demo_task.c for the task): a few held-out word problems answered by the jointly
+# trained base with the expert, expert tokens highlighted on a terminal, then the held-out
+# evaluation of every policy. Needs nothing outside the repository.
 set -e
 duet=${1:-build/duet}
-shared=${DUET_SHARED:-../shared}
-ckpt=$shared/models/stories260K/stories260K.bin
-tok=$shared/models/stories260K/tok512.bin
-if [ ! -r "$ckpt" ] || [ ! -r "$tok" ]; then
-    echo "demo: needs $ckpt and $tok (the shared data folder beside this checkout;" >&2
-    echo "      set DUET_SHARED=/path/to/shared). Nothing to run without a model." >&2
-    exit 1
-fi
-mkdir -p build/models
-out=build/models/stories260K.gguf
-[ -s "$out" ] || "$duet" convert --llama2c "$ckpt" --tokenizer "$tok" -o "$out"
-echo "== duet run -m $out -p 'Once upon a time' -n 200 --temp 0.8 --seed 42"
-"$duet" run -m "$out" -p "Once upon a time" -n 200 --temp 0.8 --seed 42
+m=${DUET_MODELS:-models}
+n=${DEMO_N:-500}          # held-out problems in the table
+threads=${DEMO_THREADS:-2}
+for f in demo-base demo-expert demo-base.head demo-joint demo-joint.head; do
+    if [ ! -r "$m/$f.gguf" ]; then
+        echo "demo: $m/$f.gguf is missing (make models rebuilds the demo models)" >&2
+        exit 1
+    fi
+done
+data=$m/demo-heldout.jsonl
+[ -r "$data" ] || { echo "demo: $data is missing (make models writes it)" >&2; exit 1; }
+work=build/demo-run
+mkdir -p "$work"
+base="$m/demo-base.gguf" expert="$m/demo-expert.gguf"
+joint="$m/demo-joint.gguf"
+
+echo "Task: word problems whose answer is a product a * b (a, b in 2..12)."
+echo "  expert ($(du -k "$expert" | cut -f1) KiB): multiplication facts and the questions' language, never an answer"
+echo "  base   ($(du -k "$base" | cut -f1) KiB): pre-trained on the format with random products, fine-tuned on"
+echo "         problems over 40% of the number pairs"
+echo "  joint  ($(du -k "$joint" | cut -f1) KiB): the same start, base and deferral head trained together on the"
+echo "         same problems with Co-LLM's marginal likelihood (make models rebuilds all of them)"
+echo
+i=0
+for line in 3 4 5; do
+    q=$(sed -n "${line}p" "$data" | sed 's/^{"question": "\(.*\)", "answer".*$/\1/')
+    ref=$(sed -n "${line}p" "$data" | sed 's/.*#### \([0-9]*\)"}$/\1/')
+    prompt=$(printf 'Please solve the following math problem with detailed steps.\n\nQuestion: %s\nAnswer:' "$q")
+    echo "== Question: $q   (reference $ref)"
+    "$duet" run -m "$joint" --expert "$expert" --head "$m/demo-joint.head.gguf" -p "$prompt" \
+        -n 48 --temp 0 --color --quiet -t "$threads" | sed -n '/^Answer:/,$p' | sed '1d'
+    echo
+done
+
+echo "== Held-out evaluation: $n problems never seen in training (greedy, exact match)"
+common="--expert $expert --task gsm8k --data $data --limit $n -n 40 -t $threads --quiet"
+# joint Co-LLM first: random deferral is then run at its deferral frequency
+"$duet" eval -m "$joint" --head "$m/demo-joint.head.gguf" --policy collm $common > "$work/joint.txt"
+rate=$(awk '$1 == "collm" { for (i = 1; i <= NF; i++) if ($i ~ /%$/ && $(i-1) ~ /\//) { sub("%", "", $i); printf "%.4f", $i / 100 } }' "$work/joint.txt")
+"$duet" eval -m "$base" --head "$m/demo-base.head.gguf" --policy base,expert,confidence,collm \
+    $common > "$work/base.txt"
+"$duet" eval -m "$base" --policy random --defer-rate "$rate" $common > "$work/random.txt"
+sed -n 2p "$work/base.txt"
+grep -E '^(base|expert|confidence) ' "$work/base.txt"
+sed -n 's/^random      /random      /p' "$work/random.txt"
+sed -n 's/^collm       /collm (head)/p' "$work/base.txt"
+sed -n 's/^collm       /collm(joint)/p' "$work/joint.txt"
+echo "(random defers at the joint model's frequency; collm (head) is the switch trained on the frozen base)"

@@ -60,21 +60,10 @@ static uint32_t block_check(const void *p, size_t n) {
 }
 
 /* ---- the plan: sequences of ids --------------------------------------------------------- */
-typedef struct pseq {
-    int64_t off;                   /* into plan.ids */
-    int n, n_prompt, example, flags;
-} pseq;
+typedef dsf_plan_seq pseq;
+typedef dsf_plan plan;
 
-typedef struct plan {
-    int32_t *ids;
-    int64_t n_ids, cap_ids;
-    pseq *seq;
-    int n_seq, cap_seq;
-    int64_t tok_total, n_tok, n_dropped;
-    int n_truncated, n_skipped;
-} plan;
-
-static void plan_free(plan *p) {
+void dsf_plan_free(dsf_plan *p) {
     free(p->ids);
     free(p->seq);
 }
@@ -117,8 +106,8 @@ static int plan_add(plan *p, int64_t off, int n, int n_prompt, int example, int 
     return DUET_OK;
 }
 
-static int build_plan(const duet_model *idm, const ds_dataset *d, int n_ctx, plan *p,
-                      duet_error *err) {
+int dsf_plan_build(const duet_model *idm, const ds_dataset *d, int n_ctx, dsf_plan *p,
+                   duet_error *err) {
     memset(p, 0, sizeof *p);
     int32_t bos = duet_token_bos(idm), eos = duet_token_eos(idm);
     char *buf = NULL;
@@ -205,7 +194,7 @@ static int build_plan(const duet_model *idm, const ds_dataset *d, int n_ctx, pla
         rc = duet_fail(err, DUET_ERR_FORMAT, "%s: zero usable tokens to score (%d examples, %d "
                        "with no response token inside the context of %d)", d->path, d->n,
                        p->n_skipped, n_ctx);
-    if (rc) plan_free(p);
+    if (rc) dsf_plan_free(p);
     return rc;
 }
 
@@ -295,7 +284,7 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
     int bridged = 0, rc;
     if ((rc = vocab_bridge_build(idm, model, "scored", &map, &bridged, err))) return rc;
     plan pl;
-    if ((rc = build_plan(idm, data, n_ctx, &pl, err))) { free(map); return rc; }
+    if ((rc = dsf_plan_build(idm, data, n_ctx, &pl, err))) { free(map); return rc; }
     st->n_examples = data->n;
     st->n_seq = pl.n_seq;
     st->n_tok = pl.n_tok;
@@ -492,7 +481,7 @@ done:
     free(index);
     free(mt);
     free(map);
-    plan_free(&pl);
+    dsf_plan_free(&pl);
     return rc;
 }
 

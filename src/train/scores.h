@@ -96,6 +96,28 @@ typedef struct dsf_seq {
     uint32_t n_tok, n_prompt, example, n_bytes, flags, reserved; /* 16 .. 36 */
 } dsf_seq;
 
+/* ---- the sequences of a dataset ---------------------------------------------------------- */
+/* The token sequences the scorer evaluates (and the trainer trains on), in dataset order:
+ * ids[off .. off+n) with the first n_prompt tokens context only (see the top of this file). */
+typedef struct dsf_plan_seq {
+    int64_t off;                   /* into dsf_plan.ids */
+    int n, n_prompt, example, flags;
+} dsf_plan_seq;
+
+typedef struct dsf_plan {
+    int32_t *ids;
+    int64_t n_ids, cap_ids;
+    dsf_plan_seq *seq;
+    int n_seq, cap_seq;
+    int64_t tok_total, n_tok, n_dropped;
+    int n_truncated, n_skipped;
+} dsf_plan;
+
+/* Tokenise `d` with idm's tokenizer into sequences of at most n_ctx tokens. */
+int dsf_plan_build(const duet_model *idm, const ds_dataset *d, int n_ctx, dsf_plan *p,
+                   duet_error *err);
+void dsf_plan_free(dsf_plan *p);
+
 /* ---- writing: the scoring pass ---------------------------------------------------------- */
 typedef struct dsf_progress {
     int64_t seq_done, seq_total;   /* sequences in the file so far / in all */

@@ -1,0 +1,248 @@
+/* train.c: `duet train lm` (pre-training on plain text, fine-tuning on prompt/response JSONL)
+ * and `duet train collm` (the paper's joint training of the base and its deferral head, or the
+ * weak-supervision baseline): thin wrappers over src/train/lm_train.h and head_train.h. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "duet.h"
+#include "quant.h"
+#include "train/head_train.h"
+#include "train/lm_train.h"
+#include "util.h"
+
+static void usage(FILE *f, int collm) {
+    if (collm)
+        fprintf(f,
+                "usage: duet train collm -m BASE.gguf -d DATA --expert-scores E -o OUT.gguf\n"
+                "                        --head-out HEAD.gguf (--head WEAK.gguf | --base-scores B) [options]\n"
+                "  Joint training (METHOD.md 3): the base's weights and the head vector u learn together\n"
+                "  on the negative log marginal likelihood, with the expert's log-probs from E.\n"
+                "  --expert-scores FILE  duet score -m EXPERT --tokenizer-of BASE -d DATA -c SEQ_LEN+1\n"
+                "  --head FILE           the starting head (duet head train --objective weak)\n"
+                "  --base-scores FILE    or: the base's scores of DATA, to train the weak start here\n"
+                "  --head-out FILE       the trained head (sidecar GGUF, for the trained base)\n"
+                "  --weak-supervision    the baseline: write the weak-supervision head from\n"
+                "                        --base-scores and --expert-scores to --head-out, base unchanged\n"
+                "  --val-expert-scores F the expert's scores of --val-data\n"
+                "  and the options of duet train lm (below)\n\n");
+    fprintf(f,
+            "usage: duet train lm (-m INIT.gguf | --n-embd N --n-layer N --n-head N [--n-head-kv N]\n"
+            "                     --n-ff N --n-vocab N [--n-ctx N] [--tied] [--init-seed S])\n"
+            "                     -d DATA -o OUT.gguf [options]\n"
+            "  -d, --data FILE       plain text (pre-training) or prompt/response JSONL (loss on the\n"
+            "                        response tokens only)\n"
+            "  --val-data FILE       held-out data (default: --val-frac of the examples)\n"
+            "  --val-frac F          held-out share of the examples (default 0.05)\n"
+            "  --seq-len T           positions per sequence (default min(context - 1, 128))\n"
+            "  --batch B             sequences per micro-batch (default 8)\n"
+            "  --accum K             micro-batches per step (gradient accumulation, default 1)\n"
+            "  --steps N | --epochs E  length of the run (default 1 epoch)\n"
+            "  --lr X                peak learning rate (default 1e-3)\n"
+            "  --warmup F            warm-up share of the steps (default 0.04)\n"
+            "  --decay cosine|linear learning-rate decay after warm-up (default cosine)\n"
+            "  --min-lr F            decay floor as a share of --lr (default 0.1)\n"
+            "  --weight-decay X      AdamW decay of the matrices (default 0)\n"
+            "  --clip X              gradient-norm clipping (default 1; 0 = off)\n"
+            "  --seed S              data order and held-out split (default 0)\n"
+            "  --eval-every N        steps between held-out evaluations (default steps/20)\n"
+            "  --eval-seqs N         held-out sequences per evaluation (default up to 512)\n"
+            "  --save-every N        checkpoint (OUT + OUT.optim) every N steps (default: at the end)\n"
+            "  --resume              continue from OUT and OUT.optim when they exist\n"
+            "  --name NAME           general.name of the output\n"
+            "  --log FILE            JSON log (per step and per evaluation)\n"
+            "  --curve PREFIX        the loss curve as PREFIX.csv and PREFIX.svg\n"
+            "  -t, --threads N       threads (default: all CPUs)\n"
+            "  --quiet               no progress or summary\n");
+}
+
+static void progress(void *ud, const lm_progress *p) {
+    double *last = ud, now = duet_time_s();
+    if (!p->is_eval && p->step != p->steps && now - *last < 0.25) return;
+    *last = now;
+    int eta = (int)p->eta_s;
+    fprintf(stderr, "\r\x1b[Kduet train: step %lld/%lld  loss %.4f  held-out %.4f  lr %.2e  "
+                    "%.0f tok/s  ETA %dm%02ds", (long long)p->step, (long long)p->steps, p->loss,
+            p->val_loss, p->lr, p->tok_per_s, eta / 60, eta % 60);
+    if (p->step == p->steps) fputc('\n', stderr);
+}
+
+int cmd_train(int argc, char **argv) {
+    if (argc < 2 || (strcmp(argv[1], "lm") && strcmp(argv[1], "collm"))) {
+        int help = argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"));
+        usage(help ? stdout : stderr, 1);
+        return help ? 0 : 2;
+    }
+    int collm = !strcmp(argv[1], "collm");
+    const char *cmd = collm ? "train collm" : "train lm";
+    const char *init = NULL, *epath = NULL, *vepath = NULL, *bpath = NULL, *head_in = NULL;
+    int quiet = 0, n_threads = 0, weak_only = 0;
+    duet_make_model_params mk = {.arch = "llama", .n_ctx = 256, .type = DT_F32, .output_type = -1};
+    lm_train_params p = {0};
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout, collm); return 0; }
+        if (!strcmp(a, "--quiet")) { quiet = 1; continue; }
+        if (!strcmp(a, "--tied")) { mk.tied = 1; continue; }
+        if (!strcmp(a, "--resume")) { p.resume = 1; continue; }
+        if (collm && !strcmp(a, "--weak-supervision")) { weak_only = 1; continue; }
+        if (!(v = arg_value(cmd, argc, argv, &i))) return 2;
+        float x;
+        int *ip = !strcmp(a, "--n-embd") ? &mk.n_embd : !strcmp(a, "--n-layer") ? &mk.n_layer
+                : !strcmp(a, "--n-head") ? &mk.n_head : !strcmp(a, "--n-head-kv") ? &mk.n_head_kv
+                : !strcmp(a, "--n-ff") ? &mk.n_ff : !strcmp(a, "--n-vocab") ? &mk.n_vocab
+                : !strcmp(a, "--n-ctx") ? &mk.n_ctx : !strcmp(a, "--seq-len") ? &p.seq_len
+                : !strcmp(a, "--batch") ? &p.batch : !strcmp(a, "--accum") ? &p.accum
+                : !strcmp(a, "--eval-every") ? &p.eval_every : !strcmp(a, "--eval-seqs") ? &p.eval_seqs
+                : !strcmp(a, "--save-every") ? &p.save_every
+                : !strcmp(a, "-t") || !strcmp(a, "--threads") ? &n_threads : NULL;
+        if (ip) {
+            if (!arg_int(cmd, a, v, 1, 1 << 24, ip)) return 2;
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) init = v;
+        else if (!strcmp(a, "-d") || !strcmp(a, "--data")) p.data_path = v;
+        else if (!strcmp(a, "--val-data")) p.val_path = v;
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) p.out_path = v;
+        else if (!strcmp(a, "--name")) p.name = v;
+        else if (!strcmp(a, "--log")) p.log_path = v;
+        else if (!strcmp(a, "--curve")) p.curve_prefix = v;
+        else if (collm && !strcmp(a, "--expert-scores")) epath = v;
+        else if (collm && !strcmp(a, "--val-expert-scores")) vepath = v;
+        else if (collm && !strcmp(a, "--base-scores")) bpath = v;
+        else if (collm && !strcmp(a, "--head")) head_in = v;
+        else if (collm && !strcmp(a, "--head-out")) p.head_out = v;
+        else if (!strcmp(a, "--steps")) {
+            int n;
+            if (!arg_int(cmd, a, v, 1, 1 << 30, &n)) return 2;
+            p.steps = n;
+        } else if (!strcmp(a, "--epochs")) {
+            if (!arg_float(cmd, a, v, 1e-6, 1e6, &x)) return 2;
+            p.epochs = x;
+        } else if (!strcmp(a, "--lr")) {
+            if (!arg_float(cmd, a, v, 1e-12, 10, &x)) return 2;
+            p.lr = x;
+        } else if (!strcmp(a, "--warmup")) {
+            if (!arg_float(cmd, a, v, 0, 1, &x)) return 2;
+            p.warmup = x > 0 ? x : -1;
+        } else if (!strcmp(a, "--min-lr")) {
+            if (!arg_float(cmd, a, v, 0, 1, &x)) return 2;
+            p.min_lr_frac = x > 0 ? x : -1;
+        } else if (!strcmp(a, "--weight-decay")) {
+            if (!arg_float(cmd, a, v, 0, 10, &x)) return 2;
+            p.weight_decay = x;
+        } else if (!strcmp(a, "--clip")) {
+            if (!arg_float(cmd, a, v, 0, 1e6, &x)) return 2;
+            p.clip = x > 0 ? x : -1;
+        } else if (!strcmp(a, "--val-frac")) {
+            if (!arg_float(cmd, a, v, 1e-6, 0.9, &x)) return 2;
+            p.val_frac = x;
+        } else if (!strcmp(a, "--decay")) {
+            if (strcmp(v, "cosine") && strcmp(v, "linear")) {
+                fprintf(stderr, "duet %s: --decay '%s' is not cosine or linear\n", cmd, v);
+                return 2;
+            }
+            p.linear = !strcmp(v, "linear");
+        } else if (!strcmp(a, "--seed")) {
+            if (!arg_u64(cmd, a, v, &p.seed)) return 2;
+        } else if (!strcmp(a, "--init-seed")) {
+            if (!arg_u64(cmd, a, v, &mk.seed)) return 2;
+        } else {
+            fprintf(stderr, "duet %s: unknown option '%s'\n", cmd, a);
+            usage(stderr, collm);
+            return 2;
+        }
+    }
+    duet_error err = {0};
+    int rc = 0;
+    dsf_file *E = NULL, *VE = NULL, *BS = NULL;
+    duet_head *h = NULL;
+    lm_model m = {0};
+    char tmp_init[1100] = "";
+    if (collm && weak_only) { /* the baseline: the weak-supervision head alone */
+        if (!bpath || !epath || !p.head_out) {
+            fprintf(stderr, "duet train collm --weak-supervision: needs --base-scores, "
+                            "--expert-scores and --head-out\n");
+            return 2;
+        }
+        ht_params hp = {.objective = HT_WEAK, .seed = p.seed};
+        if ((rc = dsf_open(bpath, &BS, &err)) || (rc = dsf_open(epath, &E, &err))) goto done;
+        if (!(rc = ht_train(BS, E, &hp, &h, NULL, &err))) rc = duet_head_save(h, p.head_out, &err);
+        if (!rc && !quiet) fprintf(stderr, "duet %s: wrote the weak-supervision head %s\n", cmd, p.head_out);
+        goto done;
+    }
+    if (!p.data_path || !p.out_path || (!init && !mk.n_embd) ||
+        (collm && (!epath || !p.head_out || (!head_in && !bpath)))) {
+        fprintf(stderr, "duet %s: need -d DATA, -o OUT and -m INIT (or the --n-* shape)%s\n", cmd,
+                collm ? ", --expert-scores, --head-out and --head or --base-scores" : "");
+        usage(stderr, collm);
+        return 2;
+    }
+    char sidecar[1100];
+    snprintf(sidecar, sizeof sidecar, "%s.optim", p.out_path);
+    if (p.resume && access(sidecar, R_OK) == 0) {
+        init = p.out_path; /* the checkpoint carries the weights; the sidecar the rest */
+    } else if (!init) {
+        if (!mk.n_head_kv) mk.n_head_kv = mk.n_head;
+        if (!mk.n_vocab || !mk.n_layer || !mk.n_head || !mk.n_ff) {
+            fprintf(stderr, "duet %s: a new model needs --n-embd, --n-layer, --n-head, --n-ff "
+                            "and --n-vocab\n", cmd);
+            return 2;
+        }
+        snprintf(tmp_init, sizeof tmp_init, "%s.init.gguf", p.out_path);
+        if ((rc = duet_make_model(&mk, tmp_init, &err))) goto done;
+        init = tmp_init;
+    }
+    if ((rc = lm_model_load(init, n_threads, &m, &err))) goto done;
+    if (tmp_init[0]) {
+        unlink(tmp_init); /* mapped: stays readable until the model is freed */
+        if (!p.name) {
+            const char *b = strrchr(p.out_path, '/');
+            p.name = b ? b + 1 : p.out_path;
+        }
+    }
+    if (collm) {
+        if ((rc = dsf_open(epath, &E, &err))) goto done;
+        if (vepath && (rc = dsf_open(vepath, &VE, &err))) goto done;
+        p.expert = E;
+        p.val_expert = VE;
+        if (head_in) {
+            rc = duet_head_load(head_in, m.src, &h, &err);
+        } else {
+            ht_params hp = {.objective = HT_WEAK, .seed = p.seed};
+            if (!(rc = dsf_open(bpath, &BS, &err))) rc = ht_train(BS, E, &hp, &h, NULL, &err);
+        }
+        if (rc) goto done;
+        if (duet_head_features(h) != DUET_HEAD_FEAT_HIDDEN) {
+            rc = DUET_ERR_ARG;
+            snprintf(err.msg, sizeof err.msg, "%s: joint training takes a hidden-state head "
+                     "(the paper's), not one with confidence features",
+                     head_in ? head_in : "the weak-supervision head");
+            goto done;
+        }
+        p.u_init = duet_head_u(h);
+    }
+    double last = 0;
+    if (!quiet && isatty(2)) {
+        p.progress = progress;
+        p.ud = &last;
+    }
+    lm_train_result r;
+    if ((rc = lm_train(&m, &p, &r, &err))) goto done;
+    if (!quiet)
+        fprintf(stderr, "duet %s: wrote %s%s%s: %lld steps, %lld loss tokens, held-out loss %.4f -> "
+                        "%.4f (best %.4f), %.0f tokens/s on %d threads, %.1f s\n", cmd, p.out_path,
+                collm ? " and " : "", collm ? p.head_out : "", (long long)r.steps,
+                (long long)r.tokens, r.first_val, r.last_val, r.best_val, r.tok_per_s, r.n_threads,
+                r.seconds);
+done:
+    if (rc) fprintf(stderr, "duet %s: %s\n", cmd, err.msg);
+    if (tmp_init[0]) unlink(tmp_init);
+    duet_head_free(h);
+    dsf_close(E);
+    dsf_close(VE);
+    dsf_close(BS);
+    lm_model_free(&m);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,475 @@
+/*
+ * lm_train.c: training runs (see lm_train.h): data into sequences and batches, the step loop
+ * with gradient accumulation, held-out evaluation, checkpoints and resume, the JSON log and the
+ * loss curve (CSV + SVG).
+ * Invariants: the batch of step s depends only on (seed, s), never on earlier steps, so
+ * resuming needs only the step count; with an expert, seq k of the plan is seq k of the
+ * expert's score file (checked token by token before training).
+ */
+#include "train/lm_train.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "model.h"
+#include "svg.h"
+#include "train/eval.h"
+
+typedef struct seqset {
+    dsf_plan plan;
+    float *lpe;          /* [plan.n_ids] expert log-prob of each token (NaN: none) */
+    int *idx;            /* sequences of this split */
+    int n;
+} seqset;
+
+static void seqset_free(seqset *s) {
+    dsf_plan_free(&s->plan);
+    free(s->lpe);
+    free(s->idx);
+    memset(s, 0, sizeof *s);
+}
+
+/* The expert's score file must describe exactly the plan's response tokens. */
+static int attach_expert(seqset *s, const dsf_file *e, const char *data_path, duet_error *err) {
+    const dsf_header *h = dsf_hdr(e);
+    const dsf_plan *p = &s->plan;
+    if ((int64_t)h->n_seq != p->n_seq)
+        return duet_fail(err, DUET_ERR_ARG, "%s: %llu sequences, but %s gives %d with this "
+                         "tokenizer and context (score it with --tokenizer-of BASE and --n-ctx "
+                         "equal to the trainer's sequence length + 1)", dsf_path(e),
+                         (unsigned long long)h->n_seq, data_path, p->n_seq);
+    s->lpe = malloc((size_t)(p->n_ids ? p->n_ids : 1) * sizeof(float));
+    if (!s->lpe) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < p->n_ids; i++) s->lpe[i] = NAN;
+    const dsf_seq *es = dsf_seqs(e);
+    for (int k = 0; k < p->n_seq; k++) {
+        const dsf_plan_seq *q = &p->seq[k];
+        if ((int)es[k].n_prompt != q->n_prompt || (int)es[k].n_tok != q->n - q->n_prompt)
+            return duet_fail(err, DUET_ERR_ARG, "%s: sequence %d has %u context + %u scored "
+                             "tokens, the trainer's has %d + %d (different data, tokenizer or "
+                             "context)", dsf_path(e), k, es[k].n_prompt, es[k].n_tok,
+                             q->n_prompt, q->n - q->n_prompt);
+        const dsf_tok *t = dsf_seq_toks(e, (uint64_t)k);
+        for (int j = 0; j < q->n - q->n_prompt; j++) {
+            if (t[j].gold != p->ids[q->off + q->n_prompt + j])
+                return duet_fail(err, DUET_ERR_ARG, "%s: sequence %d token %d is id %d, the "
+                                 "trainer's is %d (score with --tokenizer-of BASE)", dsf_path(e),
+                                 k, j, t[j].gold, p->ids[q->off + q->n_prompt + j]);
+            s->lpe[q->off + q->n_prompt + j] = t[j].lp;
+        }
+    }
+    return DUET_OK;
+}
+
+static int load_set(lm_model *m, const char *path, int T, const dsf_file *expert, seqset *s,
+                    duet_error *err) {
+    ds_dataset d;
+    int rc = ds_load(path, NULL, &d, err);
+    if (rc) return rc;
+    rc = dsf_plan_build(m->src, &d, T + 1, &s->plan, err);
+    ds_free(&d);
+    if (!rc && expert) rc = attach_expert(s, expert, path, err);
+    return rc;
+}
+
+/* Examples to the held-out side with probability frac, by a hash of (seed, example). */
+static int split(seqset *tr, seqset *va, double frac, uint64_t seed, duet_error *err) {
+    int n = tr->plan.n_seq;
+    int *a = malloc((size_t)n * sizeof *a), *b = malloc((size_t)n * sizeof *b);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    }
+    int na = 0, nb = 0;
+    for (int k = 0; k < n; k++) {
+        uint64_t x = seed ^ (0x51ed2701ull * (uint64_t)(tr->plan.seq[k].example + 1));
+        double r = (double)(duet_splitmix64(&x) >> 11) * 0x1.0p-53;
+        if (r < frac) b[nb++] = k;
+        else a[na++] = k;
+    }
+    tr->idx = a;
+    tr->n = na;
+    va->idx = b;
+    va->n = nb;
+    return DUET_OK;
+}
+
+/* Fill micro-batch rows from sequences seqs[0..B) (-1: an empty row). Returns the number of
+ * loss-carrying positions; *n_tok receives the number of real (non-padding) positions. */
+typedef struct batchbuf {
+    int *seqs;            /* [B] */
+    int32_t *tok, *tgt;
+    float *w, *lpe;
+} batchbuf;
+
+static int64_t fill_batch(const seqset *s, const int *seqs, int B, int T, batchbuf *bb,
+                          int64_t *n_tok) {
+    int64_t nw = 0, nt = 0;
+    for (int r = 0; r < B; r++) {
+        int32_t *tok = bb->tok + (size_t)r * T, *tgt = bb->tgt + (size_t)r * T;
+        float *w = bb->w + (size_t)r * T, *lpe = bb->lpe + (size_t)r * T;
+        int n = 0;
+        const dsf_plan_seq *q = seqs[r] >= 0 ? &s->plan.seq[seqs[r]] : NULL;
+        if (q) n = q->n - 1;
+        for (int i = 0; i < T; i++) {
+            if (i < n) {
+                tok[i] = s->plan.ids[q->off + i];
+                tgt[i] = s->plan.ids[q->off + i + 1];
+                w[i] = i + 1 >= q->n_prompt ? 1.0f : 0.0f;
+                lpe[i] = s->lpe ? s->lpe[q->off + i + 1] : 0.0f;
+                if (!isfinite(lpe[i])) lpe[i] = 0, w[i] = 0;
+            } else {
+                tok[i] = tgt[i] = 0;
+                w[i] = 0;
+                lpe[i] = 0;
+            }
+            nw += w[i] != 0;
+        }
+        nt += n;
+    }
+    *n_tok = nt;
+    return nw;
+}
+
+/* The epoch's permutation of the training sequences: Fisher-Yates seeded by (seed, epoch). */
+static void permute(int *perm, const int *idx, int n, uint64_t seed, int64_t epoch) {
+    memcpy(perm, idx, (size_t)n * sizeof *perm);
+    uint64_t r = seed * 0x9e3779b97f4a7c15ull + (uint64_t)epoch * 0xbf58476d1ce4e5b9ull + 1;
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(duet_splitmix64(&r) % (uint64_t)(i + 1));
+        int t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+}
+
+/* Sequences of micro-batch g: positions g*B .. g*B+B-1 of the stream of epochs. */
+static void pick(const seqset *tr, int *perm, int64_t *cur_epoch, uint64_t seed, int64_t g,
+                 int B, int *seqs) {
+    for (int r = 0; r < B; r++) {
+        int64_t pos = g * B + r, e = pos / tr->n;
+        if (e != *cur_epoch) {
+            permute(perm, tr->idx, tr->n, seed, e);
+            *cur_epoch = e;
+        }
+        seqs[r] = perm[pos % tr->n];
+    }
+}
+
+static double evaluate(lm_model *m, lm_acts *a, const seqset *va, int B, int T, int limit,
+                       int loss, batchbuf *bb) {
+    int n = limit > 0 && limit < va->n ? limit : va->n;
+    double sum = 0;
+    int64_t nw = 0, nt;
+    int *seqs = bb->seqs;
+    for (int k = 0; k < n; k += B) {
+        for (int r = 0; r < B; r++) seqs[r] = k + r < n ? va->idx[k + r] : -1;
+        int64_t w = fill_batch(va, seqs, B, T, bb, &nt);
+        if (!w) continue;
+        lm_batch b = {.B = B, .T = T, .tokens = bb->tok, .targets = bb->tgt, .weight = bb->w,
+                      .lpe = bb->lpe, .loss = loss, .scale = 1};
+        sum += lm_step(m, a, &b, 0, NULL);
+        nw += w;
+    }
+    return nw ? sum / (double)nw : NAN;
+}
+
+/* ---- curve and log ----------------------------------------------------------------------- */
+typedef struct curve {
+    double *step, *train, *val;
+    int n, cap;
+} curve;
+
+static int curve_add(curve *c, double step, double train, double val) {
+    if (c->n == c->cap) {
+        int nc = c->cap ? 2 * c->cap : 64;
+        double *a = realloc(c->step, (size_t)nc * sizeof(double));
+        if (a) c->step = a;
+        double *b = realloc(c->train, (size_t)nc * sizeof(double));
+        if (b) c->train = b;
+        double *d = realloc(c->val, (size_t)nc * sizeof(double));
+        if (d) c->val = d;
+        if (!a || !b || !d) return -1;
+        c->cap = nc;
+    }
+    c->step[c->n] = step;
+    c->train[c->n] = train;
+    c->val[c->n] = val;
+    c->n++;
+    return 0;
+}
+
+static int curve_save(const curve *c, const char *prefix, const char *title, duet_error *err) {
+    char path[1100];
+    size_t cap = 64 + (size_t)c->n * 64, len = 0;
+    char *csv = malloc(cap);
+    if (!csv) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    len += (size_t)snprintf(csv, cap, "step,train_loss,val_loss\n");
+    for (int i = 0; i < c->n; i++)
+        len += (size_t)snprintf(csv + len, cap - len, "%.0f,%.6f,%.6f\n", c->step[i], c->train[i],
+                                c->val[i]);
+    snprintf(path, sizeof path, "%s.csv", prefix);
+    int rc = eval_text_save(csv, len, path, err);
+    free(csv);
+    if (rc) return rc;
+    svg_series s[2] = {{.name = "training loss (mean since the previous point)", .x = c->step,
+                        .y = c->train, .n = c->n, .highlight = -1},
+                       {.name = "held-out loss", .x = c->step, .y = c->val, .n = c->n,
+                        .highlight = -1}};
+    svg_plot pl = {.title = title, .xlabel = "step", .ylabel = "loss per token (nats)"};
+    char *svg;
+    if (svg_line_plot(&pl, s, 2, &svg, &len)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    snprintf(path, sizeof path, "%s.svg", prefix);
+    rc = eval_text_save(svg, len, path, err);
+    free(svg);
+    return rc;
+}
+
+static int save_checkpoint(lm_model *m, const lm_train_params *p, const char *name,
+                           const lm_adamw *o, int sidecar, duet_error *err) {
+    int rc = lm_model_save(m, p->out_path, name, err);
+    if (!rc && sidecar) {
+        char sc[1100];
+        snprintf(sc, sizeof sc, "%s.optim", p->out_path);
+        rc = lm_adamw_save(o, 0, sc, err);
+    }
+    if (!rc && m->u && p->head_out) {
+        duet_head *h = NULL;
+        rc = duet_head_new(name, m->c.n_embd, m->c.n_vocab, duet_model_vocab_hash(m->src), &h, err);
+        if (!rc) rc = duet_head_set_u(h, m->u, m->c.n_embd);
+        if (!rc) rc = duet_head_save(h, p->head_out, err);
+        duet_head_free(h);
+    }
+    return rc;
+}
+
+/* ---- the run ------------------------------------------------------------------------------ */
+int lm_train(lm_model *m, const lm_train_params *pp, lm_train_result *res, duet_error *err) {
+    lm_train_params p = *pp;
+    lm_train_result dummy;
+    if (!res) res = &dummy;
+    memset(res, 0, sizeof *res);
+    const duet_hparams *hp = duet_model_hparams(m->src);
+    if (p.seq_len <= 0) p.seq_len = DUET_MIN(hp->n_ctx_train - 1, 128);
+    if (p.seq_len < 1 || p.seq_len + 1 > hp->n_ctx_train)
+        return duet_fail(err, DUET_ERR_ARG, "--seq-len %d is out of range [1, %d] (context %d)",
+                         p.seq_len, hp->n_ctx_train - 1, hp->n_ctx_train);
+    if (p.batch <= 0) p.batch = 8;
+    if (p.accum <= 0) p.accum = 1;
+    if (p.val_frac <= 0) p.val_frac = 0.05;
+    if (p.lr <= 0) p.lr = 1e-3;
+    if (p.warmup == 0) p.warmup = 0.04;
+    if (p.min_lr_frac == 0) p.min_lr_frac = 0.1;
+    if (p.min_lr_frac < 0) p.min_lr_frac = 0;
+    if (p.clip == 0) p.clip = 1.0;
+    if (p.epochs <= 0) p.epochs = 1;
+    if (!p.out_path) return duet_fail(err, DUET_ERR_ARG, "no output path");
+    int joint = p.expert != NULL, loss = joint ? LM_LOSS_COLLM : LM_LOSS_CE;
+    if (joint && p.val_path && !p.val_expert)
+        return duet_fail(err, DUET_ERR_ARG, "joint training with held-out data %s needs the "
+                         "expert's scores of it too", p.val_path);
+    int B = p.batch, T = p.seq_len;
+    const char *name = p.name ? p.name : hp->name;
+
+    seqset tr = {0}, va = {0};
+    lm_acts *a = NULL;
+    lm_adamw o = {0};
+    batchbuf bb = {0};
+    int *perm = NULL;
+    json_t *log = NULL, *jsteps = NULL, *jevals = NULL;
+    curve cv = {0};
+    int rc = load_set(m, p.data_path, T, p.expert, &tr, err);
+    if (!rc && p.val_path) {
+        rc = load_set(m, p.val_path, T, p.val_expert, &va, err);
+        if (!rc) {
+            tr.idx = malloc((size_t)tr.plan.n_seq * sizeof(int));
+            va.idx = malloc((size_t)(va.plan.n_seq ? va.plan.n_seq : 1) * sizeof(int));
+            if (!tr.idx || !va.idx) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+            for (int k = 0; !rc && k < tr.plan.n_seq; k++) tr.idx[k] = k;
+            for (int k = 0; !rc && k < va.plan.n_seq; k++) va.idx[k] = k;
+            tr.n = tr.plan.n_seq;
+            va.n = va.plan.n_seq;
+        }
+    } else if (!rc) {
+        rc = split(&tr, &va, p.val_frac, p.seed, err);
+        if (!rc) { /* both sides read the one plan */
+            va.plan = tr.plan;
+            va.lpe = tr.lpe;
+        }
+    }
+    if (!rc && tr.n == 0)
+        rc = duet_fail(err, DUET_ERR_ARG, "%s: no training sequence left after the held-out split",
+                       p.data_path);
+    if (rc) goto done;
+    res->n_train_seq = tr.n;
+    res->n_val_seq = va.n;
+    int64_t seqs_per_step = (int64_t)B * p.accum;
+    int64_t steps = p.steps > 0 ? p.steps
+                                : DUET_MAX(1, (int64_t)ceil(p.epochs * tr.n / (double)seqs_per_step));
+    int64_t warm = p.warmup > 0 ? (int64_t)ceil(p.warmup * (double)steps) : 0;
+    int eval_every = p.eval_every > 0 ? p.eval_every : (int)DUET_MAX(1, steps / 20);
+    int eval_seqs = p.eval_seqs > 0 ? p.eval_seqs : 512;
+
+    if ((rc = lm_acts_new(m, B, T, &a, err))) goto done;
+    size_t n_opt = m->L.n_params + (joint ? (size_t)m->c.n_embd : 0);
+    if ((rc = lm_adamw_init(&o, n_opt, err))) goto done;
+    o.lr = p.lr;
+    o.weight_decay = p.weight_decay;
+    o.clip = p.clip > 0 ? p.clip : 0;
+    if (joint) {
+        m->u = duet_aalloc((size_t)m->c.n_embd * sizeof(float));
+        m->gu = duet_aalloc((size_t)m->c.n_embd * sizeof(float));
+        if (!m->u || !m->gu) { rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory"); goto done; }
+        if (p.u_init) memcpy(m->u, p.u_init, (size_t)m->c.n_embd * sizeof(float));
+    }
+    size_t BT = (size_t)B * T;
+    bb.seqs = malloc((size_t)B * sizeof(int));
+    bb.tok = malloc(BT * sizeof(int32_t));
+    bb.tgt = malloc(BT * sizeof(int32_t));
+    bb.w = malloc(BT * sizeof(float));
+    bb.lpe = malloc(BT * sizeof(float));
+    perm = malloc((size_t)tr.n * sizeof *perm);
+    log = json_object();
+    jsteps = json_array();
+    jevals = json_array();
+    if (!bb.seqs || !bb.tok || !bb.tgt || !bb.w || !bb.lpe || !perm || !log || !jsteps || !jevals) {
+        rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    int64_t start = 0;
+    char sidecar[1100];
+    snprintf(sidecar, sizeof sidecar, "%s.optim", p.out_path);
+    if (p.resume && access(sidecar, R_OK) == 0) {
+        uint64_t unused;
+        if ((rc = lm_adamw_load(&o, &unused, sidecar, err))) goto done;
+        start = o.step;
+        if (start > steps) {
+            rc = duet_fail(err, DUET_ERR_ARG, "%s: the saved run is at step %lld, past --steps %lld",
+                           sidecar, (long long)start, (long long)steps);
+            goto done;
+        }
+    }
+
+    json_object_set_new(log, "config", json_pack("{s:s, s:s?, s:i, s:i, s:i, s:I, s:f, s:I, "
+                                                  "s:s, s:f, s:f, s:f, s:I, s:i, s:i, s:s, s:I, s:i}",
+                        "data", p.data_path, "val_data", p.val_path, "seq_len", T, "batch", B,
+                        "accum", p.accum, "steps", (json_int_t)steps, "lr", p.lr, "warmup_steps",
+                        (json_int_t)warm, "decay", p.linear ? "linear" : "cosine", "min_lr_frac",
+                        p.min_lr_frac, "weight_decay", p.weight_decay, "clip", p.clip, "seed",
+                        (json_int_t)p.seed, "n_train_seq", tr.n, "n_val_seq", va.n, "objective",
+                        joint ? "collm" : "lm", "n_params", (json_int_t)m->L.n_params,
+                        "threads", m->n_threads));
+    json_object_set(log, "steps", jsteps);
+    json_object_set(log, "evals", jevals);
+
+    double t0 = duet_time_s(), since_loss = 0, last_val = NAN, lr = 0, gnorm = 0;
+    int64_t since_w = 0, tok_run = 0, cur_epoch = -1;
+    res->first_val = res->best_val = NAN;
+    int *seqs = bb.seqs;
+    for (int64_t step = start + 1; step <= steps; step++) {
+        /* the step's sequences: micro-batch g covers positions g*B .. of the epoch stream */
+        /* the loss is a mean over the whole step's weighted tokens: count them first */
+        int64_t wsum = 0, nt;
+        for (int k = 0; k < p.accum; k++) {
+            pick(&tr, perm, &cur_epoch, p.seed, (step - 1) * p.accum + k, B, seqs);
+            wsum += fill_batch(&tr, seqs, B, T, &bb, &nt);
+        }
+        lm_zero_grad(m);
+        double lsum = 0;
+        for (int k = 0; k < p.accum && wsum > 0; k++) {
+            pick(&tr, perm, &cur_epoch, p.seed, (step - 1) * p.accum + k, B, seqs);
+            fill_batch(&tr, seqs, B, T, &bb, &nt);
+            lm_batch b = {.B = B, .T = T, .tokens = bb.tok, .targets = bb.tgt, .weight = bb.w,
+                          .lpe = bb.lpe, .loss = loss, .scale = 1.0 / (double)wsum};
+            lsum += lm_step(m, a, &b, 1, NULL);
+            tok_run += nt;
+        }
+        lr = lm_lr_at(p.lr, step, steps, warm, !p.linear, p.min_lr_frac);
+        if (wsum > 0) gnorm = lm_adamw_update(&o, m, lr);
+        else o.step++;
+        since_loss += lsum;
+        since_w += wsum;
+        res->tokens += wsum;
+        double el = duet_time_s() - t0, tps = el > 0 ? (double)tok_run / el : 0;
+        json_array_append_new(jsteps, json_pack("{s:I, s:f, s:f, s:f}", "step", (json_int_t)step,
+                              "loss", wsum ? lsum / (double)wsum : 0.0, "lr", lr, "grad_norm", gnorm));
+        int is_eval = step % eval_every == 0 || step == steps || step == start + 1;
+        double train_avg = since_w ? since_loss / (double)since_w : NAN;
+        if (is_eval) {
+            last_val = va.n ? evaluate(m, a, &va, B, T, eval_seqs, loss, &bb) : NAN;
+            if (isnan(res->first_val)) res->first_val = last_val;
+            if (!(last_val >= res->best_val)) res->best_val = last_val;
+            json_array_append_new(jevals, json_pack("{s:I, s:f, s:f, s:I}", "step", (json_int_t)step,
+                                  "train_loss", isnan(train_avg) ? 0.0 : train_avg, "val_loss",
+                                  isnan(last_val) ? 0.0 : last_val, "tokens", (json_int_t)res->tokens));
+            if (curve_add(&cv, (double)step, train_avg, last_val)) {
+                rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+                goto done;
+            }
+        }
+        if (p.progress) {
+            double left = (double)(steps - step) * (el / (double)(step - start));
+            lm_progress pr = {step, steps, train_avg, last_val, lr, gnorm, tps, left, is_eval};
+            p.progress(p.ud, &pr);
+        }
+        if (is_eval) since_loss = 0, since_w = 0;
+        if (p.stop_at > 0 && step == p.stop_at && step < steps) {
+            if (!(rc = save_checkpoint(m, &p, name, &o, 1, err))) rc = LM_STOPPED;
+            res->steps = step;
+            goto done;
+        }
+        if (p.save_every > 0 && step % p.save_every == 0 && step < steps &&
+            (rc = save_checkpoint(m, &p, name, &o, 1, err)))
+            goto done;
+    }
+    res->steps = steps;
+    res->last_val = last_val;
+    res->seconds = duet_time_s() - t0;
+    res->tok_per_s = res->seconds > 0 ? (double)tok_run / res->seconds : 0;
+    res->n_threads = m->n_threads;
+    if ((rc = save_checkpoint(m, &p, name, &o, 0, err))) goto done;
+    if (access(sidecar, F_OK) == 0) unlink(sidecar); /* a finished run has nothing to resume */
+    if (p.log_path) {
+        json_object_set_new(log, "result", json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f}",
+                            "steps", (json_int_t)res->steps, "tokens", (json_int_t)res->tokens,
+                            "first_val_loss", isnan(res->first_val) ? 0.0 : res->first_val,
+                            "last_val_loss", isnan(res->last_val) ? 0.0 : res->last_val,
+                            "best_val_loss", isnan(res->best_val) ? 0.0 : res->best_val,
+                            "seconds", res->seconds, "tokens_per_s", res->tok_per_s));
+        if ((rc = eval_json_save(log, p.log_path, err))) goto done;
+    }
+    if (p.curve_prefix) {
+        char title[300];
+        snprintf(title, sizeof title, "duet train %s: %s", joint ? "collm" : "lm", name);
+        rc = curve_save(&cv, p.curve_prefix, title, err);
+    }
+done:
+    if (va.plan.ids == tr.plan.ids) { /* shared plan: free once */
+        memset(&va.plan, 0, sizeof va.plan);
+        va.lpe = NULL;
+    }
+    seqset_free(&tr);
+    seqset_free(&va);
+    lm_acts_free(a);
+    lm_adamw_free(&o);
+    free(bb.seqs);
+    free(bb.tok);
+    free(bb.tgt);
+    free(bb.w);
+    free(bb.lpe);
+    free(perm);
+    free(cv.step);
+    free(cv.train);
+    free(cv.val);
+    json_decref(jsteps);
+    json_decref(jevals);
+    json_decref(log);
+    return rc;
+}

@@ -1,0 +1,504 @@
+/*
+ * test_lm_train.c: the llama trainer. The ops of src/train/lm_impl.h are compiled here for
+ * double and every backward pass is checked against central finite differences of its own
+ * forward pass (an independent oracle: only the forward code is trusted). The float trainer's
+ * logits are checked against the engine's (duet_session) for the same GGUF, its gradients
+ * for independence from the thread count, its checkpoints for a lossless round trip.
+ */
+#define LM_R double
+#define LM_T(name) lmd_##name
+#include "train/lm_impl.h"
+
+#include <stdlib.h>
+
+#include "fixtures.h"
+#include "test.h"
+
+/* ---- finite differences ------------------------------------------------------------------ */
+static uint64_t g_rng = 12345;
+static double urand(void) { return (double)(duet_splitmix64(&g_rng) >> 11) * 0x1.0p-53 * 2 - 1; }
+static void fill(double *x, size_t n, double scale) { for (size_t i = 0; i < n; i++) x[i] = scale * urand(); }
+
+/* Worst |analytic - numeric| over the largest |numeric|: the error relative to the gradient's
+ * scale (elementwise relative errors blow up on gradients that are zero up to rounding). */
+typedef double (*objective)(void *ctx);
+static double fd_check(objective f, void *ctx, double *x, const double *grad, size_t n,
+                       const char *what) {
+    const double h = 1e-5;
+    double worst = 0, scale = 1e-12;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double x0 = x[i];
+        x[i] = x0 + h;
+        double fp = f(ctx);
+        x[i] = x0 - h;
+        double fm = f(ctx);
+        x[i] = x0;
+        double num = (fp - fm) / (2 * h);
+        if (fabs(num) > scale) scale = fabs(num);
+        double e = fabs(num - grad[i]);
+        if (e > worst) { worst = e; at = i; }
+    }
+    double rel = worst / scale;
+    CHECKF(rel < 1e-6, "%s: max |analytic - numeric| / max |grad| = %.3g at element %zu", what, rel, at);
+    return rel;
+}
+
+/* Each op: the objective is sum(out * c) for fixed random c, so d obj / d out = c. */
+typedef struct op_ctx {
+    int n, in, out, dim, B, T, H, Hkv, hd;
+    double *x, *w, *y, *c, *rstd, *prob, *k, *v, *u, *cs, *sn;
+} op_ctx;
+
+static double dotc(const double *y, const double *c, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += y[i] * c[i];
+    return s;
+}
+
+static double obj_rmsnorm(void *p) {
+    op_ctx *o = p;
+    lmd_rmsnorm_fwd(o->y, o->rstd, o->x, o->w, o->n, o->dim, 1e-5f);
+    return dotc(o->y, o->c, (size_t)o->n * o->dim);
+}
+
+TEST(lm_fd_rmsnorm) {
+    op_ctx o = {.n = 3, .dim = 7};
+    double x[21], w[7], y[21], c[21], rstd[3], dx[21] = {0}, dw[7] = {0};
+    o.x = x; o.w = w; o.y = y; o.c = c; o.rstd = rstd;
+    fill(x, 21, 1); fill(w, 7, 1); fill(c, 21, 1);
+    obj_rmsnorm(&o);
+    lmd_rmsnorm_bwd(dx, dw, c, x, w, rstd, 3, 7);
+    fd_check(obj_rmsnorm, &o, x, dx, 21, "rmsnorm dx");
+    fd_check(obj_rmsnorm, &o, w, dw, 7, "rmsnorm dw");
+}
+
+static double obj_matmul(void *p) {
+    op_ctx *o = p;
+    lmd_matmul_fwd(NULL, o->y, o->x, o->w, o->n, o->in, o->out);
+    return dotc(o->y, o->c, (size_t)o->n * o->out);
+}
+
+TEST(lm_fd_matmul) {
+    op_ctx o = {.n = 5, .in = 11, .out = 6};  /* in not a multiple of 8: the dot's tail */
+    double x[55], w[66], y[30], c[30], dx[55] = {0}, dw[66] = {0};
+    o.x = x; o.w = w; o.y = y; o.c = c;
+    fill(x, 55, 1); fill(w, 66, 1); fill(c, 30, 1);
+    obj_matmul(&o);
+    lmd_matmul_bwd(NULL, dx, dw, c, x, w, 5, 11, 6);
+    fd_check(obj_matmul, &o, x, dx, 55, "matmul dx");
+    fd_check(obj_matmul, &o, w, dw, 66, "matmul dW");
+}
+
+static double obj_rope(void *p) {
+    op_ctx *o = p;
+    size_t n = (size_t)o->n * o->H * o->hd;
+    memcpy(o->y, o->x, n * sizeof(double));
+    lmd_rope(o->y, o->n, o->T, o->H, o->hd, o->cs, o->sn, 1);
+    return dotc(o->y, o->c, n);
+}
+
+TEST(lm_fd_rope) {
+    lm_config cfg = {.head_dim = 6};
+    for (int i = 0; i < 3; i++) cfg.inv_freq[i] = powf(10000.0f, -(float)(2 * i) / 6);
+    op_ctx o = {.n = 8, .T = 4, .H = 2, .hd = 6};  /* two sequences of 4 positions */
+    double x[96], y[96], c[96], cs[12], sn[12], dx[96];
+    o.x = x; o.y = y; o.c = c; o.cs = cs; o.sn = sn;
+    lmd_rope_tables(cs, sn, 4, 6, cfg.inv_freq);
+    fill(x, 96, 1); fill(c, 96, 1);
+    obj_rope(&o);
+    memcpy(dx, c, sizeof dx);
+    lmd_rope(dx, 8, 4, 2, 6, cs, sn, -1);
+    fd_check(obj_rope, &o, x, dx, 96, "rope dx");
+}
+
+static double obj_attn(void *p) {
+    op_ctx *o = p;
+    lmd_attn_fwd(NULL, o->y, o->prob, o->x, o->k, o->v, o->B, o->T, o->H, o->Hkv, o->hd);
+    return dotc(o->y, o->c, (size_t)o->B * o->T * o->H * o->hd);
+}
+
+TEST(lm_fd_attention) {
+    enum { B = 2, T = 5, H = 4, Hkv = 2, hd = 3, NQ = B * T * H * hd, NKV = B * T * Hkv * hd };
+    op_ctx o = {.B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd};
+    static double q[NQ], k[NKV], v[NKV], y[NQ], c[NQ], prob[B * H * T * T], dq[NQ], dk[NKV], dv[NKV];
+    o.x = q; o.k = k; o.v = v; o.y = y; o.c = c; o.prob = prob;
+    fill(q, NQ, 1); fill(k, NKV, 1); fill(v, NKV, 1); fill(c, NQ, 1);
+    obj_attn(&o);
+    /* causality: the first position attends to itself only */
+    CHECK_NEAR(prob[0], 1.0, 1e-12);
+    lmd_attn_bwd(NULL, dq, dk, dv, c, prob, q, k, v, B, T, H, Hkv, hd);
+    fd_check(obj_attn, &o, q, dq, NQ, "attention dq");
+    fd_check(obj_attn, &o, k, dk, NKV, "attention dk (grouped heads)");
+    fd_check(obj_attn, &o, v, dv, NKV, "attention dv (grouped heads)");
+}
+
+static double obj_swiglu(void *p) {
+    op_ctx *o = p;
+    lmd_swiglu_fwd(o->y, o->x, o->w, (size_t)o->n);
+    return dotc(o->y, o->c, (size_t)o->n);
+}
+
+TEST(lm_fd_swiglu) {
+    op_ctx o = {.n = 13};
+    double g[13], u[13], y[13], c[13], dg[13], du[13];
+    o.x = g; o.w = u; o.y = y; o.c = c;
+    fill(g, 13, 4); fill(u, 13, 2); fill(c, 13, 1);
+    obj_swiglu(&o);
+    lmd_swiglu_bwd(dg, du, c, g, u, 13);
+    fd_check(obj_swiglu, &o, g, dg, 13, "swiglu dgate");
+    fd_check(obj_swiglu, &o, u, du, 13, "swiglu dup");
+}
+
+/* ---- the whole model in double: every parameter's gradient, CE and COLLM, tied/untied ---- */
+typedef struct model_ctx {
+    lm_config c;
+    lm_layout L;
+    double *w, *g, *u, *gu;
+    struct lmd_acts *a;
+    lm_batch b;
+} model_ctx;
+
+static double obj_model(void *p) {
+    model_ctx *m = p;
+    return lmd_run(&m->c, &m->L, m->w, m->g, m->u, m->gu, m->a, &m->b, NULL, 0, NULL) * m->b.scale;
+}
+
+static void check_model(int tied, int loss) {
+    model_ctx m = {.c = {.n_vocab = 11, .n_embd = 8, .n_layer = 2, .n_head = 2, .n_head_kv = 1,
+                         .n_ff = 12, .head_dim = 4, .tied = tied, .rms_eps = 1e-5f}};
+    for (int i = 0; i < 2; i++) m.c.inv_freq[i] = powf(10000.0f, -(float)(2 * i) / 4);
+    duet_error err = {0};
+    REQUIRE(lm_layout_init(&m.L, &m.c, &err) == DUET_OK);
+    enum { B = 2, T = 5 };
+    size_t n = m.L.n_params;
+    m.w = calloc(n, sizeof(double));
+    m.g = calloc(n, sizeof(double));
+    double u[8], gu[8] = {0};
+    m.u = u;
+    m.gu = gu;
+    fill(u, 8, 1);
+    fill(m.w, n, 0.5);
+    for (int i = 0; i < m.L.n_t; i++) /* norms near 1, as trained models have */
+        if (m.L.t[i].n_out == 1)
+            for (int64_t j = 0; j < m.L.t[i].n_in; j++) m.w[m.L.t[i].off + j] += 1;
+    int32_t tok[B * T], tgt[B * T];
+    float wt[B * T], lpe[B * T];
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)(duet_splitmix64(&g_rng) % 11);
+        tgt[i] = (int32_t)(duet_splitmix64(&g_rng) % 11);
+        wt[i] = i % T >= 1 ? 1.0f : 0.0f;          /* a masked prompt position per sequence */
+        lpe[i] = (float)(-3 * (urand() + 1));
+    }
+    m.b = (lm_batch){.B = B, .T = T, .tokens = tok, .targets = tgt, .weight = wt, .lpe = lpe,
+                     .loss = loss, .scale = 1.0 / 8};
+    m.a = lmd_acts_alloc(&m.c, B, T);
+    REQUIRE(m.a);
+    lmd_run(&m.c, &m.L, m.w, m.g, m.u, m.gu, m.a, &m.b, NULL, 1, NULL);
+    char what[96];
+    for (int i = 0; i < m.L.n_t; i++) {
+        const lm_tensor *t = &m.L.t[i];
+        snprintf(what, sizeof what, "%s %s (%s)", loss ? "collm" : "ce", t->name, tied ? "tied" : "untied");
+        fd_check(obj_model, &m, m.w + t->off, m.g + t->off, (size_t)(t->n_in * t->n_out), what);
+    }
+    if (loss == LM_LOSS_COLLM) fd_check(obj_model, &m, u, gu, 8, "collm head u");
+    /* the prompt position carries no loss: its target can change freely */
+    double before = obj_model(&m);
+    tgt[0] = (tgt[0] + 1) % 11;
+    CHECK_NEAR(obj_model(&m), before, 1e-15);
+    lmd_acts_release(m.a);
+    free(m.w);
+    free(m.g);
+    lm_layout_free(&m.L);
+}
+
+TEST(lm_fd_model_ce_untied) { check_model(0, LM_LOSS_CE); }
+TEST(lm_fd_model_ce_tied) { check_model(1, LM_LOSS_CE); }
+TEST(lm_fd_model_collm) { check_model(0, LM_LOSS_COLLM); }
+
+/* The COLLM loss against METHOD.md's formula computed by hand for one token. */
+TEST(lm_collm_loss_value) {
+    lm_config c = {.n_vocab = 3, .n_embd = 2, .n_layer = 1, .n_head = 1, .n_head_kv = 1,
+                   .n_ff = 2, .head_dim = 2, .tied = 1, .rms_eps = 1e-5f};
+    lm_layout L;
+    duet_error err;
+    REQUIRE(lm_layout_init(&L, &c, &err) == DUET_OK);
+    double *w = calloc(L.n_params, sizeof(double)), *g = calloc(L.n_params, sizeof(double));
+    /* zero blocks (attention/FFN add nothing), embedding rows e0 = (1, 0), e1 = (0, 1), e2 = 0,
+     * norms 1: the hidden state of token 0 is (sqrt(2)-ish normed (1,0)), logits = E h */
+    w[L.tok_embd + 0] = 1;
+    w[L.tok_embd + 3] = 1;
+    for (int i = 0; i < 2; i++) w[L.output_norm + i] = 1;
+    double u[2] = {0.7, -0.2}, gu[2] = {0};
+    int32_t tok[1] = {0}, tgt[1] = {1};
+    float wt[1] = {1}, lpe[1] = {-0.5f};
+    lm_batch b = {.B = 1, .T = 1, .tokens = tok, .targets = tgt, .weight = wt, .lpe = lpe,
+                  .loss = LM_LOSS_COLLM, .scale = 1};
+    struct lmd_acts *a = lmd_acts_alloc(&c, 1, 1);
+    REQUIRE(a);
+    double got = lmd_run(&c, &L, w, g, u, gu, a, &b, NULL, 0, NULL);
+    double h0 = 1 / sqrt(0.5 + 1e-5);   /* rmsnorm of (1, 0) with eps (float eps as stored) */
+    h0 = 1 / sqrt((double)(float)0.5 + (double)1e-5f);
+    double z0 = h0, z1 = 0, z2 = 0;     /* logits: rows e0, e1, e2 dotted with (h0, 0) */
+    double lpb = z1 - log(exp(z0) + exp(z1) + exp(z2));
+    double s = 0.7 * h0;
+    double ls = -log1p(exp(-s)), lns = -log1p(exp(s));
+    double want = -log(exp(lns + lpb) + exp(ls + (double)-0.5f));
+    CHECK_NEAR(got, want, 1e-6);
+    lmd_acts_release(a);
+    free(w);
+    free(g);
+    lm_layout_free(&L);
+}
+
+/* ---- the float trainer ------------------------------------------------------------------- */
+TEST(lm_logits_match_engine) {
+    /* random F32 models untied and tied, and a trained one (stories260K, GQA) when present */
+    const char *paths[3] = {fixture_random(0 /* F32 */, 7, 0), fixture_random(0, 7, 1),
+                            fixture_llama2c("stories260K")};
+    for (int tied = 0; tied < 3; tied++) {
+        const char *path = paths[tied];
+        if (tied == 2 && !path) break;
+        REQUIRE(path);
+        lm_model m;
+        duet_error err = {0};
+        REQUIRE(lm_model_load(path, 2, &m, &err) == DUET_OK);
+        enum { T = 24 };
+        int32_t tok[T], tgt[T];
+        for (int i = 0; i < T; i++) { tok[i] = (int32_t)(3 + (i * 37) % 500); tgt[i] = tok[i]; }
+        if (tied == 2) { /* a real story's tokens */
+            int n = duet_tokenize(m.src, "Once upon a time, there was a little girl named Lily.", 53,
+                                  1, 0, tok, T, &err);
+            REQUIRE(n > 8 && n <= T);
+            for (int i = n; i < T; i++) tok[i] = tok[i - n];
+        }
+        tok[0] = 1;
+        lm_acts *a;
+        REQUIRE(lm_acts_new(&m, 1, T, &a, &err) == DUET_OK);
+        int V = m.c.n_vocab;
+        float *logits = malloc((size_t)T * V * sizeof(float));
+        lm_batch b = {.B = 1, .T = T, .tokens = tok, .targets = tgt, .scale = 1};
+        lm_step(&m, a, &b, 0, logits);
+        duet_model *dm = fixture_load(path);
+        duet_session *s = NULL;
+        duet_session_params sp = {.n_ctx = 64};
+        REQUIRE(dm && duet_session_new(dm, &sp, &s, &err) == DUET_OK);
+        REQUIRE(duet_session_eval(s, tok, T, 1, &err) == DUET_OK);
+        double worst = 0;
+        for (int t = 0; t < T; t++) {
+            const float *ref = duet_session_logits(s, t);
+            for (int v = 0; v < V; v++) worst = fmax(worst, fabs((double)ref[v] - logits[(size_t)t * V + v]));
+        }
+        CHECKF(worst < 1e-4, "%s: max |trainer - engine| logit = %g", path, worst);
+        /* the hidden state the head reads is the engine's too */
+        double wh = 0;
+        for (int i = 0; i < m.c.n_embd; i++)
+            wh = fmax(wh, fabs((double)duet_session_hidden(s, T - 1)[i] -
+                               lm_acts_hidden(a)[(size_t)(T - 1) * m.c.n_embd + i]));
+        CHECKF(wh < 1e-4, "hidden differs by %g", wh);
+        duet_session_free(s);
+        duet_model_free(dm);
+        free(logits);
+        lm_acts_free(a);
+        lm_model_free(&m);
+    }
+}
+
+/* One step's gradients on 1 and on 3 threads: the same bits (make models relies on it). */
+TEST(lm_grads_independent_of_threads) {
+    const char *path = fixture_random(0, 9, 0);
+    REQUIRE(path);
+    lm_model m1, m3;
+    duet_error err = {0};
+    REQUIRE(lm_model_load(path, 1, &m1, &err) == DUET_OK);
+    REQUIRE(lm_model_load(path, 3, &m3, &err) == DUET_OK);
+    enum { B = 2, T = 16 };
+    int32_t tok[B * T], tgt[B * T];
+    float wt[B * T], lpe[B * T];
+    uint64_t r = 5;
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)(duet_splitmix64(&r) % 600);
+        tgt[i] = (int32_t)(duet_splitmix64(&r) % 600);
+        wt[i] = 1;
+        lpe[i] = -1;
+    }
+    lm_model *ms[2] = {&m1, &m3};
+    float u[128];
+    for (int i = 0; i < 128; i++) u[i] = (float)((i % 7) - 3) * 0.01f;
+    for (int k = 0; k < 2; k++) {
+        ms[k]->u = duet_aalloc(sizeof u);
+        ms[k]->gu = duet_aalloc(sizeof u);
+        memcpy(ms[k]->u, u, sizeof u);
+        lm_acts *a;
+        REQUIRE(lm_acts_new(ms[k], B, T, &a, &err) == DUET_OK);
+        lm_batch b = {.B = B, .T = T, .tokens = tok, .targets = tgt, .weight = wt, .lpe = lpe,
+                      .loss = LM_LOSS_COLLM, .scale = 1.0 / (B * T)};
+        lm_zero_grad(ms[k]);
+        lm_step(ms[k], a, &b, 1, NULL);
+        lm_acts_free(a);
+    }
+    CHECK(memcmp(m1.g, m3.g, m1.L.n_params * sizeof(float)) == 0);
+    CHECK(memcmp(m1.gu, m3.gu, sizeof u) == 0);
+    lm_model_free(&m1);
+    lm_model_free(&m3);
+}
+
+/* Overfit one short sequence; then the checkpoint reloads with the same weights and the
+ * optimizer sidecar round-trips. */
+TEST(lm_train_overfits_and_saves) {
+    const char *path = fixture_random(0, 11, 1);
+    REQUIRE(path);
+    lm_model m;
+    duet_error err = {0};
+    REQUIRE(lm_model_load(path, 2, &m, &err) == DUET_OK);
+    enum { T = 12 };
+    int32_t tok[T + 1];
+    for (int i = 0; i <= T; i++) tok[i] = (int32_t)(3 + (i * 13) % 90);
+    lm_acts *a;
+    REQUIRE(lm_acts_new(&m, 1, T, &a, &err) == DUET_OK);
+    lm_adamw o;
+    REQUIRE(lm_adamw_init(&o, m.L.n_params, &err) == DUET_OK);
+    lm_batch b = {.B = 1, .T = T, .tokens = tok, .targets = tok + 1, .scale = 1.0 / T};
+    double first = 0, last = 0;
+    for (int s = 1; s <= 30; s++) {
+        lm_zero_grad(&m);
+        last = lm_step(&m, a, &b, 1, NULL) / T;
+        if (s == 1) first = last;
+        lm_adamw_update(&o, &m, lm_lr_at(3e-3, s, 30, 3, 1, 0.1));
+    }
+    CHECKF(last < 0.3 * first, "loss %g -> %g", first, last);
+    const char *ck = test_path(test_tmpdir(), "lm-ckpt.gguf");
+    REQUIRE(lm_model_save(&m, ck, "lm-test", &err) == DUET_OK);
+    lm_model m2;
+    REQUIRE(lm_model_load(ck, 2, &m2, &err) == DUET_OK);
+    CHECK(m2.L.n_params == m.L.n_params && memcmp(m2.w, m.w, m.L.n_params * 4) == 0);
+    CHECK_STR(duet_model_hparams(m2.src)->name, "lm-test");
+    const char *sc = test_path(test_tmpdir(), "lm-ckpt.optim");
+    REQUIRE(lm_adamw_save(&o, 77, sc, &err) == DUET_OK);
+    lm_adamw o2;
+    uint64_t rng = 0;
+    REQUIRE(lm_adamw_init(&o2, m.L.n_params, &err) == DUET_OK);
+    REQUIRE(lm_adamw_load(&o2, &rng, sc, &err) == DUET_OK);
+    CHECK(rng == 77 && o2.step == 30 && memcmp(o2.v, o.v, o.n * 4) == 0);
+    lm_adamw o3;
+    REQUIRE(lm_adamw_init(&o3, 5, &err) == DUET_OK);
+    CHECK(lm_adamw_load(&o3, &rng, sc, &err) == DUET_ERR_FORMAT && strstr(err.msg, "parameters"));
+    lm_adamw_free(&o);
+    lm_adamw_free(&o2);
+    lm_adamw_free(&o3);
+    lm_acts_free(a);
+    lm_model_free(&m);
+    lm_model_free(&m2);
+}
+
+/* Schedule: warm-up ramps linearly, cosine reaches min_frac at the end, linear halfway is half. */
+TEST(lm_lr_schedule) {
+    CHECK_NEAR(lm_lr_at(1.0, 5, 100, 10, 1, 0.1), 0.5, 1e-12);
+    CHECK_NEAR(lm_lr_at(1.0, 100, 100, 10, 1, 0.1), 0.1, 1e-12);
+    CHECK_NEAR(lm_lr_at(1.0, 55, 100, 10, 0, 0.0), 0.5, 1e-12);
+    CHECK_NEAR(lm_lr_at(1.0, 10, 100, 10, 1, 0.0), 1.0, 1e-12);
+}
+
+/* ---- training runs ---------------------------------------------------------------------- */
+#include "train/lm_train.h"
+
+static const char *write_jsonl(const char *name, int n, int offset) {
+    const char *path = test_path(test_tmpdir(), name);
+    FILE *f = fopen(path, "w");
+    if (!f) return NULL;
+    for (int i = 0; i < n; i++) {
+        int a = (i + offset) % 10, b = (i * 7 + offset) % 10;
+        fprintf(f, "{\"prompt\": \"%d plus %d\", \"response\": \"is %d, so %d\"}\n", a, b, a + b, a + b);
+    }
+    fclose(f);
+    return path;
+}
+
+static int weights_equal(const char *a, const char *b) {
+    lm_model x, y;
+    duet_error err;
+    if (lm_model_load(a, 1, &x, &err) || lm_model_load(b, 1, &y, &err)) return 0;
+    int eq = x.L.n_params == y.L.n_params && !memcmp(x.w, y.w, x.L.n_params * sizeof(float));
+    lm_model_free(&x);
+    lm_model_free(&y);
+    return eq;
+}
+
+/* SFT on JSONL: held-out loss goes down; a run stopped half-way and resumed ends with the
+ * same bits as the uninterrupted run (data order and optimizer state restored). */
+TEST(lm_train_sft_and_resume) {
+    const char *init = fixture_random(0, 21, 1);
+    const char *data = write_jsonl("sft.jsonl", 60, 0);
+    REQUIRE(init && data);
+    duet_error err = {0};
+    lm_train_params p = {.data_path = data, .seq_len = 24, .batch = 4, .accum = 2, .steps = 12,
+                         .lr = 3e-3, .seed = 3, .val_frac = 0.2, .eval_every = 4};
+    lm_model m;
+    lm_train_result r;
+    p.out_path = test_path(test_tmpdir(), "sft-a.gguf");
+    REQUIRE(lm_model_load(init, 2, &m, &err) == DUET_OK);
+    CHECKF(lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
+    lm_model_free(&m);
+    CHECKF(r.last_val < r.first_val - 0.5, "held-out %g -> %g", r.first_val, r.last_val);
+    CHECK(r.n_val_seq > 0 && r.n_train_seq > r.n_val_seq);
+    /* the same run in two halves */
+    p.out_path = test_path(test_tmpdir(), "sft-b.gguf");
+    p.stop_at = 5;
+    REQUIRE(lm_model_load(init, 1, &m, &err) == DUET_OK); /* other thread count on purpose */
+    CHECK(lm_train(&m, &p, &r, &err) == LM_STOPPED);
+    lm_model_free(&m);
+    p.stop_at = 0;
+    p.resume = 1;
+    REQUIRE(lm_model_load(p.out_path, 2, &m, &err) == DUET_OK);
+    CHECKF(lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
+    lm_model_free(&m);
+    CHECK(weights_equal(test_path(test_tmpdir(), "sft-a.gguf"), p.out_path));
+}
+
+/* Joint training: expert scores made by the scorer; a wrong context is refused by name. */
+TEST(lm_train_collm_joint) {
+    const char *base = fixture_random(0, 31, 1), *expert = fixture_random(0, 32, 0);
+    const char *data = write_jsonl("collm.jsonl", 40, 3);
+    REQUIRE(base && expert && data);
+    duet_error err = {0};
+    duet_model *bm = fixture_load(base), *em = fixture_load(expert);
+    REQUIRE(bm && em);
+    ds_dataset d;
+    REQUIRE(ds_load(data, NULL, &d, &err) == DUET_OK);
+    const char *ep = test_path(test_tmpdir(), "collm-expert.dsf"),
+               *bad = test_path(test_tmpdir(), "collm-expert-bad.dsf");
+    dsf_score_params sp = {.n_ctx = 25, .no_hidden = 1, .ids_model = bm};
+    REQUIRE(dsf_score(em, &d, &sp, ep, NULL, &err) == DUET_OK);
+    sp.n_ctx = 14; /* shorter context: sequences cut differently */
+    REQUIRE(dsf_score(em, &d, &sp, bad, NULL, &err) == DUET_OK);
+    ds_free(&d);
+    dsf_file *E, *Ebad;
+    REQUIRE(dsf_open(ep, &E, &err) == DUET_OK && dsf_open(bad, &Ebad, &err) == DUET_OK);
+    float u[128];
+    for (int i = 0; i < 128; i++) u[i] = 0.01f * (float)((i % 5) - 2);
+    lm_train_params p = {.data_path = data, .seq_len = 24, .batch = 4, .steps = 8, .lr = 2e-3,
+                         .val_frac = 0.2, .expert = Ebad, .u_init = u,
+                         .out_path = test_path(test_tmpdir(), "collm.gguf"),
+                         .head_out = test_path(test_tmpdir(), "collm.head.gguf"), .name = "joint"};
+    lm_model m;
+    lm_train_result r;
+    REQUIRE(lm_model_load(base, 2, &m, &err) == DUET_OK);
+    int brc = lm_train(&m, &p, &r, &err);
+    CHECKF(brc == DUET_ERR_ARG && strstr(err.msg, "collm-expert-bad.dsf"), "rc %d: %s", brc, err.msg);
+    p.expert = E;
+    CHECKF(lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
+    CHECKF(r.last_val < r.first_val, "held-out marginal NLL %g -> %g", r.first_val, r.last_val);
+    lm_model_free(&m);
+    /* the head belongs to the trained base */
+    duet_model *tm = fixture_load(p.out_path);
+    duet_head *h = NULL;
+    REQUIRE(tm);
+    CHECKF(duet_head_load(p.head_out, tm, &h, &err) == DUET_OK, "%s", err.msg);
+    CHECK(h && memcmp(duet_head_u(h), u, sizeof u) != 0);
+    duet_head_free(h);
+    duet_model_free(tm);
+    dsf_close(E);
+    dsf_close(Ebad);
+    duet_model_free(bm);
+    duet_model_free(em);
+}

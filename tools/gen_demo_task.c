@@ -1,0 +1,207 @@
+/*
+ * gen_demo_task.c: the corpus of duet's embedded demo, a task that needs two skills.
+ *
+ * Word problems whose answer is a product of two numbers in 2..12: the answer needs the task's
+ * format (read the two numbers out of the question, write "a * b = p.", restate p) and the
+ * multiplication fact itself. The two models each get one skill:
+ *  - base: fine-tuned on problems whose number pairs come only from a seeded 40% of the 121
+ *    pairs: it learns the format but not the facts it never saw. Training lines are
+ *    prompt/response JSONL laid out so that the completion format (prompt + "\n" + response)
+ *    gives exactly the text `duet eval --task gsm8k` prompts with (the paper's prompt ending
+ *    "\nAnswer:") followed by the answer: the response starts with "Answer:\n";
+ *  - expert: pre-trained on plain text of multiplication facts ("7 * 8 = 56") after random
+ *    words, every pair, with task questions between them ("Question: ..."): it knows the facts
+ *    and the questions' language, never an answer;
+ *  - the base's own pre-training (base_pretrain.jsonl): problems over all pairs in the task's
+ *    layout but with a random number for every product, so that the base reads, copies and
+ *    lays out answers without knowing a single fact before fine-tuning.
+ * Held-out problems draw pairs from all 121, and no held-out question appears in training.
+ *
+ * A validation set (problems over all pairs, disjoint from training and held-out) is where a
+ * switch for the frozen fine-tuned base can see that base's weaknesses.
+ *
+ * usage: gen_demo_task OUTDIR [SEED]   writes base_train.jsonl, heldout.jsonl, expert_train.txt,
+ *                                      val.jsonl, base_pretrain.jsonl
+ * Same seed, same bytes.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+
+#define LO 2
+#define HI 12
+#define NP ((HI - LO + 1) * (HI - LO + 1))
+#define N_TRAIN 1500
+#define N_HELDOUT 600
+#define N_EXPERT 3000
+#define N_VAL 400
+#define N_PRE 1500
+#define SEEN_FRAC 0.4
+
+static const char *k_names[] = {"Ann", "Ben", "Cal", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy",
+                                "Jo", "Kim", "Leo", "Max", "Ned", "Pam", "Ray", "Sam", "Tom",
+                                "Uma", "Val", "Wes", "Zoe"};
+static const char *k_objs[] = {"apples", "pens", "books", "cards", "eggs", "shells", "coins",
+                               "stamps", "beads", "cups"};
+#define N_NAMES (int)(sizeof k_names / sizeof k_names[0])
+#define N_OBJS (int)(sizeof k_objs / sizeof k_objs[0])
+
+static uint64_t g_rng;
+static int rnd(int n) { return (int)(duet_splitmix64(&g_rng) % (uint64_t)n); }
+
+/* One problem: question and answer text (GSM8K style: the answer ends "#### p"); p < 0
+ * means the true product a * b. */
+static void problem(int a, int b, int p, char *q, size_t qn, char *ans, size_t an) {
+    const char *nm = k_names[rnd(N_NAMES)], *ob = k_objs[rnd(N_OBJS)];
+    if (p < 0) p = a * b; /* the true product unless a stand-in is given */
+    switch (rnd(3)) {
+    case 0:
+        snprintf(q, qn, "%s has %d boxes with %d %s in each box. How many %s does %s have?", nm,
+                 a, b, ob, ob, nm);
+        snprintf(ans, an, "%d * %d = %d. %s has %d %s.\n#### %d", a, b, p, nm, p, ob, p);
+        break;
+    case 1:
+        snprintf(q, qn, "A shelf has %d rows of %d %s. How many %s are on the shelf?", a, b, ob, ob);
+        snprintf(ans, an, "%d * %d = %d. There are %d %s.\n#### %d", a, b, p, p, ob, p);
+        break;
+    default:
+        snprintf(q, qn, "%s buys %d bags of %s. Each bag holds %d %s. How many %s does %s buy?",
+                 nm, a, ob, b, ob, ob, nm);
+        snprintf(ans, an, "%d * %d = %d. %s buys %d %s.\n#### %d", a, b, p, nm, p, ob, p);
+        break;
+    }
+}
+
+/* Open-addressing set of question hashes (held-out questions must be unseen). */
+#define SET_CAP 16384
+static uint64_t g_set[SET_CAP];
+static uint64_t hash_str(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    return h | 1;
+}
+static int set_add(uint64_t h) { /* 1 if newly added */
+    for (size_t i = h % SET_CAP;; i = (i + 1) % SET_CAP) {
+        if (g_set[i] == h) return 0;
+        if (!g_set[i]) { g_set[i] = h; return 1; }
+    }
+}
+
+static FILE *open_out(const char *dir, const char *name) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f) fprintf(stderr, "gen_demo_task: %s: %s\n", path, strerror(errno));
+    return f;
+}
+
+/* held-out: GSM8K fields; training (sft = 1): the prompt/response layout described above */
+static void json_line(FILE *f, const char *q, const char *a, int sft) {
+    if (sft) {
+        fputs("{\"prompt\": \"Please solve the following math problem with detailed steps.\\n"
+              "\\nQuestion: ", f);
+        fputs(q, f);
+        fputs("\", \"response\": \"Answer:\\n", f);
+    } else {
+        fputs("{\"question\": \"", f);
+        fputs(q, f);
+        fputs("\", \"answer\": \"", f);
+    }
+    for (const char *s = a; *s; s++) {
+        if (*s == '\n') fputs("\\n", f);
+        else fputc(*s, f);
+    }
+    fputs("\"}\n", f);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: gen_demo_task OUTDIR [SEED]\n");
+        return 2;
+    }
+    uint64_t seed = argc > 2 ? strtoull(argv[2], NULL, 10) : 1;
+    g_rng = seed;
+    int seen[NP], n_seen = 0;
+    for (int i = 0; i < NP; i++) {
+        seen[i] = (double)(duet_splitmix64(&g_rng) >> 11) * 0x1.0p-53 < SEEN_FRAC;
+        n_seen += seen[i];
+    }
+    int seen_list[NP], k = 0;
+    for (int i = 0; i < NP; i++) if (seen[i]) seen_list[k++] = i;
+    FILE *tr = open_out(argv[1], "base_train.jsonl"), *ho = open_out(argv[1], "heldout.jsonl"),
+         *ex = open_out(argv[1], "expert_train.txt");
+    if (!tr || !ho || !ex) return 1;
+    char q[256], a[256];
+    for (int i = 0; i < N_TRAIN; i++) {
+        int pr = seen_list[rnd(n_seen)];
+        problem(LO + pr / (HI - LO + 1), LO + pr % (HI - LO + 1), -1, q, sizeof q, a, sizeof a);
+        set_add(hash_str(q));
+        json_line(tr, q, a, 1);
+    }
+    for (int i = 0; i < N_HELDOUT;) {
+        int pr = rnd(NP);
+        problem(LO + pr / (HI - LO + 1), LO + pr % (HI - LO + 1), -1, q, sizeof q, a, sizeof a);
+        if (!set_add(hash_str(q))) continue; /* seen in training (or already held out) */
+        json_line(ho, q, a, 0);
+        i++;
+    }
+    /* expert: groups of 1-3 lines, each 1-3 random words then a fact, every group after a
+     * question line of the task ("Question: ..."): the expert reads the task's language but
+     * never sees an answer. Questions come from their own stream so that the main stream (and
+     * every other file) does not depend on them. */
+    uint64_t q_rng = seed ^ 0x5eed0e5e17ull;
+    for (int i = 0; i < N_EXPERT; i++) {
+        uint64_t main_rng = g_rng;
+        g_rng = q_rng;
+        int pr = rnd(NP);
+        problem(LO + pr / (HI - LO + 1), LO + pr % (HI - LO + 1), -1, q, sizeof q, a, sizeof a);
+        q_rng = g_rng;
+        g_rng = main_rng;
+        fprintf(ex, "Question: %s\n", q);
+        int lines = 1 + rnd(3);
+        for (int l = 0; l < lines; l++) {
+            int words = 1 + rnd(3); /* a line never starts with a number: the expert has no
+                                     * reason to put one at the start of an answer */
+            for (int w = 0; w < words; w++)
+                fprintf(ex, "%s ", rnd(2) ? k_names[rnd(N_NAMES)] : k_objs[rnd(N_OBJS)]);
+            int x = LO + rnd(HI - LO + 1), y = LO + rnd(HI - LO + 1);
+            fprintf(ex, "%d * %d = %d.\n", x, y, x * y);
+        }
+        /* no blank line: the corpus is one paragraph, cut into full-length windows, so the
+         * expert sees facts at every position a task answer reaches */
+    }
+    /* validation: problems over all pairs (training layout), disjoint from the rest; drawn
+     * last so that the other files do not depend on it */
+    FILE *va = open_out(argv[1], "val.jsonl");
+    if (!va) return 1;
+    for (int i = 0; i < N_VAL;) {
+        int pr = rnd(NP);
+        problem(LO + pr / (HI - LO + 1), LO + pr % (HI - LO + 1), -1, q, sizeof q, a, sizeof a);
+        if (!set_add(hash_str(q))) continue;
+        json_line(va, q, a, 1);
+        i++;
+    }
+    /* pre-training for the base: the format over all pairs, but every product a random
+     * number (restated consistently): reading, copying and the layout, no multiplication */
+    FILE *pt = open_out(argv[1], "base_pretrain.jsonl");
+    if (!pt) return 1;
+    for (int i = 0; i < N_PRE; i++) {
+        int pr = rnd(NP), x = LO + pr / (HI - LO + 1), y = LO + pr % (HI - LO + 1);
+        int fake = LO * LO + rnd(HI * HI - LO * LO + 1);
+        problem(x, y, fake, q, sizeof q, a, sizeof a);
+        json_line(pt, q, a, 1);
+    }
+    int bad = ferror(tr) | ferror(ho) | ferror(ex) | ferror(va) | ferror(pt);
+    bad |= fclose(tr) | fclose(ho) | fclose(ex) | fclose(va) | fclose(pt);
+    if (bad) {
+        fprintf(stderr, "gen_demo_task: write error in %s\n", argv[1]);
+        return 1;
+    }
+    fprintf(stderr, "gen_demo_task: %d training problems over %d of %d number pairs, %d held-out "
+                    "problems over all pairs, %d expert paragraphs, %d validation problems in %s\n",
+            N_TRAIN, n_seen, NP, N_HELDOUT, N_EXPERT, N_VAL, argv[1]);
+    return 0;
+}

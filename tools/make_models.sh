@@ -1,0 +1,64 @@
+#!/bin/sh
+# tools/make_models.sh DUET_BIN GEN_BIN [OUTDIR]: trains the embedded demo models from seeds
+# (`make models`). Every step is deterministic (fixed data seeds, fixed initialisation seeds, a
+# trainer whose results do not depend on the thread count), so the files come out bit for bit
+# the same as the committed ones under models/ on the same build. The task and its data:
+# tools/gen_demo_task.c.
+#   expert      pre-trained on multiplication facts among random words and task questions
+#               (knows the facts and the questions' language, never saw an answer)
+#   pretrained  the base's "pre-training": the problems' format over all number pairs with
+#               every product replaced by a random number (reads, copies, lays out; no facts)
+#   base        pretrained, fine-tuned on the training problems (40% of the pairs): the
+#               "base alone" of the paper's comparison; it memorises its training facts
+#   base.head   head-only Co-LLM: a switch trained on the frozen base (weak start, then the
+#               marginal likelihood) on the training data
+#   joint, joint.head  the paper's method: from pretrained, base and switch trained together
+#               on the same training problems (marginal likelihood), the switch starting from
+#               weak supervision scored with pretrained (METHOD.md sections 3-4)
+set -e
+duet=${1:-build/duet}
+gen=${2:-build/gen_demo_task}
+out=${3:-models}
+work=${DEMO_WORK:-build/demo}
+mkdir -p "$work" "$out"
+rm -f "$work"/*.dsf "$work"/*.dsf.partial   # score files resume: start clean
+q=--quiet
+[ -t 2 ] && q=
+sft="--seq-len 240 --batch 16"
+
+"$gen" "$work" 1
+"$duet" make-model --n-embd 64 --n-layer 2 --n-head 4 --n-head-kv 2 --n-ff 192 --n-vocab 512 \
+    --n-ctx 320 --tied --seed 12 -o "$work/untuned.gguf"
+
+echo "== expert: multiplication facts (plain text)" >&2
+"$duet" train lm --n-embd 64 --n-layer 2 --n-head 4 --n-head-kv 2 --n-ff 192 --n-vocab 512 \
+    --n-ctx 320 --tied --init-seed 11 -d "$work/expert_train.txt" -o "$work/expert.gguf" \
+    --name duet-demo-expert --seq-len 240 --batch 16 --epochs 8 --lr 3e-3 --seed 1 $q
+
+echo "== base: pre-training on the format (random products), then the training problems" >&2
+"$duet" train lm -m "$work/untuned.gguf" -d "$work/base_pretrain.jsonl" -o "$work/pre.gguf" \
+    --name duet-demo-pretrained $sft --epochs 8 --lr 3e-3 --seed 4 $q
+"$duet" train lm -m "$work/pre.gguf" -d "$work/base_train.jsonl" -o "$work/base.gguf" \
+    --name duet-demo-base $sft --epochs 3 --lr 1e-3 --seed 2 $q
+
+echo "== scores of the training problems: pretrained, base, expert (on the base's tokens)" >&2
+"$duet" score -m "$work/pre.gguf" -d "$work/base_train.jsonl" -c 241 -o "$work/pre.dsf" $q
+"$duet" score -m "$work/base.gguf" -d "$work/base_train.jsonl" -c 241 -o "$work/base.dsf" $q
+"$duet" score -m "$work/expert.gguf" --tokenizer-of "$work/pre.gguf" -d "$work/base_train.jsonl" \
+    -c 241 --no-hidden -o "$work/expert.dsf" $q
+
+echo "== switches: weak supervision (pretrained), head-only Co-LLM (frozen base)" >&2
+"$duet" train collm --weak-supervision --base-scores "$work/pre.dsf" \
+    --expert-scores "$work/expert.dsf" --head-out "$work/weak.head.gguf" $q
+"$duet" head train --base-scores "$work/base.dsf" --expert-scores "$work/expert.dsf" \
+    --base "$work/base.gguf" -o "$work/base.head.gguf" $q
+
+echo "== joint Co-LLM: base and switch together from pretrained and the weak switch" >&2
+"$duet" train collm -m "$work/pre.gguf" -d "$work/base_train.jsonl" \
+    --expert-scores "$work/expert.dsf" --head "$work/weak.head.gguf" \
+    -o "$work/joint.gguf" --head-out "$work/joint.head.gguf" --name duet-demo-joint \
+    $sft --epochs 3 --lr 1e-3 --seed 2 $q
+
+for f in expert base base.head joint joint.head; do cp "$work/$f.gguf" "$out/demo-$f.gguf"; done
+cp "$work/heldout.jsonl" "$out/demo-heldout.jsonl"
+ls -l "$out" >&2
