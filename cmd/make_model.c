@@ -70,7 +70,9 @@ int cmd_make_model(int argc, char **argv) {
     }
     duet_error err = {0};
     if (duet_make_model(&p, out, &err)) {
-        fprintf(stderr, "duet make-model: %s\n", err.msg);
+        /* the library's own messages already start "make-model: " (they name the call) */
+        int own = !strncmp(err.msg, "make-model: ", 12);
+        fprintf(stderr, "duet %s%s\n", own ? "" : "make-model: ", err.msg);
         return 1;
     }
     return 0;
