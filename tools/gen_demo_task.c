@@ -9,13 +9,17 @@
  *    prompt/response JSONL laid out so that the completion format (prompt + "\n" + response)
  *    gives exactly the text `duet eval --task gsm8k` prompts with (the paper's prompt ending
  *    "\nAnswer:") followed by the answer: the response starts with "Answer:\n";
- *  - expert: pre-trained on plain text of multiplication facts ("7 * 8 = 56") after random
- *    words, every pair, with task questions between them ("Question: ..."): it knows the facts
- *    and the questions' language, never an answer;
+ *  - expert: pre-trained on plain text of multiplication facts ("7 * 8 = 56"), every pair,
+ *    after zero to three random words, with task questions between them ("Question: ..."): it
+ *    knows the facts and the questions' language, never an answer. Facts also start lines
+ *    because the task's answer line starts with its first factor, and "\n9" is not " 9" to
+ *    the tokenizer: an expert that only saw facts after a word answered "9 * 9 = 108" at the
+ *    start of a line while it knew "Ann 9 * 9 = 81";
  *  - the base's own pre-training (base_pretrain.jsonl): problems over all pairs in the task's
  *    layout but with a random number for every product, so that the base reads, copies and
  *    lays out answers without knowing a single fact before fine-tuning.
- * Held-out problems draw pairs from all 121, and no held-out question appears in training.
+ * Held-out problems draw pairs from all 121, and no held-out question appears in any model's
+ * training text (the expert's questions skip them too).
  *
  * A validation set (problems over all pairs, disjoint from training and held-out) is where a
  * switch for the frozen fine-tuned base can see that base's weaknesses.
@@ -83,12 +87,16 @@ static uint64_t hash_str(const char *s) {
     for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
     return h | 1;
 }
-static int set_add(uint64_t h) { /* 1 if newly added */
+static int set_probe(uint64_t h, int add) { /* 1 if absent (and then added when add) */
     for (size_t i = h % SET_CAP;; i = (i + 1) % SET_CAP) {
         if (g_set[i] == h) return 0;
-        if (!g_set[i]) { g_set[i] = h; return 1; }
+        if (!g_set[i]) {
+            if (add) g_set[i] = h;
+            return 1;
+        }
     }
 }
+static int set_add(uint64_t h) { return set_probe(h, 1); }
 
 static FILE *open_out(const char *dir, const char *name) {
     char path[1024];
@@ -151,20 +159,23 @@ int main(int argc, char **argv) {
     /* expert: groups of 1-3 lines, each 1-3 random words then a fact, every group after a
      * question line of the task ("Question: ..."): the expert reads the task's language but
      * never sees an answer. Questions come from their own stream so that the main stream (and
-     * every other file) does not depend on them. */
+     * every other file) does not depend on them; a question of the training or held-out set is
+     * drawn again, so that no held-out question is in the expert's text. */
     uint64_t q_rng = seed ^ 0x5eed0e5e17ull;
     for (int i = 0; i < N_EXPERT; i++) {
         uint64_t main_rng = g_rng;
         g_rng = q_rng;
-        int pr = rnd(NP);
-        problem(LO + pr / (HI - LO + 1), LO + pr % (HI - LO + 1), -1, q, sizeof q, a, sizeof a);
+        do {
+            int pr = rnd(NP);
+            problem(LO + pr / (HI - LO + 1), LO + pr % (HI - LO + 1), -1, q, sizeof q, a, sizeof a);
+        } while (!set_probe(hash_str(q), 0));
         q_rng = g_rng;
         g_rng = main_rng;
         fprintf(ex, "Question: %s\n", q);
         int lines = 1 + rnd(3);
         for (int l = 0; l < lines; l++) {
-            int words = 1 + rnd(3); /* a line never starts with a number: the expert has no
-                                     * reason to put one at the start of an answer */
+            /* half the facts start their line, as the fact in an answer does */
+            int words = rnd(2) ? 0 : 1 + rnd(3);
             for (int w = 0; w < words; w++)
                 fprintf(ex, "%s ", rnd(2) ? k_names[rnd(N_NAMES)] : k_objs[rnd(N_OBJS)]);
             int x = LO + rnd(HI - LO + 1), y = LO + rnd(HI - LO + 1);

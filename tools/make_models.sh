@@ -4,14 +4,17 @@
 # trainer whose results do not depend on the thread count), so the files come out bit for bit
 # the same as the committed ones under models/ on the same build. The task and its data:
 # tools/gen_demo_task.c.
-#   expert      pre-trained on multiplication facts among random words and task questions
-#               (knows the facts and the questions' language, never saw an answer)
+#   expert      pre-trained on multiplication facts (at line starts and after random words)
+#               among task questions (knows the facts and the questions' language, never saw
+#               an answer)
 #   pretrained  the base's "pre-training": the problems' format over all number pairs with
 #               every product replaced by a random number (reads, copies, lays out; no facts)
 #   base        pretrained, fine-tuned on the training problems (40% of the pairs): the
 #               "base alone" of the paper's comparison; it memorises its training facts
 #   base.head   head-only Co-LLM: a switch trained on the frozen base (weak start, then the
-#               marginal likelihood) on the training data
+#               marginal likelihood) on the validation problems (all number pairs): on its
+#               own training problems the base knows every product, so no token there tells
+#               a frozen-base switch when the expert is worth asking
 #   joint, joint.head  the paper's method: from pretrained, base and switch trained together
 #               on the same training problems (marginal likelihood), the switch starting from
 #               weak supervision scored with pretrained (METHOD.md sections 3-4)
@@ -41,16 +44,18 @@ echo "== base: pre-training on the format (random products), then the training p
 "$duet" train lm -m "$work/pre.gguf" -d "$work/base_train.jsonl" -o "$work/base.gguf" \
     --name duet-demo-base $sft --epochs 3 --lr 1e-3 --seed 2 $q
 
-echo "== scores of the training problems: pretrained, base, expert (on the base's tokens)" >&2
+echo "== scores: pretrained and expert on the training problems, base and expert on validation" >&2
 "$duet" score -m "$work/pre.gguf" -d "$work/base_train.jsonl" -c 241 -o "$work/pre.dsf" $q
-"$duet" score -m "$work/base.gguf" -d "$work/base_train.jsonl" -c 241 -o "$work/base.dsf" $q
 "$duet" score -m "$work/expert.gguf" --tokenizer-of "$work/pre.gguf" -d "$work/base_train.jsonl" \
     -c 241 --no-hidden -o "$work/expert.dsf" $q
+"$duet" score -m "$work/base.gguf" -d "$work/val.jsonl" -c 241 -o "$work/base_val.dsf" $q
+"$duet" score -m "$work/expert.gguf" --tokenizer-of "$work/base.gguf" -d "$work/val.jsonl" \
+    -c 241 --no-hidden -o "$work/expert_val.dsf" $q
 
-echo "== switches: weak supervision (pretrained), head-only Co-LLM (frozen base)" >&2
+echo "== switches: weak supervision (pretrained), head-only Co-LLM (frozen base, validation)" >&2
 "$duet" train collm --weak-supervision --base-scores "$work/pre.dsf" \
     --expert-scores "$work/expert.dsf" --head-out "$work/weak.head.gguf" $q
-"$duet" head train --base-scores "$work/base.dsf" --expert-scores "$work/expert.dsf" \
+"$duet" head train --base-scores "$work/base_val.dsf" --expert-scores "$work/expert_val.dsf" \
     --base "$work/base.gguf" -o "$work/base.head.gguf" $q
 
 echo "== joint Co-LLM: base and switch together from pretrained and the weak switch" >&2
