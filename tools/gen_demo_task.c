@@ -18,8 +18,9 @@
  *  - the base's own pre-training (base_pretrain.jsonl): problems over all pairs in the task's
  *    layout but with a random number for every product, so that the base reads, copies and
  *    lays out answers without knowing a single fact before fine-tuning.
- * Held-out problems draw pairs from all 121, and no held-out question appears in any model's
- * training text (the expert's questions skip them too).
+ * Held-out problems draw pairs from all 121; no held-out question appears in the fine-tuning
+ * problems or the expert's text (its questions skip them). The base's pre-training problems
+ * are not checked: some held-out questions occur there, with a random product.
  *
  * A validation set (problems over all pairs, disjoint from training and held-out) is where a
  * switch for the frozen fine-tuned base can see that base's weaknesses.
@@ -40,7 +41,7 @@
 #define NP ((HI - LO + 1) * (HI - LO + 1))
 #define N_TRAIN 1500
 #define N_HELDOUT 600
-#define N_EXPERT 3000
+#define N_EXPERT 1500
 #define N_VAL 400
 #define N_PRE 1500
 #define SEEN_FRAC 0.4
@@ -156,7 +157,7 @@ int main(int argc, char **argv) {
         json_line(ho, q, a, 0);
         i++;
     }
-    /* expert: groups of 1-3 lines, each 1-3 random words then a fact, every group after a
+    /* expert: groups of 4-8 lines, each 0-3 random words then a fact, every group after a
      * question line of the task ("Question: ..."): the expert reads the task's language but
      * never sees an answer. Questions come from their own stream so that the main stream (and
      * every other file) does not depend on them; a question of the training or held-out set is
@@ -172,7 +173,7 @@ int main(int argc, char **argv) {
         q_rng = g_rng;
         g_rng = main_rng;
         fprintf(ex, "Question: %s\n", q);
-        int lines = 1 + rnd(3);
+        int lines = 4 + rnd(5); /* facts, not question text, should fill the expert's corpus */
         for (int l = 0; l < lines; l++) {
             /* half the facts start their line, as the fact in an answer does */
             int words = rnd(2) ? 0 : 1 + rnd(3);

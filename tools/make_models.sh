@@ -36,7 +36,7 @@ sft="--seq-len 240 --batch 16"
 echo "== expert: multiplication facts (plain text)" >&2
 "$duet" train lm --n-embd 64 --n-layer 2 --n-head 4 --n-head-kv 2 --n-ff 192 --n-vocab 512 \
     --n-ctx 320 --tied --init-seed 11 -d "$work/expert_train.txt" -o "$work/expert.gguf" \
-    --name duet-demo-expert --seq-len 240 --batch 16 --epochs 8 --lr 3e-3 --seed 1 $q
+    --name duet-demo-expert --seq-len 240 --batch 16 --epochs 12 --lr 3e-3 --seed 1 $q
 
 echo "== base: pre-training on the format (random products), then the training problems" >&2
 "$duet" train lm -m "$work/untuned.gguf" -d "$work/base_pretrain.jsonl" -o "$work/pre.gguf" \
