@@ -59,23 +59,6 @@ static int fvec_push(fvec *f, float x) {
     return DUET_OK;
 }
 
-typedef struct sbuf { char *s; size_t n, cap; } sbuf;
-
-static int sbuf_add(sbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) return DUET_ERR_NOMEM;
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = 0;
-    return DUET_OK;
-}
-
 /* ---- context ------------------------------------------------------------------------- */
 typedef struct problem {
     char *prompt;     /* the paper's prompt around the question */
@@ -264,14 +247,14 @@ int eval_open(duet_model *base, duet_model *expert, duet_model *anti, const duet
         if (!f) {
             rc = duet_fail(err, DUET_ERR_IO, "%s: %s", data_path, strerror(errno));
         } else {
-            sbuf b = {0};
+            duet_buf b = {0};
             char chunk[65536];
             size_t r;
             while (!rc && (r = fread(chunk, 1, sizeof chunk, f)) > 0)
-                if (sbuf_add(&b, chunk, r)) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+                if (duet_buf_add(&b, chunk, r)) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
             if (!rc && ferror(f)) rc = duet_fail(err, DUET_ERR_IO, "%s: read error", data_path);
             fclose(f);
-            c->text = b.s;
+            c->text = b.p;
             c->text_len = b.n;
             if (c->p.limit > 0 && (size_t)c->p.limit < c->text_len) { /* cut at a UTF-8 boundary */
                 size_t n = (size_t)c->p.limit;
@@ -408,11 +391,11 @@ static int tf_run(eval_ctx *c, duet_error *err) {
 /* Answer one problem with the collab decoder; the text (cut at a stop string) goes to out.
  * scores (may be NULL) collects each emitted token's policy score; *n_gen and *n_def count
  * the emitted tokens and those the expert chose (a deferred EOS is not a token). */
-static int generate(eval_ctx *c, duet_collab *co, const problem *pb, sbuf *out, fvec *scores,
+static int generate(eval_ctx *c, duet_collab *co, const problem *pb, duet_buf *out, fvec *scores,
                     int *n_gen, int *n_def, duet_error *err) {
     out->n = 0;
     *n_gen = *n_def = 0;
-    if (sbuf_add(out, "", 0)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    if (duet_buf_add(out, "", 0)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     int rc = duet_collab_start(co, pb->ids, pb->n_ids, err);
     if (rc) return rc;
     int32_t prev = pb->ids[pb->n_ids - 1];
@@ -428,16 +411,16 @@ static int generate(eval_ctx *c, duet_collab *co, const problem *pb, sbuf *out, 
         int len = duet_token_to_piece(c->base, prev, t.id, piece, sizeof piece);
         len = len < 0 ? 0 : DUET_MIN(len, (int)sizeof piece);
         size_t before = out->n;
-        if (sbuf_add(out, piece, (size_t)len)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+        if (duet_buf_add(out, piece, (size_t)len)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
         prev = t.id;
         for (int s = 0; s < c->n_stops; s++) {
             size_t sl = strlen(c->stops[s]);
             if (!sl) continue;
             size_t from = before >= sl ? before - sl + 1 : 0;
-            char *hit = strstr(out->s + from, c->stops[s]);
+            char *hit = strstr(out->p + from, c->stops[s]);
             if (hit) {
-                out->n = (size_t)(hit - out->s);
-                out->s[out->n] = 0;
+                out->n = (size_t)(hit - out->p);
+                out->p[out->n] = 0;
                 return DUET_OK;
             }
         }
@@ -490,7 +473,7 @@ int eval_calibration(eval_ctx *c, int policy, const float **scores, int *n, duet
         duet_collab_params cp = {.policy = uses_head(policy) ? DUET_POLICY_COLLM : DUET_POLICY_UNCERTAINTY,
                                  .threshold = uses_head(policy) ? 1.0f : INFINITY, .n_ctx = c->n_ctx};
         duet_collab *co = NULL;
-        sbuf text = {0};
+        duet_buf text = {0};
         int np = DUET_MIN(c->p.n_calib, c->data.n);
         char what[64];
         snprintf(what, sizeof what, "calibrating %s", eval_policy_name(slot));
@@ -502,7 +485,7 @@ int eval_calibration(eval_ctx *c, int policy, const float **scores, int *n, duet
             progress(c, what, i + 1, np);
         }
         duet_collab_free(co);
-        free(text.s);
+        free(text.p);
         if (rc) return rc;
         c->calib_done[slot] = 1;
     }
@@ -648,7 +631,7 @@ static int eval_generation(eval_ctx *c, const eval_spec *s, eval_result *r, duet
     }
     duet_collab *co = NULL;
     if ((rc = collab_for(c, &cp, &co, err))) return rc;
-    sbuf text = {0};
+    duet_buf text = {0};
     char what[96];
     if (s->rate >= 0) snprintf(what, sizeof what, "%s @%.2f", eval_policy_name(pol), s->rate);
     else snprintf(what, sizeof what, "%s", eval_policy_name(pol));
@@ -659,8 +642,8 @@ static int eval_generation(eval_ctx *c, const eval_spec *s, eval_result *r, duet
         if ((rc = generate(c, co, pb, &text, NULL, &ng, &nd, err))) break;
         const duet_collab_stats *st = duet_collab_get_stats(co);
         char pred[ANSWERS_CAP];
-        int ok = score_answer(c->p.task, text.s, pb->reference, pred, sizeof pred);
-        if (c->p.on_answer) c->p.on_answer(c->p.answer_ud, s, i, text.s, pred, pb->reference, ok);
+        int ok = score_answer(c->p.task, text.p, pb->reference, pred, sizeof pred);
+        if (c->p.on_answer) c->p.on_answer(c->p.answer_ud, s, i, text.p, pred, pb->reference, ok);
         r->n_correct += ok;
         r->n_examples++;
         r->n_truncated += pb->truncated;
@@ -672,7 +655,7 @@ static int eval_generation(eval_ctx *c, const eval_spec *s, eval_result *r, duet
         progress(c, what, i + 1, c->data.n);
     }
     duet_collab_free(co);
-    free(text.s);
+    free(text.p);
     if (rc) return rc;
     r->value = r->n_examples ? (double)r->n_correct / r->n_examples : 0;
     r->deferral_frequency = r->n_tokens ? (double)r->n_deferred / r->n_tokens : 0;
