@@ -15,7 +15,7 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: duet bench -m MODEL [-p 512[,..]] [-n 128[,..]] [-t 2[,..]] [-r REPS] "
-               "[-o md|csv] [--mmap]\n");
+               "[-o md|csv] [--mmap] [--no-repack]\n");
 }
 
 static int run_test(duet_model *m, int n_prompt, int n_gen, double *tps) {
@@ -55,11 +55,12 @@ static int run_test(duet_model *m, int n_prompt, int n_gen, double *tps) {
 int cmd_bench(int argc, char **argv) {
     const char *model_path = NULL, *fmt = "md";
     int pl[MAXL] = {512}, nl[MAXL] = {128}, tl[MAXL] = {2}, np = 1, nn = 1, nt = 1, reps = 5;
-    int use_mmap = 0;
+    int use_mmap = 0, no_repack = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--mmap")) { use_mmap = 1; continue; }
+        if (!strcmp(a, "--no-repack")) { no_repack = 1; continue; }
         if (!(v = arg_value("bench", argc, argv, &i))) return 2;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = v;
         else if (!strcmp(a, "-p")) { if (!(np = arg_int_list("bench", a, v, pl, MAXL))) return 2; }
@@ -83,7 +84,8 @@ int cmd_bench(int argc, char **argv) {
     for (int ti = 0; ti < nt; ti++) {
         duet_error err = {0};
         duet_model *m = NULL;
-        duet_model_params mp = {.n_threads = tl[ti], .use_mmap = use_mmap};
+        duet_model_params mp = {.n_threads = tl[ti], .use_mmap = use_mmap,
+                                  .no_repack = no_repack};
         if (duet_model_load(model_path, &mp, &m, &err)) {
             fprintf(stderr, "duet bench: %s\n", err.msg);
             return 1;

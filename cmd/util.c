@@ -126,6 +126,7 @@ void gen_opts_usage(FILE *f) {
           "  --min-p P            min-p (default 0.05; 0 = off)\n"
           "  -s, --seed S         RNG seed (default: random)\n"
           "  --mmap               compute from the file mapping (faster start, slower generation)\n"
+          "  --no-repack          keep Q4_0/Q8_0 rows in file order (slower; same results)\n"
           "  --quiet              no load line or timings on stderr\n"
           "  --verbose-prompt     print the prompt text and its token ids on stderr\n"
           "chat:\n"
@@ -189,6 +190,7 @@ int gen_opts_parse(const char *cmd, gen_opts *o, int argc, char **argv, int *i) 
         o->cp.eager_sync = !strcmp(v, "eager");
     } else if (!strcmp(a, "--mmap")) o->use_mmap = 1;
     else if (!strcmp(a, "--no-mmap")) o->use_mmap = 0;
+    else if (!strcmp(a, "--no-repack")) o->no_repack = 1;
     else if (!strcmp(a, "--quiet")) o->quiet = 1;
     else if (!strcmp(a, "--color")) o->color = 1;
     else if (!strcmp(a, "--verbose-prompt")) o->verbose_prompt = 1;
@@ -217,7 +219,8 @@ int gen_opts_finish(const char *cmd, gen_opts *o) {
 int gen_load(const char *cmd, const gen_opts *o, gen_models *g, duet_error *err) {
     memset(g, 0, sizeof *g);
     double t0 = duet_time_s();
-    duet_model_params mp = {.n_threads = o->n_threads, .use_mmap = o->use_mmap};
+    duet_model_params mp = {.n_threads = o->n_threads, .use_mmap = o->use_mmap,
+                             .no_repack = o->no_repack};
     int rc;
     if ((rc = duet_model_load(o->model_path, &mp, &g->base, err)) ||
         (o->expert_path && (rc = duet_model_load(o->expert_path, &mp, &g->expert, err))) ||

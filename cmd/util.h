@@ -28,7 +28,7 @@ typedef struct gen_opts {
     const char *chat_template; /* --chat-template: a format name or a template file's text */
     const char *system;        /* --system TEXT */
     char *chat_template_buf;   /* owned text of --chat-template FILE (free with gen_opts_free) */
-    int n_predict, n_ctx, n_threads, use_mmap, quiet, color, verbose_prompt, policy;
+    int n_predict, n_ctx, n_threads, use_mmap, no_repack, quiet, color, verbose_prompt, policy;
     duet_collab_params cp;
 } gen_opts;
 

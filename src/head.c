@@ -147,9 +147,8 @@ int duet_head_init(const duet_model *base, duet_head **out, duet_error *err) {
         return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     }
     const mtensor *o = &base->output;
-    size_t rs = dtype_row_size(o->type, o->n_in);
     for (int64_t r = 0; r < o->n_out; r++) {
-        quant_dequantize_row(o->type, (const uint8_t *)o->data + (size_t)r * rs, row, o->n_in);
+        quant_dequantize_matrix_row(o->type, o->data, o->n_in, r, row);
         for (int i = 0; i < h->n_embd; i++) acc[i] += row[i];
     }
     for (int i = 0; i < h->n_embd; i++) h->u[i] = (float)(acc[i] / (double)o->n_out);

@@ -70,6 +70,52 @@ static void from_float_q8_0(const float *x, void *y, int64_t n) {
     quant_quantize_row(DT_Q8_0, x, y, n);
 }
 
+/* Q8_0S: quant_quantize_row's Q8_0 blocks, with the f16 scale as f32 and c = -off * sum. */
+static void from_float_q8_0s(const float *x, void *vy, int64_t n, int off) {
+    block_q8_0s *y = vy;
+    for (int64_t b = 0; b < n / QK8_0; b++) {
+        block_q8_0 q;
+        quant_quantize_row(DT_Q8_0, x + b * QK8_0, &q, QK8_0);
+        int sum = 0;
+        for (int j = 0; j < QK8_0; j++) sum += q.qs[j];
+        y[b].d = fp16_to_fp32(q.d);
+        y[b].c = -off * sum;
+        memcpy(y[b].qs, q.qs, QK8_0);
+    }
+}
+static void from_float_q8_0s_q4(const float *x, void *y, int64_t n) { from_float_q8_0s(x, y, n, 8); }
+static void from_float_q8_0s_q8(const float *x, void *y, int64_t n) { from_float_q8_0s(x, y, n, 128); }
+
+/* R8 weights (a group of 8 rows) x Q8_0S activations: vec_dot_q4_0's / vec_dot_q8_0's
+ * formula for each row of the group, reading the row's quants out of the interleaved chunks
+ * (quant.h). The integer sums are exact, so s[k] is vec_dot of the un-interleaved row k bit
+ * for bit, and so are the SIMD levels' R8 kernels. */
+static void vec_dot_r8(int q4, int64_t n, float *s, const void *w, const void *x) {
+    const block_q8_0s *b = x;
+    const size_t gbs = q4 ? sizeof(block_q4_0x8) : sizeof(block_q8_0x8);
+    for (int k = 0; k < 8; k++) {
+        float sum = 0;
+        for (int64_t i = 0; i < n / QK8_0; i++) {
+            const uint8_t *g = (const uint8_t *)w + i * gbs;
+            uint16_t dw;
+            memcpy(&dw, g + 2 * k, 2);
+            const uint8_t *qs = g + 16 + 4 * k; /* chunk c of row k at qs[32 * c] */
+            int sumi = 0;
+            for (int j = 0; j < (q4 ? QK4_0 / 2 : QK8_0); j++) {
+                int v = qs[32 * (j / 4) + j % 4];
+                if (q4)
+                    sumi += ((v & 0x0f) - 8) * b[i].qs[j] + ((v >> 4) - 8) * b[i].qs[j + QK4_0 / 2];
+                else
+                    sumi += (int8_t)v * b[i].qs[j];
+            }
+            sum += (float)sumi * (fp16_to_fp32(dw) * b[i].d);
+        }
+        s[k] = sum;
+    }
+}
+static void vec_dot_q4_0_r8(int64_t n, float *s, const void *w, const void *x) { vec_dot_r8(1, n, s, w, x); }
+static void vec_dot_q8_0_r8(int64_t n, float *s, const void *w, const void *x) { vec_dot_r8(0, n, s, w, x); }
+
 /* K-quants x Q8_K: per super-block, the integer sums of each sub-block times its integer
  * scale, exact in int32 (|sum| < 2^28); the mins (Q4_K/Q5_K) come from the activations'
  * 16-value sums. Then two float terms per super-block. */
@@ -145,6 +191,20 @@ SCALAR_TILE(q4_K)
 SCALAR_TILE(q5_K)
 SCALAR_TILE(q6_K)
 
+/* The same for R8 types, a group (8 rows, 8 * ws bytes) at a time. */
+#define SCALAR_TILE_R8(name)                                                                \
+    static void tile_##name(int64_t n, const void *w, size_t ws, const void *x, size_t xs,  \
+                            float *y, int64_t ys, int nr, int nt) {                         \
+        for (int t = 0; t < nt; t++)                                                        \
+            for (int r = 0; r < nr; r += 8) {                                               \
+                float s[8];                                                                 \
+                vec_dot_##name(n, s, (const char *)w + r * ws, (const char *)x + t * xs);   \
+                memcpy(&y[t * ys + r], s, sizeof s);                                        \
+            }                                                                               \
+    }
+SCALAR_TILE_R8(q4_0_r8)
+SCALAR_TILE_R8(q8_0_r8)
+
 static const kernel_traits k_scalar[] = {
     [DT_F32] = {DT_F32, NULL, vec_dot_f32, tile_f32, 1, 1},
     [DT_F16] = {DT_F32, NULL, vec_dot_f16, tile_f16, 1, 1},
@@ -154,6 +214,8 @@ static const kernel_traits k_scalar[] = {
     [DT_Q4_K] = {DT_Q8_K, from_float_q8_K, vec_dot_q4_K, tile_q4_K, 1, 1},
     [DT_Q5_K] = {DT_Q8_K, from_float_q8_K, vec_dot_q5_K, tile_q5_K, 1, 1},
     [DT_Q6_K] = {DT_Q8_K, from_float_q8_K, vec_dot_q6_K, tile_q6_K, 1, 1},
+    [DT_Q4_0_R8] = {DT_Q8_0S, from_float_q8_0s_q4, vec_dot_q4_0_r8, tile_q4_0_r8, 8, 1, 8},
+    [DT_Q8_0_R8] = {DT_Q8_0S, from_float_q8_0s_q8, vec_dot_q8_0_r8, tile_q8_0_r8, 8, 1, 8},
 };
 
 /* ---- dispatch -------------------------------------------------------------------------- */
@@ -242,7 +304,7 @@ const kernel_traits *kernels_get_level(int type, int level) {
 #if KX86
     if (level == KLEVEL_AVX512)
         kt = (type == DT_Q4_0 || type == DT_Q8_0 || type == DT_Q4_K || type == DT_Q5_K ||
-              type == DT_Q6_K) && !cpu_has_vnni()
+              type == DT_Q6_K || type == DT_Q4_0_R8 || type == DT_Q8_0_R8) && !cpu_has_vnni()
                  ? kernels_avx2_traits(type) /* the int8 kernels need vpdpbusd */
                  : kernels_avx512_traits(type);
     else if (level == KLEVEL_AVX2)
@@ -288,12 +350,14 @@ static void mm_compute(void *p, int ith, int nth) {
         if (ch >= c->n_chunks) break;
         int64_t r0 = ch * c->chunk_rows;
         int64_t r1 = r0 + c->chunk_rows < c->n_out ? r0 + c->chunk_rows : c->n_out;
-        if (c->n_tok <= TT) {
+        if (c->n_tok <= TT && !kt->group_rows) {
             /* Decode (one token tile) streams the weights once, at memory speed only if the
              * hardware prefetchers see long sequential streams: a tile of adjacent rows is a
              * few KiB per stream before it jumps (measured: 2+ adjacent Q8_0 rows ran at half
              * the speed of one row). So the tile's rows are TR lanes spread over the chunk,
-             * row k of the tile in lane k, each lane read front to back. */
+             * row k of the tile in lane k, each lane read front to back. (An R8 group is
+             * already one stream: its rows are interleaved block by block, and the groups
+             * of a chunk follow each other; those take the loop below.) */
             int64_t rows = r1 - r0, lane = (rows + TR - 1) / TR;
             for (int64_t i = 0; i < lane; i++) {
                 int nr = (int)((rows - i + lane - 1) / lane); /* <= TR */
@@ -309,10 +373,11 @@ static void mm_compute(void *p, int ith, int nth) {
         /* Prefill: tokens advance in tiles and each token tile sweeps the chunk's rows, so
          * the chunk's weights stay in L2 and the token tile in L1 while every weight block
          * is used tile_toks times from registers. */
+        const int step = c->n_tok <= TT && kt->group_rows ? kt->group_rows : TR; /* 1 stream */
         for (int64_t t = 0; t < c->n_tok; t += TT) {
             int nt = c->n_tok - t < TT ? (int)(c->n_tok - t) : TT;
-            for (int64_t r = r0; r < r1; r += TR) {
-                int nr = r1 - r < TR ? (int)(r1 - r) : TR;
+            for (int64_t r = r0; r < r1; r += step) {
+                int nr = r1 - r < step ? (int)(r1 - r) : step;
                 kt->tile(c->n_in, c->w + r * c->ws, c->ws, c->x + t * c->xs, c->xs,
                          c->y + t * c->n_out + r, c->n_out, nr, nt);
             }
@@ -329,7 +394,8 @@ size_t kernels_matmul_scratch(int wtype, int64_t n_in, int64_t n_tok) {
 void kernels_matmul(threadpool *tp, int wtype, const void *W, int64_t n_in, int64_t n_out,
                     const float *x, int64_t n_tok, float *y, void *scratch) {
     const kernel_traits *kt = kernels_get(wtype);
-    if (!kt || n_out <= 0 || n_tok <= 0 || !dtype_row_size(wtype, n_in))
+    if (!kt || n_out <= 0 || n_tok <= 0 || !dtype_row_size(wtype, n_in) ||
+        (kt->group_rows && n_out % kt->group_rows))
         return; /* callers validate types and shapes at load */
     mm_ctx c = {.kt = kt, .w = W, .ws = dtype_row_size(wtype, n_in), .n_in = n_in,
                 .n_out = n_out, .n_tok = n_tok, .xf = x, .x = (const char *)x,

@@ -177,20 +177,41 @@ KX_INLINE __m256i round_pack32(const __m256 v[4], __m256 id) {
 /* Bit-exact with quant_quantize_row(DT_Q8_0): same amax (max is exact), same float division
  * for d and 1/d, and roundf's half-away-from-zero done as trunc + (|frac| >= 0.5), which
  * unlike floor(v + 0.5) cannot be spoilt by the addition rounding up. */
+KX_INLINE __m256i q8_block(const float *x, uint16_t *dh) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4];
+    KX_UNROLL
+    for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_ps(x + 8 * k);
+    __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                             _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+    float d = hmax8(m) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    *dh = (uint16_t)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
+    return round_pack32(v, _mm256_set1_ps(id));
+}
+
 static void KX(from_float_q8_0)(const float *x, void *vy, int64_t n) {
     block_q8_0 *y = vy;
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
-        __m256 v[4];
-        KX_UNROLL
-        for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_ps(x + 8 * k);
-        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-                                 _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
-        float d = hmax8(m) / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-        y[b].d = (uint16_t)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT);
-        _mm256_storeu_si256((__m256i *)y[b].qs, round_pack32(v, _mm256_set1_ps(id)));
+    for (int64_t b = 0; b < n / QK8_0; b++)
+        _mm256_storeu_si256((__m256i *)y[b].qs, q8_block(x + b * QK8_0, &y[b].d));
+}
+
+/* Q8_0S (quant.h): the same blocks, the scale widened to f32 and c = -off * sum(q). */
+KX_INLINE void from_float_q8_0s(const float *x, void *vy, int64_t n, int off) {
+    block_q8_0s *y = vy;
+    for (int64_t b = 0; b < n / QK8_0; b++) {
+        uint16_t dh;
+        const __m256i q = q8_block(x + b * QK8_0, &dh);
+        __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q), _mm256_set1_epi16(1));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        y[b].d = _cvtsh_ss(dh);
+        y[b].c = -off * _mm_cvtsi128_si32(s4);
+        _mm256_storeu_si256((__m256i *)y[b].qs, q);
     }
 }
+static void KX(from_float_q8_0s_q4)(const float *x, void *y, int64_t n) { from_float_q8_0s(x, y, n, 8); }
+static void KX(from_float_q8_0s_q8)(const float *x, void *y, int64_t n) { from_float_q8_0s(x, y, n, 128); }
 
 /* ---- Q4_0 / Q8_0 weights x Q8_0 activations --------------------------------------------
  * Per 32-element block, an exact int32 dot in 8 lanes, then acc += lanes * (dw * dx).
@@ -317,6 +338,130 @@ KX_INLINE void qtile(const int R, const int T, const int q4, int64_t n, const ch
     }
 KX_QUANT_KERNELS(q8_0, 0)
 KX_QUANT_KERNELS(q4_0, 1)
+
+/* ---- R8 (row-interleaved) Q4_0 / Q8_0 weights x Q8_0S activations -----------------------
+ * Lane r of every vector is row r of a group of 8 (layout in quant.h). One 4-byte chunk of
+ * the 8 rows times the token's matching 4 activations, broadcast to all lanes, adds 4
+ * products to each row's sum: after a block's chunks, lane r holds row r's exact integer dot
+ * (started at the activation block's correction c), and the float step is the reference's,
+ * once per 8 rows: acc += (float)sumi * (dw * dx), as a multiply and an add. So every level
+ * computes vec_dot_q4_0 / vec_dot_q8_0 of the un-interleaved rows bit for bit, with a third
+ * of the plain kernels' instructions per weight: no per-row conversion, scale or sum.
+ * VNNI: vpdpbusd with the weights unsigned (Q4_0 nibbles, Q8_0 w + 128; c holds -8 or -128
+ * times the block's activation sum). AVX2: vpmaddubsw + vpmaddwd as in the plain kernels
+ * (Q8_0: |w| times sign(x, w), so c is not used). */
+#if KX_VNNI
+#define R8_G 2 /* groups (of 8 rows) x tokens per register tile */
+#define R8_T 4
+#else
+#define R8_G 1
+#define R8_T 4
+#endif
+
+/* acc + the 4-product lane sums of unsigned u (or, AVX2 Q8_0, signed w) and signed x. */
+KX_INLINE __m256i r8_dot(int q4, __m256i acc, __m256i u, __m256i x) {
+#if KX_VNNI
+    (void)q4;
+    return _mm256_dpbusd_epi32(acc, u, x);
+#else
+    __m256i p = q4 ? _mm256_maddubs_epi16(u, x) : _mm256_maddubs_epi16(_mm256_abs_epi8(u), _mm256_sign_epi8(x, u));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+
+KX_INLINE __m256i bcast4(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+KX_INLINE void r8tile(const int G, const int T, const int q4, int64_t n, const char *w,
+                      size_t ws, const char *x, size_t xs, float *y, int64_t ys) {
+    const int64_t nb = n / QK8_0;
+    const size_t gbs = q4 ? sizeof(block_q4_0x8) : sizeof(block_q8_0x8);
+    const int nchunk = q4 ? QK4_0 / 8 : QK8_0 / 4;
+    /* with few accumulators, a second chain per tile cell hides vpdpbusd's latency */
+    const int split = G * T < 4;
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[R8_G][R8_T];
+    KX_UNROLL
+    for (int g = 0; g < G; g++)
+        KX_UNROLL
+        for (int t = 0; t < T; t++) acc[g][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const char *wb[R8_G];
+        const block_q8_0s *xb[R8_T];
+        KX_UNROLL
+        for (int g = 0; g < G; g++) wb[g] = w + (size_t)g * 8 * ws + (size_t)b * gbs;
+        KX_UNROLL
+        for (int t = 0; t < T; t++) xb[t] = (const block_q8_0s *)(x + t * xs) + b;
+        __m256i s[R8_G][R8_T], s2[R8_G][R8_T];
+        KX_UNROLL
+        for (int g = 0; g < G; g++)
+            KX_UNROLL
+            for (int t = 0; t < T; t++) {
+                s[g][t] = KX_VNNI || q4 ? _mm256_set1_epi32(xb[t]->c) : _mm256_setzero_si256();
+                s2[g][t] = _mm256_setzero_si256();
+            }
+        KX_UNROLL
+        for (int c = 0; c < nchunk; c++) {
+            __m256i lo[R8_G], hi[R8_G];
+            KX_UNROLL
+            for (int g = 0; g < G; g++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(wb[g] + 16 + 32 * c));
+                if (q4) {
+                    lo[g] = _mm256_and_si256(v, low4);
+                    hi[g] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+                } else {
+                    lo[g] = KX_VNNI ? _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)) : v;
+                }
+                KX_IN_REGISTER(lo[g]);
+            }
+            KX_UNROLL
+            for (int t = 0; t < T; t++) {
+                const __m256i xl = bcast4(xb[t]->qs + 4 * c);
+                KX_UNROLL
+                for (int g = 0; g < G; g++) {
+                    if (split && !q4 && (c & 1)) s2[g][t] = r8_dot(q4, s2[g][t], lo[g], xl);
+                    else s[g][t] = r8_dot(q4, s[g][t], lo[g], xl);
+                }
+                if (q4) {
+                    const __m256i xh = bcast4(xb[t]->qs + QK4_0 / 2 + 4 * c);
+                    KX_UNROLL
+                    for (int g = 0; g < G; g++) {
+                        if (split) s2[g][t] = r8_dot(q4, s2[g][t], hi[g], xh);
+                        else s[g][t] = r8_dot(q4, s[g][t], hi[g], xh);
+                    }
+                }
+            }
+        }
+        KX_UNROLL
+        for (int g = 0; g < G; g++) {
+            const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)wb[g]));
+            KX_UNROLL
+            for (int t = 0; t < T; t++) {
+                const __m256i si = split ? _mm256_add_epi32(s[g][t], s2[g][t]) : s[g][t];
+                const __m256 sc = _mm256_mul_ps(dw, _mm256_broadcast_ss(&xb[t]->d));
+                acc[g][t] = _mm256_add_ps(acc[g][t], _mm256_mul_ps(_mm256_cvtepi32_ps(si), sc));
+            }
+        }
+    }
+    KX_UNROLL
+    for (int g = 0; g < G; g++)
+        KX_UNROLL
+        for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ys + 8 * g, acc[g][t]);
+}
+
+#define KX_R8_KERNELS(name, q4)                                                             \
+    static void KX(vec_dot_##name)(int64_t n, float *s, const void *w, const void *x) {     \
+        r8tile(1, 1, q4, n, w, 0, x, 0, s, 0);                                              \
+    }                                                                                       \
+    static void KX(tile_##name)(int64_t n, const void *w, size_t ws, const void *x,         \
+                                size_t xs, float *y, int64_t ys, int nr, int nt) {          \
+        KX_DISPATCH(R8_G, R8_T, nr / 8, nt, r8tile, (q4, n, w, ws, x, xs, y, ys))           \
+    }
+KX_R8_KERNELS(q4_0_r8, 1)
+KX_R8_KERNELS(q8_0_r8, 0)
 
 /* ---- K-quant weights x Q8_K activations ------------------------------------------------
  * Per super-block of 256 and per (row, token), an exact int32 sum in 8 lanes of each
@@ -543,6 +688,10 @@ static const kernel_traits KX(traits)[] = {
     [DT_Q4_K] = {DT_Q8_K, KX(from_float_q8_K), KX(vec_dot_q4_K), KX(tile_q4_K), K_TR, K_TT},
     [DT_Q5_K] = {DT_Q8_K, KX(from_float_q8_K), KX(vec_dot_q5_K), KX(tile_q5_K), K_TR, K_TT},
     [DT_Q6_K] = {DT_Q8_K, KX(from_float_q8_K), KX(vec_dot_q6_K), KX(tile_q6_K), K_TR, K_TT},
+    [DT_Q4_0_R8] = {DT_Q8_0S, KX(from_float_q8_0s_q4), KX(vec_dot_q4_0_r8), KX(tile_q4_0_r8),
+                    8 * R8_G, R8_T, 8},
+    [DT_Q8_0_R8] = {DT_Q8_0S, KX(from_float_q8_0s_q8), KX(vec_dot_q8_0_r8), KX(tile_q8_0_r8),
+                    8 * R8_G, R8_T, 8},
 };
 
 const kernel_traits *KX_TRAITS(int type) {

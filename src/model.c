@@ -455,6 +455,29 @@ static int check_finite(duet_model *m, duet_error *err) {
     return DUET_OK;
 }
 
+/* Interleave the rows of Q4_0/Q8_0 matrices in groups of 8 (quant.h's R8 layouts) where a
+ * kernel for the layout exists: in place, in the private copy of the weights, once all
+ * checks that read the file's layout are done. The token embedding keeps its rows (they are
+ * looked up one at a time), and so does a tied output matrix. Phi-3's fused matrices are
+ * repacked per bound part: the parts are disjoint row ranges. A matrix that cannot be
+ * repacked (rows not a multiple of 8, no memory for one group) keeps its layout and works
+ * as before. */
+static void repack_one(mtensor *t) {
+    int r8 = quant_r8_type(t->type);
+    if (r8 >= 0 && kernels_get(r8) && t->n_out % 8 == 0 &&
+        quant_repack_r8(t->type, (void *)t->data, t->n_in, t->n_out) == r8)
+        t->type = r8;
+}
+
+static void repack(duet_model *m) {
+    if (m->output.data && m->output.data != m->tok_embd.data) repack_one(&m->output);
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        layer_weights *L = &m->layers[l];
+        mtensor *lt[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) repack_one(lt[i]);
+    }
+}
+
 /* Copy the data section into anonymous memory (huge pages where the kernel allows). */
 static int copy_weights(duet_model *m, duet_error *err) {
     size_t n = (size_t)(m->gguf->size - m->gguf->data_offset);
@@ -505,6 +528,7 @@ int duet_model_load(const char *path, const duet_model_params *params, duet_mode
         if (!params->use_mmap) rc = copy_weights(m, err);
         if (!rc) rc = bind_all(m, err);
         if (!rc && params->check_tensors) rc = check_finite(m, err);
+        if (!rc && m->weights && !params->no_repack) repack(m);
         if (!rc && !(m->tp = tp_new(params->n_threads)))
             rc = duet_fail(err, DUET_ERR_NOMEM, "%s: cannot start the thread pool", path);
     }

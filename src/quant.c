@@ -6,6 +6,7 @@
 #include "quant.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -58,7 +59,8 @@ int dtype_from_name(const char *name) {
 }
 
 size_t dtype_row_size(int type, int64_t n) {
-    const dtype_traits *tr = dtype_info(type);
+    if (type == DT_Q8_0S) return n >= 0 && n % QK8_0 == 0 ? (size_t)(n / QK8_0) * sizeof(block_q8_0s) : 0;
+    const dtype_traits *tr = dtype_info(quant_file_type(type));
     if (!tr || n < 0 || n % tr->blck) return 0;
     return (size_t)(n / tr->blck) * tr->type_size;
 }
@@ -413,5 +415,62 @@ void quant_dequantize_row(int type, const void *src, float *dst, int64_t n) {
         break;
     }
     default: break;
+    }
+}
+
+/* ---- row-interleaved (R8) layouts ------------------------------------------------------- */
+int quant_r8_type(int type) {
+    return type == DT_Q4_0 ? DT_Q4_0_R8 : type == DT_Q8_0 ? DT_Q8_0_R8 : -1;
+}
+
+int quant_file_type(int type) {
+    return type == DT_Q4_0_R8 ? DT_Q4_0 : type == DT_Q8_0_R8 ? DT_Q8_0 : type;
+}
+
+/* Both base layouts are {f16 d; qs[qb]} blocks (18 or 34 bytes); their R8 blocks are
+ * {d[8]; qs[8 * qb]}. */
+static int r8_qbytes(int type) { return type == DT_Q4_0 ? QK4_0 / 2 : QK8_0; }
+
+int quant_repack_r8(int type, void *data, int64_t n_in, int64_t n_out) {
+    int r8 = quant_r8_type(type);
+    size_t ws = dtype_row_size(type, n_in);
+    if (r8 < 0 || n_out % 8 || !ws) return -1;
+    const int qb = r8_qbytes(type);
+    const size_t bs = 2 + (size_t)qb, nb = ws / bs;
+    uint8_t *tmp = malloc(8 * ws);
+    if (!tmp) return -1;
+    for (int64_t g = 0; g < n_out / 8; g++) {
+        uint8_t *grp = (uint8_t *)data + (size_t)g * 8 * ws;
+        memcpy(tmp, grp, 8 * ws);
+        for (size_t b = 0; b < nb; b++) {
+            uint8_t *o = grp + b * 8 * bs;
+            for (int r = 0; r < 8; r++) {
+                const uint8_t *blk = tmp + r * ws + b * bs;
+                memcpy(o + 2 * r, blk, 2);
+                for (int c = 0; c < qb / 4; c++) memcpy(o + 16 + 32 * c + 4 * r, blk + 2 + 4 * c, 4);
+            }
+        }
+    }
+    free(tmp);
+    return r8;
+}
+
+void quant_dequantize_matrix_row(int type, const void *data, int64_t n_in, int64_t r, float *dst) {
+    int base = quant_file_type(type);
+    size_t ws = dtype_row_size(base, n_in);
+    if (base == type) {
+        quant_dequantize_row(type, (const uint8_t *)data + (size_t)r * ws, dst, n_in);
+        return;
+    }
+    const int qb = r8_qbytes(base);
+    const size_t bs = 2 + (size_t)qb;
+    const uint8_t *grp = (const uint8_t *)data + (size_t)(r / 8) * 8 * ws;
+    int k = (int)(r % 8);
+    uint8_t blk[2 + QK8_0];
+    for (size_t b = 0; b < ws / bs; b++) {
+        const uint8_t *i = grp + b * 8 * bs;
+        memcpy(blk, i + 2 * k, 2);
+        for (int c = 0; c < qb / 4; c++) memcpy(blk + 2 + 4 * c, i + 16 + 32 * c + 4 * k, 4);
+        quant_dequantize_row(base, blk, dst + b * 32, 32);
     }
 }

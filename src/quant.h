@@ -57,6 +57,33 @@ typedef struct {
 } block_q6_K; /* 210 */
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K; /* 292 */
 
+/* Layouts duet makes in memory and never reads from or writes to a file (ids past ggml's,
+ * so a file naming them is refused as an unknown type).
+ * R8 (row-interleaved): a Q4_0 / Q8_0 matrix whose rows are taken in groups of 8 and stored
+ * block by block: for block b of a group, the 8 rows' f16 scales, then their quants in
+ * 4-byte chunks, chunk c of row r at qs[32 * c + 4 * r] (row r's qs[4c .. 4c+3]). A vector
+ * of 8 lanes then holds one chunk of each row, so one instruction computes part of 8 rows'
+ * dot products and a block's 8 sums land in one register (kernels_avx2.c). Each group takes
+ * exactly the bytes of its 8 rows, so groups sit where those rows sat.
+ * Q8_0S: Q8_0 activations as the R8 kernels read them: the scale already as f32, and c, the
+ * offset correction -k * sum(qs) of the kernel's weight type (k = 8 for Q4_0, 128 for Q8_0
+ * at the VNNI level), computed once per token and block instead of once per tile. */
+enum { DT_Q4_0_R8 = 64, DT_Q8_0_R8 = 65, DT_Q8_0S = 66 };
+typedef struct { uint16_t d[8]; uint8_t qs[8 * QK4_0 / 2]; } block_q4_0x8; /* 144 = 8 x 18 */
+typedef struct { uint16_t d[8]; int8_t qs[8 * QK8_0]; } block_q8_0x8;      /* 272 = 8 x 34 */
+typedef struct { float d; int32_t c; int8_t qs[QK8_0]; } block_q8_0s;      /* 40 */
+
+/* The R8 type of a weight type (DT_Q4_0_R8 for DT_Q4_0 ...), -1 if it has none. */
+int quant_r8_type(int type);
+/* The file type an in-memory type stands for (DT_Q4_0 for DT_Q4_0_R8; others unchanged). */
+int quant_file_type(int type);
+/* Rearrange a matrix of n_out rows of n_in elements of type (Q4_0 or Q8_0) in place into
+ * its R8 layout. Returns the new type, or -1 (data untouched) when the type has no R8
+ * layout, n_out is not a multiple of 8 or memory for one group is short. */
+int quant_repack_r8(int type, void *data, int64_t n_in, int64_t n_out);
+/* Dequantise row r of a matrix of n_in-element rows of any supported type, R8 included. */
+void quant_dequantize_matrix_row(int type, const void *data, int64_t n_in, int64_t r, float *dst);
+
 /* The eight 6-bit scales and mins of a Q4_K/Q5_K block: sc[j], m[j] for j < 8. */
 void quant_kscales(const uint8_t scales[12], uint8_t sc[8], uint8_t m[8]);
 

@@ -80,10 +80,8 @@ void lm_layout_free(lm_layout *L) {
 
 /* ---- loading and saving ------------------------------------------------------------------ */
 static void copy_mtensor(float *dst, const mtensor *t) {
-    size_t row = dtype_row_size(t->type, t->n_in);
     for (int64_t o = 0; o < t->n_out; o++)
-        quant_dequantize_row(t->type, (const uint8_t *)t->data + (size_t)o * row,
-                             dst + (size_t)o * t->n_in, t->n_in);
+        quant_dequantize_matrix_row(t->type, t->data, t->n_in, o, dst + (size_t)o * t->n_in);
 }
 
 int lm_model_load(const char *path, int n_threads, lm_model *m, duet_error *err) {
