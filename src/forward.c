@@ -4,16 +4,20 @@
  * other architectures add steps where their weights or arch_params say so (qwen2 q/k/v
  * biases, qwen3 per-head q/k norms, gemma2 embedding scale, soft caps, post-norms, GELU and
  * sliding windows; phi3's fused matrices are split at load and need nothing here). Matrix
- * products go through kernels_matmul (threaded, SIMD); attention is split over (token, head)
- * pairs across the pool. Elementwise steps are cheap next to the matrices and stay on the
- * calling thread.
+ * products go through kernels_matmul (threaded, SIMD), attention through the attn kernel
+ * over (kv head, token) items across the pool, and the per-token steps between them (norms,
+ * RoPE, residual adds, the gated activation) are split over the pool by tokens when the
+ * batch is large enough to pay for it. No result depends on the split or on the batch size:
+ * prefill of n tokens equals n one-token decodes bit for bit.
  */
 #include "forward.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn.h"
 #include "common.h"
 #include "kernels.h"
 #include "quant.h"
@@ -49,7 +53,7 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, duet_er
     st->proj = duet_aalloc(B * E * 4);
     st->hg = duet_aalloc(B * F * 4);
     st->hu = duet_aalloc(B * F * 4);
-    st->scores = duet_aalloc((size_t)nth * (size_t)n_ctx * 4);
+    st->scores = duet_aalloc((size_t)nth * attn_scratch_floats(hp->n_head / hp->n_head_kv, n_ctx) * 4);
     st->scratch = duet_aalloc(scratch);
     if (!st->k_cache || !st->v_cache || !st->x || !st->xb || !st->q || !st->k || !st->v ||
         !st->att || !st->proj || !st->hg || !st->hu || !st->scores || !st->scratch) {
@@ -110,52 +114,179 @@ static void rmsnorm_rows(float *x, const float *wt, int n, int w, float eps) {
 /* cap * tanh(x / cap): gemma2's soft capping of attention scores and logits. */
 static inline float softcap(float x, float cap) { return cap * tanhf(x / cap); }
 
+/* ---- attention ------------------------------------------------------------------------ */
 typedef struct attn_job {
     fwd_state *st;
+    attn_fn fn;
     int layer, n, pos;
+    int n_sub;        /* each kv group's q heads split into this many work items */
+    long n_items;     /* n_head_kv * n_sub * n */
+    atomic_long next; /* next work item */
 } attn_job;
 
-/* Causal attention for the batch: work item = (token t, head h), split over threads. */
+/* Causal attention for the batch. A work item is (kv head, part of its q-head group, token):
+ * the kernel loads each K/V row once for all the q heads it is given. The cost of a token
+ * grows with its position, so threads take items from a shared counter, the last (longest)
+ * tokens first, and the items of one kv head come together so that its cache rows stay warm.
+ * Which heads share a call does not change their results (attn.h). */
 static void attn_worker(void *ctx, int ith, int nth) {
     attn_job *job = ctx;
     fwd_state *st = job->st;
     const duet_hparams *hp = &st->m->hp;
     int hd = hp->head_dim, H = hp->n_head, group = hp->n_head / hp->n_head_kv;
     size_t KV = (size_t)hp->n_head_kv * hd;
-    const float *kc = st->k_cache + (size_t)job->layer * st->n_ctx * KV;
-    const float *vc = st->v_cache + (size_t)job->layer * st->n_ctx * KV;
-    float *sc = st->scores + (size_t)ith * st->n_ctx;
     const arch_params *ap = &st->m->ap;
-    float scale = ap->attn_scale, cap = ap->attn_softcap;
     int window = st->m->layers[job->layer].swa ? ap->n_swa : 0;
-    long lo, hi;
-    tp_split((long)job->n * H, ith, nth, &lo, &hi);
-    for (long w = lo; w < hi; w++) {
-        int t = (int)(w / H), h = (int)(w % H), kvh = h / group;
-        int n_pos = job->pos + t + 1;
+    attn_args a = {.head_dim = hd, .kv_stride = KV, .scale = ap->attn_scale,
+                   .softcap = ap->attn_softcap,
+                   .scores = st->scores + (size_t)ith * attn_scratch_floats(group, st->n_ctx)};
+    for (;;) {
+        long w = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
+        if (w >= job->n_items) break;
+        int t = job->n - 1 - (int)(w % job->n), part = (int)(w / job->n % job->n_sub);
+        int kvh = (int)(w / job->n / job->n_sub);
+        long h0, h1;
+        tp_split(group, part, job->n_sub, &h0, &h1);
+        int h = kvh * group + (int)h0;
+        a.n_q = (int)(h1 - h0);
+        a.q = st->q + ((size_t)t * H + h) * hd;
+        a.out = st->att + ((size_t)t * H + h) * hd;
+        a.k = st->k_cache + (size_t)job->layer * st->n_ctx * KV + (size_t)kvh * hd;
+        a.v = st->v_cache + (size_t)job->layer * st->n_ctx * KV + (size_t)kvh * hd;
+        a.p1 = job->pos + t + 1;
         /* a sliding-window layer sees the last `window` positions, itself included */
-        int p0 = window && n_pos > window ? n_pos - window : 0;
-        const float *q = st->q + ((size_t)t * H + h) * hd;
-        float mx = -INFINITY;
-        for (int p = p0; p < n_pos; p++) {
-            const float *k = kc + (size_t)p * KV + (size_t)kvh * hd;
-            float s = kvec_dot_f32(q, k, hd) * scale;
-            if (cap > 0) s = softcap(s, cap);
-            sc[p] = s;
-            mx = s > mx ? s : mx;
+        a.p0 = window && a.p1 > window ? a.p1 - window : 0;
+        job->fn(&a);
+    }
+}
+
+static void attention(fwd_state *st, int layer, int n, int pos) {
+    const duet_hparams *hp = &st->m->hp;
+    int nth = tp_n_threads(st->m->tp), group = hp->n_head / hp->n_head_kv;
+    attn_job job = {.st = st, .fn = attn_kernel(kernels_level()), .layer = layer, .n = n,
+                    .pos = pos, .n_sub = 1};
+    /* decode has only n_head_kv groups: split them when that leaves threads idle */
+    while ((long)n * hp->n_head_kv * job.n_sub < 2L * nth && job.n_sub < group) job.n_sub++;
+    job.n_items = (long)n * hp->n_head_kv * job.n_sub;
+    atomic_init(&job.next, 0);
+    tp_run(job.n_items > 1 ? st->m->tp : NULL, attn_worker, &job);
+}
+
+/* ---- the per-token steps between the matrix products -------------------------------------
+ * Each runs over a range of tokens; with a large batch the range is split over the pool
+ * (a token's values do not depend on the split), a small one stays on the calling thread,
+ * where a wake-up would cost more than the work. */
+typedef struct step_job {
+    fwd_state *st;
+    const int32_t *tokens;
+    int l, n, pos, first_out;
+    float *hidden;
+    void (*fn)(struct step_job *j, int t0, int t1);
+} step_job;
+
+/* Tokens x elements (with a transcendental or a norm each) below which a step stays on the
+ * calling thread: a few microseconds of work per thread. */
+#define STEP_MIN_PER_THREAD 8192
+
+static void step_worker(void *ctx, int ith, int nth) {
+    step_job *j = ctx;
+    long lo, hi;
+    tp_split(j->n, ith, nth, &lo, &hi);
+    if (lo < hi) j->fn(j, (int)lo, (int)hi);
+}
+
+static void run_step(step_job *j, void (*fn)(step_job *, int, int), size_t width) {
+    threadpool *tp = j->st->m->tp;
+    j->fn = fn;
+    if (j->n > 1 && (size_t)j->n * width >= (size_t)STEP_MIN_PER_THREAD * tp_n_threads(tp))
+        tp_run(tp, step_worker, j);
+    else
+        fn(j, 0, j->n);
+}
+
+/* Before layer l's attention: the previous layer's FFN output (post-normed) joins the
+ * residual stream (layer 0: the embeddings do), then the attention norm. After the last
+ * layer (l == n_layer), the output norm of the tokens that need outputs. */
+static void step_pre_attn(step_job *j, int t0, int t1) {
+    fwd_state *st = j->st;
+    const duet_model *m = st->m;
+    const duet_hparams *hp = &m->hp;
+    int E = hp->n_embd;
+    for (int t = t0; t < t1; t++) {
+        float *x = st->x + (size_t)t * E, *pr = st->proj + (size_t)t * E;
+        if (j->l == 0) {
+            size_t erow = dtype_row_size(m->tok_embd.type, E);
+            quant_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data +
+                                 (size_t)j->tokens[t] * erow, x, E);
+            if (m->ap.embd_scale != 1.0f)
+                for (int i = 0; i < E; i++) x[i] *= m->ap.embd_scale;
+        } else {
+            const layer_weights *P = &m->layers[j->l - 1];
+            if (P->ffn_post_norm) rmsnorm(pr, pr, P->ffn_post_norm, E, hp->rms_eps);
+            for (int i = 0; i < E; i++) x[i] += pr[i];
         }
-        float sum = 0;
-        for (int p = p0; p < n_pos; p++) {
-            sc[p] = expf(sc[p] - mx);
-            sum += sc[p];
+        if (j->l < hp->n_layer)
+            rmsnorm(st->xb + (size_t)t * E, x, m->layers[j->l].attn_norm, E, hp->rms_eps);
+        else if (t >= j->first_out)
+            rmsnorm(j->hidden + (size_t)(t - j->first_out) * E, x, m->output_norm, E, hp->rms_eps);
+    }
+}
+
+/* After q, k, v: biases, per-head norms, RoPE, and k, v into the cache. */
+static void step_qkv(step_job *j, int t0, int t1) {
+    fwd_state *st = j->st;
+    const duet_hparams *hp = &st->m->hp;
+    const arch_params *ap = &st->m->ap;
+    const layer_weights *L = &st->m->layers[j->l];
+    int hd = hp->head_dim, Q = hp->n_head * hd, KV = hp->n_head_kv * hd;
+    for (int t = t0; t < t1; t++) {
+        float *q = st->q + (size_t)t * Q, *k = st->k + (size_t)t * KV, *v = st->v + (size_t)t * KV;
+        if (L->bq) add_bias(q, L->bq, 1, Q); /* each is optional on its own */
+        if (L->bk) add_bias(k, L->bk, 1, KV);
+        if (L->bv) add_bias(v, L->bv, 1, KV);
+        if (L->q_norm) {
+            rmsnorm_rows(q, L->q_norm, hp->n_head, hd, hp->rms_eps);
+            rmsnorm_rows(k, L->k_norm, hp->n_head_kv, hd, hp->rms_eps);
         }
-        float inv = 1.0f / sum;
-        float *o = st->att + ((size_t)t * H + h) * hd;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int p = p0; p < n_pos; p++) {
-            const float *v = vc + (size_t)p * KV + (size_t)kvh * hd;
-            float a = sc[p] * inv;
-            for (int i = 0; i < hd; i++) o[i] += a * v[i];
+        rope(q, hp->n_head, hd, ap->n_rot, ap->rope_neox, j->pos + t, st->rope_inv_freq,
+             ap->rope_mscale);
+        rope(k, hp->n_head_kv, hd, ap->n_rot, ap->rope_neox, j->pos + t, st->rope_inv_freq,
+             ap->rope_mscale);
+        size_t c = ((size_t)j->l * st->n_ctx + (size_t)(j->pos + t)) * KV;
+        memcpy(st->k_cache + c, k, (size_t)KV * sizeof(float));
+        memcpy(st->v_cache + c, v, (size_t)KV * sizeof(float));
+    }
+}
+
+/* After wo: the (post-normed) attention output joins the residual, then the FFN norm. */
+static void step_post_attn(step_job *j, int t0, int t1) {
+    fwd_state *st = j->st;
+    const duet_hparams *hp = &st->m->hp;
+    const layer_weights *L = &st->m->layers[j->l];
+    int E = hp->n_embd;
+    for (int t = t0; t < t1; t++) {
+        float *x = st->x + (size_t)t * E, *pr = st->proj + (size_t)t * E;
+        if (L->attn_post_norm) rmsnorm(pr, pr, L->attn_post_norm, E, hp->rms_eps);
+        for (int i = 0; i < E; i++) x[i] += pr[i];
+        rmsnorm(st->xb + (size_t)t * E, x, L->ffn_norm, E, hp->rms_eps);
+    }
+}
+
+/* gate * up with the gate through GELU (tanh approximation, as ggml_gelu) or SiLU. */
+static void step_glu(step_job *j, int t0, int t1) {
+    fwd_state *st = j->st;
+    size_t F = (size_t)st->m->hp.n_ff;
+    float *hg = st->hg + t0 * F, *hu = st->hu + t0 * F;
+    size_t n = (size_t)(t1 - t0) * F;
+    if (st->m->ap.ffn_gelu) {
+        for (size_t i = 0; i < n; i++) {
+            float g = hg[i];
+            hg[i] = 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g))) * hu[i];
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            float g = hg[i];
+            hg[i] = g / (1.0f + expf(-g)) * hu[i];
         }
     }
 }
@@ -168,72 +299,28 @@ void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_ou
               float *hidden, float *logits) {
     const duet_model *m = st->m;
     const duet_hparams *hp = &m->hp;
-    const arch_params *ap = &m->ap;
-    int E = hp->n_embd, F = hp->n_ff, hd = hp->head_dim;
-    int Q = hp->n_head * hd, KV = hp->n_head_kv * hd;
-    size_t erow = dtype_row_size(m->tok_embd.type, E);
-
-    for (int t = 0; t < n; t++)
-        quant_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data +
-                             (size_t)tokens[t] * erow, st->x + (size_t)t * E, E);
-    if (ap->embd_scale != 1.0f)
-        for (size_t i = 0; i < (size_t)n * E; i++) st->x[i] *= ap->embd_scale;
-
+    int E = hp->n_embd, F = hp->n_ff, Q = hp->n_head * hp->head_dim;
+    step_job j = {.st = st, .n = n, .pos = pos, .first_out = first_out, .hidden = hidden,
+                  .tokens = tokens};
     for (int l = 0; l < hp->n_layer; l++) {
         const layer_weights *L = &m->layers[l];
-        for (int t = 0; t < n; t++)
-            rmsnorm(st->xb + (size_t)t * E, st->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
+        j.l = l;
+        run_step(&j, step_pre_attn, (size_t)E);
         matmul(st, &L->wq, st->xb, n, st->q);
         matmul(st, &L->wk, st->xb, n, st->k);
         matmul(st, &L->wv, st->xb, n, st->v);
-        float *kc = st->k_cache + ((size_t)l * st->n_ctx + (size_t)pos) * KV;
-        float *vc = st->v_cache + ((size_t)l * st->n_ctx + (size_t)pos) * KV;
-        if (L->bq) add_bias(st->q, L->bq, n, Q); /* each is optional on its own */
-        if (L->bk) add_bias(st->k, L->bk, n, KV);
-        if (L->bv) add_bias(st->v, L->bv, n, KV);
-        if (L->q_norm) {
-            rmsnorm_rows(st->q, L->q_norm, n * hp->n_head, hd, hp->rms_eps);
-            rmsnorm_rows(st->k, L->k_norm, n * hp->n_head_kv, hd, hp->rms_eps);
-        }
-        for (int t = 0; t < n; t++) {
-            rope(st->q + (size_t)t * Q, hp->n_head, hd, ap->n_rot, ap->rope_neox, pos + t,
-                 st->rope_inv_freq, ap->rope_mscale);
-            rope(st->k + (size_t)t * KV, hp->n_head_kv, hd, ap->n_rot, ap->rope_neox, pos + t,
-                 st->rope_inv_freq, ap->rope_mscale);
-        }
-        memcpy(kc, st->k, (size_t)n * KV * sizeof(float));
-        memcpy(vc, st->v, (size_t)n * KV * sizeof(float));
-        attn_job job = {st, l, n, pos};
-        tp_run(m->tp, attn_worker, &job);
+        run_step(&j, step_qkv, (size_t)Q);
+        attention(st, l, n, pos);
         matmul(st, &L->wo, st->att, n, st->proj);
-        if (L->attn_post_norm) rmsnorm_rows(st->proj, L->attn_post_norm, n, E, hp->rms_eps);
-        for (size_t i = 0; i < (size_t)n * E; i++) st->x[i] += st->proj[i];
-
-        for (int t = 0; t < n; t++)
-            rmsnorm(st->xb + (size_t)t * E, st->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
+        run_step(&j, step_post_attn, (size_t)E);
         matmul(st, &L->w_gate, st->xb, n, st->hg);
         matmul(st, &L->w_up, st->xb, n, st->hu);
-        if (ap->ffn_gelu) {
-            for (size_t i = 0; i < (size_t)n * F; i++) {
-                float g = st->hg[i]; /* GELU, tanh approximation (as ggml_gelu) */
-                st->hg[i] = 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g)))
-                            * st->hu[i];
-            }
-        } else {
-            for (size_t i = 0; i < (size_t)n * F; i++) {
-                float g = st->hg[i];
-                st->hg[i] = g / (1.0f + expf(-g)) * st->hu[i];
-            }
-        }
+        run_step(&j, step_glu, (size_t)F);
         matmul(st, &L->w_down, st->hg, n, st->proj);
-        if (L->ffn_post_norm) rmsnorm_rows(st->proj, L->ffn_post_norm, n, E, hp->rms_eps);
-        for (size_t i = 0; i < (size_t)n * E; i++) st->x[i] += st->proj[i];
     }
-    int n_out = n - first_out;
-    for (int t = 0; t < n_out; t++)
-        rmsnorm(hidden + (size_t)t * E, st->x + (size_t)(first_out + t) * E, m->output_norm, E,
-                hp->rms_eps);
-    if (logits) fwd_logits(st, hidden, n_out, logits);
+    j.l = hp->n_layer;
+    run_step(&j, step_pre_attn, (size_t)E);
+    if (logits) fwd_logits(st, hidden, n - first_out, logits);
 }
 
 void fwd_logits(fwd_state *st, const float *hidden, int n, float *logits) {

@@ -1,0 +1,42 @@
+/*
+ * attn.h: the attention kernel: one token's q heads that share a kv head (a grouped-query
+ * group, or part of one) attend to a range of cached positions. Processing a group together
+ * lets every K and V row load serve all of its q heads. Like the matrix kernels, it has a
+ * scalar reference (attn.c) and AVX2 / AVX-512 variants (attn_avx2.c, attn_avx512.c) chosen
+ * at run time by kernels_level(); it never sees a model.
+ *
+ * Invariant: at a given level, the output of each q head is the same sequence of float
+ * operations whatever n_q is and whichever heads share the call, so the forward pass may
+ * split groups over threads as it likes and prefill still equals decode bit for bit.
+ */
+#ifndef DUET_ATTN_H
+#define DUET_ATTN_H
+
+#include <stddef.h>
+
+typedef struct attn_args {
+    int head_dim;
+    int n_q;              /* q heads in this call, all reading the same K/V rows */
+    const float *q;       /* [n_q][head_dim] */
+    float *out;           /* [n_q][head_dim] */
+    const float *k, *v;   /* position p's row of this kv head at k + p*kv_stride (v alike) */
+    size_t kv_stride;     /* in floats */
+    int p0, p1;           /* attend to positions [p0, p1), p0 < p1 */
+    float scale;          /* score = dot(q, k) * scale ... */
+    float softcap;        /* ... then, if > 0, softcap * tanh(score / softcap) (gemma2) */
+    float *scores;        /* scratch: attn_scratch_floats(n_q, p1 - p0) floats, 32-byte aligned */
+} attn_args;
+
+/* out[h] = sum_p softmax_p(score(h, p)) * v[p] for each head h < n_q. */
+typedef void (*attn_fn)(const attn_args *a);
+
+/* The kernel of a level (KLEVEL_*); NULL if the CPU lacks that level. */
+attn_fn attn_kernel(int level);
+/* Scratch a call needs for n_q heads over n_pos positions (same at every level). */
+size_t attn_scratch_floats(int n_q, int n_pos);
+
+/* Per-level kernels (attn_avx2.c, attn_avx512.c); use attn_kernel, which checks the CPU. */
+void attn_avx2(const attn_args *a);
+void attn_avx512(const attn_args *a);
+
+#endif

@@ -1,0 +1,281 @@
+/*
+ * attn_avx2.c: the attention kernel with AVX2 + FMA (256-bit vectors), and the template of
+ * the AVX-512 level: attn_avx512.c defines AX_AVX512 and includes this file, compiled with
+ * EVEX encodings and 32 vector registers, which buy larger register tiles (as in
+ * kernels_avx2.c / kernels_avx512.c).
+ *
+ * Scores: a tile of SH q heads x SP positions keeps one accumulator per (head, position),
+ * so each K row load serves SH heads and each q load SP positions; eight accumulators at a
+ * time are summed across lanes by one tree (reduce8) that gives every lane the same
+ * bracketing. V: a tile of VH heads x VC 8-float chunks of the output keeps its
+ * accumulators in registers over a block of positions, so each V row load serves VH heads.
+ * Each (head, position) score and each output float thus sees the same operations whatever
+ * the tile shape, the heads beside it or the number of heads in the call (attn.h).
+ */
+#if defined(__x86_64__) || defined(__i386__)
+
+#if !defined(AX_AVX512) && !defined(__clang__)
+#pragma GCC target("no-avx512f") /* keep this level to what an AVX2-only CPU runs */
+#endif
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "attn.h"
+
+#ifdef AX_AVX512
+#define AX_NAME attn_avx512
+#define SH 4 /* score tile: heads x positions (SH * SP a multiple of 8) */
+#define SP 4
+#define VH 4 /* V tile: heads x 8-float chunks */
+#define VC 4
+#else
+#define AX_NAME attn_avx2
+#define SH 2
+#define SP 4
+#define VH 2
+#define VC 4
+#endif
+#define AX_PBLOCK 64 /* positions per V block: 64 rows of a 64-dim head are 16 KiB, in L1 */
+
+#define AX_INLINE static inline __attribute__((always_inline))
+#ifdef __clang__
+#define AX_UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define AX_UNROLL _Pragma("GCC unroll 16")
+#endif
+/* keep a loaded vector in a register rather than folding its load into every FMA */
+#define AX_IN_REGISTER(v) __asm__("" : "+v"(v))
+
+/* lanes [0, n) set, for the head_dim % 8 tail */
+AX_INLINE __m256i tail_mask(int n) {
+    static const int32_t bits[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256((const __m256i *)(bits + 8 - n));
+}
+
+/* Lane j of the result = sum of the lanes of a[j], as ((0+1)+(2+3))+((4+5)+(6+7)) for
+ * every j (the same bracketing in every slot). */
+AX_INLINE __m256 reduce8(const __m256 *a) {
+    __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                         _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* Raw dots of heads [h, h+nh) with positions [p, p+np) (np positions from p; rows past p1
+ * are clamped to p1-1 and their lanes land in the scores' padding), into sc rows of ss
+ * floats indexed from p0. nh * np is a multiple of 8 and np divides 8 or 8 divides np. */
+AX_INLINE void score_tile(const int nh, const int np, const attn_args *a, int h, int p,
+                          float *sc, size_t ss) {
+    const int hd = a->head_dim;
+    const float *qr[SH * SP], *kr[SH * SP];
+    AX_UNROLL
+    for (int i = 0; i < nh; i++) qr[i] = a->q + (size_t)(h + i) * hd;
+    AX_UNROLL
+    for (int j = 0; j < np; j++)
+        kr[j] = a->k + (size_t)(p + j < a->p1 ? p + j : a->p1 - 1) * a->kv_stride;
+    __m256 acc[SH * SP];
+    AX_UNROLL
+    for (int i = 0; i < nh * np; i++) acc[i] = _mm256_setzero_ps();
+    int d = 0;
+    for (; d + 8 <= hd; d += 8) {
+        __m256 kv[SH * SP];
+        AX_UNROLL
+        for (int j = 0; j < np; j++) {
+            kv[j] = _mm256_loadu_ps(kr[j] + d);
+            AX_IN_REGISTER(kv[j]);
+        }
+        AX_UNROLL
+        for (int i = 0; i < nh; i++) {
+            __m256 qv = _mm256_loadu_ps(qr[i] + d);
+            AX_UNROLL
+            for (int j = 0; j < np; j++) acc[i * np + j] = _mm256_fmadd_ps(qv, kv[j], acc[i * np + j]);
+        }
+    }
+    if (d < hd) { /* masked lanes load as zero and leave the sums unchanged */
+        __m256i m = tail_mask(hd - d);
+        __m256 kv[SH * SP];
+        AX_UNROLL
+        for (int j = 0; j < np; j++) kv[j] = _mm256_maskload_ps(kr[j] + d, m);
+        AX_UNROLL
+        for (int i = 0; i < nh; i++) {
+            __m256 qv = _mm256_maskload_ps(qr[i] + d, m);
+            AX_UNROLL
+            for (int j = 0; j < np; j++) acc[i * np + j] = _mm256_fmadd_ps(qv, kv[j], acc[i * np + j]);
+        }
+    }
+    int off = p - a->p0;
+    AX_UNROLL
+    for (int g = 0; g < nh * np; g += 8) {
+        __m256 r = reduce8(acc + g);
+        if (np >= 8) { /* lanes are positions of one head */
+            _mm256_storeu_ps(sc + (size_t)(h + g / np) * ss + off + g % np, r);
+        } else { /* np == 4: two heads, four positions each */
+            _mm_storeu_ps(sc + (size_t)(h + g / 4) * ss + off, _mm256_castps256_ps128(r));
+            _mm_storeu_ps(sc + (size_t)(h + g / 4 + 1) * ss + off, _mm256_extractf128_ps(r, 1));
+        }
+    }
+}
+
+/* out[h+i][d0 + 8c ..] for i < nh, c < nc, over positions [q0, q1) of the probabilities
+ * w (rows of ss floats indexed from p0); the last chunk masked when `partial`. first: start
+ * from zero, else from what the previous position block left in out. */
+AX_INLINE void v_tile(const int nh, const int nc, const int partial, const attn_args *a,
+                      int h, int d0, int q0, int q1, const float *w, size_t ss, int first) {
+    const int hd = a->head_dim;
+    __m256i m = tail_mask(partial ? hd - (d0 + 8 * (nc - 1)) : 8);
+    __m256 acc[VH][VC];
+    AX_UNROLL
+    for (int i = 0; i < nh; i++) {
+        float *o = a->out + (size_t)(h + i) * hd + d0;
+        AX_UNROLL
+        for (int c = 0; c < nc; c++)
+            acc[i][c] = first ? _mm256_setzero_ps()
+                        : partial && c == nc - 1 ? _mm256_maskload_ps(o + 8 * c, m)
+                                                 : _mm256_loadu_ps(o + 8 * c);
+    }
+    const float *wr = w + (size_t)h * ss - a->p0;
+    for (int p = q0; p < q1; p++) {
+        const float *vr = a->v + (size_t)p * a->kv_stride + d0;
+        __m256 vv[VC];
+        AX_UNROLL
+        for (int c = 0; c < nc; c++) {
+            vv[c] = partial && c == nc - 1 ? _mm256_maskload_ps(vr + 8 * c, m)
+                                           : _mm256_loadu_ps(vr + 8 * c);
+            AX_IN_REGISTER(vv[c]);
+        }
+        AX_UNROLL
+        for (int i = 0; i < nh; i++) {
+            __m256 b = _mm256_broadcast_ss(wr + (size_t)i * ss + p);
+            AX_UNROLL
+            for (int c = 0; c < nc; c++) acc[i][c] = _mm256_fmadd_ps(b, vv[c], acc[i][c]);
+        }
+    }
+    AX_UNROLL
+    for (int i = 0; i < nh; i++) {
+        float *o = a->out + (size_t)(h + i) * hd + d0;
+        AX_UNROLL
+        for (int c = 0; c < nc; c++) {
+            if (partial && c == nc - 1) _mm256_maskstore_ps(o + 8 * c, m, acc[i][c]);
+            else _mm256_storeu_ps(o + 8 * c, acc[i][c]);
+        }
+    }
+}
+
+/* v_tile with nh in {VH, 1} and nc in [1, VC] as compile-time constants */
+#define AX_VCASE(NH, NC)                                                                    \
+    case NC:                                                                                \
+        if (partial) v_tile(NH, NC, 1, a, h, d0, q0, q1, w, ss, first);                     \
+        else v_tile(NH, NC, 0, a, h, d0, q0, q1, w, ss, first);                             \
+        break;
+#define AX_VSWITCH(NH)                                                                      \
+    switch (nc) { AX_VCASE(NH, 1) AX_VCASE(NH, 2) AX_VCASE(NH, 3) AX_VCASE(NH, 4) }
+
+static void v_tile_any(int nh, int nc, int partial, const attn_args *a, int h, int d0, int q0,
+                       int q1, const float *w, size_t ss, int first) {
+    if (nh == VH) AX_VSWITCH(VH)
+    else AX_VSWITCH(1)
+}
+
+/* exp of 4 doubles: x = n*ln2 + r with |r| <= ln2/2, exp(r) by its Taylor series to r^11/11!
+ * (relative error under 1e-12), times 2^n added into the exponent. Evaluated in double and
+ * rounded once to float, it is expf's value but in about one case in 10^4 (within 1e-12 of
+ * a rounding midpoint, where either neighbour is within 0.5 ulp + 1e-12): glibc's expf is
+ * itself rounded to within 0.502 ulp. x is clamped to [-110, 100], whose ends round to 0
+ * and inf in float as the true values do; NaN passes through. */
+AX_INLINE __m256d exp4d(__m256d x) {
+    x = _mm256_min_pd(_mm256_set1_pd(100.0), _mm256_max_pd(_mm256_set1_pd(-110.0), x));
+    /* adding 1.5*2^52 rounds x*log2(e) to an integer n held in the low mantissa bits */
+    const __m256d shift = _mm256_set1_pd(0x1.8p52);
+    __m256d t = _mm256_fmadd_pd(x, _mm256_set1_pd(1.4426950408889634074), shift);
+    __m256d n = _mm256_sub_pd(t, shift);
+    __m256d r = _mm256_fmadd_pd(n, _mm256_set1_pd(-0.69314718055994530942), x);
+    static const double c[12] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
+                                 1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
+                                 1.0 / 39916800};
+    __m256d p = _mm256_set1_pd(c[11]);
+    AX_UNROLL
+    for (int i = 10; i >= 0; i--) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(c[i]));
+    __m256i e = _mm256_slli_epi64(_mm256_castpd_si256(t), 52); /* n << 52, mod 2^64 */
+    return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p), e));
+}
+
+/* expf of 8 floats, as exp4d says */
+AX_INLINE __m256 exp8(__m256 x) {
+    __m128 lo = _mm256_cvtpd_ps(exp4d(_mm256_cvtps_pd(_mm256_castps256_ps128(x))));
+    __m128 hi = _mm256_cvtpd_ps(exp4d(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1))));
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+
+/* Scale (and cap) the scores of one head in place, then turn them into probabilities:
+ * exp(s - max), summed in eight lanes (position j in lane j % 8) and across them by the
+ * fixed tree of reduce8, then times 1/sum. sc has room for n rounded up to 8. */
+static void softmax_row(float *sc, int n, float scale, float cap) {
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    const int n8 = n & ~7, rem = n - n8;
+    const __m256i m = tail_mask(rem);
+    if (cap > 0) {
+        for (int j = 0; j < n; j++) sc[j] = cap * tanhf(sc[j] * scale / cap);
+        for (int j = 0; j < n8; j += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(sc + j));
+    } else {
+        __m256 vs = _mm256_set1_ps(scale);
+        for (int j = 0; j < n8; j += 8) {
+            __m256 s = _mm256_mul_ps(_mm256_loadu_ps(sc + j), vs);
+            _mm256_storeu_ps(sc + j, s);
+            vm = _mm256_max_ps(vm, s);
+        }
+        for (int j = n8; j < n; j++) sc[j] *= scale;
+    }
+    float t[8], mx = -INFINITY;
+    _mm256_storeu_ps(t, vm);
+    for (int i = 0; i < 8; i++) mx = t[i] > mx ? t[i] : mx;
+    for (int j = n8; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
+    const __m256 vmx = _mm256_set1_ps(mx);
+    __m256 acc[8] = {_mm256_setzero_ps()};
+    for (int j = 0; j < n8; j += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), vmx));
+        _mm256_storeu_ps(sc + j, e);
+        acc[0] = _mm256_add_ps(acc[0], e);
+    }
+    if (rem) { /* the padding lanes add zeros */
+        __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + n8), vmx)),
+                                 _mm256_castsi256_ps(m));
+        _mm256_storeu_ps(sc + n8, e);
+        acc[0] = _mm256_add_ps(acc[0], e);
+    }
+    for (int i = 1; i < 8; i++) acc[i] = acc[0];
+    const __m256 vi = _mm256_div_ps(_mm256_set1_ps(1.0f), reduce8(acc));
+    for (int j = 0; j < n; j += 8) _mm256_storeu_ps(sc + j, _mm256_mul_ps(_mm256_loadu_ps(sc + j), vi));
+}
+
+void AX_NAME(const attn_args *a) {
+    const int hd = a->head_dim, n = a->p1 - a->p0, nq = a->n_q;
+    const size_t ss = attn_scratch_floats(1, n);
+    float *sc = a->scores;
+    for (int p = a->p0; p < a->p1; p += SP) {
+        int h = 0;
+        for (; h + SH <= nq; h += SH) score_tile(SH, SP, a, h, p, sc, ss);
+    }
+    if (nq % SH) /* leftover heads one at a time, eight positions per tile */
+        for (int p = a->p0; p < a->p1; p += 8)
+            for (int h = nq - nq % SH; h < nq; h++) score_tile(1, 8, a, h, p, sc, ss);
+    for (int h = 0; h < nq; h++) softmax_row(sc + (size_t)h * ss, n, a->scale, a->softcap);
+    const int n_chunks = (hd + 7) / 8, partial = hd % 8 != 0;
+    for (int q0 = a->p0; q0 < a->p1; q0 += AX_PBLOCK) {
+        int q1 = q0 + AX_PBLOCK < a->p1 ? q0 + AX_PBLOCK : a->p1;
+        for (int h = 0; h < nq; h += VH) {
+            int nh = nq - h >= VH ? VH : 1, hn = nh == VH ? 1 : nq - h;
+            for (int r = 0; r < hn; r++) /* nh == 1: the leftover heads one by one */
+                for (int c = 0; c < n_chunks; c += VC) {
+                    int nc = n_chunks - c < VC ? n_chunks - c : VC;
+                    v_tile_any(nh, nc, partial && c + nc == n_chunks, a, h + r, 8 * c, q0, q1,
+                               sc, ss, q0 == a->p0);
+                }
+            if (nh == 1) break;
+        }
+    }
+}
+
+#endif
