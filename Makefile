@@ -32,6 +32,7 @@ TEST_OBJ := $(TEST_SRC:%.c=$(O)/%.o)
 $(O)/src/kernels_avx2.o:   XFLAGS := -mavx2 -mfma -mf16c
 $(O)/src/kernels_avx512.o: XFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
 $(O)/src/attn_avx2.o:      XFLAGS := -mavx2 -mfma
+$(O)/src/act_avx2.o:       XFLAGS := -mavx2 -mfma
 $(O)/src/attn_avx512.o:    XFLAGS := -mavx512f -mavx512vl -mavx2 -mfma
 
 .PHONY: all deps deps-long test test-long demo bench debug fuzz clean help models

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "attn.h"
+#include "vexp_x86.h"
 
 #ifdef AX_AVX512
 #define AX_NAME attn_avx512
@@ -90,6 +91,7 @@ AX_INLINE void score_tile(const int nh, const int np, const attn_args *a, int h,
         AX_UNROLL
         for (int i = 0; i < nh; i++) {
             __m256 qv = _mm256_loadu_ps(qr[i] + d);
+            AX_IN_REGISTER(qv);
             AX_UNROLL
             for (int j = 0; j < np; j++) acc[i * np + j] = _mm256_fmadd_ps(qv, kv[j], acc[i * np + j]);
         }
@@ -177,36 +179,6 @@ static void v_tile_any(int nh, int nc, int partial, const attn_args *a, int h, i
                        int q1, const float *w, size_t ss, int first) {
     if (nh == VH) AX_VSWITCH(VH)
     else AX_VSWITCH(1)
-}
-
-/* exp of 4 doubles: x = n*ln2 + r with |r| <= ln2/2, exp(r) by its Taylor series to r^11/11!
- * (relative error under 1e-12), times 2^n added into the exponent. Evaluated in double and
- * rounded once to float, it is expf's value but in about one case in 10^4 (within 1e-12 of
- * a rounding midpoint, where either neighbour is within 0.5 ulp + 1e-12): glibc's expf is
- * itself rounded to within 0.502 ulp. x is clamped to [-110, 100], whose ends round to 0
- * and inf in float as the true values do; NaN passes through. */
-AX_INLINE __m256d exp4d(__m256d x) {
-    x = _mm256_min_pd(_mm256_set1_pd(100.0), _mm256_max_pd(_mm256_set1_pd(-110.0), x));
-    /* adding 1.5*2^52 rounds x*log2(e) to an integer n held in the low mantissa bits */
-    const __m256d shift = _mm256_set1_pd(0x1.8p52);
-    __m256d t = _mm256_fmadd_pd(x, _mm256_set1_pd(1.4426950408889634074), shift);
-    __m256d n = _mm256_sub_pd(t, shift);
-    __m256d r = _mm256_fmadd_pd(n, _mm256_set1_pd(-0.69314718055994530942), x);
-    static const double c[12] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
-                                 1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
-                                 1.0 / 39916800};
-    __m256d p = _mm256_set1_pd(c[11]);
-    AX_UNROLL
-    for (int i = 10; i >= 0; i--) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(c[i]));
-    __m256i e = _mm256_slli_epi64(_mm256_castpd_si256(t), 52); /* n << 52, mod 2^64 */
-    return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p), e));
-}
-
-/* expf of 8 floats, as exp4d says */
-AX_INLINE __m256 exp8(__m256 x) {
-    __m128 lo = _mm256_cvtpd_ps(exp4d(_mm256_cvtps_pd(_mm256_castps256_ps128(x))));
-    __m128 hi = _mm256_cvtpd_ps(exp4d(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1))));
-    return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
 }
 
 /* Scale (and cap) the scores of one head in place, then turn them into probabilities:

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "act.h"
 #include "attn.h"
 #include "common.h"
 #include "kernels.h"
@@ -181,6 +182,7 @@ typedef struct step_job {
     const int32_t *tokens;
     int l, n, pos, first_out;
     float *hidden;
+    act_silu_mul_fn silu_mul;
     void (*fn)(struct step_job *j, int t0, int t1);
 } step_job;
 
@@ -278,16 +280,13 @@ static void step_glu(step_job *j, int t0, int t1) {
     size_t F = (size_t)st->m->hp.n_ff;
     float *hg = st->hg + t0 * F, *hu = st->hu + t0 * F;
     size_t n = (size_t)(t1 - t0) * F;
-    if (st->m->ap.ffn_gelu) {
-        for (size_t i = 0; i < n; i++) {
-            float g = hg[i];
-            hg[i] = 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g))) * hu[i];
-        }
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            float g = hg[i];
-            hg[i] = g / (1.0f + expf(-g)) * hu[i];
-        }
+    if (!st->m->ap.ffn_gelu) {
+        j->silu_mul(hg, hu, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        float g = hg[i];
+        hg[i] = 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g))) * hu[i];
     }
 }
 
@@ -301,7 +300,7 @@ void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_ou
     const duet_hparams *hp = &m->hp;
     int E = hp->n_embd, F = hp->n_ff, Q = hp->n_head * hp->head_dim;
     step_job j = {.st = st, .n = n, .pos = pos, .first_out = first_out, .hidden = hidden,
-                  .tokens = tokens};
+                  .tokens = tokens, .silu_mul = act_silu_mul(kernels_level())};
     for (int l = 0; l < hp->n_layer; l++) {
         const layer_weights *L = &m->layers[l];
         j.l = l;
