@@ -14,17 +14,26 @@
 
 #include <stddef.h>
 
+/* The K cache of one kv head is stored in blocks of 8 positions, dims major, so that one
+ * vector load gives a dim of 8 positions and scores need no sum across lanes: position p,
+ * dim d at k[attn_k_index(p, d, head_dim)]. Blocks are whole: a cache holds a multiple of
+ * 8 positions. */
+static inline size_t attn_k_index(int p, int d, int head_dim) {
+    return ((size_t)(p >> 3) * (size_t)head_dim + (size_t)d) * 8 + (size_t)(p & 7);
+}
+
 typedef struct attn_args {
     int head_dim;
     int n_q;              /* q heads in this call, all reading the same K/V rows */
     const float *q;       /* [n_q][head_dim] */
     float *out;           /* [n_q][head_dim] */
-    const float *k, *v;   /* position p's row of this kv head at k + p*kv_stride (v alike) */
-    size_t kv_stride;     /* in floats */
+    const float *k;       /* this kv head's K blocks (attn_k_index), 32-byte aligned */
+    const float *v;       /* position p's V row at v + p*v_stride */
+    size_t v_stride;      /* in floats */
     int p0, p1;           /* attend to positions [p0, p1), p0 < p1 */
     float scale;          /* score = dot(q, k) * scale ... */
     float softcap;        /* ... then, if > 0, softcap * tanh(score / softcap) (gemma2) */
-    float *scores;        /* scratch: attn_scratch_floats(n_q, p1 - p0) floats, 32-byte aligned */
+    float *scores;        /* scratch: attn_scratch_floats(n_q, p1 - p0) floats */
 } attn_args;
 
 /* out[h] = sum_p softmax_p(score(h, p)) * v[p] for each head h < n_q. */

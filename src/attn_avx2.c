@@ -4,13 +4,14 @@
  * EVEX encodings and 32 vector registers, which buy larger register tiles (as in
  * kernels_avx2.c / kernels_avx512.c).
  *
- * Scores: a tile of SH q heads x SP positions keeps one accumulator per (head, position),
- * so each K row load serves SH heads and each q load SP positions; eight accumulators at a
- * time are summed across lanes by one tree (reduce8) that gives every lane the same
- * bracketing. V: a tile of VH heads x VC 8-float chunks of the output keeps its
- * accumulators in registers over a block of positions, so each V row load serves VH heads.
- * Each (head, position) score and each output float thus sees the same operations whatever
- * the tile shape, the heads beside it or the number of heads in the call (attn.h).
+ * Scores: K is stored in blocks of 8 positions, dims major (attn.h), so a vector holds one
+ * dim of 8 positions; a tile of SH q heads x SB blocks keeps one accumulator vector per
+ * (head, block) and per dim loads SB K vectors and broadcasts SH q values. Each score is
+ * thus one chain of FMAs over the dims in order, in its own lane. V: a tile of VH heads x VC
+ * 8-float chunks of the output keeps its accumulators in registers over a block of
+ * positions, so each V row load serves VH heads. Each (head, position) score and each
+ * output float sees the same operations whatever the tile shape, the heads beside it or the
+ * number of heads in the call (attn.h).
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -27,14 +28,14 @@
 
 #ifdef AX_AVX512
 #define AX_NAME attn_avx512
-#define SH 4 /* score tile: heads x positions (SH * SP a multiple of 8) */
-#define SP 4
+#define SH 4 /* score tile: heads x blocks of 8 positions */
+#define SB 4
 #define VH 4 /* V tile: heads x 8-float chunks */
 #define VC 4
 #else
 #define AX_NAME attn_avx2
-#define SH 2
-#define SP 4
+#define SH 4
+#define SB 2
 #define VH 2
 #define VC 4
 #endif
@@ -55,70 +56,49 @@ AX_INLINE __m256i tail_mask(int n) {
     return _mm256_loadu_si256((const __m256i *)(bits + 8 - n));
 }
 
-/* Lane j of the result = sum of the lanes of a[j], as ((0+1)+(2+3))+((4+5)+(6+7)) for
- * every j (the same bracketing in every slot). */
-AX_INLINE __m256 reduce8(const __m256 *a) {
-    __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
-    __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
-    __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
-                         _mm256_permute2f128_ps(u0, u1, 0x31));
-}
-
-/* Raw dots of heads [h, h+nh) with positions [p, p+np) (np positions from p; rows past p1
- * are clamped to p1-1 and their lanes land in the scores' padding), into sc rows of ss
- * floats indexed from p0. nh * np is a multiple of 8 and np divides 8 or 8 divides np. */
-AX_INLINE void score_tile(const int nh, const int np, const attn_args *a, int h, int p,
+/* Raw dots of heads [h, h+nh) with the positions of K blocks [b, b+nb), into sc rows of ss
+ * floats that start at block b0. Lanes of positions outside the call's range hold dots
+ * with whatever the cache has there; nothing reads them. */
+AX_INLINE void score_tile(const int nh, const int nb, const attn_args *a, int h, int b, int b0,
                           float *sc, size_t ss) {
     const int hd = a->head_dim;
-    const float *qr[SH * SP], *kr[SH * SP];
+    const float *kb = a->k + (size_t)b * hd * 8, *q = a->q + (size_t)h * hd;
+    __m256 acc[SH][SB];
     AX_UNROLL
-    for (int i = 0; i < nh; i++) qr[i] = a->q + (size_t)(h + i) * hd;
-    AX_UNROLL
-    for (int j = 0; j < np; j++)
-        kr[j] = a->k + (size_t)(p + j < a->p1 ? p + j : a->p1 - 1) * a->kv_stride;
-    __m256 acc[SH * SP];
-    AX_UNROLL
-    for (int i = 0; i < nh * np; i++) acc[i] = _mm256_setzero_ps();
-    int d = 0;
-    for (; d + 8 <= hd; d += 8) {
-        __m256 kv[SH * SP];
+    for (int i = 0; i < nh; i++)
         AX_UNROLL
-        for (int j = 0; j < np; j++) {
-            kv[j] = _mm256_loadu_ps(kr[j] + d);
+        for (int j = 0; j < nb; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int d = 0; d < hd; d++) {
+        __m256 kv[SB];
+        AX_UNROLL
+        for (int j = 0; j < nb; j++) {
+            kv[j] = _mm256_loadu_ps(kb + ((size_t)j * hd + d) * 8);
             AX_IN_REGISTER(kv[j]);
         }
         AX_UNROLL
         for (int i = 0; i < nh; i++) {
-            __m256 qv = _mm256_loadu_ps(qr[i] + d);
-            AX_IN_REGISTER(qv);
+            __m256 qb = _mm256_broadcast_ss(q + (size_t)i * hd + d);
             AX_UNROLL
-            for (int j = 0; j < np; j++) acc[i * np + j] = _mm256_fmadd_ps(qv, kv[j], acc[i * np + j]);
+            for (int j = 0; j < nb; j++) acc[i][j] = _mm256_fmadd_ps(qb, kv[j], acc[i][j]);
         }
     }
-    if (d < hd) { /* masked lanes load as zero and leave the sums unchanged */
-        __m256i m = tail_mask(hd - d);
-        __m256 kv[SH * SP];
-        AX_UNROLL
-        for (int j = 0; j < np; j++) kv[j] = _mm256_maskload_ps(kr[j] + d, m);
-        AX_UNROLL
-        for (int i = 0; i < nh; i++) {
-            __m256 qv = _mm256_maskload_ps(qr[i] + d, m);
-            AX_UNROLL
-            for (int j = 0; j < np; j++) acc[i * np + j] = _mm256_fmadd_ps(qv, kv[j], acc[i * np + j]);
-        }
-    }
-    int off = p - a->p0;
     AX_UNROLL
-    for (int g = 0; g < nh * np; g += 8) {
-        __m256 r = reduce8(acc + g);
-        if (np >= 8) { /* lanes are positions of one head */
-            _mm256_storeu_ps(sc + (size_t)(h + g / np) * ss + off + g % np, r);
-        } else { /* np == 4: two heads, four positions each */
-            _mm_storeu_ps(sc + (size_t)(h + g / 4) * ss + off, _mm256_castps256_ps128(r));
-            _mm_storeu_ps(sc + (size_t)(h + g / 4 + 1) * ss + off, _mm256_extractf128_ps(r, 1));
-        }
-    }
+    for (int i = 0; i < nh; i++)
+        AX_UNROLL
+        for (int j = 0; j < nb; j++)
+            _mm256_storeu_ps(sc + (size_t)(h + i) * ss + (size_t)(b - b0 + j) * 8, acc[i][j]);
+}
+
+/* score_tile with nh in [1, SH] and nb in [1, SB] as compile-time constants */
+#define AX_SCASE(NH, NB)                                                                    \
+    case (NH) * 8 + (NB):                                                                   \
+        if ((NH) <= SH && (NB) <= SB) score_tile(NH, NB, a, h, b, b0, sc, ss);              \
+        break;
+#define AX_SROW(NH) AX_SCASE(NH, 1) AX_SCASE(NH, 2) AX_SCASE(NH, 3) AX_SCASE(NH, 4)
+
+static void score_tile_any(int nh, int nb, const attn_args *a, int h, int b, int b0, float *sc,
+                           size_t ss) {
+    switch (nh * 8 + nb) { AX_SROW(1) AX_SROW(2) AX_SROW(3) AX_SROW(4) default: break; }
 }
 
 /* out[h+i][d0 + 8c ..] for i < nh, c < nc, over positions [q0, q1) of the probabilities
@@ -140,7 +120,7 @@ AX_INLINE void v_tile(const int nh, const int nc, const int partial, const attn_
     }
     const float *wr = w + (size_t)h * ss - a->p0;
     for (int p = q0; p < q1; p++) {
-        const float *vr = a->v + (size_t)p * a->kv_stride + d0;
+        const float *vr = a->v + (size_t)p * a->v_stride + d0;
         __m256 vv[VC];
         AX_UNROLL
         for (int c = 0; c < nc; c++) {
@@ -182,8 +162,8 @@ static void v_tile_any(int nh, int nc, int partial, const attn_args *a, int h, i
 }
 
 /* Scale (and cap) the scores of one head in place, then turn them into probabilities:
- * exp(s - max), summed in eight lanes (position j in lane j % 8) and across them by the
- * fixed tree of reduce8, then times 1/sum. sc has room for n rounded up to 8. */
+ * exp(s - max), summed in eight lanes (position j in lane j % 8) and then across them,
+ * then times 1/sum. sc has room for n rounded up to 8. */
 static void softmax_row(float *sc, int n, float scale, float cap) {
     __m256 vm = _mm256_set1_ps(-INFINITY);
     const int n8 = n & ~7, rem = n - n8;
@@ -205,34 +185,36 @@ static void softmax_row(float *sc, int n, float scale, float cap) {
     for (int i = 0; i < 8; i++) mx = t[i] > mx ? t[i] : mx;
     for (int j = n8; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
     const __m256 vmx = _mm256_set1_ps(mx);
-    __m256 acc[8] = {_mm256_setzero_ps()};
+    __m256 acc = _mm256_setzero_ps();
     for (int j = 0; j < n8; j += 8) {
         __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + j), vmx));
         _mm256_storeu_ps(sc + j, e);
-        acc[0] = _mm256_add_ps(acc[0], e);
+        acc = _mm256_add_ps(acc, e);
     }
     if (rem) { /* the padding lanes add zeros */
         __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + n8), vmx)),
                                  _mm256_castsi256_ps(m));
         _mm256_storeu_ps(sc + n8, e);
-        acc[0] = _mm256_add_ps(acc[0], e);
+        acc = _mm256_add_ps(acc, e);
     }
-    for (int i = 1; i < 8; i++) acc[i] = acc[0];
-    const __m256 vi = _mm256_div_ps(_mm256_set1_ps(1.0f), reduce8(acc));
+    /* lanes summed as ((0+4)+(2+6))+((1+5)+(3+7)), the same tree every time */
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+    const __m256 vi = _mm256_set1_ps(1.0f / _mm_cvtss_f32(s4));
     for (int j = 0; j < n; j += 8) _mm256_storeu_ps(sc + j, _mm256_mul_ps(_mm256_loadu_ps(sc + j), vi));
 }
 
 void AX_NAME(const attn_args *a) {
     const int hd = a->head_dim, n = a->p1 - a->p0, nq = a->n_q;
-    const size_t ss = attn_scratch_floats(1, n);
+    /* score rows start at p0's K block: o0 = p0 - that block's first position */
+    const int b0 = a->p0 >> 3, b1 = (a->p1 + 7) >> 3, o0 = a->p0 & 7;
+    const size_t ss = (size_t)(b1 - b0) * 8 + 8; /* + 8: softmax's padded tail from o0 */
     float *sc = a->scores;
-    for (int p = a->p0; p < a->p1; p += SP) {
-        int h = 0;
-        for (; h + SH <= nq; h += SH) score_tile(SH, SP, a, h, p, sc, ss);
-    }
-    if (nq % SH) /* leftover heads one at a time, eight positions per tile */
-        for (int p = a->p0; p < a->p1; p += 8)
-            for (int h = nq - nq % SH; h < nq; h++) score_tile(1, 8, a, h, p, sc, ss);
+    for (int b = b0; b < b1; b += SB)
+        for (int h = 0; h < nq; h += SH)
+            score_tile_any(nq - h < SH ? nq - h : SH, b1 - b < SB ? b1 - b : SB, a, h, b, b0, sc, ss);
+    sc += o0;
     for (int h = 0; h < nq; h++) softmax_row(sc + (size_t)h * ss, n, a->scale, a->softcap);
     const int n_chunks = (hd + 7) / 8, partial = hd % 8 != 0;
     for (int q0 = a->p0; q0 < a->p1; q0 += AX_PBLOCK) {

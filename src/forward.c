@@ -33,7 +33,7 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, duet_er
                                                                         : m->rope_inv_freq;
     size_t E = (size_t)hp->n_embd, Q = (size_t)hp->n_head * hp->head_dim,
            KV = (size_t)hp->n_head_kv * hp->head_dim, F = (size_t)hp->n_ff, B = (size_t)n_batch;
-    size_t cache = (size_t)hp->n_layer * (size_t)n_ctx * KV * sizeof(float);
+    size_t cache = (size_t)hp->n_layer * (size_t)((n_ctx + 7) & ~7) * KV * sizeof(float);
     int nth = tp_n_threads(m->tp);
     size_t scratch = 0;
     for (int l = 0; l < hp->n_layer; l++) {
@@ -130,15 +130,21 @@ typedef struct attn_job {
  * grows with its position, so threads take items from a shared counter, the last (longest)
  * tokens first, and the items of one kv head come together so that its cache rows stay warm.
  * Which heads share a call does not change their results (attn.h). */
+/* Layer l's K blocks (attn.h) or V rows of kv head kvh: [n_ctx rounded up to 8][head_dim]. */
+static float *cache_head(const fwd_state *st, float *cache, int l, int kvh) {
+    const duet_hparams *hp = &st->m->hp;
+    return cache + ((size_t)l * hp->n_head_kv + (size_t)kvh) * (size_t)((st->n_ctx + 7) & ~7) *
+                       (size_t)hp->head_dim;
+}
+
 static void attn_worker(void *ctx, int ith, int nth) {
     attn_job *job = ctx;
     fwd_state *st = job->st;
     const duet_hparams *hp = &st->m->hp;
     int hd = hp->head_dim, H = hp->n_head, group = hp->n_head / hp->n_head_kv;
-    size_t KV = (size_t)hp->n_head_kv * hd;
     const arch_params *ap = &st->m->ap;
     int window = st->m->layers[job->layer].swa ? ap->n_swa : 0;
-    attn_args a = {.head_dim = hd, .kv_stride = KV, .scale = ap->attn_scale,
+    attn_args a = {.head_dim = hd, .v_stride = (size_t)hd, .scale = ap->attn_scale,
                    .softcap = ap->attn_softcap,
                    .scores = st->scores + (size_t)ith * attn_scratch_floats(group, st->n_ctx)};
     for (;;) {
@@ -152,8 +158,8 @@ static void attn_worker(void *ctx, int ith, int nth) {
         a.n_q = (int)(h1 - h0);
         a.q = st->q + ((size_t)t * H + h) * hd;
         a.out = st->att + ((size_t)t * H + h) * hd;
-        a.k = st->k_cache + (size_t)job->layer * st->n_ctx * KV + (size_t)kvh * hd;
-        a.v = st->v_cache + (size_t)job->layer * st->n_ctx * KV + (size_t)kvh * hd;
+        a.k = cache_head(st, st->k_cache, job->layer, kvh);
+        a.v = cache_head(st, st->v_cache, job->layer, kvh);
         a.p1 = job->pos + t + 1;
         /* a sliding-window layer sees the last `window` positions, itself included */
         a.p0 = window && a.p1 > window ? a.p1 - window : 0;
@@ -254,9 +260,12 @@ static void step_qkv(step_job *j, int t0, int t1) {
              ap->rope_mscale);
         rope(k, hp->n_head_kv, hd, ap->n_rot, ap->rope_neox, j->pos + t, st->rope_inv_freq,
              ap->rope_mscale);
-        size_t c = ((size_t)j->l * st->n_ctx + (size_t)(j->pos + t)) * KV;
-        memcpy(st->k_cache + c, k, (size_t)KV * sizeof(float));
-        memcpy(st->v_cache + c, v, (size_t)KV * sizeof(float));
+        for (int g = 0; g < hp->n_head_kv; g++) {
+            float *kc = cache_head(st, st->k_cache, j->l, g);
+            for (int d = 0; d < hd; d++) kc[attn_k_index(j->pos + t, d, hd)] = k[g * hd + d];
+            memcpy(cache_head(st, st->v_cache, j->l, g) + (size_t)(j->pos + t) * hd, v + g * hd,
+                   (size_t)hd * sizeof(float));
+        }
     }
 }
 

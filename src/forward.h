@@ -12,8 +12,8 @@ typedef struct fwd_state {
     const duet_model *m;
     int n_ctx, n_batch;
     const float *rope_inv_freq; /* the model's table for this n_ctx (LongRoPE: short or long) */
-    float *k_cache;   /* [n_layer][n_ctx][n_head_kv*head_dim] */
-    float *v_cache;   /* [n_layer][n_ctx][n_head_kv*head_dim] */
+    float *k_cache;   /* [n_layer][n_head_kv][n_ctx/8 rounded up][head_dim][8] (attn_k_index) */
+    float *v_cache;   /* [n_layer][n_head_kv][n_ctx rounded up to 8][head_dim] */
     float *x;         /* [n_batch][n_embd] residual stream */
     float *xb;        /* [n_batch][n_embd] normed input of a block */
     float *q;         /* [n_batch][n_head*head_dim] */

@@ -17,14 +17,15 @@
 static uint64_t g_seed = 99;
 static float urand(void) { return (float)((duet_splitmix64(&g_seed) >> 40) * 0x1.0p-24 * 2 - 1); }
 
-/* out[h] of the oracle: scores, soft cap, softmax and the weighted sum, all in double. */
-static void oracle(const attn_args *a, double *out) {
+/* out[h] of the oracle: scores, soft cap, softmax and the weighted sum, all in double, with K
+ * from plain rows (krow: position p's at krow + p*head_dim) rather than the kernel's blocks. */
+static void oracle(const attn_args *a, const float *krow, double *out) {
     int hd = a->head_dim, n = a->p1 - a->p0;
     double *s = malloc(sizeof(double) * (size_t)n);
     for (int h = 0; h < a->n_q; h++) {
         double mx = -INFINITY, sum = 0;
         for (int j = 0; j < n; j++) {
-            const float *k = a->k + (size_t)(a->p0 + j) * a->kv_stride;
+            const float *k = krow + (size_t)(a->p0 + j) * hd;
             double d = 0;
             for (int i = 0; i < hd; i++) d += (double)a->q[(size_t)h * hd + i] * k[i];
             d *= a->scale;
@@ -35,7 +36,7 @@ static void oracle(const attn_args *a, double *out) {
         for (int j = 0; j < n; j++) sum += s[j] = exp(s[j] - mx);
         for (int i = 0; i < hd; i++) {
             double o = 0;
-            for (int j = 0; j < n; j++) o += s[j] * a->v[(size_t)(a->p0 + j) * a->kv_stride + i];
+            for (int j = 0; j < n; j++) o += s[j] * a->v[(size_t)(a->p0 + j) * a->v_stride + i];
             out[(size_t)h * hd + i] = o / sum;
         }
     }
@@ -58,24 +59,29 @@ static const attn_case k_cases[] = {
 };
 
 typedef struct attn_data {
-    float *q, *k, *v, *out, *scores;
-    size_t kv_stride;
+    float *q, *krow, *kblk, *v, *out, *scores;
 } attn_data;
 
-/* Random q, K, V for a case: the kv head's rows sit kv_stride apart inside wider rows (as in
- * the cache), q scaled so that softmaxes range from flat to sharp. */
+/* Random q, K, V for a case: K rows also written into the kernel's blocks (the positions
+ * past p1 in the last block hold NaN, which must not reach any output), V rows 3*hd+1
+ * apart inside wider rows, q scaled so that softmaxes range from flat to sharp. */
 static attn_args make_case(const attn_case *c, attn_data *d) {
-    d->kv_stride = (size_t)c->hd * 3 + 1;
-    size_t nkv = (size_t)c->p1 * d->kv_stride, nq = (size_t)c->n_q * c->hd;
+    size_t vs = (size_t)c->hd * 3 + 1, nq = (size_t)c->n_q * c->hd;
+    size_t nblk = (size_t)((c->p1 + 7) & ~7) * c->hd;
     d->q = malloc(nq * sizeof(float));
-    d->k = malloc(nkv * sizeof(float));
-    d->v = malloc(nkv * sizeof(float));
+    d->krow = malloc((size_t)c->p1 * c->hd * sizeof(float));
+    d->kblk = duet_aalloc(nblk * sizeof(float));
+    d->v = malloc((size_t)c->p1 * vs * sizeof(float));
     d->out = malloc(nq * sizeof(float));
     d->scores = duet_aalloc(attn_scratch_floats(c->n_q, c->p1 - c->p0) * sizeof(float));
     for (size_t i = 0; i < nq; i++) d->q[i] = 3 * urand();
-    for (size_t i = 0; i < nkv; i++) d->k[i] = urand(), d->v[i] = urand();
-    attn_args a = {.head_dim = c->hd, .n_q = c->n_q, .q = d->q, .out = d->out, .k = d->k + 1,
-                   .v = d->v + 2, .kv_stride = d->kv_stride, .p0 = c->p0, .p1 = c->p1,
+    for (size_t i = 0; i < nblk; i++) d->kblk[i] = NAN;
+    for (int p = 0; p < c->p1; p++)
+        for (int i = 0; i < c->hd; i++)
+            d->kblk[attn_k_index(p, i, c->hd)] = d->krow[(size_t)p * c->hd + i] = urand();
+    for (size_t i = 0; i < (size_t)c->p1 * vs; i++) d->v[i] = urand();
+    attn_args a = {.head_dim = c->hd, .n_q = c->n_q, .q = d->q, .out = d->out, .k = d->kblk,
+                   .v = d->v + 2, .v_stride = vs, .p0 = c->p0, .p1 = c->p1,
                    .scale = 1.0f / sqrtf((float)c->hd), .softcap = c->softcap,
                    .scores = d->scores};
     return a;
@@ -83,7 +89,8 @@ static attn_args make_case(const attn_case *c, attn_data *d) {
 
 static void free_case(attn_data *d) {
     free(d->q);
-    free(d->k);
+    free(d->krow);
+    duet_afree(d->kblk);
     free(d->v);
     free(d->out);
     duet_afree(d->scores);
@@ -103,7 +110,7 @@ TEST(attn_kernels_match_double_oracle) {
             attn_data d;
             attn_args a = make_case(c, &d);
             double *ref = malloc(sizeof(double) * (size_t)c->n_q * c->hd);
-            oracle(&a, ref);
+            oracle(&a, d.krow, ref);
             fn(&a);
             double err = 0;
             for (int i = 0; i < c->n_q * c->hd; i++) err = fmax(err, fabs(d.out[i] - ref[i]));
