@@ -53,13 +53,14 @@ static int duet(char *out, size_t cap, const char *fmt, ...) {
 
 /* A random-weight model (n_embd 64, 4 heads / 2 kv, n_ctx 256) with the vocabulary of
  * ../shared/tokenizers/vocab/VOCAB, written once per run by `duet make-model --vocab-from`.
- * NULL when the vocabulary is absent (the caller skips) or make-model failed (test failed). */
+ * NULL when the vocabulary or DUET_BIN is absent (the caller skips) or make-model failed
+ * (test failed). */
 static const char *bpe_model(const char *vocab, const char *arch, int n_layer, int n_ff,
                              int tied, uint64_t seed) {
     static char path[8][600];
     static int k;
     const char *v = tv_vocab_path(vocab);
-    if (!v) return NULL;
+    if (!v || !duet_bin()) return NULL; /* NEED skips: no vocabulary or no binary to run */
     char *out = path[k++ & 7];
     snprintf(out, sizeof path[0], "%s/bpe-%s-%s-%d-%d-%d-%llu.gguf", test_tmpdir(), vocab, arch,
              n_layer, n_ff, tied, (unsigned long long)seed);
