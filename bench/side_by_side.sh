@@ -23,7 +23,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
     echo "# machine: $cpu, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# duet:      $duet bench -m MODEL -p 512 -n 128 -t $th -r 1 -o csv"
     echo "# llama.cpp: $lb -m MODEL -p 512 -n 128 -t $th -r 1 -mmp 0 -o csv"
-    echo "engine,type,rep,test,tps,share_of_bandwidth"
+    echo "engine,type,rep,test,tps,share_of_bandwidth,limit_tps"
 } > "$out.tmp"
 for t in $types; do
     m=build/bench/tinyllama-$t.gguf
@@ -32,13 +32,13 @@ for t in $types; do
 done
 run_duet() { # type rep
     "$duet" bench -m "build/bench/tinyllama-$1.gguf" -p 512 -n 128 -t "$th" -r 1 -o csv |
-        awk -F, -v t="$1" -v r="$2" 'NR > 1 { print "duet," t "," r "," $5 "," $6 "," $9 }' >> "$out.tmp"
+        awk -F, -v t="$1" -v r="$2" 'NR > 1 { print "duet," t "," r "," $5 "," $6 "," $9 "," $8 }' >> "$out.tmp"
 }
 run_llama() { # type rep
     "$lb" -m "build/bench/tinyllama-$1.gguf" -p 512 -n 128 -t "$th" -r 1 -mmp 0 -o csv 2>/dev/null |
         awk -F, -v t="$1" -v r="$2" 'NR == 1 { for (i = 1; i <= NF; i++) { h = $i; gsub(/"/, "", h); c[h] = i } next }
             { p = $c["n_prompt"]; g = $c["n_gen"]; gsub(/"/, "", p); gsub(/"/, "", g); s = $c["avg_ts"]; gsub(/"/, "", s)
-              print "llama.cpp," t "," r "," (p > 0 ? "pp" p : "tg" g) "," s "," }' >> "$out.tmp"
+              print "llama.cpp," t "," r "," (p > 0 ? "pp" p : "tg" g) "," s ",," }' >> "$out.tmp"
 }
 r=1
 while [ $r -le "$reps" ]; do
@@ -72,3 +72,14 @@ awk -F, '/^#/ || $1 == "engine" { next }
         printf "| %s | %s | %.2f ± %.2f | %.2f ± %.2f | %.2fx | %s |\n", a[1], a[2], m[0], sd[0], m[1], sd[1], ratio, share
       }
     }' "$out" | sort
+# Generation per repetition: the host's memory bandwidth changes from minute to minute (34 to
+# 60+ GB/s measured on one VM in one hour), and the ratio with it; limit_tps is duet's
+# tokens/s at the bandwidth measured around its run (bench's probe), showing which state
+# each pair of runs met.
+echo
+echo "| type | rep | duet tg t/s | llama.cpp tg t/s | ratio | duet limit t/s |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+awk -F, '/^#/ || $1 == "engine" || $4 !~ /^tg/ { next }
+    { k = $2 "," $3; if ($1 == "duet") { d[k] = $5; lim[k] = $7 } else l[k] = $5 }
+    END { for (k in d) if (l[k] > 0) { split(k, a, ",")
+        printf "| %s | %s | %.2f | %.2f | %.2fx | %.1f |\n", a[1], a[2], d[k], l[k], d[k] / l[k], lim[k] } }' "$out" | sort
