@@ -31,7 +31,7 @@ typedef struct kernel_traits {
      * tile shape, so the matrix product does not depend on tiling or thread count. */
     void (*tile)(int64_t n, const void *w, size_t w_stride, const void *x, size_t x_stride,
                  float *y, int64_t y_stride, int nr, int nt);
-    int tile_rows, tile_toks; /* at most KERNEL_TILE_MAX (tile_rows: 2 groups for R8) */
+    int tile_rows, tile_toks; /* at most KERNEL_TILE_MAX */
     /* 0 for ordinary row-major types. 8 for the row-interleaved R8 types (quant.h): their
      * rows exist only as groups of 8, so vec_dot takes a group and writes its 8 dots to
      * s[0..8), tile's nr and its row offsets are multiples of 8, and a matrix has n_out a
