@@ -23,7 +23,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
     echo "# machine: $cpu, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# duet:      $duet bench -m MODEL -p 512 -n 128 -t $th -r 1 -o csv"
     echo "# llama.cpp: $lb -m MODEL -p 512 -n 128 -t $th -r 1 -mmp 0 -o csv"
-    echo "engine,type,rep,test,tps,share_of_bandwidth,limit_tps"
+    echo "engine,type,rep,test,tps,share_of_limit,limit_tps"
 } > "$out.tmp"
 for t in $types; do
     m=build/bench/tinyllama-$t.gguf
@@ -53,7 +53,7 @@ echo "# load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out.tmp"
 mv "$out.tmp" "$out"
 echo "wrote $out"
 # Summary: mean ± sd per engine, type and test, and the ratio of the means.
-echo "| type | test | duet t/s | llama.cpp t/s | ratio | duet share of bandwidth |"
+echo "| type | test | duet t/s | llama.cpp t/s | ratio | duet share of limit (tg: bandwidth, pp: FP32 FMA peak) |"
 echo "| --- | --- | ---: | ---: | ---: | ---: |"
 awk -F, '/^#/ || $1 == "engine" { next }
     { k = $2 "," $4; n[$1 "," k]++; s[$1 "," k] += $5; q[$1 "," k] += $5 * $5; keys[k] = 1

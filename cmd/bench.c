@@ -1,7 +1,9 @@
 /* bench.c: `duet bench`: prompt processing (ppN: one batch of N tokens into an empty
  * context) and generation (tgN: N tokens one at a time) in tokens/s, mean ± sd over
- * repetitions, as llama-bench reports them; plus the share of the memory-bandwidth limit
- * reached by generation (weight bytes streamed per token vs bandwidth measured here). */
+ * repetitions, as llama-bench reports them; plus the share of each test's limit: for
+ * generation the memory bandwidth (weight bytes streamed per token vs bandwidth measured
+ * here), for prompt processing the FP32 FMA peak measured here (FLOPs per token vs peak;
+ * int8 kernels can pass 100%). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +95,7 @@ int cmd_bench(int argc, char **argv) {
         const duet_hparams *hp = duet_model_hparams(m);
         double bw = duet_memory_bandwidth(tl[ti], (size_t)1 << 30, 3);
         double bpt = (double)duet_model_bytes_per_token(m);
+        double peak = np > 0 ? duet_fma_peak(tl[ti]) : 0; /* FLOP/s, for the pp rows */
         for (int k = 0; k < np + nn; k++) {
             int is_pp = k < np, n = is_pp ? pl[k] : nl[k - np];
             if (n <= 0) continue;
@@ -107,7 +110,10 @@ int cmd_bench(int argc, char **argv) {
              * after the test and keep the higher figure, so the share is not flattered */
             if (!is_pp) bw = fmax(bw, duet_memory_bandwidth(tl[ti], (size_t)1 << 30, 3));
             double mean = sum / reps, sd = reps > 1 ? sqrt(fmax(0, (sum2 - sum * sum / reps) / (reps - 1))) : 0;
-            double limit = is_pp ? 0 : bw / bpt; /* tokens/s if weights stream at full bandwidth */
+            /* tokens/s if weights streamed at full bandwidth (tg), or if the prompt's
+             * arithmetic ran at the FP32 FMA peak (pp; the mean position is (n + 1) / 2) */
+            double fpt = duet_model_flops_per_token(m, (n + 1) / 2);
+            double limit = is_pp ? (fpt > 0 ? peak / fpt : 0) : bw / bpt;
             char test[32];
             snprintf(test, sizeof test, "%s%d", is_pp ? "pp" : "tg", n);
             if (csv)
@@ -116,7 +122,10 @@ int cmd_bench(int argc, char **argv) {
                        tl[ti], test, mean, sd, limit, limit > 0 ? mean / limit : 0);
             else {
                 char share[96] = "-";
-                if (limit > 0)
+                if (limit > 0 && is_pp)
+                    snprintf(share, sizeof share, "%.1f%% of %.1f t/s (FMA peak %.0f GFLOP/s, "
+                             "%.2f GFLOP/token)", 100 * mean / limit, limit, peak / 1e9, fpt / 1e9);
+                else if (limit > 0)
                     snprintf(share, sizeof share, "%.1f%% of %.1f t/s (%.1f GB/s, %.0f MB/token)",
                              100 * mean / limit, limit, bw / 1e9, bpt / 1e6);
                 printf("| %s | %.2f GiB | %.2f B | %d | %s | %.2f ± %.2f | %s |\n", hp->name,

@@ -90,6 +90,9 @@ void duet_model_free(duet_model *model);
 const duet_hparams *duet_model_hparams(const duet_model *model);
 /* Bytes of weights one decoded token streams from memory (all matrices read once). */
 uint64_t duet_model_bytes_per_token(const duet_model *model);
+/* Arithmetic of one token in a forward pass at kv positions n_kv: 2 FLOPs per weight of the
+ * matrices (the output included) plus attention's 4 * n_head * head_dim * n_kv per layer. */
+double duet_model_flops_per_token(const duet_model *model, int n_kv);
 /* FNV-1a 64 hash of the vocabulary (every token's text and type): equal hashes mean the
  * two models tokenise and number text identically. */
 uint64_t duet_model_vocab_hash(const duet_model *model);
@@ -551,6 +554,10 @@ double duet_time_s(void);
 /* Measured memory read bandwidth in bytes/s with n_threads threads (best of reps passes over
  * a buffer of `bytes`, far larger than the caches; 0 on allocation failure). */
 double duet_memory_bandwidth(int n_threads, size_t bytes, int reps);
+/* Measured FP32 fused multiply-add peak in FLOP/s (2 per lane per FMA) with n_threads
+ * threads, on the widest vectors the CPU has (best of 3 passes of about 0.1 s). The int8
+ * kernels of quantised models can exceed it. */
+double duet_fma_peak(int n_threads);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,7 @@
-/* bandwidth.c: measure the memory read bandwidth, the limit of token generation (every
- * weight streams from memory once per token). Used by `duet bench` to print the share of
- * the limit reached. */
+/* bandwidth.c: measure the machine's two limits: the memory read bandwidth, the limit of
+ * token generation (every weight streams from memory once per token), and the FP32 FMA
+ * peak, the reference for prompt processing (arithmetic bound). Used by `duet bench` to
+ * print the share of each limit reached. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -69,5 +70,92 @@ double duet_memory_bandwidth(int n_threads, size_t bytes, int reps) {
     }
     tp_free(tp);
     munmap(p, bytes);
+    return best;
+}
+
+/* ---- FP32 FMA peak ----------------------------------------------------------------------
+ * Ten independent FMA chains per thread (more than latency x throughput, 4 x 2, on current
+ * x86 cores), on the widest vectors the CPU has; the empty asm keeps the compiler from
+ * folding the chains. */
+typedef struct fma_job {
+    long iters;
+    int wide; /* 0 scalar-width C, 1 AVX2 + FMA, 2 AVX-512 */
+    float sink[64];
+} fma_job;
+
+#define FMA_CHAINS 10
+
+/* Ten named chains (GCC keeps an array of vectors on the stack even when unrolled). */
+#define FMA_STEP(op, v) v = op(v, m, c); __asm__("" : "+v"(v))
+#define FMA_BODY(T, set1, op, add)                                                          \
+    T m = set1(0.999999f), c = set1(1e-7f), a0 = set1(0), a1 = set1(1), a2 = set1(2),      \
+      a3 = set1(3), a4 = set1(4), a5 = set1(5), a6 = set1(6), a7 = set1(7), a8 = set1(8),  \
+      a9 = set1(9);                                                                         \
+    for (long i = 0; i < iters; i++) {                                                      \
+        FMA_STEP(op, a0); FMA_STEP(op, a1); FMA_STEP(op, a2); FMA_STEP(op, a3);             \
+        FMA_STEP(op, a4); FMA_STEP(op, a5); FMA_STEP(op, a6); FMA_STEP(op, a7);             \
+        FMA_STEP(op, a8); FMA_STEP(op, a9);                                                 \
+    }                                                                                       \
+    a0 = add(add(add(a0, a1), add(a2, a3)), add(add(a4, a5), add(a6, a7)));                 \
+    a0 = add(a0, add(a8, a9))
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) static float fma_avx2(long iters) {
+    FMA_BODY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps);
+    return _mm256_cvtss_f32(a0);
+}
+
+__attribute__((target("avx512f"))) static float fma_avx512(long iters) {
+    FMA_BODY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps);
+    return _mm512_reduce_add_ps(a0);
+}
+#endif
+
+static float fma_scalar(long iters) {
+    float a[FMA_CHAINS];
+    for (int k = 0; k < FMA_CHAINS; k++) a[k] = (float)k;
+    for (long i = 0; i < iters; i++)
+        for (int k = 0; k < FMA_CHAINS; k++) a[k] = a[k] * 0.999999f + 1e-7f;
+    float s = 0;
+    for (int k = 0; k < FMA_CHAINS; k++) s += a[k];
+    return s;
+}
+
+static int fma_lanes(int wide) { return wide == 2 ? 16 : wide == 1 ? 8 : 1; }
+
+static void fma_worker(void *ctx, int ith, int nth) {
+    fma_job *j = ctx;
+    (void)nth;
+    float r = 0;
+#if defined(__x86_64__)
+    if (j->wide == 2) r = fma_avx512(j->iters);
+    else if (j->wide == 1) r = fma_avx2(j->iters);
+    else
+#endif
+        r = fma_scalar(j->iters);
+    j->sink[ith & 63] = r;
+}
+
+double duet_fma_peak(int n_threads) {
+    threadpool *tp = tp_new(n_threads);
+    if (!tp) return 0;
+    int n = tp_n_threads(tp), widths[3] = {0, -1, -1};
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) widths[1] = 1;
+    if (__builtin_cpu_supports("avx512f")) widths[2] = 2;
+#endif
+    double best = 0;
+    for (int w = 0; w < 3; w++) {
+        if (widths[w] < 0) continue;
+        fma_job job = {.iters = widths[w] ? 8000000 : 1000000, .wide = widths[w]};
+        for (int r = 0; r < 3; r++) {
+            double t0 = duet_time_s();
+            tp_run(tp, fma_worker, &job);
+            double dt = duet_time_s() - t0;
+            double flops = 2.0 * FMA_CHAINS * fma_lanes(job.wide) * (double)job.iters * n;
+            if (dt > 0 && flops / dt > best) best = flops / dt;
+        }
+    }
+    tp_free(tp);
     return best;
 }

@@ -560,6 +560,20 @@ static uint64_t mat_bytes(const mtensor *t) {
     return t->data ? (uint64_t)dtype_row_size(t->type, t->n_in) * (uint64_t)t->n_out : 0;
 }
 
+static double mat_flops(const mtensor *t) { return t->data ? 2.0 * (double)t->n_in * (double)t->n_out : 0; }
+
+double duet_model_flops_per_token(const duet_model *m, int n_kv) {
+    if (m->vocab_only) return 0;
+    const duet_hparams *hp = &m->hp;
+    double f = mat_flops(&m->output);
+    for (int l = 0; l < hp->n_layer; l++) {
+        const layer_weights *L = &m->layers[l];
+        f += mat_flops(&L->wq) + mat_flops(&L->wk) + mat_flops(&L->wv) + mat_flops(&L->wo) +
+             mat_flops(&L->w_gate) + mat_flops(&L->w_up) + mat_flops(&L->w_down);
+    }
+    return f + 4.0 * hp->n_layer * hp->n_head * hp->head_dim * (double)n_kv;
+}
+
 uint64_t duet_model_bytes_per_token(const duet_model *m) {
     if (m->vocab_only) return 0;
     uint64_t b = mat_bytes(&m->output);

@@ -404,3 +404,21 @@ TEST(model_bad_inputs_rejected_with_reason) {
         duet_model_free(m);
     }
 }
+
+/* duet bench's limits: the arithmetic per token counted by hand for fixture_random's shape
+ * (n_embd 128, 2 layers, 4 heads of 32 / 2 kv heads, n_ff 256, vocab 600), and the two
+ * machine probes return a plausible positive rate (their speed is for benchmarks). */
+TEST(model_flops_per_token_and_probes) {
+    const char *p = fixture_random(DT_F32, 3, 0);
+    REQUIRE(p);
+    duet_model *m = fixture_load(p);
+    REQUIRE(m);
+    double layer = 128.0 * 128 + 128.0 * 64 + 128.0 * 64 + 128.0 * 128 + 3 * 128.0 * 256;
+    double want = 2 * (2 * layer + 600.0 * 128) + 4.0 * 2 * 4 * 32 * 10;
+    CHECKF(duet_model_flops_per_token(m, 10) == want, "flops %.0f, by hand %.0f",
+           duet_model_flops_per_token(m, 10), want);
+    duet_model_free(m);
+    double peak = duet_fma_peak(1), bw = duet_memory_bandwidth(1, (size_t)64 << 20, 1);
+    CHECKF(peak > 1e8 && peak < 1e13, "FMA peak %g FLOP/s", peak);
+    CHECKF(bw > 1e8 && bw < 1e13, "bandwidth %g B/s", bw);
+}
