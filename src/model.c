@@ -469,13 +469,20 @@ static void repack_one(mtensor *t) {
         t->type = r8;
 }
 
+/* Matrix i of the n_matrices a token's forward pass multiplies by: the output, then the
+ * seven of each layer. */
+static int n_matrices(const duet_model *m) { return 1 + 7 * m->hp.n_layer; }
+
+static mtensor *matrix(duet_model *m, int i) {
+    if (i == 0) return &m->output;
+    layer_weights *L = &m->layers[(i - 1) / 7];
+    mtensor *lt[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    return lt[(i - 1) % 7];
+}
+
 static void repack(duet_model *m) {
-    if (m->output.data && m->output.data != m->tok_embd.data) repack_one(&m->output);
-    for (int l = 0; l < m->hp.n_layer; l++) {
-        layer_weights *L = &m->layers[l];
-        mtensor *lt[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (int i = 0; i < 7; i++) repack_one(lt[i]);
-    }
+    for (int i = 0; i < n_matrices(m); i++)
+        if (matrix(m, i)->data != m->tok_embd.data) repack_one(matrix(m, i));
 }
 
 /* Copy the data section into anonymous memory (huge pages where the kernel allows). */
@@ -560,28 +567,21 @@ static uint64_t mat_bytes(const mtensor *t) {
     return t->data ? (uint64_t)dtype_row_size(t->type, t->n_in) * (uint64_t)t->n_out : 0;
 }
 
-static double mat_flops(const mtensor *t) { return t->data ? 2.0 * (double)t->n_in * (double)t->n_out : 0; }
-
 double duet_model_flops_per_token(const duet_model *m, int n_kv) {
     if (m->vocab_only) return 0;
     const duet_hparams *hp = &m->hp;
-    double f = mat_flops(&m->output);
-    for (int l = 0; l < hp->n_layer; l++) {
-        const layer_weights *L = &m->layers[l];
-        f += mat_flops(&L->wq) + mat_flops(&L->wk) + mat_flops(&L->wv) + mat_flops(&L->wo) +
-             mat_flops(&L->w_gate) + mat_flops(&L->w_up) + mat_flops(&L->w_down);
+    double f = 4.0 * hp->n_layer * hp->n_head * hp->head_dim * (double)n_kv;
+    for (int i = 0; i < n_matrices(m); i++) {
+        const mtensor *t = matrix((duet_model *)m, i);
+        if (t->data) f += 2.0 * (double)t->n_in * (double)t->n_out;
     }
-    return f + 4.0 * hp->n_layer * hp->n_head * hp->head_dim * (double)n_kv;
+    return f;
 }
 
 uint64_t duet_model_bytes_per_token(const duet_model *m) {
     if (m->vocab_only) return 0;
-    uint64_t b = mat_bytes(&m->output);
-    for (int l = 0; l < m->hp.n_layer; l++) {
-        const layer_weights *L = &m->layers[l];
-        b += mat_bytes(&L->wq) + mat_bytes(&L->wk) + mat_bytes(&L->wv) + mat_bytes(&L->wo) +
-             mat_bytes(&L->w_gate) + mat_bytes(&L->w_up) + mat_bytes(&L->w_down);
-    }
+    uint64_t b = 0;
+    for (int i = 0; i < n_matrices(m); i++) b += mat_bytes(matrix((duet_model *)m, i));
     return b;
 }
 
