@@ -23,6 +23,9 @@
 #include "kernels.h"
 #include "quant.h"
 
+/* Positions a layer's cache holds per kv head: n_ctx in whole blocks of 8 (attn.h). */
+static size_t cache_positions(int n_ctx) { return (size_t)((n_ctx + 7) & ~7); }
+
 int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, duet_error *err) {
     memset(st, 0, sizeof *st);
     const duet_hparams *hp = &m->hp;
@@ -33,7 +36,7 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, duet_er
                                                                         : m->rope_inv_freq;
     size_t E = (size_t)hp->n_embd, Q = (size_t)hp->n_head * hp->head_dim,
            KV = (size_t)hp->n_head_kv * hp->head_dim, F = (size_t)hp->n_ff, B = (size_t)n_batch;
-    size_t cache = (size_t)hp->n_layer * (size_t)((n_ctx + 7) & ~7) * KV * sizeof(float);
+    size_t cache = (size_t)hp->n_layer * cache_positions(n_ctx) * KV * sizeof(float);
     int nth = tp_n_threads(m->tp);
     size_t scratch = 0;
     for (int l = 0; l < hp->n_layer; l++) {
@@ -137,10 +140,10 @@ typedef struct attn_job {
  * grows with its position, so threads take items from a shared counter, the last (longest)
  * tokens first, and the items of one kv head come together so that its cache rows stay warm.
  * Which heads share a call does not change their results (attn.h). */
-/* Layer l's K blocks (attn.h) or V rows of kv head kvh: [n_ctx rounded up to 8][head_dim]. */
+/* Layer l's K blocks (attn.h) or V rows of kv head kvh: [cache_positions][head_dim]. */
 static float *cache_head(const fwd_state *st, float *cache, int l, int kvh) {
     const duet_hparams *hp = &st->m->hp;
-    return cache + ((size_t)l * hp->n_head_kv + (size_t)kvh) * (size_t)((st->n_ctx + 7) & ~7) *
+    return cache + ((size_t)l * hp->n_head_kv + (size_t)kvh) * cache_positions(st->n_ctx) *
                        (size_t)hp->head_dim;
 }
 
