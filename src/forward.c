@@ -233,9 +233,7 @@ static void step_pre_attn(step_job *j, int t0, int t1) {
     for (int t = t0; t < t1; t++) {
         float *x = st->x + (size_t)t * E, *pr = st->proj + (size_t)t * E;
         if (j->l == 0) {
-            size_t erow = dtype_row_size(m->tok_embd.type, E);
-            quant_dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data +
-                                 (size_t)j->tokens[t] * erow, x, E);
+            quant_dequantize_matrix_row(m->tok_embd.type, m->tok_embd.data, E, j->tokens[t], x);
             if (m->ap.embd_scale != 1.0f)
                 for (int i = 0; i < E; i++) x[i] *= m->ap.embd_scale;
         } else {
