@@ -35,7 +35,7 @@ $(O)/src/attn_avx2.o:      XFLAGS := -mavx2 -mfma
 $(O)/src/act_avx2.o:       XFLAGS := -mavx2 -mfma
 $(O)/src/attn_avx512.o:    XFLAGS := -mavx512f -mavx512vl -mavx2 -mfma
 
-.PHONY: all deps deps-long test test-long demo bench debug fuzz clean help models
+.PHONY: all deps deps-long test test-long demo bench debug fuzz clean help models mutation
 
 all: $(O)/duet $(O)/run_tests
 
@@ -96,6 +96,11 @@ models: deps $(O)/duet $(O)/gen_demo_task
 bench: deps $(O)/duet $(O)/bench_collab
 	@sh bench/run.sh $(O)/duet
 
+## mutation: plant each bug of tests/mutations.txt in a scratch copy and report the kill rate
+## (not part of make test: it rebuilds once per mutation; MUTATION_ARGS=--full runs every test)
+mutation: deps
+	python3 tools/mutation.py $(MUTATION_ARGS)
+
 ## debug: build with ASan + UBSan into build-debug/ and run the unit tests there
 debug:
 	$(MAKE) O=build-debug OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
@@ -123,6 +128,7 @@ help:
 	@echo "make demo       run the demo"
 	@echo "make models     retrain the embedded demo models (models/) from seeds"
 	@echo "make bench      run benchmarks, CSV under bench/results/"
+	@echo "make mutation   plant the bugs of tests/mutations.txt one by one; kill rate and survivors"
 	@echo "make debug      ASan+UBSan build in build-debug/ and run the tests"
 	@echo "make fuzz       libFuzzer harnesses in build-fuzz/"
 	@echo "make clean      remove build outputs"
