@@ -1,5 +1,5 @@
 #!/bin/sh
-# bench/babyllama.sh: learn the Co-LLM switch on the BabyLlama pair and measure it (issue 4).
+# bench/babyllama.sh: learn the Co-LLM switch on the BabyLlama pair and measure it.
 # Base tok105 (character vocabulary), expert tok361 (same characters + byte tokens), both
 # converted from ../shared. Every step is a duet command; the data is produced here:
 #   train  ~200k characters, validation ~30k, held-out ~50k, sampled from the EXPERT at

@@ -19,8 +19,9 @@ static void usage(FILE *f, int collm) {
         fprintf(f,
                 "usage: duet train collm -m BASE.gguf -d DATA --expert-scores E -o OUT.gguf\n"
                 "                        --head-out HEAD.gguf (--head WEAK.gguf | --base-scores B) [options]\n"
-                "  Joint training (METHOD.md 3): the base's weights and the head vector u learn together\n"
-                "  on the negative log marginal likelihood, with the expert's log-probs from E.\n"
+                "  Joint training (docs/method.md section 5): the base's weights and the head vector u\n"
+                "  learn together on the negative log marginal likelihood, with the expert's log-probs\n"
+                "  from E.\n"
                 "  --expert-scores FILE  duet score -m EXPERT --tokenizer-of BASE -d DATA -c SEQ_LEN+1\n"
                 "  --head FILE           the starting head (duet head train --objective weak)\n"
                 "  --base-scores FILE    or: the base's scores of DATA, to train the weak start here\n"

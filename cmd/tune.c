@@ -1,4 +1,4 @@
-/* tune.c: `duet tune`: choose the collm threshold the paper's way (METHOD.md section 6) on a
+/* tune.c: `duet tune`: choose the collm threshold the paper's way (docs/method.md section 6) on a
  * validation split: base-only calibration pass, candidate eta per target deferral portion,
  * one collm evaluation per candidate, keep the best. Writes OUTPREFIX.csv/.json/.svg and
  * stores the chosen eta in the head file. The work is the library's (src/train/tune.c). */

@@ -1,5 +1,5 @@
-/* fuzz_chat.c: libFuzzer harness for chat-template recognition and rendering (BAD-INPUTS 13:
- * a template is data, never code). The input is used three ways: as a template source to
+/* fuzz_chat.c: libFuzzer harness for chat-template recognition and rendering (docs/bad-inputs.md,
+ * item 13: a template is data, never code). The input is used three ways: as a template source to
  * recognise and render with, as the contents of a conversation (split at '\n', roles from the
  * first byte of each piece, some of them invalid) rendered by every built-in format, and as
  * streamed output scanned for stop texts. ASan/UBSan see any access outside the buffers.

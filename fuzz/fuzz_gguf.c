@@ -1,5 +1,5 @@
-/* fuzz_gguf.c: libFuzzer harness for the GGUF reader (BAD-INPUTS.md: a fuzz harness for
- * each parser). Parses the input as a whole file; on success it drives every getter on every
+/* fuzz_gguf.c: libFuzzer harness for the GGUF reader (docs/bad-inputs.md: a fuzz harness
+ * for each parser). Parses the input as a whole file; on success it drives every getter on every
  * key with every expected type, reads each array's first and last element, touches each
  * tensor's first and last data byte and prints everything, so ASan/UBSan see any access the
  * validation let through.

@@ -1,5 +1,5 @@
-/* fuzz_tokenizer.c: libFuzzer harness for the tokenizers (BAD-INPUTS.md: a fuzz harness for
- * each parser; user text is the tokenizer's input). Random bytes are encoded, then decoded,
+/* fuzz_tokenizer.c: libFuzzer harness for the tokenizers (docs/bad-inputs.md: a fuzz harness
+ * for each parser; user text is the tokenizer's input). Random bytes are encoded, then decoded,
  * under each vocabulary and each add_bos / parse_special combination; ASan/UBSan watch for
  * bad accesses and the harness aborts on a broken invariant:
  *  - counting (cap 0), a full encode and a truncated encode agree on count and ids;

@@ -212,7 +212,7 @@ int duet_head_init(const duet_model *base, duet_head **out, duet_error *err);
 int duet_head_from_vector(const duet_model *base, const float *u, int n, duet_head **out,
                           duet_error *err);
 /* Load and check against base: name, n_embd, n_vocab and vocabulary hash must all match
- * (BAD-INPUTS 15); NaN/Inf weights are rejected. */
+ * (docs/bad-inputs.md, item 15); NaN/Inf weights are rejected. */
 int duet_head_load(const char *path, const duet_model *base, duet_head **out, duet_error *err);
 /* Write atomically (temp file + rename). */
 int duet_head_save(const duet_head *head, const char *path, duet_error *err);
@@ -226,7 +226,7 @@ void duet_head_set_threshold(duet_head *head, float eta);
 /* s = u . h (the logit of P(defer)). */
 float duet_head_score(const duet_head *head, const float *hidden);
 
-/* ---- deferral head: confidence features (head training, issue 4) -------------------------- */
+/* ---- deferral head: confidence features (head training) ----------------------------------- */
 /* Besides the hidden state, a trained head may read the base's confidence at the same
  * position: s = [u . h] + w_entropy * entropy + w_maxlogp * max_logp + bias, each term only
  * when the head uses that input. entropy = -sum_v p_v log p_v and max_logp = log max_v p_v,

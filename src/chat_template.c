@@ -2,9 +2,10 @@
  * chat_template.c: chat formats without a template engine.
  *
  * GGUF models carry their chat format as a Jinja template (tokenizer.chat_template). duet never
- * evaluates it: a template is data that may be huge or hostile (BAD-INPUTS 13). Instead the
- * template is recognised by distinctive substrings, the way llama.cpp's built-in formats are
- * (llm_chat_detect_template), and the conversation is rendered by the matching built-in format.
+ * evaluates it: a template is data that may be huge or hostile (docs/bad-inputs.md, item 13).
+ * Instead the template is recognised by distinctive substrings, the way llama.cpp's built-in
+ * formats are (llm_chat_detect_template), and the conversation is rendered by the matching
+ * built-in format.
  *
  * Conventions (shared with llama.cpp's built-in formats):
  *  - the leading BOS that most templates print ({{ bos_token }}) is left out: the tokenizer adds

@@ -1,7 +1,7 @@
 /*
  * gguf.c: GGUF v2/v3 reader (from an mmap or a caller's buffer) and writer. Format only.
  *
- * The reader treats every file as hostile (BAD-INPUTS.md, GGUF items 1-9): each count,
+ * The reader treats every file as hostile (docs/bad-inputs.md, GGUF items 1-9): each count,
  * length, offset and size is checked against the bytes that remain BEFORE it is used or
  * allocated, so nothing is read outside the buffer and no allocation exceeds a small
  * multiple of the file size. Each error is one line naming the file, the field and the value.

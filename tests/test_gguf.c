@@ -1,5 +1,5 @@
 /* test_gguf.c: GGUF reader/writer round trips, hand-built v2 files, one hand-made bad file
- * per GGUF case of BAD-INPUTS.md (items 1-9), getters, printing, and the shared files. */
+ * per GGUF case of docs/bad-inputs.md (items 1-9), getters, printing, and the shared files. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -533,7 +533,7 @@ TEST(gguf_shared_files) {
     }
 }
 
-/* ---- bad files: BAD-INPUTS.md, GGUF items 1-9 ---------------------------------------------- */
+/* ---- bad files: docs/bad-inputs.md, GGUF items 1-9 ----------------------------------------- */
 TEST(gguf_bad_1_header) {
     bb b = {0};
     EXPECT_BAD(&b, "empty", NULL);

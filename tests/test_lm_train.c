@@ -219,7 +219,8 @@ TEST(lm_fd_model_ce_untied) { check_model(0, LM_LOSS_CE); }
 TEST(lm_fd_model_ce_tied) { check_model(1, LM_LOSS_CE); }
 TEST(lm_fd_model_collm) { check_model(0, LM_LOSS_COLLM); }
 
-/* The COLLM loss against METHOD.md's formula computed by hand for one token. */
+/* The COLLM loss against the formula of docs/method.md section 5, computed by hand for one
+ * token. */
 TEST(lm_collm_loss_value) {
     lm_config c = {.n_vocab = 3, .n_embd = 2, .n_layer = 1, .n_head = 1, .n_head_kv = 1,
                    .n_ff = 2, .head_dim = 2, .tied = 1, .rms_eps = 1e-5f};

@@ -319,7 +319,7 @@ TEST(sampler_greedy_topk_seed) {
     duet_sampler_free(b);
 }
 
-/* ---- model-level bad inputs (BAD-INPUTS 5, 10, 11, 14) ---------------------------------- */
+/* ---- model-level bad inputs (docs/bad-inputs.md, items 5, 10, 11, 14) ------------------- */
 typedef void (*mutate_fn)(gguf_writer *w);
 
 static void write_tiny(const char *path, mutate_fn mut, int skip_tensor, int bad_shape, int nan_w) {

@@ -1,7 +1,7 @@
 /* test_server.c: duet serve as a client meets it. The servers run as separate processes of
  * the duet binary (DUET_BIN, set by make test) on ephemeral loopback ports, so a crash shows
  * as a dead process and "the server stays up" is checked after every bad input. Covers every
- * HTTP-server case of ../shared/docs/BAD-INPUTS.md, the remote expert (against an in-process
+ * HTTP-server case of docs/bad-inputs.md, the remote expert (against an in-process
  * fake server for the failure cases, against a real duet serve for the identity and kill
  * tests), streaming vs whole answers, queueing over slots, and a load test. */
 #include <arpa/inet.h>
@@ -246,7 +246,7 @@ TEST(server_utf8_holds_split_characters) {
     free(b.p);
 }
 
-/* ---- BAD-INPUTS server 1: bodies ------------------------------------------------------- */
+/* ---- docs/bad-inputs.md, HTTP requests 1: bodies --------------------------------------- */
 TEST(server_bad_bodies) {
     int port = local_port();
     NEED_SERVER(port);

@@ -416,7 +416,7 @@ TEST(tok_small_hash) {
     tokenizer_free(c);
 }
 
-/* ---- bad vocabularies (BAD-INPUTS item 12) ---------------------------------------------- */
+/* ---- bad vocabularies (docs/bad-inputs.md, item 12) ------------------------------------- */
 
 typedef struct bad_case {
     const char *what;

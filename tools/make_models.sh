@@ -17,7 +17,7 @@
 #               a frozen-base switch when the expert is worth asking
 #   joint, joint.head  the paper's method: from pretrained, base and switch trained together
 #               on the same training problems (marginal likelihood), the switch starting from
-#               weak supervision scored with pretrained (METHOD.md sections 3-4)
+#               weak supervision scored with pretrained (docs/method.md sections 4-5)
 set -e
 duet=${1:-build/duet}
 gen=${2:-build/gen_demo_task}

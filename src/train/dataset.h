@@ -11,9 +11,9 @@
  *          "Please solve the following math problem with detailed steps.\n\nQuestion: Q\nAnswer:"
  *  - plain text: paragraphs (runs of non-blank lines) become examples with no prompt, so
  *    every token is a response token; long paragraphs are cut into windows at scoring time.
- * The completion format (METHOD.md 8) is applied by the scorer: BOS + prompt + "\n" +
+ * The completion format (docs/formats.md) is applied by the scorer: BOS + prompt + "\n" +
  * response + EOS, loss on response tokens only.
- * Bad data (BAD-INPUTS, training data): a malformed line, a missing or mistyped field, an
+ * Bad data (docs/bad-inputs.md, data files): a malformed line, a missing or mistyped field, an
  * empty response or invalid UTF-8 is an error naming file:line, or with skip_bad a counted
  * skip (the first message is kept); a dataset with no usable example is an error.
  */

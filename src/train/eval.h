@@ -18,7 +18,7 @@
  * Thresholds: a spec gives a policy either an explicit threshold or a target deferral rate.
  * A rate becomes the threshold at the matching quantile of the policy's score (label-free):
  * over all evaluated tokens for nll, over a base-only greedy pass on the first n_calib
- * prompts for generation tasks (METHOD.md section 6). random and oracle without a rate use
+ * prompts for generation tasks (docs/method.md section 3). random and oracle without a rate use
  * the deferral frequency that collm (the first collm spec without a rate) reached in the
  * same run.
  */

@@ -5,11 +5,12 @@
  * score file of the same tokens (`duet score --tokenizer-of BASE`). Per response token t:
  * lpb_t, lpe_t (gold log-probs), the base's entropy and max log-prob, and h_t.
  * The head: s_t = u . h_t + w_e * entropy_t + w_m * maxlogp_t + b (terms as features ask;
- * the paper's head is u . h_t alone, no bias). Objectives, mean over tokens:
- *   weak (METHOD.md 4): -(pw * Z_t * log sig(s_t) + (1 - Z_t) * log sig(-s_t)), pw = 8, with
+ * the paper's head is u . h_t alone, no bias). Objectives, mean over tokens (docs/method.md
+ * section 4):
+ *   weak: -(pw * Z_t * log sig(s_t) + (1 - Z_t) * log sig(-s_t)), pw = 8, with
  *        the pseudo-label Z_t = 1 iff the gold token is the expert's argmax and not the base's
  *        (ties within 1e-5 relative count as argmax)
- *   nll (METHOD.md 3): -logsumexp(log sig(-s_t) + lpb_t, log sig(s_t) + lpe_t)
+ *   nll: -logsumexp(log sig(-s_t) + lpb_t, log sig(s_t) + lpe_t)
  *        + L * sig(s_t)   (the cost-aware variant, L = defer_cost >= 0)
  *   gain (duet's addition): (s_t - clip(lpe_t - lpb_t, +-8))^2 / 2: s regresses onto the
  *        expert's log-prob gain, so ranking tokens by s approximates the oracle router;

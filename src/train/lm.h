@@ -11,7 +11,7 @@
  *   LM_LOSS_CE:    -log softmax(z_t)[y_t]
  *   LM_LOSS_COLLM: -logsumexp(log sig(-s_t) + lpb_t, log sig(s_t) + lpe_t), s_t = u . h_t,
  *                  h_t the final-norm hidden state, lpe_t the expert's log-prob of y_t
- *                  (METHOD.md section 3): the base and u learn together
+ *                  (docs/method.md section 5): the base and u learn together
  * and the total is sum_t w_t loss_t * scale (scale = 1 / tokens of the whole accumulated
  * step, so micro-batches add up to the mean).
  *

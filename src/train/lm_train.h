@@ -1,7 +1,7 @@
 /*
  * lm_train.h: training runs of the llama trainer (internal): language-model pre-training on
  * plain text, supervised fine-tuning on prompt/response JSONL (loss on response tokens only),
- * and Co-LLM's joint training of the base and its deferral head (METHOD.md section 3).
+ * and Co-LLM's joint training of the base and its deferral head (docs/method.md section 5).
  *
  * Data. The dataset is cut into sequences exactly as `duet score` cuts it (dsf_plan_build with
  * n_ctx = T + 1): plain-text paragraphs as windows of BOS + T tokens, JSONL examples as

@@ -1,5 +1,5 @@
 /*
- * tune.h: choosing the collm threshold eta the paper's way (METHOD.md section 6; internal,
+ * tune.h: choosing the collm threshold eta the paper's way (docs/method.md section 6; internal,
  * the library side of `duet tune`).
  *  1. Record p = sigmoid(u.h) for every token of the calibration pass (eval_calibration:
  *     the base alone, greedy, on the first n_calib validation prompts; every token of the
