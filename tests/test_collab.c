@@ -306,3 +306,159 @@ TEST(collab_feature_head_equals_uncertainty) {
     duet_model_free(b);
     duet_model_free(e);
 }
+
+/* ---- the mixing policies against their formulas ------------------------------------------ */
+static void log_softmax_d(const float *l, int n, double *out) {
+    double mx = l[0], z = 0;
+    for (int i = 1; i < n; i++) mx = l[i] > mx ? l[i] : mx;
+    for (int i = 0; i < n; i++) z += exp((double)l[i] - mx);
+    for (int i = 0; i < n; i++) out[i] = (double)l[i] - mx - log(z);
+}
+
+/* The formula's choice, or -1 when its two best values are too close for float arithmetic to
+ * be sure (the decoder computes in float). */
+static int clear_argmax(const double *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++) best = x[i] > x[best] ? i : best;
+    for (int i = 0; i < n; i++)
+        if (i != best && x[best] - x[i] < 1e-4) return -1;
+    return best;
+}
+
+/* At step i of a greedy run the test evaluates base, expert and anti on the emitted prefix in
+ * sessions of its own and recomputes the policy from the models' log-probabilities in double:
+ *   compose     (p > eta): argmax log((1 - p) P_base + p P_expert), p = sig(u . h); else base
+ *   contrastive  argmax (1 + b) lp_e - b lp_b over tokens with P_e >= a * max P_e (a .1, b .5)
+ *   proxy        argmax lp_e + lp_b - lp_anti
+ * Contrastive and proxy must also pick, somewhere, a token neither the base nor the expert
+ * would, and compose a token its weights swapped would not, so that a wrong sign or swapped
+ * weight cannot pass by agreeing with one model. */
+TEST(collab_mixing_policies_match_their_formulas) {
+    duet_model *b = fixture_load(fixture_random(DT_F32, 21, 0)), *e = fixture_load(fixture_random(DT_F32, 22, 0)),
+               *a = fixture_load(fixture_random(DT_F32, 23, 0));
+    REQUIRE(b && e && a);
+    duet_head *h = fixture_random_head(b, 5, 40.0f);
+    REQUIRE(h);
+    const int V = duet_model_hparams(b)->n_vocab;
+    double *lb = malloc(sizeof(double) * (size_t)V * 4), *le = lb + V, *la = le + V, *f = la + V;
+    duet_session *sb = NULL, *se = NULL, *sa = NULL;
+    duet_error err = {0};
+    REQUIRE(lb && !duet_session_new(b, NULL, &sb, &err) && !duet_session_new(e, NULL, &se, &err) &&
+            !duet_session_new(a, NULL, &sa, &err));
+    static const duet_policy pols[] = {DUET_POLICY_COMPOSE, DUET_POLICY_CONTRASTIVE, DUET_POLICY_PROXY};
+    for (int pi = 0; pi < 3; pi++) {
+        int n_own = 0, n_checked = 0;
+        for (int k = 0; k < 3; k++) {
+            int32_t pr[16 + MAXGEN];
+            int np;
+            prompt_of(k, pr, &np);
+            duet_collab_params p = {.policy = pols[pi], .threshold = 0.3f};
+            run_out x;
+            REQUIRE(!decode(b, e, pols[pi] == DUET_POLICY_PROXY ? a : NULL,
+                            pols[pi] == DUET_POLICY_COMPOSE ? h : NULL, p, pr, np, 24, &x));
+            for (int i = 0; i < x.n; i++) {
+                int n = np + i;
+                if (i) pr[n - 1] = x.ids[i - 1];
+                REQUIRE(!duet_session_sync(sb, pr, n, &err) && !duet_session_sync(se, pr, n, &err) &&
+                        !duet_session_sync(sa, pr, n, &err));
+                log_softmax_d(duet_session_logits(sb, -1), V, lb);
+                log_softmax_d(duet_session_logits(se, -1), V, le);
+                log_softmax_d(duet_session_logits(sa, -1), V, la);
+                double pd = 1 / (1 + exp(-(double)duet_head_score(h, duet_session_hidden(sb, -1))));
+                double emax = le[0];
+                for (int v = 1; v < V; v++) emax = le[v] > emax ? le[v] : emax;
+                for (int v = 0; v < V; v++) {
+                    switch (pols[pi]) {
+                    case DUET_POLICY_COMPOSE:
+                        f[v] = pd > 0.3 ? log((1 - pd) * exp(lb[v]) + pd * exp(le[v])) : lb[v];
+                        break;
+                    case DUET_POLICY_CONTRASTIVE:
+                        f[v] = le[v] >= emax + log(0.1) ? 1.5 * le[v] - 0.5 * lb[v] : -INFINITY;
+                        break;
+                    default: f[v] = le[v] + lb[v] - la[v]; break;
+                    }
+                }
+                int want = clear_argmax(f, V);
+                if (want < 0) continue;
+                n_checked++;
+                CHECKF(x.ids[i] == want, "%s, prompt %d, token %d: decoder chose %d, the formula %d",
+                       duet_policy_name(pols[pi]), k, i, x.ids[i], want);
+                if (pols[pi] != DUET_POLICY_COMPOSE) {
+                    n_own += want != clear_argmax(lb, V) && want != clear_argmax(le, V);
+                } else if (pd > 0.3) { /* would the weights swapped choose otherwise? */
+                    for (int v = 0; v < V; v++) f[v] = log(pd * exp(lb[v]) + (1 - pd) * exp(le[v]));
+                    int alt = clear_argmax(f, V);
+                    n_own += alt >= 0 && alt != want;
+                }
+            }
+        }
+        CHECKF(n_checked >= 60, "%s: only %d of 72 tokens could be checked", duet_policy_name(pols[pi]),
+               n_checked);
+        CHECKF(n_own > 0, "%s: no token tells the formula from its likely mistakes",
+               duet_policy_name(pols[pi]));
+    }
+    duet_session_free(sb);
+    duet_session_free(se);
+    duet_session_free(sa);
+    free(lb);
+    duet_head_free(h);
+    duet_model_free(b);
+    duet_model_free(e);
+    duet_model_free(a);
+}
+
+/* Prompt ids outside the vocabulary are refused before they reach an embedding lookup. */
+TEST(collab_start_refuses_ids_outside_the_vocabulary) {
+    duet_model *b = fixture_load(fixture_random(DT_F32, 21, 0));
+    REQUIRE(b);
+    duet_collab *c = NULL;
+    duet_error err = {0};
+    duet_collab_params p = {.policy = DUET_POLICY_BASE};
+    REQUIRE(!duet_collab_new(b, NULL, NULL, NULL, &p, &c, &err));
+    const int V = duet_model_hparams(b)->n_vocab;
+    const int32_t bad[][3] = {{1, -1, 5}, {1, 5, V}, {1, INT32_MIN, 5}};
+    for (int k = 0; k < 3; k++) {
+        err.msg[0] = 0;
+        int rc = duet_collab_start(c, bad[k], 3, &err);
+        CHECKF(rc == DUET_ERR_RANGE && strstr(err.msg, "outside"), "case %d: rc %d, \"%s\"", k, rc,
+               err.msg);
+    }
+    const int32_t edge[3] = {1, 0, V - 1}; /* the first and last ids are fine */
+    CHECKF(!duet_collab_start(c, edge, 3, &err), "%s", err.msg);
+    duet_collab_free(c);
+    duet_model_free(b);
+}
+
+/* A token chosen as EOS ends the generation without being emitted, whichever model chose it.
+ * The case was found by scanning greedy runs of the seed-25 fixture: after prompt 10 its 4th
+ * greedy token is EOS (the test confirms that from a session of its own first). */
+TEST(collab_eos_ends_the_generation) {
+    duet_model *b = fixture_load(fixture_random(DT_F32, 25, 0));
+    REQUIRE(b);
+    const int V = duet_model_hparams(b)->n_vocab, eos = duet_token_eos(b);
+    int32_t pr[16 + 8];
+    int np;
+    prompt_of(10, pr, &np);
+    duet_session *s = NULL;
+    duet_error err = {0};
+    REQUIRE(!duet_session_new(b, NULL, &s, &err) && !duet_session_eval(s, pr, np, 0, &err));
+    int32_t greedy[4];
+    for (int i = 0; i < 4; i++) {
+        greedy[i] = duet_argmax(duet_session_logits(s, -1), V);
+        if (i < 3) REQUIRE(greedy[i] != eos && !duet_session_eval(s, &greedy[i], 1, 0, &err));
+    }
+    duet_session_free(s);
+    REQUIRE(greedy[3] == eos);
+    static const duet_policy pols[] = {DUET_POLICY_BASE, DUET_POLICY_EXPERT};
+    for (int k = 0; k < 2; k++) {
+        duet_collab_params p = {.policy = pols[k]};
+        run_out x;
+        REQUIRE(!decode(b, pols[k] == DUET_POLICY_EXPERT ? b : NULL, NULL, NULL, p, pr, np, 20, &x));
+        CHECKF(x.n == 3 && !memcmp(x.ids, greedy, sizeof(int32_t) * 3), "%s: %d tokens before the end",
+               duet_policy_name(pols[k]), x.n);
+        CHECKF(x.eos_src == (k ? DUET_SRC_EXPERT : DUET_SRC_BASE), "%s: EOS from source %d",
+               duet_policy_name(pols[k]), x.eos_src);
+        CHECK_EQ_INT(x.st.n_generated, 3);
+    }
+    duet_model_free(b);
+}
