@@ -213,6 +213,20 @@ TEST(train_head_gradients_match_finite_differences) {
     double want_g = 0;
     for (int i = 0; i < N; i++) want_g += 0.5 * ((double)lpe[i] - lpb[i]) * ((double)lpe[i] - lpb[i]) / N;
     CHECK_NEAR(ht_loss_grad(&L, &b, HT_GAIN, 0, 8, zero, NULL), want_g, 1e-12);
+    /* at s = 0.8 (an entropy-only head: weight 0, bias 0.8), where the marginal likelihood is
+     * no longer symmetric in base and expert: sig(0.8) = 1 / (1 + e^-0.8) weighs the expert */
+    ht_layout Lb;
+    ht_layout_init(&Lb, DUET_HEAD_FEAT_ENTROPY, E);
+    const double thb[2] = {0, 0.8};
+    double sp = 1 / (1 + exp(-0.8)), sn = 1 - sp;
+    want_w = want_n = 0;
+    for (int i = 0; i < N; i++) {
+        want_w += -(8 * z[i] * log(sp) + (1 - z[i]) * log(sn)) / N;
+        want_n += -log(sn * exp(lpb[i]) + sp * exp(lpe[i])) / N;
+    }
+    CHECK_NEAR(ht_loss_grad(&Lb, &b, HT_WEAK, 0, 8, thb, NULL), want_w, 1e-12);
+    CHECK_NEAR(ht_loss_grad(&Lb, &b, HT_NLL, 0, 8, thb, NULL), want_n, 1e-12);
+    CHECK_NEAR(ht_loss_grad(&Lb, &b, HT_NLL, 0.5, 8, thb, NULL), want_n + 0.5 * sp, 1e-12);
 #undef RND
 }
 
