@@ -255,6 +255,82 @@ TEST(lm_collm_loss_value) {
     lm_layout_free(&L);
 }
 
+/* The joint loss, its d/ds, d/dlogits and d/du on three positions computed by hand.
+ * The model passes its embedding through: blocks of zeros add nothing, rms_eps = 0 and norm
+ * weights 1, so an embedding row with mean square 1 is its own final hidden state h. Rows:
+ * token 0 (1, 1), token 1 (1, -1), token 2 (-1, -1). Untied output rows (0, 0), (0.5, 0.5),
+ * (1, -1) give logits (0, 1, 0), (0, 0, 2), (0, -1, 0); u = (0.25, 0.75) gives s = 1, -0.5, -1.
+ * Inputs 0, 1, 2 with targets 0, 1, 2 and expert log-probs -0.25, -2, -0.5; scale 1/3.
+ *   pos 0: lpb = -log(2 + e) = -1.5514447139320511, p_b = 0.21194155761708545,
+ *          p_e = e^-0.25 = 0.77880078307140487, sig(1) = 0.73105857863000488
+ *          A = sig(-1) p_b = 0.056999863752909676, C = sig(1) p_e = 0.56934899350811601
+ *          loss = -log(A + C) = 0.46784778313516554 (swapped roles: 1.0095209967763669)
+ *          q = C / (A + C) = 0.90899661890952336, dL/ds = sig(1) - q = -0.17793804027951848
+ *          softmax (0.21194155761708545, 0.57611688476582911, 0.21194155761708545);
+ *          dL/dz = (1 - q)(softmax - onehot(0)) = (-0.071715982753739800,
+ *          0.052428584417002961, 0.019287398336736838)
+ *   pos 1: lpb = -log(2 + e^2) = -2.2395447662218845, p_b = 0.10650697891920075,
+ *          p_e = e^-2 = 0.13533528323661269, sig(-0.5) = 0.37754066879814544
+ *          A = 0.066296262866375722, C = 0.051094573345137196, loss = 2.1422464307546706
+ *          q = 0.43525180494562469, dL/ds = -0.057711136147479254
+ *          softmax (0.10650697891920075, 0.10650697891920075, 0.78698604216159850);
+ *          dL/dz = (0.060149624105313025, -0.50459857094906229, 0.44444894684374926)
+ *   pos 2: lpb = -log(2 + e^-1) = -0.86199480405825108, p_b = 0.42231879825151820,
+ *          p_e = e^-0.5 = 0.60653065971263342, sig(-1) = 0.26894142136999512
+ *          A = 0.30873978037848668, C = 0.16312121772759647, loss = 0.75107083230686755
+ *          q = 0.34569760667297995, dL/ds = -0.076756185302984827
+ *          softmax (0.42231879825151820, 0.15536240349696361, 0.42231879825151820);
+ *          dL/dz = (0.27632420044295929, 0.10165399244110148, -0.37797819288406077)
+ *   sum of losses 3.3611650461967037 (lmd_run returns it unscaled); the gradients carry the
+ *   scale 1/3: d/du = sum_t dL/ds_t h_t / 3 = (-0.052964330374670970, -0.014490239609684801) */
+TEST(lm_collm_loss_and_grads_hand_computed) {
+    lm_config c = {.n_vocab = 3, .n_embd = 2, .n_layer = 1, .n_head = 1, .n_head_kv = 1,
+                   .n_ff = 2, .head_dim = 2, .tied = 0, .rms_eps = 0};
+    lm_layout L;
+    duet_error err;
+    REQUIRE(lm_layout_init(&L, &c, &err) == DUET_OK);
+    double *w = calloc(L.n_params, sizeof(double)), *g = calloc(L.n_params, sizeof(double));
+    const double emb[6] = {1, 1, 1, -1, -1, -1}, out[6] = {0, 0, 0.5, 0.5, 1, -1};
+    memcpy(w + L.tok_embd, emb, sizeof emb);
+    memcpy(w + L.output, out, sizeof out);
+    for (int i = 0; i < 2; i++) {
+        w[L.output_norm + i] = 1;
+        w[L.layer[0].attn_norm + i] = 1;
+        w[L.layer[0].ffn_norm + i] = 1;
+    }
+    double u[2] = {0.25, 0.75}, gu[2] = {0};
+    int32_t tok[3] = {0, 1, 2}, tgt[3] = {0, 1, 2};
+    float wt[3] = {1, 1, 1}, lpe[3] = {-0.25f, -2.0f, -0.5f};
+    lm_batch b = {.B = 1, .T = 3, .tokens = tok, .targets = tgt, .weight = wt, .lpe = lpe,
+                  .loss = LM_LOSS_COLLM, .scale = 1.0 / 3};
+    struct lmd_acts *a = lmd_acts_alloc(&c, 1, 3);
+    REQUIRE(a);
+    double got = lmd_run(&c, &L, w, g, u, gu, a, &b, NULL, 1, NULL);
+    CHECK_NEAR(got, 3.3611650461967037, 1e-9 * 3.4);
+    static const double loss[3] = {0.46784778313516554, 2.1422464307546706, 0.75107083230686755};
+    static const double ds[3] = {-0.17793804027951848, -0.057711136147479254, -0.076756185302984827};
+    static const double dz[3][3] = {
+        {-0.071715982753739800, 0.052428584417002961, 0.019287398336736838},
+        {0.060149624105313025, -0.50459857094906229, 0.44444894684374926},
+        {0.27632420044295929, 0.10165399244110148, -0.37797819288406077}};
+    for (int t = 0; t < 3; t++) {
+        CHECKF(fabs(a->loss[t] - loss[t]) <= 1e-9 * loss[t], "position %d: loss %.17g, want %.17g",
+               t, a->loss[t], loss[t]);
+        CHECKF(fabs(a->ds[t] - ds[t] / 3) <= 1e-9 * fabs(ds[t] / 3), "position %d: dL/ds %.17g, "
+               "want %.17g / 3", t, a->ds[t], ds[t]);
+        for (int v = 0; v < 3; v++)
+            CHECKF(fabs(a->logits[t * 3 + v] - dz[t][v] / 3) <= 1e-9 * fabs(dz[t][v] / 3),
+                   "position %d logit %d: dL/dz %.17g, want %.17g / 3", t, v, a->logits[t * 3 + v],
+                   dz[t][v]);
+    }
+    CHECK_NEAR(gu[0], -0.052964330374670970, 1e-9 * 0.053);
+    CHECK_NEAR(gu[1], -0.014490239609684801, 1e-9 * 0.0145);
+    lmd_acts_release(a);
+    free(w);
+    free(g);
+    lm_layout_free(&L);
+}
+
 /* ---- the float trainer ------------------------------------------------------------------- */
 TEST(lm_logits_match_engine) {
     /* random F32 models untied and tied, and a trained one (stories260K, GQA) when present */

@@ -1,7 +1,9 @@
 /* test_train.c: datasets, score files (round trip against an independent recomputation,
  * resume after interruption, refusals), the head's gradients against finite differences,
  * head sidecars with features, and head training end to end (BabyLlama pair when present:
- * the trained head must beat random routing on held-out text). */
+ * the trained head must beat random routing on held-out text; with any models: expert
+ * scores rewritten so the expert is right exactly on a set of tokens a linear head can
+ * identify, which trained heads must find). */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../src/common.h"
 #include "../src/gguf.h"
 #include "../src/quant.h"
 #include "../src/train/dataset.h"
@@ -213,6 +216,20 @@ TEST(train_head_gradients_match_finite_differences) {
     double want_g = 0;
     for (int i = 0; i < N; i++) want_g += 0.5 * ((double)lpe[i] - lpb[i]) * ((double)lpe[i] - lpb[i]) / N;
     CHECK_NEAR(ht_loss_grad(&L, &b, HT_GAIN, 0, 8, zero, NULL), want_g, 1e-12);
+    /* at s = 0.8 (an entropy-only head: weight 0, bias 0.8), where the marginal likelihood is
+     * no longer symmetric in base and expert: sig(0.8) = 1 / (1 + e^-0.8) weighs the expert */
+    ht_layout Lb;
+    ht_layout_init(&Lb, DUET_HEAD_FEAT_ENTROPY, E);
+    const double thb[2] = {0, 0.8};
+    double sp = 1 / (1 + exp(-0.8)), sn = 1 - sp;
+    want_w = want_n = 0;
+    for (int i = 0; i < N; i++) {
+        want_w += -(8 * z[i] * log(sp) + (1 - z[i]) * log(sn)) / N;
+        want_n += -log(sn * exp(lpb[i]) + sp * exp(lpe[i])) / N;
+    }
+    CHECK_NEAR(ht_loss_grad(&Lb, &b, HT_WEAK, 0, 8, thb, NULL), want_w, 1e-12);
+    CHECK_NEAR(ht_loss_grad(&Lb, &b, HT_NLL, 0, 8, thb, NULL), want_n, 1e-12);
+    CHECK_NEAR(ht_loss_grad(&Lb, &b, HT_NLL, 0.5, 8, thb, NULL), want_n + 0.5 * sp, 1e-12);
 #undef RND
 }
 
@@ -534,6 +551,224 @@ static int sample_stories(duet_model *m, uint64_t seed, int chars, const char *p
     return fclose(f);
 }
 
+/* ---- planted routing oracles: score files whose expert is right where the test says ---- */
+/* An edit of one token record t, seeing the base's record and final hidden state there. */
+typedef void (*tok_edit)(void *ud, const dsf_tok *base, const float *h, int hd, dsf_tok *t);
+
+/* A copy of the score file src at dst with every token record passed through edit (B gives
+ * the matching base record and hidden state); the block checks are recomputed so the copy
+ * opens as a scored file would. 0 on success. */
+static int edit_scores(const dsf_file *B, const char *src, const char *dst, tok_edit edit, void *ud) {
+    size_t n = 0;
+    char *buf = fixture_read_file(src, &n);
+    int hd = (int)dsf_hdr(B)->hidden_dim;
+    float *hid = malloc((size_t)(hd ? hd : 1) * sizeof *hid);
+    if (!buf || !hid || n < DSF_HEADER_SIZE) {
+        free(buf);
+        free(hid);
+        return -1;
+    }
+    const dsf_header *h = (const dsf_header *)buf;
+    const dsf_seq *seqs = (const dsf_seq *)(buf + h->index_offset);
+    for (uint64_t i = 0; i < h->n_seq; i++) {
+        char *blk = buf + seqs[i].offset;
+        dsf_tok *t = (dsf_tok *)(blk + sizeof(dsf_block));
+        const dsf_tok *bt = dsf_seq_toks(B, i);
+        const uint16_t *bh = dsf_seq_hidden(B, i);
+        for (uint32_t k = 0; k < seqs[i].n_tok; k++) {
+            for (int j = 0; j < hd; j++) hid[j] = fp16_to_fp32(bh[(size_t)k * hd + j]);
+            edit(ud, &bt[k], hid, hd, &t[k]);
+        }
+        dsf_block b;
+        memcpy(&b, blk, sizeof b);
+        b.check = dsf_block_check(blk + sizeof b, (size_t)seqs[i].n_tok *
+                                  (sizeof(dsf_tok) + (size_t)h->hidden_dim * 2));
+        memcpy(blk, &b, sizeof b);
+    }
+    FILE *f = fopen(dst, "wb");
+    int rc = !f || fwrite(buf, 1, n, f) != n;
+    if (f && fclose(f)) rc = 1;
+    free(buf);
+    free(hid);
+    return rc ? -1 : 0;
+}
+
+/* The planted rule: the expert is right exactly where d . h > thr (h the base's hidden state,
+ * so a linear head can find the rule). There it puts 0.9 on the gold token, its argmax;
+ * elsewhere it gives the gold token e^-2 of the base's probability and prefers another token
+ * (max log-prob log 0.5, above any log-prob <= -2). */
+typedef struct planted { const float *d; double thr; } planted;
+
+static double proj(const float *d, const float *h, int hd) {
+    double s = 0;
+    for (int j = 0; j < hd; j++) s += (double)d[j] * h[j];
+    return s;
+}
+
+static void plant_expert(void *ud, const dsf_tok *b, const float *h, int hd, dsf_tok *t) {
+    const planted *p = ud;
+    if (proj(p->d, h, hd) > p->thr) {
+        t->lp = t->maxlp = logf(0.9f);
+    } else {
+        t->lp = b->lp - 2.0f;
+        t->maxlp = logf(0.5f);
+    }
+}
+
+/* Every token a pseudo-label positive: the gold token is the expert's argmax and not the
+ * base's. */
+static void expert_always_top(void *ud, const dsf_tok *b, const float *h, int hd, dsf_tok *t) {
+    t->maxlp = t->lp;
+}
+static void base_never_top(void *ud, const dsf_tok *b, const float *h, int hd, dsf_tok *t) {
+    t->maxlp = t->lp + 0.5f;
+}
+
+static json_t *first_eval(const char *report) {
+    json_error_t je;
+    json_t *j = json_load_file(report, 0, &je);
+    json_t *e = j ? json_array_get(json_object_get(j, "evaluations"), 0) : NULL;
+    json_t *v = e ? json_object_get(e, "val_bce") : NULL;
+    json_t *r = v ? json_real(json_number_value(v)) : NULL;
+    json_decref(j);
+    return r;
+}
+
+/* The default positive weight of weak supervision: with every pseudo-label positive, the
+ * weak loss of the zero head is pw * log 2 per token whatever the split, 8 log 2 =
+ * 5.5451774444795623 for the default pw = 8 (1 would give 0.693). */
+static void check_default_pos_weight(const dsf_file *TB, const char *tb, const char *te) {
+    const char *b2 = tmp_file("pw-base.scores"), *e2 = tmp_file("pw-expert.scores");
+    REQUIRE(!edit_scores(TB, tb, b2, base_never_top, NULL) && !edit_scores(TB, te, e2, expert_always_top, NULL));
+    dsf_file *B = NULL, *E = NULL;
+    duet_error err = {0};
+    REQUIRE(!dsf_open(b2, &B, &err) && !dsf_open(e2, &E, &err));
+    ht_params p = {.objective = HT_WEAK, .epochs = 1, .report_path = tmp_file("pw-report.json")};
+    duet_head *h = NULL;
+    ht_result res;
+    if (ht_train(B, E, &p, &h, &res, &err)) {
+        test_fail_at(__FILE__, __LINE__, "train: %s", err.msg);
+    } else {
+        CHECKF(res.pos_rate == 1.0, "pseudo-label positive rate %g, every token is positive", res.pos_rate);
+        json_t *v = first_eval(p.report_path);
+        /* the report keeps 7 significant digits */
+        CHECKF(v && fabs(json_real_value(v) - 8 * log(2.0)) < 5e-6, "weak loss of the zero head "
+               "%.12g, want 8 log 2 = 5.5451774444795623", v ? json_real_value(v) : NAN);
+        json_decref(v);
+    }
+    duet_head_free(h);
+    dsf_close(B);
+    dsf_close(E);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Heads trained on planted expert scores must find the rule: on held-out text they defer the
+ * planted tokens first (routing at 30% closes most of the gap from random to the oracle) and
+ * rank the pseudo-label positives first. Swapped roles of base and expert would rank them last. */
+static void check_planted_oracle(const dsf_file *TB, const dsf_file *HB, const char *tb, const char *te,
+                                 const char *hb, const char *he) {
+    int hd = (int)dsf_hdr(TB)->hidden_dim;
+    float *d = malloc((size_t)hd * sizeof *d);
+    int64_t nt = (int64_t)dsf_hdr(TB)->n_tok, nh = (int64_t)dsf_hdr(HB)->n_tok;
+    double *v = malloc((size_t)(nt > nh ? nt : nh) * sizeof *v), *sc = malloc((size_t)nh * sizeof *sc);
+    float *hid = malloc((size_t)hd * sizeof *hid);
+    uint8_t *zh = malloc((size_t)nh);
+    REQUIRE(d && v && sc && hid && zh);
+    uint64_t r = 2024;
+    for (int j = 0; j < hd; j++) d[j] = (float)((double)(duet_splitmix64(&r) >> 11) * 0x1.0p-53 * 2 - 1);
+    /* the threshold: the 70th percentile of d . h over the training tokens (30% planted) */
+    int64_t k = 0;
+    for (uint64_t q = 0; q < dsf_hdr(TB)->n_seq; q++) {
+        const uint16_t *bh = dsf_seq_hidden(TB, q);
+        for (uint32_t t = 0; t < dsf_seqs(TB)[q].n_tok; t++, k++) {
+            for (int j = 0; j < hd; j++) hid[j] = fp16_to_fp32(bh[(size_t)t * hd + j]);
+            v[k] = proj(d, hid, hd);
+        }
+    }
+    qsort(v, (size_t)nt, sizeof *v, cmp_double);
+    planted pl = {d, v[(int64_t)(0.7 * (double)nt)]};
+    /* the base never has the gold token as its argmax, so the pseudo-labels are the rule */
+    const char *tb2 = tmp_file("planted-tb.scores"), *te2 = tmp_file("planted-te.scores"),
+               *hb2 = tmp_file("planted-hb.scores"), *he2 = tmp_file("planted-he.scores");
+    REQUIRE(!edit_scores(TB, tb, tb2, base_never_top, NULL) && !edit_scores(TB, te, te2, plant_expert, &pl) &&
+            !edit_scores(HB, hb, hb2, base_never_top, NULL) && !edit_scores(HB, he, he2, plant_expert, &pl));
+    dsf_file *TB2 = NULL, *TE = NULL, *HB2 = NULL, *HE = NULL;
+    duet_error err = {0};
+    REQUIRE(!dsf_open(tb2, &TB2, &err) && !dsf_open(te2, &TE, &err) && !dsf_open(hb2, &HB2, &err) &&
+            !dsf_open(he2, &HE, &err));
+    int64_t npos = 0;
+    k = 0;
+    for (uint64_t q = 0; q < dsf_hdr(HB)->n_seq; q++) {
+        const uint16_t *bh = dsf_seq_hidden(HB, q);
+        for (uint32_t t = 0; t < dsf_seqs(HB)[q].n_tok; t++, k++) {
+            for (int j = 0; j < hd; j++) hid[j] = fp16_to_fp32(bh[(size_t)t * hd + j]);
+            zh[k] = proj(d, hid, hd) > pl.thr;
+            npos += zh[k];
+        }
+    }
+    REQUIRE(npos > 0 && npos < nh);
+    /* about 130000 token passes per run: 40 epochs of the random models' few thousand tokens.
+     * The nll head starts from zero, not from a weak start: the checkpoint kept is the one that
+     * routes best, so after a weak start a broken marginal likelihood would go unseen. */
+    int ep = (int)fmin(40, fmax(8, 130000.0 / (double)nt));
+    const struct { const char *name; ht_params p; } runs[] = {
+        {"weak", {.objective = HT_WEAK, .epochs = ep}},
+        {"nll", {.objective = HT_NLL, .weak_epochs = -1, .epochs = 2 * ep, .lr = 1e-2}}, /* no weak start */
+        {"gain", {.objective = HT_GAIN, .epochs = ep}}};
+    for (size_t ri = 0; ri < sizeof runs / sizeof runs[0]; ri++) {
+        duet_head *h = NULL;
+        ht_result res;
+        ht_routing hr;
+        if (ht_train(TB2, TE, &runs[ri].p, &h, &res, &err) || ht_eval_scores(h, HB2, HE, &hr, &err)) {
+            test_fail_at(__FILE__, __LINE__, "planted %s: %s", runs[ri].name, err.msg);
+            duet_head_free(h);
+            continue;
+        }
+        double closed = (hr.random[2] - hr.head[2]) / (hr.random[2] - hr.oracle[2]);
+        /* precision of the head's top npos held-out tokens against the pseudo-labels */
+        k = 0;
+        for (uint64_t q = 0; q < dsf_hdr(HB)->n_seq; q++) {
+            const uint16_t *bh = dsf_seq_hidden(HB, q);
+            for (uint32_t t = 0; t < dsf_seqs(HB)[q].n_tok; t++, k++) {
+                for (int j = 0; j < hd; j++) hid[j] = fp16_to_fp32(bh[(size_t)t * hd + j]);
+                sc[k] = duet_head_score(h, hid);
+                v[k] = sc[k];
+            }
+        }
+        qsort(v, (size_t)nh, sizeof *v, cmp_double);
+        double cut = v[nh - npos];
+        int64_t hit = 0, above = 0;
+        for (int64_t i = 0; i < nh; i++)
+            if (sc[i] >= cut) {
+                above++;
+                hit += zh[i];
+            }
+        double prec = (double)hit / (double)above;
+        fprintf(stderr, "    planted rule, %s head: %lld of %lld held-out tokens positive; precision "
+                "of its top %lld %.3f; routing at 30%% closes %.3f of random -> oracle\n",
+                runs[ri].name, (long long)npos, (long long)nh, (long long)above, prec, closed);
+        CHECKF(fabs(res.pos_rate - 0.3) < 0.05, "planted %s: pseudo-label positive rate %.3f, the rule "
+               "plants 30%% of the tokens", runs[ri].name, res.pos_rate);
+        CHECKF(prec >= 0.65, "planted %s: precision %.3f of the head's top tokens", runs[ri].name, prec);
+        CHECKF(closed >= 0.65, "planted %s: routing at 30%% %.4f closes %.3f of the gap from random "
+               "%.4f to the oracle %.4f", runs[ri].name, hr.head[2], closed, hr.random[2], hr.oracle[2]);
+        duet_head_free(h);
+    }
+    dsf_close(TB2);
+    dsf_close(TE);
+    dsf_close(HB2);
+    dsf_close(HE);
+    free(d);
+    free(v);
+    free(sc);
+    free(hid);
+    free(zh);
+}
+
 TEST(train_head_end_to_end) {
     const char *bp = fixture_llama2c("tok105"), *ep = fixture_llama2c("tok361");
     int baby = bp && ep;
@@ -614,6 +849,10 @@ TEST(train_head_end_to_end) {
                json_object_get(json_object_get(j, "validation"), "uncertainty"), "report %s", report);
         json_decref(j);
     }
+    /* routing quality the models cannot supply on their own (random weights): a planted rule */
+    check_planted_oracle(TB, HB, tmp_file("e2e-tb.scores"), tmp_file("e2e-te.scores"),
+                         tmp_file("e2e-hb.scores"), tmp_file("e2e-he.scores"));
+    check_default_pos_weight(TB, tmp_file("e2e-tb.scores"), tmp_file("e2e-te.scores"));
     dsf_close(TB);
     dsf_close(TE);
     dsf_close(HB);

@@ -44,7 +44,7 @@ static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n) {
 }
 
 /* Block check: a fast word hash (the data can be megabytes per sequence). */
-static uint32_t block_check(const void *p, size_t n) {
+uint32_t dsf_block_check(const void *p, size_t n) {
     const uint8_t *s = p;
     uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
     size_t i = 0;
@@ -238,7 +238,7 @@ static int64_t resume_scan(FILE *f, const plan *pl, uint32_t hd, uint64_t size, 
         size_t data = (size_t)(nt * sizeof(dsf_tok) + nt * hd * 2);
         if (memcmp(b.magic, "SEQB", 4) || b.seq != (uint32_t)n || b.n_tok != nt ||
             b.n_prompt != (uint32_t)q->n_prompt || b.example != (uint32_t)q->example ||
-            b.check != block_check((char *)buf + sizeof b, data))
+            b.check != dsf_block_check((char *)buf + sizeof b, data))
             break;
         off += bb;
         n++;
@@ -430,7 +430,7 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
         memset(blk + sizeof(dsf_block) + rb + hb, 0, bb - sizeof(dsf_block) - rb - hb);
         dsf_block b = {{'S', 'E', 'Q', 'B'}, (uint32_t)i, (uint32_t)nt, (uint32_t)q->n_prompt,
                        (uint32_t)q->example, index[i].n_bytes, (uint32_t)q->flags,
-                       block_check(blk + sizeof(dsf_block), rb + hb)};
+                       dsf_block_check(blk + sizeof(dsf_block), rb + hb)};
         memcpy(blk, &b, sizeof b);
         rc = write_all(f, blk, bb, partial, err);
         if (!rc && fflush(f)) rc = duet_fail(err, DUET_ERR_IO, "%s: write failed: %s", partial, strerror(errno));
@@ -555,7 +555,7 @@ static int validate(dsf_file *f, duet_error *err) {
         size_t data = (size_t)(q->n_tok * sizeof(dsf_tok) + (uint64_t)q->n_tok * h->hidden_dim * 2);
         if (memcmp(b.magic, "SEQB", 4) || b.seq != (uint32_t)i || b.n_tok != q->n_tok ||
             b.n_prompt != q->n_prompt || b.example != q->example ||
-            b.check != block_check(f->base + q->offset + sizeof b, data))
+            b.check != dsf_block_check(f->base + q->offset + sizeof b, data))
             return duet_fail(err, DUET_ERR_FORMAT, "%s: sequence %llu: block header or check "
                              "does not match (corrupt file)", p, (unsigned long long)i);
         const dsf_tok *t = dsf_seq_toks(f, i);

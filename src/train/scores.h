@@ -82,7 +82,7 @@ typedef struct dsf_block {     /* offsets from the block's start */
     uint32_t n_bytes;         /* bytes of its response tokens' text */
     uint32_t flags;           /* DSF_SEQ_* */
     uint32_t check;           /* hash of the block's token records and hidden states
-                                 (block_check in scores.c; other readers may ignore it) */
+                                 (dsf_block_check; other readers may ignore it) */
 } dsf_block;
 
 typedef struct dsf_tok {
@@ -95,6 +95,10 @@ typedef struct dsf_seq {
     uint64_t tok_start;       /*  8: response tokens in the sequences before it */
     uint32_t n_tok, n_prompt, example, n_bytes, flags, reserved; /* 16 .. 36 */
 } dsf_seq;
+
+/* The block check of n bytes of token records and hidden states (for tools and tests that
+ * edit a file's records in place and keep it valid). */
+uint32_t dsf_block_check(const void *p, size_t n);
 
 /* ---- the sequences of a dataset ---------------------------------------------------------- */
 /* The token sequences the scorer evaluates (and the trainer trains on), in dataset order:
