@@ -527,3 +527,49 @@ TEST(eval_cli_eval_and_tune) {
     duet_head_free(h);
     duet_model_free(b);
 }
+
+/* Deferral frequency, two ways: over all generated tokens, and the mean of each problem's own
+ * frequency (the paper's averaging). The oracle is each problem evaluated alone, at a fixed
+ * threshold so that calibration cannot differ between the runs. */
+TEST(eval_deferral_frequency_per_example) {
+    duet_model *b = fixture_load(fixture_random(DT_F32, 51, 0)), *e = fixture_load(fixture_random(DT_F32, 52, 0));
+    REQUIRE(b && e);
+    duet_head *h = fixture_random_head(b, 9, 4.0f);
+    REQUIRE(h);
+    eval_params ep = {.task = EVAL_TASK_GSM8K, .max_tokens = 24, .n_ctx = 128};
+    eval_spec spec = {DUET_POLICY_COLLM, -1, 0.5};
+    duet_error err = {0};
+    const char *lines[3];
+    char *all = strdup(k_gsm3), *save = NULL;
+    int n = 0;
+    for (char *l = strtok_r(all, "\n", &save); l && n < 3; l = strtok_r(NULL, "\n", &save)) lines[n++] = l;
+    REQUIRE(n == 3);
+    double mean = 0;
+    long tok = 0, def = 0;
+    for (int i = 0; i < 3; i++) {
+        char name[32], text[512];
+        snprintf(name, sizeof name, "gsm-one-%d.jsonl", i);
+        snprintf(text, sizeof text, "%s\n", lines[i]);
+        eval_ctx *c = NULL;
+        eval_result r;
+        REQUIRE(!eval_open(b, e, NULL, h, write_tmp(name, text), &ep, &c, &err));
+        REQUIRE(!eval_one(c, &spec, &r, &err));
+        eval_close(c);
+        mean += r.deferral_frequency / 3;
+        tok += r.n_tokens;
+        def += r.n_deferred;
+    }
+    free(all);
+    eval_ctx *c = NULL;
+    eval_result r;
+    REQUIRE(!eval_open(b, e, NULL, h, write_tmp("gsm3-freq.jsonl", k_gsm3), &ep, &c, &err));
+    REQUIRE(!eval_one(c, &spec, &r, &err));
+    eval_close(c);
+    CHECK(def > 0 && def < tok);
+    CHECK_EQ_INT(r.n_tokens, tok);
+    CHECK_NEAR(r.deferral_frequency, (double)def / (double)tok, 1e-12);
+    CHECK_NEAR(r.deferral_frequency_examples, mean, 1e-12);
+    duet_head_free(h);
+    duet_model_free(b);
+    duet_model_free(e);
+}

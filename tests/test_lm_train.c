@@ -582,3 +582,41 @@ TEST(lm_train_collm_joint) {
     duet_model_free(bm);
     duet_model_free(em);
 }
+
+/* Two AdamW steps by hand on three parameters: a 2-element matrix (weight decay) and a
+ * 1-element norm vector (no decay); lr 0.1, weight decay 0.1, betas 0.9 / 0.95, eps 1e-8,
+ * clip 1. The first gradient (3, -4, 0) has norm 5 and is clipped to (0.6, -0.8, 0); the
+ * second (0.3, -0.4, 0) has norm 0.5 and is not, so a wrong clip factor changes the moments'
+ * mix (Adam alone is blind to a common scale).
+ *   step 1: m = 0.1 g = (.06, -.08, 0), v = 0.05 g^2 = (.018, .032, 0); bias corrections
+ *           1 - .9 = .1 and 1 - .95 = .05 give m^ = (.6, -.8), v^ = (.36, .64), m^/sqrt(v^) = +-1:
+ *           w0 = 1 - .1 (1 + .1 * 1) = .89, w1 = -2 - .1 (-1 + .1 * -2) = -1.88, w2 = .5 (no decay)
+ *   step 2: m = (.084, -.112), v = (.0216, .0384); corrections .19, .0975:
+ *           w0 = .89 - .1 (.084/.19 / sqrt(.0216/.0975) + .1 * .89) = .787170696816
+ *           w1 = -1.767270695905, w2 = .5
+ * (to 1e-12 by double arithmetic outside duet; the optimizer keeps its moments in float). */
+TEST(lm_adamw_two_steps_by_hand) {
+    lm_tensor t[2] = {{"blk.0.attn_q.weight", 2, 1, 0, 1}, {"blk.0.attn_norm.weight", 1, 1, 2, 0}};
+    float w[3] = {1.0f, -2.0f, 0.5f}, g[3];
+    lm_model m = {0};
+    m.L.t = t;
+    m.L.n_t = 2;
+    m.L.n_params = 3;
+    m.w = w;
+    m.g = g;
+    lm_adamw o;
+    duet_error err = {0};
+    REQUIRE(!lm_adamw_init(&o, 3, &err));
+    o.weight_decay = 0.1;
+    o.clip = 1.0;
+    static const float grads[2][3] = {{3, -4, 0}, {0.3f, -0.4f, 0}};
+    static const double norms[2] = {5, 0.5};
+    static const double want[2][3] = {{0.890000001667, -1.880000001250, 0.5},
+                                      {0.787170696816, -1.767270695905, 0.5}};
+    for (int s = 0; s < 2; s++) {
+        memcpy(g, grads[s], sizeof g);
+        CHECK_NEAR(lm_adamw_update(&o, &m, 0.1), norms[s], 1e-6);
+        for (int i = 0; i < 3; i++) CHECK_NEAR(w[i], want[s][i], 2e-6);
+    }
+    lm_adamw_free(&o);
+}

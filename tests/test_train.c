@@ -657,6 +657,19 @@ static void check_default_pos_weight(const dsf_file *TB, const char *tb, const c
         json_decref(v);
     }
     duet_head_free(h);
+    h = NULL;
+    dsf_close(B);
+    /* The same expert, and a base whose argmax is the gold token too: no token is a positive,
+     * since a token the base gets right needs no expert. */
+    const char *b3 = tmp_file("pw-base-top.scores");
+    REQUIRE(!edit_scores(TB, tb, b3, expert_always_top, NULL) && !dsf_open(b3, &B, &err));
+    p.report_path = NULL;
+    if (ht_train(B, E, &p, &h, &res, &err))
+        test_fail_at(__FILE__, __LINE__, "train: %s", err.msg);
+    else
+        CHECKF(res.pos_rate == 0.0, "pseudo-label positive rate %g where the base is right everywhere",
+               res.pos_rate);
+    duet_head_free(h);
     dsf_close(B);
     dsf_close(E);
 }
