@@ -110,7 +110,7 @@ TEST(sampler_min_p_is_relative_to_the_max) {
     float l[5];
     weights_logits(l);
     /* min-p .3 keeps p >= .3 * .40 = .12, i.e. w >= 2.4: ids 3, 1, 4 (8/17, 6/17, 3/17).
-     * Read as an absolute bound (p >= .3, w >= 6) it would keep only ids 3 and 1. */
+     * Read as an absolute bound (p >= .3, w >= 6) it would drop id 4 (and id 1 sits on it). */
     CHECK_FREQS("min-p .3", ((duet_sampler_params){.temp = 1, .min_p = 0.3f, .seed = 12}), l, 5,
                 0, 6 / 17.0, 0, 8 / 17.0, 3 / 17.0);
     /* min-p .1: p >= .04, w >= .8: everything */
