@@ -5,6 +5,7 @@
  * reads back the top-K next-token log-probabilities; the rest of the vocabulary is -inf.
  * See duet.h for the protocol details and the failure semantics.
  */
+#include <ctype.h>
 #include <curl/curl.h>
 #include <jansson.h>
 #include <math.h>
@@ -97,14 +98,30 @@ static int http_json(duet_expert_remote *r, const char *path, const char *body, 
     return rc;
 }
 
-/* Record one (id, logprob) pair; ids must lie in the base vocabulary. */
+/* A short printable rendering of a reply value for error messages ("missing" when absent),
+ * so that a message says what the server sent, not only that it was wrong. */
+static const char *show_json(const json_t *v, char *buf, size_t cap) {
+    if (!v) return "missing";
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    duet_printable(buf, cap, s ? s : "?", s ? strlen(s) : 1);
+    free(s);
+    return buf;
+}
+
+/* Record one (id, logprob) pair; ids must lie in the base vocabulary, each at most once (out
+ * starts all -inf, and a finite logprob <= 0 replaces it): a repeated id would leave which of
+ * its log-probabilities counts to the order of the reply. */
 static int put_logprob(duet_expert_remote *r, float *out, json_int_t id, json_t *lp, duet_error *err) {
+    char shown[48];
     if (id < 0 || id >= r->n_vocab)
         return duet_fail(err, DUET_ERR_FORMAT, "expert %s: token id %lld is outside the base "
                          "vocabulary [0, %d)", r->url, (long long)id, r->n_vocab);
     if (!json_is_number(lp) || !(json_number_value(lp) <= 0) )
         return duet_fail(err, DUET_ERR_FORMAT, "expert %s: logprob of token %lld is not a "
-                         "number <= 0", r->url, (long long)id);
+                         "number <= 0: %s", r->url, (long long)id, show_json(lp, shown, sizeof shown));
+    if (out[id] != -INFINITY)
+        return duet_fail(err, DUET_ERR_FORMAT, "expert %s: token id %lld appears twice in "
+                         "top_logprobs", r->url, (long long)id);
     out[id] = (float)json_number_value(lp);
     return DUET_OK;
 }
@@ -118,10 +135,14 @@ static int parse_llama(duet_expert_remote *r, json_t *js, float *out, duet_error
     size_t i;
     json_t *e;
     json_array_foreach(top, i, e) {
+        char shown[48];
+        if (!json_is_object(e))
+            return duet_fail(err, DUET_ERR_FORMAT, "expert %s: top_logprobs[%zu] is not an {id, "
+                             "logprob} object: %s", r->url, i, show_json(e, shown, sizeof shown));
         json_t *id = json_object_get(e, "id");
         if (!json_is_integer(id))
-            return duet_fail(err, DUET_ERR_FORMAT, "expert %s: top_logprobs[%zu] has no integer id",
-                             r->url, i);
+            return duet_fail(err, DUET_ERR_FORMAT, "expert %s: top_logprobs[%zu] has no integer "
+                             "id: %s", r->url, i, show_json(id, shown, sizeof shown));
         int rc = put_logprob(r, out, json_integer_value(id), json_object_get(e, "logprob"), err);
         if (rc) return rc;
     }
@@ -140,6 +161,11 @@ static int parse_openai(duet_expert_remote *r, json_t *js, float *out, duet_erro
         /* return_tokens_as_token_ids spells keys "token_id:123" */
         char *end = NULL;
         const char *num = !strncmp(k, "token_id:", 9) ? k + 9 : NULL;
+        /* digits only (a '-' for the range check to name): strtoll alone would also take
+         * "token_id: 5" and "token_id:+5" */
+        if (num && !(isdigit((unsigned char)num[0]) ||
+                     (num[0] == '-' && isdigit((unsigned char)num[1]))))
+            num = NULL;
         long long id = num ? strtoll(num, &end, 10) : -1;
         if (!num || end == num || *end)
             return duet_fail(err, DUET_ERR_FORMAT, "expert %s: top_logprobs key '%.40s' is not "

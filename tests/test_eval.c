@@ -102,6 +102,144 @@ TEST(eval_answers_math) {
     CHECK(!answers_math_correct("We get 14/3", "\\frac{14}{3}")); /* no boxed answer */
 }
 
+/* Hand-written outputs and the last number the rule in answers.h gives them: a comma is a
+ * thousands separator only between a digit and exactly three digits ("ddd" not followed by
+ * another digit), '-' is a sign unless it follows a letter or digit, a '.' ends a number
+ * unless a digit follows, and a '.' right after a digit never starts a new number. */
+TEST(eval_answers_gsm8k_table) {
+    static const struct { const char *text; double want; } k[] = {
+        {"1,234", 1234},
+        {"The total is 1,234,567 eggs", 1234567},
+        {"It costs $1,000.00", 1000},
+        {"$12,345,678.9 in all", 12345678.9},
+        {"-1,234 is the change", -1234},
+        /* ",2345" has four digits: no separator; "1" then "2345" */
+        {"1,2345", 2345},
+        /* ",34" has two digits: "12" then "34" */
+        {"12,34", 34},
+        /* "1" (",23," is no group), then "23,456" (",456" is one) = 23456 */
+        {"1,23,456", 23456},
+        /* "1,234" then ",56" (two digits before the end): 56 */
+        {"1,234,56", 56},
+        /* ",0000" has four digits: "1,000" then "0000" = 0 */
+        {"1,000,0000", 0},
+        {"so 1,000, then", 1000},
+        {",123", 123},
+        {"-5", -5},
+        {"(-5)", -5},
+        {"x = -5", -5},
+        {"- 5", 5},          /* a '-' not directly before a digit is no sign */
+        {"x-5", 5},          /* after a letter: an operator */
+        {"16-5", 5},         /* after a digit: an operator */
+        {"--5", -5},         /* the second '-' follows a '-', not a letter or digit */
+        {"\xe2\x88\x92" "5", 5}, /* U+2212 is not the ASCII sign the rule reads */
+        {"3.50", 3.5},
+        {".5", 0.5},
+        {"-.5", -0.5},
+        {"5.", 5},
+        {"The answer is 42.", 42},
+        {"is 42.0.", 42},
+        {"1.5.3", 3},        /* ".3" right after the digit 5 is not a number of its own */
+        {"3/4", 4},          /* no fractions: the last number is the denominator */
+        {"v2", 2},
+        {"2024-01-15", 15},
+        {"12/25/2024", 2024},
+        {"1e5", 5},
+        {"100%", 100},
+        {"2 apples and 3 pears", 3},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++) {
+        double v = last_num(k[i].text);
+        CHECKF(v == k[i].want, "last number of \"%s\" is %.10g, want %.10g", k[i].text, v, k[i].want);
+    }
+    static const char *none[] = {"", "no digits", "-", ".", "-.", ",,,"};
+    for (size_t i = 0; i < sizeof none / sizeof *none; i++)
+        CHECKF(isnan(last_num(none[i])), "\"%s\" has no number but gave %g", none[i], last_num(none[i]));
+    /* the reference takes the first number after the last "####" */
+    double v = NAN;
+    CHECK(answers_gsm8k_reference("#### 1,2345", &v) && v == 1);
+    CHECK(answers_gsm8k_reference("a #### 3\nb #### 1,234,567 (check)", &v) && v == 1234567);
+    CHECK(answers_gsm8k_correct("The answer is 1,2345", "#### 2345"));
+    CHECK(!answers_gsm8k_correct("The answer is 1,2345", "#### 12345"));
+    CHECK(answers_gsm8k_correct("so she pays $1,000.00.", "#### 1000"));
+    CHECK(!answers_gsm8k_correct("The answer is 5", "#### -5"));
+}
+
+/* MATH extraction: the last \boxed{} or \fbox{} (balanced braces, \{ \} literal), else the
+ * text after the last "The final answer is"; then normalisation and equivalence. */
+TEST(eval_answers_math_table) {
+    static const struct { const char *text, *want; } ex[] = {
+        {"so $\\boxed{\\frac{1}{2}}$.", "\\frac{1}{2}"},
+        {"\\boxed{x^{2}+\\frac{a}{b}}", "x^{2}+\\frac{a}{b}"},
+        {"\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"},
+        {"\\boxed{1} and later \\boxed{2}", "2"},
+        {"\\boxed{1} then \\fbox{2}", "2"},
+        {"\\fbox{1} then \\boxed{2}", "2"},
+        {"\\boxed {5}", "5"},
+        {"\\boxed{ 3 }", "3"},
+        {"$\\boxed 7$", "7"},
+        {"\\boxed{\\text{(A)}}", "\\text{(A)}"},
+        {"\\boxed{10\\text{ cm}}", "10\\text{ cm}"},
+        {"The final answer is $\\boxed{7}$. I hope it is correct.", "7"},
+        {"The final answer is 12 cm.\nMore text", "12 cm"},
+        {"the final answer is $x=3$. I hope it is correct.", "x=3"},
+        {"The final answer is 1. The final answer is 2.", "2"},
+    };
+    char a[ANSWERS_CAP];
+    for (size_t i = 0; i < sizeof ex / sizeof *ex; i++) {
+        int ok = answers_math_extract(ex[i].text, a, sizeof a);
+        CHECKF(ok && !strcmp(a, ex[i].want), "extract(\"%s\") = %d \"%s\", want \"%s\"", ex[i].text,
+               ok, a, ex[i].want);
+    }
+    CHECK(!answers_math_extract("\\boxed{", a, sizeof a) && !a[0]);
+    CHECK(!answers_math_extract("the answer is 5", a, sizeof a) && !a[0]);
+    static const struct { const char *in, *want; } nm[] = {
+        {"\\dfrac{3}{4}", "\\frac{3}{4}"},
+        {"\\frac34", "\\frac{3}{4}"},
+        {"\\frac3{4}", "\\frac{3}{4}"},
+        {"\\sqrt3", "\\sqrt{3}"},
+        {"\\left(1, 2\\right)", "(1,2)"},
+        {"10\\text{ cm}", "10"},
+        {"\\text{Evelyn}", "Evelyn"},
+        {"\\textbf{(B)}", "(B)"},
+        {"5 dollars", "5"},
+        {"12 cm", "12"},
+        {"90^\\circ", "90"},
+        {"50\\%", "50"},
+        {"\\$1,000.00", "1000.00"},
+        {"x = 5", "5"},
+        {".5", "0.5"},
+        {"-.5", "-0.5"},
+        {"5.", "5"},
+        {"1,234,567", "1234567"},
+        {"1,2345", "1,2345"},     /* not a thousands grouping: the comma stays */
+        {"12,34", "12,34"},
+        {"1234,567", "1234,567"}, /* a leading group of four digits is no grouping */
+        {"\\!1\\,000", "1000"},
+    };
+    for (size_t i = 0; i < sizeof nm / sizeof *nm; i++) {
+        answers_math_normalize(nm[i].in, a, sizeof a);
+        CHECKF(!strcmp(a, nm[i].want), "normalize(\"%s\") = \"%s\", want \"%s\"", nm[i].in, a, nm[i].want);
+    }
+    static const struct { const char *in; int ok; double v; } val[] = {
+        {"\\frac{3}{4}", 1, 0.75}, {"-\\frac{1}{2}", 1, -0.5}, {"3/4", 1, 0.75},
+        {"-2.5", 1, -2.5}, {"1/0", 0, 0}, {"\\frac{a}{b}", 0, 0}, {"1,2345", 0, 0},
+        {"\\frac{1}{2}x", 0, 0},
+    };
+    for (size_t i = 0; i < sizeof val / sizeof *val; i++) {
+        double v = NAN;
+        int ok = answers_math_value(val[i].in, &v);
+        CHECKF(ok == val[i].ok && (!ok || v == val[i].v), "value(\"%s\") = %d %g, want %d %g",
+               val[i].in, ok, v, val[i].ok, val[i].v);
+    }
+    CHECK(answers_math_correct("$\\boxed{\\dfrac{3}{4}}$", "0.75"));
+    CHECK(answers_math_correct("\\boxed{10\\text{ cm}}", "10"));
+    CHECK(answers_math_correct("\\boxed{1} then \\fbox{2}", "2"));
+    CHECK(!answers_math_correct("\\boxed{1} then \\fbox{2}", "1"));
+    CHECK(!answers_math_equiv("1,2345", "12345"));
+    CHECK(answers_math_equiv("1,234", "1234"));
+}
+
 TEST(eval_quantile_and_candidates) {
     float s[10];
     for (int i = 0; i < 10; i++) s[i] = (float)(i + 1);

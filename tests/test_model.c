@@ -306,12 +306,21 @@ TEST(sampler_greedy_topk_seed) {
         double p = exp(logits[i]) / z, mu = 20000 * p, sd = sqrt(20000 * p * (1 - p));
         CHECKF(fabs(counts[i] - mu) <= 5 * sd + 1, "token %d: %d draws, expected %.1f", i, counts[i], mu);
     }
-    /* top-p 0.5 keeps only the smallest set reaching half the mass */
+    /* top-p keeps the smallest set reaching the mass: logits {3, 2, 1, 0} give probabilities
+     * e^3, e^2, e, 1 over 31.19 = .644, .237, .087, .032; the cumulative .644 < .85 <= .881
+     * keeps exactly ids 0 and 1, id 1 with probability .237 / .881 = .27 */
     duet_sampler *tp = NULL;
-    duet_sampler_params pp = {.temp = 1.0f, .top_p = 0.5f, .seed = 1};
+    duet_sampler_params pp = {.temp = 1.0f, .top_p = 0.85f, .seed = 1};
     duet_sampler_new(&pp, &tp, NULL);
-    float l3[4] = {3, 2, 1, 0}; /* probs .64 .24 .09 .03: top-p 0.5 keeps only id 0 */
-    for (int r = 0; r < 200; r++) CHECK_EQ_INT(duet_sampler_sample(tp, l3, 4), 0);
+    float l3[4] = {3, 2, 1, 0};
+    int n3[4] = {0};
+    for (int r = 0; r < 200; r++) {
+        int t = duet_sampler_sample(tp, l3, 4);
+        CHECKF(t == 0 || t == 1, "top-p .85 drew id %d", t);
+        if (t >= 0 && t < 4) n3[t]++;
+    }
+    /* 200 draws at .27: mean 54, sd 6.3; never drawing id 1 would mean one token too few */
+    CHECKF(n3[1] > 20 && n3[1] < 90, "top-p .85: id 1 drawn %d times of 200", n3[1]);
     duet_sampler_free(tp);
     duet_sampler_free(g);
     duet_sampler_free(k1);

@@ -800,8 +800,8 @@ TEST(server_expert_unreachable_at_start) {
 
 /* ---- remote expert client against a fake server ------------------------------------------ */
 enum { FAKE_OK, FAKE_500, FAKE_429_ONCE, FAKE_MALFORMED, FAKE_NO_LOGPROBS, FAKE_BAD_ID, FAKE_HUGE,
-       FAKE_SLOW, FAKE_WRONG_TOKENS };
-static struct { int mode, hits; duet_model *base; } g_fake;
+       FAKE_SLOW, FAKE_WRONG_TOKENS, FAKE_REPLY };
+static struct { int mode, hits; duet_model *base; const char *reply; } g_fake;
 
 static enum MHD_Result fake_send(struct MHD_Connection *c, unsigned st, const char *body, size_t n) {
     struct MHD_Response *r = MHD_create_response_from_buffer(n, (void *)body, MHD_RESPMEM_MUST_COPY);
@@ -859,6 +859,7 @@ static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const c
             free(s);
             break;
         }
+        case FAKE_REPLY: ok = fake_send(c, 200, g_fake.reply, strlen(g_fake.reply)); break;
         case FAKE_SLOW: usleep(1500000); /* fall through */
         default: ok = openai ? fake_send(c, 200, openai_ok, strlen(openai_ok)) : fake_send(c, 200, llama_ok, strlen(llama_ok));
         }
@@ -938,6 +939,145 @@ TEST(server_remote_client_failures) {
     CHECK(duet_expert_remote_new(base, &rp, &r, &err) == DUET_ERR_ARG);
     MHD_stop_daemon(d);
     free(out);
+    duet_model_free(base);
+}
+
+/* Every malformed field of a 200 reply, in both protocols: the call fails at once (one
+ * attempt, DUET_ERR_FORMAT) with a message that names the field or the value sent. */
+#define LL(x) "{\"completion_probabilities\":[{\"top_logprobs\":[" x "]}]}"
+#define OA(x) "{\"choices\":[{\"logprobs\":{\"top_logprobs\":[{" x "}]}}]}"
+static const struct { int openai; const char *reply, *want; } k_bad_replies[] = {
+    /* llama: ids */
+    {0, LL("{\"id\":-1,\"logprob\":-1}"), "token id -1 is outside the base vocabulary [0, 600)"},
+    {0, LL("{\"id\":600,\"logprob\":-1}"), "token id 600 is outside the base vocabulary [0, 600)"},
+    {0, LL("{\"id\":2147483648,\"logprob\":-1}"), "token id 2147483648 is outside"},
+    {0, LL("{\"id\":5,\"logprob\":-1},{\"id\":-3,\"logprob\":-1}"), "token id -3 is outside"},
+    {0, LL("{\"id\":\"5\",\"logprob\":-1}"), "top_logprobs[0] has no integer id: \"5\""},
+    {0, LL("{\"id\":3.5,\"logprob\":-1}"), "top_logprobs[0] has no integer id: 3.5"},
+    {0, LL("{\"id\":5.0,\"logprob\":-1}"), "top_logprobs[0] has no integer id: 5.0"},
+    {0, LL("{\"id\":true,\"logprob\":-1}"), "top_logprobs[0] has no integer id: true"},
+    {0, LL("{\"id\":null,\"logprob\":-1}"), "top_logprobs[0] has no integer id: null"},
+    {0, LL("{\"id\":5,\"logprob\":-1},{\"logprob\":-1}"), "top_logprobs[1] has no integer id: missing"},
+    {0, LL("{\"id\":99999999999999999999,\"logprob\":-1}"), "malformed JSON"},
+    /* llama: log-probabilities */
+    {0, LL("{\"id\":5,\"logprob\":\"-1\"}"), "logprob of token 5 is not a number <= 0: \"-1\""},
+    {0, LL("{\"id\":5,\"logprob\":0.5}"), "logprob of token 5 is not a number <= 0: 0.5"},
+    {0, LL("{\"id\":5,\"logprob\":null}"), "logprob of token 5 is not a number <= 0: null"},
+    {0, LL("{\"id\":5,\"logprob\":[-1]}"), "logprob of token 5 is not a number <= 0: [-1]"},
+    {0, LL("{\"id\":5}"), "logprob of token 5 is not a number <= 0: missing"},
+    {0, LL("{\"id\":5,\"logprob\":-1e999}"), "malformed JSON"},
+    {0, LL("{\"id\":5,\"logprob\":NaN}"), "malformed JSON"},
+    /* llama: shape */
+    {0, LL(""), "no completion_probabilities[0].top_logprobs"},
+    {0, "{\"completion_probabilities\":[]}", "no completion_probabilities[0].top_logprobs"},
+    {0, "{\"completion_probabilities\":[{}]}", "no completion_probabilities[0].top_logprobs"},
+    {0, "{\"completion_probabilities\":{\"top_logprobs\":[{\"id\":5,\"logprob\":-1}]}}",
+     "no completion_probabilities[0].top_logprobs"},
+    {0, "{\"completion_probabilities\":[{\"top_logprobs\":{\"id\":5,\"logprob\":-1}}]}",
+     "no completion_probabilities[0].top_logprobs"},
+    {0, "[{\"top_logprobs\":[{\"id\":5,\"logprob\":-1}]}]", "no completion_probabilities[0].top_logprobs"},
+    {0, LL("5"), "top_logprobs[0] is not an {id, logprob} object: 5"},
+    {0, LL("[5,-1]"), "top_logprobs[0] is not an {id, logprob} object: [5,-1]"},
+    {0, LL("{\"id\":5,\"logprob\":-1},{\"id\":5,\"logprob\":-2}"), "token id 5 appears twice"},
+    /* openai: ids (keys) */
+    {1, OA("\"token_id:-1\":-1"), "token id -1 is outside the base vocabulary [0, 600)"},
+    {1, OA("\"token_id:600\":-1"), "token id 600 is outside the base vocabulary [0, 600)"},
+    {1, OA("\"token_id:99999999999999999999\":-1"), "token id 9223372036854775807 is outside"},
+    {1, OA("\"token_id:abc\":-1"), "top_logprobs key 'token_id:abc' is not token_id:N"},
+    {1, OA("\"token_id:3.5\":-1"), "top_logprobs key 'token_id:3.5' is not token_id:N"},
+    {1, OA("\"token_id: 5\":-1"), "top_logprobs key 'token_id: 5' is not token_id:N"},
+    {1, OA("\"token_id:+5\":-1"), "top_logprobs key 'token_id:+5' is not token_id:N"},
+    {1, OA("\"token_id:\":-1"), "top_logprobs key 'token_id:' is not token_id:N"},
+    {1, OA("\"5\":-1"), "top_logprobs key '5' is not token_id:N"},
+    {1, OA("\"hello\":-1"), "top_logprobs key 'hello' is not token_id:N"},
+    /* openai: log-probabilities */
+    {1, OA("\"token_id:5\":\"-1\""), "logprob of token 5 is not a number <= 0: \"-1\""},
+    {1, OA("\"token_id:5\":0.25"), "logprob of token 5 is not a number <= 0: 0.25"},
+    {1, OA("\"token_id:5\":null"), "logprob of token 5 is not a number <= 0: null"},
+    {1, OA("\"token_id:5\":true"), "logprob of token 5 is not a number <= 0: true"},
+    {1, OA("\"token_id:5\":{\"logprob\":-1}"), "logprob of token 5 is not a number <= 0: {\"logprob\":-1}"},
+    /* openai: shape */
+    {1, "{\"choices\":[{\"logprobs\":{\"top_logprobs\":[]}}]}", "no choices[0].logprobs.top_logprobs[0]"},
+    {1, OA(""), "no choices[0].logprobs.top_logprobs[0]"},
+    {1, "{\"choices\":[{\"logprobs\":{\"top_logprobs\":{\"token_id:5\":-1}}}]}",
+     "no choices[0].logprobs.top_logprobs[0]"},
+    {1, "{\"choices\":[{\"logprobs\":{\"top_logprobs\":[[{\"token_id:5\":-1}]]}}]}",
+     "no choices[0].logprobs.top_logprobs[0]"},
+    {1, "{\"choices\":[{\"logprobs\":null}]}", "no choices[0].logprobs.top_logprobs[0]"},
+    {1, "{\"choices\":[]}", "no choices[0].logprobs.top_logprobs[0]"},
+    {1, "{\"choices\":{\"logprobs\":{\"top_logprobs\":[{\"token_id:5\":-1}]}}}",
+     "no choices[0].logprobs.top_logprobs[0]"},
+    {1, OA("\"token_id:5\":-1,\"token_id:05\":-2"), "token id 5 appears twice"},
+    {1, OA("\"token_id:5\":-1,\"token_id:5\":-2"), "malformed JSON"},
+};
+
+/* A reply listing ids 0..n-1 with logprob -id (as an integer, 0 for id 0), then extra
+ * entries that repeat ids 0..extra-1. */
+static char *full_reply(int openai, int n, int extra) {
+    char *s = malloc((size_t)(n + extra) * 40 + 100), *p = s;
+    p += sprintf(p, openai ? "{\"choices\":[{\"logprobs\":{\"top_logprobs\":[{"
+                           : "{\"completion_probabilities\":[{\"top_logprobs\":[");
+    for (int i = 0; i < n + extra; i++) {
+        int id = i < n ? i : i - n;
+        const char *sep = i ? "," : "";
+        if (openai && i >= n) p += sprintf(p, "%s\"token_id:0%d\":%d", sep, id, -id);
+        else if (openai) p += sprintf(p, "%s\"token_id:%d\":%d", sep, id, -id);
+        else p += sprintf(p, "%s{\"id\":%d,\"logprob\":%d}", sep, id, -id);
+    }
+    sprintf(p, openai ? "}]}}]}" : "]}]}");
+    return s;
+}
+
+TEST(server_remote_reply_fields) {
+    REQUIRE(!fixtures());
+    duet_model *base = fixture_load(g_base);
+    REQUIRE(base);
+    int port;
+    struct MHD_Daemon *d = fake_start(base, &port);
+    REQUIRE(d);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    duet_expert_remote *r[2] = {NULL, NULL};
+    for (int api = 0; api < 2; api++) {
+        duet_expert_remote_params rp = {.url = url, .api = api ? "openai" : "llama", .backoff_ms = 10};
+        duet_error err = {0};
+        CHECKF(!duet_expert_remote_new(base, &rp, &r[api], &err), "%s", err.msg);
+    }
+    if (!r[0] || !r[1]) goto done;
+    float *out = malloc(600 * sizeof *out);
+    int32_t toks[3] = {1, 20, 30};
+    g_fake.mode = FAKE_REPLY;
+    for (size_t i = 0; i < sizeof k_bad_replies / sizeof *k_bad_replies; i++) {
+        const duet_expert_backend *be = duet_expert_remote_backend(r[k_bad_replies[i].openai]);
+        duet_error err = {0};
+        g_fake.reply = k_bad_replies[i].reply;
+        g_fake.hits = 0;
+        int rc = be->next_logits(be->ctx, toks, 3, out, &err);
+        CHECKF(rc == DUET_ERR_FORMAT && strstr(err.msg, k_bad_replies[i].want) && g_fake.hits == 1,
+               "reply %s: rc %d after %d attempts, '%s' (want '%s')", k_bad_replies[i].reply, rc,
+               g_fake.hits, err.msg, k_bad_replies[i].want);
+    }
+    /* a reply as large as the vocabulary is fine (logprob 0 included); one entry more must
+     * repeat an id and is refused */
+    for (int api = 0; api < 2; api++) {
+        const duet_expert_backend *be = duet_expert_remote_backend(r[api]);
+        duet_error err = {0};
+        char *full = full_reply(api, 600, 0), *over = full_reply(api, 600, 1);
+        g_fake.reply = full;
+        CHECKF(!be->next_logits(be->ctx, toks, 3, out, &err), "api %d, 600 entries: %s", api, err.msg);
+        CHECK(out[0] == 0 && out[1] == -1 && out[599] == -599);
+        g_fake.reply = over;
+        CHECKF(be->next_logits(be->ctx, toks, 3, out, &err) == DUET_ERR_FORMAT &&
+               strstr(err.msg, "token id 0 appears twice"), "api %d, 601 entries: '%s'", api, err.msg);
+        free(full);
+        free(over);
+    }
+    free(out);
+done:
+    g_fake.mode = FAKE_OK;
+    duet_expert_remote_free(r[0]);
+    duet_expert_remote_free(r[1]);
+    MHD_stop_daemon(d);
     duet_model_free(base);
 }
 

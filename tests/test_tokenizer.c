@@ -16,6 +16,8 @@
 #include "../src/common.h"
 #include "../src/gguf.h"
 #include "../src/tokenizer.h"
+#include "duet.h"
+#include "fixtures.h"
 #include "test.h"
 #include "tok_vectors.h"
 
@@ -145,6 +147,7 @@ static const vtok k_words[] = {
 
 typedef struct vocab_opts {
     bool no_bytes;      /* leave out the 256 byte tokens */
+    bool bytes_reversed; /* byte tokens stored <0xFF> first, so byte b is id 3 + 255 - b */
     int add_bos;        /* -1: key absent */
     int add_eos;        /* -1: key absent */
     int space_prefix;   /* -1: key absent */
@@ -162,7 +165,7 @@ static int load_small(const vocab_opts *o, tokenizer **t, duet_error *err) {
     for (int i = 0; i < 3; i++, n++) { texts[n] = sp[i]; scores[n] = 0; types[n] = spt[i]; }
     if (!o->no_bytes)
         for (int i = 0; i < 256; i++, n++) {
-            snprintf(bytes[i], sizeof bytes[i], "<0x%02X>", i);
+            snprintf(bytes[i], sizeof bytes[i], "<0x%02X>", o->bytes_reversed ? 255 - i : i);
             texts[n] = bytes[i];
             scores[n] = 0;
             types[n] = TOKTYPE_BYTE;
@@ -192,7 +195,7 @@ static int load_small(const vocab_opts *o, tokenizer **t, duet_error *err) {
     return rc;
 }
 
-static const vocab_opts k_default = {false, -1, -1, -1};
+static const vocab_opts k_default = {false, false, -1, -1, -1};
 
 /* Encode into a fixed buffer; returns the count (or a negative status). */
 static int enc(const tokenizer *t, const char *s, bool bos, bool special, int32_t *ids) {
@@ -315,6 +318,97 @@ TEST(tok_small_byte_fallback_and_unknown) {
     CHECK_EQ_INT(n, 3);
     if (n == 3) CHECK(ids[1] == 0 && ids[2] == 0);
     tokenizer_free(t);
+}
+
+/* The id whose stored text is "<0xNN>" for byte b, found by scanning the vocabulary (not
+ * through the tokenizer's own byte table); -1 when none or more than one. */
+static int32_t byte_id_by_text(const tokenizer *t, int b) {
+    char want[8];
+    snprintf(want, sizeof want, "<0x%02X>", b);
+    int32_t found = -1;
+    for (int32_t id = 0; id < tokenizer_n_vocab(t); id++) {
+        if (strcmp(tokenizer_text(t, id), want)) continue;
+        if (found >= 0) return -1;
+        found = id;
+    }
+    return found;
+}
+
+/* Characters the vocabulary does not have ("ö", "日", an emoji, control bytes, a byte that is
+ * never valid UTF-8) come out byte by byte as their <0xNN> tokens and decode back exactly,
+ * whether the byte tokens are stored in byte order or reversed. */
+TEST(tok_small_byte_fallback_every_byte_by_text) {
+    static const char s[] = "\xc3\xb6\xe6\x97\xa5\xf0\x9f\x98\x80\x01\x1b\x7f\xff";
+    const int len = (int)sizeof s - 1;
+    for (int rev = 0; rev < 2; rev++) {
+        tokenizer *t = NULL;
+        duet_error err = {0};
+        vocab_opts o = k_default;
+        o.space_prefix = 0; /* no U+2581 in front: every input byte is a byte token */
+        o.bytes_reversed = rev;
+        REQUIRE(load_small(&o, &t, &err) == DUET_OK);
+        int32_t want[32], got[64];
+        for (int i = 0; i < len; i++) {
+            want[i] = byte_id_by_text(t, (unsigned char)s[i]);
+            CHECKF(want[i] >= 0 && tokenizer_type(t, want[i]) == TOKTYPE_BYTE,
+                   "layout %d: byte 0x%02X has no single byte token", rev, (unsigned char)s[i]);
+        }
+        /* the layout really differs: <0xC3> is id 3 + 0xC3 = 198 in order, 3 + 0x3C = 63 reversed */
+        CHECK_EQ_INT(want[0], rev ? 63 : 198);
+        int n = enc(t, s, false, false, got);
+        CHECKF(n == len, "layout %d: %d ids for %d bytes", rev, n, len);
+        for (int i = 0; i < len && i < n; i++)
+            CHECKF(got[i] == want[i], "layout %d: byte %d (0x%02X) encoded as id %d (\"%s\"), "
+                   "want %d", rev, i, (unsigned char)s[i], got[i], tokenizer_text(t, got[i]), want[i]);
+        char text[64];
+        size_t k = n > 0 ? tv_decode(t, -1, got, n, text, sizeof text) : 0;
+        CHECKF(k == (size_t)len && memcmp(text, s, (size_t)len) == 0,
+               "layout %d: decoding gives back %zu bytes, not the %d input bytes", rev, k, len);
+        tokenizer_free(t);
+    }
+}
+
+/* The same through the public API on the random-weight test model's vocabulary (byte tokens,
+ * then printable ASCII, then "\u2581"-prefixed pieces; no "é"): "x" is a piece after the
+ * prefix space, every other byte falls back to its <0xNN> token, looked up by text. */
+TEST(tok_byte_fallback_model_vocabulary_by_text) {
+    const char *path = fixture_random(0, 11, 0);
+    REQUIRE(path);
+    duet_model *m = fixture_load(path);
+    REQUIRE(m);
+    static const char s[] = "x\xc3\xa9\xe6\x97\xa5\xf0\x9f\x98\x80\x01\x7f";
+    const int len = (int)sizeof s - 1, V = duet_model_hparams(m)->n_vocab;
+    int32_t want[32], got[64];
+    int nw = 0;
+    want[nw++] = duet_token_bos(m);
+    want[nw] = -1;
+    for (int32_t id = 0; id < V; id++)
+        if (!strcmp(duet_token_text(m, id), "\xe2\x96\x81x")) want[nw] = id;
+    CHECKF(want[nw++] >= 0, "the model's vocabulary has no \"\\u2581x\"");
+    for (int i = 1; i < len; i++, nw++) {
+        char bt[8];
+        snprintf(bt, sizeof bt, "<0x%02X>", (unsigned char)s[i]);
+        want[nw] = -1;
+        for (int32_t id = 0; id < V; id++)
+            if (!strcmp(duet_token_text(m, id), bt)) want[nw] = id;
+        CHECKF(want[nw] >= 0 && duet_token_type(m, want[nw]) == TOKTYPE_BYTE, "no token %s", bt);
+    }
+    duet_error err = {0};
+    int n = duet_tokenize(m, s, (size_t)len, 1, 0, got, 64, &err);
+    CHECKF(n == nw, "%d ids, want %d (%s)", n, nw, err.msg);
+    for (int i = 0; i < n && i < nw; i++)
+        CHECKF(got[i] == want[i], "id %d is %d (\"%s\"), want %d (\"%s\")", i, got[i],
+               duet_token_text(m, got[i]), want[i], duet_token_text(m, want[i]));
+    /* decoding after BOS drops the prefix space and gives back the exact bytes */
+    char text[64];
+    int o = 0;
+    for (int i = 1; i < n && o < 60; i++) {
+        int k = duet_token_to_piece(m, got[i - 1], got[i], text + o, 63 - o);
+        CHECKF(k >= 0, "piece of %d: %d", got[i], k);
+        if (k > 0) o += k;
+    }
+    CHECKF(o == len && memcmp(text, s, (size_t)len) == 0, "decoded %d bytes, want %d", o, len);
+    duet_model_free(m);
 }
 
 TEST(tok_small_special_tokens) {
