@@ -247,6 +247,35 @@ TEST(server_utf8_holds_split_characters) {
 }
 
 /* ---- docs/bad-inputs.md, HTTP requests 1: bodies --------------------------------------- */
+/* POST a chunked body of n bytes ("{" spaces "}": a completion of the empty prompt) in chunks of
+ * 4000 bytes over a raw socket; the response's status code, or -1. */
+static int connect_port(int port);
+static int chunked_status(int port, const char *path, size_t n) {
+    int fd = connect_port(port);
+    if (fd < 0) return -1;
+    char head[256], line[16];
+    int hn = snprintf(head, sizeof head, "POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: "
+                      "application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n", path, port);
+    char *body = malloc(n);
+    memset(body, ' ', n);
+    body[0] = '{';
+    body[n - 1] = '}';
+    int ok = write(fd, head, (size_t)hn) == hn;
+    for (size_t off = 0; ok && off < n; off += 4000) {
+        size_t c = n - off < 4000 ? n - off : 4000;
+        int ln = snprintf(line, sizeof line, "%zx\r\n", c);
+        ok = write(fd, line, (size_t)ln) == ln && write(fd, body + off, c) == (ssize_t)c && write(fd, "\r\n", 2) == 2;
+    }
+    if (ok) ok = write(fd, "0\r\n\r\n", 5) == 5;
+    free(body);
+    char resp[64] = {0};
+    ssize_t got = ok ? read(fd, resp, sizeof resp - 1) : -1;
+    close(fd);
+    int code = -1;
+    if (got > 12 && sscanf(resp, "HTTP/1.%*d %d", &code) != 1) code = -1;
+    return code;
+}
+
 TEST(server_bad_bodies) {
     int port = local_port();
     NEED_SERVER(port);
@@ -270,6 +299,10 @@ TEST(server_bad_bodies) {
     big[0] = '{';
     big[69999] = '}';
     CHECK_ERR(port, P, big, 413, "exceeds the limit");
+    /* chunked bodies have no length up front: the limit holds for the sum of the chunks, at
+     * exactly the limit (accepted) and 4 bytes past it (413) */
+    CHECK_EQ_INT(chunked_status(port, P, 65536), 200);
+    CHECK_EQ_INT(chunked_status(port, P, 65540), 413);
     STAYS_UP(&g_local, port);
 }
 
@@ -799,7 +832,7 @@ TEST(server_expert_unreachable_at_start) {
 }
 
 /* ---- remote expert client against a fake server ------------------------------------------ */
-enum { FAKE_OK, FAKE_500, FAKE_429_ONCE, FAKE_MALFORMED, FAKE_NO_LOGPROBS, FAKE_BAD_ID, FAKE_HUGE,
+enum { FAKE_OK, FAKE_500, FAKE_400, FAKE_429_ONCE, FAKE_MALFORMED, FAKE_NO_LOGPROBS, FAKE_BAD_ID, FAKE_HUGE,
        FAKE_SLOW, FAKE_WRONG_TOKENS, FAKE_REPLY };
 static struct { int mode, hits; duet_model *base; const char *reply; } g_fake;
 
@@ -841,6 +874,7 @@ static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const c
                                        "\"token_id:7\":-2.5}]}}]}";
         switch (g_fake.mode) {
         case FAKE_500: ok = fake_send(c, 500, "boom", 4); break;
+        case FAKE_400: ok = fake_send(c, 400, "bad request", 11); break;
         case FAKE_429_ONCE:
             ok = g_fake.hits == 1 ? fake_send(c, 429, "slow down", 9) : fake_send(c, 200, llama_ok, strlen(llama_ok));
             break;
@@ -906,6 +940,7 @@ TEST(server_remote_client_failures) {
     }
     static const struct { int mode, hits; const char *want; } k[] = {
         {FAKE_500, 3, "HTTP 500: boom (after 3 attempts)"},
+        {FAKE_400, 1, "HTTP 400: bad request"}, /* the same request would fail again */
         {FAKE_429_ONCE, 2, NULL},
         {FAKE_MALFORMED, 1, "malformed JSON"},
         {FAKE_NO_LOGPROBS, 1, "no completion_probabilities[0].top_logprobs"},
