@@ -431,3 +431,29 @@ TEST(model_flops_per_token_and_probes) {
     CHECKF(peak > 1e8 && peak < 1e13, "FMA peak %g FLOP/s", peak);
     CHECKF(bw > 1e8 && bw < 1e13, "bandwidth %g B/s", bw);
 }
+
+/* A session evaluates only ids inside the vocabulary: -1, INT32_MIN and n_vocab are refused
+ * with the id and its position named, and nothing is evaluated; the first and last ids are
+ * fine. */
+TEST(model_session_refuses_ids_outside_the_vocabulary) {
+    duet_model *m = fixture_load(fixture_random(DT_F32, 21, 0));
+    REQUIRE(m);
+    const int V = duet_model_hparams(m)->n_vocab;
+    duet_session *s = NULL;
+    duet_error err = {0};
+    REQUIRE(!duet_session_new(m, NULL, &s, &err));
+    const int32_t bad[][3] = {{1, -1, 5}, {1, 5, V}, {INT32_MIN, 1, 5}};
+    const char *want[] = {"token id -1 (at 1)", "(at 2)", "(at 0)"};
+    for (int k = 0; k < 3; k++) {
+        err.msg[0] = 0;
+        int rc = duet_session_eval(s, bad[k], 3, 0, &err);
+        CHECKF(rc == DUET_ERR_RANGE && strstr(err.msg, want[k]) && strstr(err.msg, "outside"),
+               "case %d: rc %d, \"%s\"", k, rc, err.msg);
+        CHECK_EQ_INT(duet_session_n_past(s), 0);
+    }
+    const int32_t edge[3] = {1, 0, V - 1};
+    CHECKF(!duet_session_eval(s, edge, 3, 0, &err), "%s", err.msg);
+    CHECK_EQ_INT(duet_session_n_past(s), 3);
+    duet_session_free(s);
+    duet_model_free(m);
+}

@@ -540,6 +540,8 @@ static int load_bad(int k, tokenizer **t, duet_error *err) {
     case 10: types[4] = 9; break;
     case 11: scores[4] = NAN; break;
     case 12: texts[3] = "<0x4>"; break;
+    case 16: texts[4] = "a\xed\xa0\x80"; break; /* U+D800, a UTF-16 surrogate, in UTF-8 form */
+    case 17: texts[4] = "a\xe0\x81\x81"; break; /* 'A' as an overlong 3-byte form */
     }
     gbuf b;
     gb_init(&b);
@@ -576,6 +578,8 @@ TEST(tok_bad_vocabularies) {
         {"eos id of type str", DUET_ERR_FORMAT, "tokenizer.ggml.eos_token_id", "type str"},
         {"unk out of range", DUET_ERR_FORMAT, "tokenizer.ggml.unknown_token_id = 1000", "range"},
         {"add_bos not bool", DUET_ERR_FORMAT, "tokenizer.ggml.add_bos_token", "expected bool"},
+        {"surrogate", DUET_ERR_FORMAT, "tokenizer.ggml.tokens[4] = \"a\\xed\\xa0\\x80\"", "UTF-8"},
+        {"overlong", DUET_ERR_FORMAT, "tokenizer.ggml.tokens[4] = \"a\\xe0\\x81\\x81\"", "UTF-8"},
     };
     for (int k = 0; k < (int)(sizeof cases / sizeof cases[0]); k++) {
         tokenizer *t = (tokenizer *)&k; /* must come back NULL */
