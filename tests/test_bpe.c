@@ -227,28 +227,7 @@ static int32_t *oracle_ids(const char *gpt2_dir, const char *input, int *n_out) 
     char cmd[8192];
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/oracle/gpt2_bpe.py '%s/encoder.json' "
              "'%s/vocab.bpe' '%s'", gpt2_dir, gpt2_dir, input);
-    FILE *fp = popen(cmd, "r");
-    if (!fp) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    int32_t *ids = malloc(cap * sizeof *ids);
-    long v;
-    int c;
-    while (fscanf(fp, "%ld", &v) == 1) {
-        if (n == cap) ids = realloc(ids, (cap *= 2) * sizeof *ids);
-        ids[n++] = (int32_t)v;
-        while ((c = fgetc(fp)) == ' ') {}
-        if (c == '\n' || c == EOF) break;
-        ungetc(c, fp);
-    }
-    while (fgetc(fp) != EOF) {}
-    int st = pclose(fp);
-    if (st != 0) {
-        test_fail_at(__FILE__, __LINE__, "oracle failed: %s", cmd);
-        free(ids);
-        return NULL;
-    }
-    *n_out = (int)n;
-    return ids;
+    return tv_oracle_ids(cmd, n_out);
 }
 
 TEST(bpe_gpt2_matches_oracle) {

@@ -1,6 +1,8 @@
 /*
  * test_kernels.c: every SIMD level against the scalar reference kernels, and the threaded
- * matrix product against a double-precision product of dequantised rows.
+ * matrix product against a double-precision product of dequantised rows. The scalar
+ * reference itself is held to an independent reading of the block layouts in
+ * test_kernels_oracle.c.
  *
  * Bounds, and why:
  *  - from_float (Q8_0 activations): bit-exact with quant_quantize_row(DT_Q8_0).

@@ -4,7 +4,8 @@
  * writer of its own, so that malformed vocabularies the real writer would refuse can be made
  * too). Reference tests use ../shared/tokenizers/vocab (llama.cpp's test vectors, produced by
  * the Hugging Face tokenizers) the way llama.cpp's test-tokenizer-0 reads them: no BOS, no
- * special-token parsing.
+ * special-token parsing. Large texts are compared id for id with independent Python
+ * tokenizers (tests/oracle/spm_bpe.py, tests/oracle/gpt2_bpe.py).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memmem */
@@ -1157,17 +1158,185 @@ TEST(tok_reference_cases) {
     tokenizer_free(t[1]);
 }
 
-/* Big inputs must stay fast (hash lookups, heap merges: O(n log n)) and lossless. */
+/* ---- large texts against independent oracles --------------------------------------------- */
+
+/* The oracles: tests/oracle/spm_bpe.py (SentencePiece BPE: best score first, leftmost on a
+ * tie, found by scanning every pair; byte fallback; vocabulary read by its own GGUF reader)
+ * and tests/oracle/gpt2_bpe.py (GPT-2's byte-level BPE from OpenAI's encoder.json and
+ * vocab.bpe, not from a GGUF file). Both print the ids of a file without BOS. */
+static int32_t *spm_oracle_ids(const char *vocab, const char *input, int *n) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/oracle/spm_bpe.py '%s' '%s'", vocab, input);
+    return tv_oracle_ids(cmd, n);
+}
+
+/* The SentencePiece oracle itself reproduces the Hugging Face ids of llama.cpp's vectors for
+ * both SentencePiece vocabularies, every part (it is what tok_large_text trusts). One oracle
+ * run per vocabulary, one output line per vector. */
+static int spm_oracle_vectors(const char *vocab, const char *name) {
+    char vp[1024], inp[1100], cmd[4096];
+    snprintf(vp, sizeof vp, "%s", vocab);
+    snprintf(inp, sizeof inp, "%s.inp", vp);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/oracle/spm_bpe.py '%s' '%s' __ggml_vocab_test__", vp, inp);
+    FILE *fp = popen(cmd, "r");
+    if (!fp) return 0;
+    char *line = NULL;
+    size_t cap = 0;
+    int i = 0;
+    for (;; i++) {
+        char *text = NULL;
+        size_t len = 0;
+        int32_t want[512], got[512];
+        int m = tv_vector(vp, i, &text, &len, want, 512);
+        if (m < 0) break;
+        int n = 0;
+        if (getline(&line, &cap, fp) > 0)
+            for (char *s = line, *e;; s = e) {
+                long v = strtol(s, &e, 10);
+                if (e == s || n == 512) break;
+                got[n++] = (int32_t)v;
+            }
+        if (!tv_ids_eq(got, n, want, m)) {
+            char shown[120];
+            duet_printable(shown, sizeof shown, text, len);
+            test_fail_at(__FILE__, __LINE__, "%s vector %d \"%s\": the oracle differs", name, i, shown);
+            tv_print_ids("oracle", got, n);
+            tv_print_ids("want  ", want, m);
+        }
+        free(text);
+    }
+    free(line);
+    CHECKF(pclose(fp) == 0, "oracle failed: %s", cmd);
+    fprintf(stderr, "    %s: the oracle reproduces %d vectors\n", name, i);
+    return i;
+}
+
+TEST(tok_spm_oracle_matches_vectors) {
+    if (access("/usr/bin/python3", X_OK) != 0) SKIP("/usr/bin/python3 not found");
+    const char *a = tv_vocab_path("ggml-vocab-llama-spm.gguf");
+    int done = a ? spm_oracle_vectors(a, "llama-spm") : 0;
+    const char *b = tv_vocab_path("ggml-vocab-phi-3.gguf");
+    done += b ? spm_oracle_vectors(b, "phi-3") : 0;
+    if (!a && !b) SKIP("../shared/tokenizers/vocab not found");
+    CHECK(done >= 80);
+}
+
+/* duet's ids for text (no BOS) against the oracle's; reports the first difference. */
+static void large_vs_oracle(const char *name, tokenizer *t, const char *text, size_t n,
+                            const int32_t *want, int nw) {
+    duet_error err = {0};
+    int ng = tokenizer_encode(t, text, n, false, false, NULL, 0, &err);
+    CHECKF(ng > 0, "%s: %s", name, err.msg);
+    int32_t *got = malloc((size_t)(ng > 0 ? ng : 1) * sizeof *got);
+    tokenizer_encode(t, text, n, false, false, got, ng, &err);
+    int i = 0;
+    while (i < ng && i < nw && got[i] == want[i]) i++;
+    CHECKF(ng == nw && i == ng, "%s: %d tokens vs the oracle's %d, first difference at token %d",
+           name, ng, nw, i);
+    if (i < ng && i < nw) {
+        int lo = i < 3 ? 0 : i - 3;
+        tv_print_ids("duet  ", got + lo, (ng - lo) < 8 ? ng - lo : 8);
+        tv_print_ids("oracle", want + lo, (nw - lo) < 8 ? nw - lo : 8);
+    }
+    fprintf(stderr, "    %s: %zu bytes, %d tokens, %d identical to the oracle's\n", name, n, ng, i);
+    free(got);
+}
+
+/* A whole file (malloc'd, *n bytes; NULL if unreadable) and its first *slice <= cap bytes,
+ * cut after a newline (never inside a UTF-8 character), written to `out`. */
+static char *text_slice(const char *path, size_t cap, const char *out, size_t *n, size_t *slice) {
+    char *s = tv_read_file(path, n);
+    if (!s) return NULL;
+    *slice = *n;
+    if (*slice > cap) {
+        *slice = cap;
+        while (*slice > 0 && s[*slice - 1] != '\n') (*slice)--;
+    }
+    FILE *fp = fopen(out, "wb");
+    if (fp) {
+        fwrite(s, 1, *slice, fp);
+        fclose(fp);
+    }
+    return s;
+}
+
+/* Phi-3's vocabulary on gsm8k (its user-defined </s> never occurs there): the whole file
+ * round-trips; a 100 KB slice (the oracle's pair scan is quadratic in gsm8k's long lines)
+ * matches the oracle. */
+static void large_phi3_gsm8k(const char *shared) {
+    const char *pp = tv_vocab_path("ggml-vocab-phi-3.gguf");
+    char tp[1024], vp[1024];
+    if (!pp) return;
+    snprintf(vp, sizeof vp, "%s", pp);
+    snprintf(tp, sizeof tp, "%s/data/gsm8k/test.jsonl", shared);
+    char sp[1024];
+    snprintf(sp, sizeof sp, "%s", test_path(test_tmpdir(), "gsm8k-100k.txt"));
+    size_t gn = 0, sn = 0;
+    char *gsm = text_slice(tp, 100000, sp, &gn, &sn);
+    tokenizer *phi = gsm ? tv_load_vocab_file(vp) : NULL;
+    if (!phi) { free(gsm); return; }
+    duet_error err = {0};
+    int gm = tokenizer_encode(phi, gsm, gn, true, false, NULL, 0, &err);
+    int32_t *gids = malloc((size_t)(gm > 0 ? gm : 1) * sizeof *gids);
+    char *gback = malloc(gn + 64);
+    CHECK_EQ_INT(tokenizer_encode(phi, gsm, gn, true, false, gids, gm, &err), gm);
+    size_t gk = tv_decode(phi, -1, gids, gm, gback, gn + 64);
+    CHECKF(gm > 0 && gk == gn && memcmp(gback, gsm, gn) == 0, "phi-3: gsm8k does not "
+           "round-trip (%d ids, %zu of %zu bytes)", gm, gk, gn);
+    fprintf(stderr, "    phi-3 gsm8k test: %zu bytes -> %d tokens\n", gn, gm);
+    int nw = 0;
+    int32_t *want = spm_oracle_ids(vp, sp, &nw);
+    if (want) large_vs_oracle("phi-3 gsm8k (100 KB)", phi, gsm, sn, want, nw);
+    free(want);
+    free(gids);
+    free(gback);
+    free(gsm);
+    tokenizer_free(phi);
+}
+
+/* Runs of one character (and of "ab"), 1 to 64 long, a line each: the same pair overlapping
+ * itself, where only the tie rule (leftmost first) decides the segmentation; real prose
+ * rarely has such runs (tinyshakespeare's ids do not depend on the tie rule). */
+static void runs_vs_oracle(tokenizer *t, const char *vp) {
+    static const char *const units[] = {"a", " ", ".", "-", "!", "=", "0", "ab", "\xc3\xa9"};
+    size_t cap = 1 << 16, n = 0;
+    char *text = malloc(cap);
+    for (size_t u = 0; u < sizeof units / sizeof units[0]; u++)
+        for (int len = 1; len <= 64; len++) {
+            text[n++] = 'x';
+            for (int k = 0; k < len; k++)
+                for (const char *c = units[u]; *c; c++) text[n++] = *c;
+            text[n++] = '\n';
+        }
+    char rp[1024];
+    snprintf(rp, sizeof rp, "%s", test_path(test_tmpdir(), "runs.txt"));
+    FILE *fp = fopen(rp, "wb");
+    if (fp) {
+        fwrite(text, 1, n, fp);
+        fclose(fp);
+    }
+    int nw = 0;
+    int32_t *want = fp ? spm_oracle_ids(vp, rp, &nw) : NULL;
+    if (want) large_vs_oracle("llama-spm runs", t, text, n, want, nw);
+    free(want);
+    free(text);
+}
+
+/* Big inputs must be segmented exactly as the independent oracles do (llama-spm on all of
+ * tinyshakespeare and on runs of repeated characters, Phi-3 on a slice of gsm8k, GPT-2 on
+ * tinyshakespeare), stay fast (hash lookups, heap merges: O(n log n)) and lossless. */
 TEST(tok_large_text) {
     const char *shared = test_shared_dir();
     const char *p = tv_vocab_path("ggml-vocab-llama-spm.gguf");
     if (!shared || !p) SKIP("../shared vocabularies not found");
-    char tp[1024];
+    if (access("/usr/bin/python3", X_OK) != 0) SKIP("/usr/bin/python3 not found");
+    char vp[1024], tp[1024];
+    snprintf(vp, sizeof vp, "%s", p);
     snprintf(tp, sizeof tp, "%s/data/tinyshakespeare/input.txt", shared);
     size_t n = 0;
     char *text = tv_read_file(tp, &n);
     if (!text) SKIP("../shared/data/tinyshakespeare/input.txt not found");
-    tokenizer *t = tv_load_vocab_file(p);
+    tokenizer *t = tv_load_vocab_file(vp);
     if (!t) { free(text); return; }
     duet_error err = {0};
     double t0 = duet_time_s();
@@ -1177,31 +1346,35 @@ TEST(tok_large_text) {
     int32_t *ids = malloc((size_t)(m > 0 ? m : 1) * sizeof *ids);
     int m2 = tokenizer_encode(t, text, n, true, false, ids, m, &err);
     CHECK_EQ_INT(m2, m);
+    CHECK(m > 0 && ids[0] == tokenizer_bos(t));
     char *back = malloc(n + 64);
     size_t k = tv_decode(t, -1, ids, m, back, n + 64);
     CHECK(k == n && memcmp(back, text, n) == 0);
     fprintf(stderr, "    tinyshakespeare: %zu bytes -> %d tokens in %.3f s\n", n, m, dt);
+    int nw = 0;
+    int32_t *want = spm_oracle_ids(vp, tp, &nw);
+    if (want) large_vs_oracle("llama-spm tinyshakespeare", t, text, n, want, nw);
+    free(want);
 
-    /* Phi-3's vocabulary too, on gsm8k (its user-defined </s> never occurs there) */
-    const char *pp = tv_vocab_path("ggml-vocab-phi-3.gguf");
-    snprintf(tp, sizeof tp, "%s/data/gsm8k/test.jsonl", shared);
-    size_t gn = 0;
-    char *gsm = pp ? tv_read_file(tp, &gn) : NULL;
-    tokenizer *phi = gsm ? tv_load_vocab_file(pp) : NULL;
-    if (phi) {
-        int gm = tokenizer_encode(phi, gsm, gn, true, false, NULL, 0, &err);
-        int32_t *gids = malloc((size_t)(gm > 0 ? gm : 1) * sizeof *gids);
-        char *gback = malloc(gn + 64);
-        CHECK_EQ_INT(tokenizer_encode(phi, gsm, gn, true, false, gids, gm, &err), gm);
-        size_t gk = tv_decode(phi, -1, gids, gm, gback, gn + 64);
-        CHECKF(gm > 0 && gk == gn && memcmp(gback, gsm, gn) == 0, "phi-3: gsm8k does not "
-               "round-trip (%d ids, %zu of %zu bytes)", gm, gk, gn);
-        fprintf(stderr, "    phi-3 gsm8k test: %zu bytes -> %d tokens\n", gn, gm);
-        free(gids);
-        free(gback);
-        tokenizer_free(phi);
+    /* GPT-2's byte-level BPE on the same text */
+    const char *gp = tv_vocab_path("ggml-vocab-gpt-2.gguf");
+    char gdir[1024], cmd[4096];
+    snprintf(gdir, sizeof gdir, "%s/tokenizers/gpt2", shared);
+    tokenizer *g = gp ? tv_load_vocab_file(gp) : NULL;
+    if (g) {
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/oracle/gpt2_bpe.py '%s/encoder.json' '%s/vocab.bpe' '%s'",
+                 gdir, gdir, tp);
+        want = tv_oracle_ids(cmd, &nw);
+        if (want) large_vs_oracle("gpt-2 tinyshakespeare", g, text, n, want, nw);
+        free(want);
+        tokenizer_free(g);
     }
-    free(gsm);
+    free(back);
+    free(ids);
+    free(text);
+
+    large_phi3_gsm8k(shared);
+    runs_vs_oracle(t, vp);
 
     /* one long run of the same character: the worst case for pair merging */
     size_t rn = 200000;
@@ -1214,8 +1387,5 @@ TEST(tok_large_text) {
     fprintf(stderr, "    200000 x 'a' -> %d tokens in %.3f s\n", m, dt);
     CHECKF(dt < 10.0, "pathological input took %.1f s", dt);
     free(run);
-    free(back);
-    free(ids);
-    free(text);
     tokenizer_free(t);
 }

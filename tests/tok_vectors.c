@@ -39,6 +39,34 @@ size_t tv_decode(const tokenizer *t, int32_t prev, const int32_t *ids, int n, ch
     return o;
 }
 
+int32_t *tv_oracle_ids(const char *cmd, int *n_out) {
+    FILE *fp = popen(cmd, "r");
+    if (!fp) {
+        test_fail_at(__FILE__, __LINE__, "cannot run %s", cmd);
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    int32_t *ids = malloc(cap * sizeof *ids);
+    long v;
+    int c;
+    while (fscanf(fp, "%ld", &v) == 1) {
+        if (n == cap) ids = realloc(ids, (cap *= 2) * sizeof *ids);
+        ids[n++] = (int32_t)v;
+        while ((c = fgetc(fp)) == ' ') {}
+        if (c == '\n' || c == EOF) break;
+        ungetc(c, fp);
+    }
+    while (fgetc(fp) != EOF) {}
+    int st = pclose(fp);
+    if (st != 0) {
+        test_fail_at(__FILE__, __LINE__, "oracle failed: %s", cmd);
+        free(ids);
+        return NULL;
+    }
+    *n_out = (int)n;
+    return ids;
+}
+
 char *tv_read_file(const char *path, size_t *n) {
     FILE *fp = fopen(path, "rb");
     if (!fp) return NULL;

@@ -27,6 +27,10 @@ void tv_check_vectors(tokenizer *t, const char *vocab_path, const char *name);
  * expected ids (the first cap of them); the id count, or -1 when the files or vector i are
  * absent (then *text is NULL). */
 int tv_vector(const char *vocab_path, int i, char **text, size_t *len, int32_t *ids, int cap);
+/* Run an oracle command (popen) that prints ids separated by spaces; the ids of its first
+ * output line (malloc'd, *n of them), or NULL after failing the test when it cannot run or
+ * exits non-zero. */
+int32_t *tv_oracle_ids(const char *cmd, int *n);
 /* ../shared/tokenizers/vocab/FILE when it exists (static storage), else NULL. */
 const char *tv_vocab_path(const char *file);
 
