@@ -914,15 +914,21 @@ static struct MHD_Daemon *fake_start(duet_model *base, int *port) {
     return d;
 }
 
-TEST(server_remote_client_failures) {
-    REQUIRE(!fixtures());
-    duet_model *base = fixture_load(g_base);
-    REQUIRE(base);
+/* The fixture base and a fake expert for it; its URL in url. NULL (test failed) on error. */
+static struct MHD_Daemon *fake_expert(duet_model **base, char *url, size_t cap) {
+    if (fixtures() || !(*base = fixture_load(g_base))) return NULL;
     int port;
-    struct MHD_Daemon *d = fake_start(base, &port);
-    REQUIRE(d);
+    struct MHD_Daemon *d = fake_start(*base, &port);
+    if (!d) test_fail_at(__FILE__, __LINE__, "cannot start the fake expert");
+    else snprintf(url, cap, "http://127.0.0.1:%d", port);
+    return d;
+}
+
+TEST(server_remote_client_failures) {
+    duet_model *base = NULL;
     char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    struct MHD_Daemon *d = fake_expert(&base, url, sizeof url);
+    REQUIRE(d);
     float *out = malloc(600 * sizeof *out);
     int32_t toks[3] = {1, 20, 30};
     for (int api = 0; api < 2; api++) { /* the happy path, both protocols */
@@ -1064,14 +1070,10 @@ static char *full_reply(int openai, int n, int extra) {
 }
 
 TEST(server_remote_reply_fields) {
-    REQUIRE(!fixtures());
-    duet_model *base = fixture_load(g_base);
-    REQUIRE(base);
-    int port;
-    struct MHD_Daemon *d = fake_start(base, &port);
-    REQUIRE(d);
+    duet_model *base = NULL;
     char url[64];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d", port);
+    struct MHD_Daemon *d = fake_expert(&base, url, sizeof url);
+    REQUIRE(d);
     duet_expert_remote *r[2] = {NULL, NULL};
     for (int api = 0; api < 2; api++) {
         duet_expert_remote_params rp = {.url = url, .api = api ? "openai" : "llama", .backoff_ms = 10};

@@ -10,40 +10,13 @@ rope.scaling.original_context_length; default: the model's context_length)
 Architectures: llama, qwen2 (q/k/v biases), qwen3 (per-head q/k RMSNorm), phi3 (fused
 attn_qkv and ffn_up = [gate; up], sliding window on every layer), gemma2 (embedding scale,
 GELU, post-norms, soft caps, sliding window on even layers)."""
-import struct
 import sys
 
 import numpy as np
 
-# ---- GGUF reader ---------------------------------------------------------------------------
-SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-          10: "<Q", 11: "<q", 12: "<d"}
+from gguf_read import read_header
 
-
-class Reader:
-    def __init__(self, data):
-        self.d, self.o = data, 0
-
-    def take(self, fmt):
-        v = struct.unpack_from(fmt, self.d, self.o)[0]
-        self.o += struct.calcsize(fmt)
-        return v
-
-    def string(self):
-        n = self.take("<Q")
-        s = self.d[self.o:self.o + n].decode("utf-8", "replace")
-        self.o += n
-        return s
-
-    def value(self, t):
-        if t == 8:
-            return self.string()
-        if t == 9:
-            et, n = self.take("<I"), self.take("<Q")
-            return [self.value(et) for _ in range(n)]
-        return self.take(SCALAR[t])
-
-
+# ---- GGUF tensors (the metadata reader is gguf_read.py) ------------------------------------
 def dequant(t, raw, n):
     """n elements of ggml type t from bytes raw, as float64."""
     if t == 0:
@@ -69,15 +42,7 @@ BYTES = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 2: (32, 18)}
 
 def load(path):
     data = open(path, "rb").read()
-    r = Reader(data)
-    if r.take("<I") != 0x46554747:
-        raise SystemExit("gguf_ref: %s is not GGUF" % path)
-    r.take("<I")  # version (2 and 3 share this layout)
-    n_t, n_kv = r.take("<Q"), r.take("<Q")
-    meta = {}
-    for _ in range(n_kv):
-        k = r.string()
-        meta[k] = r.value(r.take("<I"))
+    r, n_t, meta = read_header(data, "gguf_ref", path)
     infos = []
     for _ in range(n_t):
         name = r.string()

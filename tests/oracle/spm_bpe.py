@@ -21,47 +21,17 @@ SEPARATOR, of each part between SEPARATOR lines (llama.cpp's .inp format), one l
 Exits with an error if the text contains a user-defined token's text (those are matched
 before merging, which this oracle does not do).
 """
-import struct
 import sys
 
-SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-          10: "<Q", 11: "<q", 12: "<d"}
+from gguf_read import read_header
+
 USER_DEFINED = 4
 NO_PAIR = float("-inf")  # the score of a pair that is no vocabulary entry
 
 
-class Reader:
-    def __init__(self, data):
-        self.d, self.o = data, 0
-
-    def take(self, fmt):
-        v = struct.unpack_from(fmt, self.d, self.o)[0]
-        self.o += struct.calcsize(fmt)
-        return v
-
-    def value(self, t):
-        if t == 8:
-            n = self.take("<Q")
-            s = self.d[self.o:self.o + n].decode("utf-8")
-            self.o += n
-            return s
-        if t == 9:
-            et, n = self.take("<I"), self.take("<Q")
-            return [self.value(et) for _ in range(n)]
-        return self.take(SCALAR[t])
-
-
 def read_vocab(path):
     with open(path, "rb") as f:
-        r = Reader(f.read())
-    if r.take("<I") != 0x46554747:
-        sys.exit("spm_bpe: %s is not GGUF" % path)
-    r.take("<I")
-    r.take("<Q")
-    meta = {}
-    for _ in range(r.take("<Q")):
-        key = r.value(8)
-        meta[key] = r.value(r.take("<I"))
+        _, _, meta = read_header(f.read(), "spm_bpe", path)
     if meta.get("tokenizer.ggml.model") != "llama":
         sys.exit("spm_bpe: %s is not a SentencePiece vocabulary" % path)
     return meta
