@@ -37,11 +37,13 @@ static enum MHD_Result send_buf(struct MHD_Connection *c, conn_ctx *cx, unsigned
 }
 
 enum MHD_Result srv_send_json(struct MHD_Connection *c, conn_ctx *cx, unsigned status, json_t *js) {
+    /* the length comes from the literal itself: a hand-counted one went stale and made the
+     * server send bytes past the literal's end */
+    static const char oom[] =
+        "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":500}}";
     char *s = js ? json_dumps(js, JSON_COMPACT) : NULL;
     json_decref(js);
-    if (!s) return send_buf(c, cx, 500, "application/json",
-                            "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"code\":500}}",
-                            75, 0);
+    if (!s) return send_buf(c, cx, 500, "application/json", oom, sizeof oom - 1, 0);
     enum MHD_Result ok = send_buf(c, cx, status, "application/json", s, strlen(s), 1);
     free(s);
     return ok;
