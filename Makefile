@@ -19,7 +19,8 @@ LDLIBS  := -ljansson -lpcre2-8 -lmicrohttpd -lcurl -lm -pthread $(SAN)
 DEPS_PKGS := gcc make python3 python3-numpy libjansson-dev libpcre2-dev libmicrohttpd-dev libcurl4-openssl-dev
 FUZZ_PKGS := clang libclang-rt-14-dev
 
-LIB_SRC  := $(wildcard src/*.c src/train/*.c)
+# the library: one folder per layer (src/base, src/format, ... src/serve)
+LIB_SRC  := $(wildcard src/*/*.c)
 CMD_SRC  := $(wildcard cmd/*.c)
 TEST_SRC := $(wildcard tests/*.c)
 BENCH_SRC := $(wildcard bench/*.c)
@@ -29,11 +30,11 @@ CMD_OBJ  := $(CMD_SRC:%.c=$(O)/%.o)
 TEST_OBJ := $(TEST_SRC:%.c=$(O)/%.o)
 
 # ISA-specific kernel files get their own flags; dispatch happens at run time.
-$(O)/src/kernels_avx2.o:   XFLAGS := -mavx2 -mfma -mf16c
-$(O)/src/kernels_avx512.o: XFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
-$(O)/src/attn_avx2.o:      XFLAGS := -mavx2 -mfma
-$(O)/src/act_avx2.o:       XFLAGS := -mavx2 -mfma
-$(O)/src/attn_avx512.o:    XFLAGS := -mavx512f -mavx512vl -mavx2 -mfma
+$(O)/src/engine/kernels_avx2.o:   XFLAGS := -mavx2 -mfma -mf16c
+$(O)/src/engine/kernels_avx512.o: XFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
+$(O)/src/engine/attn_avx2.o:      XFLAGS := -mavx2 -mfma
+$(O)/src/engine/act_avx2.o:       XFLAGS := -mavx2 -mfma
+$(O)/src/engine/attn_avx512.o:    XFLAGS := -mavx512f -mavx512vl -mavx2 -mfma
 
 .PHONY: all deps deps-long test test-long demo bench debug fuzz clean help models mutation
 
@@ -44,7 +45,7 @@ $(O)/%.o: %.c
 	$(CC) $(BASE_CFLAGS) $(XFLAGS) $(CFLAGS) -c $< -o $@
 
 # the web page is embedded with .incbin, which the compiler's dependency files do not see
-$(O)/src/web_page.o: web/index.html
+$(O)/src/serve/web_page.o: web/index.html
 
 $(O)/libduet.a: $(LIB_OBJ)
 	@rm -f $@
@@ -59,7 +60,7 @@ $(O)/run_tests: $(TEST_OBJ) $(O)/libduet.a
 $(O)/bench_collab: bench/bench_collab.c $(O)/libduet.a include/duet.h
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ bench/bench_collab.c $(O)/libduet.a $(LDLIBS)
 
-$(O)/gen_demo_task: tools/gen_demo_task.c src/common.h
+$(O)/gen_demo_task: tools/gen_demo_task.c src/base/common.h
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ tools/gen_demo_task.c
 

@@ -11,13 +11,13 @@
  *     GFLOP/s counted as 2*n_out*n_in*n_tok
  * Each figure is the best of several runs, for 1 and N threads.
  * Not part of the test run. Build by hand from the repository root:
- *   gcc -O3 -march=native -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -c src/kernels_avx2.c \
+ *   gcc -O3 -march=native -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -c src/engine/kernels_avx2.c \
  *       -mavx2 -mfma -mf16c -o /tmp/ka2.o
- *   gcc -O3 -march=native -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -c src/kernels_avx512.c \
+ *   gcc -O3 -march=native -std=c11 -D_GNU_SOURCE -Iinclude -Isrc -c src/engine/kernels_avx512.c \
  *       -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c -o /tmp/ka5.o
  *   gcc -O3 -march=native -std=c11 -D_GNU_SOURCE -Iinclude -Isrc bench/bench_kernels.c \
- *       src/kernels.c src/quant.c src/threadpool.c src/common.c /tmp/ka2.o /tmp/ka5.o \
- *       -lm -pthread -o /tmp/bench_kernels
+ *       src/engine/kernels.c src/format/quant.c src/base/threadpool.c src/base/common.c \
+ *       /tmp/ka2.o /tmp/ka5.o -lm -pthread -o /tmp/bench_kernels
  * Usage: bench_kernels [n_threads (default: online CPUs)] [level: scalar|avx2|avx512]
  */
 #include <immintrin.h>
@@ -27,10 +27,10 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "common.h"
-#include "kernels.h"
-#include "quant.h"
-#include "threadpool.h"
+#include "base/common.h"
+#include "engine/kernels.h"
+#include "format/quant.h"
+#include "base/threadpool.h"
 
 #define REPS 5
 

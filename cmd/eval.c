@@ -2,7 +2,7 @@
  * collaborative generation, or per-byte NLL of a policy's hard routing on a text (teacher-
  * forced). stdout: a table, one row per policy (and target rate); --json FILE: the same as
  * {"results": [...]}, written atomically. stderr: progress on a terminal. The work is the
- * library's (src/train/eval.c); this file parses flags and prints. */
+ * library's (src/learn/eval.c); this file parses flags and prints. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +11,7 @@
 
 #include "cmd.h"
 #include "duet.h"
-#include "train/eval.h"
+#include "learn/eval.h"
 #include "util.h"
 
 #define MAX_SPECS 128

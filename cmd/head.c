@@ -1,13 +1,13 @@
 /* head.c: `duet head init --base MODEL -o HEAD.gguf [--threshold ETA]`: the untrained
  * deferral head (u = mean of the base's output-matrix rows), so the Co-LLM pipeline runs
- * before training; `duet head train`: learn it from two score files (src/train/head_train.h). */
+ * before training; `duet head train`: learn it from two score files (src/learn/head_train.h). */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cmd.h"
 #include "duet.h"
-#include "train/head_train.h"
+#include "learn/head_train.h"
 #include "util.h"
 
 static void usage(FILE *f) {

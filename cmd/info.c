@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "cmd.h"
-#include "gguf.h"
+#include "format/gguf.h"
 
 static void usage(FILE *o) {
     fprintf(o, "usage: duet info FILE.gguf\n"

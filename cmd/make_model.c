@@ -4,7 +4,7 @@
 
 #include "cmd.h"
 #include "duet.h"
-#include "quant.h"
+#include "format/quant.h"
 #include "util.h"
 
 static void usage(FILE *f) {

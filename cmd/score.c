@@ -1,5 +1,5 @@
 /* score.c: `duet score`: a teacher-forced pass of one model over a dataset, writing the
- * per-token score file that head training reads (format: src/train/scores.h). Progress with
+ * per-token score file that head training reads (format: src/learn/scores.h). Progress with
  * tokens/s and ETA on a terminal; Ctrl-C stops cleanly and the same command resumes. */
 #include <signal.h>
 #include <stdio.h>
@@ -8,8 +8,8 @@
 
 #include "cmd.h"
 #include "duet.h"
-#include "train/dataset.h"
-#include "train/scores.h"
+#include "learn/dataset.h"
+#include "learn/scores.h"
 #include "util.h"
 
 static void usage(FILE *f) {

@@ -1,6 +1,7 @@
 /* train.c: `duet train lm` (pre-training on plain text, fine-tuning on prompt/response JSONL)
  * and `duet train collm` (the paper's joint training of the base and its deferral head, or the
- * weak-supervision baseline): thin wrappers over src/train/lm_train.h and head_train.h. */
+ * weak-supervision baseline): thin wrappers over src/train/lm_train.h and
+ * src/learn/head_train.h. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,8 +10,8 @@
 
 #include "cmd.h"
 #include "duet.h"
-#include "quant.h"
-#include "train/head_train.h"
+#include "format/quant.h"
+#include "learn/head_train.h"
 #include "train/lm_train.h"
 #include "util.h"
 

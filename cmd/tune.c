@@ -1,7 +1,7 @@
 /* tune.c: `duet tune`: choose the collm threshold the paper's way (docs/method.md section 6) on a
  * validation split: base-only calibration pass, candidate eta per target deferral portion,
  * one collm evaluation per candidate, keep the best. Writes OUTPREFIX.csv/.json/.svg and
- * stores the chosen eta in the head file. The work is the library's (src/train/tune.c). */
+ * stores the chosen eta in the head file. The work is the library's (src/learn/tune.c). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +9,7 @@
 
 #include "cmd.h"
 #include "duet.h"
-#include "train/tune.h"
+#include "learn/tune.h"
 #include "util.h"
 
 static void usage(FILE *f) {

@@ -8,7 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "gguf.h"
+#include "format/gguf.h"
 
 static void exercise_kv(const gguf_file *f, const gguf_kv *kv) {
     duet_error err;

@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../src/gguf.h"
+#include "format/gguf.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"

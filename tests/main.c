@@ -6,7 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../src/common.h"
+#include "base/common.h"
 #include "test.h"
 
 #define MAX_TESTS 1024

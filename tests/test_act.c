@@ -1,12 +1,12 @@
 /*
- * test_act.c: the gate kernels (src/act.h): the SIMD exp against libm's expf over a sweep of
+ * test_act.c: the gate kernels (src/engine/act.h): the SIMD exp against libm's expf over a sweep of
  * float inputs and the special values, and SiLU(gate) * up against the scalar reference.
  */
 #include <stdlib.h>
 
-#include "act.h"
-#include "common.h"
-#include "kernels.h"
+#include "engine/act.h"
+#include "base/common.h"
+#include "engine/kernels.h"
 #include "test.h"
 
 /* distance in units in the last place between two finite floats of the same sign (or 0) */

@@ -1,17 +1,17 @@
 /*
- * test_attn.c: the attention kernel (src/attn.h) at every level against a double-precision
+ * test_attn.c: the attention kernel (src/engine/attn.h) at every level against a double-precision
  * softmax written here (an independent oracle), the kernel's invariant that a head's output
  * does not depend on which heads share the call, and the forward pass giving the same bits
  * whatever the thread count.
  */
 #include <stdlib.h>
 
-#include "attn.h"
-#include "common.h"
+#include "engine/attn.h"
+#include "base/common.h"
 #include "duet.h"
 #include "fixtures.h"
-#include "kernels.h"
-#include "quant.h"
+#include "engine/kernels.h"
+#include "format/quant.h"
 #include "test.h"
 
 static uint64_t g_seed = 99;

@@ -10,9 +10,9 @@
 #include <unistd.h>
 
 #include "duet.h"
-#include "../src/common.h"
-#include "../src/gguf.h"
-#include "../src/tokenizer.h"
+#include "base/common.h"
+#include "format/gguf.h"
+#include "text/tokenizer.h"
 #include "test.h"
 #include "tok_vectors.h"
 

@@ -12,9 +12,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../src/gguf.h"
-#include "../src/train/scores.h"
-#include "../src/vocab_bridge.h"
+#include "format/gguf.h"
+#include "learn/scores.h"
+#include "collab/vocab_bridge.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"

@@ -6,7 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../src/quant.h"
+#include "format/quant.h"
 #include "fixtures.h"
 #include "test.h"
 

@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/gguf.h"
-#include "../src/quant.h"
+#include "format/gguf.h"
+#include "format/quant.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"

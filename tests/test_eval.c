@@ -11,10 +11,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../src/quant.h"
-#include "../src/train/answers.h"
-#include "../src/train/eval.h"
-#include "../src/train/tune.h"
+#include "format/quant.h"
+#include "learn/answers.h"
+#include "learn/eval.h"
+#include "learn/tune.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"

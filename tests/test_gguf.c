@@ -8,8 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../src/gguf.h"
-#include "../src/quant.h"
+#include "format/gguf.h"
+#include "format/quant.h"
 #include "test.h"
 
 /* ---- byte builder: GGUF files written by hand, so bad ones can be made on purpose ------- */

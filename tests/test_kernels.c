@@ -20,9 +20,9 @@
  */
 #include <stdlib.h>
 
-#include "../src/kernels.h"
-#include "../src/quant.h"
-#include "../src/threadpool.h"
+#include "engine/kernels.h"
+#include "format/quant.h"
+#include "base/threadpool.h"
 #include "test.h"
 
 /* Q8_K activations share one scale per 256 values: their rounding error is larger than

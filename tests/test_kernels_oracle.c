@@ -54,8 +54,8 @@
 #include <float.h>
 #include <stdlib.h>
 
-#include "../src/kernels.h"
-#include "../src/quant.h"
+#include "engine/kernels.h"
+#include "format/quant.h"
 #include "test.h"
 
 #define U24 0x1p-24

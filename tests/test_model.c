@@ -7,8 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../src/gguf.h"
-#include "../src/quant.h"
+#include "format/gguf.h"
+#include "format/quant.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"

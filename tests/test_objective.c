@@ -18,7 +18,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../src/train/head_train.h"
+#include "learn/head_train.h"
 #include "test.h"
 
 /* 1e-9 relative: far below any change of role, weight or sign, far above rounding. */

@@ -23,9 +23,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../src/common.h"
-#include "../src/gguf.h"
-#include "../src/quant.h"
+#include "base/common.h"
+#include "format/gguf.h"
+#include "format/quant.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"

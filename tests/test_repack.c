@@ -15,10 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/kernels.h"
-#include "../src/model.h"
-#include "../src/quant.h"
-#include "../src/threadpool.h"
+#include "engine/kernels.h"
+#include "engine/model.h"
+#include "format/quant.h"
+#include "base/threadpool.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"

@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../src/server.h"
+#include "serve/server.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"
@@ -1353,7 +1353,7 @@ TEST(collab_expert_backend_matches_local_and_falls_back) {
 }
 
 /* ---- duet score against a remote expert ------------------------------------------------------ */
-#include "../src/train/scores.h"
+#include "learn/scores.h"
 
 TEST(server_score_remote_equals_local) {
     int port = expert_port();

@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "../src/common.h"
-#include "../src/gguf.h"
-#include "../src/tokenizer.h"
+#include "base/common.h"
+#include "format/gguf.h"
+#include "text/tokenizer.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"

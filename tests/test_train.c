@@ -13,12 +13,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../src/common.h"
-#include "../src/gguf.h"
-#include "../src/quant.h"
-#include "../src/train/dataset.h"
-#include "../src/train/head_train.h"
-#include "../src/train/scores.h"
+#include "base/common.h"
+#include "format/gguf.h"
+#include "format/quant.h"
+#include "learn/dataset.h"
+#include "learn/head_train.h"
+#include "learn/scores.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"

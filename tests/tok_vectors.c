@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../src/common.h"
-#include "../src/gguf.h"
+#include "base/common.h"
+#include "format/gguf.h"
 #include "test.h"
 
 bool tv_ids_eq(const int32_t *got, int n, const int32_t *want, int m) {

@@ -8,7 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../src/tokenizer.h"
+#include "text/tokenizer.h"
 
 bool tv_ids_eq(const int32_t *got, int n, const int32_t *want, int m);
 void tv_print_ids(const char *what, const int32_t *ids, int n);

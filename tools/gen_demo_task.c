@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "base/common.h"
 
 #define LO 2
 #define HI 12

@@ -29,7 +29,7 @@
 #include <stdio.h>
 
 #include "duet.h"
-#include "threadpool.h"
+#include "base/threadpool.h"
 
 typedef struct lm_config {
     int n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff, head_dim;

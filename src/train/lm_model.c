@@ -11,9 +11,9 @@
 #include <stdio.h>
 #include <unistd.h>
 
-#include "gguf.h"
-#include "model.h"
-#include "quant.h"
+#include "format/gguf.h"
+#include "engine/model.h"
+#include "format/quant.h"
 
 /* ---- layout ------------------------------------------------------------------------------ */
 static void add_t(lm_layout *L, const char *name, int64_t n_in, int64_t n_out, size_t *off) {

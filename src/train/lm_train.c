@@ -16,10 +16,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "model.h"
-#include "svg.h"
-#include "train/eval.h"
+#include "base/common.h"
+#include "engine/model.h"
+#include "base/svg.h"
+#include "learn/eval.h"
 
 typedef struct seqset {
     dsf_plan plan;

@@ -18,9 +18,9 @@
 #ifndef DUET_TRAIN_LM_TRAIN_H
 #define DUET_TRAIN_LM_TRAIN_H
 
-#include "train/dataset.h"
+#include "learn/dataset.h"
 #include "train/lm.h"
-#include "train/scores.h"
+#include "learn/scores.h"
 
 typedef struct lm_progress {
     int64_t step, steps;

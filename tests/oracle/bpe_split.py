@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Hand-written pre-tokenizer splits, an independent oracle for the PCRE2 patterns of
-src/tokenizer_bpe.c (standard library only; no regular expressions). Each split is a scanner
+src/text/tokenizer_bpe.c (standard library only; no regular expressions). Each split is a scanner
 written from the pattern's documented meaning, trying the alternatives in order at each
 position as a backtracking regex engine does:
 

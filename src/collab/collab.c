@@ -1,0 +1,394 @@
+/*
+ * collab.c: the collaborative decoder (Co-LLM). One canonical token list in base ids; the
+ * base session consumes every emitted token; the expert session is synced to the list only
+ * when a policy needs its distribution (lazy: one batched catch-up of the tokens it has not
+ * seen) or after every token (eager, for comparison). Both give the same text because a
+ * batched prefill computes bit-identical logits to token-by-token decoding.
+ * Distributions are compared in the base's id space: expert (and anti) logits are gathered
+ * through an id bridge, which restricts the expert to tokens the base can represent.
+ * Invariants: base session == toks[0..n) before a step's decision; the expert never
+ * evaluates a token twice in lazy mode (its timeline only grows along toks).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/common.h"
+#include "collab/vocab_bridge.h"
+
+static const char *k_policy_names[DUET_POLICY_COUNT] = {
+    "collm", "base", "expert", "random", "confidence", "compose", "proxy", "contrastive",
+    "uncertainty"};
+
+int duet_policy_from_name(const char *name) {
+    for (int i = 0; i < DUET_POLICY_COUNT; i++)
+        if (!strcmp(name, k_policy_names[i])) return i;
+    return -1;
+}
+
+const char *duet_policy_name(int p) {
+    return p >= 0 && p < DUET_POLICY_COUNT ? k_policy_names[p] : "?";
+}
+
+/* A model that follows the canonical list through an id map. */
+typedef struct follower {
+    const duet_expert_backend *remote; /* set: the backend replaces m, s, map and ids */
+    duet_model *m;
+    duet_session *s;
+    int32_t *map;   /* [n_vocab_base] base id -> this model's id */
+    int32_t *ids;   /* [n_ctx] the canonical list mapped */
+    float *logits;  /* [n_vocab_base] last logits gathered into base ids */
+} follower;
+
+struct duet_collab {
+    duet_model *base;
+    const duet_head *head;
+    duet_collab_params p;
+    duet_session *sb;
+    follower ex, anti;
+    int has_expert, has_anti, bridged, n_vocab, n_ctx;
+    int base_stats;    /* compute the base's max-probability and entropy each step */
+    int32_t *toks;     /* [n_ctx] canonical list, base ids */
+    int n_toks;
+    float *work;       /* [n_vocab] the distribution handed to the sampler */
+    float thr_logit;   /* collm/compose: defer iff score > thr_logit */
+    float eta;
+    uint64_t rng;
+    duet_sampler *smp;
+    duet_collab_stats st;
+    long ex_eval0, base_eval0;
+};
+
+static int follower_init(follower *f, duet_model *base, duet_model *m, const char *role, int n_ctx,
+                         int *bridged, duet_error *err) {
+    f->m = m;
+    duet_session_params sp = {.n_ctx = n_ctx};
+    int nb = duet_model_hparams(base)->n_vocab;
+    int rc = vocab_bridge_build(base, m, role, &f->map, bridged, err);
+    if (!rc) rc = duet_session_new(m, &sp, &f->s, err);
+    if (!rc && (!(f->ids = malloc((size_t)n_ctx * sizeof(int32_t))) ||
+                !(f->logits = malloc((size_t)nb * sizeof(float)))))
+        rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    return rc;
+}
+
+static void follower_free(follower *f) {
+    duet_session_free(f->s);
+    free(f->map);
+    free(f->ids);
+    free(f->logits);
+}
+
+/* Bring the follower's timeline to toks[0..n) (one batched call for the missing suffix) and
+ * gather its next-token logits into base ids. */
+static int follower_sync(duet_collab *c, follower *f, int want_logits, duet_error *err) {
+    if (f->remote) { /* stateless: the backend gets the whole list (servers cache prefixes) */
+        if (!want_logits) return DUET_OK;
+        double t0 = duet_time_s();
+        int rc = f->remote->next_logits(f->remote->ctx, c->toks, c->n_toks, f->logits, err);
+        c->st.t_expert += duet_time_s() - t0;
+        return rc;
+    }
+    int have = duet_session_n_past(f->s);
+    for (int i = 0; i < c->n_toks; i++) f->ids[i] = f->map[c->toks[i]];
+    double t0 = duet_time_s();
+    int rc;
+    if (want_logits) {
+        rc = duet_session_sync(f->s, f->ids, c->n_toks, err);
+    } else { /* eager mode: only evaluate what is new; logits are read on the next defer */
+        int lcp = 0;
+        const int32_t *cur = duet_session_tokens(f->s);
+        while (lcp < have && lcp < c->n_toks && cur[lcp] == f->ids[lcp]) lcp++;
+        duet_session_truncate(f->s, lcp);
+        rc = lcp < c->n_toks ? duet_session_eval(f->s, f->ids + lcp, c->n_toks - lcp, 0, err) : 0;
+    }
+    if (!rc && want_logits) { /* (the logits are computed on this read) */
+        const float *l = duet_session_logits(f->s, -1);
+        for (int b = 0; b < c->n_vocab; b++) f->logits[b] = l[f->map[b]];
+    }
+    c->st.t_expert += duet_time_s() - t0;
+    return rc;
+}
+
+/* ---- creation --------------------------------------------------------------------------- */
+int duet_collab_new(duet_model *base, duet_model *expert, duet_model *anti,
+                    const duet_head *head, const duet_collab_params *params,
+                    duet_collab **out, duet_error *err) {
+    *out = NULL;
+    duet_collab_params p = {0};
+    if (params) p = *params;
+    if (p.policy < 0 || p.policy >= DUET_POLICY_COUNT)
+        return duet_fail(err, DUET_ERR_ARG, "unknown policy %d", (int)p.policy);
+    int need_head = p.policy == DUET_POLICY_COLLM || p.policy == DUET_POLICY_COMPOSE;
+    if (need_head && !head)
+        return duet_fail(err, DUET_ERR_ARG, "policy %s needs a deferral head (--head)",
+                         duet_policy_name(p.policy));
+    if (head && duet_head_n_embd(head) != duet_model_hparams(base)->n_embd)
+        return duet_fail(err, DUET_ERR_ARG, "head has n_embd %d, base has %d",
+                         duet_head_n_embd(head), duet_model_hparams(base)->n_embd);
+    if (p.policy == DUET_POLICY_PROXY && !anti)
+        return duet_fail(err, DUET_ERR_ARG, "policy proxy needs a third (anti-expert) model");
+    if (!expert && !p.expert_backend && p.policy != DUET_POLICY_BASE)
+        return duet_fail(err, DUET_ERR_ARG, "policy %s needs an expert model (--expert)",
+                         duet_policy_name(p.policy));
+    if (!(p.random_rate >= 0 && p.random_rate <= 1))
+        return duet_fail(err, DUET_ERR_ARG, "random rate %g is outside [0, 1]", p.random_rate);
+    if (isnan(p.threshold)) return duet_fail(err, DUET_ERR_ARG, "threshold is NaN");
+    if (need_head && p.threshold > 1)
+        return duet_fail(err, DUET_ERR_ARG, "threshold %g is outside [0, 1]", p.threshold);
+    if (p.cd_alpha <= 0) p.cd_alpha = 0.1f;
+    if (p.cd_beta <= 0) p.cd_beta = 0.5f;
+    duet_collab *c = calloc(1, sizeof *c);
+    if (!c) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    c->base = base;
+    c->head = head;
+    c->p = p;
+    c->n_vocab = duet_model_hparams(base)->n_vocab;
+    int n_ctx = p.n_ctx;
+    if (n_ctx <= 0) {
+        n_ctx = duet_model_hparams(base)->n_ctx_train;
+        if (expert) n_ctx = DUET_MIN(n_ctx, duet_model_hparams(expert)->n_ctx_train);
+        if (!expert && p.expert_backend && p.expert_backend->n_ctx > 0)
+            n_ctx = DUET_MIN(n_ctx, p.expert_backend->n_ctx);
+        if (anti) n_ctx = DUET_MIN(n_ctx, duet_model_hparams(anti)->n_ctx_train);
+        n_ctx = DUET_MIN(n_ctx, 4096);
+    }
+    c->n_ctx = n_ctx;
+    if (need_head) {
+        c->eta = p.threshold >= 0 ? p.threshold
+                 : duet_head_threshold(head) >= 0 ? duet_head_threshold(head) : 0.5f;
+        /* compare logits: eta = 0 defers always, eta = 1 never (trained heads saturate) */
+        c->thr_logit = c->eta <= 0 ? -INFINITY : c->eta >= 1 ? INFINITY : logf(c->eta / (1 - c->eta));
+    } else if (p.policy == DUET_POLICY_UNCERTAINTY) {
+        c->thr_logit = p.threshold >= 0 ? p.threshold : 2.0f;
+    }
+    c->rng = p.sampling.seed ^ 0x5851f42d4c957f2dull;
+    c->base_stats = p.details || p.policy == DUET_POLICY_CONFIDENCE ||
+                    p.policy == DUET_POLICY_UNCERTAINTY ||
+                    (need_head && (duet_head_features(head) & (DUET_HEAD_FEAT_ENTROPY | DUET_HEAD_FEAT_MAXLOGP)));
+    duet_session_params sp = {.n_ctx = n_ctx};
+    int bridged_anti = 0;
+    int rc = duet_session_new(base, &sp, &c->sb, err);
+    if (!rc && expert) {
+        c->has_expert = 1;
+        rc = follower_init(&c->ex, base, expert, "expert", n_ctx, &c->bridged, err);
+    } else if (!rc && p.expert_backend) {
+        c->has_expert = 1;
+        c->ex.remote = p.expert_backend;
+        if (!(c->ex.logits = malloc((size_t)c->n_vocab * sizeof(float))))
+            rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    }
+    if (!rc && anti) {
+        c->has_anti = 1;
+        rc = follower_init(&c->anti, base, anti, "anti-expert", n_ctx, &bridged_anti, err);
+    }
+    if (!rc && (!(c->toks = malloc((size_t)n_ctx * sizeof(int32_t))) ||
+                !(c->work = malloc((size_t)c->n_vocab * sizeof(float)))))
+        rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    if (!rc) rc = duet_sampler_new(&p.sampling, &c->smp, err);
+    if (rc) {
+        duet_collab_free(c);
+        return rc;
+    }
+    *out = c;
+    return DUET_OK;
+}
+
+void duet_collab_free(duet_collab *c) {
+    if (!c) return;
+    duet_session_free(c->sb);
+    if (c->has_expert) follower_free(&c->ex);
+    if (c->has_anti) follower_free(&c->anti);
+    duet_sampler_free(c->smp);
+    free(c->toks);
+    free(c->work);
+    free(c);
+}
+
+/* ---- decoding --------------------------------------------------------------------------- */
+static long expert_evaluated(const duet_collab *c) {
+    return (c->has_expert && c->ex.s ? duet_session_n_evaluated(c->ex.s) : 0) +
+           (c->has_anti ? duet_session_n_evaluated(c->anti.s) : 0);
+}
+
+static void update_counts(duet_collab *c) {
+    c->st.expert_evaluated = expert_evaluated(c) - c->ex_eval0;
+    c->st.base_evaluated = duet_session_n_evaluated(c->sb) - c->base_eval0;
+}
+
+int duet_collab_start(duet_collab *c, const int32_t *prompt, int n, duet_error *err) {
+    if (n <= 0) return duet_fail(err, DUET_ERR_ARG, "empty prompt (at least BOS is needed)");
+    if (n >= c->n_ctx)
+        return duet_fail(err, DUET_ERR_RANGE, "prompt of %d tokens does not fit the context of %d",
+                         n, c->n_ctx);
+    for (int i = 0; i < n; i++)
+        if (prompt[i] < 0 || prompt[i] >= c->n_vocab)
+            return duet_fail(err, DUET_ERR_RANGE, "prompt token %d at %d is outside [0, %d)",
+                             prompt[i], i, c->n_vocab);
+    memcpy(c->toks, prompt, (size_t)n * sizeof *prompt);
+    c->n_toks = n;
+    memset(&c->st, 0, sizeof c->st);
+    c->st.n_prompt = n;
+    c->ex_eval0 = expert_evaluated(c);
+    c->base_eval0 = duet_session_n_evaluated(c->sb);
+    double t0 = duet_time_s();
+    int rc = duet_session_sync(c->sb, c->toks, n, err);
+    c->st.t_base += duet_time_s() - t0;
+    if (!rc && c->p.eager_sync && c->has_expert) rc = follower_sync(c, &c->ex, 0, err);
+    c->st.t_total += duet_time_s() - t0;
+    update_counts(c); /* so that the stats show what the prompt cost (cache reuse) */
+    return rc;
+}
+
+/* max-probability and entropy (nats) of softmax(l) */
+static void dist_stats(const float *l, int n, float *maxp, float *entropy) {
+    double mx, z, ez;
+    duet_softmax_stats(l, n, &mx, &z, &ez);
+    if (maxp) *maxp = (float)(1.0 / z);
+    if (entropy) *entropy = (float)(log(z) - ez / z);
+}
+
+static void log_softmax(const float *l, int n, float *out) {
+    double mx, z;
+    duet_softmax_stats(l, n, &mx, &z, NULL);
+    double lz = mx + log(z);
+    for (int i = 0; i < n; i++) out[i] = (float)((double)l[i] - lz);
+}
+
+int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
+    double t_start = duet_time_s();
+    memset(tok, 0, sizeof *tok);
+    tok->score = tok->p_defer = NAN;
+    tok->expert_top = -1;
+    if (c->n_toks >= c->n_ctx)
+        return duet_fail(err, DUET_ERR_RANGE, "context of %d tokens is full", c->n_ctx);
+    int V = c->n_vocab, rc = DUET_OK;
+    /* the base consumes every emitted token: evaluate the one emitted last step */
+    double t0 = duet_time_s();
+    rc = duet_session_sync(c->sb, c->toks, c->n_toks, err);
+    c->st.t_base += duet_time_s() - t0;
+    if (rc) return rc;
+    int pol = c->p.policy, need_expert = 0, source = DUET_SRC_BASE;
+    const float *h = duet_session_hidden(c->sb, -1), *lb = NULL;
+    float base_entropy = NAN;
+    tok->base_top = -1;
+    tok->base_top_p = NAN;
+    /* The base's logits are read only where something needs them: collm, random and expert
+     * decide without them, and a deferred token then never pays for the output matrix. */
+    int lazy_lb = !c->base_stats && (pol == DUET_POLICY_COLLM || pol == DUET_POLICY_RANDOM ||
+                                     pol == DUET_POLICY_EXPERT);
+    if (!lazy_lb) {
+        t0 = duet_time_s();
+        lb = duet_session_logits(c->sb, -1);
+        c->st.t_base += duet_time_s() - t0;
+        tok->base_top = duet_argmax(lb, V);
+        if (c->base_stats) dist_stats(lb, V, &tok->base_top_p, &base_entropy);
+    }
+
+    float p = NAN;
+    switch (pol) {
+    case DUET_POLICY_COLLM:
+    case DUET_POLICY_COMPOSE:
+        /* heads may also read the base's confidence (entropy, max log-prob) */
+        tok->score = duet_head_score_ex(c->head, h, base_entropy, logf(tok->base_top_p));
+        p = 1.0f / (1.0f + expf(-tok->score));
+        tok->p_defer = p;
+        need_expert = tok->score > c->thr_logit;
+        break;
+    case DUET_POLICY_BASE: break;
+    case DUET_POLICY_EXPERT: need_expert = 1; break;
+    case DUET_POLICY_RANDOM:
+        /* 53-bit uniform in [0,1): rate 0 never defers, rate 1 always */
+        need_expert = (double)(duet_splitmix64(&c->rng) >> 11) * 0x1.0p-53 < (double)c->p.random_rate;
+        break;
+    case DUET_POLICY_UNCERTAINTY:
+        tok->score = base_entropy;
+        need_expert = tok->score > c->thr_logit;
+        break;
+    default: need_expert = 1; break; /* confidence, proxy, contrastive read the expert always */
+    }
+    const float *pick = lb;
+    if (need_expert && (rc = follower_sync(c, &c->ex, 1, err))) {
+        if (!c->p.expert_fallback) return rc;
+        tok->expert_failed = 1; /* the base decides this token; the caller reports it */
+        c->st.expert_failures++;
+        need_expert = 0;
+        rc = DUET_OK;
+    }
+    if (need_expert) {
+        c->st.expert_calls++;
+        const float *le = c->ex.logits;
+        tok->expert_top = duet_argmax(le, V);
+        tok->expert_top_p = NAN;
+        if (c->p.details || pol == DUET_POLICY_CONFIDENCE) dist_stats(le, V, &tok->expert_top_p, NULL);
+        switch (pol) {
+        case DUET_POLICY_CONFIDENCE:
+            if (tok->expert_top_p > tok->base_top_p) { pick = le; source = DUET_SRC_EXPERT; }
+            break;
+        case DUET_POLICY_COMPOSE: { /* log((1-p) Pb + p Pe) as the sampler's logits */
+            float *lpb = c->work, *lpe = c->ex.logits;
+            log_softmax(lb, V, lpb);
+            log_softmax(le, V, lpe); /* the gathered copy is ours to overwrite */
+            double l1 = log1p(-(double)p), l2 = log((double)p);
+            for (int i = 0; i < V; i++) {
+                double a = lpb[i] + l1, b = lpe[i] + l2, m = a > b ? a : b;
+                lpb[i] = (float)(m + log(exp(a - m) + exp(b - m)));
+            }
+            pick = lpb;
+            source = DUET_SRC_MIXED;
+            break;
+        }
+        case DUET_POLICY_PROXY:
+            if ((rc = follower_sync(c, &c->anti, 1, err))) return rc;
+            /* le + (lb - la): with anti == base the bracket is exactly 0, so proxy tuning
+             * then reproduces the expert bit for bit */
+            for (int i = 0; i < V; i++) c->work[i] = le[i] + (lb[i] - c->anti.logits[i]);
+            pick = c->work;
+            source = DUET_SRC_MIXED;
+            break;
+        case DUET_POLICY_CONTRASTIVE: {
+            float mx = le[tok->expert_top], cut = mx + logf(c->p.cd_alpha), b = c->p.cd_beta;
+            for (int i = 0; i < V; i++)
+                c->work[i] = le[i] >= cut ? (1 + b) * le[i] - b * lb[i] : -INFINITY;
+            pick = c->work;
+            source = DUET_SRC_MIXED;
+            break;
+        }
+        default:
+            pick = le;
+            source = DUET_SRC_EXPERT;
+            break;
+        }
+    }
+    if (!pick) { /* the base speaks after a decision that did not read its logits */
+        t0 = duet_time_s();
+        pick = lb = duet_session_logits(c->sb, -1);
+        c->st.t_base += duet_time_s() - t0;
+        tok->base_top = duet_argmax(lb, V);
+    }
+    tok->source = source;
+    tok->deferred = source != DUET_SRC_BASE;
+    tok->id = duet_sampler_sample(c->smp, pick, V);
+    c->st.n_deferred += tok->deferred;
+    int eos = duet_token_is_eog(c->base, tok->id);
+    if (!eos) {
+        c->toks[c->n_toks++] = tok->id;
+        c->st.n_generated++;
+        if (c->p.eager_sync && c->has_expert) rc = follower_sync(c, &c->ex, 0, err);
+    }
+    update_counts(c);
+    c->st.t_total += duet_time_s() - t_start;
+    if (rc) return rc;
+    return eos ? DUET_EOS : DUET_OK;
+}
+
+const duet_collab_stats *duet_collab_get_stats(const duet_collab *c) { return &c->st; }
+
+const int32_t *duet_collab_tokens(const duet_collab *c, int *n) {
+    if (n) *n = c->n_toks;
+    return c->toks;
+}
+
+int duet_collab_bridged(const duet_collab *c) { return c->bridged; }
+
+int duet_collab_n_ctx(const duet_collab *c) { return c->n_ctx; }

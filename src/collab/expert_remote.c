@@ -1,0 +1,341 @@
+/*
+ * expert_remote.c: an expert behind HTTP (libcurl): llama.cpp's /completion protocol (also
+ * served by `duet serve`) and the OpenAI /v1/completions protocol (vLLM). Each call sends the
+ * whole token list (the servers keep a prefix cache, so only the new suffix is evaluated) and
+ * reads back the top-K next-token log-probabilities; the rest of the vocabulary is -inf.
+ * See duet.h for the protocol details and the failure semantics.
+ */
+#include <ctype.h>
+#include <curl/curl.h>
+#include <jansson.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/common.h"
+
+#define REMOTE_MAX_RESPONSE (8u << 20) /* larger answers are refused, not buffered */
+
+struct duet_expert_remote {
+    duet_expert_backend be;
+    const duet_model *base;
+    int n_vocab, openai, top_k, retries, backoff_ms, timeout_ms;
+    char url[512], model[256], auth[600], name[128];
+    CURL *curl;
+    long calls, failed_attempts;
+};
+
+typedef struct buf {
+    duet_buf b;
+    int over;
+} buf;
+
+static size_t on_data(char *d, size_t sz, size_t nm, void *ud) {
+    buf *b = ud;
+    size_t n = sz * nm;
+    if (b->b.n + n + 1 > REMOTE_MAX_RESPONSE) { b->over = 1; return 0; } /* aborts the transfer */
+    return duet_buf_add(&b->b, d, n) ? 0 : n;
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* One HTTP exchange with retries: GET when body is NULL, else POST of JSON. On success
+ * returns the parsed JSON of a 2xx answer in *out. */
+static int http_json(duet_expert_remote *r, const char *path, const char *body, json_t **out,
+                     duet_error *err) {
+    *out = NULL;
+    char url[1024];
+    snprintf(url, sizeof url, "%s%s", r->url, path);
+    int wait = r->backoff_ms, rc = DUET_OK;
+    for (int attempt = 0; attempt <= r->retries; attempt++) {
+        if (attempt) { sleep_ms(wait); wait *= 2; }
+        buf b = {0};
+        struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+        if (r->auth[0]) h = curl_slist_append(h, r->auth);
+        curl_easy_reset(r->curl);
+        curl_easy_setopt(r->curl, CURLOPT_URL, url);
+        curl_easy_setopt(r->curl, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(r->curl, CURLOPT_WRITEFUNCTION, on_data);
+        curl_easy_setopt(r->curl, CURLOPT_WRITEDATA, &b);
+        curl_easy_setopt(r->curl, CURLOPT_TIMEOUT_MS, (long)r->timeout_ms);
+        curl_easy_setopt(r->curl, CURLOPT_CONNECTTIMEOUT_MS, (long)DUET_MIN(r->timeout_ms, 5000));
+        curl_easy_setopt(r->curl, CURLOPT_NOSIGNAL, 1L);
+        if (body) curl_easy_setopt(r->curl, CURLOPT_POSTFIELDS, body);
+        CURLcode cc = curl_easy_perform(r->curl);
+        long status = 0;
+        curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
+        curl_slist_free_all(h);
+        int retry = 0;
+        if (b.over) {
+            rc = duet_fail(err, DUET_ERR_FORMAT, "expert %s: response larger than %u bytes", url,
+                           REMOTE_MAX_RESPONSE);
+        } else if (cc != CURLE_OK) {
+            rc = duet_fail(err, DUET_ERR_IO, "expert %s: %s", url, curl_easy_strerror(cc));
+            retry = 1;
+        } else if (status < 200 || status >= 300) {
+            char snip[160];
+            duet_printable(snip, sizeof snip, b.b.p ? b.b.p : "", b.b.n);
+            rc = duet_fail(err, DUET_ERR_IO, "expert %s: HTTP %ld: %s", url, status, snip);
+            retry = status >= 500 || status == 429;
+        } else {
+            json_error_t je;
+            *out = json_loadb(b.b.p ? b.b.p : "", b.b.n, JSON_REJECT_DUPLICATES, &je);
+            rc = *out ? DUET_OK
+                      : duet_fail(err, DUET_ERR_FORMAT, "expert %s: malformed JSON: %s", url, je.text);
+        }
+        free(b.b.p);
+        if (rc) r->failed_attempts++;
+        if (!rc || !retry) break;
+    }
+    if (rc && r->retries > 0 && err)
+        snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
+                 " (after %d attempts)", r->retries + 1);
+    return rc;
+}
+
+/* A short printable rendering of a reply value for error messages ("missing" when absent),
+ * so that a message says what the server sent, not only that it was wrong. */
+static const char *show_json(const json_t *v, char *buf, size_t cap) {
+    if (!v) return "missing";
+    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    duet_printable(buf, cap, s ? s : "?", s ? strlen(s) : 1);
+    free(s);
+    return buf;
+}
+
+/* Record one (id, logprob) pair; ids must lie in the base vocabulary, each at most once (out
+ * starts all -inf, and a finite logprob <= 0 replaces it): a repeated id would leave which of
+ * its log-probabilities counts to the order of the reply. */
+static int put_logprob(duet_expert_remote *r, float *out, json_int_t id, json_t *lp, duet_error *err) {
+    char shown[48];
+    if (id < 0 || id >= r->n_vocab)
+        return duet_fail(err, DUET_ERR_FORMAT, "expert %s: token id %lld is outside the base "
+                         "vocabulary [0, %d)", r->url, (long long)id, r->n_vocab);
+    if (!json_is_number(lp) || !(json_number_value(lp) <= 0) )
+        return duet_fail(err, DUET_ERR_FORMAT, "expert %s: logprob of token %lld is not a "
+                         "number <= 0: %s", r->url, (long long)id, show_json(lp, shown, sizeof shown));
+    if (out[id] != -INFINITY)
+        return duet_fail(err, DUET_ERR_FORMAT, "expert %s: token id %lld appears twice in "
+                         "top_logprobs", r->url, (long long)id);
+    out[id] = (float)json_number_value(lp);
+    return DUET_OK;
+}
+
+static int parse_llama(duet_expert_remote *r, json_t *js, float *out, duet_error *err) {
+    json_t *cp = json_object_get(js, "completion_probabilities");
+    json_t *top = json_object_get(json_array_get(cp, 0), "top_logprobs");
+    if (!json_is_array(top) || !json_array_size(top))
+        return duet_fail(err, DUET_ERR_FORMAT, "expert %s: response has no "
+                         "completion_probabilities[0].top_logprobs", r->url);
+    size_t i;
+    json_t *e;
+    json_array_foreach(top, i, e) {
+        char shown[48];
+        if (!json_is_object(e))
+            return duet_fail(err, DUET_ERR_FORMAT, "expert %s: top_logprobs[%zu] is not an {id, "
+                             "logprob} object: %s", r->url, i, show_json(e, shown, sizeof shown));
+        json_t *id = json_object_get(e, "id");
+        if (!json_is_integer(id))
+            return duet_fail(err, DUET_ERR_FORMAT, "expert %s: top_logprobs[%zu] has no integer "
+                             "id: %s", r->url, i, show_json(id, shown, sizeof shown));
+        int rc = put_logprob(r, out, json_integer_value(id), json_object_get(e, "logprob"), err);
+        if (rc) return rc;
+    }
+    return DUET_OK;
+}
+
+static int parse_openai(duet_expert_remote *r, json_t *js, float *out, duet_error *err) {
+    json_t *lp = json_object_get(json_array_get(json_object_get(js, "choices"), 0), "logprobs");
+    json_t *top = json_array_get(json_object_get(lp, "top_logprobs"), 0);
+    if (!json_is_object(top) || !json_object_size(top))
+        return duet_fail(err, DUET_ERR_FORMAT, "expert %s: response has no "
+                         "choices[0].logprobs.top_logprobs[0]", r->url);
+    const char *k;
+    json_t *v;
+    json_object_foreach(top, k, v) {
+        /* return_tokens_as_token_ids spells keys "token_id:123" */
+        char *end = NULL;
+        const char *num = !strncmp(k, "token_id:", 9) ? k + 9 : NULL;
+        /* digits only (a '-' for the range check to name): strtoll alone would also take
+         * "token_id: 5" and "token_id:+5" */
+        if (num && !(isdigit((unsigned char)num[0]) ||
+                     (num[0] == '-' && isdigit((unsigned char)num[1]))))
+            num = NULL;
+        long long id = num ? strtoll(num, &end, 10) : -1;
+        if (!num || end == num || *end)
+            return duet_fail(err, DUET_ERR_FORMAT, "expert %s: top_logprobs key '%.40s' is not "
+                             "token_id:N (does the server support return_tokens_as_token_ids?)",
+                             r->url, k);
+        int rc = put_logprob(r, out, id, v, err);
+        if (rc) return rc;
+    }
+    return DUET_OK;
+}
+
+static int remote_next(void *ctx, const int32_t *tokens, int n, float *out, duet_error *err) {
+    duet_expert_remote *r = ctx;
+    json_t *ids = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(ids, json_integer(tokens[i]));
+    json_t *req = r->openai
+        ? json_pack("{s:o, s:i, s:i, s:f, s:b}", "prompt", ids, "max_tokens", 1, "logprobs",
+                    r->top_k, "temperature", 0.0, "return_tokens_as_token_ids", 1)
+        : json_pack("{s:o, s:i, s:i, s:f, s:b}", "prompt", ids, "n_predict", 1, "n_probs",
+                    r->top_k, "temperature", 0.0, "cache_prompt", 1);
+    if (req && r->openai && r->model[0]) json_object_set_new(req, "model", json_string(r->model));
+    char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    if (!body) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    json_t *js = NULL;
+    r->calls++;
+    int rc = http_json(r, r->openai ? "/v1/completions" : "/completion", body, &js, err);
+    free(body);
+    if (rc) return rc;
+    for (int i = 0; i < r->n_vocab; i++) out[i] = -INFINITY;
+    rc = r->openai ? parse_openai(r, js, out, err) : parse_llama(r, js, out, err);
+    json_decref(js);
+    return rc;
+}
+
+/* Same ids for a probe text, and the same vocabulary hash where the server reports one. */
+static int check_tokenizer(duet_expert_remote *r, duet_error *err) {
+    static const char probe[] = "Hello, world! The quick brown fox: 12345 \xc3\xa9t\xc3\xa9\n  x";
+    int32_t want[256];
+    int nw = duet_tokenize(r->base, probe, sizeof probe - 1, 0, 0, want, 256, err);
+    if (nw < 0) return nw;
+    json_t *req = r->openai ? json_pack("{s:s, s:b}", "prompt", probe, "add_special_tokens", 0)
+                            : json_pack("{s:s, s:b}", "content", probe, "add_special", 0);
+    if (r->openai && r->model[0]) json_object_set_new(req, "model", json_string(r->model));
+    char *body = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    json_t *js = NULL;
+    int rc = body ? http_json(r, "/tokenize", body, &js, err) : duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    free(body);
+    if (rc) return rc;
+    json_t *toks = json_object_get(js, "tokens");
+    int same = json_is_array(toks) && (int)json_array_size(toks) == nw;
+    for (int i = 0; same && i < nw; i++) {
+        json_t *t = json_array_get(toks, (size_t)i);
+        /* llama.cpp answers {id, piece} objects when asked with_pieces; accept both */
+        if (json_is_object(t)) t = json_object_get(t, "id");
+        same = json_is_integer(t) && json_integer_value(t) == want[i];
+    }
+    json_decref(js);
+    if (!same)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED, "expert %s: its tokenizer numbers the probe "
+                         "text differently from the base's (a remote expert needs the same "
+                         "vocabulary)", r->url);
+    if (r->openai) return DUET_OK;
+    if (http_json(r, "/props", NULL, &js, NULL)) return DUET_OK; /* optional endpoint */
+    const char *h = json_string_value(json_object_get(js, "duet_vocab_hash"));
+    const char *served = json_string_value(json_object_get(js, "model"));
+    if (served) snprintf(r->name, sizeof r->name, "%s", served);
+    char mine[32];
+    snprintf(mine, sizeof mine, "%016llx", (unsigned long long)duet_model_vocab_hash(r->base));
+    if (h && strcmp(h, mine)) rc = duet_fail(err, DUET_ERR_UNSUPPORTED, "expert %s: vocabulary "
+                                             "hash %.20s differs from the base's %s", r->url, h, mine);
+    json_t *nc = json_object_get(json_object_get(js, "default_generation_settings"), "n_ctx");
+    if (json_is_integer(nc) && json_integer_value(nc) > 0) r->be.n_ctx = (int)json_integer_value(nc);
+    json_decref(js);
+    return rc;
+}
+
+static pthread_once_t g_curl_once = PTHREAD_ONCE_INIT;
+static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+int duet_expert_remote_new(const duet_model *base, const duet_expert_remote_params *params,
+                           duet_expert_remote **out, duet_error *err) {
+    *out = NULL;
+    const duet_expert_remote_params p = *params;
+    if (!p.url || (strncmp(p.url, "http://", 7) && strncmp(p.url, "https://", 8)))
+        return duet_fail(err, DUET_ERR_ARG, "expert URL '%.200s' does not start with http:// or "
+                         "https://", p.url ? p.url : "");
+    if (strlen(p.url) >= 500) return duet_fail(err, DUET_ERR_ARG, "expert URL is too long");
+    if (p.api && strcmp(p.api, "llama") && strcmp(p.api, "openai"))
+        return duet_fail(err, DUET_ERR_ARG, "expert API '%.40s' is not llama or openai", p.api);
+    pthread_once(&g_curl_once, curl_init_once);
+    duet_expert_remote *r = calloc(1, sizeof *r);
+    if (!r || !(r->curl = curl_easy_init())) {
+        free(r);
+        return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    }
+    r->base = base;
+    r->n_vocab = duet_model_hparams(base)->n_vocab;
+    r->openai = p.api && !strcmp(p.api, "openai");
+    r->top_k = p.top_k > 0 ? p.top_k : 20;
+    r->retries = p.retries < 0 ? 0 : p.retries ? p.retries : 2;
+    r->backoff_ms = p.backoff_ms > 0 ? p.backoff_ms : 100;
+    r->timeout_ms = p.timeout_ms > 0 ? p.timeout_ms : 30000;
+    snprintf(r->url, sizeof r->url, "%s", p.url);
+    for (size_t n = strlen(r->url); n && r->url[n - 1] == '/'; n--) r->url[n - 1] = 0;
+    snprintf(r->name, sizeof r->name, "%.127s", r->url);
+    if (p.model) snprintf(r->model, sizeof r->model, "%s", p.model);
+    if (p.api_key) snprintf(r->auth, sizeof r->auth, "Authorization: Bearer %s", p.api_key);
+    r->be.ctx = r;
+    r->be.next_logits = remote_next;
+    int rc = p.skip_check ? DUET_OK : check_tokenizer(r, err);
+    if (rc) {
+        duet_expert_remote_free(r);
+        return rc;
+    }
+    r->calls = r->failed_attempts = 0;
+    *out = r;
+    return DUET_OK;
+}
+
+void duet_expert_remote_free(duet_expert_remote *r) {
+    if (!r) return;
+    curl_easy_cleanup(r->curl);
+    free(r);
+}
+
+const duet_expert_backend *duet_expert_remote_backend(duet_expert_remote *r) { return &r->be; }
+
+void duet_expert_remote_counts(const duet_expert_remote *r, long *calls, long *failed_attempts) {
+    if (calls) *calls = r->calls;
+    if (failed_attempts) *failed_attempts = r->failed_attempts;
+}
+
+const char *duet_expert_remote_name(const duet_expert_remote *r) { return r->name; }
+
+int duet_expert_remote_prompt_scores(duet_expert_remote *r, const int32_t *tokens, int n,
+                                     float *lp, float *maxlp, float *entropy, duet_error *err) {
+    if (r->openai)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED, "expert %s: prompt scores (with entropy) "
+                         "need a duet serve (--expert-api llama)", r->url);
+    json_t *ids = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(ids, json_integer(tokens[i]));
+    json_t *req = json_pack("{s:o, s:i, s:b}", "prompt", ids, "n_predict", 0, "prompt_logprobs", 1);
+    char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    if (!body) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    json_t *js = NULL;
+    r->calls++;
+    int rc = http_json(r, "/completion", body, &js, err);
+    free(body);
+    if (rc) return rc;
+    json_t *pp = json_object_get(js, "prompt_probabilities");
+    if (!json_is_array(pp) || (int)json_array_size(pp) != n - 1)
+        rc = duet_fail(err, DUET_ERR_FORMAT, "expert %s: response has no prompt_probabilities "
+                       "for %d tokens (is it a duet serve?)", r->url, n - 1);
+    for (int i = 0; !rc && i < n - 1; i++) {
+        json_t *e = json_array_get(pp, (size_t)i);
+        json_t *a = json_object_get(e, "logprob"), *b = json_object_get(e, "max_logprob"),
+               *c = json_object_get(e, "entropy"), *id = json_object_get(e, "id");
+        if (!json_is_number(a) || !json_is_number(b) || !json_is_number(c) ||
+            json_integer_value(id) != tokens[i + 1])
+            rc = duet_fail(err, DUET_ERR_FORMAT, "expert %s: prompt_probabilities[%d] is not "
+                           "{id %d, logprob, max_logprob, entropy}", r->url, i, tokens[i + 1]);
+        else {
+            lp[i] = (float)json_number_value(a);
+            maxlp[i] = (float)json_number_value(b);
+            entropy[i] = (float)json_number_value(c);
+        }
+    }
+    json_decref(js);
+    return rc;
+}

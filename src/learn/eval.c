@@ -1,0 +1,771 @@
+/*
+ * eval.c: evaluating routing policies (see eval.h). Owns the evaluation data (problems or a
+ * text), the teacher-forced token records of the nll task, the calibration scores that turn
+ * a target deferral rate into a threshold, and the JSON report.
+ * Invariants: generation goes only through the public collab API (so eval measures exactly
+ * what `duet run` does); the teacher-forced pass cuts windows exactly as duet_text_score and
+ * sums log-probs in the same order, so policy base reproduces its NLL bit for bit.
+ */
+#include "learn/eval.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/common.h"
+#include "learn/answers.h"
+#include "collab/vocab_bridge.h"
+
+#define N_ROUTERS (EVAL_POLICY_ORACLE + 1)
+
+static const char *k_tasks[EVAL_TASK_COUNT] = {"nll", "gsm8k", "math"};
+static const char *k_prompt_fmt =
+    "Please solve the following math problem with detailed steps.\n\nQuestion: %s\nAnswer:";
+static const char *const k_default_stops[1] = {"\n\nQuestion:"};
+
+int eval_task_from_name(const char *name) {
+    for (int i = 0; i < EVAL_TASK_COUNT; i++)
+        if (!strcmp(name, k_tasks[i])) return i;
+    return -1;
+}
+const char *eval_task_name(int t) { return t >= 0 && t < EVAL_TASK_COUNT ? k_tasks[t] : "?"; }
+const char *eval_metric_name(int t) { return t == EVAL_TASK_NLL ? "nll_per_byte" : "accuracy"; }
+int eval_higher_is_better(int t) { return t != EVAL_TASK_NLL; }
+
+int eval_policy_from_name(const char *name) {
+    return !strcmp(name, "oracle") ? EVAL_POLICY_ORACLE : duet_policy_from_name(name);
+}
+const char *eval_policy_name(int p) { return p == EVAL_POLICY_ORACLE ? "oracle" : duet_policy_name(p); }
+int eval_policy_thresholded(int p) {
+    return p == DUET_POLICY_COLLM || p == DUET_POLICY_COMPOSE || p == DUET_POLICY_UNCERTAINTY ||
+           p == EVAL_POLICY_ORACLE;
+}
+static int uses_head(int p) { return p == DUET_POLICY_COLLM || p == DUET_POLICY_COMPOSE; }
+
+/* ---- growable buffers ------------------------------------------------------------------ */
+typedef struct fvec { float *v; int n, cap; } fvec;
+
+static int fvec_push(fvec *f, float x) {
+    if (f->n == f->cap) {
+        int cap = f->cap ? 2 * f->cap : 1024;
+        float *v = realloc(f->v, (size_t)cap * sizeof *v);
+        if (!v) return DUET_ERR_NOMEM;
+        f->v = v;
+        f->cap = cap;
+    }
+    f->v[f->n++] = x;
+    return DUET_OK;
+}
+
+/* ---- context ------------------------------------------------------------------------- */
+typedef struct problem {
+    char *prompt;     /* the paper's prompt around the question */
+    char *reference;  /* gsm8k: the answer text ("... #### 18"); math: the final answer */
+    int32_t *ids;     /* prompt tokens (base ids, BOS first), cut to fit the context */
+    int n_ids, truncated;
+} problem;
+
+typedef struct problems { problem *v; int n; } problems;
+
+/* Teacher-forced records of the nll task, one entry per scored token. */
+typedef struct tf_data {
+    int n;
+    size_t n_bytes;
+    double *lpb, *lpe;          /* log-prob of the gold token: base, expert (NaN: no expert) */
+    float *score;               /* u.h (NaN: no head) */
+    float *entropy;             /* base entropy, nats */
+    float *gain;                /* lpe - lpb */
+    float *maxlp_b, *maxlp_e;   /* log max-probabilities */
+    double t_base, t_expert;    /* seconds in each model's forward passes */
+    int n_unknown;              /* gold tokens of the base's "unknown" type */
+} tf_data;
+
+struct eval_ctx {
+    duet_model *base, *expert, *anti;
+    const duet_head *head;
+    eval_params p;
+    const char *const *stops;
+    int n_stops, n_ctx;
+    char path[1024];
+    problems data;
+    char *text;                 /* nll */
+    size_t text_len;
+    tf_data tf;
+    int tf_done;
+    fvec calib[N_ROUTERS];
+    int calib_done[N_ROUTERS];
+};
+
+static void problems_free(problems *ps) {
+    for (int i = 0; i < ps->n; i++) {
+        free(ps->v[i].prompt);
+        free(ps->v[i].reference);
+        free(ps->v[i].ids);
+    }
+    free(ps->v);
+    ps->v = NULL;
+    ps->n = 0;
+}
+
+/* A string field of a JSONL record, or NULL with an error naming file:line and the field. */
+static const char *str_field(json_t *o, const char *key, const char *path, long line, int required,
+                             duet_error *err) {
+    json_t *v = json_object_get(o, key);
+    if (json_is_string(v)) return json_string_value(v);
+    if (required)
+        duet_fail(err, DUET_ERR_FORMAT, "%s:%ld: field '%s' is %s", path, line, key,
+                  v ? "not a string" : "missing");
+    return NULL;
+}
+
+/* One problem from a JSONL record: gsm8k {"question","answer"}; math {"problem", "answer"}
+ * (or the last \boxed{} of "solution"). */
+static int parse_problem(json_t *o, int task, const char *path, long line, problem *pb,
+                         duet_error *err) {
+    const char *q = str_field(o, task == EVAL_TASK_GSM8K ? "question" : "problem", path, line, 1, err);
+    if (!q) return DUET_ERR_FORMAT;
+    const char *ref = str_field(o, "answer", path, line, task == EVAL_TASK_GSM8K, err);
+    char boxed[ANSWERS_CAP];
+    if (!ref && task == EVAL_TASK_GSM8K) return DUET_ERR_FORMAT;
+    if (!ref) {
+        const char *sol = str_field(o, "solution", path, line, 0, err);
+        if (!sol || !answers_math_extract(sol, boxed, sizeof boxed))
+            return duet_fail(err, DUET_ERR_FORMAT, "%s:%ld: no field 'answer' and no \\boxed{} answer "
+                             "in field 'solution'", path, line);
+        ref = boxed;
+    }
+    double v;
+    if (task == EVAL_TASK_GSM8K && !answers_gsm8k_reference(ref, &v))
+        return duet_fail(err, DUET_ERR_FORMAT, "%s:%ld: field 'answer' has no number after '####'",
+                         path, line);
+    size_t n = strlen(k_prompt_fmt) + strlen(q) + 1;
+    pb->prompt = malloc(n);
+    pb->reference = strdup(ref);
+    if (!pb->prompt || !pb->reference) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    snprintf(pb->prompt, n, k_prompt_fmt, q);
+    return DUET_OK;
+}
+
+static int load_problems(const char *path, int task, int limit, problems *out, duet_error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return duet_fail(err, DUET_ERR_IO, "%s: %s", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    long ln = 0;
+    int rc = DUET_OK, vcap = 0;
+    while (rc == DUET_OK && (limit <= 0 || out->n < limit) && (len = getline(&line, &cap, f)) >= 0) {
+        ln++;
+        size_t k = 0;
+        while (k < (size_t)len && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r' || line[k] == '\n')) k++;
+        if (k == (size_t)len) continue; /* blank line */
+        json_error_t je;
+        json_t *o = json_loadb(line, (size_t)len, JSON_DISABLE_EOF_CHECK, &je);
+        if (!o || !json_is_object(o)) {
+            rc = duet_fail(err, DUET_ERR_FORMAT, "%s:%ld: %s%s", path, ln,
+                           o ? "not a JSON object" : "invalid JSON: ", o ? "" : je.text);
+            json_decref(o);
+            break;
+        }
+        if (out->n == vcap) {
+            vcap = vcap ? 2 * vcap : 64;
+            problem *v = realloc(out->v, (size_t)vcap * sizeof *v);
+            if (!v) { json_decref(o); rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory"); break; }
+            out->v = v;
+        }
+        memset(&out->v[out->n], 0, sizeof out->v[0]);
+        rc = parse_problem(o, task, path, ln, &out->v[out->n++], err);
+        json_decref(o);
+    }
+    if (rc == DUET_OK && ferror(f)) rc = duet_fail(err, DUET_ERR_IO, "%s: read error", path);
+    if (rc == DUET_OK && out->n == 0) rc = duet_fail(err, DUET_ERR_FORMAT, "%s: no examples", path);
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+/* Tokenize every prompt; one that does not leave room for the answer keeps BOS and its
+ * last tokens (the question's end and "Answer:" matter most), and is counted. */
+static int tokenize_prompts(eval_ctx *c, problems *ps, duet_error *err) {
+    int max_new = c->p.max_tokens, room = DUET_MIN(max_new, c->n_ctx / 2);
+    int budget = c->n_ctx - room;
+    int32_t bos = duet_token_bos(c->base);
+    for (int i = 0; i < ps->n; i++) {
+        problem *pb = &ps->v[i];
+        size_t len = strlen(pb->prompt);
+        int n = duet_tokenize(c->base, pb->prompt, len, 1, 0, NULL, 0, err);
+        if (n < 0) return n;
+        if (!(pb->ids = malloc((size_t)(n + 1) * sizeof(int32_t))))
+            return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+        if ((n = duet_tokenize(c->base, pb->prompt, len, 1, 0, pb->ids, n, err)) < 0) return n;
+        if (n > budget) {
+            int head = bos >= 0 && pb->ids[0] == bos;
+            memmove(pb->ids + head, pb->ids + n - (budget - head), (size_t)(budget - head) * sizeof(int32_t));
+            n = budget;
+            pb->truncated = 1;
+        }
+        pb->n_ids = n;
+    }
+    return DUET_OK;
+}
+
+int eval_open(duet_model *base, duet_model *expert, duet_model *anti, const duet_head *head,
+              const char *data_path, const eval_params *params, eval_ctx **out, duet_error *err) {
+    *out = NULL;
+    if (!params || params->task < 0 || params->task >= EVAL_TASK_COUNT)
+        return duet_fail(err, DUET_ERR_ARG, "unknown task %d", params ? params->task : -1);
+    eval_ctx *c = calloc(1, sizeof *c);
+    if (!c) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    c->base = base;
+    c->expert = expert;
+    c->anti = anti;
+    c->head = head;
+    c->p = *params;
+    if (c->p.max_tokens <= 0) c->p.max_tokens = 256;
+    if (c->p.n_calib <= 0) c->p.n_calib = 15;
+    c->stops = c->p.stops ? c->p.stops : k_default_stops;
+    c->n_stops = c->p.stops ? c->p.n_stops : 1;
+    snprintf(c->path, sizeof c->path, "%s", data_path);
+    int n_ctx = c->p.n_ctx;
+    if (n_ctx <= 0) {
+        n_ctx = duet_model_hparams(base)->n_ctx_train;
+        if (expert) n_ctx = DUET_MIN(n_ctx, duet_model_hparams(expert)->n_ctx_train);
+        if (anti) n_ctx = DUET_MIN(n_ctx, duet_model_hparams(anti)->n_ctx_train);
+        n_ctx = DUET_MIN(n_ctx, 4096);
+    }
+    c->n_ctx = n_ctx;
+    int rc = DUET_OK;
+    if (head && duet_head_n_embd(head) != duet_model_hparams(base)->n_embd)
+        rc = duet_fail(err, DUET_ERR_ARG, "head has n_embd %d, base has %d", duet_head_n_embd(head),
+                       duet_model_hparams(base)->n_embd);
+    else if (n_ctx < 8)
+        rc = duet_fail(err, DUET_ERR_ARG, "context of %d tokens is too small to evaluate", n_ctx);
+    if (!rc && c->p.task == EVAL_TASK_NLL) {
+        FILE *f = fopen(data_path, "rb");
+        if (!f) {
+            rc = duet_fail(err, DUET_ERR_IO, "%s: %s", data_path, strerror(errno));
+        } else {
+            duet_buf b = {0};
+            char chunk[65536];
+            size_t r;
+            while (!rc && (r = fread(chunk, 1, sizeof chunk, f)) > 0)
+                if (duet_buf_add(&b, chunk, r)) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+            if (!rc && ferror(f)) rc = duet_fail(err, DUET_ERR_IO, "%s: read error", data_path);
+            fclose(f);
+            c->text = b.p;
+            c->text_len = b.n;
+            if (c->p.limit > 0 && (size_t)c->p.limit < c->text_len) { /* cut at a UTF-8 boundary */
+                size_t n = (size_t)c->p.limit;
+                while (n > 0 && ((unsigned char)c->text[n] & 0xc0) == 0x80) n--;
+                c->text_len = n;
+            }
+            if (!rc && c->text_len == 0) rc = duet_fail(err, DUET_ERR_FORMAT, "%s: no text to score", data_path);
+        }
+    } else if (!rc) {
+        rc = load_problems(data_path, c->p.task, c->p.limit, &c->data, err);
+        if (!rc) rc = tokenize_prompts(c, &c->data, err);
+    }
+    if (rc) {
+        eval_close(c);
+        return rc;
+    }
+    *out = c;
+    return DUET_OK;
+}
+
+void eval_close(eval_ctx *c) {
+    if (!c) return;
+    problems_free(&c->data);
+    free(c->text);
+    tf_data *t = &c->tf;
+    free(t->lpb);
+    free(t->lpe);
+    free(t->score);
+    free(t->entropy);
+    free(t->gain);
+    free(t->maxlp_b);
+    free(t->maxlp_e);
+    for (int i = 0; i < N_ROUTERS; i++) free(c->calib[i].v);
+    free(c);
+}
+
+/* ---- teacher-forced pass (nll) --------------------------------------------------------- */
+/* log softmax(l)[tok] in double, the same operations in the same order as duet_text_score
+ * (so policy base reproduces it bit for bit), plus the base's confidence as duet score
+ * stores it: entropy and log max-probability (nats). */
+static double row_stats(const float *l, int n, int tok, float *entropy, float *max_logp) {
+    double mx, z, ez;
+    duet_softmax_stats(l, n, &mx, &z, &ez);
+    double lz = log(z);
+    if (entropy) *entropy = (float)(lz - ez / z);
+    *max_logp = (float)-lz;
+    return (double)l[tok] - mx - log(z);
+}
+
+static void progress(eval_ctx *c, const char *what, long done, long total) {
+    if (c->p.progress) c->p.progress(c->p.ud, what, done, total);
+}
+
+static int tf_alloc(tf_data *t, int n) {
+    t->lpb = malloc((size_t)n * sizeof(double));
+    t->lpe = malloc((size_t)n * sizeof(double));
+    float **f[5] = {&t->score, &t->entropy, &t->gain, &t->maxlp_b, &t->maxlp_e};
+    int ok = t->lpb && t->lpe;
+    for (int i = 0; i < 5; i++) ok &= (*f[i] = malloc((size_t)n * sizeof(float))) != NULL;
+    return ok ? DUET_OK : DUET_ERR_NOMEM;
+}
+
+static int tf_run(eval_ctx *c, duet_error *err) {
+    if (c->tf_done) return DUET_OK;
+    tf_data *t = &c->tf;
+    duet_model *b = c->base, *e = c->expert;
+    int n = duet_tokenize(b, c->text, c->text_len, 0, 0, NULL, 0, err);
+    if (n < 0) return n;
+    if (n == 0) return duet_fail(err, DUET_ERR_FORMAT, "%s: no tokens to score", c->path);
+    int ctx = c->n_ctx, Vb = duet_model_hparams(b)->n_vocab, Ve = e ? duet_model_hparams(e)->n_vocab : 0;
+    int32_t bos = duet_token_bos(b);
+    int per = bos >= 0 ? ctx - 1 : ctx; /* text tokens per window, as duet_text_score */
+    duet_session_params sp = {.n_ctx = ctx};
+    duet_session *sb = NULL, *se = NULL;
+    int32_t *toks = malloc((size_t)n * sizeof *toks), *win = malloc((size_t)ctx * sizeof *win);
+    int32_t *ewin = malloc((size_t)ctx * sizeof *ewin), *map = NULL;
+    int rc = !toks || !win || !ewin || tf_alloc(t, n) ? duet_fail(err, DUET_ERR_NOMEM, "out of memory") : DUET_OK;
+    if (!rc && (rc = duet_tokenize(b, c->text, c->text_len, 0, 0, toks, n, err)) >= 0) rc = DUET_OK;
+    for (int i = 0; !rc && i < n; i++) t->n_unknown += duet_token_type(b, toks[i]) == 2;
+    if (!rc) rc = duet_session_new(b, &sp, &sb, err);
+    int bridged;
+    if (!rc && e) rc = vocab_bridge_build(b, e, "expert", &map, &bridged, err);
+    if (!rc && e) rc = duet_session_new(e, &sp, &se, err);
+    t->n = 0;
+    t->n_bytes = c->text_len;
+    for (int start = 0; !rc && start < n; start += per) {
+        int k = DUET_MIN(per, n - start), w = 0;
+        if (bos >= 0) win[w++] = bos;
+        memcpy(win + w, toks + start, (size_t)k * sizeof *win);
+        w += k;
+        double t0 = duet_time_s();
+        duet_session_truncate(sb, 0);
+        if ((rc = duet_session_eval(sb, win, w, 1, err))) break;
+        double t1 = duet_time_s();
+        t->t_base += t1 - t0;
+        for (int j = 0; j + 1 < w; j++) { /* row j predicts win[j+1] */
+            int i = t->n + j;
+            t->lpb[i] = row_stats(duet_session_logits(sb, j), Vb, win[j + 1], &t->entropy[i], &t->maxlp_b[i]);
+            t->score[i] = c->head ? duet_head_score_ex(c->head, duet_session_hidden(sb, j), t->entropy[i],
+                                                       t->maxlp_b[i]) : NAN;
+        }
+        if (e) {
+            for (int j = 0; j < w; j++) ewin[j] = map[win[j]];
+            t1 = duet_time_s();
+            duet_session_truncate(se, 0);
+            if ((rc = duet_session_eval(se, ewin, w, 1, err))) break;
+            t->t_expert += duet_time_s() - t1;
+            for (int j = 0; j + 1 < w; j++) {
+                int i = t->n + j;
+                t->lpe[i] = row_stats(duet_session_logits(se, j), Ve, ewin[j + 1], NULL, &t->maxlp_e[i]);
+                t->gain[i] = (float)(t->lpe[i] - t->lpb[i]);
+            }
+        } else {
+            for (int j = 0; j + 1 < w; j++) {
+                t->lpe[t->n + j] = NAN;
+                t->maxlp_e[t->n + j] = t->gain[t->n + j] = NAN;
+            }
+        }
+        t->n += w - 1;
+        progress(c, "scoring", start + k, n);
+    }
+    duet_session_free(sb);
+    duet_session_free(se);
+    free(map);
+    free(toks);
+    free(win);
+    free(ewin);
+    if (!rc && t->n == 0) rc = duet_fail(err, DUET_ERR_FORMAT, "%s: no tokens to score", c->path);
+    c->tf_done = !rc;
+    return rc;
+}
+
+/* ---- generation ---------------------------------------------------------------------- */
+/* Answer one problem with the collab decoder; the text (cut at a stop string) goes to out.
+ * scores (may be NULL) collects each emitted token's policy score; *n_gen and *n_def count
+ * the emitted tokens and those the expert chose (a deferred EOS is not a token). */
+static int generate(eval_ctx *c, duet_collab *co, const problem *pb, duet_buf *out, fvec *scores,
+                    int *n_gen, int *n_def, duet_error *err) {
+    out->n = 0;
+    *n_gen = *n_def = 0;
+    if (duet_buf_add(out, "", 0)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    int rc = duet_collab_start(co, pb->ids, pb->n_ids, err);
+    if (rc) return rc;
+    int32_t prev = pb->ids[pb->n_ids - 1];
+    char piece[256];
+    for (int i = 0; i < c->p.max_tokens; i++) {
+        duet_collab_token t;
+        rc = duet_collab_step(co, &t, err);
+        if (rc == DUET_EOS || rc == DUET_ERR_RANGE) return DUET_OK; /* end, or context full */
+        if (rc) return rc;
+        if (scores && fvec_push(scores, t.score)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+        ++*n_gen;
+        *n_def += t.deferred;
+        int len = duet_token_to_piece(c->base, prev, t.id, piece, sizeof piece);
+        len = len < 0 ? 0 : DUET_MIN(len, (int)sizeof piece);
+        size_t before = out->n;
+        if (duet_buf_add(out, piece, (size_t)len)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+        prev = t.id;
+        for (int s = 0; s < c->n_stops; s++) {
+            size_t sl = strlen(c->stops[s]);
+            if (!sl) continue;
+            size_t from = before >= sl ? before - sl + 1 : 0;
+            char *hit = strstr(out->p + from, c->stops[s]);
+            if (hit) {
+                out->n = (size_t)(hit - out->p);
+                out->p[out->n] = 0;
+                return DUET_OK;
+            }
+        }
+    }
+    return DUET_OK;
+}
+
+/* Score an answer; pred gets the extracted answer ("" when none). */
+static int score_answer(int task, const char *output, const char *reference, char *pred, size_t cap) {
+    pred[0] = 0;
+    if (task == EVAL_TASK_GSM8K) {
+        double v;
+        if (answers_last_number(output, strlen(output), &v)) snprintf(pred, cap, "%.15g", v);
+        return answers_gsm8k_correct(output, reference);
+    }
+    answers_math_extract(output, pred, cap);
+    return answers_math_correct(output, reference);
+}
+
+static int collab_for(eval_ctx *c, const duet_collab_params *cp, duet_collab **co, duet_error *err) {
+    int pol = cp->policy;
+    return duet_collab_new(c->base, pol == DUET_POLICY_BASE ? NULL : c->expert,
+                           pol == DUET_POLICY_PROXY ? c->anti : NULL, uses_head(pol) ? c->head : NULL,
+                           cp, co, err);
+}
+
+/* ---- calibration ----------------------------------------------------------------------- */
+static int router_slot(int policy) { return policy == DUET_POLICY_COMPOSE ? DUET_POLICY_COLLM : policy; }
+
+int eval_calibration(eval_ctx *c, int policy, const float **scores, int *n, duet_error *err) {
+    if (!eval_policy_thresholded(policy))
+        return duet_fail(err, DUET_ERR_ARG, "policy %s has no threshold to calibrate", eval_policy_name(policy));
+    if (uses_head(policy) && !c->head)
+        return duet_fail(err, DUET_ERR_ARG, "policy %s needs a deferral head (--head)", eval_policy_name(policy));
+    int slot = router_slot(policy), rc = DUET_OK;
+    fvec *f = &c->calib[slot];
+    if (c->p.task == EVAL_TASK_NLL) {
+        if (policy == EVAL_POLICY_ORACLE && !c->expert)
+            return duet_fail(err, DUET_ERR_ARG, "policy oracle needs an expert model (--expert)");
+        if ((rc = tf_run(c, err))) return rc;
+        *scores = uses_head(policy) ? c->tf.score : policy == EVAL_POLICY_ORACLE ? c->tf.gain : c->tf.entropy;
+        *n = c->tf.n;
+        return DUET_OK;
+    }
+    if (policy == EVAL_POLICY_ORACLE)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED, "policy oracle needs gold tokens: only --task nll");
+    if (!c->calib_done[slot]) {
+        /* base-only greedy: the policy never defers (eta 1 / infinite entropy threshold), so
+         * the collab decoder reproduces the base alone and reports each token's score */
+        duet_collab_params cp = {.policy = uses_head(policy) ? DUET_POLICY_COLLM : DUET_POLICY_UNCERTAINTY,
+                                 .threshold = uses_head(policy) ? 1.0f : INFINITY, .n_ctx = c->n_ctx};
+        duet_collab *co = NULL;
+        duet_buf text = {0};
+        int np = DUET_MIN(c->p.n_calib, c->data.n);
+        char what[64];
+        snprintf(what, sizeof what, "calibrating %s", eval_policy_name(slot));
+        f->n = 0;
+        rc = collab_for(c, &cp, &co, err);
+        for (int i = 0; !rc && i < np; i++) {
+            int ng, nd;
+            rc = generate(c, co, &c->data.v[i], &text, f, &ng, &nd, err);
+            progress(c, what, i + 1, np);
+        }
+        duet_collab_free(co);
+        free(text.p);
+        if (rc) return rc;
+        c->calib_done[slot] = 1;
+    }
+    *scores = f->v;
+    *n = f->n;
+    return DUET_OK;
+}
+
+static int cmp_desc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+double eval_rate_threshold(const float *scores, int n, double rate) {
+    float *s = malloc((size_t)(n > 0 ? n : 1) * sizeof *s);
+    if (!s) return NAN;
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (!isnan(scores[i])) s[m++] = scores[i];
+    qsort(s, (size_t)m, sizeof *s, cmp_desc);
+    long k = lround(rate * m);
+    double thr = k <= 0 ? INFINITY : k >= m ? -INFINITY : 0.5 * ((double)s[k - 1] + (double)s[k]);
+    free(s);
+    return thr;
+}
+
+/* ---- evaluating one spec --------------------------------------------------------------- */
+static double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+/* The threshold a thresholded spec compares its score with (logit for collm/compose), and the
+ * value to report (eta for collm/compose). */
+static int resolve_threshold(eval_ctx *c, const eval_spec *s, double *cmp, double *report, duet_error *err) {
+    int pol = s->policy;
+    if (s->rate >= 0) {
+        if (!(s->rate <= 1)) return duet_fail(err, DUET_ERR_ARG, "deferral rate %g is outside [0, 1]", s->rate);
+        const float *sc;
+        int n, rc = eval_calibration(c, pol, &sc, &n, err);
+        if (rc) return rc;
+        *cmp = eval_rate_threshold(sc, n, s->rate);
+        if (isnan(*cmp)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+        *report = uses_head(pol) ? sigmoid(*cmp) : *cmp;
+        return DUET_OK;
+    }
+    if (uses_head(pol)) {
+        if (s->threshold > 1) return duet_fail(err, DUET_ERR_ARG, "threshold %g is outside [0, 1]", s->threshold);
+        float eta = s->threshold >= 0 ? s->threshold
+                    : c->head && duet_head_threshold(c->head) >= 0 ? duet_head_threshold(c->head) : 0.5f;
+        /* as the collab decoder compares: float logit of eta */
+        *cmp = eta <= 0 ? -INFINITY : eta >= 1 ? INFINITY : logf(eta / (1 - eta));
+        *report = eta;
+    } else if (pol == DUET_POLICY_UNCERTAINTY) {
+        *cmp = *report = s->threshold >= 0 ? s->threshold : 2.0f;
+    } else { /* oracle */
+        *cmp = *report = s->threshold;
+    }
+    return DUET_OK;
+}
+
+static int check_models(eval_ctx *c, int pol, duet_error *err) {
+    if (pol < 0 || pol > EVAL_POLICY_ORACLE) return duet_fail(err, DUET_ERR_ARG, "unknown policy %d", pol);
+    if (pol != DUET_POLICY_BASE && !c->expert)
+        return duet_fail(err, DUET_ERR_ARG, "policy %s needs an expert model (--expert)", eval_policy_name(pol));
+    if (uses_head(pol) && !c->head)
+        return duet_fail(err, DUET_ERR_ARG, "policy %s needs a deferral head (--head)", eval_policy_name(pol));
+    if (pol == DUET_POLICY_PROXY && !c->anti)
+        return duet_fail(err, DUET_ERR_ARG, "policy proxy needs a third (anti-expert) model (--anti)");
+    return DUET_OK;
+}
+
+static int eval_nll(eval_ctx *c, const eval_spec *s, eval_result *r, duet_error *err) {
+    int pol = s->policy, rc = tf_run(c, err);
+    if (rc) return rc;
+    if (pol == DUET_POLICY_PROXY || pol == DUET_POLICY_CONTRASTIVE)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED, "policy %s mixes whole distributions: not "
+                         "available for --task nll", eval_policy_name(pol));
+    double cmp = NAN, rate = NAN;
+    if (eval_policy_thresholded(pol) && (rc = resolve_threshold(c, s, &cmp, &r->threshold, err))) return rc;
+    if (pol == DUET_POLICY_RANDOM) {
+        if (!(s->rate >= 0 && s->rate <= 1))
+            return duet_fail(err, DUET_ERR_ARG, "policy random needs a deferral rate in [0, 1]");
+        rate = r->rate = s->rate;
+    }
+    const tf_data *t = &c->tf;
+    uint64_t rng = c->p.seed ^ 0x5851f42d4c957f2dull;
+    double nll = 0;
+    long deferred = 0, calls = 0;
+    for (int i = 0; i < t->n; i++) {
+        int d = 0;
+        double lp;
+        switch (pol) {
+        case DUET_POLICY_BASE: break;
+        case DUET_POLICY_EXPERT: d = 1; break;
+        case DUET_POLICY_RANDOM: d = (double)(duet_splitmix64(&rng) >> 11) * 0x1.0p-53 < rate; break;
+        case DUET_POLICY_CONFIDENCE: d = t->maxlp_e[i] > t->maxlp_b[i]; calls++; break;
+        case DUET_POLICY_UNCERTAINTY: d = t->entropy[i] > cmp; break;
+        case EVAL_POLICY_ORACLE: d = t->gain[i] > cmp; break;
+        default: d = t->score[i] > cmp; break; /* collm, compose */
+        }
+        if (d && pol == DUET_POLICY_COMPOSE) { /* log((1-p) Pb + p Pe) */
+            double p = sigmoid(t->score[i]), a = log1p(-p) + t->lpb[i], b = log(p) + t->lpe[i];
+            double m = fmax(a, b);
+            lp = m + log(exp(a - m) + exp(b - m));
+        } else {
+            lp = d ? t->lpe[i] : t->lpb[i];
+        }
+        nll -= lp;
+        deferred += d;
+    }
+    if (pol != DUET_POLICY_CONFIDENCE) calls = deferred;
+    r->value = nll / (double)t->n_bytes;
+    r->n_tokens = t->n;
+    r->n_deferred = deferred;
+    r->expert_calls = calls;
+    r->deferral_frequency = r->deferral_frequency_examples = (double)deferred / t->n;
+    r->n_examples = 1;
+    /* teacher-forced throughput of the models the policy needs */
+    r->seconds = pol == DUET_POLICY_BASE ? t->t_base : pol == DUET_POLICY_EXPERT ? t->t_expert
+                 : calls ? t->t_base + t->t_expert : t->t_base;
+    r->tokens_per_second = t->n / (r->seconds > 0 ? r->seconds : 1e-9);
+    return DUET_OK;
+}
+
+static int eval_generation(eval_ctx *c, const eval_spec *s, eval_result *r, duet_error *err) {
+    int pol = s->policy, rc;
+    if (pol == EVAL_POLICY_ORACLE)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED, "policy oracle needs gold tokens: only --task nll");
+    duet_collab_params cp = {.policy = (duet_policy)pol, .threshold = -1, .n_ctx = c->n_ctx};
+    cp.sampling.seed = c->p.seed;
+    if (eval_policy_thresholded(pol)) {
+        double cmp;
+        if ((rc = resolve_threshold(c, s, &cmp, &r->threshold, err))) return rc;
+        if (uses_head(pol)) { /* eta; a quantile of saturated scores must not round to 1 */
+            cp.threshold = (float)r->threshold;
+            if (cp.threshold >= 1 && cmp < INFINITY) cp.threshold = nextafterf(1.0f, 0.0f);
+        } else {
+            cp.threshold = cmp == -INFINITY ? 0.0f : (float)cmp; /* entropy > 0: always */
+        }
+    } else if (pol == DUET_POLICY_RANDOM) {
+        if (!(s->rate >= 0 && s->rate <= 1))
+            return duet_fail(err, DUET_ERR_ARG, "policy random needs a deferral rate in [0, 1]");
+        cp.random_rate = (float)s->rate;
+        r->rate = s->rate;
+    }
+    duet_collab *co = NULL;
+    if ((rc = collab_for(c, &cp, &co, err))) return rc;
+    duet_buf text = {0};
+    char what[96];
+    if (s->rate >= 0) snprintf(what, sizeof what, "%s @%.2f", eval_policy_name(pol), s->rate);
+    else snprintf(what, sizeof what, "%s", eval_policy_name(pol));
+    double frac_sum = 0;
+    for (int i = 0; !rc && i < c->data.n; i++) {
+        const problem *pb = &c->data.v[i];
+        int ng, nd;
+        if ((rc = generate(c, co, pb, &text, NULL, &ng, &nd, err))) break;
+        const duet_collab_stats *st = duet_collab_get_stats(co);
+        char pred[ANSWERS_CAP];
+        int ok = score_answer(c->p.task, text.p, pb->reference, pred, sizeof pred);
+        if (c->p.on_answer) c->p.on_answer(c->p.answer_ud, s, i, text.p, pred, pb->reference, ok);
+        r->n_correct += ok;
+        r->n_examples++;
+        r->n_truncated += pb->truncated;
+        r->n_tokens += ng;
+        r->n_deferred += nd;
+        r->expert_calls += st->expert_calls;
+        r->seconds += st->t_total;
+        frac_sum += ng ? (double)nd / ng : 0;
+        progress(c, what, i + 1, c->data.n);
+    }
+    duet_collab_free(co);
+    free(text.p);
+    if (rc) return rc;
+    r->value = r->n_examples ? (double)r->n_correct / r->n_examples : 0;
+    r->deferral_frequency = r->n_tokens ? (double)r->n_deferred / r->n_tokens : 0;
+    r->deferral_frequency_examples = r->n_examples ? frac_sum / r->n_examples : 0;
+    r->tokens_per_second = r->n_tokens / (r->seconds > 0 ? r->seconds : 1e-9);
+    return DUET_OK;
+}
+
+int eval_one(eval_ctx *c, const eval_spec *spec, eval_result *out, duet_error *err) {
+    memset(out, 0, sizeof *out);
+    out->spec = *spec;
+    out->threshold = out->rate = NAN;
+    if (spec->rate >= 0 && (eval_policy_thresholded(spec->policy) || spec->policy == DUET_POLICY_RANDOM))
+        out->rate = spec->rate;
+    int rc = check_models(c, spec->policy, err);
+    if (rc) return rc;
+    return c->p.task == EVAL_TASK_NLL ? eval_nll(c, spec, out, err) : eval_generation(c, spec, out, err);
+}
+
+int eval_run(eval_ctx *c, const eval_spec *specs, int n, eval_result *out, duet_error *err) {
+    int collm = -1, rc = DUET_OK;
+    for (int i = 0; i < n && !rc; i++) {
+        int later = (specs[i].policy == DUET_POLICY_RANDOM || specs[i].policy == EVAL_POLICY_ORACLE) &&
+                    specs[i].rate < 0;
+        if (later) continue;
+        rc = eval_one(c, &specs[i], &out[i], err);
+        if (!rc && specs[i].policy == DUET_POLICY_COLLM && collm < 0) collm = i;
+    }
+    for (int i = 0; i < n && !rc; i++) {
+        if (!((specs[i].policy == DUET_POLICY_RANDOM || specs[i].policy == EVAL_POLICY_ORACLE) &&
+              specs[i].rate < 0))
+            continue;
+        if (collm < 0)
+            return duet_fail(err, DUET_ERR_ARG, "policy %s needs a deferral rate (--defer-rate) or "
+                             "collm in the same run to match", eval_policy_name(specs[i].policy));
+        eval_spec s = specs[i];
+        s.rate = out[collm].deferral_frequency;
+        rc = eval_one(c, &s, &out[i], err);
+        out[i].spec = specs[i];
+    }
+    return rc;
+}
+
+int eval_task(const eval_ctx *c) { return c->p.task; }
+int eval_n_unknown(const eval_ctx *c) { return c->tf_done ? c->tf.n_unknown : 0; }
+
+int eval_size(eval_ctx *c, duet_error *err) {
+    if (c->p.task != EVAL_TASK_NLL) return c->data.n;
+    int rc = tf_run(c, err);
+    return rc ? rc : c->tf.n;
+}
+
+/* ---- reports ---------------------------------------------------------------------------- */
+static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+json_t *eval_results_json(int task, const char *data_path, const eval_result *r, int n) {
+    json_t *root = json_object(), *arr = json_array();
+    json_object_set_new(root, "task", json_string(eval_task_name(task)));
+    json_object_set_new(root, "data", json_string(data_path));
+    for (int i = 0; i < n; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "policy", json_string(eval_policy_name(r[i].spec.policy)));
+        json_object_set_new(o, "metric", json_string(eval_metric_name(task)));
+        json_object_set_new(o, "value", num(r[i].value));
+        json_object_set_new(o, "deferral_frequency", num(r[i].deferral_frequency));
+        json_object_set_new(o, "expert_calls", json_integer(r[i].expert_calls));
+        json_object_set_new(o, "tokens_per_second", num(r[i].tokens_per_second));
+        json_object_set_new(o, "target_rate", num(r[i].rate));
+        json_object_set_new(o, "threshold", num(r[i].threshold));
+        json_object_set_new(o, "tokens", json_integer(r[i].n_tokens));
+        json_object_set_new(o, "deferred", json_integer(r[i].n_deferred));
+        if (task != EVAL_TASK_NLL) {
+            json_object_set_new(o, "deferral_frequency_examples", num(r[i].deferral_frequency_examples));
+            json_object_set_new(o, "examples", json_integer(r[i].n_examples));
+            json_object_set_new(o, "correct", json_integer(r[i].n_correct));
+            json_object_set_new(o, "truncated_prompts", json_integer(r[i].n_truncated));
+        }
+        json_array_append_new(arr, o);
+    }
+    json_object_set_new(root, "results", arr);
+    return root;
+}
+
+int eval_text_save(const char *text, size_t len, const char *path, duet_error *err) {
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return duet_fail(err, DUET_ERR_IO, "%s: %s", tmp, strerror(errno));
+    int bad = fwrite(text, 1, len, f) != len;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path)) {
+        remove(tmp);
+        return duet_fail(err, DUET_ERR_IO, "%s: write failed", path);
+    }
+    return DUET_OK;
+}
+
+int eval_json_save(json_t *root, const char *path, duet_error *err) {
+    char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
+    if (!s) return duet_fail(err, DUET_ERR_NOMEM, "%s: cannot serialise the report", path);
+    size_t n = strlen(s);
+    int rc = DUET_OK;
+    char *t = realloc(s, n + 2); /* a final newline */
+    if (!t) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    else {
+        s = t;
+        s[n++] = '\n';
+        s[n] = 0;
+        rc = eval_text_save(s, n, path, err);
+    }
+    free(s);
+    return rc;
+}

@@ -1,0 +1,612 @@
+/*
+ * scores.c: the scoring pass (teacher-forced, one batched prefill per sequence) and the
+ * score file reader; the format is documented in scores.h.
+ * Invariants: a block reaches the file only complete and flushed; the plan (sequences and
+ * their token ids) is a pure function of the dataset, the tokenizer and n_ctx, so a resumed
+ * run continues with exactly the sequences the interrupted one had not written.
+ */
+#include "learn/scores.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/common.h"
+#include "format/quant.h"
+#include "collab/vocab_bridge.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "score files are little-endian; this host is not"
+#endif
+
+_Static_assert(sizeof(dsf_header) == DSF_HEADER_SIZE, "dsf_header must be 512 bytes");
+_Static_assert(sizeof(dsf_block) == 32, "dsf_block must be 32 bytes");
+_Static_assert(sizeof(dsf_tok) == 16, "dsf_tok must be 16 bytes");
+_Static_assert(sizeof(dsf_seq) == 40, "dsf_seq must be 40 bytes");
+_Static_assert(offsetof(dsf_header, n_seq) == 56 && offsetof(dsf_header, model_name) == 120 &&
+               offsetof(dsf_header, reserved) == 376, "dsf_header offsets as documented");
+
+static uint64_t block_bytes(uint64_t n_tok, uint64_t hd) {
+    uint64_t b = sizeof(dsf_block) + n_tok * sizeof(dsf_tok) + n_tok * hd * 2;
+    return (b + 63) & ~(uint64_t)63;
+}
+
+static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n) {
+    const uint8_t *s = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ull;
+    return h;
+}
+
+/* Block check: a fast word hash (the data can be megabytes per sequence). */
+uint32_t dsf_block_check(const void *p, size_t n) {
+    const uint8_t *s = p;
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    for (; i < n; i++) h = (h ^ s[i]) * 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 29;
+    return (uint32_t)(h ^ (h >> 32));
+}
+
+/* ---- the plan: sequences of ids --------------------------------------------------------- */
+typedef dsf_plan_seq pseq;
+typedef dsf_plan plan;
+
+void dsf_plan_free(dsf_plan *p) {
+    free(p->ids);
+    free(p->seq);
+}
+
+static int plan_reserve(plan *p, int64_t more, duet_error *err) {
+    if (p->n_ids + more <= p->cap_ids) return DUET_OK;
+    int64_t nc = p->cap_ids ? p->cap_ids : 4096;
+    while (nc < p->n_ids + more) nc *= 2;
+    int32_t *n = realloc(p->ids, (size_t)nc * sizeof *n);
+    if (!n) return duet_fail(err, DUET_ERR_NOMEM, "out of memory planning %lld tokens", (long long)nc);
+    p->ids = n;
+    p->cap_ids = nc;
+    return DUET_OK;
+}
+
+/* Appends the tokens of text (already reserved? no: this reserves) at p->ids + n_ids; returns
+ * the count or a negative status. */
+static int tokenize_into(plan *p, const duet_model *m, const char *text, size_t len, int add_bos,
+                         const char *where, duet_error *err) {
+    int n = duet_tokenize(m, text, len, add_bos, 0, NULL, 0, err);
+    if (n < 0) return n;
+    if (n > (1 << 28)) return duet_fail(err, DUET_ERR_RANGE, "%s: %d tokens is too long", where, n);
+    int rc = plan_reserve(p, n + 1, err);
+    if (rc) return rc;
+    return duet_tokenize(m, text, len, add_bos, 0, p->ids + p->n_ids, n, err);
+}
+
+static int plan_add(plan *p, int64_t off, int n, int n_prompt, int example, int flags,
+                    duet_error *err) {
+    if (p->n_seq == p->cap_seq) {
+        int nc = p->cap_seq ? 2 * p->cap_seq : 256;
+        pseq *ns = realloc(p->seq, (size_t)nc * sizeof *ns);
+        if (!ns) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+        p->seq = ns;
+        p->cap_seq = nc;
+    }
+    p->seq[p->n_seq++] = (pseq){off, n, n_prompt, example, flags};
+    p->tok_total += n;
+    p->n_tok += n - n_prompt;
+    return DUET_OK;
+}
+
+int dsf_plan_build(const duet_model *idm, const ds_dataset *d, int n_ctx, dsf_plan *p,
+                   duet_error *err) {
+    memset(p, 0, sizeof *p);
+    int32_t bos = duet_token_bos(idm), eos = duet_token_eos(idm);
+    char *buf = NULL;
+    size_t cap = 0;
+    int rc = DUET_OK;
+    for (int e = 0; e < d->n && !rc; e++) {
+        const ds_example *x = &d->ex[e];
+        char where[600];
+        snprintf(where, sizeof where, "%s:%d", d->path, x->line);
+        if (!x->prompt) { /* plain text: windows of BOS + up to per tokens, all scored */
+            int64_t off = p->n_ids;
+            int n = tokenize_into(p, idm, x->response, x->response_len, 0, where, err);
+            if (n < 0) { rc = n; break; }
+            int lead = bos >= 0 ? 1 : 0, per = n_ctx - lead;
+            if (per < 1 + !lead) {
+                rc = duet_fail(err, DUET_ERR_ARG, "context of %d tokens is too small to score", n_ctx);
+                break;
+            }
+            if (bos >= 0) { /* windows are rebuilt below with a BOS each */
+                int nw = (n + per - 1) / per;
+                int32_t *tmp = malloc((size_t)(n ? n : 1) * sizeof *tmp);
+                if (!tmp) { rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory"); break; }
+                memcpy(tmp, p->ids + off, (size_t)n * sizeof *tmp);
+                p->n_ids = off;
+                if ((rc = plan_reserve(p, (int64_t)n + nw, err))) { free(tmp); break; }
+                for (int w = 0; w < nw && !rc; w++) {
+                    int k = DUET_MIN(per, n - w * per);
+                    int64_t o = p->n_ids;
+                    p->ids[p->n_ids++] = bos;
+                    memcpy(p->ids + p->n_ids, tmp + (size_t)w * per, (size_t)k * sizeof *tmp);
+                    p->n_ids += k;
+                    rc = plan_add(p, o, k + 1, 1, e, nw > 1 ? DSF_SEQ_WINDOW : 0, err);
+                }
+                free(tmp);
+            } else { /* no BOS: each window's first token is context only */
+                p->n_ids += n;
+                for (int s = 0; s + 1 < n && !rc; s += per - 1) {
+                    int k = DUET_MIN(per, n - s);
+                    rc = plan_add(p, off + s, k, 1, e, n > per ? DSF_SEQ_WINDOW : 0, err);
+                }
+            }
+            continue;
+        }
+        /* completion format: BOS + prompt + "\n" + response + EOS, response tokens scored */
+        size_t need = x->prompt_len + 1 + x->response_len + 1;
+        if (need > cap) {
+            char *nb = realloc(buf, need);
+            if (!nb) { rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory"); break; }
+            buf = nb;
+            cap = need;
+        }
+        memcpy(buf, x->prompt, x->prompt_len);
+        buf[x->prompt_len] = '\n';
+        int64_t off = p->n_ids;
+        int np = tokenize_into(p, idm, buf, x->prompt_len + 1, 1, where, err);
+        if (np < 0) { rc = np; break; }
+        int32_t *pre = malloc((size_t)(np ? np : 1) * sizeof *pre);
+        if (!pre) { rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory"); break; }
+        memcpy(pre, p->ids + off, (size_t)np * sizeof *pre);
+        memcpy(buf + x->prompt_len + 1, x->response, x->response_len);
+        int n = tokenize_into(p, idm, buf, x->prompt_len + 1 + x->response_len, 1, where, err);
+        if (n < 0) { free(pre); rc = n; break; }
+        int lcp = 0; /* the prompt ends where the two encodings part */
+        while (lcp < np && lcp < n && pre[lcp] == p->ids[off + lcp]) lcp++;
+        free(pre);
+        if (lcp == 0) lcp = 1; /* no BOS: the first token is context only */
+        if (eos >= 0 && !duet_token_is_eog(idm, p->ids[off + n - 1])) p->ids[off + n++] = eos;
+        int flags = 0;
+        if (lcp >= n || lcp >= n_ctx) { /* nothing to score inside the context */
+            p->n_skipped++;
+            continue;
+        }
+        if (n > n_ctx) {
+            flags = DSF_SEQ_TRUNCATED;
+            p->n_truncated++;
+            p->n_dropped += n - n_ctx;
+            n = n_ctx;
+        }
+        p->n_ids = off + n;
+        rc = plan_add(p, off, n, lcp, e, flags, err);
+    }
+    free(buf);
+    if (!rc && p->n_tok == 0)
+        rc = duet_fail(err, DUET_ERR_FORMAT, "%s: zero usable tokens to score (%d examples, %d "
+                       "with no response token inside the context of %d)", d->path, d->n,
+                       p->n_skipped, n_ctx);
+    if (rc) dsf_plan_free(p);
+    return rc;
+}
+
+/* ---- scoring ---------------------------------------------------------------------------- */
+static void tok_stats(const float *g, int n, int gold, dsf_tok *out) {
+    double mx, z, ez;
+    duet_softmax_stats(g, n, &mx, &z, &ez);
+    double lz = log(z);
+    out->gold = gold;
+    out->lp = (float)((double)g[gold] - mx - lz);
+    out->maxlp = (float)-lz;
+    out->entropy = (float)(lz - ez / z);
+}
+
+static int write_all(FILE *f, const void *p, size_t n, const char *path, duet_error *err) {
+    if (n && fwrite(p, 1, n, f) != n)
+        return duet_fail(err, DUET_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    return DUET_OK;
+}
+
+/* Walk the blocks of a partial file; returns how many complete blocks match the plan and
+ * sets *end to the offset after them. */
+static int64_t resume_scan(FILE *f, const plan *pl, uint32_t hd, uint64_t size, uint64_t *end) {
+    uint64_t off = DSF_HEADER_SIZE;
+    int64_t n = 0;
+    void *buf = NULL;
+    size_t cap = 0;
+    while (n < pl->n_seq) {
+        const pseq *q = &pl->seq[n];
+        uint64_t nt = (uint64_t)(q->n - q->n_prompt), bb = block_bytes(nt, hd);
+        if (off + bb > size) break;
+        if (bb > cap) {
+            void *nb = realloc(buf, bb);
+            if (!nb) break;
+            buf = nb;
+            cap = bb;
+        }
+        if (fseeko(f, (off_t)off, SEEK_SET) || fread(buf, 1, bb, f) != bb) break;
+        dsf_block b;
+        memcpy(&b, buf, sizeof b);
+        size_t data = (size_t)(nt * sizeof(dsf_tok) + nt * hd * 2);
+        if (memcmp(b.magic, "SEQB", 4) || b.seq != (uint32_t)n || b.n_tok != nt ||
+            b.n_prompt != (uint32_t)q->n_prompt || b.example != (uint32_t)q->example ||
+            b.check != dsf_block_check((char *)buf + sizeof b, data))
+            break;
+        off += bb;
+        n++;
+    }
+    free(buf);
+    *end = off;
+    return n;
+}
+
+/* One sequence through a remote server: its prompt scores of every position (the server
+ * keeps the shared prefix in its cache), the response's into recs. work holds 3 x n floats. */
+static int remote_seq(duet_expert_remote *r, const int32_t *mt, const pseq *q, const int32_t *ids,
+                      dsf_tok *recs, float *work, duet_error *err) {
+    float *lp = work, *mx = work + q->n, *ent = work + 2 * q->n;
+    int rc = duet_expert_remote_prompt_scores(r, mt, q->n, lp, mx, ent, err);
+    for (int t = 0; !rc && t < q->n - q->n_prompt; t++) { /* position p is entry p - 1 */
+        int i = q->n_prompt + t - 1;
+        recs[t] = (dsf_tok){ids[q->n_prompt + t], lp[i], mx[i], ent[i]};
+    }
+    return rc;
+}
+
+int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params *params,
+              const char *out_path, dsf_score_stats *st, duet_error *err) {
+    dsf_score_params P = {0};
+    if (params) P = *params;
+    dsf_score_stats dummy;
+    if (!st) st = &dummy;
+    memset(st, 0, sizeof *st);
+    double t0 = duet_time_s();
+    const duet_model *idm = P.ids_model ? P.ids_model : model;
+    const duet_hparams *hp = duet_model_hparams(model), *ihp = duet_model_hparams(idm);
+    int n_ctx = P.n_ctx;
+    if (n_ctx <= 0) {
+        n_ctx = DUET_MIN(hp->n_ctx_train, 4096);
+        if (P.ids_model && ihp->n_ctx_train > 0) n_ctx = DUET_MIN(n_ctx, ihp->n_ctx_train);
+        int rctx = P.remote ? duet_expert_remote_backend(P.remote)->n_ctx : 0;
+        if (rctx > 0) n_ctx = DUET_MIN(n_ctx > 0 ? n_ctx : 4096, rctx); /* the server's context */
+    }
+    if (n_ctx < 2) return duet_fail(err, DUET_ERR_ARG, "context of %d tokens is too small to score", n_ctx);
+    uint32_t hd = P.no_hidden || P.remote ? 0 : (uint32_t)hp->n_embd;
+    int32_t *map = NULL;
+    int bridged = 0, rc;
+    if ((rc = vocab_bridge_build(idm, model, "scored", &map, &bridged, err))) return rc;
+    plan pl;
+    if ((rc = dsf_plan_build(idm, data, n_ctx, &pl, err))) { free(map); return rc; }
+    st->n_examples = data->n;
+    st->n_seq = pl.n_seq;
+    st->n_tok = pl.n_tok;
+    st->n_truncated = pl.n_truncated;
+    st->n_skipped = pl.n_skipped;
+    st->n_dropped_tok = pl.n_dropped;
+    st->n_ctx = n_ctx;
+
+    dsf_header H;
+    memset(&H, 0, sizeof H);
+    memcpy(H.magic, DSF_MAGIC, 8);
+    H.version = DSF_VERSION;
+    H.header_size = DSF_HEADER_SIZE;
+    H.hidden_dim = hd;
+    H.n_embd = P.remote ? 0 : (uint32_t)hp->n_embd; /* a remote model's size is not known */
+    H.n_vocab = (uint32_t)hp->n_vocab;
+    H.vocab_hash = duet_model_vocab_hash(model);
+    H.ids_vocab_hash = duet_model_vocab_hash(idm);
+    H.ids_n_vocab = (uint32_t)ihp->n_vocab;
+    H.n_ctx = (uint32_t)n_ctx;
+    snprintf(H.model_name, sizeof H.model_name, "%s", P.remote ? duet_expert_remote_name(P.remote) : hp->name);
+    snprintf(H.ids_name, sizeof H.ids_name, "%s", ihp->name);
+    uint64_t ch = fnv_bytes(1469598103934665603ull, &data->hash, 8);
+    ch = fnv_bytes(ch, &H, offsetof(dsf_header, n_seq)); /* identity + options */
+    ch = fnv_bytes(ch, H.model_name, sizeof H.model_name);
+    H.config_hash = fnv_bytes(ch, H.ids_name, sizeof H.ids_name);
+
+    char partial[1024];
+    snprintf(partial, sizeof partial, "%s.partial", out_path);
+    duet_session *s = NULL;
+    float *g = NULL;
+    uint8_t *blk = NULL; /* one block as written: dsf_block, records, hidden, padding */
+    dsf_seq *index = NULL;
+    int32_t *mt = NULL;
+    FILE *f = fopen(partial, "r+b");
+    int64_t seq_done = 0;
+    uint64_t off = DSF_HEADER_SIZE;
+    if (f) { /* resume */
+        dsf_header old;
+        struct stat sb;
+        if (fread(&old, 1, sizeof old, f) != sizeof old || memcmp(old.magic, DSF_MAGIC, 8) ||
+            old.version != DSF_VERSION || old.complete) {
+            rc = duet_fail(err, DUET_ERR_FORMAT, "%s: not a partial score file (remove it to "
+                           "start over)", partial);
+            goto done;
+        }
+        if (old.config_hash != H.config_hash) {
+            rc = duet_fail(err, DUET_ERR_ARG, "%s was written for other data, models or options "
+                           "(model '%s', ids '%s', n_ctx %u, hidden %u); remove it to start over",
+                           partial, old.model_name, old.ids_name, old.n_ctx, old.hidden_dim);
+            goto done;
+        }
+        if (fstat(fileno(f), &sb)) {
+            rc = duet_fail(err, DUET_ERR_IO, "%s: %s", partial, strerror(errno));
+            goto done;
+        }
+        seq_done = resume_scan(f, &pl, hd, (uint64_t)sb.st_size, &off);
+        if (fflush(f) || ftruncate(fileno(f), (off_t)off) || fseeko(f, (off_t)off, SEEK_SET)) {
+            rc = duet_fail(err, DUET_ERR_IO, "%s: cannot truncate: %s", partial, strerror(errno));
+            goto done;
+        }
+        st->n_resumed_seq = seq_done;
+    } else {
+        if (!(f = fopen(partial, "w+b"))) {
+            rc = duet_fail(err, DUET_ERR_IO, "%s: %s", partial, strerror(errno));
+            goto done;
+        }
+        if ((rc = write_all(f, &H, sizeof H, partial, err)) || (rc = fflush(f) ? duet_fail(err,
+            DUET_ERR_IO, "%s: write failed", partial) : 0))
+            goto done;
+    }
+
+    int V = ihp->n_vocab, max_n = 0;
+    for (int i = 0; i < pl.n_seq; i++) max_n = DUET_MAX(max_n, pl.seq[i].n);
+    duet_session_params sp = {.n_ctx = n_ctx, .n_batch = DUET_MIN(n_ctx, P.n_batch > 0 ? P.n_batch : 512)};
+    if (!P.remote && (rc = duet_session_new(model, &sp, &s, err))) goto done;
+    g = malloc((size_t)DUET_MAX(V, 3 * max_n) * sizeof *g); /* logits row, or remote scores */
+    blk = malloc((size_t)block_bytes((uint64_t)max_n, hd));
+    index = calloc((size_t)pl.n_seq, sizeof *index);
+    mt = malloc((size_t)max_n * sizeof *mt);
+    if (!g || !blk || !index || !mt) {
+        rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    /* index entries of resumed blocks */
+    uint64_t o = DSF_HEADER_SIZE, ts = 0, n_bytes = 0;
+    int64_t tok_done = 0;
+    for (int64_t i = 0; i < pl.n_seq; i++) {
+        const pseq *q = &pl.seq[i];
+        uint32_t nt = (uint32_t)(q->n - q->n_prompt), nb = 0;
+        for (int t = 0; t < (int)nt; t++) {
+            int pos = q->n_prompt + t;
+            int l = duet_token_to_piece(idm, pl.ids[q->off + pos - 1], pl.ids[q->off + pos], NULL, 0);
+            nb += l > 0 ? (uint32_t)l : 0;
+        }
+        index[i] = (dsf_seq){o, ts, nt, (uint32_t)q->n_prompt, (uint32_t)q->example, nb,
+                             (uint32_t)q->flags, 0};
+        o += block_bytes(nt, hd);
+        ts += nt;
+        n_bytes += nb;
+        if (i < seq_done) tok_done += q->n;
+    }
+    dsf_progress pr = {seq_done, pl.n_seq, tok_done, pl.tok_total, 0, 0};
+    st->n_seq_done = seq_done;
+    for (int64_t i = seq_done; i < pl.n_seq; i++) {
+        const pseq *q = &pl.seq[i];
+        const int32_t *ids = pl.ids + q->off;
+        for (int j = 0; j < q->n; j++) mt[j] = map[ids[j]];
+        /* reuse the KV cache of a shared prefix (e.g. one prompt for many examples), up to
+         * the last context token, whose logits row is needed */
+        int have = s ? duet_session_n_past(s) : 0, keep = 0;
+        const int32_t *cur = s ? duet_session_tokens(s) : NULL;
+        while (keep < have && keep < q->n_prompt - 1 && cur[keep] == mt[keep]) keep++;
+        if (s) duet_session_truncate(s, keep);
+        int nt = q->n - q->n_prompt;
+        size_t rb = (size_t)nt * sizeof(dsf_tok), hb = (size_t)nt * hd * 2;
+        size_t bb = (size_t)block_bytes((uint64_t)nt, hd);
+        dsf_tok *recs = (dsf_tok *)(blk + sizeof(dsf_block));
+        uint16_t *hid = (uint16_t *)(blk + sizeof(dsf_block) + rb);
+        if (P.remote && (rc = remote_seq(P.remote, mt, q, ids, recs, g, err))) goto done;
+        /* chunks of n_batch keep the logits buffer at n_batch rows whatever the context */
+        for (int start = keep; !P.remote && start < q->n; start += sp.n_batch) {
+            int c = DUET_MIN(sp.n_batch, q->n - start);
+            if ((rc = duet_session_eval(s, mt + start, c, 1, err))) goto done;
+            for (int r = 0; r < c; r++) { /* row r predicts the token at start + r + 1 */
+                int t = start + r + 1 - q->n_prompt;
+                if (t < 0 || t >= nt) continue;
+                const float *l = duet_session_logits(s, r);
+                if (bridged) {
+                    for (int b = 0; b < V; b++) g[b] = l[map[b]];
+                    l = g;
+                }
+                tok_stats(l, V, ids[q->n_prompt + t], &recs[t]);
+                if (hd) {
+                    const float *h = duet_session_hidden(s, r);
+                    for (uint32_t k = 0; k < hd; k++) { /* saturate: F16 ends at 65504 */
+                        float v = h[k] > 65504.0f ? 65504.0f : h[k] < -65504.0f ? -65504.0f : h[k];
+                        hid[(size_t)t * hd + k] = fp32_to_fp16(v);
+                    }
+                }
+            }
+        }
+        memset(blk + sizeof(dsf_block) + rb + hb, 0, bb - sizeof(dsf_block) - rb - hb);
+        dsf_block b = {{'S', 'E', 'Q', 'B'}, (uint32_t)i, (uint32_t)nt, (uint32_t)q->n_prompt,
+                       (uint32_t)q->example, index[i].n_bytes, (uint32_t)q->flags,
+                       dsf_block_check(blk + sizeof(dsf_block), rb + hb)};
+        memcpy(blk, &b, sizeof b);
+        rc = write_all(f, blk, bb, partial, err);
+        if (!rc && fflush(f)) rc = duet_fail(err, DUET_ERR_IO, "%s: write failed: %s", partial, strerror(errno));
+        if (rc) goto done;
+        pr.seq_done = st->n_seq_done = i + 1;
+        pr.tok_done += q->n;
+        pr.tok_run += q->n - keep;
+        pr.seconds = duet_time_s() - t0;
+        if (P.progress && i + 1 < pl.n_seq && P.progress(P.ud, &pr)) {
+            rc = DSF_STOPPED;
+            goto done;
+        }
+    }
+    if (P.progress) P.progress(P.ud, &pr);
+    /* index, then the completed header, then the rename */
+    H.complete = 1;
+    H.n_seq = (uint64_t)pl.n_seq;
+    H.n_tok = ts;
+    H.n_bytes = n_bytes;
+    H.index_offset = o;
+    H.n_examples = (uint32_t)data->n;
+    H.n_truncated = (uint32_t)pl.n_truncated;
+    H.n_skipped = (uint32_t)pl.n_skipped;
+    H.n_dropped_tok = (uint64_t)pl.n_dropped;
+    if (fseeko(f, (off_t)o, SEEK_SET)) {
+        rc = duet_fail(err, DUET_ERR_IO, "%s: seek failed", partial);
+        goto done;
+    }
+    if ((rc = write_all(f, index, (size_t)pl.n_seq * sizeof *index, partial, err))) goto done;
+    if (fflush(f) || fseeko(f, 0, SEEK_SET) || (rc = write_all(f, &H, sizeof H, partial, err)) ||
+        fflush(f) || fsync(fileno(f))) {
+        rc = rc ? rc : duet_fail(err, DUET_ERR_IO, "%s: write failed: %s", partial, strerror(errno));
+        goto done;
+    }
+    int bad = fclose(f);
+    f = NULL;
+    if (bad || rename(partial, out_path)) {
+        rc = duet_fail(err, DUET_ERR_IO, "%s: cannot rename to %s: %s", partial, out_path,
+                       strerror(errno));
+        goto done;
+    }
+done:
+    if (f) fclose(f);
+    st->seconds = duet_time_s() - t0;
+    duet_session_free(s);
+    free(g);
+    free(blk);
+    free(index);
+    free(mt);
+    free(map);
+    dsf_plan_free(&pl);
+    return rc;
+}
+
+/* ---- reading ---------------------------------------------------------------------------- */
+struct dsf_file {
+    char path[512];
+    const uint8_t *base;
+    size_t size;
+    const dsf_header *h;
+    const dsf_seq *seqs;
+};
+
+const char *dsf_path(const dsf_file *f) { return f->path; }
+const dsf_header *dsf_hdr(const dsf_file *f) { return f->h; }
+const dsf_seq *dsf_seqs(const dsf_file *f) { return f->seqs; }
+
+const dsf_tok *dsf_seq_toks(const dsf_file *f, uint64_t i) {
+    return (const dsf_tok *)(f->base + f->seqs[i].offset + sizeof(dsf_block));
+}
+
+const uint16_t *dsf_seq_hidden(const dsf_file *f, uint64_t i) {
+    if (!f->h->hidden_dim) return NULL;
+    return (const uint16_t *)(f->base + f->seqs[i].offset + sizeof(dsf_block) +
+                              (uint64_t)f->seqs[i].n_tok * sizeof(dsf_tok));
+}
+
+void dsf_close(dsf_file *f) {
+    if (!f) return;
+    if (f->base) munmap((void *)f->base, f->size);
+    free(f);
+}
+
+static int validate(dsf_file *f, duet_error *err) {
+    const char *p = f->path;
+    if (f->size < DSF_HEADER_SIZE)
+        return duet_fail(err, DUET_ERR_FORMAT, "%s: %zu bytes is too short for a score file", p, f->size);
+    const dsf_header *h = f->h;
+    if (memcmp(h->magic, DSF_MAGIC, 8))
+        return duet_fail(err, DUET_ERR_FORMAT, "%s: not a duet score file (bad magic)", p);
+    if (h->version != DSF_VERSION || h->header_size != DSF_HEADER_SIZE)
+        return duet_fail(err, DUET_ERR_FORMAT, "%s: score file version %u (header %u bytes) is "
+                         "not supported (want %d)", p, h->version, h->header_size, DSF_VERSION);
+    if (!h->complete)
+        return duet_fail(err, DUET_ERR_FORMAT, "%s: incomplete score file (an interrupted run: "
+                         "re-run duet score to finish it)", p);
+    if (h->hidden_dim > (1u << 20) || h->ids_n_vocab == 0 || h->ids_n_vocab > (1u << 30))
+        return duet_fail(err, DUET_ERR_FORMAT, "%s: hidden_dim %u / ids_n_vocab %u out of range", p,
+                         h->hidden_dim, h->ids_n_vocab);
+    if (h->model_name[sizeof h->model_name - 1] || h->ids_name[sizeof h->ids_name - 1])
+        return duet_fail(err, DUET_ERR_FORMAT, "%s: model name is not terminated", p);
+    uint64_t isz;
+    if (h->index_offset < DSF_HEADER_SIZE || h->index_offset % 8 || h->index_offset > f->size ||
+        !duet_mul_ok(h->n_seq, sizeof(dsf_seq), &isz) || isz > f->size - h->index_offset)
+        return duet_fail(err, DUET_ERR_FORMAT, "%s: index (offset %llu, %llu sequences) lies "
+                         "outside the file of %zu bytes", p, (unsigned long long)h->index_offset,
+                         (unsigned long long)h->n_seq, f->size);
+    f->seqs = (const dsf_seq *)(f->base + h->index_offset);
+    uint64_t end = DSF_HEADER_SIZE, ts = 0, nbytes = 0;
+    for (uint64_t i = 0; i < h->n_seq; i++) {
+        const dsf_seq *q = &f->seqs[i];
+        uint64_t bb = block_bytes(q->n_tok, h->hidden_dim);
+        if (q->offset % 64 || q->offset < end || q->n_tok > h->n_ctx ||
+            q->n_prompt > h->n_ctx - q->n_tok || q->n_tok == 0 || bb > h->index_offset - q->offset ||
+            q->offset > h->index_offset || q->tok_start != ts)
+            return duet_fail(err, DUET_ERR_FORMAT, "%s: sequence %llu (offset %llu, %u tokens, "
+                             "%u context, start %llu) is inconsistent with the file", p,
+                             (unsigned long long)i, (unsigned long long)q->offset, q->n_tok,
+                             q->n_prompt, (unsigned long long)q->tok_start);
+        dsf_block b;
+        memcpy(&b, f->base + q->offset, sizeof b);
+        size_t data = (size_t)(q->n_tok * sizeof(dsf_tok) + (uint64_t)q->n_tok * h->hidden_dim * 2);
+        if (memcmp(b.magic, "SEQB", 4) || b.seq != (uint32_t)i || b.n_tok != q->n_tok ||
+            b.n_prompt != q->n_prompt || b.example != q->example ||
+            b.check != dsf_block_check(f->base + q->offset + sizeof b, data))
+            return duet_fail(err, DUET_ERR_FORMAT, "%s: sequence %llu: block header or check "
+                             "does not match (corrupt file)", p, (unsigned long long)i);
+        const dsf_tok *t = dsf_seq_toks(f, i);
+        for (uint32_t k = 0; k < q->n_tok; k++)
+            if (t[k].gold < 0 || (uint32_t)t[k].gold >= h->ids_n_vocab || !isfinite(t[k].lp) ||
+                !isfinite(t[k].maxlp) || !isfinite(t[k].entropy))
+                return duet_fail(err, DUET_ERR_FORMAT, "%s: sequence %llu token %u: gold id %d "
+                                 "(vocabulary %u), lp %g, maxlp %g, entropy %g", p,
+                                 (unsigned long long)i, k, t[k].gold, h->ids_n_vocab, t[k].lp,
+                                 t[k].maxlp, t[k].entropy);
+        end = q->offset + bb;
+        ts += q->n_tok;
+        nbytes += q->n_bytes;
+    }
+    if (ts != h->n_tok)
+        return duet_fail(err, DUET_ERR_FORMAT, "%s: header says %llu tokens, sequences hold %llu",
+                         p, (unsigned long long)h->n_tok, (unsigned long long)ts);
+    return DUET_OK;
+}
+
+int dsf_open(const char *path, dsf_file **out, duet_error *err) {
+    *out = NULL;
+    dsf_file *f = calloc(1, sizeof *f);
+    if (!f) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    snprintf(f->path, sizeof f->path, "%s", path);
+    int fd = open(path, O_RDONLY);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb)) {
+        int e = errno;
+        if (fd >= 0) close(fd);
+        free(f);
+        return duet_fail(err, DUET_ERR_IO, "%s: %s", path, strerror(e));
+    }
+    f->size = (size_t)sb.st_size;
+    if (f->size >= DSF_HEADER_SIZE) {
+        void *m = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            free(f);
+            return duet_fail(err, DUET_ERR_IO, "%s: cannot map: %s", path, strerror(e));
+        }
+        f->base = m;
+        f->h = m;
+    }
+    close(fd);
+    int rc = validate(f, err);
+    if (rc) {
+        dsf_close(f);
+        return rc;
+    }
+    *out = f;
+    return DUET_OK;
+}
