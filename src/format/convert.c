@@ -15,7 +15,6 @@
 #include "base/common.h"
 #include "format/gguf.h"
 #include "format/quant.h"
-#include "text/tokenizer.h"
 #include "format/convert.h"
 
 #define MAX_VOCAB (1 << 22)

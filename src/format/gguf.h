@@ -47,6 +47,12 @@ typedef enum gguf_type {
     GGUF_TYPE_COUNT
 } gguf_type;
 
+/* The values of tokenizer.ggml.token_type (llama.cpp's). Declared with the format, not the
+ * tokenizer, because the model-file writers (format/convert.c) write them and must not
+ * depend on the text layer. */
+enum { TOKTYPE_NORMAL = 1, TOKTYPE_UNKNOWN = 2, TOKTYPE_CONTROL = 3, TOKTYPE_USER = 4,
+       TOKTYPE_UNUSED = 5, TOKTYPE_BYTE = 6 };
+
 const char *gguf_type_name(int t); /* "u32", "str", ... or "?" */
 
 typedef struct gguf_str {

@@ -17,8 +17,7 @@
 #include "duet.h"
 #include "format/gguf.h"
 
-enum { TOKTYPE_NORMAL = 1, TOKTYPE_UNKNOWN = 2, TOKTYPE_CONTROL = 3, TOKTYPE_USER = 4,
-       TOKTYPE_UNUSED = 5, TOKTYPE_BYTE = 6 };
+/* The token types (TOKTYPE_*) are declared with the format, in format/gguf.h. */
 
 typedef struct tokenizer tokenizer;
 
