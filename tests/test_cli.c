@@ -364,3 +364,27 @@ TEST(cli_chat_from_a_pipe) {
            "answers differ after /reset: '%s'", out);
     CHECKF(err[0] == 0, "--quiet printed: %s", err);
 }
+
+/* Training data whose prompts leave no response token inside --seq-len is a clear error, not
+ * a double free of the scorer's plan (a failed plan used to be freed twice). */
+TEST(cli_train_lm_refuses_data_with_no_response_in_context) {
+    NEED_BIN();
+    const char *m = fixture_random(DT_F32, 61, 0);
+    REQUIRE(m);
+    char data[600], o[600], args[2048], out[4096], err[4096];
+    snprintf(data, sizeof data, "%s/long-prompts.jsonl", test_tmpdir());
+    snprintf(o, sizeof o, "%s/should-not-exist-lm.gguf", test_tmpdir());
+    FILE *f = fopen(data, "w");
+    REQUIRE(f);
+    for (int i = 0; i < 4; i++) {
+        fputs("{\"prompt\": \"", f);
+        for (int k = 0; k < 200; k++) fputs("ab cd ", f);
+        fputs("\", \"response\": \"ef\"}\n", f);
+    }
+    fclose(f);
+    snprintf(args, sizeof args, "train lm -m '%s' -d '%s' --seq-len 64 --steps 2 -o '%s'", m, data, o);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 1);
+    CHECKF(strstr(err, "long-prompts.jsonl") && strstr(err, "no response token inside the context"),
+           "stderr: %s", err);
+    CHECK(access(o, F_OK) != 0);
+}

@@ -66,6 +66,7 @@ typedef dsf_plan plan;
 void dsf_plan_free(dsf_plan *p) {
     free(p->ids);
     free(p->seq);
+    memset(p, 0, sizeof *p); /* a failed build frees its plan, and the caller frees it again */
 }
 
 static int plan_reserve(plan *p, int64_t more, duet_error *err) {
