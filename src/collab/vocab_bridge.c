@@ -6,12 +6,7 @@
 #include <string.h>
 
 #include "base/common.h"
-
-static uint64_t fnv(const char *s) {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 1099511628211ull;
-    return h;
-}
+#include "base/hash.h"
 
 int vocab_bridge_build(const duet_model *from, const duet_model *to, const char *role,
                        int32_t **out, int *bridged, duet_error *err) {
@@ -36,7 +31,7 @@ int vocab_bridge_build(const duet_model *from, const duet_model *to, const char 
     memset(tab, 0xff, cap * sizeof *tab);
     for (int i = 0; i < nt; i++) {
         const char *t = duet_token_text(to, i);
-        size_t k = fnv(t) & (cap - 1);
+        size_t k = duet_fnv1a_str(DUET_FNV_SEED_SHORT, t) & (cap - 1);
         while (tab[k] >= 0) {
             if (!strcmp(duet_token_text(to, tab[k]), t)) break; /* keep the first id of a text */
             k = (k + 1) & (cap - 1);
@@ -46,7 +41,7 @@ int vocab_bridge_build(const duet_model *from, const duet_model *to, const char 
     int rc = DUET_OK;
     for (int b = 0; b < nf && !rc; b++) {
         const char *t = duet_token_text(from, b);
-        size_t k = fnv(t) & (cap - 1);
+        size_t k = duet_fnv1a_str(DUET_FNV_SEED_SHORT, t) & (cap - 1);
         map[b] = -1;
         for (; tab[k] >= 0; k = (k + 1) & (cap - 1))
             if (!strcmp(duet_token_text(to, tab[k]), t)) { map[b] = tab[k]; break; }

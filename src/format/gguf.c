@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "base/common.h"
+#include "base/hash.h"
 #include "format/quant.h"
 
 #define GGUF_HEADER_BYTES 24 /* magic, version, n_tensors, n_kv */
@@ -144,22 +145,16 @@ typedef struct strindex {
     size_t n;
 } strindex;
 
-static uint64_t str_hash(const char *s) {
-    uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-    for (; *s; s++) h = (h ^ (uint8_t)*s) * 0x100000001b3ull;
-    return h;
-}
-
 static size_t ix_find(const strindex *ix, const char *s, name_fn nm, const void *arr) {
     if (!ix->cap) return SIZE_MAX;
-    for (size_t h = (size_t)str_hash(s) & (ix->cap - 1);; h = (h + 1) & (ix->cap - 1)) {
+    for (size_t h = (size_t)duet_fnv1a_str(DUET_FNV_OFFSET, s) & (ix->cap - 1);; h = (h + 1) & (ix->cap - 1)) {
         if (!ix->slot[h]) return SIZE_MAX;
         if (strcmp(nm(arr, ix->slot[h] - 1), s) == 0) return ix->slot[h] - 1;
     }
 }
 
 static void ix_put(size_t *slot, size_t cap, size_t idx, const char *s) {
-    size_t h = (size_t)str_hash(s) & (cap - 1);
+    size_t h = (size_t)duet_fnv1a_str(DUET_FNV_OFFSET, s) & (cap - 1);
     while (slot[h]) h = (h + 1) & (cap - 1);
     slot[h] = idx + 1;
 }

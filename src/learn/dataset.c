@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "base/common.h"
+#include "base/hash.h"
 
 #define GSM8K_PREFIX "Please solve the following math problem with detailed steps.\n\nQuestion: "
 #define GSM8K_SUFFIX "\nAnswer:"
@@ -313,9 +314,7 @@ int ds_load_buffer(const char *buf, size_t len, const char *name, const ds_param
     if (params) p = *params;
     memset(d, 0, sizeof *d);
     snprintf(d->path, sizeof d->path, "%s", name);
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)buf[i]) * 1099511628211ull;
-    d->hash = h;
+    d->hash = duet_fnv1a(DUET_FNV_SEED_SHORT, buf, len);
     ds_format f = p.format;
     if (f == DS_AUTO) {
         size_t i = 0;

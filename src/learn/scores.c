@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "base/common.h"
+#include "base/hash.h"
 #include "format/quant.h"
 #include "collab/vocab_bridge.h"
 
@@ -35,12 +36,6 @@ _Static_assert(offsetof(dsf_header, n_seq) == 56 && offsetof(dsf_header, model_n
 static uint64_t block_bytes(uint64_t n_tok, uint64_t hd) {
     uint64_t b = sizeof(dsf_block) + n_tok * sizeof(dsf_tok) + n_tok * hd * 2;
     return (b + 63) & ~(uint64_t)63;
-}
-
-static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n) {
-    const uint8_t *s = p;
-    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ull;
-    return h;
 }
 
 /* Block check: a fast word hash (the data can be megabytes per sequence). */
@@ -308,10 +303,10 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
     H.n_ctx = (uint32_t)n_ctx;
     snprintf(H.model_name, sizeof H.model_name, "%s", P.remote ? duet_expert_remote_name(P.remote) : hp->name);
     snprintf(H.ids_name, sizeof H.ids_name, "%s", ihp->name);
-    uint64_t ch = fnv_bytes(1469598103934665603ull, &data->hash, 8);
-    ch = fnv_bytes(ch, &H, offsetof(dsf_header, n_seq)); /* identity + options */
-    ch = fnv_bytes(ch, H.model_name, sizeof H.model_name);
-    H.config_hash = fnv_bytes(ch, H.ids_name, sizeof H.ids_name);
+    uint64_t ch = duet_fnv1a(DUET_FNV_SEED_SHORT, &data->hash, 8);
+    ch = duet_fnv1a(ch, &H, offsetof(dsf_header, n_seq)); /* identity + options */
+    ch = duet_fnv1a(ch, H.model_name, sizeof H.model_name);
+    H.config_hash = duet_fnv1a(ch, H.ids_name, sizeof H.ids_name);
 
     char partial[1024];
     snprintf(partial, sizeof partial, "%s.partial", out_path);

@@ -29,18 +29,12 @@
 #include <string.h>
 
 #include "base/common.h"
+#include "base/hash.h"
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
-    const unsigned char *s = p;
-    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 0x100000001b3ull;
-    return h;
-}
-#define FNV_OFFSET 0xcbf29ce484222325ull
-
 uint32_t tok_str_hash(const char *s, size_t n) {
-    uint64_t h = fnv1a(FNV_OFFSET, s, n);
+    uint64_t h = duet_fnv1a(DUET_FNV_OFFSET, s, n);
     return (uint32_t)(h ^ (h >> 32));
 }
 
@@ -383,12 +377,12 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
     }
 
     /* The identity hash covers the file's own texts and types (before any override below). */
-    uint64_t h = FNV_OFFSET;
+    uint64_t h = DUET_FNV_OFFSET;
     for (int32_t id = 0; id < t->n_vocab; id++) {
         unsigned char sep = 0;
-        h = fnv1a(h, tok_str(t, id), t->len[id]);
-        h = fnv1a(h, &sep, 1);
-        h = fnv1a(h, &t->type[id], 1);
+        h = duet_fnv1a(h, tok_str(t, id), t->len[id]);
+        h = duet_fnv1a(h, &sep, 1);
+        h = duet_fnv1a(h, &t->type[id], 1);
     }
     t->hash = h;
 
