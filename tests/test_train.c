@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "base/common.h"
+#include "base/utf8.h"
 #include "format/gguf.h"
 #include "format/quant.h"
 #include "learn/dataset.h"
@@ -152,9 +153,9 @@ TEST(train_dataset_bad_inputs) {
     const char *bad = "good line\nstill good\n\nfine\nbad \xff here\n";
     CHECK(ds_load_buffer(bad, strlen(bad), "u.txt", NULL, &d, &err) == DUET_ERR_FORMAT);
     CHECKF(strstr(err.msg, "u.txt:5: invalid UTF-8 (byte 0xff)"), "%s", err.msg);
-    CHECK_EQ_INT(ds_utf8_check("\xed\xa0\x80", 3), 0);   /* surrogate */
-    CHECK_EQ_INT(ds_utf8_check("\xc0\xaf", 2), 0);       /* overlong */
-    CHECK_EQ_INT(ds_utf8_check("a\xe2\x82\xac", 4), 4);  /* euro sign */
+    CHECK_EQ_INT(duet_utf8_check("\xed\xa0\x80", 3), 0);   /* surrogate */
+    CHECK_EQ_INT(duet_utf8_check("\xc0\xaf", 2), 0);       /* overlong */
+    CHECK_EQ_INT(duet_utf8_check("a\xe2\x82\xac", 4), 4);  /* euro sign */
     CHECK(ds_load(tmp_file("missing.jsonl"), NULL, &d, &err) == DUET_ERR_IO && strstr(err.msg, "missing.jsonl"));
 }
 

@@ -27,6 +27,7 @@
 
 #include "base/common.h"
 #include "base/hash.h"
+#include "base/utf8.h"
 #include "format/quant.h"
 
 #define GGUF_HEADER_BYTES 24 /* magic, version, n_tensors, n_kv */
@@ -104,35 +105,12 @@ static void scalar_decode(gguf_type t, const uint8_t *p, gguf_kv *kv) {
 }
 
 /* ---- names: shared by reader and writer so both accept exactly the same keys/names ------ */
-static bool utf8_valid(const uint8_t *s, uint64_t n) {
-    uint64_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        if (c < 0x80) { i++; continue; }
-        unsigned len;
-        uint32_t cp, min;
-        if ((c & 0xe0) == 0xc0) { len = 2; cp = c & 0x1f; min = 0x80; }
-        else if ((c & 0xf0) == 0xe0) { len = 3; cp = c & 0x0f; min = 0x800; }
-        else if ((c & 0xf8) == 0xf0) { len = 4; cp = c & 0x07; min = 0x10000; }
-        else return false;
-        if (n - i < len) return false;
-        for (unsigned k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80) return false;
-            cp = cp << 6 | (s[i + k] & 0x3f);
-        }
-        /* overlong forms, UTF-16 surrogates and values past U+10FFFF are not UTF-8 */
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-        i += len;
-    }
-    return true;
-}
-
 /* NULL when s[0..len) is an acceptable key / tensor name, else what is wrong with it. */
 static const char *name_problem(const char *s, uint64_t len, uint64_t max) {
     if (len == 0) return "is empty";
     if (len > max) return "is too long";
     if (memchr(s, 0, len)) return "contains a NUL byte";
-    if (!utf8_valid((const uint8_t *)s, len)) return "is not valid UTF-8";
+    if (duet_utf8_check(s, len) != len) return "is not valid UTF-8";
     return NULL;
 }
 

@@ -13,36 +13,10 @@
 
 #include "base/common.h"
 #include "base/hash.h"
+#include "base/utf8.h"
 
 #define GSM8K_PREFIX "Please solve the following math problem with detailed steps.\n\nQuestion: "
 #define GSM8K_SUFFIX "\nAnswer:"
-
-size_t ds_utf8_check(const char *str, size_t n) {
-    const unsigned char *s = (const unsigned char *)str;
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        if (c < 0x80) { i++; continue; }
-        size_t len;
-        unsigned lo = 0x80, hi = 0xbf;
-        if (c >= 0xc2 && c <= 0xdf) len = 2;
-        else if (c >= 0xe0 && c <= 0xef) {
-            len = 3;
-            if (c == 0xe0) lo = 0xa0;     /* no overlong forms */
-            if (c == 0xed) hi = 0x9f;     /* no surrogates */
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            len = 4;
-            if (c == 0xf0) lo = 0x90;
-            if (c == 0xf4) hi = 0x8f;     /* nothing above U+10FFFF */
-        } else return i;
-        if (i + len > n) return i;
-        if (s[i + 1] < lo || s[i + 1] > hi) return i;
-        for (size_t k = 2; k < len; k++)
-            if ((s[i + k] & 0xc0) != 0x80) return i;
-        i += len;
-    }
-    return n;
-}
 
 void ds_free(ds_dataset *d) {
     if (!d) return;
@@ -288,7 +262,7 @@ static int load_text(builder *b, const char *buf, size_t len, const ds_params *p
         }
         if ((blank || !nl) && in_para) {
             in_para = 0;
-            size_t n = para_end - para_start, badat = ds_utf8_check(buf + para_start, n);
+            size_t n = para_end - para_start, badat = duet_utf8_check(buf + para_start, n);
             int rc;
             if (badat < n) {
                 int l = para_line;

@@ -58,7 +58,5 @@ int ds_load_buffer(const char *buf, size_t len, const char *name, const ds_param
                    ds_dataset *out, duet_error *err);
 void ds_free(ds_dataset *d);
 
-/* Strict UTF-8 check; returns the offset of the first invalid byte, or len when valid. */
-size_t ds_utf8_check(const char *s, size_t len);
 
 #endif

@@ -15,31 +15,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/utf8.h"
 #include "serve/server.h"
-
-/* ---- UTF-8 ------------------------------------------------------------------------------- */
-/* Length of the valid UTF-8 sequence at s[0..n) (1-4), 0 when invalid, -1 when s is a valid
- * but incomplete start (more bytes may complete it). */
-static int utf8_len(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    int len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
-    if (!len || (len == 2 && c < 0xc2) || (c > 0xf4)) return 0;
-    for (int k = 1; k < len; k++) {
-        if ((size_t)k >= n) return -1;
-        if ((s[k] & 0xc0) != 0x80) return 0;
-        /* overlong 3/4-byte forms, surrogates and code points past U+10FFFF */
-        if (k == 1 && ((c == 0xe0 && s[1] < 0xa0) || (c == 0xed && s[1] >= 0xa0) ||
-                       (c == 0xf0 && s[1] < 0x90) || (c == 0xf4 && s[1] >= 0x90)))
-            return 0;
-    }
-    return len;
-}
 
 size_t srv_utf8_append(duet_buf *b, const char *s, size_t n, int hold) {
     size_t i = 0;
     if (!b->p) duet_buf_add(b, "", 0); /* callers read b->p as a string even when empty */
     while (i < n) {
-        int len = utf8_len((const unsigned char *)s + i, n - i);
+        int len = duet_utf8_char(s + i, n - i);
         if (len < 0 && hold) return n - i;
         if (len <= 0) { duet_buf_add(b, "\xef\xbf\xbd", 3); i++; continue; }
         duet_buf_add(b, s + i, (size_t)len);

@@ -30,6 +30,7 @@
 
 #include "base/common.h"
 #include "base/hash.h"
+#include "base/utf8.h"
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
@@ -42,36 +43,6 @@ uint64_t tok_pow2_at_least(uint64_t n) {
     uint64_t c = 16;
     while (c < n) c <<= 1;
     return c;
-}
-
-int tok_utf8_char(const unsigned char *s, size_t n) {
-    if (n == 0) return 0;
-    unsigned c = s[0];
-    if (c < 0x80) return 1;
-    size_t k;
-    unsigned cp;
-    if (c >= 0xC2 && c <= 0xDF) { k = 1; cp = c & 0x1F; }
-    else if (c >= 0xE0 && c <= 0xEF) { k = 2; cp = c & 0x0F; }
-    else if (c >= 0xF0 && c <= 0xF4) { k = 3; cp = c & 0x07; }
-    else return 0;
-    if (n <= k) return 0;
-    for (size_t j = 1; j <= k; j++) {
-        if ((s[j] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[j] & 0x3F);
-    }
-    if ((k == 2 && cp < 0x800) || (k == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return (int)k + 1;
-}
-
-bool tok_utf8_valid(const unsigned char *s, size_t n) {
-    for (size_t i = 0; i < n;) {
-        int k = tok_utf8_char(s + i, n - i);
-        if (!k) return false;
-        i += (size_t)k;
-    }
-    return true;
 }
 
 /* Bytes of the UTF-8 character a lead byte starts, as llama.cpp's unicode_len_utf8 decides
@@ -361,7 +332,7 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
                 return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.tokens[%llu] = \"%s\" "
                                  "has type byte (tokenizer.ggml.token_type 6) but is not of the "
                                  "form <0xXX>", path, (unsigned long long)i, SHOW_TOKEN);
-        } else if (!tok_utf8_valid((const unsigned char *)s.ptr, s.len)) {
+        } else if (duet_utf8_check(s.ptr, s.len) != s.len) {
             return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.tokens[%llu] = \"%s\" is "
                              "not valid UTF-8", path, (unsigned long long)i, SHOW_TOKEN);
         }

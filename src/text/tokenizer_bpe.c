@@ -20,7 +20,7 @@
  * sees U+FFFD in the same places (so the piece boundaries are llama.cpp's), but each piece
  * is then byte-encoded from the original bytes: an invalid byte becomes the token of its own
  * byte character, and decode(encode(x)) == x for every byte string x. "Invalid" is strict
- * UTF-8 (tok_utf8_char): overlong forms, surrogates and code points past U+10FFFF count.
+ * UTF-8 (duet_utf8_char): overlong forms, surrogates and code points past U+10FFFF count.
  *
  * The split uses PCRE2 (UTF + Unicode properties, JIT when available). Patterns are matched
  * against one piece at a time, so a lookahead such as \s+(?!\S) sees the piece's end as the
@@ -39,6 +39,7 @@
 #include <string.h>
 
 #include "base/common.h"
+#include "base/utf8.h"
 #include "text/tokenizer_impl.h"
 
 enum { MAX_PATTERNS = 8 };
@@ -261,7 +262,7 @@ static int load_merges(const tokenizer *t, tok_bpe *b, const gguf_file *f, duet_
          * byte-level texts never hold a raw space, so only the separator is one) */
         const char *sp = m.len > 1 ? memchr(m.ptr + 1, ' ', m.len - 1) : NULL;
         if (!sp || sp + 1 == m.ptr + m.len || m.len > UINT32_MAX / 2 ||
-            !tok_utf8_valid((const unsigned char *)m.ptr, m.len) || memchr(m.ptr, 0, m.len)) {
+            duet_utf8_check(m.ptr, m.len) != m.len || memchr(m.ptr, 0, m.len)) {
             char p[96];
             duet_printable(p, sizeof p, m.ptr, m.len);
             return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.merges[%d] = \"%s\" is "
@@ -400,7 +401,7 @@ static bool grow(void **p, size_t *cap, size_t need, size_t elem) {
  * invalid byte replaced by U+FFFD and subj_src[i] = the input offset of subject byte i (and
  * subj_src[m] = n). Returns the subject's length, or (size_t)-1 when out of memory. */
 static size_t make_subject(tok_work *w, const char *s, size_t n, const char **subj) {
-    if (tok_utf8_valid((const unsigned char *)s, n)) {
+    if (duet_utf8_check(s, n) == n) {
         *subj = s;
         return n;
     }
@@ -413,8 +414,8 @@ static size_t make_subject(tok_work *w, const char *s, size_t n, const char **su
     }
     size_t m = 0;
     for (size_t i = 0; i < n;) {
-        int k = tok_utf8_char((const unsigned char *)s + i, n - i);
-        if (k) {
+        int k = duet_utf8_char(s + i, n - i);
+        if (k > 0) {
             for (int j = 0; j < k; j++) { w->subj[m] = s[i + j]; w->subj_src[m++] = (uint32_t)(i + j); }
             i += (size_t)k;
         } else {
@@ -556,7 +557,7 @@ int tok_bpe_piece(const tokenizer *t, int32_t tok, char *buf, int cap) {
         if (pass == 1 && m > (size_t)cap) break;
         m = 0;
         for (size_t i = 0; i < n;) {
-            int k = tok_utf8_char(s + i, n - i); /* texts are valid UTF-8 (checked on load) */
+            int k = duet_utf8_char(s + i, n - i); /* texts are valid UTF-8 (checked on load) */
             unsigned cp = k == 1 ? s[i] : k == 2 ? ((s[i] & 0x1Fu) << 6) | (s[i + 1] & 0x3Fu)
                                                  : 0x144;
             if (cp < 0x144 && b->dec[cp] >= 0) {

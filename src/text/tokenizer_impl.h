@@ -62,10 +62,6 @@ static inline const char *tok_str(const tokenizer *t, int32_t id) { return t->bl
 int32_t tok_find(const tokenizer *t, const char *s, size_t n);
 uint32_t tok_str_hash(const char *s, size_t n);
 uint64_t tok_pow2_at_least(uint64_t n);
-/* Strict UTF-8 (no overlong forms, surrogates or code points above U+10FFFF). */
-bool tok_utf8_valid(const unsigned char *s, size_t n);
-/* Length of the strictly valid UTF-8 character at s[0..n), or 0 when none starts there. */
-int tok_utf8_char(const unsigned char *s, size_t n);
 
 typedef struct tok_emitter {
     int32_t *out;
