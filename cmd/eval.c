@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/atomic_file.h"
 #include "cmd.h"
 #include "duet.h"
 #include "learn/eval.h"
@@ -256,16 +257,11 @@ int cmd_eval(int argc, char **argv) {
     eval_result res[MAX_SPECS];
     duet_error err = {0};
     int rc = 1;
-    char out_tmp[4096] = "";
-    FILE *out_f = NULL;
+    duet_atomic out = {0};
     if (outputs) { /* written to a temp file, renamed at the end: no partial output */
-        snprintf(out_tmp, sizeof out_tmp, "%s.tmp", outputs);
-        if (!(out_f = fopen(out_tmp, "w"))) {
-            snprintf(err.msg, sizeof err.msg, "%.480s: cannot write", out_tmp);
-            goto fail;
-        }
+        if (duet_atomic_open(&out, outputs, &err)) goto fail;
         ep.on_answer = write_answer;
-        ep.answer_ud = out_f;
+        ep.answer_ud = out.f;
     }
     if (cmd_eval_load("eval", base_path, expert_path, anti_path, head_path, n_threads, &base, &expert,
                       &anti, &head))
@@ -282,14 +278,7 @@ int cmd_eval(int argc, char **argv) {
     if (eval_n_unknown(ctx))
         fprintf(stderr, "duet eval: warning: %d of %d tokens are the base's unknown token (text it cannot "
                         "spell); the expert is scored on its unknown token there\n", eval_n_unknown(ctx), size);
-    if (out_f) {
-        int bad = ferror(out_f) | fclose(out_f);
-        out_f = NULL;
-        if (bad || rename(out_tmp, outputs)) {
-            snprintf(err.msg, sizeof err.msg, "%.480s: write failed", outputs);
-            goto fail;
-        }
-    }
+    if (out.f && duet_atomic_commit(&out, &err)) goto fail;
     if (json_path) {
         json_t *j = eval_results_json(task, data, res, n_specs);
         int bad = !j || eval_json_save(j, json_path, &err);
@@ -302,10 +291,7 @@ fail:
     if (ep.ud) fputc('\n', stderr);
     fprintf(stderr, "duet eval: %s\n", err.msg);
 done:
-    if (out_f) {
-        fclose(out_f);
-        remove(out_tmp);
-    }
+    duet_atomic_abort(&out);
     eval_close(ctx);
     free(ep.ud);
     duet_head_free(head);

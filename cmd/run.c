@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/atomic_file.h"
 #include "cmd.h"
 #include "duet.h"
 #include "util.h"
@@ -70,9 +71,8 @@ int cmd_run(int argc, char **argv) {
     duet_error err = {0};
     gen_models g = {0};
     gen_result res = {0};
-    FILE *trace = NULL;
+    duet_atomic trace = {0};
     int32_t *toks = NULL;
-    char trace_tmp[4096] = "";
     const char *stop = NULL;
     if (gen_load("run", &o, &g, &err)) goto fail;
     if (chat) { /* one turn: [system,] user, then the assistant's opening */
@@ -97,11 +97,7 @@ int cmd_run(int argc, char **argv) {
     }
     if (o.verbose_prompt) gen_print_prompt("run", prompt, prompt_len, toks, n_tok);
     if (trace_path) { /* written to a temp file, renamed at the end: no partial output */
-        snprintf(trace_tmp, sizeof trace_tmp, "%s.tmp", trace_path);
-        if (!(trace = fopen(trace_tmp, "w"))) {
-            snprintf(err.msg, sizeof err.msg, "%.400s: cannot write", trace_tmp);
-            goto fail;
-        }
+        if (duet_atomic_open(&trace, trace_path, &err)) goto fail;
     }
     if (!o.quiet) fprintf(stderr, "duet run: prompt %d tokens\n", n_tok);
     if (!chat) {
@@ -110,27 +106,17 @@ int cmd_run(int argc, char **argv) {
     }
     if (duet_collab_start(g.co, toks, n_tok, &err)) goto fail;
     double t_prompt = duet_collab_get_stats(g.co)->t_total;
-    if (gen_decode(&o, &g, toks[n_tok - 1], stop, trace, &res, &err)) goto fail;
+    if (gen_decode(&o, &g, toks[n_tok - 1], stop, trace.f, &res, &err)) goto fail;
     printf("\n");
     fflush(stdout);
-    if (trace) {
-        int bad = ferror(trace) | fclose(trace);
-        trace = NULL;
-        if (bad || rename(trace_tmp, trace_path)) {
-            snprintf(err.msg, sizeof err.msg, "%s: write failed", trace_path);
-            goto fail;
-        }
-    }
+    if (trace.f && duet_atomic_commit(&trace, &err)) goto fail;
     if (!o.quiet) gen_print_stats("run", &g, n_tok, t_prompt, &res);
     rc = 0;
     goto done;
 fail:
     fprintf(stderr, "duet run: %s\n", err.msg);
 done:
-    if (trace) {
-        fclose(trace);
-        remove(trace_tmp);
-    }
+    duet_atomic_abort(&trace);
     gen_result_free(&res);
     free(toks);
     free(rendered);

@@ -3,6 +3,11 @@
  * validation, atomic file replacement). Expected values are published test vectors or worked
  * out by hand in the comments, never taken from the code under test.
  */
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/atomic_file.h"
 #include "base/hash.h"
 #include "base/utf8.h"
 #include "test.h"
@@ -112,4 +117,71 @@ TEST(base_utf8_char_exhaustive) {
                            ref_utf8(s, 4));
             }
     CHECK(bad == 0);
+}
+
+/* ---- atomic file replacement -------------------------------------------------------------- */
+static char *slurp(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    static char buf[256];
+    *n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    return buf;
+}
+
+static int exists(const char *path) { return access(path, F_OK) == 0; }
+
+TEST(base_atomic_write_replaces_whole_file) {
+    const char *dir = test_tmpdir();
+    char path[512], tmp[520];
+    snprintf(path, sizeof path, "%s/atomic-a.txt", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    duet_error err = {0};
+    size_t n = 0;
+    CHECK(duet_atomic_write(path, "first version", 13, &err) == DUET_OK);
+    const char *s = slurp(path, &n);
+    CHECK(s && n == 13 && !memcmp(s, "first version", 13));
+    CHECK(!exists(tmp));
+    /* a shorter replacement leaves nothing of the old content behind */
+    CHECK(duet_atomic_write(path, "v2", 2, &err) == DUET_OK);
+    s = slurp(path, &n);
+    CHECK(s && n == 2 && !memcmp(s, "v2", 2));
+    CHECK(!exists(tmp));
+    /* abandoned: the target keeps its content and the temporary file goes */
+    duet_atomic a;
+    REQUIRE(duet_atomic_open(&a, path, &err) == DUET_OK);
+    fputs("half written", a.f);
+    fflush(a.f);
+    CHECK(exists(tmp));
+    duet_atomic_abort(&a);
+    s = slurp(path, &n);
+    CHECK(s && n == 2 && !memcmp(s, "v2", 2));
+    CHECK(!exists(tmp));
+}
+
+TEST(base_atomic_write_failures_leave_target_alone) {
+    const char *dir = test_tmpdir();
+    char path[512], tmp[520];
+    duet_error err = {0};
+    /* no such directory: an I/O error naming the target */
+    snprintf(path, sizeof path, "%s/no/such/dir/x.txt", dir);
+    CHECK(duet_atomic_write(path, "x", 1, &err) == DUET_ERR_IO && strstr(err.msg, "no/such/dir/x.txt"));
+    /* the target is a directory: the rename fails, the temporary file is removed and the
+     * directory is still there */
+    snprintf(path, sizeof path, "%s/atomic-dir", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    REQUIRE(mkdir(path, 0755) == 0);
+    CHECK(duet_atomic_write(path, "x", 1, &err) == DUET_ERR_IO && strstr(err.msg, "rename"));
+    CHECK(!exists(tmp));
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && S_ISDIR(st.st_mode));
+    /* the low-level finish keeps its temporary file on failure (a resumable writer needs it) */
+    FILE *f = fopen(tmp, "wb");
+    REQUIRE(f);
+    fputs("partial", f);
+    const char *step = NULL;
+    CHECK(duet_file_finish(f, tmp, path, &step) == -1 && step && !strcmp(step, "rename"));
+    CHECK(exists(tmp));
+    unlink(tmp);
+    rmdir(path);
 }

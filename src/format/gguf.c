@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/atomic_file.h"
 #include "base/common.h"
 #include "base/hash.h"
 #include "base/utf8.h"
@@ -1187,23 +1188,10 @@ int gguf_add_tensor(gguf_writer *w, const char *name, int type, uint32_t n_dims,
     return DUET_OK;
 }
 
-static bool write_all(int fd, const void *p, size_t n) {
-    const uint8_t *c = p;
-    while (n) {
-        ssize_t k = write(fd, c, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k == 0) errno = EIO;
-        if (k <= 0) return false;
-        c += k;
-        n -= (size_t)k;
-    }
-    return true;
-}
-
-static bool write_pad(int fd, uint64_t pos, uint32_t align) {
+static bool write_pad(FILE *f, uint64_t pos, uint32_t align) {
     static const uint8_t zeros[GGUF_MAX_ALIGNMENT];
-    uint64_t pad = (align - pos % align) % align;
-    return write_all(fd, zeros, (size_t)pad);
+    size_t pad = (size_t)((align - pos % align) % align);
+    return fwrite(zeros, 1, pad, f) == pad;
 }
 
 /* Header, kvs and tensor infos; fills tensor offsets. */
@@ -1258,49 +1246,21 @@ int gguf_write(gguf_writer *w, const char *path, duet_error *err) {
         free(h.p);
         return rc;
     }
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 5);
-    if (!tmp) {
+    duet_atomic out;
+    if ((rc = duet_atomic_open(&out, path, err))) {
         free(h.p);
-        return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", path);
+        return rc;
     }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
-    const char *step = "create";
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    bool ok = fd >= 0;
-    if (ok) {
-        step = "write";
-        ok = write_all(fd, h.p, h.n) && write_pad(fd, h.n, align);
-        for (size_t i = 0; ok && i < w->n_t; i++)
-            ok = write_all(fd, w->t[i].data, (size_t)w->t[i].nbytes) &&
-                 write_pad(fd, w->t[i].nbytes, align);
-        if (ok) { step = "fsync"; ok = fsync(fd) == 0; }
-        int e = errno;
-        if (close(fd) != 0 && ok) { step = "close"; ok = false; e = errno; }
-        errno = e;
-        if (ok) { step = "rename"; ok = rename(tmp, path) == 0; }
-    }
+    bool ok = fwrite(h.p, 1, h.n, out.f) == h.n && write_pad(out.f, h.n, align);
+    for (size_t i = 0; ok && i < w->n_t; i++)
+        ok = fwrite(w->t[i].data, 1, (size_t)w->t[i].nbytes, out.f) == w->t[i].nbytes &&
+             write_pad(out.f, w->t[i].nbytes, align);
     int e = errno;
     free(h.p);
     if (!ok) {
-        if (fd >= 0) unlink(tmp);
-        free(tmp);
-        return duet_fail(err, DUET_ERR_IO, "%s: cannot %s temporary file: %s", path, step,
+        duet_atomic_abort(&out);
+        return duet_fail(err, DUET_ERR_IO, "%s: cannot write temporary file: %s", path,
                          strerror(e));
     }
-    free(tmp);
-    /* make the rename itself durable (best effort: some filesystems refuse dir fsync) */
-    char *dir = strdup(path);
-    if (dir) {
-        char *slash = strrchr(dir, '/');
-        const char *d = slash ? (slash == dir ? "/" : (*slash = 0, dir)) : ".";
-        int dfd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) {
-            (void)fsync(dfd);
-            close(dfd);
-        }
-        free(dir);
-    }
-    return DUET_OK;
+    return duet_atomic_commit(&out, err);
 }

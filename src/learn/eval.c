@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/atomic_file.h"
 #include "base/common.h"
 #include "learn/answers.h"
 #include "collab/vocab_bridge.h"
@@ -740,17 +741,7 @@ json_t *eval_results_json(int task, const char *data_path, const eval_result *r,
 }
 
 int eval_text_save(const char *text, size_t len, const char *path, duet_error *err) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return duet_fail(err, DUET_ERR_IO, "%s: %s", tmp, strerror(errno));
-    int bad = fwrite(text, 1, len, f) != len;
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path)) {
-        remove(tmp);
-        return duet_fail(err, DUET_ERR_IO, "%s: write failed", path);
-    }
-    return DUET_OK;
+    return duet_atomic_write(path, text, len, err);
 }
 
 int eval_json_save(json_t *root, const char *path, duet_error *err) {

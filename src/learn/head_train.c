@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/atomic_file.h"
 #include "base/common.h"
 #include "format/quant.h"
 
@@ -539,15 +540,14 @@ static int write_report(trainer *T, const ht_result *res, const ht_routing *vr,
     json_object_set_new(o, "selected", sel);
     json_object_set_new(o, "evaluations", json_incref(T->steps));
     json_object_set_new(o, "train_loss", json_incref(T->losses));
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp", T->p.report_path);
-    int rc = json_dump_file(o, tmp, JSON_INDENT(1) | JSON_REAL_PRECISION(7));
-    json_decref(o);
-    if (rc || rename(tmp, T->p.report_path)) {
-        remove(tmp);
-        return duet_fail(err, DUET_ERR_IO, "%s: cannot write the report", T->p.report_path);
+    duet_atomic out;
+    int rc = duet_atomic_open(&out, T->p.report_path, err);
+    if (!rc && json_dumpf(o, out.f, JSON_INDENT(1) | JSON_REAL_PRECISION(7))) {
+        duet_atomic_abort(&out);
+        rc = duet_fail(err, DUET_ERR_IO, "%s: cannot write the report", T->p.report_path);
     }
-    return DUET_OK;
+    json_decref(o);
+    return rc ? rc : duet_atomic_commit(&out, err);
 }
 
 int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet_head **out,

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/atomic_file.h"
 #include "base/common.h"
 #include "base/hash.h"
 #include "format/quant.h"
@@ -456,15 +457,16 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
         goto done;
     }
     if ((rc = write_all(f, index, (size_t)pl.n_seq * sizeof *index, partial, err))) goto done;
-    if (fflush(f) || fseeko(f, 0, SEEK_SET) || (rc = write_all(f, &H, sizeof H, partial, err)) ||
-        fflush(f) || fsync(fileno(f))) {
+    if (fflush(f) || fseeko(f, 0, SEEK_SET) || (rc = write_all(f, &H, sizeof H, partial, err))) {
         rc = rc ? rc : duet_fail(err, DUET_ERR_IO, "%s: write failed: %s", partial, strerror(errno));
         goto done;
     }
-    int bad = fclose(f);
+    /* The partial file stays on failure: a later run resumes from it. */
+    const char *step;
+    int bad = duet_file_finish(f, partial, out_path, &step);
     f = NULL;
-    if (bad || rename(partial, out_path)) {
-        rc = duet_fail(err, DUET_ERR_IO, "%s: cannot rename to %s: %s", partial, out_path,
+    if (bad) {
+        rc = duet_fail(err, DUET_ERR_IO, "%s: cannot complete %s (%s: %s)", partial, out_path, step,
                        strerror(errno));
         goto done;
     }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include "base/atomic_file.h"
 #include "format/gguf.h"
 #include "engine/model.h"
 #include "format/quant.h"
@@ -325,25 +326,23 @@ double lm_lr_at(double lr, int64_t step, int64_t steps, int64_t warmup, int cosi
 #define ADAM_MAGIC "DUETADAM"
 
 int lm_adamw_save(const lm_adamw *o, uint64_t rng, const char *path, duet_error *err) {
-    char tmp[1100];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return duet_fail(err, DUET_ERR_IO, "%s: %s", tmp, strerror(errno));
+    duet_atomic out;
+    int rc = duet_atomic_open(&out, path, err);
+    if (rc) return rc;
+    FILE *f = out.f;
     uint32_t ver = 1;
     uint64_t n = o->n, step = (uint64_t)o->step;
     int ok = fwrite(ADAM_MAGIC, 1, 8, f) == 8 && fwrite(&ver, 4, 1, f) == 1 &&
              fwrite(&n, 8, 1, f) == 1 && fwrite(&step, 8, 1, f) == 1 &&
              fwrite(&rng, 8, 1, f) == 1 && fwrite(o->m, 4, o->n, f) == o->n &&
              fwrite(o->v, 4, o->n, f) == o->n;
-    ok &= fflush(f) == 0 && fsync(fileno(f)) == 0;
-    ok &= fclose(f) == 0;
-    if (!ok || rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return duet_fail(err, DUET_ERR_IO, "%s: cannot write the optimizer state: %s", path,
-                         strerror(e));
+    if (!ok) {
+        rc = duet_fail(err, DUET_ERR_IO, "%s: cannot write the optimizer state: %s", path,
+                       strerror(errno));
+        duet_atomic_abort(&out);
+        return rc;
     }
-    return DUET_OK;
+    return duet_atomic_commit(&out, err);
 }
 
 int lm_adamw_load(lm_adamw *o, uint64_t *rng, const char *path, duet_error *err) {
