@@ -251,30 +251,112 @@ static int save_checkpoint(lm_model *m, const lm_train_params *p, const char *na
 }
 
 /* ---- the run ------------------------------------------------------------------------------ */
+/* Fills the unset parameters with their defaults and refuses the ones that cannot run. */
+static int train_defaults(lm_train_params *p, const duet_hparams *hp, duet_error *err) {
+    if (p->seq_len <= 0) p->seq_len = DUET_MIN(hp->n_ctx_train - 1, 128);
+    if (p->seq_len < 1 || p->seq_len + 1 > hp->n_ctx_train)
+        return duet_fail(err, DUET_ERR_ARG, "--seq-len %d is out of range [1, %d] (context %d)",
+                         p->seq_len, hp->n_ctx_train - 1, hp->n_ctx_train);
+    if (p->batch <= 0) p->batch = 8;
+    if (p->accum <= 0) p->accum = 1;
+    if (p->val_frac <= 0) p->val_frac = 0.05;
+    if (p->lr <= 0) p->lr = 1e-3;
+    if (p->warmup == 0) p->warmup = 0.04;
+    if (p->min_lr_frac == 0) p->min_lr_frac = 0.1;
+    if (p->min_lr_frac < 0) p->min_lr_frac = 0;
+    if (p->clip == 0) p->clip = 1.0;
+    if (p->epochs <= 0) p->epochs = 1;
+    if (!p->out_path) return duet_fail(err, DUET_ERR_ARG, "no output path");
+    if (p->expert && p->val_path && !p->val_expert)
+        return duet_fail(err, DUET_ERR_ARG, "joint training with held-out data %s needs the "
+                         "expert's scores of it too", p->val_path);
+    return DUET_OK;
+}
+
+/* The training and held-out sets: a separate held-out file, or a seeded split of the data. */
+static int load_sets(lm_model *m, const lm_train_params *p, seqset *tr, seqset *va, duet_error *err) {
+    int rc = load_set(m, p->data_path, p->seq_len, p->expert, tr, err);
+    if (!rc && p->val_path) {
+        rc = load_set(m, p->val_path, p->seq_len, p->val_expert, va, err);
+        if (!rc) {
+            tr->idx = malloc((size_t)tr->plan.n_seq * sizeof(int));
+            va->idx = malloc((size_t)(va->plan.n_seq ? va->plan.n_seq : 1) * sizeof(int));
+            if (!tr->idx || !va->idx) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+            for (int k = 0; !rc && k < tr->plan.n_seq; k++) tr->idx[k] = k;
+            for (int k = 0; !rc && k < va->plan.n_seq; k++) va->idx[k] = k;
+            tr->n = tr->plan.n_seq;
+            va->n = va->plan.n_seq;
+        }
+    } else if (!rc) {
+        rc = split(tr, va, p->val_frac, p->seed, err);
+        if (!rc) { /* both sides read the one plan */
+            va->plan = tr->plan;
+            va->lpe = tr->lpe;
+        }
+    }
+    if (!rc && tr->n == 0)
+        rc = duet_fail(err, DUET_ERR_ARG, "%s: no training sequence left after the held-out split",
+                       p->data_path);
+    return rc;
+}
+
+/* Forward and backward passes of one optimizer step's micro-batches, gradients summed into m.
+ * Returns the step's summed loss; *wsum is its weighted token count (0: nothing to learn). */
+static double accumulate_step(lm_model *m, lm_acts *a, const lm_train_params *p, const seqset *tr,
+                              int *perm, int64_t *cur_epoch, batchbuf *bb, int64_t step, int loss,
+                              int64_t *wsum_out, int64_t *tok_run) {
+    int B = p->batch, T = p->seq_len, *seqs = bb->seqs;
+    /* the step's sequences: micro-batch g covers positions g*B .. of the epoch stream */
+    /* the loss is a mean over the whole step's weighted tokens: count them first */
+    int64_t wsum = 0, nt;
+    for (int k = 0; k < p->accum; k++) {
+        pick(tr, perm, cur_epoch, p->seed, (step - 1) * p->accum + k, B, seqs);
+        wsum += fill_batch(tr, seqs, B, T, bb, &nt);
+    }
+    lm_zero_grad(m);
+    double lsum = 0;
+    for (int k = 0; k < p->accum && wsum > 0; k++) {
+        pick(tr, perm, cur_epoch, p->seed, (step - 1) * p->accum + k, B, seqs);
+        fill_batch(tr, seqs, B, T, bb, &nt);
+        lm_batch b = {.B = B, .T = T, .tokens = bb->tok, .targets = bb->tgt, .weight = bb->w,
+                      .lpe = bb->lpe, .loss = loss, .scale = 1.0 / (double)wsum};
+        lsum += lm_step(m, a, &b, 1, NULL);
+        *tok_run += nt;
+    }
+    *wsum_out = wsum;
+    return lsum;
+}
+
+/* After the run: the JSON log with its result, and the loss curve, where asked for. */
+static int save_reports(json_t *log, const curve *cv, const lm_train_params *p,
+                        const lm_train_result *res, int joint, const char *name, duet_error *err) {
+    int rc = DUET_OK;
+    if (p->log_path) {
+        json_object_set_new(log, "result", json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f}",
+                            "steps", (json_int_t)res->steps, "tokens", (json_int_t)res->tokens,
+                            "first_val_loss", isnan(res->first_val) ? 0.0 : res->first_val,
+                            "last_val_loss", isnan(res->last_val) ? 0.0 : res->last_val,
+                            "best_val_loss", isnan(res->best_val) ? 0.0 : res->best_val,
+                            "seconds", res->seconds, "tokens_per_s", res->tok_per_s));
+        if ((rc = eval_json_save(log, p->log_path, err))) return rc;
+    }
+    if (p->curve_prefix) {
+        char title[300];
+        snprintf(title, sizeof title, "duet train %s: %s", joint ? "collm" : "lm", name);
+        rc = curve_save(cv, p->curve_prefix, title, err);
+    }
+    return rc;
+}
+
 int lm_train(lm_model *m, const lm_train_params *pp, lm_train_result *res, duet_error *err) {
     lm_train_params p = *pp;
     lm_train_result dummy;
     if (!res) res = &dummy;
     memset(res, 0, sizeof *res);
     const duet_hparams *hp = duet_model_hparams(m->src);
-    if (p.seq_len <= 0) p.seq_len = DUET_MIN(hp->n_ctx_train - 1, 128);
-    if (p.seq_len < 1 || p.seq_len + 1 > hp->n_ctx_train)
-        return duet_fail(err, DUET_ERR_ARG, "--seq-len %d is out of range [1, %d] (context %d)",
-                         p.seq_len, hp->n_ctx_train - 1, hp->n_ctx_train);
-    if (p.batch <= 0) p.batch = 8;
-    if (p.accum <= 0) p.accum = 1;
-    if (p.val_frac <= 0) p.val_frac = 0.05;
-    if (p.lr <= 0) p.lr = 1e-3;
-    if (p.warmup == 0) p.warmup = 0.04;
-    if (p.min_lr_frac == 0) p.min_lr_frac = 0.1;
-    if (p.min_lr_frac < 0) p.min_lr_frac = 0;
-    if (p.clip == 0) p.clip = 1.0;
-    if (p.epochs <= 0) p.epochs = 1;
-    if (!p.out_path) return duet_fail(err, DUET_ERR_ARG, "no output path");
+    int rc = train_defaults(&p, hp, err);
+    if (rc) return rc;
     int joint = p.expert != NULL, loss = joint ? LM_LOSS_COLLM : LM_LOSS_CE;
-    if (joint && p.val_path && !p.val_expert)
-        return duet_fail(err, DUET_ERR_ARG, "joint training with held-out data %s needs the "
-                         "expert's scores of it too", p.val_path);
     int B = p.batch, T = p.seq_len;
     const char *name = p.name ? p.name : hp->name;
 
@@ -285,29 +367,7 @@ int lm_train(lm_model *m, const lm_train_params *pp, lm_train_result *res, duet_
     int *perm = NULL;
     json_t *log = NULL, *jsteps = NULL, *jevals = NULL;
     curve cv = {0};
-    int rc = load_set(m, p.data_path, T, p.expert, &tr, err);
-    if (!rc && p.val_path) {
-        rc = load_set(m, p.val_path, T, p.val_expert, &va, err);
-        if (!rc) {
-            tr.idx = malloc((size_t)tr.plan.n_seq * sizeof(int));
-            va.idx = malloc((size_t)(va.plan.n_seq ? va.plan.n_seq : 1) * sizeof(int));
-            if (!tr.idx || !va.idx) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-            for (int k = 0; !rc && k < tr.plan.n_seq; k++) tr.idx[k] = k;
-            for (int k = 0; !rc && k < va.plan.n_seq; k++) va.idx[k] = k;
-            tr.n = tr.plan.n_seq;
-            va.n = va.plan.n_seq;
-        }
-    } else if (!rc) {
-        rc = split(&tr, &va, p.val_frac, p.seed, err);
-        if (!rc) { /* both sides read the one plan */
-            va.plan = tr.plan;
-            va.lpe = tr.lpe;
-        }
-    }
-    if (!rc && tr.n == 0)
-        rc = duet_fail(err, DUET_ERR_ARG, "%s: no training sequence left after the held-out split",
-                       p.data_path);
-    if (rc) goto done;
+    if ((rc = load_sets(m, &p, &tr, &va, err))) goto done;
     res->n_train_seq = tr.n;
     res->n_val_seq = va.n;
     int64_t seqs_per_step = (int64_t)B * p.accum;
@@ -372,25 +432,9 @@ int lm_train(lm_model *m, const lm_train_params *pp, lm_train_result *res, duet_
     double t0 = duet_time_s(), since_loss = 0, last_val = NAN, lr = 0, gnorm = 0;
     int64_t since_w = 0, tok_run = 0, cur_epoch = -1;
     res->first_val = res->best_val = NAN;
-    int *seqs = bb.seqs;
     for (int64_t step = start + 1; step <= steps; step++) {
-        /* the step's sequences: micro-batch g covers positions g*B .. of the epoch stream */
-        /* the loss is a mean over the whole step's weighted tokens: count them first */
-        int64_t wsum = 0, nt;
-        for (int k = 0; k < p.accum; k++) {
-            pick(&tr, perm, &cur_epoch, p.seed, (step - 1) * p.accum + k, B, seqs);
-            wsum += fill_batch(&tr, seqs, B, T, &bb, &nt);
-        }
-        lm_zero_grad(m);
-        double lsum = 0;
-        for (int k = 0; k < p.accum && wsum > 0; k++) {
-            pick(&tr, perm, &cur_epoch, p.seed, (step - 1) * p.accum + k, B, seqs);
-            fill_batch(&tr, seqs, B, T, &bb, &nt);
-            lm_batch b = {.B = B, .T = T, .tokens = bb.tok, .targets = bb.tgt, .weight = bb.w,
-                          .lpe = bb.lpe, .loss = loss, .scale = 1.0 / (double)wsum};
-            lsum += lm_step(m, a, &b, 1, NULL);
-            tok_run += nt;
-        }
+        int64_t wsum;
+        double lsum = accumulate_step(m, a, &p, &tr, perm, &cur_epoch, &bb, step, loss, &wsum, &tok_run);
         lr = lm_lr_at(p.lr, step, steps, warm, !p.linear, p.min_lr_frac);
         if (wsum > 0) gnorm = lm_adamw_update(&o, m, lr);
         else o.step++;
@@ -436,20 +480,7 @@ int lm_train(lm_model *m, const lm_train_params *pp, lm_train_result *res, duet_
     res->n_threads = m->n_threads;
     if ((rc = save_checkpoint(m, &p, name, &o, 0, err))) goto done;
     if (access(sidecar, F_OK) == 0) unlink(sidecar); /* a finished run has nothing to resume */
-    if (p.log_path) {
-        json_object_set_new(log, "result", json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f}",
-                            "steps", (json_int_t)res->steps, "tokens", (json_int_t)res->tokens,
-                            "first_val_loss", isnan(res->first_val) ? 0.0 : res->first_val,
-                            "last_val_loss", isnan(res->last_val) ? 0.0 : res->last_val,
-                            "best_val_loss", isnan(res->best_val) ? 0.0 : res->best_val,
-                            "seconds", res->seconds, "tokens_per_s", res->tok_per_s));
-        if ((rc = eval_json_save(log, p.log_path, err))) goto done;
-    }
-    if (p.curve_prefix) {
-        char title[300];
-        snprintf(title, sizeof title, "duet train %s: %s", joint ? "collm" : "lm", name);
-        rc = curve_save(&cv, p.curve_prefix, title, err);
-    }
+    rc = save_reports(log, &cv, &p, res, joint, name, err);
 done:
     if (va.plan.ids == tr.plan.ids) { /* shared plan: free once */
         memset(&va.plan, 0, sizeof va.plan);
