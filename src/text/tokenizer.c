@@ -236,10 +236,10 @@ static void set_attr_by_text(tokenizer *t, const char *text, int flag, bool on) 
     else t->attr[id] &= (uint8_t)~flag;
 }
 
-static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
+/* The vocabulary's kind from tokenizer.ggml.model: SentencePiece ("llama") or byte-level BPE
+ * ("gpt2"); any other is refused. */
+static int read_model_kind(const gguf_file *f, bool *bpe, duet_error *err) {
     const char *path = f->path;
-    int rc;
-
     const gguf_kv *model = gguf_find(f, "tokenizer.ggml.model");
     if (!model)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: no tokenizer.ggml.model key (not a model "
@@ -255,7 +255,13 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
                          "supported (only \"llama\", SentencePiece, and \"gpt2\", byte-level "
                          "BPE)", path, p);
     }
+    *bpe = is_bpe;
+    return DUET_OK;
+}
 
+/* The token texts: an array of str with 1 .. INT32_MAX - 1 entries. */
+static int read_token_texts(const gguf_file *f, const gguf_kv **out, duet_error *err) {
+    const char *path = f->path;
     const gguf_kv *toks = gguf_find(f, "tokenizer.ggml.tokens");
     if (!toks)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: no tokenizer.ggml.tokens key", path);
@@ -271,16 +277,14 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
     if (n > (uint64_t)INT32_MAX - 1)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.tokens has %llu entries, "
                          "more than token ids can address", path, (unsigned long long)n);
-    t->n_vocab = (int)n;
+    *out = toks;
+    return DUET_OK;
+}
 
-    const gguf_kv *scores, *types;
-    if ((rc = read_arr(f, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, GGUF_TYPE_FLOAT32, "f32",
-                       n, &scores, err)))
-        return rc;
-    if ((rc = read_arr(f, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, GGUF_TYPE_UINT32, "i32",
-                       n, &types, err)))
-        return rc;
-
+/* The vocabulary's arrays, sized for the n texts of toks (one blob holds them all). */
+static int alloc_vocab(tokenizer *t, const gguf_file *f, const gguf_kv *toks, duet_error *err) {
+    const char *path = f->path;
+    uint64_t n = toks->arr_n;
     uint64_t blob_n = 0;
     for (uint64_t i = 0; i < n; i++) {
         /* a guard for int arithmetic only: real tokens are at most a few hundred bytes */
@@ -299,7 +303,15 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
     if (!t->blob || !t->off || !t->len || !t->score || !t->type || !t->attr)
         return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory for %llu tokens", path,
                          (unsigned long long)n);
+    return DUET_OK;
+}
 
+/* Copies each token's text, score and type into t, refusing a bad type, a NaN score, a NUL
+ * byte, a byte token not spelled <0xXX> and a text that is not UTF-8. */
+static int copy_tokens(tokenizer *t, const gguf_file *f, const gguf_kv *toks, const gguf_kv *scores,
+                       const gguf_kv *types, duet_error *err) {
+    const char *path = f->path;
+    uint64_t n = toks->arr_n;
     uint64_t pos = 0;
     for (uint64_t i = 0; i < n; i++) {
         gguf_str s = toks->arr_str[i];
@@ -346,7 +358,10 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
         t->type[i] = (uint8_t)type;
         if (s.len > t->max_len) t->max_len = (uint32_t)s.len;
     }
+    return DUET_OK;
+}
 
+static uint64_t vocab_identity_hash(const tokenizer *t) {
     /* The identity hash covers the file's own texts and types (before any override below). */
     uint64_t h = DUET_FNV_OFFSET;
     for (int32_t id = 0; id < t->n_vocab; id++) {
@@ -355,10 +370,13 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
         h = duet_fnv1a(h, &sep, 1);
         h = duet_fnv1a(h, &t->type[id], 1);
     }
-    t->hash = h;
+    return h;
+}
 
-    if ((rc = build_index(t, f, err))) return rc;
-
+/* The special ids and the BOS/EOS/space-prefix flags: the kind's defaults, then the file's. */
+static int read_special_ids(tokenizer *t, const gguf_file *f, bool is_bpe, duet_error *err) {
+    uint64_t n = (uint64_t)t->n_vocab;
+    int rc;
     /* llama.cpp's defaults where those ids exist: SentencePiece <s> 1, </s> 2, <unk> 0;
      * BPE 11 for both BOS and EOS (Falcon's <|endoftext|>) and no unknown token. Its
      * defaults for the flags: SentencePiece adds BOS and the space prefix, BPE neither
@@ -388,7 +406,10 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
         (rc = read_bool(f, "tokenizer.ggml.add_eos_token", &t->add_eos, err)) ||
         (rc = read_bool(f, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix, err)))
         return rc;
+    return DUET_OK;
+}
 
+static void mark_end_of_generation(tokenizer *t) {
     /* End of generation: EOS/EOT/EOM plus the chat-turn terminators llama.cpp knows by text.
      * Like llama.cpp, such a token is treated as control even if the file says otherwise, so
      * that it renders as "" and is not matched in plain text. */
@@ -401,7 +422,9 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
         t->attr[id] |= ATTR_EOG;
         t->type[id] = TOKTYPE_CONTROL;
     }
+}
 
+static void phi3_quirk(tokenizer *t, const gguf_file *f) {
     /* Phi-3 quirk (llama.cpp keys it on general.name): its special tokens swallow the
      * whitespace after them, as its Hugging Face tokenizer does ("<|user|>\n" -> one token). */
     const gguf_kv *name = gguf_find(f, "general.name");
@@ -422,7 +445,9 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
             set_attr_by_text(t, "<|endoftext|>", ATTR_RSTRIP, false);
         }
     }
+}
 
+static void find_byte_tokens(tokenizer *t) {
     /* Byte fallback as llama.cpp looks it up: "<0xXX>", else the one-byte text itself; a
      * byte-typed token spelled in lower case is accepted as a last resort. A BPE vocabulary
      * spells byte b as its byte-to-unicode character. */
@@ -442,7 +467,30 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
         int b = parse_byte_token(tok_str(t, id), t->len[id]);
         if (t->byte_tok[b] < 0) t->byte_tok[b] = id;
     }
+}
 
+static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
+    int rc;
+    bool is_bpe;
+    const gguf_kv *toks = NULL;
+    if ((rc = read_model_kind(f, &is_bpe, err)) || (rc = read_token_texts(f, &toks, err))) return rc;
+    uint64_t n = toks->arr_n;
+    t->n_vocab = (int)n;
+
+    const gguf_kv *scores, *types;
+    if ((rc = read_arr(f, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, GGUF_TYPE_FLOAT32, "f32",
+                       n, &scores, err)))
+        return rc;
+    if ((rc = read_arr(f, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, GGUF_TYPE_UINT32, "i32",
+                       n, &types, err)))
+        return rc;
+    if ((rc = alloc_vocab(t, f, toks, err)) || (rc = copy_tokens(t, f, toks, scores, types, err)))
+        return rc;
+    t->hash = vocab_identity_hash(t);
+    if ((rc = build_index(t, f, err)) || (rc = read_special_ids(t, f, is_bpe, err))) return rc;
+    mark_end_of_generation(t);
+    phi3_quirk(t, f);
+    find_byte_tokens(t);
     return build_trie(t, f, err);
 }
 
