@@ -348,6 +348,80 @@ static int save_reports(json_t *log, const curve *cv, const lm_train_params *p,
     return rc;
 }
 
+/* The optimizer with the run's settings, and the deferral vector u of a joint run (its given
+ * start, else zeros). */
+static int init_optimizer(lm_model *m, const lm_train_params *p, int joint, lm_adamw *o,
+                          duet_error *err) {
+    int rc;
+    size_t n_opt = m->L.n_params + (joint ? (size_t)m->c.n_embd : 0);
+    if ((rc = lm_adamw_init(o, n_opt, err))) return rc;
+    o->lr = p->lr;
+    o->weight_decay = p->weight_decay;
+    o->clip = p->clip > 0 ? p->clip : 0;
+    if (joint) {
+        m->u = duet_aalloc((size_t)m->c.n_embd * sizeof(float));
+        m->gu = duet_aalloc((size_t)m->c.n_embd * sizeof(float));
+        if (!m->u || !m->gu) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+        if (p->u_init) memcpy(m->u, p->u_init, (size_t)m->c.n_embd * sizeof(float));
+    }
+    return DUET_OK;
+}
+
+/* Buffers of one micro-batch of B sequences of T tokens; the caller checks them. */
+static void batchbuf_alloc(batchbuf *bb, int B, int T) {
+    size_t BT = (size_t)B * T;
+    bb->seqs = malloc((size_t)B * sizeof(int));
+    bb->tok = malloc(BT * sizeof(int32_t));
+    bb->tgt = malloc(BT * sizeof(int32_t));
+    bb->w = malloc(BT * sizeof(float));
+    bb->lpe = malloc(BT * sizeof(float));
+}
+
+/* Continues a saved run from its optimizer sidecar: *start is the step it reached. */
+static int resume_point(lm_adamw *o, const char *sidecar, int64_t steps, int64_t *start,
+                        duet_error *err) {
+    int rc;
+    uint64_t unused;
+    if ((rc = lm_adamw_load(o, &unused, sidecar, err))) return rc;
+    *start = o->step;
+    if (*start > steps)
+        return duet_fail(err, DUET_ERR_ARG, "%s: the saved run is at step %lld, past --steps %lld",
+                         sidecar, (long long)*start, (long long)steps);
+    return DUET_OK;
+}
+
+/* The run's settings, as the log's "config". */
+static void log_config(json_t *log, const lm_model *m, const lm_train_params *p, int64_t steps,
+                       int64_t warm, int n_train, int n_val, int joint) {
+    int T = p->seq_len, B = p->batch;
+    json_object_set_new(log, "config", json_pack("{s:s, s:s?, s:i, s:i, s:i, s:I, s:f, s:I, "
+                                                  "s:s, s:f, s:f, s:f, s:I, s:i, s:i, s:s, s:I, s:i}",
+                        "data", p->data_path, "val_data", p->val_path, "seq_len", T, "batch", B,
+                        "accum", p->accum, "steps", (json_int_t)steps, "lr", p->lr, "warmup_steps",
+                        (json_int_t)warm, "decay", p->linear ? "linear" : "cosine", "min_lr_frac",
+                        p->min_lr_frac, "weight_decay", p->weight_decay, "clip", p->clip, "seed",
+                        (json_int_t)p->seed, "n_train_seq", n_train, "n_val_seq", n_val, "objective",
+                        joint ? "collm" : "lm", "n_params", (json_int_t)m->L.n_params,
+                        "threads", m->n_threads));
+}
+
+/* A held-out evaluation at step: its loss (*last_val, NaN without held-out data) into the
+ * result's first and best, the log and the curve. */
+static int record_eval(lm_model *m, lm_acts *a, const seqset *va, const lm_train_params *p,
+                       int eval_seqs, int loss, batchbuf *bb, int64_t step, double train_avg,
+                       lm_train_result *res, json_t *jevals, curve *cv, double *last_val,
+                       duet_error *err) {
+    double v = va->n ? evaluate(m, a, va, p->batch, p->seq_len, eval_seqs, loss, bb) : NAN;
+    *last_val = v;
+    if (isnan(res->first_val)) res->first_val = v;
+    if (!(v >= res->best_val)) res->best_val = v;
+    json_array_append_new(jevals, json_pack("{s:I, s:f, s:f, s:I}", "step", (json_int_t)step,
+                          "train_loss", isnan(train_avg) ? 0.0 : train_avg, "val_loss",
+                          isnan(v) ? 0.0 : v, "tokens", (json_int_t)res->tokens));
+    if (curve_add(cv, (double)step, train_avg, v)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    return DUET_OK;
+}
+
 int lm_train(lm_model *m, const lm_train_params *pp, lm_train_result *res, duet_error *err) {
     lm_train_params p = *pp;
     lm_train_result dummy;
@@ -378,23 +452,8 @@ int lm_train(lm_model *m, const lm_train_params *pp, lm_train_result *res, duet_
     int eval_seqs = p.eval_seqs > 0 ? p.eval_seqs : 512;
 
     if ((rc = lm_acts_new(m, B, T, &a, err))) goto done;
-    size_t n_opt = m->L.n_params + (joint ? (size_t)m->c.n_embd : 0);
-    if ((rc = lm_adamw_init(&o, n_opt, err))) goto done;
-    o.lr = p.lr;
-    o.weight_decay = p.weight_decay;
-    o.clip = p.clip > 0 ? p.clip : 0;
-    if (joint) {
-        m->u = duet_aalloc((size_t)m->c.n_embd * sizeof(float));
-        m->gu = duet_aalloc((size_t)m->c.n_embd * sizeof(float));
-        if (!m->u || !m->gu) { rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory"); goto done; }
-        if (p.u_init) memcpy(m->u, p.u_init, (size_t)m->c.n_embd * sizeof(float));
-    }
-    size_t BT = (size_t)B * T;
-    bb.seqs = malloc((size_t)B * sizeof(int));
-    bb.tok = malloc(BT * sizeof(int32_t));
-    bb.tgt = malloc(BT * sizeof(int32_t));
-    bb.w = malloc(BT * sizeof(float));
-    bb.lpe = malloc(BT * sizeof(float));
+    if ((rc = init_optimizer(m, &p, joint, &o, err))) goto done;
+    batchbuf_alloc(&bb, B, T);
     perm = malloc((size_t)tr.n * sizeof *perm);
     log = json_object();
     jsteps = json_array();
@@ -406,26 +465,10 @@ int lm_train(lm_model *m, const lm_train_params *pp, lm_train_result *res, duet_
     int64_t start = 0;
     char sidecar[1100];
     snprintf(sidecar, sizeof sidecar, "%s.optim", p.out_path);
-    if (p.resume && access(sidecar, R_OK) == 0) {
-        uint64_t unused;
-        if ((rc = lm_adamw_load(&o, &unused, sidecar, err))) goto done;
-        start = o.step;
-        if (start > steps) {
-            rc = duet_fail(err, DUET_ERR_ARG, "%s: the saved run is at step %lld, past --steps %lld",
-                           sidecar, (long long)start, (long long)steps);
-            goto done;
-        }
-    }
+    if (p.resume && access(sidecar, R_OK) == 0 && (rc = resume_point(&o, sidecar, steps, &start, err)))
+        goto done;
 
-    json_object_set_new(log, "config", json_pack("{s:s, s:s?, s:i, s:i, s:i, s:I, s:f, s:I, "
-                                                  "s:s, s:f, s:f, s:f, s:I, s:i, s:i, s:s, s:I, s:i}",
-                        "data", p.data_path, "val_data", p.val_path, "seq_len", T, "batch", B,
-                        "accum", p.accum, "steps", (json_int_t)steps, "lr", p.lr, "warmup_steps",
-                        (json_int_t)warm, "decay", p.linear ? "linear" : "cosine", "min_lr_frac",
-                        p.min_lr_frac, "weight_decay", p.weight_decay, "clip", p.clip, "seed",
-                        (json_int_t)p.seed, "n_train_seq", tr.n, "n_val_seq", va.n, "objective",
-                        joint ? "collm" : "lm", "n_params", (json_int_t)m->L.n_params,
-                        "threads", m->n_threads));
+    log_config(log, m, &p, steps, warm, tr.n, va.n, joint);
     json_object_set(log, "steps", jsteps);
     json_object_set(log, "evals", jevals);
 
@@ -446,18 +489,9 @@ int lm_train(lm_model *m, const lm_train_params *pp, lm_train_result *res, duet_
                               "loss", wsum ? lsum / (double)wsum : 0.0, "lr", lr, "grad_norm", gnorm));
         int is_eval = step % eval_every == 0 || step == steps || step == start + 1;
         double train_avg = since_w ? since_loss / (double)since_w : NAN;
-        if (is_eval) {
-            last_val = va.n ? evaluate(m, a, &va, B, T, eval_seqs, loss, &bb) : NAN;
-            if (isnan(res->first_val)) res->first_val = last_val;
-            if (!(last_val >= res->best_val)) res->best_val = last_val;
-            json_array_append_new(jevals, json_pack("{s:I, s:f, s:f, s:I}", "step", (json_int_t)step,
-                                  "train_loss", isnan(train_avg) ? 0.0 : train_avg, "val_loss",
-                                  isnan(last_val) ? 0.0 : last_val, "tokens", (json_int_t)res->tokens));
-            if (curve_add(&cv, (double)step, train_avg, last_val)) {
-                rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-                goto done;
-            }
-        }
+        if (is_eval && (rc = record_eval(m, a, &va, &p, eval_seqs, loss, &bb, step, train_avg, res,
+                                         jevals, &cv, &last_val, err)))
+            goto done;
         if (p.progress) {
             double left = (double)(steps - step) * (el / (double)(step - start));
             lm_progress pr = {step, steps, train_avg, last_val, lr, gnorm, tps, left, is_eval};
