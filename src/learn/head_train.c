@@ -550,20 +550,13 @@ static int write_report(trainer *T, const ht_result *res, const ht_routing *vr,
     return rc ? rc : duet_atomic_commit(&out, err);
 }
 
-int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet_head **out,
-             ht_result *res, duet_error *err) {
-    *out = NULL;
-    trainer T;
-    memset(&T, 0, sizeof T);
-    T.B = B;
-    T.E = E;
-    if (params) T.p = *params;
-    ht_params *p = &T.p;
+/* Fills the unset training parameters with their defaults and refuses the out-of-range ones. */
+static int ht_defaults(ht_params *p, const dsf_header *hb, duet_error *err) {
     if (!p->features) p->features = DUET_HEAD_FEAT_HIDDEN;
     /* Adam moves every weight by about lr per step, so a step moves u . h by about
      * lr * n_embd: the default rates shrink with the hidden size (measured at n_embd 128) */
-    double lr_scale = (p->features & DUET_HEAD_FEAT_HIDDEN) && dsf_hdr(B)->n_embd > 128
-                          ? 128.0 / dsf_hdr(B)->n_embd : 1.0;
+    double lr_scale = (p->features & DUET_HEAD_FEAT_HIDDEN) && hb->n_embd > 128
+                          ? 128.0 / hb->n_embd : 1.0;
     if (p->epochs <= 0) p->epochs = p->objective == HT_NLL ? 2 : 5;
     if (p->weak_epochs == 0) p->weak_epochs = 3;
     if (p->lr <= 0) p->lr = (p->objective == HT_NLL ? 1e-3 : 1e-2) * lr_scale;
@@ -577,8 +570,99 @@ int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet
         return duet_fail(err, DUET_ERR_ARG, "head training: defer cost %g, validation share %g, "
                          "features %d, weight decay %g or objective %d out of range", p->defer_cost,
                          p->val_frac, p->features, p->weight_decay, (int)p->objective);
+    return DUET_OK;
+}
+
+/* Training set sizes and the share of positive pseudo-labels in it. */
+static void count_train(const trainer *T, ht_result *R) {
+    R->n_train_seq = T->n_train;
+    R->n_val_seq = T->n_val;
+    R->n_val_tok = T->n_val_tok;
+    double pos = 0;
+    for (int i = 0; i < T->n_train; i++) {
+        const dsf_seq *s = &dsf_seqs(T->B)[T->train[i]];
+        for (uint32_t t = 0; t < s->n_tok; t++) pos += T->z[s->tok_start + t];
+        R->n_train_tok += s->n_tok;
+    }
+    R->pos_rate = pos / (double)R->n_train_tok;
+}
+
+typedef struct ht_phase { const char *name; ht_objective obj; int epochs; double lr; } ht_phase;
+
+/* The phases of the run: the objective alone, or for NLL a weak-supervision start first. */
+static int plan_phases(const ht_params *p, ht_phase *ph) {
+    int n_ph = 0;
+    if (p->objective == HT_WEAK) ph[n_ph++] = (ht_phase){"weak", HT_WEAK, p->epochs, p->weak_lr};
+    else if (p->objective == HT_GAIN) ph[n_ph++] = (ht_phase){"gain", HT_GAIN, p->epochs, p->lr};
+    else {
+        if (p->weak_epochs > 0) ph[n_ph++] = (ht_phase){"weak", HT_WEAK, p->weak_epochs, p->weak_lr};
+        ph[n_ph++] = (ht_phase){"nll", HT_NLL, p->epochs, p->lr};
+    }
+    return n_ph;
+}
+
+/* One AdamW step (step counts from 1) with the gradient clipped to norm 1; the bias is not
+ * decayed. */
+static void adam_update(const ht_layout *L, double *th, const double *g, double *m, double *v,
+                        int step, double lr, double weight_decay) {
+    int np = L->n_param;
+    double b1 = 0.9, b2 = 0.999;
+    double gn = 0;
+    for (int j = 0; j < np; j++) gn += g[j] * g[j];
+    gn = sqrt(gn);
+    double clip = gn > 1.0 ? 1.0 / gn : 1.0;
+    double c1 = 1 - pow(b1, step), c2 = 1 - pow(b2, step);
+    for (int j = 0; j < np; j++) {
+        double gj = g[j] * clip;
+        m[j] = b1 * m[j] + (1 - b1) * gj;
+        v[j] = b2 * v[j] + (1 - b2) * gj * gj;
+        if (j != L->i_bias) th[j] -= lr * weight_decay * th[j];
+        th[j] -= lr * (m[j] / c1) / (sqrt(v[j] / c2) + 1e-8);
+    }
+}
+
+/* Puts the kept weights into the head: u, and the entropy and max-probability weights with
+ * their standardization folded into the weights and the bias. */
+static int fold_head(const trainer *T, const double *best, duet_head *h, duet_error *err) {
+    const dsf_header *hb = dsf_hdr(T->B);
+    int np = T->L.n_param;
+    float *u = calloc((size_t)hb->n_embd, sizeof *u);
+    if (!u) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    if (T->L.i_u >= 0)
+        for (int j = 0; j < T->L.n_embd; j++) u[j] = (float)best[T->L.i_u + j];
+    duet_head_set_u(h, u, (int)hb->n_embd);
+    free(u);
+    float w[2] = {0, 0};
+    double bias = T->L.i_bias >= 0 ? best[T->L.i_bias] : 0;
+    if (T->L.i_ent >= 0) {
+        w[0] = (float)(best[T->L.i_ent] / T->sd[0]);
+        bias -= best[T->L.i_ent] * T->mean[0] / T->sd[0];
+    }
+    if (T->L.i_max >= 0) {
+        w[1] = (float)(best[T->L.i_max] / T->sd[1]);
+        bias -= best[T->L.i_max] * T->mean[1] / T->sd[1];
+    }
+    if (duet_head_set_features(h, T->L.features, w, (float)bias))
+        return duet_fail(err, DUET_ERR_RANGE, "head training diverged (non-finite weights)");
+    for (int j = 0; j < np; j++)
+        if (!isfinite(best[j]))
+            return duet_fail(err, DUET_ERR_RANGE, "head training diverged (weight %d is %g)", j, best[j]);
+    return DUET_OK;
+}
+
+int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet_head **out,
+             ht_result *res, duet_error *err) {
+    *out = NULL;
+    trainer T;
+    memset(&T, 0, sizeof T);
+    T.B = B;
+    T.E = E;
+    if (params) T.p = *params;
+    ht_params *p = &T.p;
+    int rc = ht_defaults(p, dsf_hdr(B), err);
+    if (rc) return rc;
     const dsf_header *hb = dsf_hdr(B);
-    int rc = ht_check_pair(B, E, err);
+    rc = ht_check_pair(B, E, err);
     if (!rc) rc = check_base_file(B, p->features, (int)hb->n_embd, err);
     if (rc) return rc;
     pthread_once(&g_f16_once, f16_init);
@@ -601,26 +685,9 @@ int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet
     }
     if (p->u_init && T.L.i_u >= 0)
         for (int j = 0; j < T.L.n_embd; j++) th[T.L.i_u + j] = p->u_init[j];
-    R.n_train_seq = T.n_train;
-    R.n_val_seq = T.n_val;
-    R.n_val_tok = T.n_val_tok;
-    double pos = 0;
-    for (int i = 0; i < T.n_train; i++) {
-        const dsf_seq *s = &dsf_seqs(B)[T.train[i]];
-        for (uint32_t t = 0; t < s->n_tok; t++) pos += T.z[s->tok_start + t];
-        R.n_train_tok += s->n_tok;
-    }
-    R.pos_rate = pos / (double)R.n_train_tok;
-
-    typedef struct phase { const char *name; ht_objective obj; int epochs; double lr; } phase;
-    phase ph[2];
-    int n_ph = 0;
-    if (p->objective == HT_WEAK) ph[n_ph++] = (phase){"weak", HT_WEAK, p->epochs, p->weak_lr};
-    else if (p->objective == HT_GAIN) ph[n_ph++] = (phase){"gain", HT_GAIN, p->epochs, p->lr};
-    else {
-        if (p->weak_epochs > 0) ph[n_ph++] = (phase){"weak", HT_WEAK, p->weak_epochs, p->weak_lr};
-        ph[n_ph++] = (phase){"nll", HT_NLL, p->epochs, p->lr};
-    }
+    count_train(&T, &R);
+    ht_phase ph[2];
+    int n_ph = plan_phases(p, ph);
     evalres er;
     if ((rc = evaluate(&T, th, ph[0].obj, &er, NULL, err))) goto done;
     log_eval(&T, 0, "init", 0, NAN, &er);
@@ -635,7 +702,7 @@ int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet
         int every = DUET_MAX(1, steps / p->evals_per_phase), report = DUET_MAX(1, steps / 100);
         memset(m, 0, (size_t)np * sizeof *m);
         memset(v, 0, (size_t)np * sizeof *v);
-        double b1 = 0.9, b2 = 0.999, run = 0, last_route = er.mean;
+        double run = 0, last_route = er.mean;
         int run_n = 0, step = 0;
         for (int ep = 0; ep < ph[f].epochs; ep++) {
             shuffle(T.train, T.n_train, &T.rng);
@@ -643,22 +710,11 @@ int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet
                 load_batch(&T, T.train + i, DUET_MIN(bs, T.n_train - i));
                 double loss = ht_loss_grad(&T.L, &T.batch, ph[f].obj, p->defer_cost,
                                            p->pos_weight, th, g);
-                double gn = 0;
-                for (int j = 0; j < np; j++) gn += g[j] * g[j];
-                gn = sqrt(gn);
-                double clip = gn > 1.0 ? 1.0 / gn : 1.0;
                 step++;
                 gstep++;
                 double lr = ph[f].lr * (step <= warm ? (double)step / warm
                                                      : (double)(steps - step + 1) / (steps - warm + 1));
-                double c1 = 1 - pow(b1, step), c2 = 1 - pow(b2, step);
-                for (int j = 0; j < np; j++) {
-                    double gj = g[j] * clip;
-                    m[j] = b1 * m[j] + (1 - b1) * gj;
-                    v[j] = b2 * v[j] + (1 - b2) * gj * gj;
-                    if (j != T.L.i_bias) th[j] -= lr * p->weight_decay * th[j];
-                    th[j] -= lr * (m[j] / c1) / (sqrt(v[j] / c2) + 1e-8);
-                }
+                adam_update(&T.L, th, g, m, v, step, lr, p->weight_decay);
                 json_t *lo = json_array();
                 json_array_append_new(lo, json_integer(gstep));
                 json_array_append_new(lo, jnum(loss));
@@ -690,34 +746,7 @@ int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet
     if ((rc = evaluate(&T, best, ph[n_ph - 1].obj, &er, &R.val, err))) goto done;
     if ((rc = duet_head_new(hb->model_name, (int)hb->n_embd, (int)hb->n_vocab, hb->vocab_hash, &h, err)))
         goto done;
-    float *u = calloc((size_t)hb->n_embd, sizeof *u);
-    if (!u) {
-        rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-        goto done;
-    }
-    if (T.L.i_u >= 0)
-        for (int j = 0; j < T.L.n_embd; j++) u[j] = (float)best[T.L.i_u + j];
-    duet_head_set_u(h, u, (int)hb->n_embd);
-    free(u);
-    float w[2] = {0, 0};
-    double bias = T.L.i_bias >= 0 ? best[T.L.i_bias] : 0;
-    if (T.L.i_ent >= 0) {
-        w[0] = (float)(best[T.L.i_ent] / T.sd[0]);
-        bias -= best[T.L.i_ent] * T.mean[0] / T.sd[0];
-    }
-    if (T.L.i_max >= 0) {
-        w[1] = (float)(best[T.L.i_max] / T.sd[1]);
-        bias -= best[T.L.i_max] * T.mean[1] / T.sd[1];
-    }
-    if (duet_head_set_features(h, T.L.features, w, (float)bias)) {
-        rc = duet_fail(err, DUET_ERR_RANGE, "head training diverged (non-finite weights)");
-        goto done;
-    }
-    for (int j = 0; j < np; j++)
-        if (!isfinite(best[j])) {
-            rc = duet_fail(err, DUET_ERR_RANGE, "head training diverged (weight %d is %g)", j, best[j]);
-            goto done;
-        }
+    if ((rc = fold_head(&T, best, h, err))) goto done;
     if (p->report_path && (rc = write_report(&T, &R, &R.val, err))) goto done;
 done:
     free(th);
