@@ -255,6 +255,85 @@ static void log_softmax(const float *l, int n, float *out) {
     for (int i = 0; i < n; i++) out[i] = (float)((double)l[i] - lz);
 }
 
+/* The policy's decision for this token: whether to ask the expert. collm and compose set the
+ * head's score and *p, its deferral probability; uncertainty the base's entropy as score. */
+static int decide_defer(duet_collab *c, duet_collab_token *tok, const float *h, float base_entropy,
+                        float *p) {
+    int need_expert = 0;
+    switch (c->p.policy) {
+    case DUET_POLICY_COLLM:
+    case DUET_POLICY_COMPOSE:
+        /* heads may also read the base's confidence (entropy, max log-prob) */
+        tok->score = duet_head_score_ex(c->head, h, base_entropy, logf(tok->base_top_p));
+        *p = 1.0f / (1.0f + expf(-tok->score));
+        tok->p_defer = *p;
+        need_expert = tok->score > c->thr_logit;
+        break;
+    case DUET_POLICY_BASE: break;
+    case DUET_POLICY_EXPERT: need_expert = 1; break;
+    case DUET_POLICY_RANDOM:
+        /* 53-bit uniform in [0,1): rate 0 never defers, rate 1 always */
+        need_expert = (double)(duet_splitmix64(&c->rng) >> 11) * 0x1.0p-53 < (double)c->p.random_rate;
+        break;
+    case DUET_POLICY_UNCERTAINTY:
+        tok->score = base_entropy;
+        need_expert = tok->score > c->thr_logit;
+        break;
+    default: need_expert = 1; break; /* confidence, proxy, contrastive read the expert always */
+    }
+    return need_expert;
+}
+
+/* The expert has been asked: the logits to sample from (*pick) and where they come from,
+ * by policy; lb is the base's logits (NULL where the policy did not read them). */
+static int use_expert(duet_collab *c, duet_collab_token *tok, const float *lb, float p,
+                      const float **pick, int *source, duet_error *err) {
+    int V = c->n_vocab, rc;
+    const float *le = c->ex.logits;
+    tok->expert_top = duet_argmax(le, V);
+    tok->expert_top_p = NAN;
+    if (c->p.details || c->p.policy == DUET_POLICY_CONFIDENCE) dist_stats(le, V, &tok->expert_top_p, NULL);
+    switch (c->p.policy) {
+    case DUET_POLICY_CONFIDENCE:
+        if (tok->expert_top_p > tok->base_top_p) { *pick = le; *source = DUET_SRC_EXPERT; }
+        break;
+    case DUET_POLICY_COMPOSE: { /* log((1-p) Pb + p Pe) as the sampler's logits */
+        float *lpb = c->work, *lpe = c->ex.logits;
+        log_softmax(lb, V, lpb);
+        log_softmax(le, V, lpe); /* the gathered copy is ours to overwrite */
+        double l1 = log1p(-(double)p), l2 = log((double)p);
+        for (int i = 0; i < V; i++) {
+            double a = lpb[i] + l1, b = lpe[i] + l2, m = a > b ? a : b;
+            lpb[i] = (float)(m + log(exp(a - m) + exp(b - m)));
+        }
+        *pick = lpb;
+        *source = DUET_SRC_MIXED;
+        break;
+    }
+    case DUET_POLICY_PROXY:
+        if ((rc = follower_sync(c, &c->anti, 1, err))) return rc;
+        /* le + (lb - la): with anti == base the bracket is exactly 0, so proxy tuning
+         * then reproduces the expert bit for bit */
+        for (int i = 0; i < V; i++) c->work[i] = le[i] + (lb[i] - c->anti.logits[i]);
+        *pick = c->work;
+        *source = DUET_SRC_MIXED;
+        break;
+    case DUET_POLICY_CONTRASTIVE: {
+        float mx = le[tok->expert_top], cut = mx + logf(c->p.cd_alpha), b = c->p.cd_beta;
+        for (int i = 0; i < V; i++)
+            c->work[i] = le[i] >= cut ? (1 + b) * le[i] - b * lb[i] : -INFINITY;
+        *pick = c->work;
+        *source = DUET_SRC_MIXED;
+        break;
+    }
+    default:
+        *pick = le;
+        *source = DUET_SRC_EXPERT;
+        break;
+    }
+    return DUET_OK;
+}
+
 int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
     double t_start = duet_time_s();
     memset(tok, 0, sizeof *tok);
@@ -286,27 +365,7 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
     }
 
     float p = NAN;
-    switch (pol) {
-    case DUET_POLICY_COLLM:
-    case DUET_POLICY_COMPOSE:
-        /* heads may also read the base's confidence (entropy, max log-prob) */
-        tok->score = duet_head_score_ex(c->head, h, base_entropy, logf(tok->base_top_p));
-        p = 1.0f / (1.0f + expf(-tok->score));
-        tok->p_defer = p;
-        need_expert = tok->score > c->thr_logit;
-        break;
-    case DUET_POLICY_BASE: break;
-    case DUET_POLICY_EXPERT: need_expert = 1; break;
-    case DUET_POLICY_RANDOM:
-        /* 53-bit uniform in [0,1): rate 0 never defers, rate 1 always */
-        need_expert = (double)(duet_splitmix64(&c->rng) >> 11) * 0x1.0p-53 < (double)c->p.random_rate;
-        break;
-    case DUET_POLICY_UNCERTAINTY:
-        tok->score = base_entropy;
-        need_expert = tok->score > c->thr_logit;
-        break;
-    default: need_expert = 1; break; /* confidence, proxy, contrastive read the expert always */
-    }
+    need_expert = decide_defer(c, tok, h, base_entropy, &p);
     const float *pick = lb;
     if (need_expert && (rc = follower_sync(c, &c->ex, 1, err))) {
         if (!c->p.expert_fallback) return rc;
@@ -317,48 +376,7 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
     }
     if (need_expert) {
         c->st.expert_calls++;
-        const float *le = c->ex.logits;
-        tok->expert_top = duet_argmax(le, V);
-        tok->expert_top_p = NAN;
-        if (c->p.details || pol == DUET_POLICY_CONFIDENCE) dist_stats(le, V, &tok->expert_top_p, NULL);
-        switch (pol) {
-        case DUET_POLICY_CONFIDENCE:
-            if (tok->expert_top_p > tok->base_top_p) { pick = le; source = DUET_SRC_EXPERT; }
-            break;
-        case DUET_POLICY_COMPOSE: { /* log((1-p) Pb + p Pe) as the sampler's logits */
-            float *lpb = c->work, *lpe = c->ex.logits;
-            log_softmax(lb, V, lpb);
-            log_softmax(le, V, lpe); /* the gathered copy is ours to overwrite */
-            double l1 = log1p(-(double)p), l2 = log((double)p);
-            for (int i = 0; i < V; i++) {
-                double a = lpb[i] + l1, b = lpe[i] + l2, m = a > b ? a : b;
-                lpb[i] = (float)(m + log(exp(a - m) + exp(b - m)));
-            }
-            pick = lpb;
-            source = DUET_SRC_MIXED;
-            break;
-        }
-        case DUET_POLICY_PROXY:
-            if ((rc = follower_sync(c, &c->anti, 1, err))) return rc;
-            /* le + (lb - la): with anti == base the bracket is exactly 0, so proxy tuning
-             * then reproduces the expert bit for bit */
-            for (int i = 0; i < V; i++) c->work[i] = le[i] + (lb[i] - c->anti.logits[i]);
-            pick = c->work;
-            source = DUET_SRC_MIXED;
-            break;
-        case DUET_POLICY_CONTRASTIVE: {
-            float mx = le[tok->expert_top], cut = mx + logf(c->p.cd_alpha), b = c->p.cd_beta;
-            for (int i = 0; i < V; i++)
-                c->work[i] = le[i] >= cut ? (1 + b) * le[i] - b * lb[i] : -INFINITY;
-            pick = c->work;
-            source = DUET_SRC_MIXED;
-            break;
-        }
-        default:
-            pick = le;
-            source = DUET_SRC_EXPERT;
-            break;
-        }
+        if ((rc = use_expert(c, tok, lb, p, &pick, &source, err))) return rc;
     }
     if (!pick) { /* the base speaks after a decision that did not read its logits */
         t0 = duet_time_s();
