@@ -72,90 +72,111 @@ static void progress(void *ud, const lm_progress *p) {
     if (p->step == p->steps) fputc('\n', stderr);
 }
 
-int cmd_train(int argc, char **argv) {
+/* What the command line asks for. */
+typedef struct train_args {
+    int collm;
+    const char *cmd, *init, *epath, *vepath, *bpath, *head_in;
+    int quiet, n_threads, weak_only;
+    duet_make_model_params mk;
+    lm_train_params p;
+} train_args;
+
+/* Reads the command line into A; returns -1 to go on, else the exit status (0 after --help). */
+static int parse_args(int argc, char **argv, train_args *A) {
+    *A = (train_args){.mk = {.arch = "llama", .n_ctx = 256, .type = DT_F32, .output_type = -1}};
     if (argc < 2 || (strcmp(argv[1], "lm") && strcmp(argv[1], "collm"))) {
         int help = argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"));
         usage(help ? stdout : stderr, 1);
         return help ? 0 : 2;
     }
-    int collm = !strcmp(argv[1], "collm");
-    const char *cmd = collm ? "train collm" : "train lm";
-    const char *init = NULL, *epath = NULL, *vepath = NULL, *bpath = NULL, *head_in = NULL;
-    int quiet = 0, n_threads = 0, weak_only = 0;
-    duet_make_model_params mk = {.arch = "llama", .n_ctx = 256, .type = DT_F32, .output_type = -1};
-    lm_train_params p = {0};
+    int collm = A->collm = !strcmp(argv[1], "collm");
+    const char *cmd = A->cmd = collm ? "train collm" : "train lm";
+    duet_make_model_params *mk = &A->mk;
+    lm_train_params *p = &A->p;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout, collm); return 0; }
-        if (!strcmp(a, "--quiet")) { quiet = 1; continue; }
-        if (!strcmp(a, "--tied")) { mk.tied = 1; continue; }
-        if (!strcmp(a, "--resume")) { p.resume = 1; continue; }
-        if (collm && !strcmp(a, "--weak-supervision")) { weak_only = 1; continue; }
+        if (!strcmp(a, "--quiet")) { A->quiet = 1; continue; }
+        if (!strcmp(a, "--tied")) { mk->tied = 1; continue; }
+        if (!strcmp(a, "--resume")) { p->resume = 1; continue; }
+        if (collm && !strcmp(a, "--weak-supervision")) { A->weak_only = 1; continue; }
         if (!(v = arg_value(cmd, argc, argv, &i))) return 2;
         float x;
-        int *ip = !strcmp(a, "--n-embd") ? &mk.n_embd : !strcmp(a, "--n-layer") ? &mk.n_layer
-                : !strcmp(a, "--n-head") ? &mk.n_head : !strcmp(a, "--n-head-kv") ? &mk.n_head_kv
-                : !strcmp(a, "--n-ff") ? &mk.n_ff : !strcmp(a, "--n-vocab") ? &mk.n_vocab
-                : !strcmp(a, "--n-ctx") ? &mk.n_ctx : !strcmp(a, "--seq-len") ? &p.seq_len
-                : !strcmp(a, "--batch") ? &p.batch : !strcmp(a, "--accum") ? &p.accum
-                : !strcmp(a, "--eval-every") ? &p.eval_every : !strcmp(a, "--eval-seqs") ? &p.eval_seqs
-                : !strcmp(a, "--save-every") ? &p.save_every
-                : !strcmp(a, "-t") || !strcmp(a, "--threads") ? &n_threads : NULL;
+        int *ip = !strcmp(a, "--n-embd") ? &mk->n_embd : !strcmp(a, "--n-layer") ? &mk->n_layer
+                : !strcmp(a, "--n-head") ? &mk->n_head : !strcmp(a, "--n-head-kv") ? &mk->n_head_kv
+                : !strcmp(a, "--n-ff") ? &mk->n_ff : !strcmp(a, "--n-vocab") ? &mk->n_vocab
+                : !strcmp(a, "--n-ctx") ? &mk->n_ctx : !strcmp(a, "--seq-len") ? &p->seq_len
+                : !strcmp(a, "--batch") ? &p->batch : !strcmp(a, "--accum") ? &p->accum
+                : !strcmp(a, "--eval-every") ? &p->eval_every : !strcmp(a, "--eval-seqs") ? &p->eval_seqs
+                : !strcmp(a, "--save-every") ? &p->save_every
+                : !strcmp(a, "-t") || !strcmp(a, "--threads") ? &A->n_threads : NULL;
         if (ip) {
             if (!arg_int(cmd, a, v, 1, 1 << 24, ip)) return 2;
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) init = v;
-        else if (!strcmp(a, "-d") || !strcmp(a, "--data")) p.data_path = v;
-        else if (!strcmp(a, "--val-data")) p.val_path = v;
-        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) p.out_path = v;
-        else if (!strcmp(a, "--name")) p.name = v;
-        else if (!strcmp(a, "--log")) p.log_path = v;
-        else if (!strcmp(a, "--curve")) p.curve_prefix = v;
-        else if (collm && !strcmp(a, "--expert-scores")) epath = v;
-        else if (collm && !strcmp(a, "--val-expert-scores")) vepath = v;
-        else if (collm && !strcmp(a, "--base-scores")) bpath = v;
-        else if (collm && !strcmp(a, "--head")) head_in = v;
-        else if (collm && !strcmp(a, "--head-out")) p.head_out = v;
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) A->init = v;
+        else if (!strcmp(a, "-d") || !strcmp(a, "--data")) p->data_path = v;
+        else if (!strcmp(a, "--val-data")) p->val_path = v;
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) p->out_path = v;
+        else if (!strcmp(a, "--name")) p->name = v;
+        else if (!strcmp(a, "--log")) p->log_path = v;
+        else if (!strcmp(a, "--curve")) p->curve_prefix = v;
+        else if (collm && !strcmp(a, "--expert-scores")) A->epath = v;
+        else if (collm && !strcmp(a, "--val-expert-scores")) A->vepath = v;
+        else if (collm && !strcmp(a, "--base-scores")) A->bpath = v;
+        else if (collm && !strcmp(a, "--head")) A->head_in = v;
+        else if (collm && !strcmp(a, "--head-out")) p->head_out = v;
         else if (!strcmp(a, "--steps")) {
             int n;
             if (!arg_int(cmd, a, v, 1, 1 << 30, &n)) return 2;
-            p.steps = n;
+            p->steps = n;
         } else if (!strcmp(a, "--epochs")) {
             if (!arg_float(cmd, a, v, 1e-6, 1e6, &x)) return 2;
-            p.epochs = x;
+            p->epochs = x;
         } else if (!strcmp(a, "--lr")) {
             if (!arg_float(cmd, a, v, 1e-12, 10, &x)) return 2;
-            p.lr = x;
+            p->lr = x;
         } else if (!strcmp(a, "--warmup")) {
             if (!arg_float(cmd, a, v, 0, 1, &x)) return 2;
-            p.warmup = x > 0 ? x : -1;
+            p->warmup = x > 0 ? x : -1;
         } else if (!strcmp(a, "--min-lr")) {
             if (!arg_float(cmd, a, v, 0, 1, &x)) return 2;
-            p.min_lr_frac = x > 0 ? x : -1;
+            p->min_lr_frac = x > 0 ? x : -1;
         } else if (!strcmp(a, "--weight-decay")) {
             if (!arg_float(cmd, a, v, 0, 10, &x)) return 2;
-            p.weight_decay = x;
+            p->weight_decay = x;
         } else if (!strcmp(a, "--clip")) {
             if (!arg_float(cmd, a, v, 0, 1e6, &x)) return 2;
-            p.clip = x > 0 ? x : -1;
+            p->clip = x > 0 ? x : -1;
         } else if (!strcmp(a, "--val-frac")) {
             if (!arg_float(cmd, a, v, 1e-6, 0.9, &x)) return 2;
-            p.val_frac = x;
+            p->val_frac = x;
         } else if (!strcmp(a, "--decay")) {
             if (strcmp(v, "cosine") && strcmp(v, "linear")) {
                 fprintf(stderr, "duet %s: --decay '%s' is not cosine or linear\n", cmd, v);
                 return 2;
             }
-            p.linear = !strcmp(v, "linear");
+            p->linear = !strcmp(v, "linear");
         } else if (!strcmp(a, "--seed")) {
-            if (!arg_u64(cmd, a, v, &p.seed)) return 2;
+            if (!arg_u64(cmd, a, v, &p->seed)) return 2;
         } else if (!strcmp(a, "--init-seed")) {
-            if (!arg_u64(cmd, a, v, &mk.seed)) return 2;
+            if (!arg_u64(cmd, a, v, &mk->seed)) return 2;
         } else {
             fprintf(stderr, "duet %s: unknown option '%s'\n", cmd, a);
             usage(stderr, collm);
             return 2;
         }
     }
+    return -1;
+}
+
+int cmd_train(int argc, char **argv) {
+    train_args A;
+    int prc = parse_args(argc, argv, &A);
+    if (prc >= 0) return prc;
+    int collm = A.collm, quiet = A.quiet, n_threads = A.n_threads, weak_only = A.weak_only;
+    const char *cmd = A.cmd, *init = A.init, *epath = A.epath, *vepath = A.vepath, *bpath = A.bpath,
+               *head_in = A.head_in;
+    duet_make_model_params mk = A.mk;
+    lm_train_params p = A.p;
     duet_error err = {0};
     int rc = 0;
     dsf_file *E = NULL, *VE = NULL, *BS = NULL;
