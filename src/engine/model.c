@@ -95,14 +95,15 @@ static int read_arch_params(duet_model *m, const char *arch, duet_error *err) {
     return DUET_OK;
 }
 
-static int read_hparams(duet_model *m, duet_error *err) {
+/* The architecture (into arch, 64 bytes) and the model's name (general.name, else the file
+ * name). An unknown architecture is refused unless only the vocabulary is loaded. */
+static int read_arch_and_name(duet_model *m, char *arch, duet_error *err) {
     const gguf_file *f = m->gguf;
     duet_hparams *hp = &m->hp;
     gguf_str s;
     int rc = gguf_get_str(f, "general.architecture", &s, err);
     if (rc) return rc;
-    char arch[64];
-    duet_printable(arch, sizeof arch, s.ptr, s.len);
+    duet_printable(arch, 64, s.ptr, s.len);
     int ai = 0;
     while (ai < N_ARCHS && !(strlen(k_archs[ai].name) == s.len &&
                              !memcmp(k_archs[ai].name, s.ptr, s.len)))
@@ -125,6 +126,57 @@ static int read_hparams(duet_model *m, duet_error *err) {
         const char *b = strrchr(m->path, '/');
         snprintf(hp->name, sizeof hp->name, "%.127s", b ? b + 1 : m->path);
     }
+    return DUET_OK;
+}
+
+/* The norm epsilon and the RoPE numbers must be finite and positive. */
+static int check_rope_norm(const char *path, const char *arch, float eps, float theta, float scale,
+                           float attn_factor, uint32_t n_ctx_orig, duet_error *err) {
+#define BAD(...) duet_fail(err, DUET_ERR_FORMAT, __VA_ARGS__)
+    if (!isfinite(eps) || eps <= 0 || eps > 1)
+        return BAD("%s: %s.attention.layer_norm_rms_epsilon = %g is out of range", path,
+                   arch, eps);
+    if (!isfinite(theta) || theta <= 0)
+        return BAD("%s: %s.rope.freq_base = %g is not a positive number", path, arch, theta);
+    if (!isfinite(scale) || scale <= 0)
+        return BAD("%s: %s.rope.scaling.factor = %g is not a positive number", path, arch,
+                   scale);
+    if (!isfinite(attn_factor) || attn_factor <= 0)
+        return BAD("%s: %s.rope.scaling.attn_factor = %g is not a positive number", path,
+                   arch, attn_factor);
+    if (n_ctx_orig == 0)
+        return BAD("%s: %s.rope.scaling.original_context_length = 0", path, arch);
+#undef BAD
+    return DUET_OK;
+}
+
+/* RoPE scaling: none, or linear (positions divided by scale: *freq_scale = 1 / scale). */
+static int read_rope_scaling_type(const gguf_file *f, const char *arch, float scale,
+                                  float *freq_scale, duet_error *err) {
+    int rc;
+    char skey[160];
+    snprintf(skey, sizeof skey, "%s.rope.scaling.type", arch);
+    gguf_str stype = {0, NULL};
+    if ((rc = gguf_get_str_opt(f, skey, &stype, err))) return rc;
+    if (stype.ptr && !(stype.len == 4 && !memcmp(stype.ptr, "none", 4))) {
+        if (stype.len == 6 && !memcmp(stype.ptr, "linear", 6)) {
+            *freq_scale = 1.0f / scale;
+        } else {
+            char t[64];
+            duet_printable(t, sizeof t, stype.ptr, stype.len);
+            return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: %s = '%s' is not supported "
+                             "(supported: none, linear)", f->path, skey, t);
+        }
+    }
+    return DUET_OK;
+}
+
+static int read_hparams(duet_model *m, duet_error *err) {
+    const gguf_file *f = m->gguf;
+    duet_hparams *hp = &m->hp;
+    char arch[64];
+    int rc = read_arch_and_name(m, arch, err);
+    if (rc) return rc;
     if (m->vocab_only) return DUET_OK;
 
     uint32_t n_ctx, n_embd, n_layer, n_ff, n_head, n_head_kv = 0, n_rot = 0, key_len = 0,
@@ -191,34 +243,10 @@ static int read_hparams(duet_model *m, duet_error *err) {
     if (n_rot > head_dim || n_rot % 2)
         return BAD("%s: %s.rope.dimension_count = %u is not an even number <= head dim %u",
                    f->path, arch, n_rot, head_dim);
-    if (!isfinite(eps) || eps <= 0 || eps > 1)
-        return BAD("%s: %s.attention.layer_norm_rms_epsilon = %g is out of range", f->path,
-                   arch, eps);
-    if (!isfinite(theta) || theta <= 0)
-        return BAD("%s: %s.rope.freq_base = %g is not a positive number", f->path, arch, theta);
-    if (!isfinite(scale) || scale <= 0)
-        return BAD("%s: %s.rope.scaling.factor = %g is not a positive number", f->path, arch,
-                   scale);
-    if (!isfinite(attn_factor) || attn_factor <= 0)
-        return BAD("%s: %s.rope.scaling.attn_factor = %g is not a positive number", f->path,
-                   arch, attn_factor);
-    if (n_ctx_orig == 0)
-        return BAD("%s: %s.rope.scaling.original_context_length = 0", f->path, arch);
-    char skey[160];
-    snprintf(skey, sizeof skey, "%s.rope.scaling.type", arch);
-    gguf_str stype = {0, NULL};
-    if ((rc = gguf_get_str_opt(f, skey, &stype, err))) return rc;
+    if ((rc = check_rope_norm(f->path, arch, eps, theta, scale, attn_factor, n_ctx_orig, err)))
+        return rc;
     float freq_scale = 1.0f;
-    if (stype.ptr && !(stype.len == 4 && !memcmp(stype.ptr, "none", 4))) {
-        if (stype.len == 6 && !memcmp(stype.ptr, "linear", 6)) {
-            freq_scale = 1.0f / scale;
-        } else {
-            char t[64];
-            duet_printable(t, sizeof t, stype.ptr, stype.len);
-            return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: %s = '%s' is not supported "
-                             "(supported: none, linear)", f->path, skey, t);
-        }
-    }
+    if ((rc = read_rope_scaling_type(f, arch, scale, &freq_scale, err))) return rc;
 #undef BAD
     hp->n_ctx_train = (int)n_ctx;
     hp->n_embd = (int)n_embd;
