@@ -220,6 +220,93 @@ static int tensor_type(const duet_make_model_params *p, const char *name, int is
 
 static const char *const k_archs[] = {"llama", "qwen2", "qwen3", "phi3", "gemma2"};
 
+/* The family's own keys: RoPE dimensions, head size, norm epsilon and RoPE base, sliding
+ * window, LongRoPE and soft caps. */
+static void set_arch_keys(gguf_writer *w, const duet_make_model_params *p, const char *arch, int ai,
+                          int hd, int n_rot) {
+    int llama = ai == 0, phi3 = ai == 3, gemma2 = ai == 4;
+    char key[96];
+#define KEY(suffix) (snprintf(key, sizeof key, "%s." suffix, arch), key)
+    gguf_set_u32(w, KEY("rope.dimension_count"), (uint32_t)n_rot);
+    if (p->head_dim) {
+        gguf_set_u32(w, KEY("attention.key_length"), (uint32_t)hd);
+        gguf_set_u32(w, KEY("attention.value_length"), (uint32_t)hd);
+    }
+    if (!llama) { /* the values these families ship with, so the reader must take them */
+        gguf_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-6f);
+        gguf_set_f32(w, KEY("rope.freq_base"), 1000000.0f);
+    }
+    if (phi3) gguf_set_u32(w, KEY("attention.sliding_window"), (uint32_t)p->n_swa);
+    int n_ctx = p->n_ctx > 0 ? p->n_ctx : 2048;
+    if (p->longrope) { /* the attn_factor llama.cpp's converter derives for LongRoPE */
+        int orig = DUET_MAX(n_ctx / 2, 2);
+        gguf_set_u32(w, KEY("rope.scaling.original_context_length"), (uint32_t)orig);
+        gguf_set_f32(w, KEY("rope.scaling.attn_factor"),
+                     (float)sqrt(1 + log((double)n_ctx / orig) / log((double)orig)));
+    }
+    if (gemma2) {
+        gguf_set_u32(w, KEY("attention.sliding_window"), p->n_swa ? (uint32_t)p->n_swa : 4096);
+        gguf_set_f32(w, KEY("attn_logit_softcapping"), p->attn_softcap > 0 ? p->attn_softcap : 50);
+        gguf_set_f32(w, KEY("final_logit_softcapping"),
+                     p->final_softcap > 0 ? p->final_softcap : 30);
+    }
+#undef KEY
+}
+
+/* The tensors of layer l in the family's layout; *idx numbers the random tensors so that each
+ * gets its own stream of the seed. */
+static int add_layer(gguf_writer *w, const duet_make_model_params *p, int l, int ai, int type,
+                     int hd, double jit, double sd, int *idx, duet_error *err) {
+    int llama = ai == 0, qwen2 = ai == 1, qwen3 = ai == 2, phi3 = ai == 3, gemma2 = ai == 4;
+    int64_t E = p->n_embd, F = p->n_ff, Q = (int64_t)p->n_head * hd,
+            KV = (int64_t)p->n_head_kv * hd;
+    int rc = DUET_OK;
+    char n[64];
+#define NM(suffix) (snprintf(n, sizeof n, "blk.%d.%s", l, suffix), n)
+#define M(suffix, nin, nout) \
+    if (!rc) { NM(suffix); /* before tensor_type reads n */ \
+               rc = add_random(w, n, tensor_type(p, n, 0, type), nin, nout, p->seed, (*idx)++, 0, sd, err); }
+#define V(suffix, len, mean, std) \
+    if (!rc) rc = add_random(w, NM(suffix), DT_F32, len, 0, p->seed, (*idx)++, mean, std, err);
+#define N(suffix, len) \
+    if (!rc) rc = llama ? add_ones(w, NM(suffix), len, err) \
+                        : add_random(w, NM(suffix), DT_F32, len, 0, p->seed, (*idx)++, 1, jit, err);
+    N("attn_norm.weight", E)
+    if (phi3) {
+        M("attn_qkv.weight", E, Q + 2 * KV)
+    } else {
+        M("attn_q.weight", E, Q)
+        M("attn_k.weight", E, KV)
+        M("attn_v.weight", E, KV)
+    }
+    if (qwen2) {
+        V("attn_q.bias", Q, 0, sd)
+        V("attn_k.bias", KV, 0, sd)
+        V("attn_v.bias", KV, 0, sd)
+    }
+    if (qwen3) {
+        N("attn_q_norm.weight", hd)
+        N("attn_k_norm.weight", hd)
+    }
+    M("attn_output.weight", Q, E)
+    if (gemma2) N("post_attention_norm.weight", E)
+    N("ffn_norm.weight", E)
+    if (phi3) {
+        M("ffn_up.weight", E, 2 * F) /* gate rows, then up rows */
+        M("ffn_down.weight", F, E)
+    } else {
+        M("ffn_gate.weight", E, F)
+        M("ffn_down.weight", F, E)
+        M("ffn_up.weight", E, F)
+    }
+    if (gemma2) N("post_ffw_norm.weight", E)
+#undef M
+#undef V
+#undef N
+#undef NM
+    return rc;
+}
+
 int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_error *err) {
     const char *arch = p->arch ? p->arch : "llama";
     int ai = 0, n_archs = (int)(sizeof k_archs / sizeof k_archs[0]);
@@ -227,7 +314,7 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
     if (ai == n_archs)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "make-model: --arch %s is not supported "
                          "(supported: llama, qwen2, qwen3, phi3, gemma2)", arch);
-    int llama = ai == 0, qwen2 = ai == 1, qwen3 = ai == 2, phi3 = ai == 3, gemma2 = ai == 4;
+    int llama = ai == 0, phi3 = ai == 3, gemma2 = ai == 4;
     duet_make_model_params with_vocab; /* p, with n_vocab the file's */
     if (p->vocab_from) {
         with_vocab = *p;
@@ -258,38 +345,13 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
                          p->attn_softcap, p->final_softcap);
     gguf_writer *w = gguf_writer_new();
     if (!w) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-    char name[96], key[96];
+    char name[96];
     snprintf(name, sizeof name, "duet-random-%s", p->mix ? "mix" : tr->name);
-    int64_t E = p->n_embd, F = p->n_ff, Q = (int64_t)p->n_head * hd,
-            KV = (int64_t)p->n_head_kv * hd;
+    int64_t E = p->n_embd;
     convert_set_hparams(w, arch, name, p->n_ctx > 0 ? p->n_ctx : 2048, p->n_embd, p->n_layer,
                         p->n_ff, p->n_head, p->n_head_kv,
                         p->mix ? quant_mix_file_type(p->mix) : file_type_of(type));
-#define KEY(suffix) (snprintf(key, sizeof key, "%s." suffix, arch), key)
-    gguf_set_u32(w, KEY("rope.dimension_count"), (uint32_t)n_rot);
-    if (p->head_dim) {
-        gguf_set_u32(w, KEY("attention.key_length"), (uint32_t)hd);
-        gguf_set_u32(w, KEY("attention.value_length"), (uint32_t)hd);
-    }
-    if (!llama) { /* the values these families ship with, so the reader must take them */
-        gguf_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-6f);
-        gguf_set_f32(w, KEY("rope.freq_base"), 1000000.0f);
-    }
-    if (phi3) gguf_set_u32(w, KEY("attention.sliding_window"), (uint32_t)p->n_swa);
-    int n_ctx = p->n_ctx > 0 ? p->n_ctx : 2048;
-    if (p->longrope) { /* the attn_factor llama.cpp's converter derives for LongRoPE */
-        int orig = DUET_MAX(n_ctx / 2, 2);
-        gguf_set_u32(w, KEY("rope.scaling.original_context_length"), (uint32_t)orig);
-        gguf_set_f32(w, KEY("rope.scaling.attn_factor"),
-                     (float)sqrt(1 + log((double)n_ctx / orig) / log((double)orig)));
-    }
-    if (gemma2) {
-        gguf_set_u32(w, KEY("attention.sliding_window"), p->n_swa ? (uint32_t)p->n_swa : 4096);
-        gguf_set_f32(w, KEY("attn_logit_softcapping"), p->attn_softcap > 0 ? p->attn_softcap : 50);
-        gguf_set_f32(w, KEY("final_logit_softcapping"),
-                     p->final_softcap > 0 ? p->final_softcap : 30);
-    }
-#undef KEY
+    set_arch_keys(w, p, arch, ai, hd, n_rot);
     /* norms: ones for llama (files stay as they were); jittered for the others */
     double jit = llama ? 0.0 : 0.1, sd = p->weight_std > 0 ? p->weight_std : 0.02;
     int rc = p->vocab_from ? copy_vocab(w, p->vocab_from, p->n_vocab, err)
@@ -308,51 +370,7 @@ int duet_make_model(const duet_make_model_params *p, const char *out_path, duet_
     if (!rc && p->longrope)
         rc = add_random(w, "rope_factors_long.weight", DT_F32, n_rot / 2, 0, p->seed, idx++, 6,
                         1, err);
-    for (int l = 0; !rc && l < p->n_layer; l++) {
-        char n[64];
-#define NM(suffix) (snprintf(n, sizeof n, "blk.%d.%s", l, suffix), n)
-#define M(suffix, nin, nout) \
-    if (!rc) { NM(suffix); /* before tensor_type reads n */ \
-               rc = add_random(w, n, tensor_type(p, n, 0, type), nin, nout, p->seed, idx++, 0, sd, err); }
-#define V(suffix, len, mean, std) \
-    if (!rc) rc = add_random(w, NM(suffix), DT_F32, len, 0, p->seed, idx++, mean, std, err);
-#define N(suffix, len) \
-    if (!rc) rc = llama ? add_ones(w, NM(suffix), len, err) \
-                        : add_random(w, NM(suffix), DT_F32, len, 0, p->seed, idx++, 1, jit, err);
-        N("attn_norm.weight", E)
-        if (phi3) {
-            M("attn_qkv.weight", E, Q + 2 * KV)
-        } else {
-            M("attn_q.weight", E, Q)
-            M("attn_k.weight", E, KV)
-            M("attn_v.weight", E, KV)
-        }
-        if (qwen2) {
-            V("attn_q.bias", Q, 0, sd)
-            V("attn_k.bias", KV, 0, sd)
-            V("attn_v.bias", KV, 0, sd)
-        }
-        if (qwen3) {
-            N("attn_q_norm.weight", hd)
-            N("attn_k_norm.weight", hd)
-        }
-        M("attn_output.weight", Q, E)
-        if (gemma2) N("post_attention_norm.weight", E)
-        N("ffn_norm.weight", E)
-        if (phi3) {
-            M("ffn_up.weight", E, 2 * F) /* gate rows, then up rows */
-            M("ffn_down.weight", F, E)
-        } else {
-            M("ffn_gate.weight", E, F)
-            M("ffn_down.weight", F, E)
-            M("ffn_up.weight", E, F)
-        }
-        if (gemma2) N("post_ffw_norm.weight", E)
-#undef M
-#undef V
-#undef N
-#undef NM
-    }
+    for (int l = 0; !rc && l < p->n_layer; l++) rc = add_layer(w, p, l, ai, type, hd, jit, sd, &idx, err);
     if (!rc) rc = gguf_write(w, out_path, err);
     gguf_writer_free(w);
     return rc;
