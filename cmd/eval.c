@@ -184,69 +184,87 @@ int cmd_eval_load(const char *cmd, const char *base_path, const char *expert_pat
     return 0;
 }
 
-int cmd_eval(int argc, char **argv) {
-    const char *base_path = NULL, *expert_path = NULL, *head_path = NULL, *anti_path = NULL;
-    const char *data = NULL, *json_path = NULL, *policies = NULL, *stops[16], *outputs = NULL;
-    int task = -1, n_threads = 0, quiet = 0, n_stops = 0, n_rates = 0;
+/* What the command line asks for. */
+typedef struct eval_args {
+    const char *base_path, *expert_path, *head_path, *anti_path;
+    const char *data, *json_path, *policies, *stops[16], *outputs;
+    int task, n_threads, quiet, n_stops, n_rates;
     double rates[MAX_RATES];
-    float eta = -1, ent = -1;
-    eval_params ep = {0};
+    float eta, ent;
+    eval_params ep;
+} eval_args;
+
+/* Reads the command line into A; returns -1 to go on, else the exit status (0 after --help). */
+static int parse_args(int argc, char **argv, eval_args *A) {
+    *A = (eval_args){.task = -1, .eta = -1, .ent = -1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
-        if (!strcmp(a, "--quiet")) { quiet = 1; continue; }
+        if (!strcmp(a, "--quiet")) { A->quiet = 1; continue; }
         if (!(v = arg_value("eval", argc, argv, &i))) return 2;
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) base_path = v;
-        else if (!strcmp(a, "--expert")) expert_path = v;
-        else if (!strcmp(a, "--head")) head_path = v;
-        else if (!strcmp(a, "--anti")) anti_path = v;
-        else if (!strcmp(a, "--data")) data = v;
-        else if (!strcmp(a, "--json")) json_path = v;
-        else if (!strcmp(a, "--outputs")) outputs = v;
-        else if (!strcmp(a, "--policy")) policies = v;
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) A->base_path = v;
+        else if (!strcmp(a, "--expert")) A->expert_path = v;
+        else if (!strcmp(a, "--head")) A->head_path = v;
+        else if (!strcmp(a, "--anti")) A->anti_path = v;
+        else if (!strcmp(a, "--data")) A->data = v;
+        else if (!strcmp(a, "--json")) A->json_path = v;
+        else if (!strcmp(a, "--outputs")) A->outputs = v;
+        else if (!strcmp(a, "--policy")) A->policies = v;
         else if (!strcmp(a, "--task")) {
-            if ((task = eval_task_from_name(v)) < 0) {
+            if ((A->task = eval_task_from_name(v)) < 0) {
                 fprintf(stderr, "duet eval: --task '%s' is not gsm8k, math or nll\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--defer-rate")) {
-            if (!(n_rates = cmd_eval_number_list("eval", a, v, 0, 1, rates, MAX_RATES))) return 2;
+            if (!(A->n_rates = cmd_eval_number_list("eval", a, v, 0, 1, A->rates, MAX_RATES))) return 2;
         } else if (!strcmp(a, "--threshold")) {
-            if (!arg_float("eval", a, v, 0, 1, &eta)) return 2;
+            if (!arg_float("eval", a, v, 0, 1, &A->eta)) return 2;
         } else if (!strcmp(a, "--entropy-threshold")) {
-            if (!arg_float("eval", a, v, 0, 1e6, &ent)) return 2;
+            if (!arg_float("eval", a, v, 0, 1e6, &A->ent)) return 2;
         } else if (!strcmp(a, "-n") || !strcmp(a, "--max-tokens")) {
-            if (!arg_int("eval", a, v, 1, 1 << 20, &ep.max_tokens)) return 2;
+            if (!arg_int("eval", a, v, 1, 1 << 20, &A->ep.max_tokens)) return 2;
         } else if (!strcmp(a, "--limit")) {
-            if (!arg_int("eval", a, v, 1, 1 << 30, &ep.limit)) return 2;
+            if (!arg_int("eval", a, v, 1, 1 << 30, &A->ep.limit)) return 2;
         } else if (!strcmp(a, "--calib")) {
-            if (!arg_int("eval", a, v, 1, 1 << 20, &ep.n_calib)) return 2;
+            if (!arg_int("eval", a, v, 1, 1 << 20, &A->ep.n_calib)) return 2;
         } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
-            if (!arg_int("eval", a, v, 8, 1 << 24, &ep.n_ctx)) return 2;
+            if (!arg_int("eval", a, v, 8, 1 << 24, &A->ep.n_ctx)) return 2;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            if (!arg_int("eval", a, v, 1, 256, &n_threads)) return 2;
+            if (!arg_int("eval", a, v, 1, 256, &A->n_threads)) return 2;
         } else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
-            if (!arg_u64("eval", a, v, &ep.seed)) return 2;
+            if (!arg_u64("eval", a, v, &A->ep.seed)) return 2;
         } else if (!strcmp(a, "--stop")) {
-            if (n_stops == 16) { fprintf(stderr, "duet eval: at most 16 --stop strings\n"); return 2; }
-            stops[n_stops++] = v;
+            if (A->n_stops == 16) { fprintf(stderr, "duet eval: at most 16 --stop strings\n"); return 2; }
+            A->stops[A->n_stops++] = v;
         } else {
             fprintf(stderr, "duet eval: unknown option '%s'\n", a);
             usage(stderr);
             return 2;
         }
     }
-    if (!base_path || !data || task < 0) {
+    if (!A->base_path || !A->data || A->task < 0) {
         fprintf(stderr, "duet eval: -m BASE, --task and --data are required\n");
         usage(stderr);
         return 2;
     }
+    return -1;
+}
+
+int cmd_eval(int argc, char **argv) {
+    eval_args A;
+    int prc = parse_args(argc, argv, &A);
+    if (prc >= 0) return prc;
+    const char *base_path = A.base_path, *expert_path = A.expert_path, *head_path = A.head_path,
+               *anti_path = A.anti_path, *data = A.data, *json_path = A.json_path,
+               *policies = A.policies, *outputs = A.outputs;
+    int task = A.task, n_threads = A.n_threads, quiet = A.quiet, n_stops = A.n_stops;
+    eval_params ep = A.ep;
     if (!policies) policies = !expert_path ? "base" : head_path ? "base,expert,collm,random" : "base,expert";
     eval_spec specs[MAX_SPECS];
-    int n_specs = build_specs(policies, rates, n_rates, eta, ent, specs, MAX_SPECS);
+    int n_specs = build_specs(policies, A.rates, A.n_rates, A.eta, A.ent, specs, MAX_SPECS);
     if (n_specs <= 0) return 2;
     ep.task = task;
-    if (n_stops) { ep.stops = stops; ep.n_stops = n_stops; }
+    if (n_stops) { ep.stops = A.stops; ep.n_stops = n_stops; }
     ep.progress = cmd_eval_progress;
     ep.ud = cmd_eval_progress_new(quiet);
     if (!ep.ud) ep.progress = NULL;
