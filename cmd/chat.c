@@ -94,28 +94,54 @@ static int32_t *turn_tokens(const duet_model *m, const char *text, const char *p
     return tokenize_alloc(m, text, tl, 1, 1, n, err);
 }
 
-int cmd_chat(int argc, char **argv) {
-    gen_opts o;
-    gen_opts_init(&o);
-    int rc = 2;
+/* Reads the command line into o; returns -1 to go on, else the exit status (0 after --help
+ * or --list-templates). */
+static int parse_args(int argc, char **argv, gen_opts *o) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        int taken = gen_opts_parse("chat", &o, argc, argv, &i);
-        if (taken < 0) goto out;
+        int taken = gen_opts_parse("chat", o, argc, argv, &i);
+        if (taken < 0) return 2;
         if (taken) continue;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { chat_usage(stdout); rc = 0; goto out; }
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { chat_usage(stdout); return 0; }
         if (!strcmp(a, "--list-templates")) {
             const char *names[128];
             int n = duet_chat_template_names(names, 128);
             for (int k = 0; k < n && k < 128; k++) printf("%s\n", names[k]);
-            rc = 0;
-            goto out;
+            return 0;
         }
         fprintf(stderr, "duet chat: unknown option '%s'\n", a);
         chat_usage(stderr);
-        goto out;
+        return 2;
     }
-    if (!gen_opts_finish("chat", &o)) { chat_usage(stderr); goto out; }
+    if (!gen_opts_finish("chat", o)) { chat_usage(stderr); return 2; }
+    return -1;
+}
+
+/* What the next turn may extend: the rendered prompt plus the answer as generated, and the
+ * tokens of both, unless a stop text was cut from the answer (its tokens are in the timeline,
+ * not the text). Without memory the next turn tokenises afresh. */
+static void remember_turn(const char *text, const gen_result *res, duet_collab *co, char **prev_text,
+                          int32_t **prev, int *n_prev) {
+    free(*prev_text);
+    *prev_text = NULL;
+    if (res->stop == GEN_STOP_EOG || res->stop == GEN_STOP_LIMIT) {
+        size_t tl = strlen(text);
+        if ((*prev_text = malloc(tl + res->len + 1))) {
+            memcpy(*prev_text, text, tl);
+            memcpy(*prev_text + tl, res->text, res->len + 1);
+            const int32_t *all = duet_collab_tokens(co, n_prev);
+            int32_t *p = realloc(*prev, (size_t)(*n_prev ? *n_prev : 1) * sizeof *p);
+            if (p) { *prev = p; memcpy(*prev, all, (size_t)*n_prev * sizeof **prev); }
+            else { free(*prev_text); *prev_text = NULL; }
+        }
+    }
+}
+
+int cmd_chat(int argc, char **argv) {
+    gen_opts o;
+    gen_opts_init(&o);
+    int rc = parse_args(argc, argv, &o);
+    if (rc >= 0) goto out;
     rc = 1;
 
     duet_error err = {0};
@@ -179,21 +205,7 @@ int cmd_chat(int argc, char **argv) {
         if (drc) { gen_result_free(&res); goto fail; }
         turn++;
         if (!history_add(&h, "assistant", res.text, res.len)) { gen_result_free(&res); goto oom; }
-        /* What the next turn may extend: the rendered prompt plus the answer as generated,
-         * unless a stop text was cut from it (its tokens are in the timeline, not the text). */
-        free(prev_text);
-        prev_text = NULL;
-        if (res.stop == GEN_STOP_EOG || res.stop == GEN_STOP_LIMIT) {
-            size_t tl = strlen(text);
-            if ((prev_text = malloc(tl + res.len + 1))) {
-                memcpy(prev_text, text, tl);
-                memcpy(prev_text + tl, res.text, res.len + 1);
-                const int32_t *all = duet_collab_tokens(g.co, &n_prev);
-                int32_t *p = realloc(prev, (size_t)(n_prev ? n_prev : 1) * sizeof *p);
-                if (p) { prev = p; memcpy(prev, all, (size_t)n_prev * sizeof *prev); }
-                else { free(prev_text); prev_text = NULL; }
-            }
-        }
+        remember_turn(text, &res, g.co, &prev_text, &prev, &n_prev);
         if (!o.quiet)
             fprintf(stderr, "duet chat: turn %d: prompt %d tokens (%ld evaluated, %ld from the "
                             "cache) in %.3fs; answer %d tokens in %.3fs (%.2f tok/s)\n", turn,
