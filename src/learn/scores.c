@@ -258,6 +258,204 @@ static int remote_seq(duet_expert_remote *r, const int32_t *mt, const pseq *q, c
     return rc;
 }
 
+/* The context to score in: the asked one, else the scored model's training context (capped at
+ * 4096), no longer than the ids model's or a remote server's. */
+static int score_n_ctx(const dsf_score_params *P, const duet_hparams *hp, const duet_hparams *ihp) {
+    int n_ctx = P->n_ctx;
+    if (n_ctx <= 0) {
+        n_ctx = DUET_MIN(hp->n_ctx_train, 4096);
+        if (P->ids_model && ihp->n_ctx_train > 0) n_ctx = DUET_MIN(n_ctx, ihp->n_ctx_train);
+        int rctx = P->remote ? duet_expert_remote_backend(P->remote)->n_ctx : 0;
+        if (rctx > 0) n_ctx = DUET_MIN(n_ctx > 0 ? n_ctx : 4096, rctx); /* the server's context */
+    }
+    return n_ctx;
+}
+
+/* The header of an incomplete file: identity and options, with the hash a resume must match. */
+static void score_header(dsf_header *H, const dsf_score_params *P, const duet_model *model,
+                         const duet_model *idm, const ds_dataset *data, uint32_t hd, int n_ctx) {
+    const duet_hparams *hp = duet_model_hparams(model), *ihp = duet_model_hparams(idm);
+    memset(H, 0, sizeof *H);
+    memcpy(H->magic, DSF_MAGIC, 8);
+    H->version = DSF_VERSION;
+    H->header_size = DSF_HEADER_SIZE;
+    H->hidden_dim = hd;
+    H->n_embd = P->remote ? 0 : (uint32_t)hp->n_embd; /* a remote model's size is not known */
+    H->n_vocab = (uint32_t)hp->n_vocab;
+    H->vocab_hash = duet_model_vocab_hash(model);
+    H->ids_vocab_hash = duet_model_vocab_hash(idm);
+    H->ids_n_vocab = (uint32_t)ihp->n_vocab;
+    H->n_ctx = (uint32_t)n_ctx;
+    snprintf(H->model_name, sizeof H->model_name, "%s", P->remote ? duet_expert_remote_name(P->remote) : hp->name);
+    snprintf(H->ids_name, sizeof H->ids_name, "%s", ihp->name);
+    uint64_t ch = duet_fnv1a(DUET_FNV_SEED_SHORT, &data->hash, 8);
+    ch = duet_fnv1a(ch, H, offsetof(dsf_header, n_seq)); /* identity + options */
+    ch = duet_fnv1a(ch, H->model_name, sizeof H->model_name);
+    H->config_hash = duet_fnv1a(ch, H->ids_name, sizeof H->ids_name);
+}
+
+/* Opens the partial file: resumes one written for the same header (keeping its complete blocks
+ * that match the plan, *seq_done of them) or starts a new one with the header. *f is set even
+ * on failure when the file was opened, for the caller to close. */
+static int open_partial(const char *partial, const dsf_header *H, const plan *pl, uint32_t hd,
+                        FILE **fp, int64_t *seq_done, dsf_score_stats *st, duet_error *err) {
+    int rc;
+    FILE *f = *fp = fopen(partial, "r+b");
+    uint64_t off = DSF_HEADER_SIZE;
+    if (f) { /* resume */
+        dsf_header old;
+        struct stat sb;
+        if (fread(&old, 1, sizeof old, f) != sizeof old || memcmp(old.magic, DSF_MAGIC, 8) ||
+            old.version != DSF_VERSION || old.complete)
+            return duet_fail(err, DUET_ERR_FORMAT, "%s: not a partial score file (remove it to "
+                             "start over)", partial);
+        if (old.config_hash != H->config_hash)
+            return duet_fail(err, DUET_ERR_ARG, "%s was written for other data, models or options "
+                             "(model '%s', ids '%s', n_ctx %u, hidden %u); remove it to start over",
+                             partial, old.model_name, old.ids_name, old.n_ctx, old.hidden_dim);
+        if (fstat(fileno(f), &sb))
+            return duet_fail(err, DUET_ERR_IO, "%s: %s", partial, strerror(errno));
+        *seq_done = resume_scan(f, pl, hd, (uint64_t)sb.st_size, &off);
+        if (fflush(f) || ftruncate(fileno(f), (off_t)off) || fseeko(f, (off_t)off, SEEK_SET))
+            return duet_fail(err, DUET_ERR_IO, "%s: cannot truncate: %s", partial, strerror(errno));
+        st->n_resumed_seq = *seq_done;
+        return DUET_OK;
+    }
+    if (!(f = *fp = fopen(partial, "w+b")))
+        return duet_fail(err, DUET_ERR_IO, "%s: %s", partial, strerror(errno));
+    if ((rc = write_all(f, H, sizeof *H, partial, err)) || (rc = fflush(f) ? duet_fail(err,
+        DUET_ERR_IO, "%s: write failed", partial) : 0))
+        return rc;
+    return DUET_OK;
+}
+
+/* Totals of the whole file: where each block will lie, its token and text-byte counts. */
+typedef struct {
+    uint64_t index_offset, n_tok, n_bytes;
+    int64_t tok_done; /* tokens of the sequences already in the file */
+} score_totals;
+
+/* Index entries of every sequence, resumed or not, with the file's totals. */
+static score_totals build_index(const duet_model *idm, const plan *pl, uint32_t hd, int64_t seq_done,
+                                dsf_seq *index) {
+    score_totals T = {DSF_HEADER_SIZE, 0, 0, 0};
+    for (int64_t i = 0; i < pl->n_seq; i++) {
+        const pseq *q = &pl->seq[i];
+        uint32_t nt = (uint32_t)(q->n - q->n_prompt), nb = 0;
+        for (int t = 0; t < (int)nt; t++) {
+            int pos = q->n_prompt + t;
+            int l = duet_token_to_piece(idm, pl->ids[q->off + pos - 1], pl->ids[q->off + pos], NULL, 0);
+            nb += l > 0 ? (uint32_t)l : 0;
+        }
+        index[i] = (dsf_seq){T.index_offset, T.n_tok, nt, (uint32_t)q->n_prompt, (uint32_t)q->example, nb,
+                             (uint32_t)q->flags, 0};
+        T.index_offset += block_bytes(nt, hd);
+        T.n_tok += nt;
+        T.n_bytes += nb;
+        if (i < seq_done) T.tok_done += q->n;
+    }
+    return T;
+}
+
+/* What scoring one sequence needs: the session (NULL with a remote), the vocabulary map, the
+ * buffers. */
+typedef struct {
+    const dsf_score_params *P;
+    duet_session *s;
+    int n_batch, V, bridged;
+    uint32_t hd;
+    const int32_t *map;
+    int32_t *mt;  /* the sequence in the scored model's vocabulary */
+    float *g;     /* a bridged logits row, or remote scores */
+    uint8_t *blk; /* one block as written: dsf_block, records, hidden, padding */
+} scorer;
+
+/* Scores sequence i of the plan into the block buffer (header, records, hidden states,
+ * padding); *keep is how many of its tokens came from the KV cache. Returns the block's bytes
+ * in *bb. */
+static int score_seq(scorer *S, const plan *pl, int64_t i, uint32_t n_bytes, int *keep, size_t *bb,
+                     duet_error *err) {
+    const pseq *q = &pl->seq[i];
+    const int32_t *ids = pl->ids + q->off;
+    duet_session *s = S->s;
+    uint32_t hd = S->hd;
+    int rc, V = S->V;
+    for (int j = 0; j < q->n; j++) S->mt[j] = S->map[ids[j]];
+    /* reuse the KV cache of a shared prefix (e.g. one prompt for many examples), up to
+     * the last context token, whose logits row is needed */
+    int have = s ? duet_session_n_past(s) : 0;
+    const int32_t *cur = s ? duet_session_tokens(s) : NULL;
+    *keep = 0;
+    while (*keep < have && *keep < q->n_prompt - 1 && cur[*keep] == S->mt[*keep]) (*keep)++;
+    if (s) duet_session_truncate(s, *keep);
+    int nt = q->n - q->n_prompt;
+    size_t rb = (size_t)nt * sizeof(dsf_tok), hb = (size_t)nt * hd * 2;
+    *bb = (size_t)block_bytes((uint64_t)nt, hd);
+    uint8_t *blk = S->blk;
+    dsf_tok *recs = (dsf_tok *)(blk + sizeof(dsf_block));
+    uint16_t *hid = (uint16_t *)(blk + sizeof(dsf_block) + rb);
+    if (S->P->remote && (rc = remote_seq(S->P->remote, S->mt, q, ids, recs, S->g, err))) return rc;
+    /* chunks of n_batch keep the logits buffer at n_batch rows whatever the context */
+    for (int start = *keep; !S->P->remote && start < q->n; start += S->n_batch) {
+        int c = DUET_MIN(S->n_batch, q->n - start);
+        if ((rc = duet_session_eval(s, S->mt + start, c, 1, err))) return rc;
+        for (int r = 0; r < c; r++) { /* row r predicts the token at start + r + 1 */
+            int t = start + r + 1 - q->n_prompt;
+            if (t < 0 || t >= nt) continue;
+            const float *l = duet_session_logits(s, r);
+            if (S->bridged) {
+                for (int b = 0; b < V; b++) S->g[b] = l[S->map[b]];
+                l = S->g;
+            }
+            tok_stats(l, V, ids[q->n_prompt + t], &recs[t]);
+            if (hd) {
+                const float *h = duet_session_hidden(s, r);
+                for (uint32_t k = 0; k < hd; k++) { /* saturate: F16 ends at 65504 */
+                    float v = h[k] > 65504.0f ? 65504.0f : h[k] < -65504.0f ? -65504.0f : h[k];
+                    hid[(size_t)t * hd + k] = fp32_to_fp16(v);
+                }
+            }
+        }
+    }
+    memset(blk + sizeof(dsf_block) + rb + hb, 0, *bb - sizeof(dsf_block) - rb - hb);
+    dsf_block b = {{'S', 'E', 'Q', 'B'}, (uint32_t)i, (uint32_t)nt, (uint32_t)q->n_prompt,
+                   (uint32_t)q->example, n_bytes, (uint32_t)q->flags,
+                   dsf_block_check(blk + sizeof(dsf_block), rb + hb)};
+    memcpy(blk, &b, sizeof b);
+    return DUET_OK;
+}
+
+/* Completes the file: the index, then the completed header, then the rename to out_path.
+ * Closes *fp (and sets it NULL) once everything is written. */
+static int finish_file(FILE **fp, dsf_header *H, const dsf_seq *index, const plan *pl,
+                       const ds_dataset *data, const score_totals *T, const char *partial,
+                       const char *out_path, duet_error *err) {
+    FILE *f = *fp;
+    int rc = DUET_OK;
+    H->complete = 1;
+    H->n_seq = (uint64_t)pl->n_seq;
+    H->n_tok = T->n_tok;
+    H->n_bytes = T->n_bytes;
+    H->index_offset = T->index_offset;
+    H->n_examples = (uint32_t)data->n;
+    H->n_truncated = (uint32_t)pl->n_truncated;
+    H->n_skipped = (uint32_t)pl->n_skipped;
+    H->n_dropped_tok = (uint64_t)pl->n_dropped;
+    if (fseeko(f, (off_t)T->index_offset, SEEK_SET))
+        return duet_fail(err, DUET_ERR_IO, "%s: seek failed", partial);
+    if ((rc = write_all(f, index, (size_t)pl->n_seq * sizeof *index, partial, err))) return rc;
+    if (fflush(f) || fseeko(f, 0, SEEK_SET) || (rc = write_all(f, H, sizeof *H, partial, err)))
+        return rc ? rc : duet_fail(err, DUET_ERR_IO, "%s: write failed: %s", partial, strerror(errno));
+    /* The partial file stays on failure: a later run resumes from it. */
+    const char *step;
+    int bad = duet_file_finish(f, partial, out_path, &step);
+    *fp = NULL;
+    if (bad)
+        return duet_fail(err, DUET_ERR_IO, "%s: cannot complete %s (%s: %s)", partial, out_path, step,
+                         strerror(errno));
+    return DUET_OK;
+}
+
 int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params *params,
               const char *out_path, dsf_score_stats *st, duet_error *err) {
     dsf_score_params P = {0};
@@ -268,13 +466,7 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
     double t0 = duet_time_s();
     const duet_model *idm = P.ids_model ? P.ids_model : model;
     const duet_hparams *hp = duet_model_hparams(model), *ihp = duet_model_hparams(idm);
-    int n_ctx = P.n_ctx;
-    if (n_ctx <= 0) {
-        n_ctx = DUET_MIN(hp->n_ctx_train, 4096);
-        if (P.ids_model && ihp->n_ctx_train > 0) n_ctx = DUET_MIN(n_ctx, ihp->n_ctx_train);
-        int rctx = P.remote ? duet_expert_remote_backend(P.remote)->n_ctx : 0;
-        if (rctx > 0) n_ctx = DUET_MIN(n_ctx > 0 ? n_ctx : 4096, rctx); /* the server's context */
-    }
+    int n_ctx = score_n_ctx(&P, hp, ihp);
     if (n_ctx < 2) return duet_fail(err, DUET_ERR_ARG, "context of %d tokens is too small to score", n_ctx);
     uint32_t hd = P.no_hidden || P.remote ? 0 : (uint32_t)hp->n_embd;
     int32_t *map = NULL;
@@ -291,145 +483,37 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
     st->n_ctx = n_ctx;
 
     dsf_header H;
-    memset(&H, 0, sizeof H);
-    memcpy(H.magic, DSF_MAGIC, 8);
-    H.version = DSF_VERSION;
-    H.header_size = DSF_HEADER_SIZE;
-    H.hidden_dim = hd;
-    H.n_embd = P.remote ? 0 : (uint32_t)hp->n_embd; /* a remote model's size is not known */
-    H.n_vocab = (uint32_t)hp->n_vocab;
-    H.vocab_hash = duet_model_vocab_hash(model);
-    H.ids_vocab_hash = duet_model_vocab_hash(idm);
-    H.ids_n_vocab = (uint32_t)ihp->n_vocab;
-    H.n_ctx = (uint32_t)n_ctx;
-    snprintf(H.model_name, sizeof H.model_name, "%s", P.remote ? duet_expert_remote_name(P.remote) : hp->name);
-    snprintf(H.ids_name, sizeof H.ids_name, "%s", ihp->name);
-    uint64_t ch = duet_fnv1a(DUET_FNV_SEED_SHORT, &data->hash, 8);
-    ch = duet_fnv1a(ch, &H, offsetof(dsf_header, n_seq)); /* identity + options */
-    ch = duet_fnv1a(ch, H.model_name, sizeof H.model_name);
-    H.config_hash = duet_fnv1a(ch, H.ids_name, sizeof H.ids_name);
-
+    score_header(&H, &P, model, idm, data, hd, n_ctx);
     char partial[1024];
     snprintf(partial, sizeof partial, "%s.partial", out_path);
-    duet_session *s = NULL;
-    float *g = NULL;
-    uint8_t *blk = NULL; /* one block as written: dsf_block, records, hidden, padding */
+    scorer S = {.P = &P, .V = ihp->n_vocab, .bridged = bridged, .hd = hd, .map = map};
     dsf_seq *index = NULL;
-    int32_t *mt = NULL;
-    FILE *f = fopen(partial, "r+b");
+    FILE *f = NULL;
     int64_t seq_done = 0;
-    uint64_t off = DSF_HEADER_SIZE;
-    if (f) { /* resume */
-        dsf_header old;
-        struct stat sb;
-        if (fread(&old, 1, sizeof old, f) != sizeof old || memcmp(old.magic, DSF_MAGIC, 8) ||
-            old.version != DSF_VERSION || old.complete) {
-            rc = duet_fail(err, DUET_ERR_FORMAT, "%s: not a partial score file (remove it to "
-                           "start over)", partial);
-            goto done;
-        }
-        if (old.config_hash != H.config_hash) {
-            rc = duet_fail(err, DUET_ERR_ARG, "%s was written for other data, models or options "
-                           "(model '%s', ids '%s', n_ctx %u, hidden %u); remove it to start over",
-                           partial, old.model_name, old.ids_name, old.n_ctx, old.hidden_dim);
-            goto done;
-        }
-        if (fstat(fileno(f), &sb)) {
-            rc = duet_fail(err, DUET_ERR_IO, "%s: %s", partial, strerror(errno));
-            goto done;
-        }
-        seq_done = resume_scan(f, &pl, hd, (uint64_t)sb.st_size, &off);
-        if (fflush(f) || ftruncate(fileno(f), (off_t)off) || fseeko(f, (off_t)off, SEEK_SET)) {
-            rc = duet_fail(err, DUET_ERR_IO, "%s: cannot truncate: %s", partial, strerror(errno));
-            goto done;
-        }
-        st->n_resumed_seq = seq_done;
-    } else {
-        if (!(f = fopen(partial, "w+b"))) {
-            rc = duet_fail(err, DUET_ERR_IO, "%s: %s", partial, strerror(errno));
-            goto done;
-        }
-        if ((rc = write_all(f, &H, sizeof H, partial, err)) || (rc = fflush(f) ? duet_fail(err,
-            DUET_ERR_IO, "%s: write failed", partial) : 0))
-            goto done;
-    }
+    if ((rc = open_partial(partial, &H, &pl, hd, &f, &seq_done, st, err))) goto done;
 
-    int V = ihp->n_vocab, max_n = 0;
+    int max_n = 0;
     for (int i = 0; i < pl.n_seq; i++) max_n = DUET_MAX(max_n, pl.seq[i].n);
     duet_session_params sp = {.n_ctx = n_ctx, .n_batch = DUET_MIN(n_ctx, P.n_batch > 0 ? P.n_batch : 512)};
-    if (!P.remote && (rc = duet_session_new(model, &sp, &s, err))) goto done;
-    g = malloc((size_t)DUET_MAX(V, 3 * max_n) * sizeof *g); /* logits row, or remote scores */
-    blk = malloc((size_t)block_bytes((uint64_t)max_n, hd));
+    S.n_batch = sp.n_batch;
+    if (!P.remote && (rc = duet_session_new(model, &sp, &S.s, err))) goto done;
+    S.g = malloc((size_t)DUET_MAX(S.V, 3 * max_n) * sizeof *S.g); /* logits row, or remote scores */
+    S.blk = malloc((size_t)block_bytes((uint64_t)max_n, hd));
     index = calloc((size_t)pl.n_seq, sizeof *index);
-    mt = malloc((size_t)max_n * sizeof *mt);
-    if (!g || !blk || !index || !mt) {
+    S.mt = malloc((size_t)max_n * sizeof *S.mt);
+    if (!S.g || !S.blk || !index || !S.mt) {
         rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
         goto done;
     }
-    /* index entries of resumed blocks */
-    uint64_t o = DSF_HEADER_SIZE, ts = 0, n_bytes = 0;
-    int64_t tok_done = 0;
-    for (int64_t i = 0; i < pl.n_seq; i++) {
-        const pseq *q = &pl.seq[i];
-        uint32_t nt = (uint32_t)(q->n - q->n_prompt), nb = 0;
-        for (int t = 0; t < (int)nt; t++) {
-            int pos = q->n_prompt + t;
-            int l = duet_token_to_piece(idm, pl.ids[q->off + pos - 1], pl.ids[q->off + pos], NULL, 0);
-            nb += l > 0 ? (uint32_t)l : 0;
-        }
-        index[i] = (dsf_seq){o, ts, nt, (uint32_t)q->n_prompt, (uint32_t)q->example, nb,
-                             (uint32_t)q->flags, 0};
-        o += block_bytes(nt, hd);
-        ts += nt;
-        n_bytes += nb;
-        if (i < seq_done) tok_done += q->n;
-    }
-    dsf_progress pr = {seq_done, pl.n_seq, tok_done, pl.tok_total, 0, 0};
+    score_totals T = build_index(idm, &pl, hd, seq_done, index);
+    dsf_progress pr = {seq_done, pl.n_seq, T.tok_done, pl.tok_total, 0, 0};
     st->n_seq_done = seq_done;
     for (int64_t i = seq_done; i < pl.n_seq; i++) {
         const pseq *q = &pl.seq[i];
-        const int32_t *ids = pl.ids + q->off;
-        for (int j = 0; j < q->n; j++) mt[j] = map[ids[j]];
-        /* reuse the KV cache of a shared prefix (e.g. one prompt for many examples), up to
-         * the last context token, whose logits row is needed */
-        int have = s ? duet_session_n_past(s) : 0, keep = 0;
-        const int32_t *cur = s ? duet_session_tokens(s) : NULL;
-        while (keep < have && keep < q->n_prompt - 1 && cur[keep] == mt[keep]) keep++;
-        if (s) duet_session_truncate(s, keep);
-        int nt = q->n - q->n_prompt;
-        size_t rb = (size_t)nt * sizeof(dsf_tok), hb = (size_t)nt * hd * 2;
-        size_t bb = (size_t)block_bytes((uint64_t)nt, hd);
-        dsf_tok *recs = (dsf_tok *)(blk + sizeof(dsf_block));
-        uint16_t *hid = (uint16_t *)(blk + sizeof(dsf_block) + rb);
-        if (P.remote && (rc = remote_seq(P.remote, mt, q, ids, recs, g, err))) goto done;
-        /* chunks of n_batch keep the logits buffer at n_batch rows whatever the context */
-        for (int start = keep; !P.remote && start < q->n; start += sp.n_batch) {
-            int c = DUET_MIN(sp.n_batch, q->n - start);
-            if ((rc = duet_session_eval(s, mt + start, c, 1, err))) goto done;
-            for (int r = 0; r < c; r++) { /* row r predicts the token at start + r + 1 */
-                int t = start + r + 1 - q->n_prompt;
-                if (t < 0 || t >= nt) continue;
-                const float *l = duet_session_logits(s, r);
-                if (bridged) {
-                    for (int b = 0; b < V; b++) g[b] = l[map[b]];
-                    l = g;
-                }
-                tok_stats(l, V, ids[q->n_prompt + t], &recs[t]);
-                if (hd) {
-                    const float *h = duet_session_hidden(s, r);
-                    for (uint32_t k = 0; k < hd; k++) { /* saturate: F16 ends at 65504 */
-                        float v = h[k] > 65504.0f ? 65504.0f : h[k] < -65504.0f ? -65504.0f : h[k];
-                        hid[(size_t)t * hd + k] = fp32_to_fp16(v);
-                    }
-                }
-            }
-        }
-        memset(blk + sizeof(dsf_block) + rb + hb, 0, bb - sizeof(dsf_block) - rb - hb);
-        dsf_block b = {{'S', 'E', 'Q', 'B'}, (uint32_t)i, (uint32_t)nt, (uint32_t)q->n_prompt,
-                       (uint32_t)q->example, index[i].n_bytes, (uint32_t)q->flags,
-                       dsf_block_check(blk + sizeof(dsf_block), rb + hb)};
-        memcpy(blk, &b, sizeof b);
-        rc = write_all(f, blk, bb, partial, err);
+        int keep;
+        size_t bb;
+        if ((rc = score_seq(&S, &pl, i, index[i].n_bytes, &keep, &bb, err))) goto done;
+        rc = write_all(f, S.blk, bb, partial, err);
         if (!rc && fflush(f)) rc = duet_fail(err, DUET_ERR_IO, "%s: write failed: %s", partial, strerror(errno));
         if (rc) goto done;
         pr.seq_done = st->n_seq_done = i + 1;
@@ -442,42 +526,15 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
         }
     }
     if (P.progress) P.progress(P.ud, &pr);
-    /* index, then the completed header, then the rename */
-    H.complete = 1;
-    H.n_seq = (uint64_t)pl.n_seq;
-    H.n_tok = ts;
-    H.n_bytes = n_bytes;
-    H.index_offset = o;
-    H.n_examples = (uint32_t)data->n;
-    H.n_truncated = (uint32_t)pl.n_truncated;
-    H.n_skipped = (uint32_t)pl.n_skipped;
-    H.n_dropped_tok = (uint64_t)pl.n_dropped;
-    if (fseeko(f, (off_t)o, SEEK_SET)) {
-        rc = duet_fail(err, DUET_ERR_IO, "%s: seek failed", partial);
-        goto done;
-    }
-    if ((rc = write_all(f, index, (size_t)pl.n_seq * sizeof *index, partial, err))) goto done;
-    if (fflush(f) || fseeko(f, 0, SEEK_SET) || (rc = write_all(f, &H, sizeof H, partial, err))) {
-        rc = rc ? rc : duet_fail(err, DUET_ERR_IO, "%s: write failed: %s", partial, strerror(errno));
-        goto done;
-    }
-    /* The partial file stays on failure: a later run resumes from it. */
-    const char *step;
-    int bad = duet_file_finish(f, partial, out_path, &step);
-    f = NULL;
-    if (bad) {
-        rc = duet_fail(err, DUET_ERR_IO, "%s: cannot complete %s (%s: %s)", partial, out_path, step,
-                       strerror(errno));
-        goto done;
-    }
+    rc = finish_file(&f, &H, index, &pl, data, &T, partial, out_path, err);
 done:
     if (f) fclose(f);
     st->seconds = duet_time_s() - t0;
-    duet_session_free(s);
-    free(g);
-    free(blk);
+    duet_session_free(S.s);
+    free(S.g);
+    free(S.blk);
     free(index);
-    free(mt);
+    free(S.mt);
     free(map);
     dsf_plan_free(&pl);
     return rc;
