@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* The standard FNV-1a 64 offset basis (14695981039346656037). */
 #define DUET_FNV_OFFSET 0xcbf29ce484222325ull
@@ -25,8 +26,7 @@ static inline uint64_t duet_fnv1a(uint64_t h, const void *p, size_t n) {
 
 /* Continue h over the NUL-terminated string s (the NUL itself not included). */
 static inline uint64_t duet_fnv1a_str(uint64_t h, const char *s) {
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h;
+    return duet_fnv1a(h, s, strlen(s));
 }
 
 #endif
