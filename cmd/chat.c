@@ -124,7 +124,7 @@ static void remember_turn(const char *text, const gen_result *res, duet_collab *
                           int32_t **prev, int *n_prev) {
     free(*prev_text);
     *prev_text = NULL;
-    if (res->stop == GEN_STOP_EOG || res->stop == GEN_STOP_LIMIT) {
+    if (res->stop == DUET_GEN_EOS || res->stop == DUET_GEN_LIMIT) {
         size_t tl = strlen(text);
         if ((*prev_text = malloc(tl + res->len + 1))) {
             memcpy(*prev_text, text, tl);
@@ -198,7 +198,7 @@ int cmd_chat(int argc, char **argv) {
         double t_prompt = duet_time_s() - t0;
         long ev_prompt = duet_collab_get_stats(g.co)->base_evaluated;
         gen_result res;
-        int drc = gen_decode(&o, &g, toks[n_tok - 1], stop, NULL, &res, &err);
+        int drc = gen_decode(&o, &g, stop, NULL, &res, &err);
         free(toks);
         printf("\n");
         fflush(stdout);

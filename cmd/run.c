@@ -106,7 +106,7 @@ int cmd_run(int argc, char **argv) {
     }
     if (duet_collab_start(g.co, toks, n_tok, &err)) goto fail;
     double t_prompt = duet_collab_get_stats(g.co)->t_total;
-    if (gen_decode(&o, &g, toks[n_tok - 1], stop, trace.f, &res, &err)) goto fail;
+    if (gen_decode(&o, &g, stop, trace.f, &res, &err)) goto fail;
     printf("\n");
     fflush(stdout);
     if (trace.f && duet_atomic_commit(&trace, &err)) goto fail;

@@ -251,7 +251,6 @@ void gen_free(gen_models *g) {
 
 void gen_result_free(gen_result *r) {
     free(r->text);
-    free(r->src);
     memset(r, 0, sizeof *r);
 }
 
@@ -279,93 +278,77 @@ static void json_num(FILE *f, const char *key, double v) {
     else fprintf(f, ",\"%s\":null", key);
 }
 
+/* What the per-token callback needs: where printing stands, colours, the trace. */
+typedef struct gen_show {
+    size_t shown;
+    int hl, flush, n;
+    FILE *trace;
+} gen_show;
+
 /* Print text[shown..to) on stdout, expert bytes highlighted when hl. */
-static void show(gen_result *r, size_t to, int hl, int flush) {
-    while (r->shown < to) {
-        size_t j = r->shown;
-        int s = r->src[j];
-        while (j < to && r->src[j] == s) j++;
-        if (hl && s != DUET_SRC_BASE) fputs(s == DUET_SRC_EXPERT ? "\x1b[1;36m" : "\x1b[1;35m", stdout);
-        fwrite(r->text + r->shown, 1, j - r->shown, stdout);
-        if (hl && s != DUET_SRC_BASE) fputs("\x1b[0m", stdout);
-        r->shown = j;
+static void show(gen_show *v, const duet_gen *g, size_t to) {
+    const char *text = duet_gen_text(g, NULL);
+    const unsigned char *src = duet_gen_sources(g);
+    while (v->shown < to) {
+        size_t j = v->shown;
+        int s = src[j];
+        while (j < to && src[j] == s) j++;
+        if (v->hl && s != DUET_SRC_BASE) fputs(s == DUET_SRC_EXPERT ? "\x1b[1;36m" : "\x1b[1;35m", stdout);
+        fwrite(text + v->shown, 1, j - v->shown, stdout);
+        if (v->hl && s != DUET_SRC_BASE) fputs("\x1b[0m", stdout);
+        v->shown = j;
     }
-    if (flush) fflush(stdout);
+    if (v->flush) fflush(stdout);
 }
 
-static int append(gen_result *r, const char *s, size_t n, int src) {
-    if (r->len + n + 1 > r->cap) {
-        size_t cap = (r->len + n + 1) * 2;
-        char *t = realloc(r->text, cap);
-        if (t) r->text = t;
-        unsigned char *u = realloc(r->src, cap);
-        if (u) r->src = u;
-        if (!t || !u) return 0;
-        r->cap = cap;
-    }
-    memcpy(r->text + r->len, s, n);
-    memset(r->src + r->len, src, n);
-    r->len += n;
-    r->text[r->len] = 0;
-    return 1;
+static void trace_line(FILE *trace, int i, const duet_gen *g, const duet_collab_token *t) {
+    size_t len;
+    const char *piece = duet_gen_piece(g, &len);
+    fprintf(trace, "{\"i\":%d,\"id\":%d,\"text\":", i, t->id);
+    json_str(trace, piece, len);
+    fprintf(trace, ",\"source\":\"%s\"", duet_source_name(t->source));
+    json_num(trace, "p_defer", t->p_defer);
+    json_num(trace, "score", t->score);
+    fprintf(trace, ",\"base_top\":%d", t->base_top);
+    json_num(trace, "base_top_p", t->base_top_p);
+    fprintf(trace, ",\"expert_top\":%d", t->expert_top);
+    json_num(trace, "expert_top_p", t->expert_top >= 0 ? t->expert_top_p : NAN);
+    fputs("}\n", trace);
 }
 
-int gen_decode(const gen_opts *o, gen_models *g, int32_t prev, const char *stop, FILE *trace,
-               gen_result *r, duet_error *err) {
+static int on_token(void *ud, const duet_gen *g, const duet_collab_token *t) {
+    gen_show *v = ud;
+    if (v->trace) trace_line(v->trace, v->n, g, t);
+    v->n++;
+    show(v, g, duet_gen_ready(g));
+    return 0;
+}
+
+int gen_decode(const gen_opts *o, gen_models *g, const char *stop, FILE *trace, gen_result *r,
+               duet_error *err) {
     memset(r, 0, sizeof *r);
-    int tty = isatty(1), hl = o->color && tty;
-    char piece[256];
+    int tty = isatty(1);
+    gen_show v = {.hl = o->color && tty, .flush = tty, .trace = trace};
     double t0 = duet_time_s();
-    int rc = DUET_OK;
-    r->stop = GEN_STOP_LIMIT;
-    if (!append(r, "", 0, 0)) {
-        snprintf(err->msg, sizeof err->msg, "out of memory");
-        return DUET_ERR_NOMEM;
+    const char *stops[1] = {stop};
+    duet_gen_params gp = {.max_tokens = o->n_predict, .stops = stops, .n_stops = stop ? 1 : 0};
+    duet_gen *gen = NULL;
+    int rc = duet_generate(g->co, &gp, on_token, &v, &gen, err);
+    if (gen) {
+        int end = duet_gen_end(gen);
+        if (end == DUET_GEN_CONTEXT && !o->quiet) fprintf(stderr, "\nduet: %s\n", err->msg);
+        v.flush = 1;
+        show(&v, gen, duet_gen_ready(gen));
+        size_t len;
+        const char *text = duet_gen_text(gen, &len);
+        r->text = malloc(len + 1);
+        if (r->text) memcpy(r->text, text, len + 1);
+        else if (!rc) rc = DUET_ERR_NOMEM, snprintf(err->msg, sizeof err->msg, "out of memory");
+        r->len = len;
+        r->n_gen = duet_gen_n_tokens(gen);
+        r->stop = end;
     }
-    while (o->n_predict < 0 || r->n_gen < o->n_predict) {
-        duet_collab_token t;
-        rc = duet_collab_step(g->co, &t, err);
-        if (rc == DUET_EOS) { rc = DUET_OK; r->stop = GEN_STOP_EOG; break; }
-        if (rc == DUET_ERR_RANGE) { /* context full: what was generated stands */
-            if (!o->quiet) fprintf(stderr, "\nduet: %s\n", err->msg);
-            rc = DUET_OK;
-            r->stop = GEN_STOP_CONTEXT;
-            break;
-        }
-        if (rc) break;
-        int len = duet_token_to_piece(g->base, prev, t.id, piece, sizeof piece);
-        len = len < 0 ? 0 : len > (int)sizeof piece ? (int)sizeof piece : len;
-        if (trace) {
-            static const char *src[3] = {"base", "expert", "mixed"};
-            fprintf(trace, "{\"i\":%d,\"id\":%d,\"text\":", r->n_gen, t.id);
-            json_str(trace, piece, (size_t)len);
-            fprintf(trace, ",\"source\":\"%s\"", src[t.source]);
-            json_num(trace, "p_defer", t.p_defer);
-            json_num(trace, "score", t.score);
-            fprintf(trace, ",\"base_top\":%d", t.base_top);
-            json_num(trace, "base_top_p", t.base_top_p);
-            fprintf(trace, ",\"expert_top\":%d", t.expert_top);
-            json_num(trace, "expert_top_p", t.expert_top >= 0 ? t.expert_top_p : NAN);
-            fputs("}\n", trace);
-        }
-        r->n_gen++;
-        prev = t.id;
-        if (!append(r, piece, (size_t)len, t.source)) {
-            snprintf(err->msg, sizeof err->msg, "out of memory");
-            rc = DUET_ERR_NOMEM;
-            break;
-        }
-        size_t upto = r->shown;
-        long at = duet_stop_scan(r->text, r->len, &stop, 1, &upto);
-        if (at >= 0) {
-            r->len = (size_t)at;
-            r->text[r->len] = 0;
-            r->stop = GEN_STOP_TEXT;
-            break;
-        }
-        show(r, upto, hl, tty);
-    }
-    show(r, r->len, hl, 1);
+    duet_gen_free(gen);
     r->t_gen = duet_time_s() - t0;
     return rc;
 }

@@ -51,22 +51,20 @@ typedef struct gen_models {
 int gen_load(const char *cmd, const gen_opts *o, gen_models *g, duet_error *err);
 void gen_free(gen_models *g);
 
-enum { GEN_STOP_LIMIT, GEN_STOP_EOG, GEN_STOP_TEXT, GEN_STOP_CONTEXT };
 typedef struct gen_result {
     char *text;            /* what was printed (a stop text excluded), NUL-terminated */
-    unsigned char *src;    /* [len] DUET_SRC_* of each byte (colors) */
-    size_t len, cap, shown;
-    int n_gen, stop;       /* tokens emitted, GEN_STOP_* */
+    size_t len;
+    int n_gen, stop;       /* tokens emitted, why the answer ended (DUET_GEN_*) */
     double t_gen;
 } gen_result;
 void gen_result_free(gen_result *r);
 
-/* Generate after duet_collab_start (prev: the last prompt token): print each piece on stdout
- * (expert tokens highlighted with --color on a terminal), one trace line per token when trace
- * is not NULL, until n_predict tokens, an end-of-generation token, the text `stop` (held back
- * while it may be starting, never printed; NULL or "" for none) or a full context. */
-int gen_decode(const gen_opts *o, gen_models *g, int32_t prev, const char *stop, FILE *trace,
-               gen_result *r, duet_error *err);
+/* Generate after duet_collab_start with the library's loop (duet_generate): print each piece
+ * on stdout (expert tokens highlighted with --color on a terminal), one trace line per token
+ * when trace is not NULL, until n_predict tokens, an end-of-generation token, the text `stop`
+ * (held back while it may be starting, never printed; NULL or "" for none) or a full context. */
+int gen_decode(const gen_opts *o, gen_models *g, const char *stop, FILE *trace, gen_result *r,
+               duet_error *err);
 /* "prompt N tokens in ...; generated ..." and the collaboration summary on stderr. */
 void gen_print_stats(const char *cmd, const gen_models *g, int n_prompt, double t_prompt,
                      const gen_result *r);

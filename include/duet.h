@@ -348,6 +348,70 @@ const int32_t *duet_collab_tokens(const duet_collab *c, int *n);
 int duet_collab_bridged(const duet_collab *c);
 /* The context size (tokens) of the decoder's sessions: prompt + answer must fit it. */
 int duet_collab_n_ctx(const duet_collab *c);
+/* The base model the decoder was made with (its vocabulary names the emitted ids). */
+duet_model *duet_collab_base(const duet_collab *c);
+/* "base", "expert" or "mixed" for a DUET_SRC_* value ("?" for others). */
+const char *duet_source_name(int source);
+
+/* ---- generation: the decoder's steps as text ---------------------------------------------- */
+/* The one loop every generating caller uses (CLI, server, evaluation), so they agree on where
+ * an answer ends and which bytes it holds. Start the decoder (duet_collab_start), then step a
+ * duet_gen (streaming) or call duet_generate (to the end, with a callback per token). */
+enum {
+    DUET_GEN_RUNNING = 0,
+    DUET_GEN_LIMIT,      /* max_tokens emitted */
+    DUET_GEN_EOS,        /* the decoder chose an end-of-generation token (not in the text) */
+    DUET_GEN_STOP,       /* a stop text appeared: the text ends where it begins */
+    DUET_GEN_CONTEXT,    /* the context is full; what was generated stands */
+    DUET_GEN_ERROR,      /* a step failed (the error was returned by that step) */
+    DUET_GEN_CANCELLED   /* the callback asked duet_generate to stop */
+};
+
+typedef struct duet_gen_params {
+    int max_tokens;               /* tokens to emit at most; < 0: no limit; 0: none */
+    const char *const *stops;     /* stop texts; the answer ends before the earliest one in the
+                                     text, whichever of them it is (NULL/"" entries ignored) */
+    int n_stops;
+    int utf8;                     /* 1: the text grows by whole valid UTF-8 characters only;
+                                     bytes of an unfinished one wait for the next piece, bytes
+                                     that cannot form one become U+FFFD (for JSON clients).
+                                     0: bytes exactly as the vocabulary gives them */
+} duet_gen_params;
+
+typedef struct duet_gen duet_gen;
+/* After duet_collab_start: the last prompt token conditions the first piece. c must outlive
+ * the duet_gen. DUET_ERR_ARG when c has no prompt or the stop list is NULL with n_stops > 0. */
+int duet_gen_new(duet_collab *c, const duet_gen_params *p, duet_gen **out, duet_error *err);
+void duet_gen_free(duet_gen *g);
+/* One token: DUET_OK with *tok (may be NULL) filled and its bytes in duet_gen_piece; the
+ * answer may have ended with it (duet_gen_end: STOP or LIMIT). DUET_EOS when the answer ended
+ * without a new token (EOS, or a full context: then err holds the decoder's message) or had
+ * already ended. An error code (and end DUET_GEN_ERROR) when the step failed. */
+int duet_gen_step(duet_gen *g, duet_collab_token *tok, duet_error *err);
+/* Called after every emitted token; return nonzero to stop (end DUET_GEN_CANCELLED). */
+typedef int (*duet_gen_callback)(void *ud, const duet_gen *g, const duet_collab_token *tok);
+/* Step to the end. *out holds the answer (free with duet_gen_free, also after an error). */
+int duet_generate(duet_collab *c, const duet_gen_params *p, duet_gen_callback cb, void *ud,
+                  duet_gen **out, duet_error *err);
+/* The answer so far, NUL-terminated (a stop text and everything after it excluded). */
+const char *duet_gen_text(const duet_gen *g, size_t *len);
+/* DUET_SRC_* of each byte of the text. */
+const unsigned char *duet_gen_sources(const duet_gen *g);
+/* How many bytes of the text may be shown now: all once ended, else all but a tail that could
+ * be the beginning of a stop text. Never decreases. */
+size_t duet_gen_ready(const duet_gen *g);
+/* The last emitted token's bytes, whole whatever their length (not NUL-terminated). */
+const char *duet_gen_piece(const duet_gen *g, size_t *len);
+int duet_gen_n_tokens(const duet_gen *g);
+/* DUET_GEN_RUNNING, or why the answer ended. */
+int duet_gen_end(const duet_gen *g);
+/* Stop texts in streamed output (the format's end-of-turn marker, a request's stop strings).
+ * text[0..len) is the output so far, of which text[0..*shown) was already released. Returns the
+ * offset of the earliest stop text (then *shown = that offset: release up to it, cut there), or
+ * -1 when none occurs; then *shown advances to what may be released now: all but a tail that
+ * could be the start of a stop text. Empty or NULL stops are ignored. */
+long duet_stop_scan(const char *text, size_t len, const char *const *stops, int n_stops,
+                    size_t *shown);
 
 /* ---- expert backends --------------------------------------------------------------------- */
 /* What the collab decoder needs from an expert it does not run itself: the next-token
@@ -494,13 +558,6 @@ int duet_model_chat_format(const duet_model *model, const char *override, const 
 int duet_model_chat_render(const duet_model *model, const char *override,
                            const duet_chat_message *msgs, int n, int add_generation_prompt,
                            char *buf, size_t cap, duet_error *err);
-/* Stop texts in streamed output (the format's end-of-turn marker, a request's stop strings).
- * text[0..len) is the output so far, of which text[0..*shown) was already released. Returns the
- * offset of the earliest stop text (then *shown = that offset: release up to it, cut there), or
- * -1 when none occurs; then *shown advances to what may be released now: all but a tail that
- * could be the start of a stop text. Empty or NULL stops are ignored. */
-long duet_stop_scan(const char *text, size_t len, const char *const *stops, int n_stops,
-                    size_t *shown);
 
 /* ---- model files: import and fixtures ---------------------------------------------------- */
 typedef struct duet_convert_params {

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "learn/eval.h"
 #include "serve/server.h"
 #include "duet.h"
 #include "fixtures.h"
@@ -224,27 +225,6 @@ static int remote_port(void) {
 #define NEED_SERVER(port) \
     do { NEED_BIN(); REQUIRE((port) > 0); } while (0)
 #define STAYS_UP(p, port) do { CHECK(alive(p)); CHECK(health_ok(port)); } while (0)
-
-/* ---- UTF-8 (unit level, hand-written expectations) --------------------------------------- */
-TEST(server_utf8_holds_split_characters) {
-    duet_buf b = {0};
-    /* "é" = c3 a9 arriving as two pieces: nothing, then the whole character */
-    CHECK_EQ_INT(srv_utf8_append(&b, "a\xc3", 2, 1), 1);
-    CHECK_STR(b.p, "a");
-    CHECK_EQ_INT(srv_utf8_append(&b, "\xc3\xa9", 2, 1), 0);
-    CHECK_STR(b.p, "a\xc3\xa9");
-    /* a 4-byte emoji cut after 3 bytes is held, never emitted half */
-    CHECK_EQ_INT(srv_utf8_append(&b, "\xf0\x9f\x98", 3, 1), 3);
-    /* invalid bytes (stray continuation, overlong, surrogate) become U+FFFD */
-    b.n = 0;
-    srv_utf8_append(&b, "\x80x\xc0\xafy\xed\xa0\x80", 9, 0);
-    CHECK_STR(b.p, "\xef\xbf\xbdx\xef\xbf\xbd\xef\xbf\xbdy\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");
-    /* at the end of an answer a never-completed start is replaced, not dropped */
-    b.n = 0;
-    CHECK_EQ_INT(srv_utf8_append(&b, "z\xe2\x82", 3, 0), 0);
-    CHECK_STR(b.p, "z\xef\xbf\xbd\xef\xbf\xbd");
-    free(b.p);
-}
 
 /* ---- docs/bad-inputs.md, HTTP requests 1: bodies --------------------------------------- */
 /* POST a chunked body of n bytes ("{" spaces "}": a completion of the empty prompt) in chunks of
@@ -653,6 +633,87 @@ TEST(server_stream_equals_whole) {
         resp_free(&w);
         resp_free(&s);
     }
+}
+
+/* duet eval and duet serve answer the same prompt with the same text: both go through the
+ * library's generation loop. The prompt is eval's documented GSM8K frame (learn/eval.h); the
+ * server gets it as a completion with eval's stops, token limit and policy. */
+static void capture_answer(void *ud, const eval_spec *spec, int index, const char *output,
+                           const char *pred, const char *reference, int correct) {
+    char **out = ud;
+    if (index >= 0 && index < 3) out[index] = strdup(output);
+}
+
+/* A completion request for eval's GSM8K frame around q (greedy, collm at 0.5); the text. */
+static char *serve_answer(int port, const char *q, const char *const *stops, int n_stops, int *stopped) {
+    char prompt[400];
+    snprintf(prompt, sizeof prompt, "Please solve the following math problem with detailed "
+             "steps.\n\nQuestion: %s\nAnswer:", q);
+    json_t *st = json_array();
+    for (int i = 0; i < n_stops; i++) json_array_append_new(st, json_string(stops[i]));
+    json_t *rq = json_pack("{s:s, s:i, s:i, s:o, s:s, s:f}", "prompt", prompt, "max_tokens", 24,
+                           "temperature", 0, "stop", st, "policy", "collm", "threshold", 0.5);
+    char *body = json_dumps(rq, JSON_COMPACT);
+    json_decref(rq);
+    resp w = http(port, "/v1/completions", body, NULL);
+    free(body);
+    CHECK_EQ_INT(w.status, 200);
+    char *wt = whole_text(&w, 0);
+    json_t *fr = json_object_get(json_array_get(json_object_get(w.js, "choices"), 0), "finish_reason");
+    if (stopped) *stopped = json_is_string(fr) && !strcmp(json_string_value(fr), "stop");
+    resp_free(&w);
+    return wt;
+}
+
+TEST(server_and_eval_same_text) {
+    int port = local_port();
+    NEED_SERVER(port);
+    static const char *qs[3] = {"What is 2 + 3?", "Tom has 4 apples and eats one. How many are left?",
+                                "A train goes 60 km in 1 hour. How far in 3 hours?"};
+    char data[600];
+    snprintf(data, sizeof data, "%s/eval-vs-serve.jsonl", test_tmpdir());
+    FILE *f = fopen(data, "w");
+    REQUIRE(f);
+    for (int i = 0; i < 3; i++) fprintf(f, "{\"question\": \"%s\", \"answer\": \"#### %d\"}\n", qs[i], i);
+    fclose(f);
+    /* a stop text from the middle of the first answer, so that at least one answer is cut */
+    char *free_run = serve_answer(port, qs[0], NULL, 0, NULL);
+    REQUIRE(free_run && strlen(free_run) > 8);
+    size_t at = strlen(free_run) / 2;
+    while (at && (free_run[at] & 0xc0) == 0x80) at--;
+    size_t end = at + 1;
+    while (free_run[end] && (free_run[end] & 0xc0) == 0x80) end++;
+    char *cut = strndup(free_run + at, end - at);
+    const char *stops[2] = {"\nQuestion:", cut};
+    duet_model *b = fixture_load(g_base), *e = fixture_load(g_exp);
+    duet_head *h = NULL;
+    duet_error err = {0};
+    REQUIRE(b && e && !duet_head_load(g_head, b, &h, &err));
+    char *outs[3] = {0};
+    eval_params ep = {.task = EVAL_TASK_GSM8K, .max_tokens = 24, .stops = stops, .n_stops = 2,
+                      .on_answer = capture_answer, .answer_ud = outs};
+    eval_ctx *ec = NULL;
+    REQUIRE(!eval_open(b, e, NULL, h, data, &ep, &ec, &err));
+    eval_spec spec = {.policy = DUET_POLICY_COLLM, .rate = -1, .threshold = 0.5f};
+    eval_result res;
+    CHECKF(!eval_one(ec, &spec, &res, &err), "eval: %s", err.msg);
+    int n_cut = 0;
+    for (int i = 0; i < 3; i++) {
+        int stopped = 0;
+        char *wt = serve_answer(port, qs[i], stops, 2, &stopped);
+        CHECKF(outs[i] && wt && !strcmp(outs[i], wt), "question %d: eval \"%s\" vs serve \"%s\"", i,
+               outs[i] ? outs[i] : "(none)", wt ? wt : "(none)");
+        n_cut += stopped;
+        free(wt);
+        free(outs[i]);
+    }
+    CHECKF(n_cut > 0, "no answer ended at a stop text: the stops are untested");
+    eval_close(ec);
+    free(cut);
+    free(free_run);
+    duet_head_free(h);
+    duet_model_free(b);
+    duet_model_free(e);
 }
 
 /* The README's curl examples, as they are written there. */

@@ -38,3 +38,21 @@ size_t duet_utf8_check(const void *p, size_t n) {
     }
     return n;
 }
+
+int duet_utf8_append(duet_buf *b, const void *p, size_t n, int hold, size_t *held) {
+    const char *s = p;
+    size_t i = 0;
+    if (held) *held = 0;
+    if (!b->p && duet_buf_add(b, "", 0)) return DUET_ERR_NOMEM; /* readable even when empty */
+    while (i < n) {
+        int len = duet_utf8_char(s + i, n - i);
+        if (len < 0 && hold) {
+            if (held) *held = n - i;
+            return 0;
+        }
+        int rc = len <= 0 ? duet_buf_add(b, "\xef\xbf\xbd", 3) : duet_buf_add(b, s + i, (size_t)len);
+        if (rc) return rc;
+        i += len <= 0 ? 1 : (size_t)len;
+    }
+    return 0;
+}

@@ -410,3 +410,5 @@ const int32_t *duet_collab_tokens(const duet_collab *c, int *n) {
 int duet_collab_bridged(const duet_collab *c) { return c->bridged; }
 
 int duet_collab_n_ctx(const duet_collab *c) { return c->n_ctx; }
+
+duet_model *duet_collab_base(const duet_collab *c) { return c->base; }

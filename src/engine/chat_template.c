@@ -615,29 +615,6 @@ static int render(const char *tmpl, size_t tmpl_len, const duet_chat_message *ms
     return rc;
 }
 
-/* ---- stop texts ------------------------------------------------------------------------------ */
-long duet_stop_scan(const char *text, size_t len, const char *const *stops, int n_stops,
-                    size_t *shown) {
-    size_t from = DUET_MIN(*shown, len), hold = 0;
-    long first = -1;
-    for (int k = 0; k < n_stops; k++) {
-        size_t sl = stops[k] ? strlen(stops[k]) : 0;
-        if (!sl) continue;
-        /* a match cannot start before `from`: every tail that could begin one was held */
-        const char *hit = memmem(text + from, len - from, stops[k], sl);
-        if (hit && (first < 0 || hit - text < first)) first = (long)(hit - text);
-        size_t h = DUET_MIN(sl - 1, len - from);
-        while (h && memcmp(text + len - h, stops[k], h)) h--;
-        hold = DUET_MAX(hold, h);
-    }
-    if (first >= 0) {
-        *shown = (size_t)first;
-        return first;
-    }
-    *shown = len - hold;
-    return -1;
-}
-
 int duet_chat_render(const char *tmpl, const duet_chat_message *msgs, int n,
                      int add_generation_prompt, char *buf, size_t cap, duet_error *err) {
     return render(tmpl, tmpl ? strlen(tmpl) : 0, msgs, n, add_generation_prompt, buf, cap, err);

@@ -389,9 +389,23 @@ static int tf_run(eval_ctx *c, duet_error *err) {
 }
 
 /* ---- generation ---------------------------------------------------------------------- */
-/* Answer one problem with the collab decoder; the text (cut at a stop string) goes to out.
- * scores (may be NULL) collects each emitted token's policy score; *n_gen and *n_def count
- * the emitted tokens and those the expert chose (a deferred EOS is not a token). */
+/* What the per-token callback adds up for one answer. */
+typedef struct gen_count {
+    fvec *scores;
+    int n_def, oom;
+} gen_count;
+
+static int count_token(void *ud, const duet_gen *g, const duet_collab_token *t) {
+    gen_count *k = ud;
+    k->n_def += t->deferred;
+    if (k->scores && fvec_push(k->scores, t->score)) k->oom = 1;
+    return k->oom;
+}
+
+/* Answer one problem with the library's generation loop (the text the server would return
+ * for the same prompt and stops) into out. scores (may be NULL) collects each emitted token's
+ * policy score; *n_gen and *n_def count the emitted tokens and those the expert chose (a
+ * deferred EOS is not a token). */
 static int generate(eval_ctx *c, duet_collab *co, const problem *pb, duet_buf *out, fvec *scores,
                     int *n_gen, int *n_def, duet_error *err) {
     out->n = 0;
@@ -399,34 +413,21 @@ static int generate(eval_ctx *c, duet_collab *co, const problem *pb, duet_buf *o
     if (duet_buf_add(out, "", 0)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     int rc = duet_collab_start(co, pb->ids, pb->n_ids, err);
     if (rc) return rc;
-    int32_t prev = pb->ids[pb->n_ids - 1];
-    char piece[256];
-    for (int i = 0; i < c->p.max_tokens; i++) {
-        duet_collab_token t;
-        rc = duet_collab_step(co, &t, err);
-        if (rc == DUET_EOS || rc == DUET_ERR_RANGE) return DUET_OK; /* end, or context full */
-        if (rc) return rc;
-        if (scores && fvec_push(scores, t.score)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-        ++*n_gen;
-        *n_def += t.deferred;
-        int len = duet_token_to_piece(c->base, prev, t.id, piece, sizeof piece);
-        len = len < 0 ? 0 : DUET_MIN(len, (int)sizeof piece);
-        size_t before = out->n;
-        if (duet_buf_add(out, piece, (size_t)len)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-        prev = t.id;
-        for (int s = 0; s < c->n_stops; s++) {
-            size_t sl = strlen(c->stops[s]);
-            if (!sl) continue;
-            size_t from = before >= sl ? before - sl + 1 : 0;
-            char *hit = strstr(out->p + from, c->stops[s]);
-            if (hit) {
-                out->n = (size_t)(hit - out->p);
-                out->p[out->n] = 0;
-                return DUET_OK;
-            }
-        }
+    duet_gen_params gp = {.max_tokens = c->p.max_tokens, .stops = c->stops, .n_stops = c->n_stops,
+                          .utf8 = 1}; /* answers are JSON text: whole characters */
+    gen_count k = {.scores = scores};
+    duet_gen *g = NULL;
+    rc = duet_generate(co, &gp, count_token, &k, &g, err);
+    if (!rc && k.oom) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    if (!rc) {
+        size_t len;
+        const char *text = duet_gen_text(g, &len);
+        *n_gen = duet_gen_n_tokens(g);
+        *n_def = k.n_def;
+        if (duet_buf_add(out, text, len)) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     }
-    return DUET_OK;
+    duet_gen_free(g);
+    return rc;
 }
 
 /* Score an answer; pred gets the extracted answer ("" when none). */

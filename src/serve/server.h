@@ -86,9 +86,5 @@ int srv_prompt_ids(duet_server *s, json_t *prompt, int add_bos, int parse_specia
                    char *msg, size_t cap);
 /* Append text to a buffer as valid UTF-8 (invalid bytes become U+FFFD). */
 int sb_add(duet_buf *b, const char *s, size_t n);
-/* Append s[0..n) as valid UTF-8 (invalid bytes become U+FFFD). hold = 1: a character cut off
- * at the end is not appended; the return value is its byte count (the caller keeps them for
- * the next piece). */
-size_t srv_utf8_append(duet_buf *b, const char *s, size_t n, int hold);
 
 #endif

@@ -18,20 +18,7 @@
 #include "base/utf8.h"
 #include "serve/server.h"
 
-size_t srv_utf8_append(duet_buf *b, const char *s, size_t n, int hold) {
-    size_t i = 0;
-    if (!b->p) duet_buf_add(b, "", 0); /* callers read b->p as a string even when empty */
-    while (i < n) {
-        int len = duet_utf8_char(s + i, n - i);
-        if (len < 0 && hold) return n - i;
-        if (len <= 0) { duet_buf_add(b, "\xef\xbf\xbd", 3); i++; continue; }
-        duet_buf_add(b, s + i, (size_t)len);
-        i += (size_t)len;
-    }
-    return 0;
-}
-
-int sb_add(duet_buf *b, const char *s, size_t n) { srv_utf8_append(b, s, n, 0); return 0; }
+int sb_add(duet_buf *b, const char *s, size_t n) { return duet_utf8_append(b, s, n, 0, NULL); }
 
 /* ---- chat rendering ---------------------------------------------------------------------- */
 /* messages -> prompt text with the server's chat format (duet_model_chat_render). OpenAI's
@@ -242,11 +229,8 @@ typedef struct gen {
     gen_req r;
     int chat, n_prompt, n_gen, done, sent_done;
     const char *finish;
-    int32_t prev;
-    duet_buf pend;      /* piece bytes that do not yet form a whole character */
-    duet_buf text;      /* the answer so far, valid UTF-8 */
-    size_t sent;      /* bytes of text already streamed */
-    size_t shown;     /* bytes of text that may be streamed (no stop string can start before) */
+    duet_gen *dg;       /* the library's generation loop: the answer so far, valid UTF-8 */
+    size_t sent;        /* bytes of the answer already streamed */
     const char *stops[MAX_STOP + 1];
     json_t *tokens;   /* duet_tokens not yet reported */
     json_t *failed;   /* indices of tokens the expert could not supply */
@@ -286,61 +270,52 @@ static int gen_start(gen *g, const int32_t *prompt, duet_error *err) {
     pthread_mutex_lock(&g->s->compute);
     rc = duet_collab_start(sl->co, prompt, g->n_prompt, err);
     pthread_mutex_unlock(&g->s->compute);
-    g->prev = prompt[g->n_prompt - 1];
+    duet_gen_params gp = {.max_tokens = (int)g->r.max_tokens, .stops = g->stops,
+                          .n_stops = g->r.n_stop, .utf8 = 1};
+    if (!rc) rc = duet_gen_new(sl->co, &gp, &g->dg, err);
     return rc;
 }
 
-static void gen_finish(gen *g, const char *why) {
+/* The answer has ended: OpenAI's finish_reason for why, and the decoder's final counts. */
+static void gen_finish(gen *g, int end) {
     if (g->done) return;
     g->done = 1;
-    g->finish = why;
-    if (g->pend.n) srv_utf8_append(&g->text, g->pend.p, g->pend.n, 0); /* never-completed bytes */
-    g->pend.n = 0;
+    g->finish = end == DUET_GEN_ERROR ? "error"
+              : end == DUET_GEN_LIMIT || end == DUET_GEN_CONTEXT ? "length" : "stop";
     g->st = *duet_collab_get_stats(g->sl->co);
+}
+
+/* A token's entry in duet_tokens and, when the expert could not supply it, in the failed list. */
+static void record_token(gen *g, const duet_collab_token *t) {
+    if (t->expert_failed) json_array_append_new(g->failed, json_integer(g->n_gen));
+    if (g->r.want_tokens) {
+        size_t len;
+        const char *piece = duet_gen_piece(g->dg, &len);
+        duet_buf ps = {0};
+        sb_add(&ps, piece, len);
+        json_t *o = json_pack("{s:i, s:s, s:s}", "id", t->id, "text", ps.p, "source",
+                              duet_source_name(t->source));
+        free(ps.p);
+        json_object_set_new(o, "p_defer", isfinite(t->p_defer) ? json_real(t->p_defer) : json_null());
+        if (t->expert_failed) json_object_set_new(o, "expert_failed", json_true());
+        json_array_append_new(g->tokens, o);
+    }
+    g->n_gen = duet_gen_n_tokens(g->dg);
 }
 
 static void gen_step(gen *g) {
     duet_collab_token t;
     duet_error err = {0};
     pthread_mutex_lock(&g->s->compute);
-    int rc = duet_collab_step(g->sl->co, &t, &err);
+    int rc = duet_gen_step(g->dg, &t, &err);
     pthread_mutex_unlock(&g->s->compute);
-    if (rc == DUET_EOS) return gen_finish(g, "stop");
-    if (rc == DUET_ERR_RANGE) return gen_finish(g, "length"); /* context full */
-    if (rc) {
-        snprintf(g->err, sizeof g->err, "%s", err.msg);
-        return gen_finish(g, "error");
-    }
-    char piece[256];
-    int len = duet_token_to_piece(g->s->p.base, g->prev, t.id, piece, sizeof piece);
-    len = len < 0 ? 0 : DUET_MIN(len, (int)sizeof piece);
-    g->prev = t.id;
-    duet_buf_add(&g->pend, piece, (size_t)len);
-    size_t kept = srv_utf8_append(&g->text, g->pend.p, g->pend.n, 1);
-    memmove(g->pend.p, g->pend.p + g->pend.n - kept, kept);
-    g->pend.n = kept;
-    if (t.expert_failed) json_array_append_new(g->failed, json_integer(g->n_gen));
-    if (g->r.want_tokens) {
-        static const char *src[3] = {"base", "expert", "mixed"};
-        duet_buf ps = {0};
-        sb_add(&ps, piece, (size_t)len);
-        json_t *o = json_pack("{s:i, s:s, s:s}", "id", t.id, "text", ps.p, "source", src[t.source]);
-        free(ps.p);
-        json_object_set_new(o, "p_defer", isfinite(t.p_defer) ? json_real(t.p_defer) : json_null());
-        if (t.expert_failed) json_object_set_new(o, "expert_failed", json_true());
-        json_array_append_new(g->tokens, o);
-    }
-    g->n_gen++;
-    long cut = duet_stop_scan(g->text.p, g->text.n, g->stops, g->r.n_stop, &g->shown);
-    if (cut >= 0) {
-        g->text.n = (size_t)cut;
-        g->text.p[cut] = 0;
-        gen_finish(g, "stop");
-    } else if (g->n_gen >= g->r.max_tokens) gen_finish(g, "length");
+    if (rc == DUET_OK) record_token(g, &t);
+    else if (rc != DUET_EOS) snprintf(g->err, sizeof g->err, "%s", err.msg);
+    if (duet_gen_end(g->dg)) gen_finish(g, duet_gen_end(g->dg));
 }
 
-/* Bytes of text that may be streamed now: all once done, else what no stop string can claim. */
-static size_t releasable(const gen *g) { return g->done ? g->text.n : DUET_MAX(g->shown, g->sent); }
+/* The answer so far; what may be streamed of it is duet_gen_ready. */
+static const char *answer(const gen *g, size_t *n) { return duet_gen_text(g->dg, n); }
 
 static json_t *duet_summary(const gen *g) {
     json_t *d = json_pack("{s:s, s:i, s:i, s:i, s:O}", "policy", duet_policy_name(g->r.cp.policy),
@@ -401,8 +376,7 @@ static void gen_free(void *cls) {
     }
     json_decref(g->tokens);
     json_decref(g->failed);
-    free(g->pend.p);
-    free(g->text.p);
+    duet_gen_free(g->dg);
     free(g->out.p);
     free(g);
 }
@@ -422,9 +396,9 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
                                    "expert_error", "code", 502));
             free(m.p);
         } else {
-            size_t upto = releasable(g);
+            size_t upto = duet_gen_ready(g->dg);
             if (upto > g->sent || g->done || (g->r.want_tokens && json_array_size(g->tokens))) {
-                json_t *js = envelope(g, choice(g, g->text.p + g->sent, upto - g->sent, 1));
+                json_t *js = envelope(g, choice(g, answer(g, NULL) + g->sent, upto - g->sent, 1));
                 g->sent = upto;
                 if (g->done) {
                     json_object_set_new(js, "usage", usage(g));
@@ -453,7 +427,6 @@ enum MHD_Result srv_completions(duet_server *s, struct MHD_Connection *c, conn_c
     g->chat = chat;
     g->tokens = json_array();
     g->failed = json_array();
-    duet_buf_add(&g->text, "", 0); /* text.p is never NULL: stop scans and JSON read it */
     g->created = (long)time(NULL);
     snprintf(g->id, sizeof g->id, "%s-%ld", chat ? "chatcmpl" : "cmpl", atomic_fetch_add(&s->next_id, 1));
     if (parse_request(s, body, chat, &g->r, msg, sizeof msg)) {
@@ -502,7 +475,7 @@ enum MHD_Result srv_completions(duet_server *s, struct MHD_Connection *c, conn_c
         gen_free(g);
         return srv_send_error(c, cx, st, "%s", err.msg);
     }
-    if (g->r.max_tokens == 0) gen_finish(g, "length");
+    if (duet_gen_end(g->dg)) gen_finish(g, duet_gen_end(g->dg)); /* max_tokens 0 */
     if (g->r.stream) {
         if (chat) { /* OpenAI opens a chat stream with the role */
             json_t *ch = json_pack("{s:i, s:{s:s, s:s}, s:n}", "index", 0, "delta", "role",
@@ -524,7 +497,9 @@ enum MHD_Result srv_completions(duet_server *s, struct MHD_Connection *c, conn_c
     if (g->err[0]) {
         ok = srv_send_error(c, cx, 502, "the expert failed and on_expert_failure is \"fail\": %s", g->err);
     } else {
-        json_t *js = envelope(g, choice(g, g->text.p, g->text.n, 1));
+        size_t n_text;
+        const char *text = answer(g, &n_text);
+        json_t *js = envelope(g, choice(g, text, n_text, 1));
         json_object_set_new(js, "usage", usage(g));
         json_object_set_new(js, "duet", duet_summary(g));
         ok = srv_send_json(c, cx, 200, js);
