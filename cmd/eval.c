@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "base/atomic_file.h"
 #include "cmd.h"
@@ -50,28 +49,18 @@ static void usage(FILE *f) {
 }
 
 /* ---- shared with duet tune ------------------------------------------------------------ */
-typedef struct progress_state { double t0; char what[96]; int active; } progress_state;
-
 void cmd_eval_progress(void *ud, const char *what, long done, long total) {
-    progress_state *p = ud;
-    double now = duet_time_s();
-    if (strcmp(p->what, what) || !p->active) {
-        snprintf(p->what, sizeof p->what, "%s", what);
-        p->t0 = now;
-        p->active = 1;
-    }
-    double dt = now - p->t0, rate = done / (dt > 0 ? dt : 1e-9);
-    fprintf(stderr, "\r\x1b[K[%s] %ld/%ld, %.1f/s, ETA %.0fs", what, done, total, rate,
-            rate > 0 ? (total - done) / rate : 0.0);
-    if (done >= total) {
-        fputc('\n', stderr);
-        p->active = 0;
-    }
+    /* The library reports its teacher-forced pass ("scoring") in tokens and every generating
+     * pass (calibration, each policy) in examples. */
+    cli_progress_update(ud, what, strcmp(what, "scoring") ? "examples" : "tok", done, total, NULL);
 }
 
 void *cmd_eval_progress_new(int quiet) {
-    if (quiet || !isatty(2)) return NULL;
-    return calloc(1, sizeof(progress_state));
+    cli_progress p;
+    cli_progress_init(&p, quiet);
+    cli_progress *q = p.show ? malloc(sizeof *q) : NULL;
+    if (q) *q = p;
+    return q;
 }
 
 /* Comma-separated numbers in [lo, hi] into out[cap]; count, or 0 after a message. */
@@ -306,7 +295,7 @@ int cmd_eval(int argc, char **argv) {
     rc = 0;
     goto done;
 fail:
-    if (ep.ud) fputc('\n', stderr);
+    if (ep.ud) cli_progress_end(ep.ud);
     fprintf(stderr, "duet eval: %s\n", err.msg);
 done:
     duet_atomic_abort(&out);

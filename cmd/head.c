@@ -3,7 +3,6 @@
  * before training; `duet head train`: learn it from two score files (src/learn/head_train.h). */
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cmd.h"
 #include "duet.h"
@@ -104,10 +103,11 @@ static int cmd_head_eval(int argc, char **argv) {
 }
 
 static void train_progress(void *ud, const ht_progress *p) {
-    (void)ud;
-    fprintf(stderr, "\r\x1b[Kduet head train: %s epoch %d step %d/%d, loss %.4f, routing %.4f "
-                    "(best %.4f)", p->phase, p->epoch, p->step, p->steps, p->loss, p->route, p->best);
-    if (p->step == p->steps) fputc('\n', stderr);
+    char label[48], extra[96];
+    snprintf(label, sizeof label, "duet head train (%s)", p->phase);
+    snprintf(extra, sizeof extra, "epoch %d, loss %.4f, routing %.4f (best %.4f)", p->epoch,
+             p->loss, p->route, p->best);
+    cli_progress_update(ud, label, "steps", p->step, p->steps, extra);
 }
 
 static int cmd_head_train(int argc, char **argv) {
@@ -203,9 +203,16 @@ static int cmd_head_train(int argc, char **argv) {
         if ((rc = duet_head_init(m, &init, &err))) goto done;
         hp.u_init = duet_head_u(init);
     }
-    if (!quiet && isatty(2)) hp.progress = train_progress;
+    cli_progress pg;
+    cli_progress_init(&pg, quiet);
+    if (pg.show) {
+        hp.progress = train_progress;
+        hp.ud = &pg;
+    }
     ht_result res;
-    if ((rc = ht_train(B, E, &hp, &h, &res, &err))) goto done;
+    rc = ht_train(B, E, &hp, &h, &res, &err);
+    cli_progress_end(&pg);
+    if (rc) goto done;
     if ((rc = duet_head_save(h, out, &err))) goto done;
     if (!quiet) {
         char fs[64];

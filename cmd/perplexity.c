@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cmd.h"
 #include "duet.h"
@@ -16,13 +15,8 @@ static void usage(FILE *f) {
     fprintf(f, "usage: duet perplexity -m MODEL -f FILE [-c CTX] [-t THREADS] [--quiet]\n");
 }
 
-typedef struct prog { double t0; } prog;
-
 static void show_progress(void *ud, int done, int total) {
-    prog *p = ud;
-    double dt = duet_time_s() - p->t0, rate = done / (dt > 0 ? dt : 1e-9);
-    fprintf(stderr, "\r[%d/%d tokens] %.0f tok/s, ETA %.0fs   ", done, total, rate,
-            (total - done) / rate);
+    cli_progress_update(ud, "duet perplexity", "tok", done, total, NULL);
 }
 
 int cmd_perplexity(int argc, char **argv) {
@@ -56,11 +50,12 @@ int cmd_perplexity(int argc, char **argv) {
     duet_model_params mp = {.n_threads = n_threads};
     duet_session_params sp = {.n_ctx = n_ctx};
     if (duet_model_load(model_path, &mp, &m, &err) || duet_session_new(m, &sp, &s, &err)) goto fail;
-    prog pr = {duet_time_s()};
-    int show = !quiet && isatty(2);
+    cli_progress pr;
+    cli_progress_init(&pr, quiet);
     duet_text_nll r;
-    if (duet_text_score(s, text, len, &r, show ? show_progress : NULL, &pr, &err)) goto fail;
-    if (show) fprintf(stderr, "\n");
+    int failed = duet_text_score(s, text, len, &r, pr.show ? show_progress : NULL, &pr, &err);
+    cli_progress_end(&pr);
+    if (failed) goto fail;
     printf("tokens %d\nbytes %zu\nnll_per_token %.6f\nnll_per_byte %.6f\nperplexity %.6f\n",
            r.n_tokens, r.n_bytes, r.nll / r.n_tokens, r.nll / (double)r.n_bytes,
            exp(r.nll / r.n_tokens));

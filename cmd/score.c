@@ -4,7 +4,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cmd.h"
 #include "duet.h"
@@ -35,30 +34,13 @@ static void usage(FILE *f) {
             "  --quiet               no progress or summary (warnings still print)\n");
 }
 
-typedef struct prog {
-    int show;
-    double last;
-} prog;
-
 static volatile sig_atomic_t g_stop;
 static void on_sigint(int sig) { (void)sig; g_stop = 1; }
 
 static int on_progress(void *ud, const dsf_progress *p) {
-    prog *pg = ud;
-    if (pg->show) {
-        double now = duet_time_s();
-        int final = p->seq_done == p->seq_total;
-        if (final || now - pg->last >= 0.25) {
-            pg->last = now;
-            double rate = p->seconds > 0 ? (double)p->tok_run / p->seconds : 0;
-            double eta = rate > 0 ? (double)(p->tok_total - p->tok_done) / rate : 0;
-            fprintf(stderr, "\r\x1b[Kduet score: %lld/%lld sequences, %.1f%% of %lld tokens, "
-                            "%.0f tok/s, ETA %d:%02d", (long long)p->seq_done,
-                    (long long)p->seq_total, 100.0 * (double)p->tok_done / (double)p->tok_total,
-                    (long long)p->tok_total, rate, (int)(eta / 60), (int)eta % 60);
-            if (final) fputc('\n', stderr);
-        }
-    }
+    char seqs[64];
+    snprintf(seqs, sizeof seqs, "%lld/%lld sequences", (long long)p->seq_done, (long long)p->seq_total);
+    cli_progress_update(ud, "duet score", "tok", p->tok_done, p->tok_total, seqs);
     return g_stop;
 }
 
@@ -132,11 +114,12 @@ int cmd_score(int argc, char **argv) {
         duet_model_params bp = {.vocab_only = 1};
         if ((st = duet_model_load(tok_of, &bp, &base, &err))) goto fail;
     }
-    prog pg = {.show = !quiet && isatty(2), .last = 0};
+    cli_progress pg;
+    cli_progress_init(&pg, quiet);
     sp.n_ctx = n_ctx;
     sp.ids_model = base;
     sp.remote = remote;
-    sp.progress = on_progress;
+    sp.progress = on_progress; /* also for ^C when no line is shown */
     sp.ud = &pg;
     g_stop = 0;
     struct sigaction sa = {0}, old;
@@ -145,8 +128,9 @@ int cmd_score(int argc, char **argv) {
     dsf_score_stats ss;
     st = dsf_score(m, &ds, &sp, out, &ss, &err);
     sigaction(SIGINT, &old, NULL);
+    cli_progress_end(&pg);
     if (st == DSF_STOPPED) {
-        fprintf(stderr, "\nduet score: interrupted after %d of %d sequences; %s.partial is kept: "
+        fprintf(stderr, "duet score: interrupted after %d of %d sequences; %s.partial is kept: "
                         "run the same command again to resume\n", (int)ss.n_seq_done, ss.n_seq, out);
         rc = 130;
         goto done;

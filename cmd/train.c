@@ -62,14 +62,10 @@ static void usage(FILE *f, int collm) {
 }
 
 static void progress(void *ud, const lm_progress *p) {
-    double *last = ud, now = duet_time_s();
-    if (!p->is_eval && p->step != p->steps && now - *last < 0.25) return;
-    *last = now;
-    int eta = (int)p->eta_s;
-    fprintf(stderr, "\r\x1b[Kduet train: step %lld/%lld  loss %.4f  held-out %.4f  lr %.2e  "
-                    "%.0f tok/s  ETA %dm%02ds", (long long)p->step, (long long)p->steps, p->loss,
-            p->val_loss, p->lr, p->tok_per_s, eta / 60, eta % 60);
-    if (p->step == p->steps) fputc('\n', stderr);
+    char extra[128];
+    snprintf(extra, sizeof extra, "loss %.4f, held-out %.4f, lr %.2e, %.0f tok/s", p->loss,
+             p->val_loss, p->lr, p->tok_per_s);
+    cli_progress_update(ud, "duet train", "steps", p->step, p->steps, extra);
 }
 
 /* What the command line asks for. */
@@ -246,13 +242,16 @@ int cmd_train(int argc, char **argv) {
         }
         p.u_init = duet_head_u(h);
     }
-    double last = 0;
-    if (!quiet && isatty(2)) {
+    cli_progress pg;
+    cli_progress_init(&pg, quiet);
+    if (pg.show) {
         p.progress = progress;
-        p.ud = &last;
+        p.ud = &pg;
     }
     lm_train_result r;
-    if ((rc = lm_train(&m, &p, &r, &err))) goto done;
+    rc = lm_train(&m, &p, &r, &err);
+    cli_progress_end(&pg);
+    if (rc) goto done;
     if (!quiet)
         fprintf(stderr, "duet %s: wrote %s%s%s: %lld steps, %lld loss tokens, held-out loss %.4f -> "
                         "%.4f (best %.4f), %.0f tokens/s on %d threads, %.1f s\n", cmd, p.out_path,

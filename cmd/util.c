@@ -1,6 +1,8 @@
 /* util.c: argument parsing shared by the subcommands, and the generation loop of run and chat. */
 #include "util.h"
 
+#include "base/progress.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -98,6 +100,42 @@ char *read_file(const char *cmd, const char *path, size_t *len) {
     buf[n] = 0;
     if (len) *len = n;
     return buf;
+}
+
+/* ---- progress line -------------------------------------------------------------------------- */
+void cli_progress_init(cli_progress *p, int quiet) {
+    *p = (cli_progress){.show = !quiet && isatty(2)};
+}
+
+void cli_progress_end(cli_progress *p) {
+    if (p->open) fputc('\n', stderr);
+    p->open = 0;
+    p->timing = 0;
+}
+
+void cli_progress_update(cli_progress *p, const char *label, const char *unit, long long done,
+                         long long total, const char *extra) {
+    if (!p->show) return;
+    const char *lab = label ? label : "";
+    if (p->timing && strcmp(p->label, lab)) cli_progress_end(p);
+    double now = duet_time_s();
+    if (!p->timing) {
+        snprintf(p->label, sizeof p->label, "%s", lab);
+        p->t0 = now;
+        p->done0 = done;
+        p->timing = 1;
+        p->last = -1; /* the first update of a label is always drawn */
+    }
+    int final = done >= total;
+    if (!final && p->last >= 0 && now - p->last < 0.1) return;
+    p->last = now;
+    duet_progress_line l = {lab, unit, done, total, p->done0, now - p->t0, extra};
+    char line[512];
+    duet_format_progress(line, sizeof line, &l);
+    /* \r and erase-to-end redraw the line in place over a longer previous one. */
+    fprintf(stderr, "\r\x1b[K%s", line);
+    p->open = 1;
+    if (final) cli_progress_end(p);
 }
 
 /* ---- generation (run, chat) -------------------------------------------------------------- */

@@ -21,6 +21,28 @@ int arg_int_list(const char *cmd, const char *flag, const char *s, int *out, int
 char *read_file(const char *cmd, const char *path, size_t *len);
 
 
+/* ---- progress line (perplexity, score, eval, tune, train, head train) ------------------------ */
+/* One line on stderr, redrawn in place: shown only when stderr is a terminal and not --quiet,
+ * at most 10 redraws a second, the final one (done >= total) always, then a newline. The
+ * timing starts at the first update of a label, so the rate counts only work seen by this
+ * run (resumed work and set-up time are left out). */
+typedef struct cli_progress {
+    int show;        /* stderr is a terminal and not --quiet */
+    int open;        /* a line is on screen without its newline */
+    int timing;      /* t0 and done0 belong to the current label */
+    double t0, last; /* when the timing started, when the line was last drawn */
+    long long done0;
+    char label[96];
+} cli_progress;
+
+void cli_progress_init(cli_progress *p, int quiet);
+/* Redraw "LABEL: done/total UNIT, RATE UNIT/s, ETA m:ss[, EXTRA]" (see base/progress.h).
+ * A new label ends the open line and restarts the timing. */
+void cli_progress_update(cli_progress *p, const char *label, const char *unit, long long done,
+                         long long total, const char *extra);
+/* End an open line (a run stopped before its final update, or an error message follows). */
+void cli_progress_end(cli_progress *p);
+
 /* ---- generation (run, chat) -------------------------------------------------------------- */
 /* Options both generating commands take: models, sampling, collaboration, chat format. */
 typedef struct gen_opts {
