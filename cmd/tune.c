@@ -114,6 +114,7 @@ int cmd_tune(int argc, char **argv) {
     rc = 0;
     goto done;
 fail:
+    if (ep.ud) cli_progress_end(ep.ud); /* the message starts on a line of its own */
     fprintf(stderr, "duet tune: %s\n", err.msg);
 done:
     eval_close(ctx);
