@@ -202,6 +202,32 @@ TEST(cli_convert_errors) {
     CHECKF(strstr(err, "trunc.bin") && strstr(err, "5000"), "stderr: %s", err);
 }
 
+/* A 36-byte checkpoint whose header fields (each within 2^24) make the tensor sizes sum to
+ * 2^64 + 2 floats: a wrapping sum takes 8 bytes of weights for the whole model, and with a
+ * vocabulary of the header's size the tensors are then read far past them (SIGSEGV before the
+ * sums were checked). The values solve 2^41 (2 + 2 kv_dim + 3 hidden) + 2^23 (1 + vocab) +
+ * 2 seq = 2 mod 2^64 with dim 2^23, layers 2^18, head size 2, kv_dim 2, seq 1. */
+TEST(cli_convert_wrapping_header_refused) {
+    NEED_BIN();
+    char ck[600], vocab[600], o[600], args[2048], out[4096], err[4096];
+    snprintf(ck, sizeof ck, "%s/wrap.bin", test_tmpdir());
+    snprintf(vocab, sizeof vocab, "%s/wrap.vocab", test_tmpdir());
+    snprintf(o, sizeof o, "%s/wrap.gguf", test_tmpdir());
+    int32_t h[9] = {1 << 23, 5592403, 1 << 18, 1 << 22, 1, (1 << 18) - 1, 1, 0, 0};
+    FILE *f = fopen(ck, "wb");
+    REQUIRE(f);
+    fwrite(h, 4, 9, f);
+    fclose(f);
+    f = fopen(vocab, "w");
+    REQUIRE(f);
+    for (int i = 0; i < (1 << 18) - 1; i++) fprintf(f, "t%d\t0\n", i);
+    fclose(f);
+    snprintf(args, sizeof args, "convert --llama2c '%s' --vocab '%s' -o '%s'", ck, vocab, o);
+    CHECK_EQ_INT(run_duet(args, out, sizeof out, err, sizeof err), 1);
+    CHECKF(strstr(err, "wrap.bin") && strstr(err, "2^64"), "stderr: %s", err);
+    CHECK(access(o, F_OK) != 0);
+}
+
 TEST(cli_run_with_expert_head_trace) {
     NEED_BIN();
     const char *b = fixture_random(DT_F32, 61, 0), *e = fixture_random(DT_F32, 62, 0);

@@ -240,10 +240,26 @@ int duet_convert_llama2c(const duet_convert_params *p, const char *out_path, due
                          "inconsistent", p->checkpoint, dim, n_head, n_kv);
     }
     int hs = dim / n_head, kv_dim = n_kv * hs;
-    uint64_t L = (uint64_t)n_layer, D = (uint64_t)dim, Hd = (uint64_t)hidden;
-    uint64_t n_floats = (uint64_t)n_vocab * D + L * D + L * D * D + 2 * L * D * (uint64_t)kv_dim +
-                        L * D * D + L * D + 3 * L * D * Hd + D + (uint64_t)seq * (uint64_t)hs +
-                        (shared ? 0 : (uint64_t)n_vocab * D);
+    uint64_t L = (uint64_t)n_layer, D = (uint64_t)dim, Hd = (uint64_t)hidden, n_floats = 0;
+    /* Each field may be up to 2^24, so the tensor sizes can exceed 64 bits: sum them with
+     * checked arithmetic, or a wrapped total could match a tiny file and the tensors below
+     * would be read far past the buffer. */
+    const uint64_t terms[][3] = {{(uint64_t)n_vocab, D, 1}, {L, D, 1}, {L, D, D},
+                                 {2 * L, D, (uint64_t)kv_dim}, {L, D, D}, {L, D, 1},
+                                 {3 * L, D, Hd}, {D, 1, 1}, {(uint64_t)seq, (uint64_t)hs, 1},
+                                 {shared ? 0 : (uint64_t)n_vocab, D, 1}};
+    int fits = 1;
+    for (size_t i = 0; i < sizeof terms / sizeof *terms; i++) {
+        uint64_t t;
+        fits = fits && duet_mul_ok(terms[i][0], terms[i][1], &t) &&
+               duet_mul_ok(t, terms[i][2], &t) && duet_add_ok(n_floats, t, &n_floats);
+    }
+    if (!fits || n_floats > ((uint64_t)SIZE_MAX - 28) / 4 || n_floats > (uint64_t)INT64_MAX / 4) {
+        fclose(f);
+        return duet_fail(err, DUET_ERR_FORMAT, "%s: the header (dim %d, hidden %d, layers %d, "
+                         "heads %d/%d, vocab %d, seq %d) implies more than 2^64 bytes of tensors",
+                         p->checkpoint, dim, hidden, n_layer, n_head, n_kv, h[5], seq);
+    }
     if ((uint64_t)fsize != 28 + 4 * n_floats) {
         fclose(f);
         return duet_fail(err, DUET_ERR_FORMAT, "%s: size %ld bytes, but the header (dim %d, "
