@@ -895,7 +895,7 @@ TEST(server_expert_unreachable_at_start) {
 /* ---- remote expert client against a fake server ------------------------------------------ */
 enum { FAKE_OK, FAKE_500, FAKE_400, FAKE_429_ONCE, FAKE_MALFORMED, FAKE_NO_LOGPROBS, FAKE_BAD_ID, FAKE_HUGE,
        FAKE_SLOW, FAKE_WRONG_TOKENS, FAKE_REPLY };
-static struct { int mode, hits; duet_model *base; const char *reply; } g_fake;
+static struct { int mode, hits; duet_model *base; const char *reply, *props; } g_fake;
 
 static enum MHD_Result fake_send(struct MHD_Connection *c, unsigned st, const char *body, size_t n) {
     struct MHD_Response *r = MHD_create_response_from_buffer(n, (void *)body, MHD_RESPMEM_MUST_COPY);
@@ -958,6 +958,8 @@ static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const c
         case FAKE_SLOW: usleep(1500000); /* fall through */
         default: ok = openai ? fake_send(c, 200, openai_ok, strlen(openai_ok)) : fake_send(c, 200, llama_ok, strlen(llama_ok));
         }
+    } else if (!strcmp(url, "/props") && g_fake.props) {
+        ok = fake_send(c, 200, g_fake.props, strlen(g_fake.props));
     } else {
         ok = fake_send(c, 404, "{}", 2);
     }
@@ -1489,6 +1491,44 @@ TEST(server_openai_expert_in_the_decoder) {
     } else {
         CHECK(!"front server with an openai expert did not start");
     }
+    MHD_stop_daemon(d);
+    duet_model_free(base);
+}
+
+/* The remote expert's context size from /props: taken when it is an integer in [1, 2^24],
+ * refused by field and value otherwise (2^32 + 1 once became a context of 1). */
+TEST(server_remote_props_n_ctx_range) {
+    duet_model *base = NULL;
+    char url[64];
+    struct MHD_Daemon *d = fake_expert(&base, url, sizeof url);
+    REQUIRE(d);
+    static const struct { const char *props; int n_ctx; const char *want; } cases[] = {
+        {"{\"default_generation_settings\": {\"n_ctx\": 4096}}", 4096, NULL},
+        {"{\"default_generation_settings\": {\"n_ctx\": 16777216}}", 16777216, NULL},
+        {"{\"default_generation_settings\": {}}", 0, NULL},
+        {"{\"default_generation_settings\": {\"n_ctx\": 4294967297}}", 0, "n_ctx = 4294967297 is not"},
+        {"{\"default_generation_settings\": {\"n_ctx\": 16777217}}", 0, "n_ctx = 16777217 is not"},
+        {"{\"default_generation_settings\": {\"n_ctx\": 0}}", 0, "n_ctx = 0 is not"},
+        {"{\"default_generation_settings\": {\"n_ctx\": -5}}", 0, "n_ctx = -5 is not"},
+        {"{\"default_generation_settings\": {\"n_ctx\": \"4096\"}}", 0, "n_ctx = \"4096\" is not"},
+        {"{\"default_generation_settings\": {\"n_ctx\": 4096.5}}", 0, "n_ctx = 4096.5 is not"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        g_fake.props = cases[i].props;
+        duet_expert_remote_params rp = {.url = url, .api = "llama", .backoff_ms = 10};
+        duet_expert_remote *r = NULL;
+        duet_error err = {0};
+        int rc = duet_expert_remote_new(base, &rp, &r, &err);
+        if (!cases[i].want) {
+            CHECKF(rc == DUET_OK && r, "%s: %s", cases[i].props, err.msg);
+            if (r) CHECK_EQ_INT(duet_expert_remote_backend(r)->n_ctx, cases[i].n_ctx);
+        } else {
+            CHECKF(rc == DUET_ERR_FORMAT && !r && strstr(err.msg, cases[i].want) &&
+                   strstr(err.msg, "/props"), "%s: rc %d, '%s'", cases[i].props, rc, err.msg);
+        }
+        duet_expert_remote_free(r);
+    }
+    g_fake.props = NULL;
     MHD_stop_daemon(d);
     duet_model_free(base);
 }

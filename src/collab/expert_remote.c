@@ -17,6 +17,7 @@
 #include "base/common.h"
 
 #define REMOTE_MAX_RESPONSE (8u << 20) /* larger answers are refused, not buffered */
+#define REMOTE_MAX_CTX (1 << 24)          /* a context beyond 16M tokens is a malformed reply */
 
 struct duet_expert_remote {
     duet_expert_backend be;
@@ -239,7 +240,18 @@ static int check_tokenizer(duet_expert_remote *r, duet_error *err) {
     if (h && strcmp(h, mine)) rc = duet_fail(err, DUET_ERR_UNSUPPORTED, "expert %s: vocabulary "
                                              "hash %.20s differs from the base's %s", r->url, h, mine);
     json_t *nc = json_object_get(json_object_get(js, "default_generation_settings"), "n_ctx");
-    if (json_is_integer(nc) && json_integer_value(nc) > 0) r->be.n_ctx = (int)json_integer_value(nc);
+    /* checked before the narrowing: 2^32 + 1 must not become a context of 1 */
+    if (!rc && nc && !json_is_null(nc)) {
+        json_int_t v = json_is_integer(nc) ? json_integer_value(nc) : -1;
+        if (v < 1 || v > REMOTE_MAX_CTX) {
+            char shown[48];
+            char *txt = json_dumps(nc, JSON_ENCODE_ANY | JSON_COMPACT);
+            duet_printable(shown, sizeof shown, txt ? txt : "?", txt ? strlen(txt) : 1);
+            free(txt);
+            rc = duet_fail(err, DUET_ERR_FORMAT, "expert %s: /props default_generation_settings."
+                           "n_ctx = %s is not an integer in [1, %d]", r->url, shown, REMOTE_MAX_CTX);
+        } else r->be.n_ctx = (int)v;
+    }
     json_decref(js);
     return rc;
 }
