@@ -893,8 +893,10 @@ TEST(server_expert_unreachable_at_start) {
 }
 
 /* ---- remote expert client against a fake server ------------------------------------------ */
+/* An OpenAI-style reply with logprobs in the content-list shape (llama-server, chat). */
+#define CL(x) "{\"choices\":[{\"logprobs\":{\"content\":[{\"top_logprobs\":[" x "]}]}}]}"
 enum { FAKE_OK, FAKE_500, FAKE_400, FAKE_429_ONCE, FAKE_MALFORMED, FAKE_NO_LOGPROBS, FAKE_BAD_ID, FAKE_HUGE,
-       FAKE_SLOW, FAKE_WRONG_TOKENS, FAKE_REPLY };
+       FAKE_SLOW, FAKE_WRONG_TOKENS, FAKE_REPLY, FAKE_TOK_CONTENT_ONLY };
 static struct { int mode, hits; duet_model *base; const char *reply, *props; } g_fake;
 
 static enum MHD_Result fake_send(struct MHD_Connection *c, unsigned st, const char *body, size_t n) {
@@ -916,7 +918,8 @@ static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const c
     enum MHD_Result ok;
     if (!strcmp(url, "/tokenize")) {
         json_t *t = json_object_get(req, "content");
-        if (!t) t = json_object_get(req, "prompt");
+        /* llama-server reads only content: asked with vLLM's prompt it tokenizes nothing */
+        if (!t && g_fake.mode != FAKE_TOK_CONTENT_ONLY) t = json_object_get(req, "prompt");
         int32_t ids[256];
         int n = duet_tokenize(g_fake.base, json_string_value(t), json_string_length(t), 0, 0, ids, 256, NULL);
         json_t *arr = json_array();
@@ -1029,6 +1032,8 @@ TEST(server_remote_client_failures) {
         int rc = be->next_logits(be->ctx, toks, 3, out, &err);
         if (k[i].want) CHECKF(rc < 0 && strstr(err.msg, k[i].want), "mode %d: rc %d, '%s'", k[i].mode, rc, err.msg);
         else CHECKF(rc == 0, "mode %d: %s", k[i].mode, err.msg);
+        /* "(after N attempts)" counts requests really sent: none for what is not retried */
+        if (k[i].want && k[i].hits == 1) CHECKF(!strstr(err.msg, "attempts"), "mode %d: '%s'", k[i].mode, err.msg);
         CHECKF(g_fake.hits == k[i].hits, "mode %d: %d attempts, want %d", k[i].mode, g_fake.hits, k[i].hits);
         duet_expert_remote_free(r);
     }
@@ -1039,6 +1044,25 @@ TEST(server_remote_client_failures) {
     duet_error err = {0};
     CHECK(duet_expert_remote_new(base, &rp, &r, &err) == DUET_ERR_UNSUPPORTED);
     CHECK(strstr(err.msg, "tokenizer numbers the probe text differently") != NULL);
+    CHECKF(strstr(err.msg, "token 0: expert 0, base "), "the message names the first difference: %s", err.msg);
+    /* the OpenAI API against a /tokenize that reads only llama.cpp's content field: the probe
+     * falls back to that shape, and the content-list logprobs parse */
+    g_fake.mode = FAKE_TOK_CONTENT_ONLY;
+    rp = (duet_expert_remote_params){.url = url, .api = "openai", .backoff_ms = 10};
+    CHECKF(!duet_expert_remote_new(base, &rp, &r, &err), "content-only /tokenize: %s", err.msg);
+    if (r) {
+        const duet_expert_backend *be = duet_expert_remote_backend(r);
+        g_fake.mode = FAKE_REPLY;
+        g_fake.reply = CL("{\"id\":5,\"token\":\"a\",\"logprob\":-0.25,\"bytes\":[97]},"
+                          "{\"token\":\"token_id:7\",\"logprob\":-2.5}");
+        CHECKF(!be->next_logits(be->ctx, toks, 3, out, &err), "%s", err.msg);
+        CHECK_NEAR(out[5], -0.25, 0);
+        CHECK_NEAR(out[7], -2.5, 0);
+        CHECK(isinf(out[6]) && out[6] < 0);
+        duet_expert_remote_free(r);
+        r = NULL;
+    }
+    g_fake.mode = FAKE_OK;
     rp.url = "ftp://x";
     CHECK(duet_expert_remote_new(base, &rp, &r, &err) == DUET_ERR_ARG);
     MHD_stop_daemon(d);
@@ -1083,6 +1107,15 @@ static const struct { int openai; const char *reply, *want; } k_bad_replies[] = 
     {0, LL("5"), "top_logprobs[0] is not an {id, logprob} object: 5"},
     {0, LL("[5,-1]"), "top_logprobs[0] is not an {id, logprob} object: [5,-1]"},
     {0, LL("{\"id\":5,\"logprob\":-1},{\"id\":5,\"logprob\":-2}"), "token id 5 appears twice"},
+    /* openai, the content-list shape (llama-server's /v1/completions, chat) */
+    {1, CL("{\"id\":600,\"token\":\"x\",\"logprob\":-1}"), "token id 600 is outside"},
+    {1, CL("{\"token\":\"x\",\"logprob\":-1}"),
+     "content[0].top_logprobs[0] has neither an integer id nor a token_id:N token"},
+    {1, CL("{\"id\":\"5\",\"logprob\":-1}"), "content[0].top_logprobs[0] has neither"},
+    {1, CL("{\"token\":\"token_id:7\",\"logprob\":0.5}"), "logprob of token 7 is not a number <= 0: 0.5"},
+    {1, CL("5"), "content[0].top_logprobs[0] has neither"},
+    {1, CL("{\"id\":5,\"logprob\":-1},{\"token\":\"token_id:5\",\"logprob\":-2}"), "token id 5 appears twice"},
+    {1, "{\"choices\":[{\"logprobs\":{\"content\":[{\"top_logprobs\":[]}]}}]}", "has neither choices"},
     /* openai: ids (keys) */
     {1, OA("\"token_id:-1\":-1"), "token id -1 is outside the base vocabulary [0, 600)"},
     {1, OA("\"token_id:600\":-1"), "token id 600 is outside the base vocabulary [0, 600)"},
@@ -1101,16 +1134,16 @@ static const struct { int openai; const char *reply, *want; } k_bad_replies[] = 
     {1, OA("\"token_id:5\":true"), "logprob of token 5 is not a number <= 0: true"},
     {1, OA("\"token_id:5\":{\"logprob\":-1}"), "logprob of token 5 is not a number <= 0: {\"logprob\":-1}"},
     /* openai: shape */
-    {1, "{\"choices\":[{\"logprobs\":{\"top_logprobs\":[]}}]}", "no choices[0].logprobs.top_logprobs[0]"},
-    {1, OA(""), "no choices[0].logprobs.top_logprobs[0]"},
+    {1, "{\"choices\":[{\"logprobs\":{\"top_logprobs\":[]}}]}", "neither choices[0].logprobs.top_logprobs[0]"},
+    {1, OA(""), "neither choices[0].logprobs.top_logprobs[0]"},
     {1, "{\"choices\":[{\"logprobs\":{\"top_logprobs\":{\"token_id:5\":-1}}}]}",
-     "no choices[0].logprobs.top_logprobs[0]"},
+     "neither choices[0].logprobs.top_logprobs[0]"},
     {1, "{\"choices\":[{\"logprobs\":{\"top_logprobs\":[[{\"token_id:5\":-1}]]}}]}",
-     "no choices[0].logprobs.top_logprobs[0]"},
-    {1, "{\"choices\":[{\"logprobs\":null}]}", "no choices[0].logprobs.top_logprobs[0]"},
-    {1, "{\"choices\":[]}", "no choices[0].logprobs.top_logprobs[0]"},
+     "neither choices[0].logprobs.top_logprobs[0]"},
+    {1, "{\"choices\":[{\"logprobs\":null}]}", "neither choices[0].logprobs.top_logprobs[0]"},
+    {1, "{\"choices\":[]}", "neither choices[0].logprobs.top_logprobs[0]"},
     {1, "{\"choices\":{\"logprobs\":{\"top_logprobs\":[{\"token_id:5\":-1}]}}}",
-     "no choices[0].logprobs.top_logprobs[0]"},
+     "neither choices[0].logprobs.top_logprobs[0]"},
     {1, OA("\"token_id:5\":-1,\"token_id:05\":-2"), "token id 5 appears twice"},
     {1, OA("\"token_id:5\":-1,\"token_id:5\":-2"), "malformed JSON"},
 };

@@ -52,8 +52,9 @@ static int http_json(duet_expert_remote *r, const char *path, const char *body, 
     *out = NULL;
     char url[1024];
     snprintf(url, sizeof url, "%s%s", r->url, path);
-    int wait = r->backoff_ms, rc = DUET_OK;
+    int wait = r->backoff_ms, rc = DUET_OK, attempts = 0;
     for (int attempt = 0; attempt <= r->retries; attempt++) {
+        attempts++;
         if (attempt) { sleep_ms(wait); wait *= 2; }
         buf b = {0};
         struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
@@ -93,9 +94,9 @@ static int http_json(duet_expert_remote *r, const char *path, const char *body, 
         if (rc) r->failed_attempts++;
         if (!rc || !retry) break;
     }
-    if (rc && r->retries > 0 && err)
+    if (rc && attempts > 1 && err) /* only requests really sent again count */
         snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
-                 " (after %d attempts)", r->retries + 1);
+                 " (after %d attempts)", attempts);
     return rc;
 }
 
@@ -150,25 +151,25 @@ static int parse_llama(duet_expert_remote *r, json_t *js, float *out, duet_error
     return DUET_OK;
 }
 
-static int parse_openai(duet_expert_remote *r, json_t *js, float *out, duet_error *err) {
-    json_t *lp = json_object_get(json_array_get(json_object_get(js, "choices"), 0), "logprobs");
-    json_t *top = json_array_get(json_object_get(lp, "top_logprobs"), 0);
-    if (!json_is_object(top) || !json_object_size(top))
-        return duet_fail(err, DUET_ERR_FORMAT, "expert %s: response has no "
-                         "choices[0].logprobs.top_logprobs[0]", r->url);
+/* "token_id:123" (vLLM's return_tokens_as_token_ids) -> 123; -2 when k is not of that form
+ * (digits only, or a '-' for the range check to name: strtoll alone would also take
+ * "token_id: 5" and "token_id:+5"). */
+static long long token_id_key(const char *k) {
+    const char *num = k && !strncmp(k, "token_id:", 9) ? k + 9 : NULL;
+    if (!num || !(isdigit((unsigned char)num[0]) || (num[0] == '-' && isdigit((unsigned char)num[1]))))
+        return -2;
+    char *end = NULL;
+    long long id = strtoll(num, &end, 10);
+    return end == num || *end ? -2 : id;
+}
+
+/* vLLM's legacy shape: logprobs.top_logprobs[0] is a {"token_id:N": logprob} map. */
+static int parse_openai_map(duet_expert_remote *r, json_t *top, float *out, duet_error *err) {
     const char *k;
     json_t *v;
     json_object_foreach(top, k, v) {
-        /* return_tokens_as_token_ids spells keys "token_id:123" */
-        char *end = NULL;
-        const char *num = !strncmp(k, "token_id:", 9) ? k + 9 : NULL;
-        /* digits only (a '-' for the range check to name): strtoll alone would also take
-         * "token_id: 5" and "token_id:+5" */
-        if (num && !(isdigit((unsigned char)num[0]) ||
-                     (num[0] == '-' && isdigit((unsigned char)num[1]))))
-            num = NULL;
-        long long id = num ? strtoll(num, &end, 10) : -1;
-        if (!num || end == num || *end)
+        long long id = token_id_key(k);
+        if (id == -2)
             return duet_fail(err, DUET_ERR_FORMAT, "expert %s: top_logprobs key '%.40s' is not "
                              "token_id:N (does the server support return_tokens_as_token_ids?)",
                              r->url, k);
@@ -176,6 +177,37 @@ static int parse_openai(duet_expert_remote *r, json_t *js, float *out, duet_erro
         if (rc) return rc;
     }
     return DUET_OK;
+}
+
+/* The newer shape (llama-server, OpenAI chat): logprobs.content[0].top_logprobs is a list of
+ * {id?, token, logprob, bytes}; the id is "id" where the server gives it, else the token must
+ * be "token_id:N". */
+static int parse_openai_list(duet_expert_remote *r, json_t *top, float *out, duet_error *err) {
+    size_t i;
+    json_t *e;
+    json_array_foreach(top, i, e) {
+        char shown[48];
+        json_t *id = json_object_get(e, "id");
+        long long v = json_is_integer(id) ? (long long)json_integer_value(id)
+                    : token_id_key(json_string_value(json_object_get(e, "token")));
+        if (!json_is_object(e) || v == -2)
+            return duet_fail(err, DUET_ERR_FORMAT, "expert %s: content[0].top_logprobs[%zu] has "
+                             "neither an integer id nor a token_id:N token: %s", r->url, i,
+                             show_json(e, shown, sizeof shown));
+        int rc = put_logprob(r, out, v, json_object_get(e, "logprob"), err);
+        if (rc) return rc;
+    }
+    return DUET_OK;
+}
+
+static int parse_openai(duet_expert_remote *r, json_t *js, float *out, duet_error *err) {
+    json_t *lp = json_object_get(json_array_get(json_object_get(js, "choices"), 0), "logprobs");
+    json_t *map = json_array_get(json_object_get(lp, "top_logprobs"), 0);
+    json_t *list = json_object_get(json_array_get(json_object_get(lp, "content"), 0), "top_logprobs");
+    if (json_is_object(map) && json_object_size(map)) return parse_openai_map(r, map, out, err);
+    if (json_is_array(list) && json_array_size(list)) return parse_openai_list(r, list, out, err);
+    return duet_fail(err, DUET_ERR_FORMAT, "expert %s: response has neither choices[0].logprobs."
+                     "top_logprobs[0] nor choices[0].logprobs.content[0].top_logprobs", r->url);
 }
 
 static int remote_next(void *ctx, const int32_t *tokens, int n, float *out, duet_error *err) {
@@ -202,35 +234,11 @@ static int remote_next(void *ctx, const int32_t *tokens, int n, float *out, duet
     return rc;
 }
 
-/* Same ids for a probe text, and the same vocabulary hash where the server reports one. */
-static int check_tokenizer(duet_expert_remote *r, duet_error *err) {
-    static const char probe[] = "Hello, world! The quick brown fox: 12345 \xc3\xa9t\xc3\xa9\n  x";
-    int32_t want[256];
-    int nw = duet_tokenize(r->base, probe, sizeof probe - 1, 0, 0, want, 256, err);
-    if (nw < 0) return nw;
-    json_t *req = r->openai ? json_pack("{s:s, s:b}", "prompt", probe, "add_special_tokens", 0)
-                            : json_pack("{s:s, s:b}", "content", probe, "add_special", 0);
-    if (r->openai && r->model[0]) json_object_set_new(req, "model", json_string(r->model));
-    char *body = json_dumps(req, JSON_COMPACT);
-    json_decref(req);
+/* llama.cpp's /props, where the server has it: the vocabulary hash duet serve reports, the
+ * model name, and the context size. */
+static int check_props(duet_expert_remote *r, duet_error *err) {
     json_t *js = NULL;
-    int rc = body ? http_json(r, "/tokenize", body, &js, err) : duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-    free(body);
-    if (rc) return rc;
-    json_t *toks = json_object_get(js, "tokens");
-    int same = json_is_array(toks) && (int)json_array_size(toks) == nw;
-    for (int i = 0; same && i < nw; i++) {
-        json_t *t = json_array_get(toks, (size_t)i);
-        /* llama.cpp answers {id, piece} objects when asked with_pieces; accept both */
-        if (json_is_object(t)) t = json_object_get(t, "id");
-        same = json_is_integer(t) && json_integer_value(t) == want[i];
-    }
-    json_decref(js);
-    if (!same)
-        return duet_fail(err, DUET_ERR_UNSUPPORTED, "expert %s: its tokenizer numbers the probe "
-                         "text differently from the base's (a remote expert needs the same "
-                         "vocabulary)", r->url);
-    if (r->openai) return DUET_OK;
+    int rc = DUET_OK;
     if (http_json(r, "/props", NULL, &js, NULL)) return DUET_OK; /* optional endpoint */
     const char *h = json_string_value(json_object_get(js, "duet_vocab_hash"));
     const char *served = json_string_value(json_object_get(js, "model"));
@@ -254,6 +262,69 @@ static int check_tokenizer(duet_expert_remote *r, duet_error *err) {
     }
     json_decref(js);
     return rc;
+}
+
+/* POST /tokenize of text in one request shape: vLLM's {prompt, add_special_tokens} or
+ * llama.cpp's {content, add_special}. The reply's ids (llama.cpp answers {id, piece} objects
+ * when asked with_pieces: both are read) into ids[cap]; their count, -1 when the reply has no
+ * tokens (the shape was not understood), or an error code from the request. */
+static int tokenize_as(duet_expert_remote *r, const char *text, int vllm, int32_t *ids, int cap,
+                       duet_error *err) {
+    json_t *req = vllm ? json_pack("{s:s, s:b}", "prompt", text, "add_special_tokens", 0)
+                       : json_pack("{s:s, s:b}", "content", text, "add_special", 0);
+    if (req && r->model[0]) json_object_set_new(req, "model", json_string(r->model));
+    char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    json_t *js = NULL;
+    int rc = body ? http_json(r, "/tokenize", body, &js, err) : duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    free(body);
+    if (rc) return rc;
+    json_t *toks = json_object_get(js, "tokens");
+    /* the probe is never empty: no tokens means the server read another field (llama-server
+     * answers {"tokens": []} to vLLM's shape) */
+    int n = json_is_array(toks) && json_array_size(toks) ? (int)json_array_size(toks) : -1;
+    for (int i = 0; i < n && i < cap; i++) {
+        json_t *t = json_array_get(toks, (size_t)i);
+        if (json_is_object(t)) t = json_object_get(t, "id");
+        ids[i] = json_is_integer(t) ? (int32_t)json_integer_value(t) : -1;
+    }
+    json_decref(js);
+    return n;
+}
+
+/* Same ids for a probe text, and the same vocabulary hash where the server reports one. The
+ * OpenAI-style API has no standard /tokenize: try vLLM's request shape, then llama.cpp's, and
+ * say which failed how. */
+static int check_tokenizer(duet_expert_remote *r, duet_error *err) {
+    static const char probe[] = "Hello, world! The quick brown fox: 12345 \xc3\xa9t\xc3\xa9\n  x";
+    int32_t want[256], got[256];
+    int nw = duet_tokenize(r->base, probe, sizeof probe - 1, 0, 0, want, 256, err);
+    if (nw < 0) return nw;
+    int n = -1;
+    char first[sizeof err->msg] = "";
+    for (int shape = r->openai ? 0 : 1; shape < 2 && n < 0; shape++) {
+        duet_error e = {0};
+        n = tokenize_as(r, probe, shape == 0, got, 256, &e);
+        if (n < -1 && shape == 0) memcpy(first, e.msg, sizeof first);
+        if (n < -1 && (shape == 1 || !r->openai)) {
+            *err = e;
+            if (first[0])
+                snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
+                         "; with vLLM's shape {prompt}: %s", first);
+            return n;
+        }
+    }
+    if (n < 0)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED, "expert %s: /tokenize answers without a "
+                         "'tokens' list%s", r->url, r->openai ? " to both {prompt} and {content}" : "");
+    int k = 0;
+    while (k < nw && k < n && got[k] == want[k]) k++;
+    if (k < nw || n != nw)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED, "expert %s: its tokenizer numbers the probe "
+                         "text differently from the base's (token %d: expert %d, base %d; %d vs "
+                         "%d tokens): a remote expert needs the same vocabulary", r->url, k,
+                         k < n ? got[k] : -1, k < nw ? want[k] : -1, n, nw);
+    return r->openai ? DUET_OK : check_props(r, err);
 }
 
 static pthread_once_t g_curl_once = PTHREAD_ONCE_INIT;
