@@ -1,7 +1,10 @@
 /* perplexity.c: `duet perplexity -m MODEL -f FILE [-c CTX]`: mean negative log-likelihood
  * per token and per byte, and perplexity, over a text file. The text is tokenised once and
  * cut into windows of the context size; each window starts with BOS (when the vocabulary
- * has one) and every text token is scored exactly once, so nats/byte = total NLL / bytes. */
+ * has one) and every text token is scored exactly once, so nats/byte = total NLL / bytes.
+ * --llama-compat scores as llama-perplexity does instead (duet_text_perplexity_chunks:
+ * chunks of the context, BOS replacing each chunk's first token, the second halves scored)
+ * and prints its running "[i]ppl," line and its "Final estimate", so numbers compare. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,20 +15,41 @@
 #include "util.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: duet perplexity -m MODEL -f FILE [-c CTX] [-t THREADS] [--quiet]\n");
+    fprintf(f, "usage: duet perplexity -m MODEL -f FILE [-c CTX] [-t THREADS] [--llama-compat] [--quiet]\n"
+               "  --llama-compat   llama-perplexity's method: chunks of CTX tokens, BOS first in each,\n"
+               "                   only each chunk's second half scored (needs 2 x CTX tokens)\n");
 }
 
 static void show_progress(void *ud, int done, int total) {
     cli_progress_update(ud, "duet perplexity", "tok", done, total, NULL);
 }
 
+static void show_chunk(void *ud, int chunk, int n_chunks, double ppl) {
+    printf("[%d]%.4f,", chunk + 1, ppl);
+    fflush(stdout);
+}
+
+/* --llama-compat: llama-perplexity's output lines; 0, or 1 after the message. */
+static int perplexity_chunks(duet_session *s, const char *text, size_t len, duet_error *err) {
+    duet_chunk_ppl r;
+    if (duet_text_perplexity_chunks(s, text, len, &r, show_chunk, NULL, err)) {
+        fprintf(stderr, "duet perplexity: %s\n", err->msg);
+        return 1;
+    }
+    printf("\nchunks %d of %d tokens, %d tokens scored of %d\n", r.n_chunks, duet_session_n_ctx(s),
+           r.n_scored, r.n_tokens);
+    printf("Final estimate: PPL = %.4f +/- %.5f\n", r.ppl, r.ppl_err);
+    return 0;
+}
+
 int cmd_perplexity(int argc, char **argv) {
     const char *model_path = NULL, *file = NULL;
-    int n_ctx = 0, n_threads = 0, quiet = 0;
+    int n_ctx = 0, n_threads = 0, quiet = 0, compat = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--quiet")) { quiet = 1; continue; }
+        if (!strcmp(a, "--llama-compat")) { compat = 1; continue; }
         if (!(v = arg_value("perplexity", argc, argv, &i))) return 2;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = v;
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) file = v;
@@ -50,6 +74,10 @@ int cmd_perplexity(int argc, char **argv) {
     duet_model_params mp = {.n_threads = n_threads};
     duet_session_params sp = {.n_ctx = n_ctx};
     if (duet_model_load(model_path, &mp, &m, &err) || duet_session_new(m, &sp, &s, &err)) goto fail;
+    if (compat) {
+        rc = perplexity_chunks(s, text, len, &err);
+        goto done;
+    }
     cli_progress pr;
     cli_progress_init(&pr, quiet);
     duet_text_nll r;

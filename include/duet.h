@@ -180,6 +180,23 @@ typedef struct duet_text_nll {
 int duet_text_score(duet_session *s, const char *text, size_t len, duet_text_nll *out,
                     void (*progress)(void *ud, int done, int total), void *ud, duet_error *err);
 
+/* llama-perplexity's method, so that a perplexity compares with llama.cpp's: the text is
+ * tokenised once (BOS first where the vocabulary adds one) and cut into chunks of the
+ * session's context (the remainder is dropped); each chunk is evaluated from an empty cache
+ * with its first token replaced by BOS (where the vocabulary adds one), and only its second
+ * half is scored: the tokens after position n_ctx / 2, n_ctx - n_ctx / 2 - 1 per chunk.
+ * on_chunk (may be NULL) gets each chunk's index, the chunk count and the running perplexity.
+ * DUET_ERR_ARG when the text has fewer than 2 * n_ctx tokens (llama-perplexity's minimum). */
+typedef struct duet_chunk_ppl {
+    int n_tokens;          /* tokens of the whole text */
+    int n_chunks, n_scored;
+    double nll, nll2;      /* sums of -log p and of its square over the scored tokens */
+    double ppl, ppl_err;   /* exp(mean), and its +/- (std error of the mean, times ppl) */
+} duet_chunk_ppl;
+int duet_text_perplexity_chunks(duet_session *s, const char *text, size_t len, duet_chunk_ppl *out,
+                                void (*on_chunk)(void *ud, int chunk, int n_chunks, double ppl),
+                                void *ud, duet_error *err);
+
 /* ---- sampling -------------------------------------------------------------------------- */
 typedef struct duet_sampler duet_sampler;
 
