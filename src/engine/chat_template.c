@@ -397,7 +397,9 @@ int duet_model_chat_format(const duet_model *m, const char *override, const char
 typedef struct out_buf {
     char *buf;
     size_t cap, len;
-    int over; /* the text passed CHAT_MAX_BYTES */
+    int over;       /* the text passed CHAT_MAX_BYTES */
+    duet_buf *msg;  /* when set: [start, end) byte ranges (size_t pairs) of message text */
+    int oom;
 } out_buf;
 
 static void put(out_buf *o, const char *s, size_t n) {
@@ -407,6 +409,15 @@ static void put(out_buf *o, const char *s, size_t n) {
     o->len += n;
 }
 static void puts_(out_buf *o, const char *s) { if (s) put(o, s, strlen(s)); }
+
+/* Message text (the user's, never the template's): its byte range is recorded, so that the
+ * tokenizer can keep control-token spellings in it plain. */
+static void put_msg(out_buf *o, const char *s, size_t n) {
+    size_t r[2] = {o->len, 0};
+    put(o, s, n);
+    r[1] = o->len;
+    if (o->msg && r[1] > r[0] && duet_buf_add(o->msg, r, sizeof r)) o->oom = 1;
+}
 
 /* Text of a Jinja string literal: \n, \t and \X (X itself) unescaped. */
 static void put_literal(out_buf *o, const char *s, size_t n) {
@@ -443,7 +454,7 @@ static void render_turns(const chat_format *f, const duet_chat_message *m, const
     puts_(o, f->head);
     if (f->flags & F_SYS_HOIST) {
         for (int i = n - 1; i >= 0; i--)
-            if (role[i] == ROLE_SYSTEM) { put(o, m[i].content, len[i]); break; }
+            if (role[i] == ROLE_SYSTEM) { put_msg(o, m[i].content, len[i]); break; }
     }
     if (((f->flags & F_ALWAYS_SYSTEM) || dflt.s) && (n == 0 || role[0] != ROLE_SYSTEM)) {
         puts_(o, f->first_sys_pre ? f->first_sys_pre : f->pre[ROLE_SYSTEM]);
@@ -464,10 +475,10 @@ static void render_turns(const chat_format *f, const duet_chat_message *m, const
         if (r == ROLE_ASSISTANT && (f->flags & F_THINK_SPLIT)) c = after_think(c);
         puts_(o, i == 0 && r == ROLE_SYSTEM && f->first_sys_pre ? f->first_sys_pre : f->pre[r]);
         if (pending.s && r == ROLE_USER) {
-            if (pending.n) { put(o, pending.s, pending.n); puts_(o, "\n\n"); }
+            if (pending.n) { put_msg(o, pending.s, pending.n); puts_(o, "\n\n"); }
             pending.s = NULL;
         }
-        put(o, c.s, c.n);
+        put_msg(o, c.s, c.n);
         puts_(o, f->suf[r]);
     }
 }
@@ -483,13 +494,13 @@ static void render_llama2(const chat_format *f, const duet_chat_message *m, cons
         if (f->flags & L2_STRIP) c = trimmed(c);
         if (!open) { puts_(o, f->flags & L2_BOS ? "<s>[INST] " : "[INST] "); open = 1; }
         if (role[i] == ROLE_SYSTEM) {
-            if (f->flags & L2_SYS) { puts_(o, "<<SYS>>\n"); put(o, c.s, c.n); puts_(o, "\n<</SYS>>\n\n"); }
-            else { put(o, c.s, c.n); puts_(o, "\n"); }
+            if (f->flags & L2_SYS) { puts_(o, "<<SYS>>\n"); put_msg(o, c.s, c.n); puts_(o, "\n<</SYS>>\n\n"); }
+            else { put_msg(o, c.s, c.n); puts_(o, "\n"); }
         } else if (role[i] == ROLE_USER) {
-            put(o, c.s, c.n);
+            put_msg(o, c.s, c.n);
             puts_(o, " [/INST]");
         } else {
-            put(o, c.s, c.n);
+            put_msg(o, c.s, c.n);
             puts_(o, "</s>");
             open = 0;
         }
@@ -506,16 +517,16 @@ static void render_mistral(const chat_format *f, const duet_chat_message *m, con
         span c = {m[i].content, len[i]};
         if (!open) { puts_(o, lead); puts_(o, "[INST]"); puts_(o, trail); open = 1; }
         if (role[i] == ROLE_SYSTEM) {
-            put(o, c.s, c.n);
+            put_msg(o, c.s, c.n);
             puts_(o, "\n\n");
         } else if (role[i] == ROLE_USER) {
-            put(o, c.s, c.n);
+            put_msg(o, c.s, c.n);
             puts_(o, lead);
             puts_(o, "[/INST]");
         } else {
             if (f->flags & MI_TRIM_ASSISTANT) c = trimmed(c);
             puts_(o, trail);
-            put(o, c.s, c.n);
+            put_msg(o, c.s, c.n);
             puts_(o, "</s>");
             open = 0;
         }
@@ -534,19 +545,21 @@ static int render_nemo(const duet_chat_message *m, const int *role, const size_t
                              "message; only the first message may be one", i);
         if (role[i] == ROLE_USER) {
             puts_(o, "[INST]");
-            if (first && i == n - 1) { put(o, m[0].content, len[0]); puts_(o, "\n\n"); }
-            put(o, m[i].content, len[i]);
+            if (first && i == n - 1) { put_msg(o, m[0].content, len[0]); puts_(o, "\n\n"); }
+            put_msg(o, m[i].content, len[i]);
             puts_(o, "[/INST]");
         } else {
-            put(o, m[i].content, len[i]);
+            put_msg(o, m[i].content, len[i]);
             puts_(o, "</s>");
         }
     }
     return DUET_OK;
 }
 
+/* Render into buf[cap] (the length is returned; see duet_chat_render); msg, when set, gets the
+ * byte ranges of message text (put_msg). */
 static int render(const char *tmpl, size_t tmpl_len, const duet_chat_message *msgs, int n,
-                  int add_generation_prompt, char *buf, size_t cap, duet_error *err) {
+                  int add_generation_prompt, char *buf, size_t cap, duet_buf *msg, duet_error *err) {
     if (n < 0 || (n > 0 && !msgs) || (cap > 0 && !buf))
         return duet_fail(err, DUET_ERR_ARG, "chat: bad argument (%d messages, messages %s, "
                          "buffer %s)", n, msgs ? "set" : "NULL", buf ? "set" : "NULL");
@@ -594,7 +607,7 @@ static int render(const char *tmpl, size_t tmpl_len, const duet_chat_message *ms
         }
     }
     if (!rc) {
-        out_buf o = {buf, cap, 0, 0};
+        out_buf o = {.buf = buf, .cap = cap, .msg = msg};
         switch (f->kind) {
         case K_TURNS: render_turns(f, msgs, role, len, n, dflt, &o); break;
         case K_LLAMA2: render_llama2(f, msgs, role, len, n, &o); break;
@@ -602,6 +615,7 @@ static int render(const char *tmpl, size_t tmpl_len, const duet_chat_message *ms
         case K_NEMO: rc = render_nemo(msgs, role, len, n, &o, err); break;
         }
         if (!rc && add_generation_prompt) puts_(&o, f->gen);
+        if (!rc && o.oom) rc = duet_fail(err, DUET_ERR_NOMEM, "chat: out of memory");
         if (!rc && o.over)
             rc = duet_fail(err, DUET_ERR_RANGE, "chat: the rendered conversation (%s format) "
                            "would exceed %zu bytes", f->name, CHAT_MAX_BYTES);
@@ -617,19 +631,21 @@ static int render(const char *tmpl, size_t tmpl_len, const duet_chat_message *ms
 
 int duet_chat_render(const char *tmpl, const duet_chat_message *msgs, int n,
                      int add_generation_prompt, char *buf, size_t cap, duet_error *err) {
-    return render(tmpl, tmpl ? strlen(tmpl) : 0, msgs, n, add_generation_prompt, buf, cap, err);
+    return render(tmpl, tmpl ? strlen(tmpl) : 0, msgs, n, add_generation_prompt, buf, cap, NULL, err);
+}
+
+static int model_render(const duet_model *m, const char *override, const duet_chat_message *msgs,
+                        int n, int add_generation_prompt, char *buf, size_t cap, duet_buf *msg,
+                        duet_error *err) {
+    const char *name, *t = override;
+    int rc = duet_model_chat_format(m, override, &name, err); /* errors name the model */
+    size_t tn = override ? strlen(override) : 0;
+    if (!rc && !override) rc = duet_model_chat_template(m, &t, &tn, err);
+    return rc ? rc : render(t, tn, msgs, n, add_generation_prompt, buf, cap, msg, err);
 }
 
 int duet_model_chat_render(const duet_model *m, const char *override,
                            const duet_chat_message *msgs, int n, int add_generation_prompt,
                            char *buf, size_t cap, duet_error *err) {
-    const char *name;
-    int rc = duet_model_chat_format(m, override, &name, err); /* errors name the model */
-    if (rc) return rc;
-    if (override)
-        return duet_chat_render(override, msgs, n, add_generation_prompt, buf, cap, err);
-    const char *t;
-    size_t tn;
-    if ((rc = duet_model_chat_template(m, &t, &tn, err))) return rc;
-    return render(t, tn, msgs, n, add_generation_prompt, buf, cap, err);
+    return model_render(m, override, msgs, n, add_generation_prompt, buf, cap, NULL, err);
 }
