@@ -776,6 +776,57 @@ TEST(server_openai_shape) {
     resp_free(&r);
 }
 
+/* ---- tokens longer than a small piece buffer ---------------------------------------------- */
+/* The bytes of the long-vocabulary fixture's token id (>= 259) by the rule it was written with:
+ * 300 + 7 (id - 259) bytes, byte j being 'a' + (id + j) % 26. Returns the length. */
+static size_t long_piece(int id, char *out) {
+    size_t n = 300 + 7 * (size_t)(id - 259);
+    for (size_t j = 0; j < n; j++) out[j] = (char)('a' + (id + (int)j) % 26);
+    return n;
+}
+
+/* /detokenize and /completion's token texts carry pieces of 300 to 580 bytes whole. */
+TEST(server_long_pieces_whole) {
+    NEED_BIN();
+    const char *m = fixture_long_vocab_model(2, "server-long-model");
+    REQUIRE(m);
+    proc p;
+    REQUIRE(!spawn_serve(&p, "-m '%s' --quiet", m));
+    /* 68 is the byte token <0x41> ("A"); 299 has 300 + 7 * 40 = 580 bytes, 259 has 300 */
+    char want[1200];
+    size_t nw = 1;
+    want[0] = 'A';
+    nw += long_piece(299, want + nw);
+    nw += long_piece(259, want + nw);
+    resp r = http(p.port, "/detokenize", "{\"tokens\": [68, 299, 259]}", NULL);
+    json_t *c = json_object_get(r.js, "content");
+    CHECK_EQ_INT(r.status, 200);
+    CHECKF(json_string_length(c) == nw && !memcmp(json_string_value(c), want, nw),
+           "content has %zu bytes, want %zu", json_string_length(c), nw);
+    resp_free(&r);
+    /* every token of the 300 ranked: each long one's text is its bytes */
+    r = http(p.port, "/completion", "{\"prompt\": [1, 290], \"n_probs\": 300}", NULL);
+    CHECK_EQ_INT(r.status, 200);
+    json_t *top = json_object_get(json_array_get(json_object_get(r.js, "completion_probabilities"), 0),
+                                  "top_logprobs");
+    CHECK_EQ_INT(json_array_size(top), 300);
+    int n_long = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(top, i, e) {
+        int id = (int)json_integer_value(json_object_get(e, "id"));
+        json_t *tok = json_object_get(e, "token");
+        if (id < 259) continue;
+        n_long++;
+        nw = long_piece(id, want);
+        CHECKF(json_string_length(tok) == nw && !memcmp(json_string_value(tok), want, nw),
+               "token %d: %zu bytes, want %zu", id, json_string_length(tok), nw);
+    }
+    CHECK_EQ_INT(n_long, FIXTURE_LONG_N);
+    resp_free(&r);
+    CHECK_EQ_INT(stop_serve(&p), 0);
+}
+
 /* ---- remote expert: identical text through HTTP -------------------------------------------- */
 static json_t *complete(int port, const char *prompt, double thr, int stream) {
     char body[600];

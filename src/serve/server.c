@@ -260,12 +260,8 @@ static enum MHD_Result do_detokenize(duet_server *s, struct MHD_Connection *c, c
     int n = srv_prompt_ids(s, toks, 0, 0, &ids, msg, sizeof msg);
     if (n < 0) return srv_send_error(c, cx, 400, "%s", msg[0] == '\'' ? msg + 8 : msg);
     duet_buf text = {0};
-    char piece[256];
-    for (int i = 0; i < n; i++) { /* as after BOS: SentencePiece's leading space goes */
-        int len = duet_token_to_piece(s->p.base, i ? ids[i - 1] : duet_token_bos(s->p.base), ids[i],
-                                      piece, sizeof piece);
-        if (len > 0) sb_add(&text, piece, (size_t)DUET_MIN(len, (int)sizeof piece));
-    }
+    for (int i = 0; i < n; i++) /* as after BOS: SentencePiece's leading space goes */
+        srv_add_piece(s->p.base, i ? ids[i - 1] : duet_token_bos(s->p.base), ids[i], &text);
     free(ids);
     json_t *js = json_pack("{s:s%}", "content", text.p ? text.p : "", text.n);
     free(text.p);

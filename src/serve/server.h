@@ -86,5 +86,8 @@ int srv_prompt_ids(duet_server *s, json_t *prompt, int add_bos, int parse_specia
                    char *msg, size_t cap);
 /* Append text to a buffer as valid UTF-8 (invalid bytes become U+FFFD). */
 int sb_add(duet_buf *b, const char *s, size_t n);
+/* Append the piece of token id (after prev) with sb_add, however long it is. 0 or
+ * DUET_ERR_NOMEM. */
+int srv_add_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out);
 
 #endif

@@ -20,6 +20,20 @@
 
 int sb_add(duet_buf *b, const char *s, size_t n) { return duet_utf8_append(b, s, n, 0, NULL); }
 
+int srv_add_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out) {
+    char small[256], *big = NULL;
+    const char *piece = small;
+    int len = duet_token_to_piece(m, prev, id, small, (int)sizeof small);
+    if (len > (int)sizeof small) { /* a long token: nothing past the buffer was written */
+        if (!(big = malloc((size_t)len))) return DUET_ERR_NOMEM;
+        len = duet_token_to_piece(m, prev, id, big, len);
+        piece = big;
+    }
+    int rc = sb_add(out, piece, (size_t)DUET_MAX(len, 0));
+    free(big);
+    return rc;
+}
+
 /* ---- chat rendering ---------------------------------------------------------------------- */
 /* messages -> prompt text with the server's chat format (duet_model_chat_render). OpenAI's
  * "developer" role is the system role; content is a string or [{"type": "text", "text"}]
@@ -517,10 +531,8 @@ static int by_logprob(const void *a, const void *b) {
 }
 
 static json_t *token_json(duet_server *s, int32_t prev, int32_t id, double lp) {
-    char piece[256];
-    int len = duet_token_to_piece(s->p.base, prev, id, piece, sizeof piece);
     duet_buf b = {0};
-    sb_add(&b, piece, (size_t)(len < 0 ? 0 : DUET_MIN(len, (int)sizeof piece)));
+    srv_add_piece(s->p.base, prev, id, &b);
     json_t *o = json_pack("{s:i, s:s, s:f}", "id", id, "token", b.p, "logprob", lp);
     free(b.p);
     return o;
