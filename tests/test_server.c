@@ -18,8 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/utf8.h"
 #include "learn/eval.h"
-#include "serve/server.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"
@@ -567,7 +567,7 @@ TEST(server_log_injection) {
 /* Concatenate the text of an SSE answer; counts events, checks the [DONE] end. */
 static char *sse_text(const char *body, int chat, int *n_events, int *done, json_t **last) {
     duet_buf out = {0};
-    sb_add(&out, "", 0);
+    duet_utf8_append(&out, "", 0, 0, NULL);
     *n_events = 0;
     *done = 0;
     const char *p = body;
@@ -579,7 +579,7 @@ static char *sse_text(const char *body, int chat, int *n_events, int *done, json
             json_t *j = json_loadb(p + 6, (size_t)(e - p - 6), JSON_ALLOW_NUL, NULL);
             json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
             json_t *t = chat ? json_object_get(json_object_get(ch, "delta"), "content") : json_object_get(ch, "text");
-            if (json_is_string(t)) sb_add(&out, json_string_value(t), json_string_length(t));
+            if (json_is_string(t)) duet_utf8_append(&out, json_string_value(t), json_string_length(t), 0, NULL);
             (*n_events)++;
             if (last) { json_decref(*last); *last = j; } else json_decref(j);
         }
@@ -959,7 +959,7 @@ static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const c
                                     const char *version, const char *up, size_t *up_size, void **cc) {
     duet_buf *b = *cc;
     if (!b) { *cc = calloc(1, sizeof(duet_buf)); return MHD_YES; }
-    if (*up_size) { sb_add(b, up, *up_size); *up_size = 0; return MHD_YES; }
+    if (*up_size) { duet_utf8_append(b, up, *up_size, 0, NULL); *up_size = 0; return MHD_YES; }
     json_t *req = b->p ? json_loads(b->p, 0, NULL) : NULL;
     free(b->p);
     free(b);
