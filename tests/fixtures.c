@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "format/gguf.h"
+#include "format/quant.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"
@@ -233,4 +234,78 @@ const char *fixture_chat_model(void) {
     }
     snprintf(out, sizeof out, "%s", path);
     return out;
+}
+
+/* ---- a vocabulary with long tokens -------------------------------------------------------- */
+/* A vocabulary-only GGUF: <unk>, <s>, </s>, 256 byte tokens, then n_long tokens of 300 + 7i
+ * bytes each; eos is the end-of-sequence id. */
+static const char *long_vocab(int n_long, uint32_t eos, const char *name) {
+    static char path[8][512];
+    static int used;
+    char *out = path[used++ % 8];
+    snprintf(out, 512, "%s/%s.gguf", test_tmpdir(), name);
+    int n = 3 + 256 + n_long;
+    char **text = calloc((size_t)n, sizeof *text);
+    float *score = calloc((size_t)n, sizeof *score);
+    int32_t *type = calloc((size_t)n, sizeof *type);
+    gguf_writer *w = gguf_writer_new();
+    if (!text || !score || !type || !w) return NULL;
+    const char *sp[3] = {"<unk>", "<s>", "</s>"};
+    for (int i = 0; i < n; i++) {
+        if (i < 3) {
+            text[i] = strdup(sp[i]);
+            type[i] = i ? 3 : 2;
+        } else if (i < 259) {
+            text[i] = malloc(8);
+            snprintf(text[i], 8, "<0x%02X>", i - 3);
+            type[i] = 6;
+        } else {
+            int L = 300 + 7 * (i - 259);
+            text[i] = malloc((size_t)L + 1);
+            for (int j = 0; j < L; j++) text[i][j] = (char)('a' + (i + j) % 26);
+            text[i][L] = 0;
+            type[i] = 1;
+            score[i] = -(float)(i - 259);
+        }
+    }
+    gguf_set_str(w, "general.architecture", "llama");
+    gguf_set_str(w, "tokenizer.ggml.model", "llama");
+    gguf_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)text, NULL, (uint64_t)n);
+    gguf_set_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, score, (uint64_t)n);
+    gguf_set_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, type, (uint64_t)n);
+    gguf_set_u32(w, "tokenizer.ggml.bos_token_id", 1);
+    gguf_set_u32(w, "tokenizer.ggml.eos_token_id", eos);
+    gguf_set_u32(w, "tokenizer.ggml.unknown_token_id", 0);
+    duet_error err = {0};
+    int rc = gguf_write(w, out, &err);
+    if (rc) test_fail_at(__FILE__, __LINE__, "%s: %s", out, err.msg);
+    gguf_writer_free(w);
+    for (int i = 0; i < n; i++) free(text[i]);
+    free(text);
+    free(score);
+    free(type);
+    return rc ? NULL : out;
+}
+
+static const char *model_with_vocab(const char *vocab, const char *name) {
+    static char path[4][512];
+    static int used;
+    char *out = path[used++ % 4];
+    snprintf(out, 512, "%s/%s.gguf", test_tmpdir(), name);
+    duet_make_model_params mp = {.n_embd = 64, .n_layer = 2, .n_head = 4, .n_head_kv = 2,
+                                 .n_ff = 96, .n_ctx = 128, .type = DT_F32, .output_type = -1,
+                                 .seed = 77, .weight_std = 0.25f, .vocab_from = vocab};
+    duet_error err = {0};
+    if (duet_make_model(&mp, out, &err)) {
+        test_fail_at(__FILE__, __LINE__, "%s: %s", out, err.msg);
+        return NULL;
+    }
+    return out;
+}
+
+const char *fixture_long_vocab_model(uint32_t eos, const char *name) {
+    char vname[300];
+    snprintf(vname, sizeof vname, "%s-vocab", name);
+    const char *vocab = long_vocab(FIXTURE_LONG_N, eos, vname);
+    return vocab ? model_with_vocab(vocab, name) : NULL;
 }

@@ -44,4 +44,11 @@ struct duet_head *fixture_random_head(struct duet_model *b, uint64_t seed, float
 #define FIXTURE_CHAT_IM_END 599
 const char *fixture_chat_model(void);
 
+/* A random-weight llama (n_embd 64, 2 layers, n_ctx 128) whose vocabulary holds tokens longer
+ * than any small piece buffer: <unk> (0), <s> (1, BOS), </s> (2), the 256 byte tokens
+ * <0x00>..<0xFF> (3..258), then FIXTURE_LONG_N plain tokens: id 259 + i has 300 + 7i bytes,
+ * byte j being 'a' + (id + j) % 26. eos is the end-of-sequence id; name tells files apart. */
+#define FIXTURE_LONG_N 41
+const char *fixture_long_vocab_model(uint32_t eos, const char *name);
+
 #endif

@@ -8,7 +8,6 @@
 
 #include "base/common.h"
 #include "base/utf8.h"
-#include "format/gguf.h"
 #include "format/quant.h"
 #include "duet.h"
 #include "fixtures.h"
@@ -253,76 +252,10 @@ TEST(generate_utf8_mode_holds_split_characters) {
     duet_model_free(b);
 }
 
-/* A vocabulary-only GGUF: <unk>, <s>, </s>, 256 byte tokens, then n_long tokens of 300 + 7i
- * bytes ("ab...") each; eos is the end-of-sequence id. */
-static const char *long_vocab(int n_long, uint32_t eos, const char *name) {
-    static char path[8][512];
-    static int used;
-    char *out = path[used++ % 8];
-    snprintf(out, 512, "%s/%s.gguf", test_tmpdir(), name);
-    int n = 3 + 256 + n_long;
-    char **text = calloc((size_t)n, sizeof *text);
-    float *score = calloc((size_t)n, sizeof *score);
-    int32_t *type = calloc((size_t)n, sizeof *type);
-    gguf_writer *w = gguf_writer_new();
-    if (!text || !score || !type || !w) return NULL;
-    const char *sp[3] = {"<unk>", "<s>", "</s>"};
-    for (int i = 0; i < n; i++) {
-        if (i < 3) {
-            text[i] = strdup(sp[i]);
-            type[i] = i ? 3 : 2;
-        } else if (i < 259) {
-            text[i] = malloc(8);
-            snprintf(text[i], 8, "<0x%02X>", i - 3);
-            type[i] = 6;
-        } else {
-            int L = 300 + 7 * (i - 259);
-            text[i] = malloc((size_t)L + 1);
-            for (int j = 0; j < L; j++) text[i][j] = (char)('a' + (i + j) % 26);
-            text[i][L] = 0;
-            type[i] = 1;
-            score[i] = -(float)(i - 259);
-        }
-    }
-    gguf_set_str(w, "general.architecture", "llama");
-    gguf_set_str(w, "tokenizer.ggml.model", "llama");
-    gguf_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)text, NULL, (uint64_t)n);
-    gguf_set_arr(w, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, score, (uint64_t)n);
-    gguf_set_arr(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, type, (uint64_t)n);
-    gguf_set_u32(w, "tokenizer.ggml.bos_token_id", 1);
-    gguf_set_u32(w, "tokenizer.ggml.eos_token_id", eos);
-    gguf_set_u32(w, "tokenizer.ggml.unknown_token_id", 0);
-    duet_error err = {0};
-    int rc = gguf_write(w, out, &err);
-    if (rc) test_fail_at(__FILE__, __LINE__, "%s: %s", out, err.msg);
-    gguf_writer_free(w);
-    for (int i = 0; i < n; i++) free(text[i]);
-    free(text);
-    free(score);
-    free(type);
-    return rc ? NULL : out;
-}
-
-static const char *model_with_vocab(const char *vocab, const char *name) {
-    static char path[4][512];
-    static int used;
-    char *out = path[used++ % 4];
-    snprintf(out, 512, "%s/%s.gguf", test_tmpdir(), name);
-    duet_make_model_params mp = {.n_embd = 64, .n_layer = 2, .n_head = 4, .n_head_kv = 2,
-                                 .n_ff = 96, .n_ctx = 128, .type = DT_F32, .output_type = -1,
-                                 .seed = 77, .weight_std = 0.25f, .vocab_from = vocab};
-    duet_error err = {0};
-    if (duet_make_model(&mp, out, &err)) {
-        test_fail_at(__FILE__, __LINE__, "%s: %s", out, err.msg);
-        return NULL;
-    }
-    return out;
-}
-
 /* Tokens of 300 to 580 bytes come out whole, in the text and as pieces; and an
  * end-of-sequence token ends the answer without entering it. */
 TEST(generate_long_pieces_whole_and_eos) {
-    duet_model *b = fixture_load(model_with_vocab(long_vocab(41, 2, "long-vocab"), "long-model"));
+    duet_model *b = fixture_load(fixture_long_vocab_model(2, "long-model"));
     REQUIRE(b);
     int32_t pr[3] = {1, 290, 70};
     duet_collab_params p = {.policy = DUET_POLICY_BASE, .sampling = {.temp = 1.5f, .seed = 4}};
@@ -349,8 +282,7 @@ TEST(generate_long_pieces_whole_and_eos) {
     int32_t eos = r.ids[4];
     int k = 0;
     while (r.ids[k] != eos) k++;
-    duet_model *b2 = fixture_load(model_with_vocab(long_vocab(41, (uint32_t)eos, "long-vocab-eos"),
-                                                   "long-model-eos"));
+    duet_model *b2 = fixture_load(fixture_long_vocab_model((uint32_t)eos, "long-model-eos"));
     REQUIRE(b2);
     c = start(b2, NULL, NULL, &p, pr, 3);
     REQUIRE(c);

@@ -18,8 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/utf8.h"
 #include "learn/eval.h"
-#include "serve/server.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"
@@ -567,7 +567,7 @@ TEST(server_log_injection) {
 /* Concatenate the text of an SSE answer; counts events, checks the [DONE] end. */
 static char *sse_text(const char *body, int chat, int *n_events, int *done, json_t **last) {
     duet_buf out = {0};
-    sb_add(&out, "", 0);
+    duet_utf8_append(&out, "", 0, 0, NULL);
     *n_events = 0;
     *done = 0;
     const char *p = body;
@@ -579,7 +579,7 @@ static char *sse_text(const char *body, int chat, int *n_events, int *done, json
             json_t *j = json_loadb(p + 6, (size_t)(e - p - 6), JSON_ALLOW_NUL, NULL);
             json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
             json_t *t = chat ? json_object_get(json_object_get(ch, "delta"), "content") : json_object_get(ch, "text");
-            if (json_is_string(t)) sb_add(&out, json_string_value(t), json_string_length(t));
+            if (json_is_string(t)) duet_utf8_append(&out, json_string_value(t), json_string_length(t), 0, NULL);
             (*n_events)++;
             if (last) { json_decref(*last); *last = j; } else json_decref(j);
         }
@@ -776,6 +776,57 @@ TEST(server_openai_shape) {
     resp_free(&r);
 }
 
+/* ---- tokens longer than a small piece buffer ---------------------------------------------- */
+/* The bytes of the long-vocabulary fixture's token id (>= 259) by the rule it was written with:
+ * 300 + 7 (id - 259) bytes, byte j being 'a' + (id + j) % 26. Returns the length. */
+static size_t long_piece(int id, char *out) {
+    size_t n = 300 + 7 * (size_t)(id - 259);
+    for (size_t j = 0; j < n; j++) out[j] = (char)('a' + (id + (int)j) % 26);
+    return n;
+}
+
+/* /detokenize and /completion's token texts carry pieces of 300 to 580 bytes whole. */
+TEST(server_long_pieces_whole) {
+    NEED_BIN();
+    const char *m = fixture_long_vocab_model(2, "server-long-model");
+    REQUIRE(m);
+    proc p;
+    REQUIRE(!spawn_serve(&p, "-m '%s' --quiet", m));
+    /* 68 is the byte token <0x41> ("A"); 299 has 300 + 7 * 40 = 580 bytes, 259 has 300 */
+    char want[1200];
+    size_t nw = 1;
+    want[0] = 'A';
+    nw += long_piece(299, want + nw);
+    nw += long_piece(259, want + nw);
+    resp r = http(p.port, "/detokenize", "{\"tokens\": [68, 299, 259]}", NULL);
+    json_t *c = json_object_get(r.js, "content");
+    CHECK_EQ_INT(r.status, 200);
+    CHECKF(json_string_length(c) == nw && !memcmp(json_string_value(c), want, nw),
+           "content has %zu bytes, want %zu", json_string_length(c), nw);
+    resp_free(&r);
+    /* every token of the 300 ranked: each long one's text is its bytes */
+    r = http(p.port, "/completion", "{\"prompt\": [1, 290], \"n_probs\": 300}", NULL);
+    CHECK_EQ_INT(r.status, 200);
+    json_t *top = json_object_get(json_array_get(json_object_get(r.js, "completion_probabilities"), 0),
+                                  "top_logprobs");
+    CHECK_EQ_INT(json_array_size(top), 300);
+    int n_long = 0;
+    size_t i;
+    json_t *e;
+    json_array_foreach(top, i, e) {
+        int id = (int)json_integer_value(json_object_get(e, "id"));
+        json_t *tok = json_object_get(e, "token");
+        if (id < 259) continue;
+        n_long++;
+        nw = long_piece(id, want);
+        CHECKF(json_string_length(tok) == nw && !memcmp(json_string_value(tok), want, nw),
+               "token %d: %zu bytes, want %zu", id, json_string_length(tok), nw);
+    }
+    CHECK_EQ_INT(n_long, FIXTURE_LONG_N);
+    resp_free(&r);
+    CHECK_EQ_INT(stop_serve(&p), 0);
+}
+
 /* ---- remote expert: identical text through HTTP -------------------------------------------- */
 static json_t *complete(int port, const char *prompt, double thr, int stream) {
     char body[600];
@@ -910,7 +961,7 @@ static enum MHD_Result fake_handler(void *cls, struct MHD_Connection *c, const c
                                     const char *version, const char *up, size_t *up_size, void **cc) {
     duet_buf *b = *cc;
     if (!b) { *cc = calloc(1, sizeof(duet_buf)); return MHD_YES; }
-    if (*up_size) { sb_add(b, up, *up_size); *up_size = 0; return MHD_YES; }
+    if (*up_size) { duet_utf8_append(b, up, *up_size, 0, NULL); *up_size = 0; return MHD_YES; }
     json_t *req = b->p ? json_loads(b->p, 0, NULL) : NULL;
     free(b->p);
     free(b);

@@ -1,5 +1,5 @@
 /*
- * server_gen.c: the generation endpoints of duet serve: /v1/completions and
+ * api_generate.c: the endpoints that run the models: /v1/completions and
  * /v1/chat/completions (OpenAI shape, streamed as server-sent events or whole), and
  * /completion (llama.cpp's protocol: next-token log-probabilities, what a remote-expert client
  * asks, answered by the served model alone; with "prompt_logprobs": true also every prompt
@@ -15,74 +15,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "base/utf8.h"
+#include "serve/api.h"
 #include "serve/server.h"
-
-int sb_add(duet_buf *b, const char *s, size_t n) { return duet_utf8_append(b, s, n, 0, NULL); }
-
-/* ---- chat rendering ---------------------------------------------------------------------- */
-/* messages -> prompt text with the server's chat format (duet_model_chat_render). OpenAI's
- * "developer" role is the system role; content is a string or [{"type": "text", "text"}]
- * parts (joined). Returns 0, or -1 after filling msg. */
-static int render_chat(duet_server *s, json_t *msgs, duet_buf *out, char *msg, size_t cap) {
-    if (s->chat_err[0]) return snprintf(msg, cap, "chat is unavailable: %s", s->chat_err), -1;
-    if (!json_is_array(msgs) || !json_array_size(msgs))
-        return snprintf(msg, cap, "'messages' must be a non-empty array"), -1;
-    size_t n = json_array_size(msgs), i;
-    duet_chat_message *cm = calloc(n, sizeof *cm);
-    duet_buf *parts = calloc(n, sizeof *parts);
-    int rc = cm && parts ? 0 : (snprintf(msg, cap, "out of memory"), -1);
-    json_t *m;
-    json_array_foreach(msgs, i, m) {
-        if (rc) break;
-        const char *role = json_string_value(json_object_get(m, "role"));
-        if (role && !strcmp(role, "developer")) role = "system";
-        if (!role || (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant"))) {
-            char shown[64];
-            duet_printable(shown, sizeof shown, role ? role : "(missing)", role ? strlen(role) : 9);
-            rc = -1;
-            snprintf(msg, cap, "messages[%zu].role '%s' is not one of system, developer, user, assistant",
-                     i, shown);
-            break;
-        }
-        json_t *content = json_object_get(m, "content");
-        duet_buf_add(&parts[i], "", 0);
-        if (json_is_string(content)) {
-            duet_buf_add(&parts[i], json_string_value(content), json_string_length(content));
-        } else if (json_is_array(content)) {
-            size_t k;
-            json_t *part;
-            json_array_foreach(content, k, part) {
-                json_t *t = json_object_get(part, "text");
-                const char *ty = json_string_value(json_object_get(part, "type"));
-                if (!ty || strcmp(ty, "text") || !json_is_string(t)) {
-                    rc = -1;
-                    snprintf(msg, cap, "messages[%zu].content[%zu] must be {\"type\": \"text\", "
-                             "\"text\": string}", i, k);
-                    break;
-                }
-                duet_buf_add(&parts[i], json_string_value(t), json_string_length(t));
-            }
-        } else {
-            rc = -1;
-            snprintf(msg, cap, "messages[%zu].content must be a string or an array of text parts%s",
-                     i, json_is_null(content) || !content ? " (it is null or missing)" : "");
-        }
-        cm[i].role = role;
-        cm[i].content = parts[i].p;
-    }
-    duet_error err = {0};
-    int len = rc ? -1 : duet_model_chat_render(s->p.base, s->chat_override, cm, (int)n, 1, NULL, 0, &err);
-    if (!rc && len < 0) rc = -1, snprintf(msg, cap, "%s", err.msg);
-    if (!rc && (out->cap = (size_t)len + 1, !(out->p = malloc(out->cap))))
-        rc = -1, snprintf(msg, cap, "out of memory");
-    if (!rc) out->n = (size_t)duet_model_chat_render(s->p.base, s->chat_override, cm, (int)n, 1,
-                                                     out->p, out->cap, &err);
-    for (i = 0; parts && i < n; i++) free(parts[i].p);
-    free(parts);
-    free(cm);
-    return rc;
-}
+#include "serve/slots.h"
 
 /* ---- request fields ---------------------------------------------------------------------- */
 /* Optional number in [lo, hi] (absent or null: untouched). 0 ok, -1 after filling msg. */
@@ -150,12 +85,14 @@ static int is_default(json_t *v, double neutral) {
     return 0;
 }
 
-static int parse_request(duet_server *s, json_t *b, int chat, gen_req *r, char *msg, size_t cap) {
+/* seq: how many requests were numbered before this one was parsed, mixed into the seed. */
+static int parse_request(const srv_config *cfg, json_t *b, int chat, long seq, gen_req *r, char *msg,
+                         size_t cap) {
     memset(r, 0, sizeof *r);
-    r->cp = s->p.defaults;
+    r->cp = cfg->p.defaults;
     duet_sampler_defaults(&r->cp.sampling);
-    r->cp.sampling.seed = (uint64_t)time(NULL) ^ (uint64_t)atomic_fetch_add(&s->next_id, 0) * 0x9e3779b97f4a7c15ull;
-    r->max_tokens = chat ? s->n_ctx : 16; /* OpenAI: 16 for completions; chat until the end */
+    r->cp.sampling.seed = (uint64_t)time(NULL) ^ (uint64_t)seq * 0x9e3779b97f4a7c15ull;
+    r->max_tokens = chat ? cfg->n_ctx : 16; /* OpenAI: 16 for completions; chat until the end */
     double temp = r->cp.sampling.temp, top_p = r->cp.sampling.top_p, min_p = r->cp.sampling.min_p;
     double thr = r->cp.threshold;
     long long top_k = r->cp.sampling.top_k, seed = -1, n = 1, logprobs = 0;
@@ -163,7 +100,7 @@ static int parse_request(duet_server *s, json_t *b, int chat, gen_req *r, char *
     if (model && !json_is_null(model) && !json_is_string(model))
         return snprintf(msg, cap, "'model' must be a string"), -1;
     const char *mt = chat && json_object_get(b, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-    if (field_int(b, mt, 0, s->n_ctx, &r->max_tokens, msg, cap) ||
+    if (field_int(b, mt, 0, cfg->n_ctx, &r->max_tokens, msg, cap) ||
         field_num(b, "temperature", 0, 100, &temp, msg, cap) ||
         field_num(b, "top_p", 0, 1, &top_p, msg, cap) || field_num(b, "min_p", 0, 1, &min_p, msg, cap) ||
         field_int(b, "top_k", 0, 1 << 30, &top_k, msg, cap) ||
@@ -177,7 +114,7 @@ static int parse_request(duet_server *s, json_t *b, int chat, gen_req *r, char *
         if (lp) return snprintf(msg, cap, "'logprobs' is not supported by duet serve's chat endpoint "
                                 "(ask /completion with n_probs)"), -1;
     } else {
-        if (field_int(b, "logprobs", 0, s->n_vocab, &logprobs, msg, cap)) return -1;
+        if (field_int(b, "logprobs", 0, cfg->n_vocab, &logprobs, msg, cap)) return -1;
         if (logprobs) return snprintf(msg, cap, "'logprobs' is not supported by duet serve's "
                                       "completions endpoint (ask /completion with n_probs)"), -1;
     }
@@ -218,14 +155,15 @@ static int parse_request(duet_server *s, json_t *b, int chat, gen_req *r, char *
     r->cp.sampling.top_k = (int)top_k;
     if (seed >= 0) r->cp.sampling.seed = (uint64_t)seed;
     r->cp.threshold = (float)thr;
-    r->cp.n_ctx = s->n_ctx;
+    r->cp.n_ctx = cfg->n_ctx;
     return 0;
 }
 
 /* ---- one generation ---------------------------------------------------------------------- */
 typedef struct gen {
-    duet_server *s;
-    slot *sl;
+    const srv_config *cfg;
+    srv_slot *sl;
+    duet_collab *co;    /* the slot's decoder, fitted to this request */
     gen_req r;
     int chat, n_prompt, n_gen, done, sent_done;
     const char *finish;
@@ -241,38 +179,16 @@ typedef struct gen {
     duet_collab_stats st;
 } gen;
 
-static int same_settings(const duet_collab_params *a, const duet_collab_params *b) {
-    return a->policy == b->policy && a->threshold == b->threshold &&
-           a->random_rate == b->random_rate && a->cd_alpha == b->cd_alpha && a->cd_beta == b->cd_beta &&
-           a->eager_sync == b->eager_sync && a->details == b->details && a->n_ctx == b->n_ctx &&
-           a->expert_backend == b->expert_backend && a->expert_fallback == b->expert_fallback &&
-           a->sampling.temp == b->sampling.temp && a->sampling.top_k == b->sampling.top_k &&
-           a->sampling.top_p == b->sampling.top_p && a->sampling.min_p == b->sampling.min_p;
-}
-
-/* Make the slot's decoder fit the request and run the prompt. A decoder is reused (keeping
- * its KV cache prefix) only when its settings match and nothing random carries over between
- * requests (greedy sampling, no random policy): a seed must mean the same answer. */
+/* Make the slot's decoder fit the request and run the prompt. */
 static int gen_start(gen *g, const int32_t *prompt, duet_error *err) {
-    slot *sl = g->sl;
-    duet_collab_params cp = g->r.cp;
-    cp.expert_backend = g->s->p.remote ? &sl->be : NULL;
-    int reuse = sl->co && same_settings(&sl->cp, &cp) && cp.sampling.temp <= 0 &&
-                cp.policy != DUET_POLICY_RANDOM;
-    int rc = DUET_OK;
-    if (!reuse) {
-        duet_collab_free(sl->co);
-        sl->co = NULL;
-        rc = duet_collab_new(g->s->p.base, g->s->p.expert, NULL, g->s->p.head, &cp, &sl->co, err);
-        if (!rc) sl->cp = cp;
-    }
+    int rc = srv_slot_decoder(g->sl, &g->r.cp, &g->co, err);
     if (rc) return rc;
-    pthread_mutex_lock(&g->s->compute);
-    rc = duet_collab_start(sl->co, prompt, g->n_prompt, err);
-    pthread_mutex_unlock(&g->s->compute);
+    srv_compute_lock(g->cfg->slots);
+    rc = duet_collab_start(g->co, prompt, g->n_prompt, err);
+    srv_compute_unlock(g->cfg->slots);
     duet_gen_params gp = {.max_tokens = (int)g->r.max_tokens, .stops = g->stops,
                           .n_stops = g->r.n_stop, .utf8 = 1};
-    if (!rc) rc = duet_gen_new(sl->co, &gp, &g->dg, err);
+    if (!rc) rc = duet_gen_new(g->co, &gp, &g->dg, err);
     return rc;
 }
 
@@ -282,7 +198,7 @@ static void gen_finish(gen *g, int end) {
     g->done = 1;
     g->finish = end == DUET_GEN_ERROR ? "error"
               : end == DUET_GEN_LIMIT || end == DUET_GEN_CONTEXT ? "length" : "stop";
-    g->st = *duet_collab_get_stats(g->sl->co);
+    g->st = *duet_collab_get_stats(g->co);
 }
 
 /* A token's entry in duet_tokens and, when the expert could not supply it, in the failed list. */
@@ -306,9 +222,9 @@ static void record_token(gen *g, const duet_collab_token *t) {
 static void gen_step(gen *g) {
     duet_collab_token t;
     duet_error err = {0};
-    pthread_mutex_lock(&g->s->compute);
+    srv_compute_lock(g->cfg->slots);
     int rc = duet_gen_step(g->dg, &t, &err);
-    pthread_mutex_unlock(&g->s->compute);
+    srv_compute_unlock(g->cfg->slots);
     if (rc == DUET_OK) record_token(g, &t);
     else if (rc != DUET_EOS) snprintf(g->err, sizeof g->err, "%s", err.msg);
     if (duet_gen_end(g->dg)) gen_finish(g, duet_gen_end(g->dg));
@@ -355,7 +271,7 @@ static json_t *choice(gen *g, const char *text, size_t n, int final) {
 static json_t *envelope(gen *g, json_t *ch) {
     const char *obj = g->chat ? (g->r.stream ? "chat.completion.chunk" : "chat.completion") : "text_completion";
     return json_pack("{s:s, s:s, s:i, s:s, s:[o]}", "id", g->id, "object", obj, "created",
-                     (int)g->created, "model", g->s->model_name, "choices", ch);
+                     (int)g->created, "model", g->cfg->model_name, "choices", ch);
 }
 
 static void sse_event(gen *g, json_t *js) {
@@ -371,8 +287,8 @@ static void sse_event(gen *g, json_t *js) {
 static void gen_free(void *cls) {
     gen *g = cls;
     if (g->sl) {
-        if (g->sl->co) srv_count_generation(g->s, g->n_prompt, duet_collab_get_stats(g->sl->co));
-        srv_slot_release(g->s, g->sl);
+        if (g->co) srv_metrics_generation(g->cfg->slots, g->n_prompt, duet_collab_get_stats(g->co));
+        srv_slot_release(g->cfg->slots, g->sl);
     }
     json_decref(g->tokens);
     json_decref(g->failed);
@@ -418,54 +334,55 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     return (ssize_t)n;
 }
 
-enum MHD_Result srv_completions(duet_server *s, struct MHD_Connection *c, conn_ctx *cx,
+enum MHD_Result api_completions(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx,
                                 json_t *body, int chat) {
     char msg[600];
     gen *g = calloc(1, sizeof *g);
     if (!g) return srv_send_error(c, cx, 500, "out of memory");
-    g->s = s;
+    g->cfg = cfg;
     g->chat = chat;
     g->tokens = json_array();
     g->failed = json_array();
     g->created = (long)time(NULL);
-    snprintf(g->id, sizeof g->id, "%s-%ld", chat ? "chatcmpl" : "cmpl", atomic_fetch_add(&s->next_id, 1));
-    if (parse_request(s, body, chat, &g->r, msg, sizeof msg)) {
+    long id = srv_next_request_id(cfg->slots);
+    snprintf(g->id, sizeof g->id, "%s-%ld", chat ? "chatcmpl" : "cmpl", id);
+    if (parse_request(cfg, body, chat, id + 1, &g->r, msg, sizeof msg)) {
         gen_free(g);
         return srv_send_error(c, cx, 400, "%s", msg);
     }
-    if (chat && s->chat_eot && s->chat_eot[0] && strlen(s->chat_eot) <= MAX_STOP_LEN)
-        strcpy(g->r.stop[g->r.n_stop++], s->chat_eot);
+    if (chat && cfg->chat_eot && cfg->chat_eot[0] && strlen(cfg->chat_eot) <= MAX_STOP_LEN)
+        strcpy(g->r.stop[g->r.n_stop++], cfg->chat_eot);
     for (int i = 0; i < g->r.n_stop; i++) g->stops[i] = g->r.stop[i];
     int32_t *ids = NULL;
     int n = -1;
     if (chat) {
         duet_buf txt = {0};
-        if (!render_chat(s, json_object_get(body, "messages"), &txt, msg, sizeof msg)) {
+        if (!api_chat_prompt(cfg, json_object_get(body, "messages"), &txt, msg, sizeof msg)) {
             json_t *tmp = json_stringn_nocheck(txt.p, txt.n);
-            n = srv_prompt_ids(s, tmp, 1, 1, &ids, msg, sizeof msg);
+            n = api_prompt_ids(cfg, tmp, 1, 1, &ids, msg, sizeof msg);
             json_decref(tmp);
         }
         free(txt.p);
     } else {
         json_t *pr = json_object_get(body, "prompt"), *empty = json_string("");
-        n = srv_prompt_ids(s, pr ? pr : empty, 1, 0, &ids, msg, sizeof msg); /* none: from BOS */
+        n = api_prompt_ids(cfg, pr ? pr : empty, 1, 0, &ids, msg, sizeof msg); /* none: from BOS */
         json_decref(empty);
     }
     if (n == 0) snprintf(msg, sizeof msg, "the prompt is empty (and the model has no BOS token)");
-    if (n >= s->n_ctx)
+    if (n >= cfg->n_ctx)
         snprintf(msg, sizeof msg, "the prompt has %d tokens and the context holds %d: shorten it "
-                 "(duet serve never truncates silently)", n, s->n_ctx);
-    if (n <= 0 || n >= s->n_ctx) {
+                 "(duet serve never truncates silently)", n, cfg->n_ctx);
+    if (n <= 0 || n >= cfg->n_ctx) {
         free(ids);
         gen_free(g);
         return srv_send_error(c, cx, 400, "%s", msg);
     }
     g->n_prompt = n;
-    if (!(g->sl = srv_slot_acquire(s, ids, n, 1))) {
+    if (!(g->sl = srv_slot_acquire(cfg->slots, ids, n, 1))) {
         free(ids);
         gen_free(g);
         return srv_send_error(c, cx, 503, "all %d slots stayed busy for %d s; try again later",
-                              s->p.n_slots, s->p.queue_timeout_s);
+                              cfg->p.n_slots, cfg->p.queue_timeout_s);
     }
     duet_error err = {0};
     int rc = gen_start(g, ids, &err);
@@ -482,15 +399,7 @@ enum MHD_Result srv_completions(duet_server *s, struct MHD_Connection *c, conn_c
                                    "assistant", "content", "", "finish_reason");
             sse_event(g, envelope(g, ch));
         }
-        struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384,
-                                                                   sse_reader, g, gen_free);
-        if (!r) { gen_free(g); return MHD_NO; }
-        MHD_add_response_header(r, "Content-Type", "text/event-stream");
-        MHD_add_response_header(r, "Cache-Control", "no-cache");
-        enum MHD_Result ok = MHD_queue_response(c, 200, r);
-        MHD_destroy_response(r);
-        cx->status = 200;
-        return ok;
+        return srv_send_stream(c, cx, sse_reader, g, gen_free);
     }
     while (!g->done) gen_step(g);
     enum MHD_Result ok;
@@ -516,11 +425,9 @@ static int by_logprob(const void *a, const void *b) {
     return lx > ly ? -1 : lx < ly ? 1 : (x > y) - (x < y); /* lowest id first on ties */
 }
 
-static json_t *token_json(duet_server *s, int32_t prev, int32_t id, double lp) {
-    char piece[256];
-    int len = duet_token_to_piece(s->p.base, prev, id, piece, sizeof piece);
+static json_t *token_json(const srv_config *cfg, int32_t prev, int32_t id, double lp) {
     duet_buf b = {0};
-    sb_add(&b, piece, (size_t)(len < 0 ? 0 : DUET_MIN(len, (int)sizeof piece)));
+    api_add_piece(cfg->p.base, prev, id, &b);
     json_t *o = json_pack("{s:i, s:s, s:f}", "id", id, "token", b.p, "logprob", lp);
     free(b.p);
     return o;
@@ -531,7 +438,7 @@ static json_t *token_json(duet_server *s, int32_t prev, int32_t id, double lp) {
  * predicts it. Evaluated from scratch in chunks so that only one chunk's logits are held;
  * afterwards the session's timeline is the prompt, its last logits kept. */
 #define PROMPT_CHUNK 256
-static int prompt_scores(duet_server *s, duet_session *sess, const int32_t *ids, int n, json_t *out,
+static int prompt_scores(const srv_config *cfg, duet_session *sess, const int32_t *ids, int n, json_t *out,
                          duet_error *err) {
     duet_session_truncate(sess, 0);
     for (int start = 0; start < n; start += PROMPT_CHUNK) {
@@ -541,7 +448,7 @@ static int prompt_scores(duet_server *s, duet_session *sess, const int32_t *ids,
         for (int i = 0; i < c && start + i + 1 < n; i++) {
             const float *l = duet_session_logits(sess, i);
             double mx, z, ez;
-            duet_softmax_stats(l, s->n_vocab, &mx, &z, &ez);
+            duet_softmax_stats(l, cfg->n_vocab, &mx, &z, &ez);
             int32_t gold = ids[start + i + 1];
             json_array_append_new(out, json_pack("{s:i, s:f, s:f, s:f}", "id", gold, "logprob",
                                                  (double)l[gold] - mx - log(z), "max_logprob",
@@ -551,45 +458,47 @@ static int prompt_scores(duet_server *s, duet_session *sess, const int32_t *ids,
     return DUET_OK;
 }
 
-enum MHD_Result srv_next_token(duet_server *s, struct MHD_Connection *c, conn_ctx *cx, json_t *body) {
+enum MHD_Result api_next_token(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx,
+                               json_t *body) {
     char msg[300];
     long long n_predict = 1, n_probs = 0;
     int want_prompt = 0;
     if (field_int(body, "n_predict", 0, 1, &n_predict, msg, sizeof msg) ||
-        field_int(body, "n_probs", 0, s->n_vocab, &n_probs, msg, sizeof msg) ||
+        field_int(body, "n_probs", 0, cfg->n_vocab, &n_probs, msg, sizeof msg) ||
         field_bool(body, "prompt_logprobs", &want_prompt, msg, sizeof msg))
         return srv_send_error(c, cx, 400, "%s (duet serve's /completion answers next-token "
                               "probabilities; generate with /v1/completions)", msg);
     json_t *pr = json_object_get(body, "prompt");
     if (!pr) return srv_send_error(c, cx, 400, "'prompt' is required");
     int32_t *ids = NULL;
-    int n = srv_prompt_ids(s, pr, 1, 0, &ids, msg, sizeof msg);
-    int fits = n_predict ? n < s->n_ctx : n <= s->n_ctx; /* scoring only may fill the context */
+    int n = api_prompt_ids(cfg, pr, 1, 0, &ids, msg, sizeof msg);
+    int fits = n_predict ? n < cfg->n_ctx : n <= cfg->n_ctx; /* scoring only may fill the context */
     if (n == 0) snprintf(msg, sizeof msg, "the prompt is empty");
     if (n > 0 && !fits)
-        snprintf(msg, sizeof msg, "the prompt has %d tokens and the context holds %d", n, s->n_ctx);
+        snprintf(msg, sizeof msg, "the prompt has %d tokens and the context holds %d", n, cfg->n_ctx);
     if (n <= 0 || !fits) {
         free(ids);
         return srv_send_error(c, cx, 400, "%s", msg);
     }
-    slot *sl = srv_slot_acquire(s, ids, n, 0);
+    srv_slot *sl = srv_slot_acquire(cfg->slots, ids, n, 0);
     if (!sl) {
         free(ids);
-        return srv_send_error(c, cx, 503, "all slots stayed busy for %d s", s->p.queue_timeout_s);
+        return srv_send_error(c, cx, 503, "all slots stayed busy for %d s", cfg->p.queue_timeout_s);
     }
     duet_error err = {0};
-    int V = s->n_vocab;
+    int V = cfg->n_vocab;
     int32_t *order = malloc((size_t)V * sizeof *order);
     float *lp = malloc((size_t)V * sizeof *lp);
     json_t *prompt_probs = want_prompt ? json_array() : NULL;
     int have; /* tokens_cached, as llama.cpp reports: prompt tokens the KV cache already held */
     int cached = want_prompt ? 0 : srv_slot_prefix(sl, ids, n, 0, &have);
-    pthread_mutex_lock(&s->compute);
+    duet_session *sess = srv_slot_session(sl);
+    srv_compute_lock(cfg->slots);
     int rc = !order || !lp ? duet_fail(&err, DUET_ERR_NOMEM, "out of memory")
-             : want_prompt ? prompt_scores(s, sl->sess, ids, n, prompt_probs, &err)
-             : duet_session_sync(sl->sess, ids, n, &err);
+             : want_prompt ? prompt_scores(cfg, sess, ids, n, prompt_probs, &err)
+             : duet_session_sync(sess, ids, n, &err);
     if (!rc) {
-        const float *l = duet_session_logits(sl->sess, -1);
+        const float *l = duet_session_logits(sess, -1);
         double mx, z;
         duet_softmax_stats(l, V, &mx, &z, NULL);
         double lz = mx + log(z);
@@ -597,8 +506,8 @@ enum MHD_Result srv_next_token(duet_server *s, struct MHD_Connection *c, conn_ct
         g_sort_lp = lp;
         qsort(order, (size_t)V, sizeof *order, by_logprob);
     }
-    pthread_mutex_unlock(&s->compute);
-    srv_slot_release(s, sl);
+    srv_compute_unlock(cfg->slots);
+    srv_slot_release(cfg->slots, sl);
     enum MHD_Result ok;
     if (rc) {
         ok = srv_send_error(c, cx, rc == DUET_ERR_RANGE ? 400 : 500, "%s", err.msg);
@@ -606,10 +515,10 @@ enum MHD_Result srv_next_token(duet_server *s, struct MHD_Connection *c, conn_ct
         int32_t prev = ids[n - 1], best = order[0];
         json_t *top = json_array();
         for (int k = 0; k < n_probs; k++)
-            json_array_append_new(top, token_json(s, prev, order[k], lp[order[k]]));
-        json_t *first = token_json(s, prev, best, lp[best]);
+            json_array_append_new(top, token_json(cfg, prev, order[k], lp[order[k]]));
+        json_t *first = token_json(cfg, prev, best, lp[best]);
         json_object_set_new(first, "top_logprobs", top);
-        json_t *js = json_pack("{s:s, s:s, s:b, s:s, s:i, s:i}", "model", s->model_name, "content",
+        json_t *js = json_pack("{s:s, s:s, s:b, s:s, s:i, s:i}", "model", cfg->model_name, "content",
                                "", "stop", 1, "stop_type", "limit", "tokens_evaluated", n,
                                "tokens_cached", cached);
         if (n_predict) {

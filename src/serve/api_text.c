@@ -1,0 +1,187 @@
+/*
+ * api_text.c: the text side of duet serve's API: prompts (a string or token ids) and chat
+ * messages turned into token ids, token ids into text, and the endpoints that do only that
+ * or describe the model: /tokenize, /detokenize, /v1/models and /props. Text leaves only as
+ * valid UTF-8 (bytes that never form a character become U+FFFD), and a token's piece is
+ * rendered whole however long it is.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/utf8.h"
+#include "serve/api.h"
+#include "serve/server.h"
+
+int sb_add(duet_buf *b, const char *s, size_t n) { return duet_utf8_append(b, s, n, 0, NULL); }
+
+int api_add_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out) {
+    char small[256], *big = NULL;
+    const char *piece = small;
+    int len = duet_token_to_piece(m, prev, id, small, (int)sizeof small);
+    if (len > (int)sizeof small) { /* a long token: nothing past the buffer was written */
+        if (!(big = malloc((size_t)len))) return DUET_ERR_NOMEM;
+        len = duet_token_to_piece(m, prev, id, big, len);
+        piece = big;
+    }
+    int rc = sb_add(out, piece, (size_t)DUET_MAX(len, 0));
+    free(big);
+    return rc;
+}
+
+/* ---- chat rendering ---------------------------------------------------------------------- */
+/* messages -> prompt text with the server's chat format (duet_model_chat_render). OpenAI's
+ * "developer" role is the system role; content is a string or [{"type": "text", "text"}]
+ * parts (joined). Returns 0, or -1 after filling msg. */
+int api_chat_prompt(const srv_config *cfg, json_t *msgs, duet_buf *out, char *msg, size_t cap) {
+    if (cfg->chat_err[0]) return snprintf(msg, cap, "chat is unavailable: %s", cfg->chat_err), -1;
+    if (!json_is_array(msgs) || !json_array_size(msgs))
+        return snprintf(msg, cap, "'messages' must be a non-empty array"), -1;
+    size_t n = json_array_size(msgs), i;
+    duet_chat_message *cm = calloc(n, sizeof *cm);
+    duet_buf *parts = calloc(n, sizeof *parts);
+    int rc = cm && parts ? 0 : (snprintf(msg, cap, "out of memory"), -1);
+    json_t *m;
+    json_array_foreach(msgs, i, m) {
+        if (rc) break;
+        const char *role = json_string_value(json_object_get(m, "role"));
+        if (role && !strcmp(role, "developer")) role = "system";
+        if (!role || (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant"))) {
+            char shown[64];
+            duet_printable(shown, sizeof shown, role ? role : "(missing)", role ? strlen(role) : 9);
+            rc = -1;
+            snprintf(msg, cap, "messages[%zu].role '%s' is not one of system, developer, user, assistant",
+                     i, shown);
+            break;
+        }
+        json_t *content = json_object_get(m, "content");
+        duet_buf_add(&parts[i], "", 0);
+        if (json_is_string(content)) {
+            duet_buf_add(&parts[i], json_string_value(content), json_string_length(content));
+        } else if (json_is_array(content)) {
+            size_t k;
+            json_t *part;
+            json_array_foreach(content, k, part) {
+                json_t *t = json_object_get(part, "text");
+                const char *ty = json_string_value(json_object_get(part, "type"));
+                if (!ty || strcmp(ty, "text") || !json_is_string(t)) {
+                    rc = -1;
+                    snprintf(msg, cap, "messages[%zu].content[%zu] must be {\"type\": \"text\", "
+                             "\"text\": string}", i, k);
+                    break;
+                }
+                duet_buf_add(&parts[i], json_string_value(t), json_string_length(t));
+            }
+        } else {
+            rc = -1;
+            snprintf(msg, cap, "messages[%zu].content must be a string or an array of text parts%s",
+                     i, json_is_null(content) || !content ? " (it is null or missing)" : "");
+        }
+        cm[i].role = role;
+        cm[i].content = parts[i].p;
+    }
+    duet_error err = {0};
+    int len = rc ? -1 : duet_model_chat_render(cfg->p.base, cfg->chat_override, cm, (int)n, 1, NULL, 0, &err);
+    if (!rc && len < 0) rc = -1, snprintf(msg, cap, "%s", err.msg);
+    if (!rc && (out->cap = (size_t)len + 1, !(out->p = malloc(out->cap))))
+        rc = -1, snprintf(msg, cap, "out of memory");
+    if (!rc) out->n = (size_t)duet_model_chat_render(cfg->p.base, cfg->chat_override, cm, (int)n, 1,
+                                                     out->p, out->cap, &err);
+    for (i = 0; parts && i < n; i++) free(parts[i].p);
+    free(parts);
+    free(cm);
+    return rc;
+}
+
+/* ---- prompts and the small endpoints ----------------------------------------------------- */
+int api_prompt_ids(const srv_config *cfg, json_t *prompt, int add_bos, int parse_special,
+                   int32_t **ids, char *msg, size_t cap) {
+    *ids = NULL;
+    if (json_is_array(prompt) && json_array_size(prompt) == 1 &&
+        json_is_string(json_array_get(prompt, 0)))
+        prompt = json_array_get(prompt, 0); /* OpenAI allows ["text"] */
+    if (json_is_string(prompt)) {
+        const char *t = json_string_value(prompt);
+        size_t len = json_string_length(prompt);
+        int n = duet_tokenize(cfg->p.base, t, len, add_bos, parse_special, NULL, 0, NULL);
+        if (n < 0 || !(*ids = malloc((size_t)(n + 1) * sizeof **ids))) {
+            snprintf(msg, cap, "cannot tokenize the prompt");
+            return -1;
+        }
+        return duet_tokenize(cfg->p.base, t, len, add_bos, parse_special, *ids, n, NULL);
+    }
+    if (!json_is_array(prompt)) {
+        snprintf(msg, cap, "'prompt' must be a string or an array of token ids");
+        return -1;
+    }
+    size_t n = json_array_size(prompt);
+    if (!(*ids = malloc((n + 1) * sizeof **ids))) {
+        snprintf(msg, cap, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(prompt, i);
+        json_int_t id = json_is_integer(v) ? json_integer_value(v) : -1;
+        if (!json_is_integer(v) || id < 0 || id >= cfg->n_vocab) {
+            snprintf(msg, cap, "'prompt'[%zu] must be a token id in [0, %d)", i, cfg->n_vocab);
+            free(*ids);
+            *ids = NULL;
+            return -1;
+        }
+        (*ids)[i] = (int32_t)id;
+    }
+    return (int)n;
+}
+
+enum MHD_Result api_tokenize(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx,
+                             json_t *b) {
+    json_t *content = json_object_get(b, "content");
+    if (!json_is_string(content)) return srv_send_error(c, cx, 400, "'content' must be a string");
+    json_t *as = json_object_get(b, "add_special");
+    if (as && !json_is_boolean(as)) return srv_send_error(c, cx, 400, "'add_special' must be a boolean");
+    int32_t *ids = NULL;
+    char msg[200];
+    int n = api_prompt_ids(cfg, content, json_is_true(as), 0, &ids, msg, sizeof msg);
+    if (n < 0) return srv_send_error(c, cx, 400, "%s", msg);
+    json_t *arr = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(arr, json_integer(ids[i]));
+    free(ids);
+    return srv_send_json(c, cx, 200, json_pack("{s:o}", "tokens", arr));
+}
+
+enum MHD_Result api_detokenize(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx,
+                               json_t *b) {
+    json_t *toks = json_object_get(b, "tokens");
+    if (!json_is_array(toks)) return srv_send_error(c, cx, 400, "'tokens' must be an array of token ids");
+    int32_t *ids = NULL;
+    char msg[200];
+    int n = api_prompt_ids(cfg, toks, 0, 0, &ids, msg, sizeof msg);
+    if (n < 0) return srv_send_error(c, cx, 400, "%s", msg[0] == '\'' ? msg + 8 : msg);
+    duet_buf text = {0};
+    for (int i = 0; i < n; i++) /* as after BOS: SentencePiece's leading space goes */
+        api_add_piece(cfg->p.base, i ? ids[i - 1] : duet_token_bos(cfg->p.base), ids[i], &text);
+    free(ids);
+    json_t *js = json_pack("{s:s%}", "content", text.p ? text.p : "", text.n);
+    free(text.p);
+    return srv_send_json(c, cx, 200, js);
+}
+
+enum MHD_Result api_models(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx) {
+    const duet_hparams *hp = duet_model_hparams(cfg->p.base);
+    json_t *m = json_pack("{s:s, s:s, s:i, s:s, s:{s:i, s:i, s:s, s:s}}", "id", cfg->model_name,
+                          "object", "model", "created", 0, "owned_by", "duet", "meta", "n_ctx",
+                          cfg->n_ctx, "n_vocab", hp->n_vocab, "expert",
+                          cfg->p.expert ? duet_model_hparams(cfg->p.expert)->name
+                          : cfg->p.remote ? cfg->p.remote->url : "",
+                          "policy", duet_policy_name(cfg->p.defaults.policy));
+    return srv_send_json(c, cx, 200, json_pack("{s:s, s:[o]}", "object", "list", "data", m));
+}
+
+enum MHD_Result api_props(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx) {
+    char h[32];
+    snprintf(h, sizeof h, "%016llx", (unsigned long long)duet_model_vocab_hash(cfg->p.base));
+    return srv_send_json(c, cx, 200,
+                         json_pack("{s:s, s:s, s:i, s:i, s:{s:i}}", "model", cfg->model_name,
+                                   "duet_vocab_hash", h, "n_vocab", cfg->n_vocab, "total_slots",
+                                   cfg->p.n_slots, "default_generation_settings", "n_ctx", cfg->n_ctx));
+}
