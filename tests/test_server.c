@@ -941,6 +941,19 @@ TEST(server_expert_unreachable_at_start) {
                       g_base, ntohs(a.sin_port)) != 0);
     read_text(p.log, err, sizeof err);
     CHECKF(strstr(err, "expert http://127.0.0.1:") && strstr(err, "after 2 attempts"), "stderr: %s", err);
+    /* the OpenAI API tries a second /tokenize shape only on a server that answered: an
+     * unreachable one is reported as unreachable, after its own attempts */
+    duet_model *base = fixture_load(g_base);
+    REQUIRE(base);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", ntohs(a.sin_port));
+    duet_expert_remote_params rp = {.url = url, .api = "openai", .retries = 1, .backoff_ms = 10};
+    duet_expert_remote *r = NULL;
+    duet_error e = {0};
+    CHECK(duet_expert_remote_new(base, &rp, &r, &e) == DUET_ERR_IO);
+    CHECKF(strstr(e.msg, "/tokenize") && strstr(e.msg, "after 2 attempts") && !strstr(e.msg, "shape"),
+           "%s", e.msg);
+    duet_model_free(base);
 }
 
 /* ---- remote expert client against a fake server ------------------------------------------ */

@@ -26,6 +26,7 @@ struct duet_expert_remote {
     char url[512], model[256], auth[600], name[128];
     CURL *curl;
     long calls, failed_attempts;
+    long last_status;  /* HTTP status of the last answer; 0 when the server did not answer */
 };
 
 typedef struct buf {
@@ -71,6 +72,7 @@ static int http_json(duet_expert_remote *r, const char *path, const char *body, 
         CURLcode cc = curl_easy_perform(r->curl);
         long status = 0;
         curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
+        r->last_status = cc == CURLE_OK ? status : 0;
         curl_slist_free_all(h);
         int retry = 0;
         if (b.over) {
@@ -266,7 +268,7 @@ static int check_props(duet_expert_remote *r, duet_error *err) {
 
 /* POST /tokenize of text in one request shape: vLLM's {prompt, add_special_tokens} or
  * llama.cpp's {content, add_special}. The reply's ids (llama.cpp answers {id, piece} objects
- * when asked with_pieces: both are read) into ids[cap]; their count, -1 when the reply has no
+ * when asked with_pieces: both are read) into ids[cap]; their count, 0 when the reply has no
  * tokens (the shape was not understood), or an error code from the request. */
 static int tokenize_as(duet_expert_remote *r, const char *text, int vllm, int32_t *ids, int cap,
                        duet_error *err) {
@@ -282,7 +284,7 @@ static int tokenize_as(duet_expert_remote *r, const char *text, int vllm, int32_
     json_t *toks = json_object_get(js, "tokens");
     /* the probe is never empty: no tokens means the server read another field (llama-server
      * answers {"tokens": []} to vLLM's shape) */
-    int n = json_is_array(toks) && json_array_size(toks) ? (int)json_array_size(toks) : -1;
+    int n = json_is_array(toks) ? (int)json_array_size(toks) : 0;
     for (int i = 0; i < n && i < cap; i++) {
         json_t *t = json_array_get(toks, (size_t)i);
         if (json_is_object(t)) t = json_object_get(t, "id");
@@ -300,21 +302,22 @@ static int check_tokenizer(duet_expert_remote *r, duet_error *err) {
     int32_t want[256], got[256];
     int nw = duet_tokenize(r->base, probe, sizeof probe - 1, 0, 0, want, 256, err);
     if (nw < 0) return nw;
-    int n = -1;
+    int n = 0;
     char first[sizeof err->msg] = "";
-    for (int shape = r->openai ? 0 : 1; shape < 2 && n < 0; shape++) {
+    for (int shape = r->openai ? 0 : 1; shape < 2 && n <= 0; shape++) {
         duet_error e = {0};
         n = tokenize_as(r, probe, shape == 0, got, 256, &e);
-        if (n < -1 && shape == 0) memcpy(first, e.msg, sizeof first);
-        if (n < -1 && (shape == 1 || !r->openai)) {
+        if (n < 0 && shape == 0) memcpy(first, e.msg, sizeof first);
+        /* another request shape can only help a server that answered */
+        if (n < 0 && (shape == 1 || r->last_status == 0)) {
             *err = e;
-            if (first[0])
+            if (first[0] && shape == 1)
                 snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
                          "; with vLLM's shape {prompt}: %s", first);
             return n;
         }
     }
-    if (n < 0)
+    if (n <= 0)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "expert %s: /tokenize answers without a "
                          "'tokens' list%s", r->url, r->openai ? " to both {prompt} and {content}" : "");
     int k = 0;
