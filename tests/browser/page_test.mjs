@@ -45,17 +45,18 @@ try {
     text: e.textContent, source: e.dataset.source, cls: e.className, title: e.title })));
   const answer = await page.textContent("#out");
   const nExpert = spans.filter((s) => s.cls.split(" ").includes("expert")).length;
-  // (a) a run of consecutive expert spans whose digits contain the reference answer's
+  // (a) a run of consecutive highlighted expert spans whose digits contain the reference answer's
+  const isExpert = (s) => s.source === "expert" && s.cls.split(" ").includes("expert");
   const runs = [];
   let run = null;
   for (const s of spans) {
-    if (s.source === "expert") { run = run === null ? s.text : run + s.text; continue; }
+    if (isExpert(s)) { run = run === null ? s.text : run + s.text; continue; }
     if (run !== null) runs.push(run);
     run = null;
   }
   if (run !== null) runs.push(run);
   const inExpert = runs.some((r) => r.replace(/\D/g, "").includes(ref));
-  const title = spans.find((s) => s.source === "expert")?.title || "";
+  const title = spans.find(isExpert)?.title || "";
 
   // (b) the chart: one dot per token, left to right, inside the plot; the threshold line at
   // the slider's value (the plot area's y runs from 128 at p_defer 0 up to 10 at 1, so 0.5 is 69)

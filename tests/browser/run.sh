@@ -15,6 +15,9 @@ done
 line=$(sed -n 3p "$m/demo-heldout.jsonl")
 question=$(printf '%s\n' "$line" | sed 's/^{"question": "\(.*\)", "answer".*$/\1/')
 ref=$(printf '%s\n' "$line" | sed 's/.*#### \([0-9]*\)"}$/\1/')
+# the log exists before the server starts: the background shell opens it only once forked,
+# and a sed on a missing file would end this script (set -e) before the server says its port
+: >"$dir/serve.log"
 "$bin" serve -m "$m/demo-joint.gguf" --expert "$m/demo-expert.gguf" --head "$m/demo-joint.head.gguf" \
     --port 0 -t 1 2>"$dir/serve.log" &
 pid=$!
