@@ -36,7 +36,7 @@ $(O)/src/engine/attn_avx2.o:      XFLAGS := -mavx2 -mfma
 $(O)/src/engine/act_avx2.o:       XFLAGS := -mavx2 -mfma
 $(O)/src/engine/attn_avx512.o:    XFLAGS := -mavx512f -mavx512vl -mavx2 -mfma
 
-.PHONY: all deps deps-long test test-long demo bench debug fuzz clean help models mutation
+.PHONY: all deps deps-long test test-long demo serve bench debug fuzz clean help models mutation
 
 all: $(O)/duet $(O)/run_tests
 
@@ -89,6 +89,14 @@ deps-long:
 demo: deps $(O)/duet
 	@sh tools/demo.sh $(O)/duet
 
+## serve: the demo models (models/: the jointly trained base and head, as make demo shows them,
+## with the expert) behind duet serve's web page on loopback; PORT=9000 moves it
+PORT ?= 8080
+serve: deps $(O)/duet
+	@echo "make serve: open http://127.0.0.1:$(PORT)/ in a browser (Ctrl-C stops the server)"
+	$(O)/duet serve -m models/demo-joint.gguf --expert models/demo-expert.gguf \
+	    --head models/demo-joint.head.gguf --host 127.0.0.1 --port $(PORT)
+
 ## models: retrain the embedded demo models under models/ from seeds (bit for bit)
 models: deps $(O)/duet $(O)/gen_demo_task
 	@sh tools/make_models.sh $(O)/duet $(O)/gen_demo_task models
@@ -127,6 +135,7 @@ help:
 	@echo "make test       run the tests (ends with 'N passed, N failed')"
 	@echo "make test-long  also the slow checks and the browser test (screenshot in build/)"
 	@echo "make demo       run the demo"
+	@echo "make serve      the demo models behind the web page on http://127.0.0.1:8080/ (PORT=N)"
 	@echo "make models     retrain the embedded demo models (models/) from seeds"
 	@echo "make bench      run benchmarks, CSV under bench/results/"
 	@echo "make mutation   plant the bugs of tests/mutations.txt one by one; kill rate and survivors"

@@ -1,17 +1,25 @@
 #!/bin/sh
-# tests/browser/run.sh DUET_BIN SCREENSHOT: start duet serve on random-weight models (base,
-# expert, untrained head) on a free loopback port, drive its web page with page_test.mjs,
-# stop the server. Needs chromium and playwright-core (make deps-long).
+# tests/browser/run.sh DUET_BIN SCREENSHOT: start duet serve on the embedded demo models
+# (models/: the jointly trained base and head with the expert, as make demo and make serve run
+# them) on a free loopback port, drive its web page with page_test.mjs on a held-out demo
+# question, stop the server. Needs chromium and playwright-core (make deps-long).
 set -e
 bin=$1; shot=$2
+m=${DUET_MODELS:-models}
 dir=$(mktemp -d); pid=
 trap 'if [ -n "$pid" ]; then kill $pid 2>/dev/null; fi; rm -rf "$dir"' EXIT
-m="--n-embd 128 --n-layer 2 --n-head 4 --n-head-kv 2 --n-ff 256 --n-vocab 600 --n-ctx 256"
-"$bin" make-model $m --seed 11 -o "$dir/base.gguf" >/dev/null
-"$bin" make-model $m --seed 12 -o "$dir/expert.gguf" >/dev/null
-"$bin" head init -m "$dir/base.gguf" -o "$dir/head.gguf" >/dev/null 2>&1
-"$bin" serve -m "$dir/base.gguf" --expert "$dir/expert.gguf" --head "$dir/head.gguf" --port 0 -t 1 \
-    2>"$dir/serve.log" &
+for f in demo-joint.gguf demo-joint.head.gguf demo-expert.gguf demo-heldout.jsonl; do
+    [ -r "$m/$f" ] || { echo "browser test: $m/$f is missing (make models rebuilds it)" >&2; exit 1; }
+done
+# the question the page offers by default (line 3 of the held-out set) and its reference answer
+line=$(sed -n 3p "$m/demo-heldout.jsonl")
+question=$(printf '%s\n' "$line" | sed 's/^{"question": "\(.*\)", "answer".*$/\1/')
+ref=$(printf '%s\n' "$line" | sed 's/.*#### \([0-9]*\)"}$/\1/')
+# the log exists before the server starts: the background shell opens it only once forked,
+# and a sed on a missing file would end this script (set -e) before the server says its port
+: >"$dir/serve.log"
+"$bin" serve -m "$m/demo-joint.gguf" --expert "$m/demo-expert.gguf" --head "$m/demo-joint.head.gguf" \
+    --port 0 -t 1 2>"$dir/serve.log" &
 pid=$!
 port=
 for i in $(seq 100); do
@@ -20,4 +28,4 @@ for i in $(seq 100); do
     sleep 0.1
 done
 [ -n "$port" ] || { cat "$dir/serve.log" >&2; echo "browser test: server did not start" >&2; exit 1; }
-node "$(dirname "$0")/page_test.mjs" "http://127.0.0.1:$port/" "$shot"
+node "$(dirname "$0")/page_test.mjs" "http://127.0.0.1:$port/" "$shot" "$question" "$ref"
