@@ -80,20 +80,10 @@ int32_t tok_find(const tokenizer *t, const char *s, size_t n) {
 /* Token ids are optional u32 keys; any integer type is accepted when the value is in range. */
 static int read_id(const gguf_file *f, const char *key, int n_vocab, int32_t *id,
                    duet_error *err) {
-    const gguf_kv *kv = gguf_find(f, key);
-    if (!kv) return DUET_OK;
+    if (!gguf_find(f, key)) return DUET_OK; /* absent: the kind's default stands */
     int64_t v;
-    switch (kv->type) {
-    case GGUF_TYPE_UINT8: case GGUF_TYPE_UINT16: case GGUF_TYPE_UINT32: case GGUF_TYPE_UINT64:
-        v = kv->v.u64 > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)kv->v.u64;
-        break;
-    case GGUF_TYPE_INT8: case GGUF_TYPE_INT16: case GGUF_TYPE_INT32: case GGUF_TYPE_INT64:
-        v = kv->v.i64;
-        break;
-    default:
-        return duet_fail(err, DUET_ERR_FORMAT, "%s: %s has type %s, expected an integer",
-                         f->path, key, gguf_type_name(kv->type));
-    }
+    int rc = gguf_get_i64_opt(f, key, &v, err);
+    if (rc) return rc;
     if (v < 0 || v >= n_vocab)
         return duet_fail(err, DUET_ERR_FORMAT,
                          "%s: %s = %lld is out of range (the vocabulary has %d tokens)",
@@ -102,34 +92,20 @@ static int read_id(const gguf_file *f, const char *key, int n_vocab, int32_t *id
     return DUET_OK;
 }
 
-static int read_bool(const gguf_file *f, const char *key, bool *out, duet_error *err) {
-    const gguf_kv *kv = gguf_find(f, key);
-    if (!kv) return DUET_OK;
-    if (kv->type != GGUF_TYPE_BOOL)
-        return duet_fail(err, DUET_ERR_FORMAT, "%s: %s has type %s, expected bool", f->path,
-                         key, gguf_type_name(kv->type));
-    *out = kv->v.u64 != 0;
-    return DUET_OK;
-}
-
-/* Optional per-token array: absent -> *out = NULL; present -> element type and count must
- * match. want_a/want_b: acceptable element types (same width). */
-static int read_arr(const gguf_file *f, const char *key, gguf_type want_a, gguf_type want_b,
-                    const char *want_name, uint64_t n, const gguf_kv **out, duet_error *err) {
-    const gguf_kv *kv = gguf_find(f, key);
+/* Optional per-token array: absent -> *out = NULL; present -> element type (integer types of
+ * want's width count as want) and count must match. */
+static int read_arr(const gguf_file *f, const char *key, gguf_type want, uint64_t n,
+                    const gguf_kv **out, duet_error *err) {
     *out = NULL;
-    if (!kv) return DUET_OK;
-    if (kv->type != GGUF_TYPE_ARRAY || (kv->arr_type != want_a && kv->arr_type != want_b))
-        return duet_fail(err, DUET_ERR_FORMAT, "%s: %s has type %s%s%s, expected an array of %s",
-                         f->path, key, gguf_type_name(kv->type),
-                         kv->type == GGUF_TYPE_ARRAY ? " of " : "",
-                         kv->type == GGUF_TYPE_ARRAY ? gguf_type_name(kv->arr_type) : "",
-                         want_name);
-    if (kv->arr_n != n)
+    int rc = gguf_get_arr_opt(f, key, want, out, err);
+    if (rc || !*out) return rc;
+    if ((*out)->arr_n != n) {
+        uint64_t got = (*out)->arr_n;
+        *out = NULL;
         return duet_fail(err, DUET_ERR_FORMAT,
                          "%s: %s has %llu entries but tokenizer.ggml.tokens has %llu", f->path,
-                         key, (unsigned long long)kv->arr_n, (unsigned long long)n);
-    *out = kv;
+                         key, (unsigned long long)got, (unsigned long long)n);
+    }
     return DUET_OK;
 }
 
@@ -237,21 +213,20 @@ static void set_attr_by_text(tokenizer *t, const char *text, int flag, bool on) 
  * ("gpt2"); any other is refused. */
 static int read_model_kind(const gguf_file *f, const tok_ops **ops, duet_error *err) {
     const char *path = f->path;
-    const gguf_kv *model = gguf_find(f, "tokenizer.ggml.model");
-    if (!model)
+    gguf_str model = {0, NULL}; /* a present string, even an empty one, points into the file */
+    int rc = gguf_get_str_opt(f, "tokenizer.ggml.model", &model, err);
+    if (rc) return rc;
+    if (!model.ptr)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: no tokenizer.ggml.model key (not a model "
                          "with a vocabulary?)", path);
-    if (model->type != GGUF_TYPE_STRING)
-        return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.model has type %s, expected "
-                         "str", path, gguf_type_name(model->type));
     static const struct { const char *name; const tok_ops *ops; } kinds[] = {
         {"llama", &tok_spm_ops}, {"gpt2", &tok_bpe_ops}};
     *ops = NULL;
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
-        if (gguf_str_eq(model->str, kinds[i].name)) *ops = kinds[i].ops;
+        if (gguf_str_eq(model, kinds[i].name)) *ops = kinds[i].ops;
     if (!*ops) {
         char p[64];
-        duet_printable(p, sizeof p, model->str.ptr, model->str.len);
+        duet_printable(p, sizeof p, model.ptr, model.len);
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model = \"%s\" is not "
                          "supported (only \"llama\", SentencePiece, and \"gpt2\", byte-level "
                          "BPE)", path, p);
@@ -262,14 +237,11 @@ static int read_model_kind(const gguf_file *f, const tok_ops **ops, duet_error *
 /* The token texts: an array of str with 1 .. INT32_MAX - 1 entries. */
 static int read_token_texts(const gguf_file *f, const gguf_kv **out, duet_error *err) {
     const char *path = f->path;
-    const gguf_kv *toks = gguf_find(f, "tokenizer.ggml.tokens");
+    const gguf_kv *toks = NULL;
+    int rc = gguf_get_arr_opt(f, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, &toks, err);
+    if (rc) return rc;
     if (!toks)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: no tokenizer.ggml.tokens key", path);
-    if (toks->type != GGUF_TYPE_ARRAY || toks->arr_type != GGUF_TYPE_STRING)
-        return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.tokens has type %s%s%s, "
-                         "expected an array of str", path, gguf_type_name(toks->type),
-                         toks->type == GGUF_TYPE_ARRAY ? " of " : "",
-                         toks->type == GGUF_TYPE_ARRAY ? gguf_type_name(toks->arr_type) : "");
     uint64_t n = toks->arr_n;
     if (n == 0)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.tokens is empty (vocabulary "
@@ -389,9 +361,10 @@ static int read_special_ids(tokenizer *t, const gguf_file *f, duet_error *err) {
         (rc = read_id(f, "tokenizer.ggml.eom_token_id", t->n_vocab, &t->eom, err)))
         return rc;
 
-    if ((rc = read_bool(f, "tokenizer.ggml.add_bos_token", &t->add_bos, err)) ||
-        (rc = read_bool(f, "tokenizer.ggml.add_eos_token", &t->add_eos, err)) ||
-        (rc = read_bool(f, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix, err)))
+    if ((rc = gguf_get_bool_opt(f, "tokenizer.ggml.add_bos_token", &t->add_bos, err)) ||
+        (rc = gguf_get_bool_opt(f, "tokenizer.ggml.add_eos_token", &t->add_eos, err)) ||
+        (rc = gguf_get_bool_opt(f, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix,
+                                err)))
         return rc;
     return DUET_OK;
 }
@@ -414,12 +387,13 @@ static void mark_end_of_generation(tokenizer *t) {
 static void phi3_quirk(tokenizer *t, const gguf_file *f) {
     /* Phi-3 quirk (llama.cpp keys it on general.name): its special tokens swallow the
      * whitespace after them, as its Hugging Face tokenizer does ("<|user|>\n" -> one token). */
-    const gguf_kv *name = gguf_find(f, "general.name");
-    if (name && name->type == GGUF_TYPE_STRING) {
+    gguf_str name = {0, NULL}; /* stays unset when absent or not a string: no quirk then */
+    (void)gguf_get_str_opt(f, "general.name", &name, NULL);
+    if (name.ptr) {
         char lower[128];
-        size_t m = DUET_MIN(name->str.len, sizeof lower - 1);
+        size_t m = DUET_MIN(name.len, sizeof lower - 1);
         for (size_t i = 0; i < m; i++) {
-            char c = name->str.ptr[i];
+            char c = name.ptr[i];
             lower[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
         }
         lower[m] = 0;
@@ -453,11 +427,8 @@ static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
     t->n_vocab = (int)n;
 
     const gguf_kv *scores, *types;
-    if ((rc = read_arr(f, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, GGUF_TYPE_FLOAT32, "f32",
-                       n, &scores, err)))
-        return rc;
-    if ((rc = read_arr(f, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, GGUF_TYPE_UINT32, "i32",
-                       n, &types, err)))
+    if ((rc = read_arr(f, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, n, &scores, err)) ||
+        (rc = read_arr(f, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, n, &types, err)))
         return rc;
     if ((rc = alloc_vocab(t, f, toks, err)) || (rc = copy_tokens(t, f, toks, scores, types, err)))
         return rc;

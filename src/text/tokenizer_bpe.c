@@ -246,15 +246,12 @@ static bool bpe_pair_score(const tokenizer *t, const char *s, uint32_t ln, uint3
 
 static int load_merges(const tokenizer *t, tok_bpe *b, const gguf_file *f, duet_error *err) {
     const char *path = f->path;
-    const gguf_kv *kv = gguf_find(f, "tokenizer.ggml.merges");
+    const gguf_kv *kv = NULL;
+    int rc = gguf_get_arr_opt(f, "tokenizer.ggml.merges", GGUF_TYPE_STRING, &kv, err);
+    if (rc) return rc;
     if (!kv)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.model = \"gpt2\" but there is "
                          "no tokenizer.ggml.merges key", path);
-    if (kv->type != GGUF_TYPE_ARRAY || kv->arr_type != GGUF_TYPE_STRING)
-        return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.merges has type %s%s%s, "
-                         "expected an array of str", path, gguf_type_name(kv->type),
-                         kv->type == GGUF_TYPE_ARRAY ? " of " : "",
-                         kv->type == GGUF_TYPE_ARRAY ? gguf_type_name(kv->arr_type) : "");
     if (kv->arr_n >= (1u << 24))
         return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.merges has %llu entries (at "
                          "most 16777215 supported)", path, (unsigned long long)kv->arr_n);
@@ -361,20 +358,19 @@ static int bpe_load(tokenizer *t, const gguf_file *f, duet_error *err) {
     /* A file without tokenizer.ggml.pre predates the key; llama.cpp then uses "default"
      * (with a warning that quality may suffer), and so does this. */
     const struct pre_kind *kind = &k_pre_kinds[0];
-    const gguf_kv *pre = gguf_find(f, "tokenizer.ggml.pre");
-    if (pre) {
-        if (pre->type != GGUF_TYPE_STRING)
-            return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.pre has type %s, "
-                             "expected str", path, gguf_type_name(pre->type));
+    gguf_str pre = {0, NULL}; /* a present string, even an empty one, points into the file */
+    int rc = gguf_get_str_opt(f, "tokenizer.ggml.pre", &pre, err);
+    if (rc) return rc;
+    if (pre.ptr) {
         kind = NULL;
         for (size_t i = 0; i < sizeof k_pre_kinds / sizeof k_pre_kinds[0]; i++) {
             size_t n = strlen(k_pre_kinds[i].name);
-            if (pre->str.len == n && memcmp(pre->str.ptr, k_pre_kinds[i].name, n) == 0)
+            if (pre.len == n && memcmp(pre.ptr, k_pre_kinds[i].name, n) == 0)
                 kind = &k_pre_kinds[i];
         }
         if (!kind) {
             char p[64];
-            duet_printable(p, sizeof p, pre->str.ptr, pre->str.len);
+            duet_printable(p, sizeof p, pre.ptr, pre.len);
             return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: tokenizer.ggml.pre = \"%s\" is not a "
                              "known pre-tokenizer (known: default, gpt-2, llama-bpe, qwen2, "
                              "deepseek-llm, deepseek-coder, deepseek-v3, falcon, starcoder, "
@@ -385,7 +381,7 @@ static int bpe_load(tokenizer *t, const gguf_file *f, duet_error *err) {
     b->ignore_merges = kind->flags & PRE_IGNORE_MERGES;
     if (kind->flags & PRE_ADD_BOS) t->add_bos = true;
     if (kind->flags & PRE_NO_BOS) t->bos = -1;
-    int rc = compile_patterns(b, kind, path, err);
+    rc = compile_patterns(b, kind, path, err);
     if (!rc) rc = load_merges(t, b, f, err);
     return rc;
 }
