@@ -781,6 +781,6 @@ int tokenizer_piece(const tokenizer *t, int32_t prev, int32_t tok, char *buf, in
     default: /* control, unused, undefined */
         return 0;
     }
-    if (n <= (size_t)cap) memcpy(buf, s, n);
+    if (n > 0 && cap > 0) memcpy(buf, s, DUET_MIN(n, (size_t)cap)); /* the prefix that fits */
     return (int)n;
 }

@@ -583,23 +583,19 @@ static int bpe_split(const tokenizer *t, const char *text, size_t len, uint32_t 
 static int bpe_piece(const tokenizer *t, int32_t prev, int32_t tok, char *buf, int cap) {
     const tok_bpe *b = bpe_of(t);
     const unsigned char *s = (const unsigned char *)tok_str(t, tok);
-    size_t n = t->len[tok], m = 0;
-    for (int pass = 0; pass < 2; pass++) { /* count, then write only if it all fits */
-        if (pass == 1 && m > (size_t)cap) break;
-        m = 0;
-        for (size_t i = 0; i < n;) {
-            int k = duet_utf8_char(s + i, n - i); /* texts are valid UTF-8 (checked on load) */
-            unsigned cp = k == 1 ? s[i] : k == 2 ? ((s[i] & 0x1Fu) << 6) | (s[i + 1] & 0x3Fu)
-                                                 : 0x144;
-            if (cp < 0x144 && b->dec[cp] >= 0) {
-                if (pass == 1) buf[m] = (char)b->dec[cp];
-                m++;
-            } else { /* outside the byte table (e.g. a raw space): the character itself */
-                if (pass == 1) memcpy(buf + m, s + i, (size_t)k);
-                m += (size_t)k;
-            }
-            i += (size_t)k;
+    size_t n = t->len[tok], m = 0; /* the whole piece's length; its first cap bytes written */
+    for (size_t i = 0; i < n;) {
+        int k = duet_utf8_char(s + i, n - i); /* texts are valid UTF-8 (checked on load) */
+        unsigned cp = k == 1 ? s[i] : k == 2 ? ((s[i] & 0x1Fu) << 6) | (s[i + 1] & 0x3Fu)
+                                             : 0x144;
+        if (cp < 0x144 && b->dec[cp] >= 0) {
+            if (m < (size_t)cap) buf[m] = (char)b->dec[cp];
+            m++;
+        } else { /* outside the byte table (e.g. a raw space): the character itself */
+            for (int j = 0; j < k; j++, m++)
+                if (m < (size_t)cap) buf[m] = (char)s[i + (size_t)j];
         }
+        i += (size_t)k;
     }
     return m > INT_MAX ? INT_MAX : (int)m;
 }

@@ -86,16 +86,12 @@ static int spm_piece(const tokenizer *t, int32_t prev, int32_t tok, char *buf, i
     if (prev >= 0 && prev == t->bos && t->add_space_prefix && n >= 3 &&
         memcmp(s, SPM_SPACE, 3) == 0)
         i0 = 3;
-    size_t m = 0;
-    for (int pass = 0; pass < 2; pass++) { /* count, then write only if it all fits */
-        if (pass == 1 && m > (size_t)cap) break;
-        m = 0;
-        for (size_t i = i0; i < n;) {
-            bool sp = n - i >= 3 && memcmp(s + i, SPM_SPACE, 3) == 0;
-            if (pass == 1) buf[m] = sp ? ' ' : s[i];
-            m++;
-            i += sp ? 3 : 1;
-        }
+    size_t m = 0; /* the whole piece's length; only its first cap bytes are written */
+    for (size_t i = i0; i < n;) {
+        bool sp = n - i >= 3 && memcmp(s + i, SPM_SPACE, 3) == 0;
+        if (m < (size_t)cap) buf[m] = sp ? ' ' : s[i];
+        m++;
+        i += sp ? 3 : 1;
     }
     return (int)m;
 }
