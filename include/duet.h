@@ -118,8 +118,12 @@ int duet_tokenize(const duet_model *model, const char *text, size_t len, int add
 
 /* The bytes of one token for output. prev is the previous token in the sequence (or -1);
  * a leading space is dropped right after BOS, as SentencePiece decoding does.
- * Returns the number of bytes the piece has (may exceed cap, nothing is then written past
- * cap), or a negative status for an id out of range. Control tokens render as "". */
+ * Writes the first min(L, cap) bytes of the piece to buf, where L is the piece's length, and
+ * returns L. No NUL is written or counted, and buf[cap] onwards is never touched; when L
+ * exceeds cap, buf holds a truncated prefix (possibly cut inside a UTF-8 character): grow
+ * the buffer to L bytes and call again for the whole piece. cap 0 (buf may be NULL) only
+ * measures. Returns a negative status, writing nothing, for an id out of range or a bad
+ * argument. Control tokens render as "" (0 bytes). */
 int duet_token_to_piece(const duet_model *model, int32_t prev, int32_t token, char *buf,
                         int cap);
 /* The raw vocabulary text of a token (as stored), or NULL when out of range. */

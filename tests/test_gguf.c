@@ -396,6 +396,41 @@ TEST(gguf_getters) {
     gguf_close(f);
 }
 
+/* The optional array getter: absent is not an error and leaves the output alone; present, it
+ * checks the type exactly as gguf_get_arr does. */
+TEST(gguf_get_arr_opt_absent_present_wrong) {
+    gguf_writer *w = gguf_writer_new();
+    int32_t ids[] = {1, 2, -3};
+    gguf_set_arr(w, "ids", GGUF_TYPE_INT32, ids, 3);
+    gguf_set_str(w, "name", "x");
+    const char *path = test_path(test_tmpdir(), "getters-opt.gguf");
+    duet_error err = {0};
+    CHECK(gguf_write(w, path, &err) == DUET_OK);
+    gguf_writer_free(w);
+    gguf_file *f = NULL;
+    REQUIRE(gguf_open(path, &f, &err) == DUET_OK);
+
+    gguf_kv mark;
+    const gguf_kv *a = &mark;
+    CHECK(gguf_get_arr_opt(f, "absent", GGUF_TYPE_INT32, &a, &err) == DUET_OK && a == &mark);
+    /* present: any 4-byte integer type reads an i32 array; element 2 was written as -3 */
+    CHECK(gguf_get_arr_opt(f, "ids", GGUF_TYPE_UINT32, &a, &err) == DUET_OK);
+    REQUIRE(a != &mark && a->arr_n == 3);
+    CHECK(gguf_arr_i64(a, 2) == -3);
+    /* a wrong type fails, names file, key, wanted and found type, and writes nothing */
+    a = &mark;
+    CHECK_EQ_INT(gguf_get_arr_opt(f, "ids", GGUF_TYPE_FLOAT32, &a, &err), DUET_ERR_FORMAT);
+    CHECK(a == &mark);
+    CHECKF(strstr(err.msg, "getters-opt.gguf") && strstr(err.msg, "'ids'") &&
+               strstr(err.msg, "expected arr[f32], found arr[i32]"), "%s", err.msg);
+    CHECK_EQ_INT(gguf_get_arr_opt(f, "name", GGUF_TYPE_STRING, &a, &err), DUET_ERR_FORMAT);
+    CHECKF(strstr(err.msg, "'name'") && strstr(err.msg, "expected arr[str], found str"), "%s",
+           err.msg);
+    CHECK(a == &mark);
+    CHECK_EQ_INT(gguf_get_arr_opt(f, "ids", GGUF_TYPE_ARRAY, &a, &err), DUET_ERR_ARG);
+    gguf_close(f);
+}
+
 TEST(gguf_print_output) {
     gguf_writer *w = gguf_writer_new();
     gguf_set_str(w, "general.architecture", "llama\n\x1b[31m"); /* hostile: stays one line */

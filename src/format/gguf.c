@@ -795,13 +795,13 @@ int gguf_get_str_opt(const gguf_file *f, const char *key, gguf_str *out, duet_er
     return get_str(f, key, true, out, err);
 }
 
-int gguf_get_arr(const gguf_file *f, const char *key, gguf_type want, const gguf_kv **out,
-                 duet_error *err) {
+static int get_arr(const gguf_file *f, const char *key, bool optional, gguf_type want,
+                   const gguf_kv **out, duet_error *err) {
     if ((unsigned)want >= GGUF_TYPE_COUNT || want == GGUF_TYPE_ARRAY)
         return duet_fail(err, DUET_ERR_ARG, "gguf_get_arr: bad element type %d", (int)want);
     const gguf_kv *kv = NULL;
-    int rc = lookup(f, key, false, &kv, err);
-    if (rc) return rc;
+    int rc = lookup(f, key, optional, &kv, err);
+    if (rc || !kv) return rc;
     char w[32];
     snprintf(w, sizeof w, "arr[%s]", gguf_type_name(want));
     bool ok = kv->type == GGUF_TYPE_ARRAY &&
@@ -810,6 +810,16 @@ int gguf_get_arr(const gguf_file *f, const char *key, gguf_type want, const gguf
     if (!ok) return wrong_type(f, kv, w, err);
     if (out) *out = kv;
     return DUET_OK;
+}
+
+int gguf_get_arr(const gguf_file *f, const char *key, gguf_type want, const gguf_kv **out,
+                 duet_error *err) {
+    return get_arr(f, key, false, want, out, err);
+}
+
+int gguf_get_arr_opt(const gguf_file *f, const char *key, gguf_type want, const gguf_kv **out,
+                     duet_error *err) {
+    return get_arr(f, key, true, want, out, err);
 }
 
 /* Element i of a scalar array as the kv union (false when i or the type is not readable). */

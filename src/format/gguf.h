@@ -129,6 +129,8 @@ int gguf_get_str_opt(const gguf_file *f, const char *key, gguf_str *out, duet_er
  * of the same width); (*out)->arr_n is the count. */
 int gguf_get_arr(const gguf_file *f, const char *key, gguf_type want, const gguf_kv **out,
                  duet_error *err);
+int gguf_get_arr_opt(const gguf_file *f, const char *key, gguf_type want, const gguf_kv **out,
+                     duet_error *err);
 /* Read element i of a scalar array as double / int64 (no bounds check beyond i < arr_n). */
 double gguf_arr_f64(const gguf_kv *kv, uint64_t i);
 int64_t gguf_arr_i64(const gguf_kv *kv, uint64_t i);

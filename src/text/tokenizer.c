@@ -1,21 +1,18 @@
 /*
- * tokenizer.c: loading a vocabulary from GGUF metadata, the special-token partitioner and the
- * merge engine shared with byte-level BPE (tokenizer_bpe.c, tokenizer.ggml.model == "gpt2"),
- * and the SentencePiece-style tokenizer (tokenizer.ggml.model == "llama"). SentencePiece
- * encoding reproduces llama.cpp's SPM tokenizer (llm_tokenizer_spm and the special-token
- * partitioning in llama-vocab.cpp), because its outputs are what GGUF models were evaluated
- * with and what the reference test vectors hold:
+ * tokenizer.c: the vocabulary core shared by both kinds of tokenizer: loading the token table
+ * from GGUF metadata (texts, scores, types, special ids and flags), the special-token
+ * partitioner, the merge engine, and the public entry points. What differs between
+ * SentencePiece (tokenizer_spm.c, tokenizer.ggml.model == "llama") and byte-level BPE
+ * (tokenizer_bpe.c, "gpt2") is behind the kind's tok_ops, chosen once at load.
+ * Encoding follows llama.cpp (llama-vocab.cpp), because its outputs are what GGUF models were
+ * evaluated with and what the reference test vectors hold:
  *  1. special tokens found in the text become their own fragments (control and unknown
  *     tokens only with parse_special; user-defined tokens always), longest text first;
- *  2. every remaining text fragment gets a leading space when add_space_prefix is set and it
- *     starts the text or follows a special token; spaces become U+2581;
- *  3. the fragment is split into UTF-8 characters, and adjacent symbols are merged best
- *     score first (ties: leftmost) while the merged text is a token;
- *  4. a final symbol that is not a token is emitted byte by byte (<0xXX> tokens), or as the
- *     unknown token when the vocabulary has no such byte token.
+ *  2. every remaining text fragment is encoded by the kind (ops->encode), which merges
+ *     adjacent symbols with tok_merge and emits them with tok_emit_chain.
  *
  * Owns: a copy of every token text (one blob, NUL-terminated each), scores, types, a hash
- * index text -> id, a byte trie over the special tokens, and for BPE the tok_bpe.
+ * index text -> id, a byte trie over the special tokens, and the kind's state (t->impl).
  * Invariants after tokenizer_load: n_vocab >= 1; every special id is -1 or in range; token
  * texts have no NUL, non-byte texts are valid UTF-8, byte-typed texts are exactly <0xXX>;
  * non-empty texts are unique (llama.cpp refuses duplicates too).
@@ -83,20 +80,10 @@ int32_t tok_find(const tokenizer *t, const char *s, size_t n) {
 /* Token ids are optional u32 keys; any integer type is accepted when the value is in range. */
 static int read_id(const gguf_file *f, const char *key, int n_vocab, int32_t *id,
                    duet_error *err) {
-    const gguf_kv *kv = gguf_find(f, key);
-    if (!kv) return DUET_OK;
+    if (!gguf_find(f, key)) return DUET_OK; /* absent: the kind's default stands */
     int64_t v;
-    switch (kv->type) {
-    case GGUF_TYPE_UINT8: case GGUF_TYPE_UINT16: case GGUF_TYPE_UINT32: case GGUF_TYPE_UINT64:
-        v = kv->v.u64 > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)kv->v.u64;
-        break;
-    case GGUF_TYPE_INT8: case GGUF_TYPE_INT16: case GGUF_TYPE_INT32: case GGUF_TYPE_INT64:
-        v = kv->v.i64;
-        break;
-    default:
-        return duet_fail(err, DUET_ERR_FORMAT, "%s: %s has type %s, expected an integer",
-                         f->path, key, gguf_type_name(kv->type));
-    }
+    int rc = gguf_get_i64_opt(f, key, &v, err);
+    if (rc) return rc;
     if (v < 0 || v >= n_vocab)
         return duet_fail(err, DUET_ERR_FORMAT,
                          "%s: %s = %lld is out of range (the vocabulary has %d tokens)",
@@ -105,34 +92,20 @@ static int read_id(const gguf_file *f, const char *key, int n_vocab, int32_t *id
     return DUET_OK;
 }
 
-static int read_bool(const gguf_file *f, const char *key, bool *out, duet_error *err) {
-    const gguf_kv *kv = gguf_find(f, key);
-    if (!kv) return DUET_OK;
-    if (kv->type != GGUF_TYPE_BOOL)
-        return duet_fail(err, DUET_ERR_FORMAT, "%s: %s has type %s, expected bool", f->path,
-                         key, gguf_type_name(kv->type));
-    *out = kv->v.u64 != 0;
-    return DUET_OK;
-}
-
-/* Optional per-token array: absent -> *out = NULL; present -> element type and count must
- * match. want_a/want_b: acceptable element types (same width). */
-static int read_arr(const gguf_file *f, const char *key, gguf_type want_a, gguf_type want_b,
-                    const char *want_name, uint64_t n, const gguf_kv **out, duet_error *err) {
-    const gguf_kv *kv = gguf_find(f, key);
+/* Optional per-token array: absent -> *out = NULL; present -> element type (integer types of
+ * want's width count as want) and count must match. */
+static int read_arr(const gguf_file *f, const char *key, gguf_type want, uint64_t n,
+                    const gguf_kv **out, duet_error *err) {
     *out = NULL;
-    if (!kv) return DUET_OK;
-    if (kv->type != GGUF_TYPE_ARRAY || (kv->arr_type != want_a && kv->arr_type != want_b))
-        return duet_fail(err, DUET_ERR_FORMAT, "%s: %s has type %s%s%s, expected an array of %s",
-                         f->path, key, gguf_type_name(kv->type),
-                         kv->type == GGUF_TYPE_ARRAY ? " of " : "",
-                         kv->type == GGUF_TYPE_ARRAY ? gguf_type_name(kv->arr_type) : "",
-                         want_name);
-    if (kv->arr_n != n)
+    int rc = gguf_get_arr_opt(f, key, want, out, err);
+    if (rc || !*out) return rc;
+    if ((*out)->arr_n != n) {
+        uint64_t got = (*out)->arr_n;
+        *out = NULL;
         return duet_fail(err, DUET_ERR_FORMAT,
                          "%s: %s has %llu entries but tokenizer.ggml.tokens has %llu", f->path,
-                         key, (unsigned long long)kv->arr_n, (unsigned long long)n);
-    *out = kv;
+                         key, (unsigned long long)got, (unsigned long long)n);
+    }
     return DUET_OK;
 }
 
@@ -238,38 +211,37 @@ static void set_attr_by_text(tokenizer *t, const char *text, int flag, bool on) 
 
 /* The vocabulary's kind from tokenizer.ggml.model: SentencePiece ("llama") or byte-level BPE
  * ("gpt2"); any other is refused. */
-static int read_model_kind(const gguf_file *f, bool *bpe, duet_error *err) {
+static int read_model_kind(const gguf_file *f, const tok_ops **ops, duet_error *err) {
     const char *path = f->path;
-    const gguf_kv *model = gguf_find(f, "tokenizer.ggml.model");
-    if (!model)
+    gguf_str model = {0, NULL}; /* a present string, even an empty one, points into the file */
+    int rc = gguf_get_str_opt(f, "tokenizer.ggml.model", &model, err);
+    if (rc) return rc;
+    if (!model.ptr)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: no tokenizer.ggml.model key (not a model "
                          "with a vocabulary?)", path);
-    if (model->type != GGUF_TYPE_STRING)
-        return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.model has type %s, expected "
-                         "str", path, gguf_type_name(model->type));
-    bool is_bpe = gguf_str_eq(model->str, "gpt2");
-    if (!is_bpe && !gguf_str_eq(model->str, "llama")) {
+    static const struct { const char *name; const tok_ops *ops; } kinds[] = {
+        {"llama", &tok_spm_ops}, {"gpt2", &tok_bpe_ops}};
+    *ops = NULL;
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        if (gguf_str_eq(model, kinds[i].name)) *ops = kinds[i].ops;
+    if (!*ops) {
         char p[64];
-        duet_printable(p, sizeof p, model->str.ptr, model->str.len);
+        duet_printable(p, sizeof p, model.ptr, model.len);
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model = \"%s\" is not "
                          "supported (only \"llama\", SentencePiece, and \"gpt2\", byte-level "
                          "BPE)", path, p);
     }
-    *bpe = is_bpe;
     return DUET_OK;
 }
 
 /* The token texts: an array of str with 1 .. INT32_MAX - 1 entries. */
 static int read_token_texts(const gguf_file *f, const gguf_kv **out, duet_error *err) {
     const char *path = f->path;
-    const gguf_kv *toks = gguf_find(f, "tokenizer.ggml.tokens");
+    const gguf_kv *toks = NULL;
+    int rc = gguf_get_arr_opt(f, "tokenizer.ggml.tokens", GGUF_TYPE_STRING, &toks, err);
+    if (rc) return rc;
     if (!toks)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: no tokenizer.ggml.tokens key", path);
-    if (toks->type != GGUF_TYPE_ARRAY || toks->arr_type != GGUF_TYPE_STRING)
-        return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.tokens has type %s%s%s, "
-                         "expected an array of str", path, gguf_type_name(toks->type),
-                         toks->type == GGUF_TYPE_ARRAY ? " of " : "",
-                         toks->type == GGUF_TYPE_ARRAY ? gguf_type_name(toks->arr_type) : "");
     uint64_t n = toks->arr_n;
     if (n == 0)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.tokens is empty (vocabulary "
@@ -374,26 +346,13 @@ static uint64_t vocab_identity_hash(const tokenizer *t) {
 }
 
 /* The special ids and the BOS/EOS/space-prefix flags: the kind's defaults, then the file's. */
-static int read_special_ids(tokenizer *t, const gguf_file *f, bool is_bpe, duet_error *err) {
-    uint64_t n = (uint64_t)t->n_vocab;
+static int read_special_ids(tokenizer *t, const gguf_file *f, duet_error *err) {
     int rc;
-    /* llama.cpp's defaults where those ids exist: SentencePiece <s> 1, </s> 2, <unk> 0;
-     * BPE 11 for both BOS and EOS (Falcon's <|endoftext|>) and no unknown token. Its
-     * defaults for the flags: SentencePiece adds BOS and the space prefix, BPE neither
-     * (some pre-tokenizers turn add_bos on; tok_bpe_load sets that). */
-    if (is_bpe) {
-        t->bos = t->eos = n > 11 ? 11 : -1;
-        t->unk = -1;
-    } else {
-        t->bos = n > 1 ? 1 : -1;
-        t->eos = n > 2 ? 2 : -1;
-        t->unk = 0;
-    }
+    /* the ids and flags no kind sets a default for; the kind's load sets BOS, EOS, the
+     * unknown token, add_bos and add_space_prefix */
     t->pad = t->eot = t->eom = -1;
-    t->add_bos = !is_bpe;
     t->add_eos = false;
-    t->add_space_prefix = !is_bpe;
-    if (is_bpe && (rc = tok_bpe_load(t, f, err))) return rc;
+    if ((rc = t->ops->load(t, f, err))) return rc;
     if ((rc = read_id(f, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos, err)) ||
         (rc = read_id(f, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->eos, err)) ||
         (rc = read_id(f, "tokenizer.ggml.unknown_token_id", t->n_vocab, &t->unk, err)) ||
@@ -402,9 +361,10 @@ static int read_special_ids(tokenizer *t, const gguf_file *f, bool is_bpe, duet_
         (rc = read_id(f, "tokenizer.ggml.eom_token_id", t->n_vocab, &t->eom, err)))
         return rc;
 
-    if ((rc = read_bool(f, "tokenizer.ggml.add_bos_token", &t->add_bos, err)) ||
-        (rc = read_bool(f, "tokenizer.ggml.add_eos_token", &t->add_eos, err)) ||
-        (rc = read_bool(f, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix, err)))
+    if ((rc = gguf_get_bool_opt(f, "tokenizer.ggml.add_bos_token", &t->add_bos, err)) ||
+        (rc = gguf_get_bool_opt(f, "tokenizer.ggml.add_eos_token", &t->add_eos, err)) ||
+        (rc = gguf_get_bool_opt(f, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix,
+                                err)))
         return rc;
     return DUET_OK;
 }
@@ -427,12 +387,13 @@ static void mark_end_of_generation(tokenizer *t) {
 static void phi3_quirk(tokenizer *t, const gguf_file *f) {
     /* Phi-3 quirk (llama.cpp keys it on general.name): its special tokens swallow the
      * whitespace after them, as its Hugging Face tokenizer does ("<|user|>\n" -> one token). */
-    const gguf_kv *name = gguf_find(f, "general.name");
-    if (name && name->type == GGUF_TYPE_STRING) {
+    gguf_str name = {0, NULL}; /* stays unset when absent or not a string: no quirk then */
+    (void)gguf_get_str_opt(f, "general.name", &name, NULL);
+    if (name.ptr) {
         char lower[128];
-        size_t m = DUET_MIN(name->str.len, sizeof lower - 1);
+        size_t m = DUET_MIN(name.len, sizeof lower - 1);
         for (size_t i = 0; i < m; i++) {
-            char c = name->str.ptr[i];
+            char c = name.ptr[i];
             lower[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
         }
         lower[m] = 0;
@@ -448,20 +409,9 @@ static void phi3_quirk(tokenizer *t, const gguf_file *f) {
 }
 
 static void find_byte_tokens(tokenizer *t) {
-    /* Byte fallback as llama.cpp looks it up: "<0xXX>", else the one-byte text itself; a
-     * byte-typed token spelled in lower case is accepted as a last resort. A BPE vocabulary
-     * spells byte b as its byte-to-unicode character. */
-    for (int b = 0; b < 256 && t->bpe; b++) {
-        char c[2];
-        t->byte_tok[b] = tok_find(t, c, (size_t)tok_bpe_byte_char(b, c));
-    }
-    for (int b = 0; b < 256 && !t->bpe; b++) {
-        static const char hex[] = "0123456789ABCDEF";
-        char s[6] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
-        char one = (char)b;
-        t->byte_tok[b] = tok_find(t, s, 6);
-        if (t->byte_tok[b] < 0) t->byte_tok[b] = tok_find(t, &one, 1);
-    }
+    /* Byte fallback: the kind's own spelling of each byte first; a byte-typed token the
+     * kind did not find (e.g. spelled in lower case) is accepted as a last resort. */
+    t->ops->fill_byte_table(t);
     for (int32_t id = 0; id < t->n_vocab; id++) {
         if (t->type[id] != TOKTYPE_BYTE) continue;
         int b = parse_byte_token(tok_str(t, id), t->len[id]);
@@ -471,23 +421,19 @@ static void find_byte_tokens(tokenizer *t) {
 
 static int load_impl(tokenizer *t, const gguf_file *f, duet_error *err) {
     int rc;
-    bool is_bpe;
     const gguf_kv *toks = NULL;
-    if ((rc = read_model_kind(f, &is_bpe, err)) || (rc = read_token_texts(f, &toks, err))) return rc;
+    if ((rc = read_model_kind(f, &t->ops, err)) || (rc = read_token_texts(f, &toks, err))) return rc;
     uint64_t n = toks->arr_n;
     t->n_vocab = (int)n;
 
     const gguf_kv *scores, *types;
-    if ((rc = read_arr(f, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, GGUF_TYPE_FLOAT32, "f32",
-                       n, &scores, err)))
-        return rc;
-    if ((rc = read_arr(f, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, GGUF_TYPE_UINT32, "i32",
-                       n, &types, err)))
+    if ((rc = read_arr(f, "tokenizer.ggml.scores", GGUF_TYPE_FLOAT32, n, &scores, err)) ||
+        (rc = read_arr(f, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, n, &types, err)))
         return rc;
     if ((rc = alloc_vocab(t, f, toks, err)) || (rc = copy_tokens(t, f, toks, scores, types, err)))
         return rc;
     t->hash = vocab_identity_hash(t);
-    if ((rc = build_index(t, f, err)) || (rc = read_special_ids(t, f, is_bpe, err))) return rc;
+    if ((rc = build_index(t, f, err)) || (rc = read_special_ids(t, f, err))) return rc;
     mark_end_of_generation(t);
     phi3_quirk(t, f);
     find_byte_tokens(t);
@@ -505,7 +451,7 @@ void tokenizer_free(tokenizer *t) {
     free(t->index);
     free(t->edges);
     free(t->term);
-    tok_bpe_free(t->bpe);
+    if (t->ops) t->ops->free(t->impl);
     free(t);
 }
 
@@ -590,14 +536,8 @@ static int try_bigram(const tokenizer *t, tok_work *w, int32_t left, int32_t rig
     int32_t size = w->sym[left].n + w->sym[right].n;
     const char *s = w->esc + w->sym[left].start; /* contiguous: right follows left */
     float score;
-    if (t->bpe) {
-        score = tok_bpe_pair_score(t, s, (uint32_t)w->sym[left].n, (uint32_t)w->sym[right].n);
-        if (score == -INFINITY) return DUET_OK;
-    } else {
-        int32_t id = tok_find(t, s, (size_t)size);
-        if (id < 0) return DUET_OK;
-        score = t->score[id];
-    }
+    if (!t->ops->pair_score(t, s, (uint32_t)w->sym[left].n, (uint32_t)w->sym[right].n, &score))
+        return DUET_OK;
     return heap_push(w, (tok_bigram){score, left, right, size});
 }
 
@@ -638,20 +578,6 @@ int tok_merge(const tokenizer *t, tok_work *w, size_t m) {
     return nsym;
 }
 
-/* SentencePiece on one text fragment (raw bytes, spaces not yet escaped). */
-static int encode_fragment(const tokenizer *t, tok_work *w, const char *s, size_t n, bool prefix,
-                           tok_emitter *e, duet_error *err) {
-    size_t m = 0;
-    if (prefix) { memcpy(w->esc, "\xe2\x96\x81", 3); m = 3; }
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == ' ') { memcpy(w->esc + m, "\xe2\x96\x81", 3); m += 3; }
-        else w->esc[m++] = s[i];
-    }
-    int nsym = tok_merge(t, w, m);
-    if (nsym < 0) return duet_fail(err, DUET_ERR_NOMEM, "tokenize: out of memory");
-    return tok_emit_chain(t, w, nsym, e, err);
-}
-
 int tok_emit_chain(const tokenizer *t, const tok_work *w, int nsym, tok_emitter *e,
                    duet_error *err) {
     for (int32_t i = 0; nsym > 0 && i != -1; i = w->sym[i].next) {
@@ -660,17 +586,17 @@ int tok_emit_chain(const tokenizer *t, const tok_work *w, int nsym, tok_emitter 
         if (id >= 0) { tok_emit(e, id); continue; }
         /* SentencePiece: merged symbols are tokens by construction, so this is one
          * character that is not in the vocabulary. BPE: a listed merge whose result is not.
-         * Either way: fall back to the symbol's bytes. */
+         * Either way: fall back to the bytes the symbol stands for. */
         for (int32_t k = 0; k < y->n;) {
             const unsigned char *c = (const unsigned char *)w->esc + y->start + k;
             int b = *c;
-            k += t->bpe ? tok_bpe_char_byte(t, c, &b) : 1;
+            k += t->ops->char_byte(t, c, &b);
             if (t->byte_tok[b] >= 0) tok_emit(e, t->byte_tok[b]);
             else if (t->unk >= 0) tok_emit(e, t->unk);
             else
                 return duet_fail(err, DUET_ERR_RANGE, "tokenize: byte 0x%02x cannot be encoded: "
                                  "the vocabulary has no token for it (%s) and no unknown "
-                                 "token", b, t->bpe ? "its byte character" : "<0xXX>");
+                                 "token", b, t->ops->byte_token_form);
         }
     }
     return DUET_OK;
@@ -802,11 +728,7 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_
             if (cov && cov[i] == COV_STRIPPED) { i++; continue; }
             size_t j = i + 1;
             while (j < len && (!cov || cov[j] == COV_TEXT)) j++;
-            if (t->bpe)
-                rc = tok_bpe_encode(t, &w, text + i, j - i, &e, err);
-            else
-                rc = encode_fragment(t, &w, text + i, j - i,
-                                     t->add_space_prefix && prev_special, &e, err);
+            rc = t->ops->encode(t, &w, text + i, j - i, prev_special, &e, err);
             if (rc) goto done;
             prev_special = false;
             i = j;
@@ -820,8 +742,17 @@ done:
     free(w.esc);
     free(w.sym);
     free(w.heap);
-    tok_bpe_work_free(&w);
+    if (t->ops->work_free) t->ops->work_free(&w);
     return rc;
+}
+
+int tokenizer_bpe_split(const tokenizer *t, const char *text, size_t len, uint32_t *cuts,
+                        int cap, duet_error *err) {
+    if (!t || !t->ops->split || (!text && len > 0) || cap < 0 || (!cuts && cap > 0) ||
+        len > (size_t)INT_MAX / 8)
+        return duet_fail(err, DUET_ERR_ARG, "tokenizer_bpe_split: bad argument (%s)",
+                         t && !t->ops->split ? "not a BPE vocabulary" : "NULL or too long");
+    return t->ops->split(t, text, len, cuts, cap, err);
 }
 
 /* ---- decoding ---------------------------------------------------------------------------- */
@@ -833,27 +764,8 @@ int tokenizer_piece(const tokenizer *t, int32_t prev, int32_t tok, char *buf, in
     size_t n = t->len[tok];
     char one;
     switch (t->type[tok]) {
-    case TOKTYPE_NORMAL: {
-        if (t->bpe) return tok_bpe_piece(t, tok, buf, cap);
-        /* U+2581 -> ' '. Right after BOS the piece loses the space that the encoder
-         * prefixed (SentencePiece decoding; llama2.c does the same). */
-        size_t i0 = 0;
-        if (prev >= 0 && prev == t->bos && t->add_space_prefix && n >= 3 &&
-            memcmp(s, "\xe2\x96\x81", 3) == 0)
-            i0 = 3;
-        size_t m = 0;
-        for (int pass = 0; pass < 2; pass++) { /* count, then write only if it all fits */
-            if (pass == 1 && m > (size_t)cap) break;
-            m = 0;
-            for (size_t i = i0; i < n;) {
-                bool sp = n - i >= 3 && memcmp(s + i, "\xe2\x96\x81", 3) == 0;
-                if (pass == 1) buf[m] = sp ? ' ' : s[i];
-                m++;
-                i += sp ? 3 : 1;
-            }
-        }
-        return (int)m;
-    }
+    case TOKTYPE_NORMAL:
+        return t->ops->piece(t, prev, tok, buf, cap);
     case TOKTYPE_BYTE:
         one = (char)parse_byte_token(s, n);
         s = &one;
@@ -869,6 +781,6 @@ int tokenizer_piece(const tokenizer *t, int32_t prev, int32_t tok, char *buf, in
     default: /* control, unused, undefined */
         return 0;
     }
-    if (n <= (size_t)cap) memcpy(buf, s, n);
+    if (n > 0 && cap > 0) memcpy(buf, s, DUET_MIN(n, (size_t)cap)); /* the prefix that fits */
     return (int)n;
 }

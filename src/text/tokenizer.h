@@ -1,9 +1,9 @@
 /*
  * tokenizer.h: tokenizers built from GGUF metadata (tokenizer.ggml.*):
- * SentencePiece-style ("llama" model; tokenizer.c): scores, byte fallback (<0xXX> tokens),
- * add-space-prefix; byte-level BPE ("gpt2" model; tokenizer_bpe.c): merges, byte-to-unicode
- * mapping, the pre-tokenizer named by tokenizer.ggml.pre. Both: control/user-defined special
- * tokens, BOS/EOS, end-of-generation tokens.
+ * SentencePiece-style ("llama" model; tokenizer_spm.c): scores, byte fallback (<0xXX>
+ * tokens), add-space-prefix; byte-level BPE ("gpt2" model; tokenizer_bpe.c): merges,
+ * byte-to-unicode mapping, the pre-tokenizer named by tokenizer.ggml.pre. Both (the core,
+ * tokenizer.c): control/user-defined special tokens, BOS/EOS, end-of-generation tokens.
  * Token types follow llama.cpp: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
  * 6 byte.
  */

@@ -26,9 +26,10 @@
  * against one piece at a time, so a lookahead such as \s+(?!\S) sees the piece's end as the
  * subject's end, as in llama.cpp and Hugging Face.
  *
- * Owns (tok_bpe): the merges as one blob of "left" + "right" texts with a hash index over
- * (left, right) -> rank, the compiled patterns, and the byte <-> character tables.
- * Read-only after loading; per-call scratch (including PCRE2 match data) lives in tok_work.
+ * Owns (tok_bpe, at t->impl): the merges as one blob of "left" + "right" texts with a hash
+ * index over (left, right) -> rank, the compiled patterns, and the byte <-> character tables.
+ * Read-only after loading; per-call scratch (including PCRE2 match data) lives in a bpe_work
+ * at tok_work.impl.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -49,7 +50,7 @@ typedef struct merge_slot {
     int32_t rank; /* -1: empty */
 } merge_slot;
 
-struct tok_bpe {
+typedef struct tok_bpe {
     const char *pre;          /* the pre-tokenizer's canonical name (static storage) */
     bool ignore_merges;
     pcre2_code *re[MAX_PATTERNS];
@@ -63,7 +64,19 @@ struct tok_bpe {
     char enc[256][2];         /* byte -> its character's UTF-8 (enc_len bytes) */
     uint8_t enc_len[256];
     int16_t dec[0x144];       /* code point -> byte, -1 for characters outside the table */
-};
+} tok_bpe;
+
+/* Per-call scratch: the split subject, its byte map back to the input, and the pieces. */
+typedef struct bpe_work {
+    char *subj;
+    uint32_t *subj_src;
+    size_t subj_cap;
+    uint32_t *cut;
+    size_t cut_n, cut_cap;
+    pcre2_match_data *match_data;
+} bpe_work;
+
+static const tok_bpe *bpe_of(const tokenizer *t) { return (const tok_bpe *)t->impl; }
 
 /* ---- pre-tokenizers ------------------------------------------------------------------------ */
 
@@ -186,7 +199,8 @@ static int utf8_put(unsigned cp, char *out) {
     return 2; /* every character of the table is below U+0800 */
 }
 
-int tok_bpe_byte_char(int b, char out[2]) {
+/* The UTF-8 text (1 or 2 bytes, returned count) byte-level BPE writes for byte b. */
+static int byte_char(int b, char out[2]) {
     unsigned cp = (unsigned)b;
     if (!byte_is_printable(b)) {
         cp = 256;
@@ -222,22 +236,22 @@ static int32_t find_merge(const tok_bpe *b, const char *s, uint32_t ln, uint32_t
     }
 }
 
-float tok_bpe_pair_score(const tokenizer *t, const char *s, uint32_t ln, uint32_t rn) {
-    int32_t r = find_merge(t->bpe, s, ln, ln + rn);
-    return r < 0 ? -INFINITY : -(float)r; /* ranks below 2^24 are exact in float */
+/* A pair merges when tokenizer.ggml.merges lists it: score -rank. */
+static bool bpe_pair_score(const tokenizer *t, const char *s, uint32_t ln, uint32_t rn,
+                           float *score) {
+    int32_t r = find_merge(bpe_of(t), s, ln, ln + rn);
+    *score = r < 0 ? -INFINITY : -(float)r; /* ranks below 2^24 are exact in float */
+    return r >= 0;
 }
 
 static int load_merges(const tokenizer *t, tok_bpe *b, const gguf_file *f, duet_error *err) {
     const char *path = f->path;
-    const gguf_kv *kv = gguf_find(f, "tokenizer.ggml.merges");
+    const gguf_kv *kv = NULL;
+    int rc = gguf_get_arr_opt(f, "tokenizer.ggml.merges", GGUF_TYPE_STRING, &kv, err);
+    if (rc) return rc;
     if (!kv)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.model = \"gpt2\" but there is "
                          "no tokenizer.ggml.merges key", path);
-    if (kv->type != GGUF_TYPE_ARRAY || kv->arr_type != GGUF_TYPE_STRING)
-        return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.merges has type %s%s%s, "
-                         "expected an array of str", path, gguf_type_name(kv->type),
-                         kv->type == GGUF_TYPE_ARRAY ? " of " : "",
-                         kv->type == GGUF_TYPE_ARRAY ? gguf_type_name(kv->arr_type) : "");
     if (kv->arr_n >= (1u << 24))
         return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.merges has %llu entries (at "
                          "most 16777215 supported)", path, (unsigned long long)kv->arr_n);
@@ -325,30 +339,38 @@ static int compile_patterns(tok_bpe *b, const struct pre_kind *k, const char *pa
     return DUET_OK;
 }
 
-int tok_bpe_load(tokenizer *t, const gguf_file *f, duet_error *err) {
+/* Reads tokenizer.ggml.pre and tokenizer.ggml.merges and compiles the split patterns; sets
+ * the special-id defaults and the pre-tokenizer's flags. */
+static int bpe_load(tokenizer *t, const gguf_file *f, duet_error *err) {
     const char *path = f->path;
+    /* llama.cpp's defaults: 11 for both BOS and EOS (Falcon's <|endoftext|>) where that id
+     * exists, no unknown token, neither BOS nor the space prefix added (some pre-tokenizers
+     * turn add_bos on, below) */
+    t->bos = t->eos = t->n_vocab > 11 ? 11 : -1;
+    t->unk = -1;
+    t->add_bos = false;
+    t->add_space_prefix = false;
     tok_bpe *b = calloc(1, sizeof *b);
     if (!b) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory (BPE tokenizer)", path);
-    t->bpe = b;
+    t->impl = b;
     build_byte_tables(b);
 
     /* A file without tokenizer.ggml.pre predates the key; llama.cpp then uses "default"
      * (with a warning that quality may suffer), and so does this. */
     const struct pre_kind *kind = &k_pre_kinds[0];
-    const gguf_kv *pre = gguf_find(f, "tokenizer.ggml.pre");
-    if (pre) {
-        if (pre->type != GGUF_TYPE_STRING)
-            return duet_fail(err, DUET_ERR_FORMAT, "%s: tokenizer.ggml.pre has type %s, "
-                             "expected str", path, gguf_type_name(pre->type));
+    gguf_str pre = {0, NULL}; /* a present string, even an empty one, points into the file */
+    int rc = gguf_get_str_opt(f, "tokenizer.ggml.pre", &pre, err);
+    if (rc) return rc;
+    if (pre.ptr) {
         kind = NULL;
         for (size_t i = 0; i < sizeof k_pre_kinds / sizeof k_pre_kinds[0]; i++) {
             size_t n = strlen(k_pre_kinds[i].name);
-            if (pre->str.len == n && memcmp(pre->str.ptr, k_pre_kinds[i].name, n) == 0)
+            if (pre.len == n && memcmp(pre.ptr, k_pre_kinds[i].name, n) == 0)
                 kind = &k_pre_kinds[i];
         }
         if (!kind) {
             char p[64];
-            duet_printable(p, sizeof p, pre->str.ptr, pre->str.len);
+            duet_printable(p, sizeof p, pre.ptr, pre.len);
             return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: tokenizer.ggml.pre = \"%s\" is not a "
                              "known pre-tokenizer (known: default, gpt-2, llama-bpe, qwen2, "
                              "deepseek-llm, deepseek-coder, deepseek-v3, falcon, starcoder, "
@@ -359,12 +381,13 @@ int tok_bpe_load(tokenizer *t, const gguf_file *f, duet_error *err) {
     b->ignore_merges = kind->flags & PRE_IGNORE_MERGES;
     if (kind->flags & PRE_ADD_BOS) t->add_bos = true;
     if (kind->flags & PRE_NO_BOS) t->bos = -1;
-    int rc = compile_patterns(b, kind, path, err);
+    rc = compile_patterns(b, kind, path, err);
     if (!rc) rc = load_merges(t, b, f, err);
     return rc;
 }
 
-void tok_bpe_free(tok_bpe *b) {
+static void bpe_free(void *impl) {
+    tok_bpe *b = impl;
     if (!b) return;
     for (int i = 0; i < b->n_re; i++) pcre2_code_free(b->re[i]);
     free(b->mblob);
@@ -377,15 +400,17 @@ void tok_bpe_free(tok_bpe *b) {
 
 /* ---- encoding ---------------------------------------------------------------------------- */
 
-void tok_bpe_work_free(tok_work *w) {
+static void bpe_work_release(bpe_work *w) {
     free(w->subj);
     free(w->subj_src);
     free(w->cut);
     pcre2_match_data_free(w->match_data);
-    w->subj = NULL;
-    w->subj_src = NULL;
-    w->cut = NULL;
-    w->match_data = NULL;
+}
+
+static void bpe_work_free(tok_work *w) {
+    if (w->impl) bpe_work_release(w->impl);
+    free(w->impl);
+    w->impl = NULL;
 }
 
 static bool grow(void **p, size_t *cap, size_t need, size_t elem) {
@@ -400,7 +425,7 @@ static bool grow(void **p, size_t *cap, size_t need, size_t elem) {
 /* The split subject: the fragment itself when it is valid UTF-8; otherwise a copy with each
  * invalid byte replaced by U+FFFD and subj_src[i] = the input offset of subject byte i (and
  * subj_src[m] = n). Returns the subject's length, or (size_t)-1 when out of memory. */
-static size_t make_subject(tok_work *w, const char *s, size_t n, const char **subj) {
+static size_t make_subject(bpe_work *w, const char *s, size_t n, const char **subj) {
     if (duet_utf8_check(s, n) == n) {
         *subj = s;
         return n;
@@ -433,7 +458,7 @@ static size_t make_subject(tok_work *w, const char *s, size_t n, const char **su
 
 /* Cut the subject into pieces, pattern after pattern. On return w->cut[0..cut_n) holds the
  * piece boundaries (0 first, m last). */
-static int split(const tok_bpe *b, tok_work *w, const char *subj, size_t m, duet_error *err) {
+static int split(const tok_bpe *b, bpe_work *w, const char *subj, size_t m, duet_error *err) {
     /* cut and its successor share one allocation of 2 * (m + 1) entries */
     size_t cap = w->cut_cap;
     if (!grow((void **)&w->cut, &cap, 2 * (m + 1), sizeof *w->cut)) goto nomem;
@@ -491,7 +516,7 @@ nomem:
 /* Merge and emit one piece, s[0..n) of the input. */
 static int encode_piece(const tokenizer *t, tok_work *w, const unsigned char *s, size_t n,
                         tok_emitter *e, duet_error *err) {
-    const tok_bpe *b = t->bpe;
+    const tok_bpe *b = bpe_of(t);
     size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         memcpy(w->esc + m, b->enc[s[i]], b->enc_len[s[i]]);
@@ -506,69 +531,92 @@ static int encode_piece(const tokenizer *t, tok_work *w, const unsigned char *s,
     return tok_emit_chain(t, w, nsym, e, err);
 }
 
-int tok_bpe_char_byte(const tokenizer *t, const unsigned char *c, int *byte) {
+/* The byte a character of the byte table (as tok_merge's symbols hold them) stands for. */
+static int bpe_char_byte(const tokenizer *t, const unsigned char *c, int *byte) {
     /* the characters of the byte table are all one or two bytes long */
     unsigned cp = c[0] < 0x80 ? c[0] : ((c[0] & 0x1Fu) << 6) | (c[1] & 0x3Fu);
-    *byte = t->bpe->dec[cp];
+    *byte = bpe_of(t)->dec[cp];
     return c[0] < 0x80 ? 1 : 2;
 }
 
-int tok_bpe_encode(const tokenizer *t, tok_work *w, const char *s, size_t n, tok_emitter *e,
-                   duet_error *err) {
+/* One plain-text fragment: split, then each piece merged on its own. BPE adds no prefix
+ * space, so where the fragment lies does not matter. */
+static int bpe_encode(const tokenizer *t, tok_work *w, const char *s, size_t n,
+                      bool after_special, tok_emitter *e, duet_error *err) {
+    if (!w->impl && !(w->impl = calloc(1, sizeof(bpe_work))))
+        return duet_fail(err, DUET_ERR_NOMEM, "tokenize: out of memory");
+    bpe_work *bw = w->impl;
     const char *subj;
-    size_t m = make_subject(w, s, n, &subj);
+    size_t m = make_subject(bw, s, n, &subj);
     if (m == (size_t)-1) return duet_fail(err, DUET_ERR_NOMEM, "tokenize: out of memory");
-    int rc = split(t->bpe, w, subj, m, err);
-    for (size_t k = 0; !rc && k + 1 < w->cut_n; k++) {
-        size_t a = w->cut[k], z = w->cut[k + 1];
-        if (subj != s) { a = w->subj_src[a]; z = w->subj_src[z]; }
+    int rc = split(bpe_of(t), bw, subj, m, err);
+    for (size_t k = 0; !rc && k + 1 < bw->cut_n; k++) {
+        size_t a = bw->cut[k], z = bw->cut[k + 1];
+        if (subj != s) { a = bw->subj_src[a]; z = bw->subj_src[z]; }
         rc = encode_piece(t, w, (const unsigned char *)s + a, z - a, e, err);
     }
     return rc;
 }
 
-int tokenizer_bpe_split(const tokenizer *t, const char *text, size_t len, uint32_t *cuts,
-                        int cap, duet_error *err) {
-    if (!t || !t->bpe || (!text && len > 0) || cap < 0 || (!cuts && cap > 0) ||
-        len > (size_t)INT_MAX / 8)
-        return duet_fail(err, DUET_ERR_ARG, "tokenizer_bpe_split: bad argument (%s)",
-                         t && !t->bpe ? "not a BPE vocabulary" : "NULL or too long");
-    tok_work w = {0};
+/* tokenizer_bpe_split's work, its arguments checked by the core. */
+static int bpe_split(const tokenizer *t, const char *text, size_t len, uint32_t *cuts, int cap,
+                     duet_error *err) {
+    bpe_work w = {0};
     const char *subj;
     size_t m = make_subject(&w, text, len, &subj);
     int rc = m == (size_t)-1 ? duet_fail(err, DUET_ERR_NOMEM, "tokenize: out of memory")
-                             : split(t->bpe, &w, subj, m, err);
+                             : split(bpe_of(t), &w, subj, m, err);
     if (!rc) {
         for (size_t k = 0; k < w.cut_n; k++)
             if ((int)k < cap) cuts[k] = subj == text ? w.cut[k] : w.subj_src[w.cut[k]];
         rc = (int)w.cut_n;
     }
-    tok_bpe_work_free(&w);
+    bpe_work_release(&w);
     return rc;
 }
 
 /* ---- decoding ---------------------------------------------------------------------------- */
 
-int tok_bpe_piece(const tokenizer *t, int32_t tok, char *buf, int cap) {
-    const tok_bpe *b = t->bpe;
+/* Bytes of a normal token: every character of its text mapped back through byte-to-unicode
+ * (characters outside that mapping are copied as they are). Same contract as
+ * tokenizer_piece. */
+static int bpe_piece(const tokenizer *t, int32_t prev, int32_t tok, char *buf, int cap) {
+    const tok_bpe *b = bpe_of(t);
     const unsigned char *s = (const unsigned char *)tok_str(t, tok);
-    size_t n = t->len[tok], m = 0;
-    for (int pass = 0; pass < 2; pass++) { /* count, then write only if it all fits */
-        if (pass == 1 && m > (size_t)cap) break;
-        m = 0;
-        for (size_t i = 0; i < n;) {
-            int k = duet_utf8_char(s + i, n - i); /* texts are valid UTF-8 (checked on load) */
-            unsigned cp = k == 1 ? s[i] : k == 2 ? ((s[i] & 0x1Fu) << 6) | (s[i + 1] & 0x3Fu)
-                                                 : 0x144;
-            if (cp < 0x144 && b->dec[cp] >= 0) {
-                if (pass == 1) buf[m] = (char)b->dec[cp];
-                m++;
-            } else { /* outside the byte table (e.g. a raw space): the character itself */
-                if (pass == 1) memcpy(buf + m, s + i, (size_t)k);
-                m += (size_t)k;
-            }
-            i += (size_t)k;
+    size_t n = t->len[tok], m = 0; /* the whole piece's length; its first cap bytes written */
+    for (size_t i = 0; i < n;) {
+        int k = duet_utf8_char(s + i, n - i); /* texts are valid UTF-8 (checked on load) */
+        unsigned cp = k == 1 ? s[i] : k == 2 ? ((s[i] & 0x1Fu) << 6) | (s[i + 1] & 0x3Fu)
+                                             : 0x144;
+        if (cp < 0x144 && b->dec[cp] >= 0) {
+            if (m < (size_t)cap) buf[m] = (char)b->dec[cp];
+            m++;
+        } else { /* outside the byte table (e.g. a raw space): the character itself */
+            for (int j = 0; j < k; j++, m++)
+                if (m < (size_t)cap) buf[m] = (char)s[i + (size_t)j];
         }
+        i += (size_t)k;
     }
     return m > INT_MAX ? INT_MAX : (int)m;
 }
+
+/* A byte is spelled as its byte-to-unicode character. */
+static void bpe_fill_byte_table(tokenizer *t) {
+    for (int b = 0; b < 256; b++) {
+        char c[2];
+        t->byte_tok[b] = tok_find(t, c, (size_t)byte_char(b, c));
+    }
+}
+
+const tok_ops tok_bpe_ops = {
+    .load = bpe_load,
+    .free = bpe_free,
+    .fill_byte_table = bpe_fill_byte_table,
+    .encode = bpe_encode,
+    .work_free = bpe_work_free,
+    .pair_score = bpe_pair_score,
+    .char_byte = bpe_char_byte,
+    .byte_token_form = "its byte character",
+    .piece = bpe_piece,
+    .split = bpe_split,
+};

@@ -1,13 +1,17 @@
 /*
- * tokenizer_impl.h: internals shared by the tokenizer's two halves, tokenizer.c (loading,
- * special tokens, SentencePiece, the merge engine) and tokenizer_bpe.c (byte-level BPE:
- * merges, byte-to-unicode mapping, pre-tokenizer split). Not part of any public API.
+ * tokenizer_impl.h: internals shared by the tokenizer's files. Not part of any public API.
+ *  - tokenizer.c: the vocabulary core (loading the token table, special tokens and ids, the
+ *    special-token partitioner, the merge engine, the public entry points);
+ *  - tokenizer_spm.c: SentencePiece ("llama"): fragment encoding, pieces, the <0xXX> table;
+ *  - tokenizer_bpe.c: byte-level BPE ("gpt2"): merges, byte-to-unicode mapping, the
+ *    pre-tokenizer split.
+ * The core never asks which kind it holds: everything that differs goes through the kind's
+ * tok_ops, and a kind's own state hangs off tokenizer.impl (and tok_work.impl for per-call
+ * scratch), which only that kind's file reads.
  *
- * Both kinds share one struct: the vocabulary, the text index, the special-token trie and
- * the partitioner are the same; a BPE vocabulary additionally owns a tok_bpe (merge ranks
- * and compiled split patterns). The merge loop is also shared: SentencePiece merges the
- * adjacent pair whose merged text is the best-scoring token, BPE the pair with the lowest
- * merge rank; both reduce to "highest score first, leftmost on ties" with score = -rank.
+ * The merge loop is shared: SentencePiece merges the adjacent pair whose merged text is the
+ * best-scoring token, BPE the pair with the lowest merge rank; both reduce to "highest score
+ * first, leftmost on ties" with score = -rank.
  */
 #ifndef DUET_TOKENIZER_IMPL_H
 #define DUET_TOKENIZER_IMPL_H
@@ -28,7 +32,7 @@ typedef struct trie_edge {
     int32_t child; /* 0: empty (the root is never a child) */
 } trie_edge;
 
-typedef struct tok_bpe tok_bpe; /* tokenizer_bpe.c */
+typedef struct tok_ops tok_ops;
 
 struct tokenizer {
     int n_vocab;
@@ -52,7 +56,8 @@ struct tokenizer {
     uint64_t edges_mask;
     int32_t *term;
     int32_t n_nodes;
-    tok_bpe *bpe; /* NULL: SentencePiece ("llama"); set: byte-level BPE ("gpt2") */
+    const tok_ops *ops; /* the kind's functions, chosen by tokenizer.ggml.model */
+    void *impl;         /* the kind's own state (NULL when it has none) */
 };
 
 /* ---- shared helpers (tokenizer.c) -------------------------------------------------------- */
@@ -93,13 +98,7 @@ typedef struct tok_work {
     size_t sym_cap;
     tok_bigram *heap;
     size_t heap_n, heap_cap;
-    /* BPE only: the split subject, its byte map back to the input, and the pieces */
-    char *subj;
-    uint32_t *subj_src;
-    size_t subj_cap;
-    uint32_t *cut;
-    size_t cut_n, cut_cap;
-    void *match_data; /* pcre2_match_data_8 */
+    void *impl; /* the kind's own scratch, freed by ops->work_free */
 } tok_work;
 
 /* Split w->esc[0..m) into UTF-8 characters (as llama.cpp's unicode_len_utf8 counts them) and
@@ -114,27 +113,36 @@ int tok_merge(const tokenizer *t, tok_work *w, size_t m);
 int tok_emit_chain(const tokenizer *t, const tok_work *w, int nsym, tok_emitter *e,
                    duet_error *err);
 
-/* ---- byte-level BPE (tokenizer_bpe.c) ------------------------------------------------------ */
+/* ---- what differs between the kinds ------------------------------------------------------- */
 
-/* Reads tokenizer.ggml.pre and tokenizer.ggml.merges and compiles the split patterns; sets
- * t->bpe and the pre-tokenizer's defaults (t->add_bos). Needs the text index built. */
-int tok_bpe_load(tokenizer *t, const gguf_file *f, duet_error *err);
-void tok_bpe_free(tok_bpe *b);
-/* The UTF-8 text (1 or 2 bytes, returned count) byte-level BPE writes for byte b. */
-int tok_bpe_byte_char(int b, char out[2]);
-/* The byte a character of the byte table (at c, as tok_merge's symbols hold them) stands for;
- * returns the character's length. */
-int tok_bpe_char_byte(const tokenizer *t, const unsigned char *c, int *byte);
-/* Merge priority of the adjacent symbols s[0..ln) and s[ln..ln+rn): -rank, or -INFINITY
- * (never merges) when tokenizer.ggml.merges does not list the pair. */
-float tok_bpe_pair_score(const tokenizer *t, const char *s, uint32_t ln, uint32_t rn);
-/* Encode one plain-text fragment (no special tokens in it). */
-int tok_bpe_encode(const tokenizer *t, tok_work *w, const char *s, size_t n, tok_emitter *e,
-                   duet_error *err);
-void tok_bpe_work_free(tok_work *w);
-/* Bytes of a normal token: every character of its text mapped back through byte-to-unicode
- * (characters outside that mapping are copied as they are). Same contract as
- * tokenizer_piece. */
-int tok_bpe_piece(const tokenizer *t, int32_t tok, char *buf, int cap);
+struct tok_ops {
+    /* Sets the kind's defaults (special ids, add_bos, add_space_prefix; the file's keys are
+     * read after) and builds t->impl. Runs once the text index is built. */
+    int (*load)(tokenizer *t, const gguf_file *f, duet_error *err);
+    void (*free)(void *impl); /* t->impl */
+    /* Fills t->byte_tok[256] with the tokens the kind spells raw bytes as (-1: none). */
+    void (*fill_byte_table)(tokenizer *t);
+    /* Encode one plain-text fragment (no special tokens in it); after_special: the fragment
+     * starts the text or follows a special token. w->esc holds 3 * n + 3 bytes. */
+    int (*encode)(const tokenizer *t, tok_work *w, const char *s, size_t n, bool after_special,
+                  tok_emitter *e, duet_error *err);
+    void (*work_free)(tok_work *w); /* w->impl; may be NULL */
+    /* Merge priority of the adjacent symbols s[0..ln) and s[ln..ln+rn): false when the pair
+     * never merges. */
+    bool (*pair_score)(const tokenizer *t, const char *s, uint32_t ln, uint32_t rn,
+                       float *score);
+    /* The byte the symbol character at c stands for in byte fallback; returns the
+     * character's length. */
+    int (*char_byte)(const tokenizer *t, const unsigned char *c, int *byte);
+    const char *byte_token_form; /* how the kind spells a byte token, for messages */
+    /* Bytes of a normal token; same contract as tokenizer_piece. */
+    int (*piece)(const tokenizer *t, int32_t prev, int32_t tok, char *buf, int cap);
+    /* The pre-tokenizer's piece boundaries (tokenizer_bpe_split); NULL: the kind has none. */
+    int (*split)(const tokenizer *t, const char *text, size_t len, uint32_t *cuts, int cap,
+                 duet_error *err);
+};
+
+extern const tok_ops tok_spm_ops; /* tokenizer_spm.c */
+extern const tok_ops tok_bpe_ops; /* tokenizer_bpe.c */
 
 #endif
