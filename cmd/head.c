@@ -83,13 +83,13 @@ static int cmd_head_eval(int argc, char **argv) {
         return 2;
     }
     duet_error err = {0};
-    dsf_file *B = NULL, *E = NULL;
+    duet_scores *B = NULL, *E = NULL;
     duet_model *m = NULL;
     duet_head *h = NULL;
     ht_routing r;
     duet_model_params mp = {.n_threads = 1, .use_mmap = 1, .vocab_only = 0};
-    int rc = dsf_open(bpath, &B, &err);
-    if (!rc) rc = dsf_open(epath, &E, &err);
+    int rc = duet_scores_open(bpath, &B, &err);
+    if (!rc) rc = duet_scores_open(epath, &E, &err);
     if (!rc) rc = duet_model_load(mpath, &mp, &m, &err);
     if (!rc) rc = duet_head_load(hpath, m, &h, &err);
     if (!rc) rc = ht_eval_scores(h, B, E, &r, &err);
@@ -97,8 +97,8 @@ static int cmd_head_eval(int argc, char **argv) {
     else fprintf(stderr, "duet head eval: %s\n", err.msg);
     duet_head_free(h);
     duet_model_free(m);
-    dsf_close(B);
-    dsf_close(E);
+    duet_scores_close(B);
+    duet_scores_close(E);
     return rc ? 1 : 0;
 }
 
@@ -182,14 +182,14 @@ static int cmd_head_train(int argc, char **argv) {
     }
     if (weak_epochs != -2) hp.weak_epochs = weak_epochs ? weak_epochs : -1;
     duet_error err = {0};
-    dsf_file *B = NULL, *E = NULL;
+    duet_scores *B = NULL, *E = NULL;
     duet_model *m = NULL;
     duet_head *init = NULL, *h = NULL;
     int rc;
-    if ((rc = dsf_open(bpath, &B, &err)) || (rc = dsf_open(epath, &E, &err))) goto done;
+    if ((rc = duet_scores_open(bpath, &B, &err)) || (rc = duet_scores_open(epath, &E, &err))) goto done;
     if (base_model) {
         duet_model_params mp = {.n_threads = 1, .use_mmap = 1};
-        const dsf_header *bh = dsf_hdr(B);
+        const duet_scores_header *bh = duet_scores_get_header(B);
         if ((rc = duet_model_load(base_model, &mp, &m, &err))) goto done;
         const duet_hparams *mh = duet_model_hparams(m);
         if (strcmp(mh->name, bh->model_name) || mh->n_embd != (int)bh->n_embd ||
@@ -228,8 +228,8 @@ done:
     duet_head_free(h);
     duet_head_free(init);
     duet_model_free(m);
-    dsf_close(B);
-    dsf_close(E);
+    duet_scores_close(B);
+    duet_scores_close(E);
     return rc ? 1 : 0;
 }
 

@@ -175,7 +175,7 @@ int cmd_train(int argc, char **argv) {
     lm_train_params p = A.p;
     duet_error err = {0};
     int rc = 0;
-    dsf_file *E = NULL, *VE = NULL, *BS = NULL;
+    duet_scores *E = NULL, *VE = NULL, *BS = NULL;
     duet_head *h = NULL;
     lm_model m = {0};
     char tmp_init[1100] = "";
@@ -186,7 +186,7 @@ int cmd_train(int argc, char **argv) {
             return 2;
         }
         ht_params hp = {.objective = HT_WEAK, .seed = p.seed};
-        if ((rc = dsf_open(bpath, &BS, &err)) || (rc = dsf_open(epath, &E, &err))) goto done;
+        if ((rc = duet_scores_open(bpath, &BS, &err)) || (rc = duet_scores_open(epath, &E, &err))) goto done;
         if (!(rc = ht_train(BS, E, &hp, &h, NULL, &err))) rc = duet_head_save(h, p.head_out, &err);
         if (!rc && !quiet) fprintf(stderr, "duet %s: wrote the weak-supervision head %s\n", cmd, p.head_out);
         goto done;
@@ -222,15 +222,15 @@ int cmd_train(int argc, char **argv) {
         }
     }
     if (collm) {
-        if ((rc = dsf_open(epath, &E, &err))) goto done;
-        if (vepath && (rc = dsf_open(vepath, &VE, &err))) goto done;
+        if ((rc = duet_scores_open(epath, &E, &err))) goto done;
+        if (vepath && (rc = duet_scores_open(vepath, &VE, &err))) goto done;
         p.expert = E;
         p.val_expert = VE;
         if (head_in) {
             rc = duet_head_load(head_in, m.src, &h, &err);
         } else {
             ht_params hp = {.objective = HT_WEAK, .seed = p.seed};
-            if (!(rc = dsf_open(bpath, &BS, &err))) rc = ht_train(BS, E, &hp, &h, NULL, &err);
+            if (!(rc = duet_scores_open(bpath, &BS, &err))) rc = ht_train(BS, E, &hp, &h, NULL, &err);
         }
         if (rc) goto done;
         if (duet_head_features(h) != DUET_HEAD_FEAT_HIDDEN) {
@@ -262,9 +262,9 @@ done:
     if (rc) fprintf(stderr, "duet %s: %s\n", cmd, err.msg);
     if (tmp_init[0]) unlink(tmp_init);
     duet_head_free(h);
-    dsf_close(E);
-    dsf_close(VE);
-    dsf_close(BS);
+    duet_scores_close(E);
+    duet_scores_close(VE);
+    duet_scores_close(BS);
     lm_model_free(&m);
     return rc ? 1 : 0;
 }

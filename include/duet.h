@@ -637,6 +637,147 @@ double duet_memory_bandwidth(int n_threads, size_t bytes, int reps);
  * kernels of quantised models can exceed it. */
 double duet_fma_peak(int n_threads);
 
+/* ---- learning the switch: datasets and score files -------------------------------------- */
+/* Training and evaluation text read into (prompt, response) examples. Formats
+ * (DUET_DATASET_AUTO picks JSONL when the first non-blank byte of the file is '{'):
+ *  - JSONL, one example per line (blank lines ignored):
+ *      {"prompt": P, "response": R}
+ *      {"messages": [{"role": ..., "content": ...}, ...]}: the last "assistant" message is the
+ *          response; the messages before it are the prompt, rendered as "role: content" lines
+ *          joined by "\n" (messages after it are ignored)
+ *      {"question": Q, "answer": A} (GSM8K): prompt = the paper's evaluation prompt
+ *          "Please solve the following math problem with detailed steps.\n\nQuestion: Q\nAnswer:"
+ *  - plain text: paragraphs (runs of non-blank lines) become examples with no prompt, so
+ *    every token is a response token; long paragraphs are cut into windows at scoring time.
+ * The completion format (docs/formats.md) is applied by the scorer: BOS + prompt + "\n" +
+ * response + EOS, loss on response tokens only.
+ * Bad data (docs/bad-inputs.md, data files): a malformed line, a missing or mistyped field, an
+ * empty response or invalid UTF-8 is an error naming file:line, or with skip_bad a counted
+ * skip (the first message is kept); a dataset with no usable example is an error. */
+typedef enum duet_dataset_format {
+    DUET_DATASET_AUTO = 0, DUET_DATASET_JSONL = 1, DUET_DATASET_TEXT = 2
+} duet_dataset_format;
+
+typedef struct duet_dataset_example {
+    char *prompt;         /* NUL-terminated; NULL for plain text (no prompt, no separator) */
+    size_t prompt_len;
+    char *response;       /* NUL-terminated, never empty */
+    size_t response_len;
+    int line;             /* 1-based line of the source file (first line of a paragraph) */
+} duet_dataset_example;
+
+typedef struct duet_dataset_params {
+    duet_dataset_format format; /* DUET_DATASET_AUTO (0) by default */
+    int skip_bad;         /* 1: skip bad lines/paragraphs and count them; 0: stop at the first */
+} duet_dataset_params;
+
+typedef struct duet_dataset {
+    duet_dataset_example *ex;   /* [n] */
+    int n;
+    duet_dataset_format format; /* the format actually read */
+    int n_bad;            /* examples skipped as bad (skip_bad) */
+    char first_bad[512];  /* the first skipped example's message ("" when none) */
+    size_t n_bytes;       /* bytes of prompt + response text over all examples */
+    uint64_t hash;        /* FNV-1a 64 of the file's bytes: identifies the data for resuming */
+    char path[512];
+} duet_dataset;
+
+/* Read a dataset file (p may be NULL: the defaults). On error nothing is allocated
+ * (duet_dataset_free is still safe). */
+int duet_dataset_load(const char *path, const duet_dataset_params *p, duet_dataset *out,
+                      duet_error *err);
+/* The same from a buffer (name is used in messages as the file name). */
+int duet_dataset_load_buffer(const char *buf, size_t len, const char *name,
+                             const duet_dataset_params *p, duet_dataset *out, duet_error *err);
+void duet_dataset_free(duet_dataset *d);
+
+/* A score file holds one model's teacher-forced pass over a dataset (`duet score`): for every
+ * response token the gold id, log P(gold), the largest log-probability and the entropy (nats)
+ * of the next-token distribution, and optionally the final-norm hidden state. Head training
+ * and routing evaluation read a base's file and an expert's file of the same tokens (the
+ * expert scored with the base's tokenizer). The layout is in docs/formats.md. */
+#define DUET_SCORES_MAGIC "DUETSCR"   /* 8 bytes with the NUL */
+#define DUET_SCORES_VERSION 1
+#define DUET_SCORES_HEADER_SIZE 512
+#define DUET_SCORES_STOPPED 2         /* positive status: the progress callback asked to stop */
+
+/* The file header (offsets in bytes); every field is validated at open. */
+typedef struct duet_scores_header {
+    char magic[8];            /*   0: "DUETSCR\0" */
+    uint32_t version;         /*   8: DUET_SCORES_VERSION */
+    uint32_t header_size;     /*  12: DUET_SCORES_HEADER_SIZE */
+    uint32_t complete;        /*  16: 1 once the index is written */
+    uint32_t hidden_dim;      /*  20: elements per stored hidden state (0: none stored) */
+    uint32_t n_embd;          /*  24: scored model */
+    uint32_t n_vocab;         /*  28: scored model */
+    uint64_t vocab_hash;      /*  32: scored model's vocabulary hash */
+    uint64_t ids_vocab_hash;  /*  40: vocabulary of the gold ids (= vocab_hash unbridged) */
+    uint32_t ids_n_vocab;     /*  48 */
+    uint32_t n_ctx;           /*  52: every sequence has n_prompt + n_tok <= n_ctx */
+    uint64_t n_seq;           /*  56 */
+    uint64_t n_tok;           /*  64: response tokens, all sequences */
+    uint64_t n_bytes;         /*  72: bytes of the response tokens' text (ids pieces) */
+    uint64_t index_offset;    /*  80: 0 until complete */
+    uint64_t config_hash;     /*  88: dataset bytes + models + options (resume identity) */
+    uint32_t n_examples;      /*  96: examples in the dataset */
+    uint32_t n_truncated;     /* 100: examples cut to the context */
+    uint32_t n_skipped;       /* 104: examples with no response token inside the context */
+    uint32_t reserved0;       /* 108 */
+    uint64_t n_dropped_tok;   /* 112: tokens cut off by truncation */
+    char model_name[128];     /* 120: scored model (general.name), NUL-terminated */
+    char ids_name[128];       /* 248: model whose tokenizer produced the ids */
+    uint8_t reserved[136];    /* 376: zero */
+} duet_scores_header;
+
+/* Writing: the scoring pass. */
+typedef struct duet_scores_progress {
+    int64_t seq_done, seq_total;   /* sequences in the file so far / in all */
+    int64_t tok_done, tok_total;   /* tokens evaluated (context + response) so far / in all */
+    int64_t tok_run;               /* tokens evaluated by this run (excludes resumed ones) */
+    double seconds;                /* elapsed in this run */
+} duet_scores_progress;
+
+typedef struct duet_scores_params {
+    int n_ctx;                     /* 0: min(n_ctx_train of the model(s), 4096) */
+    int n_batch;                   /* tokens per prefill call, which bounds the logits buffer
+                                      to n_batch x n_vocab (0: min(n_ctx, 512)) */
+    int no_hidden;                 /* 1: store no hidden states */
+    const duet_model *ids_model;   /* tokenizer-of: NULL = the scored model's own */
+    /* Score with a remote duet serve (its prompt log-probabilities) instead of evaluating
+     * the model, which then only gives the vocabulary the server shares (vocab_only is
+     * enough; checked when r was made). No hidden states are stored. */
+    duet_expert_remote *remote;
+    /* called after each sequence; a non-zero return stops (the partial file stays and the
+     * call returns DUET_SCORES_STOPPED) */
+    int (*progress)(void *ud, const duet_scores_progress *p);
+    void *ud;
+} duet_scores_params;
+
+typedef struct duet_scores_stats {
+    int n_examples, n_seq, n_truncated, n_skipped;
+    int64_t n_tok, n_dropped_tok;
+    int64_t n_resumed_seq;         /* sequences found complete in OUT.partial */
+    int64_t n_seq_done;            /* sequences in the file when the call returned */
+    int n_ctx;                     /* the context used */
+    double seconds;
+} duet_scores_stats;
+
+/* Score `data` with `model` into out_path (via out_path.partial, resumed when present and
+ * made by the same data, models and options; renamed at the end). DUET_OK,
+ * DUET_SCORES_STOPPED, or an error; st (may be NULL) is filled in every case. */
+int duet_scores_compute(duet_model *model, const duet_dataset *data, const duet_scores_params *p,
+                        const char *out_path, duet_scores_stats *st, duet_error *err);
+
+/* Reading. */
+typedef struct duet_scores duet_scores;
+
+/* Map and validate a complete score file. */
+int duet_scores_open(const char *path, duet_scores **out, duet_error *err);
+void duet_scores_close(duet_scores *f);
+const char *duet_scores_path(const duet_scores *f);
+/* The header of an open file. */
+const duet_scores_header *duet_scores_get_header(const duet_scores *f);
+
 #ifdef __cplusplus
 }
 #endif

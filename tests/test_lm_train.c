@@ -543,17 +543,17 @@ TEST(lm_train_collm_joint) {
     duet_error err = {0};
     duet_model *bm = fixture_load(base), *em = fixture_load(expert);
     REQUIRE(bm && em);
-    ds_dataset d;
-    REQUIRE(ds_load(data, NULL, &d, &err) == DUET_OK);
+    duet_dataset d;
+    REQUIRE(duet_dataset_load(data, NULL, &d, &err) == DUET_OK);
     const char *ep = test_path(test_tmpdir(), "collm-expert.dsf"),
                *bad = test_path(test_tmpdir(), "collm-expert-bad.dsf");
-    dsf_score_params sp = {.n_ctx = 25, .no_hidden = 1, .ids_model = bm};
-    REQUIRE(dsf_score(em, &d, &sp, ep, NULL, &err) == DUET_OK);
+    duet_scores_params sp = {.n_ctx = 25, .no_hidden = 1, .ids_model = bm};
+    REQUIRE(duet_scores_compute(em, &d, &sp, ep, NULL, &err) == DUET_OK);
     sp.n_ctx = 14; /* shorter context: sequences cut differently */
-    REQUIRE(dsf_score(em, &d, &sp, bad, NULL, &err) == DUET_OK);
-    ds_free(&d);
-    dsf_file *E, *Ebad;
-    REQUIRE(dsf_open(ep, &E, &err) == DUET_OK && dsf_open(bad, &Ebad, &err) == DUET_OK);
+    REQUIRE(duet_scores_compute(em, &d, &sp, bad, NULL, &err) == DUET_OK);
+    duet_dataset_free(&d);
+    duet_scores *E, *Ebad;
+    REQUIRE(duet_scores_open(ep, &E, &err) == DUET_OK && duet_scores_open(bad, &Ebad, &err) == DUET_OK);
     float u[128];
     for (int i = 0; i < 128; i++) u[i] = 0.01f * (float)((i % 5) - 2);
     lm_train_params p = {.data_path = data, .seq_len = 24, .batch = 4, .steps = 8, .lr = 2e-3,
@@ -577,8 +577,8 @@ TEST(lm_train_collm_joint) {
     CHECK(h && memcmp(duet_head_u(h), u, sizeof u) != 0);
     duet_head_free(h);
     duet_model_free(tm);
-    dsf_close(E);
-    dsf_close(Ebad);
+    duet_scores_close(E);
+    duet_scores_close(Ebad);
     duet_model_free(bm);
     duet_model_free(em);
 }

@@ -172,9 +172,9 @@ static int routing_fill(const double *score, const float *lpb, const float *lpe,
 }
 
 /* ---- the pair of score files --------------------------------------------------------------- */
-int ht_check_pair(const dsf_file *B, const dsf_file *E, duet_error *err) {
-    const dsf_header *hb = dsf_hdr(B), *he = dsf_hdr(E);
-    const char *pb = dsf_path(B), *pe = dsf_path(E);
+int ht_check_pair(const duet_scores *B, const duet_scores *E, duet_error *err) {
+    const duet_scores_header *hb = duet_scores_get_header(B), *he = duet_scores_get_header(E);
+    const char *pb = duet_scores_path(B), *pe = duet_scores_path(E);
     if (hb->ids_vocab_hash != he->ids_vocab_hash || hb->ids_n_vocab != he->ids_n_vocab)
         return duet_fail(err, DUET_ERR_ARG, "%s and %s number tokens differently: ids from '%s' "
                          "(%u tokens, vocab hash %016llx) vs '%s' (%u tokens, vocab hash %016llx); "
@@ -185,7 +185,7 @@ int ht_check_pair(const dsf_file *B, const dsf_file *E, duet_error *err) {
         return duet_fail(err, DUET_ERR_ARG, "%s has %llu sequences, %s has %llu: not the same "
                          "data and context (-c)", pb, (unsigned long long)hb->n_seq, pe,
                          (unsigned long long)he->n_seq);
-    const dsf_seq *sb = dsf_seqs(B), *se = dsf_seqs(E);
+    const duet_scores_seq *sb = duet_scores_seqs(B), *se = duet_scores_seqs(E);
     for (uint64_t i = 0; i < hb->n_seq; i++) {
         if (sb[i].n_tok != se[i].n_tok || sb[i].n_prompt != se[i].n_prompt ||
             sb[i].example != se[i].example)
@@ -193,7 +193,7 @@ int ht_check_pair(const dsf_file *B, const dsf_file *E, duet_error *err) {
                              "context + %u response tokens, %s has example %u with %u + %u",
                              (unsigned long long)i, pb, sb[i].example, sb[i].n_prompt, sb[i].n_tok,
                              pe, se[i].example, se[i].n_prompt, se[i].n_tok);
-        const dsf_tok *tb = dsf_seq_toks(B, i), *te = dsf_seq_toks(E, i);
+        const duet_scores_tok *tb = duet_scores_seq_toks(B, i), *te = duet_scores_seq_toks(E, i);
         for (uint32_t t = 0; t < sb[i].n_tok; t++)
             if (tb[t].gold != te[t].gold)
                 return duet_fail(err, DUET_ERR_ARG, "sequence %llu (example %u) token %u: gold id "
@@ -203,27 +203,27 @@ int ht_check_pair(const dsf_file *B, const dsf_file *E, duet_error *err) {
     return DUET_OK;
 }
 
-static int check_base_file(const dsf_file *B, int features, int n_embd, duet_error *err) {
-    const dsf_header *h = dsf_hdr(B);
+static int check_base_file(const duet_scores *B, int features, int n_embd, duet_error *err) {
+    const duet_scores_header *h = duet_scores_get_header(B);
     if (h->vocab_hash != h->ids_vocab_hash)
         return duet_fail(err, DUET_ERR_ARG, "%s: the base file was tokenised by '%s', not by its "
-                         "model '%s': score the base with its own tokenizer", dsf_path(B),
+                         "model '%s': score the base with its own tokenizer", duet_scores_path(B),
                          h->ids_name, h->model_name);
     if ((features & DUET_HEAD_FEAT_HIDDEN) && (int)h->hidden_dim != n_embd)
         return duet_fail(err, DUET_ERR_ARG, "%s: %s (the head reads the hidden state of n_embd "
-                         "%d; score the base without --no-hidden)", dsf_path(B),
+                         "%d; score the base without --no-hidden)", duet_scores_path(B),
                          h->hidden_dim ? "hidden states have another size" : "no hidden states",
                          n_embd);
     return DUET_OK;
 }
 
-int ht_eval_scores(const duet_head *head, const dsf_file *B, const dsf_file *E, ht_routing *out,
+int ht_eval_scores(const duet_head *head, const duet_scores *B, const duet_scores *E, ht_routing *out,
                    duet_error *err) {
     int rc = ht_check_pair(B, E, err);
     if (!rc) rc = check_base_file(B, duet_head_features(head), duet_head_n_embd(head), err);
     if (rc) return rc;
     pthread_once(&g_f16_once, f16_init);
-    const dsf_header *hb = dsf_hdr(B);
+    const duet_scores_header *hb = duet_scores_get_header(B);
     int64_t n = (int64_t)hb->n_tok;
     int hd = (int)hb->hidden_dim, use_h = duet_head_features(head) & DUET_HEAD_FEAT_HIDDEN;
     double *s = malloc((size_t)(n ? n : 1) * sizeof *s);
@@ -236,9 +236,9 @@ int ht_eval_scores(const duet_head *head, const dsf_file *B, const dsf_file *E, 
     }
     float *lpb = a, *lpe = a + n, *ent = a + 2 * n, *mx = a + 3 * n;
     for (uint64_t q = 0; q < hb->n_seq; q++) {
-        const dsf_seq *sq = &dsf_seqs(B)[q];
-        const dsf_tok *tb = dsf_seq_toks(B, q), *te = dsf_seq_toks(E, q);
-        const uint16_t *hh = dsf_seq_hidden(B, q);
+        const duet_scores_seq *sq = &duet_scores_seqs(B)[q];
+        const duet_scores_tok *tb = duet_scores_seq_toks(B, q), *te = duet_scores_seq_toks(E, q);
+        const uint16_t *hh = duet_scores_seq_hidden(B, q);
         for (uint32_t t = 0; t < sq->n_tok; t++) {
             int64_t k = (int64_t)sq->tok_start + t;
             lpb[k] = tb[t].lp;
@@ -258,7 +258,7 @@ int ht_eval_scores(const duet_head *head, const dsf_file *B, const dsf_file *E, 
 
 /* ---- training ------------------------------------------------------------------------------ */
 typedef struct trainer {
-    const dsf_file *B, *E;
+    const duet_scores *B, *E;
     ht_params p;
     ht_layout L;
     int hd;                        /* hidden size stored in B */
@@ -288,11 +288,11 @@ static void shuffle(int *a, int n, uint64_t *rng) {
 
 /* Fill the batch with the tokens of sequences seqs[0..n). */
 static void load_batch(trainer *T, const int *seqs, int n) {
-    const dsf_seq *sq = dsf_seqs(T->B);
+    const duet_scores_seq *sq = duet_scores_seqs(T->B);
     int k = 0, E = T->hd;
     for (int i = 0; i < n; i++) {
-        const dsf_seq *q = &sq[seqs[i]];
-        const uint16_t *hh = T->L.i_u >= 0 ? dsf_seq_hidden(T->B, (uint64_t)seqs[i]) : NULL;
+        const duet_scores_seq *q = &sq[seqs[i]];
+        const uint16_t *hh = T->L.i_u >= 0 ? duet_scores_seq_hidden(T->B, (uint64_t)seqs[i]) : NULL;
         for (uint32_t t = 0; t < q->n_tok; t++, k++) {
             int64_t g = (int64_t)q->tok_start + t;
             if (hh) f16_row(hh + (size_t)t * E, T->bh + (size_t)k * E, E);
@@ -376,12 +376,12 @@ static void trainer_free(trainer *T) {
 
 /* Arrays, pseudo-labels, split and standardisation. */
 static int trainer_init(trainer *T, duet_error *err) {
-    const dsf_header *hb = dsf_hdr(T->B);
+    const duet_scores_header *hb = duet_scores_get_header(T->B);
     int64_t n = (int64_t)hb->n_tok;
     int ns = (int)hb->n_seq;
     if (ns < 2)
         return duet_fail(err, DUET_ERR_ARG, "%s: %d sequence%s: at least 2 are needed (training "
-                         "and validation)", dsf_path(T->B), ns, ns == 1 ? "" : "s");
+                         "and validation)", duet_scores_path(T->B), ns, ns == 1 ? "" : "s");
     if (!(T->lpb = malloc((size_t)n * 5 * sizeof(float))) ||
         !(T->train = malloc((size_t)ns * sizeof(int))) || !(T->val = malloc((size_t)ns * sizeof(int))))
         return duet_fail(err, DUET_ERR_NOMEM, "out of memory for %lld tokens", (long long)n);
@@ -391,8 +391,8 @@ static int trainer_init(trainer *T, duet_error *err) {
     T->z = T->lpb + 4 * n;
     const double tol = log1p(-1e-5); /* ties within 1e-5 relative count as argmax */
     for (int q = 0; q < ns; q++) {
-        const dsf_seq *s = &dsf_seqs(T->B)[q];
-        const dsf_tok *tb = dsf_seq_toks(T->B, (uint64_t)q), *te = dsf_seq_toks(T->E, (uint64_t)q);
+        const duet_scores_seq *s = &duet_scores_seqs(T->B)[q];
+        const duet_scores_tok *tb = duet_scores_seq_toks(T->B, (uint64_t)q), *te = duet_scores_seq_toks(T->E, (uint64_t)q);
         for (uint32_t t = 0; t < s->n_tok; t++) {
             int64_t k = (int64_t)s->tok_start + t;
             T->lpb[k] = tb[t].lp;
@@ -424,7 +424,7 @@ static int trainer_init(trainer *T, duet_error *err) {
     double m[2] = {0, 0}, m2[2] = {0, 0};
     int64_t nt = 0, maxtok = 0;
     for (int i = 0; i < T->n_train; i++) {
-        const dsf_seq *s = &dsf_seqs(T->B)[T->train[i]];
+        const duet_scores_seq *s = &duet_scores_seqs(T->B)[T->train[i]];
         for (uint32_t t = 0; t < s->n_tok; t++) {
             int64_t k = (int64_t)s->tok_start + t;
             m[0] += T->ent[k];
@@ -439,11 +439,11 @@ static int trainer_init(trainer *T, duet_error *err) {
         double var = m2[f] / (double)nt - T->mean[f] * T->mean[f];
         T->sd[f] = var > 1e-12 ? sqrt(var) : 1.0;
     }
-    for (uint64_t q = 0; q < hb->n_seq; q++) maxtok = DUET_MAX(maxtok, (int64_t)dsf_seqs(T->B)[q].n_tok);
+    for (uint64_t q = 0; q < hb->n_seq; q++) maxtok = DUET_MAX(maxtok, (int64_t)duet_scores_seqs(T->B)[q].n_tok);
     T->n_val_tok = 0;
     for (int i = 0; i < nv; i++) {
-        T->n_val_tok += dsf_seqs(T->B)[T->val[i]].n_tok;
-        T->val_bytes += dsf_seqs(T->B)[T->val[i]].n_bytes;
+        T->n_val_tok += duet_scores_seqs(T->B)[T->val[i]].n_tok;
+        T->val_bytes += duet_scores_seqs(T->B)[T->val[i]].n_bytes;
     }
     T->cap = (int)(maxtok * T->p.batch_seqs);
     int E = T->L.i_u >= 0 ? T->hd : 0;
@@ -462,7 +462,7 @@ static int trainer_init(trainer *T, duet_error *err) {
     T->vmx = T->vlpb + 3 * T->n_val_tok;
     int64_t k = 0;
     for (int i = 0; i < nv; i++) {
-        const dsf_seq *s = &dsf_seqs(T->B)[T->val[i]];
+        const duet_scores_seq *s = &duet_scores_seqs(T->B)[T->val[i]];
         for (uint32_t t = 0; t < s->n_tok; t++, k++) {
             int64_t g = (int64_t)s->tok_start + t;
             T->vlpb[k] = T->lpb[g];
@@ -482,10 +482,10 @@ static int write_report(trainer *T, const ht_result *res, const ht_routing *vr,
     json_t *o = json_object();
     char fs[64];
     duet_head_features_string(T->L.features, fs, sizeof fs);
-    json_object_set_new(o, "base_scores", json_string(dsf_path(T->B)));
-    json_object_set_new(o, "expert_scores", json_string(dsf_path(T->E)));
-    json_object_set_new(o, "base_model", json_string(dsf_hdr(T->B)->model_name));
-    json_object_set_new(o, "expert_model", json_string(dsf_hdr(T->E)->model_name));
+    json_object_set_new(o, "base_scores", json_string(duet_scores_path(T->B)));
+    json_object_set_new(o, "expert_scores", json_string(duet_scores_path(T->E)));
+    json_object_set_new(o, "base_model", json_string(duet_scores_get_header(T->B)->model_name));
+    json_object_set_new(o, "expert_model", json_string(duet_scores_get_header(T->E)->model_name));
     static const char *objs[] = {"nll", "weak", "gain"};
     json_object_set_new(o, "objective", json_string(objs[T->p.objective]));
     json_object_set_new(o, "defer_cost", json_real(T->p.defer_cost));
@@ -551,7 +551,7 @@ static int write_report(trainer *T, const ht_result *res, const ht_routing *vr,
 }
 
 /* Fills the unset training parameters with their defaults and refuses the out-of-range ones. */
-static int ht_defaults(ht_params *p, const dsf_header *hb, duet_error *err) {
+static int ht_defaults(ht_params *p, const duet_scores_header *hb, duet_error *err) {
     if (!p->features) p->features = DUET_HEAD_FEAT_HIDDEN;
     /* Adam moves every weight by about lr per step, so a step moves u . h by about
      * lr * n_embd: the default rates shrink with the hidden size (measured at n_embd 128) */
@@ -580,7 +580,7 @@ static void count_train(const trainer *T, ht_result *R) {
     R->n_val_tok = T->n_val_tok;
     double pos = 0;
     for (int i = 0; i < T->n_train; i++) {
-        const dsf_seq *s = &dsf_seqs(T->B)[T->train[i]];
+        const duet_scores_seq *s = &duet_scores_seqs(T->B)[T->train[i]];
         for (uint32_t t = 0; t < s->n_tok; t++) pos += T->z[s->tok_start + t];
         R->n_train_tok += s->n_tok;
     }
@@ -624,7 +624,7 @@ static void adam_update(const ht_layout *L, double *th, const double *g, double 
 /* Puts the kept weights into the head: u, and the entropy and max-probability weights with
  * their standardization folded into the weights and the bias. */
 static int fold_head(const trainer *T, const double *best, duet_head *h, duet_error *err) {
-    const dsf_header *hb = dsf_hdr(T->B);
+    const duet_scores_header *hb = duet_scores_get_header(T->B);
     int np = T->L.n_param;
     float *u = calloc((size_t)hb->n_embd, sizeof *u);
     if (!u) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
@@ -650,7 +650,7 @@ static int fold_head(const trainer *T, const double *best, duet_head *h, duet_er
     return DUET_OK;
 }
 
-int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet_head **out,
+int ht_train(const duet_scores *B, const duet_scores *E, const ht_params *params, duet_head **out,
              ht_result *res, duet_error *err) {
     *out = NULL;
     trainer T;
@@ -659,9 +659,9 @@ int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet
     T.E = E;
     if (params) T.p = *params;
     ht_params *p = &T.p;
-    int rc = ht_defaults(p, dsf_hdr(B), err);
+    int rc = ht_defaults(p, duet_scores_get_header(B), err);
     if (rc) return rc;
-    const dsf_header *hb = dsf_hdr(B);
+    const duet_scores_header *hb = duet_scores_get_header(B);
     rc = ht_check_pair(B, E, err);
     if (!rc) rc = check_base_file(B, p->features, (int)hb->n_embd, err);
     if (rc) return rc;

@@ -79,10 +79,10 @@ typedef struct ht_routing {
 
 /* Refuse two files that do not describe the same tokens: DUET_ERR_ARG naming the first
  * mismatch (vocabulary, sequence count, layout of a sequence, gold id of a token). */
-int ht_check_pair(const dsf_file *base, const dsf_file *expert, duet_error *err);
+int ht_check_pair(const duet_scores *base, const duet_scores *expert, duet_error *err);
 
 /* Routing of a head (and the baselines) on a pair of score files, e.g. held-out data. */
-int ht_eval_scores(const duet_head *head, const dsf_file *base, const dsf_file *expert,
+int ht_eval_scores(const duet_head *head, const duet_scores *base, const duet_scores *expert,
                    ht_routing *out, duet_error *err);
 
 typedef struct ht_progress {
@@ -128,7 +128,7 @@ typedef struct ht_result {
 
 /* Train a head for the base of `base` (identity from its header). *out is the kept
  * checkpoint; res (may be NULL) is filled on success. */
-int ht_train(const dsf_file *base, const dsf_file *expert, const ht_params *p, duet_head **out,
+int ht_train(const duet_scores *base, const duet_scores *expert, const ht_params *p, duet_head **out,
              ht_result *res, duet_error *err);
 
 #endif

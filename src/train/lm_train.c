@@ -22,44 +22,44 @@
 #include "learn/eval.h"
 
 typedef struct seqset {
-    dsf_plan plan;
+    duet_scores_plan plan;
     float *lpe;          /* [plan.n_ids] expert log-prob of each token (NaN: none) */
     int *idx;            /* sequences of this split */
     int n;
 } seqset;
 
 static void seqset_free(seqset *s) {
-    dsf_plan_free(&s->plan);
+    duet_scores_plan_free(&s->plan);
     free(s->lpe);
     free(s->idx);
     memset(s, 0, sizeof *s);
 }
 
 /* The expert's score file must describe exactly the plan's response tokens. */
-static int attach_expert(seqset *s, const dsf_file *e, const char *data_path, duet_error *err) {
-    const dsf_header *h = dsf_hdr(e);
-    const dsf_plan *p = &s->plan;
+static int attach_expert(seqset *s, const duet_scores *e, const char *data_path, duet_error *err) {
+    const duet_scores_header *h = duet_scores_get_header(e);
+    const duet_scores_plan *p = &s->plan;
     if ((int64_t)h->n_seq != p->n_seq)
         return duet_fail(err, DUET_ERR_ARG, "%s: %llu sequences, but %s gives %d with this "
                          "tokenizer and context (score it with --tokenizer-of BASE and --n-ctx "
-                         "equal to the trainer's sequence length + 1)", dsf_path(e),
+                         "equal to the trainer's sequence length + 1)", duet_scores_path(e),
                          (unsigned long long)h->n_seq, data_path, p->n_seq);
     s->lpe = malloc((size_t)(p->n_ids ? p->n_ids : 1) * sizeof(float));
     if (!s->lpe) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     for (int64_t i = 0; i < p->n_ids; i++) s->lpe[i] = NAN;
-    const dsf_seq *es = dsf_seqs(e);
+    const duet_scores_seq *es = duet_scores_seqs(e);
     for (int k = 0; k < p->n_seq; k++) {
-        const dsf_plan_seq *q = &p->seq[k];
+        const duet_scores_plan_seq *q = &p->seq[k];
         if ((int)es[k].n_prompt != q->n_prompt || (int)es[k].n_tok != q->n - q->n_prompt)
             return duet_fail(err, DUET_ERR_ARG, "%s: sequence %d has %u context + %u scored "
                              "tokens, the trainer's has %d + %d (different data, tokenizer or "
-                             "context)", dsf_path(e), k, es[k].n_prompt, es[k].n_tok,
+                             "context)", duet_scores_path(e), k, es[k].n_prompt, es[k].n_tok,
                              q->n_prompt, q->n - q->n_prompt);
-        const dsf_tok *t = dsf_seq_toks(e, (uint64_t)k);
+        const duet_scores_tok *t = duet_scores_seq_toks(e, (uint64_t)k);
         for (int j = 0; j < q->n - q->n_prompt; j++) {
             if (t[j].gold != p->ids[q->off + q->n_prompt + j])
                 return duet_fail(err, DUET_ERR_ARG, "%s: sequence %d token %d is id %d, the "
-                                 "trainer's is %d (score with --tokenizer-of BASE)", dsf_path(e),
+                                 "trainer's is %d (score with --tokenizer-of BASE)", duet_scores_path(e),
                                  k, j, t[j].gold, p->ids[q->off + q->n_prompt + j]);
             s->lpe[q->off + q->n_prompt + j] = t[j].lp;
         }
@@ -67,13 +67,13 @@ static int attach_expert(seqset *s, const dsf_file *e, const char *data_path, du
     return DUET_OK;
 }
 
-static int load_set(lm_model *m, const char *path, int T, const dsf_file *expert, seqset *s,
+static int load_set(lm_model *m, const char *path, int T, const duet_scores *expert, seqset *s,
                     duet_error *err) {
-    ds_dataset d;
-    int rc = ds_load(path, NULL, &d, err);
+    duet_dataset d;
+    int rc = duet_dataset_load(path, NULL, &d, err);
     if (rc) return rc;
-    rc = dsf_plan_build(m->src, &d, T + 1, &s->plan, err);
-    ds_free(&d);
+    rc = duet_scores_plan_build(m->src, &d, T + 1, &s->plan, err);
+    duet_dataset_free(&d);
     if (!rc && expert) rc = attach_expert(s, expert, path, err);
     return rc;
 }
@@ -116,7 +116,7 @@ static int64_t fill_batch(const seqset *s, const int *seqs, int B, int T, batchb
         int32_t *tok = bb->tok + (size_t)r * T, *tgt = bb->tgt + (size_t)r * T;
         float *w = bb->w + (size_t)r * T, *lpe = bb->lpe + (size_t)r * T;
         int n = 0;
-        const dsf_plan_seq *q = seqs[r] >= 0 ? &s->plan.seq[seqs[r]] : NULL;
+        const duet_scores_plan_seq *q = seqs[r] >= 0 ? &s->plan.seq[seqs[r]] : NULL;
         if (q) n = q->n - 1;
         for (int i = 0; i < T; i++) {
             if (i < n) {

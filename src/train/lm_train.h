@@ -3,7 +3,7 @@
  * plain text, supervised fine-tuning on prompt/response JSONL (loss on response tokens only),
  * and Co-LLM's joint training of the base and its deferral head (docs/method.md section 5).
  *
- * Data. The dataset is cut into sequences exactly as `duet score` cuts it (dsf_plan_build with
+ * Data. The dataset is cut into sequences exactly as `duet score` cuts it (duet_scores_plan_build with
  * n_ctx = T + 1): plain-text paragraphs as windows of BOS + T tokens, JSONL examples as
  * BOS + prompt + "\n" + response + EOS. Position i of a sequence predicts token i + 1 and
  * carries loss iff token i + 1 is a response token. Held-out: a separate file, or a seeded
@@ -18,7 +18,6 @@
 #ifndef DUET_TRAIN_LM_TRAIN_H
 #define DUET_TRAIN_LM_TRAIN_H
 
-#include "learn/dataset.h"
 #include "train/lm.h"
 #include "learn/scores.h"
 
@@ -58,8 +57,8 @@ typedef struct lm_train_params {
     const char *log_path;        /* JSON log (NULL: none) */
     const char *curve_prefix;    /* PREFIX.csv and PREFIX.svg of the losses (NULL: none) */
     /* joint Co-LLM training */
-    const dsf_file *expert;      /* expert scores of data_path (NULL: language modelling) */
-    const dsf_file *val_expert;  /* expert scores of val_path (with val_path) */
+    const duet_scores *expert;      /* expert scores of data_path (NULL: language modelling) */
+    const duet_scores *val_expert;  /* expert scores of val_path (with val_path) */
     const float *u_init;         /* [n_embd] head start (the weak-supervision head) */
     const char *head_out;        /* the trained head (sidecar GGUF) */
     void (*progress)(void *ud, const lm_progress *p);
