@@ -11,7 +11,6 @@
 #include "cmd.h"
 #include "duet.h"
 #include "format/quant.h"
-#include "learn/head_train.h"
 #include "train/lm_train.h"
 #include "util.h"
 
@@ -185,9 +184,9 @@ int cmd_train(int argc, char **argv) {
                             "--expert-scores and --head-out\n");
             return 2;
         }
-        ht_params hp = {.objective = HT_WEAK, .seed = p.seed};
+        duet_head_train_params hp = {.objective = DUET_HT_WEAK, .seed = p.seed};
         if ((rc = duet_scores_open(bpath, &BS, &err)) || (rc = duet_scores_open(epath, &E, &err))) goto done;
-        if (!(rc = ht_train(BS, E, &hp, &h, NULL, &err))) rc = duet_head_save(h, p.head_out, &err);
+        if (!(rc = duet_head_train(BS, E, &hp, &h, NULL, &err))) rc = duet_head_save(h, p.head_out, &err);
         if (!rc && !quiet) fprintf(stderr, "duet %s: wrote the weak-supervision head %s\n", cmd, p.head_out);
         goto done;
     }
@@ -229,8 +228,8 @@ int cmd_train(int argc, char **argv) {
         if (head_in) {
             rc = duet_head_load(head_in, m.src, &h, &err);
         } else {
-            ht_params hp = {.objective = HT_WEAK, .seed = p.seed};
-            if (!(rc = duet_scores_open(bpath, &BS, &err))) rc = ht_train(BS, E, &hp, &h, NULL, &err);
+            duet_head_train_params hp = {.objective = DUET_HT_WEAK, .seed = p.seed};
+            if (!(rc = duet_scores_open(bpath, &BS, &err))) rc = duet_head_train(BS, E, &hp, &h, NULL, &err);
         }
         if (rc) goto done;
         if (duet_head_features(h) != DUET_HEAD_FEAT_HIDDEN) {

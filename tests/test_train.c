@@ -172,25 +172,25 @@ TEST(train_head_gradients_match_finite_differences) {
         lpe[i] = (float)(-6 * RND());
         z[i] = RND() < 0.4 ? 1.0f : 0.0f;
     }
-    ht_batch b = {N, h, ent, mx, lpb, lpe, z};
+    duet_head_train_batch b = {N, h, ent, mx, lpb, lpe, z};
     static const int masks[] = {1, 3, 5, 7, 2, 6};
-    static const struct { ht_objective obj; double cost; } objs[] = {
-        {HT_WEAK, 0}, {HT_NLL, 0}, {HT_NLL, 0.7}, {HT_GAIN, 0}};
+    static const struct { duet_head_objective obj; double cost; } objs[] = {
+        {DUET_HT_WEAK, 0}, {DUET_HT_NLL, 0}, {DUET_HT_NLL, 0.7}, {DUET_HT_GAIN, 0}};
     for (size_t mi = 0; mi < sizeof masks / sizeof masks[0]; mi++)
         for (size_t oi = 0; oi < sizeof objs / sizeof objs[0]; oi++) {
-            ht_layout L;
-            ht_layout_init(&L, masks[mi], E);
+            duet_head_train_layout L;
+            duet_head_train_layout_init(&L, masks[mi], E);
             double th[E + 3], g[E + 3], t2[E + 3];
             for (int k = 0; k < L.n_param; k++) th[k] = 1.5 * (2 * RND() - 1) / (k < E ? 3 : 1);
-            ht_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, th, g);
+            duet_head_train_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, th, g);
             double num = 0, den = 0, worst = 0;
             for (int k = 0; k < L.n_param; k++) {
                 double eps = 1e-5;
                 memcpy(t2, th, sizeof th);
                 t2[k] += eps;
-                double lp = ht_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, t2, NULL);
+                double lp = duet_head_train_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, t2, NULL);
                 t2[k] -= 2 * eps;
-                double lm = ht_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, t2, NULL);
+                double lm = duet_head_train_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, t2, NULL);
                 double fd = (lp - lm) / (2 * eps), d = fabs(fd - g[k]);
                 num += d * d;
                 den += fd * fd;
@@ -202,24 +202,24 @@ TEST(train_head_gradients_match_finite_differences) {
                    "(worst component %.3g)", masks[mi], objs[oi].obj, objs[oi].cost, rel, worst);
         }
     /* the loss itself at s = 0: weak = mean of pw*z*log2 + (1-z)*log2; nll = -log((pb+pe)/2) */
-    ht_layout L;
-    ht_layout_init(&L, 1, E);
+    duet_head_train_layout L;
+    duet_head_train_layout_init(&L, 1, E);
     double zero[E] = {0};
     double want_w = 0, want_n = 0;
     for (int i = 0; i < N; i++) {
         want_w += (8 * z[i] + (1 - z[i])) * log(2.0) / N;
         want_n += -log((exp(lpb[i]) + exp(lpe[i])) / 2) / N;
     }
-    CHECK_NEAR(ht_loss_grad(&L, &b, HT_WEAK, 0, 8, zero, NULL), want_w, 1e-12);
-    CHECK_NEAR(ht_loss_grad(&L, &b, HT_NLL, 0, 8, zero, NULL), want_n, 1e-12);
-    CHECK_NEAR(ht_loss_grad(&L, &b, HT_NLL, 0.5, 8, zero, NULL), want_n + 0.25, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&L, &b, DUET_HT_WEAK, 0, 8, zero, NULL), want_w, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&L, &b, DUET_HT_NLL, 0, 8, zero, NULL), want_n, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&L, &b, DUET_HT_NLL, 0.5, 8, zero, NULL), want_n + 0.25, 1e-12);
     double want_g = 0;
     for (int i = 0; i < N; i++) want_g += 0.5 * ((double)lpe[i] - lpb[i]) * ((double)lpe[i] - lpb[i]) / N;
-    CHECK_NEAR(ht_loss_grad(&L, &b, HT_GAIN, 0, 8, zero, NULL), want_g, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&L, &b, DUET_HT_GAIN, 0, 8, zero, NULL), want_g, 1e-12);
     /* at s = 0.8 (an entropy-only head: weight 0, bias 0.8), where the marginal likelihood is
      * no longer symmetric in base and expert: sig(0.8) = 1 / (1 + e^-0.8) weighs the expert */
-    ht_layout Lb;
-    ht_layout_init(&Lb, DUET_HEAD_FEAT_ENTROPY, E);
+    duet_head_train_layout Lb;
+    duet_head_train_layout_init(&Lb, DUET_HEAD_FEAT_ENTROPY, E);
     const double thb[2] = {0, 0.8};
     double sp = 1 / (1 + exp(-0.8)), sn = 1 - sp;
     want_w = want_n = 0;
@@ -227,9 +227,9 @@ TEST(train_head_gradients_match_finite_differences) {
         want_w += -(8 * z[i] * log(sp) + (1 - z[i]) * log(sn)) / N;
         want_n += -log(sn * exp(lpb[i]) + sp * exp(lpe[i])) / N;
     }
-    CHECK_NEAR(ht_loss_grad(&Lb, &b, HT_WEAK, 0, 8, thb, NULL), want_w, 1e-12);
-    CHECK_NEAR(ht_loss_grad(&Lb, &b, HT_NLL, 0, 8, thb, NULL), want_n, 1e-12);
-    CHECK_NEAR(ht_loss_grad(&Lb, &b, HT_NLL, 0.5, 8, thb, NULL), want_n + 0.5 * sp, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&Lb, &b, DUET_HT_WEAK, 0, 8, thb, NULL), want_w, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&Lb, &b, DUET_HT_NLL, 0, 8, thb, NULL), want_n, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&Lb, &b, DUET_HT_NLL, 0.5, 8, thb, NULL), want_n + 0.5 * sp, 1e-12);
 #undef RND
 }
 
@@ -421,11 +421,11 @@ TEST(train_mismatched_score_files_are_refused) {
     duet_scores *B = NULL, *E = NULL, *E1 = NULL;
     REQUIRE(!duet_scores_open(tmp_file("mm-b.scores"), &B, &err) && !duet_scores_open(tmp_file("mm-e.scores"), &E, &err) &&
             !duet_scores_open(tmp_file("mm-e1.scores"), &E1, &err));
-    CHECK(!ht_check_pair(B, E1, &err));
-    int rc = ht_check_pair(B, E, &err);
+    CHECK(!duet_head_train_check_pair(B, E1, &err));
+    int rc = duet_head_train_check_pair(B, E, &err);
     CHECKF(rc == DUET_ERR_ARG && strstr(err.msg, "sequence 1") && strstr(err.msg, "gold id"), "%s", err.msg);
     duet_head *h = NULL;
-    CHECK(ht_train(B, E, NULL, &h, NULL, &err) == DUET_ERR_ARG && !h && strstr(err.msg, "sequence 1"));
+    CHECK(duet_head_train(B, E, NULL, &h, NULL, &err) == DUET_ERR_ARG && !h && strstr(err.msg, "sequence 1"));
     /* the expert file as base: hidden states of another model are refused; ids of another
      * vocabulary name --tokenizer-of */
     char other[600];
@@ -439,14 +439,14 @@ TEST(train_mismatched_score_files_are_refused) {
     REQUIRE(!score(o, NULL, d1, 0, tmp_file("mm-o.scores"), NULL, &err) || (test_fail_at(__FILE__, __LINE__, "%s", err.msg), 0));
     duet_scores *O = NULL;
     REQUIRE(!duet_scores_open(tmp_file("mm-o.scores"), &O, &err));
-    rc = ht_check_pair(B, O, &err);
+    rc = duet_head_train_check_pair(B, O, &err);
     CHECKF(rc == DUET_ERR_ARG && strstr(err.msg, "--tokenizer-of"), "%s", err.msg);
     /* a base scored through another tokenizer cannot be the base */
     duet_scores *O2 = NULL;
     REQUIRE(!score(o, b, d1, 0, tmp_file("mm-o2.scores"), NULL, &err) &&
             !duet_scores_open(tmp_file("mm-o2.scores"), &O2, &err));
-    CHECK(!ht_check_pair(B, O2, &err));
-    CHECK(ht_train(O2, B, NULL, &h, NULL, &err) == DUET_ERR_ARG && strstr(err.msg, "own tokenizer"));
+    CHECK(!duet_head_train_check_pair(B, O2, &err));
+    CHECK(duet_head_train(O2, B, NULL, &h, NULL, &err) == DUET_ERR_ARG && strstr(err.msg, "own tokenizer"));
     duet_scores_close(O2);
     duet_scores_close(O);
     duet_model_free(o);
@@ -643,10 +643,10 @@ static void check_default_pos_weight(const duet_scores *TB, const char *tb, cons
     duet_scores *B = NULL, *E = NULL;
     duet_error err = {0};
     REQUIRE(!duet_scores_open(b2, &B, &err) && !duet_scores_open(e2, &E, &err));
-    ht_params p = {.objective = HT_WEAK, .epochs = 1, .report_path = tmp_file("pw-report.json")};
+    duet_head_train_params p = {.objective = DUET_HT_WEAK, .epochs = 1, .report_path = tmp_file("pw-report.json")};
     duet_head *h = NULL;
-    ht_result res;
-    if (ht_train(B, E, &p, &h, &res, &err)) {
+    duet_head_train_result res;
+    if (duet_head_train(B, E, &p, &h, &res, &err)) {
         test_fail_at(__FILE__, __LINE__, "train: %s", err.msg);
     } else {
         CHECKF(res.pos_rate == 1.0, "pseudo-label positive rate %g, every token is positive", res.pos_rate);
@@ -664,7 +664,7 @@ static void check_default_pos_weight(const duet_scores *TB, const char *tb, cons
     const char *b3 = tmp_file("pw-base-top.scores");
     REQUIRE(!edit_scores(TB, tb, b3, expert_always_top, NULL) && !duet_scores_open(b3, &B, &err));
     p.report_path = NULL;
-    if (ht_train(B, E, &p, &h, &res, &err))
+    if (duet_head_train(B, E, &p, &h, &res, &err))
         test_fail_at(__FILE__, __LINE__, "train: %s", err.msg);
     else
         CHECKF(res.pos_rate == 0.0, "pseudo-label positive rate %g where the base is right everywhere",
@@ -728,15 +728,15 @@ static void check_planted_oracle(const duet_scores *TB, const duet_scores *HB, c
      * The nll head starts from zero, not from a weak start: the checkpoint kept is the one that
      * routes best, so after a weak start a broken marginal likelihood would go unseen. */
     int ep = (int)fmin(40, fmax(8, 130000.0 / (double)nt));
-    const struct { const char *name; ht_params p; } runs[] = {
-        {"weak", {.objective = HT_WEAK, .epochs = ep}},
-        {"nll", {.objective = HT_NLL, .weak_epochs = -1, .epochs = 2 * ep, .lr = 1e-2}}, /* no weak start */
-        {"gain", {.objective = HT_GAIN, .epochs = ep}}};
+    const struct { const char *name; duet_head_train_params p; } runs[] = {
+        {"weak", {.objective = DUET_HT_WEAK, .epochs = ep}},
+        {"nll", {.objective = DUET_HT_NLL, .weak_epochs = -1, .epochs = 2 * ep, .lr = 1e-2}}, /* no weak start */
+        {"gain", {.objective = DUET_HT_GAIN, .epochs = ep}}};
     for (size_t ri = 0; ri < sizeof runs / sizeof runs[0]; ri++) {
         duet_head *h = NULL;
-        ht_result res;
-        ht_routing hr;
-        if (ht_train(TB2, TE, &runs[ri].p, &h, &res, &err) || ht_eval_scores(h, HB2, HE, &hr, &err)) {
+        duet_head_train_result res;
+        duet_head_routing hr;
+        if (duet_head_train(TB2, TE, &runs[ri].p, &h, &res, &err) || duet_head_eval_scores(h, HB2, HE, &hr, &err)) {
             test_fail_at(__FILE__, __LINE__, "planted %s: %s", runs[ri].name, err.msg);
             duet_head_free(h);
             continue;
@@ -813,32 +813,32 @@ TEST(train_head_end_to_end) {
     duet_scores *TB = NULL, *TE = NULL, *HB = NULL, *HE = NULL;
     REQUIRE(!duet_scores_open(tmp_file("e2e-tb.scores"), &TB, &err) && !duet_scores_open(tmp_file("e2e-te.scores"), &TE, &err) &&
             !duet_scores_open(tmp_file("e2e-hb.scores"), &HB, &err) && !duet_scores_open(tmp_file("e2e-he.scores"), &HE, &err));
-    static const struct { const char *name; ht_params p; } runs[] = {
-        {"weak, hidden", {.objective = HT_WEAK, .epochs = 6, .lr = 1e-2}},
-        {"nll, hidden+entropy+maxlogp", {.objective = HT_NLL, .features = 7, .epochs = 3,
+    static const struct { const char *name; duet_head_train_params p; } runs[] = {
+        {"weak, hidden", {.objective = DUET_HT_WEAK, .epochs = 6, .lr = 1e-2}},
+        {"nll, hidden+entropy+maxlogp", {.objective = DUET_HT_NLL, .features = 7, .epochs = 3,
                                          .weak_epochs = 3, .weak_lr = 1e-2, .lr = 3e-3}},
-        {"gain, hidden+entropy+maxlogp", {.objective = HT_GAIN, .features = 7}},
+        {"gain, hidden+entropy+maxlogp", {.objective = DUET_HT_GAIN, .features = 7}},
     };
     const char *report = tmp_file("e2e-report.json");
     for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
-        ht_params p = runs[r].p;
+        duet_head_train_params p = runs[r].p;
         p.report_path = report;
         duet_head *h = NULL;
-        ht_result res;
-        if (ht_train(TB, TE, &p, &h, &res, &err)) {
+        duet_head_train_result res;
+        if (duet_head_train(TB, TE, &p, &h, &res, &err)) {
             test_fail_at(__FILE__, __LINE__, "train (%s): %s", runs[r].name, err.msg);
             continue;
         }
-        ht_routing hr;
-        REQUIRE(!ht_eval_scores(h, HB, HE, &hr, &err));
+        duet_head_routing hr;
+        REQUIRE(!duet_head_eval_scores(h, HB, HE, &hr, &err));
         double bpt = (double)hr.n_tok / (double)hr.n_bytes;
         fprintf(stderr, "    %s: held-out NLL/byte base %.4f expert %.4f; at 10..50%%: collm", runs[r].name,
                 hr.base * bpt, hr.expert * bpt);
-        for (int k = 0; k < HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.head[k] * bpt);
+        for (int k = 0; k < DUET_HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.head[k] * bpt);
         fprintf(stderr, ", random");
-        for (int k = 0; k < HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.random[k] * bpt);
+        for (int k = 0; k < DUET_HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.random[k] * bpt);
         fprintf(stderr, ", uncertainty");
-        for (int k = 0; k < HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.uncertainty[k] * bpt);
+        for (int k = 0; k < DUET_HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.uncertainty[k] * bpt);
         fprintf(stderr, "\n");
         CHECK(res.n_train_seq > 0 && res.n_val_seq > 0 && res.pos_rate > 0 && res.pos_rate < 1);
         if (baby)
@@ -847,9 +847,9 @@ TEST(train_head_end_to_end) {
         /* the saved head routes the same after a round trip through its sidecar */
         const char *hp = tmp_file("e2e-head.gguf");
         duet_head *g = NULL;
-        ht_routing gr;
+        duet_head_routing gr;
         REQUIRE(!duet_head_save(h, hp, &err) && !duet_head_load(hp, b, &g, &err));
-        REQUIRE(!ht_eval_scores(g, HB, HE, &gr, &err));
+        REQUIRE(!duet_head_eval_scores(g, HB, HE, &gr, &err));
         CHECK_NEAR(gr.head_mean, hr.head_mean, 1e-12);
         duet_head_free(g);
         duet_head_free(h);
