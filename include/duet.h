@@ -874,6 +874,157 @@ int duet_head_train(const duet_scores *base, const duet_scores *expert,
                     const duet_head_train_params *p, duet_head **out, duet_head_train_result *res,
                     duet_error *err);
 
+/* ---- learning the switch: evaluation ---------------------------------------------------- */
+/* Evaluating routing policies (`duet eval`).
+ * Tasks:
+ *  - gsm8k / math: every policy generates greedily through the public collab API from the
+ *    paper's prompt ("Please solve the following math problem with detailed steps.\n\n
+ *    Question: <q>\nAnswer:"), stopping at EOS, max tokens, a full context or a stop string;
+ *    the metric is exact-match accuracy (answers.h).
+ *  - nll: teacher-forced per-byte NLL of a policy's hard routing on a text. One pass over
+ *    the text (windows of the context, each led by BOS, exactly as duet_text_score cuts
+ *    them) records per token the base's and the expert's log-prob of the gold token (the
+ *    expert sees the same tokens mapped through the vocabulary bridge, and its log-prob is
+ *    over its whole vocabulary), the head score (duet_head_score_ex: u.h plus the confidence
+ *    features the head reads), the base's entropy and both models' log max-probabilities;
+ *    each policy then takes every token's probability from the model it picks.
+ *
+ * Thresholds: a spec gives a policy either an explicit threshold or a target deferral rate.
+ * A rate becomes the threshold at the matching quantile of the policy's score (label-free):
+ * over all evaluated tokens for nll, over a base-only greedy pass on the first n_calib
+ * prompts for generation tasks (docs/method.md section 3). random and oracle without a rate use
+ * the deferral frequency that collm (the first collm spec without a rate) reached in the
+ * same run. */
+enum {
+    DUET_EVAL_TASK_NLL = 0, DUET_EVAL_TASK_GSM8K, DUET_EVAL_TASK_MATH, DUET_EVAL_TASK_COUNT
+};
+
+/* Teacher-forced router beyond the collab policies: defer where the expert's log-prob gain
+ * lpe - lpb is largest (needs the gold tokens, so nll only). */
+#define DUET_EVAL_POLICY_ORACLE DUET_POLICY_COUNT
+
+/* "nll", "gsm8k", "math" -> task; -1 when unknown. */
+int duet_eval_task_from_name(const char *name);
+const char *duet_eval_task_name(int task);
+/* Metric name of a task: "nll_per_byte" or "accuracy"; 1 when higher is better. */
+const char *duet_eval_metric_name(int task);
+int duet_eval_higher_is_better(int task);
+/* Collab policy names plus "oracle"; -1 when unknown. */
+int duet_eval_policy_from_name(const char *name);
+const char *duet_eval_policy_name(int policy);
+/* 1 for policies whose deferral is "score > threshold" (collm, compose, uncertainty, oracle). */
+int duet_eval_policy_thresholded(int policy);
+
+typedef struct duet_eval_spec {
+    int policy;       /* duet_policy or DUET_EVAL_POLICY_ORACLE */
+    double rate;      /* target deferral fraction in [0,1], or < 0: none */
+    float threshold;  /* explicit threshold (eta for collm/compose, nats for uncertainty,
+                         log-prob gain for oracle), or < 0: default (the head's eta, else
+                         0.5; 2.0 nats). Ignored when rate >= 0. */
+} duet_eval_spec;
+
+typedef struct duet_eval_params {
+    int task;
+    int limit;          /* examples (gsm8k/math) or bytes of text (nll); 0 = all */
+    int max_tokens;     /* new tokens per answer (0 = 256) */
+    int n_ctx;          /* context of every session (0 = min of the models' defaults, <= 4096) */
+    int n_calib;        /* prompts of the base-only calibration pass (0 = 15) */
+    const char *const *stops; /* stop strings (NULL: "\n\nQuestion:") */
+    int n_stops;
+    uint64_t seed;      /* random policy */
+    /* called after each example (generation) or window (nll); what names the phase */
+    void (*progress)(void *ud, const char *what, long done, long total);
+    void *ud;
+    /* generation tasks: called with every answer (may be NULL); output is cut at the stop
+     * string, pred is the extracted answer ("" when none) */
+    void (*on_answer)(void *ud, const duet_eval_spec *spec, int index, const char *output,
+                      const char *pred, const char *reference, int correct);
+    void *answer_ud;
+} duet_eval_params;
+
+typedef struct duet_eval_result {
+    duet_eval_spec spec;
+    double value;              /* nll per byte, or accuracy in [0,1] */
+    double threshold;          /* threshold applied (eta, nats, gain), NaN when none */
+    double rate;               /* random: the rate applied; else NaN */
+    double deferral_frequency; /* deferred / evaluated tokens, pooled over the data */
+    double deferral_frequency_examples; /* mean over examples of their own fraction */
+    long n_tokens;             /* tokens scored (nll) or generated */
+    long n_deferred;
+    long expert_calls;         /* times the expert's next-token distribution was used */
+    int n_examples, n_correct;
+    int n_truncated;           /* prompts cut from the left to fit the context */
+    double seconds;            /* model time: decoding, or the teacher-forced passes used */
+    double tokens_per_second;
+} duet_eval_result;
+
+typedef struct duet_eval duet_eval;
+
+/* Load the data (JSONL for gsm8k/math with file:line errors, plain text for nll) and check
+ * the models (vocabulary bridge, head). expert is needed by every policy but base; anti by
+ * proxy only. The models and head must outlive the context. */
+int duet_eval_open(duet_model *base, duet_model *expert, duet_model *anti, const duet_head *head,
+                   const char *data_path, const duet_eval_params *params, duet_eval **out,
+                   duet_error *err);
+void duet_eval_close(duet_eval *c);
+int duet_eval_task(const duet_eval *c);
+/* Number of examples (gsm8k/math) or of scored tokens (nll; runs the teacher-forced pass). */
+int duet_eval_size(duet_eval *c, duet_error *err);
+/* nll: scored tokens that are the base's unknown token (text the base cannot spell; the
+ * expert then sees its unknown token too, which it may never have learned): worth a warning.
+ * 0 before the teacher-forced pass and for generation tasks. */
+int duet_eval_n_unknown(const duet_eval *c);
+/* Evaluate one spec. random and oracle need a rate here (duet_eval_run resolves them). */
+int duet_eval_one(duet_eval *c, const duet_eval_spec *spec, duet_eval_result *out,
+                  duet_error *err);
+/* Evaluate specs in order, random/oracle without a rate after the first collm spec without
+ * one (whose deferral frequency they take); out[i] belongs to specs[i]. */
+int duet_eval_run(duet_eval *c, const duet_eval_spec *specs, int n, duet_eval_result *out,
+                  duet_error *err);
+/* The results as JSON, written atomically: {"task", "data", "results": [{"policy", "metric",
+ * "value", "deferral_frequency", "expert_calls", "tokens_per_second", ...}, ...]}. */
+int duet_eval_results_save(int task, const char *data_path, const duet_eval_result *r, int n,
+                           const char *path, duet_error *err);
+
+/* ---- learning the switch: tuning ------------------------------------------------------- */
+/* Choosing the collm threshold eta the paper's way (docs/method.md section 6, `duet tune`):
+ *  1. Record p = sigmoid(u.h) for every token of the calibration pass (duet_eval_calibration:
+ *     the base alone, greedy, on the first n_calib validation prompts; every token of the
+ *     text for nll).
+ *  2. For each target deferral portion q (0.0, 0.1, ..., 0.9) the candidate eta is the
+ *     smallest observed p with fraction(p >= eta) <= q (eta = 1, never defer, when no p
+ *     qualifies, as for q = 0).
+ *  3. Evaluate the whole validation split with collm at each candidate and keep the best
+ *     metric (ties: the lower deferral frequency, i.e. fewer expert calls).
+ * The table (portion, eta, metric, deferral frequency, expert calls, tokens/s) is the
+ * paper's metric-vs-frequency curve. */
+#define DUET_TUNE_MAX_POINTS 32
+
+typedef struct duet_tune_point {
+    double portion;      /* target deferral portion q */
+    float eta;           /* candidate threshold */
+    duet_eval_result res;     /* collm at eta on the validation split */
+} duet_tune_point;
+
+typedef struct duet_tune_result {
+    int task;
+    int n_calib_tokens;  /* tokens whose p the candidates come from */
+    int n_points;
+    duet_tune_point points[DUET_TUNE_MAX_POINTS];
+    int best;            /* index of the chosen point */
+} duet_tune_result;
+
+/* The candidate eta for portion q from the scores s = u.h of n tokens (see above). */
+float duet_tune_candidate(const float *scores, int n, double q);
+/* Run the protocol on an eval context (task, data and models as for eval). portions: the
+ * q values (NULL: 0.0, 0.1, ..., 0.9), at most DUET_TUNE_MAX_POINTS. */
+int duet_tune_run(duet_eval *c, const double *portions, int n_portions, duet_tune_result *out,
+                  duet_error *err);
+/* Write PREFIX.csv, PREFIX.json and PREFIX.svg (each atomically); then, when head is not
+ * NULL, store the chosen eta in it and save it to head_path atomically. */
+int duet_tune_save(const duet_tune_result *r, const char *prefix, duet_head *head,
+                   const char *head_path, duet_error *err);
+
 #ifdef __cplusplus
 }
 #endif

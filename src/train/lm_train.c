@@ -216,7 +216,7 @@ static int curve_save(const curve *c, const char *prefix, const char *title, due
         len += (size_t)snprintf(csv + len, cap - len, "%.0f,%.6f,%.6f\n", c->step[i], c->train[i],
                                 c->val[i]);
     snprintf(path, sizeof path, "%s.csv", prefix);
-    int rc = eval_text_save(csv, len, path, err);
+    int rc = duet_eval_text_save(csv, len, path, err);
     free(csv);
     if (rc) return rc;
     svg_series s[2] = {{.name = "training loss (mean since the previous point)", .x = c->step,
@@ -227,7 +227,7 @@ static int curve_save(const curve *c, const char *prefix, const char *title, due
     char *svg;
     if (svg_line_plot(&pl, s, 2, &svg, &len)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     snprintf(path, sizeof path, "%s.svg", prefix);
-    rc = eval_text_save(svg, len, path, err);
+    rc = duet_eval_text_save(svg, len, path, err);
     free(svg);
     return rc;
 }
@@ -338,7 +338,7 @@ static int save_reports(json_t *log, const curve *cv, const lm_train_params *p,
                             "last_val_loss", isnan(res->last_val) ? 0.0 : res->last_val,
                             "best_val_loss", isnan(res->best_val) ? 0.0 : res->best_val,
                             "seconds", res->seconds, "tokens_per_s", res->tok_per_s));
-        if ((rc = eval_json_save(log, p->log_path, err))) return rc;
+        if ((rc = duet_eval_json_save(log, p->log_path, err))) return rc;
     }
     if (p->curve_prefix) {
         char title[300];
