@@ -1,7 +1,6 @@
 /* train.c: `duet train lm` (pre-training on plain text, fine-tuning on prompt/response JSONL)
  * and `duet train collm` (the paper's joint training of the base and its deferral head, or the
- * weak-supervision baseline): thin wrappers over src/train/lm_train.h and
- * src/learn/head_train.h. */
+ * weak-supervision baseline): thin wrappers over duet_lm_train and duet_head_train. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +10,6 @@
 #include "cmd.h"
 #include "duet.h"
 #include "format/quant.h"
-#include "train/lm_train.h"
 #include "util.h"
 
 static void usage(FILE *f, int collm) {
@@ -60,7 +58,7 @@ static void usage(FILE *f, int collm) {
             "  --quiet               no progress or summary\n");
 }
 
-static void progress(void *ud, const lm_progress *p) {
+static void progress(void *ud, const duet_lm_progress *p) {
     char extra[128];
     snprintf(extra, sizeof extra, "loss %.4f, held-out %.4f, lr %.2e, %.0f tok/s", p->loss,
              p->val_loss, p->lr, p->tok_per_s);
@@ -73,7 +71,7 @@ typedef struct train_args {
     const char *cmd, *init, *epath, *vepath, *bpath, *head_in;
     int quiet, n_threads, weak_only;
     duet_make_model_params mk;
-    lm_train_params p;
+    duet_lm_train_params p;
 } train_args;
 
 /* Reads the command line into A; returns -1 to go on, else the exit status (0 after --help). */
@@ -87,7 +85,7 @@ static int parse_args(int argc, char **argv, train_args *A) {
     int collm = A->collm = !strcmp(argv[1], "collm");
     const char *cmd = A->cmd = collm ? "train collm" : "train lm";
     duet_make_model_params *mk = &A->mk;
-    lm_train_params *p = &A->p;
+    duet_lm_train_params *p = &A->p;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout, collm); return 0; }
@@ -171,12 +169,12 @@ int cmd_train(int argc, char **argv) {
     const char *cmd = A.cmd, *init = A.init, *epath = A.epath, *vepath = A.vepath, *bpath = A.bpath,
                *head_in = A.head_in;
     duet_make_model_params mk = A.mk;
-    lm_train_params p = A.p;
+    duet_lm_train_params p = A.p;
     duet_error err = {0};
     int rc = 0;
     duet_scores *E = NULL, *VE = NULL, *BS = NULL;
     duet_head *h = NULL;
-    lm_model m = {0};
+    duet_lm *m = NULL;
     char tmp_init[1100] = "";
     if (collm && weak_only) { /* the baseline: the weak-supervision head alone */
         if (!bpath || !epath || !p.head_out) {
@@ -212,7 +210,7 @@ int cmd_train(int argc, char **argv) {
         if ((rc = duet_make_model(&mk, tmp_init, &err))) goto done;
         init = tmp_init;
     }
-    if ((rc = lm_model_load(init, n_threads, &m, &err))) goto done;
+    if ((rc = duet_lm_load(init, n_threads, &m, &err))) goto done;
     if (tmp_init[0]) {
         unlink(tmp_init); /* mapped: stays readable until the model is freed */
         if (!p.name) {
@@ -226,7 +224,7 @@ int cmd_train(int argc, char **argv) {
         p.expert = E;
         p.val_expert = VE;
         if (head_in) {
-            rc = duet_head_load(head_in, m.src, &h, &err);
+            rc = duet_head_load(head_in, duet_lm_source(m), &h, &err);
         } else {
             duet_head_train_params hp = {.objective = DUET_HT_WEAK, .seed = p.seed};
             if (!(rc = duet_scores_open(bpath, &BS, &err))) rc = duet_head_train(BS, E, &hp, &h, NULL, &err);
@@ -247,8 +245,8 @@ int cmd_train(int argc, char **argv) {
         p.progress = progress;
         p.ud = &pg;
     }
-    lm_train_result r;
-    rc = lm_train(&m, &p, &r, &err);
+    duet_lm_train_result r;
+    rc = duet_lm_train(m, &p, &r, &err);
     cli_progress_end(&pg);
     if (rc) goto done;
     if (!quiet)
@@ -264,6 +262,6 @@ done:
     duet_scores_close(E);
     duet_scores_close(VE);
     duet_scores_close(BS);
-    lm_model_free(&m);
+    duet_lm_free(m);
     return rc ? 1 : 0;
 }
