@@ -9,7 +9,6 @@
 
 #include "cmd.h"
 #include "duet.h"
-#include "format/quant.h"
 #include "util.h"
 
 static void usage(FILE *f, int collm) {
@@ -76,7 +75,7 @@ typedef struct train_args {
 
 /* Reads the command line into A; returns -1 to go on, else the exit status (0 after --help). */
 static int parse_args(int argc, char **argv, train_args *A) {
-    *A = (train_args){.mk = {.arch = "llama", .n_ctx = 256, .type = DT_F32, .output_type = -1}};
+    *A = (train_args){.mk = {.arch = "llama", .n_ctx = 256, .type = DUET_TYPE_F32, .output_type = -1}};
     if (argc < 2 || (strcmp(argv[1], "lm") && strcmp(argv[1], "collm"))) {
         int help = argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"));
         usage(help ? stdout : stderr, 1);

@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -614,7 +615,7 @@ typedef struct duet_make_model_params {
                                 keys are copied in place of the synthetic vocabulary; n_vocab
                                 is then its token count (n_vocab 0, or equal to it). NULL: the
                                 synthetic SentencePiece vocabulary */
-    int mix;                 /* 0, or a llama.cpp mixed type (quant.h QMIX_*, e.g. Q4_K_M):
+    int mix;                 /* 0, or a llama.cpp mixed type (duet_type_mix_from_name):
                                 per-tensor types by llama-quantize's rules; type is ignored */
 } duet_make_model_params;
 
@@ -1109,6 +1110,75 @@ typedef struct duet_lm_train_result {
  * DUET_OK, DUET_LM_STOPPED, or an error. */
 int duet_lm_train(duet_lm *m, const duet_lm_train_params *p, duet_lm_train_result *res,
                   duet_error *err);
+
+/* ---- model files: inspection, types ------------------------------------------------------ */
+/* Validate a GGUF file (the whole file is read and checked, as a model load would) and print
+ * its version, every metadata key (long arrays summarised) and the tensor table to out: what
+ * `duet info` shows. DUET_OK, or the reader's error naming the file and what is wrong; nothing
+ * is printed then. */
+int duet_gguf_print(const char *path, FILE *out, duet_error *err);
+
+/* Tensor element types are ggml's type ids (duet_hparams.weight_type,
+ * duet_make_model_params.type). */
+enum { DUET_TYPE_F32 = 0 };
+/* Type id for a name as ggml spells it, in either case ("q8_0", "Q8_0", "f16", ...); -1 if
+ * unknown. */
+int duet_type_from_name(const char *name);
+/* llama.cpp's mixed file types as `llama-quantize` names them ("q4_k_m", "q5_k_m"): most
+ * matrices in one type, some in more bits (duet_make_model_params.mix); > 0, or -1 if unknown. */
+int duet_type_mix_from_name(const char *name);
+
+/* ---- atomic files, progress text --------------------------------------------------------- */
+/* Replacing a file all at once: output goes to "<path>.tmp" beside the target and is flushed,
+ * fsync'ed, closed and renamed over it only when complete, so a reader (or a crash, or a full
+ * disk) never sees a half-written model, report or trace; on failure the temporary file is
+ * removed and the target is untouched. */
+typedef struct duet_atomic {
+    FILE *f;    /* write here between open and commit */
+    char *tmp;  /* "<path>.tmp" */
+    char *path; /* the target */
+} duet_atomic;
+
+/* Create "<path>.tmp" (truncating an old one) for writing. DUET_OK, or an I/O / memory error
+ * with a left closed (a->f NULL; abort is then a no-op). A zero-initialised duet_atomic is
+ * closed too, so cleanup code may call abort whether or not open ran. */
+int duet_atomic_open(duet_atomic *a, const char *path, duet_error *err);
+/* Flush, fsync, close and rename onto the target (then, best effort, fsync its directory so
+ * the rename survives a crash). Also fails when a write on a->f failed earlier (ferror). On
+ * failure the temporary file is removed. Always releases a. */
+int duet_atomic_commit(duet_atomic *a, duet_error *err);
+/* Close and remove the temporary file without touching the target; releases a. */
+void duet_atomic_abort(duet_atomic *a);
+
+/* The whole of data[0..n) as the new content of path. */
+int duet_atomic_write(const char *path, const void *data, size_t n, duet_error *err);
+
+/* The text of the one progress line the command-line tool shows on a terminal (perplexity,
+ * score, eval/tune, train, head train): done/total, a rate with its unit, one ETA format and
+ * an optional tail. Pure formatting, no clock and no printing; the CLI times, throttles and
+ * prints it.
+ * "ETA h:mm:ss" from one hour up, else "ETA m:ss" (seconds rounded to the nearest one), or
+ * "ETA ?" when seconds is negative, NaN, infinite or 1e9 or more (no meaningful estimate).
+ * Writes at most cap bytes, always NUL-terminated when cap > 0 (cut short when the text does
+ * not fit); returns the length of the whole text, like snprintf, so a return >= cap means the
+ * text was cut. buf may be NULL when cap is 0. */
+size_t duet_format_eta(char *buf, size_t cap, double seconds);
+
+typedef struct duet_progress_line {
+    const char *label;   /* leads the line, followed by ": " (NULL or "": no label) */
+    const char *unit;    /* what done and total count, e.g. "tok" (NULL or "": no unit) */
+    long long done, total;
+    long long done0;     /* done when the timing started (work resumed or before the clock) */
+    double elapsed;      /* seconds since the timing started */
+    const char *extra;   /* appended after ", " (NULL or "": nothing) */
+} duet_progress_line;
+
+/* "LABEL: DONE/TOTAL UNIT, RATE UNIT/s, ETA ...[, EXTRA]". RATE = (done - done0) / elapsed,
+ * printed with 2 decimals below 10, 1 below 100, none above, and "?" when no work has been
+ * timed yet (elapsed <= 0 or done <= done0); the ETA is (total - done) / RATE, 0 once done
+ * reaches total, "?" while the rate is unknown. Same length and termination contract as
+ * duet_format_eta. */
+size_t duet_format_progress(char *buf, size_t cap, const duet_progress_line *l);
 
 #ifdef __cplusplus
 }
