@@ -813,7 +813,7 @@ typedef enum duet_head_objective {
 /* Routing on a set of tokens: mean NLL per token (nats) of hard routing at each rate. */
 typedef struct duet_head_routing {
     int64_t n_tok;
-    uint64_t n_bytes;               /* text bytes of these tokens (per-byte = x * n_tok / n_bytes) */
+    uint64_t n_bytes;               /* text bytes of these tokens (per byte: x * n_tok / n_bytes) */
     double base, expert;            /* never / always defer */
     double head[DUET_HT_N_RATES];        /* top r by the head's score */
     double random[DUET_HT_N_RATES];      /* expectation of Bernoulli(r) deferral */

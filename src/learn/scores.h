@@ -88,13 +88,14 @@ typedef struct duet_scores_plan {
 } duet_scores_plan;
 
 /* Tokenise `d` with idm's tokenizer into sequences of at most n_ctx tokens. */
-int duet_scores_plan_build(const duet_model *idm, const duet_dataset *d, int n_ctx, duet_scores_plan *p,
-                           duet_error *err);
+int duet_scores_plan_build(const duet_model *idm, const duet_dataset *d, int n_ctx,
+                           duet_scores_plan *p, duet_error *err);
 void duet_scores_plan_free(duet_scores_plan *p);
 
 /* ---- reading (opening a file: duet.h) ----------------------------------------------------- */
-const duet_scores_seq *duet_scores_seqs(const duet_scores *f);                  /* [n_seq] */
-const duet_scores_tok *duet_scores_seq_toks(const duet_scores *f, uint64_t i);  /* [n_tok] of sequence i */
+const duet_scores_seq *duet_scores_seqs(const duet_scores *f);                 /* [n_seq] */
+/* The token records [n_tok] of sequence i. */
+const duet_scores_tok *duet_scores_seq_toks(const duet_scores *f, uint64_t i);
 /* F16 hidden states [n_tok][hidden_dim] of sequence i; NULL when none are stored. */
 const uint16_t *duet_scores_seq_hidden(const duet_scores *f, uint64_t i);
 

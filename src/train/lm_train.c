@@ -1,7 +1,7 @@
 /*
- * lm_train.c: training runs (see duet.h, training the base): data into sequences and batches, the step loop
- * with gradient accumulation, held-out evaluation, checkpoints and resume, the JSON log and the
- * loss curve (CSV + SVG).
+ * lm_train.c: training runs (see duet.h, training the base): data into sequences and
+ * batches, the step loop with gradient accumulation, held-out evaluation, checkpoints and
+ * resume, the JSON log and the loss curve (CSV + SVG).
  * Invariants: the batch of step s depends only on (seed, s), never on earlier steps, so
  * resuming needs only the step count; with an expert, seq k of the plan is seq k of the
  * expert's score file (checked token by token before training).
