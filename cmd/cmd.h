@@ -1,5 +1,6 @@
-/* cmd.h: the subcommands of the duet CLI, one file each under cmd/. Each returns the
- * process exit status (0 ok, 1 runtime error, 2 usage error). */
+/* cmd.h: the CLI's own header (not part of libduet): the subcommands of the duet CLI, one
+ * file each under cmd/, dispatched by cmd/duet.c. Each returns the process exit status (0 ok,
+ * 1 runtime error, 2 usage error). */
 #ifndef DUET_CMD_H
 #define DUET_CMD_H
 

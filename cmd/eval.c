@@ -2,16 +2,15 @@
  * collaborative generation, or per-byte NLL of a policy's hard routing on a text (teacher-
  * forced). stdout: a table, one row per policy (and target rate); --json FILE: the same as
  * {"results": [...]}, written atomically. stderr: progress on a terminal. The work is the
- * library's (src/learn/eval.c); this file parses flags and prints. */
+ * library's (duet_eval_* in duet.h); this file parses flags and prints. */
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/atomic_file.h"
 #include "cmd.h"
 #include "duet.h"
-#include "learn/eval.h"
 #include "util.h"
 
 #define MAX_SPECS 128
@@ -88,16 +87,16 @@ static void fmt_or_dash(char *buf, size_t cap, const char *fmt, double v) {
     else snprintf(buf, cap, "-");
 }
 
-static void print_table(int task, const eval_result *r, int n) {
+static void print_table(int task, const duet_eval_result *r, int n) {
     printf("%-12s %6s %10s %12s %9s %12s %10s\n", "policy", "rate", "threshold",
-           task == EVAL_TASK_NLL ? "nll/byte" : "accuracy", "deferral", "expert calls", "tok/s");
+           task == DUET_EVAL_TASK_NLL ? "nll/byte" : "accuracy", "deferral", "expert calls", "tok/s");
     for (int i = 0; i < n; i++) {
         char rate[32], thr[32], val[48];
         fmt_or_dash(rate, sizeof rate, "%.2f", r[i].rate);
         fmt_or_dash(thr, sizeof thr, "%.4g", r[i].threshold);
-        if (task == EVAL_TASK_NLL) snprintf(val, sizeof val, "%.5f", r[i].value);
+        if (task == DUET_EVAL_TASK_NLL) snprintf(val, sizeof val, "%.5f", r[i].value);
         else snprintf(val, sizeof val, "%.1f%% %d/%d", 100 * r[i].value, r[i].n_correct, r[i].n_examples);
-        printf("%-12s %6s %10s %12s %8.1f%% %12ld %10.1f\n", eval_policy_name(r[i].spec.policy), rate, thr,
+        printf("%-12s %6s %10s %12s %8.1f%% %12ld %10.1f\n", duet_eval_policy_name(r[i].spec.policy), rate, thr,
                val, 100 * r[i].deferral_frequency, r[i].expert_calls, r[i].tokens_per_second);
     }
 }
@@ -117,10 +116,10 @@ static json_t *text_json(const char *s) {
 }
 
 /* --outputs: one JSON line per generated answer */
-static void write_answer(void *ud, const eval_spec *spec, int index, const char *output, const char *pred,
+static void write_answer(void *ud, const duet_eval_spec *spec, int index, const char *output, const char *pred,
                          const char *reference, int correct) {
     json_t *o = json_object();
-    json_object_set_new(o, "policy", json_string(eval_policy_name(spec->policy)));
+    json_object_set_new(o, "policy", json_string(duet_eval_policy_name(spec->policy)));
     json_object_set_new(o, "rate", spec->rate >= 0 ? json_real(spec->rate) : json_null());
     json_object_set_new(o, "index", json_integer(index));
     json_object_set_new(o, "output", text_json(output));
@@ -134,25 +133,25 @@ static void write_answer(void *ud, const eval_spec *spec, int index, const char 
 
 /* One spec per policy, and per rate for the policies a rate applies to. */
 static int build_specs(const char *list, const double *rates, int n_rates, float eta, float ent,
-                       eval_spec *specs, int cap) {
+                       duet_eval_spec *specs, int cap) {
     char buf[512];
     snprintf(buf, sizeof buf, "%s", list);
     int n = 0;
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int pol = eval_policy_from_name(tok);
+        int pol = duet_eval_policy_from_name(tok);
         if (pol < 0) {
             fprintf(stderr, "duet eval: --policy '%s' is not one of base, expert, collm, random, "
                             "uncertainty, confidence, compose, proxy, contrastive, oracle\n", tok);
             return -1;
         }
-        int per_rate = n_rates > 0 && (eval_policy_thresholded(pol) || pol == DUET_POLICY_RANDOM);
+        int per_rate = n_rates > 0 && (duet_eval_policy_thresholded(pol) || pol == DUET_POLICY_RANDOM);
         for (int k = 0; k < (per_rate ? n_rates : 1); k++) {
             if (n == cap) {
                 fprintf(stderr, "duet eval: at most %d policy/rate rows\n", cap);
                 return -1;
             }
-            float thr = pol == DUET_POLICY_UNCERTAINTY ? ent : pol == EVAL_POLICY_ORACLE ? -1 : eta;
-            specs[n++] = (eval_spec){.policy = pol, .rate = per_rate ? rates[k] : -1, .threshold = thr};
+            float thr = pol == DUET_POLICY_UNCERTAINTY ? ent : pol == DUET_EVAL_POLICY_ORACLE ? -1 : eta;
+            specs[n++] = (duet_eval_spec){.policy = pol, .rate = per_rate ? rates[k] : -1, .threshold = thr};
         }
     }
     return n;
@@ -180,7 +179,7 @@ typedef struct eval_args {
     int task, n_threads, quiet, n_stops, n_rates;
     double rates[MAX_RATES];
     float eta, ent;
-    eval_params ep;
+    duet_eval_params ep;
 } eval_args;
 
 /* Reads the command line into A; returns -1 to go on, else the exit status (0 after --help). */
@@ -200,7 +199,7 @@ static int parse_args(int argc, char **argv, eval_args *A) {
         else if (!strcmp(a, "--outputs")) A->outputs = v;
         else if (!strcmp(a, "--policy")) A->policies = v;
         else if (!strcmp(a, "--task")) {
-            if ((A->task = eval_task_from_name(v)) < 0) {
+            if ((A->task = duet_eval_task_from_name(v)) < 0) {
                 fprintf(stderr, "duet eval: --task '%s' is not gsm8k, math or nll\n", v);
                 return 2;
             }
@@ -247,9 +246,9 @@ int cmd_eval(int argc, char **argv) {
                *anti_path = A.anti_path, *data = A.data, *json_path = A.json_path,
                *policies = A.policies, *outputs = A.outputs;
     int task = A.task, n_threads = A.n_threads, quiet = A.quiet, n_stops = A.n_stops;
-    eval_params ep = A.ep;
+    duet_eval_params ep = A.ep;
     if (!policies) policies = !expert_path ? "base" : head_path ? "base,expert,collm,random" : "base,expert";
-    eval_spec specs[MAX_SPECS];
+    duet_eval_spec specs[MAX_SPECS];
     int n_specs = build_specs(policies, A.rates, A.n_rates, A.eta, A.ent, specs, MAX_SPECS);
     if (n_specs <= 0) return 2;
     ep.task = task;
@@ -260,8 +259,8 @@ int cmd_eval(int argc, char **argv) {
 
     duet_model *base = NULL, *expert = NULL, *anti = NULL;
     duet_head *head = NULL;
-    eval_ctx *ctx = NULL;
-    eval_result res[MAX_SPECS];
+    duet_eval *ctx = NULL;
+    duet_eval_result res[MAX_SPECS];
     duet_error err = {0};
     int rc = 1;
     duet_atomic out = {0};
@@ -273,25 +272,20 @@ int cmd_eval(int argc, char **argv) {
     if (cmd_eval_load("eval", base_path, expert_path, anti_path, head_path, n_threads, &base, &expert,
                       &anti, &head))
         goto done;
-    if (eval_open(base, expert, anti, head, data, &ep, &ctx, &err) || eval_run(ctx, specs, n_specs, res, &err))
+    if (duet_eval_open(base, expert, anti, head, data, &ep, &ctx, &err) || duet_eval_run(ctx, specs, n_specs, res, &err))
         goto fail;
-    int size = eval_size(ctx, &err);
-    printf("duet eval: task %s, %s (%d %s), base %s%s%s\n", eval_task_name(task), data, size,
-           task == EVAL_TASK_NLL ? "tokens" : "examples", duet_model_hparams(base)->name,
+    int size = duet_eval_size(ctx, &err);
+    printf("duet eval: task %s, %s (%d %s), base %s%s%s\n", duet_eval_task_name(task), data, size,
+           task == DUET_EVAL_TASK_NLL ? "tokens" : "examples", duet_model_hparams(base)->name,
            expert ? ", expert " : "", expert ? duet_model_hparams(expert)->name : "");
     print_table(task, res, n_specs);
-    if (task != EVAL_TASK_NLL && res[0].n_truncated)
+    if (task != DUET_EVAL_TASK_NLL && res[0].n_truncated)
         fprintf(stderr, "duet eval: %d prompts were cut from the left to fit the context\n", res[0].n_truncated);
-    if (eval_n_unknown(ctx))
+    if (duet_eval_n_unknown(ctx))
         fprintf(stderr, "duet eval: warning: %d of %d tokens are the base's unknown token (text it cannot "
-                        "spell); the expert is scored on its unknown token there\n", eval_n_unknown(ctx), size);
+                        "spell); the expert is scored on its unknown token there\n", duet_eval_n_unknown(ctx), size);
     if (out.f && duet_atomic_commit(&out, &err)) goto fail;
-    if (json_path) {
-        json_t *j = eval_results_json(task, data, res, n_specs);
-        int bad = !j || eval_json_save(j, json_path, &err);
-        json_decref(j);
-        if (bad) goto fail;
-    }
+    if (json_path && duet_eval_results_save(task, data, res, n_specs, json_path, &err)) goto fail;
     rc = 0;
     goto done;
 fail:
@@ -299,7 +293,7 @@ fail:
     fprintf(stderr, "duet eval: %s\n", err.msg);
 done:
     duet_atomic_abort(&out);
-    eval_close(ctx);
+    duet_eval_close(ctx);
     free(ep.ud);
     duet_head_free(head);
     duet_model_free(anti);

@@ -1,12 +1,11 @@
 /* head.c: `duet head init --base MODEL -o HEAD.gguf [--threshold ETA]`: the untrained
  * deferral head (u = mean of the base's output-matrix rows), so the Co-LLM pipeline runs
- * before training; `duet head train`: learn it from two score files (src/learn/head_train.h). */
+ * before training; `duet head train`: learn it from two score files (duet_head_train). */
 #include <stdio.h>
 #include <string.h>
 
 #include "cmd.h"
 #include "duet.h"
-#include "learn/head_train.h"
 #include "util.h"
 
 static void usage(FILE *f) {
@@ -45,13 +44,13 @@ static void train_usage(FILE *f) {
 }
 
 /* The routing table: NLL per byte of hard routing at each deferral rate. */
-static void print_routing(const char *what, const ht_routing *r) {
+static void print_routing(const char *what, const duet_head_routing *r) {
     double bpt = r->n_bytes ? (double)r->n_tok / (double)r->n_bytes : 1;
     fprintf(stderr, "%s NLL per byte (%lld tokens, %llu bytes): base %.4f, expert %.4f\n", what,
             (long long)r->n_tok, (unsigned long long)r->n_bytes, r->base * bpt, r->expert * bpt);
     fprintf(stderr, "  defer   collm   random  uncert.  confid.  oracle   gap closed (collm)\n");
-    for (int k = 0; k < HT_N_RATES; k++)
-        fprintf(stderr, "  %3.0f%%   %.4f  %.4f  %.4f   %.4f   %.4f   %5.1f%%\n", 100 * ht_rates[k],
+    for (int k = 0; k < DUET_HT_N_RATES; k++)
+        fprintf(stderr, "  %3.0f%%   %.4f  %.4f  %.4f   %.4f   %.4f   %5.1f%%\n", 100 * duet_head_train_rates[k],
                 r->head[k] * bpt, r->random[k] * bpt, r->uncertainty[k] * bpt,
                 r->confidence[k] * bpt, r->oracle[k] * bpt,
                 100 * (r->base - r->head[k]) / (r->base - r->expert));
@@ -83,26 +82,26 @@ static int cmd_head_eval(int argc, char **argv) {
         return 2;
     }
     duet_error err = {0};
-    dsf_file *B = NULL, *E = NULL;
+    duet_scores *B = NULL, *E = NULL;
     duet_model *m = NULL;
     duet_head *h = NULL;
-    ht_routing r;
+    duet_head_routing r;
     duet_model_params mp = {.n_threads = 1, .use_mmap = 1, .vocab_only = 0};
-    int rc = dsf_open(bpath, &B, &err);
-    if (!rc) rc = dsf_open(epath, &E, &err);
+    int rc = duet_scores_open(bpath, &B, &err);
+    if (!rc) rc = duet_scores_open(epath, &E, &err);
     if (!rc) rc = duet_model_load(mpath, &mp, &m, &err);
     if (!rc) rc = duet_head_load(hpath, m, &h, &err);
-    if (!rc) rc = ht_eval_scores(h, B, E, &r, &err);
+    if (!rc) rc = duet_head_eval_scores(h, B, E, &r, &err);
     if (!rc) print_routing(hpath, &r);
     else fprintf(stderr, "duet head eval: %s\n", err.msg);
     duet_head_free(h);
     duet_model_free(m);
-    dsf_close(B);
-    dsf_close(E);
+    duet_scores_close(B);
+    duet_scores_close(E);
     return rc ? 1 : 0;
 }
 
-static void train_progress(void *ud, const ht_progress *p) {
+static void train_progress(void *ud, const duet_head_train_progress *p) {
     char label[48], extra[96];
     snprintf(label, sizeof label, "duet head train (%s)", p->phase);
     snprintf(extra, sizeof extra, "epoch %d, loss %.4f, routing %.4f (best %.4f)", p->epoch,
@@ -113,7 +112,7 @@ static void train_progress(void *ud, const ht_progress *p) {
 static int cmd_head_train(int argc, char **argv) {
     const char *bpath = NULL, *epath = NULL, *out = NULL, *base_model = NULL;
     int quiet = 0, weak_epochs = -2;
-    ht_params hp = {0};
+    duet_head_train_params hp = {0};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { train_usage(stdout); return 0; }
@@ -127,9 +126,9 @@ static int cmd_head_train(int argc, char **argv) {
         else if (!strcmp(a, "--report")) hp.report_path = v;
         else if (!strcmp(a, "--base")) base_model = v;
         else if (!strcmp(a, "--objective")) {
-            if (!strcmp(v, "nll")) hp.objective = HT_NLL;
-            else if (!strcmp(v, "weak")) hp.objective = HT_WEAK;
-            else if (!strcmp(v, "gain")) hp.objective = HT_GAIN;
+            if (!strcmp(v, "nll")) hp.objective = DUET_HT_NLL;
+            else if (!strcmp(v, "weak")) hp.objective = DUET_HT_WEAK;
+            else if (!strcmp(v, "gain")) hp.objective = DUET_HT_GAIN;
             else {
                 fprintf(stderr, "duet head train: --objective '%s' is not nll, weak or gain\n", v);
                 return 2;
@@ -182,14 +181,14 @@ static int cmd_head_train(int argc, char **argv) {
     }
     if (weak_epochs != -2) hp.weak_epochs = weak_epochs ? weak_epochs : -1;
     duet_error err = {0};
-    dsf_file *B = NULL, *E = NULL;
+    duet_scores *B = NULL, *E = NULL;
     duet_model *m = NULL;
     duet_head *init = NULL, *h = NULL;
     int rc;
-    if ((rc = dsf_open(bpath, &B, &err)) || (rc = dsf_open(epath, &E, &err))) goto done;
+    if ((rc = duet_scores_open(bpath, &B, &err)) || (rc = duet_scores_open(epath, &E, &err))) goto done;
     if (base_model) {
         duet_model_params mp = {.n_threads = 1, .use_mmap = 1};
-        const dsf_header *bh = dsf_hdr(B);
+        const duet_scores_header *bh = duet_scores_get_header(B);
         if ((rc = duet_model_load(base_model, &mp, &m, &err))) goto done;
         const duet_hparams *mh = duet_model_hparams(m);
         if (strcmp(mh->name, bh->model_name) || mh->n_embd != (int)bh->n_embd ||
@@ -209,8 +208,8 @@ static int cmd_head_train(int argc, char **argv) {
         hp.progress = train_progress;
         hp.ud = &pg;
     }
-    ht_result res;
-    rc = ht_train(B, E, &hp, &h, &res, &err);
+    duet_head_train_result res;
+    rc = duet_head_train(B, E, &hp, &h, &res, &err);
     cli_progress_end(&pg);
     if (rc) goto done;
     if ((rc = duet_head_save(h, out, &err))) goto done;
@@ -228,8 +227,8 @@ done:
     duet_head_free(h);
     duet_head_free(init);
     duet_model_free(m);
-    dsf_close(B);
-    dsf_close(E);
+    duet_scores_close(B);
+    duet_scores_close(E);
     return rc ? 1 : 0;
 }
 

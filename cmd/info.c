@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "cmd.h"
-#include "format/gguf.h"
+#include "duet.h"
 
 static void usage(FILE *o) {
     fprintf(o, "usage: duet info FILE.gguf\n"
@@ -20,14 +20,11 @@ int cmd_info(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    gguf_file *f = NULL;
     duet_error err = {0};
-    if (gguf_open(argv[1], &f, &err) != DUET_OK) {
+    if (duet_gguf_print(argv[1], stdout, &err) != DUET_OK) {
         fprintf(stderr, "duet info: %s\n", err.msg);
         return 1;
     }
-    gguf_print(f, stdout);
-    gguf_close(f);
     /* a full disk or closed pipe must not look like success */
     if (fflush(stdout) != 0 || ferror(stdout)) {
         fprintf(stderr, "duet info: error writing output\n");

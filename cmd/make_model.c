@@ -4,7 +4,6 @@
 
 #include "cmd.h"
 #include "duet.h"
-#include "format/quant.h"
 #include "util.h"
 
 static void usage(FILE *f) {
@@ -17,7 +16,7 @@ static void usage(FILE *f) {
 }
 
 int cmd_make_model(int argc, char **argv) {
-    duet_make_model_params p = {.arch = "llama", .n_ctx = 2048, .type = DT_F32, .output_type = -1};
+    duet_make_model_params p = {.arch = "llama", .n_ctx = 2048, .type = DUET_TYPE_F32, .output_type = -1};
     const char *out = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -39,7 +38,7 @@ int cmd_make_model(int argc, char **argv) {
         } else if (fp) {
             if (!arg_float("make-model", a, v, 1e-6, 1e6, fp)) return 2;
         } else if (!strcmp(a, "--type") || !strcmp(a, "--output-type")) {
-            int t = dtype_from_name(v), mix = a[2] == 't' ? quant_mix_from_name(v) : -1;
+            int t = duet_type_from_name(v), mix = a[2] == 't' ? duet_type_mix_from_name(v) : -1;
             if (mix > 0) {
                 p.mix = mix;
                 continue;

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/atomic_file.h"
 #include "cmd.h"
 #include "duet.h"
 #include "util.h"

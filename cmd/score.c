@@ -1,5 +1,5 @@
 /* score.c: `duet score`: a teacher-forced pass of one model over a dataset, writing the
- * per-token score file that head training reads (format: src/learn/scores.h). Progress with
+ * per-token score file that head training reads (format: docs/formats.md). Progress with
  * tokens/s and ETA on a terminal; Ctrl-C stops cleanly and the same command resumes. */
 #include <signal.h>
 #include <stdio.h>
@@ -7,8 +7,6 @@
 
 #include "cmd.h"
 #include "duet.h"
-#include "learn/dataset.h"
-#include "learn/scores.h"
 #include "util.h"
 
 static void usage(FILE *f) {
@@ -37,7 +35,7 @@ static void usage(FILE *f) {
 static volatile sig_atomic_t g_stop;
 static void on_sigint(int sig) { (void)sig; g_stop = 1; }
 
-static int on_progress(void *ud, const dsf_progress *p) {
+static int on_progress(void *ud, const duet_scores_progress *p) {
     char seqs[64];
     snprintf(seqs, sizeof seqs, "%lld/%lld sequences", (long long)p->seq_done, (long long)p->seq_total);
     cli_progress_update(ud, "duet score", "tok", p->tok_done, p->tok_total, seqs);
@@ -49,8 +47,8 @@ int cmd_score(int argc, char **argv) {
     duet_expert_remote_params rp = {0};
     duet_expert_remote *remote = NULL;
     int n_ctx = 0, n_threads = 0, quiet = 0;
-    ds_params dp = {0};
-    dsf_score_params sp = {0};
+    duet_dataset_params dp = {0};
+    duet_scores_params sp = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
 #define VAL() do { if (!(v = arg_value("score", argc, argv, &i))) return 2; } while (0)
@@ -67,9 +65,9 @@ int cmd_score(int argc, char **argv) {
             VAL(); if (!arg_int("score", a, v, 1, 256, &n_threads)) return 2;
         } else if (!strcmp(a, "--format")) {
             VAL();
-            if (!strcmp(v, "auto")) dp.format = DS_AUTO;
-            else if (!strcmp(v, "jsonl")) dp.format = DS_JSONL;
-            else if (!strcmp(v, "text")) dp.format = DS_TEXT;
+            if (!strcmp(v, "auto")) dp.format = DUET_DATASET_AUTO;
+            else if (!strcmp(v, "jsonl")) dp.format = DUET_DATASET_JSONL;
+            else if (!strcmp(v, "text")) dp.format = DUET_DATASET_TEXT;
             else {
                 fprintf(stderr, "duet score: --format '%s' is not auto, jsonl or text\n", v);
                 return 2;
@@ -96,10 +94,10 @@ int cmd_score(int argc, char **argv) {
     }
     duet_error err = {0};
     duet_model *m = NULL, *base = NULL;
-    ds_dataset ds = {0};
+    duet_dataset ds = {0};
     int rc = 1, st;
     duet_model_params mp = {.n_threads = n_threads};
-    if ((st = ds_load(data_path, &dp, &ds, &err))) goto fail;
+    if ((st = duet_dataset_load(data_path, &dp, &ds, &err))) goto fail;
     if (ds.n_bad)
         fprintf(stderr, "duet score: warning: skipped %d bad example%s in %s (the first: %s)\n",
                 ds.n_bad, ds.n_bad > 1 ? "s" : "", data_path, ds.first_bad);
@@ -125,11 +123,11 @@ int cmd_score(int argc, char **argv) {
     struct sigaction sa = {0}, old;
     sa.sa_handler = on_sigint;
     sigaction(SIGINT, &sa, &old);
-    dsf_score_stats ss;
-    st = dsf_score(m, &ds, &sp, out, &ss, &err);
+    duet_scores_stats ss;
+    st = duet_scores_compute(m, &ds, &sp, out, &ss, &err);
     sigaction(SIGINT, &old, NULL);
     cli_progress_end(&pg);
-    if (st == DSF_STOPPED) {
+    if (st == DUET_SCORES_STOPPED) {
         fprintf(stderr, "duet score: interrupted after %d of %d sequences; %s.partial is kept: "
                         "run the same command again to resume\n", (int)ss.n_seq_done, ss.n_seq, out);
         rc = 130;
@@ -154,7 +152,7 @@ int cmd_score(int argc, char **argv) {
 fail:
     fprintf(stderr, "duet score: %s\n", err.msg);
 done:
-    ds_free(&ds);
+    duet_dataset_free(&ds);
     duet_expert_remote_free(remote);
     duet_model_free(base);
     duet_model_free(m);

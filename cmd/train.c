@@ -1,7 +1,6 @@
 /* train.c: `duet train lm` (pre-training on plain text, fine-tuning on prompt/response JSONL)
  * and `duet train collm` (the paper's joint training of the base and its deferral head, or the
- * weak-supervision baseline): thin wrappers over src/train/lm_train.h and
- * src/learn/head_train.h. */
+ * weak-supervision baseline): thin wrappers over duet_lm_train and duet_head_train. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,9 +9,6 @@
 
 #include "cmd.h"
 #include "duet.h"
-#include "format/quant.h"
-#include "learn/head_train.h"
-#include "train/lm_train.h"
 #include "util.h"
 
 static void usage(FILE *f, int collm) {
@@ -61,7 +57,7 @@ static void usage(FILE *f, int collm) {
             "  --quiet               no progress or summary\n");
 }
 
-static void progress(void *ud, const lm_progress *p) {
+static void progress(void *ud, const duet_lm_progress *p) {
     char extra[128];
     snprintf(extra, sizeof extra, "loss %.4f, held-out %.4f, lr %.2e, %.0f tok/s", p->loss,
              p->val_loss, p->lr, p->tok_per_s);
@@ -74,12 +70,12 @@ typedef struct train_args {
     const char *cmd, *init, *epath, *vepath, *bpath, *head_in;
     int quiet, n_threads, weak_only;
     duet_make_model_params mk;
-    lm_train_params p;
+    duet_lm_train_params p;
 } train_args;
 
 /* Reads the command line into A; returns -1 to go on, else the exit status (0 after --help). */
 static int parse_args(int argc, char **argv, train_args *A) {
-    *A = (train_args){.mk = {.arch = "llama", .n_ctx = 256, .type = DT_F32, .output_type = -1}};
+    *A = (train_args){.mk = {.arch = "llama", .n_ctx = 256, .type = DUET_TYPE_F32, .output_type = -1}};
     if (argc < 2 || (strcmp(argv[1], "lm") && strcmp(argv[1], "collm"))) {
         int help = argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"));
         usage(help ? stdout : stderr, 1);
@@ -88,7 +84,7 @@ static int parse_args(int argc, char **argv, train_args *A) {
     int collm = A->collm = !strcmp(argv[1], "collm");
     const char *cmd = A->cmd = collm ? "train collm" : "train lm";
     duet_make_model_params *mk = &A->mk;
-    lm_train_params *p = &A->p;
+    duet_lm_train_params *p = &A->p;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout, collm); return 0; }
@@ -172,12 +168,12 @@ int cmd_train(int argc, char **argv) {
     const char *cmd = A.cmd, *init = A.init, *epath = A.epath, *vepath = A.vepath, *bpath = A.bpath,
                *head_in = A.head_in;
     duet_make_model_params mk = A.mk;
-    lm_train_params p = A.p;
+    duet_lm_train_params p = A.p;
     duet_error err = {0};
     int rc = 0;
-    dsf_file *E = NULL, *VE = NULL, *BS = NULL;
+    duet_scores *E = NULL, *VE = NULL, *BS = NULL;
     duet_head *h = NULL;
-    lm_model m = {0};
+    duet_lm *m = NULL;
     char tmp_init[1100] = "";
     if (collm && weak_only) { /* the baseline: the weak-supervision head alone */
         if (!bpath || !epath || !p.head_out) {
@@ -185,9 +181,9 @@ int cmd_train(int argc, char **argv) {
                             "--expert-scores and --head-out\n");
             return 2;
         }
-        ht_params hp = {.objective = HT_WEAK, .seed = p.seed};
-        if ((rc = dsf_open(bpath, &BS, &err)) || (rc = dsf_open(epath, &E, &err))) goto done;
-        if (!(rc = ht_train(BS, E, &hp, &h, NULL, &err))) rc = duet_head_save(h, p.head_out, &err);
+        duet_head_train_params hp = {.objective = DUET_HT_WEAK, .seed = p.seed};
+        if ((rc = duet_scores_open(bpath, &BS, &err)) || (rc = duet_scores_open(epath, &E, &err))) goto done;
+        if (!(rc = duet_head_train(BS, E, &hp, &h, NULL, &err))) rc = duet_head_save(h, p.head_out, &err);
         if (!rc && !quiet) fprintf(stderr, "duet %s: wrote the weak-supervision head %s\n", cmd, p.head_out);
         goto done;
     }
@@ -213,7 +209,7 @@ int cmd_train(int argc, char **argv) {
         if ((rc = duet_make_model(&mk, tmp_init, &err))) goto done;
         init = tmp_init;
     }
-    if ((rc = lm_model_load(init, n_threads, &m, &err))) goto done;
+    if ((rc = duet_lm_load(init, n_threads, &m, &err))) goto done;
     if (tmp_init[0]) {
         unlink(tmp_init); /* mapped: stays readable until the model is freed */
         if (!p.name) {
@@ -222,15 +218,15 @@ int cmd_train(int argc, char **argv) {
         }
     }
     if (collm) {
-        if ((rc = dsf_open(epath, &E, &err))) goto done;
-        if (vepath && (rc = dsf_open(vepath, &VE, &err))) goto done;
+        if ((rc = duet_scores_open(epath, &E, &err))) goto done;
+        if (vepath && (rc = duet_scores_open(vepath, &VE, &err))) goto done;
         p.expert = E;
         p.val_expert = VE;
         if (head_in) {
-            rc = duet_head_load(head_in, m.src, &h, &err);
+            rc = duet_head_load(head_in, duet_lm_source(m), &h, &err);
         } else {
-            ht_params hp = {.objective = HT_WEAK, .seed = p.seed};
-            if (!(rc = dsf_open(bpath, &BS, &err))) rc = ht_train(BS, E, &hp, &h, NULL, &err);
+            duet_head_train_params hp = {.objective = DUET_HT_WEAK, .seed = p.seed};
+            if (!(rc = duet_scores_open(bpath, &BS, &err))) rc = duet_head_train(BS, E, &hp, &h, NULL, &err);
         }
         if (rc) goto done;
         if (duet_head_features(h) != DUET_HEAD_FEAT_HIDDEN) {
@@ -248,8 +244,8 @@ int cmd_train(int argc, char **argv) {
         p.progress = progress;
         p.ud = &pg;
     }
-    lm_train_result r;
-    rc = lm_train(&m, &p, &r, &err);
+    duet_lm_train_result r;
+    rc = duet_lm_train(m, &p, &r, &err);
     cli_progress_end(&pg);
     if (rc) goto done;
     if (!quiet)
@@ -262,9 +258,9 @@ done:
     if (rc) fprintf(stderr, "duet %s: %s\n", cmd, err.msg);
     if (tmp_init[0]) unlink(tmp_init);
     duet_head_free(h);
-    dsf_close(E);
-    dsf_close(VE);
-    dsf_close(BS);
-    lm_model_free(&m);
+    duet_scores_close(E);
+    duet_scores_close(VE);
+    duet_scores_close(BS);
+    duet_lm_free(m);
     return rc ? 1 : 0;
 }

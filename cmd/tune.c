@@ -1,7 +1,7 @@
 /* tune.c: `duet tune`: choose the collm threshold the paper's way (docs/method.md section 6) on a
  * validation split: base-only calibration pass, candidate eta per target deferral portion,
  * one collm evaluation per candidate, keep the best. Writes OUTPREFIX.csv/.json/.svg and
- * stores the chosen eta in the head file. The work is the library's (src/learn/tune.c). */
+ * stores the chosen eta in the head file. The work is the library's (duet_tune_* in duet.h). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,7 +9,6 @@
 
 #include "cmd.h"
 #include "duet.h"
-#include "learn/tune.h"
 #include "util.h"
 
 static void usage(FILE *f) {
@@ -37,8 +36,8 @@ int cmd_tune(int argc, char **argv) {
     const char *base_path = NULL, *expert_path = NULL, *head_path = NULL, *data = NULL;
     const char *prefix = NULL, *stops[16];
     int task = -1, n_threads = 0, quiet = 0, n_stops = 0, n_portions = 0, store = 1;
-    double portions[TUNE_MAX_POINTS];
-    eval_params ep = {0};
+    double portions[DUET_TUNE_MAX_POINTS];
+    duet_eval_params ep = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -51,12 +50,12 @@ int cmd_tune(int argc, char **argv) {
         else if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) prefix = v;
         else if (!strcmp(a, "--task")) {
-            if ((task = eval_task_from_name(v)) < 0) {
+            if ((task = duet_eval_task_from_name(v)) < 0) {
                 fprintf(stderr, "duet tune: --task '%s' is not gsm8k, math or nll\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--portions")) {
-            if (!(n_portions = cmd_eval_number_list("tune", a, v, 0, 1, portions, TUNE_MAX_POINTS))) return 2;
+            if (!(n_portions = cmd_eval_number_list("tune", a, v, 0, 1, portions, DUET_TUNE_MAX_POINTS))) return 2;
         } else if (!strcmp(a, "--limit")) {
             if (!arg_int("tune", a, v, 1, 1 << 30, &ep.limit)) return 2;
         } else if (!strcmp(a, "--calib")) {
@@ -88,28 +87,28 @@ int cmd_tune(int argc, char **argv) {
 
     duet_model *base = NULL, *expert = NULL;
     duet_head *head = NULL;
-    eval_ctx *ctx = NULL;
-    tune_result *tr = calloc(1, sizeof *tr);
+    duet_eval *ctx = NULL;
+    duet_tune_result *tr = calloc(1, sizeof *tr);
     duet_error err = {0};
     int rc = 1;
     if (!tr) { snprintf(err.msg, sizeof err.msg, "out of memory"); goto fail; }
     if (cmd_eval_load("tune", base_path, expert_path, NULL, head_path, n_threads, &base, &expert, NULL, &head))
         goto done;
-    if (eval_open(base, expert, NULL, head, data, &ep, &ctx, &err) ||
-        tune_run(ctx, n_portions ? portions : NULL, n_portions, tr, &err) ||
-        tune_save(tr, prefix, store ? head : NULL, head_path, &err))
+    if (duet_eval_open(base, expert, NULL, head, data, &ep, &ctx, &err) ||
+        duet_tune_run(ctx, n_portions ? portions : NULL, n_portions, tr, &err) ||
+        duet_tune_save(tr, prefix, store ? head : NULL, head_path, &err))
         goto fail;
-    printf("duet tune: task %s, %s; %d calibration tokens\n", eval_task_name(task), data, tr->n_calib_tokens);
+    printf("duet tune: task %s, %s; %d calibration tokens\n", duet_eval_task_name(task), data, tr->n_calib_tokens);
     printf("%8s %12s %9s %12s %12s %10s\n", "portion", "eta", "deferral",
-           task == EVAL_TASK_NLL ? "nll/byte" : "accuracy", "expert calls", "tok/s");
+           task == DUET_EVAL_TASK_NLL ? "nll/byte" : "accuracy", "expert calls", "tok/s");
     for (int i = 0; i < tr->n_points; i++) {
-        const tune_point *p = &tr->points[i];
+        const duet_tune_point *p = &tr->points[i];
         printf("%8.2f %12.6g %8.1f%% %12.5f %12ld %10.1f%s\n", p->portion, p->eta, 100 * p->res.deferral_frequency,
                p->res.value, p->res.expert_calls, p->res.tokens_per_second, i == tr->best ? "  <- chosen" : "");
     }
-    const tune_point *b = &tr->points[tr->best];
+    const duet_tune_point *b = &tr->points[tr->best];
     printf("chosen eta %.6g (portion %.2f): %s %.5f at deferral %.1f%%; wrote %s.csv, %s.json, %s.svg%s%s\n",
-           b->eta, b->portion, eval_metric_name(task), b->res.value, 100 * b->res.deferral_frequency, prefix,
+           b->eta, b->portion, duet_eval_metric_name(task), b->res.value, 100 * b->res.deferral_frequency, prefix,
            prefix, prefix, store ? "; threshold stored in " : "", store ? head_path : "");
     rc = 0;
     goto done;
@@ -117,7 +116,7 @@ fail:
     if (ep.ud) cli_progress_end(ep.ud); /* the message starts on a line of its own */
     fprintf(stderr, "duet tune: %s\n", err.msg);
 done:
-    eval_close(ctx);
+    duet_eval_close(ctx);
     free(tr);
     free(ep.ud);
     duet_head_free(head);

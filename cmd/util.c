@@ -1,7 +1,6 @@
 /* util.c: argument parsing shared by the subcommands, and the generation loop of run and chat. */
 #include "util.h"
 
-#include "base/progress.h"
 
 #include <errno.h>
 #include <math.h>

@@ -1,6 +1,7 @@
-/* util.h: argument parsing shared by the subcommands, and the generation loop shared by
- * `duet run` and `duet chat`. Parsers print "duet CMD: ..." on failure and return 0; callers
- * then return 2 (usage error). */
+/* util.h: the CLI's own helper header (not part of libduet): argument parsing shared by the
+ * subcommands, the progress line on stderr, and the generation loop shared by `duet run` and
+ * `duet chat`. The CLI reaches the library only through include/duet.h. Parsers print
+ * "duet CMD: ..." on failure and return 0; callers then return 2 (usage error). */
 #ifndef DUET_CMD_UTIL_H
 #define DUET_CMD_UTIL_H
 
@@ -36,7 +37,7 @@ typedef struct cli_progress {
 } cli_progress;
 
 void cli_progress_init(cli_progress *p, int quiet);
-/* Redraw "LABEL: done/total UNIT, RATE UNIT/s, ETA m:ss[, EXTRA]" (see base/progress.h).
+/* Redraw "LABEL: done/total UNIT, RATE UNIT/s, ETA m:ss[, EXTRA]" (see duet_format_progress).
  * A new label ends the open line and restarts the timing. */
 void cli_progress_update(cli_progress *p, const char *label, const char *unit, long long done,
                          long long total, const char *extra);

@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -614,7 +615,7 @@ typedef struct duet_make_model_params {
                                 keys are copied in place of the synthetic vocabulary; n_vocab
                                 is then its token count (n_vocab 0, or equal to it). NULL: the
                                 synthetic SentencePiece vocabulary */
-    int mix;                 /* 0, or a llama.cpp mixed type (quant.h QMIX_*, e.g. Q4_K_M):
+    int mix;                 /* 0, or a llama.cpp mixed type (duet_type_mix_from_name):
                                 per-tensor types by llama-quantize's rules; type is ignored */
 } duet_make_model_params;
 
@@ -636,6 +637,548 @@ double duet_memory_bandwidth(int n_threads, size_t bytes, int reps);
  * threads, on the widest vectors the CPU has (best of 3 passes of about 0.1 s). The int8
  * kernels of quantised models can exceed it. */
 double duet_fma_peak(int n_threads);
+
+/* ---- learning the switch: datasets and score files -------------------------------------- */
+/* Training and evaluation text read into (prompt, response) examples. Formats
+ * (DUET_DATASET_AUTO picks JSONL when the first non-blank byte of the file is '{'):
+ *  - JSONL, one example per line (blank lines ignored):
+ *      {"prompt": P, "response": R}
+ *      {"messages": [{"role": ..., "content": ...}, ...]}: the last "assistant" message is the
+ *          response; the messages before it are the prompt, rendered as "role: content" lines
+ *          joined by "\n" (messages after it are ignored)
+ *      {"question": Q, "answer": A} (GSM8K): prompt = the paper's evaluation prompt
+ *          "Please solve the following math problem with detailed steps.\n\nQuestion: Q\nAnswer:"
+ *  - plain text: paragraphs (runs of non-blank lines) become examples with no prompt, so
+ *    every token is a response token; long paragraphs are cut into windows at scoring time.
+ * The completion format (docs/formats.md) is applied by the scorer: BOS + prompt + "\n" +
+ * response + EOS, loss on response tokens only.
+ * Bad data (docs/bad-inputs.md, data files): a malformed line, a missing or mistyped field, an
+ * empty response or invalid UTF-8 is an error naming file:line, or with skip_bad a counted
+ * skip (the first message is kept); a dataset with no usable example is an error. */
+typedef enum duet_dataset_format {
+    DUET_DATASET_AUTO = 0, DUET_DATASET_JSONL = 1, DUET_DATASET_TEXT = 2
+} duet_dataset_format;
+
+typedef struct duet_dataset_example {
+    char *prompt;         /* NUL-terminated; NULL for plain text (no prompt, no separator) */
+    size_t prompt_len;
+    char *response;       /* NUL-terminated, never empty */
+    size_t response_len;
+    int line;             /* 1-based line of the source file (first line of a paragraph) */
+} duet_dataset_example;
+
+typedef struct duet_dataset_params {
+    duet_dataset_format format; /* DUET_DATASET_AUTO (0) by default */
+    int skip_bad;         /* 1: skip bad lines/paragraphs and count them; 0: stop at the first */
+} duet_dataset_params;
+
+typedef struct duet_dataset {
+    duet_dataset_example *ex;   /* [n] */
+    int n;
+    duet_dataset_format format; /* the format actually read */
+    int n_bad;            /* examples skipped as bad (skip_bad) */
+    char first_bad[512];  /* the first skipped example's message ("" when none) */
+    size_t n_bytes;       /* bytes of prompt + response text over all examples */
+    uint64_t hash;        /* FNV-1a 64 of the file's bytes: identifies the data for resuming */
+    char path[512];
+} duet_dataset;
+
+/* Read a dataset file (p may be NULL: the defaults). On error nothing is allocated
+ * (duet_dataset_free is still safe). */
+int duet_dataset_load(const char *path, const duet_dataset_params *p, duet_dataset *out,
+                      duet_error *err);
+/* The same from a buffer (name is used in messages as the file name). */
+int duet_dataset_load_buffer(const char *buf, size_t len, const char *name,
+                             const duet_dataset_params *p, duet_dataset *out, duet_error *err);
+void duet_dataset_free(duet_dataset *d);
+
+/* A score file holds one model's teacher-forced pass over a dataset (`duet score`): for every
+ * response token the gold id, log P(gold), the largest log-probability and the entropy (nats)
+ * of the next-token distribution, and optionally the final-norm hidden state. Head training
+ * and routing evaluation read a base's file and an expert's file of the same tokens (the
+ * expert scored with the base's tokenizer). The layout is in docs/formats.md. */
+#define DUET_SCORES_MAGIC "DUETSCR"   /* 8 bytes with the NUL */
+#define DUET_SCORES_VERSION 1
+#define DUET_SCORES_HEADER_SIZE 512
+#define DUET_SCORES_STOPPED 2         /* positive status: the progress callback asked to stop */
+
+/* The file header (offsets in bytes); every field is validated at open. */
+typedef struct duet_scores_header {
+    char magic[8];            /*   0: "DUETSCR\0" */
+    uint32_t version;         /*   8: DUET_SCORES_VERSION */
+    uint32_t header_size;     /*  12: DUET_SCORES_HEADER_SIZE */
+    uint32_t complete;        /*  16: 1 once the index is written */
+    uint32_t hidden_dim;      /*  20: elements per stored hidden state (0: none stored) */
+    uint32_t n_embd;          /*  24: scored model */
+    uint32_t n_vocab;         /*  28: scored model */
+    uint64_t vocab_hash;      /*  32: scored model's vocabulary hash */
+    uint64_t ids_vocab_hash;  /*  40: vocabulary of the gold ids (= vocab_hash unbridged) */
+    uint32_t ids_n_vocab;     /*  48 */
+    uint32_t n_ctx;           /*  52: every sequence has n_prompt + n_tok <= n_ctx */
+    uint64_t n_seq;           /*  56 */
+    uint64_t n_tok;           /*  64: response tokens, all sequences */
+    uint64_t n_bytes;         /*  72: bytes of the response tokens' text (ids pieces) */
+    uint64_t index_offset;    /*  80: 0 until complete */
+    uint64_t config_hash;     /*  88: dataset bytes + models + options (resume identity) */
+    uint32_t n_examples;      /*  96: examples in the dataset */
+    uint32_t n_truncated;     /* 100: examples cut to the context */
+    uint32_t n_skipped;       /* 104: examples with no response token inside the context */
+    uint32_t reserved0;       /* 108 */
+    uint64_t n_dropped_tok;   /* 112: tokens cut off by truncation */
+    char model_name[128];     /* 120: scored model (general.name), NUL-terminated */
+    char ids_name[128];       /* 248: model whose tokenizer produced the ids */
+    uint8_t reserved[136];    /* 376: zero */
+} duet_scores_header;
+
+/* Writing: the scoring pass. */
+typedef struct duet_scores_progress {
+    int64_t seq_done, seq_total;   /* sequences in the file so far / in all */
+    int64_t tok_done, tok_total;   /* tokens evaluated (context + response) so far / in all */
+    int64_t tok_run;               /* tokens evaluated by this run (excludes resumed ones) */
+    double seconds;                /* elapsed in this run */
+} duet_scores_progress;
+
+typedef struct duet_scores_params {
+    int n_ctx;                     /* 0: min(n_ctx_train of the model(s), 4096) */
+    int n_batch;                   /* tokens per prefill call, which bounds the logits buffer
+                                      to n_batch x n_vocab (0: min(n_ctx, 512)) */
+    int no_hidden;                 /* 1: store no hidden states */
+    const duet_model *ids_model;   /* tokenizer-of: NULL = the scored model's own */
+    /* Score with a remote duet serve (its prompt log-probabilities) instead of evaluating
+     * the model, which then only gives the vocabulary the server shares (vocab_only is
+     * enough; checked when r was made). No hidden states are stored. */
+    duet_expert_remote *remote;
+    /* called after each sequence; a non-zero return stops (the partial file stays and the
+     * call returns DUET_SCORES_STOPPED) */
+    int (*progress)(void *ud, const duet_scores_progress *p);
+    void *ud;
+} duet_scores_params;
+
+typedef struct duet_scores_stats {
+    int n_examples, n_seq, n_truncated, n_skipped;
+    int64_t n_tok, n_dropped_tok;
+    int64_t n_resumed_seq;         /* sequences found complete in OUT.partial */
+    int64_t n_seq_done;            /* sequences in the file when the call returned */
+    int n_ctx;                     /* the context used */
+    double seconds;
+} duet_scores_stats;
+
+/* Score `data` with `model` into out_path (via out_path.partial, resumed when present and
+ * made by the same data, models and options; renamed at the end). DUET_OK,
+ * DUET_SCORES_STOPPED, or an error; st (may be NULL) is filled in every case. */
+int duet_scores_compute(duet_model *model, const duet_dataset *data, const duet_scores_params *p,
+                        const char *out_path, duet_scores_stats *st, duet_error *err);
+
+/* Reading. */
+typedef struct duet_scores duet_scores;
+
+/* Map and validate a complete score file. */
+int duet_scores_open(const char *path, duet_scores **out, duet_error *err);
+void duet_scores_close(duet_scores *f);
+const char *duet_scores_path(const duet_scores *f);
+/* The header of an open file. */
+const duet_scores_header *duet_scores_get_header(const duet_scores *f);
+
+/* ---- learning the switch: head training ------------------------------------------------- */
+/* Inputs: a base score file (the base's own tokenizer, hidden states stored) and an expert
+ * score file of the same tokens (`duet score --tokenizer-of BASE`). Per response token t:
+ * lpb_t, lpe_t (gold log-probs), the base's entropy and max log-prob, and h_t.
+ * The head: s_t = u . h_t + w_e * entropy_t + w_m * maxlogp_t + b (terms as features ask;
+ * the paper's head is u . h_t alone, no bias). Objectives, mean over tokens (docs/method.md
+ * section 4):
+ *   weak: -(pw * Z_t * log sig(s_t) + (1 - Z_t) * log sig(-s_t)), pw = 8, with
+ *        the pseudo-label Z_t = 1 iff the gold token is the expert's argmax and not the base's
+ *        (ties within 1e-5 relative count as argmax)
+ *   nll: -logsumexp(log sig(-s_t) + lpb_t, log sig(s_t) + lpe_t)
+ *        + L * sig(s_t)   (the cost-aware variant, L = defer_cost >= 0)
+ *   gain (duet's addition): (s_t - clip(lpe_t - lpb_t, +-8))^2 / 2: s regresses onto the
+ *        expert's log-prob gain, so ranking tokens by s approximates the oracle router;
+ *        sig(s) > 0.5 then means "the expert is expected to do better"
+ * With a frozen base the marginal likelihood improves by deferring more everywhere (the
+ * expert is better on most tokens), which can leave the head's ranking worse than its weak
+ * start: hence the selection by routing quality below.
+ * Training: a weak-supervision start, then (objective nll) the marginal likelihood, AdamW
+ * with warm-up and linear decay, gradient clipping at 1. Sequences are split into training and
+ * validation; the checkpoint kept is the one with the best routing quality on validation:
+ * mean NLL per token of hard routing (defer the top r fraction of tokens by s, the expert's
+ * log-prob for those, the base's for the rest) averaged over r = 10, 20, 30, 40, 50%.
+ * Extra features are standardised for training and folded back into the saved weights. */
+#define DUET_HT_N_RATES 5   /* rates of the routing table */
+extern const double duet_head_train_rates[DUET_HT_N_RATES]; /* 0.1, 0.2, 0.3, 0.4, 0.5 */
+
+typedef enum duet_head_objective {
+    DUET_HT_NLL = 0, DUET_HT_WEAK = 1, DUET_HT_GAIN = 2
+} duet_head_objective;
+
+/* Routing on a set of tokens: mean NLL per token (nats) of hard routing at each rate. */
+typedef struct duet_head_routing {
+    int64_t n_tok;
+    uint64_t n_bytes;               /* text bytes of these tokens (per byte: x * n_tok / n_bytes) */
+    double base, expert;            /* never / always defer */
+    double head[DUET_HT_N_RATES];        /* top r by the head's score */
+    double random[DUET_HT_N_RATES];      /* expectation of Bernoulli(r) deferral */
+    double oracle[DUET_HT_N_RATES];      /* top r by lpe - lpb (the best any router can do) */
+    double uncertainty[DUET_HT_N_RATES]; /* top r by the base's entropy */
+    double confidence[DUET_HT_N_RATES];  /* top r by the base's lowest max log-prob */
+    double head_mean;               /* mean of head[] over the rates: routing quality */
+} duet_head_routing;
+
+/* Routing of a head (and the baselines) on a pair of score files, e.g. held-out data. */
+int duet_head_eval_scores(const duet_head *head, const duet_scores *base,
+                          const duet_scores *expert, duet_head_routing *out, duet_error *err);
+
+typedef struct duet_head_train_progress {
+    const char *phase;              /* "weak" or "nll" */
+    int step, steps;                /* within the phase */
+    int epoch;
+    double loss;                    /* mean training loss since the last report */
+    double route;                   /* last validation routing quality (NaN before any) */
+    double best;                    /* best so far */
+} duet_head_train_progress;
+
+typedef struct duet_head_train_params {
+    duet_head_objective objective;  /* DUET_HT_NLL (weak start, then nll), DUET_HT_WEAK (weak
+                                       only) or DUET_HT_GAIN (gain regression only) */
+    double defer_cost;              /* L of the cost-aware nll, >= 0 */
+    int features;                   /* DUET_HEAD_FEAT_* mask; 0 = hidden */
+    int epochs;                     /* epochs of the main phase (0 = 2 for nll, else 5) */
+    int weak_epochs;                /* epochs of the weak start before nll (0 = 3, -1 = none) */
+    double lr;                      /* main phase peak learning rate (0 = 1e-3 for nll, else
+                                       1e-2; times 128/n_embd for hidden heads wider than 128) */
+    double weak_lr;                 /* weak start (0 = 1e-2, scaled the same way) */
+    double weight_decay;            /* AdamW decoupled decay (0 = none, the paper's) */
+    double pos_weight;              /* weak positive weight (0 = 8) */
+    double val_frac;                /* validation share of the sequences (0 = 0.1) */
+    uint64_t seed;                  /* split and batch order */
+    int batch_seqs;                 /* sequences per step (0 = 8) */
+    int evals_per_phase;            /* validation passes per phase (0 = 10) */
+    const float *u_init;            /* [n_embd] starting u (NULL: zeros) */
+    const char *report_path;        /* JSON report, written atomically (NULL: none) */
+    /* called about every 1% of a phase */
+    void (*progress)(void *ud, const duet_head_train_progress *p);
+    void *ud;
+} duet_head_train_params;
+
+typedef struct duet_head_train_result {
+    int n_train_seq, n_val_seq;
+    int64_t n_train_tok, n_val_tok;
+    double pos_rate;                /* pseudo-label positive rate, training tokens */
+    int best_step;                  /* global step of the kept checkpoint (0: the start) */
+    char best_phase[8];             /* "init", "weak" or "nll" */
+    double best_val_loss;           /* validation loss (the phase's objective) there */
+    duet_head_routing val;                 /* validation routing of the kept head + baselines */
+} duet_head_train_result;
+
+/* Train a head for the base of `base` (identity from its header). *out is the kept
+ * checkpoint; res (may be NULL) is filled on success. */
+int duet_head_train(const duet_scores *base, const duet_scores *expert,
+                    const duet_head_train_params *p, duet_head **out, duet_head_train_result *res,
+                    duet_error *err);
+
+/* ---- learning the switch: evaluation ---------------------------------------------------- */
+/* Evaluating routing policies (`duet eval`).
+ * Tasks:
+ *  - gsm8k / math: every policy generates greedily through the public collab API from the
+ *    paper's prompt ("Please solve the following math problem with detailed steps.\n\n
+ *    Question: <q>\nAnswer:"), stopping at EOS, max tokens, a full context or a stop string;
+ *    the metric is exact-match accuracy (answers.h).
+ *  - nll: teacher-forced per-byte NLL of a policy's hard routing on a text. One pass over
+ *    the text (windows of the context, each led by BOS, exactly as duet_text_score cuts
+ *    them) records per token the base's and the expert's log-prob of the gold token (the
+ *    expert sees the same tokens mapped through the vocabulary bridge, and its log-prob is
+ *    over its whole vocabulary), the head score (duet_head_score_ex: u.h plus the confidence
+ *    features the head reads), the base's entropy and both models' log max-probabilities;
+ *    each policy then takes every token's probability from the model it picks.
+ *
+ * Thresholds: a spec gives a policy either an explicit threshold or a target deferral rate.
+ * A rate becomes the threshold at the matching quantile of the policy's score (label-free):
+ * over all evaluated tokens for nll, over a base-only greedy pass on the first n_calib
+ * prompts for generation tasks (docs/method.md section 3). random and oracle without a rate use
+ * the deferral frequency that collm (the first collm spec without a rate) reached in the
+ * same run. */
+enum {
+    DUET_EVAL_TASK_NLL = 0, DUET_EVAL_TASK_GSM8K, DUET_EVAL_TASK_MATH, DUET_EVAL_TASK_COUNT
+};
+
+/* Teacher-forced router beyond the collab policies: defer where the expert's log-prob gain
+ * lpe - lpb is largest (needs the gold tokens, so nll only). */
+#define DUET_EVAL_POLICY_ORACLE DUET_POLICY_COUNT
+
+/* "nll", "gsm8k", "math" -> task; -1 when unknown. */
+int duet_eval_task_from_name(const char *name);
+const char *duet_eval_task_name(int task);
+/* Metric name of a task: "nll_per_byte" or "accuracy"; 1 when higher is better. */
+const char *duet_eval_metric_name(int task);
+int duet_eval_higher_is_better(int task);
+/* Collab policy names plus "oracle"; -1 when unknown. */
+int duet_eval_policy_from_name(const char *name);
+const char *duet_eval_policy_name(int policy);
+/* 1 for policies whose deferral is "score > threshold" (collm, compose, uncertainty, oracle). */
+int duet_eval_policy_thresholded(int policy);
+
+typedef struct duet_eval_spec {
+    int policy;       /* duet_policy or DUET_EVAL_POLICY_ORACLE */
+    double rate;      /* target deferral fraction in [0,1], or < 0: none */
+    float threshold;  /* explicit threshold (eta for collm/compose, nats for uncertainty,
+                         log-prob gain for oracle), or < 0: default (the head's eta, else
+                         0.5; 2.0 nats). Ignored when rate >= 0. */
+} duet_eval_spec;
+
+typedef struct duet_eval_params {
+    int task;
+    int limit;          /* examples (gsm8k/math) or bytes of text (nll); 0 = all */
+    int max_tokens;     /* new tokens per answer (0 = 256) */
+    int n_ctx;          /* context of every session (0 = min of the models' defaults, <= 4096) */
+    int n_calib;        /* prompts of the base-only calibration pass (0 = 15) */
+    const char *const *stops; /* stop strings (NULL: "\n\nQuestion:") */
+    int n_stops;
+    uint64_t seed;      /* random policy */
+    /* called after each example (generation) or window (nll); what names the phase */
+    void (*progress)(void *ud, const char *what, long done, long total);
+    void *ud;
+    /* generation tasks: called with every answer (may be NULL); output is cut at the stop
+     * string, pred is the extracted answer ("" when none) */
+    void (*on_answer)(void *ud, const duet_eval_spec *spec, int index, const char *output,
+                      const char *pred, const char *reference, int correct);
+    void *answer_ud;
+} duet_eval_params;
+
+typedef struct duet_eval_result {
+    duet_eval_spec spec;
+    double value;              /* nll per byte, or accuracy in [0,1] */
+    double threshold;          /* threshold applied (eta, nats, gain), NaN when none */
+    double rate;               /* random: the rate applied; else NaN */
+    double deferral_frequency; /* deferred / evaluated tokens, pooled over the data */
+    double deferral_frequency_examples; /* mean over examples of their own fraction */
+    long n_tokens;             /* tokens scored (nll) or generated */
+    long n_deferred;
+    long expert_calls;         /* times the expert's next-token distribution was used */
+    int n_examples, n_correct;
+    int n_truncated;           /* prompts cut from the left to fit the context */
+    double seconds;            /* model time: decoding, or the teacher-forced passes used */
+    double tokens_per_second;
+} duet_eval_result;
+
+typedef struct duet_eval duet_eval;
+
+/* Load the data (JSONL for gsm8k/math with file:line errors, plain text for nll) and check
+ * the models (vocabulary bridge, head). expert is needed by every policy but base; anti by
+ * proxy only. The models and head must outlive the context. */
+int duet_eval_open(duet_model *base, duet_model *expert, duet_model *anti, const duet_head *head,
+                   const char *data_path, const duet_eval_params *params, duet_eval **out,
+                   duet_error *err);
+void duet_eval_close(duet_eval *c);
+int duet_eval_task(const duet_eval *c);
+/* Number of examples (gsm8k/math) or of scored tokens (nll; runs the teacher-forced pass). */
+int duet_eval_size(duet_eval *c, duet_error *err);
+/* nll: scored tokens that are the base's unknown token (text the base cannot spell; the
+ * expert then sees its unknown token too, which it may never have learned): worth a warning.
+ * 0 before the teacher-forced pass and for generation tasks. */
+int duet_eval_n_unknown(const duet_eval *c);
+/* Evaluate one spec. random and oracle need a rate here (duet_eval_run resolves them). */
+int duet_eval_one(duet_eval *c, const duet_eval_spec *spec, duet_eval_result *out,
+                  duet_error *err);
+/* Evaluate specs in order, random/oracle without a rate after the first collm spec without
+ * one (whose deferral frequency they take); out[i] belongs to specs[i]. */
+int duet_eval_run(duet_eval *c, const duet_eval_spec *specs, int n, duet_eval_result *out,
+                  duet_error *err);
+/* The results as JSON, written atomically: {"task", "data", "results": [{"policy", "metric",
+ * "value", "deferral_frequency", "expert_calls", "tokens_per_second", ...}, ...]}. */
+int duet_eval_results_save(int task, const char *data_path, const duet_eval_result *r, int n,
+                           const char *path, duet_error *err);
+
+/* ---- learning the switch: tuning ------------------------------------------------------- */
+/* Choosing the collm threshold eta the paper's way (docs/method.md section 6, `duet tune`):
+ *  1. Record p = sigmoid(u.h) for every token of the calibration pass (duet_eval_calibration:
+ *     the base alone, greedy, on the first n_calib validation prompts; every token of the
+ *     text for nll).
+ *  2. For each target deferral portion q (0.0, 0.1, ..., 0.9) the candidate eta is the
+ *     smallest observed p with fraction(p >= eta) <= q (eta = 1, never defer, when no p
+ *     qualifies, as for q = 0).
+ *  3. Evaluate the whole validation split with collm at each candidate and keep the best
+ *     metric (ties: the lower deferral frequency, i.e. fewer expert calls).
+ * The table (portion, eta, metric, deferral frequency, expert calls, tokens/s) is the
+ * paper's metric-vs-frequency curve. */
+#define DUET_TUNE_MAX_POINTS 32
+
+typedef struct duet_tune_point {
+    double portion;      /* target deferral portion q */
+    float eta;           /* candidate threshold */
+    duet_eval_result res;     /* collm at eta on the validation split */
+} duet_tune_point;
+
+typedef struct duet_tune_result {
+    int task;
+    int n_calib_tokens;  /* tokens whose p the candidates come from */
+    int n_points;
+    duet_tune_point points[DUET_TUNE_MAX_POINTS];
+    int best;            /* index of the chosen point */
+} duet_tune_result;
+
+/* The candidate eta for portion q from the scores s = u.h of n tokens (see above). */
+float duet_tune_candidate(const float *scores, int n, double q);
+/* Run the protocol on an eval context (task, data and models as for eval). portions: the
+ * q values (NULL: 0.0, 0.1, ..., 0.9), at most DUET_TUNE_MAX_POINTS. */
+int duet_tune_run(duet_eval *c, const double *portions, int n_portions, duet_tune_result *out,
+                  duet_error *err);
+/* Write PREFIX.csv, PREFIX.json and PREFIX.svg (each atomically); then, when head is not
+ * NULL, store the chosen eta in it and save it to head_path atomically. */
+int duet_tune_save(const duet_tune_result *r, const char *prefix, duet_head *head,
+                   const char *head_path, duet_error *err);
+
+/* ---- training the base (LM trainer) ------------------------------------------------------ */
+/* A llama model trained in F32 (`duet train`): language-model pre-training on plain text,
+ * supervised fine-tuning on prompt/response JSONL (loss on response tokens only), and
+ * Co-LLM's joint training of the base and its deferral head (docs/method.md section 5).
+ *
+ * Data. The dataset is cut into sequences exactly as `duet score` cuts it (with
+ * n_ctx = T + 1): plain-text paragraphs as windows of BOS + T tokens, JSONL examples as
+ * BOS + prompt + "\n" + response + EOS. Position i of a sequence predicts token i + 1 and
+ * carries loss iff token i + 1 is a response token. Held-out: a separate file, or a seeded
+ * share of the examples (whole examples, so no window of a held-out paragraph is trained on).
+ * Step s uses the sequences s*B*accum .. of the epoch's seeded permutation, so a resumed run
+ * continues bit for bit (the data order needs no saved state).
+ *
+ * Joint training (expert != NULL): the expert's log-probs come from a `duet score` file made
+ * with --tokenizer-of BASE on the same data and context (n_ctx = T + 1); every sequence and
+ * gold token is checked against the trainer's own tokenisation before training starts. */
+typedef struct duet_lm duet_lm;
+
+/* Load every weight of a llama GGUF (any supported type) as F32 for training; n_threads as
+ * duet_model_params (0: all CPUs). */
+int duet_lm_load(const char *path, int n_threads, duet_lm **out, duet_error *err);
+void duet_lm_free(duet_lm *m);
+/* The model the weights came from (tokenizer, metadata, identity): a head for the trained
+ * base is loaded and checked against it. Valid while m lives. */
+const duet_model *duet_lm_source(const duet_lm *m);
+
+typedef struct duet_lm_progress {
+    int64_t step, steps;
+    double loss;          /* mean training loss per token since the last report */
+    double val_loss;      /* last held-out loss (NaN before the first evaluation) */
+    double lr, grad_norm;
+    double tok_per_s;     /* weighted + context tokens through the model per second */
+    double eta_s;
+    int is_eval;          /* 1: this report follows a held-out evaluation */
+} duet_lm_progress;
+
+typedef struct duet_lm_train_params {
+    const char *data_path;       /* training data (JSONL or plain text) */
+    const char *val_path;        /* held-out data; NULL: val_frac of the examples */
+    double val_frac;             /* 0 = 0.05 */
+    int seq_len;                 /* T (0 = min(n_ctx_train - 1, 128)) */
+    int batch;                   /* sequences per micro-batch (0 = 8) */
+    int accum;                   /* micro-batches per step (0 = 1) */
+    int64_t steps;               /* 0: epochs */
+    double epochs;               /* used when steps = 0 (0 = 1) */
+    double lr;                   /* peak (0 = 1e-3) */
+    double warmup;               /* fraction of the steps (0 = 0.04, the paper's; < 0: none) */
+    int linear;                  /* 1: linear decay (the paper's), 0: cosine */
+    double min_lr_frac;          /* decay floor as a fraction of lr (0 = 0.1; < 0: 0) */
+    double weight_decay;         /* AdamW, matrices only (default 0) */
+    double clip;                 /* 0 = 1.0; < 0: off */
+    uint64_t seed;
+    int eval_every;              /* steps between held-out evaluations (0 = steps / 20) */
+    int eval_seqs;               /* held-out sequences evaluated (0 = all, at most 512) */
+    int save_every;              /* steps between checkpoints (0 = only at the end) */
+    int resume;                  /* continue from out_path + its .optim sidecar when present */
+    int64_t stop_at;             /* > 0: stop after this step with a resumable checkpoint */
+    const char *out_path;        /* the trained model, F32 GGUF */
+    const char *name;            /* general.name of the output (NULL: keep the source's) */
+    const char *log_path;        /* JSON log (NULL: none) */
+    const char *curve_prefix;    /* PREFIX.csv and PREFIX.svg of the losses (NULL: none) */
+    /* joint Co-LLM training */
+    const duet_scores *expert;      /* expert scores of data_path (NULL: language modelling) */
+    const duet_scores *val_expert;  /* expert scores of val_path (with val_path) */
+    const float *u_init;         /* [n_embd] head start (the weak-supervision head) */
+    const char *head_out;        /* the trained head (sidecar GGUF) */
+    void (*progress)(void *ud, const duet_lm_progress *p);
+    void *ud;
+} duet_lm_train_params;
+
+typedef struct duet_lm_train_result {
+    int64_t steps, tokens;       /* tokens = weighted (loss) tokens trained on */
+    int n_train_seq, n_val_seq;
+    double first_val, last_val, best_val;
+    double seconds, tok_per_s;
+    int n_threads;
+} duet_lm_train_result;
+
+#define DUET_LM_STOPPED 2   /* positive status: stopped at stop_at, resumable */
+
+/* Train m (its weights change in place) and write p->out_path (and the head, joint training).
+ * DUET_OK, DUET_LM_STOPPED, or an error. */
+int duet_lm_train(duet_lm *m, const duet_lm_train_params *p, duet_lm_train_result *res,
+                  duet_error *err);
+
+/* ---- model files: inspection, types ------------------------------------------------------ */
+/* Validate a GGUF file (the whole file is read and checked, as a model load would) and print
+ * its version, every metadata key (long arrays summarised) and the tensor table to out: what
+ * `duet info` shows. DUET_OK, or the reader's error naming the file and what is wrong; nothing
+ * is printed then. */
+int duet_gguf_print(const char *path, FILE *out, duet_error *err);
+
+/* Tensor element types are ggml's type ids (duet_hparams.weight_type,
+ * duet_make_model_params.type). */
+enum { DUET_TYPE_F32 = 0 };
+/* Type id for a name as ggml spells it, in either case ("q8_0", "Q8_0", "f16", ...); -1 if
+ * unknown. */
+int duet_type_from_name(const char *name);
+/* llama.cpp's mixed file types as `llama-quantize` names them ("q4_k_m", "q5_k_m"): most
+ * matrices in one type, some in more bits (duet_make_model_params.mix); > 0, or -1 if unknown. */
+int duet_type_mix_from_name(const char *name);
+
+/* ---- atomic files, progress text --------------------------------------------------------- */
+/* Replacing a file all at once: output goes to "<path>.tmp" beside the target and is flushed,
+ * fsync'ed, closed and renamed over it only when complete, so a reader (or a crash, or a full
+ * disk) never sees a half-written model, report or trace; on failure the temporary file is
+ * removed and the target is untouched. */
+typedef struct duet_atomic {
+    FILE *f;    /* write here between open and commit */
+    char *tmp;  /* "<path>.tmp" */
+    char *path; /* the target */
+} duet_atomic;
+
+/* Create "<path>.tmp" (truncating an old one) for writing. DUET_OK, or an I/O / memory error
+ * with a left closed (a->f NULL; abort is then a no-op). A zero-initialised duet_atomic is
+ * closed too, so cleanup code may call abort whether or not open ran. */
+int duet_atomic_open(duet_atomic *a, const char *path, duet_error *err);
+/* Flush, fsync, close and rename onto the target (then, best effort, fsync its directory so
+ * the rename survives a crash). Also fails when a write on a->f failed earlier (ferror). On
+ * failure the temporary file is removed. Always releases a. */
+int duet_atomic_commit(duet_atomic *a, duet_error *err);
+/* Close and remove the temporary file without touching the target; releases a. */
+void duet_atomic_abort(duet_atomic *a);
+
+/* The whole of data[0..n) as the new content of path. */
+int duet_atomic_write(const char *path, const void *data, size_t n, duet_error *err);
+
+/* The text of the one progress line the command-line tool shows on a terminal (perplexity,
+ * score, eval/tune, train, head train): done/total, a rate with its unit, one ETA format and
+ * an optional tail. Pure formatting, no clock and no printing; the CLI times, throttles and
+ * prints it.
+ * "ETA h:mm:ss" from one hour up, else "ETA m:ss" (seconds rounded to the nearest one), or
+ * "ETA ?" when seconds is negative, NaN, infinite or 1e9 or more (no meaningful estimate).
+ * Writes at most cap bytes, always NUL-terminated when cap > 0 (cut short when the text does
+ * not fit); returns the length of the whole text, like snprintf, so a return >= cap means the
+ * text was cut. buf may be NULL when cap is 0. */
+size_t duet_format_eta(char *buf, size_t cap, double seconds);
+
+typedef struct duet_progress_line {
+    const char *label;   /* leads the line, followed by ": " (NULL or "": no label) */
+    const char *unit;    /* what done and total count, e.g. "tok" (NULL or "": no unit) */
+    long long done, total;
+    long long done0;     /* done when the timing started (work resumed or before the clock) */
+    double elapsed;      /* seconds since the timing started */
+    const char *extra;   /* appended after ", " (NULL or "": nothing) */
+} duet_progress_line;
+
+/* "LABEL: DONE/TOTAL UNIT, RATE UNIT/s, ETA ...[, EXTRA]". RATE = (done - done0) / elapsed,
+ * printed with 2 decimals below 10, 1 below 100, none above, and "?" when no work has been
+ * timed yet (elapsed <= 0 or done <= done0); the ETA is (total - done) / RATE, 0 once done
+ * reaches total, "?" while the rate is unknown. Same length and termination contract as
+ * duet_format_eta. */
+size_t duet_format_progress(char *buf, size_t cap, const duet_progress_line *l);
 
 #ifdef __cplusplus
 }

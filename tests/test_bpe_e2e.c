@@ -353,17 +353,17 @@ TEST(bpe_e2e_score_through_the_vocab_bridge) {
                       e, data, se), 0);
     CHECK_EQ_INT(duet(out, sizeof out, "score -m '%s' --tokenizer-of '%s' -d '%s' -o '%s' "
                       "--no-hidden --quiet -t 1", e, b, data, sx), 0);
-    dsf_file *fb = NULL, *fe = NULL, *fx = NULL;
+    duet_scores *fb = NULL, *fe = NULL, *fx = NULL;
     duet_error err = {0};
-    REQUIRE(!dsf_open(sb, &fb, &err) && !dsf_open(se, &fe, &err) && !dsf_open(sx, &fx, &err));
-    const dsf_header *hb = dsf_hdr(fb), *he = dsf_hdr(fe), *hx = dsf_hdr(fx);
+    REQUIRE(!duet_scores_open(sb, &fb, &err) && !duet_scores_open(se, &fe, &err) && !duet_scores_open(sx, &fx, &err));
+    const duet_scores_header *hb = duet_scores_get_header(fb), *he = duet_scores_get_header(fe), *hx = duet_scores_get_header(fx);
     CHECK(hb->n_seq == 2 && he->n_seq == 2 && hx->n_seq == 2);
     CHECK(hb->n_tok == hx->n_tok && he->n_tok == hx->n_tok && hx->n_tok > 10);
     CHECK(hb->ids_vocab_hash == hx->ids_vocab_hash);
     for (uint64_t i = 0; i < 2 && !test_failed_now(); i++) {
-        const dsf_tok *tb = dsf_seq_toks(fb, i), *te = dsf_seq_toks(fe, i),
-                      *tx = dsf_seq_toks(fx, i);
-        for (uint32_t t = 0; t < dsf_seqs(fx)[i].n_tok; t++) {
+        const duet_scores_tok *tb = duet_scores_seq_toks(fb, i), *te = duet_scores_seq_toks(fe, i),
+                      *tx = duet_scores_seq_toks(fx, i);
+        for (uint32_t t = 0; t < duet_scores_seqs(fx)[i].n_tok; t++) {
             /* the base's tokens are the expert's (identical vocabularies: an identity bridge),
              * so scoring on them is scoring alone */
             CHECK_EQ_INT(tb[t].gold, tx[t].gold);
@@ -375,9 +375,9 @@ TEST(bpe_e2e_score_through_the_vocab_bridge) {
             CHECK(tx[t].lp <= tx[t].maxlp);
         }
     }
-    dsf_close(fb);
-    dsf_close(fe);
-    dsf_close(fx);
+    duet_scores_close(fb);
+    duet_scores_close(fe);
+    duet_scores_close(fx);
     /* the bridge the decoder and score build: identity, not bridged */
     duet_model *mb = fixture_load(b), *me = fixture_load(e);
     REQUIRE(mb && me);

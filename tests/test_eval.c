@@ -14,7 +14,6 @@
 #include "format/quant.h"
 #include "learn/answers.h"
 #include "learn/eval.h"
-#include "learn/tune.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"
@@ -243,16 +242,16 @@ TEST(eval_answers_math_table) {
 TEST(eval_quantile_and_candidates) {
     float s[10];
     for (int i = 0; i < 10; i++) s[i] = (float)(i + 1);
-    CHECK_NEAR(eval_rate_threshold(s, 10, 0.3), 7.5, 0);
-    CHECK(eval_rate_threshold(s, 10, 0.0) == INFINITY);
-    CHECK(eval_rate_threshold(s, 10, 1.0) == -INFINITY);
+    CHECK_NEAR(duet_eval_rate_threshold(s, 10, 0.3), 7.5, 0);
+    CHECK(duet_eval_rate_threshold(s, 10, 0.0) == INFINITY);
+    CHECK(duet_eval_rate_threshold(s, 10, 1.0) == -INFINITY);
     /* smallest observed p with fraction(p >= eta) <= q */
-    CHECK(tune_candidate(s, 10, 0.0) == 1.0f);
-    CHECK_NEAR(tune_candidate(s, 10, 0.3), 1 / (1 + exp(-8.0)), 1e-7);
-    CHECK_NEAR(tune_candidate(s, 10, 0.35), 1 / (1 + exp(-8.0)), 1e-7);
+    CHECK(duet_tune_candidate(s, 10, 0.0) == 1.0f);
+    CHECK_NEAR(duet_tune_candidate(s, 10, 0.3), 1 / (1 + exp(-8.0)), 1e-7);
+    CHECK_NEAR(duet_tune_candidate(s, 10, 0.35), 1 / (1 + exp(-8.0)), 1e-7);
     float t[6] = {5, 5, 5, 1, 1, 0}; /* ties: the three 5s enter together */
-    CHECK(tune_candidate(t, 6, 0.4) == 1.0f);
-    CHECK_NEAR(tune_candidate(t, 6, 0.5), 1 / (1 + exp(-5.0)), 1e-7);
+    CHECK(duet_tune_candidate(t, 6, 0.4) == 1.0f);
+    CHECK_NEAR(duet_tune_candidate(t, 6, 0.5), 1 / (1 + exp(-5.0)), 1e-7);
 }
 
 
@@ -280,12 +279,12 @@ static char *story(int n) {
 
 static double rel(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-300); }
 
-static eval_result run1(eval_ctx *c, int pol, double rate, float thr) {
-    eval_spec s = {.policy = pol, .rate = rate, .threshold = thr};
-    eval_result r;
+static duet_eval_result run1(duet_eval *c, int pol, double rate, float thr) {
+    duet_eval_spec s = {.policy = pol, .rate = rate, .threshold = thr};
+    duet_eval_result r;
     duet_error err = {0};
-    if (eval_one(c, &s, &r, &err)) {
-        test_fail_at(__FILE__, __LINE__, "eval %s: %s", eval_policy_name(pol), err.msg);
+    if (duet_eval_one(c, &s, &r, &err)) {
+        test_fail_at(__FILE__, __LINE__, "eval %s: %s", duet_eval_policy_name(pol), err.msg);
         memset(&r, 0, sizeof r);
         r.value = NAN;
     }
@@ -299,11 +298,11 @@ static int cmp_desc(const void *a, const void *b) {
 }
 
 /* Equal scores on both sides of the quantile (no threshold can split them) */
-static int tie_at(eval_ctx *c, int pol, double rate) {
+static int tie_at(duet_eval *c, int pol, double rate) {
     const float *sc;
     int n;
     duet_error err = {0};
-    if (eval_calibration(c, pol, &sc, &n, &err)) return 0;
+    if (duet_eval_calibration(c, pol, &sc, &n, &err)) return 0;
     float *s = malloc((size_t)n * sizeof *s);
     memcpy(s, sc, (size_t)n * sizeof *s);
     qsort(s, (size_t)n, sizeof *s, cmp_desc);
@@ -320,11 +319,11 @@ TEST(eval_nll_analytic_cases) {
     char *text = story(2500);
     const char *path = write_tmp("nll.txt", text);
     REQUIRE(path);
-    eval_params ep = {.task = EVAL_TASK_NLL, .seed = 3};
-    eval_ctx *c = NULL;
+    duet_eval_params ep = {.task = DUET_EVAL_TASK_NLL, .seed = 3};
+    duet_eval *c = NULL;
     duet_error err = {0};
-    REQUIRE(!eval_open(b, e, NULL, h, path, &ep, &c, &err));
-    int n = eval_size(c, &err);
+    REQUIRE(!duet_eval_open(b, e, NULL, h, path, &ep, &c, &err));
+    int n = duet_eval_size(c, &err);
     REQUIRE(n > 600);
     /* base / expert alone = duet_text_score with the same context (several windows) */
     duet_text_nll tb, te;
@@ -336,7 +335,7 @@ TEST(eval_nll_analytic_cases) {
     duet_session_free(sb);
     duet_session_free(se);
     CHECK_EQ_INT(tb.n_tokens, n);
-    eval_result rb = run1(c, DUET_POLICY_BASE, -1, -1), re = run1(c, DUET_POLICY_EXPERT, -1, -1);
+    duet_eval_result rb = run1(c, DUET_POLICY_BASE, -1, -1), re = run1(c, DUET_POLICY_EXPERT, -1, -1);
     double vb = tb.nll / (double)tb.n_bytes, ve = te.nll / (double)te.n_bytes;
     CHECKF(rel(rb.value, vb) < 1e-9, "base %.12g vs duet_text_score %.12g", rb.value, vb);
     CHECKF(rel(re.value, ve) < 1e-9, "expert %.12g vs duet_text_score %.12g", re.value, ve);
@@ -350,17 +349,17 @@ TEST(eval_nll_analytic_cases) {
     CHECK(run1(c, DUET_POLICY_UNCERTAINTY, 0.0, -1).value == rb.value);
     CHECK(run1(c, DUET_POLICY_UNCERTAINTY, 1.0, -1).value == re.value);
     /* oracle with threshold 0 takes the better model per token: below both */
-    eval_result o0 = run1(c, EVAL_POLICY_ORACLE, -1, 0.0f);
+    duet_eval_result o0 = run1(c, DUET_EVAL_POLICY_ORACLE, -1, 0.0f);
     CHECKF(o0.value <= fmin(rb.value, re.value), "oracle@0 %.6f, base %.6f, expert %.6f", o0.value, rb.value, re.value);
     /* quantile thresholds defer the requested fraction within one token */
     static const double rates[] = {0.1, 0.2, 0.3, 0.37, 0.5, 0.9};
-    const int pols[] = {DUET_POLICY_COLLM, DUET_POLICY_UNCERTAINTY, EVAL_POLICY_ORACLE, DUET_POLICY_COMPOSE};
+    const int pols[] = {DUET_POLICY_COLLM, DUET_POLICY_UNCERTAINTY, DUET_EVAL_POLICY_ORACLE, DUET_POLICY_COMPOSE};
     for (size_t k = 0; k < sizeof rates / sizeof rates[0]; k++) {
         for (size_t p = 0; p < sizeof pols / sizeof pols[0]; p++) {
-            eval_result r = run1(c, pols[p], rates[k], -1);
+            duet_eval_result r = run1(c, pols[p], rates[k], -1);
             CHECKF(fabs(r.n_deferred - rates[k] * n) <= 1.0 || tie_at(c, pols[p], rates[k]),
-                   "%s at rate %.2f deferred %ld of %d", eval_policy_name(pols[p]), rates[k], r.n_deferred, n);
-            if (pols[p] != EVAL_POLICY_ORACLE) continue;
+                   "%s at rate %.2f deferred %ld of %d", duet_eval_policy_name(pols[p]), rates[k], r.n_deferred, n);
+            if (pols[p] != DUET_EVAL_POLICY_ORACLE) continue;
             /* oracle: below base, expert and their mixture at the same rate */
             double mix = (1 - rates[k]) * rb.value + rates[k] * re.value;
             CHECKF(r.value <= fmin(fmin(rb.value, re.value), mix) + 1e-12,
@@ -372,23 +371,23 @@ TEST(eval_nll_analytic_cases) {
     {
         const float *ent;
         int ne;
-        REQUIRE(!eval_calibration(c, DUET_POLICY_UNCERTAINTY, &ent, &ne, &err) && ne == n);
-        float m = (float)eval_rate_threshold(ent, ne, 0.4), zero[128] = {0}, w[2] = {1, 0};
+        REQUIRE(!duet_eval_calibration(c, DUET_POLICY_UNCERTAINTY, &ent, &ne, &err) && ne == n);
+        float m = (float)duet_eval_rate_threshold(ent, ne, 0.4), zero[128] = {0}, w[2] = {1, 0};
         duet_head *fh = NULL;
         REQUIRE(!duet_head_from_vector(b, zero, 128, &fh, &err) &&
                 !duet_head_set_features(fh, DUET_HEAD_FEAT_ENTROPY, w, -m));
-        eval_ctx *c2 = NULL;
-        REQUIRE(!eval_open(b, e, NULL, fh, path, &ep, &c2, &err));
-        eval_result ru = run1(c2, DUET_POLICY_UNCERTAINTY, -1, m), rc = run1(c2, DUET_POLICY_COLLM, -1, 0.5f);
+        duet_eval *c2 = NULL;
+        REQUIRE(!duet_eval_open(b, e, NULL, fh, path, &ep, &c2, &err));
+        duet_eval_result ru = run1(c2, DUET_POLICY_UNCERTAINTY, -1, m), rc = run1(c2, DUET_POLICY_COLLM, -1, 0.5f);
         CHECK(ru.n_deferred > 0 && ru.n_deferred < n);
         CHECK(rc.n_deferred == ru.n_deferred && rc.value == ru.value);
-        eval_close(c2);
+        duet_eval_close(c2);
         duet_head_free(fh);
     }
     /* random matches collm's deferral frequency when given none */
-    eval_spec specs[3] = {{DUET_POLICY_COLLM, -1, 0.6f}, {DUET_POLICY_RANDOM, -1, -1}, {EVAL_POLICY_ORACLE, -1, -1}};
-    eval_result rs[3];
-    REQUIRE(!eval_run(c, specs, 3, rs, &err));
+    duet_eval_spec specs[3] = {{DUET_POLICY_COLLM, -1, 0.6f}, {DUET_POLICY_RANDOM, -1, -1}, {DUET_EVAL_POLICY_ORACLE, -1, -1}};
+    duet_eval_result rs[3];
+    REQUIRE(!duet_eval_run(c, specs, 3, rs, &err));
     CHECKF(rs[0].deferral_frequency > 0.05 && rs[0].deferral_frequency < 0.95, "collm deferral %.3f",
            rs[0].deferral_frequency);
     CHECK_NEAR(rs[1].rate, rs[0].deferral_frequency, 0);
@@ -396,7 +395,7 @@ TEST(eval_nll_analytic_cases) {
            rs[1].deferral_frequency, rs[0].deferral_frequency);
     CHECK(fabs(rs[2].n_deferred - rs[0].deferral_frequency * n) <= 1.0);
     /* JSON report fields */
-    json_t *j = eval_results_json(EVAL_TASK_NLL, path, rs, 3);
+    json_t *j = duet_eval_results_json(DUET_EVAL_TASK_NLL, path, rs, 3);
     json_t *r0 = json_array_get(json_object_get(j, "results"), 0);
     CHECK_STR(json_string_value(json_object_get(r0, "policy")), "collm");
     CHECK_STR(json_string_value(json_object_get(r0, "metric")), "nll_per_byte");
@@ -404,11 +403,11 @@ TEST(eval_nll_analytic_cases) {
           json_is_integer(json_object_get(r0, "expert_calls")) && json_is_real(json_object_get(r0, "tokens_per_second")));
     json_decref(j);
     /* policies without a teacher-forced reading, and random without any rate, are refused */
-    eval_spec bad = {DUET_POLICY_PROXY, -1, -1};
-    CHECK(eval_one(c, &bad, rs, &err) < 0);
-    bad = (eval_spec){DUET_POLICY_RANDOM, -1, -1};
-    CHECK(eval_run(c, &bad, 1, rs, &err) < 0 && strstr(err.msg, "--defer-rate"));
-    eval_close(c);
+    duet_eval_spec bad = {DUET_POLICY_PROXY, -1, -1};
+    CHECK(duet_eval_one(c, &bad, rs, &err) < 0);
+    bad = (duet_eval_spec){DUET_POLICY_RANDOM, -1, -1};
+    CHECK(duet_eval_run(c, &bad, 1, rs, &err) < 0 && strstr(err.msg, "--defer-rate"));
+    duet_eval_close(c);
     free(text);
     duet_head_free(h);
     duet_model_free(b);
@@ -424,11 +423,11 @@ TEST(eval_nll_babyllama_bridge) {
     REQUIRE(b && e);
     char *text = story(1500);
     const char *path = write_tmp("baby.txt", text);
-    eval_params ep = {.task = EVAL_TASK_NLL};
-    eval_ctx *c = NULL;
+    duet_eval_params ep = {.task = DUET_EVAL_TASK_NLL};
+    duet_eval *c = NULL;
     duet_error err = {0};
-    REQUIRE(!eval_open(b, e, NULL, NULL, path, &ep, &c, &err));
-    eval_result rb = run1(c, DUET_POLICY_BASE, -1, -1), re = run1(c, DUET_POLICY_EXPERT, -1, -1);
+    REQUIRE(!duet_eval_open(b, e, NULL, NULL, path, &ep, &c, &err));
+    duet_eval_result rb = run1(c, DUET_POLICY_BASE, -1, -1), re = run1(c, DUET_POLICY_EXPERT, -1, -1);
     duet_text_nll tb, te;
     duet_session *sb = NULL, *se = NULL;
     REQUIRE(!duet_session_new(b, NULL, &sb, &err) && !duet_session_new(e, NULL, &se, &err));
@@ -436,12 +435,12 @@ TEST(eval_nll_babyllama_bridge) {
     REQUIRE(!duet_text_score(se, text, strlen(text), &te, NULL, NULL, &err));
     CHECKF(rel(rb.value, tb.nll / tb.n_bytes) < 1e-9, "base %.12g vs %.12g", rb.value, tb.nll / tb.n_bytes);
     CHECKF(rel(re.value, te.nll / te.n_bytes) < 1e-9, "expert %.12g vs %.12g", re.value, te.nll / te.n_bytes);
-    CHECK(eval_n_unknown(c) == 0);
-    eval_result o = run1(c, EVAL_POLICY_ORACLE, 0.3, -1);
+    CHECK(duet_eval_n_unknown(c) == 0);
+    duet_eval_result o = run1(c, DUET_EVAL_POLICY_ORACLE, 0.3, -1);
     CHECK(o.value < re.value);
     duet_session_free(sb);
     duet_session_free(se);
-    eval_close(c);
+    duet_eval_close(c);
     free(text);
     duet_model_free(b);
     duet_model_free(e);
@@ -460,15 +459,15 @@ TEST(eval_gsm8k_end_to_end) {
     duet_head *h = fixture_random_head(b, 9, 4.0f);
     const char *path = write_tmp("gsm3.jsonl", k_gsm3);
     REQUIRE(h && path);
-    eval_params ep = {.task = EVAL_TASK_GSM8K, .max_tokens = 24, .n_ctx = 128};
-    eval_ctx *c = NULL;
+    duet_eval_params ep = {.task = DUET_EVAL_TASK_GSM8K, .max_tokens = 24, .n_ctx = 128};
+    duet_eval *c = NULL;
     duet_error err = {0};
-    REQUIRE(!eval_open(b, e, NULL, h, path, &ep, &c, &err));
-    CHECK_EQ_INT(eval_size(c, &err), 3);
-    eval_spec specs[5] = {{DUET_POLICY_BASE, -1, -1}, {DUET_POLICY_EXPERT, -1, -1}, {DUET_POLICY_COLLM, 0.3, -1},
+    REQUIRE(!duet_eval_open(b, e, NULL, h, path, &ep, &c, &err));
+    CHECK_EQ_INT(duet_eval_size(c, &err), 3);
+    duet_eval_spec specs[5] = {{DUET_POLICY_BASE, -1, -1}, {DUET_POLICY_EXPERT, -1, -1}, {DUET_POLICY_COLLM, 0.3, -1},
                           {DUET_POLICY_RANDOM, -1, -1}, {DUET_POLICY_UNCERTAINTY, 0.5, -1}};
-    eval_result r[5];
-    REQUIRE(!eval_run(c, specs, 5, r, &err));
+    duet_eval_result r[5];
+    REQUIRE(!duet_eval_run(c, specs, 5, r, &err));
     for (int i = 0; i < 5; i++) {
         CHECK_EQ_INT(r[i].n_examples, 3);
         CHECK(r[i].value >= 0 && r[i].value <= 1 && r[i].n_tokens > 0 && r[i].n_tokens <= 3 * 24);
@@ -479,17 +478,17 @@ TEST(eval_gsm8k_end_to_end) {
     CHECK_NEAR(r[3].rate, r[2].deferral_frequency, 0);
     CHECK_EQ_INT(r[0].n_truncated, 3); /* the paper's prompt is longer than this context allows */
     /* the oracle needs gold tokens */
-    eval_spec o = {EVAL_POLICY_ORACLE, 0.3, -1};
-    CHECK(eval_one(c, &o, r, &err) == DUET_ERR_UNSUPPORTED);
-    eval_close(c);
+    duet_eval_spec o = {DUET_EVAL_POLICY_ORACLE, 0.3, -1};
+    CHECK(duet_eval_one(c, &o, r, &err) == DUET_ERR_UNSUPPORTED);
+    duet_eval_close(c);
     /* a head with confidence features generates too: calibrated on its own scores */
     float w[2] = {0.5f, 0.5f};
     REQUIRE(!duet_head_set_features(h, DUET_HEAD_FEAT_HIDDEN | DUET_HEAD_FEAT_ENTROPY | DUET_HEAD_FEAT_MAXLOGP, w, 0));
-    REQUIRE(!eval_open(b, e, NULL, h, path, &ep, &c, &err));
-    eval_spec cs = {DUET_POLICY_COLLM, 0.3, -1};
-    CHECKF(!eval_one(c, &cs, r, &err), "%s", err.msg);
+    REQUIRE(!duet_eval_open(b, e, NULL, h, path, &ep, &c, &err));
+    duet_eval_spec cs = {DUET_POLICY_COLLM, 0.3, -1};
+    CHECKF(!duet_eval_one(c, &cs, r, &err), "%s", err.msg);
     CHECK(r[0].n_deferred > 0 && r[0].n_deferred < r[0].n_tokens);
-    eval_close(c);
+    duet_eval_close(c);
     duet_head_free(h);
     duet_model_free(b);
     duet_model_free(e);
@@ -500,29 +499,29 @@ TEST(eval_bad_data_names_file_and_line) {
     REQUIRE(b);
     struct { const char *name, *text, *want; int task; } cases[] = {
         {"bad1.jsonl", "{\"question\": \"q\", \"answer\": \"#### 1\"}\n{\"question\": \"q\", \"answer\": \n",
-         "bad1.jsonl:2: invalid JSON", EVAL_TASK_GSM8K},
-        {"bad2.jsonl", "\n{\"answer\": \"#### 1\"}\n", "bad2.jsonl:2: field 'question' is missing", EVAL_TASK_GSM8K},
+         "bad1.jsonl:2: invalid JSON", DUET_EVAL_TASK_GSM8K},
+        {"bad2.jsonl", "\n{\"answer\": \"#### 1\"}\n", "bad2.jsonl:2: field 'question' is missing", DUET_EVAL_TASK_GSM8K},
         {"bad3.jsonl", "{\"question\": 5, \"answer\": \"#### 1\"}\n", "bad3.jsonl:1: field 'question' is not a string",
-         EVAL_TASK_GSM8K},
+         DUET_EVAL_TASK_GSM8K},
         {"bad4.jsonl", "{\"question\": \"q\", \"answer\": \"no number\"}\n", "bad4.jsonl:1: field 'answer' has no number",
-         EVAL_TASK_GSM8K},
-        {"bad5.jsonl", "[1, 2]\n", "bad5.jsonl:1: not a JSON object", EVAL_TASK_MATH},
-        {"bad6.jsonl", "{\"problem\": \"p\", \"solution\": \"no box\"}\n", "bad6.jsonl:1: no field 'answer'", EVAL_TASK_MATH},
-        {"empty.txt", "", "empty.txt: no text", EVAL_TASK_NLL},
+         DUET_EVAL_TASK_GSM8K},
+        {"bad5.jsonl", "[1, 2]\n", "bad5.jsonl:1: not a JSON object", DUET_EVAL_TASK_MATH},
+        {"bad6.jsonl", "{\"problem\": \"p\", \"solution\": \"no box\"}\n", "bad6.jsonl:1: no field 'answer'", DUET_EVAL_TASK_MATH},
+        {"empty.txt", "", "empty.txt: no text", DUET_EVAL_TASK_NLL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *p = write_tmp(cases[i].name, cases[i].text);
-        eval_params ep = {.task = cases[i].task};
-        eval_ctx *c = NULL;
+        duet_eval_params ep = {.task = cases[i].task};
+        duet_eval *c = NULL;
         duet_error err = {0};
-        int rc = eval_open(b, NULL, NULL, NULL, p, &ep, &c, &err);
+        int rc = duet_eval_open(b, NULL, NULL, NULL, p, &ep, &c, &err);
         CHECKF(rc < 0 && !c && strstr(err.msg, cases[i].want), "%s: rc %d, message: %s", cases[i].name, rc, err.msg);
-        eval_close(c);
+        duet_eval_close(c);
     }
-    eval_params ep = {.task = EVAL_TASK_GSM8K};
-    eval_ctx *c = NULL;
+    duet_eval_params ep = {.task = DUET_EVAL_TASK_GSM8K};
+    duet_eval *c = NULL;
     duet_error err = {0};
-    CHECK(eval_open(b, NULL, NULL, NULL, test_path(test_tmpdir(), "missing.jsonl"), &ep, &c, &err) == DUET_ERR_IO &&
+    CHECK(duet_eval_open(b, NULL, NULL, NULL, test_path(test_tmpdir(), "missing.jsonl"), &ep, &c, &err) == DUET_ERR_IO &&
           strstr(err.msg, "missing.jsonl"));
     duet_model_free(b);
 }
@@ -556,13 +555,13 @@ TEST(eval_tune_nll_writes_table_plot_and_threshold) {
     REQUIRE(!duet_head_save(h, head_path, &err));
     char *text = story(1200);
     const char *path = write_tmp("tune.txt", text);
-    eval_params ep = {.task = EVAL_TASK_NLL};
-    eval_ctx *c = NULL;
-    tune_result *tr = calloc(1, sizeof *tr);
-    REQUIRE(tr && !eval_open(b, e, NULL, h, path, &ep, &c, &err));
-    REQUIRE(!tune_run(c, NULL, 0, tr, &err));
+    duet_eval_params ep = {.task = DUET_EVAL_TASK_NLL};
+    duet_eval *c = NULL;
+    duet_tune_result *tr = calloc(1, sizeof *tr);
+    REQUIRE(tr && !duet_eval_open(b, e, NULL, h, path, &ep, &c, &err));
+    REQUIRE(!duet_tune_run(c, NULL, 0, tr, &err));
     CHECK_EQ_INT(tr->n_points, 10);
-    CHECK_EQ_INT(tr->n_calib_tokens, eval_size(c, &err));
+    CHECK_EQ_INT(tr->n_calib_tokens, duet_eval_size(c, &err));
     CHECK(tr->points[0].eta == 1.0f && tr->points[0].res.n_deferred == 0);
     for (int i = 0; i < tr->n_points; i++) {
         CHECKF(tr->points[i].res.deferral_frequency <= tr->points[i].portion + 1e-9, "point %d defers %.4f > %.2f",
@@ -570,7 +569,7 @@ TEST(eval_tune_nll_writes_table_plot_and_threshold) {
         CHECK(tr->points[tr->best].res.value <= tr->points[i].res.value);
         if (i) CHECK(tr->points[i].eta <= tr->points[i - 1].eta);
     }
-    REQUIRE(!tune_save(tr, prefix, h, head_path, &err));
+    REQUIRE(!duet_tune_save(tr, prefix, h, head_path, &err));
     snprintf(p, sizeof p, "%s.csv", prefix);
     const char *csv = slurp(p);
     CHECKF(csv && !strncmp(csv, "portion,eta,deferral_frequency,nll_per_byte,", 44) && count_char(csv, '\n') == 11,
@@ -590,7 +589,7 @@ TEST(eval_tune_nll_writes_table_plot_and_threshold) {
     CHECK_NEAR(duet_head_threshold(g), tr->points[tr->best].eta, 0);
     duet_head_free(g);
     free(tr);
-    eval_close(c);
+    duet_eval_close(c);
     free(text);
     duet_head_free(h);
     duet_model_free(b);
@@ -674,8 +673,8 @@ TEST(eval_deferral_frequency_per_example) {
     REQUIRE(b && e);
     duet_head *h = fixture_random_head(b, 9, 4.0f);
     REQUIRE(h);
-    eval_params ep = {.task = EVAL_TASK_GSM8K, .max_tokens = 24, .n_ctx = 128};
-    eval_spec spec = {DUET_POLICY_COLLM, -1, 0.5};
+    duet_eval_params ep = {.task = DUET_EVAL_TASK_GSM8K, .max_tokens = 24, .n_ctx = 128};
+    duet_eval_spec spec = {DUET_POLICY_COLLM, -1, 0.5};
     duet_error err = {0};
     const char *lines[3];
     char *all = strdup(k_gsm3), *save = NULL;
@@ -688,21 +687,21 @@ TEST(eval_deferral_frequency_per_example) {
         char name[32], text[512];
         snprintf(name, sizeof name, "gsm-one-%d.jsonl", i);
         snprintf(text, sizeof text, "%s\n", lines[i]);
-        eval_ctx *c = NULL;
-        eval_result r;
-        REQUIRE(!eval_open(b, e, NULL, h, write_tmp(name, text), &ep, &c, &err));
-        REQUIRE(!eval_one(c, &spec, &r, &err));
-        eval_close(c);
+        duet_eval *c = NULL;
+        duet_eval_result r;
+        REQUIRE(!duet_eval_open(b, e, NULL, h, write_tmp(name, text), &ep, &c, &err));
+        REQUIRE(!duet_eval_one(c, &spec, &r, &err));
+        duet_eval_close(c);
         mean += r.deferral_frequency / 3;
         tok += r.n_tokens;
         def += r.n_deferred;
     }
     free(all);
-    eval_ctx *c = NULL;
-    eval_result r;
-    REQUIRE(!eval_open(b, e, NULL, h, write_tmp("gsm3-freq.jsonl", k_gsm3), &ep, &c, &err));
-    REQUIRE(!eval_one(c, &spec, &r, &err));
-    eval_close(c);
+    duet_eval *c = NULL;
+    duet_eval_result r;
+    REQUIRE(!duet_eval_open(b, e, NULL, h, write_tmp("gsm3-freq.jsonl", k_gsm3), &ep, &c, &err));
+    REQUIRE(!duet_eval_one(c, &spec, &r, &err));
+    duet_eval_close(c);
     CHECK(def > 0 && def < tok);
     CHECK_EQ_INT(r.n_tokens, tok);
     CHECK_NEAR(r.deferral_frequency, (double)def / (double)tok, 1e-12);

@@ -434,26 +434,26 @@ TEST(server_score_remote_equals_local) {
     snprintf(cmd, sizeof cmd, "%s score --url http://127.0.0.1:%d --tokenizer-of '%s' -d '%s' -o '%s' --quiet",
              duet_bin(), port, g_base, data, remote);
     REQUIRE(system(cmd) == 0);
-    dsf_file *a = NULL, *b = NULL;
+    duet_scores *a = NULL, *b = NULL;
     duet_error err = {0};
-    REQUIRE(!dsf_open(local, &a, &err) && !dsf_open(remote, &b, &err));
-    const dsf_header *ha = dsf_hdr(a), *hb = dsf_hdr(b);
+    REQUIRE(!duet_scores_open(local, &a, &err) && !duet_scores_open(remote, &b, &err));
+    const duet_scores_header *ha = duet_scores_get_header(a), *hb = duet_scores_get_header(b);
     CHECK_EQ_INT(ha->n_seq, hb->n_seq);
     CHECK_EQ_INT(ha->n_tok, hb->n_tok);
     CHECK(ha->n_tok > 10);
     CHECK(ha->ids_vocab_hash == hb->ids_vocab_hash);
     CHECK_STR(hb->model_name, ha->model_name); /* the server reports the expert's name */
     for (uint64_t i = 0; i < ha->n_seq && i < hb->n_seq; i++) {
-        const dsf_tok *x = dsf_seq_toks(a, i), *y = dsf_seq_toks(b, i);
-        for (uint32_t t = 0; t < dsf_seqs(a)[i].n_tok; t++) {
+        const duet_scores_tok *x = duet_scores_seq_toks(a, i), *y = duet_scores_seq_toks(b, i);
+        for (uint32_t t = 0; t < duet_scores_seqs(a)[i].n_tok; t++) {
             CHECK_EQ_INT(x[t].gold, y[t].gold);
             CHECK_NEAR(x[t].lp, y[t].lp, 1e-6);
             CHECK_NEAR(x[t].maxlp, y[t].maxlp, 1e-6);
             CHECK_NEAR(x[t].entropy, y[t].entropy, 1e-6);
         }
     }
-    dsf_close(a);
-    dsf_close(b);
+    duet_scores_close(a);
+    duet_scores_close(b);
     /* --url scores with the server: a local -m with it is a usage error */
     snprintf(cmd, sizeof cmd, "%s score --url http://127.0.0.1:%d -m '%s' -d '%s' -o x 2>/dev/null",
              duet_bin(), port, g_base, data);

@@ -385,6 +385,31 @@ TEST(lm_logits_match_engine) {
 }
 
 /* One step's gradients on 1 and on 3 threads: the same bits (make models relies on it). */
+/* The public handle of the trainer: duet_lm_load wraps the by-value loader (the same F32
+ * weights element by element), its source is the loaded GGUF (the fixture's shape: n_embd
+ * 128, n_vocab 600), and a missing file leaves *out NULL with a message naming it. */
+TEST(lm_public_handle_load_and_source) {
+    const char *path = fixture_random(0 /* F32 */, 7, 0);
+    REQUIRE(path);
+    duet_error err = {0};
+    duet_lm *h = NULL;
+    const char *missing = test_path(test_tmpdir(), "no-such-model.gguf");
+    CHECK(duet_lm_load(missing, 1, &h, &err) < 0);
+    CHECK(h == NULL);
+    CHECKF(strstr(err.msg, "no-such-model.gguf"), "message: %s", err.msg);
+    duet_lm_free(NULL); /* accepted, as every free */
+    REQUIRE(duet_lm_load(path, 1, &h, &err) == DUET_OK);
+    const duet_hparams *hp = duet_model_hparams(duet_lm_source(h));
+    CHECK_EQ_INT(hp->n_embd, 128);
+    CHECK_EQ_INT(hp->n_vocab, 600);
+    lm_model m;
+    REQUIRE(lm_model_load(path, 1, &m, &err) == DUET_OK);
+    CHECK(h->L.n_params == m.L.n_params && h->L.n_params > 0);
+    CHECK(!memcmp(h->w, m.w, m.L.n_params * sizeof(float)));
+    lm_model_free(&m);
+    duet_lm_free(h);
+}
+
 TEST(lm_grads_independent_of_threads) {
     const char *path = fixture_random(0, 9, 0);
     REQUIRE(path);
@@ -480,7 +505,6 @@ TEST(lm_lr_schedule) {
 }
 
 /* ---- training runs ---------------------------------------------------------------------- */
-#include "train/lm_train.h"
 
 static const char *write_jsonl(const char *name, int n, int offset) {
     const char *path = test_path(test_tmpdir(), name);
@@ -511,13 +535,13 @@ TEST(lm_train_sft_and_resume) {
     const char *data = write_jsonl("sft.jsonl", 60, 0);
     REQUIRE(init && data);
     duet_error err = {0};
-    lm_train_params p = {.data_path = data, .seq_len = 24, .batch = 4, .accum = 2, .steps = 12,
+    duet_lm_train_params p = {.data_path = data, .seq_len = 24, .batch = 4, .accum = 2, .steps = 12,
                          .lr = 3e-3, .seed = 3, .val_frac = 0.2, .eval_every = 4};
     lm_model m;
-    lm_train_result r;
+    duet_lm_train_result r;
     p.out_path = test_path(test_tmpdir(), "sft-a.gguf");
     REQUIRE(lm_model_load(init, 2, &m, &err) == DUET_OK);
-    CHECKF(lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
+    CHECKF(duet_lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
     lm_model_free(&m);
     CHECKF(r.last_val < r.first_val - 0.5, "held-out %g -> %g", r.first_val, r.last_val);
     CHECK(r.n_val_seq > 0 && r.n_train_seq > r.n_val_seq);
@@ -525,12 +549,12 @@ TEST(lm_train_sft_and_resume) {
     p.out_path = test_path(test_tmpdir(), "sft-b.gguf");
     p.stop_at = 5;
     REQUIRE(lm_model_load(init, 1, &m, &err) == DUET_OK); /* other thread count on purpose */
-    CHECK(lm_train(&m, &p, &r, &err) == LM_STOPPED);
+    CHECK(duet_lm_train(&m, &p, &r, &err) == DUET_LM_STOPPED);
     lm_model_free(&m);
     p.stop_at = 0;
     p.resume = 1;
     REQUIRE(lm_model_load(p.out_path, 2, &m, &err) == DUET_OK);
-    CHECKF(lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
+    CHECKF(duet_lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
     lm_model_free(&m);
     CHECK(weights_equal(test_path(test_tmpdir(), "sft-a.gguf"), p.out_path));
 }
@@ -543,30 +567,30 @@ TEST(lm_train_collm_joint) {
     duet_error err = {0};
     duet_model *bm = fixture_load(base), *em = fixture_load(expert);
     REQUIRE(bm && em);
-    ds_dataset d;
-    REQUIRE(ds_load(data, NULL, &d, &err) == DUET_OK);
+    duet_dataset d;
+    REQUIRE(duet_dataset_load(data, NULL, &d, &err) == DUET_OK);
     const char *ep = test_path(test_tmpdir(), "collm-expert.dsf"),
                *bad = test_path(test_tmpdir(), "collm-expert-bad.dsf");
-    dsf_score_params sp = {.n_ctx = 25, .no_hidden = 1, .ids_model = bm};
-    REQUIRE(dsf_score(em, &d, &sp, ep, NULL, &err) == DUET_OK);
+    duet_scores_params sp = {.n_ctx = 25, .no_hidden = 1, .ids_model = bm};
+    REQUIRE(duet_scores_compute(em, &d, &sp, ep, NULL, &err) == DUET_OK);
     sp.n_ctx = 14; /* shorter context: sequences cut differently */
-    REQUIRE(dsf_score(em, &d, &sp, bad, NULL, &err) == DUET_OK);
-    ds_free(&d);
-    dsf_file *E, *Ebad;
-    REQUIRE(dsf_open(ep, &E, &err) == DUET_OK && dsf_open(bad, &Ebad, &err) == DUET_OK);
+    REQUIRE(duet_scores_compute(em, &d, &sp, bad, NULL, &err) == DUET_OK);
+    duet_dataset_free(&d);
+    duet_scores *E, *Ebad;
+    REQUIRE(duet_scores_open(ep, &E, &err) == DUET_OK && duet_scores_open(bad, &Ebad, &err) == DUET_OK);
     float u[128];
     for (int i = 0; i < 128; i++) u[i] = 0.01f * (float)((i % 5) - 2);
-    lm_train_params p = {.data_path = data, .seq_len = 24, .batch = 4, .steps = 8, .lr = 2e-3,
+    duet_lm_train_params p = {.data_path = data, .seq_len = 24, .batch = 4, .steps = 8, .lr = 2e-3,
                          .val_frac = 0.2, .expert = Ebad, .u_init = u,
                          .out_path = test_path(test_tmpdir(), "collm.gguf"),
                          .head_out = test_path(test_tmpdir(), "collm.head.gguf"), .name = "joint"};
     lm_model m;
-    lm_train_result r;
+    duet_lm_train_result r;
     REQUIRE(lm_model_load(base, 2, &m, &err) == DUET_OK);
-    int brc = lm_train(&m, &p, &r, &err);
+    int brc = duet_lm_train(&m, &p, &r, &err);
     CHECKF(brc == DUET_ERR_ARG && strstr(err.msg, "collm-expert-bad.dsf"), "rc %d: %s", brc, err.msg);
     p.expert = E;
-    CHECKF(lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
+    CHECKF(duet_lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
     CHECKF(r.last_val < r.first_val, "held-out marginal NLL %g -> %g", r.first_val, r.last_val);
     lm_model_free(&m);
     /* the head belongs to the trained base */
@@ -577,8 +601,8 @@ TEST(lm_train_collm_joint) {
     CHECK(h && memcmp(duet_head_u(h), u, sizeof u) != 0);
     duet_head_free(h);
     duet_model_free(tm);
-    dsf_close(E);
-    dsf_close(Ebad);
+    duet_scores_close(E);
+    duet_scores_close(Ebad);
     duet_model_free(bm);
     duet_model_free(em);
 }

@@ -31,31 +31,31 @@ static const float k_z[3] = {1.0f, 0.0f, 1.0f};
 static const double k_s[3] = {1.0, -0.5, 2.0};
 
 /* Loss and gradient of token i alone (grad[1] is then dL/ds) and of the three together. */
-static void head_eval(ht_objective obj, double cost, double pw, double loss[3], double dlds[3],
+static void head_eval(duet_head_objective obj, double cost, double pw, double loss[3], double dlds[3],
                       double *mean, double grad[2]) {
-    ht_layout L;
-    ht_layout_init(&L, DUET_HEAD_FEAT_HIDDEN, 2);
+    duet_head_train_layout L;
+    duet_head_train_layout_init(&L, DUET_HEAD_FEAT_HIDDEN, 2);
     const double th[2] = {1.0, 0.0};
     double g[2];
     for (int i = 0; i < 3; i++) {
-        ht_batch b = {1, k_h + 2 * i, NULL, NULL, k_lpb + i, k_lpe + i, k_z + i};
-        loss[i] = ht_loss_grad(&L, &b, obj, cost, pw, th, g);
+        duet_head_train_batch b = {1, k_h + 2 * i, NULL, NULL, k_lpb + i, k_lpe + i, k_z + i};
+        loss[i] = duet_head_train_loss_grad(&L, &b, obj, cost, pw, th, g);
         dlds[i] = g[1];
         CHECK_REL(g[0], g[1] * k_s[i]); /* the chain rule through h = (s, 1) */
     }
-    ht_batch b = {3, k_h, NULL, NULL, k_lpb, k_lpe, k_z};
-    *mean = ht_loss_grad(&L, &b, obj, cost, pw, th, grad);
+    duet_head_train_batch b = {3, k_h, NULL, NULL, k_lpb, k_lpe, k_z};
+    *mean = duet_head_train_loss_grad(&L, &b, obj, cost, pw, th, grad);
 }
 
 
 /* head_eval against want = {loss[0..2], dL/ds[0..2], mean loss, d/d theta_1, d/d theta_0}. */
-static void check_head(ht_objective obj, double cost, double pw, const double want[9]) {
+static void check_head(duet_head_objective obj, double cost, double pw, const double want[9]) {
     double loss[3], dlds[3], mean, grad[2];
     head_eval(obj, cost, pw, loss, dlds, &mean, grad);
     const double got[9] = {loss[0], loss[1], loss[2], dlds[0], dlds[1], dlds[2], mean, grad[1], grad[0]};
     for (int i = 0; i < 9; i++) CHECKF(fabs(got[i] - want[i]) <= 1e-9 * fabs(want[i]),
                                        "%s (cost %g, pw %g): value %d is %.17g, by hand %.17g",
-                                       obj == HT_WEAK ? "weak" : obj == HT_GAIN ? "gain" : "nll", cost, pw, i,
+                                       obj == DUET_HT_WEAK ? "weak" : obj == DUET_HT_GAIN ? "gain" : "nll", cost, pw, i,
                                        got[i], want[i]);
 }
 
@@ -85,7 +85,7 @@ TEST(objective_head_nll_hand_computed) {
     static const double want[9] = {1.6763906814033229, 1.1238704252633595, 0.57834065946923044,
                                   0.41023727780539785, -0.52710986630274507, -0.071777048844550775,
                                   1.1262005887119709, -0.062883212447299331, 0.17674603775588961};
-    check_head(HT_NLL, 0, 8, want);
+    check_head(DUET_HT_NLL, 0, 8, want);
 }
 
 /* The cost-aware marginal likelihood adds L * sig(s) (deferring costs L nats per unit of
@@ -107,7 +107,7 @@ TEST(objective_head_cost_aware_hand_computed) {
     static const double want[9] = {1.8957082549923244, 1.2371326259028031, 0.84257978286259517,
                                   0.46922085777784241, -0.45660875264226672, -0.040278973223498820,
                                   1.3251402212525742, -0.0092222893626410452, 0.20565576255065938};
-    check_head(HT_NLL, 0.3, 8, want);
+    check_head(DUET_HT_NLL, 0.3, 8, want);
 }
 
 /* Weak supervision: -(pw Zhat log sig(s) + (1 - Zhat) log sig(-s)), pw = 8 (the trainer's
@@ -125,11 +125,11 @@ TEST(objective_head_weak_hand_computed) {
     static const double want[9] = {2.5060935001457827, 0.47407698418010668, 1.0154240883437800,
                                   -2.1515313709599610, 0.37754066879814544, -0.95362337617694045,
                                   1.3318648575565564, -0.90920469277958533, -1.4158494859043049};
-    check_head(HT_WEAK, 0, 8, want);
+    check_head(DUET_HT_WEAK, 0, 8, want);
     /* the weight scales the positives only: pw = 1 gives log(1 + e^-1) = 0.31326168751822283
      * for token 1 and leaves token 2 as it was */
     double loss[3], dlds[3], mean, grad[2];
-    head_eval(HT_WEAK, 0, 1, loss, dlds, &mean, grad);
+    head_eval(DUET_HT_WEAK, 0, 1, loss, dlds, &mean, grad);
     CHECK_REL(loss[0], 0.31326168751822283);
     CHECK_REL(loss[1], 0.47407698418010668);
 }
@@ -138,14 +138,14 @@ TEST(objective_head_weak_hand_computed) {
  * lpb = -12, lpe = -1: the gain 11 clips to 8, loss 0.5 * 49 = 24.5, dL/ds = 1 - 8 = -7;
  * token 2 above unclipped: gain 2.75, 0.5 * (-0.5 - 2.75)^2 = 5.28125, dL/ds = -3.25. */
 TEST(objective_head_gain_hand_computed) {
-    ht_layout L;
-    ht_layout_init(&L, DUET_HEAD_FEAT_HIDDEN, 2);
+    duet_head_train_layout L;
+    duet_head_train_layout_init(&L, DUET_HEAD_FEAT_HIDDEN, 2);
     const double th[2] = {1.0, 0.0};
     const float lpb[2] = {-12.0f, -3.0f}, lpe[2] = {-1.0f, -0.25f}, h[4] = {1, 1, -0.5f, 1};
     double g[2];
-    ht_batch b1 = {1, h, NULL, NULL, lpb, lpe, NULL}, b2 = {1, h + 2, NULL, NULL, lpb + 1, lpe + 1, NULL};
-    CHECK_REL(ht_loss_grad(&L, &b1, HT_GAIN, 0, 8, th, g), 24.5);
+    duet_head_train_batch b1 = {1, h, NULL, NULL, lpb, lpe, NULL}, b2 = {1, h + 2, NULL, NULL, lpb + 1, lpe + 1, NULL};
+    CHECK_REL(duet_head_train_loss_grad(&L, &b1, DUET_HT_GAIN, 0, 8, th, g), 24.5);
     CHECK_REL(g[1], -7.0);
-    CHECK_REL(ht_loss_grad(&L, &b2, HT_GAIN, 0, 8, th, g), 5.28125);
+    CHECK_REL(duet_head_train_loss_grad(&L, &b2, DUET_HT_GAIN, 0, 8, th, g), 5.28125);
     CHECK_REL(g[1], -3.25);
 }

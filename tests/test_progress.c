@@ -7,7 +7,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "base/progress.h"
+#include "duet.h"
 #include "test.h"
 
 static const char *eta(double s) {

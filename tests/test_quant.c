@@ -176,8 +176,8 @@ TEST(quant_q8_K_activations) {
 }
 
 TEST(quant_mix_q4_k_m_rules) {
-    CHECK_EQ_INT(quant_mix_from_name("Q4_K_M"), QMIX_Q4_K_M);
-    CHECK_EQ_INT(quant_mix_from_name("q4_k"), -1);
+    CHECK_EQ_INT(duet_type_mix_from_name("Q4_K_M"), QMIX_Q4_K_M);
+    CHECK_EQ_INT(duet_type_mix_from_name("q4_k"), -1);
     CHECK_EQ_INT(quant_mix_file_type(QMIX_Q4_K_M), 15);
     /* 22 layers: n/8 = 2, 7n/8 = 19; more bits in 0, 1, 19, 20, 21 and 4, 7, 10, 13, 16 */
     const int six[] = {0, 1, 4, 7, 10, 13, 16, 19, 20, 21};

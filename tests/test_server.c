@@ -423,9 +423,9 @@ TEST(server_stream_equals_whole) {
 }
 
 /* duet eval and duet serve answer the same prompt with the same text: both go through the
- * library's generation loop. The prompt is eval's documented GSM8K frame (learn/eval.h); the
+ * library's generation loop. The prompt is eval's documented GSM8K frame (duet.h); the
  * server gets it as a completion with eval's stops, token limit and policy. */
-static void capture_answer(void *ud, const eval_spec *spec, int index, const char *output,
+static void capture_answer(void *ud, const duet_eval_spec *spec, int index, const char *output,
                            const char *pred, const char *reference, int correct) {
     char **out = ud;
     if (index >= 0 && index < 3) out[index] = strdup(output);
@@ -477,13 +477,13 @@ TEST(server_and_eval_same_text) {
     duet_error err = {0};
     REQUIRE(b && e && !duet_head_load(g_head, b, &h, &err));
     char *outs[3] = {0};
-    eval_params ep = {.task = EVAL_TASK_GSM8K, .max_tokens = 24, .stops = stops, .n_stops = 2,
+    duet_eval_params ep = {.task = DUET_EVAL_TASK_GSM8K, .max_tokens = 24, .stops = stops, .n_stops = 2,
                       .on_answer = capture_answer, .answer_ud = outs};
-    eval_ctx *ec = NULL;
-    REQUIRE(!eval_open(b, e, NULL, h, data, &ep, &ec, &err));
-    eval_spec spec = {.policy = DUET_POLICY_COLLM, .rate = -1, .threshold = 0.5f};
-    eval_result res;
-    CHECKF(!eval_one(ec, &spec, &res, &err), "eval: %s", err.msg);
+    duet_eval *ec = NULL;
+    REQUIRE(!duet_eval_open(b, e, NULL, h, data, &ep, &ec, &err));
+    duet_eval_spec spec = {.policy = DUET_POLICY_COLLM, .rate = -1, .threshold = 0.5f};
+    duet_eval_result res;
+    CHECKF(!duet_eval_one(ec, &spec, &res, &err), "eval: %s", err.msg);
     int n_cut = 0;
     for (int i = 0; i < 3; i++) {
         int stopped = 0;
@@ -495,7 +495,7 @@ TEST(server_and_eval_same_text) {
         free(outs[i]);
     }
     CHECKF(n_cut > 0, "no answer ended at a stop text: the stops are untested");
-    eval_close(ec);
+    duet_eval_close(ec);
     free(cut);
     free(free_run);
     duet_head_free(h);

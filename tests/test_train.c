@@ -17,7 +17,6 @@
 #include "base/utf8.h"
 #include "format/gguf.h"
 #include "format/quant.h"
-#include "learn/dataset.h"
 #include "learn/head_train.h"
 #include "learn/scores.h"
 #include "duet.h"
@@ -71,28 +70,28 @@ static int same_file(const char *a, const char *b) {
 /* Score a dataset file; 0 on success. */
 static int g_n_batch; /* prefill chunk of the scoring passes (0: default) */
 static int score(duet_model *m, const duet_model *ids, const char *data, int n_ctx, const char *out,
-                 dsf_score_stats *st, duet_error *err) {
-    ds_dataset d;
-    int rc = ds_load(data, NULL, &d, err);
+                 duet_scores_stats *st, duet_error *err) {
+    duet_dataset d;
+    int rc = duet_dataset_load(data, NULL, &d, err);
     if (rc) return rc;
-    dsf_score_params p = {.n_ctx = n_ctx, .ids_model = ids, .n_batch = g_n_batch};
-    rc = dsf_score(m, &d, &p, out, st, err);
-    ds_free(&d);
+    duet_scores_params p = {.n_ctx = n_ctx, .ids_model = ids, .n_batch = g_n_batch};
+    rc = duet_scores_compute(m, &d, &p, out, st, err);
+    duet_dataset_free(&d);
     return rc;
 }
 
 /* ---- datasets ------------------------------------------------------------------------------ */
 TEST(train_dataset_formats) {
     duet_error err = {0};
-    ds_dataset d;
+    duet_dataset d;
     const char *j = "{\"prompt\": \"Hi\", \"response\": \"there\"}\n"
                     "\n"
                     "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
                     "{\"role\": \"user\", \"content\": \"2+2?\"}, {\"role\": \"assistant\", "
                     "\"content\": \"4\"}, {\"role\": \"user\", \"content\": \"thanks\"}]}\n"
                     "{\"question\": \"1+1?\", \"answer\": \"2\\n#### 2\"}\n";
-    REQUIRE(!ds_load_buffer(j, strlen(j), "a.jsonl", NULL, &d, &err));
-    CHECK_EQ_INT(d.format, DS_JSONL);
+    REQUIRE(!duet_dataset_load_buffer(j, strlen(j), "a.jsonl", NULL, &d, &err));
+    CHECK_EQ_INT(d.format, DUET_DATASET_JSONL);
     REQUIRE(d.n == 3);
     CHECK_STR(d.ex[0].prompt, "Hi");
     CHECK_STR(d.ex[0].response, "there");
@@ -101,22 +100,22 @@ TEST(train_dataset_formats) {
     CHECK_EQ_INT(d.ex[1].line, 3);
     CHECK(strstr(d.ex[2].prompt, "Question: 1+1?\nAnswer:") != NULL);
     CHECK_STR(d.ex[2].response, "2\n#### 2");
-    ds_free(&d);
+    duet_dataset_free(&d);
     /* plain text: paragraphs, first lines numbered */
     const char *t = "One two.\nthree\n\n  \n\nfour\n";
-    REQUIRE(!ds_load_buffer(t, strlen(t), "a.txt", NULL, &d, &err));
-    CHECK_EQ_INT(d.format, DS_TEXT);
+    REQUIRE(!duet_dataset_load_buffer(t, strlen(t), "a.txt", NULL, &d, &err));
+    CHECK_EQ_INT(d.format, DUET_DATASET_TEXT);
     REQUIRE(d.n == 2);
     CHECK(d.ex[0].prompt == NULL);
     CHECK_STR(d.ex[0].response, "One two.\nthree");
     CHECK_STR(d.ex[1].response, "four");
     CHECK_EQ_INT(d.ex[1].line, 6);
-    ds_free(&d);
+    duet_dataset_free(&d);
 }
 
 TEST(train_dataset_bad_inputs) {
     duet_error err = {0};
-    ds_dataset d;
+    duet_dataset d;
     static const struct { const char *text, *want; } cases[] = {
         {"{\"prompt\": \"a\", \"response\": \"b\"}\n{\"prompt\": \"a\", \"response\": }\n", "x.jsonl:2: invalid JSON"},
         {"{\"prompt\": \"a\"}\n", "x.jsonl:1: field 'response' is missing"},
@@ -130,8 +129,8 @@ TEST(train_dataset_bad_inputs) {
         {"{\"prompt\": \"a\", \"prompt\": \"b\", \"response\": \"c\"}\n", "x.jsonl:1: invalid JSON"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int rc = ds_load_buffer(cases[i].text, strlen(cases[i].text), "x.jsonl",
-                                &(ds_params){.format = DS_JSONL}, &d, &err);
+        int rc = duet_dataset_load_buffer(cases[i].text, strlen(cases[i].text), "x.jsonl",
+                                          &(duet_dataset_params){.format = DUET_DATASET_JSONL}, &d, &err);
         CHECKF(rc == DUET_ERR_FORMAT && strstr(err.msg, cases[i].want), "case %zu: rc %d, '%s'", i,
                rc, err.msg);
         CHECK(d.n == 0 && d.ex == NULL);
@@ -139,24 +138,24 @@ TEST(train_dataset_bad_inputs) {
     /* skip_bad: counted, the first message kept */
     const char *mixed = "{\"prompt\": \"a\", \"response\": \"b\"}\nnot json\n{\"prompt\": \"c\"}\n"
                         "{\"prompt\": \"d\", \"response\": \"e\"}\n";
-    REQUIRE(!ds_load_buffer(mixed, strlen(mixed), "m.jsonl", &(ds_params){.skip_bad = 1}, &d, &err));
+    REQUIRE(!duet_dataset_load_buffer(mixed, strlen(mixed), "m.jsonl", &(duet_dataset_params){.skip_bad = 1}, &d, &err));
     CHECK_EQ_INT(d.n, 2);
     CHECK_EQ_INT(d.n_bad, 2);
     CHECKF(strstr(d.first_bad, "m.jsonl:2:"), "first bad: %s", d.first_bad);
-    ds_free(&d);
+    duet_dataset_free(&d);
     /* all bad / empty: no usable examples */
-    CHECK(ds_load_buffer("x\n", 2, "b.jsonl", &(ds_params){.format = DS_JSONL, .skip_bad = 1}, &d, &err) ==
+    CHECK(duet_dataset_load_buffer("x\n", 2, "b.jsonl", &(duet_dataset_params){.format = DUET_DATASET_JSONL, .skip_bad = 1}, &d, &err) ==
           DUET_ERR_FORMAT && strstr(err.msg, "no usable examples"));
-    CHECK(ds_load_buffer(" \n\n", 3, "e.txt", NULL, &d, &err) == DUET_ERR_FORMAT &&
+    CHECK(duet_dataset_load_buffer(" \n\n", 3, "e.txt", NULL, &d, &err) == DUET_ERR_FORMAT &&
           strstr(err.msg, "no usable examples"));
     /* invalid UTF-8 in plain text: the line of the bad byte */
     const char *bad = "good line\nstill good\n\nfine\nbad \xff here\n";
-    CHECK(ds_load_buffer(bad, strlen(bad), "u.txt", NULL, &d, &err) == DUET_ERR_FORMAT);
+    CHECK(duet_dataset_load_buffer(bad, strlen(bad), "u.txt", NULL, &d, &err) == DUET_ERR_FORMAT);
     CHECKF(strstr(err.msg, "u.txt:5: invalid UTF-8 (byte 0xff)"), "%s", err.msg);
     CHECK_EQ_INT(duet_utf8_check("\xed\xa0\x80", 3), 0);   /* surrogate */
     CHECK_EQ_INT(duet_utf8_check("\xc0\xaf", 2), 0);       /* overlong */
     CHECK_EQ_INT(duet_utf8_check("a\xe2\x82\xac", 4), 4);  /* euro sign */
-    CHECK(ds_load(tmp_file("missing.jsonl"), NULL, &d, &err) == DUET_ERR_IO && strstr(err.msg, "missing.jsonl"));
+    CHECK(duet_dataset_load(tmp_file("missing.jsonl"), NULL, &d, &err) == DUET_ERR_IO && strstr(err.msg, "missing.jsonl"));
 }
 
 /* ---- head gradients ------------------------------------------------------------------------- */
@@ -173,25 +172,25 @@ TEST(train_head_gradients_match_finite_differences) {
         lpe[i] = (float)(-6 * RND());
         z[i] = RND() < 0.4 ? 1.0f : 0.0f;
     }
-    ht_batch b = {N, h, ent, mx, lpb, lpe, z};
+    duet_head_train_batch b = {N, h, ent, mx, lpb, lpe, z};
     static const int masks[] = {1, 3, 5, 7, 2, 6};
-    static const struct { ht_objective obj; double cost; } objs[] = {
-        {HT_WEAK, 0}, {HT_NLL, 0}, {HT_NLL, 0.7}, {HT_GAIN, 0}};
+    static const struct { duet_head_objective obj; double cost; } objs[] = {
+        {DUET_HT_WEAK, 0}, {DUET_HT_NLL, 0}, {DUET_HT_NLL, 0.7}, {DUET_HT_GAIN, 0}};
     for (size_t mi = 0; mi < sizeof masks / sizeof masks[0]; mi++)
         for (size_t oi = 0; oi < sizeof objs / sizeof objs[0]; oi++) {
-            ht_layout L;
-            ht_layout_init(&L, masks[mi], E);
+            duet_head_train_layout L;
+            duet_head_train_layout_init(&L, masks[mi], E);
             double th[E + 3], g[E + 3], t2[E + 3];
             for (int k = 0; k < L.n_param; k++) th[k] = 1.5 * (2 * RND() - 1) / (k < E ? 3 : 1);
-            ht_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, th, g);
+            duet_head_train_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, th, g);
             double num = 0, den = 0, worst = 0;
             for (int k = 0; k < L.n_param; k++) {
                 double eps = 1e-5;
                 memcpy(t2, th, sizeof th);
                 t2[k] += eps;
-                double lp = ht_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, t2, NULL);
+                double lp = duet_head_train_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, t2, NULL);
                 t2[k] -= 2 * eps;
-                double lm = ht_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, t2, NULL);
+                double lm = duet_head_train_loss_grad(&L, &b, objs[oi].obj, objs[oi].cost, 8, t2, NULL);
                 double fd = (lp - lm) / (2 * eps), d = fabs(fd - g[k]);
                 num += d * d;
                 den += fd * fd;
@@ -203,24 +202,24 @@ TEST(train_head_gradients_match_finite_differences) {
                    "(worst component %.3g)", masks[mi], objs[oi].obj, objs[oi].cost, rel, worst);
         }
     /* the loss itself at s = 0: weak = mean of pw*z*log2 + (1-z)*log2; nll = -log((pb+pe)/2) */
-    ht_layout L;
-    ht_layout_init(&L, 1, E);
+    duet_head_train_layout L;
+    duet_head_train_layout_init(&L, 1, E);
     double zero[E] = {0};
     double want_w = 0, want_n = 0;
     for (int i = 0; i < N; i++) {
         want_w += (8 * z[i] + (1 - z[i])) * log(2.0) / N;
         want_n += -log((exp(lpb[i]) + exp(lpe[i])) / 2) / N;
     }
-    CHECK_NEAR(ht_loss_grad(&L, &b, HT_WEAK, 0, 8, zero, NULL), want_w, 1e-12);
-    CHECK_NEAR(ht_loss_grad(&L, &b, HT_NLL, 0, 8, zero, NULL), want_n, 1e-12);
-    CHECK_NEAR(ht_loss_grad(&L, &b, HT_NLL, 0.5, 8, zero, NULL), want_n + 0.25, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&L, &b, DUET_HT_WEAK, 0, 8, zero, NULL), want_w, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&L, &b, DUET_HT_NLL, 0, 8, zero, NULL), want_n, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&L, &b, DUET_HT_NLL, 0.5, 8, zero, NULL), want_n + 0.25, 1e-12);
     double want_g = 0;
     for (int i = 0; i < N; i++) want_g += 0.5 * ((double)lpe[i] - lpb[i]) * ((double)lpe[i] - lpb[i]) / N;
-    CHECK_NEAR(ht_loss_grad(&L, &b, HT_GAIN, 0, 8, zero, NULL), want_g, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&L, &b, DUET_HT_GAIN, 0, 8, zero, NULL), want_g, 1e-12);
     /* at s = 0.8 (an entropy-only head: weight 0, bias 0.8), where the marginal likelihood is
      * no longer symmetric in base and expert: sig(0.8) = 1 / (1 + e^-0.8) weighs the expert */
-    ht_layout Lb;
-    ht_layout_init(&Lb, DUET_HEAD_FEAT_ENTROPY, E);
+    duet_head_train_layout Lb;
+    duet_head_train_layout_init(&Lb, DUET_HEAD_FEAT_ENTROPY, E);
     const double thb[2] = {0, 0.8};
     double sp = 1 / (1 + exp(-0.8)), sn = 1 - sp;
     want_w = want_n = 0;
@@ -228,9 +227,9 @@ TEST(train_head_gradients_match_finite_differences) {
         want_w += -(8 * z[i] * log(sp) + (1 - z[i]) * log(sn)) / N;
         want_n += -log(sn * exp(lpb[i]) + sp * exp(lpe[i])) / N;
     }
-    CHECK_NEAR(ht_loss_grad(&Lb, &b, HT_WEAK, 0, 8, thb, NULL), want_w, 1e-12);
-    CHECK_NEAR(ht_loss_grad(&Lb, &b, HT_NLL, 0, 8, thb, NULL), want_n, 1e-12);
-    CHECK_NEAR(ht_loss_grad(&Lb, &b, HT_NLL, 0.5, 8, thb, NULL), want_n + 0.5 * sp, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&Lb, &b, DUET_HT_WEAK, 0, 8, thb, NULL), want_w, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&Lb, &b, DUET_HT_NLL, 0, 8, thb, NULL), want_n, 1e-12);
+    CHECK_NEAR(duet_head_train_loss_grad(&Lb, &b, DUET_HT_NLL, 0.5, 8, thb, NULL), want_n + 0.5 * sp, 1e-12);
 #undef RND
 }
 
@@ -265,7 +264,7 @@ TEST(train_score_file_round_trip) {
              abc, abc, abc, abc);
     write_text(data, buf);
     duet_error err = {0};
-    dsf_score_stats st;
+    duet_scores_stats st;
     /* a context of 48 has no room for the GSM8K prompt: skipped, with a count */
     CHECK(!score(m, NULL, data, 48, out, &st, &err) && st.n_skipped == 1 && st.n_seq == 4);
     g_n_batch = 16; /* several prefill chunks per sequence */
@@ -276,9 +275,9 @@ TEST(train_score_file_round_trip) {
     CHECK_EQ_INT(st.n_truncated, 1);
     CHECK(st.n_dropped_tok > 0);
     CHECK(access(test_path(test_tmpdir(), "rt.scores.partial"), F_OK) != 0);
-    dsf_file *f = NULL;
-    REQUIRE(!dsf_open(out, &f, &err));
-    const dsf_header *h = dsf_hdr(f);
+    duet_scores *f = NULL;
+    REQUIRE(!duet_scores_open(out, &f, &err));
+    const duet_scores_header *h = duet_scores_get_header(f);
     const duet_hparams *hp = duet_model_hparams(m);
     CHECK_EQ_INT(h->n_seq, 5);
     CHECK_EQ_INT(h->n_ctx, 120);
@@ -289,8 +288,8 @@ TEST(train_score_file_round_trip) {
     CHECK_STR(h->model_name, hp->name);
     CHECK_EQ_INT(h->n_truncated, 1);
     /* independent recomputation: tokenise, evaluate the whole sequence, log-softmax */
-    ds_dataset d;
-    REQUIRE(!ds_load(data, NULL, &d, &err));
+    duet_dataset d;
+    REQUIRE(!duet_dataset_load(data, NULL, &d, &err));
     duet_session *s = NULL;
     duet_session_params sp = {.n_ctx = 160};
     REQUIRE(!duet_session_new(m, &sp, &s, &err));
@@ -298,7 +297,7 @@ TEST(train_score_file_round_trip) {
     double worst = 0;
     int hid_bad = 0;
     for (int e = 0; e < 5; e++) {
-        const dsf_seq *q = &dsf_seqs(f)[e];
+        const duet_scores_seq *q = &duet_scores_seqs(f)[e];
         char text[2048];
         int32_t full[256], pre[256];
         snprintf(text, sizeof text, "%s\n", d.ex[e].prompt);
@@ -313,13 +312,13 @@ TEST(train_score_file_round_trip) {
         CHECK_EQ_INT(q->n_prompt, lcp);
         CHECK_EQ_INT(q->n_tok, n - lcp);
         CHECK_EQ_INT(q->example, e);
-        CHECK_EQ_INT(q->flags, e == 4 ? DSF_SEQ_TRUNCATED : 0);
+        CHECK_EQ_INT(q->flags, e == 4 ? DUET_SCORES_SEQ_TRUNCATED : 0);
         CHECK_EQ_INT(q->tok_start, tok_sum);
         tok_sum += q->n_tok;
         duet_session_truncate(s, 0);
         REQUIRE(!duet_session_eval(s, full, n, 1, &err));
-        const dsf_tok *t = dsf_seq_toks(f, (uint64_t)e);
-        const uint16_t *hh = dsf_seq_hidden(f, (uint64_t)e);
+        const duet_scores_tok *t = duet_scores_seq_toks(f, (uint64_t)e);
+        const uint16_t *hh = duet_scores_seq_hidden(f, (uint64_t)e);
         for (uint32_t k = 0; k < q->n_tok; k++) {
             int pos = lcp + (int)k;
             double mxl, ent, lp = lsm(duet_session_logits(s, pos - 1), hp->n_vocab, full[pos], &mxl, &ent);
@@ -337,8 +336,8 @@ TEST(train_score_file_round_trip) {
     CHECKF(hid_bad == 0, "%d hidden values differ", hid_bad);
     CHECK_EQ_INT(h->n_tok, tok_sum);
     duet_session_free(s);
-    ds_free(&d);
-    dsf_close(f);
+    duet_dataset_free(&d);
+    duet_scores_close(f);
     /* corrupt files are refused with the file's name */
     const char *bad = tmp_file("bad.scores");
     FILE *in = fopen(out, "rb"), *o = fopen(bad, "wb");
@@ -347,14 +346,14 @@ TEST(train_score_file_round_trip) {
     while ((c = fgetc(in)) != EOF) fputc(k++ == 600 ? c ^ 0x55 : c, o);
     fclose(in);
     fclose(o);
-    CHECK(dsf_open(bad, &f, &err) == DUET_ERR_FORMAT && strstr(err.msg, "bad.scores") && !f);
+    CHECK(duet_scores_open(bad, &f, &err) == DUET_ERR_FORMAT && strstr(err.msg, "bad.scores") && !f);
     if (truncate(bad, 300) == 0)
-        CHECK(dsf_open(bad, &f, &err) == DUET_ERR_FORMAT && strstr(err.msg, "too short"));
+        CHECK(duet_scores_open(bad, &f, &err) == DUET_ERR_FORMAT && strstr(err.msg, "too short"));
     duet_model_free(m);
 }
 
 typedef struct stopper { int left; } stopper;
-static int stop_after(void *ud, const dsf_progress *p) {
+static int stop_after(void *ud, const duet_scores_progress *p) {
     stopper *s = ud;
     (void)p;
     return --s->left <= 0;
@@ -374,35 +373,35 @@ TEST(train_score_resume_gives_the_same_file) {
     }
     write_text(data, text);
     duet_error err = {0};
-    dsf_score_stats st;
+    duet_scores_stats st;
     const char *whole = tmp_file("whole.scores"), *cut = tmp_file("cut.scores");
     char partial[600];
     snprintf(partial, sizeof partial, "%s.partial", cut);
     REQUIRE(!score(m, NULL, data, 40, whole, &st, &err));
     CHECKF(st.n_seq > 12, "long paragraphs should need several windows: %d sequences", st.n_seq);
     /* stopped after 5 sequences: the partial stays, no final file */
-    ds_dataset d;
-    REQUIRE(!ds_load(data, NULL, &d, &err));
+    duet_dataset d;
+    REQUIRE(!duet_dataset_load(data, NULL, &d, &err));
     stopper sp = {5};
-    dsf_score_params p = {.n_ctx = 40, .progress = stop_after, .ud = &sp};
-    CHECK_EQ_INT(dsf_score(m, &d, &p, cut, &st, &err), DSF_STOPPED);
+    duet_scores_params p = {.n_ctx = 40, .progress = stop_after, .ud = &sp};
+    CHECK_EQ_INT(duet_scores_compute(m, &d, &p, cut, &st, &err), DUET_SCORES_STOPPED);
     CHECK_EQ_INT(st.n_seq_done, 5);
     CHECK(file_size(partial) > 512 && access(cut, F_OK) != 0);
     /* a torn last block (killed mid-write) is dropped on resume */
     REQUIRE(!truncate(partial, file_size(partial) - 100));
     sp.left = 1000;
-    CHECK_EQ_INT(dsf_score(m, &d, &p, cut, &st, &err), DUET_OK);
+    CHECK_EQ_INT(duet_scores_compute(m, &d, &p, cut, &st, &err), DUET_OK);
     CHECK_EQ_INT(st.n_resumed_seq, 4);
     CHECK(access(partial, F_OK) != 0);
     CHECKF(same_file(whole, cut), "resumed file differs from the uninterrupted one");
     /* a partial made with other options is refused, naming it */
     sp.left = 2;
-    CHECK_EQ_INT(dsf_score(m, &d, &p, cut, &st, &err), DSF_STOPPED);
+    CHECK_EQ_INT(duet_scores_compute(m, &d, &p, cut, &st, &err), DUET_SCORES_STOPPED);
     p.n_ctx = 32;
     p.progress = NULL;
-    CHECK(dsf_score(m, &d, &p, cut, &st, &err) == DUET_ERR_ARG && strstr(err.msg, "remove it"));
+    CHECK(duet_scores_compute(m, &d, &p, cut, &st, &err) == DUET_ERR_ARG && strstr(err.msg, "remove it"));
     remove(partial);
-    ds_free(&d);
+    duet_dataset_free(&d);
     duet_model_free(m);
 }
 
@@ -419,14 +418,14 @@ TEST(train_mismatched_score_files_are_refused) {
     REQUIRE(!score(b, NULL, d1, 0, tmp_file("mm-b.scores"), NULL, &err));
     REQUIRE(!score(e, b, d2, 0, tmp_file("mm-e.scores"), NULL, &err));
     REQUIRE(!score(e, b, d1, 0, tmp_file("mm-e1.scores"), NULL, &err));
-    dsf_file *B = NULL, *E = NULL, *E1 = NULL;
-    REQUIRE(!dsf_open(tmp_file("mm-b.scores"), &B, &err) && !dsf_open(tmp_file("mm-e.scores"), &E, &err) &&
-            !dsf_open(tmp_file("mm-e1.scores"), &E1, &err));
-    CHECK(!ht_check_pair(B, E1, &err));
-    int rc = ht_check_pair(B, E, &err);
+    duet_scores *B = NULL, *E = NULL, *E1 = NULL;
+    REQUIRE(!duet_scores_open(tmp_file("mm-b.scores"), &B, &err) && !duet_scores_open(tmp_file("mm-e.scores"), &E, &err) &&
+            !duet_scores_open(tmp_file("mm-e1.scores"), &E1, &err));
+    CHECK(!duet_head_train_check_pair(B, E1, &err));
+    int rc = duet_head_train_check_pair(B, E, &err);
     CHECKF(rc == DUET_ERR_ARG && strstr(err.msg, "sequence 1") && strstr(err.msg, "gold id"), "%s", err.msg);
     duet_head *h = NULL;
-    CHECK(ht_train(B, E, NULL, &h, NULL, &err) == DUET_ERR_ARG && !h && strstr(err.msg, "sequence 1"));
+    CHECK(duet_head_train(B, E, NULL, &h, NULL, &err) == DUET_ERR_ARG && !h && strstr(err.msg, "sequence 1"));
     /* the expert file as base: hidden states of another model are refused; ids of another
      * vocabulary name --tokenizer-of */
     char other[600];
@@ -438,22 +437,22 @@ TEST(train_mismatched_score_files_are_refused) {
     duet_model *o = load(other, 1);
     REQUIRE(o);
     REQUIRE(!score(o, NULL, d1, 0, tmp_file("mm-o.scores"), NULL, &err) || (test_fail_at(__FILE__, __LINE__, "%s", err.msg), 0));
-    dsf_file *O = NULL;
-    REQUIRE(!dsf_open(tmp_file("mm-o.scores"), &O, &err));
-    rc = ht_check_pair(B, O, &err);
+    duet_scores *O = NULL;
+    REQUIRE(!duet_scores_open(tmp_file("mm-o.scores"), &O, &err));
+    rc = duet_head_train_check_pair(B, O, &err);
     CHECKF(rc == DUET_ERR_ARG && strstr(err.msg, "--tokenizer-of"), "%s", err.msg);
     /* a base scored through another tokenizer cannot be the base */
-    dsf_file *O2 = NULL;
+    duet_scores *O2 = NULL;
     REQUIRE(!score(o, b, d1, 0, tmp_file("mm-o2.scores"), NULL, &err) &&
-            !dsf_open(tmp_file("mm-o2.scores"), &O2, &err));
-    CHECK(!ht_check_pair(B, O2, &err));
-    CHECK(ht_train(O2, B, NULL, &h, NULL, &err) == DUET_ERR_ARG && strstr(err.msg, "own tokenizer"));
-    dsf_close(O2);
-    dsf_close(O);
+            !duet_scores_open(tmp_file("mm-o2.scores"), &O2, &err));
+    CHECK(!duet_head_train_check_pair(B, O2, &err));
+    CHECK(duet_head_train(O2, B, NULL, &h, NULL, &err) == DUET_ERR_ARG && strstr(err.msg, "own tokenizer"));
+    duet_scores_close(O2);
+    duet_scores_close(O);
     duet_model_free(o);
-    dsf_close(B);
-    dsf_close(E);
-    dsf_close(E1);
+    duet_scores_close(B);
+    duet_scores_close(E);
+    duet_scores_close(E1);
     duet_model_free(b);
     duet_model_free(e);
 }
@@ -554,36 +553,36 @@ static int sample_stories(duet_model *m, uint64_t seed, int chars, const char *p
 
 /* ---- planted routing oracles: score files whose expert is right where the test says ---- */
 /* An edit of one token record t, seeing the base's record and final hidden state there. */
-typedef void (*tok_edit)(void *ud, const dsf_tok *base, const float *h, int hd, dsf_tok *t);
+typedef void (*tok_edit)(void *ud, const duet_scores_tok *base, const float *h, int hd, duet_scores_tok *t);
 
 /* A copy of the score file src at dst with every token record passed through edit (B gives
  * the matching base record and hidden state); the block checks are recomputed so the copy
  * opens as a scored file would. 0 on success. */
-static int edit_scores(const dsf_file *B, const char *src, const char *dst, tok_edit edit, void *ud) {
+static int edit_scores(const duet_scores *B, const char *src, const char *dst, tok_edit edit, void *ud) {
     size_t n = 0;
     char *buf = fixture_read_file(src, &n);
-    int hd = (int)dsf_hdr(B)->hidden_dim;
+    int hd = (int)duet_scores_get_header(B)->hidden_dim;
     float *hid = malloc((size_t)(hd ? hd : 1) * sizeof *hid);
-    if (!buf || !hid || n < DSF_HEADER_SIZE) {
+    if (!buf || !hid || n < DUET_SCORES_HEADER_SIZE) {
         free(buf);
         free(hid);
         return -1;
     }
-    const dsf_header *h = (const dsf_header *)buf;
-    const dsf_seq *seqs = (const dsf_seq *)(buf + h->index_offset);
+    const duet_scores_header *h = (const duet_scores_header *)buf;
+    const duet_scores_seq *seqs = (const duet_scores_seq *)(buf + h->index_offset);
     for (uint64_t i = 0; i < h->n_seq; i++) {
         char *blk = buf + seqs[i].offset;
-        dsf_tok *t = (dsf_tok *)(blk + sizeof(dsf_block));
-        const dsf_tok *bt = dsf_seq_toks(B, i);
-        const uint16_t *bh = dsf_seq_hidden(B, i);
+        duet_scores_tok *t = (duet_scores_tok *)(blk + sizeof(duet_scores_block));
+        const duet_scores_tok *bt = duet_scores_seq_toks(B, i);
+        const uint16_t *bh = duet_scores_seq_hidden(B, i);
         for (uint32_t k = 0; k < seqs[i].n_tok; k++) {
             for (int j = 0; j < hd; j++) hid[j] = fp16_to_fp32(bh[(size_t)k * hd + j]);
             edit(ud, &bt[k], hid, hd, &t[k]);
         }
-        dsf_block b;
+        duet_scores_block b;
         memcpy(&b, blk, sizeof b);
-        b.check = dsf_block_check(blk + sizeof b, (size_t)seqs[i].n_tok *
-                                  (sizeof(dsf_tok) + (size_t)h->hidden_dim * 2));
+        b.check = duet_scores_block_check(blk + sizeof b, (size_t)seqs[i].n_tok *
+                                          (sizeof(duet_scores_tok) + (size_t)h->hidden_dim * 2));
         memcpy(blk, &b, sizeof b);
     }
     FILE *f = fopen(dst, "wb");
@@ -606,7 +605,7 @@ static double proj(const float *d, const float *h, int hd) {
     return s;
 }
 
-static void plant_expert(void *ud, const dsf_tok *b, const float *h, int hd, dsf_tok *t) {
+static void plant_expert(void *ud, const duet_scores_tok *b, const float *h, int hd, duet_scores_tok *t) {
     const planted *p = ud;
     if (proj(p->d, h, hd) > p->thr) {
         t->lp = t->maxlp = logf(0.9f);
@@ -618,10 +617,10 @@ static void plant_expert(void *ud, const dsf_tok *b, const float *h, int hd, dsf
 
 /* Every token a pseudo-label positive: the gold token is the expert's argmax and not the
  * base's. */
-static void expert_always_top(void *ud, const dsf_tok *b, const float *h, int hd, dsf_tok *t) {
+static void expert_always_top(void *ud, const duet_scores_tok *b, const float *h, int hd, duet_scores_tok *t) {
     t->maxlp = t->lp;
 }
-static void base_never_top(void *ud, const dsf_tok *b, const float *h, int hd, dsf_tok *t) {
+static void base_never_top(void *ud, const duet_scores_tok *b, const float *h, int hd, duet_scores_tok *t) {
     t->maxlp = t->lp + 0.5f;
 }
 
@@ -638,16 +637,16 @@ static json_t *first_eval(const char *report) {
 /* The default positive weight of weak supervision: with every pseudo-label positive, the
  * weak loss of the zero head is pw * log 2 per token whatever the split, 8 log 2 =
  * 5.5451774444795623 for the default pw = 8 (1 would give 0.693). */
-static void check_default_pos_weight(const dsf_file *TB, const char *tb, const char *te) {
+static void check_default_pos_weight(const duet_scores *TB, const char *tb, const char *te) {
     const char *b2 = tmp_file("pw-base.scores"), *e2 = tmp_file("pw-expert.scores");
     REQUIRE(!edit_scores(TB, tb, b2, base_never_top, NULL) && !edit_scores(TB, te, e2, expert_always_top, NULL));
-    dsf_file *B = NULL, *E = NULL;
+    duet_scores *B = NULL, *E = NULL;
     duet_error err = {0};
-    REQUIRE(!dsf_open(b2, &B, &err) && !dsf_open(e2, &E, &err));
-    ht_params p = {.objective = HT_WEAK, .epochs = 1, .report_path = tmp_file("pw-report.json")};
+    REQUIRE(!duet_scores_open(b2, &B, &err) && !duet_scores_open(e2, &E, &err));
+    duet_head_train_params p = {.objective = DUET_HT_WEAK, .epochs = 1, .report_path = tmp_file("pw-report.json")};
     duet_head *h = NULL;
-    ht_result res;
-    if (ht_train(B, E, &p, &h, &res, &err)) {
+    duet_head_train_result res;
+    if (duet_head_train(B, E, &p, &h, &res, &err)) {
         test_fail_at(__FILE__, __LINE__, "train: %s", err.msg);
     } else {
         CHECKF(res.pos_rate == 1.0, "pseudo-label positive rate %g, every token is positive", res.pos_rate);
@@ -659,20 +658,20 @@ static void check_default_pos_weight(const dsf_file *TB, const char *tb, const c
     }
     duet_head_free(h);
     h = NULL;
-    dsf_close(B);
+    duet_scores_close(B);
     /* The same expert, and a base whose argmax is the gold token too: no token is a positive,
      * since a token the base gets right needs no expert. */
     const char *b3 = tmp_file("pw-base-top.scores");
-    REQUIRE(!edit_scores(TB, tb, b3, expert_always_top, NULL) && !dsf_open(b3, &B, &err));
+    REQUIRE(!edit_scores(TB, tb, b3, expert_always_top, NULL) && !duet_scores_open(b3, &B, &err));
     p.report_path = NULL;
-    if (ht_train(B, E, &p, &h, &res, &err))
+    if (duet_head_train(B, E, &p, &h, &res, &err))
         test_fail_at(__FILE__, __LINE__, "train: %s", err.msg);
     else
         CHECKF(res.pos_rate == 0.0, "pseudo-label positive rate %g where the base is right everywhere",
                res.pos_rate);
     duet_head_free(h);
-    dsf_close(B);
-    dsf_close(E);
+    duet_scores_close(B);
+    duet_scores_close(E);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -683,11 +682,11 @@ static int cmp_double(const void *a, const void *b) {
 /* Heads trained on planted expert scores must find the rule: on held-out text they defer the
  * planted tokens first (routing at 30% closes most of the gap from random to the oracle) and
  * rank the pseudo-label positives first. Swapped roles of base and expert would rank them last. */
-static void check_planted_oracle(const dsf_file *TB, const dsf_file *HB, const char *tb, const char *te,
+static void check_planted_oracle(const duet_scores *TB, const duet_scores *HB, const char *tb, const char *te,
                                  const char *hb, const char *he) {
-    int hd = (int)dsf_hdr(TB)->hidden_dim;
+    int hd = (int)duet_scores_get_header(TB)->hidden_dim;
     float *d = malloc((size_t)hd * sizeof *d);
-    int64_t nt = (int64_t)dsf_hdr(TB)->n_tok, nh = (int64_t)dsf_hdr(HB)->n_tok;
+    int64_t nt = (int64_t)duet_scores_get_header(TB)->n_tok, nh = (int64_t)duet_scores_get_header(HB)->n_tok;
     double *v = malloc((size_t)(nt > nh ? nt : nh) * sizeof *v), *sc = malloc((size_t)nh * sizeof *sc);
     float *hid = malloc((size_t)hd * sizeof *hid);
     uint8_t *zh = malloc((size_t)nh);
@@ -696,9 +695,9 @@ static void check_planted_oracle(const dsf_file *TB, const dsf_file *HB, const c
     for (int j = 0; j < hd; j++) d[j] = (float)((double)(duet_splitmix64(&r) >> 11) * 0x1.0p-53 * 2 - 1);
     /* the threshold: the 70th percentile of d . h over the training tokens (30% planted) */
     int64_t k = 0;
-    for (uint64_t q = 0; q < dsf_hdr(TB)->n_seq; q++) {
-        const uint16_t *bh = dsf_seq_hidden(TB, q);
-        for (uint32_t t = 0; t < dsf_seqs(TB)[q].n_tok; t++, k++) {
+    for (uint64_t q = 0; q < duet_scores_get_header(TB)->n_seq; q++) {
+        const uint16_t *bh = duet_scores_seq_hidden(TB, q);
+        for (uint32_t t = 0; t < duet_scores_seqs(TB)[q].n_tok; t++, k++) {
             for (int j = 0; j < hd; j++) hid[j] = fp16_to_fp32(bh[(size_t)t * hd + j]);
             v[k] = proj(d, hid, hd);
         }
@@ -710,15 +709,15 @@ static void check_planted_oracle(const dsf_file *TB, const dsf_file *HB, const c
                *hb2 = tmp_file("planted-hb.scores"), *he2 = tmp_file("planted-he.scores");
     REQUIRE(!edit_scores(TB, tb, tb2, base_never_top, NULL) && !edit_scores(TB, te, te2, plant_expert, &pl) &&
             !edit_scores(HB, hb, hb2, base_never_top, NULL) && !edit_scores(HB, he, he2, plant_expert, &pl));
-    dsf_file *TB2 = NULL, *TE = NULL, *HB2 = NULL, *HE = NULL;
+    duet_scores *TB2 = NULL, *TE = NULL, *HB2 = NULL, *HE = NULL;
     duet_error err = {0};
-    REQUIRE(!dsf_open(tb2, &TB2, &err) && !dsf_open(te2, &TE, &err) && !dsf_open(hb2, &HB2, &err) &&
-            !dsf_open(he2, &HE, &err));
+    REQUIRE(!duet_scores_open(tb2, &TB2, &err) && !duet_scores_open(te2, &TE, &err) && !duet_scores_open(hb2, &HB2, &err) &&
+            !duet_scores_open(he2, &HE, &err));
     int64_t npos = 0;
     k = 0;
-    for (uint64_t q = 0; q < dsf_hdr(HB)->n_seq; q++) {
-        const uint16_t *bh = dsf_seq_hidden(HB, q);
-        for (uint32_t t = 0; t < dsf_seqs(HB)[q].n_tok; t++, k++) {
+    for (uint64_t q = 0; q < duet_scores_get_header(HB)->n_seq; q++) {
+        const uint16_t *bh = duet_scores_seq_hidden(HB, q);
+        for (uint32_t t = 0; t < duet_scores_seqs(HB)[q].n_tok; t++, k++) {
             for (int j = 0; j < hd; j++) hid[j] = fp16_to_fp32(bh[(size_t)t * hd + j]);
             zh[k] = proj(d, hid, hd) > pl.thr;
             npos += zh[k];
@@ -729,15 +728,15 @@ static void check_planted_oracle(const dsf_file *TB, const dsf_file *HB, const c
      * The nll head starts from zero, not from a weak start: the checkpoint kept is the one that
      * routes best, so after a weak start a broken marginal likelihood would go unseen. */
     int ep = (int)fmin(40, fmax(8, 130000.0 / (double)nt));
-    const struct { const char *name; ht_params p; } runs[] = {
-        {"weak", {.objective = HT_WEAK, .epochs = ep}},
-        {"nll", {.objective = HT_NLL, .weak_epochs = -1, .epochs = 2 * ep, .lr = 1e-2}}, /* no weak start */
-        {"gain", {.objective = HT_GAIN, .epochs = ep}}};
+    const struct { const char *name; duet_head_train_params p; } runs[] = {
+        {"weak", {.objective = DUET_HT_WEAK, .epochs = ep}},
+        {"nll", {.objective = DUET_HT_NLL, .weak_epochs = -1, .epochs = 2 * ep, .lr = 1e-2}}, /* no weak start */
+        {"gain", {.objective = DUET_HT_GAIN, .epochs = ep}}};
     for (size_t ri = 0; ri < sizeof runs / sizeof runs[0]; ri++) {
         duet_head *h = NULL;
-        ht_result res;
-        ht_routing hr;
-        if (ht_train(TB2, TE, &runs[ri].p, &h, &res, &err) || ht_eval_scores(h, HB2, HE, &hr, &err)) {
+        duet_head_train_result res;
+        duet_head_routing hr;
+        if (duet_head_train(TB2, TE, &runs[ri].p, &h, &res, &err) || duet_head_eval_scores(h, HB2, HE, &hr, &err)) {
             test_fail_at(__FILE__, __LINE__, "planted %s: %s", runs[ri].name, err.msg);
             duet_head_free(h);
             continue;
@@ -745,9 +744,9 @@ static void check_planted_oracle(const dsf_file *TB, const dsf_file *HB, const c
         double closed = (hr.random[2] - hr.head[2]) / (hr.random[2] - hr.oracle[2]);
         /* precision of the head's top npos held-out tokens against the pseudo-labels */
         k = 0;
-        for (uint64_t q = 0; q < dsf_hdr(HB)->n_seq; q++) {
-            const uint16_t *bh = dsf_seq_hidden(HB, q);
-            for (uint32_t t = 0; t < dsf_seqs(HB)[q].n_tok; t++, k++) {
+        for (uint64_t q = 0; q < duet_scores_get_header(HB)->n_seq; q++) {
+            const uint16_t *bh = duet_scores_seq_hidden(HB, q);
+            for (uint32_t t = 0; t < duet_scores_seqs(HB)[q].n_tok; t++, k++) {
                 for (int j = 0; j < hd; j++) hid[j] = fp16_to_fp32(bh[(size_t)t * hd + j]);
                 sc[k] = duet_head_score(h, hid);
                 v[k] = sc[k];
@@ -772,10 +771,10 @@ static void check_planted_oracle(const dsf_file *TB, const dsf_file *HB, const c
                "%.4f to the oracle %.4f", runs[ri].name, hr.head[2], closed, hr.random[2], hr.oracle[2]);
         duet_head_free(h);
     }
-    dsf_close(TB2);
-    dsf_close(TE);
-    dsf_close(HB2);
-    dsf_close(HE);
+    duet_scores_close(TB2);
+    duet_scores_close(TE);
+    duet_scores_close(HB2);
+    duet_scores_close(HE);
     free(d);
     free(v);
     free(sc);
@@ -811,35 +810,35 @@ TEST(train_head_end_to_end) {
         duet_model_free(e);
         return;
     }
-    dsf_file *TB = NULL, *TE = NULL, *HB = NULL, *HE = NULL;
-    REQUIRE(!dsf_open(tmp_file("e2e-tb.scores"), &TB, &err) && !dsf_open(tmp_file("e2e-te.scores"), &TE, &err) &&
-            !dsf_open(tmp_file("e2e-hb.scores"), &HB, &err) && !dsf_open(tmp_file("e2e-he.scores"), &HE, &err));
-    static const struct { const char *name; ht_params p; } runs[] = {
-        {"weak, hidden", {.objective = HT_WEAK, .epochs = 6, .lr = 1e-2}},
-        {"nll, hidden+entropy+maxlogp", {.objective = HT_NLL, .features = 7, .epochs = 3,
+    duet_scores *TB = NULL, *TE = NULL, *HB = NULL, *HE = NULL;
+    REQUIRE(!duet_scores_open(tmp_file("e2e-tb.scores"), &TB, &err) && !duet_scores_open(tmp_file("e2e-te.scores"), &TE, &err) &&
+            !duet_scores_open(tmp_file("e2e-hb.scores"), &HB, &err) && !duet_scores_open(tmp_file("e2e-he.scores"), &HE, &err));
+    static const struct { const char *name; duet_head_train_params p; } runs[] = {
+        {"weak, hidden", {.objective = DUET_HT_WEAK, .epochs = 6, .lr = 1e-2}},
+        {"nll, hidden+entropy+maxlogp", {.objective = DUET_HT_NLL, .features = 7, .epochs = 3,
                                          .weak_epochs = 3, .weak_lr = 1e-2, .lr = 3e-3}},
-        {"gain, hidden+entropy+maxlogp", {.objective = HT_GAIN, .features = 7}},
+        {"gain, hidden+entropy+maxlogp", {.objective = DUET_HT_GAIN, .features = 7}},
     };
     const char *report = tmp_file("e2e-report.json");
     for (size_t r = 0; r < sizeof runs / sizeof runs[0]; r++) {
-        ht_params p = runs[r].p;
+        duet_head_train_params p = runs[r].p;
         p.report_path = report;
         duet_head *h = NULL;
-        ht_result res;
-        if (ht_train(TB, TE, &p, &h, &res, &err)) {
+        duet_head_train_result res;
+        if (duet_head_train(TB, TE, &p, &h, &res, &err)) {
             test_fail_at(__FILE__, __LINE__, "train (%s): %s", runs[r].name, err.msg);
             continue;
         }
-        ht_routing hr;
-        REQUIRE(!ht_eval_scores(h, HB, HE, &hr, &err));
+        duet_head_routing hr;
+        REQUIRE(!duet_head_eval_scores(h, HB, HE, &hr, &err));
         double bpt = (double)hr.n_tok / (double)hr.n_bytes;
         fprintf(stderr, "    %s: held-out NLL/byte base %.4f expert %.4f; at 10..50%%: collm", runs[r].name,
                 hr.base * bpt, hr.expert * bpt);
-        for (int k = 0; k < HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.head[k] * bpt);
+        for (int k = 0; k < DUET_HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.head[k] * bpt);
         fprintf(stderr, ", random");
-        for (int k = 0; k < HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.random[k] * bpt);
+        for (int k = 0; k < DUET_HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.random[k] * bpt);
         fprintf(stderr, ", uncertainty");
-        for (int k = 0; k < HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.uncertainty[k] * bpt);
+        for (int k = 0; k < DUET_HT_N_RATES; k++) fprintf(stderr, " %.4f", hr.uncertainty[k] * bpt);
         fprintf(stderr, "\n");
         CHECK(res.n_train_seq > 0 && res.n_val_seq > 0 && res.pos_rate > 0 && res.pos_rate < 1);
         if (baby)
@@ -848,9 +847,9 @@ TEST(train_head_end_to_end) {
         /* the saved head routes the same after a round trip through its sidecar */
         const char *hp = tmp_file("e2e-head.gguf");
         duet_head *g = NULL;
-        ht_routing gr;
+        duet_head_routing gr;
         REQUIRE(!duet_head_save(h, hp, &err) && !duet_head_load(hp, b, &g, &err));
-        REQUIRE(!ht_eval_scores(g, HB, HE, &gr, &err));
+        REQUIRE(!duet_head_eval_scores(g, HB, HE, &gr, &err));
         CHECK_NEAR(gr.head_mean, hr.head_mean, 1e-12);
         duet_head_free(g);
         duet_head_free(h);
@@ -867,10 +866,10 @@ TEST(train_head_end_to_end) {
     check_planted_oracle(TB, HB, tmp_file("e2e-tb.scores"), tmp_file("e2e-te.scores"),
                          tmp_file("e2e-hb.scores"), tmp_file("e2e-he.scores"));
     check_default_pos_weight(TB, tmp_file("e2e-tb.scores"), tmp_file("e2e-te.scores"));
-    dsf_close(TB);
-    dsf_close(TE);
-    dsf_close(HB);
-    dsf_close(HE);
+    duet_scores_close(TB);
+    duet_scores_close(TE);
+    duet_scores_close(HB);
+    duet_scores_close(HE);
     duet_model_free(b);
     duet_model_free(e);
 }

@@ -1,5 +1,5 @@
-/* progress.c: the progress line's text (see progress.h). */
-#include "base/progress.h"
+/* progress.c: the progress line's text (see duet.h, progress text). */
+#include "base/common.h"
 
 #include <math.h>
 #include <stdarg.h>

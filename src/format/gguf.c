@@ -935,6 +935,15 @@ void gguf_print(const gguf_file *f, void *stdio_file) {
     }
 }
 
+int duet_gguf_print(const char *path, FILE *out, duet_error *err) {
+    gguf_file *f = NULL;
+    int rc = gguf_open(path, &f, err);
+    if (rc != DUET_OK) return rc;
+    gguf_print(f, out);
+    gguf_close(f);
+    return DUET_OK;
+}
+
 /* ---- writer ------------------------------------------------------------------------------- */
 typedef struct bbuf {
     uint8_t *p;

@@ -52,7 +52,9 @@ const dtype_traits *dtype_info(int type) {
     return &k_types[type];
 }
 
-int dtype_from_name(const char *name) {
+_Static_assert((int)DUET_TYPE_F32 == (int)DT_F32, "duet.h names ggml's F32 id");
+
+int duet_type_from_name(const char *name) {
     for (int t = 0; t < DT_COUNT; t++)
         if (k_types[t].name && strcasecmp(k_types[t].name, name) == 0) return t;
     return -1;
@@ -332,7 +334,7 @@ static void dequantize_q6_K(const block_q6_K *x, float *y, int64_t n) {
 }
 
 /* ---- llama.cpp's mixed file types ------------------------------------------------------ */
-int quant_mix_from_name(const char *name) {
+int duet_type_mix_from_name(const char *name) {
     if (!strcasecmp(name, "q4_k_m")) return QMIX_Q4_K_M;
     if (!strcasecmp(name, "q5_k_m")) return QMIX_Q5_K_M;
     return -1;

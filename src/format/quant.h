@@ -26,6 +26,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "duet.h"
+
 enum {
     DT_F32 = 0, DT_F16 = 1, DT_Q4_0 = 2, DT_Q4_1 = 3, DT_Q5_0 = 6, DT_Q5_1 = 7, DT_Q8_0 = 8,
     DT_Q8_1 = 9, DT_Q2_K = 10, DT_Q3_K = 11, DT_Q4_K = 12, DT_Q5_K = 13, DT_Q6_K = 14,
@@ -96,8 +98,7 @@ typedef struct dtype_traits {
 
 /* NULL for an id that is not a known ggml type. */
 const dtype_traits *dtype_info(int type);
-/* Type id for a name ("q8_0", "Q8_0", "f16" ...), -1 if unknown. */
-int dtype_from_name(const char *name);
+/* duet_type_from_name (a name to a type id) is public: duet.h. */
 /* Bytes of a row of n elements; 0 if n is not a multiple of the block or type unknown. */
 size_t dtype_row_size(int type, int64_t n);
 
@@ -116,7 +117,7 @@ void quant_quantize_row(int type, const float *src, void *dst, int64_t n);
 /* llama.cpp's mixed file types, as `llama-quantize` names them ("q4_k_m"): most matrices
  * in one type, some in more bits. 0 = none (a uniform type). */
 enum { QMIX_NONE = 0, QMIX_Q4_K_M = 1, QMIX_Q5_K_M = 2 };
-int quant_mix_from_name(const char *name);       /* -1 if unknown */
+/* duet_type_mix_from_name (a name to a mix) is public: duet.h. */
 int quant_mix_base_type(int mix);                /* DT_Q4_K for QMIX_Q4_K_M ... */
 int quant_mix_file_type(int mix);                /* general.file_type (llama_ftype) */
 /* Type of tensor `name` ("output.weight", "blk.3.attn_v.weight", ...) of a model with

@@ -1,9 +1,10 @@
 /*
- * dataset.c: JSONL and plain-text datasets into (prompt, response) examples; see dataset.h.
+ * dataset.c: JSONL and plain-text datasets into (prompt, response) examples (the formats:
+ * duet.h, datasets).
  * JSON is parsed by Jansson (which also rejects invalid UTF-8 and NUL escapes inside
  * strings); plain text is checked for UTF-8 here. Every message names file:line.
  */
-#include "learn/dataset.h"
+#include "base/common.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -11,14 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/common.h"
 #include "base/hash.h"
 #include "base/utf8.h"
 
 #define GSM8K_PREFIX "Please solve the following math problem with detailed steps.\n\nQuestion: "
 #define GSM8K_SUFFIX "\nAnswer:"
 
-void ds_free(ds_dataset *d) {
+void duet_dataset_free(duet_dataset *d) {
     if (!d) return;
     for (int i = 0; i < d->n; i++) {
         free(d->ex[i].prompt);
@@ -30,7 +30,7 @@ void ds_free(ds_dataset *d) {
 }
 
 typedef struct builder {
-    ds_dataset *d;
+    duet_dataset *d;
     int cap;
 } builder;
 
@@ -39,7 +39,7 @@ static int add_example(builder *b, char *prompt, size_t plen, char *resp, size_t
                        duet_error *err) {
     if (b->d->n == b->cap) {
         int nc = b->cap ? 2 * b->cap : 256;
-        ds_example *ne = nc > b->cap ? realloc(b->d->ex, (size_t)nc * sizeof *ne) : NULL;
+        duet_dataset_example *ne = nc > b->cap ? realloc(b->d->ex, (size_t)nc * sizeof *ne) : NULL;
         if (!ne) {
             free(prompt);
             free(resp);
@@ -48,7 +48,7 @@ static int add_example(builder *b, char *prompt, size_t plen, char *resp, size_t
         b->d->ex = ne;
         b->cap = nc;
     }
-    b->d->ex[b->d->n++] = (ds_example){prompt, plen, resp, rlen, line};
+    b->d->ex[b->d->n++] = (duet_dataset_example){prompt, plen, resp, rlen, line};
     b->d->n_bytes += plen + rlen;
     return DUET_OK;
 }
@@ -217,7 +217,7 @@ done:
 }
 
 /* A failure at one example: stop, or count and go on (keeping the first message). */
-static int bad(builder *b, const ds_params *p, int rc, duet_error *err) {
+static int bad(builder *b, const duet_dataset_params *p, int rc, duet_error *err) {
     if (!p->skip_bad || rc == DUET_ERR_NOMEM) return rc;
     if (!b->d->n_bad++ && err) snprintf(b->d->first_bad, sizeof b->d->first_bad, "%s", err->msg);
     return DUET_OK;
@@ -229,7 +229,7 @@ static int line_is_blank(const char *s, size_t n) {
     return 1;
 }
 
-static int load_jsonl(builder *b, const char *buf, size_t len, const ds_params *p,
+static int load_jsonl(builder *b, const char *buf, size_t len, const duet_dataset_params *p,
                       duet_error *err) {
     int lineno = 0;
     for (size_t pos = 0; pos < len;) {
@@ -245,7 +245,7 @@ static int load_jsonl(builder *b, const char *buf, size_t len, const ds_params *
     return DUET_OK;
 }
 
-static int load_text(builder *b, const char *buf, size_t len, const ds_params *p,
+static int load_text(builder *b, const char *buf, size_t len, const duet_dataset_params *p,
                      duet_error *err) {
     int lineno = 0, para_line = 0;
     size_t para_start = 0, para_end = 0;
@@ -282,22 +282,22 @@ static int load_text(builder *b, const char *buf, size_t len, const ds_params *p
     return DUET_OK;
 }
 
-int ds_load_buffer(const char *buf, size_t len, const char *name, const ds_params *params,
-                   ds_dataset *d, duet_error *err) {
-    ds_params p = {0};
+int duet_dataset_load_buffer(const char *buf, size_t len, const char *name, const duet_dataset_params *params,
+                             duet_dataset *d, duet_error *err) {
+    duet_dataset_params p = {0};
     if (params) p = *params;
     memset(d, 0, sizeof *d);
     snprintf(d->path, sizeof d->path, "%s", name);
     d->hash = duet_fnv1a(DUET_FNV_SEED_SHORT, buf, len);
-    ds_format f = p.format;
-    if (f == DS_AUTO) {
+    duet_dataset_format f = p.format;
+    if (f == DUET_DATASET_AUTO) {
         size_t i = 0;
         while (i < len && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\r' || buf[i] == '\n')) i++;
-        f = i < len && buf[i] == '{' ? DS_JSONL : DS_TEXT;
+        f = i < len && buf[i] == '{' ? DUET_DATASET_JSONL : DUET_DATASET_TEXT;
     }
     d->format = f;
     builder b = {d, 0};
-    int rc = f == DS_JSONL ? load_jsonl(&b, buf, len, &p, err) : load_text(&b, buf, len, &p, err);
+    int rc = f == DUET_DATASET_JSONL ? load_jsonl(&b, buf, len, &p, err) : load_text(&b, buf, len, &p, err);
     if (!rc && d->n == 0) {
         if (d->n_bad)
             rc = duet_fail(err, DUET_ERR_FORMAT, "%s: no usable examples (%d bad, the first: %s)",
@@ -305,11 +305,11 @@ int ds_load_buffer(const char *buf, size_t len, const char *name, const ds_param
         else
             rc = duet_fail(err, DUET_ERR_FORMAT, "%s: no usable examples (the file is empty)", name);
     }
-    if (rc) ds_free(d);
+    if (rc) duet_dataset_free(d);
     return rc;
 }
 
-int ds_load(const char *path, const ds_params *p, ds_dataset *d, duet_error *err) {
+int duet_dataset_load(const char *path, const duet_dataset_params *p, duet_dataset *d, duet_error *err) {
     memset(d, 0, sizeof *d);
     FILE *f = fopen(path, "rb");
     if (!f) return duet_fail(err, DUET_ERR_IO, "%s: %s", path, strerror(errno));
@@ -330,7 +330,7 @@ int ds_load(const char *path, const ds_params *p, ds_dataset *d, duet_error *err
     if (!buf) rc = duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory reading the file", path);
     else if (ferror(f)) rc = duet_fail(err, DUET_ERR_IO, "%s: read error", path);
     fclose(f);
-    if (!rc) rc = ds_load_buffer(buf, n, path, p, d, err);
+    if (!rc) rc = duet_dataset_load_buffer(buf, n, path, p, d, err);
     free(buf);
     return rc;
 }

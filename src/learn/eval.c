@@ -1,5 +1,5 @@
 /*
- * eval.c: evaluating routing policies (see eval.h). Owns the evaluation data (problems or a
+ * eval.c: evaluating routing policies (see duet.h, evaluation). Owns the evaluation data (problems or a
  * text), the teacher-forced token records of the nll task, the calibration scores that turn
  * a target deferral rate into a threshold, and the JSON report.
  * Invariants: generation goes only through the public collab API (so eval measures exactly
@@ -19,29 +19,29 @@
 #include "learn/answers.h"
 #include "collab/vocab_bridge.h"
 
-#define N_ROUTERS (EVAL_POLICY_ORACLE + 1)
+#define N_ROUTERS (DUET_EVAL_POLICY_ORACLE + 1)
 
-static const char *k_tasks[EVAL_TASK_COUNT] = {"nll", "gsm8k", "math"};
+static const char *k_tasks[DUET_EVAL_TASK_COUNT] = {"nll", "gsm8k", "math"};
 static const char *k_prompt_fmt =
     "Please solve the following math problem with detailed steps.\n\nQuestion: %s\nAnswer:";
 static const char *const k_default_stops[1] = {"\n\nQuestion:"};
 
-int eval_task_from_name(const char *name) {
-    for (int i = 0; i < EVAL_TASK_COUNT; i++)
+int duet_eval_task_from_name(const char *name) {
+    for (int i = 0; i < DUET_EVAL_TASK_COUNT; i++)
         if (!strcmp(name, k_tasks[i])) return i;
     return -1;
 }
-const char *eval_task_name(int t) { return t >= 0 && t < EVAL_TASK_COUNT ? k_tasks[t] : "?"; }
-const char *eval_metric_name(int t) { return t == EVAL_TASK_NLL ? "nll_per_byte" : "accuracy"; }
-int eval_higher_is_better(int t) { return t != EVAL_TASK_NLL; }
+const char *duet_eval_task_name(int t) { return t >= 0 && t < DUET_EVAL_TASK_COUNT ? k_tasks[t] : "?"; }
+const char *duet_eval_metric_name(int t) { return t == DUET_EVAL_TASK_NLL ? "nll_per_byte" : "accuracy"; }
+int duet_eval_higher_is_better(int t) { return t != DUET_EVAL_TASK_NLL; }
 
-int eval_policy_from_name(const char *name) {
-    return !strcmp(name, "oracle") ? EVAL_POLICY_ORACLE : duet_policy_from_name(name);
+int duet_eval_policy_from_name(const char *name) {
+    return !strcmp(name, "oracle") ? DUET_EVAL_POLICY_ORACLE : duet_policy_from_name(name);
 }
-const char *eval_policy_name(int p) { return p == EVAL_POLICY_ORACLE ? "oracle" : duet_policy_name(p); }
-int eval_policy_thresholded(int p) {
+const char *duet_eval_policy_name(int p) { return p == DUET_EVAL_POLICY_ORACLE ? "oracle" : duet_policy_name(p); }
+int duet_eval_policy_thresholded(int p) {
     return p == DUET_POLICY_COLLM || p == DUET_POLICY_COMPOSE || p == DUET_POLICY_UNCERTAINTY ||
-           p == EVAL_POLICY_ORACLE;
+           p == DUET_EVAL_POLICY_ORACLE;
 }
 static int uses_head(int p) { return p == DUET_POLICY_COLLM || p == DUET_POLICY_COMPOSE; }
 
@@ -83,10 +83,10 @@ typedef struct tf_data {
     int n_unknown;              /* gold tokens of the base's "unknown" type */
 } tf_data;
 
-struct eval_ctx {
+struct duet_eval {
     duet_model *base, *expert, *anti;
     const duet_head *head;
-    eval_params p;
+    duet_eval_params p;
     const char *const *stops;
     int n_stops, n_ctx;
     char path[1024];
@@ -125,11 +125,11 @@ static const char *str_field(json_t *o, const char *key, const char *path, long 
  * (or the last \boxed{} of "solution"). */
 static int parse_problem(json_t *o, int task, const char *path, long line, problem *pb,
                          duet_error *err) {
-    const char *q = str_field(o, task == EVAL_TASK_GSM8K ? "question" : "problem", path, line, 1, err);
+    const char *q = str_field(o, task == DUET_EVAL_TASK_GSM8K ? "question" : "problem", path, line, 1, err);
     if (!q) return DUET_ERR_FORMAT;
-    const char *ref = str_field(o, "answer", path, line, task == EVAL_TASK_GSM8K, err);
+    const char *ref = str_field(o, "answer", path, line, task == DUET_EVAL_TASK_GSM8K, err);
     char boxed[ANSWERS_CAP];
-    if (!ref && task == EVAL_TASK_GSM8K) return DUET_ERR_FORMAT;
+    if (!ref && task == DUET_EVAL_TASK_GSM8K) return DUET_ERR_FORMAT;
     if (!ref) {
         const char *sol = str_field(o, "solution", path, line, 0, err);
         if (!sol || !answers_math_extract(sol, boxed, sizeof boxed))
@@ -138,7 +138,7 @@ static int parse_problem(json_t *o, int task, const char *path, long line, probl
         ref = boxed;
     }
     double v;
-    if (task == EVAL_TASK_GSM8K && !answers_gsm8k_reference(ref, &v))
+    if (task == DUET_EVAL_TASK_GSM8K && !answers_gsm8k_reference(ref, &v))
         return duet_fail(err, DUET_ERR_FORMAT, "%s:%ld: field 'answer' has no number after '####'",
                          path, line);
     size_t n = strlen(k_prompt_fmt) + strlen(q) + 1;
@@ -189,7 +189,7 @@ static int load_problems(const char *path, int task, int limit, problems *out, d
 
 /* Tokenize every prompt; one that does not leave room for the answer keeps BOS and its
  * last tokens (the question's end and "Answer:" matter most), and is counted. */
-static int tokenize_prompts(eval_ctx *c, problems *ps, duet_error *err) {
+static int tokenize_prompts(duet_eval *c, problems *ps, duet_error *err) {
     int max_new = c->p.max_tokens, room = DUET_MIN(max_new, c->n_ctx / 2);
     int budget = c->n_ctx - room;
     int32_t bos = duet_token_bos(c->base);
@@ -212,12 +212,12 @@ static int tokenize_prompts(eval_ctx *c, problems *ps, duet_error *err) {
     return DUET_OK;
 }
 
-int eval_open(duet_model *base, duet_model *expert, duet_model *anti, const duet_head *head,
-              const char *data_path, const eval_params *params, eval_ctx **out, duet_error *err) {
+int duet_eval_open(duet_model *base, duet_model *expert, duet_model *anti, const duet_head *head,
+                   const char *data_path, const duet_eval_params *params, duet_eval **out, duet_error *err) {
     *out = NULL;
-    if (!params || params->task < 0 || params->task >= EVAL_TASK_COUNT)
+    if (!params || params->task < 0 || params->task >= DUET_EVAL_TASK_COUNT)
         return duet_fail(err, DUET_ERR_ARG, "unknown task %d", params ? params->task : -1);
-    eval_ctx *c = calloc(1, sizeof *c);
+    duet_eval *c = calloc(1, sizeof *c);
     if (!c) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     c->base = base;
     c->expert = expert;
@@ -243,7 +243,7 @@ int eval_open(duet_model *base, duet_model *expert, duet_model *anti, const duet
                        duet_model_hparams(base)->n_embd);
     else if (n_ctx < 8)
         rc = duet_fail(err, DUET_ERR_ARG, "context of %d tokens is too small to evaluate", n_ctx);
-    if (!rc && c->p.task == EVAL_TASK_NLL) {
+    if (!rc && c->p.task == DUET_EVAL_TASK_NLL) {
         FILE *f = fopen(data_path, "rb");
         if (!f) {
             rc = duet_fail(err, DUET_ERR_IO, "%s: %s", data_path, strerror(errno));
@@ -269,14 +269,14 @@ int eval_open(duet_model *base, duet_model *expert, duet_model *anti, const duet
         if (!rc) rc = tokenize_prompts(c, &c->data, err);
     }
     if (rc) {
-        eval_close(c);
+        duet_eval_close(c);
         return rc;
     }
     *out = c;
     return DUET_OK;
 }
 
-void eval_close(eval_ctx *c) {
+void duet_eval_close(duet_eval *c) {
     if (!c) return;
     problems_free(&c->data);
     free(c->text);
@@ -305,7 +305,7 @@ static double row_stats(const float *l, int n, int tok, float *entropy, float *m
     return (double)l[tok] - mx - log(z);
 }
 
-static void progress(eval_ctx *c, const char *what, long done, long total) {
+static void progress(duet_eval *c, const char *what, long done, long total) {
     if (c->p.progress) c->p.progress(c->p.ud, what, done, total);
 }
 
@@ -318,7 +318,7 @@ static int tf_alloc(tf_data *t, int n) {
     return ok ? DUET_OK : DUET_ERR_NOMEM;
 }
 
-static int tf_run(eval_ctx *c, duet_error *err) {
+static int tf_run(duet_eval *c, duet_error *err) {
     if (c->tf_done) return DUET_OK;
     tf_data *t = &c->tf;
     duet_model *b = c->base, *e = c->expert;
@@ -406,7 +406,7 @@ static int count_token(void *ud, const duet_gen *g, const duet_collab_token *t) 
  * for the same prompt and stops) into out. scores (may be NULL) collects each emitted token's
  * policy score; *n_gen and *n_def count the emitted tokens and those the expert chose (a
  * deferred EOS is not a token). */
-static int generate(eval_ctx *c, duet_collab *co, const problem *pb, duet_buf *out, fvec *scores,
+static int generate(duet_eval *c, duet_collab *co, const problem *pb, duet_buf *out, fvec *scores,
                     int *n_gen, int *n_def, duet_error *err) {
     out->n = 0;
     *n_gen = *n_def = 0;
@@ -433,7 +433,7 @@ static int generate(eval_ctx *c, duet_collab *co, const problem *pb, duet_buf *o
 /* Score an answer; pred gets the extracted answer ("" when none). */
 static int score_answer(int task, const char *output, const char *reference, char *pred, size_t cap) {
     pred[0] = 0;
-    if (task == EVAL_TASK_GSM8K) {
+    if (task == DUET_EVAL_TASK_GSM8K) {
         double v;
         if (answers_last_number(output, strlen(output), &v)) snprintf(pred, cap, "%.15g", v);
         return answers_gsm8k_correct(output, reference);
@@ -442,7 +442,7 @@ static int score_answer(int task, const char *output, const char *reference, cha
     return answers_math_correct(output, reference);
 }
 
-static int collab_for(eval_ctx *c, const duet_collab_params *cp, duet_collab **co, duet_error *err) {
+static int collab_for(duet_eval *c, const duet_collab_params *cp, duet_collab **co, duet_error *err) {
     int pol = cp->policy;
     return duet_collab_new(c->base, pol == DUET_POLICY_BASE ? NULL : c->expert,
                            pol == DUET_POLICY_PROXY ? c->anti : NULL, uses_head(pol) ? c->head : NULL,
@@ -452,22 +452,22 @@ static int collab_for(eval_ctx *c, const duet_collab_params *cp, duet_collab **c
 /* ---- calibration ----------------------------------------------------------------------- */
 static int router_slot(int policy) { return policy == DUET_POLICY_COMPOSE ? DUET_POLICY_COLLM : policy; }
 
-int eval_calibration(eval_ctx *c, int policy, const float **scores, int *n, duet_error *err) {
-    if (!eval_policy_thresholded(policy))
-        return duet_fail(err, DUET_ERR_ARG, "policy %s has no threshold to calibrate", eval_policy_name(policy));
+int duet_eval_calibration(duet_eval *c, int policy, const float **scores, int *n, duet_error *err) {
+    if (!duet_eval_policy_thresholded(policy))
+        return duet_fail(err, DUET_ERR_ARG, "policy %s has no threshold to calibrate", duet_eval_policy_name(policy));
     if (uses_head(policy) && !c->head)
-        return duet_fail(err, DUET_ERR_ARG, "policy %s needs a deferral head (--head)", eval_policy_name(policy));
+        return duet_fail(err, DUET_ERR_ARG, "policy %s needs a deferral head (--head)", duet_eval_policy_name(policy));
     int slot = router_slot(policy), rc = DUET_OK;
     fvec *f = &c->calib[slot];
-    if (c->p.task == EVAL_TASK_NLL) {
-        if (policy == EVAL_POLICY_ORACLE && !c->expert)
+    if (c->p.task == DUET_EVAL_TASK_NLL) {
+        if (policy == DUET_EVAL_POLICY_ORACLE && !c->expert)
             return duet_fail(err, DUET_ERR_ARG, "policy oracle needs an expert model (--expert)");
         if ((rc = tf_run(c, err))) return rc;
-        *scores = uses_head(policy) ? c->tf.score : policy == EVAL_POLICY_ORACLE ? c->tf.gain : c->tf.entropy;
+        *scores = uses_head(policy) ? c->tf.score : policy == DUET_EVAL_POLICY_ORACLE ? c->tf.gain : c->tf.entropy;
         *n = c->tf.n;
         return DUET_OK;
     }
-    if (policy == EVAL_POLICY_ORACLE)
+    if (policy == DUET_EVAL_POLICY_ORACLE)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "policy oracle needs gold tokens: only --task nll");
     if (!c->calib_done[slot]) {
         /* base-only greedy: the policy never defers (eta 1 / infinite entropy threshold), so
@@ -478,7 +478,7 @@ int eval_calibration(eval_ctx *c, int policy, const float **scores, int *n, duet
         duet_buf text = {0};
         int np = DUET_MIN(c->p.n_calib, c->data.n);
         char what[64];
-        snprintf(what, sizeof what, "calibrating %s", eval_policy_name(slot));
+        snprintf(what, sizeof what, "calibrating %s", duet_eval_policy_name(slot));
         f->n = 0;
         rc = collab_for(c, &cp, &co, err);
         for (int i = 0; !rc && i < np; i++) {
@@ -501,7 +501,7 @@ static int cmp_desc(const void *a, const void *b) {
     return (x < y) - (x > y);
 }
 
-double eval_rate_threshold(const float *scores, int n, double rate) {
+double duet_eval_rate_threshold(const float *scores, int n, double rate) {
     float *s = malloc((size_t)(n > 0 ? n : 1) * sizeof *s);
     if (!s) return NAN;
     int m = 0;
@@ -519,14 +519,14 @@ static double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
 
 /* The threshold a thresholded spec compares its score with (logit for collm/compose), and the
  * value to report (eta for collm/compose). */
-static int resolve_threshold(eval_ctx *c, const eval_spec *s, double *cmp, double *report, duet_error *err) {
+static int resolve_threshold(duet_eval *c, const duet_eval_spec *s, double *cmp, double *report, duet_error *err) {
     int pol = s->policy;
     if (s->rate >= 0) {
         if (!(s->rate <= 1)) return duet_fail(err, DUET_ERR_ARG, "deferral rate %g is outside [0, 1]", s->rate);
         const float *sc;
-        int n, rc = eval_calibration(c, pol, &sc, &n, err);
+        int n, rc = duet_eval_calibration(c, pol, &sc, &n, err);
         if (rc) return rc;
-        *cmp = eval_rate_threshold(sc, n, s->rate);
+        *cmp = duet_eval_rate_threshold(sc, n, s->rate);
         if (isnan(*cmp)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
         *report = uses_head(pol) ? sigmoid(*cmp) : *cmp;
         return DUET_OK;
@@ -546,25 +546,25 @@ static int resolve_threshold(eval_ctx *c, const eval_spec *s, double *cmp, doubl
     return DUET_OK;
 }
 
-static int check_models(eval_ctx *c, int pol, duet_error *err) {
-    if (pol < 0 || pol > EVAL_POLICY_ORACLE) return duet_fail(err, DUET_ERR_ARG, "unknown policy %d", pol);
+static int check_models(duet_eval *c, int pol, duet_error *err) {
+    if (pol < 0 || pol > DUET_EVAL_POLICY_ORACLE) return duet_fail(err, DUET_ERR_ARG, "unknown policy %d", pol);
     if (pol != DUET_POLICY_BASE && !c->expert)
-        return duet_fail(err, DUET_ERR_ARG, "policy %s needs an expert model (--expert)", eval_policy_name(pol));
+        return duet_fail(err, DUET_ERR_ARG, "policy %s needs an expert model (--expert)", duet_eval_policy_name(pol));
     if (uses_head(pol) && !c->head)
-        return duet_fail(err, DUET_ERR_ARG, "policy %s needs a deferral head (--head)", eval_policy_name(pol));
+        return duet_fail(err, DUET_ERR_ARG, "policy %s needs a deferral head (--head)", duet_eval_policy_name(pol));
     if (pol == DUET_POLICY_PROXY && !c->anti)
         return duet_fail(err, DUET_ERR_ARG, "policy proxy needs a third (anti-expert) model (--anti)");
     return DUET_OK;
 }
 
-static int eval_nll(eval_ctx *c, const eval_spec *s, eval_result *r, duet_error *err) {
+static int eval_nll(duet_eval *c, const duet_eval_spec *s, duet_eval_result *r, duet_error *err) {
     int pol = s->policy, rc = tf_run(c, err);
     if (rc) return rc;
     if (pol == DUET_POLICY_PROXY || pol == DUET_POLICY_CONTRASTIVE)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "policy %s mixes whole distributions: not "
-                         "available for --task nll", eval_policy_name(pol));
+                         "available for --task nll", duet_eval_policy_name(pol));
     double cmp = NAN, rate = NAN;
-    if (eval_policy_thresholded(pol) && (rc = resolve_threshold(c, s, &cmp, &r->threshold, err))) return rc;
+    if (duet_eval_policy_thresholded(pol) && (rc = resolve_threshold(c, s, &cmp, &r->threshold, err))) return rc;
     if (pol == DUET_POLICY_RANDOM) {
         if (!(s->rate >= 0 && s->rate <= 1))
             return duet_fail(err, DUET_ERR_ARG, "policy random needs a deferral rate in [0, 1]");
@@ -583,7 +583,7 @@ static int eval_nll(eval_ctx *c, const eval_spec *s, eval_result *r, duet_error 
         case DUET_POLICY_RANDOM: d = (double)(duet_splitmix64(&rng) >> 11) * 0x1.0p-53 < rate; break;
         case DUET_POLICY_CONFIDENCE: d = t->maxlp_e[i] > t->maxlp_b[i]; calls++; break;
         case DUET_POLICY_UNCERTAINTY: d = t->entropy[i] > cmp; break;
-        case EVAL_POLICY_ORACLE: d = t->gain[i] > cmp; break;
+        case DUET_EVAL_POLICY_ORACLE: d = t->gain[i] > cmp; break;
         default: d = t->score[i] > cmp; break; /* collm, compose */
         }
         if (d && pol == DUET_POLICY_COMPOSE) { /* log((1-p) Pb + p Pe) */
@@ -610,13 +610,13 @@ static int eval_nll(eval_ctx *c, const eval_spec *s, eval_result *r, duet_error 
     return DUET_OK;
 }
 
-static int eval_generation(eval_ctx *c, const eval_spec *s, eval_result *r, duet_error *err) {
+static int eval_generation(duet_eval *c, const duet_eval_spec *s, duet_eval_result *r, duet_error *err) {
     int pol = s->policy, rc;
-    if (pol == EVAL_POLICY_ORACLE)
+    if (pol == DUET_EVAL_POLICY_ORACLE)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "policy oracle needs gold tokens: only --task nll");
     duet_collab_params cp = {.policy = (duet_policy)pol, .threshold = -1, .n_ctx = c->n_ctx};
     cp.sampling.seed = c->p.seed;
-    if (eval_policy_thresholded(pol)) {
+    if (duet_eval_policy_thresholded(pol)) {
         double cmp;
         if ((rc = resolve_threshold(c, s, &cmp, &r->threshold, err))) return rc;
         if (uses_head(pol)) { /* eta; a quantile of saturated scores must not round to 1 */
@@ -635,8 +635,8 @@ static int eval_generation(eval_ctx *c, const eval_spec *s, eval_result *r, duet
     if ((rc = collab_for(c, &cp, &co, err))) return rc;
     duet_buf text = {0};
     char what[96];
-    if (s->rate >= 0) snprintf(what, sizeof what, "%s @%.2f", eval_policy_name(pol), s->rate);
-    else snprintf(what, sizeof what, "%s", eval_policy_name(pol));
+    if (s->rate >= 0) snprintf(what, sizeof what, "%s @%.2f", duet_eval_policy_name(pol), s->rate);
+    else snprintf(what, sizeof what, "%s", duet_eval_policy_name(pol));
     double frac_sum = 0;
     for (int i = 0; !rc && i < c->data.n; i++) {
         const problem *pb = &c->data.v[i];
@@ -666,46 +666,46 @@ static int eval_generation(eval_ctx *c, const eval_spec *s, eval_result *r, duet
     return DUET_OK;
 }
 
-int eval_one(eval_ctx *c, const eval_spec *spec, eval_result *out, duet_error *err) {
+int duet_eval_one(duet_eval *c, const duet_eval_spec *spec, duet_eval_result *out, duet_error *err) {
     memset(out, 0, sizeof *out);
     out->spec = *spec;
     out->threshold = out->rate = NAN;
-    if (spec->rate >= 0 && (eval_policy_thresholded(spec->policy) || spec->policy == DUET_POLICY_RANDOM))
+    if (spec->rate >= 0 && (duet_eval_policy_thresholded(spec->policy) || spec->policy == DUET_POLICY_RANDOM))
         out->rate = spec->rate;
     int rc = check_models(c, spec->policy, err);
     if (rc) return rc;
-    return c->p.task == EVAL_TASK_NLL ? eval_nll(c, spec, out, err) : eval_generation(c, spec, out, err);
+    return c->p.task == DUET_EVAL_TASK_NLL ? eval_nll(c, spec, out, err) : eval_generation(c, spec, out, err);
 }
 
-int eval_run(eval_ctx *c, const eval_spec *specs, int n, eval_result *out, duet_error *err) {
+int duet_eval_run(duet_eval *c, const duet_eval_spec *specs, int n, duet_eval_result *out, duet_error *err) {
     int collm = -1, rc = DUET_OK;
     for (int i = 0; i < n && !rc; i++) {
-        int later = (specs[i].policy == DUET_POLICY_RANDOM || specs[i].policy == EVAL_POLICY_ORACLE) &&
+        int later = (specs[i].policy == DUET_POLICY_RANDOM || specs[i].policy == DUET_EVAL_POLICY_ORACLE) &&
                     specs[i].rate < 0;
         if (later) continue;
-        rc = eval_one(c, &specs[i], &out[i], err);
+        rc = duet_eval_one(c, &specs[i], &out[i], err);
         if (!rc && specs[i].policy == DUET_POLICY_COLLM && collm < 0) collm = i;
     }
     for (int i = 0; i < n && !rc; i++) {
-        if (!((specs[i].policy == DUET_POLICY_RANDOM || specs[i].policy == EVAL_POLICY_ORACLE) &&
+        if (!((specs[i].policy == DUET_POLICY_RANDOM || specs[i].policy == DUET_EVAL_POLICY_ORACLE) &&
               specs[i].rate < 0))
             continue;
         if (collm < 0)
             return duet_fail(err, DUET_ERR_ARG, "policy %s needs a deferral rate (--defer-rate) or "
-                             "collm in the same run to match", eval_policy_name(specs[i].policy));
-        eval_spec s = specs[i];
+                             "collm in the same run to match", duet_eval_policy_name(specs[i].policy));
+        duet_eval_spec s = specs[i];
         s.rate = out[collm].deferral_frequency;
-        rc = eval_one(c, &s, &out[i], err);
+        rc = duet_eval_one(c, &s, &out[i], err);
         out[i].spec = specs[i];
     }
     return rc;
 }
 
-int eval_task(const eval_ctx *c) { return c->p.task; }
-int eval_n_unknown(const eval_ctx *c) { return c->tf_done ? c->tf.n_unknown : 0; }
+int duet_eval_task(const duet_eval *c) { return c->p.task; }
+int duet_eval_n_unknown(const duet_eval *c) { return c->tf_done ? c->tf.n_unknown : 0; }
 
-int eval_size(eval_ctx *c, duet_error *err) {
-    if (c->p.task != EVAL_TASK_NLL) return c->data.n;
+int duet_eval_size(duet_eval *c, duet_error *err) {
+    if (c->p.task != DUET_EVAL_TASK_NLL) return c->data.n;
     int rc = tf_run(c, err);
     return rc ? rc : c->tf.n;
 }
@@ -713,14 +713,14 @@ int eval_size(eval_ctx *c, duet_error *err) {
 /* ---- reports ---------------------------------------------------------------------------- */
 static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
-json_t *eval_results_json(int task, const char *data_path, const eval_result *r, int n) {
+json_t *duet_eval_results_json(int task, const char *data_path, const duet_eval_result *r, int n) {
     json_t *root = json_object(), *arr = json_array();
-    json_object_set_new(root, "task", json_string(eval_task_name(task)));
+    json_object_set_new(root, "task", json_string(duet_eval_task_name(task)));
     json_object_set_new(root, "data", json_string(data_path));
     for (int i = 0; i < n; i++) {
         json_t *o = json_object();
-        json_object_set_new(o, "policy", json_string(eval_policy_name(r[i].spec.policy)));
-        json_object_set_new(o, "metric", json_string(eval_metric_name(task)));
+        json_object_set_new(o, "policy", json_string(duet_eval_policy_name(r[i].spec.policy)));
+        json_object_set_new(o, "metric", json_string(duet_eval_metric_name(task)));
         json_object_set_new(o, "value", num(r[i].value));
         json_object_set_new(o, "deferral_frequency", num(r[i].deferral_frequency));
         json_object_set_new(o, "expert_calls", json_integer(r[i].expert_calls));
@@ -729,7 +729,7 @@ json_t *eval_results_json(int task, const char *data_path, const eval_result *r,
         json_object_set_new(o, "threshold", num(r[i].threshold));
         json_object_set_new(o, "tokens", json_integer(r[i].n_tokens));
         json_object_set_new(o, "deferred", json_integer(r[i].n_deferred));
-        if (task != EVAL_TASK_NLL) {
+        if (task != DUET_EVAL_TASK_NLL) {
             json_object_set_new(o, "deferral_frequency_examples", num(r[i].deferral_frequency_examples));
             json_object_set_new(o, "examples", json_integer(r[i].n_examples));
             json_object_set_new(o, "correct", json_integer(r[i].n_correct));
@@ -741,11 +741,20 @@ json_t *eval_results_json(int task, const char *data_path, const eval_result *r,
     return root;
 }
 
-int eval_text_save(const char *text, size_t len, const char *path, duet_error *err) {
+int duet_eval_results_save(int task, const char *data_path, const duet_eval_result *r, int n,
+                           const char *path, duet_error *err) {
+    json_t *j = duet_eval_results_json(task, data_path, r, n);
+    if (!j) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory building the results", path);
+    int rc = duet_eval_json_save(j, path, err);
+    json_decref(j);
+    return rc;
+}
+
+int duet_eval_text_save(const char *text, size_t len, const char *path, duet_error *err) {
     return duet_atomic_write(path, text, len, err);
 }
 
-int eval_json_save(json_t *root, const char *path, duet_error *err) {
+int duet_eval_json_save(json_t *root, const char *path, duet_error *err) {
     char *s = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
     if (!s) return duet_fail(err, DUET_ERR_NOMEM, "%s: cannot serialise the report", path);
     size_t n = strlen(s);
@@ -756,7 +765,7 @@ int eval_json_save(json_t *root, const char *path, duet_error *err) {
         s = t;
         s[n++] = '\n';
         s[n] = 0;
-        rc = eval_text_save(s, n, path, err);
+        rc = duet_eval_text_save(s, n, path, err);
     }
     free(s);
     return rc;

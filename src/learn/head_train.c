@@ -2,7 +2,7 @@
  * head_train.c: the deferral head trainer (see head_train.h): pair check, pseudo-labels,
  * losses with hand-written gradients, AdamW, validation routing and checkpoint selection,
  * the JSON report.
- * Invariants: token k of the pair is the same gold token in both files (ht_check_pair);
+ * Invariants: token k of the pair is the same gold token in both files (duet_head_train_check_pair);
  * theta holds standardised-feature weights while training and is folded into raw weights
  * only when the head is written out.
  */
@@ -19,7 +19,7 @@
 #include "base/common.h"
 #include "format/quant.h"
 
-const double ht_rates[HT_N_RATES] = {0.1, 0.2, 0.3, 0.4, 0.5};
+const double duet_head_train_rates[DUET_HT_N_RATES] = {0.1, 0.2, 0.3, 0.4, 0.5};
 
 /* ---- F16 rows ---------------------------------------------------------------------------- */
 static float g_f16[65536];
@@ -32,7 +32,7 @@ static void f16_row(const uint16_t *src, float *dst, int n) {
 }
 
 /* ---- the head and its losses ------------------------------------------------------------- */
-void ht_layout_init(ht_layout *L, int features, int n_embd) {
+void duet_head_train_layout_init(duet_head_train_layout *L, int features, int n_embd) {
     if (!features) features = DUET_HEAD_FEAT_HIDDEN;
     int k = 0;
     L->features = features;
@@ -52,7 +52,7 @@ static double sig(double x) {
     return e / (1 + e);
 }
 
-static double tok_score(const ht_layout *L, const ht_batch *b, int i, const double *th) {
+static double tok_score(const duet_head_train_layout *L, const duet_head_train_batch *b, int i, const double *th) {
     double s = 0;
     if (L->i_u >= 0) {
         const float *h = b->hidden + (size_t)i * L->n_embd;
@@ -65,15 +65,15 @@ static double tok_score(const ht_layout *L, const ht_batch *b, int i, const doub
 }
 
 /* Per-token loss at score s and its derivative d loss / d s. */
-static double tok_loss(ht_objective obj, double s, double lpb, double lpe, double z, double cost,
+static double tok_loss(duet_head_objective obj, double s, double lpb, double lpe, double z, double cost,
                        double pw, double *dlds) {
-    if (obj == HT_GAIN) {
+    if (obj == DUET_HT_GAIN) {
         double d = lpe - lpb;
-        d = d > HT_GAIN_CLIP ? HT_GAIN_CLIP : d < -HT_GAIN_CLIP ? -HT_GAIN_CLIP : d;
+        d = d > DUET_HT_GAIN_CLIP ? DUET_HT_GAIN_CLIP : d < -DUET_HT_GAIN_CLIP ? -DUET_HT_GAIN_CLIP : d;
         if (dlds) *dlds = s - d;
         return 0.5 * (s - d) * (s - d);
     }
-    if (obj == HT_WEAK) {
+    if (obj == DUET_HT_WEAK) {
         double sg = sig(s);
         if (dlds) *dlds = pw * z * (sg - 1) + (1 - z) * sg;
         return -(pw * z * log_sig(s) + (1 - z) * log_sig(-s));
@@ -84,15 +84,15 @@ static double tok_loss(ht_objective obj, double s, double lpb, double lpe, doubl
     return -lse + cost * sg;
 }
 
-double ht_loss_grad(const ht_layout *L, const ht_batch *b, ht_objective obj, double defer_cost,
-                    double pos_weight, const double *th, double *grad) {
+double duet_head_train_loss_grad(const duet_head_train_layout *L, const duet_head_train_batch *b, duet_head_objective obj, double defer_cost,
+                                 double pos_weight, const double *th, double *grad) {
     if (grad) memset(grad, 0, (size_t)L->n_param * sizeof *grad);
     if (b->n <= 0) return 0;
     double tot = 0, inv = 1.0 / b->n;
     for (int i = 0; i < b->n; i++) {
         double s = tok_score(L, b, i, th), g;
-        tot += tok_loss(obj, s, obj != HT_WEAK ? b->lpb[i] : 0, obj != HT_WEAK ? b->lpe[i] : 0,
-                        obj == HT_WEAK ? b->label[i] : 0, defer_cost, pos_weight, &g);
+        tot += tok_loss(obj, s, obj != DUET_HT_WEAK ? b->lpb[i] : 0, obj != DUET_HT_WEAK ? b->lpe[i] : 0,
+                        obj == DUET_HT_WEAK ? b->label[i] : 0, defer_cost, pos_weight, &g);
         if (!grad) continue;
         g *= inv;
         if (L->i_u >= 0) {
@@ -128,8 +128,8 @@ static void route_curve(kv *p, int64_t n, const float *lpb, const float *lpe, do
     for (int64_t i = 0; i < n; i++) base -= lpb[i];
     double acc = 0;
     int64_t done = 0;
-    for (int r = 0; r < HT_N_RATES; r++) {
-        int64_t k = (int64_t)llround(ht_rates[r] * (double)n);
+    for (int r = 0; r < DUET_HT_N_RATES; r++) {
+        int64_t k = (int64_t)llround(duet_head_train_rates[r] * (double)n);
         for (; done < k; done++) acc += lpb[p[done].i] - lpe[p[done].i];
         out[r] = (base + acc) / (double)n;
     }
@@ -138,7 +138,7 @@ static void route_curve(kv *p, int64_t n, const float *lpb, const float *lpe, do
 /* All curves for n tokens; score may be NULL (head curve left as NaN). */
 static int routing_fill(const double *score, const float *lpb, const float *lpe,
                         const float *ent, const float *maxlp, int64_t n, uint64_t n_bytes,
-                        ht_routing *out, duet_error *err) {
+                        duet_head_routing *out, duet_error *err) {
     memset(out, 0, sizeof *out);
     out->n_tok = n;
     out->n_bytes = n_bytes;
@@ -151,8 +151,8 @@ static int routing_fill(const double *score, const float *lpb, const float *lpe,
     }
     out->base = n ? sb / (double)n : 0;
     out->expert = n ? se / (double)n : 0;
-    for (int r = 0; r < HT_N_RATES; r++)
-        out->random[r] = (1 - ht_rates[r]) * out->base + ht_rates[r] * out->expert;
+    for (int r = 0; r < DUET_HT_N_RATES; r++)
+        out->random[r] = (1 - duet_head_train_rates[r]) * out->base + duet_head_train_rates[r] * out->expert;
     for (int64_t i = 0; i < n; i++) p[i].k = (double)lpe[i] - lpb[i];
     route_curve(p, n, lpb, lpe, out->oracle);
     for (int64_t i = 0; i < n; i++) p[i].k = ent[i];
@@ -160,21 +160,21 @@ static int routing_fill(const double *score, const float *lpb, const float *lpe,
     for (int64_t i = 0; i < n; i++) p[i].k = -maxlp[i];
     route_curve(p, n, lpb, lpe, out->confidence);
     out->head_mean = NAN;
-    for (int r = 0; r < HT_N_RATES; r++) out->head[r] = NAN;
+    for (int r = 0; r < DUET_HT_N_RATES; r++) out->head[r] = NAN;
     if (score) {
         for (int64_t i = 0; i < n; i++) p[i].k = score[i];
         route_curve(p, n, lpb, lpe, out->head);
         out->head_mean = 0;
-        for (int r = 0; r < HT_N_RATES; r++) out->head_mean += out->head[r] / HT_N_RATES;
+        for (int r = 0; r < DUET_HT_N_RATES; r++) out->head_mean += out->head[r] / DUET_HT_N_RATES;
     }
     free(p);
     return DUET_OK;
 }
 
 /* ---- the pair of score files --------------------------------------------------------------- */
-int ht_check_pair(const dsf_file *B, const dsf_file *E, duet_error *err) {
-    const dsf_header *hb = dsf_hdr(B), *he = dsf_hdr(E);
-    const char *pb = dsf_path(B), *pe = dsf_path(E);
+int duet_head_train_check_pair(const duet_scores *B, const duet_scores *E, duet_error *err) {
+    const duet_scores_header *hb = duet_scores_get_header(B), *he = duet_scores_get_header(E);
+    const char *pb = duet_scores_path(B), *pe = duet_scores_path(E);
     if (hb->ids_vocab_hash != he->ids_vocab_hash || hb->ids_n_vocab != he->ids_n_vocab)
         return duet_fail(err, DUET_ERR_ARG, "%s and %s number tokens differently: ids from '%s' "
                          "(%u tokens, vocab hash %016llx) vs '%s' (%u tokens, vocab hash %016llx); "
@@ -185,7 +185,7 @@ int ht_check_pair(const dsf_file *B, const dsf_file *E, duet_error *err) {
         return duet_fail(err, DUET_ERR_ARG, "%s has %llu sequences, %s has %llu: not the same "
                          "data and context (-c)", pb, (unsigned long long)hb->n_seq, pe,
                          (unsigned long long)he->n_seq);
-    const dsf_seq *sb = dsf_seqs(B), *se = dsf_seqs(E);
+    const duet_scores_seq *sb = duet_scores_seqs(B), *se = duet_scores_seqs(E);
     for (uint64_t i = 0; i < hb->n_seq; i++) {
         if (sb[i].n_tok != se[i].n_tok || sb[i].n_prompt != se[i].n_prompt ||
             sb[i].example != se[i].example)
@@ -193,7 +193,7 @@ int ht_check_pair(const dsf_file *B, const dsf_file *E, duet_error *err) {
                              "context + %u response tokens, %s has example %u with %u + %u",
                              (unsigned long long)i, pb, sb[i].example, sb[i].n_prompt, sb[i].n_tok,
                              pe, se[i].example, se[i].n_prompt, se[i].n_tok);
-        const dsf_tok *tb = dsf_seq_toks(B, i), *te = dsf_seq_toks(E, i);
+        const duet_scores_tok *tb = duet_scores_seq_toks(B, i), *te = duet_scores_seq_toks(E, i);
         for (uint32_t t = 0; t < sb[i].n_tok; t++)
             if (tb[t].gold != te[t].gold)
                 return duet_fail(err, DUET_ERR_ARG, "sequence %llu (example %u) token %u: gold id "
@@ -203,27 +203,27 @@ int ht_check_pair(const dsf_file *B, const dsf_file *E, duet_error *err) {
     return DUET_OK;
 }
 
-static int check_base_file(const dsf_file *B, int features, int n_embd, duet_error *err) {
-    const dsf_header *h = dsf_hdr(B);
+static int check_base_file(const duet_scores *B, int features, int n_embd, duet_error *err) {
+    const duet_scores_header *h = duet_scores_get_header(B);
     if (h->vocab_hash != h->ids_vocab_hash)
         return duet_fail(err, DUET_ERR_ARG, "%s: the base file was tokenised by '%s', not by its "
-                         "model '%s': score the base with its own tokenizer", dsf_path(B),
+                         "model '%s': score the base with its own tokenizer", duet_scores_path(B),
                          h->ids_name, h->model_name);
     if ((features & DUET_HEAD_FEAT_HIDDEN) && (int)h->hidden_dim != n_embd)
         return duet_fail(err, DUET_ERR_ARG, "%s: %s (the head reads the hidden state of n_embd "
-                         "%d; score the base without --no-hidden)", dsf_path(B),
+                         "%d; score the base without --no-hidden)", duet_scores_path(B),
                          h->hidden_dim ? "hidden states have another size" : "no hidden states",
                          n_embd);
     return DUET_OK;
 }
 
-int ht_eval_scores(const duet_head *head, const dsf_file *B, const dsf_file *E, ht_routing *out,
-                   duet_error *err) {
-    int rc = ht_check_pair(B, E, err);
+int duet_head_eval_scores(const duet_head *head, const duet_scores *B, const duet_scores *E, duet_head_routing *out,
+                          duet_error *err) {
+    int rc = duet_head_train_check_pair(B, E, err);
     if (!rc) rc = check_base_file(B, duet_head_features(head), duet_head_n_embd(head), err);
     if (rc) return rc;
     pthread_once(&g_f16_once, f16_init);
-    const dsf_header *hb = dsf_hdr(B);
+    const duet_scores_header *hb = duet_scores_get_header(B);
     int64_t n = (int64_t)hb->n_tok;
     int hd = (int)hb->hidden_dim, use_h = duet_head_features(head) & DUET_HEAD_FEAT_HIDDEN;
     double *s = malloc((size_t)(n ? n : 1) * sizeof *s);
@@ -236,9 +236,9 @@ int ht_eval_scores(const duet_head *head, const dsf_file *B, const dsf_file *E, 
     }
     float *lpb = a, *lpe = a + n, *ent = a + 2 * n, *mx = a + 3 * n;
     for (uint64_t q = 0; q < hb->n_seq; q++) {
-        const dsf_seq *sq = &dsf_seqs(B)[q];
-        const dsf_tok *tb = dsf_seq_toks(B, q), *te = dsf_seq_toks(E, q);
-        const uint16_t *hh = dsf_seq_hidden(B, q);
+        const duet_scores_seq *sq = &duet_scores_seqs(B)[q];
+        const duet_scores_tok *tb = duet_scores_seq_toks(B, q), *te = duet_scores_seq_toks(E, q);
+        const uint16_t *hh = duet_scores_seq_hidden(B, q);
         for (uint32_t t = 0; t < sq->n_tok; t++) {
             int64_t k = (int64_t)sq->tok_start + t;
             lpb[k] = tb[t].lp;
@@ -258,9 +258,9 @@ int ht_eval_scores(const duet_head *head, const dsf_file *B, const dsf_file *E, 
 
 /* ---- training ------------------------------------------------------------------------------ */
 typedef struct trainer {
-    const dsf_file *B, *E;
-    ht_params p;
-    ht_layout L;
+    const duet_scores *B, *E;
+    duet_head_train_params p;
+    duet_head_train_layout L;
     int hd;                        /* hidden size stored in B */
     float *lpb, *lpe, *ent, *mx, *z; /* [n_tok] by global token index */
     double mean[2], sd[2];         /* standardisation of entropy, max log-prob (training) */
@@ -270,7 +270,7 @@ typedef struct trainer {
     /* one batch of tokens as the loss reads it */
     int cap;
     float *bh, *be, *bm, *bb, *bx, *bz;
-    ht_batch batch;
+    duet_head_train_batch batch;
     /* validation */
     double *vs;
     float *vlpb, *vlpe, *vent, *vmx;
@@ -288,11 +288,11 @@ static void shuffle(int *a, int n, uint64_t *rng) {
 
 /* Fill the batch with the tokens of sequences seqs[0..n). */
 static void load_batch(trainer *T, const int *seqs, int n) {
-    const dsf_seq *sq = dsf_seqs(T->B);
+    const duet_scores_seq *sq = duet_scores_seqs(T->B);
     int k = 0, E = T->hd;
     for (int i = 0; i < n; i++) {
-        const dsf_seq *q = &sq[seqs[i]];
-        const uint16_t *hh = T->L.i_u >= 0 ? dsf_seq_hidden(T->B, (uint64_t)seqs[i]) : NULL;
+        const duet_scores_seq *q = &sq[seqs[i]];
+        const uint16_t *hh = T->L.i_u >= 0 ? duet_scores_seq_hidden(T->B, (uint64_t)seqs[i]) : NULL;
         for (uint32_t t = 0; t < q->n_tok; t++, k++) {
             int64_t g = (int64_t)q->tok_start + t;
             if (hh) f16_row(hh + (size_t)t * E, T->bh + (size_t)k * E, E);
@@ -314,11 +314,11 @@ static json_t *jarr(const double *x, int n) {
 }
 
 typedef struct evalres {
-    double val_loss, val_nll, val_bce, route[HT_N_RATES], mean;
+    double val_loss, val_nll, val_bce, route[DUET_HT_N_RATES], mean;
 } evalres;
 
 /* Validation pass at theta: scores, losses and routing. */
-static int evaluate(trainer *T, const double *th, ht_objective obj, evalres *r, ht_routing *rt,
+static int evaluate(trainer *T, const double *th, duet_head_objective obj, evalres *r, duet_head_routing *rt,
                     duet_error *err) {
     int bs = T->p.batch_seqs;
     int64_t k = 0;
@@ -329,8 +329,8 @@ static int evaluate(trainer *T, const double *th, ht_objective obj, evalres *r, 
         for (int t = 0; t < T->batch.n; t++, k++) {
             double s = tok_score(&T->L, &T->batch, t, th);
             T->vs[k] = s;
-            ln += tok_loss(HT_NLL, s, T->bb[t], T->bx[t], 0, 0, 1, NULL);
-            lb += tok_loss(HT_WEAK, s, 0, 0, T->bz[t], 0, T->p.pos_weight, NULL);
+            ln += tok_loss(DUET_HT_NLL, s, T->bb[t], T->bx[t], 0, 0, 1, NULL);
+            lb += tok_loss(DUET_HT_WEAK, s, 0, 0, T->bz[t], 0, T->p.pos_weight, NULL);
             lo += tok_loss(obj, s, T->bb[t], T->bx[t], T->bz[t], T->p.defer_cost, T->p.pos_weight, NULL);
         }
     }
@@ -338,7 +338,7 @@ static int evaluate(trainer *T, const double *th, ht_objective obj, evalres *r, 
     r->val_nll = ln / nv;
     r->val_bce = lb / nv;
     r->val_loss = lo / nv;
-    ht_routing tmp;
+    duet_head_routing tmp;
     if (!rt) rt = &tmp;
     int rc = routing_fill(T->vs, T->vlpb, T->vlpe, T->vent, T->vmx, T->n_val_tok, T->val_bytes, rt, err);
     if (rc) return rc;
@@ -357,7 +357,7 @@ static void log_eval(trainer *T, int gstep, const char *phase, int epoch, double
     json_object_set_new(o, "val_loss", jnum(r->val_loss));
     json_object_set_new(o, "val_nll", jnum(r->val_nll));
     json_object_set_new(o, "val_bce", jnum(r->val_bce));
-    json_object_set_new(o, "routing_nll", jarr(r->route, HT_N_RATES));
+    json_object_set_new(o, "routing_nll", jarr(r->route, DUET_HT_N_RATES));
     json_object_set_new(o, "routing_mean", jnum(r->mean));
     json_array_append_new(T->steps, o);
 }
@@ -376,12 +376,12 @@ static void trainer_free(trainer *T) {
 
 /* Arrays, pseudo-labels, split and standardisation. */
 static int trainer_init(trainer *T, duet_error *err) {
-    const dsf_header *hb = dsf_hdr(T->B);
+    const duet_scores_header *hb = duet_scores_get_header(T->B);
     int64_t n = (int64_t)hb->n_tok;
     int ns = (int)hb->n_seq;
     if (ns < 2)
         return duet_fail(err, DUET_ERR_ARG, "%s: %d sequence%s: at least 2 are needed (training "
-                         "and validation)", dsf_path(T->B), ns, ns == 1 ? "" : "s");
+                         "and validation)", duet_scores_path(T->B), ns, ns == 1 ? "" : "s");
     if (!(T->lpb = malloc((size_t)n * 5 * sizeof(float))) ||
         !(T->train = malloc((size_t)ns * sizeof(int))) || !(T->val = malloc((size_t)ns * sizeof(int))))
         return duet_fail(err, DUET_ERR_NOMEM, "out of memory for %lld tokens", (long long)n);
@@ -391,8 +391,8 @@ static int trainer_init(trainer *T, duet_error *err) {
     T->z = T->lpb + 4 * n;
     const double tol = log1p(-1e-5); /* ties within 1e-5 relative count as argmax */
     for (int q = 0; q < ns; q++) {
-        const dsf_seq *s = &dsf_seqs(T->B)[q];
-        const dsf_tok *tb = dsf_seq_toks(T->B, (uint64_t)q), *te = dsf_seq_toks(T->E, (uint64_t)q);
+        const duet_scores_seq *s = &duet_scores_seqs(T->B)[q];
+        const duet_scores_tok *tb = duet_scores_seq_toks(T->B, (uint64_t)q), *te = duet_scores_seq_toks(T->E, (uint64_t)q);
         for (uint32_t t = 0; t < s->n_tok; t++) {
             int64_t k = (int64_t)s->tok_start + t;
             T->lpb[k] = tb[t].lp;
@@ -424,7 +424,7 @@ static int trainer_init(trainer *T, duet_error *err) {
     double m[2] = {0, 0}, m2[2] = {0, 0};
     int64_t nt = 0, maxtok = 0;
     for (int i = 0; i < T->n_train; i++) {
-        const dsf_seq *s = &dsf_seqs(T->B)[T->train[i]];
+        const duet_scores_seq *s = &duet_scores_seqs(T->B)[T->train[i]];
         for (uint32_t t = 0; t < s->n_tok; t++) {
             int64_t k = (int64_t)s->tok_start + t;
             m[0] += T->ent[k];
@@ -439,11 +439,11 @@ static int trainer_init(trainer *T, duet_error *err) {
         double var = m2[f] / (double)nt - T->mean[f] * T->mean[f];
         T->sd[f] = var > 1e-12 ? sqrt(var) : 1.0;
     }
-    for (uint64_t q = 0; q < hb->n_seq; q++) maxtok = DUET_MAX(maxtok, (int64_t)dsf_seqs(T->B)[q].n_tok);
+    for (uint64_t q = 0; q < hb->n_seq; q++) maxtok = DUET_MAX(maxtok, (int64_t)duet_scores_seqs(T->B)[q].n_tok);
     T->n_val_tok = 0;
     for (int i = 0; i < nv; i++) {
-        T->n_val_tok += dsf_seqs(T->B)[T->val[i]].n_tok;
-        T->val_bytes += dsf_seqs(T->B)[T->val[i]].n_bytes;
+        T->n_val_tok += duet_scores_seqs(T->B)[T->val[i]].n_tok;
+        T->val_bytes += duet_scores_seqs(T->B)[T->val[i]].n_bytes;
     }
     T->cap = (int)(maxtok * T->p.batch_seqs);
     int E = T->L.i_u >= 0 ? T->hd : 0;
@@ -456,13 +456,13 @@ static int trainer_init(trainer *T, duet_error *err) {
     T->bb = T->be + 2 * T->cap;
     T->bx = T->be + 3 * T->cap;
     T->bz = T->be + 4 * T->cap;
-    T->batch = (ht_batch){0, T->bh, T->be, T->bm, T->bb, T->bx, T->bz};
+    T->batch = (duet_head_train_batch){0, T->bh, T->be, T->bm, T->bb, T->bx, T->bz};
     T->vlpe = T->vlpb + T->n_val_tok;
     T->vent = T->vlpb + 2 * T->n_val_tok;
     T->vmx = T->vlpb + 3 * T->n_val_tok;
     int64_t k = 0;
     for (int i = 0; i < nv; i++) {
-        const dsf_seq *s = &dsf_seqs(T->B)[T->val[i]];
+        const duet_scores_seq *s = &duet_scores_seqs(T->B)[T->val[i]];
         for (uint32_t t = 0; t < s->n_tok; t++, k++) {
             int64_t g = (int64_t)s->tok_start + t;
             T->vlpb[k] = T->lpb[g];
@@ -477,21 +477,21 @@ static int trainer_init(trainer *T, duet_error *err) {
     return DUET_OK;
 }
 
-static int write_report(trainer *T, const ht_result *res, const ht_routing *vr,
+static int write_report(trainer *T, const duet_head_train_result *res, const duet_head_routing *vr,
                         duet_error *err) {
     json_t *o = json_object();
     char fs[64];
     duet_head_features_string(T->L.features, fs, sizeof fs);
-    json_object_set_new(o, "base_scores", json_string(dsf_path(T->B)));
-    json_object_set_new(o, "expert_scores", json_string(dsf_path(T->E)));
-    json_object_set_new(o, "base_model", json_string(dsf_hdr(T->B)->model_name));
-    json_object_set_new(o, "expert_model", json_string(dsf_hdr(T->E)->model_name));
+    json_object_set_new(o, "base_scores", json_string(duet_scores_path(T->B)));
+    json_object_set_new(o, "expert_scores", json_string(duet_scores_path(T->E)));
+    json_object_set_new(o, "base_model", json_string(duet_scores_get_header(T->B)->model_name));
+    json_object_set_new(o, "expert_model", json_string(duet_scores_get_header(T->E)->model_name));
     static const char *objs[] = {"nll", "weak", "gain"};
     json_object_set_new(o, "objective", json_string(objs[T->p.objective]));
     json_object_set_new(o, "defer_cost", json_real(T->p.defer_cost));
     json_object_set_new(o, "features", json_string(fs));
     json_object_set_new(o, "epochs", json_integer(T->p.epochs));
-    int weak_start = T->p.objective == HT_NLL && T->p.weak_epochs > 0;
+    int weak_start = T->p.objective == DUET_HT_NLL && T->p.weak_epochs > 0;
     json_object_set_new(o, "weak_epochs", json_integer(weak_start ? T->p.weak_epochs : 0));
     json_object_set_new(o, "lr", json_real(T->p.lr));
     json_object_set_new(o, "weak_lr", weak_start ? json_real(T->p.weak_lr) : json_null());
@@ -506,22 +506,22 @@ static int write_report(trainer *T, const ht_result *res, const ht_routing *vr,
     json_object_set_new(o, "n_val_tok", json_integer(res->n_val_tok));
     json_object_set_new(o, "val_bytes", json_integer((json_int_t)vr->n_bytes));
     json_object_set_new(o, "pseudo_label_positive_rate", jnum(res->pos_rate));
-    json_object_set_new(o, "rates", jarr(ht_rates, HT_N_RATES));
+    json_object_set_new(o, "rates", jarr(duet_head_train_rates, DUET_HT_N_RATES));
     double bpt = vr->n_bytes ? (double)vr->n_tok / (double)vr->n_bytes : NAN;
     json_t *bl = json_object();
     const struct { const char *name; const double *v; } curves[] = {
         {"collm", vr->head}, {"random", vr->random}, {"oracle", vr->oracle},
         {"uncertainty", vr->uncertainty}, {"confidence", vr->confidence}};
     for (size_t c = 0; c < sizeof curves / sizeof curves[0]; c++) {
-        double pb[HT_N_RATES], gap[HT_N_RATES];
-        for (int r = 0; r < HT_N_RATES; r++) {
+        double pb[DUET_HT_N_RATES], gap[DUET_HT_N_RATES];
+        for (int r = 0; r < DUET_HT_N_RATES; r++) {
             pb[r] = curves[c].v[r] * bpt;
             gap[r] = (vr->base - curves[c].v[r]) / (vr->base - vr->expert);
         }
         json_t *x = json_object();
-        json_object_set_new(x, "nll_per_token", jarr(curves[c].v, HT_N_RATES));
-        json_object_set_new(x, "nll_per_byte", jarr(pb, HT_N_RATES));
-        json_object_set_new(x, "gap_closed", jarr(gap, HT_N_RATES));
+        json_object_set_new(x, "nll_per_token", jarr(curves[c].v, DUET_HT_N_RATES));
+        json_object_set_new(x, "nll_per_byte", jarr(pb, DUET_HT_N_RATES));
+        json_object_set_new(x, "gap_closed", jarr(gap, DUET_HT_N_RATES));
         json_object_set_new(bl, curves[c].name, x);
     }
     json_t *b = json_object(), *e = json_object();
@@ -551,22 +551,22 @@ static int write_report(trainer *T, const ht_result *res, const ht_routing *vr,
 }
 
 /* Fills the unset training parameters with their defaults and refuses the out-of-range ones. */
-static int ht_defaults(ht_params *p, const dsf_header *hb, duet_error *err) {
+static int ht_defaults(duet_head_train_params *p, const duet_scores_header *hb, duet_error *err) {
     if (!p->features) p->features = DUET_HEAD_FEAT_HIDDEN;
     /* Adam moves every weight by about lr per step, so a step moves u . h by about
      * lr * n_embd: the default rates shrink with the hidden size (measured at n_embd 128) */
     double lr_scale = (p->features & DUET_HEAD_FEAT_HIDDEN) && hb->n_embd > 128
                           ? 128.0 / hb->n_embd : 1.0;
-    if (p->epochs <= 0) p->epochs = p->objective == HT_NLL ? 2 : 5;
+    if (p->epochs <= 0) p->epochs = p->objective == DUET_HT_NLL ? 2 : 5;
     if (p->weak_epochs == 0) p->weak_epochs = 3;
-    if (p->lr <= 0) p->lr = (p->objective == HT_NLL ? 1e-3 : 1e-2) * lr_scale;
-    if (p->weak_lr <= 0) p->weak_lr = (p->objective == HT_WEAK ? p->lr : 1e-2 * lr_scale);
+    if (p->lr <= 0) p->lr = (p->objective == DUET_HT_NLL ? 1e-3 : 1e-2) * lr_scale;
+    if (p->weak_lr <= 0) p->weak_lr = (p->objective == DUET_HT_WEAK ? p->lr : 1e-2 * lr_scale);
     if (p->pos_weight <= 0) p->pos_weight = 8;
     if (p->val_frac <= 0) p->val_frac = 0.1;
     if (p->batch_seqs <= 0) p->batch_seqs = 8;
     if (p->evals_per_phase <= 0) p->evals_per_phase = 10;
     if (!(p->defer_cost >= 0) || !(p->val_frac < 1) || p->features > 7 || !(p->weight_decay >= 0) ||
-        p->objective < HT_NLL || p->objective > HT_GAIN)
+        p->objective < DUET_HT_NLL || p->objective > DUET_HT_GAIN)
         return duet_fail(err, DUET_ERR_ARG, "head training: defer cost %g, validation share %g, "
                          "features %d, weight decay %g or objective %d out of range", p->defer_cost,
                          p->val_frac, p->features, p->weight_decay, (int)p->objective);
@@ -574,36 +574,36 @@ static int ht_defaults(ht_params *p, const dsf_header *hb, duet_error *err) {
 }
 
 /* Training set sizes and the share of positive pseudo-labels in it. */
-static void count_train(const trainer *T, ht_result *R) {
+static void count_train(const trainer *T, duet_head_train_result *R) {
     R->n_train_seq = T->n_train;
     R->n_val_seq = T->n_val;
     R->n_val_tok = T->n_val_tok;
     double pos = 0;
     for (int i = 0; i < T->n_train; i++) {
-        const dsf_seq *s = &dsf_seqs(T->B)[T->train[i]];
+        const duet_scores_seq *s = &duet_scores_seqs(T->B)[T->train[i]];
         for (uint32_t t = 0; t < s->n_tok; t++) pos += T->z[s->tok_start + t];
         R->n_train_tok += s->n_tok;
     }
     R->pos_rate = pos / (double)R->n_train_tok;
 }
 
-typedef struct ht_phase { const char *name; ht_objective obj; int epochs; double lr; } ht_phase;
+typedef struct ht_phase { const char *name; duet_head_objective obj; int epochs; double lr; } ht_phase;
 
 /* The phases of the run: the objective alone, or for NLL a weak-supervision start first. */
-static int plan_phases(const ht_params *p, ht_phase *ph) {
+static int plan_phases(const duet_head_train_params *p, ht_phase *ph) {
     int n_ph = 0;
-    if (p->objective == HT_WEAK) ph[n_ph++] = (ht_phase){"weak", HT_WEAK, p->epochs, p->weak_lr};
-    else if (p->objective == HT_GAIN) ph[n_ph++] = (ht_phase){"gain", HT_GAIN, p->epochs, p->lr};
+    if (p->objective == DUET_HT_WEAK) ph[n_ph++] = (ht_phase){"weak", DUET_HT_WEAK, p->epochs, p->weak_lr};
+    else if (p->objective == DUET_HT_GAIN) ph[n_ph++] = (ht_phase){"gain", DUET_HT_GAIN, p->epochs, p->lr};
     else {
-        if (p->weak_epochs > 0) ph[n_ph++] = (ht_phase){"weak", HT_WEAK, p->weak_epochs, p->weak_lr};
-        ph[n_ph++] = (ht_phase){"nll", HT_NLL, p->epochs, p->lr};
+        if (p->weak_epochs > 0) ph[n_ph++] = (ht_phase){"weak", DUET_HT_WEAK, p->weak_epochs, p->weak_lr};
+        ph[n_ph++] = (ht_phase){"nll", DUET_HT_NLL, p->epochs, p->lr};
     }
     return n_ph;
 }
 
 /* One AdamW step (step counts from 1) with the gradient clipped to norm 1; the bias is not
  * decayed. */
-static void adam_update(const ht_layout *L, double *th, const double *g, double *m, double *v,
+static void adam_update(const duet_head_train_layout *L, double *th, const double *g, double *m, double *v,
                         int step, double lr, double weight_decay) {
     int np = L->n_param;
     double b1 = 0.9, b2 = 0.999;
@@ -624,7 +624,7 @@ static void adam_update(const ht_layout *L, double *th, const double *g, double 
 /* Puts the kept weights into the head: u, and the entropy and max-probability weights with
  * their standardization folded into the weights and the bias. */
 static int fold_head(const trainer *T, const double *best, duet_head *h, duet_error *err) {
-    const dsf_header *hb = dsf_hdr(T->B);
+    const duet_scores_header *hb = duet_scores_get_header(T->B);
     int np = T->L.n_param;
     float *u = calloc((size_t)hb->n_embd, sizeof *u);
     if (!u) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
@@ -650,27 +650,27 @@ static int fold_head(const trainer *T, const double *best, duet_head *h, duet_er
     return DUET_OK;
 }
 
-int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet_head **out,
-             ht_result *res, duet_error *err) {
+int duet_head_train(const duet_scores *B, const duet_scores *E, const duet_head_train_params *params, duet_head **out,
+                    duet_head_train_result *res, duet_error *err) {
     *out = NULL;
     trainer T;
     memset(&T, 0, sizeof T);
     T.B = B;
     T.E = E;
     if (params) T.p = *params;
-    ht_params *p = &T.p;
-    int rc = ht_defaults(p, dsf_hdr(B), err);
+    duet_head_train_params *p = &T.p;
+    int rc = ht_defaults(p, duet_scores_get_header(B), err);
     if (rc) return rc;
-    const dsf_header *hb = dsf_hdr(B);
-    rc = ht_check_pair(B, E, err);
+    const duet_scores_header *hb = duet_scores_get_header(B);
+    rc = duet_head_train_check_pair(B, E, err);
     if (!rc) rc = check_base_file(B, p->features, (int)hb->n_embd, err);
     if (rc) return rc;
     pthread_once(&g_f16_once, f16_init);
     T.hd = (int)hb->hidden_dim;
-    ht_layout_init(&T.L, p->features, (int)hb->n_embd);
+    duet_head_train_layout_init(&T.L, p->features, (int)hb->n_embd);
     double *th = NULL, *best = NULL, *g = NULL, *m = NULL, *v = NULL;
     duet_head *h = NULL;
-    ht_result R;
+    duet_head_train_result R;
     memset(&R, 0, sizeof R);
     if ((rc = trainer_init(&T, err))) goto done;
     int np = T.L.n_param;
@@ -708,8 +708,8 @@ int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet
             shuffle(T.train, T.n_train, &T.rng);
             for (int i = 0; i < T.n_train; i += bs) {
                 load_batch(&T, T.train + i, DUET_MIN(bs, T.n_train - i));
-                double loss = ht_loss_grad(&T.L, &T.batch, ph[f].obj, p->defer_cost,
-                                           p->pos_weight, th, g);
+                double loss = duet_head_train_loss_grad(&T.L, &T.batch, ph[f].obj, p->defer_cost,
+                                                        p->pos_weight, th, g);
                 step++;
                 gstep++;
                 double lr = ph[f].lr * (step <= warm ? (double)step / warm
@@ -734,7 +734,7 @@ int ht_train(const dsf_file *B, const dsf_file *E, const ht_params *params, duet
                     }
                 }
                 if (p->progress && (step % report == 0 || step == steps)) {
-                    ht_progress pr = {ph[f].name, step, steps, ep + 1, run / run_n, last_route, best_mean};
+                    duet_head_train_progress pr = {ph[f].name, step, steps, ep + 1, run / run_n, last_route, best_mean};
                     p->progress(p->ud, &pr);
                     run = 0;
                     run_n = 0;

@@ -27,20 +27,20 @@
 #error "score files are little-endian; this host is not"
 #endif
 
-_Static_assert(sizeof(dsf_header) == DSF_HEADER_SIZE, "dsf_header must be 512 bytes");
-_Static_assert(sizeof(dsf_block) == 32, "dsf_block must be 32 bytes");
-_Static_assert(sizeof(dsf_tok) == 16, "dsf_tok must be 16 bytes");
-_Static_assert(sizeof(dsf_seq) == 40, "dsf_seq must be 40 bytes");
-_Static_assert(offsetof(dsf_header, n_seq) == 56 && offsetof(dsf_header, model_name) == 120 &&
-               offsetof(dsf_header, reserved) == 376, "dsf_header offsets as documented");
+_Static_assert(sizeof(duet_scores_header) == DUET_SCORES_HEADER_SIZE, "duet_scores_header must be 512 bytes");
+_Static_assert(sizeof(duet_scores_block) == 32, "duet_scores_block must be 32 bytes");
+_Static_assert(sizeof(duet_scores_tok) == 16, "duet_scores_tok must be 16 bytes");
+_Static_assert(sizeof(duet_scores_seq) == 40, "duet_scores_seq must be 40 bytes");
+_Static_assert(offsetof(duet_scores_header, n_seq) == 56 && offsetof(duet_scores_header, model_name) == 120 &&
+               offsetof(duet_scores_header, reserved) == 376, "duet_scores_header offsets as documented");
 
 static uint64_t block_bytes(uint64_t n_tok, uint64_t hd) {
-    uint64_t b = sizeof(dsf_block) + n_tok * sizeof(dsf_tok) + n_tok * hd * 2;
+    uint64_t b = sizeof(duet_scores_block) + n_tok * sizeof(duet_scores_tok) + n_tok * hd * 2;
     return (b + 63) & ~(uint64_t)63;
 }
 
 /* Block check: a fast word hash (the data can be megabytes per sequence). */
-uint32_t dsf_block_check(const void *p, size_t n) {
+uint32_t duet_scores_block_check(const void *p, size_t n) {
     const uint8_t *s = p;
     uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
     size_t i = 0;
@@ -56,10 +56,10 @@ uint32_t dsf_block_check(const void *p, size_t n) {
 }
 
 /* ---- the plan: sequences of ids --------------------------------------------------------- */
-typedef dsf_plan_seq pseq;
-typedef dsf_plan plan;
+typedef duet_scores_plan_seq pseq;
+typedef duet_scores_plan plan;
 
-void dsf_plan_free(dsf_plan *p) {
+void duet_scores_plan_free(duet_scores_plan *p) {
     free(p->ids);
     free(p->seq);
     memset(p, 0, sizeof *p); /* a failed build frees its plan, and the caller frees it again */
@@ -103,15 +103,15 @@ static int plan_add(plan *p, int64_t off, int n, int n_prompt, int example, int 
     return DUET_OK;
 }
 
-int dsf_plan_build(const duet_model *idm, const ds_dataset *d, int n_ctx, dsf_plan *p,
-                   duet_error *err) {
+int duet_scores_plan_build(const duet_model *idm, const duet_dataset *d, int n_ctx, duet_scores_plan *p,
+                           duet_error *err) {
     memset(p, 0, sizeof *p);
     int32_t bos = duet_token_bos(idm), eos = duet_token_eos(idm);
     char *buf = NULL;
     size_t cap = 0;
     int rc = DUET_OK;
     for (int e = 0; e < d->n && !rc; e++) {
-        const ds_example *x = &d->ex[e];
+        const duet_dataset_example *x = &d->ex[e];
         char where[600];
         snprintf(where, sizeof where, "%s:%d", d->path, x->line);
         if (!x->prompt) { /* plain text: windows of BOS + up to per tokens, all scored */
@@ -136,14 +136,14 @@ int dsf_plan_build(const duet_model *idm, const ds_dataset *d, int n_ctx, dsf_pl
                     p->ids[p->n_ids++] = bos;
                     memcpy(p->ids + p->n_ids, tmp + (size_t)w * per, (size_t)k * sizeof *tmp);
                     p->n_ids += k;
-                    rc = plan_add(p, o, k + 1, 1, e, nw > 1 ? DSF_SEQ_WINDOW : 0, err);
+                    rc = plan_add(p, o, k + 1, 1, e, nw > 1 ? DUET_SCORES_SEQ_WINDOW : 0, err);
                 }
                 free(tmp);
             } else { /* no BOS: each window's first token is context only */
                 p->n_ids += n;
                 for (int s = 0; s + 1 < n && !rc; s += per - 1) {
                     int k = DUET_MIN(per, n - s);
-                    rc = plan_add(p, off + s, k, 1, e, n > per ? DSF_SEQ_WINDOW : 0, err);
+                    rc = plan_add(p, off + s, k, 1, e, n > per ? DUET_SCORES_SEQ_WINDOW : 0, err);
                 }
             }
             continue;
@@ -178,7 +178,7 @@ int dsf_plan_build(const duet_model *idm, const ds_dataset *d, int n_ctx, dsf_pl
             continue;
         }
         if (n > n_ctx) {
-            flags = DSF_SEQ_TRUNCATED;
+            flags = DUET_SCORES_SEQ_TRUNCATED;
             p->n_truncated++;
             p->n_dropped += n - n_ctx;
             n = n_ctx;
@@ -191,12 +191,12 @@ int dsf_plan_build(const duet_model *idm, const ds_dataset *d, int n_ctx, dsf_pl
         rc = duet_fail(err, DUET_ERR_FORMAT, "%s: zero usable tokens to score (%d examples, %d "
                        "with no response token inside the context of %d)", d->path, d->n,
                        p->n_skipped, n_ctx);
-    if (rc) dsf_plan_free(p);
+    if (rc) duet_scores_plan_free(p);
     return rc;
 }
 
 /* ---- scoring ---------------------------------------------------------------------------- */
-static void tok_stats(const float *g, int n, int gold, dsf_tok *out) {
+static void tok_stats(const float *g, int n, int gold, duet_scores_tok *out) {
     double mx, z, ez;
     duet_softmax_stats(g, n, &mx, &z, &ez);
     double lz = log(z);
@@ -215,7 +215,7 @@ static int write_all(FILE *f, const void *p, size_t n, const char *path, duet_er
 /* Walk the blocks of a partial file; returns how many complete blocks match the plan and
  * sets *end to the offset after them. */
 static int64_t resume_scan(FILE *f, const plan *pl, uint32_t hd, uint64_t size, uint64_t *end) {
-    uint64_t off = DSF_HEADER_SIZE;
+    uint64_t off = DUET_SCORES_HEADER_SIZE;
     int64_t n = 0;
     void *buf = NULL;
     size_t cap = 0;
@@ -230,12 +230,12 @@ static int64_t resume_scan(FILE *f, const plan *pl, uint32_t hd, uint64_t size, 
             cap = bb;
         }
         if (fseeko(f, (off_t)off, SEEK_SET) || fread(buf, 1, bb, f) != bb) break;
-        dsf_block b;
+        duet_scores_block b;
         memcpy(&b, buf, sizeof b);
-        size_t data = (size_t)(nt * sizeof(dsf_tok) + nt * hd * 2);
+        size_t data = (size_t)(nt * sizeof(duet_scores_tok) + nt * hd * 2);
         if (memcmp(b.magic, "SEQB", 4) || b.seq != (uint32_t)n || b.n_tok != nt ||
             b.n_prompt != (uint32_t)q->n_prompt || b.example != (uint32_t)q->example ||
-            b.check != dsf_block_check((char *)buf + sizeof b, data))
+            b.check != duet_scores_block_check((char *)buf + sizeof b, data))
             break;
         off += bb;
         n++;
@@ -248,19 +248,19 @@ static int64_t resume_scan(FILE *f, const plan *pl, uint32_t hd, uint64_t size, 
 /* One sequence through a remote server: its prompt scores of every position (the server
  * keeps the shared prefix in its cache), the response's into recs. work holds 3 x n floats. */
 static int remote_seq(duet_expert_remote *r, const int32_t *mt, const pseq *q, const int32_t *ids,
-                      dsf_tok *recs, float *work, duet_error *err) {
+                      duet_scores_tok *recs, float *work, duet_error *err) {
     float *lp = work, *mx = work + q->n, *ent = work + 2 * q->n;
     int rc = duet_expert_remote_prompt_scores(r, mt, q->n, lp, mx, ent, err);
     for (int t = 0; !rc && t < q->n - q->n_prompt; t++) { /* position p is entry p - 1 */
         int i = q->n_prompt + t - 1;
-        recs[t] = (dsf_tok){ids[q->n_prompt + t], lp[i], mx[i], ent[i]};
+        recs[t] = (duet_scores_tok){ids[q->n_prompt + t], lp[i], mx[i], ent[i]};
     }
     return rc;
 }
 
 /* The context to score in: the asked one, else the scored model's training context (capped at
  * 4096), no longer than the ids model's or a remote server's. */
-static int score_n_ctx(const dsf_score_params *P, const duet_hparams *hp, const duet_hparams *ihp) {
+static int score_n_ctx(const duet_scores_params *P, const duet_hparams *hp, const duet_hparams *ihp) {
     int n_ctx = P->n_ctx;
     if (n_ctx <= 0) {
         n_ctx = DUET_MIN(hp->n_ctx_train, 4096);
@@ -272,13 +272,13 @@ static int score_n_ctx(const dsf_score_params *P, const duet_hparams *hp, const 
 }
 
 /* The header of an incomplete file: identity and options, with the hash a resume must match. */
-static void score_header(dsf_header *H, const dsf_score_params *P, const duet_model *model,
-                         const duet_model *idm, const ds_dataset *data, uint32_t hd, int n_ctx) {
+static void score_header(duet_scores_header *H, const duet_scores_params *P, const duet_model *model,
+                         const duet_model *idm, const duet_dataset *data, uint32_t hd, int n_ctx) {
     const duet_hparams *hp = duet_model_hparams(model), *ihp = duet_model_hparams(idm);
     memset(H, 0, sizeof *H);
-    memcpy(H->magic, DSF_MAGIC, 8);
-    H->version = DSF_VERSION;
-    H->header_size = DSF_HEADER_SIZE;
+    memcpy(H->magic, DUET_SCORES_MAGIC, 8);
+    H->version = DUET_SCORES_VERSION;
+    H->header_size = DUET_SCORES_HEADER_SIZE;
     H->hidden_dim = hd;
     H->n_embd = P->remote ? 0 : (uint32_t)hp->n_embd; /* a remote model's size is not known */
     H->n_vocab = (uint32_t)hp->n_vocab;
@@ -289,7 +289,7 @@ static void score_header(dsf_header *H, const dsf_score_params *P, const duet_mo
     snprintf(H->model_name, sizeof H->model_name, "%s", P->remote ? duet_expert_remote_name(P->remote) : hp->name);
     snprintf(H->ids_name, sizeof H->ids_name, "%s", ihp->name);
     uint64_t ch = duet_fnv1a(DUET_FNV_SEED_SHORT, &data->hash, 8);
-    ch = duet_fnv1a(ch, H, offsetof(dsf_header, n_seq)); /* identity + options */
+    ch = duet_fnv1a(ch, H, offsetof(duet_scores_header, n_seq)); /* identity + options */
     ch = duet_fnv1a(ch, H->model_name, sizeof H->model_name);
     H->config_hash = duet_fnv1a(ch, H->ids_name, sizeof H->ids_name);
 }
@@ -297,16 +297,16 @@ static void score_header(dsf_header *H, const dsf_score_params *P, const duet_mo
 /* Opens the partial file: resumes one written for the same header (keeping its complete blocks
  * that match the plan, *seq_done of them) or starts a new one with the header. *f is set even
  * on failure when the file was opened, for the caller to close. */
-static int open_partial(const char *partial, const dsf_header *H, const plan *pl, uint32_t hd,
-                        FILE **fp, int64_t *seq_done, dsf_score_stats *st, duet_error *err) {
+static int open_partial(const char *partial, const duet_scores_header *H, const plan *pl, uint32_t hd,
+                        FILE **fp, int64_t *seq_done, duet_scores_stats *st, duet_error *err) {
     int rc;
     FILE *f = *fp = fopen(partial, "r+b");
-    uint64_t off = DSF_HEADER_SIZE;
+    uint64_t off = DUET_SCORES_HEADER_SIZE;
     if (f) { /* resume */
-        dsf_header old;
+        duet_scores_header old;
         struct stat sb;
-        if (fread(&old, 1, sizeof old, f) != sizeof old || memcmp(old.magic, DSF_MAGIC, 8) ||
-            old.version != DSF_VERSION || old.complete)
+        if (fread(&old, 1, sizeof old, f) != sizeof old || memcmp(old.magic, DUET_SCORES_MAGIC, 8) ||
+            old.version != DUET_SCORES_VERSION || old.complete)
             return duet_fail(err, DUET_ERR_FORMAT, "%s: not a partial score file (remove it to "
                              "start over)", partial);
         if (old.config_hash != H->config_hash)
@@ -337,8 +337,8 @@ typedef struct {
 
 /* Index entries of every sequence, resumed or not, with the file's totals. */
 static score_totals build_index(const duet_model *idm, const plan *pl, uint32_t hd, int64_t seq_done,
-                                dsf_seq *index) {
-    score_totals T = {DSF_HEADER_SIZE, 0, 0, 0};
+                                duet_scores_seq *index) {
+    score_totals T = {DUET_SCORES_HEADER_SIZE, 0, 0, 0};
     for (int64_t i = 0; i < pl->n_seq; i++) {
         const pseq *q = &pl->seq[i];
         uint32_t nt = (uint32_t)(q->n - q->n_prompt), nb = 0;
@@ -347,7 +347,7 @@ static score_totals build_index(const duet_model *idm, const plan *pl, uint32_t 
             int l = duet_token_to_piece(idm, pl->ids[q->off + pos - 1], pl->ids[q->off + pos], NULL, 0);
             nb += l > 0 ? (uint32_t)l : 0;
         }
-        index[i] = (dsf_seq){T.index_offset, T.n_tok, nt, (uint32_t)q->n_prompt, (uint32_t)q->example, nb,
+        index[i] = (duet_scores_seq){T.index_offset, T.n_tok, nt, (uint32_t)q->n_prompt, (uint32_t)q->example, nb,
                              (uint32_t)q->flags, 0};
         T.index_offset += block_bytes(nt, hd);
         T.n_tok += nt;
@@ -360,14 +360,14 @@ static score_totals build_index(const duet_model *idm, const plan *pl, uint32_t 
 /* What scoring one sequence needs: the session (NULL with a remote), the vocabulary map, the
  * buffers. */
 typedef struct {
-    const dsf_score_params *P;
+    const duet_scores_params *P;
     duet_session *s;
     int n_batch, V, bridged;
     uint32_t hd;
     const int32_t *map;
     int32_t *mt;  /* the sequence in the scored model's vocabulary */
     float *g;     /* a bridged logits row, or remote scores */
-    uint8_t *blk; /* one block as written: dsf_block, records, hidden, padding */
+    uint8_t *blk; /* one block as written: duet_scores_block, records, hidden, padding */
 } scorer;
 
 /* Scores sequence i of the plan into the block buffer (header, records, hidden states,
@@ -389,11 +389,11 @@ static int score_seq(scorer *S, const plan *pl, int64_t i, uint32_t n_bytes, int
     while (*keep < have && *keep < q->n_prompt - 1 && cur[*keep] == S->mt[*keep]) (*keep)++;
     if (s) duet_session_truncate(s, *keep);
     int nt = q->n - q->n_prompt;
-    size_t rb = (size_t)nt * sizeof(dsf_tok), hb = (size_t)nt * hd * 2;
+    size_t rb = (size_t)nt * sizeof(duet_scores_tok), hb = (size_t)nt * hd * 2;
     *bb = (size_t)block_bytes((uint64_t)nt, hd);
     uint8_t *blk = S->blk;
-    dsf_tok *recs = (dsf_tok *)(blk + sizeof(dsf_block));
-    uint16_t *hid = (uint16_t *)(blk + sizeof(dsf_block) + rb);
+    duet_scores_tok *recs = (duet_scores_tok *)(blk + sizeof(duet_scores_block));
+    uint16_t *hid = (uint16_t *)(blk + sizeof(duet_scores_block) + rb);
     if (S->P->remote && (rc = remote_seq(S->P->remote, S->mt, q, ids, recs, S->g, err))) return rc;
     /* chunks of n_batch keep the logits buffer at n_batch rows whatever the context */
     for (int start = *keep; !S->P->remote && start < q->n; start += S->n_batch) {
@@ -417,18 +417,18 @@ static int score_seq(scorer *S, const plan *pl, int64_t i, uint32_t n_bytes, int
             }
         }
     }
-    memset(blk + sizeof(dsf_block) + rb + hb, 0, *bb - sizeof(dsf_block) - rb - hb);
-    dsf_block b = {{'S', 'E', 'Q', 'B'}, (uint32_t)i, (uint32_t)nt, (uint32_t)q->n_prompt,
+    memset(blk + sizeof(duet_scores_block) + rb + hb, 0, *bb - sizeof(duet_scores_block) - rb - hb);
+    duet_scores_block b = {{'S', 'E', 'Q', 'B'}, (uint32_t)i, (uint32_t)nt, (uint32_t)q->n_prompt,
                    (uint32_t)q->example, n_bytes, (uint32_t)q->flags,
-                   dsf_block_check(blk + sizeof(dsf_block), rb + hb)};
+                   duet_scores_block_check(blk + sizeof(duet_scores_block), rb + hb)};
     memcpy(blk, &b, sizeof b);
     return DUET_OK;
 }
 
 /* Completes the file: the index, then the completed header, then the rename to out_path.
  * Closes *fp (and sets it NULL) once everything is written. */
-static int finish_file(FILE **fp, dsf_header *H, const dsf_seq *index, const plan *pl,
-                       const ds_dataset *data, const score_totals *T, const char *partial,
+static int finish_file(FILE **fp, duet_scores_header *H, const duet_scores_seq *index, const plan *pl,
+                       const duet_dataset *data, const score_totals *T, const char *partial,
                        const char *out_path, duet_error *err) {
     FILE *f = *fp;
     int rc = DUET_OK;
@@ -456,11 +456,11 @@ static int finish_file(FILE **fp, dsf_header *H, const dsf_seq *index, const pla
     return DUET_OK;
 }
 
-int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params *params,
-              const char *out_path, dsf_score_stats *st, duet_error *err) {
-    dsf_score_params P = {0};
+int duet_scores_compute(duet_model *model, const duet_dataset *data, const duet_scores_params *params,
+                        const char *out_path, duet_scores_stats *st, duet_error *err) {
+    duet_scores_params P = {0};
     if (params) P = *params;
-    dsf_score_stats dummy;
+    duet_scores_stats dummy;
     if (!st) st = &dummy;
     memset(st, 0, sizeof *st);
     double t0 = duet_time_s();
@@ -473,7 +473,7 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
     int bridged = 0, rc;
     if ((rc = vocab_bridge_build(idm, model, "scored", &map, &bridged, err))) return rc;
     plan pl;
-    if ((rc = dsf_plan_build(idm, data, n_ctx, &pl, err))) { free(map); return rc; }
+    if ((rc = duet_scores_plan_build(idm, data, n_ctx, &pl, err))) { free(map); return rc; }
     st->n_examples = data->n;
     st->n_seq = pl.n_seq;
     st->n_tok = pl.n_tok;
@@ -482,12 +482,12 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
     st->n_dropped_tok = pl.n_dropped;
     st->n_ctx = n_ctx;
 
-    dsf_header H;
+    duet_scores_header H;
     score_header(&H, &P, model, idm, data, hd, n_ctx);
     char partial[1024];
     snprintf(partial, sizeof partial, "%s.partial", out_path);
     scorer S = {.P = &P, .V = ihp->n_vocab, .bridged = bridged, .hd = hd, .map = map};
-    dsf_seq *index = NULL;
+    duet_scores_seq *index = NULL;
     FILE *f = NULL;
     int64_t seq_done = 0;
     if ((rc = open_partial(partial, &H, &pl, hd, &f, &seq_done, st, err))) goto done;
@@ -506,7 +506,7 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
         goto done;
     }
     score_totals T = build_index(idm, &pl, hd, seq_done, index);
-    dsf_progress pr = {seq_done, pl.n_seq, T.tok_done, pl.tok_total, 0, 0};
+    duet_scores_progress pr = {seq_done, pl.n_seq, T.tok_done, pl.tok_total, 0, 0};
     st->n_seq_done = seq_done;
     for (int64_t i = seq_done; i < pl.n_seq; i++) {
         const pseq *q = &pl.seq[i];
@@ -521,7 +521,7 @@ int dsf_score(duet_model *model, const ds_dataset *data, const dsf_score_params 
         pr.tok_run += q->n - keep;
         pr.seconds = duet_time_s() - t0;
         if (P.progress && i + 1 < pl.n_seq && P.progress(P.ud, &pr)) {
-            rc = DSF_STOPPED;
+            rc = DUET_SCORES_STOPPED;
             goto done;
         }
     }
@@ -536,49 +536,49 @@ done:
     free(index);
     free(S.mt);
     free(map);
-    dsf_plan_free(&pl);
+    duet_scores_plan_free(&pl);
     return rc;
 }
 
 /* ---- reading ---------------------------------------------------------------------------- */
-struct dsf_file {
+struct duet_scores {
     char path[512];
     const uint8_t *base;
     size_t size;
-    const dsf_header *h;
-    const dsf_seq *seqs;
+    const duet_scores_header *h;
+    const duet_scores_seq *seqs;
 };
 
-const char *dsf_path(const dsf_file *f) { return f->path; }
-const dsf_header *dsf_hdr(const dsf_file *f) { return f->h; }
-const dsf_seq *dsf_seqs(const dsf_file *f) { return f->seqs; }
+const char *duet_scores_path(const duet_scores *f) { return f->path; }
+const duet_scores_header *duet_scores_get_header(const duet_scores *f) { return f->h; }
+const duet_scores_seq *duet_scores_seqs(const duet_scores *f) { return f->seqs; }
 
-const dsf_tok *dsf_seq_toks(const dsf_file *f, uint64_t i) {
-    return (const dsf_tok *)(f->base + f->seqs[i].offset + sizeof(dsf_block));
+const duet_scores_tok *duet_scores_seq_toks(const duet_scores *f, uint64_t i) {
+    return (const duet_scores_tok *)(f->base + f->seqs[i].offset + sizeof(duet_scores_block));
 }
 
-const uint16_t *dsf_seq_hidden(const dsf_file *f, uint64_t i) {
+const uint16_t *duet_scores_seq_hidden(const duet_scores *f, uint64_t i) {
     if (!f->h->hidden_dim) return NULL;
-    return (const uint16_t *)(f->base + f->seqs[i].offset + sizeof(dsf_block) +
-                              (uint64_t)f->seqs[i].n_tok * sizeof(dsf_tok));
+    return (const uint16_t *)(f->base + f->seqs[i].offset + sizeof(duet_scores_block) +
+                              (uint64_t)f->seqs[i].n_tok * sizeof(duet_scores_tok));
 }
 
-void dsf_close(dsf_file *f) {
+void duet_scores_close(duet_scores *f) {
     if (!f) return;
     if (f->base) munmap((void *)f->base, f->size);
     free(f);
 }
 
-static int validate(dsf_file *f, duet_error *err) {
+static int validate(duet_scores *f, duet_error *err) {
     const char *p = f->path;
-    if (f->size < DSF_HEADER_SIZE)
+    if (f->size < DUET_SCORES_HEADER_SIZE)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: %zu bytes is too short for a score file", p, f->size);
-    const dsf_header *h = f->h;
-    if (memcmp(h->magic, DSF_MAGIC, 8))
+    const duet_scores_header *h = f->h;
+    if (memcmp(h->magic, DUET_SCORES_MAGIC, 8))
         return duet_fail(err, DUET_ERR_FORMAT, "%s: not a duet score file (bad magic)", p);
-    if (h->version != DSF_VERSION || h->header_size != DSF_HEADER_SIZE)
+    if (h->version != DUET_SCORES_VERSION || h->header_size != DUET_SCORES_HEADER_SIZE)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: score file version %u (header %u bytes) is "
-                         "not supported (want %d)", p, h->version, h->header_size, DSF_VERSION);
+                         "not supported (want %d)", p, h->version, h->header_size, DUET_SCORES_VERSION);
     if (!h->complete)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: incomplete score file (an interrupted run: "
                          "re-run duet score to finish it)", p);
@@ -588,15 +588,15 @@ static int validate(dsf_file *f, duet_error *err) {
     if (h->model_name[sizeof h->model_name - 1] || h->ids_name[sizeof h->ids_name - 1])
         return duet_fail(err, DUET_ERR_FORMAT, "%s: model name is not terminated", p);
     uint64_t isz;
-    if (h->index_offset < DSF_HEADER_SIZE || h->index_offset % 8 || h->index_offset > f->size ||
-        !duet_mul_ok(h->n_seq, sizeof(dsf_seq), &isz) || isz > f->size - h->index_offset)
+    if (h->index_offset < DUET_SCORES_HEADER_SIZE || h->index_offset % 8 || h->index_offset > f->size ||
+        !duet_mul_ok(h->n_seq, sizeof(duet_scores_seq), &isz) || isz > f->size - h->index_offset)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: index (offset %llu, %llu sequences) lies "
                          "outside the file of %zu bytes", p, (unsigned long long)h->index_offset,
                          (unsigned long long)h->n_seq, f->size);
-    f->seqs = (const dsf_seq *)(f->base + h->index_offset);
-    uint64_t end = DSF_HEADER_SIZE, ts = 0, nbytes = 0;
+    f->seqs = (const duet_scores_seq *)(f->base + h->index_offset);
+    uint64_t end = DUET_SCORES_HEADER_SIZE, ts = 0, nbytes = 0;
     for (uint64_t i = 0; i < h->n_seq; i++) {
-        const dsf_seq *q = &f->seqs[i];
+        const duet_scores_seq *q = &f->seqs[i];
         uint64_t bb = block_bytes(q->n_tok, h->hidden_dim);
         if (q->offset % 64 || q->offset < end || q->n_tok > h->n_ctx ||
             q->n_prompt > h->n_ctx - q->n_tok || q->n_tok == 0 || bb > h->index_offset - q->offset ||
@@ -605,15 +605,15 @@ static int validate(dsf_file *f, duet_error *err) {
                              "%u context, start %llu) is inconsistent with the file", p,
                              (unsigned long long)i, (unsigned long long)q->offset, q->n_tok,
                              q->n_prompt, (unsigned long long)q->tok_start);
-        dsf_block b;
+        duet_scores_block b;
         memcpy(&b, f->base + q->offset, sizeof b);
-        size_t data = (size_t)(q->n_tok * sizeof(dsf_tok) + (uint64_t)q->n_tok * h->hidden_dim * 2);
+        size_t data = (size_t)(q->n_tok * sizeof(duet_scores_tok) + (uint64_t)q->n_tok * h->hidden_dim * 2);
         if (memcmp(b.magic, "SEQB", 4) || b.seq != (uint32_t)i || b.n_tok != q->n_tok ||
             b.n_prompt != q->n_prompt || b.example != q->example ||
-            b.check != dsf_block_check(f->base + q->offset + sizeof b, data))
+            b.check != duet_scores_block_check(f->base + q->offset + sizeof b, data))
             return duet_fail(err, DUET_ERR_FORMAT, "%s: sequence %llu: block header or check "
                              "does not match (corrupt file)", p, (unsigned long long)i);
-        const dsf_tok *t = dsf_seq_toks(f, i);
+        const duet_scores_tok *t = duet_scores_seq_toks(f, i);
         for (uint32_t k = 0; k < q->n_tok; k++)
             if (t[k].gold < 0 || (uint32_t)t[k].gold >= h->ids_n_vocab || !isfinite(t[k].lp) ||
                 !isfinite(t[k].maxlp) || !isfinite(t[k].entropy))
@@ -631,9 +631,9 @@ static int validate(dsf_file *f, duet_error *err) {
     return DUET_OK;
 }
 
-int dsf_open(const char *path, dsf_file **out, duet_error *err) {
+int duet_scores_open(const char *path, duet_scores **out, duet_error *err) {
     *out = NULL;
-    dsf_file *f = calloc(1, sizeof *f);
+    duet_scores *f = calloc(1, sizeof *f);
     if (!f) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     snprintf(f->path, sizeof f->path, "%s", path);
     int fd = open(path, O_RDONLY);
@@ -645,7 +645,7 @@ int dsf_open(const char *path, dsf_file **out, duet_error *err) {
         return duet_fail(err, DUET_ERR_IO, "%s: %s", path, strerror(e));
     }
     f->size = (size_t)sb.st_size;
-    if (f->size >= DSF_HEADER_SIZE) {
+    if (f->size >= DUET_SCORES_HEADER_SIZE) {
         void *m = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (m == MAP_FAILED) {
             int e = errno;
@@ -659,7 +659,7 @@ int dsf_open(const char *path, dsf_file **out, duet_error *err) {
     close(fd);
     int rc = validate(f, err);
     if (rc) {
-        dsf_close(f);
+        duet_scores_close(f);
         return rc;
     }
     *out = f;

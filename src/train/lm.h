@@ -62,7 +62,9 @@ void lm_layout_free(lm_layout *L);
 enum { LM_LOSS_CE = 0, LM_LOSS_COLLM = 1 };
 
 /* ---- the float model ------------------------------------------------------------------- */
-typedef struct lm_model {
+/* The struct behind the public handle duet_lm (duet.h); the library and the tests use it by
+ * value as lm_model. */
+typedef struct duet_lm {
     lm_config c;
     lm_layout L;
     float *w, *g;              /* [n_params] weights and gradients */

@@ -152,6 +152,26 @@ void lm_model_free(lm_model *m) {
     memset(m, 0, sizeof *m);
 }
 
+int duet_lm_load(const char *path, int n_threads, duet_lm **out, duet_error *err) {
+    *out = NULL;
+    lm_model *m = calloc(1, sizeof *m);
+    if (!m) return duet_fail(err, DUET_ERR_NOMEM, "%s: out of memory", path);
+    int rc = lm_model_load(path, n_threads, m, err);
+    if (rc) {
+        duet_lm_free(m);
+        return rc;
+    }
+    *out = m;
+    return DUET_OK;
+}
+
+void duet_lm_free(duet_lm *m) {
+    lm_model_free(m);
+    free(m);
+}
+
+const duet_model *duet_lm_source(const duet_lm *m) { return m->src; }
+
 /* Copy one metadata entry of the source file into the writer. */
 static void copy_kv(gguf_writer *w, const gguf_kv *kv) {
     switch (kv->type) {

@@ -1,12 +1,13 @@
 /*
- * lm_train.c: training runs (see lm_train.h): data into sequences and batches, the step loop
- * with gradient accumulation, held-out evaluation, checkpoints and resume, the JSON log and the
- * loss curve (CSV + SVG).
+ * lm_train.c: training runs (see duet.h, training the base): data into sequences and
+ * batches, the step loop with gradient accumulation, held-out evaluation, checkpoints and
+ * resume, the JSON log and the loss curve (CSV + SVG).
  * Invariants: the batch of step s depends only on (seed, s), never on earlier steps, so
  * resuming needs only the step count; with an expert, seq k of the plan is seq k of the
  * expert's score file (checked token by token before training).
  */
-#include "train/lm_train.h"
+#include "train/lm.h"
+#include "learn/scores.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -22,44 +23,44 @@
 #include "learn/eval.h"
 
 typedef struct seqset {
-    dsf_plan plan;
+    duet_scores_plan plan;
     float *lpe;          /* [plan.n_ids] expert log-prob of each token (NaN: none) */
     int *idx;            /* sequences of this split */
     int n;
 } seqset;
 
 static void seqset_free(seqset *s) {
-    dsf_plan_free(&s->plan);
+    duet_scores_plan_free(&s->plan);
     free(s->lpe);
     free(s->idx);
     memset(s, 0, sizeof *s);
 }
 
 /* The expert's score file must describe exactly the plan's response tokens. */
-static int attach_expert(seqset *s, const dsf_file *e, const char *data_path, duet_error *err) {
-    const dsf_header *h = dsf_hdr(e);
-    const dsf_plan *p = &s->plan;
+static int attach_expert(seqset *s, const duet_scores *e, const char *data_path, duet_error *err) {
+    const duet_scores_header *h = duet_scores_get_header(e);
+    const duet_scores_plan *p = &s->plan;
     if ((int64_t)h->n_seq != p->n_seq)
         return duet_fail(err, DUET_ERR_ARG, "%s: %llu sequences, but %s gives %d with this "
                          "tokenizer and context (score it with --tokenizer-of BASE and --n-ctx "
-                         "equal to the trainer's sequence length + 1)", dsf_path(e),
+                         "equal to the trainer's sequence length + 1)", duet_scores_path(e),
                          (unsigned long long)h->n_seq, data_path, p->n_seq);
     s->lpe = malloc((size_t)(p->n_ids ? p->n_ids : 1) * sizeof(float));
     if (!s->lpe) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     for (int64_t i = 0; i < p->n_ids; i++) s->lpe[i] = NAN;
-    const dsf_seq *es = dsf_seqs(e);
+    const duet_scores_seq *es = duet_scores_seqs(e);
     for (int k = 0; k < p->n_seq; k++) {
-        const dsf_plan_seq *q = &p->seq[k];
+        const duet_scores_plan_seq *q = &p->seq[k];
         if ((int)es[k].n_prompt != q->n_prompt || (int)es[k].n_tok != q->n - q->n_prompt)
             return duet_fail(err, DUET_ERR_ARG, "%s: sequence %d has %u context + %u scored "
                              "tokens, the trainer's has %d + %d (different data, tokenizer or "
-                             "context)", dsf_path(e), k, es[k].n_prompt, es[k].n_tok,
+                             "context)", duet_scores_path(e), k, es[k].n_prompt, es[k].n_tok,
                              q->n_prompt, q->n - q->n_prompt);
-        const dsf_tok *t = dsf_seq_toks(e, (uint64_t)k);
+        const duet_scores_tok *t = duet_scores_seq_toks(e, (uint64_t)k);
         for (int j = 0; j < q->n - q->n_prompt; j++) {
             if (t[j].gold != p->ids[q->off + q->n_prompt + j])
                 return duet_fail(err, DUET_ERR_ARG, "%s: sequence %d token %d is id %d, the "
-                                 "trainer's is %d (score with --tokenizer-of BASE)", dsf_path(e),
+                                 "trainer's is %d (score with --tokenizer-of BASE)", duet_scores_path(e),
                                  k, j, t[j].gold, p->ids[q->off + q->n_prompt + j]);
             s->lpe[q->off + q->n_prompt + j] = t[j].lp;
         }
@@ -67,13 +68,13 @@ static int attach_expert(seqset *s, const dsf_file *e, const char *data_path, du
     return DUET_OK;
 }
 
-static int load_set(lm_model *m, const char *path, int T, const dsf_file *expert, seqset *s,
+static int load_set(lm_model *m, const char *path, int T, const duet_scores *expert, seqset *s,
                     duet_error *err) {
-    ds_dataset d;
-    int rc = ds_load(path, NULL, &d, err);
+    duet_dataset d;
+    int rc = duet_dataset_load(path, NULL, &d, err);
     if (rc) return rc;
-    rc = dsf_plan_build(m->src, &d, T + 1, &s->plan, err);
-    ds_free(&d);
+    rc = duet_scores_plan_build(m->src, &d, T + 1, &s->plan, err);
+    duet_dataset_free(&d);
     if (!rc && expert) rc = attach_expert(s, expert, path, err);
     return rc;
 }
@@ -116,7 +117,7 @@ static int64_t fill_batch(const seqset *s, const int *seqs, int B, int T, batchb
         int32_t *tok = bb->tok + (size_t)r * T, *tgt = bb->tgt + (size_t)r * T;
         float *w = bb->w + (size_t)r * T, *lpe = bb->lpe + (size_t)r * T;
         int n = 0;
-        const dsf_plan_seq *q = seqs[r] >= 0 ? &s->plan.seq[seqs[r]] : NULL;
+        const duet_scores_plan_seq *q = seqs[r] >= 0 ? &s->plan.seq[seqs[r]] : NULL;
         if (q) n = q->n - 1;
         for (int i = 0; i < T; i++) {
             if (i < n) {
@@ -216,7 +217,7 @@ static int curve_save(const curve *c, const char *prefix, const char *title, due
         len += (size_t)snprintf(csv + len, cap - len, "%.0f,%.6f,%.6f\n", c->step[i], c->train[i],
                                 c->val[i]);
     snprintf(path, sizeof path, "%s.csv", prefix);
-    int rc = eval_text_save(csv, len, path, err);
+    int rc = duet_eval_text_save(csv, len, path, err);
     free(csv);
     if (rc) return rc;
     svg_series s[2] = {{.name = "training loss (mean since the previous point)", .x = c->step,
@@ -227,12 +228,12 @@ static int curve_save(const curve *c, const char *prefix, const char *title, due
     char *svg;
     if (svg_line_plot(&pl, s, 2, &svg, &len)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     snprintf(path, sizeof path, "%s.svg", prefix);
-    rc = eval_text_save(svg, len, path, err);
+    rc = duet_eval_text_save(svg, len, path, err);
     free(svg);
     return rc;
 }
 
-static int save_checkpoint(lm_model *m, const lm_train_params *p, const char *name,
+static int save_checkpoint(lm_model *m, const duet_lm_train_params *p, const char *name,
                            const lm_adamw *o, int sidecar, duet_error *err) {
     int rc = lm_model_save(m, p->out_path, name, err);
     if (!rc && sidecar) {
@@ -252,7 +253,7 @@ static int save_checkpoint(lm_model *m, const lm_train_params *p, const char *na
 
 /* ---- the run ------------------------------------------------------------------------------ */
 /* Fills the unset parameters with their defaults and refuses the ones that cannot run. */
-static int train_defaults(lm_train_params *p, const duet_hparams *hp, duet_error *err) {
+static int train_defaults(duet_lm_train_params *p, const duet_hparams *hp, duet_error *err) {
     if (p->seq_len <= 0) p->seq_len = DUET_MIN(hp->n_ctx_train - 1, 128);
     if (p->seq_len < 1 || p->seq_len + 1 > hp->n_ctx_train)
         return duet_fail(err, DUET_ERR_ARG, "--seq-len %d is out of range [1, %d] (context %d)",
@@ -274,7 +275,7 @@ static int train_defaults(lm_train_params *p, const duet_hparams *hp, duet_error
 }
 
 /* The training and held-out sets: a separate held-out file, or a seeded split of the data. */
-static int load_sets(lm_model *m, const lm_train_params *p, seqset *tr, seqset *va, duet_error *err) {
+static int load_sets(lm_model *m, const duet_lm_train_params *p, seqset *tr, seqset *va, duet_error *err) {
     int rc = load_set(m, p->data_path, p->seq_len, p->expert, tr, err);
     if (!rc && p->val_path) {
         rc = load_set(m, p->val_path, p->seq_len, p->val_expert, va, err);
@@ -302,7 +303,7 @@ static int load_sets(lm_model *m, const lm_train_params *p, seqset *tr, seqset *
 
 /* Forward and backward passes of one optimizer step's micro-batches, gradients summed into m.
  * Returns the step's summed loss; *wsum is its weighted token count (0: nothing to learn). */
-static double accumulate_step(lm_model *m, lm_acts *a, const lm_train_params *p, const seqset *tr,
+static double accumulate_step(lm_model *m, lm_acts *a, const duet_lm_train_params *p, const seqset *tr,
                               int *perm, int64_t *cur_epoch, batchbuf *bb, int64_t step, int loss,
                               int64_t *wsum_out, int64_t *tok_run) {
     int B = p->batch, T = p->seq_len, *seqs = bb->seqs;
@@ -328,8 +329,8 @@ static double accumulate_step(lm_model *m, lm_acts *a, const lm_train_params *p,
 }
 
 /* After the run: the JSON log with its result, and the loss curve, where asked for. */
-static int save_reports(json_t *log, const curve *cv, const lm_train_params *p,
-                        const lm_train_result *res, int joint, const char *name, duet_error *err) {
+static int save_reports(json_t *log, const curve *cv, const duet_lm_train_params *p,
+                        const duet_lm_train_result *res, int joint, const char *name, duet_error *err) {
     int rc = DUET_OK;
     if (p->log_path) {
         json_object_set_new(log, "result", json_pack("{s:I, s:I, s:f, s:f, s:f, s:f, s:f}",
@@ -338,7 +339,7 @@ static int save_reports(json_t *log, const curve *cv, const lm_train_params *p,
                             "last_val_loss", isnan(res->last_val) ? 0.0 : res->last_val,
                             "best_val_loss", isnan(res->best_val) ? 0.0 : res->best_val,
                             "seconds", res->seconds, "tokens_per_s", res->tok_per_s));
-        if ((rc = eval_json_save(log, p->log_path, err))) return rc;
+        if ((rc = duet_eval_json_save(log, p->log_path, err))) return rc;
     }
     if (p->curve_prefix) {
         char title[300];
@@ -350,7 +351,7 @@ static int save_reports(json_t *log, const curve *cv, const lm_train_params *p,
 
 /* The optimizer with the run's settings, and the deferral vector u of a joint run (its given
  * start, else zeros). */
-static int init_optimizer(lm_model *m, const lm_train_params *p, int joint, lm_adamw *o,
+static int init_optimizer(lm_model *m, const duet_lm_train_params *p, int joint, lm_adamw *o,
                           duet_error *err) {
     int rc;
     size_t n_opt = m->L.n_params + (joint ? (size_t)m->c.n_embd : 0);
@@ -391,7 +392,7 @@ static int resume_point(lm_adamw *o, const char *sidecar, int64_t steps, int64_t
 }
 
 /* The run's settings, as the log's "config". */
-static void log_config(json_t *log, const lm_model *m, const lm_train_params *p, int64_t steps,
+static void log_config(json_t *log, const lm_model *m, const duet_lm_train_params *p, int64_t steps,
                        int64_t warm, int n_train, int n_val, int joint) {
     int T = p->seq_len, B = p->batch;
     json_object_set_new(log, "config", json_pack("{s:s, s:s?, s:i, s:i, s:i, s:I, s:f, s:I, "
@@ -407,9 +408,9 @@ static void log_config(json_t *log, const lm_model *m, const lm_train_params *p,
 
 /* A held-out evaluation at step: its loss (*last_val, NaN without held-out data) into the
  * result's first and best, the log and the curve. */
-static int record_eval(lm_model *m, lm_acts *a, const seqset *va, const lm_train_params *p,
+static int record_eval(lm_model *m, lm_acts *a, const seqset *va, const duet_lm_train_params *p,
                        int eval_seqs, int loss, batchbuf *bb, int64_t step, double train_avg,
-                       lm_train_result *res, json_t *jevals, curve *cv, double *last_val,
+                       duet_lm_train_result *res, json_t *jevals, curve *cv, double *last_val,
                        duet_error *err) {
     double v = va->n ? evaluate(m, a, va, p->batch, p->seq_len, eval_seqs, loss, bb) : NAN;
     *last_val = v;
@@ -422,9 +423,9 @@ static int record_eval(lm_model *m, lm_acts *a, const seqset *va, const lm_train
     return DUET_OK;
 }
 
-int lm_train(lm_model *m, const lm_train_params *pp, lm_train_result *res, duet_error *err) {
-    lm_train_params p = *pp;
-    lm_train_result dummy;
+int duet_lm_train(lm_model *m, const duet_lm_train_params *pp, duet_lm_train_result *res, duet_error *err) {
+    duet_lm_train_params p = *pp;
+    duet_lm_train_result dummy;
     if (!res) res = &dummy;
     memset(res, 0, sizeof *res);
     const duet_hparams *hp = duet_model_hparams(m->src);
@@ -494,12 +495,12 @@ int lm_train(lm_model *m, const lm_train_params *pp, lm_train_result *res, duet_
             goto done;
         if (p.progress) {
             double left = (double)(steps - step) * (el / (double)(step - start));
-            lm_progress pr = {step, steps, train_avg, last_val, lr, gnorm, tps, left, is_eval};
+            duet_lm_progress pr = {step, steps, train_avg, last_val, lr, gnorm, tps, left, is_eval};
             p.progress(p.ud, &pr);
         }
         if (is_eval) since_loss = 0, since_w = 0;
         if (p.stop_at > 0 && step == p.stop_at && step < steps) {
-            if (!(rc = save_checkpoint(m, &p, name, &o, 1, err))) rc = LM_STOPPED;
+            if (!(rc = save_checkpoint(m, &p, name, &o, 1, err))) rc = DUET_LM_STOPPED;
             res->steps = step;
             goto done;
         }
