@@ -1,6 +1,7 @@
 /* fixtures.c: model files the tests share, made once per run in the test directory:
  * llama2.c models from ../shared imported with duet's converter, and random-weight models
  * written by duet's own GGUF writer. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,11 +73,31 @@ const char *fixture_llama2c(const char *name) {
     return done[slot];
 }
 
+/* test_tmpdir()/NAME (printf-style) as a string valid for the whole run: callers keep these
+ * pointers (the server tests hold their models' paths across every later fixture call), so
+ * one path is never overwritten by another's; the same name gives the same pointer. */
+static const char *fixture_path(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static const char *fixture_path(const char *fmt, ...) {
+    static char paths[256][512];
+    static int n;
+    char name[400], full[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    snprintf(full, sizeof full, "%s/%s", test_tmpdir(), name);
+    for (int i = 0; i < n; i++)
+        if (!strcmp(paths[i], full)) return paths[i];
+    if (n == 256) {
+        fprintf(stderr, "fixtures: more than 256 fixture files\n");
+        abort();
+    }
+    memcpy(paths[n], full, sizeof full);
+    return paths[n++];
+}
+
 const char *fixture_random(int type, uint64_t seed, int tied) {
-    static char path[8][512];
-    static int k;
-    char *out = path[k++ & 7];
-    snprintf(out, 512, "%s/rand-%d-%llu-%d.gguf", test_tmpdir(), type, (unsigned long long)seed, tied);
+    const char *out = fixture_path("rand-%d-%llu-%d.gguf", type, (unsigned long long)seed, tied);
     if (access(out, R_OK) == 0) return out;
     duet_make_model_params p = {.arch = "llama", .n_embd = 128, .n_layer = 2, .n_head = 4,
                                 .n_head_kv = 2, .n_ff = 256, .n_vocab = 600, .n_ctx = 256,
@@ -91,11 +112,8 @@ const char *fixture_random(int type, uint64_t seed, int tied) {
 
 const char *fixture_arch(const char *arch, int type, int n_swa, float attn_softcap,
                          float final_softcap) {
-    static char path[8][512];
-    static int k;
-    char *out = path[k++ & 7];
-    snprintf(out, 512, "%s/arch-%s-%d-%d-%g-%g.gguf", test_tmpdir(), arch, type, n_swa,
-             attn_softcap, final_softcap);
+    const char *out = fixture_path("arch-%s-%d-%d-%g-%g.gguf", arch, type, n_swa, attn_softcap,
+                                   final_softcap);
     if (access(out, R_OK) == 0) return out;
     int wide = !strcmp(arch, "qwen3") || !strcmp(arch, "gemma2");
     int longrope = !strcmp(arch, "phi3-longrope");
@@ -240,10 +258,7 @@ const char *fixture_chat_model(void) {
 /* A vocabulary-only GGUF: <unk>, <s>, </s>, 256 byte tokens, then n_long tokens of 300 + 7i
  * bytes each; eos is the end-of-sequence id. */
 static const char *long_vocab(int n_long, uint32_t eos, const char *name) {
-    static char path[8][512];
-    static int used;
-    char *out = path[used++ % 8];
-    snprintf(out, 512, "%s/%s.gguf", test_tmpdir(), name);
+    const char *out = fixture_path("%s.gguf", name);
     int n = 3 + 256 + n_long;
     char **text = calloc((size_t)n, sizeof *text);
     float *score = calloc((size_t)n, sizeof *score);
@@ -288,10 +303,7 @@ static const char *long_vocab(int n_long, uint32_t eos, const char *name) {
 }
 
 static const char *model_with_vocab(const char *vocab, const char *name) {
-    static char path[4][512];
-    static int used;
-    char *out = path[used++ % 4];
-    snprintf(out, 512, "%s/%s.gguf", test_tmpdir(), name);
+    const char *out = fixture_path("%s.gguf", name);
     duet_make_model_params mp = {.n_embd = 64, .n_layer = 2, .n_head = 4, .n_head_kv = 2,
                                  .n_ff = 96, .n_ctx = 128, .type = DT_F32, .output_type = -1,
                                  .seed = 77, .weight_std = 0.25f, .vocab_from = vocab};
