@@ -109,6 +109,24 @@ static void train_progress(void *ud, const duet_head_train_progress *p) {
     cli_progress_update(ud, label, "steps", p->step, p->steps, extra);
 }
 
+/* --base: the model that scored the base file (name, width and vocabulary must match its
+ * header), and the head u starts from: the mean of its output rows (duet_head_init). */
+static int head_from_base(const char *path, duet_scores *B, const char *bpath, duet_model **m,
+                          duet_head **init, duet_error *err) {
+    duet_model_params mp = {.n_threads = 1, .use_mmap = 1};
+    const duet_scores_header *bh = duet_scores_get_header(B);
+    int rc = duet_model_load(path, &mp, m, err);
+    if (rc) return rc;
+    const duet_hparams *mh = duet_model_hparams(*m);
+    if (strcmp(mh->name, bh->model_name) || mh->n_embd != (int)bh->n_embd ||
+        duet_model_vocab_hash(*m) != bh->vocab_hash) {
+        snprintf(err->msg, sizeof err->msg, "%s ('%s', n_embd %d) is not the model that scored %s "
+                 "('%s', n_embd %u)", path, mh->name, mh->n_embd, bpath, bh->model_name, bh->n_embd);
+        return DUET_ERR_ARG;
+    }
+    return duet_head_init(*m, init, err);
+}
+
 static int cmd_head_train(int argc, char **argv) {
     const char *bpath = NULL, *epath = NULL, *out = NULL, *base_model = NULL;
     int quiet = 0, weak_epochs = -2;
@@ -187,19 +205,7 @@ static int cmd_head_train(int argc, char **argv) {
     int rc;
     if ((rc = duet_scores_open(bpath, &B, &err)) || (rc = duet_scores_open(epath, &E, &err))) goto done;
     if (base_model) {
-        duet_model_params mp = {.n_threads = 1, .use_mmap = 1};
-        const duet_scores_header *bh = duet_scores_get_header(B);
-        if ((rc = duet_model_load(base_model, &mp, &m, &err))) goto done;
-        const duet_hparams *mh = duet_model_hparams(m);
-        if (strcmp(mh->name, bh->model_name) || mh->n_embd != (int)bh->n_embd ||
-            duet_model_vocab_hash(m) != bh->vocab_hash) {
-            rc = DUET_ERR_ARG;
-            snprintf(err.msg, sizeof err.msg, "%s ('%s', n_embd %d) is not the model that scored %s "
-                     "('%s', n_embd %u)", base_model, mh->name, mh->n_embd, bpath, bh->model_name,
-                     bh->n_embd);
-            goto done;
-        }
-        if ((rc = duet_head_init(m, &init, &err))) goto done;
+        if ((rc = head_from_base(base_model, B, bpath, &m, &init, &err))) goto done;
         hp.u_init = duet_head_u(init);
     }
     cli_progress pg;
