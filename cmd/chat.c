@@ -73,12 +73,13 @@ static void history_truncate(history *h, int n) {
 /* The prompt tokens of this turn: the previous turn's tokens + the new text when the new
  * rendering extends the previous one and the new part starts with a special token (so that
  * tokenising it alone gives what tokenising the whole would); else the whole text afresh. */
-static int32_t *turn_tokens(const duet_model *m, const char *text, const char *prev_text,
-                            const int32_t *prev, int n_prev, int *n, duet_error *err) {
+static int32_t *turn_tokens(const duet_model *m, const char *text, const unsigned char *plain,
+                            const char *prev_text, const int32_t *prev, int n_prev, int *n,
+                            duet_error *err) {
     size_t pl = prev_text ? strlen(prev_text) : 0, tl = strlen(text);
     if (prev_text && pl < tl && !memcmp(text, prev_text, pl)) {
         int nd;
-        int32_t *d = tokenize_alloc(m, text + pl, tl - pl, 0, 1, &nd, err);
+        int32_t *d = tokenize_alloc(m, text + pl, tl - pl, 0, 1, plain + pl, &nd, err);
         if (!d) return NULL;
         int ty = nd > 0 ? duet_token_type(m, d[0]) : 0;
         if (ty == 3 || ty == 4) { /* control or user-defined */
@@ -91,7 +92,7 @@ static int32_t *turn_tokens(const duet_model *m, const char *text, const char *p
         }
         free(d);
     }
-    return tokenize_alloc(m, text, tl, 1, 1, n, err);
+    return tokenize_alloc(m, text, tl, 1, 1, plain, n, err);
 }
 
 /* Reads the command line into o; returns -1 to go on, else the exit status (0 after --help
@@ -148,6 +149,7 @@ int cmd_chat(int argc, char **argv) {
     gen_models g = {0};
     history h = {0};
     char *line = NULL, *text = NULL, *prev_text = NULL;
+    unsigned char *plain = NULL; /* which bytes of text are message content */
     size_t line_cap = 0;
     int32_t *prev = NULL;
     int n_prev = 0, n_fixed = 0, tty_in = isatty(0), turn = 0;
@@ -184,8 +186,10 @@ int cmd_chat(int argc, char **argv) {
         int n_tok = 0;
         int32_t *toks = NULL;
         double t0 = duet_time_s();
-        if (!(text = chat_render_alloc(g.base, o.chat_template, h.m, h.n, &err)) ||
-            !(toks = turn_tokens(g.base, text, prev_text, prev, n_prev, &n_tok, &err)) ||
+        free(plain);
+        plain = NULL;
+        if (!(text = chat_render_alloc(g.base, o.chat_template, h.m, h.n, &plain, &err)) ||
+            !(toks = turn_tokens(g.base, text, plain, prev_text, prev, n_prev, &n_tok, &err)) ||
             (o.verbose_prompt && (gen_print_prompt("chat", text, strlen(text), toks, n_tok), 0)) ||
             duet_collab_start(g.co, toks, n_tok, &err)) {
             /* this message cannot be answered (e.g. the context is full): say so, keep going */
@@ -229,6 +233,7 @@ done:
     free(h.m);
     free(line);
     free(text);
+    free(plain);
     free(prev_text);
     free(prev);
     gen_free(&g);

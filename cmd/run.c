@@ -61,6 +61,7 @@ int cmd_run(int argc, char **argv) {
     o.cp.details = trace_path != NULL;
     rc = 1;
     char *file_text = NULL, *rendered = NULL;
+    unsigned char *plain = NULL; /* --chat: which prompt bytes are the user's text */
     size_t prompt_len = strlen(prompt);
     if (prompt_file) {
         if (!(file_text = read_file("run", prompt_file, &prompt_len))) goto out;
@@ -79,7 +80,7 @@ int cmd_run(int argc, char **argv) {
         if (duet_model_chat_format(g.base, o.chat_template, &format, &err)) goto fail;
         duet_chat_message msgs[2] = {{"system", o.system}, {"user", prompt}};
         if (!(rendered = chat_render_alloc(g.base, o.chat_template, o.system ? msgs : msgs + 1,
-                                           o.system ? 2 : 1, &err)))
+                                           o.system ? 2 : 1, &plain, &err)))
             goto fail;
         prompt = rendered;
         prompt_len = strlen(rendered);
@@ -88,7 +89,8 @@ int cmd_run(int argc, char **argv) {
         if (!o.quiet) fprintf(stderr, "duet run: chat format %s\n", format);
     }
     int n_tok;
-    if (!(toks = tokenize_alloc(g.base, prompt, prompt_len, !no_bos, parse_special, &n_tok, &err)))
+    if (!(toks = tokenize_alloc(g.base, prompt, prompt_len, !no_bos, parse_special, plain, &n_tok,
+                                &err)))
         goto fail;
     if (n_tok == 0) {
         snprintf(err.msg, sizeof err.msg, "empty prompt and the model has no BOS token");
@@ -119,6 +121,7 @@ done:
     gen_result_free(&res);
     free(toks);
     free(rendered);
+    free(plain);
     free(file_text);
     gen_free(&g);
 out:

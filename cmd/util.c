@@ -413,13 +413,20 @@ void gen_print_prompt(const char *cmd, const char *text, size_t len, const int32
     fputs("]\n", stderr);
 }
 
+/* duet_tokenize, or duet_tokenize_masked when plain is set */
+static int encode(const duet_model *m, const char *text, size_t len, int add_bos, int parse_special,
+                  const unsigned char *plain, int32_t *t, int cap, duet_error *err) {
+    return plain ? duet_tokenize_masked(m, text, len, add_bos, plain, t, cap, err)
+                 : duet_tokenize(m, text, len, add_bos, parse_special, t, cap, err);
+}
+
 int32_t *tokenize_alloc(const duet_model *m, const char *text, size_t len, int add_bos,
-                        int parse_special, int *n, duet_error *err) {
-    int k = duet_tokenize(m, text, len, add_bos, parse_special, NULL, 0, err);
+                        int parse_special, const unsigned char *plain, int *n, duet_error *err) {
+    int k = encode(m, text, len, add_bos, parse_special, plain, NULL, 0, err);
     if (k < 0) return NULL;
     int32_t *t = malloc((size_t)(k + 1) * sizeof *t);
     if (!t) { snprintf(err->msg, sizeof err->msg, "out of memory"); return NULL; }
-    if ((k = duet_tokenize(m, text, len, add_bos, parse_special, t, k, err)) < 0) {
+    if ((k = encode(m, text, len, add_bos, parse_special, plain, t, k, err)) < 0) {
         free(t);
         return NULL;
     }
@@ -428,14 +435,8 @@ int32_t *tokenize_alloc(const duet_model *m, const char *text, size_t len, int a
 }
 
 char *chat_render_alloc(const duet_model *m, const char *override, const duet_chat_message *msgs,
-                        int n, duet_error *err) {
-    int k = duet_model_chat_render(m, override, msgs, n, 1, NULL, 0, err);
-    if (k < 0) return NULL;
-    char *s = malloc((size_t)k + 1);
-    if (!s) { snprintf(err->msg, sizeof err->msg, "out of memory"); return NULL; }
-    if (duet_model_chat_render(m, override, msgs, n, 1, s, (size_t)k + 1, err) < 0) {
-        free(s);
-        return NULL;
-    }
-    return s;
+                        int n, unsigned char **plain, duet_error *err) {
+    char *s = NULL;
+    size_t len;
+    return duet_model_chat_prompt(m, override, msgs, n, 1, &s, plain, &len, err) ? NULL : s;
 }

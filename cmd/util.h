@@ -94,13 +94,16 @@ void gen_print_stats(const char *cmd, const gen_models *g, int n_prompt, double 
 /* The --verbose-prompt lines on stderr: the text as a JSON string, then the token ids. */
 void gen_print_prompt(const char *cmd, const char *text, size_t len, const int32_t *toks, int n);
 
-/* Tokenize into a new array (*n ids); NULL with err filled on failure. */
+/* Tokenize into a new array (*n ids); NULL with err filled on failure. With plain (a chat
+ * prompt's mask, see chat_render_alloc) control tokens are parsed only outside the marked
+ * message text (duet_tokenize_masked) and parse_special is ignored. */
 int32_t *tokenize_alloc(const duet_model *m, const char *text, size_t len, int add_bos,
-                        int parse_special, int *n, duet_error *err);
-/* duet_model_chat_render (with the generation prompt) into a new NUL-terminated string; NULL
- * with err filled on failure. */
+                        int parse_special, const unsigned char *plain, int *n, duet_error *err);
+/* The conversation rendered with the generation prompt (duet_model_chat_prompt) into a new
+ * NUL-terminated string, and in *plain a new mask of its message-text bytes for
+ * tokenize_alloc (free both); NULL with err filled on failure. */
 char *chat_render_alloc(const duet_model *m, const char *override, const duet_chat_message *msgs,
-                        int n, duet_error *err);
+                        int n, unsigned char **plain, duet_error *err);
 /* A JSON string literal for s[0..n) (invalid UTF-8 bytes become \u00XX). */
 void json_str(FILE *f, const char *s, size_t n);
 

@@ -116,6 +116,13 @@ int duet_token_is_eog(const duet_model *model, int32_t token); /* end of generat
  * token / an error when the vocabulary has no token for that byte. */
 int duet_tokenize(const duet_model *model, const char *text, size_t len, int add_bos,
                   int parse_special, int32_t *out, int cap, duet_error *err);
+/* Encode text in which control tokens are parsed except where their text touches a byte
+ * marked in plain[len] (1 = plain text that must never become a control token; NULL: none).
+ * For prompts built by the program around user text: the chat template's markers become
+ * control tokens, a user writing "</s>" or "<|im_end|>" gets that text as text. User-defined
+ * tokens are recognised everywhere, as with duet_tokenize. Same return contract. */
+int duet_tokenize_masked(const duet_model *model, const char *text, size_t len, int add_bos,
+                         const unsigned char *plain, int32_t *out, int cap, duet_error *err);
 
 /* The bytes of one token for output. prev is the previous token in the sequence (or -1);
  * a leading space is dropped right after BOS, as SentencePiece decoding does.
@@ -580,6 +587,13 @@ int duet_model_chat_format(const duet_model *model, const char *override, const 
 int duet_model_chat_render(const duet_model *model, const char *override,
                            const duet_chat_message *msgs, int n, int add_generation_prompt,
                            char *buf, size_t cap, duet_error *err);
+/* The conversation rendered for a prompt (as duet_model_chat_render, with the generation
+ * prompt when add_generation_prompt) into a new NUL-terminated *text of *len bytes, and a new
+ * *plain[*len] marking the bytes that came from the messages' content (1) rather than from the
+ * template (0): tokenize the two with duet_tokenize_masked. Free both with free(). */
+int duet_model_chat_prompt(const duet_model *model, const char *override,
+                           const duet_chat_message *msgs, int n, int add_generation_prompt,
+                           char **text, unsigned char **plain, size_t *len, duet_error *err);
 
 /* ---- model files: import and fixtures ---------------------------------------------------- */
 typedef struct duet_convert_params {

@@ -649,3 +649,33 @@ int duet_model_chat_render(const duet_model *m, const char *override,
                            char *buf, size_t cap, duet_error *err) {
     return model_render(m, override, msgs, n, add_generation_prompt, buf, cap, NULL, err);
 }
+
+int duet_model_chat_prompt(const duet_model *m, const char *override, const duet_chat_message *msgs,
+                           int n, int add_generation_prompt, char **text, unsigned char **plain,
+                           size_t *len, duet_error *err) {
+    *text = NULL;
+    *plain = NULL;
+    *len = 0;
+    int k = model_render(m, override, msgs, n, add_generation_prompt, NULL, 0, NULL, err);
+    if (k < 0) return k;
+    duet_buf ranges = {0};
+    char *t = malloc((size_t)k + 1);
+    unsigned char *mask = calloc((size_t)k + 1, 1);
+    int rc = t && mask ? model_render(m, override, msgs, n, add_generation_prompt, t, (size_t)k + 1,
+                                      &ranges, err)
+                       : duet_fail(err, DUET_ERR_NOMEM, "chat: out of memory");
+    if (rc >= 0) {
+        const size_t *r = (const size_t *)ranges.p;
+        for (size_t i = 0; i + 1 < ranges.n / sizeof *r; i += 2)
+            memset(mask + r[i], 1, r[i + 1] - r[i]);
+        *text = t;
+        *plain = mask;
+        *len = (size_t)k;
+        rc = DUET_OK;
+    } else {
+        free(t);
+        free(mask);
+    }
+    free(ranges.p);
+    return rc;
+}

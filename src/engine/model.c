@@ -624,6 +624,11 @@ int duet_tokenize(const duet_model *m, const char *text, size_t len, int add_bos
     return tokenizer_encode(m->tok, text, len, add_bos, parse_special, out, cap, err);
 }
 
+int duet_tokenize_masked(const duet_model *m, const char *text, size_t len, int add_bos,
+                         const unsigned char *plain, int32_t *out, int cap, duet_error *err) {
+    return tokenizer_encode_masked(m->tok, text, len, add_bos, 1, plain, out, cap, err);
+}
+
 int duet_token_to_piece(const duet_model *m, int32_t prev, int32_t token, char *buf, int cap) {
     return tokenizer_piece(m->tok, prev, token, buf, cap);
 }

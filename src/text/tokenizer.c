@@ -633,7 +633,8 @@ enum { COV_TEXT = 0, COV_TOKEN = 1, COV_STRIPPED = 2 };
  * token in rank order claims its leftmost occurrences that still lie wholly in plain text.
  * On return *acc holds the claimed matches by position and cov marks every byte. */
 static int partition(const tokenizer *t, const char *text, size_t len, bool parse_special,
-                     match **acc, size_t *n_acc, unsigned char **cov_out) {
+                     const unsigned char *plain, match **acc, size_t *n_acc,
+                     unsigned char **cov_out) {
     match *c = NULL;
     size_t nc = 0, cc = 0;
     *acc = NULL;
@@ -641,9 +642,10 @@ static int partition(const tokenizer *t, const char *text, size_t len, bool pars
     *cov_out = NULL;
     for (size_t i = 0; i < len; i++) {
         int32_t node = t->root_child[(unsigned char)text[i]];
+        bool in_plain = plain && plain[i]; /* text[i..k) touches a plain byte */
         for (size_t k = i + 1; node; k++) {
             int32_t id = t->term[node];
-            if (id >= 0 && (parse_special || t->type[id] == TOKTYPE_USER)) {
+            if (id >= 0 && ((parse_special && !in_plain) || t->type[id] == TOKTYPE_USER)) {
                 if (nc == cc) {
                     size_t cap = cc ? 2 * cc : 64;
                     match *g = realloc(c, cap * sizeof *g);
@@ -654,6 +656,7 @@ static int partition(const tokenizer *t, const char *text, size_t len, bool pars
                 c[nc++] = (match){t->len[id], id, (uint32_t)i};
             }
             if (k >= len) break;
+            in_plain = in_plain || (plain && plain[k]);
             node = trie_child(t, node, (unsigned char)text[k]);
         }
     }
@@ -688,6 +691,12 @@ static int partition(const tokenizer *t, const char *text, size_t len, bool pars
 
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_bos,
                      bool parse_special, int32_t *out, int cap, duet_error *err) {
+    return tokenizer_encode_masked(t, text, len, add_bos, parse_special, NULL, out, cap, err);
+}
+
+int tokenizer_encode_masked(const tokenizer *t, const char *text, size_t len, bool add_bos,
+                            bool parse_special, const unsigned char *plain, int32_t *out,
+                            int cap, duet_error *err) {
     if (!t || (!text && len > 0) || cap < 0 || (!out && cap > 0))
         return duet_fail(err, DUET_ERR_ARG, "tokenize: bad argument (text %s, len %zu, "
                          "cap %d)", text ? "set" : "NULL", len, cap);
@@ -706,7 +715,7 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_
     unsigned char *cov = NULL;
     tok_work w = {0};
     if (len > 0) {
-        if (partition(t, text, len, parse_special, &acc, &n_acc, &cov)) {
+        if (partition(t, text, len, parse_special, plain, &acc, &n_acc, &cov)) {
             rc = duet_fail(err, DUET_ERR_NOMEM, "tokenize: out of memory");
             goto done;
         }

@@ -41,6 +41,13 @@ uint64_t tokenizer_hash(const tokenizer *t);
  * has a BOS token and asks for it (add_bos_token true or absent). */
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len, bool add_bos,
                      bool parse_special, int32_t *out, int cap, duet_error *err);
+/* As tokenizer_encode with parse_special, except that a control token is recognised only where
+ * its text touches no byte marked in plain[len] (plain may be NULL: none marked). A chat
+ * prompt marks its messages' text, so the template's markers become control tokens and a
+ * user's "<|im_end|>" stays text. User-defined tokens are recognised everywhere, as always. */
+int tokenizer_encode_masked(const tokenizer *t, const char *text, size_t len, bool add_bos,
+                            bool parse_special, const unsigned char *plain, int32_t *out,
+                            int cap, duet_error *err);
 /* Byte-level BPE only: the pre-tokenizer's piece boundaries in text (input byte offsets,
  * 0 first and len last; a text without special tokens is one fragment). Writes up to cap
  * offsets and returns how many there are; DUET_ERR_ARG for a SentencePiece vocabulary.
