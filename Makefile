@@ -75,15 +75,19 @@ test: deps all
 test-long: deps deps-long all
 	DUET_BIN=$(O)/duet DUET_LONG=1 $(O)/run_tests
 	sh tests/browser/run.sh $(O)/duet $(O)/browser-screenshot.png
+	sh tests/openai/run.sh $(O)/duet
 
 # Only test-long needs a browser: Debian's chromium and playwright-core from npm
-# (version pinned in tests/browser/package.json, installed under tests/browser/node_modules).
+# (version pinned in tests/browser/package.json, installed under tests/browser/node_modules),
+# and the official openai client (pinned in tests/openai/package.json) for its API test.
 # (node and npm from Debian unless some other node install is already on the PATH)
 deps-long:
 	@tools/deps.sh chromium
 	@command -v npm >/dev/null || tools/deps.sh nodejs npm
 	@[ -d tests/browser/node_modules/playwright-core ] || \
 	    (cd tests/browser && npm install --no-audit --no-fund --silent)
+	@[ -d tests/openai/node_modules/openai ] || \
+	    (cd tests/openai && npm install --no-audit --no-fund --silent)
 
 ## demo: Co-LLM on the embedded demo models (models/), then the held-out evaluation table
 demo: deps $(O)/duet
