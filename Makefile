@@ -127,7 +127,8 @@ fuzz:
 	@for f in fuzz/*.c; do n=$$(basename $$f .c); \
 	    echo "clang fuzz $$n"; \
 	    clang -O1 -g -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Isrc \
-	        $$f build-fuzz/libduet.a -ljansson -lpcre2-8 -lm -pthread -o build-fuzz/$$n || exit 1; done
+	        $$f build-fuzz/libduet.a -ljansson -lpcre2-8 -lmicrohttpd -lcurl -lm -pthread \
+	        -o build-fuzz/$$n || exit 1; done
 
 clean:
 	rm -rf build build-debug build-fuzz
