@@ -265,13 +265,15 @@ TEST(attn_f16_cache_within_rounding_bound) {
     }
 }
 
-/* Logits of toks[0..n) in one batch with a model loaded on n_threads. */
-static float *logits_with_threads(const char *path, int n_threads, const int32_t *toks, int n) {
+/* Logits of toks[0..n) in one batch with a model loaded on n_threads, K/V caches of kv_type. */
+static float *logits_with_threads(const char *path, int n_threads, int kv_type,
+                                  const int32_t *toks, int n) {
     duet_model *m = NULL;
     duet_session *s = NULL;
     duet_error err = {0};
     duet_model_params mp = {.n_threads = n_threads};
-    if (duet_model_load(path, &mp, &m, &err) || duet_session_new(m, NULL, &s, &err) ||
+    duet_session_params sp = {.type_k = kv_type, .type_v = kv_type};
+    if (duet_model_load(path, &mp, &m, &err) || duet_session_new(m, &sp, &s, &err) ||
         duet_session_eval(s, toks, n, 1, &err)) {
         test_fail_at(__FILE__, __LINE__, "%s: %s", path, err.msg);
         duet_session_free(s);
@@ -289,7 +291,8 @@ static float *logits_with_threads(const char *path, int n_threads, const int32_t
 
 /* Attention items, the per-token steps (threaded from 128 tokens of this width) and the
  * matrix products all split differently over 1, 2 and 3 threads; the logits must not move.
- * gemma2 adds soft caps, a sliding window, post-norms, GELU and head_dim 24. */
+ * gemma2 adds soft caps, a sliding window, post-norms, GELU and head_dim 24. Both with F32
+ * and F16 K/V caches. */
 TEST(attn_forward_same_bits_any_thread_count) {
     const struct { const char *path; int n, V; } models[] = {
         {fixture_random(DT_Q8_0, 3, 0), 200, 600},
@@ -300,15 +303,18 @@ TEST(attn_forward_same_bits_any_thread_count) {
         int n = models[mi].n, V = models[mi].V;
         int32_t toks[200];
         for (int i = 0; i < n; i++) toks[i] = (i * 37 + 11) % V;
-        float *one = logits_with_threads(models[mi].path, 1, toks, n);
-        REQUIRE(one);
-        for (int nth = 2; nth <= 3; nth++) {
-            float *many = logits_with_threads(models[mi].path, nth, toks, n);
-            REQUIRE(many);
-            CHECKF(!memcmp(one, many, sizeof(float) * (size_t)V * n),
-                   "%s: logits with %d threads differ from 1 thread", models[mi].path, nth);
-            free(many);
+        for (int kv = DT_F32; kv <= DT_F16; kv++) {
+            float *one = logits_with_threads(models[mi].path, 1, kv, toks, n);
+            REQUIRE(one);
+            for (int nth = 2; nth <= 3; nth++) {
+                float *many = logits_with_threads(models[mi].path, nth, kv, toks, n);
+                REQUIRE(many);
+                CHECKF(!memcmp(one, many, sizeof(float) * (size_t)V * n),
+                       "%s, K/V %s: logits with %d threads differ from 1 thread",
+                       models[mi].path, dtype_info(kv)->name, nth);
+                free(many);
+            }
+            free(one);
         }
-        free(one);
     }
 }
