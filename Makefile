@@ -32,9 +32,9 @@ TEST_OBJ := $(TEST_SRC:%.c=$(O)/%.o)
 # ISA-specific kernel files get their own flags; dispatch happens at run time.
 $(O)/src/engine/kernels_avx2.o:   XFLAGS := -mavx2 -mfma -mf16c
 $(O)/src/engine/kernels_avx512.o: XFLAGS := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
-$(O)/src/engine/attn_avx2.o:      XFLAGS := -mavx2 -mfma
+$(O)/src/engine/attn_avx2.o:      XFLAGS := -mavx2 -mfma -mf16c
 $(O)/src/engine/act_avx2.o:       XFLAGS := -mavx2 -mfma
-$(O)/src/engine/attn_avx512.o:    XFLAGS := -mavx512f -mavx512vl -mavx2 -mfma
+$(O)/src/engine/attn_avx512.o:    XFLAGS := -mavx512f -mavx512vl -mavx2 -mfma -mf16c
 
 .PHONY: all deps deps-long test test-long demo serve bench debug fuzz clean help models mutation
 

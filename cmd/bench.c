@@ -3,7 +3,8 @@
  * repetitions, as llama-bench reports them; plus the share of each test's limit: for
  * generation the memory bandwidth (weight bytes streamed per token vs bandwidth measured
  * here), for prompt processing the FP32 FMA peak measured here (FLOPs per token vs peak;
- * int8 kernels can pass 100%). */
+ * int8 kernels can pass 100%). With -ctk / -ctv other than f32 the rows gain type_k and
+ * type_v columns, as llama-bench shows them only when they are not its default. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,13 +18,16 @@
 
 static void usage(FILE *f) {
     fprintf(f, "usage: duet bench -m MODEL [-p 512[,..]] [-n 128[,..]] [-t 2[,..]] [-r REPS] "
-               "[-o md|csv] [--mmap] [--no-repack]\n");
+               "[-ctk f32|f16] [-ctv f32|f16] [-o md|csv] [--mmap] [--no-repack]\n");
 }
+
+static int g_type_k = DUET_KV_F32, g_type_v = DUET_KV_F32; /* -ctk, -ctv */
 
 static int run_test(duet_model *m, int n_prompt, int n_gen, double *tps) {
     duet_session *s = NULL;
     duet_error err = {0};
-    duet_session_params sp = {.n_ctx = n_prompt + n_gen + 1, .n_batch = n_prompt > 0 ? n_prompt : 1};
+    duet_session_params sp = {.n_ctx = n_prompt + n_gen + 1, .n_batch = n_prompt > 0 ? n_prompt : 1,
+                              .type_k = g_type_k, .type_v = g_type_v};
     if (duet_session_new(m, &sp, &s, &err)) {
         fprintf(stderr, "duet bench: %s\n", err.msg);
         return 1;
@@ -70,6 +74,8 @@ int cmd_bench(int argc, char **argv) {
         else if (!strcmp(a, "-t")) { if (!(nt = arg_int_list("bench", a, v, tl, MAXL))) return 2; }
         else if (!strcmp(a, "-r")) { if (!arg_int("bench", a, v, 1, 1000, &reps)) return 2; }
         else if (!strcmp(a, "-o")) fmt = v;
+        else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) { if (!arg_cache_type("bench", a, v, &g_type_k)) return 2; }
+        else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) { if (!arg_cache_type("bench", a, v, &g_type_v)) return 2; }
         else {
             fprintf(stderr, "duet bench: unknown option '%s'\n", a);
             usage(stderr);
@@ -77,11 +83,16 @@ int cmd_bench(int argc, char **argv) {
         }
     }
     if (!model_path || (strcmp(fmt, "md") && strcmp(fmt, "csv"))) { usage(stderr); return 2; }
-    int csv = !strcmp(fmt, "csv");
-    if (csv) printf("model,size_bytes,params,threads,test,tps_mean,tps_sd,limit_tps,share\n");
+    int csv = !strcmp(fmt, "csv"), kv = g_type_k != DUET_KV_F32 || g_type_v != DUET_KV_F32;
+    char kvcol[32] = ""; /* the type columns of a row, when shown */
+    if (kv) snprintf(kvcol, sizeof kvcol, csv ? "%s,%s," : " %s | %s |", cache_type_name(g_type_k),
+                     cache_type_name(g_type_v));
+    if (csv) printf("model,size_bytes,params,threads,%stest,tps_mean,tps_sd,limit_tps,share\n",
+                    kv ? "type_k,type_v," : "");
     else {
-        printf("| model | size | params | threads | test | t/s | share of limit |\n");
-        printf("| --- | ---: | ---: | ---: | --- | ---: | --- |\n");
+        printf("| model | size | params | threads |%s test | t/s | share of limit |\n",
+               kv ? " type_k | type_v |" : "");
+        printf("| --- | ---: | ---: | ---: |%s --- | ---: | --- |\n", kv ? " --- | --- |" : "");
     }
     for (int ti = 0; ti < nt; ti++) {
         duet_error err = {0};
@@ -117,9 +128,9 @@ int cmd_bench(int argc, char **argv) {
             char test[32];
             snprintf(test, sizeof test, "%s%d", is_pp ? "pp" : "tg", n);
             if (csv)
-                printf("%s,%llu,%llu,%d,%s,%.3f,%.3f,%.3f,%.4f\n", hp->name,
+                printf("%s,%llu,%llu,%d,%s%s,%.3f,%.3f,%.3f,%.4f\n", hp->name,
                        (unsigned long long)hp->weight_bytes, (unsigned long long)hp->n_params,
-                       tl[ti], test, mean, sd, limit, limit > 0 ? mean / limit : 0);
+                       tl[ti], kvcol, test, mean, sd, limit, limit > 0 ? mean / limit : 0);
             else {
                 char share[96] = "-";
                 if (limit > 0 && is_pp)
@@ -128,9 +139,9 @@ int cmd_bench(int argc, char **argv) {
                 else if (limit > 0)
                     snprintf(share, sizeof share, "%.1f%% of %.1f t/s (%.1f GB/s, %.0f MB/token)",
                              100 * mean / limit, limit, bw / 1e9, bpt / 1e6);
-                printf("| %s | %.2f GiB | %.2f B | %d | %s | %.2f ± %.2f | %s |\n", hp->name,
-                       hp->weight_bytes / (double)(1 << 30), hp->n_params / 1e9, tl[ti], test,
-                       mean, sd, share);
+                printf("| %s | %.2f GiB | %.2f B | %d |%s %s | %.2f ± %.2f | %s |\n", hp->name,
+                       hp->weight_bytes / (double)(1 << 30), hp->n_params / 1e9, tl[ti], kvcol,
+                       test, mean, sd, share);
             }
             fflush(stdout);
         }

@@ -15,7 +15,10 @@
 #include "util.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: duet perplexity -m MODEL -f FILE [-c CTX] [-t THREADS] [--llama-compat] [--quiet]\n"
+    fprintf(f, "usage: duet perplexity -m MODEL -f FILE [-c CTX] [-t THREADS] [-ctk TYPE] [-ctv TYPE]\n"
+               "                       [--llama-compat] [--quiet]\n"
+               "  -ctk, --cache-type-k TYPE, -ctv, --cache-type-v TYPE\n"
+               "                   KV cache element types: f32 (default) or f16\n"
                "  --llama-compat   llama-perplexity's method: chunks of CTX tokens, BOS first in each,\n"
                "                   only each chunk's second half scored (needs 2 x CTX tokens)\n");
 }
@@ -44,7 +47,7 @@ static int perplexity_chunks(duet_session *s, const char *text, size_t len, duet
 
 int cmd_perplexity(int argc, char **argv) {
     const char *model_path = NULL, *file = NULL;
-    int n_ctx = 0, n_threads = 0, quiet = 0, compat = 0;
+    int n_ctx = 0, n_threads = 0, quiet = 0, compat = 0, type_k = DUET_KV_F32, type_v = DUET_KV_F32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
@@ -57,6 +60,10 @@ int cmd_perplexity(int argc, char **argv) {
             if (!arg_int("perplexity", a, v, 2, 1 << 24, &n_ctx)) return 2;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             if (!arg_int("perplexity", a, v, 1, 256, &n_threads)) return 2;
+        } else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) {
+            if (!arg_cache_type("perplexity", a, v, &type_k)) return 2;
+        } else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) {
+            if (!arg_cache_type("perplexity", a, v, &type_v)) return 2;
         } else {
             fprintf(stderr, "duet perplexity: unknown option '%s'\n", a);
             usage(stderr);
@@ -72,7 +79,7 @@ int cmd_perplexity(int argc, char **argv) {
     duet_session *s = NULL;
     int rc = 1;
     duet_model_params mp = {.n_threads = n_threads};
-    duet_session_params sp = {.n_ctx = n_ctx};
+    duet_session_params sp = {.n_ctx = n_ctx, .type_k = type_k, .type_v = type_v};
     if (duet_model_load(model_path, &mp, &m, &err) || duet_session_new(m, &sp, &s, &err)) goto fail;
     if (compat) {
         rc = perplexity_chunks(s, text, len, &err);

@@ -90,6 +90,8 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--max-body")) { if (!arg_int("serve", a, v, 64, 1 << 30, &max_body)) return 2; }
         else if (!strcmp(a, "--max-connections")) { if (!arg_int("serve", a, v, 1, 100000, &sp.max_connections)) return 2; }
         else if (!strcmp(a, "--timeout")) { if (!arg_int("serve", a, v, 1, 86400, &sp.timeout_s)) return 2; }
+        else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) { if (!arg_cache_type("serve", a, v, &sp.defaults.type_k)) return 2; }
+        else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) { if (!arg_cache_type("serve", a, v, &sp.defaults.type_v)) return 2; }
         else {
             fprintf(stderr, "duet serve: unknown option '%s'\n", a);
             serve_usage(stderr);

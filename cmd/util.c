@@ -70,6 +70,18 @@ int arg_int_list(const char *cmd, const char *flag, const char *s, int *out, int
     return n;
 }
 
+int arg_cache_type(const char *cmd, const char *flag, const char *s, int *out) {
+    if (!strcmp(s, "f32")) *out = DUET_KV_F32;
+    else if (!strcmp(s, "f16")) *out = DUET_KV_F16;
+    else {
+        fprintf(stderr, "duet %s: %s '%s' is not a KV cache type (f32, f16)\n", cmd, flag, s);
+        return 0;
+    }
+    return 1;
+}
+
+const char *cache_type_name(int type) { return type == DUET_KV_F16 ? "f16" : "f32"; }
+
 char *read_file(const char *cmd, const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -157,6 +169,9 @@ void gen_opts_usage(FILE *f) {
           "  -n, --n-predict N    new tokens to generate (-1: until EOS or context full; default -1)\n"
           "  -c, --ctx-size N     context size (default min(training context, 4096))\n"
           "  -t, --threads N      threads (default: all cores)\n"
+          "  -ctk, --cache-type-k TYPE  KV cache type of keys: f32 (default) or f16 (half the\n"
+          "                       memory, slightly different logits)\n"
+          "  -ctv, --cache-type-v TYPE  the same for values\n"
           "  --temp T             temperature (default 0.8; 0 = greedy)\n"
           "  --top-k K            top-k (default 40; 0 = off)\n"
           "  --top-p P            top-p (default 0.95; 1 = off)\n"
@@ -194,6 +209,8 @@ int gen_opts_parse(const char *cmd, gen_opts *o, int argc, char **argv, int *i) 
     else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) NUM(arg_int(cmd, a, v, -1, 1 << 24, &o->n_predict));
     else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) NUM(arg_int(cmd, a, v, 0, 1 << 24, &o->n_ctx));
     else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) NUM(arg_int(cmd, a, v, 1, 256, &o->n_threads));
+    else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) NUM(arg_cache_type(cmd, a, v, &o->cp.type_k));
+    else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) NUM(arg_cache_type(cmd, a, v, &o->cp.type_v));
     else if (!strcmp(a, "--temp")) NUM(arg_float(cmd, a, v, 0, 1e6, &sp->temp));
     else if (!strcmp(a, "--top-k")) NUM(arg_int(cmd, a, v, 0, 1 << 30, &sp->top_k));
     else if (!strcmp(a, "--top-p")) NUM(arg_float(cmd, a, v, 0, 1, &sp->top_p));

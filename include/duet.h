@@ -143,7 +143,14 @@ typedef struct duet_session duet_session;
 typedef struct duet_session_params {
     int n_ctx;    /* context size in tokens; 0 = min(n_ctx_train, 4096) */
     int n_batch;  /* largest batch one prefill call evaluates at once; 0 = 512 */
+    /* Element types of the KV cache, as ggml type ids (llama.cpp's -ctk / -ctv):
+     * DUET_KV_F32 (0, the default: exact) or DUET_KV_F16 (1: half the memory; keys and
+     * values rounded to the nearest half, which moves the logits slightly). Others:
+     * duet_session_new fails with DUET_ERR_ARG. */
+    int type_k, type_v;
 } duet_session_params;
+
+enum { DUET_KV_F32 = 0, DUET_KV_F16 = 1 };
 
 int duet_session_new(duet_model *model, const duet_session_params *params,
                      duet_session **out, duet_error *err);
@@ -314,6 +321,7 @@ typedef struct duet_collab_params {
                               0: compute distribution statistics only where the policy or
                               the head reads them (they cost ~10% of a small model's step) */
     int n_ctx;             /* context for all sessions (0 = min of the models' defaults) */
+    int type_k, type_v;    /* KV cache element types of all sessions (duet_session_params) */
     duet_sampler_params sampling; /* applied to whichever distribution the policy picks */
     /* An expert behind an interface instead of a local model (e.g. a remote server, see
      * duet_expert_remote_new): give it here and pass expert = NULL to duet_collab_new. */

@@ -240,6 +240,60 @@ TEST(model_prefill_equals_decode) {
     }
 }
 
+/* An F16 K/V cache: prefill in chunks equals token-by-token decode bit for bit (the kernels
+ * keep the invariant for F16), the logits move from F32's by rounding only, and types the
+ * cache cannot hold are refused. */
+TEST(model_kv_cache_f16) {
+    const char *paths[] = {fixture_random(DT_F32, 5, 1), fixture_arch("gemma2", DT_F32, 0, 0, 0)};
+    for (int pi = 0; pi < 2; pi++) {
+        REQUIRE(paths[pi]);
+        duet_model *m = fixture_load(paths[pi]);
+        REQUIRE(m);
+        int V = duet_model_hparams(m)->n_vocab;
+        int32_t toks[40];
+        for (int i = 0; i < 40; i++) toks[i] = (i * 91 + 3) % V;
+        duet_session *a = NULL, *b = NULL, *f = NULL;
+        duet_error err = {0};
+        /* 40 tokens = 3 chunks of 16 */
+        duet_session_params chunked = {.n_ctx = 64, .n_batch = 16, .type_k = DUET_KV_F16,
+                                       .type_v = DUET_KV_F16};
+        duet_session_params h = {.n_ctx = 64, .type_k = DUET_KV_F16, .type_v = DUET_KV_F16};
+        duet_session_params full = {.n_ctx = 64};
+        REQUIRE(!duet_session_new(m, &chunked, &a, &err) && !duet_session_new(m, &h, &b, &err) &&
+                !duet_session_new(m, &full, &f, &err));
+        REQUIRE(!duet_session_eval(a, toks, 40, 1, &err) && !duet_session_eval(f, toks, 40, 1, &err));
+        double worst = 0;
+        int same = 1;
+        for (int i = 0; i < 40; i++) {
+            REQUIRE(!duet_session_eval(b, &toks[i], 1, 0, &err));
+            const float *la = duet_session_logits(a, i);
+            CHECKF(!memcmp(la, duet_session_logits(b, -1), sizeof(float) * (size_t)V),
+                   "%s: F16 cache: prefill and decode differ at token %d", paths[pi], i);
+            worst = fmax(worst, test_nmse(la, duet_session_logits(f, i), V));
+            same &= !memcmp(la, duet_session_logits(f, i), sizeof(float) * (size_t)V);
+        }
+        /* Bound: 50x the NMSE measured on these models (random fixture 6.5e-8, gemma2 1.8e-7):
+         * rounding K and V to 11 significant bits; a wrong element would be far above it. */
+        fprintf(stderr, "    %s: F16 vs F32 cache: logits NMSE %.3g\n", paths[pi], worst);
+        CHECKF(worst < 1e-5, "%s: F16 cache logits NMSE %g vs F32", paths[pi], worst);
+        CHECKF(!same, "%s: F16 cache logits identical to F32: the type was not applied", paths[pi]);
+        duet_session_free(a);
+        duet_session_free(b);
+        duet_session_free(f);
+        /* ggml ids of types the cache does not hold: Q4_0 2, Q8_0 8, BF16 30; and nonsense */
+        const int bad[] = {2, 8, 30, -1, 1000};
+        for (int k = 0; k < 5; k++) {
+            duet_session_params pk = {.n_ctx = 16, .type_k = bad[k]}, pv = {.n_ctx = 16, .type_v = bad[k]};
+            duet_session *s = NULL;
+            CHECK_EQ_INT(duet_session_new(m, &pk, &s, &err), DUET_ERR_ARG);
+            CHECK(s == NULL);
+            CHECK_EQ_INT(duet_session_new(m, &pv, &s, &err), DUET_ERR_ARG);
+            CHECK(s == NULL && strstr(err.msg, "KV cache type"));
+        }
+        duet_model_free(m);
+    }
+}
+
 TEST(model_session_sync_truncate) {
     const char *p = fixture_random(DT_F32, 9, 1);
     REQUIRE(p);

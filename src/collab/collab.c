@@ -59,13 +59,13 @@ struct duet_collab {
     long ex_eval0, base_eval0;
 };
 
-static int follower_init(follower *f, duet_model *base, duet_model *m, const char *role, int n_ctx,
-                         int *bridged, duet_error *err) {
+static int follower_init(follower *f, duet_model *base, duet_model *m, const char *role,
+                         const duet_session_params *sp, int *bridged, duet_error *err) {
     f->m = m;
-    duet_session_params sp = {.n_ctx = n_ctx};
+    int n_ctx = sp->n_ctx;
     int nb = duet_model_hparams(base)->n_vocab;
     int rc = vocab_bridge_build(base, m, role, &f->map, bridged, err);
-    if (!rc) rc = duet_session_new(m, &sp, &f->s, err);
+    if (!rc) rc = duet_session_new(m, sp, &f->s, err);
     if (!rc && (!(f->ids = malloc((size_t)n_ctx * sizeof(int32_t))) ||
                 !(f->logits = malloc((size_t)nb * sizeof(float)))))
         rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
@@ -166,12 +166,12 @@ int duet_collab_new(duet_model *base, duet_model *expert, duet_model *anti,
     c->base_stats = p.details || p.policy == DUET_POLICY_CONFIDENCE ||
                     p.policy == DUET_POLICY_UNCERTAINTY ||
                     (need_head && (duet_head_features(head) & (DUET_HEAD_FEAT_ENTROPY | DUET_HEAD_FEAT_MAXLOGP)));
-    duet_session_params sp = {.n_ctx = n_ctx};
+    duet_session_params sp = {.n_ctx = n_ctx, .type_k = p.type_k, .type_v = p.type_v};
     int bridged_anti = 0;
     int rc = duet_session_new(base, &sp, &c->sb, err);
     if (!rc && expert) {
         c->has_expert = 1;
-        rc = follower_init(&c->ex, base, expert, "expert", n_ctx, &c->bridged, err);
+        rc = follower_init(&c->ex, base, expert, "expert", &sp, &c->bridged, err);
     } else if (!rc && p.expert_backend) {
         c->has_expert = 1;
         c->ex.remote = p.expert_backend;
@@ -180,7 +180,7 @@ int duet_collab_new(duet_model *base, duet_model *expert, duet_model *anti,
     }
     if (!rc && anti) {
         c->has_anti = 1;
-        rc = follower_init(&c->anti, base, anti, "anti-expert", n_ctx, &bridged_anti, err);
+        rc = follower_init(&c->anti, base, anti, "anti-expert", &sp, &bridged_anti, err);
     }
     if (!rc && (!(c->toks = malloc((size_t)n_ctx * sizeof(int32_t))) ||
                 !(c->work = malloc((size_t)c->n_vocab * sizeof(float)))))

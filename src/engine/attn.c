@@ -11,6 +11,7 @@
 #include "engine/attn.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "engine/kernels.h"
@@ -24,6 +25,11 @@ size_t attn_scratch_floats(int n_q, int n_pos) {
 
 typedef float f32x8 __attribute__((vector_size(32)));
 
+/* Element i of a K or V cache of the given type, as a float (an F16 element widens exactly). */
+static inline float kv_at(const void *base, int type, size_t i) {
+    return type == DT_F16 ? fp16_to_fp32(((const uint16_t *)base)[i]) : ((const float *)base)[i];
+}
+
 static void attn_scalar(const attn_args *a) {
     int hd = a->head_dim, n = a->p1 - a->p0;
     size_t ss = (size_t)n;
@@ -33,11 +39,14 @@ static void attn_scalar(const attn_args *a) {
         for (int b = a->p0 >> 3; b << 3 < a->p1; b++) {
             /* the 8 positions of a K block side by side, in a generic vector (GCC left to
              * itself vectorised over d here and spent its time shuffling) */
-            const float *kb = a->k + attn_k_index(b << 3, 0, hd);
+            size_t kb = attn_k_index(b << 3, 0, hd);
             f32x8 acc = {0};
             for (int d = 0; d < hd; d++) {
                 f32x8 kd;
-                memcpy(&kd, kb + (size_t)d * 8, sizeof kd);
+                if (a->type_k == DT_F16)
+                    for (int l = 0; l < 8; l++) kd[l] = kv_at(a->k, DT_F16, kb + (size_t)d * 8 + l);
+                else
+                    memcpy(&kd, (const float *)a->k + kb + (size_t)d * 8, sizeof kd);
                 acc += q[d] * kd;
             }
             for (int l = 0; l < 8; l++) {
@@ -60,9 +69,9 @@ static void attn_scalar(const attn_args *a) {
         float *o = a->out + (size_t)h * hd;
         memset(o, 0, (size_t)hd * sizeof(float));
         for (int j = 0; j < n; j++) {
-            const float *v = a->v + (size_t)(a->p0 + j) * a->v_stride;
+            size_t v = (size_t)(a->p0 + j) * a->v_stride;
             float w = sc[j] * inv;
-            for (int i = 0; i < hd; i++) o[i] += w * v[i];
+            for (int i = 0; i < hd; i++) o[i] += w * kv_at(a->v, a->type_v, v + (size_t)i);
         }
     }
 }

@@ -5,6 +5,11 @@
  * scalar reference (attn.c) and AVX2 / AVX-512 variants (attn_avx2.c, attn_avx512.c) chosen
  * at run time by kernels_level(); it never sees a model.
  *
+ * The cache holds F32 or F16 elements (type_k / type_v, each on its own): an F16 element is
+ * widened to the float it stands for (exactly) where it is loaded, and from there every level
+ * runs the same operations as with F32, so F16 data gives the bits F32 copies of the same
+ * values would.
+ *
  * Invariant: at a given level, the output of each q head is the same sequence of float
  * operations whatever n_q is and whichever heads share the call, so the forward pass may
  * split groups over threads as it likes and prefill still equals decode bit for bit.
@@ -27,9 +32,10 @@ typedef struct attn_args {
     int n_q;              /* q heads in this call, all reading the same K/V rows */
     const float *q;       /* [n_q][head_dim] */
     float *out;           /* [n_q][head_dim] */
-    const float *k;       /* this kv head's K blocks (attn_k_index), 32-byte aligned */
-    const float *v;       /* position p's V row at v + p*v_stride */
-    size_t v_stride;      /* in floats */
+    const void *k;        /* this kv head's K blocks (attn_k_index), 32-byte aligned */
+    const void *v;        /* position p's V row at element p*v_stride of v */
+    size_t v_stride;      /* in elements */
+    int type_k, type_v;   /* element types of k and v: DT_F32 (0) or DT_F16 (1) */
     int p0, p1;           /* attend to positions [p0, p1), p0 < p1 */
     float scale;          /* score = dot(q, k) * scale ... */
     float softcap;        /* ... then, if > 0, softcap * tanh(score / softcap) (gemma2) */

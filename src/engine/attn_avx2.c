@@ -11,7 +11,8 @@
  * 8-float chunks of the output keeps its accumulators in registers over a block of
  * positions, so each V row load serves VH heads. Each (head, position) score and each
  * output float sees the same operations whatever the tile shape, the heads beside it or the
- * number of heads in the call (attn.h).
+ * number of heads in the call (attn.h). F16 caches load 8 halves and widen them with F16C
+ * (exact) where F32 ones load 8 floats; nothing else changes.
  */
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -23,8 +24,11 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <string.h>
+
 #include "engine/attn.h"
 #include "engine/vexp_x86.h"
+#include "format/quant.h"
 
 #ifdef AX_AVX512
 #define AX_NAME attn_avx512
@@ -56,13 +60,27 @@ AX_INLINE __m256i tail_mask(int n) {
     return _mm256_loadu_si256((const __m256i *)(bits + 8 - n));
 }
 
+/* 8 F16 elements widened to floats (exact) */
+AX_INLINE __m256 load_f16(const uint16_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* The first n < 8 F16 elements at p, the other lanes 0 (a masked load reads no further) */
+AX_INLINE __m256 load_f16_part(const uint16_t *p, int n) {
+    uint16_t t[8] = {0};
+    memcpy(t, p, (size_t)n * sizeof *t);
+    return load_f16(t);
+}
+
 /* Raw dots of heads [h, h+nh) with the positions of K blocks [b, b+nb), into sc rows of ss
  * floats that start at block b0. Lanes of positions outside the call's range hold dots
  * with whatever the cache has there; nothing reads them. */
-AX_INLINE void score_tile(const int nh, const int nb, const attn_args *a, int h, int b, int b0,
-                          float *sc, size_t ss) {
+AX_INLINE void score_tile(const int nh, const int nb, const int kf16, const attn_args *a, int h,
+                          int b, int b0, float *sc, size_t ss) {
     const int hd = a->head_dim;
-    const float *kb = a->k + (size_t)b * hd * 8, *q = a->q + (size_t)h * hd;
+    const float *q = a->q + (size_t)h * hd;
+    const float *kb = kf16 ? NULL : (const float *)a->k + (size_t)b * hd * 8;
+    const uint16_t *kh = kf16 ? (const uint16_t *)a->k + (size_t)b * hd * 8 : NULL;
     __m256 acc[SH][SB];
     AX_UNROLL
     for (int i = 0; i < nh; i++)
@@ -72,7 +90,8 @@ AX_INLINE void score_tile(const int nh, const int nb, const attn_args *a, int h,
         __m256 kv[SB];
         AX_UNROLL
         for (int j = 0; j < nb; j++) {
-            kv[j] = _mm256_loadu_ps(kb + ((size_t)j * hd + d) * 8);
+            kv[j] = kf16 ? load_f16(kh + ((size_t)j * hd + d) * 8)
+                         : _mm256_loadu_ps(kb + ((size_t)j * hd + d) * 8);
             AX_IN_REGISTER(kv[j]);
         }
         AX_UNROLL
@@ -89,10 +108,12 @@ AX_INLINE void score_tile(const int nh, const int nb, const attn_args *a, int h,
             _mm256_storeu_ps(sc + (size_t)(h + i) * ss + (size_t)(b - b0 + j) * 8, acc[i][j]);
 }
 
-/* score_tile with nh in [1, SH] and nb in [1, SB] as compile-time constants */
+/* score_tile with nh in [1, SH], nb in [1, SB] and the K type as compile-time constants */
 #define AX_SCASE(NH, NB)                                                                    \
     case (NH) * 8 + (NB):                                                                   \
-        if ((NH) <= SH && (NB) <= SB) score_tile(NH, NB, a, h, b, b0, sc, ss);              \
+        if ((NH) > SH || (NB) > SB) break;                                                  \
+        if (a->type_k == DT_F16) score_tile(NH, NB, 1, a, h, b, b0, sc, ss);                \
+        else score_tile(NH, NB, 0, a, h, b, b0, sc, ss);                                    \
         break;
 #define AX_SROW(NH) AX_SCASE(NH, 1) AX_SCASE(NH, 2) AX_SCASE(NH, 3) AX_SCASE(NH, 4)
 
@@ -104,10 +125,11 @@ static void score_tile_any(int nh, int nb, const attn_args *a, int h, int b, int
 /* out[h+i][d0 + 8c ..] for i < nh, c < nc, over positions [q0, q1) of the probabilities
  * w (rows of ss floats indexed from p0); the last chunk masked when `partial`. first: start
  * from zero, else from what the previous position block left in out. */
-AX_INLINE void v_tile(const int nh, const int nc, const int partial, const attn_args *a,
-                      int h, int d0, int q0, int q1, const float *w, size_t ss, int first) {
-    const int hd = a->head_dim;
-    __m256i m = tail_mask(partial ? hd - (d0 + 8 * (nc - 1)) : 8);
+AX_INLINE void v_tile(const int nh, const int nc, const int partial, const int vf16,
+                      const attn_args *a, int h, int d0, int q0, int q1, const float *w,
+                      size_t ss, int first) {
+    const int hd = a->head_dim, tail = partial ? hd - (d0 + 8 * (nc - 1)) : 8;
+    __m256i m = tail_mask(tail);
     __m256 acc[VH][VC];
     AX_UNROLL
     for (int i = 0; i < nh; i++) {
@@ -120,12 +142,18 @@ AX_INLINE void v_tile(const int nh, const int nc, const int partial, const attn_
     }
     const float *wr = w + (size_t)h * ss - a->p0;
     for (int p = q0; p < q1; p++) {
-        const float *vr = a->v + (size_t)p * a->v_stride + d0;
+        const size_t vo = (size_t)p * a->v_stride + d0;
+        const float *vr = vf16 ? NULL : (const float *)a->v + vo;
+        const uint16_t *vh = vf16 ? (const uint16_t *)a->v + vo : NULL;
         __m256 vv[VC];
         AX_UNROLL
         for (int c = 0; c < nc; c++) {
-            vv[c] = partial && c == nc - 1 ? _mm256_maskload_ps(vr + 8 * c, m)
-                                           : _mm256_loadu_ps(vr + 8 * c);
+            if (vf16)
+                vv[c] = partial && c == nc - 1 ? load_f16_part(vh + 8 * c, tail)
+                                               : load_f16(vh + 8 * c);
+            else
+                vv[c] = partial && c == nc - 1 ? _mm256_maskload_ps(vr + 8 * c, m)
+                                               : _mm256_loadu_ps(vr + 8 * c);
             AX_IN_REGISTER(vv[c]);
         }
         AX_UNROLL
@@ -146,11 +174,14 @@ AX_INLINE void v_tile(const int nh, const int nc, const int partial, const attn_
     }
 }
 
-/* v_tile with nh in {VH, 1} and nc in [1, VC] as compile-time constants */
+/* v_tile with nh in {VH, 1}, nc in [1, VC], partial and the V type as compile-time constants */
 #define AX_VCASE(NH, NC)                                                                    \
     case NC:                                                                                \
-        if (partial) v_tile(NH, NC, 1, a, h, d0, q0, q1, w, ss, first);                     \
-        else v_tile(NH, NC, 0, a, h, d0, q0, q1, w, ss, first);                             \
+        if (a->type_v == DT_F16) {                                                          \
+            if (partial) v_tile(NH, NC, 1, 1, a, h, d0, q0, q1, w, ss, first);              \
+            else v_tile(NH, NC, 0, 1, a, h, d0, q0, q1, w, ss, first);                      \
+        } else if (partial) v_tile(NH, NC, 1, 0, a, h, d0, q0, q1, w, ss, first);           \
+        else v_tile(NH, NC, 0, 0, a, h, d0, q0, q1, w, ss, first);                          \
         break;
 #define AX_VSWITCH(NH)                                                                      \
     switch (nc) { AX_VCASE(NH, 1) AX_VCASE(NH, 2) AX_VCASE(NH, 3) AX_VCASE(NH, 4) }

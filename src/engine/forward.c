@@ -26,8 +26,19 @@
 /* Positions a layer's cache holds per kv head: n_ctx in whole blocks of 8 (attn.h). */
 static size_t cache_positions(int n_ctx) { return (size_t)((n_ctx + 7) & ~7); }
 
-int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, duet_error *err) {
+int fwd_kv_type_ok(int type) { return type == DT_F32 || type == DT_F16; }
+
+/* Bytes of one cache element. */
+static size_t kv_size(int type) { return type == DT_F16 ? 2 : 4; }
+
+int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, int type_k, int type_v,
+             duet_error *err) {
     memset(st, 0, sizeof *st);
+    if (!fwd_kv_type_ok(type_k) || !fwd_kv_type_ok(type_v))
+        return duet_fail(err, DUET_ERR_ARG, "KV cache type %d is not supported (f32 = 0, f16 = 1)",
+                         fwd_kv_type_ok(type_k) ? type_v : type_k);
+    st->type_k = type_k;
+    st->type_v = type_v;
     const duet_hparams *hp = &m->hp;
     st->m = m;
     st->n_ctx = n_ctx;
@@ -36,7 +47,8 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, duet_er
                                                                         : m->rope_inv_freq;
     size_t E = (size_t)hp->n_embd, Q = (size_t)hp->n_head * hp->head_dim,
            KV = (size_t)hp->n_head_kv * hp->head_dim, F = (size_t)hp->n_ff, B = (size_t)n_batch;
-    size_t cache = (size_t)hp->n_layer * cache_positions(n_ctx) * KV * sizeof(float);
+    size_t cache = (size_t)hp->n_layer * cache_positions(n_ctx) * KV;
+    size_t cache_k = cache * kv_size(type_k), cache_v = cache * kv_size(type_v);
     int nth = tp_n_threads(m->tp);
     size_t scratch = 0;
     for (int l = 0; l < hp->n_layer; l++) {
@@ -46,8 +58,8 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, duet_er
             scratch = DUET_MAX(scratch, kernels_matmul_scratch(ts[i]->type, ts[i]->n_in, n_batch));
     }
     scratch = DUET_MAX(scratch, kernels_matmul_scratch(m->output.type, m->output.n_in, n_batch));
-    st->k_cache = duet_aalloc(cache);
-    st->v_cache = duet_aalloc(cache);
+    st->k_cache = duet_aalloc(cache_k);
+    st->v_cache = duet_aalloc(cache_v);
     st->x = duet_aalloc(B * E * 4);
     st->xb = duet_aalloc(B * E * 4);
     st->q = duet_aalloc(B * Q * 4);
@@ -64,15 +76,15 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, duet_er
         fwd_free(st);
         return duet_fail(err, DUET_ERR_NOMEM,
                          "%s: cannot allocate buffers for n_ctx %d, n_batch %d (KV cache %zu MiB)",
-                         m->path, n_ctx, n_batch, 2 * cache >> 20);
+                         m->path, n_ctx, n_batch, (cache_k + cache_v) >> 20);
     }
     return DUET_OK;
 }
 
 void fwd_free(fwd_state *st) {
     if (!st) return;
-    float *bufs[] = {st->k_cache, st->v_cache, st->x, st->xb, st->q, st->k, st->v,
-                     st->att, st->proj, st->hg, st->hu, st->scores};
+    void *bufs[] = {st->k_cache, st->v_cache, st->x, st->xb, st->q, st->k, st->v,
+                    st->att, st->proj, st->hg, st->hu, st->scores};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) duet_afree(bufs[i]);
     duet_afree(st->scratch);
     memset(st, 0, sizeof *st);
@@ -140,11 +152,18 @@ typedef struct attn_job {
  * grows with its position, so threads take items from a shared counter, the last (longest)
  * tokens first, and the items of one kv head come together so that its cache rows stay warm.
  * Which heads share a call does not change their results (attn.h). */
-/* Layer l's K blocks (attn.h) or V rows of kv head kvh: [cache_positions][head_dim]. */
-static float *cache_head(const fwd_state *st, float *cache, int l, int kvh) {
+/* Layer l's K blocks (attn.h) or V rows of kv head kvh: [cache_positions][head_dim] elements
+ * of the cache's type. */
+static void *cache_head(const fwd_state *st, void *cache, int type, int l, int kvh) {
     const duet_hparams *hp = &st->m->hp;
-    return cache + ((size_t)l * hp->n_head_kv + (size_t)kvh) * cache_positions(st->n_ctx) *
-                       (size_t)hp->head_dim;
+    return (char *)cache + ((size_t)l * hp->n_head_kv + (size_t)kvh) *
+                               cache_positions(st->n_ctx) * (size_t)hp->head_dim * kv_size(type);
+}
+
+/* Element i of a cache head := x (rounded to nearest even for F16, as ggml stores it). */
+static inline void cache_put(void *head, int type, size_t i, float x) {
+    if (type == DT_F16) ((uint16_t *)head)[i] = fp32_to_fp16(x);
+    else ((float *)head)[i] = x;
 }
 
 static void attn_worker(void *ctx, int ith, int nth) {
@@ -155,7 +174,7 @@ static void attn_worker(void *ctx, int ith, int nth) {
     const arch_params *ap = &st->m->ap;
     int window = st->m->layers[job->layer].swa ? ap->n_swa : 0;
     attn_args a = {.head_dim = hd, .v_stride = (size_t)hd, .scale = ap->attn_scale,
-                   .softcap = ap->attn_softcap,
+                   .softcap = ap->attn_softcap, .type_k = st->type_k, .type_v = st->type_v,
                    .scores = st->scores + (size_t)ith * attn_scratch_floats(group, st->n_ctx)};
     for (;;) {
         long w = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
@@ -168,8 +187,8 @@ static void attn_worker(void *ctx, int ith, int nth) {
         a.n_q = (int)(h1 - h0);
         a.q = st->q + ((size_t)t * H + h) * hd;
         a.out = st->att + ((size_t)t * H + h) * hd;
-        a.k = cache_head(st, st->k_cache, job->layer, kvh);
-        a.v = cache_head(st, st->v_cache, job->layer, kvh);
+        a.k = cache_head(st, st->k_cache, st->type_k, job->layer, kvh);
+        a.v = cache_head(st, st->v_cache, st->type_v, job->layer, kvh);
         a.p1 = job->pos + t + 1;
         /* a sliding-window layer sees the last `window` positions, itself included */
         a.p0 = window && a.p1 > window ? a.p1 - window : 0;
@@ -269,10 +288,12 @@ static void step_qkv(step_job *j, int t0, int t1) {
         rope(k, hp->n_head_kv, hd, ap->n_rot, ap->rope_neox, j->pos + t, st->rope_inv_freq,
              ap->rope_mscale);
         for (int g = 0; g < hp->n_head_kv; g++) {
-            float *kc = cache_head(st, st->k_cache, j->l, g);
-            for (int d = 0; d < hd; d++) kc[attn_k_index(j->pos + t, d, hd)] = k[g * hd + d];
-            memcpy(cache_head(st, st->v_cache, j->l, g) + (size_t)(j->pos + t) * hd, v + g * hd,
-                   (size_t)hd * sizeof(float));
+            void *kc = cache_head(st, st->k_cache, st->type_k, j->l, g);
+            void *vc = cache_head(st, st->v_cache, st->type_v, j->l, g);
+            for (int d = 0; d < hd; d++) {
+                cache_put(kc, st->type_k, attn_k_index(j->pos + t, d, hd), k[g * hd + d]);
+                cache_put(vc, st->type_v, (size_t)(j->pos + t) * hd + d, v[g * hd + d]);
+            }
         }
     }
 }

@@ -12,8 +12,9 @@ typedef struct fwd_state {
     const duet_model *m;
     int n_ctx, n_batch;
     const float *rope_inv_freq; /* the model's table for this n_ctx (LongRoPE: short or long) */
-    float *k_cache;   /* [n_layer][n_head_kv][n_ctx/8 rounded up][head_dim][8] (attn_k_index) */
-    float *v_cache;   /* [n_layer][n_head_kv][n_ctx rounded up to 8][head_dim] */
+    int type_k, type_v; /* cache element types: DT_F32 or DT_F16 */
+    void *k_cache;    /* [n_layer][n_head_kv][n_ctx/8 rounded up][head_dim][8] (attn_k_index) */
+    void *v_cache;    /* [n_layer][n_head_kv][n_ctx rounded up to 8][head_dim] */
     float *x;         /* [n_batch][n_embd] residual stream */
     float *xb;        /* [n_batch][n_embd] normed input of a block */
     float *q;         /* [n_batch][n_head*head_dim] */
@@ -25,7 +26,11 @@ typedef struct fwd_state {
     void *scratch;    /* matmul activation conversion */
 } fwd_state;
 
-int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, duet_error *err);
+/* type_k, type_v: the K and V caches' element types, DT_F32 or DT_F16 (fwd_kv_type_ok). */
+int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, int type_k, int type_v,
+             duet_error *err);
+/* 1 when the cache can hold elements of this type. */
+int fwd_kv_type_ok(int type);
 void fwd_free(fwd_state *st);
 
 /* Evaluate tokens[0..n) at positions pos..pos+n-1 (n <= n_batch, pos + n <= n_ctx).

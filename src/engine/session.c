@@ -64,7 +64,7 @@ int duet_session_new(duet_model *m, const duet_session_params *p, duet_session *
     if (!s) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     s->m = m;
     s->out_pos = -1;
-    int rc = fwd_init(&s->st, m, n_ctx, n_batch, err);
+    int rc = fwd_init(&s->st, m, n_ctx, n_batch, p->type_k, p->type_v, err);
     if (!rc && !(s->tokens = calloc((size_t)n_ctx, sizeof(int32_t))))
         rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     if (!rc) rc = grow_outputs(s, n_batch, err);
