@@ -105,7 +105,8 @@ int srv_slots_new(const srv_slots_params *p, srv_slots **out, int *n_ctx, duet_e
      * collab to learn it and to check the configuration before the server binds */
     duet_collab *co = NULL;
     if (!rc) rc = srv_slot_decoder(&pool->slots[0], &p->defaults, &co, err);
-    duet_session_params sp = {.n_ctx = co ? duet_collab_n_ctx(co) : 0};
+    duet_session_params sp = {.n_ctx = co ? duet_collab_n_ctx(co) : 0,
+                              .type_k = p->defaults.type_k, .type_v = p->defaults.type_v};
     for (int i = 0; i < p->n_slots && !rc; i++)
         rc = duet_session_new(p->base, &sp, &pool->slots[i].sess, err);
     if (rc) {
