@@ -172,3 +172,75 @@ TEST(llama_server_expert_latency) {
     if (ok_o) stop_serve(&fo);
     stop_serve(&ls);
 }
+
+/* ---- llama.cpp's protocol: /tokenize, /detokenize, /props ------------------------------- */
+static json_t *post_js(int port, const char *path, const char *body) {
+    resp r = http(port, path, body, NULL);
+    json_t *js = r.status == 200 ? json_incref(r.js) : NULL;
+    if (!js) fprintf(stderr, "    %s: HTTP %ld: %.300s\n", path, r.status, r.body ? r.body : "");
+    resp_free(&r);
+    return js;
+}
+
+/* The text answers llama.cpp's server tests expect, from port. The fixture vocabulary is
+ * SentencePiece's: a space is put before the text, and it has no token for 'é' (U+00E9, the
+ * UTF-8 bytes C3 A9 = 195 169), so those come as byte tokens whose pieces alone are not UTF-8. */
+static void text_protocol(int port, int n_ctx) {
+    json_t *a = post_js(port, "/tokenize", "{\"content\": \"Hello w\\u00e9\"}");
+    json_t *b = post_js(port, "/tokenize", "{\"content\": \"Hello w\\u00e9\", \"with_pieces\": true}");
+    json_t *s = post_js(port, "/tokenize", "{\"content\": \"Hello\", \"add_special\": true}");
+    REQUIRE(a && b && s);
+    json_t *ta = json_object_get(a, "tokens"), *tb = json_object_get(b, "tokens");
+    CHECK_EQ_INT(json_array_size(ta), json_array_size(tb));
+    duet_buf bytes = {0};
+    int arrays = 0;
+    for (size_t i = 0; i < json_array_size(tb); i++) {
+        json_t *e = json_array_get(tb, i), *pc = json_object_get(e, "piece");
+        CHECK_EQ_INT(json_integer_value(json_object_get(e, "id")), json_integer_value(json_array_get(ta, i)));
+        if (json_is_string(pc)) duet_buf_add(&bytes, json_string_value(pc), json_string_length(pc));
+        for (size_t k = 0; json_is_array(pc) && k < json_array_size(pc); k++) {
+            char ch = (char)json_integer_value(json_array_get(pc, k));
+            duet_buf_add(&bytes, &ch, 1);
+        }
+        arrays += json_is_array(pc);
+    }
+    duet_buf_add(&bytes, "", 1);
+    CHECK_STR(bytes.p, " Hello w\xc3\xa9");
+    CHECK_EQ_INT(arrays, 2);
+    free(bytes.p);
+    /* add_special: BOS first; its piece is its text */
+    json_t *props = post_js(port, "/props", NULL);
+    REQUIRE(props);
+    CHECK_STR(json_string_value(json_object_get(props, "bos_token")), "<s>");
+    CHECK_STR(json_string_value(json_object_get(props, "eos_token")), "</s>");
+    CHECK_EQ_INT(json_integer_value(json_object_get(json_object_get(props, "default_generation_settings"), "n_ctx")), n_ctx);
+    CHECK(json_is_string(json_object_get(props, "chat_template")));
+    CHECK(json_is_integer(json_object_get(props, "total_slots")));
+    CHECK_EQ_INT(json_integer_value(json_array_get(json_object_get(s, "tokens"), 0)), 1);
+    /* detokenize: the tokens back, the leading space and the control tokens' text kept */
+    json_t *all = json_pack("{s:[i]}", "tokens", 1);
+    json_array_extend(json_object_get(all, "tokens"), ta);
+    json_array_append_new(json_object_get(all, "tokens"), json_integer(2));
+    char *body = json_dumps(all, JSON_COMPACT);
+    json_decref(all);
+    json_t *d = post_js(port, "/detokenize", body);
+    CHECKF(d != NULL, "%s", body);
+    free(body);
+    if (d) CHECK_STR(json_string_value(json_object_get(d, "content")), "<s> Hello w\xc3\xa9</s>");
+    json_decref(a); json_decref(b); json_decref(s); json_decref(props); json_decref(d);
+}
+
+TEST(llama_protocol_text_endpoints) {
+    int port = local_port();
+    NEED_SERVER(port);
+    text_protocol(port, 256); /* the fixture's training context */
+}
+
+TEST(llama_server_text_endpoints_agree) {
+    NEED_FIXTURES();
+    NEED_LLAMA();
+    proc ls;
+    REQUIRE(!spawn_llama(&ls, g_base));
+    text_protocol(ls.port, 256);
+    stop_serve(&ls);
+}
