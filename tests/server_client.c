@@ -205,3 +205,47 @@ int connect_port(int port) {
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
 }
+
+/* ---- llama.cpp's llama-server (LLAMA_SERVER names the binary) ------------------------------ */
+const char *llama_bin(void) {
+    const char *b = getenv("LLAMA_SERVER");
+    return b && *b && access(b, X_OK) == 0 ? b : NULL;
+}
+
+/* A loopback port nobody listens on now (llama-server has no --port 0). */
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    int port = fd >= 0 && !bind(fd, (struct sockaddr *)&a, sizeof a) &&
+               !getsockname(fd, (struct sockaddr *)&a, &len) ? ntohs(a.sin_port) : 0;
+    if (fd >= 0) close(fd);
+    return port;
+}
+
+int spawn_llama(proc *p, const char *model) {
+    static int seq;
+    memset(p, 0, sizeof *p);
+    if (!llama_bin() || !(p->port = free_port())) return -1;
+    snprintf(p->log, sizeof p->log, "%s/llama-server-%d.log", test_tmpdir(), seq++);
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "exec '%s' -m '%s' --host 127.0.0.1 --port %d -t 1 -c 256 -ctk f32 "
+             "-ctv f32 >'%s' 2>&1 </dev/null", llama_bin(), model, p->port, p->log);
+    fflush(NULL);
+    p->pid = fork();
+    if (p->pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    static char buf[1 << 16];
+    for (int i = 0; i < 600; i++) {
+        read_text(p->log, buf, sizeof buf);
+        if (strstr(buf, "server is listening")) return 0;
+        int st;
+        if (waitpid(p->pid, &st, WNOHANG) == p->pid) { p->pid = 0; return -1; }
+        usleep(50000);
+    }
+    stop_serve(p);
+    return -1;
+}

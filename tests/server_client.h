@@ -67,4 +67,12 @@ int remote_port(void);
     do { NEED_BIN(); REQUIRE((port) > 0); } while (0)
 #define STAYS_UP(p, port) do { CHECK(alive(p)); CHECK(health_ok(port)); } while (0)
 
+/* ---- llama.cpp's llama-server (LLAMA_SERVER names the binary) ------------------------------ */
+/* LLAMA_SERVER when it names an executable, else NULL. */
+const char *llama_bin(void);
+#define NEED_LLAMA() do { if (!llama_bin()) SKIP("LLAMA_SERVER not set (the path of llama.cpp's llama-server)"); } while (0)
+/* Start `llama-server -m MODEL` on a free loopback port with one thread, a 256-token context
+ * and an F32 KV cache (as duet's), wait until it listens; 0 on success. */
+int spawn_llama(proc *p, const char *model);
+
 #endif

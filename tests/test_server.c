@@ -547,7 +547,8 @@ TEST(server_openai_shape) {
     resp_free(&r);
     duet_model_free(b);
     r = http(port, "/detokenize", body, NULL);
-    CHECK_STR(json_string_value(json_object_get(r.js, "content")), "Hello world");
+    /* as llama-server answers: SentencePiece's space before the text stays */
+    CHECK_STR(json_string_value(json_object_get(r.js, "content")), " Hello world");
     resp_free(&r);
     /* metrics: Prometheus text with the counters the issue names */
     r = http(port, "/metrics", NULL, NULL);

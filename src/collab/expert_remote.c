@@ -9,7 +9,10 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -27,8 +30,8 @@ struct duet_expert_remote {
     CURL *curl;
     long calls, failed_attempts;
     long last_status;  /* HTTP status of the last answer; 0 when the server did not answer */
+    curl_socket_t sock; /* the connection's socket, for on_header */
 };
-
 typedef struct buf {
     duet_buf b;
     int over;
@@ -39,6 +42,28 @@ static size_t on_data(char *d, size_t sz, size_t nm, void *ud) {
     size_t n = sz * nm;
     if (b->b.n + n + 1 > REMOTE_MAX_RESPONSE) { b->over = 1; return 0; } /* aborts the transfer */
     return duet_buf_add(&b->b, d, n) ? 0 : n;
+}
+
+/* Latency of a kept-alive connection. llama-server writes a reply's headers and its body
+ * separately without TCP_NODELAY, so the body waits (Nagle) until the headers are acknowledged,
+ * and Linux delays that acknowledgement by ~40 ms once the connection looks interactive: each
+ * expert call cost ~43 ms. TCP_QUICKACK acknowledges at once, but the kernel drops it again
+ * whenever this side sends, so it is re-armed as each reply's headers arrive (arming it before
+ * the request was measured not to help; a fresh connection per call costs ~1.5 ms instead of
+ * ~1.3). The socket is the one curl last opened: a kept-alive transfer reuses it, and a new
+ * connection reports its own through on_socket. */
+static int on_socket(void *ud, curl_socket_t fd, curlsocktype purpose) {
+    (void)purpose;
+    *(curl_socket_t *)ud = fd;
+    return CURL_SOCKOPT_OK;
+}
+
+static size_t on_header(char *d, size_t sz, size_t nm, void *ud) {
+    (void)d;
+    curl_socket_t fd = *(curl_socket_t *)ud;
+    int one = 1;
+    if (fd != CURL_SOCKET_BAD) setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
+    return sz * nm;
 }
 
 static void sleep_ms(int ms) {
@@ -69,6 +94,10 @@ static int http_json(duet_expert_remote *r, const char *path, const char *body, 
         curl_easy_setopt(r->curl, CURLOPT_CONNECTTIMEOUT_MS, (long)DUET_MIN(r->timeout_ms, 5000));
         curl_easy_setopt(r->curl, CURLOPT_NOSIGNAL, 1L);
         if (body) curl_easy_setopt(r->curl, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(r->curl, CURLOPT_SOCKOPTFUNCTION, on_socket);
+        curl_easy_setopt(r->curl, CURLOPT_SOCKOPTDATA, &r->sock);
+        curl_easy_setopt(r->curl, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(r->curl, CURLOPT_HEADERDATA, &r->sock);
         CURLcode cc = curl_easy_perform(r->curl);
         long status = 0;
         curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
@@ -88,7 +117,7 @@ static int http_json(duet_expert_remote *r, const char *path, const char *body, 
             retry = status >= 500 || status == 429;
         } else {
             json_error_t je;
-            *out = json_loadb(b.b.p ? b.b.p : "", b.b.n, JSON_REJECT_DUPLICATES, &je);
+            *out = json_loadb(b.b.p ? b.b.p : "", b.b.n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
             rc = *out ? DUET_OK
                       : duet_fail(err, DUET_ERR_FORMAT, "expert %s: malformed JSON: %s", url, je.text);
         }
@@ -133,6 +162,17 @@ static int put_logprob(duet_expert_remote *r, float *out, json_int_t id, json_t 
 static int parse_llama(duet_expert_remote *r, json_t *js, float *out, duet_error *err) {
     json_t *cp = json_object_get(js, "completion_probabilities");
     json_t *top = json_object_get(json_array_get(cp, 0), "top_logprobs");
+    json_t *toks = json_object_get(js, "tokens");
+    if (!json_array_size(cp) && json_array_size(toks) == 1 &&
+        json_is_integer(json_array_get(toks, 0))) {
+        /* llama-server leaves out the probabilities of a token that ends inside a UTF-8
+         * character (a byte token) but still names the token it chose at temperature 0: its
+         * argmax becomes a point mass, which greedy decoding follows exactly */
+        json_t *zero = json_real(0);
+        int rc = put_logprob(r, out, json_integer_value(json_array_get(toks, 0)), zero, err);
+        json_decref(zero);
+        return rc;
+    }
     if (!json_is_array(top) || !json_array_size(top))
         return duet_fail(err, DUET_ERR_FORMAT, "expert %s: response has no "
                          "completion_probabilities[0].top_logprobs", r->url);
@@ -209,7 +249,9 @@ static int parse_openai(duet_expert_remote *r, json_t *js, float *out, duet_erro
     if (json_is_object(map) && json_object_size(map)) return parse_openai_map(r, map, out, err);
     if (json_is_array(list) && json_array_size(list)) return parse_openai_list(r, list, out, err);
     return duet_fail(err, DUET_ERR_FORMAT, "expert %s: response has neither choices[0].logprobs."
-                     "top_logprobs[0] nor choices[0].logprobs.content[0].top_logprobs", r->url);
+                     "top_logprobs[0] nor choices[0].logprobs.content[0].top_logprobs%s", r->url,
+                     lp && json_is_null(lp) ? " (llama-server sends null logprobs for a token that ends "
+                     "inside a UTF-8 character: use --expert-api llama with it)" : "");
 }
 
 static int remote_next(void *ctx, const int32_t *tokens, int n, float *out, duet_error *err) {
@@ -221,6 +263,7 @@ static int remote_next(void *ctx, const int32_t *tokens, int n, float *out, duet
                     r->top_k, "temperature", 0.0, "return_tokens_as_token_ids", 1)
         : json_pack("{s:o, s:i, s:i, s:f, s:b}", "prompt", ids, "n_predict", 1, "n_probs",
                     r->top_k, "temperature", 0.0, "cache_prompt", 1);
+    if (req && !r->openai) json_object_set_new(req, "return_tokens", json_true());
     if (req && r->openai && r->model[0]) json_object_set_new(req, "model", json_string(r->model));
     char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
@@ -350,6 +393,7 @@ int duet_expert_remote_new(const duet_model *base, const duet_expert_remote_para
         return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     }
     r->base = base;
+    r->sock = CURL_SOCKET_BAD;
     r->n_vocab = duet_model_hparams(base)->n_vocab;
     r->openai = p.api && !strcmp(p.api, "openai");
     r->top_k = p.top_k > 0 ? p.top_k : 20;

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "base/utf8.h"
+#include "duet.h"
 #include "serve/api.h"
 #include "serve/server.h"
 
@@ -25,6 +26,25 @@ int api_add_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out) 
         piece = big;
     }
     int rc = sb_add(out, piece, (size_t)DUET_MAX(len, 0));
+    free(big);
+    return rc;
+}
+
+/* A token's bytes as llama.cpp renders one token alone: SentencePiece's leading space kept
+ * and a control token as its text ("<s>"). Raw bytes (possibly not UTF-8) appended to out. */
+static int llama_piece(const duet_model *m, int32_t id, duet_buf *out) {
+    char small[256], *big = NULL;
+    int len = duet_token_to_piece(m, -1, id, small, (int)sizeof small);
+    const char *piece = small;
+    if (len == 0 && duet_token_type(m, id) == 3) { /* control: duet renders none */
+        piece = duet_token_text(m, id);
+        len = piece ? (int)strlen(piece) : 0;
+    } else if (len > (int)sizeof small) {
+        if (!(big = malloc((size_t)len))) return DUET_ERR_NOMEM;
+        len = duet_token_to_piece(m, -1, id, big, len);
+        piece = big;
+    }
+    int rc = len > 0 ? duet_buf_add(out, piece, (size_t)len) : 0;
     free(big);
     return rc;
 }
@@ -133,22 +153,46 @@ int api_prompt_ids(const srv_config *cfg, json_t *prompt, int add_bos, int parse
     return (int)n;
 }
 
+/* llama.cpp's /tokenize: {content, add_special (default false), with_pieces}; pieces are
+ * {id, piece}, the piece a string when it is valid UTF-8, else its byte values. parse_special
+ * (default false): text spelling a control token becomes that token. */
 enum MHD_Result api_tokenize(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx,
                              json_t *b) {
     json_t *content = json_object_get(b, "content");
     if (!json_is_string(content)) return srv_send_error(c, cx, 400, "'content' must be a string");
-    json_t *as = json_object_get(b, "add_special");
-    if (as && !json_is_boolean(as)) return srv_send_error(c, cx, 400, "'add_special' must be a boolean");
+    static const char *flags[] = {"add_special", "with_pieces", "parse_special"};
+    for (int i = 0; i < 3; i++) {
+        json_t *v = json_object_get(b, flags[i]);
+        if (v && !json_is_null(v) && !json_is_boolean(v))
+            return srv_send_error(c, cx, 400, "'%s' must be a boolean", flags[i]);
+    }
     int32_t *ids = NULL;
     char msg[200];
-    int n = api_prompt_ids(cfg, content, json_is_true(as), 0, &ids, msg, sizeof msg);
+    int n = api_prompt_ids(cfg, content, json_is_true(json_object_get(b, "add_special")),
+                           json_is_true(json_object_get(b, "parse_special")), &ids, msg, sizeof msg);
     if (n < 0) return srv_send_error(c, cx, 400, "%s", msg);
+    int pieces = json_is_true(json_object_get(b, "with_pieces"));
     json_t *arr = json_array();
-    for (int i = 0; i < n; i++) json_array_append_new(arr, json_integer(ids[i]));
+    for (int i = 0; i < n; i++) {
+        if (!pieces) { json_array_append_new(arr, json_integer(ids[i])); continue; }
+        duet_buf raw = {0};
+        llama_piece(cfg->p.base, ids[i], &raw);
+        json_t *pj;
+        if (duet_utf8_check(raw.p, raw.n) == raw.n) {
+            pj = json_stringn(raw.p ? raw.p : "", raw.n);
+        } else {
+            pj = json_array();
+            for (size_t k = 0; k < raw.n; k++) json_array_append_new(pj, json_integer((unsigned char)raw.p[k]));
+        }
+        free(raw.p);
+        json_array_append_new(arr, json_pack("{s:i, s:o}", "id", ids[i], "piece", pj));
+    }
     free(ids);
     return srv_send_json(c, cx, 200, json_pack("{s:o}", "tokens", arr));
 }
 
+/* llama.cpp's /detokenize: the tokens' pieces as each renders alone, concatenated (a leading
+ * space and control-token text kept), as valid UTF-8. */
 enum MHD_Result api_detokenize(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx,
                                json_t *b) {
     json_t *toks = json_object_get(b, "tokens");
@@ -157,10 +201,11 @@ enum MHD_Result api_detokenize(const srv_config *cfg, struct MHD_Connection *c, 
     char msg[200];
     int n = api_prompt_ids(cfg, toks, 0, 0, &ids, msg, sizeof msg);
     if (n < 0) return srv_send_error(c, cx, 400, "%s", msg[0] == '\'' ? msg + 8 : msg);
-    duet_buf text = {0};
-    for (int i = 0; i < n; i++) /* as after BOS: SentencePiece's leading space goes */
-        api_add_piece(cfg->p.base, i ? ids[i - 1] : duet_token_bos(cfg->p.base), ids[i], &text);
+    duet_buf raw = {0}, text = {0};
+    for (int i = 0; i < n; i++) llama_piece(cfg->p.base, ids[i], &raw);
     free(ids);
+    sb_add(&text, raw.p ? raw.p : "", raw.n);
+    free(raw.p);
     json_t *js = json_pack("{s:s%}", "content", text.p ? text.p : "", text.n);
     free(text.p);
     return srv_send_json(c, cx, 200, js);
@@ -177,11 +222,24 @@ enum MHD_Result api_models(const srv_config *cfg, struct MHD_Connection *c, conn
     return srv_send_json(c, cx, 200, json_pack("{s:s, s:[o]}", "object", "list", "data", m));
 }
 
+/* llama.cpp's /props, plus duet_vocab_hash (what a remote-expert client compares). */
 enum MHD_Result api_props(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx) {
     char h[32];
     snprintf(h, sizeof h, "%016llx", (unsigned long long)duet_model_vocab_hash(cfg->p.base));
-    return srv_send_json(c, cx, 200,
-                         json_pack("{s:s, s:s, s:i, s:i, s:{s:i}}", "model", cfg->model_name,
-                                   "duet_vocab_hash", h, "n_vocab", cfg->n_vocab, "total_slots",
-                                   cfg->p.n_slots, "default_generation_settings", "n_ctx", cfg->n_ctx));
+    const duet_model *m = cfg->p.base;
+    int32_t bos = duet_token_bos(m), eos = duet_token_eos(m);
+    const char *bt = bos >= 0 ? duet_token_text(m, bos) : NULL, *et = eos >= 0 ? duet_token_text(m, eos) : NULL;
+    const char *tmpl = NULL;
+    size_t tl = 0;
+    duet_buf t = {0};
+    if (!duet_model_chat_template(m, &tmpl, &tl, NULL) && tmpl) sb_add(&t, tmpl, tl);
+    json_t *js = json_pack("{s:s, s:s, s:i, s:i, s:{s:i, s:i, s:{s:i, s:f}}, s:s, s:s, s:s, s:s}",
+                           "model", cfg->model_name, "duet_vocab_hash", h, "n_vocab", cfg->n_vocab,
+                           "total_slots", cfg->p.n_slots, "default_generation_settings", "n_ctx",
+                           cfg->n_ctx, "id", 0, "params", "n_predict", -1, "temperature",
+                           (double)cfg->p.defaults.sampling.temp, "chat_template", t.p ? t.p : "",
+                           "bos_token", bt ? bt : "", "eos_token", et ? et : "", "build_info",
+                           "duet " DUET_VERSION);
+    free(t.p);
+    return srv_send_json(c, cx, 200, js);
 }
