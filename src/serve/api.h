@@ -41,7 +41,9 @@ int api_add_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out);
  * returns the count or -1 after filling msg. *ids is malloc'd. */
 int api_prompt_ids(const srv_config *cfg, json_t *prompt, int add_bos, int parse_special,
                    int32_t **ids, char *msg, size_t cap);
-/* Chat messages -> prompt text in the server's chat format. 0, or -1 after filling msg. */
-int api_chat_prompt(const srv_config *cfg, json_t *msgs, duet_buf *out, char *msg, size_t cap);
+/* Chat messages -> prompt ids in the server's chat format: the template's markers are control
+ * tokens, the messages' text never is (duet_tokenize_masked). The count (*ids malloc'd), or
+ * -1 after filling msg. */
+int api_chat_ids(const srv_config *cfg, json_t *msgs, int32_t **ids, char *msg, size_t cap);
 
 #endif

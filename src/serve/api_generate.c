@@ -356,13 +356,7 @@ enum MHD_Result api_completions(const srv_config *cfg, struct MHD_Connection *c,
     int32_t *ids = NULL;
     int n = -1;
     if (chat) {
-        duet_buf txt = {0};
-        if (!api_chat_prompt(cfg, json_object_get(body, "messages"), &txt, msg, sizeof msg)) {
-            json_t *tmp = json_stringn_nocheck(txt.p, txt.n);
-            n = api_prompt_ids(cfg, tmp, 1, 1, &ids, msg, sizeof msg);
-            json_decref(tmp);
-        }
-        free(txt.p);
+        n = api_chat_ids(cfg, json_object_get(body, "messages"), &ids, msg, sizeof msg);
     } else {
         json_t *pr = json_object_get(body, "prompt"), *empty = json_string("");
         n = api_prompt_ids(cfg, pr ? pr : empty, 1, 0, &ids, msg, sizeof msg); /* none: from BOS */

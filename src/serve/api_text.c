@@ -53,7 +53,8 @@ static int llama_piece(const duet_model *m, int32_t id, duet_buf *out) {
 /* messages -> prompt text with the server's chat format (duet_model_chat_render). OpenAI's
  * "developer" role is the system role; content is a string or [{"type": "text", "text"}]
  * parts (joined). Returns 0, or -1 after filling msg. */
-int api_chat_prompt(const srv_config *cfg, json_t *msgs, duet_buf *out, char *msg, size_t cap) {
+int api_chat_ids(const srv_config *cfg, json_t *msgs, int32_t **ids, char *msg, size_t cap) {
+    *ids = NULL;
     if (cfg->chat_err[0]) return snprintf(msg, cap, "chat is unavailable: %s", cfg->chat_err), -1;
     if (!json_is_array(msgs) || !json_array_size(msgs))
         return snprintf(msg, cap, "'messages' must be a non-empty array"), -1;
@@ -101,16 +102,26 @@ int api_chat_prompt(const srv_config *cfg, json_t *msgs, duet_buf *out, char *ms
         cm[i].content = parts[i].p;
     }
     duet_error err = {0};
-    int len = rc ? -1 : duet_model_chat_render(cfg->p.base, cfg->chat_override, cm, (int)n, 1, NULL, 0, &err);
-    if (!rc && len < 0) rc = -1, snprintf(msg, cap, "%s", err.msg);
-    if (!rc && (out->cap = (size_t)len + 1, !(out->p = malloc(out->cap))))
-        rc = -1, snprintf(msg, cap, "out of memory");
-    if (!rc) out->n = (size_t)duet_model_chat_render(cfg->p.base, cfg->chat_override, cm, (int)n, 1,
-                                                     out->p, out->cap, &err);
+    char *text = NULL;
+    unsigned char *plain = NULL;
+    size_t len = 0;
+    if (!rc && duet_model_chat_prompt(cfg->p.base, cfg->chat_override, cm, (int)n, 1, &text,
+                                      &plain, &len, &err))
+        rc = -1, snprintf(msg, cap, "%s", err.msg);
+    int k = rc ? -1 : duet_tokenize_masked(cfg->p.base, text, len, 1, plain, NULL, 0, &err);
+    if (!rc && (k < 0 || !(*ids = malloc((size_t)(k + 1) * sizeof **ids))))
+        rc = -1, snprintf(msg, cap, "%s", k < 0 ? err.msg : "out of memory");
+    if (!rc) k = duet_tokenize_masked(cfg->p.base, text, len, 1, plain, *ids, k, &err);
     for (i = 0; parts && i < n; i++) free(parts[i].p);
     free(parts);
     free(cm);
-    return rc;
+    free(text);
+    free(plain);
+    if (rc) {
+        free(*ids);
+        *ids = NULL;
+    }
+    return rc ? -1 : k;
 }
 
 /* ---- prompts and the small endpoints ----------------------------------------------------- */
