@@ -1,9 +1,12 @@
 /*
  * api_generate.c: the endpoints that run the models: /v1/completions and
  * /v1/chat/completions (OpenAI shape, streamed as server-sent events or whole), and
- * /completion (llama.cpp's protocol: next-token log-probabilities, what a remote-expert client
- * asks, answered by the served model alone; with "prompt_logprobs": true also every prompt
- * token's log-probability, max log-probability and entropy, what `duet score` stores). Text
+ * /completion (llama.cpp's protocol). /completion with n_predict 0 or 1 (not streamed) answers
+ * next-token log-probabilities, what a remote-expert client asks, from the served model alone;
+ * with "prompt_logprobs": true also every prompt token's log-probability, max log-probability
+ * and entropy, what `duet score` stores. Any other n_predict (-1: until EOS or the context is
+ * full) or "stream": true generates through the same loop as /v1/completions and answers as
+ * llama-server does (content, stop_type, timings, completion_probabilities, ...). Text
  * leaves only as valid UTF-8: token pieces that end inside a multi-byte character
  * wait for the rest, and bytes that never form a character become U+FFFD.
  * Extensions (off unless asked): "duet_tokens": true adds each token's id, text, source and
@@ -56,13 +59,17 @@ static int field_bool(json_t *b, const char *k, int *out, char *msg, size_t cap)
     return 0;
 }
 
-#define MAX_STOP 4
+#define MAX_STOP 16      /* llama.cpp's protocol: its clients send more than OpenAI allows */
+#define MAX_STOP_OPENAI 4
 #define MAX_STOP_LEN 256
+
+enum { PROTO_OPENAI = 0, PROTO_CHAT = 1, PROTO_LLAMA = 2 };
 
 typedef struct gen_req {
     duet_collab_params cp;
     long long max_tokens;
     int stream, want_tokens, n_stop;
+    int n_probs, return_tokens; /* llama.cpp's protocol */
     char stop[MAX_STOP + 1][MAX_STOP_LEN + 1]; /* + the chat format's end of turn */
 } gen_req;
 
@@ -74,10 +81,20 @@ static const struct { const char *key; double neutral; } k_unsupported[] = {
     {"logit_bias", 0}, {"suffix", 0}, {"tools", 0}, {"functions", 0}, {"response_format", 0},
 };
 
+/* The same for llama.cpp's /completion: its samplers and options beyond temperature, top_k,
+ * top_p, min_p and seed. */
+static const struct { const char *key; double neutral; } k_llama_unsupported[] = {
+    {"repeat_penalty", 1}, {"presence_penalty", 0}, {"frequency_penalty", 0}, {"mirostat", 0},
+    {"typical_p", 1}, {"dynatemp_range", 0}, {"xtc_probability", 0}, {"dry_multiplier", 0},
+    {"logit_bias", 0}, {"grammar", 0}, {"json_schema", 0}, {"ignore_eos", 0},
+    {"post_sampling_probs", 0}, {"n_indent", 0}, {"t_max_predict_ms", 0}, {"lora", 0},
+};
+
 static int is_default(json_t *v, double neutral) {
     if (!v || json_is_null(v) || json_is_false(v)) return 1;
     if (json_is_number(v)) return json_number_value(v) == neutral;
     if (json_is_array(v)) return !json_array_size(v);
+    if (json_is_string(v)) return !json_string_length(v);
     if (json_is_object(v)) {
         const char *type = json_string_value(json_object_get(v, "type"));
         return !json_object_size(v) || (json_object_size(v) == 1 && type && !strcmp(type, "text"));
@@ -85,31 +102,25 @@ static int is_default(json_t *v, double neutral) {
     return 0;
 }
 
-/* seq: how many requests were numbered before this one was parsed, mixed into the seed. */
-static int parse_request(const srv_config *cfg, json_t *b, int chat, long seq, gen_req *r, char *msg,
-                         size_t cap) {
-    memset(r, 0, sizeof *r);
-    r->cp = cfg->p.defaults;
-    duet_sampler_defaults(&r->cp.sampling);
-    r->cp.sampling.seed = (uint64_t)time(NULL) ^ (uint64_t)seq * 0x9e3779b97f4a7c15ull;
-    r->max_tokens = chat ? cfg->n_ctx : 16; /* OpenAI: 16 for completions; chat until the end */
-    double temp = r->cp.sampling.temp, top_p = r->cp.sampling.top_p, min_p = r->cp.sampling.min_p;
-    double thr = r->cp.threshold;
-    long long top_k = r->cp.sampling.top_k, seed = -1, n = 1, logprobs = 0;
-    json_t *model = json_object_get(b, "model");
-    if (model && !json_is_null(model) && !json_is_string(model))
-        return snprintf(msg, cap, "'model' must be a string"), -1;
-    const char *mt = chat && json_object_get(b, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-    if (field_int(b, mt, 0, cfg->n_ctx, &r->max_tokens, msg, cap) ||
-        field_num(b, "temperature", 0, 100, &temp, msg, cap) ||
-        field_num(b, "top_p", 0, 1, &top_p, msg, cap) || field_num(b, "min_p", 0, 1, &min_p, msg, cap) ||
-        field_int(b, "top_k", 0, 1 << 30, &top_k, msg, cap) ||
-        field_int(b, "seed", -1, INT64_MAX, &seed, msg, cap) || field_int(b, "n", 1, 1, &n, msg, cap) ||
-        field_bool(b, "stream", &r->stream, msg, cap) ||
-        field_bool(b, "duet_tokens", &r->want_tokens, msg, cap))
-        return -1;
-    if (chat) {
-        int lp = 0;
+/* The protocol's own fields: OpenAI's logprobs (refused: /completion has n_probs) and the
+ * options duet lacks, or llama.cpp's n_probs and return_tokens and its options duet lacks. */
+static int parse_proto_fields(const srv_config *cfg, json_t *b, int proto, gen_req *r, char *msg,
+                              size_t cap) {
+    long long logprobs = 0, n_probs = 0;
+    int lp = 0, cache = 1;
+    if (proto == PROTO_LLAMA) {
+        if (field_int(b, "n_probs", 0, cfg->n_vocab, &n_probs, msg, cap) ||
+            field_bool(b, "return_tokens", &r->return_tokens, msg, cap) ||
+            field_bool(b, "cache_prompt", &cache, msg, cap)) /* duet always reuses the cache */
+            return -1;
+        r->n_probs = (int)n_probs;
+        for (size_t i = 0; i < sizeof k_llama_unsupported / sizeof *k_llama_unsupported; i++)
+            if (!is_default(json_object_get(b, k_llama_unsupported[i].key), k_llama_unsupported[i].neutral))
+                return snprintf(msg, cap, "'%s' is not supported by duet serve",
+                                k_llama_unsupported[i].key), -1;
+        return 0;
+    }
+    if (proto == PROTO_CHAT) {
         if (field_bool(b, "logprobs", &lp, msg, cap)) return -1;
         if (lp) return snprintf(msg, cap, "'logprobs' is not supported by duet serve's chat endpoint "
                                 "(ask /completion with n_probs)"), -1;
@@ -121,6 +132,38 @@ static int parse_request(const srv_config *cfg, json_t *b, int chat, long seq, g
     for (size_t i = 0; i < sizeof k_unsupported / sizeof *k_unsupported; i++)
         if (!is_default(json_object_get(b, k_unsupported[i].key), k_unsupported[i].neutral))
             return snprintf(msg, cap, "'%s' is not supported by duet serve", k_unsupported[i].key), -1;
+    return 0;
+}
+
+/* seq: how many requests were numbered before this one was parsed, mixed into the seed. */
+static int parse_request(const srv_config *cfg, json_t *b, int proto, long seq, gen_req *r, char *msg,
+                         size_t cap) {
+    int chat = proto == PROTO_CHAT, llama = proto == PROTO_LLAMA;
+    memset(r, 0, sizeof *r);
+    r->cp = cfg->p.defaults;
+    duet_sampler_defaults(&r->cp.sampling);
+    r->cp.sampling.seed = (uint64_t)time(NULL) ^ (uint64_t)seq * 0x9e3779b97f4a7c15ull;
+    /* llama.cpp's seeds are 32-bit, and generation_settings reports the one used */
+    if (llama) r->cp.sampling.seed &= 0xffffffffu;
+    /* OpenAI: 16 for completions, chat until the end; /completion: one token unless asked */
+    r->max_tokens = chat ? cfg->n_ctx : llama ? 1 : 16;
+    double temp = r->cp.sampling.temp, top_p = r->cp.sampling.top_p, min_p = r->cp.sampling.min_p;
+    double thr = r->cp.threshold;
+    long long top_k = r->cp.sampling.top_k, seed = -1, n = 1;
+    json_t *model = json_object_get(b, "model");
+    if (model && !json_is_null(model) && !json_is_string(model))
+        return snprintf(msg, cap, "'model' must be a string"), -1;
+    const char *mt = chat && json_object_get(b, "max_completion_tokens") ? "max_completion_tokens"
+                   : llama && json_object_get(b, "n_predict") ? "n_predict" : "max_tokens";
+    if (field_int(b, mt, llama ? -1 : 0, cfg->n_ctx, &r->max_tokens, msg, cap) ||
+        field_num(b, "temperature", 0, 100, &temp, msg, cap) ||
+        field_num(b, "top_p", 0, 1, &top_p, msg, cap) || field_num(b, "min_p", 0, 1, &min_p, msg, cap) ||
+        field_int(b, "top_k", 0, 1 << 30, &top_k, msg, cap) ||
+        field_int(b, "seed", -1, INT64_MAX, &seed, msg, cap) || field_int(b, "n", 1, 1, &n, msg, cap) ||
+        field_bool(b, "stream", &r->stream, msg, cap) ||
+        field_bool(b, "duet_tokens", &r->want_tokens, msg, cap) ||
+        parse_proto_fields(cfg, b, proto, r, msg, cap))
+        return -1;
     json_t *pol = json_object_get(b, "policy");
     if (pol && !json_is_null(pol)) {
         int pi = json_is_string(pol) ? duet_policy_from_name(json_string_value(pol)) : -1;
@@ -140,8 +183,9 @@ static int parse_request(const srv_config *cfg, json_t *b, int chat, long seq, g
     json_t *stop = json_object_get(b, "stop");
     if (stop && !json_is_null(stop)) {
         json_t *one = json_is_string(stop) ? stop : NULL;
-        size_t ns = one ? 1 : json_is_array(stop) ? json_array_size(stop) : 99;
-        if (ns > MAX_STOP) return snprintf(msg, cap, "'stop' must be a string or up to %d strings", MAX_STOP), -1;
+        size_t ns = one ? 1 : json_is_array(stop) ? json_array_size(stop) : 999;
+        int most = llama ? MAX_STOP : MAX_STOP_OPENAI;
+        if (ns > (size_t)most) return snprintf(msg, cap, "'stop' must be a string or up to %d strings", most), -1;
         for (size_t i = 0; i < ns; i++) {
             json_t *v = one ? one : json_array_get(stop, i);
             if (!json_is_string(v) || !json_string_length(v) || json_string_length(v) > MAX_STOP_LEN)
@@ -165,7 +209,7 @@ typedef struct gen {
     srv_slot *sl;
     duet_collab *co;    /* the slot's decoder, fitted to this request */
     gen_req r;
-    int chat, n_prompt, n_gen, done, sent_done;
+    int chat, llama, n_prompt, n_gen, done, sent_done, end;
     const char *finish;
     duet_gen *dg;       /* the library's generation loop: the answer so far, valid UTF-8 */
     size_t sent;        /* bytes of the answer already streamed */
@@ -177,14 +221,28 @@ typedef struct gen {
     duet_buf out;       /* SSE bytes waiting for the socket */
     size_t out_off;
     duet_collab_stats st;
+    /* llama.cpp's protocol */
+    int n_cached;       /* prompt tokens the slot's decoder already held */
+    json_t *ids;        /* every generated token id */
+    json_t *probs;      /* completion_probabilities of every generated token (n_probs > 0) */
+    size_t ids_sent, probs_sent; /* how many of them went out in stream events */
+    duet_buf raw;       /* the tokens' bytes as the vocabulary gives them: where a stop text was */
+    float *lp;          /* [n_vocab] scratch for n_probs */
+    int32_t *top;       /* [n_probs] */
+    double t_prompt, t_pred; /* seconds: starting the decoder on the prompt / in decoding steps */
+    json_t *prompt;     /* the prompt as text */
 } gen;
 
 /* Make the slot's decoder fit the request and run the prompt. */
 static int gen_start(gen *g, const int32_t *prompt, duet_error *err) {
+    int have;
+    g->n_cached = srv_slot_prefix(g->sl, prompt, g->n_prompt, 1, &have);
     int rc = srv_slot_decoder(g->sl, &g->r.cp, &g->co, err);
     if (rc) return rc;
     srv_compute_lock(g->cfg->slots);
+    double t0 = duet_time_s();
     rc = duet_collab_start(g->co, prompt, g->n_prompt, err);
+    g->t_prompt = duet_time_s() - t0;
     srv_compute_unlock(g->cfg->slots);
     duet_gen_params gp = {.max_tokens = (int)g->r.max_tokens, .stops = g->stops,
                           .n_stops = g->r.n_stop, .utf8 = 1};
@@ -196,9 +254,94 @@ static int gen_start(gen *g, const int32_t *prompt, duet_error *err) {
 static void gen_finish(gen *g, int end) {
     if (g->done) return;
     g->done = 1;
+    g->end = end;
     g->finish = end == DUET_GEN_ERROR ? "error"
               : end == DUET_GEN_LIMIT || end == DUET_GEN_CONTEXT ? "length" : "stop";
     g->st = *duet_collab_get_stats(g->co);
+}
+
+/* A token's bytes as the vocabulary gives them after prev, appended to out. */
+static int raw_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out) {
+    char small[256], *big = NULL;
+    const char *piece = small;
+    int len = duet_token_to_piece(m, prev, id, small, (int)sizeof small);
+    if (len > (int)sizeof small) { /* a long token: nothing past the buffer was written */
+        if (!(big = malloc((size_t)len))) return DUET_ERR_NOMEM;
+        len = duet_token_to_piece(m, prev, id, big, len);
+        piece = big;
+    }
+    int rc = len > 0 ? duet_buf_add(out, piece, (size_t)len) : 0;
+    free(big);
+    return rc;
+}
+
+/* s[0..n) without a character that begins at its end and needs bytes past it. */
+static size_t cut_unfinished(const char *s, size_t n) {
+    for (size_t k = 1; k <= 3 && k <= n; k++) {
+        unsigned char c = (unsigned char)s[n - k];
+        if ((c & 0xc0) == 0x80) continue; /* a continuation byte: look further back */
+        size_t need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+        return need > k ? n - k : n;
+    }
+    return n;
+}
+
+/* llama.cpp's entry for a token: id, token (its text without a character it leaves unfinished,
+ * other bytes that form none as U+FFFD, as llama-server renders it), bytes (all of them) and
+ * logprob. */
+static json_t *llama_token(const duet_model *m, int32_t prev, int32_t id, double lp) {
+    duet_buf raw = {0}, txt = {0};
+    raw_piece(m, prev, id, &raw);
+    sb_add(&txt, raw.p ? raw.p : "", cut_unfinished(raw.p ? raw.p : "", raw.n));
+    json_t *bytes = json_array();
+    for (size_t i = 0; i < raw.n; i++) json_array_append_new(bytes, json_integer((unsigned char)raw.p[i]));
+    json_t *o = json_pack("{s:i, s:s, s:o, s:f}", "id", id, "token", txt.p ? txt.p : "", "bytes",
+                          bytes, "logprob", lp);
+    free(raw.p);
+    free(txt.p);
+    return o;
+}
+
+/* completion_probabilities of the token just emitted: the served (base) model's distribution
+ * at its position, the one llama-server reports for its single model; a token the expert chose
+ * gets the base's log-probability of it. The slot's plain session follows the decoder's tokens
+ * one step behind, so each step evaluates one token more. */
+static void token_probs(gen *g, int32_t id) {
+    int n, V = g->cfg->n_vocab, k = DUET_MIN(g->r.n_probs, V), cnt = 0;
+    const int32_t *toks = duet_collab_tokens(g->co, &n);
+    duet_session *sess = srv_slot_session(g->sl);
+    duet_error err = {0};
+    if (!g->lp) g->lp = malloc((size_t)V * sizeof *g->lp);
+    if (!g->top) g->top = malloc((size_t)k * sizeof *g->top);
+    srv_compute_lock(g->cfg->slots);
+    int rc = !g->lp || !g->top ? DUET_ERR_NOMEM : duet_session_sync(sess, toks, n - 1, &err);
+    if (!rc) {
+        const float *l = duet_session_logits(sess, -1);
+        double mx, z;
+        duet_softmax_stats(l, V, &mx, &z, NULL);
+        for (int i = 0; i < V; i++) {
+            float x = g->lp[i] = (float)((double)l[i] - mx - log(z));
+            int at = cnt < k ? cnt++ : k; /* insert into the sorted top k, lowest id first on ties */
+            while (at > 0 && x > g->lp[g->top[at - 1]]) {
+                if (at < k) g->top[at] = g->top[at - 1];
+                at--;
+            }
+            if (at < k) g->top[at] = i;
+        }
+    }
+    srv_compute_unlock(g->cfg->slots);
+    if (rc) { /* the answer stands without its probabilities; say why in their place */
+        json_array_append_new(g->probs, json_pack("{s:i, s:s}", "id", id, "error", rc == DUET_ERR_NOMEM
+                                                  ? "out of memory" : err.msg));
+        return;
+    }
+    int32_t prev = toks[n - 2];
+    json_t *top = json_array();
+    for (int i = 0; i < k; i++)
+        json_array_append_new(top, llama_token(g->cfg->p.base, prev, g->top[i], g->lp[g->top[i]]));
+    json_t *e = llama_token(g->cfg->p.base, prev, id, g->lp[id]);
+    json_object_set_new(e, "top_logprobs", top);
+    json_array_append_new(g->probs, e);
 }
 
 /* A token's entry in duet_tokens and, when the expert could not supply it, in the failed list. */
@@ -217,13 +360,22 @@ static void record_token(gen *g, const duet_collab_token *t) {
         json_array_append_new(g->tokens, o);
     }
     g->n_gen = duet_gen_n_tokens(g->dg);
+    if (g->llama) {
+        size_t len;
+        const char *piece = duet_gen_piece(g->dg, &len);
+        duet_buf_add(&g->raw, piece, len);
+        json_array_append_new(g->ids, json_integer(t->id));
+        if (g->r.n_probs) token_probs(g, t->id);
+    }
 }
 
 static void gen_step(gen *g) {
     duet_collab_token t;
     duet_error err = {0};
     srv_compute_lock(g->cfg->slots);
+    double t0 = duet_time_s();
     int rc = duet_gen_step(g->dg, &t, &err);
+    g->t_pred += duet_time_s() - t0;
     srv_compute_unlock(g->cfg->slots);
     if (rc == DUET_OK) record_token(g, &t);
     else if (rc != DUET_EOS) snprintf(g->err, sizeof g->err, "%s", err.msg);
@@ -274,6 +426,82 @@ static json_t *envelope(gen *g, json_t *ch) {
                      (int)g->created, "model", g->cfg->model_name, "choices", ch);
 }
 
+/* ---- llama.cpp's /completion answers ----------------------------------------------------- */
+/* The settings the answer was decoded with, named as llama-server names them, and duet's own. */
+static json_t *llama_settings(const gen *g) {
+    const duet_sampler_params *sp = &g->r.cp.sampling;
+    json_t *stops = json_array();
+    for (int i = 0; i < g->r.n_stop; i++) json_array_append_new(stops, json_string(g->r.stop[i]));
+    json_t *js = json_pack("{s:I, s:I, s:f, s:i, s:f, s:f, s:o, s:I, s:b, s:i, s:b, s:i, s:s, s:b}",
+                           "n_predict", (json_int_t)g->r.max_tokens, "seed", (json_int_t)sp->seed,
+                           "temperature", (double)sp->temp, "top_k", sp->top_k, "top_p",
+                           (double)sp->top_p, "min_p", (double)sp->min_p, "stop", stops,
+                           "max_tokens", (json_int_t)g->r.max_tokens, "stream", g->r.stream,
+                           "n_probs", g->r.n_probs, "return_tokens", g->r.return_tokens, "n_ctx",
+                           g->cfg->n_ctx, "policy", duet_policy_name(g->r.cp.policy),
+                           "ignore_eos", 0);
+    /* a negative threshold is the policy's default (the head's tuned one, 0.5, 2 nats) */
+    json_object_set_new(js, "threshold", g->r.cp.threshold >= 0 ? json_real(g->r.cp.threshold) : json_null());
+    return js;
+}
+
+static json_t *llama_timings(const gen *g) {
+    double pm = g->t_prompt * 1e3, gm = g->t_pred * 1e3;
+    int pn = g->n_prompt - g->n_cached, gn = g->n_gen;
+    return json_pack("{s:i, s:f, s:f, s:f, s:i, s:f, s:f, s:f}", "prompt_n", pn, "prompt_ms", pm,
+                     "prompt_per_token_ms", pn ? pm / pn : 0.0, "prompt_per_second",
+                     pm > 0 ? 1e3 * pn / pm : 0.0, "predicted_n", gn, "predicted_ms", gm,
+                     "predicted_per_token_ms", gn ? gm / gn : 0.0, "predicted_per_second",
+                     gm > 0 ? 1e3 * gn / gm : 0.0);
+}
+
+/* Which stop text ended the answer: the one found earliest in the tokens' bytes. */
+static const char *stopping_word(const gen *g) {
+    const char *best = "";
+    size_t at = (size_t)-1;
+    for (int i = 0; g->end == DUET_GEN_STOP && i < g->r.n_stop; i++) {
+        const char *hit = g->raw.n ? memmem(g->raw.p, g->raw.n, g->r.stop[i], strlen(g->r.stop[i])) : NULL;
+        if (hit && (size_t)(hit - g->raw.p) < at) at = (size_t)(hit - g->raw.p), best = g->r.stop[i];
+    }
+    return best;
+}
+
+/* The final answer (stream: the last event, its text and tokens already sent). */
+static json_t *llama_final(gen *g) {
+    size_t n;
+    const char *text = duet_gen_text(g->dg, &n);
+    int st = g->r.stream;
+    const char *type = g->end == DUET_GEN_EOS ? "eos" : g->end == DUET_GEN_STOP ? "word"
+                     : g->end == DUET_GEN_LIMIT || g->end == DUET_GEN_CONTEXT ? "limit" : "none";
+    json_t *js = json_pack("{s:i, s:s%, s:o, s:i, s:b, s:s, s:i, s:i, s:o, s:O, s:b, s:b, s:s, s:s, s:i, s:o}",
+                           "index", 0, "content", st ? "" : text, st ? (size_t)0 : n, "tokens",
+                           !st && g->r.return_tokens ? json_copy(g->ids) : json_array(), "id_slot", -1,
+                           "stop", 1, "model", g->cfg->model_name, "tokens_predicted", g->n_gen,
+                           "tokens_evaluated", g->n_prompt, "generation_settings", llama_settings(g),
+                           "prompt", g->prompt, "has_new_line", memchr(text, '\n', n) != NULL,
+                           "truncated", g->end == DUET_GEN_CONTEXT, "stop_type", type,
+                           "stopping_word", stopping_word(g), "tokens_cached", g->n_cached,
+                           "timings", llama_timings(g));
+    if (!st && g->r.n_probs) json_object_set(js, "completion_probabilities", g->probs);
+    json_object_set_new(js, "duet", duet_summary(g));
+    return js;
+}
+
+/* A stream event of what was decoded since the last one: text, token ids and probabilities. */
+static json_t *llama_partial(gen *g, const char *text, size_t n) {
+    json_t *ids = json_array(), *probs = json_array();
+    for (; g->ids_sent < json_array_size(g->ids); g->ids_sent++)
+        json_array_append(ids, json_array_get(g->ids, g->ids_sent));
+    for (; g->probs_sent < json_array_size(g->probs); g->probs_sent++)
+        json_array_append(probs, json_array_get(g->probs, g->probs_sent));
+    json_t *js = json_pack("{s:i, s:s%, s:o, s:b, s:i, s:i, s:i}", "index", 0, "content", text, n,
+                           "tokens", ids, "stop", 0, "id_slot", -1, "tokens_predicted", g->n_gen,
+                           "tokens_evaluated", g->n_prompt);
+    if (json_array_size(probs)) json_object_set(js, "completion_probabilities", probs);
+    json_decref(probs);
+    return js;
+}
+
 static void sse_event(gen *g, json_t *js) {
     char *s = json_dumps(js, JSON_COMPACT);
     json_decref(js);
@@ -292,6 +520,12 @@ static void gen_free(void *cls) {
     }
     json_decref(g->tokens);
     json_decref(g->failed);
+    json_decref(g->ids);
+    json_decref(g->probs);
+    json_decref(g->prompt);
+    free(g->raw.p);
+    free(g->lp);
+    free(g->top);
     duet_gen_free(g->dg);
     free(g->out.p);
     free(g);
@@ -311,6 +545,12 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
             sse_event(g, json_pack("{s:{s:s, s:s, s:i}}", "error", "message", m.p, "type",
                                    "expert_error", "code", 502));
             free(m.p);
+        } else if (g->llama) {
+            size_t upto = duet_gen_ready(g->dg);
+            if (upto > g->sent || g->ids_sent < json_array_size(g->ids))
+                sse_event(g, llama_partial(g, answer(g, NULL) + g->sent, upto - g->sent));
+            g->sent = upto;
+            if (g->done) sse_event(g, llama_final(g));
         } else {
             size_t upto = duet_gen_ready(g->dg);
             if (upto > g->sent || g->done || (g->r.want_tokens && json_array_size(g->tokens))) {
@@ -323,8 +563,8 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
                 sse_event(g, js);
             }
         }
-        if (g->done) {
-            duet_buf_add(&g->out, "data: [DONE]\n\n", 14);
+        if (g->done) { /* llama.cpp ends its own protocol's stream without [DONE] */
+            if (!g->llama) duet_buf_add(&g->out, "data: [DONE]\n\n", 14);
             g->sent_done = 1;
         }
     }
@@ -334,19 +574,34 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     return (ssize_t)n;
 }
 
-enum MHD_Result api_completions(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx,
-                                json_t *body, int chat) {
+/* The prompt as text for llama.cpp's answer: the string asked, or the ids' pieces. */
+static json_t *prompt_text(const srv_config *cfg, json_t *pr, const int32_t *ids, int n) {
+    if (json_is_string(pr)) return json_incref(pr);
+    duet_buf b = {0};
+    for (int i = 0; i < n; i++) api_add_piece(cfg->p.base, i ? ids[i - 1] : -1, ids[i], &b);
+    json_t *js = json_stringn(b.p ? b.p : "", b.n);
+    free(b.p);
+    return js;
+}
+
+/* One generation in any of the three protocols (PROTO_*), streamed or whole. */
+static enum MHD_Result gen_serve(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx,
+                                 json_t *body, int proto) {
     char msg[600];
+    int chat = proto == PROTO_CHAT;
     gen *g = calloc(1, sizeof *g);
     if (!g) return srv_send_error(c, cx, 500, "out of memory");
     g->cfg = cfg;
     g->chat = chat;
+    g->llama = proto == PROTO_LLAMA;
     g->tokens = json_array();
     g->failed = json_array();
+    g->ids = json_array();
+    g->probs = json_array();
     g->created = (long)time(NULL);
     long id = srv_next_request_id(cfg->slots);
     snprintf(g->id, sizeof g->id, "%s-%ld", chat ? "chatcmpl" : "cmpl", id);
-    if (parse_request(cfg, body, chat, id + 1, &g->r, msg, sizeof msg)) {
+    if (parse_request(cfg, body, proto, id + 1, &g->r, msg, sizeof msg)) {
         gen_free(g);
         return srv_send_error(c, cx, 400, "%s", msg);
     }
@@ -372,6 +627,7 @@ enum MHD_Result api_completions(const srv_config *cfg, struct MHD_Connection *c,
         return srv_send_error(c, cx, 400, "%s", msg);
     }
     g->n_prompt = n;
+    if (g->llama) g->prompt = prompt_text(cfg, json_object_get(body, "prompt"), ids, n);
     if (!(g->sl = srv_slot_acquire(cfg->slots, ids, n, 1))) {
         free(ids);
         gen_free(g);
@@ -399,6 +655,8 @@ enum MHD_Result api_completions(const srv_config *cfg, struct MHD_Connection *c,
     enum MHD_Result ok;
     if (g->err[0]) {
         ok = srv_send_error(c, cx, 502, "the expert failed and on_expert_failure is \"fail\": %s", g->err);
+    } else if (g->llama) {
+        ok = srv_send_json(c, cx, 200, llama_final(g));
     } else {
         size_t n_text;
         const char *text = answer(g, &n_text);
@@ -409,6 +667,11 @@ enum MHD_Result api_completions(const srv_config *cfg, struct MHD_Connection *c,
     }
     gen_free(g);
     return ok;
+}
+
+enum MHD_Result api_completions(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx,
+                                json_t *body, int chat) {
+    return gen_serve(cfg, c, cx, body, chat ? PROTO_CHAT : PROTO_OPENAI);
 }
 
 /* ---- /completion: next-token log-probabilities (llama.cpp protocol) --------------------- */
@@ -452,18 +715,33 @@ static int prompt_scores(const srv_config *cfg, duet_session *sess, const int32_
     return DUET_OK;
 }
 
-enum MHD_Result api_next_token(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx,
-                               json_t *body) {
+/* llama.cpp's summary fields, after the next-token answer's own (which stay as they were:
+ * remote-expert clients read them). The next token is the argmax, decided by the same forward
+ * pass that evaluated the prompt: predicted_ms is the time spent ranking the distribution. */
+static void next_token_summary(const srv_config *cfg, json_t *js, int n, int cached, int n_predict,
+                               int n_probs, double prompt_s, double rank_s) {
+    double pm = prompt_s * 1e3, gm = rank_s * 1e3;
+    int pn = n - cached;
+    json_t *t = json_pack("{s:i, s:f, s:f, s:f, s:i, s:f, s:f, s:f}", "prompt_n", pn, "prompt_ms", pm,
+                          "prompt_per_token_ms", pn ? pm / pn : 0.0, "prompt_per_second",
+                          pm > 0 ? 1e3 * pn / pm : 0.0, "predicted_n", n_predict, "predicted_ms", gm,
+                          "predicted_per_token_ms", n_predict ? gm : 0.0, "predicted_per_second",
+                          n_predict && gm > 0 ? 1e3 / gm : 0.0);
+    const char *content = json_string_value(json_object_get(js, "content"));
+    json_t *more = json_pack("{s:i, s:i, s:i, s:{s:i, s:i, s:f, s:i, s:b, s:o}, s:b, s:b, s:s, s:o}",
+                             "index", 0, "id_slot", -1, "tokens_predicted", n_predict,
+                             "generation_settings", "n_predict", n_predict, "n_probs", n_probs,
+                             "temperature", 0.0, "n_ctx", cfg->n_ctx, "stream", 0, "stop",
+                             json_array(), "has_new_line", content && strchr(content, '\n'),
+                             "truncated", 0, "stopping_word", "", "timings", t);
+    json_object_update_missing(js, more);
+    json_decref(more);
+}
+
+/* The next-token answer: the served model's distribution after the prompt, its argmax. */
+static enum MHD_Result next_token(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx,
+                                  json_t *pr, int n_predict, int n_probs, int want_prompt) {
     char msg[300];
-    long long n_predict = 1, n_probs = 0;
-    int want_prompt = 0;
-    if (field_int(body, "n_predict", 0, 1, &n_predict, msg, sizeof msg) ||
-        field_int(body, "n_probs", 0, cfg->n_vocab, &n_probs, msg, sizeof msg) ||
-        field_bool(body, "prompt_logprobs", &want_prompt, msg, sizeof msg))
-        return srv_send_error(c, cx, 400, "%s (duet serve's /completion answers next-token "
-                              "probabilities; generate with /v1/completions)", msg);
-    json_t *pr = json_object_get(body, "prompt");
-    if (!pr) return srv_send_error(c, cx, 400, "'prompt' is required");
     int32_t *ids = NULL;
     int n = api_prompt_ids(cfg, pr, 1, 0, &ids, msg, sizeof msg);
     int fits = n_predict ? n < cfg->n_ctx : n <= cfg->n_ctx; /* scoring only may fill the context */
@@ -488,9 +766,11 @@ enum MHD_Result api_next_token(const srv_config *cfg, struct MHD_Connection *c, 
     int cached = want_prompt ? 0 : srv_slot_prefix(sl, ids, n, 0, &have);
     duet_session *sess = srv_slot_session(sl);
     srv_compute_lock(cfg->slots);
+    double t0 = duet_time_s();
     int rc = !order || !lp ? duet_fail(&err, DUET_ERR_NOMEM, "out of memory")
              : want_prompt ? prompt_scores(cfg, sess, ids, n, prompt_probs, &err)
              : duet_session_sync(sess, ids, n, &err);
+    double t1 = duet_time_s();
     if (!rc) {
         const float *l = duet_session_logits(sess, -1);
         double mx, z;
@@ -500,6 +780,7 @@ enum MHD_Result api_next_token(const srv_config *cfg, struct MHD_Connection *c, 
         g_sort_lp = lp;
         qsort(order, (size_t)V, sizeof *order, by_logprob);
     }
+    double t2 = duet_time_s();
     srv_compute_unlock(cfg->slots);
     srv_slot_release(cfg->slots, sl);
     enum MHD_Result ok;
@@ -523,6 +804,7 @@ enum MHD_Result api_next_token(const srv_config *cfg, struct MHD_Connection *c, 
             json_decref(first);
         }
         if (prompt_probs) json_object_set(js, "prompt_probabilities", prompt_probs);
+        next_token_summary(cfg, js, n, cached, n_predict, n_probs, t1 - t0, t2 - t1);
         ok = srv_send_json(c, cx, 200, js);
     }
     json_decref(prompt_probs);
@@ -530,4 +812,27 @@ enum MHD_Result api_next_token(const srv_config *cfg, struct MHD_Connection *c, 
     free(order);
     free(lp);
     return ok;
+}
+
+/* /completion: next-token mode (n_predict 0 or 1, not streamed), else a generation. */
+enum MHD_Result api_next_token(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx,
+                               json_t *body) {
+    char msg[300];
+    long long n_predict = 1, n_probs = 0;
+    int want_prompt = 0, stream = 0;
+    const char *np = json_object_get(body, "n_predict") || !json_object_get(body, "max_tokens")
+                     ? "n_predict" : "max_tokens"; /* llama.cpp takes either */
+    if (field_int(body, np, -1, cfg->n_ctx, &n_predict, msg, sizeof msg) ||
+        field_bool(body, "stream", &stream, msg, sizeof msg) ||
+        field_int(body, "n_probs", 0, cfg->n_vocab, &n_probs, msg, sizeof msg) ||
+        field_bool(body, "prompt_logprobs", &want_prompt, msg, sizeof msg))
+        return srv_send_error(c, cx, 400, "%s", msg);
+    json_t *pr = json_object_get(body, "prompt");
+    if (!pr) return srv_send_error(c, cx, 400, "'prompt' is required");
+    if (stream || (n_predict != 0 && n_predict != 1)) {
+        if (want_prompt)
+            return srv_send_error(c, cx, 400, "'prompt_logprobs' needs n_predict 0 or 1, not streamed");
+        return gen_serve(cfg, c, cx, body, PROTO_LLAMA);
+    }
+    return next_token(cfg, c, cx, pr, (int)n_predict, (int)n_probs, want_prompt);
 }

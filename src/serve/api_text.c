@@ -11,6 +11,7 @@
 
 #include "base/utf8.h"
 #include "duet.h"
+#include "engine/model.h" /* the model's file path, for /props */
 #include "serve/api.h"
 #include "serve/server.h"
 
@@ -233,7 +234,8 @@ enum MHD_Result api_models(const srv_config *cfg, struct MHD_Connection *c, conn
     return srv_send_json(c, cx, 200, json_pack("{s:s, s:[o]}", "object", "list", "data", m));
 }
 
-/* llama.cpp's /props, plus duet_vocab_hash (what a remote-expert client compares). */
+/* llama.cpp's /props (model_path: the served model's file as it was given), plus
+ * duet_vocab_hash (what a remote-expert client compares). */
 enum MHD_Result api_props(const srv_config *cfg, struct MHD_Connection *c, conn_ctx *cx) {
     char h[32];
     snprintf(h, sizeof h, "%016llx", (unsigned long long)duet_model_vocab_hash(cfg->p.base));
@@ -251,6 +253,10 @@ enum MHD_Result api_props(const srv_config *cfg, struct MHD_Connection *c, conn_
                            (double)cfg->p.defaults.sampling.temp, "chat_template", t.p ? t.p : "",
                            "bos_token", bt ? bt : "", "eos_token", et ? et : "", "build_info",
                            "duet " DUET_VERSION);
+    free(t.p);
+    t = (duet_buf){0};
+    sb_add(&t, m->path, strlen(m->path)); /* a file name need not be UTF-8 */
+    json_object_set_new(js, "model_path", json_string(t.p ? t.p : ""));
     free(t.p);
     return srv_send_json(c, cx, 200, js);
 }
