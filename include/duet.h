@@ -89,6 +89,8 @@ int duet_model_load(const char *path, const duet_model_params *params, duet_mode
                     duet_error *err);
 void duet_model_free(duet_model *model);
 const duet_hparams *duet_model_hparams(const duet_model *model);
+/* The file the model was loaded from, as given to duet_model_load. */
+const char *duet_model_path(const duet_model *model);
 /* Bytes of weights one decoded token streams from memory (all matrices read once). */
 uint64_t duet_model_bytes_per_token(const duet_model *model);
 /* Arithmetic of one token in a forward pass at kv positions n_kv: 2 FLOPs per weight of the

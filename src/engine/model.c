@@ -590,6 +590,7 @@ void duet_model_free(duet_model *m) {
 }
 
 const duet_hparams *duet_model_hparams(const duet_model *m) { return &m->hp; }
+const char *duet_model_path(const duet_model *m) { return m->path; }
 
 static uint64_t mat_bytes(const mtensor *t) {
     return t->data ? (uint64_t)dtype_row_size(t->type, t->n_in) * (uint64_t)t->n_out : 0;

@@ -11,7 +11,6 @@
 
 #include "base/utf8.h"
 #include "duet.h"
-#include "engine/model.h" /* the model's file path, for /props */
 #include "serve/api.h"
 #include "serve/server.h"
 
@@ -255,7 +254,7 @@ enum MHD_Result api_props(const srv_config *cfg, struct MHD_Connection *c, conn_
                            "duet " DUET_VERSION);
     free(t.p);
     t = (duet_buf){0};
-    sb_add(&t, m->path, strlen(m->path)); /* a file name need not be UTF-8 */
+    sb_add(&t, duet_model_path(m), strlen(duet_model_path(m))); /* a file name need not be UTF-8 */
     json_object_set_new(js, "model_path", json_string(t.p ? t.p : ""));
     free(t.p);
     return srv_send_json(c, cx, 200, js);
