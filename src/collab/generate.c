@@ -83,6 +83,7 @@ static int render_piece(duet_gen *g, int32_t id) {
 
 /* Mark the bytes of the text from `from` on with source. */
 static int mark_sources(duet_gen *g, size_t from, int source) {
+    if (g->text.n == from) return DUET_OK; /* nothing added (and src may still be NULL) */
     if (g->text.n > g->src_cap) {
         size_t cap = DUET_MAX(g->text.n, 2 * g->src_cap);
         unsigned char *u = realloc(g->src, cap);
@@ -100,7 +101,7 @@ static int drain_pending(duet_gen *g, int source, int flush) {
     size_t before = g->text.n, held = 0;
     int rc = duet_utf8_append(&g->text, g->pend.p, g->pend.n, !flush, &held);
     if (!rc) rc = mark_sources(g, before, source);
-    memmove(g->pend.p, g->pend.p + g->pend.n - held, held);
+    if (held) memmove(g->pend.p, g->pend.p + g->pend.n - held, held);
     g->pend.n = held;
     return rc;
 }
