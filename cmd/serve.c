@@ -38,9 +38,19 @@ static void serve_usage(FILE *f) {
             "  -np, --parallel N      decoding slots (default 1); more requests queue\n"
             "  -c, --ctx-size N       context size (default min(training context, 4096))\n"
             "  -t, --threads N        threads (default: all cores)\n"
-            "  --max-body BYTES       request body limit (default 1048576)\n"
+            "  --max-body BYTES       request body limit (default 1048576, at most 67108864)\n"
             "  --max-connections N    open connections (default 64)\n"
+            "  --max-conns-per-ip N   open connections from one address (default 32)\n"
             "  --timeout S            idle connection timeout in seconds (default 60)\n"
+            "  -ctk, --cache-type-k T KV cache type of keys: f32 (default) or f16\n"
+            "  -ctv, --cache-type-v T KV cache type of values: f32 (default) or f16\n"
+            "  --request-timeout S    a connection must send a whole request (headers and body)\n"
+            "                         within S seconds or it is closed (default 10)\n"
+            "  --allowed-hosts A,B    Host names accepted besides the bind address (and localhost\n"
+            "                         on loopback); a 0.0.0.0 bind accepts any unless given; not\n"
+            "                         checked with --api-key\n"
+            "  --cors-origin O        web origin allowed to call the API (repeatable or a comma\n"
+            "                         list; * for any; default: only the server's own page)\n"
             "  --quiet                no request log\n");
 }
 
@@ -49,6 +59,7 @@ int cmd_serve(int argc, char **argv) {
     int n_threads = 0, policy = -1, port = 8080, max_body = 0;
     duet_server_params sp = {.host = "127.0.0.1"};
     duet_expert_remote_params rp = {0};
+    static char origins[4096];
     sp.defaults.threshold = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -87,11 +98,24 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) { if (!arg_int("serve", a, v, 1, 256, &sp.n_slots)) return 2; }
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { if (!arg_int("serve", a, v, 0, 1 << 24, &sp.defaults.n_ctx)) return 2; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!arg_int("serve", a, v, 1, 256, &n_threads)) return 2; }
-        else if (!strcmp(a, "--max-body")) { if (!arg_int("serve", a, v, 64, 1 << 30, &max_body)) return 2; }
+        else if (!strcmp(a, "--max-body")) { if (!arg_int("serve", a, v, 64, 64 << 20, &max_body)) return 2; }
         else if (!strcmp(a, "--max-connections")) { if (!arg_int("serve", a, v, 1, 100000, &sp.max_connections)) return 2; }
         else if (!strcmp(a, "--timeout")) { if (!arg_int("serve", a, v, 1, 86400, &sp.timeout_s)) return 2; }
         else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) { if (!arg_cache_type("serve", a, v, &sp.defaults.type_k)) return 2; }
         else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) { if (!arg_cache_type("serve", a, v, &sp.defaults.type_v)) return 2; }
+        else if (!strcmp(a, "--request-timeout")) { if (!arg_int("serve", a, v, 1, 86400, &sp.request_timeout_s)) return 2; }
+        else if (!strcmp(a, "--max-conns-per-ip")) { if (!arg_int("serve", a, v, 1, 100000, &sp.max_conns_per_ip)) return 2; }
+        else if (!strcmp(a, "--allowed-hosts")) sp.allowed_hosts = v;
+        else if (!strcmp(a, "--cors-origin")) {
+            /* repeated flags join into one comma list */
+            size_t have = strlen(origins);
+            if (have + strlen(v) + 2 > sizeof origins) {
+                fprintf(stderr, "duet serve: --cors-origin lists are longer than %zu bytes\n", sizeof origins - 1);
+                return 2;
+            }
+            snprintf(origins + have, sizeof origins - have, "%s%s", have ? "," : "", v);
+            sp.cors_origins = origins;
+        }
         else {
             fprintf(stderr, "duet serve: unknown option '%s'\n", a);
             serve_usage(stderr);

@@ -532,10 +532,20 @@ typedef struct duet_server_params {
     const duet_expert_remote_params *remote; /* expert over HTTP instead (or NULL) */
     const duet_head *head;     /* deferral head, or NULL */
     duet_collab_params defaults; /* policy, threshold, n_ctx; sampling is per request */
-    size_t max_body;           /* request body limit in bytes (0 = 1 MiB) */
+    size_t max_body;           /* request body limit in bytes (0 = 1 MiB; at most 64 MiB) */
     int max_connections;       /* open connections (0 = 64) */
     int timeout_s;             /* idle connection timeout (0 = 60) */
     int queue_timeout_s;       /* longest wait for a slot before 503 (0 = 120) */
+    int request_timeout_s;     /* a connection must deliver a whole request (headers and body)
+                                  within this many seconds of its start, or of its previous
+                                  answer, or it is closed (0 = 10) */
+    int max_conns_per_ip;      /* open connections from one address (0 = 32; at most
+                                  max_connections) */
+    const char *allowed_hosts; /* comma list of extra Host names accepted without an API key
+                                  (NULL: the bind address, and localhost names on loopback;
+                                  a 0.0.0.0 bind then accepts any Host) */
+    const char *cors_origins;  /* comma list of origins allowed to call from a web page, "*"
+                                  for any (NULL: only the server's own origin) */
     int quiet;                 /* 1: no request log on stderr */
     const char *chat_template; /* chat format name or template source for /v1/chat/completions
                                   (NULL: the model's own; ChatML when the model has none) */

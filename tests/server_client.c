@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -101,7 +102,11 @@ resp http(int port, const char *path, const char *body, const req_opts *o) {
     CURL *c = curl_easy_init();
     char url[256];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    char ctype[200];
+    snprintf(ctype, sizeof ctype, "Content-Type: %s", o->content_type ? o->content_type : "application/json");
+    struct curl_slist *h = NULL;
+    if (!o->content_type || o->content_type[0]) h = curl_slist_append(h, ctype);
+    for (int i = 0; o->headers && o->headers[i]; i++) h = curl_slist_append(h, o->headers[i]);
     char auth[300];
     if (o->auth) {
         snprintf(auth, sizeof auth, "Authorization: Bearer %s", o->auth);
@@ -113,6 +118,8 @@ resp http(int port, const char *path, const char *body, const req_opts *o) {
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, o->timeout_ms ? o->timeout_ms : 30000L);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, o->on_data ? o->on_data : collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, o->on_data ? o->ud : &r.buf);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r.head);
     if (body) {
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)(o->len ? o->len : strlen(body)));
@@ -122,13 +129,37 @@ resp http(int port, const char *path, const char *body, const req_opts *o) {
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
     curl_slist_free_all(h);
     curl_easy_cleanup(c);
+    if (r.head.n) duet_buf_add(&r.head, "", 1); /* NUL-terminated for strstr */
     r.body = r.buf.p;
     r.n = r.buf.n;
     if (r.body) r.js = json_loadb(r.body, r.n, JSON_ALLOW_NUL, NULL); /* \u0000 is valid JSON */
     return r;
 }
 
-void resp_free(resp *r) { free(r->body); json_decref(r->js); memset(r, 0, sizeof *r); }
+void resp_free(resp *r) { free(r->body); free(r->head.p); json_decref(r->js); memset(r, 0, sizeof *r); }
+
+int resp_header(const resp *r, const char *name, char *out, size_t cap) {
+    size_t n = strlen(name);
+    for (const char *l = r->head.p; l && *l;) {
+        size_t len = strcspn(l, "\r\n");
+        if (len > n && l[n] == ':' && !strncasecmp(l, name, n)) {
+            const char *v = l + n + 1 + strspn(l + n + 1, " ");
+            snprintf(out, cap, "%.*s", (int)(len - (size_t)(v - l)), v);
+            return 1;
+        }
+        l += len;
+        l += strspn(l, "\r\n");
+    }
+    return 0;
+}
+
+long peak_rss_kb(pid_t pid) {
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    if (read_text(path, buf, sizeof buf) <= 0) return -1;
+    const char *l = strstr(buf, "VmHWM:");
+    return l ? atol(l + 6) : -1;
+}
 
 /* A 4xx answer with an OpenAI-style JSON error whose message contains want. */
 int is_error(const resp *r, long status, const char *want) {

@@ -27,9 +27,14 @@ int alive(proc *p);
 int stop_serve(proc *p);
 
 /* ---- HTTP client ------------------------------------------------------------------------- */
-typedef struct resp { long status; char *body; size_t n; json_t *js; int curl_rc; duet_buf buf; } resp;
+typedef struct resp {
+    long status; char *body; size_t n; json_t *js; int curl_rc; duet_buf buf;
+    duet_buf head;            /* the response's header lines, NUL-terminated (or empty) */
+} resp;
 typedef struct req_opts {
     const char *method, *auth;
+    const char *content_type; /* instead of application/json ("" : no Content-Type) */
+    const char *const *headers; /* more request header lines, NULL-terminated list */
     size_t len;               /* body length when it holds NUL bytes (0: strlen) */
     long timeout_ms;
     size_t (*on_data)(char *, size_t, size_t, void *); /* streaming hook (NULL: collect) */
@@ -41,6 +46,10 @@ void resp_free(resp *r);
 /* A 4xx answer with an OpenAI-style JSON error whose message contains want. */
 int is_error(const resp *r, long status, const char *want);
 int health_ok(int port);
+/* The value of response header name (case-insensitive) into out[cap]; 1 if present. */
+int resp_header(const resp *r, const char *name, char *out, size_t cap);
+/* The server process's peak resident memory (VmHWM) in KiB, or -1. */
+long peak_rss_kb(pid_t pid);
 /* A raw TCP connection to the loopback port (5 s receive timeout), or -1. */
 int connect_port(int port);
 
