@@ -79,3 +79,43 @@ TEST(perplexity_chunks_match_chunk_by_chunk_oracle) {
     free(text);
     duet_model_free(m);
 }
+
+/* With LLAMA_PERPLEXITY naming llama.cpp's llama-perplexity: both tools score the same model
+ * file and text with the same chunking (F32 KV on both sides). Their final estimates agree to
+ * within float rounding (the sums run in different orders): 1e-6 relative on the PPL, 1e-4 on
+ * its +/-; on stories260K and 60 kB of tinyshakespeare they print the same digits. */
+TEST(perplexity_llama_compat_matches_llama_perplexity) {
+    const char *lp = getenv("LLAMA_PERPLEXITY"), *duet = getenv("DUET_BIN");
+    if (!lp || !*lp) SKIP("LLAMA_PERPLEXITY not set (the path of llama.cpp's llama-perplexity)");
+    if (!duet) SKIP("DUET_BIN not set (run through make test)");
+    const char *model = fixture_random(DT_F32, 31, 0);
+    REQUIRE(model);
+    size_t len;
+    char *text = sample_text(&len), path[600], cmd[2400];
+    REQUIRE(text);
+    snprintf(path, sizeof path, "%s/ppl-text.txt", test_tmpdir());
+    FILE *f = fopen(path, "w");
+    REQUIRE(f);
+    fwrite(text, 1, len, f);
+    fclose(f);
+    free(text);
+    /* llama-perplexity prints its final estimate on stderr, duet on stdout */
+    const char *runs[2] = {"'%s' -m '%s' -f '%s' -c 32 -b 32 -t 1 -ctk f32 -ctv f32 2>&1",
+                           "'%s' perplexity --llama-compat -m '%s' -f '%s' -c 32 -t 1 2>/dev/null"};
+    double ppl[2] = {-1, -1}, pm[2] = {-1, -1};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd, runs[i], i ? duet : lp, model, path);
+        FILE *p = popen(cmd, "r");
+        REQUIRE(p);
+        char line[16384];
+        while (fgets(line, sizeof line, p)) {
+            const char *e = strstr(line, "Final estimate: PPL = ");
+            if (e) sscanf(e, "Final estimate: PPL = %lf +/- %lf", &ppl[i], &pm[i]);
+        }
+        pclose(p);
+    }
+    CHECKF(ppl[0] > 0 && ppl[1] > 0, "no final estimate: llama-perplexity %g, duet %g", ppl[0], ppl[1]);
+    CHECK_NEAR(ppl[1], ppl[0], 1e-6 * ppl[0]);
+    CHECK_NEAR(pm[1], pm[0], 1e-4 * pm[0]);
+    fprintf(stderr, "    llama-perplexity %.4f +/- %.5f, duet %.4f +/- %.5f\n", ppl[0], pm[0], ppl[1], pm[1]);
+}
