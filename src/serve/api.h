@@ -37,6 +37,8 @@ int sb_add(duet_buf *b, const char *s, size_t n);
 /* Append the piece of token id (after prev) with sb_add, however long it is. 0 or
  * DUET_ERR_NOMEM. */
 int api_add_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out);
+/* The same bytes exactly as the vocabulary gives them (possibly not UTF-8), appended to out. */
+int api_raw_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out);
 /* Tokenize a "prompt"-style value (string, or array of ids checked against the vocabulary);
  * returns the count or -1 after filling msg. *ids is malloc'd. */
 int api_prompt_ids(const srv_config *cfg, json_t *prompt, int add_bos, int parse_special,

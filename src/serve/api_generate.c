@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/utf8.h"
 #include "serve/api.h"
 #include "serve/server.h"
 #include "serve/slots.h"
@@ -260,29 +261,10 @@ static void gen_finish(gen *g, int end) {
     g->st = *duet_collab_get_stats(g->co);
 }
 
-/* A token's bytes as the vocabulary gives them after prev, appended to out. */
-static int raw_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out) {
-    char small[256], *big = NULL;
-    const char *piece = small;
-    int len = duet_token_to_piece(m, prev, id, small, (int)sizeof small);
-    if (len > (int)sizeof small) { /* a long token: nothing past the buffer was written */
-        if (!(big = malloc((size_t)len))) return DUET_ERR_NOMEM;
-        len = duet_token_to_piece(m, prev, id, big, len);
-        piece = big;
-    }
-    int rc = len > 0 ? duet_buf_add(out, piece, (size_t)len) : 0;
-    free(big);
-    return rc;
-}
-
 /* s[0..n) without a character that begins at its end and needs bytes past it. */
 static size_t cut_unfinished(const char *s, size_t n) {
-    for (size_t k = 1; k <= 3 && k <= n; k++) {
-        unsigned char c = (unsigned char)s[n - k];
-        if ((c & 0xc0) == 0x80) continue; /* a continuation byte: look further back */
-        size_t need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
-        return need > k ? n - k : n;
-    }
+    for (size_t k = 1; k <= 3 && k <= n; k++)
+        if (duet_utf8_char(s + n - k, k) < 0) return n - k; /* valid so far, but unfinished */
     return n;
 }
 
@@ -291,7 +273,7 @@ static size_t cut_unfinished(const char *s, size_t n) {
  * logprob. */
 static json_t *llama_token(const duet_model *m, int32_t prev, int32_t id, double lp) {
     duet_buf raw = {0}, txt = {0};
-    raw_piece(m, prev, id, &raw);
+    api_raw_piece(m, prev, id, &raw);
     sb_add(&txt, raw.p ? raw.p : "", cut_unfinished(raw.p ? raw.p : "", raw.n));
     json_t *bytes = json_array();
     for (size_t i = 0; i < raw.n; i++) json_array_append_new(bytes, json_integer((unsigned char)raw.p[i]));

@@ -16,17 +16,25 @@
 
 int sb_add(duet_buf *b, const char *s, size_t n) { return duet_utf8_append(b, s, n, 0, NULL); }
 
-int api_add_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out) {
+int api_raw_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out) {
     char small[256], *big = NULL;
     const char *piece = small;
     int len = duet_token_to_piece(m, prev, id, small, (int)sizeof small);
-    if (len > (int)sizeof small) { /* a long token: nothing past the buffer was written */
+    if (len > (int)sizeof small) { /* a long token: ask again with room for all of it */
         if (!(big = malloc((size_t)len))) return DUET_ERR_NOMEM;
         len = duet_token_to_piece(m, prev, id, big, len);
         piece = big;
     }
-    int rc = sb_add(out, piece, (size_t)DUET_MAX(len, 0));
+    int rc = len > 0 ? duet_buf_add(out, piece, (size_t)len) : 0;
     free(big);
+    return rc;
+}
+
+int api_add_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out) {
+    duet_buf raw = {0};
+    int rc = api_raw_piece(m, prev, id, &raw);
+    if (!rc) rc = sb_add(out, raw.p ? raw.p : "", raw.n);
+    free(raw.p);
     return rc;
 }
 
