@@ -383,3 +383,20 @@ TEST(llama_server_completion_fields_agree) {
     json_decref(d);
     stop_serve(&ls);
 }
+
+/* id_slot names the slot that answered: an index into the server's 2 slots (-np 2), in both
+ * modes (next-token and generation). */
+TEST(completion_id_slot_is_a_slot_index) {
+    int port = local_port();
+    NEED_SERVER(port);
+    const char *bodies[2] = {"{\"prompt\": \"Once upon\", \"n_predict\": 1}",
+                             "{\"prompt\": \"Once upon\", \"n_predict\": 4, \"temperature\": 0}"};
+    for (int i = 0; i < 2; i++) {
+        resp r = http(port, "/completion", bodies[i], NULL);
+        CHECK_EQ_INT(r.status, 200);
+        json_t *s = json_object_get(r.js, "id_slot");
+        CHECKF(json_is_integer(s) && json_integer_value(s) >= 0 && json_integer_value(s) < 2,
+               "%s: id_slot %lld", bodies[i], (long long)json_integer_value(s));
+        resp_free(&r);
+    }
+}

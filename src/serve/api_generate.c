@@ -457,7 +457,8 @@ static json_t *llama_final(gen *g) {
                      : g->end == DUET_GEN_LIMIT || g->end == DUET_GEN_CONTEXT ? "limit" : "none";
     json_t *js = json_pack("{s:i, s:s%, s:o, s:i, s:b, s:s, s:i, s:i, s:o, s:O, s:b, s:b, s:s, s:s, s:i, s:o}",
                            "index", 0, "content", st ? "" : text, st ? (size_t)0 : n, "tokens",
-                           !st && g->r.return_tokens ? json_copy(g->ids) : json_array(), "id_slot", -1,
+                           !st && g->r.return_tokens ? json_copy(g->ids) : json_array(), "id_slot",
+                           srv_slot_index(g->sl),
                            "stop", 1, "model", g->cfg->model_name, "tokens_predicted", g->n_gen,
                            "tokens_evaluated", g->n_prompt, "generation_settings", llama_settings(g),
                            "prompt", g->prompt, "has_new_line", memchr(text, '\n', n) != NULL,
@@ -477,7 +478,7 @@ static json_t *llama_partial(gen *g, const char *text, size_t n) {
     for (; g->probs_sent < json_array_size(g->probs); g->probs_sent++)
         json_array_append(probs, json_array_get(g->probs, g->probs_sent));
     json_t *js = json_pack("{s:i, s:s%, s:o, s:b, s:i, s:i, s:i}", "index", 0, "content", text, n,
-                           "tokens", ids, "stop", 0, "id_slot", -1, "tokens_predicted", g->n_gen,
+                           "tokens", ids, "stop", 0, "id_slot", srv_slot_index(g->sl), "tokens_predicted", g->n_gen,
                            "tokens_evaluated", g->n_prompt);
     if (json_array_size(probs)) json_object_set(js, "completion_probabilities", probs);
     json_decref(probs);
@@ -700,8 +701,8 @@ static int prompt_scores(const srv_config *cfg, duet_session *sess, const int32_
 /* llama.cpp's summary fields, after the next-token answer's own (which stay as they were:
  * remote-expert clients read them). The next token is the argmax, decided by the same forward
  * pass that evaluated the prompt: predicted_ms is the time spent ranking the distribution. */
-static void next_token_summary(const srv_config *cfg, json_t *js, int n, int cached, int n_predict,
-                               int n_probs, double prompt_s, double rank_s) {
+static void next_token_summary(const srv_config *cfg, json_t *js, int id_slot, int n, int cached,
+                               int n_predict, int n_probs, double prompt_s, double rank_s) {
     double pm = prompt_s * 1e3, gm = rank_s * 1e3;
     int pn = n - cached;
     json_t *t = json_pack("{s:i, s:f, s:f, s:f, s:i, s:f, s:f, s:f}", "prompt_n", pn, "prompt_ms", pm,
@@ -711,7 +712,7 @@ static void next_token_summary(const srv_config *cfg, json_t *js, int n, int cac
                           n_predict && gm > 0 ? 1e3 / gm : 0.0);
     const char *content = json_string_value(json_object_get(js, "content"));
     json_t *more = json_pack("{s:i, s:i, s:i, s:{s:i, s:i, s:f, s:i, s:b, s:o}, s:b, s:b, s:s, s:o}",
-                             "index", 0, "id_slot", -1, "tokens_predicted", n_predict,
+                             "index", 0, "id_slot", id_slot, "tokens_predicted", n_predict,
                              "generation_settings", "n_predict", n_predict, "n_probs", n_probs,
                              "temperature", 0.0, "n_ctx", cfg->n_ctx, "stream", 0, "stop",
                              json_array(), "has_new_line", content && strchr(content, '\n'),
@@ -735,6 +736,7 @@ static enum MHD_Result next_token(const srv_config *cfg, struct MHD_Connection *
         return srv_send_error(c, cx, 400, "%s", msg);
     }
     srv_slot *sl = srv_slot_acquire(cfg->slots, ids, n, 0);
+    int id_slot = sl ? srv_slot_index(sl) : -1;
     if (!sl) {
         free(ids);
         return srv_send_error(c, cx, 503, "all slots stayed busy for %d s", cfg->p.queue_timeout_s);
@@ -786,7 +788,7 @@ static enum MHD_Result next_token(const srv_config *cfg, struct MHD_Connection *
             json_decref(first);
         }
         if (prompt_probs) json_object_set(js, "prompt_probabilities", prompt_probs);
-        next_token_summary(cfg, js, n, cached, n_predict, n_probs, t1 - t0, t2 - t1);
+        next_token_summary(cfg, js, id_slot, n, cached, n_predict, n_probs, t1 - t0, t2 - t1);
         ok = srv_send_json(c, cx, 200, js);
     }
     json_decref(prompt_probs);

@@ -133,6 +133,8 @@ void srv_slots_free(srv_slots *pool) {
 }
 
 /* ---- slots ------------------------------------------------------------------------------- */
+int srv_slot_index(const srv_slot *sl) { return (int)(sl - sl->pool->slots); }
+
 int srv_slot_prefix(const srv_slot *sl, const int32_t *ids, int n, int collab, int *have_out) {
     int have = 0;
     const int32_t *t = NULL;

@@ -38,6 +38,8 @@ void srv_slot_release(srv_slots *pool, srv_slot *sl);
 /* Tokens at the start of the slot's timeline (decoder or session) that equal ids[0..n): what
  * its KV cache can reuse; *have gets the timeline's length. */
 int srv_slot_prefix(const srv_slot *sl, const int32_t *ids, int n, int collab, int *have);
+/* The slot's index in the pool (llama.cpp's id_slot). */
+int srv_slot_index(const srv_slot *sl);
 
 /* The slot's decoder made to fit cp (its expert_backend is the slot's own, whatever cp says):
  * the one it has when the settings match and nothing random carries over between requests,
