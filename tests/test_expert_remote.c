@@ -22,7 +22,8 @@
 #define CL(x) "{\"choices\":[{\"logprobs\":{\"content\":[{\"top_logprobs\":[" x "]}]}}]}"
 enum { FAKE_OK, FAKE_500, FAKE_400, FAKE_429_ONCE, FAKE_MALFORMED, FAKE_NO_LOGPROBS, FAKE_BAD_ID, FAKE_HUGE,
        FAKE_SLOW, FAKE_WRONG_TOKENS, FAKE_REPLY, FAKE_TOK_CONTENT_ONLY };
-static struct { int mode, hits; duet_model *base; const char *reply, *props; } g_fake;
+/* mode and hits are read and written by the fake's connection threads and the test */
+static struct { _Atomic int mode, hits; duet_model *base; const char *reply, *props; } g_fake;
 
 static enum MHD_Result fake_send(struct MHD_Connection *c, unsigned st, const char *body, size_t n) {
     struct MHD_Response *r = MHD_create_response_from_buffer(n, (void *)body, MHD_RESPMEM_MUST_COPY);
