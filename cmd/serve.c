@@ -54,58 +54,62 @@ static void serve_usage(FILE *f) {
             "  --quiet                no request log\n");
 }
 
-int cmd_serve(int argc, char **argv) {
-    const char *model_path = NULL, *expert_path = NULL, *head_path = NULL;
-    int n_threads = 0, policy = -1, port = 8080, max_body = 0;
-    duet_server_params sp = {.host = "127.0.0.1"};
-    duet_expert_remote_params rp = {0};
+/* What the command line sets. */
+typedef struct serve_args {
+    const char *model_path, *expert_path, *head_path;
+    int n_threads, policy, port, max_body;
+    duet_server_params sp;
+    duet_expert_remote_params rp;
+} serve_args;
+
+/* Reads the command line into A; -1 to go on, else the exit status (0 after --help). */
+static int parse_args(int argc, char **argv, serve_args *A) {
     static char origins[4096];
-    sp.defaults.threshold = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { serve_usage(stdout); return 0; }
-        if (!strcmp(a, "--quiet")) { sp.quiet = 1; continue; }
+        if (!strcmp(a, "--quiet")) { A->sp.quiet = 1; continue; }
         if (!(v = arg_value("serve", argc, argv, &i))) return 2;
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = v;
-        else if (!strcmp(a, "--expert")) expert_path = v;
-        else if (!strcmp(a, "--expert-url")) rp.url = v;
-        else if (!strcmp(a, "--expert-api")) rp.api = v;
-        else if (!strcmp(a, "--expert-key")) rp.api_key = v;
-        else if (!strcmp(a, "--expert-model")) rp.model = v;
-        else if (!strcmp(a, "--expert-top-k")) { if (!arg_int("serve", a, v, 1, 1 << 20, &rp.top_k)) return 2; }
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) A->model_path = v;
+        else if (!strcmp(a, "--expert")) A->expert_path = v;
+        else if (!strcmp(a, "--expert-url")) A->rp.url = v;
+        else if (!strcmp(a, "--expert-api")) A->rp.api = v;
+        else if (!strcmp(a, "--expert-key")) A->rp.api_key = v;
+        else if (!strcmp(a, "--expert-model")) A->rp.model = v;
+        else if (!strcmp(a, "--expert-top-k")) { if (!arg_int("serve", a, v, 1, 1 << 20, &A->rp.top_k)) return 2; }
         else if (!strcmp(a, "--expert-retries")) {
-            if (!arg_int("serve", a, v, 0, 20, &rp.retries)) return 2;
-            if (!rp.retries) rp.retries = -1; /* 0 in the struct means the default */
-        } else if (!strcmp(a, "--expert-timeout")) { if (!arg_int("serve", a, v, 1, 3600000, &rp.timeout_ms)) return 2; }
+            if (!arg_int("serve", a, v, 0, 20, &A->rp.retries)) return 2;
+            if (!A->rp.retries) A->rp.retries = -1; /* 0 in the struct means the default */
+        } else if (!strcmp(a, "--expert-timeout")) { if (!arg_int("serve", a, v, 1, 3600000, &A->rp.timeout_ms)) return 2; }
         else if (!strcmp(a, "--on-expert-failure")) {
             if (strcmp(v, "fail") && strcmp(v, "continue")) {
                 fprintf(stderr, "duet serve: --on-expert-failure '%s' is not fail or continue\n", v);
                 return 2;
             }
-            sp.defaults.expert_fallback = !strcmp(v, "continue");
-        } else if (!strcmp(a, "--head")) head_path = v;
+            A->sp.defaults.expert_fallback = !strcmp(v, "continue");
+        } else if (!strcmp(a, "--head")) A->head_path = v;
         else if (!strcmp(a, "--policy")) {
-            if ((policy = duet_policy_from_name(v)) < 0) {
+            if ((A->policy = duet_policy_from_name(v)) < 0) {
                 fprintf(stderr, "duet serve: --policy '%s' is not one of collm, base, expert, random, "
                                 "confidence, compose, proxy, contrastive, uncertainty\n", v);
                 return 2;
             }
-        } else if (!strcmp(a, "--threshold")) { if (!arg_float("serve", a, v, 0, 1e6, &sp.defaults.threshold)) return 2; }
-        else if (!strcmp(a, "--chat-template")) sp.chat_template = v;
-        else if (!strcmp(a, "--host")) sp.host = v;
-        else if (!strcmp(a, "--port")) { if (!arg_int("serve", a, v, 0, 65535, &port)) return 2; }
-        else if (!strcmp(a, "--api-key")) sp.api_key = v;
-        else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) { if (!arg_int("serve", a, v, 1, 256, &sp.n_slots)) return 2; }
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { if (!arg_int("serve", a, v, 0, 1 << 24, &sp.defaults.n_ctx)) return 2; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!arg_int("serve", a, v, 1, 256, &n_threads)) return 2; }
-        else if (!strcmp(a, "--max-body")) { if (!arg_int("serve", a, v, 64, 64 << 20, &max_body)) return 2; }
-        else if (!strcmp(a, "--max-connections")) { if (!arg_int("serve", a, v, 1, 100000, &sp.max_connections)) return 2; }
-        else if (!strcmp(a, "--timeout")) { if (!arg_int("serve", a, v, 1, 86400, &sp.timeout_s)) return 2; }
-        else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) { if (!arg_cache_type("serve", a, v, &sp.defaults.type_k)) return 2; }
-        else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) { if (!arg_cache_type("serve", a, v, &sp.defaults.type_v)) return 2; }
-        else if (!strcmp(a, "--request-timeout")) { if (!arg_int("serve", a, v, 1, 86400, &sp.request_timeout_s)) return 2; }
-        else if (!strcmp(a, "--max-conns-per-ip")) { if (!arg_int("serve", a, v, 1, 100000, &sp.max_conns_per_ip)) return 2; }
-        else if (!strcmp(a, "--allowed-hosts")) sp.allowed_hosts = v;
+        } else if (!strcmp(a, "--threshold")) { if (!arg_float("serve", a, v, 0, 1e6, &A->sp.defaults.threshold)) return 2; }
+        else if (!strcmp(a, "--chat-template")) A->sp.chat_template = v;
+        else if (!strcmp(a, "--host")) A->sp.host = v;
+        else if (!strcmp(a, "--port")) { if (!arg_int("serve", a, v, 0, 65535, &A->port)) return 2; }
+        else if (!strcmp(a, "--api-key")) A->sp.api_key = v;
+        else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) { if (!arg_int("serve", a, v, 1, 256, &A->sp.n_slots)) return 2; }
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { if (!arg_int("serve", a, v, 0, 1 << 24, &A->sp.defaults.n_ctx)) return 2; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { if (!arg_int("serve", a, v, 1, 256, &A->n_threads)) return 2; }
+        else if (!strcmp(a, "--max-body")) { if (!arg_int("serve", a, v, 64, 64 << 20, &A->max_body)) return 2; }
+        else if (!strcmp(a, "--max-connections")) { if (!arg_int("serve", a, v, 1, 100000, &A->sp.max_connections)) return 2; }
+        else if (!strcmp(a, "--timeout")) { if (!arg_int("serve", a, v, 1, 86400, &A->sp.timeout_s)) return 2; }
+        else if (!strcmp(a, "-ctk") || !strcmp(a, "--cache-type-k")) { if (!arg_cache_type("serve", a, v, &A->sp.defaults.type_k)) return 2; }
+        else if (!strcmp(a, "-ctv") || !strcmp(a, "--cache-type-v")) { if (!arg_cache_type("serve", a, v, &A->sp.defaults.type_v)) return 2; }
+        else if (!strcmp(a, "--request-timeout")) { if (!arg_int("serve", a, v, 1, 86400, &A->sp.request_timeout_s)) return 2; }
+        else if (!strcmp(a, "--max-conns-per-ip")) { if (!arg_int("serve", a, v, 1, 100000, &A->sp.max_conns_per_ip)) return 2; }
+        else if (!strcmp(a, "--allowed-hosts")) A->sp.allowed_hosts = v;
         else if (!strcmp(a, "--cors-origin")) {
             /* repeated flags join into one comma list */
             size_t have = strlen(origins);
@@ -114,7 +118,7 @@ int cmd_serve(int argc, char **argv) {
                 return 2;
             }
             snprintf(origins + have, sizeof origins - have, "%s%s", have ? "," : "", v);
-            sp.cors_origins = origins;
+            A->sp.cors_origins = origins;
         }
         else {
             fprintf(stderr, "duet serve: unknown option '%s'\n", a);
@@ -122,6 +126,19 @@ int cmd_serve(int argc, char **argv) {
             return 2;
         }
     }
+    return -1;
+}
+
+int cmd_serve(int argc, char **argv) {
+    serve_args args = {.policy = -1, .port = 8080, .sp = {.host = "127.0.0.1"}};
+    args.sp.defaults.threshold = -1;
+    int st = parse_args(argc, argv, &args);
+    if (st >= 0) return st;
+    const char *model_path = args.model_path, *expert_path = args.expert_path,
+               *head_path = args.head_path;
+    int n_threads = args.n_threads, policy = args.policy, port = args.port, max_body = args.max_body;
+    duet_server_params sp = args.sp;
+    duet_expert_remote_params rp = args.rp;
     if (!model_path) {
         fprintf(stderr, "duet serve: -m MODEL is required\n");
         serve_usage(stderr);
