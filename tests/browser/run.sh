@@ -21,11 +21,6 @@ ref=$(printf '%s\n' "$line" | sed 's/.*#### \([0-9]*\)"}$/\1/')
 "$bin" serve -m "$m/demo-joint.gguf" --expert "$m/demo-expert.gguf" --head "$m/demo-joint.head.gguf" \
     --port 0 -t 1 2>"$dir/serve.log" &
 pid=$!
-port=
-for i in $(seq 100); do
-    port=$(sed -n 's/.*listening on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$dir/serve.log")
-    [ -n "$port" ] && break
-    sleep 0.1
-done
-[ -n "$port" ] || { cat "$dir/serve.log" >&2; echo "browser test: server did not start" >&2; exit 1; }
+. "$(dirname "$0")/../serve_port.sh"
+wait_port "$dir/serve.log" "browser test"
 node "$(dirname "$0")/page_test.mjs" "http://127.0.0.1:$port/" "$shot" "$question" "$ref"

@@ -14,12 +14,7 @@ m="--n-embd 128 --n-layer 2 --n-head 4 --n-head-kv 2 --n-ff 256 --n-vocab 600 --
 "$bin" serve -m "$dir/base.gguf" --expert "$dir/expert.gguf" --head "$dir/head.gguf" \
     --chat-template chatml --port 0 -t 1 2>"$dir/serve.log" &
 pid=$!
-port=
-for i in $(seq 100); do
-    port=$(sed -n 's/.*listening on http:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$dir/serve.log")
-    [ -n "$port" ] && break
-    sleep 0.1
-done
-[ -n "$port" ] || { cat "$dir/serve.log" >&2; echo "openai client test: server did not start" >&2; exit 1; }
+. "$(dirname "$0")/../serve_port.sh"
+wait_port "$dir/serve.log" "openai client test"
 model=$(node -e "fetch('http://127.0.0.1:$port/v1/models').then(r=>r.json()).then(j=>console.log(j.data[0].id))")
 node "$(dirname "$0")/client_test.mjs" "http://127.0.0.1:$port/v1" "$model"
