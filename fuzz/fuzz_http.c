@@ -3,8 +3,8 @@
  * slot, small limits), through libmicrohttpd's parser into duet's routing, limits and
  * request validation. Each input is sent on a fresh connection, half-closed, and the answer
  * read until the server closes or 300 ms pass. ASan/UBSan watch the server's threads; every
- * 64 inputs a /health request must still be answered, else the harness aborts (a hung or dead
- * server is a finding too).
+ * 64 inputs a /health request from another address must be answered within 5 s, else the
+ * harness aborts (a hung or dead server is a finding too).
  *
  * Inputs that do not start with an HTTP method get one prepended by their first byte, so the
  * fuzzer spends its time past the request line. Seeds: a few valid requests are built in.
@@ -87,12 +87,32 @@ static size_t exchange(const void *data, size_t n, char *buf, size_t cap, int ti
     return got;
 }
 
+/* /health from another loopback address (127.0.0.2): the per-address connection cap may
+ * hold back the fuzzing client's own address for a moment under this load, by design; what
+ * must hold is that another client is answered at once. */
 static void check_alive(void) {
     static const char req[] = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in me = {.sin_family = AF_INET}, to = {.sin_family = AF_INET,
+                                                           .sin_port = htons((uint16_t)g_port)};
+    me.sin_addr.s_addr = htonl(0x7f000002);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct linger lg = {1, 0};
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) ||
+        bind(fd, (struct sockaddr *)&me, sizeof me) || connect(fd, (struct sockaddr *)&to, sizeof to))
+        die("health connect", strerror(errno));
+    if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) < 0) die("health send", strerror(errno));
     char buf[512];
-    size_t n = exchange(req, sizeof req - 1, buf, sizeof buf - 1, 5000);
-    buf[n] = 0;
-    if (!strstr(buf, " 200 ")) die("health", n ? buf : "no answer within 5 s");
+    size_t got = 0;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (got < sizeof buf - 1 && poll(&p, 1, 5000) > 0) {
+        ssize_t r = recv(fd, buf + got, sizeof buf - 1 - got, 0);
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[got] = 0;
+    if (!strstr(buf, " 200 ")) die("health", got ? buf : "no answer within 5 s");
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
