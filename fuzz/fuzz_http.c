@@ -54,6 +54,23 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     return 0;
 }
 
+/* connect, resumed when a signal (libFuzzer's timers) interrupts it: the connection then
+ * completes in the background, so wait for it and read its result. */
+static int connect_to(int fd, const struct sockaddr_in *a) {
+    if (!connect(fd, (const struct sockaddr *)a, sizeof *a)) return 0;
+    if (errno != EINTR && errno != EINPROGRESS) return -1;
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    while (poll(&p, 1, 5000) < 0 && errno == EINTR) {}
+    int e = ETIMEDOUT;
+    socklen_t l = sizeof e;
+    if (!(p.revents & (POLLOUT | POLLERR | POLLHUP)) ||
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l) || e) {
+        errno = e ? e : ETIMEDOUT;
+        return -1;
+    }
+    return 0;
+}
+
 static int connect_server(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_port)};
@@ -62,7 +79,7 @@ static int connect_server(void) {
      * as many client ports in TIME_WAIT and exhaust them */
     struct linger lg = {1, 0};
     if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a)) die("connect", strerror(errno));
+    if (fd < 0 || connect_to(fd, &a)) die("connect", strerror(errno));
     return fd;
 }
 
@@ -99,7 +116,7 @@ static void check_alive(void) {
     to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     struct linger lg = {1, 0};
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) ||
-        bind(fd, (struct sockaddr *)&me, sizeof me) || connect(fd, (struct sockaddr *)&to, sizeof to))
+        bind(fd, (struct sockaddr *)&me, sizeof me) || connect_to(fd, &to))
         die("health connect", strerror(errno));
     if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) < 0) die("health send", strerror(errno));
     char buf[512];
