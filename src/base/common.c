@@ -90,7 +90,7 @@ void duet_softmax_stats(const float *l, int n, double *max, double *z, double *e
     if (ez) *ez = e2;
 }
 
-int duet_buf_add(duet_buf *b, const void *s, size_t n) {
+int duet_buf_reserve(duet_buf *b, size_t n) {
     if (b->n + n + 1 > b->cap) {
         size_t cap = DUET_MAX(b->cap * 2, b->n + n + 64);
         char *p = realloc(b->p, cap);
@@ -98,6 +98,11 @@ int duet_buf_add(duet_buf *b, const void *s, size_t n) {
         b->p = p;
         b->cap = cap;
     }
+    return DUET_OK;
+}
+
+int duet_buf_add(duet_buf *b, const void *s, size_t n) {
+    if (duet_buf_reserve(b, n)) return DUET_ERR_NOMEM;
     if (n) memcpy(b->p + b->n, s, n);
     b->n += n;
     b->p[b->n] = 0;

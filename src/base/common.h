@@ -49,6 +49,8 @@ void duet_softmax_stats(const float *l, int n, double *max, double *z, double *e
 typedef struct duet_buf { char *p; size_t n, cap; } duet_buf;
 /* Append s[0..n); DUET_ERR_NOMEM (buffer unchanged) when it cannot grow. */
 int duet_buf_add(duet_buf *b, const void *s, size_t n);
+/* Room for n more bytes and the NUL after them (p may move); DUET_ERR_NOMEM when it cannot. */
+int duet_buf_reserve(duet_buf *b, size_t n);
 
 /* 64-byte aligned allocation (zeroed); free with duet_afree. NULL on failure or overflow. */
 void *duet_aalloc(size_t n);

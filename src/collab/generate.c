@@ -14,6 +14,7 @@
 
 #include "base/common.h"
 #include "base/utf8.h"
+#include "engine/model.h"
 
 struct duet_gen {
     duet_collab *co;
@@ -25,8 +26,7 @@ struct duet_gen {
     unsigned char *src;     /* [text capacity] DUET_SRC_* of each byte */
     size_t src_cap, ready;
     duet_buf pend;          /* utf8: bytes that may still become a character */
-    char *piece;            /* the last token's bytes */
-    size_t piece_len, piece_cap;
+    duet_buf piece;         /* the last token's bytes */
 };
 
 const char *duet_source_name(int source) {
@@ -61,24 +61,14 @@ void duet_gen_free(duet_gen *g) {
     free(g->text.p);
     free(g->src);
     free(g->pend.p);
-    free(g->piece);
+    free(g->piece.p);
     free(g);
 }
 
 /* The bytes of token id after prev into g->piece, however long. */
 static int render_piece(duet_gen *g, int32_t id) {
-    for (;;) {
-        int len = duet_token_to_piece(g->base, g->prev, id, g->piece, g->piece_cap);
-        if (len < 0) len = 0; /* an id without text (a control token) adds nothing */
-        if ((size_t)len <= g->piece_cap) {
-            g->piece_len = (size_t)len;
-            return DUET_OK;
-        }
-        char *p = realloc(g->piece, (size_t)len);
-        if (!p) return DUET_ERR_NOMEM;
-        g->piece = p;
-        g->piece_cap = (size_t)len;
-    }
+    g->piece.n = 0;
+    return model_piece_append(g->base, g->prev, id, &g->piece);
 }
 
 /* Mark the bytes of the text from `from` on with source. */
@@ -140,11 +130,11 @@ long duet_stop_scan(const char *text, size_t len, const char *const *stops, int 
 static int take_piece(duet_gen *g, int source) {
     int rc;
     if (g->p.utf8) {
-        rc = duet_buf_add(&g->pend, g->piece, g->piece_len);
+        rc = duet_buf_add(&g->pend, g->piece.p, g->piece.n);
         if (!rc) rc = drain_pending(g, source, 0);
     } else {
         size_t before = g->text.n;
-        rc = duet_buf_add(&g->text, g->piece, g->piece_len);
+        rc = duet_buf_add(&g->text, g->piece.p, g->piece.n);
         if (!rc) rc = mark_sources(g, before, source);
     }
     if (rc) return rc;
@@ -202,8 +192,8 @@ const unsigned char *duet_gen_sources(const duet_gen *g) { return g->src; }
 size_t duet_gen_ready(const duet_gen *g) { return g->end ? g->text.n : DUET_MIN(g->ready, g->text.n); }
 
 const char *duet_gen_piece(const duet_gen *g, size_t *len) {
-    *len = g->piece_len;
-    return g->piece ? g->piece : "";
+    *len = g->piece.n;
+    return g->piece.p ? g->piece.p : "";
 }
 
 int duet_gen_n_tokens(const duet_gen *g) { return g->n_tokens; }

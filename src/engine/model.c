@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -628,6 +629,22 @@ int duet_tokenize(const duet_model *m, const char *text, size_t len, int add_bos
 int duet_tokenize_masked(const duet_model *m, const char *text, size_t len, int add_bos,
                          const unsigned char *plain, int32_t *out, int cap, duet_error *err) {
     return tokenizer_encode_masked(m->tok, text, len, add_bos, 1, plain, out, cap, err);
+}
+
+int model_piece_append(const duet_model *m, int32_t prev, int32_t token, duet_buf *out) {
+    /* first into the room the buffer has (most pieces fit); a longer one reports its length:
+     * grow to it and ask again */
+    if (duet_buf_reserve(out, 0)) return DUET_ERR_NOMEM;
+    size_t room = DUET_MIN(out->cap - out->n - 1, (size_t)INT_MAX);
+    int len = tokenizer_piece(m->tok, prev, token, out->p + out->n, (int)room);
+    if (len <= 0) return DUET_OK; /* an id without text (a control token) adds nothing */
+    if ((size_t)len > room) {
+        if (duet_buf_reserve(out, (size_t)len)) return DUET_ERR_NOMEM;
+        len = tokenizer_piece(m->tok, prev, token, out->p + out->n, len);
+    }
+    out->n += (size_t)len;
+    out->p[out->n] = 0;
+    return DUET_OK;
 }
 
 int duet_token_to_piece(const duet_model *m, int32_t prev, int32_t token, char *buf, int cap) {

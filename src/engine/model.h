@@ -11,8 +11,9 @@
 #define DUET_MODEL_H
 
 #include "duet.h"
-#include "format/gguf.h"
+#include "base/common.h"
 #include "base/threadpool.h"
+#include "format/gguf.h"
 #include "text/tokenizer.h"
 
 /* A weight matrix: n_out rows of n_in elements of type `type`, row-major. */
@@ -80,5 +81,9 @@ struct duet_model {
     size_t weights_size;
     int vocab_only;
 };
+
+/* The bytes of token after prev (duet_token_to_piece) appended to out whole, however long:
+ * the one grow-to-fit caller of the piece function inside the library. 0 or DUET_ERR_NOMEM. */
+int model_piece_append(const duet_model *m, int32_t prev, int32_t token, duet_buf *out);
 
 #endif

@@ -12,22 +12,13 @@
 #include "base/utf8.h"
 #include "duet.h"
 #include "serve/api.h"
+#include "engine/model.h"
 #include "serve/server.h"
 
 int sb_add(duet_buf *b, const char *s, size_t n) { return duet_utf8_append(b, s, n, 0, NULL); }
 
 int api_raw_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out) {
-    char small[256], *big = NULL;
-    const char *piece = small;
-    int len = duet_token_to_piece(m, prev, id, small, (int)sizeof small);
-    if (len > (int)sizeof small) { /* a long token: ask again with room for all of it */
-        if (!(big = malloc((size_t)len))) return DUET_ERR_NOMEM;
-        len = duet_token_to_piece(m, prev, id, big, len);
-        piece = big;
-    }
-    int rc = len > 0 ? duet_buf_add(out, piece, (size_t)len) : 0;
-    free(big);
-    return rc;
+    return model_piece_append(m, prev, id, out);
 }
 
 int api_add_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out) {
@@ -41,19 +32,11 @@ int api_add_piece(const duet_model *m, int32_t prev, int32_t id, duet_buf *out) 
 /* A token's bytes as llama.cpp renders one token alone: SentencePiece's leading space kept
  * and a control token as its text ("<s>"). Raw bytes (possibly not UTF-8) appended to out. */
 static int llama_piece(const duet_model *m, int32_t id, duet_buf *out) {
-    char small[256], *big = NULL;
-    int len = duet_token_to_piece(m, -1, id, small, (int)sizeof small);
-    const char *piece = small;
-    if (len == 0 && duet_token_type(m, id) == 3) { /* control: duet renders none */
-        piece = duet_token_text(m, id);
-        len = piece ? (int)strlen(piece) : 0;
-    } else if (len > (int)sizeof small) {
-        if (!(big = malloc((size_t)len))) return DUET_ERR_NOMEM;
-        len = duet_token_to_piece(m, -1, id, big, len);
-        piece = big;
-    }
-    int rc = len > 0 ? duet_buf_add(out, piece, (size_t)len) : 0;
-    free(big);
+    size_t before = out->n;
+    int rc = model_piece_append(m, -1, id, out);
+    const char *text = duet_token_type(m, id) == 3 ? duet_token_text(m, id) : NULL;
+    if (!rc && out->n == before && text) /* control: duet renders none */
+        rc = duet_buf_add(out, text, strlen(text));
     return rc;
 }
 
