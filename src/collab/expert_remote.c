@@ -298,11 +298,9 @@ static int check_props(duet_expert_remote *r, duet_error *err) {
         json_int_t v = json_is_integer(nc) ? json_integer_value(nc) : -1;
         if (v < 1 || v > REMOTE_MAX_CTX) {
             char shown[48];
-            char *txt = json_dumps(nc, JSON_ENCODE_ANY | JSON_COMPACT);
-            duet_printable(shown, sizeof shown, txt ? txt : "?", txt ? strlen(txt) : 1);
-            free(txt);
             rc = duet_fail(err, DUET_ERR_FORMAT, "expert %s: /props default_generation_settings."
-                           "n_ctx = %s is not an integer in [1, %d]", r->url, shown, REMOTE_MAX_CTX);
+                           "n_ctx = %s is not an integer in [1, %d]", r->url,
+                           show_json(nc, shown, sizeof shown), REMOTE_MAX_CTX);
         } else r->be.n_ctx = (int)v;
     }
     json_decref(js);
