@@ -71,21 +71,27 @@ static int connect_to(int fd, const struct sockaddr_in *a) {
     return 0;
 }
 
-static int connect_server(void) {
+/* A connection to the server from loopback address src (host order; 0: any). */
+static int connect_server(uint32_t src) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct sockaddr_in me = {.sin_family = AF_INET}, to = {.sin_family = AF_INET,
+                                                           .sin_port = htons((uint16_t)g_port)};
+    me.sin_addr.s_addr = htonl(src);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     /* close with a reset: tens of thousands of connections a minute would otherwise leave
      * as many client ports in TIME_WAIT and exhaust them */
     struct linger lg = {1, 0};
-    if (fd >= 0) setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    if (fd < 0 || connect_to(fd, &a)) die("connect", strerror(errno));
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) ||
+        (src && bind(fd, (struct sockaddr *)&me, sizeof me)) || connect_to(fd, &to))
+        die("connect", strerror(errno));
     return fd;
 }
 
-/* Send n bytes, half-close, read the answer into buf (up to cap) until close or timeout. */
-static size_t exchange(const void *data, size_t n, char *buf, size_t cap, int timeout_ms) {
-    int fd = connect_server();
+/* From src, send n bytes, half-close, read the answer into buf (up to cap) until close or
+ * timeout. */
+static size_t exchange(uint32_t src, const void *data, size_t n, char *buf, size_t cap,
+                       int timeout_ms) {
+    int fd = connect_server(src);
     size_t off = 0;
     while (off < n) {
         ssize_t w = send(fd, (const char *)data + off, n - off, MSG_NOSIGNAL);
@@ -106,30 +112,13 @@ static size_t exchange(const void *data, size_t n, char *buf, size_t cap, int ti
 
 /* /health from another loopback address (127.0.0.2): the per-address connection cap may
  * hold back the fuzzing client's own address for a moment under this load, by design; what
- * must hold is that another client is answered at once. */
+ * must hold is that another client is answered within 5 s. */
 static void check_alive(void) {
     static const char req[] = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in me = {.sin_family = AF_INET}, to = {.sin_family = AF_INET,
-                                                           .sin_port = htons((uint16_t)g_port)};
-    me.sin_addr.s_addr = htonl(0x7f000002);
-    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct linger lg = {1, 0};
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) ||
-        bind(fd, (struct sockaddr *)&me, sizeof me) || connect_to(fd, &to))
-        die("health connect", strerror(errno));
-    if (send(fd, req, sizeof req - 1, MSG_NOSIGNAL) < 0) die("health send", strerror(errno));
     char buf[512];
-    size_t got = 0;
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    while (got < sizeof buf - 1 && poll(&p, 1, 5000) > 0) {
-        ssize_t r = recv(fd, buf + got, sizeof buf - 1 - got, 0);
-        if (r <= 0) break;
-        got += (size_t)r;
-    }
-    close(fd);
-    buf[got] = 0;
-    if (!strstr(buf, " 200 ")) die("health", got ? buf : "no answer within 5 s");
+    size_t n = exchange(0x7f000002, req, sizeof req - 1, buf, sizeof buf - 1, 5000);
+    buf[n] = 0;
+    if (!strstr(buf, " 200 ")) die("health", n ? buf : "no answer within 5 s");
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -147,7 +136,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(req, l, ln);
     if (size) memcpy(req + ln, data + (ln ? 1 : 0), size - (ln ? 1 : 0));
     char buf[4096];
-    (void)exchange(req, ln + size - (ln && size ? 1 : 0), buf, sizeof buf, 300);
+    (void)exchange(0, req, ln + size - (ln && size ? 1 : 0), buf, sizeof buf, 300);
     free(req);
     if (++n_inputs % 64 == 0) check_alive();
     return 0;
