@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "duet.h"
@@ -87,24 +88,40 @@ static int connect_server(uint32_t src) {
     return fd;
 }
 
+/* Milliseconds since an arbitrary start, for deadlines that survive interrupted calls. */
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* From src, send n bytes, half-close, read the answer into buf (up to cap) until close or
- * timeout. */
+ * timeout. libFuzzer's SIGALRM (every -timeout/2 s) interrupts send, poll and recv: each is
+ * resumed, with the time left, rather than taken for a closed or silent server. */
 static size_t exchange(uint32_t src, const void *data, size_t n, char *buf, size_t cap,
                        int timeout_ms) {
     int fd = connect_server(src);
     size_t off = 0;
     while (off < n) {
         ssize_t w = send(fd, (const char *)data + off, n - off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR) continue;
         if (w <= 0) break; /* the server may close early on a bad request */
         off += (size_t)w;
     }
     shutdown(fd, SHUT_WR);
     size_t got = 0;
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    while (got < cap && poll(&p, 1, timeout_ms) > 0) {
-        ssize_t r = recv(fd, buf + got, cap - got, 0);
+    long long end = now_ms() + timeout_ms;
+    while (got < cap) {
+        long long left = end - now_ms();
+        if (left <= 0) break;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, (int)left);
+        if (r < 0 && errno == EINTR) continue;
         if (r <= 0) break;
-        got += (size_t)r;
+        ssize_t k = recv(fd, buf + got, cap - got, 0);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) break;
+        got += (size_t)k;
     }
     close(fd);
     return got;
