@@ -179,6 +179,9 @@ duet_model *duet_session_model(const duet_session *s);
 /* Tokens this session has run through the model since creation (prompt, decode, re-evaluation
  * after truncate/sync all count): the cost counter collaboration statistics are built on. */
 long duet_session_n_evaluated(const duet_session *s);
+/* Bytes the KV cache holds now: it starts at 256 positions and doubles as the timeline
+ * grows, up to n_ctx. */
+size_t duet_session_kv_bytes(const duet_session *s);
 /* Drop the timeline back to its first n tokens (KV entries past n become invalid). */
 int duet_session_truncate(duet_session *s, int n);
 /* Make the timeline equal to tokens[0..n): keeps the longest common prefix, evaluates only
@@ -186,6 +189,28 @@ int duet_session_truncate(duet_session *s, int n);
  * If the timeline already equals the prefix, the last logits must have been kept; otherwise
  * the last token is re-evaluated. This is what makes lazy expert catch-up a single call. */
 int duet_session_sync(duet_session *s, const int32_t *tokens, int n, duet_error *err);
+
+/* ---- several sessions of one model in one forward pass ---------------------------------
+ * Decoding is bound by reading the weights; these calls read each weight once for the
+ * tokens of all the sessions given. Each session's results (logits, hidden states, cache)
+ * are bit-identical to what duet_session_eval / _sync / _logits on it alone would give. */
+typedef struct duet_batch_seq {
+    duet_session *session; /* distinct sessions of one model */
+    const int32_t *tokens;
+    int n;                 /* tokens to append, >= 1 */
+    int all_logits;        /* as duet_session_eval's */
+} duet_batch_seq;
+/* duet_session_eval on every sequence, in one pass per n_batch rows (of the session with
+ * the largest n_ctx). Checks everything first: on an error nothing is evaluated. */
+int duet_session_eval_batch(const duet_batch_seq *seqs, int n_seqs, duet_error *err);
+/* duet_session_sync of session s[i] to tokens[i][0..n[i]) for every i, the missing suffixes
+ * evaluated together. */
+int duet_session_sync_batch(duet_session *const *s, const int32_t *const *tokens, const int *n,
+                            int n_seqs, duet_error *err);
+/* Compute the pending last-token logits (see duet_session_logits) of the given sessions with
+ * one pass of the output matrix per n_batch of them; sessions with nothing pending or of
+ * another model than the first pending one are left to duet_session_logits. */
+void duet_session_logits_batch(duet_session *const *s, int n);
 
 /* ---- scoring text -------------------------------------------------------------------- */
 typedef struct duet_text_nll {

@@ -23,8 +23,11 @@
 #include "engine/kernels.h"
 #include "format/quant.h"
 
-/* Positions a layer's cache holds per kv head: n_ctx in whole blocks of 8 (attn.h). */
-static size_t cache_positions(int n_ctx) { return (size_t)((n_ctx + 7) & ~7); }
+/* Positions rounded up to whole blocks of 8 (attn.h). */
+static size_t cache_positions(int n_pos) { return (size_t)((n_pos + 7) & ~7); }
+
+/* Positions the cache starts with: a short chat or a scoring window never pays for n_ctx. */
+#define CACHE_FIRST_POSITIONS 256
 
 int fwd_kv_type_ok(int type) { return type == DT_F32 || type == DT_F16; }
 
@@ -47,7 +50,8 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, int typ
                                                                         : m->rope_inv_freq;
     size_t E = (size_t)hp->n_embd, Q = (size_t)hp->n_head * hp->head_dim,
            KV = (size_t)hp->n_head_kv * hp->head_dim, F = (size_t)hp->n_ff, B = (size_t)n_batch;
-    size_t cache = (size_t)hp->n_layer * cache_positions(n_ctx) * KV;
+    st->cap_pos = (int)cache_positions(DUET_MIN(n_ctx, CACHE_FIRST_POSITIONS));
+    size_t cache = (size_t)hp->n_layer * (size_t)st->cap_pos * KV;
     size_t cache_k = cache * kv_size(type_k), cache_v = cache * kv_size(type_v);
     int nth = tp_n_threads(m->tp);
     size_t scratch = 0;
@@ -71,8 +75,13 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, int typ
     st->hu = duet_aalloc(B * F * 4);
     st->scores = duet_aalloc((size_t)nth * attn_scratch_floats(hp->n_head / hp->n_head_kv, n_ctx) * 4);
     st->scratch = duet_aalloc(scratch);
+    st->row_st = malloc(B * sizeof *st->row_st);
+    st->row_pos = malloc(B * sizeof *st->row_pos);
+    st->row_tok = malloc(B * sizeof *st->row_tok);
+    st->row_out = malloc(B * sizeof *st->row_out);
     if (!st->k_cache || !st->v_cache || !st->x || !st->xb || !st->q || !st->k || !st->v ||
-        !st->att || !st->proj || !st->hg || !st->hu || !st->scores || !st->scratch) {
+        !st->att || !st->proj || !st->hg || !st->hu || !st->scores || !st->scratch ||
+        !st->row_st || !st->row_pos || !st->row_tok || !st->row_out) {
         fwd_free(st);
         return duet_fail(err, DUET_ERR_NOMEM,
                          "%s: cannot allocate buffers for n_ctx %d, n_batch %d (KV cache %zu MiB)",
@@ -87,7 +96,47 @@ void fwd_free(fwd_state *st) {
                     st->att, st->proj, st->hg, st->hu, st->scores};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) duet_afree(bufs[i]);
     duet_afree(st->scratch);
+    free(st->row_st);
+    free(st->row_pos);
+    free(st->row_tok);
+    free(st->row_out);
     memset(st, 0, sizeof *st);
+}
+
+size_t fwd_kv_bytes(const fwd_state *st) {
+    const duet_hparams *hp = &st->m->hp;
+    size_t n = (size_t)hp->n_layer * hp->n_head_kv * (size_t)st->cap_pos * (size_t)hp->head_dim;
+    return n * (kv_size(st->type_k) + kv_size(st->type_v));
+}
+
+int fwd_reserve(fwd_state *st, int n_pos, duet_error *err) {
+    if (n_pos <= st->cap_pos) return DUET_OK;
+    const duet_hparams *hp = &st->m->hp;
+    size_t cap = (size_t)st->cap_pos;
+    while (cap < (size_t)n_pos) cap *= 2; /* doubling: a long decode copies each entry ~once */
+    cap = DUET_MIN(cap, cache_positions(st->n_ctx));
+    size_t heads = (size_t)hp->n_layer * hp->n_head_kv, hd = (size_t)hp->head_dim;
+    void *caches[2] = {st->k_cache, st->v_cache}, *grown[2];
+    int types[2] = {st->type_k, st->type_v};
+    for (int c = 0; c < 2; c++) {
+        size_t el = kv_size(types[c]);
+        if (!(grown[c] = duet_aalloc(heads * cap * hd * el))) {
+            if (c) duet_afree(grown[0]);
+            return duet_fail(err, DUET_ERR_NOMEM, "%s: cannot grow the KV cache to %zu positions "
+                             "(%zu MiB)", st->m->path, cap, (heads * cap * hd * el) >> 20);
+        }
+    }
+    /* each (layer, kv head) keeps its layout; only the stride between heads changes */
+    for (int c = 0; c < 2; c++) {
+        size_t row = (size_t)st->cap_pos * hd * kv_size(types[c]), nrow = cap * hd * kv_size(types[c]);
+        for (size_t h = 0; h < heads; h++)
+            memcpy((char *)grown[c] + h * nrow, (char *)caches[c] + h * row, row);
+        duet_afree(caches[c]);
+    }
+    st->k_cache = grown[0];
+    st->v_cache = grown[1];
+    st->cap_pos = (int)cap;
+    return DUET_OK;
 }
 
 /* The sum of squares runs in eight double lanes (element i in lane i % 8; a float's square
@@ -139,9 +188,9 @@ static inline float softcap(float x, float cap) { return cap * tanhf(x / cap); }
 
 /* ---- attention ------------------------------------------------------------------------ */
 typedef struct attn_job {
-    fwd_state *st;
+    fwd_state *st; /* the work buffers; each row's cache is st->row_st[row] */
     attn_fn fn;
-    int layer, n, pos;
+    int layer, n;
     int n_sub;        /* each kv group's q heads split into this many work items */
     long n_items;     /* n_head_kv * n_sub * n */
     atomic_long next; /* next work item */
@@ -156,8 +205,8 @@ typedef struct attn_job {
  * of the cache's type. */
 static void *cache_head(const fwd_state *st, void *cache, int type, int l, int kvh) {
     const duet_hparams *hp = &st->m->hp;
-    return (char *)cache + ((size_t)l * hp->n_head_kv + (size_t)kvh) *
-                               cache_positions(st->n_ctx) * (size_t)hp->head_dim * kv_size(type);
+    return (char *)cache + ((size_t)l * hp->n_head_kv + (size_t)kvh) * (size_t)st->cap_pos *
+                               (size_t)hp->head_dim * kv_size(type);
 }
 
 /* Element i of a cache head := x (rounded to nearest even for F16, as ggml stores it). */
@@ -174,7 +223,7 @@ static void attn_worker(void *ctx, int ith, int nth) {
     const arch_params *ap = &st->m->ap;
     int window = st->m->layers[job->layer].swa ? ap->n_swa : 0;
     attn_args a = {.head_dim = hd, .v_stride = (size_t)hd, .scale = ap->attn_scale,
-                   .softcap = ap->attn_softcap, .type_k = st->type_k, .type_v = st->type_v,
+                   .softcap = ap->attn_softcap,
                    .scores = st->scores + (size_t)ith * attn_scratch_floats(group, st->n_ctx)};
     for (;;) {
         long w = atomic_fetch_add_explicit(&job->next, 1, memory_order_relaxed);
@@ -187,20 +236,23 @@ static void attn_worker(void *ctx, int ith, int nth) {
         a.n_q = (int)(h1 - h0);
         a.q = st->q + ((size_t)t * H + h) * hd;
         a.out = st->att + ((size_t)t * H + h) * hd;
-        a.k = cache_head(st, st->k_cache, st->type_k, job->layer, kvh);
-        a.v = cache_head(st, st->v_cache, st->type_v, job->layer, kvh);
-        a.p1 = job->pos + t + 1;
+        const fwd_state *rs = st->row_st[t];
+        a.k = cache_head(rs, rs->k_cache, rs->type_k, job->layer, kvh);
+        a.v = cache_head(rs, rs->v_cache, rs->type_v, job->layer, kvh);
+        a.type_k = rs->type_k;
+        a.type_v = rs->type_v;
+        a.p1 = st->row_pos[t] + 1;
         /* a sliding-window layer sees the last `window` positions, itself included */
         a.p0 = window && a.p1 > window ? a.p1 - window : 0;
         job->fn(&a);
     }
 }
 
-static void attention(fwd_state *st, int layer, int n, int pos) {
+static void attention(fwd_state *st, int layer, int n) {
     const duet_hparams *hp = &st->m->hp;
     int nth = tp_n_threads(st->m->tp), group = hp->n_head / hp->n_head_kv;
     attn_job job = {.st = st, .fn = attn_kernel(kernels_level()), .layer = layer, .n = n,
-                    .pos = pos, .n_sub = 1};
+                    .n_sub = 1};
     /* decode has only n_head_kv groups: split them when that leaves threads idle */
     while ((long)n * hp->n_head_kv * job.n_sub < 2L * nth && job.n_sub < group) job.n_sub++;
     job.n_items = (long)n * hp->n_head_kv * job.n_sub;
@@ -213,10 +265,8 @@ static void attention(fwd_state *st, int layer, int n, int pos) {
  * (a token's values do not depend on the split), a small one stays on the calling thread,
  * where a wake-up would cost more than the work. */
 typedef struct step_job {
-    fwd_state *st;
-    const int32_t *tokens;
-    int l, n, pos, first_out;
-    float *hidden;
+    fwd_state *st; /* the work buffers and the rows' sequences (row_*) */
+    int l, n;
     act_silu_mul_fn silu_mul;
     void (*fn)(struct step_job *j, int t0, int t1);
 } step_job;
@@ -252,7 +302,7 @@ static void step_pre_attn(step_job *j, int t0, int t1) {
     for (int t = t0; t < t1; t++) {
         float *x = st->x + (size_t)t * E, *pr = st->proj + (size_t)t * E;
         if (j->l == 0) {
-            quant_dequantize_matrix_row(m->tok_embd.type, m->tok_embd.data, E, j->tokens[t], x);
+            quant_dequantize_matrix_row(m->tok_embd.type, m->tok_embd.data, E, st->row_tok[t], x);
             if (m->ap.embd_scale != 1.0f)
                 for (int i = 0; i < E; i++) x[i] *= m->ap.embd_scale;
         } else {
@@ -262,8 +312,8 @@ static void step_pre_attn(step_job *j, int t0, int t1) {
         }
         if (j->l < hp->n_layer)
             rmsnorm(st->xb + (size_t)t * E, x, m->layers[j->l].attn_norm, E, hp->rms_eps);
-        else if (t >= j->first_out)
-            rmsnorm(j->hidden + (size_t)(t - j->first_out) * E, x, m->output_norm, E, hp->rms_eps);
+        else if (st->row_out[t])
+            rmsnorm(st->row_out[t], x, m->output_norm, E, hp->rms_eps);
     }
 }
 
@@ -283,16 +333,16 @@ static void step_qkv(step_job *j, int t0, int t1) {
             rmsnorm_rows(q, L->q_norm, hp->n_head, hd, hp->rms_eps);
             rmsnorm_rows(k, L->k_norm, hp->n_head_kv, hd, hp->rms_eps);
         }
-        rope(q, hp->n_head, hd, ap->n_rot, ap->rope_neox, j->pos + t, st->rope_inv_freq,
-             ap->rope_mscale);
-        rope(k, hp->n_head_kv, hd, ap->n_rot, ap->rope_neox, j->pos + t, st->rope_inv_freq,
-             ap->rope_mscale);
+        fwd_state *rs = st->row_st[t];
+        int pos = st->row_pos[t];
+        rope(q, hp->n_head, hd, ap->n_rot, ap->rope_neox, pos, rs->rope_inv_freq, ap->rope_mscale);
+        rope(k, hp->n_head_kv, hd, ap->n_rot, ap->rope_neox, pos, rs->rope_inv_freq, ap->rope_mscale);
         for (int g = 0; g < hp->n_head_kv; g++) {
-            void *kc = cache_head(st, st->k_cache, st->type_k, j->l, g);
-            void *vc = cache_head(st, st->v_cache, st->type_v, j->l, g);
+            void *kc = cache_head(rs, rs->k_cache, rs->type_k, j->l, g);
+            void *vc = cache_head(rs, rs->v_cache, rs->type_v, j->l, g);
             for (int d = 0; d < hd; d++) {
-                cache_put(kc, st->type_k, attn_k_index(j->pos + t, d, hd), k[g * hd + d]);
-                cache_put(vc, st->type_v, (size_t)(j->pos + t) * hd + d, v[g * hd + d]);
+                cache_put(kc, rs->type_k, attn_k_index(pos, d, hd), k[g * hd + d]);
+                cache_put(vc, rs->type_v, (size_t)pos * hd + d, v[g * hd + d]);
             }
         }
     }
@@ -332,13 +382,19 @@ static void matmul(fwd_state *st, const mtensor *w, const float *x, int n, float
     kernels_matmul(st->m->tp, w->type, w->data, w->n_in, w->n_out, x, n, y, st->scratch);
 }
 
-void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_out,
-              float *hidden, float *logits) {
+void fwd_eval_batch(fwd_state *st, const fwd_seq *seqs, int n_seqs) {
     const duet_model *m = st->m;
     const duet_hparams *hp = &m->hp;
-    int E = hp->n_embd, F = hp->n_ff, Q = hp->n_head * hp->head_dim;
-    step_job j = {.st = st, .n = n, .pos = pos, .first_out = first_out, .hidden = hidden,
-                  .tokens = tokens, .silu_mul = act_silu_mul(kernels_level())};
+    int E = hp->n_embd, F = hp->n_ff, Q = hp->n_head * hp->head_dim, n = 0;
+    for (int i = 0; i < n_seqs; i++)
+        for (int t = 0; t < seqs[i].n; t++, n++) {
+            st->row_st[n] = seqs[i].st;
+            st->row_pos[n] = seqs[i].pos + t;
+            st->row_tok[n] = seqs[i].tokens[t];
+            st->row_out[n] = t >= seqs[i].first_out
+                                 ? seqs[i].hidden + (size_t)(t - seqs[i].first_out) * E : NULL;
+        }
+    step_job j = {.st = st, .n = n, .silu_mul = act_silu_mul(kernels_level())};
     for (int l = 0; l < hp->n_layer; l++) {
         const layer_weights *L = &m->layers[l];
         j.l = l;
@@ -347,7 +403,7 @@ void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_ou
         matmul(st, &L->wk, st->xb, n, st->k);
         matmul(st, &L->wv, st->xb, n, st->v);
         run_step(&j, step_qkv, (size_t)Q);
-        attention(st, l, n, pos);
+        attention(st, l, n);
         matmul(st, &L->wo, st->att, n, st->proj);
         run_step(&j, step_post_attn, (size_t)E);
         matmul(st, &L->w_gate, st->xb, n, st->hg);
@@ -357,6 +413,13 @@ void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_ou
     }
     j.l = hp->n_layer;
     run_step(&j, step_pre_attn, (size_t)E);
+}
+
+void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_out,
+              float *hidden, float *logits) {
+    fwd_seq one = {.st = st, .tokens = tokens, .n = n, .pos = pos, .first_out = first_out,
+                   .hidden = hidden};
+    fwd_eval_batch(st, &one, 1);
     if (logits) fwd_logits(st, hidden, n - first_out, logits);
 }
 
