@@ -405,6 +405,14 @@ int duet_collab_start(duet_collab *c, const int32_t *prompt, int n, duet_error *
  * ends generation (it is reported in *tok but not added); DUET_ERR_RANGE when the context is
  * full. */
 int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err);
+/* One step of each of n decoders (distinct; each at its own place in its own answer): the
+ * same tokens, statistics and errors as calling duet_collab_step on each in turn, bit for
+ * bit, but the base passes of all of them run as one batched forward pass, the expert
+ * catch-ups of those that defer as another (per model), and calls to remote experts run
+ * concurrently, one thread each (so each decoder needs a backend of its own). rcs[i] and
+ * errs[i] get decoder i's result. Returns DUET_OK (results are per decoder). */
+int duet_collab_step_batch(duet_collab *const *cs, int n, duet_collab_token *toks, int *rcs,
+                           duet_error *errs);
 const duet_collab_stats *duet_collab_get_stats(const duet_collab *c);
 /* The canonical token list (prompt + emitted), base ids. */
 const int32_t *duet_collab_tokens(const duet_collab *c, int *n);
@@ -452,6 +460,11 @@ void duet_gen_free(duet_gen *g);
  * without a new token (EOS, or a full context: then err holds the decoder's message) or had
  * already ended. An error code (and end DUET_GEN_ERROR) when the step failed. */
 int duet_gen_step(duet_gen *g, duet_collab_token *tok, duet_error *err);
+/* duet_gen_step on each of n generations (distinct decoders) as one batched decoder step
+ * (duet_collab_step_batch): the same texts and tokens as stepping each alone. rcs[i], toks[i]
+ * and errs[i] are generation i's; an ended one gets DUET_EOS and is not stepped. */
+int duet_gen_step_batch(duet_gen *const *gs, int n, duet_collab_token *toks, int *rcs,
+                        duet_error *errs);
 /* Called after every emitted token; return nonzero to stop (end DUET_GEN_CANCELLED). */
 typedef int (*duet_gen_callback)(void *ud, const duet_gen *g, const duet_collab_token *tok);
 /* Step to the end. *out holds the answer (free with duet_gen_free, also after an error). */

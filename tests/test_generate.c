@@ -377,3 +377,220 @@ TEST(utf8_append_holds_split_characters) {
     CHECK(e.p && e.p[0] == 0 && e.n == 0);
     free(e.p);
 }
+
+/* ---- many generations in one batched step -------------------------------------------------
+ * duet_gen_step_batch against each generation stepped alone: every policy (with a local
+ * expert, and the proxy's anti-expert), greedy and sampled, prompts of different lengths and
+ * limits, an answer ending by EOS-free limits at different steps and one by a full context;
+ * tokens, sources, texts, end reasons and the decoders' cost counters must be equal. */
+typedef struct gen_case {
+    duet_collab_params p;
+    int max_tokens, np;
+    int32_t prompt[12];
+} gen_case;
+
+static void gen_cases(gen_case *gc, int n, const duet_model *b) {
+    static const int pols[] = {DUET_POLICY_COLLM, DUET_POLICY_BASE, DUET_POLICY_EXPERT,
+                               DUET_POLICY_RANDOM, DUET_POLICY_CONFIDENCE, DUET_POLICY_COMPOSE,
+                               DUET_POLICY_CONTRASTIVE, DUET_POLICY_UNCERTAINTY, DUET_POLICY_COLLM};
+    int V = duet_model_hparams(b)->n_vocab;
+    for (int i = 0; i < n; i++) {
+        gen_case *g = &gc[i];
+        memset(g, 0, sizeof *g);
+        g->p.policy = pols[i % 9];
+        g->p.threshold = i == 8 ? 0.2f : -1;
+        g->p.random_rate = 0.4f;
+        g->p.sampling.temp = i % 2 ? 0.8f : 0;
+        g->p.sampling.seed = 100 + (uint64_t)i;
+        g->p.n_ctx = i == 3 ? 20 : 128; /* one fills its context before its limit */
+        g->max_tokens = 10 + 3 * i;
+        g->np = 2 + (i * 5) % 11;
+        g->prompt[0] = 1;
+        for (int k = 1; k < g->np; k++) g->prompt[k] = (int32_t)(3 + (i * 31 + k * 17) % (V - 3));
+    }
+}
+
+typedef struct gen_out {
+    char text[4096];
+    size_t len;
+    int32_t ids[MAXTOK];
+    int src[MAXTOK], n, end, rc_last;
+    duet_collab_stats st;
+} gen_out;
+
+static void gen_record(gen_out *o, const duet_gen *g, const duet_collab *c, int rc,
+                       const duet_collab_token *t) {
+    if (!rc && o->n < MAXTOK) o->ids[o->n] = t->id, o->src[o->n++] = t->source;
+    o->rc_last = rc;
+    const char *text = duet_gen_text(g, &o->len);
+    memcpy(o->text, text, DUET_MIN(o->len, sizeof o->text));
+    o->end = duet_gen_end(g);
+    o->st = *duet_collab_get_stats(c);
+}
+
+static int stats_equal(const duet_collab_stats *a, const duet_collab_stats *b) {
+    return a->n_prompt == b->n_prompt && a->n_generated == b->n_generated &&
+           a->n_deferred == b->n_deferred && a->expert_calls == b->expert_calls &&
+           a->expert_evaluated == b->expert_evaluated && a->base_evaluated == b->base_evaluated &&
+           a->expert_failures == b->expert_failures;
+}
+
+TEST(generate_batch_equals_alone) {
+    duet_model *b = fixture_load(fixture_random(DT_F32, 21, 0));
+    duet_model *e = fixture_load(fixture_random(DT_F32, 22, 0));
+    REQUIRE(b && e);
+    duet_head *h = fixture_random_head(b, 5, 40.0f);
+    REQUIRE(h);
+    enum { N = 9 };
+    gen_case gc[N];
+    gen_cases(gc, N, b);
+    static gen_out alone[N], together[N];
+    duet_error err = {0};
+    for (int i = 0; i < N; i++) { /* the oracle: each alone */
+        duet_collab *c = start(b, e, h, &gc[i].p, gc[i].prompt, gc[i].np);
+        duet_gen_params gp = {.max_tokens = gc[i].max_tokens};
+        duet_gen *g = NULL;
+        REQUIRE(c && !duet_gen_new(c, &gp, &g, &err));
+        memset(&alone[i], 0, sizeof alone[i]);
+        for (int rc = 0; !rc;) {
+            duet_collab_token t;
+            rc = duet_gen_step(g, &t, &err);
+            gen_record(&alone[i], g, c, rc, &t);
+        }
+        duet_gen_free(g);
+        duet_collab_free(c);
+    }
+    int n_ctx_end = 0, n_expert = 0;
+    for (int i = 0; i < N; i++) {
+        n_ctx_end += alone[i].end == DUET_GEN_CONTEXT;
+        n_expert += alone[i].st.expert_calls > 0;
+    }
+    CHECKF(n_ctx_end == 1 && n_expert >= 5, "the cases do not exercise what they should: %d "
+           "full contexts, %d answers with expert calls", n_ctx_end, n_expert);
+    for (int n = 1; n <= N; n++) { /* the first n together */
+        duet_collab *c[N];
+        duet_gen *g[N];
+        for (int i = 0; i < n; i++) {
+            duet_gen_params gp = {.max_tokens = gc[i].max_tokens};
+            c[i] = start(b, e, h, &gc[i].p, gc[i].prompt, gc[i].np);
+            REQUIRE(c[i] && !duet_gen_new(c[i], &gp, &g[i], &err));
+            memset(&together[i], 0, sizeof together[i]);
+        }
+        for (int live = n; live;) {
+            duet_collab_token t[N];
+            int rcs[N];
+            duet_error errs[N];
+            REQUIRE(!duet_gen_step_batch(g, n, t, rcs, errs));
+            live = 0;
+            for (int i = 0; i < n; i++) {
+                if (together[i].end && rcs[i] == DUET_EOS) continue; /* ended before */
+                gen_record(&together[i], g[i], c[i], rcs[i], &t[i]);
+                live += !rcs[i];
+            }
+        }
+        for (int i = 0; i < n; i++) {
+            gen_out *a = &alone[i], *o = &together[i];
+            CHECKF(a->n == o->n && !memcmp(a->ids, o->ids, sizeof(int32_t) * (size_t)a->n) &&
+                   !memcmp(a->src, o->src, sizeof(int) * (size_t)a->n) && a->len == o->len &&
+                   !memcmp(a->text, o->text, DUET_MIN(a->len, sizeof a->text)) &&
+                   a->end == o->end && stats_equal(&a->st, &o->st),
+                   "%d together: answer %d (policy %s) differs from alone: %d vs %d tokens, end "
+                   "%d vs %d, deferred %d vs %d, expert evaluated %ld vs %ld", n, i,
+                   duet_policy_name(gc[i].p.policy), o->n, a->n, o->end, a->end,
+                   o->st.n_deferred, a->st.n_deferred, o->st.expert_evaluated,
+                   a->st.expert_evaluated);
+        }
+        for (int i = 0; i < n; i++) duet_gen_free(g[i]), duet_collab_free(c[i]);
+    }
+    duet_head_free(h);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
+/* An expert behind the backend interface (as a remote one is): a session of its own on a
+ * local model, failing every third call. Batched steps call such experts from threads of
+ * their own; with the fallback the base speaks where a call failed. */
+typedef struct fake_backend {
+    duet_expert_backend be;
+    duet_session *s;
+    int calls;
+} fake_backend;
+
+static int fake_next(void *ctx, const int32_t *t, int n, float *out, duet_error *err) {
+    fake_backend *f = ctx;
+    if (++f->calls % 3 == 0) return duet_fail(err, DUET_ERR_IO, "fake expert: call %d fails", f->calls);
+    int rc = duet_session_sync(f->s, t, n, err);
+    if (rc) return rc;
+    const float *l = duet_session_logits(f->s, -1);
+    memcpy(out, l, sizeof(float) * (size_t)duet_model_hparams(duet_session_model(f->s))->n_vocab);
+    return DUET_OK;
+}
+
+TEST(generate_batch_backend_experts_fail_alike) {
+    duet_model *b = fixture_load(fixture_random(DT_F32, 21, 0));
+    duet_model *e = fixture_load(fixture_random(DT_F32, 22, 0));
+    REQUIRE(b && e);
+    duet_head *h = fixture_random_head(b, 5, 40.0f);
+    REQUIRE(h);
+    enum { N = 4 };
+    gen_out alone[N], together[N];
+    fake_backend fb[2][N];
+    duet_error err = {0};
+    for (int pass = 0; pass < 2; pass++) { /* 0: each alone, 1: together */
+        duet_collab *c[N];
+        duet_gen *g[N];
+        for (int i = 0; i < N; i++) {
+            fake_backend *f = &fb[pass][i];
+            memset(f, 0, sizeof *f);
+            REQUIRE(!duet_session_new(e, NULL, &f->s, &err));
+            f->be = (duet_expert_backend){.ctx = f, .next_logits = fake_next};
+            duet_collab_params p = {.policy = i % 2 ? DUET_POLICY_EXPERT : DUET_POLICY_COLLM,
+                                    .threshold = 0.3f, .expert_backend = &f->be,
+                                    .expert_fallback = 1, .n_ctx = 128};
+            int32_t prompt[4] = {1, (int32_t)(10 + i), 40, (int32_t)(7 * i + 3)};
+            duet_gen_params gp = {.max_tokens = 12 + i};
+            c[i] = start(b, NULL, h, &p, prompt, 4);
+            REQUIRE(c[i] && !duet_gen_new(c[i], &gp, &g[i], &err));
+        }
+        gen_out *out = pass ? together : alone;
+        memset(out, 0, sizeof(gen_out) * N);
+        if (!pass) {
+            for (int i = 0; i < N; i++)
+                for (int rc = 0; !rc;) {
+                    duet_collab_token t;
+                    rc = duet_gen_step(g[i], &t, &err);
+                    gen_record(&out[i], g[i], c[i], rc, &t);
+                }
+        } else {
+            for (int live = N; live;) {
+                duet_collab_token t[N];
+                int rcs[N];
+                duet_error errs[N];
+                REQUIRE(!duet_gen_step_batch(g, N, t, rcs, errs));
+                live = 0;
+                for (int i = 0; i < N; i++) {
+                    if (out[i].end && rcs[i] == DUET_EOS) continue;
+                    gen_record(&out[i], g[i], c[i], rcs[i], &t[i]);
+                    live += !rcs[i];
+                }
+            }
+        }
+        for (int i = 0; i < N; i++) {
+            duet_gen_free(g[i]), duet_collab_free(c[i]);
+            duet_session_free(fb[pass][i].s);
+        }
+    }
+    int failures = 0;
+    for (int i = 0; i < N; i++) {
+        failures += alone[i].st.expert_failures;
+        CHECKF(alone[i].n == together[i].n && !memcmp(alone[i].ids, together[i].ids,
+               sizeof(int32_t) * (size_t)alone[i].n) && stats_equal(&alone[i].st, &together[i].st),
+               "backend expert %d: together (%d tokens, %d failures) differs from alone (%d, %d)",
+               i, together[i].n, together[i].st.expert_failures, alone[i].n,
+               alone[i].st.expert_failures);
+    }
+    CHECKF(failures >= N, "only %d expert failures: the failure path is untested", failures);
+    duet_head_free(h);
+    duet_model_free(b);
+    duet_model_free(e);
+}

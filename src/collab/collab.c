@@ -10,6 +10,7 @@
  * evaluates a token twice in lazy mode (its timeline only grows along toks).
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +58,12 @@ struct duet_collab {
     duet_sampler *smp;
     duet_collab_stats st;
     long ex_eval0, base_eval0;
+    struct { /* the step in progress (step_begin .. step_finish) */
+        double t_start;
+        const float *lb;   /* the base's logits, once read */
+        float p, base_entropy;
+        int lazy_lb, need_expert;
+    } cur;
 };
 
 static int follower_init(follower *f, duet_model *base, duet_model *m, const char *role,
@@ -334,52 +341,64 @@ static int use_expert(duet_collab *c, duet_collab_token *tok, const float *lb, f
     return DUET_OK;
 }
 
-int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
-    double t_start = duet_time_s();
+/* ---- one step, in phases ----------------------------------------------------------------
+ * A step is: bring the base up to the list (sync), read what the policy needs and decide,
+ * ask the expert (sync it), then pick and sample. duet_collab_step runs the phases for one
+ * decoder; duet_collab_step_batch runs each phase for many decoders at once, with the
+ * forward passes of the syncs and logits batched, and the decisions made in between exactly
+ * as for one. */
+
+/* Checks and clears the token; the step's state starts here. */
+static int step_begin(duet_collab *c, duet_collab_token *tok, duet_error *err) {
     memset(tok, 0, sizeof *tok);
+    memset(&c->cur, 0, sizeof c->cur);
+    c->cur.t_start = duet_time_s();
     tok->score = tok->p_defer = NAN;
     tok->expert_top = -1;
-    if (c->n_toks >= c->n_ctx)
-        return duet_fail(err, DUET_ERR_RANGE, "context of %d tokens is full", c->n_ctx);
-    int V = c->n_vocab, rc = DUET_OK;
-    /* the base consumes every emitted token: evaluate the one emitted last step */
-    double t0 = duet_time_s();
-    rc = duet_session_sync(c->sb, c->toks, c->n_toks, err);
-    c->st.t_base += duet_time_s() - t0;
-    if (rc) return rc;
-    int pol = c->p.policy, need_expert = 0, source = DUET_SRC_BASE;
-    const float *h = duet_session_hidden(c->sb, -1), *lb = NULL;
-    float base_entropy = NAN;
     tok->base_top = -1;
     tok->base_top_p = NAN;
+    c->cur.p = c->cur.base_entropy = NAN;
+    if (c->n_toks >= c->n_ctx)
+        return duet_fail(err, DUET_ERR_RANGE, "context of %d tokens is full", c->n_ctx);
+    int pol = c->p.policy;
     /* The base's logits are read only where something needs them: collm, random and expert
      * decide without them, and a deferred token then never pays for the output matrix. */
-    int lazy_lb = !c->base_stats && (pol == DUET_POLICY_COLLM || pol == DUET_POLICY_RANDOM ||
-                                     pol == DUET_POLICY_EXPERT);
-    if (!lazy_lb) {
-        t0 = duet_time_s();
-        lb = duet_session_logits(c->sb, -1);
-        c->st.t_base += duet_time_s() - t0;
-        tok->base_top = duet_argmax(lb, V);
-        if (c->base_stats) dist_stats(lb, V, &tok->base_top_p, &base_entropy);
-    }
+    c->cur.lazy_lb = !c->base_stats && (pol == DUET_POLICY_COLLM || pol == DUET_POLICY_RANDOM ||
+                                        pol == DUET_POLICY_EXPERT);
+    return DUET_OK;
+}
 
-    float p = NAN;
-    need_expert = decide_defer(c, tok, h, base_entropy, &p);
-    const float *pick = lb;
-    if (need_expert && (rc = follower_sync(c, &c->ex, 1, err))) {
-        if (!c->p.expert_fallback) return rc;
+/* After the base is synced: read its logits if the policy needs them, and decide. */
+static void step_decide(duet_collab *c, duet_collab_token *tok) {
+    const float *h = duet_session_hidden(c->sb, -1);
+    if (!c->cur.lazy_lb) {
+        double t0 = duet_time_s();
+        c->cur.lb = duet_session_logits(c->sb, -1);
+        c->st.t_base += duet_time_s() - t0;
+        tok->base_top = duet_argmax(c->cur.lb, c->n_vocab);
+        if (c->base_stats) dist_stats(c->cur.lb, c->n_vocab, &tok->base_top_p, &c->cur.base_entropy);
+    }
+    c->cur.need_expert = decide_defer(c, tok, h, c->cur.base_entropy, &c->cur.p);
+}
+
+/* After the expert was asked (expert_rc: how that went; err holds its message): pick the
+ * distribution, sample, append. */
+static int step_finish(duet_collab *c, duet_collab_token *tok, int expert_rc, duet_error *err) {
+    int V = c->n_vocab, rc = DUET_OK, source = DUET_SRC_BASE;
+    const float *lb = c->cur.lb, *pick = lb;
+    int need_expert = c->cur.need_expert;
+    if (need_expert && expert_rc) {
+        if (!c->p.expert_fallback) return expert_rc;
         tok->expert_failed = 1; /* the base decides this token; the caller reports it */
         c->st.expert_failures++;
         need_expert = 0;
-        rc = DUET_OK;
     }
     if (need_expert) {
         c->st.expert_calls++;
-        if ((rc = use_expert(c, tok, lb, p, &pick, &source, err))) return rc;
+        if ((rc = use_expert(c, tok, lb, c->cur.p, &pick, &source, err))) return rc;
     }
     if (!pick) { /* the base speaks after a decision that did not read its logits */
-        t0 = duet_time_s();
+        double t0 = duet_time_s();
         pick = lb = duet_session_logits(c->sb, -1);
         c->st.t_base += duet_time_s() - t0;
         tok->base_top = duet_argmax(lb, V);
@@ -395,9 +414,155 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
         if (c->p.eager_sync && c->has_expert) rc = follower_sync(c, &c->ex, 0, err);
     }
     update_counts(c);
-    c->st.t_total += duet_time_s() - t_start;
+    c->st.t_total += duet_time_s() - c->cur.t_start;
     if (rc) return rc;
     return eos ? DUET_EOS : DUET_OK;
+}
+
+int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err) {
+    int rc = step_begin(c, tok, err);
+    if (rc) return rc;
+    /* the base consumes every emitted token: evaluate the one emitted last step */
+    double t0 = duet_time_s();
+    rc = duet_session_sync(c->sb, c->toks, c->n_toks, err);
+    c->st.t_base += duet_time_s() - t0;
+    if (rc) return rc;
+    step_decide(c, tok);
+    int erc = c->cur.need_expert ? follower_sync(c, &c->ex, 1, err) : DUET_OK;
+    return step_finish(c, tok, erc, err);
+}
+
+/* ---- many decoders, one step each ------------------------------------------------------ */
+/* Remote experts answer over the network: each deferring decoder's call runs in a thread of
+ * its own, so that no decoder waits on another's round trip. */
+typedef struct remote_call {
+    duet_collab *c;
+    duet_error *err;
+    int rc;
+    pthread_t th;
+    int started;
+} remote_call;
+
+static void *remote_call_run(void *arg) {
+    remote_call *r = arg;
+    r->rc = follower_sync(r->c, &r->c->ex, 1, r->err);
+    return NULL;
+}
+
+/* Scratch of a batched step, one entry per decoder. */
+typedef struct batch_work {
+    duet_collab **grp;
+    int *idx, *grc, *erc;
+    duet_error **gerr;
+    duet_session **ss;
+    const int32_t **ts;
+    int *ns;
+    remote_call *rem;
+} batch_work;
+
+/* Base syncs (which 0) or expert syncs with logits (which 1) of decoders w->grp[0..n) in one
+ * batched call when their sessions share a model; w->grc[i] gets each one's result and
+ * *w->gerr[i] its message. A batch that fails (one bad member) is redone one by one, so each
+ * error lands where it belongs. */
+static void sync_many(batch_work *w, int n, int which) {
+    if (!n) return;
+    int same = 1;
+    for (int i = 0; i < n; i++) {
+        duet_collab *c = w->grp[i];
+        follower *f = &c->ex;
+        if (which) for (int k = 0; k < c->n_toks; k++) f->ids[k] = f->map[c->toks[k]];
+        w->ss[i] = which ? f->s : c->sb;
+        w->ts[i] = which ? f->ids : c->toks;
+        w->ns[i] = c->n_toks;
+        same &= duet_session_model(w->ss[i]) == duet_session_model(w->ss[0]);
+    }
+    duet_error scratch = {0};
+    double t0 = duet_time_s();
+    int rc = same && n > 1 ? duet_session_sync_batch(w->ss, w->ts, w->ns, n, &scratch) : -1;
+    if (!rc && which) duet_session_logits_batch(w->ss, n); /* read just below */
+    double share = (duet_time_s() - t0) / n;
+    for (int i = 0; i < n; i++) {
+        duet_collab *c = w->grp[i];
+        double *t = which ? &c->st.t_expert : &c->st.t_base;
+        if (rc) { /* alone: one decoder, mixed models, or a failed batch */
+            double t1 = duet_time_s();
+            w->grc[i] = which ? follower_sync(c, &c->ex, 1, w->gerr[i])
+                              : duet_session_sync(c->sb, c->toks, c->n_toks, w->gerr[i]);
+            if (!which) *t += duet_time_s() - t1; /* (follower_sync counts its own time) */
+            continue;
+        }
+        w->grc[i] = DUET_OK;
+        *t += share;
+        if (which) {
+            const float *l = duet_session_logits(c->ex.s, -1);
+            for (int b = 0; b < c->n_vocab; b++) c->ex.logits[b] = l[c->ex.map[b]];
+        }
+    }
+}
+
+/* The phases of duet_collab_step for every decoder, each phase's forward passes batched. */
+static void step_batch(duet_collab *const *cs, int n, duet_collab_token *toks, int *rcs,
+                       duet_error *errs, batch_work *w) {
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (!(rcs[i] = step_begin(cs[i], &toks[i], &errs[i])))
+            w->grp[k] = cs[i], w->idx[k] = i, w->gerr[k++] = &errs[i];
+    sync_many(w, k, 0);
+    int m = 0, live = 0;
+    for (int j = 0; j < k; j++) {
+        if (w->grc[j]) rcs[w->idx[j]] = w->grc[j];
+        else {
+            w->grp[live] = w->grp[j], w->idx[live++] = w->idx[j];
+            if (!w->grp[j]->cur.lazy_lb) w->ss[m++] = w->grp[j]->sb;
+        }
+    }
+    duet_session_logits_batch(w->ss, m); /* the base logits the decisions read */
+    int nl = 0, nr = 0;
+    for (int j = 0; j < live; j++) {
+        duet_collab *c = w->grp[j];
+        int i = w->idx[j];
+        step_decide(c, &toks[i]);
+        if (!c->cur.need_expert) continue;
+        if (c->ex.remote) {
+            remote_call *r = &w->rem[nr++];
+            *r = (remote_call){.c = c, .err = &errs[i]};
+            r->started = !pthread_create(&r->th, NULL, remote_call_run, r);
+            if (!r->started) remote_call_run(r);
+        } else { /* local deferrals gather at the front of grp (j >= nl: nothing lost) */
+            w->grp[nl] = c, w->idx[nl] = i, w->gerr[nl++] = &errs[i];
+        }
+    }
+    sync_many(w, nl, 1);
+    for (int j = 0; j < nl; j++) w->erc[w->idx[j]] = w->grc[j];
+    for (int j = 0; j < nr; j++) {
+        if (w->rem[j].started) pthread_join(w->rem[j].th, NULL);
+        w->erc[w->rem[j].err - errs] = w->rem[j].rc;
+    }
+    m = 0;
+    for (int i = 0; i < n; i++) /* the base logits of the tokens the base will speak */
+        if (!rcs[i] && cs[i]->cur.lazy_lb && (!cs[i]->cur.need_expert || w->erc[i]))
+            w->ss[m++] = cs[i]->sb;
+    duet_session_logits_batch(w->ss, m);
+    for (int i = 0; i < n; i++)
+        if (!rcs[i]) rcs[i] = step_finish(cs[i], &toks[i], w->erc[i], &errs[i]);
+}
+
+int duet_collab_step_batch(duet_collab *const *cs, int n, duet_collab_token *toks, int *rcs,
+                           duet_error *errs) {
+    if (n <= 0) return DUET_OK;
+    size_t N = (size_t)n;
+    batch_work w = {.grp = malloc(N * sizeof *w.grp), .idx = malloc(N * sizeof *w.idx),
+                    .grc = malloc(N * sizeof *w.grc), .erc = calloc(N, sizeof *w.erc),
+                    .gerr = malloc(N * sizeof *w.gerr), .ss = malloc(N * sizeof *w.ss),
+                    .ts = malloc(N * sizeof *w.ts), .ns = malloc(N * sizeof *w.ns),
+                    .rem = malloc(N * sizeof *w.rem)};
+    if (w.grp && w.idx && w.grc && w.erc && w.gerr && w.ss && w.ts && w.ns && w.rem)
+        step_batch(cs, n, toks, rcs, errs, &w);
+    else /* no memory to batch: step them one by one */
+        for (int i = 0; i < n; i++) rcs[i] = duet_collab_step(cs[i], &toks[i], &errs[i]);
+    free(w.grp), free(w.idx), free(w.grc), free(w.erc), free(w.gerr);
+    free(w.ss), free(w.ts), free(w.ns), free(w.rem);
+    return DUET_OK;
 }
 
 const duet_collab_stats *duet_collab_get_stats(const duet_collab *c) { return &c->st; }

@@ -147,11 +147,8 @@ static int take_piece(duet_gen *g, int source) {
     return DUET_OK;
 }
 
-int duet_gen_step(duet_gen *g, duet_collab_token *tok, duet_error *err) {
-    duet_collab_token t;
-    if (!tok) tok = &t;
-    if (g->end) return DUET_EOS;
-    int rc = duet_collab_step(g->co, tok, err);
+/* The text side of a decoder step that returned rc with tok. */
+static int after_step(duet_gen *g, int rc, const duet_collab_token *tok, duet_error *err) {
     if (rc == DUET_EOS || rc == DUET_ERR_RANGE) { /* the end, or a full context: err says so */
         finish(g, rc == DUET_EOS ? DUET_GEN_EOS : DUET_GEN_CONTEXT);
         return DUET_EOS;
@@ -167,6 +164,46 @@ int duet_gen_step(duet_gen *g, duet_collab_token *tok, duet_error *err) {
         finish(g, DUET_GEN_ERROR);
         return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     }
+    return DUET_OK;
+}
+
+int duet_gen_step(duet_gen *g, duet_collab_token *tok, duet_error *err) {
+    duet_collab_token t;
+    if (!tok) tok = &t;
+    if (g->end) return DUET_EOS;
+    return after_step(g, duet_collab_step(g->co, tok, err), tok, err);
+}
+
+int duet_gen_step_batch(duet_gen *const *gs, int n, duet_collab_token *toks, int *rcs,
+                        duet_error *errs) {
+    duet_collab **cs = malloc((size_t)(n > 0 ? n : 1) * sizeof *cs);
+    int *at = malloc((size_t)(n > 0 ? n : 1) * sizeof *at), k = 0;
+    if (!cs || !at) { /* no memory to batch: one by one */
+        for (int i = 0; i < n; i++) rcs[i] = duet_gen_step(gs[i], &toks[i], &errs[i]);
+    } else {
+        for (int i = 0; i < n; i++) {
+            rcs[i] = DUET_EOS;
+            if (!gs[i]->end) cs[k] = gs[i]->co, at[k++] = i;
+        }
+        /* the decoders' results land in the first k entries, then move to their own */
+        duet_collab_token *t = malloc((size_t)(k > 0 ? k : 1) * sizeof *t);
+        int *r = malloc((size_t)(k > 0 ? k : 1) * sizeof *r);
+        duet_error *e = calloc((size_t)(k > 0 ? k : 1), sizeof *e);
+        if (t && r && e) {
+            duet_collab_step_batch(cs, k, t, r, e);
+            for (int j = 0; j < k; j++) {
+                int i = at[j];
+                toks[i] = t[j];
+                errs[i] = e[j];
+                rcs[i] = after_step(gs[i], r[j], &toks[i], &errs[i]);
+            }
+        } else {
+            for (int j = 0; j < k; j++)
+                rcs[at[j]] = duet_gen_step(gs[at[j]], &toks[at[j]], &errs[at[j]]);
+        }
+        free(t), free(r), free(e);
+    }
+    free(cs), free(at);
     return DUET_OK;
 }
 
