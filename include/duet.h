@@ -401,6 +401,12 @@ void duet_collab_free(duet_collab *c);
 /* Begin a new answer after prompt (base ids). Sessions keep their KV caches where the new
  * prompt shares a prefix with the previous timeline. */
 int duet_collab_start(duet_collab *c, const int32_t *prompt, int n, duet_error *err);
+/* Optional, before duet_collab_start: evaluate at most max_tokens more of the prompt in the
+ * base (what start would evaluate, in pieces, so that a server can step other answers in
+ * between). Returns the prompt tokens still to go (0: start will find the prompt in place),
+ * or a negative status (ids are checked by the evaluation). */
+int duet_collab_prefill(duet_collab *c, const int32_t *prompt, int n, int max_tokens,
+                        duet_error *err);
 /* Choose and emit the next token. DUET_OK with *tok filled; DUET_EOS when the chosen token
  * ends generation (it is reported in *tok but not added); DUET_ERR_RANGE when the context is
  * full. */

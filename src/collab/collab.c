@@ -58,6 +58,8 @@ struct duet_collab {
     duet_sampler *smp;
     duet_collab_stats st;
     long ex_eval0, base_eval0;
+    long pre_evaluated; /* prompt tokens duet_collab_prefill evaluated for the next start */
+    double pre_time;
     struct { /* the step in progress (step_begin .. step_finish) */
         double t_start;
         const float *lb;   /* the base's logits, once read */
@@ -237,7 +239,10 @@ int duet_collab_start(duet_collab *c, const int32_t *prompt, int n, duet_error *
     memset(&c->st, 0, sizeof c->st);
     c->st.n_prompt = n;
     c->ex_eval0 = expert_evaluated(c);
-    c->base_eval0 = duet_session_n_evaluated(c->sb);
+    c->base_eval0 = duet_session_n_evaluated(c->sb) - c->pre_evaluated;
+    c->st.t_base = c->st.t_total = c->pre_time;
+    c->pre_evaluated = 0;
+    c->pre_time = 0;
     double t0 = duet_time_s();
     int rc = duet_session_sync(c->sb, c->toks, n, err);
     c->st.t_base += duet_time_s() - t0;
@@ -245,6 +250,27 @@ int duet_collab_start(duet_collab *c, const int32_t *prompt, int n, duet_error *
     c->st.t_total += duet_time_s() - t0;
     update_counts(c); /* so that the stats show what the prompt cost (cache reuse) */
     return rc;
+}
+
+int duet_collab_prefill(duet_collab *c, const int32_t *prompt, int n, int max_tokens,
+                        duet_error *err) {
+    if (n <= 0 || max_tokens <= 0)
+        return duet_fail(err, DUET_ERR_ARG, "prefill of %d tokens, %d at a time", n, max_tokens);
+    if (n >= c->n_ctx)
+        return duet_fail(err, DUET_ERR_RANGE, "prompt of %d tokens does not fit the context of %d",
+                         n, c->n_ctx);
+    const int32_t *have = duet_session_tokens(c->sb);
+    int lcp = 0, past = duet_session_n_past(c->sb);
+    while (lcp < past && lcp < n && have[lcp] == prompt[lcp]) lcp++;
+    if (lcp == n) return 0; /* (start re-evaluates the last token if its outputs are gone) */
+    duet_session_truncate(c->sb, lcp);
+    int k = DUET_MIN(max_tokens, n - lcp);
+    double t0 = duet_time_s();
+    int rc = duet_session_eval(c->sb, prompt + lcp, k, 0, err);
+    /* the answer's statistics count this work as start's own */
+    c->pre_evaluated += rc ? 0 : k;
+    c->pre_time += duet_time_s() - t0;
+    return rc ? rc : n - lcp - k;
 }
 
 /* max-probability and entropy (nats) of softmax(l) */

@@ -63,6 +63,9 @@ static int field_bool(json_t *b, const char *k, int *out, char *msg, size_t cap)
 #define MAX_STOP 16      /* llama.cpp's protocol: its clients send more than OpenAI allows */
 #define MAX_STOP_OPENAI 4
 #define MAX_STOP_LEN 256
+/* Prompt tokens evaluated between two batched steps of the running answers: a running stream
+ * waits at most one such chunk, not a whole long prompt, between two of its tokens. */
+#define PREFILL_CHUNK 256
 
 enum { PROTO_OPENAI = 0, PROTO_CHAT = 1, PROTO_LLAMA = 2 };
 
@@ -211,6 +214,7 @@ typedef struct gen {
     duet_collab *co;    /* the slot's decoder, fitted to this request */
     gen_req r;
     int chat, llama, n_prompt, n_gen, done, sent_done, end;
+    int joined;         /* counted among the running answers (srv_gen_join) */
     const char *finish;
     duet_gen *dg;       /* the library's generation loop: the answer so far, valid UTF-8 */
     size_t sent;        /* bytes of the answer already streamed */
@@ -240,14 +244,21 @@ static int gen_start(gen *g, const int32_t *prompt, duet_error *err) {
     g->n_cached = srv_slot_prefix(g->sl, prompt, g->n_prompt, 1, &have);
     int rc = srv_slot_decoder(g->sl, &g->r.cp, &g->co, err);
     if (rc) return rc;
-    srv_compute_lock(g->cfg->slots);
     double t0 = duet_time_s();
-    rc = duet_collab_start(g->co, prompt, g->n_prompt, err);
+    rc = srv_gen_prefill(g->cfg->slots, g->co, prompt, g->n_prompt, PREFILL_CHUNK, err);
+    if (!rc) {
+        srv_compute_lock(g->cfg->slots);
+        rc = duet_collab_start(g->co, prompt, g->n_prompt, err);
+        srv_compute_unlock(g->cfg->slots);
+    }
     g->t_prompt = duet_time_s() - t0;
-    srv_compute_unlock(g->cfg->slots);
     duet_gen_params gp = {.max_tokens = (int)g->r.max_tokens, .stops = g->stops,
                           .n_stops = g->r.n_stop, .utf8 = 1};
     if (!rc) rc = duet_gen_new(g->co, &gp, &g->dg, err);
+    if (!rc) {
+        srv_gen_join(g->cfg->slots);
+        g->joined = 1;
+    }
     return rc;
 }
 
@@ -255,6 +266,8 @@ static int gen_start(gen *g, const int32_t *prompt, duet_error *err) {
 static void gen_finish(gen *g, int end) {
     if (g->done) return;
     g->done = 1;
+    if (g->joined) srv_gen_leave(g->cfg->slots);
+    g->joined = 0;
     g->end = end;
     g->finish = end == DUET_GEN_ERROR ? "error"
               : end == DUET_GEN_LIMIT || end == DUET_GEN_CONTEXT ? "length" : "stop";
@@ -354,11 +367,9 @@ static void record_token(gen *g, const duet_collab_token *t) {
 static void gen_step(gen *g) {
     duet_collab_token t;
     duet_error err = {0};
-    srv_compute_lock(g->cfg->slots);
     double t0 = duet_time_s();
-    int rc = duet_gen_step(g->dg, &t, &err);
+    int rc = srv_gen_step(g->cfg->slots, g->sl, g->dg, &t, &err);
     g->t_pred += duet_time_s() - t0;
-    srv_compute_unlock(g->cfg->slots);
     if (rc == DUET_OK) record_token(g, &t);
     else if (rc != DUET_EOS) snprintf(g->err, sizeof g->err, "%s", err.msg);
     if (duet_gen_end(g->dg)) gen_finish(g, duet_gen_end(g->dg));
@@ -497,6 +508,7 @@ static void sse_event(gen *g, json_t *js) {
 
 static void gen_free(void *cls) {
     gen *g = cls;
+    if (g->joined) srv_gen_leave(g->cfg->slots); /* a client that left mid-answer */
     if (g->sl) {
         if (g->co) srv_metrics_generation(g->cfg->slots, g->n_prompt, duet_collab_get_stats(g->co));
         srv_slot_release(g->cfg->slots, g->sl);

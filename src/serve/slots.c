@@ -1,11 +1,20 @@
 /*
- * slots.c: the server's decoding slots with a wait queue, the compute lock, each slot's
- * remote-expert backend, the request numbers and the metrics. Every lock of the server lives
- * here: mu guards the slots' busy flags, the queue and the counters; compute serialises
- * forward passes on the shared thread pool, and a slot's remote expert lets go of it for
- * the length of its HTTP call.
+ * slots.c: the server's decoding slots with a wait queue, the compute lock, the batched
+ * stepping of running answers, each slot's remote-expert backend, the request numbers and the
+ * metrics. Every lock of the server lives here: mu guards the slots' busy flags, the queue,
+ * the step queue and the counters; compute serialises forward passes on the shared thread
+ * pool, and a slot's remote expert lets go of it for the length of its HTTP call when it runs
+ * alone (in a batched step the decoder calls the experts from threads of their own).
+ *
+ * Continuous batching: each request's thread asks for its answer's next token with
+ * srv_gen_step. Requests that ask at about the same time form one batch: the first to find
+ * every running answer waiting (or to have waited the gather window) leads, runs one
+ * duet_gen_step_batch for all of them and hands each its token. Answers join (after their
+ * prompt) and leave (when done) between steps. A prompt is evaluated in chunks, at most one
+ * chunk between two steps, so that running streams wait at most a step and a chunk.
  */
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -30,6 +39,7 @@ struct srv_slot {
     duet_expert_remote *remote;
     duet_expert_backend be;    /* wraps remote: releases the compute lock around HTTP */
     double down_until;         /* after a failed expert call: fail fast until then */
+    int in_batch;              /* its decoder is in a batched step (the leader holds compute) */
     char down_msg[512];
     srv_slots *pool;
 };
@@ -43,6 +53,18 @@ struct srv_slots {
     int n_waiting;
     long use_clock;
     atomic_long next_id;
+    /* batched stepping (under mu) */
+    pthread_cond_t step_cv;
+    struct step_req *pending, **pending_tail;
+    int n_pending, n_running, leading, chunk_since_step;
+    double last_step_s, last_step_end;
+    duet_gen **b_gens;         /* [n_slots] a step's arguments and results */
+    duet_collab_token *b_toks;
+    int *b_rcs;
+    duet_error *b_errs;
+    struct step_req **b_reqs;
+    long m_steps, m_step_rows;
+    int m_last_batch;
     /* metrics (under mu) */
     long m_requests, m_errors, m_prompt_tokens, m_gen_tokens, m_deferred, m_expert_calls;
     long m_expert_failures, m_lat_count, m_lat_bucket[N_LAT_BUCKETS];
@@ -58,11 +80,11 @@ static int slot_remote_next(void *ctx, const int32_t *t, int n, float *out, duet
     srv_slot *sl = ctx;
     if (duet_time_s() < sl->down_until)
         return duet_fail(err, DUET_ERR_IO, "%s", sl->down_msg);
-    pthread_mutex_unlock(&sl->pool->compute);
+    if (!sl->in_batch) pthread_mutex_unlock(&sl->pool->compute);
     const duet_expert_backend *rb = duet_expert_remote_backend(sl->remote);
     duet_error e = {0};
     int rc = rb->next_logits(rb->ctx, t, n, out, &e);
-    pthread_mutex_lock(&sl->pool->compute);
+    if (!sl->in_batch) pthread_mutex_lock(&sl->pool->compute);
     if (rc) {
         sl->down_until = duet_time_s() + EXPERT_DOWN_S;
         snprintf(sl->down_msg, sizeof sl->down_msg, "%s", e.msg);
@@ -86,7 +108,16 @@ int srv_slots_new(const srv_slots_params *p, srv_slots **out, int *n_ctx, duet_e
     pthread_mutex_init(&pool->mu, NULL);
     pthread_cond_init(&pool->cv, NULL);
     pthread_mutex_init(&pool->compute, NULL);
-    int rc = DUET_OK;
+    pthread_cond_init(&pool->step_cv, NULL);
+    pool->pending_tail = &pool->pending;
+    size_t N = (size_t)p->n_slots;
+    pool->b_gens = calloc(N, sizeof *pool->b_gens);
+    pool->b_toks = calloc(N, sizeof *pool->b_toks);
+    pool->b_rcs = calloc(N, sizeof *pool->b_rcs);
+    pool->b_errs = calloc(N, sizeof *pool->b_errs);
+    pool->b_reqs = calloc(N, sizeof *pool->b_reqs);
+    int rc = pool->b_gens && pool->b_toks && pool->b_rcs && pool->b_errs && pool->b_reqs
+                 ? DUET_OK : duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     for (int i = 0; i < p->n_slots && !rc; i++) {
         srv_slot *sl = &pool->slots[i];
         sl->pool = pool;
@@ -126,6 +157,8 @@ void srv_slots_free(srv_slots *pool) {
         duet_expert_remote_free(pool->slots[i].remote);
     }
     free(pool->slots);
+    free(pool->b_gens), free(pool->b_toks), free(pool->b_rcs), free(pool->b_errs), free(pool->b_reqs);
+    pthread_cond_destroy(&pool->step_cv);
     pthread_mutex_destroy(&pool->mu);
     pthread_cond_destroy(&pool->cv);
     pthread_mutex_destroy(&pool->compute);
@@ -226,6 +259,126 @@ int srv_slot_decoder(srv_slot *sl, const duet_collab_params *want, duet_collab *
 
 duet_session *srv_slot_session(srv_slot *sl) { return sl->sess; }
 
+/* ---- batched steps ----------------------------------------------------------------------- */
+typedef struct step_req {
+    duet_gen *g;
+    srv_slot *sl;
+    duet_collab_token tok;
+    duet_error err;
+    int rc, done;
+    struct step_req *next;
+} step_req;
+
+/* How long a request waits for the other running answers to ask for their next token before
+ * it steps without them (a client that does not read its stream holds no one up for long):
+ * a fifth of the last step, within [1 ms, 20 ms]. */
+static double gather_window(const srv_slots *pool) {
+    return DUET_MAX(0.001, DUET_MIN(0.02, 0.2 * pool->last_step_s));
+}
+
+static void abs_deadline(struct timespec *ts, double in_s) {
+    clock_gettime(CLOCK_REALTIME, ts);
+    double ns = (double)ts->tv_nsec + (in_s > 0 ? in_s : 0) * 1e9;
+    ts->tv_sec += (time_t)(ns / 1e9);
+    ts->tv_nsec = (long)fmod(ns, 1e9);
+}
+
+/* With mu held: take every waiting request, step them as one batch (mu released meanwhile),
+ * hand out the results. */
+static void lead_step(srv_slots *pool) {
+    pool->leading = 1;
+    int k = 0;
+    for (step_req *r = pool->pending; r && k < pool->p.n_slots; r = r->next) pool->b_reqs[k++] = r;
+    pool->pending = k < pool->n_pending ? pool->b_reqs[k - 1]->next : NULL;
+    pool->n_pending -= k;
+    if (!pool->pending) pool->pending_tail = &pool->pending;
+    pthread_mutex_unlock(&pool->mu);
+    pthread_mutex_lock(&pool->compute);
+    for (int i = 0; i < k; i++) {
+        pool->b_gens[i] = pool->b_reqs[i]->g;
+        pool->b_reqs[i]->sl->in_batch = 1;
+    }
+    double t0 = duet_time_s();
+    duet_gen_step_batch(pool->b_gens, k, pool->b_toks, pool->b_rcs, pool->b_errs);
+    double t1 = duet_time_s();
+    for (int i = 0; i < k; i++) pool->b_reqs[i]->sl->in_batch = 0;
+    pthread_mutex_unlock(&pool->compute);
+    pthread_mutex_lock(&pool->mu);
+    for (int i = 0; i < k; i++) {
+        step_req *r = pool->b_reqs[i];
+        r->tok = pool->b_toks[i];
+        r->rc = pool->b_rcs[i];
+        if (r->rc && r->rc != DUET_EOS) r->err = pool->b_errs[i];
+        r->done = 1;
+    }
+    pool->last_step_s = t1 - t0;
+    pool->last_step_end = t1;
+    pool->chunk_since_step = 0;
+    pool->m_steps++;
+    pool->m_step_rows += k;
+    pool->m_last_batch = k;
+    pool->leading = 0;
+    pthread_cond_broadcast(&pool->step_cv);
+}
+
+int srv_gen_step(srv_slots *pool, srv_slot *sl, duet_gen *g, duet_collab_token *tok,
+                 duet_error *err) {
+    step_req me = {.g = g, .sl = sl};
+    pthread_mutex_lock(&pool->mu);
+    *pool->pending_tail = &me;
+    pool->pending_tail = &me.next;
+    pool->n_pending++;
+    double arrived = duet_time_s();
+    pthread_cond_broadcast(&pool->step_cv); /* a request waiting for everyone may be complete */
+    while (!me.done) {
+        /* the window counts from the later of this request and the last step's end */
+        double until = DUET_MAX(arrived, pool->last_step_end) + gather_window(pool);
+        if (!pool->leading && (pool->n_pending >= pool->n_running || duet_time_s() >= until)) {
+            lead_step(pool);
+            continue;
+        }
+        struct timespec ts;
+        abs_deadline(&ts, pool->leading ? 0.05 : until - duet_time_s());
+        pthread_cond_timedwait(&pool->step_cv, &pool->mu, &ts);
+    }
+    pthread_mutex_unlock(&pool->mu);
+    *tok = me.tok;
+    if (me.rc && me.rc != DUET_EOS) *err = me.err;
+    return me.rc;
+}
+
+void srv_gen_join(srv_slots *pool) {
+    pthread_mutex_lock(&pool->mu);
+    pool->n_running++;
+    pthread_mutex_unlock(&pool->mu);
+}
+
+void srv_gen_leave(srv_slots *pool) {
+    pthread_mutex_lock(&pool->mu);
+    pool->n_running--;
+    pthread_cond_broadcast(&pool->step_cv); /* the rest may all be waiting now */
+    pthread_mutex_unlock(&pool->mu);
+}
+
+int srv_gen_prefill(srv_slots *pool, duet_collab *co, const int32_t *ids, int n, int chunk,
+                    duet_error *err) {
+    for (;;) {
+        pthread_mutex_lock(&pool->mu);
+        /* one chunk between two steps while answers run; if they stop asking (clients not
+         * reading), go on after two of their steps' time */
+        struct timespec ts;
+        abs_deadline(&ts, DUET_MAX(0.05, 2 * pool->last_step_s));
+        while (pool->n_running > 0 && pool->chunk_since_step)
+            if (pthread_cond_timedwait(&pool->step_cv, &pool->mu, &ts) == ETIMEDOUT) break;
+        pool->chunk_since_step = 1;
+        pthread_mutex_unlock(&pool->mu);
+        pthread_mutex_lock(&pool->compute);
+        int left = duet_collab_prefill(co, ids, n, chunk, err);
+        pthread_mutex_unlock(&pool->compute);
+        if (left <= 0) return left;
+    }
+}
+
 /* ---- request numbers and metrics --------------------------------------------------------- */
 long srv_next_request_id(srv_slots *pool) { return atomic_fetch_add(&pool->next_id, 1); }
 
@@ -271,6 +424,12 @@ char *srv_metrics_text(srv_slots *s, size_t *n) {
     METRIC("slots_busy", "gauge", "decoding slots in use", "%d", busy);
     METRIC("slots_total", "gauge", "decoding slots", "%d", s->p.n_slots);
     METRIC("requests_queued", "gauge", "requests waiting for a slot", "%d", s->n_waiting);
+    METRIC("generations_running", "gauge", "answers being decoded", "%d", s->n_running);
+    METRIC("batch_size", "gauge", "answers the last decoding step advanced together", "%d", s->m_last_batch);
+    METRIC("batch_steps_total", "counter", "batched decoding steps", "%ld", s->m_steps);
+    METRIC("batch_tokens_total", "counter", "answer steps run in batched decoding steps", "%ld", s->m_step_rows);
+    METRIC("batch_size_mean", "gauge", "answers per decoding step since start", "%.4f",
+           s->m_steps ? (double)s->m_step_rows / (double)s->m_steps : 0.0);
     fprintf(f, "# HELP duet_request_latency_seconds time from request to the last byte queued\n"
                "# TYPE duet_request_latency_seconds histogram\n");
     long cum = 0;

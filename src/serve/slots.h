@@ -52,6 +52,19 @@ duet_session *srv_slot_session(srv_slot *sl);
 void srv_compute_lock(srv_slots *pool);
 void srv_compute_unlock(srv_slots *pool);
 
+/* Batched decoding: an answer joins after its prompt is in (srv_gen_join) and leaves when it
+ * ends (srv_gen_leave); while running, its thread asks for each token with srv_gen_step,
+ * which steps it together with the other running answers that ask at about the same time
+ * (duet_gen_step_batch; the same token as duet_gen_step alone). The slot must be held. */
+int srv_gen_step(srv_slots *pool, srv_slot *sl, duet_gen *g, duet_collab_token *tok,
+                 duet_error *err);
+void srv_gen_join(srv_slots *pool);
+void srv_gen_leave(srv_slots *pool);
+/* Evaluate the prompt ids[0..n) in co's base chunk tokens at a time (duet_collab_prefill), at
+ * most one chunk between two batched steps while answers run. 0 when done, else an error. */
+int srv_gen_prefill(srv_slots *pool, duet_collab *co, const int32_t *ids, int n, int chunk,
+                    duet_error *err);
+
 /* Request numbers, 0, 1, 2, ... for the answers' ids. */
 long srv_next_request_id(srv_slots *pool);
 /* Count one finished generation / one answered request (its HTTP status and seconds taken). */
