@@ -139,6 +139,24 @@ int duet_token_to_piece(const duet_model *model, int32_t prev, int32_t token, ch
 /* The raw vocabulary text of a token (as stored), or NULL when out of range. */
 const char *duet_token_text(const duet_model *model, int32_t token);
 
+/* ---- LoRA adapters (llama.cpp's LoRA GGUF), applied unmerged ---------------------------
+ * An adapter file holds general.type "adapter", general.architecture (the base's),
+ * adapter.type "lora", adapter.lora.alpha and, per adapted matrix, "<base tensor>.lora_a"
+ * (ggml shape [n_in, r]) and "<base tensor>.lora_b" ([r, n_out]). Adapted products become
+ * W x + s B (A x), s = scale * alpha / r (alpha 0: s = scale), as llama.cpp's --lora-scaled. */
+typedef struct duet_lora duet_lora;
+/* Load and check against base: architecture, every pair complete, shapes, types duet
+ * computes with, finite values; errors name the file, the tensor or key and the value. The
+ * adapter must outlive the models it is attached to. */
+int duet_lora_load(const char *path, duet_model *base, duet_lora **out, duet_error *err);
+void duet_lora_free(duet_lora *a);
+float duet_lora_alpha(const duet_lora *a);
+/* Number of base matrices the adapter changes. */
+int duet_lora_n_matrices(const duet_lora *a);
+/* Attach adapter a to model m (the base it was loaded for) with the given scale; several may
+ * be attached, each adds its term. Only before any session of m exists (DUET_ERR_ARG). */
+int duet_model_add_lora(duet_model *m, const duet_lora *a, float scale, duet_error *err);
+
 /* ---- sessions: one timeline of tokens + its KV cache ------------------------------------ */
 typedef struct duet_session duet_session;
 

@@ -21,6 +21,7 @@
 #include "engine/attn.h"
 #include "base/common.h"
 #include "engine/kernels.h"
+#include "engine/lora.h"
 #include "format/quant.h"
 
 /* Positions rounded up to whole blocks of 8 (attn.h). */
@@ -42,6 +43,7 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, int typ
                          fwd_kv_type_ok(type_k) ? type_v : type_k);
     st->type_k = type_k;
     st->type_v = type_v;
+    __atomic_add_fetch(&((duet_model *)m)->n_fwd, 1, __ATOMIC_RELAXED);
     const duet_hparams *hp = &m->hp;
     st->m = m;
     st->n_ctx = n_ctx;
@@ -62,6 +64,13 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, int typ
             scratch = DUET_MAX(scratch, kernels_matmul_scratch(ts[i]->type, ts[i]->n_in, n_batch));
     }
     scratch = DUET_MAX(scratch, kernels_matmul_scratch(m->output.type, m->output.n_in, n_batch));
+    scratch = DUET_MAX(scratch, lora_scratch_bytes(m, n_batch));
+    if (m->lora) { /* adapters are attached before sessions are made (duet_model_add_lora) */
+        st->lora_t = duet_aalloc(B * (size_t)m->lora_rank_max * 4);
+        st->lora_u = duet_aalloc(B * (size_t)m->lora_out_max * 4);
+        st->lora_rank_cap = m->lora_rank_max;
+        st->lora_out_cap = m->lora_out_max;
+    }
     st->k_cache = duet_aalloc(cache_k);
     st->v_cache = duet_aalloc(cache_v);
     st->x = duet_aalloc(B * E * 4);
@@ -81,7 +90,8 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, int typ
     st->row_out = malloc(B * sizeof *st->row_out);
     if (!st->k_cache || !st->v_cache || !st->x || !st->xb || !st->q || !st->k || !st->v ||
         !st->att || !st->proj || !st->hg || !st->hu || !st->scores || !st->scratch ||
-        !st->row_st || !st->row_pos || !st->row_tok || !st->row_out) {
+        !st->row_st || !st->row_pos || !st->row_tok || !st->row_out ||
+        (m->lora && (!st->lora_t || !st->lora_u))) {
         fwd_free(st);
         return duet_fail(err, DUET_ERR_NOMEM,
                          "%s: cannot allocate buffers for n_ctx %d, n_batch %d (KV cache %zu MiB)",
@@ -91,11 +101,14 @@ int fwd_init(fwd_state *st, const duet_model *m, int n_ctx, int n_batch, int typ
 }
 
 void fwd_free(fwd_state *st) {
-    if (!st) return;
+    if (!st || !st->m) return;
+    __atomic_sub_fetch(&((duet_model *)st->m)->n_fwd, 1, __ATOMIC_RELAXED);
     void *bufs[] = {st->k_cache, st->v_cache, st->x, st->xb, st->q, st->k, st->v,
                     st->att, st->proj, st->hg, st->hu, st->scores};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) duet_afree(bufs[i]);
     duet_afree(st->scratch);
+    duet_afree(st->lora_t);
+    duet_afree(st->lora_u);
     free(st->row_st);
     free(st->row_pos);
     free(st->row_tok);
@@ -378,8 +391,11 @@ static void step_glu(step_job *j, int t0, int t1) {
     }
 }
 
-static void matmul(fwd_state *st, const mtensor *w, const float *x, int n, float *y) {
+/* y = W x for matrix mi (model_matrix index) of the model, plus its adapters' s B (A x). */
+static void matmul(fwd_state *st, int mi, const float *x, int n, float *y) {
+    const mtensor *w = model_matrix((duet_model *)st->m, mi);
     kernels_matmul(st->m->tp, w->type, w->data, w->n_in, w->n_out, x, n, y, st->scratch);
+    if (st->lora_t) lora_apply(st->m, mi, x, n, y, st->lora_t, st->lora_u, st->scratch);
 }
 
 void fwd_eval_batch(fwd_state *st, const fwd_seq *seqs, int n_seqs) {
@@ -396,20 +412,20 @@ void fwd_eval_batch(fwd_state *st, const fwd_seq *seqs, int n_seqs) {
         }
     step_job j = {.st = st, .n = n, .silu_mul = act_silu_mul(kernels_level())};
     for (int l = 0; l < hp->n_layer; l++) {
-        const layer_weights *L = &m->layers[l];
         j.l = l;
         run_step(&j, step_pre_attn, (size_t)E);
-        matmul(st, &L->wq, st->xb, n, st->q);
-        matmul(st, &L->wk, st->xb, n, st->k);
-        matmul(st, &L->wv, st->xb, n, st->v);
+        int mi = 1 + 7 * l; /* model_matrix index of the layer's first matrix */
+        matmul(st, mi + MAT_Q, st->xb, n, st->q);
+        matmul(st, mi + MAT_K, st->xb, n, st->k);
+        matmul(st, mi + MAT_V, st->xb, n, st->v);
         run_step(&j, step_qkv, (size_t)Q);
         attention(st, l, n);
-        matmul(st, &L->wo, st->att, n, st->proj);
+        matmul(st, mi + MAT_O, st->att, n, st->proj);
         run_step(&j, step_post_attn, (size_t)E);
-        matmul(st, &L->w_gate, st->xb, n, st->hg);
-        matmul(st, &L->w_up, st->xb, n, st->hu);
+        matmul(st, mi + MAT_GATE, st->xb, n, st->hg);
+        matmul(st, mi + MAT_UP, st->xb, n, st->hu);
         run_step(&j, step_glu, (size_t)F);
-        matmul(st, &L->w_down, st->hg, n, st->proj);
+        matmul(st, mi + MAT_DOWN, st->hg, n, st->proj);
     }
     j.l = hp->n_layer;
     run_step(&j, step_pre_attn, (size_t)E);
@@ -424,7 +440,7 @@ void fwd_eval(fwd_state *st, const int32_t *tokens, int n, int pos, int first_ou
 }
 
 void fwd_logits(fwd_state *st, const float *hidden, int n, float *logits) {
-    matmul(st, &st->m->output, hidden, n, logits);
+    matmul(st, 0, hidden, n, logits);
     float cap = st->m->ap.final_softcap;
     if (cap > 0)
         for (size_t i = 0; i < (size_t)n * st->m->hp.n_vocab; i++)

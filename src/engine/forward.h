@@ -26,6 +26,8 @@ typedef struct fwd_state {
     float *hg, *hu;   /* [n_batch][n_ff] gate and up */
     float *scores;    /* [n_threads][n_ctx] */
     void *scratch;    /* matmul activation conversion */
+    float *lora_t, *lora_u; /* [n_batch][rank / n_out] adapter products (NULL: no adapters) */
+    int lora_rank_cap, lora_out_cap;
     /* per row of a batch: its sequence's state, position, token and output row (or NULL) */
     struct fwd_state **row_st;
     int *row_pos;

@@ -5,6 +5,7 @@
  * faster for generation). Names and keys are llama.cpp's, so its GGUF files load as they are.
  */
 #include "engine/model.h"
+#include "engine/lora.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -463,23 +464,30 @@ static int bind_all(duet_model *m, duet_error *err) {
     return DUET_OK;
 }
 
-static int check_finite(duet_model *m, duet_error *err) {
+int model_tensor_finite(const char *path, const gguf_tensor *t, const void *data, duet_error *err) {
     float buf[256];
+    const dtype_traits *tr = dtype_info(t->type);
+    if (!tr || !tr->supported) return DUET_OK;
+    int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    int64_t chunk = 256 - 256 % tr->blck;
+    for (int64_t j = 0; j < n; j += chunk) {
+        int64_t c = DUET_MIN(chunk, n - j);
+        quant_dequantize_row(t->type, (const uint8_t *)data + (size_t)(j / tr->blck) * tr->type_size,
+                             buf, c);
+        for (int64_t k = 0; k < c; k++)
+            if (!isfinite(buf[k]))
+                return duet_fail(err, DUET_ERR_FORMAT, "%s: tensor '%s' element %lld is %g", path,
+                                 t->name, (long long)(j + k), buf[k]);
+    }
+    return DUET_OK;
+}
+
+static int check_finite(duet_model *m, duet_error *err) {
     for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
         const gguf_tensor *t = &m->gguf->tensors[i];
-        const dtype_traits *tr = dtype_info(t->type);
-        if (!tr || !tr->supported) continue;
-        int64_t n = t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
         const uint8_t *p = m->weights ? (const uint8_t *)m->weights + t->offset : t->data;
-        int64_t chunk = 256 - 256 % tr->blck;
-        for (int64_t j = 0; j < n; j += chunk) {
-            int64_t c = DUET_MIN(chunk, n - j);
-            quant_dequantize_row(t->type, p + (size_t)(j / tr->blck) * tr->type_size, buf, c);
-            for (int64_t k = 0; k < c; k++)
-                if (!isfinite(buf[k]))
-                    return duet_fail(err, DUET_ERR_FORMAT, "%s: tensor '%s' element %lld is %g",
-                                     m->path, t->name, (long long)(j + k), buf[k]);
-        }
+        int rc = model_tensor_finite(m->path, t, p, err);
+        if (rc) return rc;
     }
     return DUET_OK;
 }
@@ -500,9 +508,9 @@ static void repack_one(mtensor *t) {
 
 /* Matrix i of the n_matrices a token's forward pass multiplies by: the output, then the
  * seven of each layer. */
-static int n_matrices(const duet_model *m) { return 1 + 7 * m->hp.n_layer; }
+int model_n_matrices(const duet_model *m) { return 1 + 7 * m->hp.n_layer; }
 
-static mtensor *matrix(duet_model *m, int i) {
+mtensor *model_matrix(duet_model *m, int i) {
     if (i == 0) return &m->output;
     layer_weights *L = &m->layers[(i - 1) / 7];
     mtensor *lt[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
@@ -510,8 +518,8 @@ static mtensor *matrix(duet_model *m, int i) {
 }
 
 static void repack(duet_model *m) {
-    for (int i = 0; i < n_matrices(m); i++)
-        if (matrix(m, i)->data != m->tok_embd.data) repack_one(matrix(m, i));
+    for (int i = 0; i < model_n_matrices(m); i++)
+        if (model_matrix(m, i)->data != m->tok_embd.data) repack_one(model_matrix(m, i));
 }
 
 /* Copy the data section into anonymous memory (huge pages where the kernel allows). */
@@ -578,6 +586,7 @@ int duet_model_load(const char *path, const duet_model_params *params, duet_mode
 
 void duet_model_free(duet_model *m) {
     if (!m) return;
+    lora_model_free(m);
     tp_free(m->tp);
     tokenizer_free(m->tok);
     gguf_close(m->gguf);
@@ -601,8 +610,8 @@ double duet_model_flops_per_token(const duet_model *m, int n_kv) {
     if (m->vocab_only) return 0;
     const duet_hparams *hp = &m->hp;
     double f = 4.0 * hp->n_layer * hp->n_head * hp->head_dim * (double)n_kv;
-    for (int i = 0; i < n_matrices(m); i++) {
-        const mtensor *t = matrix((duet_model *)m, i);
+    for (int i = 0; i < model_n_matrices(m); i++) {
+        const mtensor *t = model_matrix((duet_model *)m, i);
         if (t->data) f += 2.0 * (double)t->n_in * (double)t->n_out;
     }
     return f;
@@ -611,7 +620,7 @@ double duet_model_flops_per_token(const duet_model *m, int n_kv) {
 uint64_t duet_model_bytes_per_token(const duet_model *m) {
     if (m->vocab_only) return 0;
     uint64_t b = 0;
-    for (int i = 0; i < n_matrices(m); i++) b += mat_bytes(matrix((duet_model *)m, i));
+    for (int i = 0; i < model_n_matrices(m); i++) b += mat_bytes(model_matrix((duet_model *)m, i));
     return b;
 }
 

@@ -80,7 +80,20 @@ struct duet_model {
     void *weights;            /* anonymous copy of the data section (use_mmap == 0) */
     size_t weights_size;
     int vocab_only;
+    struct lora_use **lora;   /* [model_n_matrices] adapters on each matrix (lora.c), or NULL */
+    int lora_rank_max, lora_out_max; /* over attached adapters: sizes the forward's scratch */
+    int n_fwd;                /* forward states made with the model and not yet freed: adapters
+                                 may only be attached while there are none (they size scratch) */
 };
+
+/* Matrix i of the model_n_matrices a token's forward pass multiplies by: the output (0), then
+ * the seven of each layer l at 1 + 7l + k, k in the order of MAT_* (the index adapters use). */
+enum { MAT_Q, MAT_K, MAT_V, MAT_O, MAT_GATE, MAT_UP, MAT_DOWN };
+int model_n_matrices(const duet_model *m);
+mtensor *model_matrix(duet_model *m, int i);
+/* DUET_OK when every element of tensor t (its data at data) is finite, else an error naming
+ * path, the tensor and the element. */
+int model_tensor_finite(const char *path, const gguf_tensor *t, const void *data, duet_error *err);
 
 /* The bytes of token after prev (duet_token_to_piece) appended to out whole, however long:
  * the one grow-to-fit caller of the piece function inside the library. 0 or DUET_ERR_NOMEM. */

@@ -4,8 +4,11 @@ reader and dequantisers, and each architecture written out from llama.cpp's publ
 conventions (tensor names, metadata keys, RoPE order), not from duet's C code. Unlike duet
 it evaluates the whole sequence at once with explicit causal / sliding-window masks and no
 KV cache. Prints the logits of every position, one line of n_vocab numbers per token.
-Usage: gguf_ref.py MODEL.gguf [--n-ctx N] TOKEN [TOKEN ...]
-(N: the context size the caller runs with; LongRoPE files use their long factors beyond
+Usage: gguf_ref.py MODEL.gguf [--n-ctx N] [--lora ADAPTER.gguf SCALE ...] TOKEN [TOKEN ...]
+(--lora, repeatable: a llama.cpp LoRA adapter merged into the weights in float64 as that
+format defines it: W += SCALE * alpha / r * B @ A, B from "<W>.lora_b" (ggml [r, n_out]), A
+from "<W>.lora_a" ([n_in, r]), alpha from adapter.lora.alpha, SCALE alone when alpha is 0;
+N: the context size the caller runs with; LongRoPE files use their long factors beyond
 rope.scaling.original_context_length; default: the model's context_length)
 Architectures: llama, qwen2 (q/k/v biases), qwen3 (per-head q/k RMSNorm), phi3 (fused
 attn_qkv and ffn_up = [gate; up], sliding window on every layer), gemma2 (embedding scale,
@@ -176,11 +179,27 @@ def forward(meta, W, toks, n_ctx=None):
     return logits
 
 
+def merge_lora(W, path, scale):
+    meta, T = load(path)
+    alpha = float(meta.get("adapter.lora.alpha", 0.0))
+    for name, a in T.items():
+        if not name.endswith(".lora_a"):
+            continue
+        base = name[: -len(".lora_a")]
+        b = T[base + ".lora_b"]  # (n_out, r); a is (r, n_in)
+        s = scale * alpha / a.shape[0] if alpha > 0 else scale
+        W[base] = W[base] + s * (b @ a)
+
+
 def main():
     meta, W = load(sys.argv[1])
     args, n_ctx = sys.argv[2:], None
-    if args[:1] == ["--n-ctx"]:
-        n_ctx, args = int(args[1]), args[2:]
+    while args[:1] in (["--n-ctx"], ["--lora"]):
+        if args[0] == "--n-ctx":
+            n_ctx, args = int(args[1]), args[2:]
+        else:
+            merge_lora(W, args[1], float(args[2]))
+            args = args[3:]
     toks = [int(t) for t in args]
     for row in forward(meta, W, toks, n_ctx):
         print(" ".join("%.9g" % v for v in row))
