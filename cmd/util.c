@@ -149,6 +149,49 @@ void cli_progress_update(cli_progress *p, const char *label, const char *unit, l
     if (final) cli_progress_end(p);
 }
 
+/* ---- LoRA adapters ------------------------------------------------------------------------ */
+int lora_opts_parse(const char *cmd, lora_opts *o, int argc, char **argv, int *i) {
+    const char *a = argv[*i];
+    int expert = !strncmp(a, "--expert-", 9);
+    const char *f = a + (expert ? 8 : 1); /* "-lora" or "-lora-scaled" */
+    if (strcmp(f, "-lora") && strcmp(f, "-lora-scaled")) return 0;
+    const char *path = arg_value(cmd, argc, argv, i), *sv = "1";
+    if (!path || (f[5] && !(sv = arg_value(cmd, argc, argv, i)))) return -1;
+    float scale;
+    if (!arg_float(cmd, a, sv, -1e6, 1e6, &scale)) return -1;
+    if (o->n[expert] == LORA_MAX) {
+        fprintf(stderr, "duet %s: more than %d adapters for the %s\n", cmd, LORA_MAX,
+                expert ? "expert" : "base");
+        return -1;
+    }
+    o->path[expert][o->n[expert]] = path;
+    o->scale[expert][o->n[expert]++] = scale;
+    return 1;
+}
+
+int lora_attach(lora_opts *o, int which, duet_model *m, duet_error *err) {
+    for (int k = 0; k < o->n[which]; k++) {
+        duet_lora *a = NULL;
+        int rc = duet_lora_load(o->path[which][k], m, &a, err);
+        if (!rc) o->held[o->n_held++] = a;
+        if (!rc) rc = duet_model_add_lora(m, a, o->scale[which][k], err);
+        if (rc) return rc;
+    }
+    return DUET_OK;
+}
+
+void lora_opts_free(lora_opts *o) {
+    for (int k = 0; k < o->n_held; k++) duet_lora_free(o->held[k]);
+    o->n_held = 0;
+}
+
+void lora_opts_usage(FILE *f) {
+    fputs("LoRA adapters (llama.cpp's LoRA GGUF; applied unmerged; repeatable):\n"
+          "  --lora FILE          adapter for the base, scale 1\n"
+          "  --lora-scaled FILE S adapter for the base, scale S\n"
+          "  --expert-lora FILE, --expert-lora-scaled FILE S   the same for the expert\n", f);
+}
+
 /* ---- generation (run, chat) -------------------------------------------------------------- */
 void gen_opts_init(gen_opts *o) {
     memset(o, 0, sizeof *o);
@@ -162,6 +205,7 @@ void gen_opts_init(gen_opts *o) {
 void gen_opts_free(gen_opts *o) {
     free(o->chat_template_buf);
     o->chat_template_buf = NULL;
+    lora_opts_free(&o->lora);
 }
 
 void gen_opts_usage(FILE *f) {
@@ -198,6 +242,7 @@ void gen_opts_usage(FILE *f) {
           "  --anti FILE          third model for proxy tuning (logits_e + logits_b - logits_anti)\n"
           "  --expert-sync MODE   lazy (default: catch up only when deferring) or eager\n"
           "  --color              highlight expert tokens on a terminal\n", f);
+    lora_opts_usage(f);
 }
 
 int gen_opts_parse(const char *cmd, gen_opts *o, int argc, char **argv, int *i) {
@@ -248,7 +293,7 @@ int gen_opts_parse(const char *cmd, gen_opts *o, int argc, char **argv, int *i) 
     else if (!strcmp(a, "--quiet")) o->quiet = 1;
     else if (!strcmp(a, "--color")) o->color = 1;
     else if (!strcmp(a, "--verbose-prompt")) o->verbose_prompt = 1;
-    else return 0;
+    else return lora_opts_parse(cmd, &o->lora, argc, argv, i);
 #undef NUM
 #undef VAL
     return 1;
@@ -277,7 +322,9 @@ int gen_load(const char *cmd, const gen_opts *o, gen_models *g, duet_error *err)
                              .no_repack = o->no_repack};
     int rc;
     if ((rc = duet_model_load(o->model_path, &mp, &g->base, err)) ||
+        (rc = lora_attach((lora_opts *)&o->lora, 0, g->base, err)) ||
         (o->expert_path && (rc = duet_model_load(o->expert_path, &mp, &g->expert, err))) ||
+        (g->expert && (rc = lora_attach((lora_opts *)&o->lora, 1, g->expert, err))) ||
         (o->anti_path && (rc = duet_model_load(o->anti_path, &mp, &g->anti, err))) ||
         (o->head_path && (rc = duet_head_load(o->head_path, g->base, &g->head, err))))
         return rc;

@@ -48,6 +48,24 @@ void cli_progress_update(cli_progress *p, const char *label, const char *unit, l
 /* End an open line (a run stopped before its final update, or an error message follows). */
 void cli_progress_end(cli_progress *p);
 
+/* ---- LoRA adapters (llama.cpp's flags) ------------------------------------------------------ */
+#define LORA_MAX 8
+typedef struct lora_opts {
+    int n[2];                      /* [0]: the base's (--lora), [1]: the expert's (--expert-lora) */
+    const char *path[2][LORA_MAX];
+    float scale[2][LORA_MAX];
+    duet_lora *held[2 * LORA_MAX]; /* loaded by lora_attach; free with lora_opts_free */
+    int n_held;
+} lora_opts;
+/* Take --lora FILE, --lora-scaled FILE SCALE, --expert-lora FILE, --expert-lora-scaled FILE
+ * SCALE (each repeatable): 1 taken, 0 not one of them, -1 bad value (message printed). */
+int lora_opts_parse(const char *cmd, lora_opts *o, int argc, char **argv, int *i);
+/* Load the base's (which 0) or the expert's (1) adapters for m and attach them, before any
+ * session of m exists. */
+int lora_attach(lora_opts *o, int which, duet_model *m, duet_error *err);
+void lora_opts_free(lora_opts *o);
+void lora_opts_usage(FILE *f);
+
 /* ---- generation (run, chat) -------------------------------------------------------------- */
 /* Options both generating commands take: models, sampling, collaboration, chat format. */
 typedef struct gen_opts {
@@ -57,6 +75,7 @@ typedef struct gen_opts {
     char *chat_template_buf;   /* owned text of --chat-template FILE (free with gen_opts_free) */
     int n_predict, n_ctx, n_threads, use_mmap, no_repack, quiet, color, verbose_prompt, policy;
     duet_collab_params cp;
+    lora_opts lora;
 } gen_opts;
 
 void gen_opts_init(gen_opts *o);

@@ -1,12 +1,14 @@
 /* fixtures.c: model files the tests share, made once per run in the test directory:
  * llama2.c models from ../shared imported with duet's converter, and random-weight models
  * written by duet's own GGUF writer. */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "base/common.h"
 #include "format/gguf.h"
 #include "format/quant.h"
 #include "duet.h"
@@ -321,3 +323,63 @@ const char *fixture_long_vocab_model(uint32_t eos, const char *name) {
     const char *vocab = long_vocab(FIXTURE_LONG_N, eos, vname);
     return vocab ? model_with_vocab(vocab, name) : NULL;
 }
+
+/* ---- LoRA adapters --------------------------------------------------------------------- */
+static const char *const k_lora_mats[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
+                                      "ffn_up", "ffn_down"};
+
+static uint64_t g_lora_rng = 77;
+static float lora_urand(void) { return (float)((duet_splitmix64(&g_lora_rng) >> 40) * 0x1.0p-24) - 0.5f; }
+
+/* Add a random [ne0, ne1] tensor of type (F32 or F16) named name. */
+static void add_random(gguf_writer *w, const char *name, int type, int64_t ne0, int64_t ne1,
+                       float amp, int plant_nan) {
+    size_t n = (size_t)(ne0 * ne1);
+    float *v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = amp * lora_urand();
+    if (plant_nan) v[n / 2] = NAN;
+    void *data = v;
+    uint16_t *h = NULL;
+    if (type == DT_F16) {
+        h = malloc(n * 2);
+        for (size_t i = 0; i < n; i++) h[i] = fp32_to_fp16(v[i]);
+        data = h;
+    }
+    int64_t ne[2] = {ne0, ne1};
+    duet_error err = {0};
+    if (gguf_add_tensor(w, name, type, 2, ne, data, &err))
+        test_fail_at(__FILE__, __LINE__, "tensor %s: %s", name, err.msg);
+    free(v);
+    free(h);
+}
+
+const char *fixture_lora(const char *name, int r, float alpha, int t, int bad) {
+    const char *path = test_path(test_tmpdir(), name);
+    gguf_writer *w = gguf_writer_new();
+    gguf_set_str(w, "general.type", bad == LORA_BAD_TYPE_META ? "model" : "adapter");
+    gguf_set_str(w, "general.architecture", bad == LORA_BAD_ARCH ? "qwen2" : "llama");
+    gguf_set_str(w, "adapter.type", "lora");
+    gguf_set_f32(w, "adapter.lora.alpha", alpha);
+    const int64_t E = 128, F = 256, V = 600, KV = 64; /* 2 kv heads of 32 */
+    char n[128];
+    for (int l = 0; l < 2; l++)
+        for (int k = 0; k < 7; k++) {
+            int64_t in = k == 6 ? F : E, out = k == 1 || k == 2 ? KV : k >= 4 && k < 6 ? F : E;
+            snprintf(n, sizeof n, "blk.%d.%s.weight.lora_a", l, k_lora_mats[k]);
+            add_random(w, n, t, in + (bad == LORA_BAD_SHAPE && l == 1 && k == 3), r,
+                       0.5f, bad == LORA_BAD_NAN && l == 1 && k == 5);
+            snprintf(n, sizeof n, "blk.%d.%s.weight.lora_b", l, k_lora_mats[k]);
+            if (!(bad == LORA_BAD_NO_B && l == 1 && k == 2))
+                add_random(w, n, t, r, out, 0.5f, 0);
+        }
+    add_random(w, bad == LORA_BAD_NAME ? "blk.0.attn_qkv.weight.lora_a" : "output.weight.lora_a", t, E,
+               r, 0.5f, 0);
+    add_random(w, bad == LORA_BAD_NAME ? "blk.0.attn_qkv.weight.lora_b" : "output.weight.lora_b", t, r,
+               V, 0.5f, 0);
+    duet_error err = {0};
+    int rc = gguf_write(w, path, &err);
+    gguf_writer_free(w);
+    if (rc) test_fail_at(__FILE__, __LINE__, "writing %s: %s", path, err.msg);
+    return rc ? NULL : path;
+}
+

@@ -51,4 +51,12 @@ const char *fixture_chat_model(void);
 #define FIXTURE_LONG_N 41
 const char *fixture_long_vocab_model(uint32_t eos, const char *name);
 
+/* A LoRA adapter (llama.cpp's GGUF) of rank r for a fixture_random model (n_embd 128, n_ff
+ * 256, vocab 600, 2 layers, untied): every layer matrix kind and the output, A and B of type t
+ * (DT_F32 or DT_F16), elements uniform in [-0.25, 0.25]; bad spoils it as named. Written to
+ * the run's temporary directory as name; NULL (and the test failed) on error. */
+enum { LORA_GOOD, LORA_BAD_ARCH, LORA_BAD_SHAPE, LORA_BAD_NO_B, LORA_BAD_NAN, LORA_BAD_TYPE_META,
+       LORA_BAD_NAME };
+const char *fixture_lora(const char *name, int r, float alpha, int t, int bad);
+
 #endif

@@ -448,3 +448,36 @@ TEST(cli_chat_user_text_stays_text) {
     CHECK_EQ_INT(run_duet_in(args, in, out, sizeof out, err, sizeof err), 0);
     CHECKF(count_tok(err, "598") == 2 && count_tok(err, "599") == 1, "stderr: %s", err);
 }
+
+/* --lora / --lora-scaled on run: an adapter at scale 0 gives the bare model's text exactly
+ * (its term is 0 * B(Ax)); at scale 1 it changes the greedy text; the same at 1 given as
+ * --lora; a bad adapter stops the command with the file named; the expert's flags load
+ * adapters of their own. */
+TEST(cli_run_lora_flags) {
+    NEED_BIN();
+    const char *base = fixture_random(0, 5, 0), *ad = fixture_lora("cli-lora.gguf", 4, 8, 0, LORA_GOOD);
+    const char *bad = fixture_lora("cli-lora-bad.gguf", 4, 8, 0, LORA_BAD_ARCH);
+    REQUIRE(base && ad && bad);
+    static char bare[4096], zero[4096], one[4096], onel[4096], err[4096], args[2048];
+    const char *common = "-p 'Once' -n 24 --temp 0 --quiet";
+    snprintf(args, sizeof args, "run -m '%s' %s", base, common);
+    REQUIRE(run_duet(args, bare, sizeof bare, err, sizeof err) == 0);
+    snprintf(args, sizeof args, "run -m '%s' %s --lora-scaled '%s' 0", base, common, ad);
+    CHECK_EQ_INT(run_duet(args, zero, sizeof zero, err, sizeof err), 0);
+    CHECK_STR(zero, bare);
+    snprintf(args, sizeof args, "run -m '%s' %s --lora-scaled '%s' 1", base, common, ad);
+    CHECK_EQ_INT(run_duet(args, one, sizeof one, err, sizeof err), 0);
+    CHECKF(strcmp(one, bare), "the adapter at scale 1 left the text unchanged: %s", one);
+    snprintf(args, sizeof args, "run -m '%s' %s --lora '%s'", base, common, ad);
+    CHECK_EQ_INT(run_duet(args, onel, sizeof onel, err, sizeof err), 0);
+    CHECK_STR(onel, one);
+    snprintf(args, sizeof args, "run -m '%s' %s --lora '%s'", base, common, bad);
+    CHECK(run_duet(args, one, sizeof one, err, sizeof err) != 0);
+    CHECKF(strstr(err, "cli-lora-bad.gguf") && strstr(err, "general.architecture"), "%s", err);
+    snprintf(args, sizeof args, "run -m '%s' %s --lora-scaled '%s'", base, common, ad);
+    CHECK_EQ_INT(run_duet(args, one, sizeof one, err, sizeof err), 2); /* SCALE missing */
+    snprintf(args, sizeof args, "run -m '%s' --expert '%s' --policy expert %s --expert-lora '%s'",
+             base, base, common, bad);
+    CHECK(run_duet(args, one, sizeof one, err, sizeof err) != 0);
+    CHECKF(strstr(err, "cli-lora-bad.gguf"), "--expert-lora did not load the adapter: %s", err);
+}

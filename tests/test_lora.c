@@ -9,75 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/common.h"
-#include "format/gguf.h"
 #include "format/quant.h"
 #include "duet.h"
 #include "fixtures.h"
 #include "test.h"
-
-static const char *const k_mats[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
-                                      "ffn_up", "ffn_down"};
-
-/* How to spoil an otherwise good adapter. */
-enum { BAD_NONE, BAD_ARCH, BAD_SHAPE, BAD_NO_B, BAD_NAN, BAD_TYPE_META, BAD_NAME };
-
-static uint64_t g_rng = 77;
-static float urand(void) { return (float)((duet_splitmix64(&g_rng) >> 40) * 0x1.0p-24) - 0.5f; }
-
-/* Add a random [ne0, ne1] tensor of type (F32 or F16) named name. */
-static void add_random(gguf_writer *w, const char *name, int type, int64_t ne0, int64_t ne1,
-                       float amp, int plant_nan) {
-    size_t n = (size_t)(ne0 * ne1);
-    float *v = malloc(n * sizeof *v);
-    for (size_t i = 0; i < n; i++) v[i] = amp * urand();
-    if (plant_nan) v[n / 2] = NAN;
-    void *data = v;
-    uint16_t *h = NULL;
-    if (type == DT_F16) {
-        h = malloc(n * 2);
-        for (size_t i = 0; i < n; i++) h[i] = fp32_to_fp16(v[i]);
-        data = h;
-    }
-    int64_t ne[2] = {ne0, ne1};
-    duet_error err = {0};
-    if (gguf_add_tensor(w, name, type, 2, ne, data, &err))
-        test_fail_at(__FILE__, __LINE__, "tensor %s: %s", name, err.msg);
-    free(v);
-    free(h);
-}
-
-/* An adapter of rank r for a fixture_random model (n_embd 128, n_ff 256, vocab 600, 2
- * layers): every layer matrix kind and the output, A and B of type t. */
-static const char *write_adapter(const char *name, int r, float alpha, int t, int bad) {
-    const char *path = test_path(test_tmpdir(), name);
-    gguf_writer *w = gguf_writer_new();
-    gguf_set_str(w, "general.type", bad == BAD_TYPE_META ? "model" : "adapter");
-    gguf_set_str(w, "general.architecture", bad == BAD_ARCH ? "qwen2" : "llama");
-    gguf_set_str(w, "adapter.type", "lora");
-    gguf_set_f32(w, "adapter.lora.alpha", alpha);
-    const int64_t E = 128, F = 256, V = 600, KV = 64; /* 2 kv heads of 32 */
-    char n[128];
-    for (int l = 0; l < 2; l++)
-        for (int k = 0; k < 7; k++) {
-            int64_t in = k == 6 ? F : E, out = k == 1 || k == 2 ? KV : k >= 4 && k < 6 ? F : E;
-            snprintf(n, sizeof n, "blk.%d.%s.weight.lora_a", l, k_mats[k]);
-            add_random(w, n, t, in + (bad == BAD_SHAPE && l == 1 && k == 3), r,
-                       0.5f, bad == BAD_NAN && l == 1 && k == 5);
-            snprintf(n, sizeof n, "blk.%d.%s.weight.lora_b", l, k_mats[k]);
-            if (!(bad == BAD_NO_B && l == 1 && k == 2))
-                add_random(w, n, t, r, out, 0.5f, 0);
-        }
-    add_random(w, bad == BAD_NAME ? "blk.0.attn_qkv.weight.lora_a" : "output.weight.lora_a", t, E,
-               r, 0.5f, 0);
-    add_random(w, bad == BAD_NAME ? "blk.0.attn_qkv.weight.lora_b" : "output.weight.lora_b", t, r,
-               V, 0.5f, 0);
-    duet_error err = {0};
-    int rc = gguf_write(w, path, &err);
-    gguf_writer_free(w);
-    if (rc) test_fail_at(__FILE__, __LINE__, "writing %s: %s", path, err.msg);
-    return rc ? NULL : path;
-}
 
 static const int32_t k_toks[] = {1, 45, 300, 7, 99, 512, 3, 250};
 #define NT ((int)(sizeof k_toks / sizeof *k_toks))
@@ -133,8 +68,8 @@ static int have_numpy(void) { return system("/usr/bin/python3 -c 'import numpy' 
  * error again (bound: twice the bare base's NMSE, plus 1e-6). */
 TEST(lora_unmerged_equals_merged_reference) {
     if (!have_numpy()) SKIP("python3-numpy missing (make deps installs it)");
-    const char *a32 = write_adapter("lora-a32.gguf", 4, 8.0f, DT_F32, BAD_NONE);
-    const char *a16 = write_adapter("lora-a16.gguf", 8, 0.0f, DT_F16, BAD_NONE);
+    const char *a32 = fixture_lora("lora-a32.gguf", 4, 8.0f, DT_F32, LORA_GOOD);
+    const char *a16 = fixture_lora("lora-a16.gguf", 8, 0.0f, DT_F16, LORA_GOOD);
     REQUIRE(a32 && a16);
     const int types[] = {DT_F32, DT_Q8_0, DT_Q4_0};
     for (int b = 0; b < 3; b++) {
@@ -155,7 +90,7 @@ TEST(lora_unmerged_equals_merged_reference) {
 /* The adapter must change the logits by far more than the tolerance, or the comparison
  * above proves nothing. */
 TEST(lora_changes_the_logits) {
-    const char *ad = write_adapter("lora-big.gguf", 4, 8.0f, DT_F32, BAD_NONE);
+    const char *ad = fixture_lora("lora-big.gguf", 4, 8.0f, DT_F32, LORA_GOOD);
     const char *base = fixture_random(DT_F32, 5, 0);
     REQUIRE(ad && base);
     float *plain = fixture_logits(base, k_toks, NT);
@@ -181,19 +116,19 @@ TEST(lora_changes_the_logits) {
 
 TEST(lora_bad_adapters_refused_by_name) {
     struct { int bad; const char *want; } cases[] = {
-        {BAD_ARCH, "general.architecture is 'qwen2'"},
-        {BAD_SHAPE, "blk.1.attn_output.weight.lora_a' is [129, 4]"},
-        {BAD_NO_B, "'blk.1.attn_v.weight.lora_a' has no 'blk.1.attn_v.weight.lora_b'"},
-        {BAD_NAN, "blk.1.ffn_up.weight.lora_a' element"},
-        {BAD_TYPE_META, "general.type is 'model'"},
-        {BAD_NAME, "blk.0.attn_qkv.weight"},
+        {LORA_BAD_ARCH, "general.architecture is 'qwen2'"},
+        {LORA_BAD_SHAPE, "blk.1.attn_output.weight.lora_a' is [129, 4]"},
+        {LORA_BAD_NO_B, "'blk.1.attn_v.weight.lora_a' has no 'blk.1.attn_v.weight.lora_b'"},
+        {LORA_BAD_NAN, "blk.1.ffn_up.weight.lora_a' element"},
+        {LORA_BAD_TYPE_META, "general.type is 'model'"},
+        {LORA_BAD_NAME, "blk.0.attn_qkv.weight"},
     };
     duet_model *m = fixture_load(fixture_random(DT_F32, 5, 0));
     REQUIRE(m);
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char name[64];
         snprintf(name, sizeof name, "lora-bad-%d.gguf", cases[i].bad);
-        const char *path = write_adapter(name, 4, 8.0f, DT_F32, cases[i].bad);
+        const char *path = fixture_lora(name, 4, 8.0f, DT_F32, cases[i].bad);
         duet_lora *a = NULL;
         duet_error err = {0};
         int rc = path ? duet_lora_load(path, m, &a, &err) : 0;
