@@ -16,6 +16,7 @@ int cmd_head(int argc, char **argv);
 int cmd_score(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_lora(int argc, char **argv);
 
 /* ---- evaluation: duet eval and duet tune (cmd/eval.c, cmd/tune.c) ---- */
 int cmd_eval(int argc, char **argv);

@@ -156,6 +156,11 @@ int duet_lora_n_matrices(const duet_lora *a);
 /* Attach adapter a to model m (the base it was loaded for) with the given scale; several may
  * be attached, each adds its term. Only before any session of m exists (DUET_ERR_ARG). */
 int duet_model_add_lora(duet_model *m, const duet_lora *a, float scale, duet_error *err);
+/* Write base_path with adapters[0..n) (each at scales[i]) baked in: every adapted matrix
+ * becomes W + sum s B A (in double per element, from the dequantised W) stored as type (a
+ * ggml type id; -1: the matrix's own type); everything else is copied unchanged. Atomic. */
+int duet_lora_merge(const char *base_path, const char *const *adapters, const float *scales,
+                    int n, int type, const char *out_path, duet_error *err);
 
 /* ---- sessions: one timeline of tokens + its KV cache ------------------------------------ */
 typedef struct duet_session duet_session;

@@ -471,6 +471,13 @@ TEST(cli_run_lora_flags) {
     snprintf(args, sizeof args, "run -m '%s' %s --lora '%s'", base, common, ad);
     CHECK_EQ_INT(run_duet(args, onel, sizeof onel, err, sizeof err), 0);
     CHECK_STR(onel, one);
+    /* duet lora merge: the merged F32 file writes the same greedy text */
+    const char *merged = test_path(test_tmpdir(), "cli-merged.gguf");
+    snprintf(args, sizeof args, "lora merge -m '%s' --lora '%s' --type f32 -o '%s'", base, ad, merged);
+    CHECK_EQ_INT(run_duet(args, zero, sizeof zero, err, sizeof err), 0);
+    snprintf(args, sizeof args, "run -m '%s' %s", merged, common);
+    CHECK_EQ_INT(run_duet(args, zero, sizeof zero, err, sizeof err), 0);
+    CHECK_STR(zero, onel);
     snprintf(args, sizeof args, "run -m '%s' %s --lora '%s'", base, common, bad);
     CHECK(run_duet(args, one, sizeof one, err, sizeof err) != 0);
     CHECKF(strstr(err, "cli-lora-bad.gguf") && strstr(err, "general.architecture"), "%s", err);

@@ -241,3 +241,89 @@ void lora_apply(const duet_model *m, int mi, const float *x, int n, float *y, fl
         for (size_t i = 0; i < all; i++) y[i] += s * u[i];
     }
 }
+
+/* ---- merging into a new model file ------------------------------------------------------ */
+/* W + sum of the adapters' s B A for matrix mi, rows of n_in floats into w (n_out x n_in):
+ * the file's matrix dequantised, then each term added in double per element. */
+static int merged_matrix(duet_model *m, const gguf_tensor *t, int mi, float *w, duet_error *err) {
+    int64_t n_in = t->ne[0], n_out = t->ne[1];
+    size_t row = dtype_row_size(t->type, n_in);
+    for (int64_t o = 0; o < n_out; o++)
+        quant_dequantize_row(t->type, (const uint8_t *)t->data + (size_t)o * row, w + o * n_in, n_in);
+    const struct lora_use *g = m->lora ? m->lora[mi] : NULL;
+    for (int k = 0; g && k < g->n; k++) {
+        const mtensor *a = g->e[k].a, *b = g->e[k].b;
+        int64_t r = a->n_out;
+        float *A = malloc((size_t)(r * n_in) * sizeof *A), *B = malloc((size_t)(n_out * r) * sizeof *B);
+        double *acc = malloc((size_t)n_in * sizeof *acc);
+        if (!A || !B || !acc) {
+            free(A), free(B), free(acc);
+            return duet_fail(err, DUET_ERR_NOMEM, "out of memory merging '%s'", t->name);
+        }
+        for (int64_t i = 0; i < r; i++)
+            quant_dequantize_row(a->type, (const uint8_t *)a->data + (size_t)i * dtype_row_size(a->type, n_in),
+                                 A + i * n_in, n_in);
+        for (int64_t o = 0; o < n_out; o++)
+            quant_dequantize_row(b->type, (const uint8_t *)b->data + (size_t)o * dtype_row_size(b->type, r),
+                                 B + o * r, r);
+        for (int64_t o = 0; o < n_out; o++) {
+            for (int64_t j = 0; j < n_in; j++) acc[j] = 0;
+            for (int64_t i = 0; i < r; i++)
+                for (int64_t j = 0; j < n_in; j++) acc[j] += (double)B[o * r + i] * A[i * n_in + j];
+            for (int64_t j = 0; j < n_in; j++) w[o * n_in + j] += (float)(g->e[k].scale * acc[j]);
+        }
+        free(A), free(B), free(acc);
+    }
+    return DUET_OK;
+}
+
+/* Tensor t of the base into the writer: as it is, or merged and stored as type (-1: its own). */
+static int write_tensor(gguf_writer *w, duet_model *m, const gguf_tensor *t, int type,
+                        duet_error *err) {
+    int mi = t->n_dims == 2 ? matrix_of(m, t->name, strlen(t->name)) : -1;
+    if (mi < 0 || !m->lora || !m->lora[mi])
+        return gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, err);
+    int out = type >= 0 ? type : t->type;
+    int64_t n_in = t->ne[0], n_out = t->ne[1];
+    size_t row = dtype_row_size(out, n_in);
+    if (!row)
+        return duet_fail(err, DUET_ERR_ARG, "%s: '%s' has rows of %lld, which type %s cannot hold",
+                         m->path, t->name, (long long)n_in, dtype_info(out) ? dtype_info(out)->name : "?");
+    float *f = malloc((size_t)(n_in * n_out) * sizeof *f);
+    void *q = malloc(row * (size_t)n_out);
+    int rc = !f || !q ? duet_fail(err, DUET_ERR_NOMEM, "out of memory merging '%s'", t->name)
+                      : merged_matrix(m, t, mi, f, err);
+    for (int64_t o = 0; !rc && o < n_out; o++)
+        quant_quantize_row(out, f + o * n_in, (uint8_t *)q + (size_t)o * row, n_in);
+    if (!rc) rc = gguf_add_tensor(w, t->name, out, 2, t->ne, q, err);
+    free(f);
+    free(q);
+    return rc;
+}
+
+int duet_lora_merge(const char *base_path, const char *const *adapters, const float *scales,
+                    int n, int type, const char *out_path, duet_error *err) {
+    if (type >= 0 && (!dtype_info(type) || !dtype_info(type)->supported))
+        return duet_fail(err, DUET_ERR_ARG, "type %d cannot be written", type);
+    duet_model_params mp = {.n_threads = 1, .use_mmap = 1, .no_repack = 1};
+    duet_model *m = NULL;
+    duet_lora **ad = calloc((size_t)(n > 0 ? n : 1), sizeof *ad);
+    if (!ad) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    int rc = duet_model_load(base_path, &mp, &m, err);
+    for (int i = 0; !rc && i < n; i++) {
+        rc = duet_lora_load(adapters[i], m, &ad[i], err);
+        if (!rc) rc = duet_model_add_lora(m, ad[i], scales[i], err);
+    }
+    gguf_writer *w = rc ? NULL : gguf_writer_new();
+    if (!rc && !w) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    for (uint64_t i = 0; !rc && i < m->gguf->n_kv; i++)
+        if (strcmp(m->gguf->kv[i].key, "general.alignment")) gguf_set_kv_from(w, &m->gguf->kv[i]);
+    for (uint64_t i = 0; !rc && i < m->gguf->n_tensors; i++)
+        rc = write_tensor(w, m, &m->gguf->tensors[i], type, err);
+    if (!rc) rc = gguf_write(w, out_path, err);
+    gguf_writer_free(w);
+    duet_model_free(m);
+    for (int i = 0; i < n; i++) duet_lora_free(ad[i]);
+    free(ad);
+    return rc;
+}

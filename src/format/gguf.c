@@ -971,6 +971,7 @@ static void bb_put(bbuf *b, const void *src, size_t n) {
 
 static void bb_le(bbuf *b, uint64_t v, unsigned n) {
     uint8_t t[8];
+    if (n > 8) n = 8; /* (callers pass 1..8; the bound keeps t's size evident) */
     le_put(t, v, n);
     bb_put(b, t, n);
 }
@@ -1128,6 +1129,55 @@ void gguf_set_str(gguf_writer *w, const char *key, const char *v) {
     bb_le(&b, GGUF_TYPE_STRING, 4);
     if (v) bb_str(&b, v, strlen(v));
     set_kv(w, key, b);
+}
+
+void gguf_set_kv_from(gguf_writer *w, const gguf_kv *kv) {
+    if (!w || !kv) return;
+    switch (kv->type) {
+    case GGUF_TYPE_STRING: {
+        bbuf b = {0};
+        bb_le(&b, GGUF_TYPE_STRING, 4);
+        bb_str(&b, kv->str.ptr, (size_t)kv->str.len);
+        set_kv(w, kv->key, b);
+        return;
+    }
+    case GGUF_TYPE_ARRAY:
+        if (kv->arr_type != GGUF_TYPE_STRING) {
+            gguf_set_arr(w, kv->key, kv->arr_type, kv->arr_data, kv->arr_n);
+            return;
+        }
+        const char **strs = malloc((size_t)(kv->arr_n ? kv->arr_n : 1) * sizeof *strs);
+        uint64_t *lens = malloc((size_t)(kv->arr_n ? kv->arr_n : 1) * sizeof *lens);
+        if (!strs || !lens) w_fail(w, DUET_ERR_NOMEM, "out of memory copying key");
+        else {
+            for (uint64_t i = 0; i < kv->arr_n; i++) {
+                strs[i] = kv->arr_str[i].ptr ? kv->arr_str[i].ptr : "";
+                lens[i] = kv->arr_str[i].len;
+            }
+            gguf_set_arr_str(w, kv->key, strs, lens, kv->arr_n);
+        }
+        free(strs);
+        free(lens);
+        return;
+    case GGUF_TYPE_FLOAT32: {
+        float f = (float)kv->v.f64; /* read as a float, so exact */
+        uint32_t bits;
+        memcpy(&bits, &f, 4);
+        set_scalar(w, kv->key, kv->type, bits);
+        return;
+    }
+    case GGUF_TYPE_FLOAT64: {
+        uint64_t bits;
+        memcpy(&bits, &kv->v.f64, 8);
+        set_scalar(w, kv->key, kv->type, bits);
+        return;
+    }
+    default: /* integers and BOOL: the low bytes of the converted value are the stored ones */
+        if (type_is_scalar(kv->type) && k_type_size[kv->type] <= 8)
+            set_scalar(w, kv->key, kv->type, kv->v.u64);
+        else
+            w_fail(w, DUET_ERR_ARG, "key '%s': type %d cannot be copied", kv->key, (int)kv->type);
+    }
 }
 
 void gguf_set_arr(gguf_writer *w, const char *key, gguf_type t, const void *data, uint64_t n) {

@@ -150,6 +150,8 @@ void gguf_set_u64(gguf_writer *w, const char *key, uint64_t v);
 void gguf_set_f32(gguf_writer *w, const char *key, float v);
 void gguf_set_bool(gguf_writer *w, const char *key, bool v);
 void gguf_set_str(gguf_writer *w, const char *key, const char *v);
+/* Copy a key as a reader holds it (any type): what a file rewriter needs. */
+void gguf_set_kv_from(gguf_writer *w, const gguf_kv *kv);
 /* Scalar array: n elements of type t, raw little-endian data. */
 void gguf_set_arr(gguf_writer *w, const char *key, gguf_type t, const void *data, uint64_t n);
 /* String array (NUL-terminated strings; pass lens = NULL) or byte strings with lens. */
