@@ -21,6 +21,7 @@ static void usage(FILE *f) {
                "                   KV cache element types: f32 (default) or f16\n"
                "  --llama-compat   llama-perplexity's method: chunks of CTX tokens, BOS first in each,\n"
                "                   only each chunk's second half scored (needs 2 x CTX tokens)\n");
+    lora_opts_usage(f);
 }
 
 static void show_progress(void *ud, int done, int total) {
@@ -48,11 +49,15 @@ static int perplexity_chunks(duet_session *s, const char *text, size_t len, duet
 int cmd_perplexity(int argc, char **argv) {
     const char *model_path = NULL, *file = NULL;
     int n_ctx = 0, n_threads = 0, quiet = 0, compat = 0, type_k = DUET_KV_F32, type_v = DUET_KV_F32;
+    lora_opts lora = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--quiet")) { quiet = 1; continue; }
         if (!strcmp(a, "--llama-compat")) { compat = 1; continue; }
+        int lt = lora_opts_parse("perplexity", &lora, argc, argv, &i);
+        if (lt < 0) return 2;
+        if (lt) continue;
         if (!(v = arg_value("perplexity", argc, argv, &i))) return 2;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) model_path = v;
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) file = v;
@@ -80,7 +85,13 @@ int cmd_perplexity(int argc, char **argv) {
     int rc = 1;
     duet_model_params mp = {.n_threads = n_threads};
     duet_session_params sp = {.n_ctx = n_ctx, .type_k = type_k, .type_v = type_v};
-    if (duet_model_load(model_path, &mp, &m, &err) || duet_session_new(m, &sp, &s, &err)) goto fail;
+    if (lora.n[1]) {
+        fprintf(stderr, "duet perplexity: --expert-lora does not apply (one model)\n");
+        goto done;
+    }
+    if (duet_model_load(model_path, &mp, &m, &err) || lora_attach(&lora, 0, m, &err) ||
+        duet_session_new(m, &sp, &s, &err))
+        goto fail;
     if (compat) {
         rc = perplexity_chunks(s, text, len, &err);
         goto done;
@@ -102,5 +113,6 @@ done:
     free(text);
     duet_session_free(s);
     duet_model_free(m);
+    lora_opts_free(&lora);
     return rc;
 }

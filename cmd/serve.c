@@ -52,6 +52,7 @@ static void serve_usage(FILE *f) {
             "  --cors-origin O        web origin allowed to call the API (repeatable or a comma\n"
             "                         list; * for any; default: only the server's own page)\n"
             "  --quiet                no request log\n");
+    lora_opts_usage(f);
 }
 
 /* What the command line sets. */
@@ -60,6 +61,7 @@ typedef struct serve_args {
     int n_threads, policy, port, max_body;
     duet_server_params sp;
     duet_expert_remote_params rp;
+    lora_opts lora;
 } serve_args;
 
 /* Reads the command line into A; -1 to go on, else the exit status (0 after --help). */
@@ -69,6 +71,9 @@ static int parse_args(int argc, char **argv, serve_args *A) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { serve_usage(stdout); return 0; }
         if (!strcmp(a, "--quiet")) { A->sp.quiet = 1; continue; }
+        int lt = lora_opts_parse("serve", &A->lora, argc, argv, &i);
+        if (lt < 0) return 2;
+        if (lt) continue;
         if (!(v = arg_value("serve", argc, argv, &i))) return 2;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) A->model_path = v;
         else if (!strcmp(a, "--expert")) A->expert_path = v;
@@ -166,6 +171,14 @@ int cmd_serve(int argc, char **argv) {
     if (cmd_eval_load("serve", model_path, expert_path, NULL, head_path, n_threads, &base, &expert,
                       NULL, &head))
         goto done;
+    if (args.lora.n[1] && !expert) {
+        fprintf(stderr, "duet serve: --expert-lora needs a local --expert\n");
+        goto done;
+    }
+    if (lora_attach(&args.lora, 0, base, &err) || (expert && lora_attach(&args.lora, 1, expert, &err))) {
+        fprintf(stderr, "duet serve: %s\n", err.msg);
+        goto done;
+    }
     sp.base = base;
     sp.expert = expert;
     sp.head = head;
@@ -194,5 +207,6 @@ done:
     duet_head_free(head);
     duet_model_free(expert);
     duet_model_free(base);
+    lora_opts_free(&args.lora);
     return rc;
 }

@@ -1,11 +1,13 @@
 /* test_server_batch.c: duet serve's continuous batching. Concurrent requests are decoded in
  * shared batched steps; the oracle is the same requests sent one at a time (no batching):
  * every answer, token ids and their sources, and the per-request counts must be equal. The
- * server's /metrics must show that steps were actually shared (else the test proves nothing). */
+ * server's /metrics must show that steps were actually shared (else the test proves nothing).
+ * Also: --lora on serve gives the library's answer for the base with the adapter. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "fixtures.h"
 #include "server_client.h"
 
 enum { NREQ = 8 };
@@ -106,4 +108,53 @@ TEST(server_batch_local_expert_equals_alone) {
     snprintf(args, sizeof args, "-m '%s' --expert '%s' --head '%s' --threshold 0.5", g_base,
              g_exp, g_head);
     together_equals_alone(args, "local expert");
+}
+
+/* duet serve --lora: the served greedy answer is the library's for the base with the adapter
+ * attached, and differs from the bare base's (so the flag reached the model). */
+static char *library_answer(const char *base, const char *lora, const char *prompt, int n) {
+    duet_model *m = fixture_load(base);
+    duet_lora *a = NULL;
+    duet_collab *c = NULL;
+    duet_gen *g = NULL;
+    duet_error err = {0};
+    int32_t toks[64];
+    char *out = NULL;
+    int nt = m ? duet_tokenize(m, prompt, strlen(prompt), 1, 0, toks, 64, &err) : -1;
+    duet_collab_params cp = {.policy = DUET_POLICY_BASE};
+    duet_gen_params gp = {.max_tokens = n, .utf8 = 1};
+    if (nt > 0 && (!lora || (!duet_lora_load(lora, m, &a, &err) && !duet_model_add_lora(m, a, 1, &err))) &&
+        !duet_collab_new(m, NULL, NULL, NULL, &cp, &c, &err) && !duet_collab_start(c, toks, nt, &err) &&
+        !duet_generate(c, &gp, NULL, NULL, &g, &err))
+        out = strdup(duet_gen_text(g, NULL));
+    else test_fail_at(__FILE__, __LINE__, "library answer: %s", err.msg);
+    duet_gen_free(g);
+    duet_collab_free(c);
+    duet_model_free(m);
+    duet_lora_free(a);
+    return out;
+}
+
+TEST(server_lora_flag) {
+    NEED_FIXTURES();
+    const char *base = fixture_random(0, 5, 0), *ad = fixture_lora("serve-lora.gguf", 4, 8, 0, LORA_GOOD);
+    REQUIRE(base && ad);
+    proc p;
+    REQUIRE(!spawn_serve(&p, "-m '%s' --lora '%s' --quiet", base, ad));
+    resp r = http(p.port, "/v1/completions", "{\"prompt\": \"Once\", \"max_tokens\": 20, "
+                  "\"temperature\": 0}", NULL);
+    const char *got = json_string_value(json_object_get(json_array_get(json_object_get(r.js,
+                                        "choices"), 0), "text"));
+    char *with = library_answer(base, ad, "Once", 20), *bare = library_answer(base, NULL, "Once", 20);
+    CHECKF(got && with && !strcmp(got, with), "served \"%s\", library with the adapter \"%s\"",
+           got ? got : "(none)", with ? with : "(none)");
+    CHECKF(with && bare && strcmp(with, bare), "the adapter does not change the answer");
+    free(with), free(bare);
+    resp_free(&r);
+    CHECK_EQ_INT(stop_serve(&p), 0);
+    proc q; /* a bad adapter stops the server before it listens, naming the file */
+    CHECK(spawn_serve(&q, "-m '%s' --lora /nonexistent/a.gguf --quiet", base) != 0);
+    char log[4096];
+    read_text(q.log, log, sizeof log);
+    CHECKF(strstr(log, "/nonexistent/a.gguf"), "%s", log);
 }
