@@ -96,7 +96,7 @@ static int parse_args(int argc, char **argv, serve_args *A) {
         else if (!strcmp(a, "--policy")) {
             if ((A->policy = duet_policy_from_name(v)) < 0) {
                 fprintf(stderr, "duet serve: --policy '%s' is not one of collm, base, expert, random, "
-                                "confidence, compose, proxy, contrastive, uncertainty\n", v);
+                                "confidence, compose, proxy, contrastive, uncertainty, cd, cd_v2\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--threshold")) { if (!arg_float("serve", a, v, 0, 1e6, &A->sp.defaults.threshold)) return 2; }

@@ -235,7 +235,7 @@ void gen_opts_usage(FILE *f) {
           "  --expert FILE        expert model; the base defers tokens to it\n"
           "  --head FILE          deferral head of the base (duet head init / train)\n"
           "  --policy NAME        collm (default with --head), base, expert, random, confidence,\n"
-          "                       compose, proxy, contrastive, uncertainty\n"
+          "                       compose, proxy, contrastive, uncertainty, cd, cd_v2\n"
           "  --threshold X        eta for collm/compose (default: the head's, else 0.5);\n"
           "                       entropy in nats for uncertainty (default 2.0)\n"
           "  --random-rate R      deferral probability of the random policy\n"
@@ -275,7 +275,7 @@ int gen_opts_parse(const char *cmd, gen_opts *o, int argc, char **argv, int *i) 
         VAL();
         if ((o->policy = duet_policy_from_name(v)) < 0) {
             fprintf(stderr, "duet %s: --policy '%s' is not one of collm, base, expert, random, "
-                            "confidence, compose, proxy, contrastive, uncertainty\n", cmd, v);
+                            "confidence, compose, proxy, contrastive, uncertainty, cd, cd_v2\n", cmd, v);
             return -1;
         }
     } else if (!strcmp(a, "--threshold")) NUM(arg_float(cmd, a, v, 0, 1e6, &o->cp.threshold));

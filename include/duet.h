@@ -352,6 +352,9 @@ typedef enum duet_policy {
     DUET_POLICY_PROXY,       /* logits_expert + logits_base - logits_anti (anti model required) */
     DUET_POLICY_CONTRASTIVE, /* (1+b) s_expert - b s_base over s_expert >= log(a) + max s_expert */
     DUET_POLICY_UNCERTAINTY, /* defer iff the base's next-token entropy (nats) > threshold */
+    DUET_POLICY_CD,          /* the official Co-LLM code's "cd": log p_expert - log p_base */
+    DUET_POLICY_CD_V2,       /* its "cd_v2": (1+b) s_expert - b s_base, masked where that
+                                score < log(a) + max s_expert (duet_contrastive_scores) */
     DUET_POLICY_COUNT
 } duet_policy;
 
@@ -453,6 +456,13 @@ int duet_collab_n_ctx(const duet_collab *c);
 duet_model *duet_collab_base(const duet_collab *c);
 /* "base", "expert" or "mixed" for a DUET_SRC_* value ("?" for others). */
 const char *duet_source_name(int source);
+/* The contrastive scores a policy samples from, over n base ids, from the expert's and the
+ * base's logits (se, sb): DUET_POLICY_CONTRASTIVE (the CD paper's plausibility rule: (1+b) se
+ * - b sb where se >= log(a) + max se, else -inf), DUET_POLICY_CD (log_softmax(se) -
+ * log_softmax(sb), no mask) or DUET_POLICY_CD_V2 ((1+b) se - b sb, -inf where that score <
+ * log(a) + max se). DUET_ERR_ARG for another policy. */
+int duet_contrastive_scores(int policy, const float *se, const float *sb, int n, float alpha,
+                            float beta, float *out);
 
 /* ---- generation: the decoder's steps as text ---------------------------------------------- */
 /* The one loop every generating caller uses (CLI, server, evaluation), so they agree on where

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/common.h"
 #include "format/gguf.h"
 #include "format/quant.h"
 #include "duet.h"
@@ -461,4 +462,58 @@ TEST(collab_eos_ends_the_generation) {
         CHECK_EQ_INT(x.st.n_generated, 3);
     }
     duet_model_free(b);
+}
+
+/* The contrastive scores against a numpy oracle of the official formulas (cd, cd_v2) and of
+ * the CD paper's rule (contrastive), on random logits: the same masked entries, the same
+ * argmax, values within float rounding. cd_v2 and contrastive must mask different entries in
+ * some case, or the comparison would not tell the two rules apart. */
+TEST(collab_contrastive_scores_match_official_formulas) {
+    if (system("/usr/bin/python3 -c 'import numpy' 2>/dev/null")) SKIP("python3-numpy missing (make deps installs it)");
+    enum { NMAX = 300 };
+    static float se[NMAX], sb[NMAX], got[NMAX];
+    uint64_t rng = 9;
+    int differ = 0;
+    const int pols[3] = {DUET_POLICY_CD, DUET_POLICY_CD_V2, DUET_POLICY_CONTRASTIVE};
+    for (int c = 0; c < 6; c++) {
+        int n = c < 3 ? 50 : NMAX;
+        float alpha = c % 3 == 0 ? 0.1f : c % 3 == 1 ? 0.5f : 0.01f, beta = c % 2 ? 0.5f : 1.0f;
+        for (int i = 0; i < n; i++) {
+            se[i] = (float)((duet_splitmix64(&rng) >> 40) * 0x1.0p-24) * 8 - 4;
+            sb[i] = (float)((duet_splitmix64(&rng) >> 40) * 0x1.0p-24) * 8 - 4;
+        }
+        const char *path = test_path(test_tmpdir(), "cd-logits.bin");
+        FILE *f = fopen(path, "wb");
+        REQUIRE(f);
+        fwrite(&n, 4, 1, f), fwrite(&alpha, 4, 1, f), fwrite(&beta, 4, 1, f);
+        fwrite(se, 4, (size_t)n, f), fwrite(sb, 4, (size_t)n, f);
+        fclose(f);
+        char cmd[700];
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 tests/oracle/contrastive_ref.py '%s'", path);
+        FILE *p = popen(cmd, "r");
+        REQUIRE(p);
+        static double ref[3][NMAX];
+        int k = 0;
+        char tok[64];
+        while (k < 3 * n && fscanf(p, "%63s", tok) == 1) ref[k / n][k % n] = strtod(tok, NULL), k++;
+        CHECK_EQ_INT(pclose(p), 0);
+        REQUIRE(k == 3 * n);
+        int masks[3] = {0};
+        for (int q = 0; q < 3; q++) {
+            REQUIRE(!duet_contrastive_scores(pols[q], se, sb, n, alpha, beta, got));
+            int best = duet_argmax(got, n), rbest = 0;
+            for (int i = 0; i < n; i++) {
+                if (ref[q][i] > ref[q][rbest]) rbest = i;
+                int mg = isinf(got[i]) && got[i] < 0, mr = isinf(ref[q][i]) && ref[q][i] < 0;
+                masks[q] += mr;
+                CHECKF(mg == mr && (mr || fabs(got[i] - ref[q][i]) <= 1e-5 * (1 + fabs(ref[q][i]))),
+                       "case %d, %s, entry %d: %g vs %g", c, duet_policy_name(pols[q]), i, got[i], ref[q][i]);
+            }
+            CHECKF(best == rbest, "case %d, %s: argmax %d vs %d", c, duet_policy_name(pols[q]), best, rbest);
+        }
+        differ += masks[1] != masks[2];
+    }
+    CHECKF(differ > 0, "cd_v2 and contrastive masked alike in every case");
+    float x[2] = {0, 1};
+    CHECK_EQ_INT(duet_contrastive_scores(DUET_POLICY_COLLM, x, x, 2, 0.1f, 0.5f, got), DUET_ERR_ARG);
 }

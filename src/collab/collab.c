@@ -19,7 +19,7 @@
 
 static const char *k_policy_names[DUET_POLICY_COUNT] = {
     "collm", "base", "expert", "random", "confidence", "compose", "proxy", "contrastive",
-    "uncertainty"};
+    "uncertainty", "cd", "cd_v2"};
 
 int duet_policy_from_name(const char *name) {
     for (int i = 0; i < DUET_POLICY_COUNT; i++)
@@ -317,6 +317,32 @@ static int decide_defer(duet_collab *c, duet_collab_token *tok, const float *h, 
     return need_expert;
 }
 
+int duet_contrastive_scores(int policy, const float *se, const float *sb, int n, float alpha,
+                            float beta, float *out) {
+    if (n <= 0) return DUET_ERR_ARG;
+    float mx = se[duet_argmax(se, n)], cut = mx + logf(alpha);
+    switch (policy) {
+    case DUET_POLICY_CONTRASTIVE: /* the plausibility mask is on the expert's own scores */
+        for (int i = 0; i < n; i++) out[i] = se[i] >= cut ? (1 + beta) * se[i] - beta * sb[i] : -INFINITY;
+        return DUET_OK;
+    case DUET_POLICY_CD_V2: /* the official code masks the combined score instead */
+        for (int i = 0; i < n; i++) {
+            float d = (1 + beta) * se[i] - beta * sb[i];
+            out[i] = d < cut ? -INFINITY : d;
+        }
+        return DUET_OK;
+    case DUET_POLICY_CD: {
+        double me, ze, mb, zb;
+        duet_softmax_stats(se, n, &me, &ze, NULL);
+        duet_softmax_stats(sb, n, &mb, &zb, NULL);
+        double le = me + log(ze), lb = mb + log(zb);
+        for (int i = 0; i < n; i++) out[i] = (float)(((double)se[i] - le) - ((double)sb[i] - lb));
+        return DUET_OK;
+    }
+    default: return DUET_ERR_ARG;
+    }
+}
+
 /* The expert has been asked: the logits to sample from (*pick) and where they come from,
  * by policy; lb is the base's logits (NULL where the policy did not read them). */
 static int use_expert(duet_collab *c, duet_collab_token *tok, const float *lb, float p,
@@ -351,14 +377,13 @@ static int use_expert(duet_collab *c, duet_collab_token *tok, const float *lb, f
         *pick = c->work;
         *source = DUET_SRC_MIXED;
         break;
-    case DUET_POLICY_CONTRASTIVE: {
-        float mx = le[tok->expert_top], cut = mx + logf(c->p.cd_alpha), b = c->p.cd_beta;
-        for (int i = 0; i < V; i++)
-            c->work[i] = le[i] >= cut ? (1 + b) * le[i] - b * lb[i] : -INFINITY;
+    case DUET_POLICY_CONTRASTIVE:
+    case DUET_POLICY_CD:
+    case DUET_POLICY_CD_V2:
+        duet_contrastive_scores(c->p.policy, le, lb, V, c->p.cd_alpha, c->p.cd_beta, c->work);
         *pick = c->work;
         *source = DUET_SRC_MIXED;
         break;
-    }
     default:
         *pick = le;
         *source = DUET_SRC_EXPERT;

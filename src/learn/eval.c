@@ -560,7 +560,8 @@ static int check_models(duet_eval *c, int pol, duet_error *err) {
 static int eval_nll(duet_eval *c, const duet_eval_spec *s, duet_eval_result *r, duet_error *err) {
     int pol = s->policy, rc = tf_run(c, err);
     if (rc) return rc;
-    if (pol == DUET_POLICY_PROXY || pol == DUET_POLICY_CONTRASTIVE)
+    if (pol == DUET_POLICY_PROXY || pol == DUET_POLICY_CONTRASTIVE || pol == DUET_POLICY_CD ||
+        pol == DUET_POLICY_CD_V2)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "policy %s mixes whole distributions: not "
                          "available for --task nll", duet_eval_policy_name(pol));
     double cmp = NAN, rate = NAN;

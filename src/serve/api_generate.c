@@ -172,7 +172,7 @@ static int parse_request(const srv_config *cfg, json_t *b, int proto, long seq, 
     if (pol && !json_is_null(pol)) {
         int pi = json_is_string(pol) ? duet_policy_from_name(json_string_value(pol)) : -1;
         if (pi < 0) return snprintf(msg, cap, "'policy' must be one of collm, base, expert, random, "
-                                    "confidence, compose, proxy, contrastive, uncertainty"), -1;
+                                    "confidence, compose, proxy, contrastive, uncertainty, cd, cd_v2"), -1;
         r->cp.policy = (duet_policy)pi;
     }
     int head_pol = r->cp.policy == DUET_POLICY_COLLM || r->cp.policy == DUET_POLICY_COMPOSE;
