@@ -34,6 +34,11 @@ static void train_usage(FILE *f) {
             "  --weak-lr X           learning rate of the weak start (default 1e-2, scaled alike)\n"
             "  --weight-decay X      AdamW weight decay (default 0)\n"
             "  --pos-weight X        weak positive weight (default 8)\n"
+            "  --preset paper        the official Co-LLM head initialisation: weak supervision,\n"
+            "                        u from the mean output row of --base (required), one pass in\n"
+            "                        file order, batch 8, AdamW at a constant 2e-5, no clipping,\n"
+            "                        positive weight 1, the last value kept (overrides those flags;\n"
+            "                        the default, duet's own schedule, is --preset duet)\n"
             "  --batch N             sequences per step (default 8)\n"
             "  --val-frac F          validation share of the sequences (default 0.1)\n"
             "  --seed S              split and batch order (default 0)\n"
@@ -129,7 +134,7 @@ static int head_from_base(const char *path, duet_scores *B, const char *bpath, d
 
 static int cmd_head_train(int argc, char **argv) {
     const char *bpath = NULL, *epath = NULL, *out = NULL, *base_model = NULL;
-    int quiet = 0, weak_epochs = -2;
+    int quiet = 0, weak_epochs = -2, paper = 0;
     duet_head_train_params hp = {0};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -143,7 +148,13 @@ static int cmd_head_train(int argc, char **argv) {
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = v;
         else if (!strcmp(a, "--report")) hp.report_path = v;
         else if (!strcmp(a, "--base")) base_model = v;
-        else if (!strcmp(a, "--objective")) {
+        else if (!strcmp(a, "--preset")) {
+            if (strcmp(v, "paper") && strcmp(v, "duet")) {
+                fprintf(stderr, "duet head train: --preset '%s' is not paper or duet\n", v);
+                return 2;
+            }
+            paper = !strcmp(v, "paper");
+        } else if (!strcmp(a, "--objective")) {
             if (!strcmp(v, "nll")) hp.objective = DUET_HT_NLL;
             else if (!strcmp(v, "weak")) hp.objective = DUET_HT_WEAK;
             else if (!strcmp(v, "gain")) hp.objective = DUET_HT_GAIN;
@@ -198,6 +209,21 @@ static int cmd_head_train(int argc, char **argv) {
         return 2;
     }
     if (weak_epochs != -2) hp.weak_epochs = weak_epochs ? weak_epochs : -1;
+    if (paper) { /* the official head initialisation, whatever else was given */
+        if (!base_model) {
+            fprintf(stderr, "duet head train: --preset paper starts u at the mean of the base's "
+                            "output rows: give --base MODEL (the model the base scores were made "
+                            "with)\n");
+            return 2;
+        }
+        hp.objective = DUET_HT_WEAK;
+        hp.schedule = DUET_HT_SCHEDULE_PAPER;
+        hp.lr = hp.weak_lr = 2e-5;
+        hp.epochs = 1;
+        hp.batch_seqs = 8;
+        hp.pos_weight = 1;
+        hp.weight_decay = 0;
+    }
     duet_error err = {0};
     duet_scores *B = NULL, *E = NULL;
     duet_model *m = NULL;

@@ -947,6 +947,8 @@ typedef struct duet_head_train_progress {
     double best;                    /* best so far */
 } duet_head_train_progress;
 
+enum { DUET_HT_SCHEDULE_DUET = 0, DUET_HT_SCHEDULE_PAPER = 1 };
+
 typedef struct duet_head_train_params {
     duet_head_objective objective;  /* DUET_HT_NLL (weak start, then nll), DUET_HT_WEAK (weak
                                        only) or DUET_HT_GAIN (gain regression only) */
@@ -964,6 +966,13 @@ typedef struct duet_head_train_params {
     int batch_seqs;                 /* sequences per step (0 = 8) */
     int evals_per_phase;            /* validation passes per phase (0 = 10) */
     const float *u_init;            /* [n_embd] starting u (NULL: zeros) */
+    int schedule;                   /* DUET_HT_SCHEDULE_DUET (0: warm-up and linear decay,
+                                       gradients clipped to norm 1, batches shuffled, 10% of the
+                                       sequences held out, the best validation checkpoint kept) or
+                                       DUET_HT_SCHEDULE_PAPER (the official Co-LLM code's head
+                                       initialisation: constant lr, no clipping, every sequence
+                                       trained on in file order, the last value kept; validation
+                                       figures are then measured on the training sequences) */
     const char *report_path;        /* JSON report, written atomically (NULL: none) */
     /* called about every 1% of a phase */
     void (*progress)(void *ud, const duet_head_train_progress *p);

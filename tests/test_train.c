@@ -674,6 +674,48 @@ static void check_default_pos_weight(const duet_scores *TB, const char *tb, cons
     duet_scores_close(E);
 }
 
+/* --preset paper's schedule (the official head initialisation): every sequence trained on in
+ * file order (so the seed changes nothing), one pass of batches of 8, AdamW at a constant lr
+ * without clipping, the last value kept. Adam moves each weight by at most about
+ * lr (1 - b1) / sqrt(1 - b2) = 3.16 lr per step, so u stays within 3.2 lr * steps of its start;
+ * it must also have moved, and a duet-schedule run (shuffled, best kept) must differ. */
+static void check_paper_schedule(const duet_scores *TB, const duet_scores *TE) {
+    int E = (int)duet_scores_get_header(TB)->n_embd, n_seq = (int)duet_scores_get_header(TB)->n_seq;
+    float *u0 = malloc((size_t)E * sizeof *u0);
+    for (int j = 0; j < E; j++) u0[j] = 0.01f * (float)((j % 7) - 3);
+    duet_head_train_params p = {.objective = DUET_HT_WEAK, .schedule = DUET_HT_SCHEDULE_PAPER,
+                                .lr = 2e-5, .epochs = 1, .batch_seqs = 8, .pos_weight = 1, .u_init = u0};
+    duet_head *h[3] = {0};
+    duet_head_train_result res[3];
+    duet_error err = {0};
+    for (int r = 0; r < 3; r++) {
+        duet_head_train_params q = p;
+        q.seed = (uint64_t)r * 17;
+        if (r == 2) q.schedule = DUET_HT_SCHEDULE_DUET;
+        if (duet_head_train(TB, TE, &q, &h[r], &res[r], &err)) {
+            test_fail_at(__FILE__, __LINE__, "paper schedule run %d: %s", r, err.msg);
+            goto out;
+        }
+    }
+    int steps = (n_seq + 7) / 8;
+    CHECK_EQ_INT(res[0].n_train_seq, n_seq);
+    CHECK_EQ_INT(res[0].best_step, steps);
+    CHECK_STR(res[0].best_phase, "weak");
+    const float *u = duet_head_u(h[0]), *u1 = duet_head_u(h[1]), *u2 = duet_head_u(h[2]);
+    double moved = 0, worst = 0;
+    for (int j = 0; j < E; j++) {
+        moved = fmax(moved, fabs(u[j] - u0[j]));
+        worst = fmax(worst, fabs(u[j] - u0[j]) / (3.2 * 2e-5 * steps));
+    }
+    CHECKF(moved > 1e-5 && worst <= 1, "paper schedule: u moved by at most %g (bound ratio %g, "
+           "%d steps)", moved, worst, steps);
+    CHECK(!memcmp(u, u1, (size_t)E * sizeof *u));
+    CHECK(memcmp(u, u2, (size_t)E * sizeof *u) != 0);
+out:
+    for (int r = 0; r < 3; r++) duet_head_free(h[r]);
+    free(u0);
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -866,6 +908,7 @@ TEST(train_head_end_to_end) {
     check_planted_oracle(TB, HB, tmp_file("e2e-tb.scores"), tmp_file("e2e-te.scores"),
                          tmp_file("e2e-hb.scores"), tmp_file("e2e-he.scores"));
     check_default_pos_weight(TB, tmp_file("e2e-tb.scores"), tmp_file("e2e-te.scores"));
+    check_paper_schedule(TB, TE);
     duet_scores_close(TB);
     duet_scores_close(TE);
     duet_scores_close(HB);

@@ -414,6 +414,10 @@ static int trainer_init(trainer *T, duet_error *err) {
     memmove(T->train, perm + nv, (size_t)(ns - nv) * sizeof(int));
     T->n_val = nv;
     T->n_train = ns - nv;
+    if (T->p.schedule == DUET_HT_SCHEDULE_PAPER) { /* every sequence, in file order, both roles */
+        for (int i = 0; i < ns; i++) T->train[i] = T->val[i] = i;
+        T->n_train = T->n_val = nv = ns;
+    }
     /* sorted validation order: the routing arrays follow the file's order */
     for (int i = 1; i < nv; i++)
         for (int j = i; j > 0 && T->val[j - 1] > T->val[j]; j--) {
@@ -498,6 +502,7 @@ static int write_report(trainer *T, const duet_head_train_result *res, const due
     json_object_set_new(o, "weight_decay", json_real(T->p.weight_decay));
     json_object_set_new(o, "pos_weight", json_real(T->p.pos_weight));
     json_object_set_new(o, "val_frac", json_real(T->p.val_frac));
+    json_object_set_new(o, "schedule", json_string(T->p.schedule == DUET_HT_SCHEDULE_PAPER ? "paper" : "duet"));
     json_object_set_new(o, "seed", json_integer((json_int_t)T->p.seed));
     json_object_set_new(o, "batch_seqs", json_integer(T->p.batch_seqs));
     json_object_set_new(o, "n_train_seq", json_integer(res->n_train_seq));
@@ -566,7 +571,8 @@ static int ht_defaults(duet_head_train_params *p, const duet_scores_header *hb, 
     if (p->batch_seqs <= 0) p->batch_seqs = 8;
     if (p->evals_per_phase <= 0) p->evals_per_phase = 10;
     if (!(p->defer_cost >= 0) || !(p->val_frac < 1) || p->features > 7 || !(p->weight_decay >= 0) ||
-        p->objective < DUET_HT_NLL || p->objective > DUET_HT_GAIN)
+        p->objective < DUET_HT_NLL || p->objective > DUET_HT_GAIN ||
+        (p->schedule != DUET_HT_SCHEDULE_DUET && p->schedule != DUET_HT_SCHEDULE_PAPER))
         return duet_fail(err, DUET_ERR_ARG, "head training: defer cost %g, validation share %g, "
                          "features %d, weight decay %g or objective %d out of range", p->defer_cost,
                          p->val_frac, p->features, p->weight_decay, (int)p->objective);
@@ -604,13 +610,13 @@ static int plan_phases(const duet_head_train_params *p, ht_phase *ph) {
 /* One AdamW step (step counts from 1) with the gradient clipped to norm 1; the bias is not
  * decayed. */
 static void adam_update(const duet_head_train_layout *L, double *th, const double *g, double *m, double *v,
-                        int step, double lr, double weight_decay) {
+                        int step, double lr, double weight_decay, int no_clip) {
     int np = L->n_param;
     double b1 = 0.9, b2 = 0.999;
     double gn = 0;
     for (int j = 0; j < np; j++) gn += g[j] * g[j];
     gn = sqrt(gn);
-    double clip = gn > 1.0 ? 1.0 / gn : 1.0;
+    double clip = gn > 1.0 && !no_clip ? 1.0 / gn : 1.0;
     double c1 = 1 - pow(b1, step), c2 = 1 - pow(b2, step);
     for (int j = 0; j < np; j++) {
         double gj = g[j] * clip;
@@ -695,7 +701,7 @@ int duet_head_train(const duet_scores *B, const duet_scores *E, const duet_head_
     memcpy(best, th, (size_t)np * sizeof *th);
     snprintf(R.best_phase, sizeof R.best_phase, "init");
     R.best_val_loss = er.val_loss;
-    int gstep = 0, bs = p->batch_seqs;
+    int gstep = 0, bs = p->batch_seqs, paper = p->schedule == DUET_HT_SCHEDULE_PAPER;
     for (int f = 0; f < n_ph; f++) {
         int per_epoch = (T.n_train + bs - 1) / bs, steps = per_epoch * ph[f].epochs;
         int warm = DUET_MAX(1, (int)ceil(0.04 * steps));
@@ -705,16 +711,17 @@ int duet_head_train(const duet_scores *B, const duet_scores *E, const duet_head_
         double run = 0, last_route = er.mean;
         int run_n = 0, step = 0;
         for (int ep = 0; ep < ph[f].epochs; ep++) {
-            shuffle(T.train, T.n_train, &T.rng);
+            if (!paper) shuffle(T.train, T.n_train, &T.rng);
             for (int i = 0; i < T.n_train; i += bs) {
                 load_batch(&T, T.train + i, DUET_MIN(bs, T.n_train - i));
                 double loss = duet_head_train_loss_grad(&T.L, &T.batch, ph[f].obj, p->defer_cost,
                                                         p->pos_weight, th, g);
                 step++;
                 gstep++;
-                double lr = ph[f].lr * (step <= warm ? (double)step / warm
-                                                     : (double)(steps - step + 1) / (steps - warm + 1));
-                adam_update(&T.L, th, g, m, v, step, lr, p->weight_decay);
+                double lr = paper ? ph[f].lr
+                                  : ph[f].lr * (step <= warm ? (double)step / warm
+                                                             : (double)(steps - step + 1) / (steps - warm + 1));
+                adam_update(&T.L, th, g, m, v, step, lr, p->weight_decay, paper);
                 json_t *lo = json_array();
                 json_array_append_new(lo, json_integer(gstep));
                 json_array_append_new(lo, jnum(loss));
@@ -725,7 +732,7 @@ int duet_head_train(const duet_scores *B, const duet_scores *E, const duet_head_
                     if ((rc = evaluate(&T, th, ph[f].obj, &er, NULL, err))) goto done;
                     log_eval(&T, gstep, ph[f].name, ep + 1, run / run_n, &er);
                     last_route = er.mean;
-                    if (er.mean < best_mean) {
+                    if (er.mean < best_mean || (paper && step == steps && f == n_ph - 1)) {
                         best_mean = er.mean;
                         memcpy(best, th, (size_t)np * sizeof *th);
                         R.best_step = gstep;
