@@ -12,6 +12,8 @@ static void usage(FILE *f) {
     fprintf(f, "usage: duet head init --base MODEL -o HEAD.gguf [--threshold ETA]\n"
                "       duet head train --base-scores B --expert-scores E -o HEAD.gguf [options]\n"
                "       duet head eval --base-scores B --expert-scores E --head HEAD.gguf --base MODEL\n"
+               "       duet head import -m CO-LLM-CHECKPOINT.gguf --expert EXPERT.gguf -o BASE.gguf\n"
+               "                        --head-out HEAD.gguf   (the official <|defer|> row as a head)\n"
                "       (duet head train --help for its options)\n");
 }
 
@@ -265,7 +267,43 @@ done:
 }
 
 
+/* duet head import -m CHECKPOINT --expert E -o BASE --head-out HEAD */
+static int cmd_head_import(int argc, char **argv) {
+    const char *ckpt = NULL, *epath = NULL, *out = NULL, *hout = NULL;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        if (!(v = arg_value("head import", argc, argv, &i))) return 2;
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) ckpt = v;
+        else if (!strcmp(a, "--expert")) epath = v;
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = v;
+        else if (!strcmp(a, "--head-out")) hout = v;
+        else {
+            fprintf(stderr, "duet head import: unknown option '%s'\n", a);
+            return 2;
+        }
+    }
+    if (!ckpt || !epath || !out || !hout) {
+        fprintf(stderr, "duet head import: -m CHECKPOINT, --expert EXPERT, -o BASE.gguf and "
+                        "--head-out HEAD.gguf are required\n");
+        return 2;
+    }
+    duet_error err = {0};
+    duet_model *e = NULL;
+    duet_model_params vp = {.vocab_only = 1};
+    int rc = duet_model_load(epath, &vp, &e, &err);
+    if (!rc) rc = duet_head_import(ckpt, e, out, hout, &err);
+    duet_model_free(e);
+    if (rc) {
+        fprintf(stderr, "duet head import: %s\n", err.msg);
+        return 1;
+    }
+    fprintf(stderr, "duet head import: wrote %s and %s\n", out, hout);
+    return 0;
+}
+
 int cmd_head(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "import")) return cmd_head_import(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "train")) return cmd_head_train(argc, argv);
     if (argc >= 2 && !strcmp(argv[1], "eval")) return cmd_head_eval(argc, argv);
     if (argc < 2 || strcmp(argv[1], "init")) {

@@ -302,6 +302,16 @@ int duet_head_from_vector(const duet_model *base, const float *u, int n, duet_he
 int duet_head_load(const char *path, const duet_model *base, duet_head **out, duet_error *err);
 /* Write atomically (temp file + rename). */
 int duet_head_save(const duet_head *head, const char *path, duet_error *err);
+/* Import an official Co-LLM checkpoint (a GGUF converted from it: the switch is an extra
+ * "<|defer|>" token after the expert's vocabulary, usually with a "<pad>" before it): writes
+ * base_out, the checkpoint with only the expert's n_vocab rows (embedding, output, tokenizer
+ * arrays; special ids past them dropped), and head_out, a head for that base whose u is the
+ * <|defer|> output row. duet's collm policy on them decides as the official decoder does
+ * (defer iff sigmoid(h . u) > eta; the base's token is its argmax over the expert's ids).
+ * Refused by name: no <|defer|> token, a vocabulary not larger than the expert's (or the
+ * switch inside it), token texts that differ from the expert's. */
+int duet_head_import(const char *ckpt_path, const duet_model *expert, const char *base_out,
+                     const char *head_out, duet_error *err);
 void duet_head_free(duet_head *head);
 int duet_head_n_embd(const duet_head *head);
 const float *duet_head_u(const duet_head *head);   /* [n_embd], mutable via _set_u */

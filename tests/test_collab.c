@@ -517,3 +517,116 @@ TEST(collab_contrastive_scores_match_official_formulas) {
     float x[2] = {0, 1};
     CHECK_EQ_INT(duet_contrastive_scores(DUET_POLICY_COLLM, x, x, 2, 0.1f, 0.5f, got), DUET_ERR_ARG);
 }
+
+/* ---- importing an official Co-LLM checkpoint ------------------------------------------------
+ * A synthetic checkpoint in the official layout: a base's vocabulary with "<pad>" and
+ * "<|defer|>" appended, and two more rows in the embedding and output matrices (the defer
+ * row random, so the switch fires on some tokens). The oracle decodes the checkpoint itself by
+ * the official rule: defer iff sigmoid(logit of <|defer|>) > eta; the base's token is the
+ * argmax over the expert's ids; a deferred token is the expert's argmax. duet's collm policy on
+ * the imported base and head must emit the same tokens. */
+static const char *write_checkpoint(const char *src, const char *name, int with_defer) {
+    gguf_file *f = NULL;
+    duet_error err = {0};
+    if (gguf_open(src, &f, &err)) return NULL;
+    gguf_writer *w = gguf_writer_new();
+    const gguf_kv *toks = gguf_find(f, "tokenizer.ggml.tokens");
+    uint64_t V = toks->arr_n;
+    for (uint64_t i = 0; i < f->n_kv; i++) {
+        const gguf_kv *kv = &f->kv[i];
+        if (!strcmp(kv->key, "general.alignment")) continue;
+        if (!strcmp(kv->key, "tokenizer.ggml.tokens")) {
+            const char **s = malloc((V + 2) * sizeof *s);
+            for (uint64_t k = 0; k < V; k++) s[k] = strndup(kv->arr_str[k].ptr, kv->arr_str[k].len);
+            s[V] = "<pad>";
+            s[V + 1] = with_defer ? "<|defer|>" : "<|other|>";
+            gguf_set_arr_str(w, kv->key, s, NULL, V + 2);
+            for (uint64_t k = 0; k < V; k++) free((void *)s[k]);
+            free(s);
+        } else if (!strcmp(kv->key, "tokenizer.ggml.scores") || !strcmp(kv->key, "tokenizer.ggml.token_type")) {
+            size_t el = 4;
+            char *d = calloc(V + 2, el);
+            memcpy(d, kv->arr_data, V * el);
+            if (kv->arr_type == GGUF_TYPE_INT32) ((int32_t *)d)[V] = ((int32_t *)d)[V + 1] = 3;
+            gguf_set_arr(w, kv->key, kv->arr_type, d, V + 2);
+            free(d);
+        } else gguf_set_kv_from(w, kv);
+    }
+    uint64_t rng = 5;
+    for (uint64_t i = 0; i < f->n_tensors; i++) {
+        const gguf_tensor *t = &f->tensors[i];
+        if (t->n_dims == 2 && t->ne[1] == (int64_t)V && t->type == 0) { /* embedding / output */
+            int64_t E = t->ne[0], ne[2] = {E, (int64_t)V + 2};
+            float *d = malloc((size_t)(E * (int64_t)(V + 2)) * sizeof *d);
+            memcpy(d, t->data, (size_t)(E * (int64_t)V) * sizeof *d);
+            for (int64_t k = E * (int64_t)V; k < E * (int64_t)(V + 2); k++)
+                d[k] = (float)((duet_splitmix64(&rng) >> 40) * 0x1.0p-24) - 0.5f;
+            gguf_add_tensor(w, t->name, 0, 2, ne, d, &err);
+            free(d);
+        } else gguf_add_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, &err);
+    }
+    const char *path = test_path(test_tmpdir(), name);
+    int rc = gguf_write(w, path, &err);
+    gguf_writer_free(w);
+    gguf_close(f);
+    if (rc) test_fail_at(__FILE__, __LINE__, "checkpoint: %s", err.msg);
+    return rc ? NULL : path;
+}
+
+TEST(collab_head_import_decides_like_the_official_rule) {
+    const char *bsrc = fixture_random(DT_F32, 21, 0), *epath = fixture_random(DT_F32, 22, 0);
+    REQUIRE(bsrc && epath);
+    const char *ckpt = write_checkpoint(bsrc, "colm-ckpt.gguf", 1);
+    const char *nodefer = write_checkpoint(bsrc, "colm-nodefer.gguf", 0);
+    REQUIRE(ckpt && nodefer);
+    duet_model *e = fixture_load(epath), *ck = fixture_load(ckpt);
+    REQUIRE(e && ck);
+    int V = duet_model_hparams(e)->n_vocab, n_gen = 40;
+    float eta = 0.5f;
+    int32_t prompt[4] = {1, 17, 230, 45}, want[64], n_defer = 0;
+    duet_session *sc = NULL, *se = NULL;
+    duet_error err = {0};
+    REQUIRE(!duet_session_new(ck, NULL, &sc, &err) && !duet_session_new(e, NULL, &se, &err));
+    REQUIRE(!duet_session_eval(sc, prompt, 4, 0, &err) && !duet_session_eval(se, prompt, 4, 0, &err));
+    for (int k = 0; k < n_gen; k++) { /* the oracle: the official rule on the checkpoint */
+        const float *lc = duet_session_logits(sc, -1), *le = duet_session_logits(se, -1);
+        int defer = 1.0 / (1.0 + exp(-(double)lc[V + 1])) > eta;
+        want[k] = defer ? duet_argmax(le, V) : duet_argmax(lc, V);
+        n_defer += defer;
+        REQUIRE(!duet_session_eval(sc, &want[k], 1, 0, &err) && !duet_session_eval(se, &want[k], 1, 0, &err));
+    }
+    CHECKF(n_defer > 2 && n_defer < n_gen - 2, "the switch fired on %d of %d tokens: the test "
+           "needs both kinds", n_defer, n_gen);
+    const char *bout = test_path(test_tmpdir(), "colm-base.gguf"), *hout = test_path(test_tmpdir(), "colm-head.gguf");
+    CHECKF(!duet_head_import(ckpt, e, bout, hout, &err), "import: %s", err.msg);
+    REQUIRE(!test_failed_now());
+    duet_model *b = fixture_load(bout);
+    duet_head *h = NULL;
+    REQUIRE(b && !duet_head_load(hout, b, &h, &err));
+    CHECK_EQ_INT(duet_model_hparams(b)->n_vocab, V);
+    duet_collab_params cp = {.policy = DUET_POLICY_COLLM, .threshold = eta};
+    duet_collab *c = NULL;
+    REQUIRE(!duet_collab_new(b, e, NULL, h, &cp, &c, &err) && !duet_collab_start(c, prompt, 4, &err));
+    int same = 1;
+    for (int k = 0; k < n_gen; k++) {
+        duet_collab_token t;
+        REQUIRE(duet_collab_step(c, &t, &err) == DUET_OK);
+        if (t.id != want[k]) {
+            test_fail_at(__FILE__, __LINE__, "token %d: %d, the official rule gives %d", k, t.id, want[k]);
+            same = 0;
+            break;
+        }
+    }
+    CHECK(same);
+    /* refused by name: no <|defer|>; a vocabulary not larger than the expert's */
+    CHECK(duet_head_import(nodefer, e, bout, hout, &err) < 0 && strstr(err.msg, "<|defer|>"));
+    duet_model *small = fixture_load(fixture_arch("llama", 0, 0, 0, 0)); /* 300 tokens */
+    const char *ck300 = small ? write_checkpoint(fixture_arch("llama", 0, 0, 0, 0), "colm-300.gguf", 1) : NULL;
+    CHECK(ck300 && duet_head_import(ck300, e, bout, hout, &err) < 0 && strstr(err.msg, "302 tokens"));
+    duet_model_free(small);
+    duet_collab_free(c);
+    duet_head_free(h);
+    duet_model_free(b);
+    duet_session_free(sc), duet_session_free(se);
+    duet_model_free(e), duet_model_free(ck);
+}
