@@ -14,6 +14,7 @@
 
 #include <stdlib.h>
 
+#include "format/gguf.h"
 #include "fixtures.h"
 #include "test.h"
 
@@ -234,4 +235,253 @@ TEST(lm_lora_forward_equals_merged_model) {
     free(g);
     lm_layout_free(&L);
     lora_teardown(&m);
+}
+
+/* ---- the float trainer against the engine ------------------------------------------------ */
+/* Logits of toks[0..T) from a fresh session of the model at base (with the adapter file at
+ * lora, scale 1, when not NULL): malloc'd [T][V]. */
+static float *engine_logits(const char *base, const char *lora, const int32_t *toks, int T) {
+    duet_error err = {0};
+    duet_model *dm = fixture_load(base);
+    duet_lora *ad = NULL;
+    duet_session *s = NULL;
+    duet_session_params sp = {.n_ctx = 64};
+    float *out = NULL;
+    if (!dm) return NULL;
+    if (lora && (duet_lora_load(lora, dm, &ad, &err) || duet_model_add_lora(dm, ad, 1.0f, &err))) {
+        test_fail_at(__FILE__, __LINE__, "%s: %s", lora, err.msg);
+    } else if (duet_session_new(dm, &sp, &s, &err) || duet_session_eval(s, toks, T, 1, &err)) {
+        test_fail_at(__FILE__, __LINE__, "%s", err.msg);
+    } else {
+        int V = duet_model_hparams(dm)->n_vocab;
+        out = malloc((size_t)T * V * sizeof(float));
+        for (int t = 0; t < T; t++) memcpy(out + (size_t)t * V, duet_session_logits(s, t), V * 4);
+    }
+    duet_session_free(s);
+    duet_model_free(dm);
+    duet_lora_free(ad);
+    return out;
+}
+
+/* Max |a - b| over max |b|. */
+static double rel_diff(const float *a, const float *b, size_t n) {
+    double d = 0, m = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        d = fmax(d, fabs((double)a[i] - b[i]));
+        m = fmax(m, fabs((double)b[i]));
+    }
+    return d / m;
+}
+
+/* The trainer's logits for toks (targets = toks) from a forward pass. */
+static float *trainer_logits(lm_model *m, const int32_t *toks, int T) {
+    duet_error err = {0};
+    lm_acts *a = NULL;
+    if (lm_acts_new(m, 1, T, &a, &err)) return NULL;
+    float *lg = malloc((size_t)T * m->c.n_vocab * sizeof(float));
+    lm_batch b = {.B = 1, .T = T, .tokens = toks, .targets = toks, .scale = 1};
+    lm_step(m, a, &b, 0, lg);
+    lm_acts_free(a);
+    return lg;
+}
+
+/* Quantised bases: the engine's kernels round each activation row to Q8_0 before the product,
+ * so a float difference of an ulp between two implementations of the steps in between (the
+ * trainer's and the engine's SiLU, norms, attention) occasionally moves one element across a
+ * rounding step; the logits then differ by up to ~1e-3 of their scale. F32 bases have no such
+ * step: there the trainer and the engine agree to rounding. */
+#define QUANT_TOL 1e-2
+#define F32_TOL 1e-5
+
+/* A fixture_random base (n_embd 128, 2 layers, 4 heads of 32 / 2 kv heads, n_ff 256, vocab
+ * 600) with rank-4 adapters on the default kinds: parameters per layer r (in + out) summed
+ * over q 128+128, k 128+64, v 128+64, o 128+128, gate 128+256, up 128+256, down 256+128 =
+ * 4 * 2048 = 8192, two layers 16384. The base's matrices are the engine's own views (same
+ * pointer, still Q8_0), and at step 0 (B = 0) the trainer's logits are the engine's. */
+TEST(lm_lora_step0_is_the_base_and_not_copied) {
+    for (int q = 0; q < 2; q++) {
+        const char *path = fixture_random(q ? DT_Q8_0 : DT_F32, 41, 0);
+        REQUIRE(path);
+        duet_error err = {0};
+        duet_lm_lora_params lp = {.rank = 4, .seed = 1};
+        duet_lm *m = NULL;
+        REQUIRE(duet_lm_load_lora(path, 2, &lp, &m, &err) == DUET_OK);
+        CHECK_EQ_INT(m->L.n_params, 16384);
+        CHECK_EQ_INT(m->L.n_t, 28);
+        const mtensor *wq = &m->fz->layer[1].w[LM_MAT_Q];
+        CHECK(wq->type == (q ? DT_Q8_0 : DT_F32) && wq->data == m->src->layers[1].wq.data);
+        CHECK(m->fz->output.data == m->src->output.data);
+        enum { T = 20 };
+        int32_t tok[T];
+        for (int i = 0; i < T; i++) tok[i] = (int32_t)(3 + (i * 37) % 500);
+        tok[0] = 1;
+        float *lt = trainer_logits(m, tok, T), *le = engine_logits(path, NULL, tok, T);
+        REQUIRE(lt && le);
+        double rel = rel_diff(lt, le, (size_t)T * 600);
+        CHECKF(rel < (q ? QUANT_TOL : F32_TOL), "%s step 0: max |trainer - engine| / max "
+               "|engine| = %g", q ? "q8_0" : "f32", rel);
+        free(lt);
+        free(le);
+        duet_lm_free(m);
+    }
+}
+
+/* An adapter file written by the trainer, applied unmerged by the engine: the trainer's
+ * logits, on an F32 and a Q4_0 base. Rank 3, alpha 6 (s = 2), every kind and the output, A
+ * and B drawn at random (a wrong scale moves the logits by ~5e-2 of their scale). */
+static void check_applied(int type, const char *name) {
+    const char *path = fixture_random(type, 43, 0);
+    REQUIRE(path);
+    duet_error err = {0};
+    duet_lm_lora_params lp = {.rank = 3, .alpha = 6, .targets = DUET_LORA_DEFAULT | DUET_LORA_OUTPUT};
+    duet_lm *m = NULL;
+    REQUIRE(duet_lm_load_lora(path, 2, &lp, &m, &err) == DUET_OK);
+    g_rng = 5;
+    for (size_t i = 0; i < m->L.n_params; i++) m->w[i] = (float)(0.05 * urand());
+    const char *ad = test_path(test_tmpdir(), name);
+    REQUIRE(lm_model_save(m, ad, "adapter-test", &err) == DUET_OK);
+    enum { T = 20 };
+    int32_t tok[T];
+    for (int i = 0; i < T; i++) tok[i] = (int32_t)(5 + (i * 53) % 590);
+    tok[0] = 1;
+    float *lt = trainer_logits(m, tok, T), *le = engine_logits(path, ad, tok, T),
+          *lb = engine_logits(path, NULL, tok, T);
+    REQUIRE(lt && le && lb);
+    double rel = rel_diff(lt, le, (size_t)T * 600), moved = rel_diff(lb, le, (size_t)T * 600);
+    CHECKF(rel < (type == DT_F32 ? F32_TOL : QUANT_TOL), "%s base: max |trainer - engine with "
+           "the adapter| / max |engine| = %g", dtype_info(type)->name, rel);
+    CHECKF(moved > 1e-1, "the adapter changes the logits by only %g", moved);
+    free(lt);
+    free(le);
+    free(lb);
+    duet_lm_free(m);
+}
+
+TEST(lm_lora_adapter_file_applies_as_trained) {
+    check_applied(DT_F32, "lora-applies-f32.gguf");
+    check_applied(DT_Q4_0, "lora-applies-q4_0.gguf");
+}
+
+/* The adapter file has llama.cpp's metadata, names and shapes (F32), and the trainer reads
+ * it back bit for bit with its rank, alpha and kinds. */
+TEST(lm_lora_adapter_file_format) {
+    const char *path = fixture_random(DT_Q8_0, 43, 0);
+    REQUIRE(path);
+    duet_error err = {0};
+    duet_lm_lora_params lp = {.rank = 3, .alpha = 6, .targets = DUET_LORA_DEFAULT | DUET_LORA_OUTPUT};
+    duet_lm *m = NULL;
+    REQUIRE(duet_lm_load_lora(path, 1, &lp, &m, &err) == DUET_OK);
+    g_rng = 6;
+    for (size_t i = 0; i < m->L.n_params; i++) m->w[i] = (float)(0.05 * urand());
+    const char *ad = test_path(test_tmpdir(), "lora-format.gguf");
+    REQUIRE(lm_model_save(m, ad, "adapter-test", &err) == DUET_OK);
+    gguf_file *f = NULL;
+    REQUIRE(gguf_open(ad, &f, &err) == DUET_OK);
+    gguf_str s;
+    const char *want[4][2] = {{"general.type", "adapter"}, {"general.architecture", "llama"},
+                              {"adapter.type", "lora"}, {"general.name", "adapter-test"}};
+    for (int i = 0; i < 4; i++)
+        CHECKF(!gguf_get_str(f, want[i][0], &s, &err) && s.len == strlen(want[i][1]) &&
+               !memcmp(s.ptr, want[i][1], s.len), "%s", want[i][0]);
+    float alpha = 0;
+    CHECK(!gguf_get_f32_opt(f, "adapter.lora.alpha", &alpha, &err) && alpha == 6.0f);
+    CHECK_EQ_INT(f->n_tensors, 30); /* 2 x (7 kinds x 2 layers + the output) */
+    static const struct { const char *name; int64_t ne0, ne1; } shapes[] = {
+        {"blk.0.attn_q.weight.lora_a", 128, 3}, {"blk.0.attn_q.weight.lora_b", 3, 128},
+        {"blk.1.attn_k.weight.lora_b", 3, 64}, {"blk.1.ffn_down.weight.lora_a", 256, 3},
+        {"blk.1.ffn_down.weight.lora_b", 3, 128}, {"blk.0.ffn_gate.weight.lora_b", 3, 256},
+        {"output.weight.lora_a", 128, 3}, {"output.weight.lora_b", 3, 600}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const gguf_tensor *t = gguf_find_tensor(f, shapes[i].name);
+        CHECKF(t && t->type == DT_F32 && t->n_dims == 2 && t->ne[0] == shapes[i].ne0 &&
+               t->ne[1] == shapes[i].ne1, "%s", shapes[i].name);
+    }
+    /* B of blk.0 attn_q, element [o = 1][j = 2] at row-major index 1 * 3 + 2 */
+    const gguf_tensor *tb = gguf_find_tensor(f, "blk.0.attn_q.weight.lora_b");
+    REQUIRE(tb);
+    float v;
+    memcpy(&v, (const char *)tb->data + 5 * sizeof(float), sizeof v);
+    CHECK(v == m->w[m->lora->b_off[lm_lora_slot(&m->c, 0, LM_MAT_Q)] + 5]);
+    gguf_close(f);
+    duet_lm *m2 = NULL;
+    duet_lm_lora_params again = {.init = ad};
+    REQUIRE(duet_lm_load_lora(path, 1, &again, &m2, &err) == DUET_OK);
+    CHECK(m2->L.n_params == m->L.n_params && !memcmp(m2->w, m->w, m->L.n_params * 4));
+    CHECK(m2->lora->rank == 3 && m2->lora->alpha == 6.0f && m2->lora->targets == lp.targets);
+    duet_lm_free(m2);
+    duet_lm_free(m);
+}
+
+/* One step's adapter and u gradients on 1 and 3 threads: the same bits. */
+TEST(lm_lora_grads_independent_of_threads) {
+    const char *path = fixture_random(DT_Q4_0, 45, 1);
+    REQUIRE(path);
+    duet_error err = {0};
+    duet_lm_lora_params lp = {.rank = 4, .seed = 2};
+    duet_lm *ms[2] = {NULL, NULL};
+    REQUIRE(duet_lm_load_lora(path, 1, &lp, &ms[0], &err) == DUET_OK);
+    REQUIRE(duet_lm_load_lora(path, 3, &lp, &ms[1], &err) == DUET_OK);
+    enum { B = 2, T = 16 };
+    int32_t tok[B * T], tgt[B * T];
+    float wt[B * T], lpe[B * T], u[128];
+    uint64_t r = 7;
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)(duet_splitmix64(&r) % 600);
+        tgt[i] = (int32_t)(duet_splitmix64(&r) % 600);
+        wt[i] = 1;
+        lpe[i] = -1.5f;
+    }
+    for (int i = 0; i < 128; i++) u[i] = (float)((i % 7) - 3) * 0.01f;
+    for (int k = 0; k < 2; k++) {
+        lm_model *m = ms[k];
+        g_rng = 11; /* B away from zero, so that every path carries gradient */
+        for (size_t i = 0; i < m->L.n_params; i++) m->w[i] = (float)(0.05 * urand());
+        m->u = duet_aalloc(sizeof u);
+        m->gu = duet_aalloc(sizeof u);
+        memcpy(m->u, u, sizeof u);
+        lm_acts *a;
+        REQUIRE(lm_acts_new(m, B, T, &a, &err) == DUET_OK);
+        lm_batch b = {.B = B, .T = T, .tokens = tok, .targets = tgt, .weight = wt, .lpe = lpe,
+                      .loss = LM_LOSS_COLLM, .scale = 1.0 / (B * T)};
+        lm_zero_grad(m);
+        lm_step(m, a, &b, 1, NULL);
+        lm_acts_free(a);
+    }
+    CHECK(memcmp(ms[0]->g, ms[1]->g, ms[0]->L.n_params * sizeof(float)) == 0);
+    CHECK(memcmp(ms[0]->gu, ms[1]->gu, sizeof u) == 0);
+    double n2 = 0;
+    for (size_t i = 0; i < ms[0]->L.n_params; i++) n2 += (double)ms[0]->g[i] * ms[0]->g[i];
+    CHECK(n2 > 0);
+    duet_lm_free(ms[0]);
+    duet_lm_free(ms[1]);
+}
+
+/* What LoRA training refuses, by name: another architecture, the output of a tied model, an
+ * adapter file that does not match the rank asked for. */
+TEST(lm_lora_refusals) {
+    duet_error err = {0};
+    duet_lm *m = NULL;
+    const char *qwen = fixture_arch("qwen2", DT_F32, 0, 0, 0);
+    REQUIRE(qwen);
+    duet_lm_lora_params lp = {.rank = 2};
+    CHECK(duet_lm_load_lora(qwen, 1, &lp, &m, &err) == DUET_ERR_UNSUPPORTED && !m);
+    CHECKF(strstr(err.msg, "architecture qwen2: LoRA training not supported yet"), "%s", err.msg);
+    const char *tied = fixture_random(DT_F32, 47, 1);
+    REQUIRE(tied);
+    lp.targets = DUET_LORA_Q | DUET_LORA_OUTPUT;
+    CHECK(duet_lm_load_lora(tied, 1, &lp, &m, &err) == DUET_ERR_UNSUPPORTED && !m);
+    CHECKF(strstr(err.msg, "'output'") && strstr(err.msg, "tied"), "%s", err.msg);
+    lp.targets = DUET_LORA_Q;
+    REQUIRE(duet_lm_load_lora(tied, 1, &lp, &m, &err) == DUET_OK);
+    const char *ad = test_path(test_tmpdir(), "lora-rank2.gguf");
+    REQUIRE(lm_model_save(m, ad, NULL, &err) == DUET_OK);
+    duet_lm_free(m);
+    m = NULL;
+    duet_lm_lora_params again = {.rank = 4, .init = ad};
+    CHECK(duet_lm_load_lora(tied, 1, &again, &m, &err) == DUET_ERR_ARG && !m);
+    CHECKF(strstr(err.msg, "lora-rank2.gguf") && strstr(err.msg, "rank 2"), "%s", err.msg);
+    unsigned t = 0;
+    CHECK(duet_lora_targets_parse("q,v,down", &t, &err) == DUET_OK &&
+          t == (DUET_LORA_Q | DUET_LORA_V | DUET_LORA_DOWN));
+    CHECK(duet_lora_targets_parse("q,attn", &t, &err) == DUET_ERR_ARG && strstr(err.msg, "'attn'"));
 }

@@ -144,6 +144,8 @@ void lm_frozen_free(lm_frozen *fz);
 int lm_lora_layout(lm_layout *L, lm_lora *lo, const lm_config *c, int rank, float alpha,
                    unsigned targets, duet_error *err);
 void lm_lora_free(lm_lora *lo);
+/* "q,k,v,..." of target bits (--lora-targets' names). */
+void lm_lora_targets_str(unsigned targets, char *buf, size_t cap);
 
 /* Activations of one micro-batch (allocated once for B x T). */
 typedef struct lm_acts lm_acts;

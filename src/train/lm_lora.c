@@ -46,6 +46,14 @@ int duet_lora_targets_parse(const char *list, unsigned *out, duet_error *err) {
     return DUET_OK;
 }
 
+void lm_lora_targets_str(unsigned targets, char *buf, size_t cap) {
+    size_t len = 0;
+    buf[0] = 0;
+    for (int k = 0; k < LM_N_MAT; k++)
+        if (targets >> k & 1 && len < cap)
+            len += (size_t)snprintf(buf + len, cap - len, "%s%s", len ? "," : "", k_target[k]);
+}
+
 /* ---- the frozen base ---------------------------------------------------------------------- */
 int lm_frozen_init(lm_frozen *fz, const duet_model *s, duet_error *err) {
     memset(fz, 0, sizeof *fz);

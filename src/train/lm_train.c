@@ -404,6 +404,13 @@ static void log_config(json_t *log, const lm_model *m, const duet_lm_train_param
                         (json_int_t)p->seed, "n_train_seq", n_train, "n_val_seq", n_val, "objective",
                         joint ? "collm" : "lm", "n_params", (json_int_t)m->L.n_params,
                         "threads", m->n_threads));
+    if (m->lora) { /* the parameters are adapters on a frozen base */
+        char targets[64];
+        lm_lora_targets_str(m->lora->targets, targets, sizeof targets);
+        json_object_set_new(json_object_get(log, "config"), "lora",
+                            json_pack("{s:i, s:f, s:s}", "rank", m->lora->rank, "alpha",
+                                      (double)m->lora->alpha, "targets", targets));
+    }
 }
 
 /* A held-out evaluation at step: its loss (*last_val, NaN without held-out data) into the
