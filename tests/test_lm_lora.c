@@ -13,6 +13,8 @@
 #include "train/lm_impl.h"
 
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "format/gguf.h"
 #include "fixtures.h"
@@ -484,4 +486,136 @@ TEST(lm_lora_refusals) {
     CHECK(duet_lora_targets_parse("q,v,down", &t, &err) == DUET_OK &&
           t == (DUET_LORA_Q | DUET_LORA_V | DUET_LORA_DOWN));
     CHECK(duet_lora_targets_parse("q,attn", &t, &err) == DUET_ERR_ARG && strstr(err.msg, "'attn'"));
+}
+
+/* ---- the CLI: duet train lm / collm --lora ------------------------------------------------ */
+static int run_cli(const char *args, char *err, size_t cap) {
+    const char *bin = getenv("DUET_BIN");
+    if (!bin || access(bin, X_OK)) return -2;
+    char cmd[4096], ep[600];
+    snprintf(ep, sizeof ep, "%s/lora-cli-err.txt", test_tmpdir());
+    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>'%s' </dev/null", bin, args, ep);
+    int st = system(cmd);
+    FILE *f = fopen(ep, "rb");
+    size_t n = f ? fread(err, 1, cap - 1, f) : 0;
+    err[n] = 0;
+    if (f) fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int same_file(const char *a, const char *b) {
+    size_t na = 0, nb = 0;
+    char *x = fixture_read_file(a, &na), *y = fixture_read_file(b, &nb);
+    int eq = x && y && na == nb && !memcmp(x, y, na);
+    free(x);
+    free(y);
+    return eq;
+}
+
+static const char *lora_jsonl(const char *name, int n) {
+    const char *path = test_path(test_tmpdir(), name);
+    FILE *f = fopen(path, "w");
+    if (!f) return NULL;
+    for (int i = 0; i < n; i++) {
+        int a = i % 10, b = (i * 7) % 10;
+        fprintf(f, "{\"prompt\": \"%d plus %d\", \"response\": \"is %d, so %d\"}\n", a, b, a + b, a + b);
+    }
+    fclose(f);
+    return path;
+}
+
+#define NEED_BIN() do { if (!getenv("DUET_BIN")) SKIP("DUET_BIN not set (run through make test)"); } while (0)
+
+/* duet train lm --lora: the same adapter bytes on 1 and 2 threads, and from a run stopped
+ * half-way and resumed; duet run applies it. */
+TEST(lm_lora_cli_threads_and_resume) {
+    NEED_BIN();
+    const char *base = fixture_random(DT_Q8_0, 51, 1), *data = lora_jsonl("lora-cli.jsonl", 40);
+    REQUIRE(base && data);
+    char common[2048], args[3072], err[4096];
+    const char *tmp = test_tmpdir();
+    snprintf(common, sizeof common, "train lm -m '%s' --lora 4 --lora-alpha 8 -d '%s' --seq-len 24 "
+             "--batch 4 --steps 6 --lr 3e-3 --eval-every 3 --name t --seed 1 --quiet", base, data);
+    snprintf(args, sizeof args, "%s -t 1 -o '%s/lc1.gguf'", common, tmp);
+    CHECKF(run_cli(args, err, sizeof err) == 0, "%s", err);
+    snprintf(args, sizeof args, "%s -t 2 -o '%s/lc2.gguf'", common, tmp);
+    CHECKF(run_cli(args, err, sizeof err) == 0, "%s", err);
+    char p1[600], p2[600], p3[600], opt[700];
+    snprintf(p1, sizeof p1, "%s/lc1.gguf", tmp);
+    snprintf(p2, sizeof p2, "%s/lc2.gguf", tmp);
+    snprintf(p3, sizeof p3, "%s/lc3.gguf", tmp);
+    snprintf(opt, sizeof opt, "%s.optim", p3);
+    CHECKF(same_file(p1, p2), "1 and 2 threads wrote different adapters");
+    snprintf(args, sizeof args, "%s -t 2 --stop-at 3 -o '%s'", common, p3);
+    CHECKF(run_cli(args, err, sizeof err) == 0, "%s", err);
+    CHECK(access(opt, R_OK) == 0);
+    snprintf(args, sizeof args, "%s -t 1 --resume -o '%s'", common, p3);
+    CHECKF(run_cli(args, err, sizeof err) == 0, "%s", err);
+    CHECKF(same_file(p1, p3), "3 steps + resume + 3 steps differ from 6 steps");
+    CHECK(access(opt, F_OK) != 0); /* a finished run leaves nothing to resume */
+    snprintf(args, sizeof args, "run -m '%s' --lora '%s' -p '1 plus 2' -n 3 --temp 0 --quiet",
+             base, p1);
+    CHECKF(run_cli(args, err, sizeof err) == 0, "%s", err);
+}
+
+/* duet train collm --lora: adapters and u together; stopped and resumed, the adapter and the
+ * head come out byte for byte as from the uninterrupted run (the head resumes from
+ * --head-out, not from the --head it started from). */
+TEST(lm_lora_cli_collm_resume) {
+    NEED_BIN();
+    const char *base = fixture_random(DT_Q8_0, 52, 1), *expert = fixture_random(DT_F32, 53, 1);
+    const char *data = lora_jsonl("lora-collm.jsonl", 40);
+    REQUIRE(base && expert && data);
+    duet_error err0 = {0};
+    duet_model *bm = fixture_load(base), *em = fixture_load(expert);
+    REQUIRE(bm && em);
+    duet_dataset d;
+    REQUIRE(duet_dataset_load(data, NULL, &d, &err0) == DUET_OK);
+    char ep[600], hp[600], common[3072], args[5000], err[4096], a[4][600];
+    const char *tmp = test_tmpdir();
+    snprintf(ep, sizeof ep, "%s/lora-collm-expert.dsf", tmp);
+    snprintf(hp, sizeof hp, "%s/lora-collm-weak.head.gguf", tmp);
+    duet_scores_params sp = {.n_ctx = 25, .no_hidden = 1, .ids_model = bm};
+    REQUIRE(duet_scores_compute(em, &d, &sp, ep, NULL, &err0) == DUET_OK);
+    duet_dataset_free(&d);
+    duet_head *h = fixture_random_head(bm, 3, 0.5f);
+    REQUIRE(h && duet_head_save(h, hp, &err0) == DUET_OK);
+    duet_head_free(h);
+    duet_model_free(bm);
+    duet_model_free(em);
+    snprintf(common, sizeof common, "train collm -m '%s' --lora 4 -d '%s' --expert-scores '%s' "
+             "--head '%s' --seq-len 24 --batch 4 --steps 6 --lr 3e-3 --name j --seed 1 --quiet "
+             "-t 2", base, data, ep, hp);
+    const char *names[4] = {"lj1.gguf", "lj1.head.gguf", "lj2.gguf", "lj2.head.gguf"};
+    for (int i = 0; i < 4; i++) snprintf(a[i], sizeof a[i], "%s/%s", tmp, names[i]);
+    snprintf(args, sizeof args, "%s -o '%s' --head-out '%s'", common, a[0], a[1]);
+    CHECKF(run_cli(args, err, sizeof err) == 0, "%s", err);
+    snprintf(args, sizeof args, "%s --stop-at 3 -o '%s' --head-out '%s'", common, a[2], a[3]);
+    CHECKF(run_cli(args, err, sizeof err) == 0, "%s", err);
+    snprintf(args, sizeof args, "%s --resume -o '%s' --head-out '%s'", common, a[2], a[3]);
+    CHECKF(run_cli(args, err, sizeof err) == 0, "%s", err);
+    CHECKF(same_file(a[0], a[2]), "resumed adapter differs");
+    CHECKF(same_file(a[1], a[3]), "resumed head differs");
+    CHECK(!same_file(a[1], hp)); /* u learned */
+}
+
+/* Usage errors exit 2 and say what is wrong. */
+TEST(lm_lora_cli_usage) {
+    NEED_BIN();
+    const char *base = fixture_random(DT_F32, 54, 1), *data = lora_jsonl("lora-usage.jsonl", 4);
+    REQUIRE(base && data);
+    char args[2048], err[4096];
+    const char *o = test_path(test_tmpdir(), "lora-usage.gguf");
+    snprintf(args, sizeof args, "train lm -m '%s' -d '%s' -o '%s' --lora 2 --lora-targets q,x", base,
+             data, o);
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 2);
+    CHECKF(strstr(err, "'x'") && strstr(err, "gate"), "%s", err);
+    snprintf(args, sizeof args, "train lm -m '%s' -d '%s' -o '%s' --lora-alpha 4", base, data, o);
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 2);
+    CHECKF(strstr(err, "--lora R"), "%s", err);
+    snprintf(args, sizeof args, "train lm --n-embd 64 --n-layer 1 --n-head 2 --n-ff 64 --n-vocab "
+             "300 -d '%s' -o '%s' --lora 2", data, o);
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 2);
+    CHECKF(strstr(err, "-m"), "%s", err);
+    CHECK(access(o, F_OK) != 0);
 }

@@ -243,6 +243,9 @@ static int save_checkpoint(lm_model *m, const duet_lm_train_params *p, const cha
     }
     if (!rc && m->u && p->head_out) {
         duet_head *h = NULL;
+        /* with adapters the head reads the base's hidden states through them, but the model
+         * it is loaded with is the base (plus --lora): it carries the base's name */
+        if (m->lora) name = duet_model_hparams(m->src)->name;
         rc = duet_head_new(name, m->c.n_embd, m->c.n_vocab, duet_model_vocab_hash(m->src), &h, err);
         if (!rc) rc = duet_head_set_u(h, m->u, m->c.n_embd);
         if (!rc) rc = duet_head_save(h, p->head_out, err);
