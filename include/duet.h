@@ -1227,7 +1227,7 @@ typedef struct duet_lm_train_params {
     int save_every;              /* steps between checkpoints (0 = only at the end) */
     int resume;                  /* continue from out_path + its .optim sidecar when present */
     int64_t stop_at;             /* > 0: stop after this step with a resumable checkpoint */
-    const char *out_path;        /* the trained model, F32 GGUF */
+    const char *out_path;        /* the trained model, F32 GGUF (LoRA: the adapter file) */
     const char *name;            /* general.name of the output (NULL: keep the source's) */
     const char *log_path;        /* JSON log (NULL: none) */
     const char *curve_prefix;    /* PREFIX.csv and PREFIX.svg of the losses (NULL: none) */
@@ -1250,8 +1250,8 @@ typedef struct duet_lm_train_result {
 
 #define DUET_LM_STOPPED 2   /* positive status: stopped at stop_at, resumable */
 
-/* Train m (its weights change in place) and write p->out_path (and the head, joint training).
- * DUET_OK, DUET_LM_STOPPED, or an error. */
+/* Train m (its weights, or a LoRA model's adapters, change in place) and write p->out_path
+ * (and the head, joint training). DUET_OK, DUET_LM_STOPPED, or an error. */
 int duet_lm_train(duet_lm *m, const duet_lm_train_params *p, duet_lm_train_result *res,
                   duet_error *err);
 
