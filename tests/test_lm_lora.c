@@ -489,18 +489,23 @@ TEST(lm_lora_refusals) {
 }
 
 /* ---- the CLI: duet train lm / collm --lora ------------------------------------------------ */
-static int run_cli(const char *args, char *err, size_t cap) {
+/* Run `duet ARGS` with stdout to the file out; stderr into err; the exit status. */
+static int run_cli_to(const char *args, const char *out, char *err, size_t cap) {
     const char *bin = getenv("DUET_BIN");
     if (!bin || access(bin, X_OK)) return -2;
-    char cmd[4096], ep[600];
+    char cmd[6000], ep[600];
     snprintf(ep, sizeof ep, "%s/lora-cli-err.txt", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>'%s' </dev/null", bin, args, ep);
+    snprintf(cmd, sizeof cmd, "%s %s >'%s' 2>'%s' </dev/null", bin, args, out, ep);
     int st = system(cmd);
     FILE *f = fopen(ep, "rb");
     size_t n = f ? fread(err, 1, cap - 1, f) : 0;
     err[n] = 0;
     if (f) fclose(f);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int run_cli(const char *args, char *err, size_t cap) {
+    return run_cli_to(args, "/dev/null", err, cap);
 }
 
 static int same_file(const char *a, const char *b) {
@@ -618,4 +623,39 @@ TEST(lm_lora_cli_usage) {
     CHECK_EQ_INT(run_cli(args, err, sizeof err), 2);
     CHECKF(strstr(err, "-m"), "%s", err);
     CHECK(access(o, F_OK) != 0);
+}
+
+/* duet eval --lora: the adapter is applied to the base (the NLL changes); an expert adapter
+ * needs an expert. */
+TEST(lm_lora_cli_eval_takes_adapters) {
+    NEED_BIN();
+    const char *base = fixture_random(DT_F32, 55, 1), *data = lora_jsonl("lora-eval.jsonl", 24);
+    REQUIRE(base && data);
+    char args[4096], err[4096];
+    const char *ad = test_path(test_tmpdir(), "lora-eval.gguf"),
+               *text = test_path(test_tmpdir(), "lora-eval.txt");
+    FILE *f = fopen(text, "w");
+    REQUIRE(f);
+    fputs("1 plus 2 is 3, so 3. 4 plus 5 is 9, so 9. 7 plus 1 is 8, so 8.\n", f);
+    fclose(f);
+    snprintf(args, sizeof args, "train lm -m '%s' --lora 4 -d '%s' --seq-len 24 --batch 4 --steps 4 "
+             "--lr 1e-2 --quiet -o '%s'", base, data, ad);
+    REQUIRE(run_cli(args, err, sizeof err) == 0);
+    double nll[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        const char *o = test_path(test_tmpdir(), "lora-eval-out.txt");
+        snprintf(args, sizeof args, "eval -m '%s' %s%s%s --task nll --data '%s' --quiet -t 1",
+                 base, k ? "--lora '" : "", k ? ad : "", k ? "'" : "", text);
+        CHECKF(run_cli_to(args, o, err, sizeof err) == 0, "%s", err);
+        char *txt = fixture_read_file(o, NULL);
+        const char *row = txt ? strstr(txt, "\nbase ") : NULL;
+        CHECKF(row && sscanf(row, " base - - %lf", &nll[k]) == 1, "output: %s", txt ? txt : "");
+        free(txt);
+    }
+    CHECKF(nll[0] > 0 && nll[1] > 0 && nll[0] != nll[1], "NLL/byte %g without, %g with the adapter",
+           nll[0], nll[1]);
+    snprintf(args, sizeof args, "eval -m '%s' --expert-lora '%s' --task nll --data '%s' --quiet", base,
+             ad, text);
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 1);
+    CHECKF(strstr(err, "--expert-lora needs --expert"), "%s", err);
 }
