@@ -1172,7 +1172,7 @@ void duet_lm_free(duet_lm *m);
  * base is loaded and checked against it. Valid while m lives. */
 const duet_model *duet_lm_source(const duet_lm *m);
 
-/* LoRA training on a frozen base (llama): the base's matrices stay in the file's type and are
+/* LoRA training on a frozen base (llama, qwen2, qwen3): the base's matrices stay in the file's type and are
  * multiplied straight from their blocks; only low-rank adapters (and, joint training, u) are
  * trained, and duet_lm_train writes them to out_path as a llama.cpp LoRA GGUF (F32 A and B,
  * adapter.lora.alpha) that duet_lora_load / llama.cpp's --lora apply unmerged. Each adapted
@@ -1189,7 +1189,8 @@ typedef struct duet_lm_lora_params {
     const char *init;     /* start from this adapter file instead (resuming): its rank, alpha
                              and targets, which rank/alpha/targets, when set, must equal */
 } duet_lm_lora_params;
-/* Load the base at path (llama; other architectures are refused by name) with adapters. */
+/* Load the base at path (llama, qwen2 or qwen3; other architectures are refused by name) with
+ * adapters. */
 int duet_lm_load_lora(const char *path, int n_threads, const duet_lm_lora_params *p,
                       duet_lm **out, duet_error *err);
 /* Parse a comma-separated list of q, k, v, o, gate, up, down, output into DUET_LORA_* bits;

@@ -25,7 +25,10 @@ static double urand(void) { return (double)(duet_splitmix64(&g_rng) >> 11) * 0x1
 
 /* ---- a tiny frozen base held in memory ---------------------------------------------------- */
 /* n_embd 32, 2 layers, 2 heads of 16 (1 kv head), n_ff 64, vocab 13: every matrix row is a
- * whole number of 32-element blocks, so Q8_0 and Q4_0 hold it. */
+ * whole number of 32-element blocks, so Q8_0 and Q4_0 hold it. Variants: qwen2's q/k/v
+ * biases and qwen3's per-head q/k norms (with heads of 24, so n_head * head_dim is not
+ * n_embd: F32 only), both with neox RoPE. */
+enum { TINY_LLAMA, TINY_QWEN2, TINY_QWEN3 };
 typedef struct tiny {
     lm_config c;
     lm_frozen fz;
@@ -33,6 +36,8 @@ typedef struct tiny {
     void *mat[2 * 7 + 2];          /* the quantised matrices (owned) */
     float *dq[2 * 7 + 2];          /* the same dequantised, [n_out][n_in] */
     float norms[5][32];
+    float bias[2][3][48];          /* qwen2: bq, bk, bv of each layer */
+    float qk_norm[2][2][24];       /* qwen3: q_norm, k_norm of each layer */
 } tiny;
 
 /* A random matrix of type `type`, and its dequantised values in *deq. */
@@ -51,12 +56,14 @@ static mtensor tiny_matrix(int type, int in, int out, double scale, void **own, 
     return (mtensor){.data = q, .type = type, .n_in = in, .n_out = out};
 }
 
-static void tiny_init(tiny *m, int type, int tied, uint64_t seed) {
+static void tiny_init(tiny *m, int type, int tied, uint64_t seed, int variant) {
     memset(m, 0, sizeof *m);
     g_rng = seed;
+    int hd = variant == TINY_QWEN3 ? 24 : 16;
     m->c = (lm_config){.n_vocab = 13, .n_embd = 32, .n_layer = 2, .n_head = 2, .n_head_kv = 1,
-                       .n_ff = 64, .head_dim = 16, .tied = tied, .rms_eps = 1e-5f};
-    for (int i = 0; i < 8; i++) m->c.inv_freq[i] = powf(10000.0f, -(float)(2 * i) / 16);
+                       .n_ff = 64, .head_dim = hd, .tied = tied, .rms_eps = 1e-5f,
+                       .rope_neox = variant != TINY_LLAMA};
+    for (int i = 0; i < hd / 2; i++) m->c.inv_freq[i] = powf(10000.0f, -(float)(2 * i) / hd);
     m->fz.layer = m->layer;
     int nm = 0;
     for (int l = 0; l < 2; l++)
@@ -76,6 +83,20 @@ static void tiny_init(tiny *m, int type, int tied, uint64_t seed) {
         m->layer[l].ffn_norm = m->norms[2 * l + 1];
     }
     m->fz.output_norm = m->norms[4];
+    for (int l = 0; l < 2; l++) {
+        for (int j = 0; j < 3; j++)
+            for (int i = 0; i < 48; i++) m->bias[l][j][i] = (float)(0.5 * urand());
+        for (int j = 0; j < 2; j++)
+            for (int i = 0; i < 24; i++) m->qk_norm[l][j][i] = (float)(1 + 0.3 * urand());
+        if (variant == TINY_QWEN2) {
+            m->layer[l].bq = m->bias[l][0];
+            m->layer[l].bk = m->bias[l][1];
+            m->layer[l].bv = m->bias[l][2];
+        } else if (variant == TINY_QWEN3) {
+            m->layer[l].q_norm = m->qk_norm[l][0];
+            m->layer[l].k_norm = m->qk_norm[l][1];
+        }
+    }
 }
 
 static void tiny_free(tiny *m) {
@@ -125,8 +146,9 @@ static double fd_rel(lora_ctx *m, double *x, const double *grad, size_t n, size_
 
 /* Adapters of rank 2, alpha 3 (s = 1.5) on every kind (and the output when untied), A and
  * B random so that every gradient path carries something (at B = 0, A's gradient is 0). */
-static void lora_setup(lora_ctx *m, int type, int tied, int loss) {
-    tiny_init(&m->base, type, tied, 1000 + 10 * (uint64_t)type + 2 * (uint64_t)tied + (uint64_t)loss);
+static void lora_setup(lora_ctx *m, int type, int tied, int loss, int variant) {
+    tiny_init(&m->base, type, tied, 1000 + 10 * (uint64_t)type + 2 * (uint64_t)tied + (uint64_t)loss +
+              100 * (uint64_t)variant, variant);
     duet_error err = {0};
     unsigned targets = DUET_LORA_DEFAULT | (tied ? 0 : DUET_LORA_OUTPUT);
     CHECK(lm_lora_layout(&m->L, &m->lo, &m->base.c, 2, 3.0f, targets, &err) == DUET_OK);
@@ -155,9 +177,9 @@ static void lora_teardown(lora_ctx *m) {
 }
 
 /* Every adapter tensor (and u under the joint loss) against finite differences. */
-static void check_lora_grads(int type, int tied, int loss) {
+static void check_lora_grads(int type, int tied, int loss, int variant) {
     static lora_ctx m;
-    lora_setup(&m, type, tied, loss);
+    lora_setup(&m, type, tied, loss, variant);
     REQUIRE(m.a && m.w && m.g);
     lmq_lora_run(&m.base.c, &m.base.fz, &m.lo, m.w, m.g, m.u, m.gu, m.a, &m.b, NULL, 1, NULL);
     int kinds = 0;
@@ -178,19 +200,22 @@ static void check_lora_grads(int type, int tied, int loss) {
     lora_teardown(&m);
 }
 
-TEST(lm_lora_fd_ce_f32) { check_lora_grads(DT_F32, 0, LM_LOSS_CE); }
-TEST(lm_lora_fd_ce_q8_0_tied) { check_lora_grads(DT_Q8_0, 1, LM_LOSS_CE); }
-TEST(lm_lora_fd_ce_q4_0) { check_lora_grads(DT_Q4_0, 0, LM_LOSS_CE); }
-TEST(lm_lora_fd_collm_f32_tied) { check_lora_grads(DT_F32, 1, LM_LOSS_COLLM); }
-TEST(lm_lora_fd_collm_q8_0) { check_lora_grads(DT_Q8_0, 0, LM_LOSS_COLLM); }
-TEST(lm_lora_fd_collm_q4_0) { check_lora_grads(DT_Q4_0, 0, LM_LOSS_COLLM); }
+TEST(lm_lora_fd_ce_f32) { check_lora_grads(DT_F32, 0, LM_LOSS_CE, TINY_LLAMA); }
+TEST(lm_lora_fd_ce_q8_0_tied) { check_lora_grads(DT_Q8_0, 1, LM_LOSS_CE, TINY_LLAMA); }
+TEST(lm_lora_fd_ce_q4_0) { check_lora_grads(DT_Q4_0, 0, LM_LOSS_CE, TINY_LLAMA); }
+TEST(lm_lora_fd_collm_f32_tied) { check_lora_grads(DT_F32, 1, LM_LOSS_COLLM, TINY_LLAMA); }
+TEST(lm_lora_fd_collm_q8_0) { check_lora_grads(DT_Q8_0, 0, LM_LOSS_COLLM, TINY_LLAMA); }
+TEST(lm_lora_fd_collm_q4_0) { check_lora_grads(DT_Q4_0, 0, LM_LOSS_COLLM, TINY_LLAMA); }
+/* qwen2 (frozen q/k/v biases, neox RoPE) and qwen3 (frozen per-head q/k norms, heads of 24) */
+TEST(lm_lora_fd_qwen2_q8_0) { check_lora_grads(DT_Q8_0, 0, LM_LOSS_COLLM, TINY_QWEN2); }
+TEST(lm_lora_fd_qwen3_f32) { check_lora_grads(DT_F32, 1, LM_LOSS_COLLM, TINY_QWEN3); }
 
 /* The forward pass against the full model's (its own code path over a flat array, checked by
  * tests/test_lm_train.c) with the adapters merged by this test: W + s B A in double, from the
  * dequantised base. Logits and loss agree to rounding. */
 TEST(lm_lora_forward_equals_merged_model) {
     static lora_ctx m;
-    lora_setup(&m, DT_Q4_0, 0, LM_LOSS_COLLM);
+    lora_setup(&m, DT_Q4_0, 0, LM_LOSS_COLLM, TINY_LLAMA);
     REQUIRE(m.a && m.w);
     const lm_config *c = &m.base.c;
     lm_layout L;
@@ -329,30 +354,34 @@ TEST(lm_lora_step0_is_the_base_and_not_copied) {
 }
 
 /* An adapter file written by the trainer, applied unmerged by the engine: the trainer's
- * logits, on an F32 and a Q4_0 base. Rank 3, alpha 6 (s = 2), every kind and the output, A
- * and B drawn at random (a wrong scale moves the logits by ~5e-2 of their scale). */
-static void check_applied(int type, const char *name) {
-    const char *path = fixture_random(type, 43, 0);
+ * logits, on an F32 and a Q4_0 llama base and F32 qwen2 and qwen3 bases. Rank 3, alpha 6
+ * (s = 2), every kind and the output, A and B drawn at random (a wrong scale moves the logits
+ * by ~5e-2 of their scale). At step 0 (B = 0) the trainer computes the base. */
+static void check_applied(const char *path, int type, int V, const char *name) {
     REQUIRE(path);
     duet_error err = {0};
     duet_lm_lora_params lp = {.rank = 3, .alpha = 6, .targets = DUET_LORA_DEFAULT | DUET_LORA_OUTPUT};
     duet_lm *m = NULL;
     REQUIRE(duet_lm_load_lora(path, 2, &lp, &m, &err) == DUET_OK);
+    enum { T = 20 };
+    int32_t tok[T];
+    for (int i = 0; i < T; i++) tok[i] = (int32_t)(5 + (i * 53) % (V - 10));
+    tok[0] = 1;
+    double tol = type == DT_F32 ? F32_TOL : QUANT_TOL;
+    float *l0 = trainer_logits(m, tok, T), *lb = engine_logits(path, NULL, tok, T);
+    REQUIRE(l0 && lb);
+    double rel0 = rel_diff(l0, lb, (size_t)T * V);
+    CHECKF(rel0 < tol, "%s: step 0: max |trainer - engine| / max |engine| = %g", name, rel0);
+    free(l0);
     g_rng = 5;
     for (size_t i = 0; i < m->L.n_params; i++) m->w[i] = (float)(0.05 * urand());
     const char *ad = test_path(test_tmpdir(), name);
     REQUIRE(lm_model_save(m, ad, "adapter-test", &err) == DUET_OK);
-    enum { T = 20 };
-    int32_t tok[T];
-    for (int i = 0; i < T; i++) tok[i] = (int32_t)(5 + (i * 53) % 590);
-    tok[0] = 1;
-    float *lt = trainer_logits(m, tok, T), *le = engine_logits(path, ad, tok, T),
-          *lb = engine_logits(path, NULL, tok, T);
-    REQUIRE(lt && le && lb);
-    double rel = rel_diff(lt, le, (size_t)T * 600), moved = rel_diff(lb, le, (size_t)T * 600);
-    CHECKF(rel < (type == DT_F32 ? F32_TOL : QUANT_TOL), "%s base: max |trainer - engine with "
-           "the adapter| / max |engine| = %g", dtype_info(type)->name, rel);
-    CHECKF(moved > 1e-1, "the adapter changes the logits by only %g", moved);
+    float *lt = trainer_logits(m, tok, T), *le = engine_logits(path, ad, tok, T);
+    REQUIRE(lt && le);
+    double rel = rel_diff(lt, le, (size_t)T * V), moved = rel_diff(lb, le, (size_t)T * V);
+    CHECKF(rel < tol, "%s: max |trainer - engine with the adapter| / max |engine| = %g", name, rel);
+    CHECKF(moved > 1e-1, "%s: the adapter changes the logits by only %g", name, moved);
     free(lt);
     free(le);
     free(lb);
@@ -360,8 +389,15 @@ static void check_applied(int type, const char *name) {
 }
 
 TEST(lm_lora_adapter_file_applies_as_trained) {
-    check_applied(DT_F32, "lora-applies-f32.gguf");
-    check_applied(DT_Q4_0, "lora-applies-q4_0.gguf");
+    check_applied(fixture_random(DT_F32, 43, 0), DT_F32, 600, "lora-applies-f32.gguf");
+    check_applied(fixture_random(DT_Q4_0, 43, 0), DT_Q4_0, 600, "lora-applies-q4_0.gguf");
+}
+
+/* qwen2 (q/k/v biases) and qwen3 (per-head q/k norms, head_dim 24 with n_embd 64), neox RoPE:
+ * the fixture_arch models (n_embd 64, 3 layers, vocab 300). */
+TEST(lm_lora_qwen_applies_as_trained) {
+    check_applied(fixture_arch("qwen2", DT_F32, 0, 0, 0), DT_F32, 300, "lora-qwen2.gguf");
+    check_applied(fixture_arch("qwen3", DT_F32, 0, 0, 0), DT_F32, 300, "lora-qwen3.gguf");
 }
 
 /* The adapter file has llama.cpp's metadata, names and shapes (F32), and the trainer reads
@@ -458,16 +494,21 @@ TEST(lm_lora_grads_independent_of_threads) {
     duet_lm_free(ms[1]);
 }
 
-/* What LoRA training refuses, by name: another architecture, the output of a tied model, an
+/* What LoRA training refuses, by name: another architecture (and full training, a
+ * non-llama one, whose biases and norms its layout lacks), the output of a tied model, an
  * adapter file that does not match the rank asked for. */
 TEST(lm_lora_refusals) {
     duet_error err = {0};
     duet_lm *m = NULL;
-    const char *qwen = fixture_arch("qwen2", DT_F32, 0, 0, 0);
-    REQUIRE(qwen);
+    const char *phi = fixture_arch("phi3", DT_F32, 0, 0, 0);
+    REQUIRE(phi);
     duet_lm_lora_params lp = {.rank = 2};
-    CHECK(duet_lm_load_lora(qwen, 1, &lp, &m, &err) == DUET_ERR_UNSUPPORTED && !m);
-    CHECKF(strstr(err.msg, "architecture qwen2: LoRA training not supported yet"), "%s", err.msg);
+    CHECK(duet_lm_load_lora(phi, 1, &lp, &m, &err) == DUET_ERR_UNSUPPORTED && !m);
+    CHECKF(strstr(err.msg, "architecture phi3: LoRA training not supported yet"), "%s", err.msg);
+    lm_model full;
+    CHECK(lm_model_load(fixture_arch("qwen2", DT_F32, 0, 0, 0), 1, &full, &err) ==
+          DUET_ERR_UNSUPPORTED);
+    CHECKF(strstr(err.msg, "architecture qwen2: training every weight"), "%s", err.msg);
     const char *tied = fixture_random(DT_F32, 47, 1);
     REQUIRE(tied);
     lp.targets = DUET_LORA_Q | DUET_LORA_OUTPUT;

@@ -37,6 +37,7 @@ typedef struct lm_config {
     int tied;                  /* output matrix = token embedding */
     float rms_eps;
     float inv_freq[256];       /* [head_dim/2] RoPE frequencies (the engine's, llama3 too) */
+    int rope_neox;             /* 1: RoPE rotates (x[i], x[i + hd/2]) (qwen2, qwen3); 0: pairs */
 } lm_config;
 
 /* One tensor of the flat parameter array. */
@@ -74,6 +75,8 @@ enum { LM_MAT_Q, LM_MAT_K, LM_MAT_V, LM_MAT_O, LM_MAT_GATE, LM_MAT_UP, LM_MAT_DO
 typedef struct lm_frozen_layer {
     const float *attn_norm, *ffn_norm;   /* [n_embd] */
     mtensor w[7];                        /* LM_MAT_Q .. LM_MAT_DOWN */
+    const float *bq, *bk, *bv;           /* q/k/v biases (qwen2), or NULL */
+    const float *q_norm, *k_norm;        /* [head_dim] per-head RMSNorm before RoPE (qwen3), or NULL */
 } lm_frozen_layer;
 
 typedef struct lm_frozen {
@@ -131,7 +134,8 @@ int lm_model_save(const lm_model *m, const char *path, const char *name, duet_er
 /* LoRA (lm_lora.c). Load the base at path and lay out adapters of rank p->rank on the kinds
  * of p->targets of every layer, A uniform in +-1/sqrt(n_in) (PEFT's kaiming-uniform) from
  * p->seed and B zero, so step 0 is the base; or, with p->init, the adapter file's values
- * (its rank, alpha and kinds). Refuses architectures other than llama by name. */
+ * (its rank, alpha and kinds). llama, qwen2 (frozen q/k/v biases) and qwen3 (frozen
+ * per-head q/k norms); other architectures are refused by name. */
 int lm_lora_load(const char *path, int n_threads, const duet_lm_lora_params *p, lm_model *m,
                  duet_error *err);
 /* The adapters as llama.cpp's LoRA GGUF (F32 tensors), atomically. lm_model_save calls it

@@ -235,17 +235,20 @@ LMS void LM_T(rope_tables)(R *cs, R *sn, int T, int hd, const float *inv_freq) {
             sn[p * (hd / 2) + i] = RX(sin)(val);
         }
 }
-/* sign = +1: forward rotation; -1: its transpose (the backward pass of the rotation). */
-LMS void LM_T(rope)(R *x, int n, int T, int nh, int hd, const R *cs, const R *sn, int sign) {
+/* sign = +1: forward rotation; -1: its transpose (the backward pass of the rotation).
+ * neox: the pairs are (i, i + hd/2), as qwen2/qwen3 files expect, instead of (2i, 2i+1). */
+LMS void LM_T(rope)(R *x, int n, int T, int nh, int hd, const R *cs, const R *sn, int sign,
+                    int neox) {
+    int step = neox ? 1 : 2, off = neox ? hd / 2 : 1;
     for (int r = 0; r < n; r++) {
         int p = r % T;
         for (int h = 0; h < nh; h++) {
             R *v = x + ((size_t)r * nh + h) * hd;
             for (int i = 0; i < hd / 2; i++) {
                 R c = cs[p * (hd / 2) + i], s = sign * sn[p * (hd / 2) + i];
-                R x0 = v[2 * i], x1 = v[2 * i + 1];
-                v[2 * i] = x0 * c - x1 * s;
-                v[2 * i + 1] = x0 * s + x1 * c;
+                R x0 = v[i * step], x1 = v[i * step + off];
+                v[i * step] = x0 * c - x1 * s;
+                v[i * step + off] = x0 * s + x1 * c;
             }
         }
     }
@@ -439,7 +442,10 @@ struct LM_T(acts) {
     R *ax;       /* [slots][BT][r] A x of each adapted matrix, saved for backward */
     R *dax;      /* [BT][r] */
     R *ltmp;     /* [BT][widest adapted output] B (A x), then s dy */
-    R *nbuf;     /* [E] a frozen norm vector in R */
+    R *nbuf;     /* [max(E, hd)] a frozen norm vector in R */
+    R *qraw, *kraw;   /* [L][BT][Q], [L][BT][KV] q, k before per-head norms (qwen3) */
+    R *qrstd, *krstd; /* [L][BT][H], [L][BT][Hkv] */
+    R *dkn;      /* [BT][KV] */
     float *frow; /* [nth][row_cap] dequantised rows of frozen matrices */
     R *rrow;     /* [nth][row_cap] the same in R */
     void *kscratch; /* the engine kernels' scratch (LM_FROZEN_KERNELS) */
@@ -452,7 +458,8 @@ LMS void LM_T(acts_release)(struct LM_T(acts) *a) {
                   &a->prob, &a->att, &a->hg, &a->hu, &a->ha, &a->xfin, &a->hfin, &a->rstdf,
                   &a->logits, &a->cs, &a->sn, &a->ds, &a->dx, &a->dxn, &a->dq, &a->dk, &a->dv,
                   &a->datt, &a->dhg, &a->dhu, &a->dha, &a->dh, &a->tmp, &a->ax, &a->dax,
-                  &a->ltmp, &a->nbuf, &a->rrow};
+                  &a->ltmp, &a->nbuf, &a->rrow, &a->qraw, &a->kraw, &a->qrstd, &a->krstd,
+                  &a->dkn};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) duet_afree(*bufs[i]);
     duet_afree(a->loss);
     duet_afree(a->lp);
@@ -523,7 +530,13 @@ LMS struct LM_T(acts) *LM_T(acts_alloc_lora)(const lm_config *c, const lm_frozen
     int ok = 1;
 #define A(f, n) ok &= (a->f = duet_aalloc((n) * sizeof(R))) != NULL
     A(ax, (7 * (size_t)c->n_layer + 1) * BT * r); A(dax, BT * r); A(ltmp, BT * maxout);
-    A(nbuf, (size_t)c->n_embd); A(rrow, (size_t)a->nth * maxin);
+    A(nbuf, (size_t)DUET_MAX(c->n_embd, c->head_dim)); A(rrow, (size_t)a->nth * maxin);
+    if (fz->layer[0].q_norm) {
+        size_t L = (size_t)c->n_layer, hd = (size_t)c->head_dim;
+        A(qraw, L * BT * c->n_head * hd); A(kraw, L * BT * c->n_head_kv * hd);
+        A(qrstd, L * BT * c->n_head); A(krstd, L * BT * c->n_head_kv);
+        A(dkn, BT * c->n_head_kv * hd);
+    }
 #undef A
     ok &= (a->frow = duet_aalloc((size_t)a->nth * maxin * sizeof(float))) != NULL;
     ok &= (a->kscratch = duet_aalloc(ks)) != NULL;
@@ -619,6 +632,13 @@ static void LM_T(lin_bwd)(const LM_T(net) *N, int l, int k, R *dx, const R *dy, 
                      in, r);
 }
 
+/* A frozen F32 vector as R (a->nbuf when R is not float). */
+static const R *LM_T(fz_vec)(struct LM_T(acts) *a, const float *v, int n) {
+    if (sizeof(R) == sizeof(float)) return (const R *)(const void *)v;
+    for (int i = 0; i < n; i++) a->nbuf[i] = (R)v[i];
+    return a->nbuf;
+}
+
 /* Norm vector `which` (0: attention, 1: FFN) of layer l, or the output norm (l < 0), and its
  * gradient in *grad (NULL: frozen). A frozen vector is read as F32 (copied to a->nbuf when R
  * is not float). */
@@ -632,9 +652,56 @@ static const R *LM_T(norm_w)(const LM_T(net) *N, int l, int which, R **grad) {
     *grad = NULL;
     const float *v = l < 0 ? N->fz->output_norm
                            : which ? N->fz->layer[l].ffn_norm : N->fz->layer[l].attn_norm;
-    if (sizeof(R) == sizeof(float)) return (const R *)(const void *)v;
-    for (int i = 0; i < N->c->n_embd; i++) N->a->nbuf[i] = (R)v[i];
-    return N->a->nbuf;
+    return LM_T(fz_vec)(N->a, v, N->c->n_embd);
+}
+
+/* x[t] += b for n rows of width w (a frozen bias: its gradient is not wanted, and dx passes
+ * through unchanged). */
+static void LM_T(add_bias)(R *x, const float *b, int n, int w) {
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < w; i++) x[(size_t)t * w + i] += (R)b[i];
+}
+
+/* After the q, k, v products of a frozen base's layer l: biases (qwen2) and the per-head
+ * RMSNorms of q and k (qwen3; the inputs and rstd kept for the backward pass), as the
+ * engine does them before RoPE. */
+static void LM_T(qk_extras_fwd)(const LM_T(net) *N, int l, R *q, R *k, R *v, int n) {
+    const lm_frozen_layer *fl = &N->fz->layer[l];
+    const lm_config *c = N->c;
+    struct LM_T(acts) *a = N->a;
+    int hd = c->head_dim, H = c->n_head, Hk = c->n_head_kv;
+    if (fl->bq) LM_T(add_bias)(q, fl->bq, n, H * hd);
+    if (fl->bk) LM_T(add_bias)(k, fl->bk, n, Hk * hd);
+    if (fl->bv) LM_T(add_bias)(v, fl->bv, n, Hk * hd);
+    if (!fl->q_norm) return;
+    size_t nQ = (size_t)n * H * hd, nKV = (size_t)n * Hk * hd;
+    R *qr = a->qraw + l * nQ, *kr = a->kraw + l * nKV;
+    memcpy(qr, q, nQ * sizeof(R));
+    memcpy(kr, k, nKV * sizeof(R));
+    LM_T(rmsnorm_fwd)(q, a->qrstd + (size_t)l * n * H, qr, LM_T(fz_vec)(a, fl->q_norm, hd), n * H,
+                      hd, c->rms_eps);
+    LM_T(rmsnorm_fwd)(k, a->krstd + (size_t)l * n * Hk, kr, LM_T(fz_vec)(a, fl->k_norm, hd),
+                      n * Hk, hd, c->rms_eps);
+}
+
+/* The per-head norms' backward pass: a->dq and a->dk (gradients after the norms) become the
+ * gradients of the products' outputs. */
+static void LM_T(qk_norm_bwd)(const LM_T(net) *N, int l, int n) {
+    const lm_frozen_layer *fl = &N->fz->layer[l];
+    const lm_config *c = N->c;
+    struct LM_T(acts) *a = N->a;
+    if (!fl->q_norm) return;
+    int hd = c->head_dim, H = c->n_head, Hk = c->n_head_kv;
+    size_t nQ = (size_t)n * H * hd, nKV = (size_t)n * Hk * hd;
+    /* datt is free once attention's backward pass has read it */
+    memset(a->datt, 0, nQ * sizeof(R));
+    LM_T(rmsnorm_bwd)(a->datt, NULL, a->dq, a->qraw + l * nQ, LM_T(fz_vec)(a, fl->q_norm, hd),
+                      a->qrstd + (size_t)l * n * H, n * H, hd);
+    memcpy(a->dq, a->datt, nQ * sizeof(R));
+    memset(a->dkn, 0, nKV * sizeof(R));
+    LM_T(rmsnorm_bwd)(a->dkn, NULL, a->dk, a->kraw + l * nKV, LM_T(fz_vec)(a, fl->k_norm, hd),
+                      a->krstd + (size_t)l * n * Hk, n * Hk, hd);
+    memcpy(a->dk, a->dkn, nKV * sizeof(R));
 }
 
 /* ---- the whole model ------------------------------------------------------------------ */
@@ -660,8 +727,9 @@ static void LM_T(net_forward)(const LM_T(net) *N, const lm_batch *b) {
         LM_T(lin_fwd)(N, l, LM_MAT_Q, q, xn1, n);
         LM_T(lin_fwd)(N, l, LM_MAT_K, k, xn1, n);
         LM_T(lin_fwd)(N, l, LM_MAT_V, v, xn1, n);
-        LM_T(rope)(q, n, T, H, hd, a->cs, a->sn, 1);
-        LM_T(rope)(k, n, T, Hk, hd, a->cs, a->sn, 1);
+        if (N->fz) LM_T(qk_extras_fwd)(N, l, q, k, v, n);
+        LM_T(rope)(q, n, T, H, hd, a->cs, a->sn, 1, c->rope_neox);
+        LM_T(rope)(k, n, T, Hk, hd, a->cs, a->sn, 1, c->rope_neox);
         LM_T(attn_fwd)(N->tp, att, a->prob + l * nP, q, k, v, B, T, H, Hk, hd);
         LM_T(lin_fwd)(N, l, LM_MAT_O, a->tmp, att, n);
         for (size_t i = 0; i < nE; i++) xmid[i] = x[i] + a->tmp[i];
@@ -719,8 +787,9 @@ static void LM_T(net_backward)(const LM_T(net) *N, const lm_batch *b) {
         LM_T(lin_bwd)(N, l, LM_MAT_O, a->datt, a->dx, att, n);
         LM_T(attn_bwd)(N->tp, a->dq, a->dk, a->dv, a->datt, a->prob + l * nP, q, k, v, B, T, H,
                        Hk, hd);
-        LM_T(rope)(a->dq, n, T, H, hd, a->cs, a->sn, -1);
-        LM_T(rope)(a->dk, n, T, Hk, hd, a->cs, a->sn, -1);
+        LM_T(rope)(a->dq, n, T, H, hd, a->cs, a->sn, -1, c->rope_neox);
+        LM_T(rope)(a->dk, n, T, Hk, hd, a->cs, a->sn, -1, c->rope_neox);
+        if (N->fz) LM_T(qk_norm_bwd)(N, l, n);
         /* with a frozen embedding nothing below layer 0's q, k, v learns */
         R *dxn = N->fz && l == 0 ? NULL : a->dxn;
         if (dxn) memset(dxn, 0, nE * sizeof(R));

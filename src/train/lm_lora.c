@@ -67,6 +67,11 @@ int lm_frozen_init(lm_frozen *fz, const duet_model *s, duet_error *err) {
         lm_frozen_layer *f = &fz->layer[l];
         f->attn_norm = lw->attn_norm;
         f->ffn_norm = lw->ffn_norm;
+        f->bq = lw->bq;
+        f->bk = lw->bk;
+        f->bv = lw->bv;
+        f->q_norm = lw->q_norm;
+        f->k_norm = lw->k_norm;
         const mtensor *w[7] = {&lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w_gate, &lw->w_up,
                                &lw->w_down};
         for (int k = 0; k < 7; k++) f->w[k] = *w[k];
@@ -264,16 +269,23 @@ static int lora_shape(const duet_lm_lora_params *p, const gguf_file *init, const
     return DUET_OK;
 }
 
-/* The architectures whose forward pass lm_impl.h computes. */
+/* The architectures whose forward pass lm_impl.h computes: llama, and qwen2 (q/k/v biases)
+ * and qwen3 (per-head q/k norms), both with neox RoPE. */
 static int arch_check(const duet_model *s, duet_error *err) {
     const char *arch = s->hp.arch;
-    if (strcmp(arch, "llama"))
+    const arch_params *ap = &s->ap;
+    if (strcmp(arch, "llama") && strcmp(arch, "qwen2") && strcmp(arch, "qwen3"))
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: architecture %s: LoRA training not "
-                         "supported yet (llama is)", s->path, arch);
-    if (s->ap.rope_neox || s->ap.n_rot != s->hp.head_dim || s->ap.rope_mscale != 1.0f ||
-        s->rope_inv_freq_long)
+                         "supported yet (llama, qwen2 and qwen3 are)", s->path, arch);
+    if (ap->n_rot != s->hp.head_dim || ap->rope_mscale != 1.0f || s->rope_inv_freq_long ||
+        ap->rope_neox != (strcmp(arch, "llama") != 0))
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: a RoPE variant the trainer does not "
-                         "compute (partial, neox order, scaled or LongRoPE)", s->path);
+                         "compute (partial, scaled, LongRoPE or another pair order)", s->path);
+    if (ap->ffn_gelu || ap->embd_scale != 1.0f || ap->attn_softcap > 0 || ap->final_softcap > 0 ||
+        ap->n_swa || fabsf(ap->attn_scale - 1.0f / sqrtf((float)s->hp.head_dim)) > 1e-7f)
+        return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: %s with GELU, scaled embeddings, soft "
+                         "caps, a sliding window or another attention scale: not trained yet",
+                         s->path, arch);
     return DUET_OK;
 }
 

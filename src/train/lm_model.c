@@ -102,6 +102,7 @@ int lm_config_init(lm_config *c, const duet_model *s, duet_error *err) {
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: head_dim %d is too large for the "
                          "trainer (at most 512)", s->path, hp->head_dim);
     memcpy(c->inv_freq, s->rope_inv_freq, (size_t)hp->head_dim / 2 * sizeof(float));
+    c->rope_neox = s->ap.rope_neox;
     return DUET_OK;
 }
 
@@ -112,7 +113,10 @@ int lm_model_load(const char *path, int n_threads, lm_model *m, duet_error *err)
     if (rc) return rc;
     const duet_model *s = m->src;
     lm_config *c = &m->c;
-    if ((rc = lm_config_init(c, s, err)) || (rc = lm_layout_init(&m->L, c, err))) {
+    if (strcmp(s->hp.arch, "llama")) /* its layout has no biases or q/k norms */
+        rc = duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: architecture %s: training every weight "
+                       "is supported for llama (LoRA: llama, qwen2, qwen3)", path, s->hp.arch);
+    if (rc || (rc = lm_config_init(c, s, err)) || (rc = lm_layout_init(&m->L, c, err))) {
         lm_model_free(m);
         return rc;
     }
