@@ -45,6 +45,7 @@ static void usage(FILE *f) {
             "  --outputs FILE       gsm8k/math: every answer as a JSON line (policy, rate, index,\n"
             "                       output, pred, reference, correct)\n"
             "  --quiet              no progress on stderr\n");
+    lora_opts_usage(f);
 }
 
 /* ---- shared with duet tune ------------------------------------------------------------ */
@@ -180,6 +181,7 @@ typedef struct eval_args {
     double rates[MAX_RATES];
     float eta, ent;
     duet_eval_params ep;
+    lora_opts lora;
 } eval_args;
 
 /* Reads the command line into A; returns -1 to go on, else the exit status (0 after --help). */
@@ -189,6 +191,9 @@ static int parse_args(int argc, char **argv, eval_args *A) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--quiet")) { A->quiet = 1; continue; }
+        int lt = lora_opts_parse("eval", &A->lora, argc, argv, &i);
+        if (lt < 0) return 2;
+        if (lt) continue;
         if (!(v = arg_value("eval", argc, argv, &i))) return 2;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) A->base_path = v;
         else if (!strcmp(a, "--expert")) A->expert_path = v;
@@ -272,6 +277,11 @@ int cmd_eval(int argc, char **argv) {
     if (cmd_eval_load("eval", base_path, expert_path, anti_path, head_path, n_threads, &base, &expert,
                       &anti, &head))
         goto done;
+    if (lora_attach(&A.lora, 0, base, &err) || (A.lora.n[1] && !expert) ||
+        (expert && lora_attach(&A.lora, 1, expert, &err))) {
+        if (!err.msg[0]) snprintf(err.msg, sizeof err.msg, "--expert-lora needs --expert");
+        goto fail;
+    }
     if (duet_eval_open(base, expert, anti, head, data, &ep, &ctx, &err) || duet_eval_run(ctx, specs, n_specs, res, &err))
         goto fail;
     int size = duet_eval_size(ctx, &err);
@@ -299,5 +309,6 @@ done:
     duet_model_free(anti);
     duet_model_free(expert);
     duet_model_free(base);
+    lora_opts_free(&A.lora);
     return rc;
 }

@@ -1,6 +1,7 @@
 /* train.c: `duet train lm` (pre-training on plain text, fine-tuning on prompt/response JSONL)
  * and `duet train collm` (the paper's joint training of the base and its deferral head, or the
- * weak-supervision baseline): thin wrappers over duet_lm_train and duet_head_train. */
+ * weak-supervision baseline), of every weight or, with --lora, of low-rank adapters on a frozen
+ * base: thin wrappers over duet_lm_train and duet_head_train. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,9 +17,9 @@ static void usage(FILE *f, int collm) {
         fprintf(f,
                 "usage: duet train collm -m BASE.gguf -d DATA --expert-scores E -o OUT.gguf\n"
                 "                        --head-out HEAD.gguf (--head WEAK.gguf | --base-scores B) [options]\n"
-                "  Joint training (docs/method.md section 5): the base's weights and the head vector u\n"
-                "  learn together on the negative log marginal likelihood, with the expert's log-probs\n"
-                "  from E.\n"
+                "  Joint training (docs/method.md section 5): the base's weights (with --lora: adapters on\n"
+                "  the frozen base, OUT is the adapter file) and the head vector u learn together on the\n"
+                "  negative log marginal likelihood, with the expert's log-probs from E.\n"
                 "  --expert-scores FILE  duet score -m EXPERT --tokenizer-of BASE -d DATA -c SEQ_LEN+1\n"
                 "  --head FILE           the starting head (duet head train --objective weak)\n"
                 "  --base-scores FILE    or: the base's scores of DATA, to train the weak start here\n"
@@ -53,8 +54,15 @@ static void usage(FILE *f, int collm) {
             "  --name NAME           general.name of the output\n"
             "  --log FILE            JSON log (per step and per evaluation)\n"
             "  --curve PREFIX        the loss curve as PREFIX.csv and PREFIX.svg\n"
+            "  --stop-at N           stop after step N with a checkpoint that --resume continues\n"
             "  -t, --threads N       threads (default: all CPUs)\n"
-            "  --quiet               no progress or summary\n");
+            "  --quiet               no progress or summary\n"
+            "LoRA (with -m BASE; OUT is then a llama.cpp LoRA GGUF for run/chat/serve --lora):\n"
+            "  --lora R              train rank-R adapters on the frozen base (its matrices stay in\n"
+            "                        their type); A starts random (--init-seed), B at zero\n"
+            "  --lora-alpha A        scale alpha / R on the adapters' product (default R)\n"
+            "  --lora-targets LIST   matrices to adapt: q,k,v,o,gate,up,down,output (default all\n"
+            "                        but output)\n");
 }
 
 static void progress(void *ud, const duet_lm_progress *p) {
@@ -71,6 +79,7 @@ typedef struct train_args {
     int quiet, n_threads, weak_only;
     duet_make_model_params mk;
     duet_lm_train_params p;
+    duet_lm_lora_params lora;   /* rank 0: every weight is trained */
 } train_args;
 
 /* Reads the command line into A; returns -1 to go on, else the exit status (0 after --help). */
@@ -100,7 +109,7 @@ static int parse_args(int argc, char **argv, train_args *A) {
                 : !strcmp(a, "--n-ctx") ? &mk->n_ctx : !strcmp(a, "--seq-len") ? &p->seq_len
                 : !strcmp(a, "--batch") ? &p->batch : !strcmp(a, "--accum") ? &p->accum
                 : !strcmp(a, "--eval-every") ? &p->eval_every : !strcmp(a, "--eval-seqs") ? &p->eval_seqs
-                : !strcmp(a, "--save-every") ? &p->save_every
+                : !strcmp(a, "--save-every") ? &p->save_every : !strcmp(a, "--lora") ? &A->lora.rank
                 : !strcmp(a, "-t") || !strcmp(a, "--threads") ? &A->n_threads : NULL;
         if (ip) {
             if (!arg_int(cmd, a, v, 1, 1 << 24, ip)) return 2;
@@ -116,10 +125,19 @@ static int parse_args(int argc, char **argv, train_args *A) {
         else if (collm && !strcmp(a, "--base-scores")) A->bpath = v;
         else if (collm && !strcmp(a, "--head")) A->head_in = v;
         else if (collm && !strcmp(a, "--head-out")) p->head_out = v;
-        else if (!strcmp(a, "--steps")) {
+        else if (!strcmp(a, "--steps") || !strcmp(a, "--stop-at")) {
             int n;
             if (!arg_int(cmd, a, v, 1, 1 << 30, &n)) return 2;
-            p->steps = n;
+            if (!strcmp(a, "--steps")) p->steps = n;
+            else p->stop_at = n;
+        } else if (!strcmp(a, "--lora-alpha")) {
+            if (!arg_float(cmd, a, v, 1e-6, 1e6, &A->lora.alpha)) return 2;
+        } else if (!strcmp(a, "--lora-targets")) {
+            duet_error e = {0};
+            if (duet_lora_targets_parse(v, &A->lora.targets, &e)) {
+                fprintf(stderr, "duet %s: --lora-targets: %s\n", cmd, e.msg);
+                return 2;
+            }
         } else if (!strcmp(a, "--epochs")) {
             if (!arg_float(cmd, a, v, 1e-6, 1e6, &x)) return 2;
             p->epochs = x;
@@ -160,11 +178,43 @@ static int parse_args(int argc, char **argv, train_args *A) {
     return -1;
 }
 
+/* The model to train: the checkpoint of a resumed run, a new random model, or the base of -m;
+ * with --lora, the base of -m with adapters (a resumed run's from OUT). */
+static int load_trainee(const train_args *A, duet_lm_train_params *p, int resuming, char *tmp_init,
+                        size_t cap, duet_lm **m, duet_error *err) {
+    const char *init = A->init;
+    if (A->lora.rank) {
+        duet_lm_lora_params lp = A->lora;
+        lp.seed = A->mk.seed;
+        if (resuming) lp.init = p->out_path; /* the adapter file; the sidecar has the rest */
+        return duet_lm_load_lora(init, A->n_threads, &lp, m, err);
+    }
+    if (resuming) {
+        init = p->out_path; /* the checkpoint carries the weights; the sidecar the rest */
+    } else if (!init) {
+        duet_make_model_params mk = A->mk;
+        if (!mk.n_head_kv) mk.n_head_kv = mk.n_head;
+        snprintf(tmp_init, cap, "%s.init.gguf", p->out_path);
+        int rc = duet_make_model(&mk, tmp_init, err);
+        if (rc) return rc;
+        init = tmp_init;
+    }
+    int rc = duet_lm_load(init, A->n_threads, m, err);
+    if (!rc && tmp_init[0]) {
+        unlink(tmp_init); /* mapped: stays readable until the model is freed */
+        if (!p->name) {
+            const char *b = strrchr(p->out_path, '/');
+            p->name = b ? b + 1 : p->out_path;
+        }
+    }
+    return rc;
+}
+
 int cmd_train(int argc, char **argv) {
     train_args A;
     int prc = parse_args(argc, argv, &A);
     if (prc >= 0) return prc;
-    int collm = A.collm, quiet = A.quiet, n_threads = A.n_threads, weak_only = A.weak_only;
+    int collm = A.collm, quiet = A.quiet, weak_only = A.weak_only;
     const char *cmd = A.cmd, *init = A.init, *epath = A.epath, *vepath = A.vepath, *bpath = A.bpath,
                *head_in = A.head_in;
     duet_make_model_params mk = A.mk;
@@ -194,36 +244,33 @@ int cmd_train(int argc, char **argv) {
         usage(stderr, collm);
         return 2;
     }
+    if (A.lora.rank && (!init || mk.n_embd)) {
+        fprintf(stderr, "duet %s: --lora trains adapters on the base given with -m (not a new "
+                        "model)\n", cmd);
+        return 2;
+    }
+    if (!A.lora.rank && (A.lora.alpha > 0 || A.lora.targets)) {
+        fprintf(stderr, "duet %s: --lora-alpha and --lora-targets go with --lora R\n", cmd);
+        return 2;
+    }
     char sidecar[1100];
     snprintf(sidecar, sizeof sidecar, "%s.optim", p.out_path);
-    if (p.resume && access(sidecar, R_OK) == 0) {
-        init = p.out_path; /* the checkpoint carries the weights; the sidecar the rest */
-    } else if (!init) {
-        if (!mk.n_head_kv) mk.n_head_kv = mk.n_head;
-        if (!mk.n_vocab || !mk.n_layer || !mk.n_head || !mk.n_ff) {
-            fprintf(stderr, "duet %s: a new model needs --n-embd, --n-layer, --n-head, --n-ff "
-                            "and --n-vocab\n", cmd);
-            return 2;
-        }
-        snprintf(tmp_init, sizeof tmp_init, "%s.init.gguf", p.out_path);
-        if ((rc = duet_make_model(&mk, tmp_init, &err))) goto done;
-        init = tmp_init;
+    int resuming = p.resume && access(sidecar, R_OK) == 0;
+    if (!resuming && !init && (!mk.n_vocab || !mk.n_layer || !mk.n_head || !mk.n_ff)) {
+        fprintf(stderr, "duet %s: a new model needs --n-embd, --n-layer, --n-head, --n-ff "
+                        "and --n-vocab\n", cmd);
+        return 2;
     }
-    if ((rc = duet_lm_load(init, n_threads, &m, &err))) goto done;
-    if (tmp_init[0]) {
-        unlink(tmp_init); /* mapped: stays readable until the model is freed */
-        if (!p.name) {
-            const char *b = strrchr(p.out_path, '/');
-            p.name = b ? b + 1 : p.out_path;
-        }
-    }
+    if ((rc = load_trainee(&A, &p, resuming, tmp_init, sizeof tmp_init, &m, &err))) goto done;
     if (collm) {
         if ((rc = duet_scores_open(epath, &E, &err))) goto done;
         if (vepath && (rc = duet_scores_open(vepath, &VE, &err))) goto done;
         p.expert = E;
         p.val_expert = VE;
-        if (head_in) {
-            rc = duet_head_load(head_in, duet_lm_source(m), &h, &err);
+        /* a resumed run continues the head where its checkpoint left it */
+        const char *hpath = resuming && access(p.head_out, R_OK) == 0 ? p.head_out : head_in;
+        if (hpath) {
+            rc = duet_head_load(hpath, duet_lm_source(m), &h, &err);
         } else {
             duet_head_train_params hp = {.objective = DUET_HT_WEAK, .seed = p.seed};
             if (!(rc = duet_scores_open(bpath, &BS, &err))) rc = duet_head_train(BS, E, &hp, &h, NULL, &err);
@@ -233,7 +280,7 @@ int cmd_train(int argc, char **argv) {
             rc = DUET_ERR_ARG;
             snprintf(err.msg, sizeof err.msg, "%s: joint training takes a hidden-state head "
                      "(the paper's), not one with confidence features",
-                     head_in ? head_in : "the weak-supervision head");
+                     hpath ? hpath : "the weak-supervision head");
             goto done;
         }
         p.u_init = duet_head_u(h);
@@ -247,6 +294,13 @@ int cmd_train(int argc, char **argv) {
     duet_lm_train_result r;
     rc = duet_lm_train(m, &p, &r, &err);
     cli_progress_end(&pg);
+    if (rc == DUET_LM_STOPPED) {
+        if (!quiet)
+            fprintf(stderr, "duet %s: stopped after step %lld: %s and %s.optim continue with "
+                            "--resume\n", cmd, (long long)r.steps, p.out_path, p.out_path);
+        rc = 0;
+        goto done;
+    }
     if (rc) goto done;
     if (!quiet)
         fprintf(stderr, "duet %s: wrote %s%s%s: %lld steps, %lld loss tokens, held-out loss %.4f -> "

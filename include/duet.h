@@ -1182,6 +1182,31 @@ void duet_lm_free(duet_lm *m);
  * base is loaded and checked against it. Valid while m lives. */
 const duet_model *duet_lm_source(const duet_lm *m);
 
+/* LoRA training on a frozen base (llama, qwen2, qwen3): the base's matrices stay in the file's type and are
+ * multiplied straight from their blocks; only low-rank adapters (and, joint training, u) are
+ * trained, and duet_lm_train writes them to out_path as a llama.cpp LoRA GGUF (F32 A and B,
+ * adapter.lora.alpha) that duet_lora_load / llama.cpp's --lora apply unmerged. Each adapted
+ * matrix W gains s B A, A: r x n_in, B: n_out x r, s = alpha / r; A starts uniform in
+ * +-1/sqrt(n_in) (PEFT's init) and B at zero, so step 0 is the base exactly. Target bits: */
+enum { DUET_LORA_Q = 1, DUET_LORA_K = 2, DUET_LORA_V = 4, DUET_LORA_O = 8, DUET_LORA_GATE = 16,
+       DUET_LORA_UP = 32, DUET_LORA_DOWN = 64, DUET_LORA_OUTPUT = 128,
+       DUET_LORA_DEFAULT = 127 /* the attention and FFN matrices; the output stays plain */ };
+typedef struct duet_lm_lora_params {
+    int rank;             /* r >= 1 (0 with init: the file's) */
+    float alpha;          /* 0: r (s = 1) */
+    unsigned targets;     /* DUET_LORA_* bits; 0: DUET_LORA_DEFAULT (with init: the file's) */
+    uint64_t seed;        /* A's random start */
+    const char *init;     /* start from this adapter file instead (resuming): its rank, alpha
+                             and targets, which rank/alpha/targets, when set, must equal */
+} duet_lm_lora_params;
+/* Load the base at path (llama, qwen2 or qwen3; other architectures are refused by name) with
+ * adapters. */
+int duet_lm_load_lora(const char *path, int n_threads, const duet_lm_lora_params *p,
+                      duet_lm **out, duet_error *err);
+/* Parse a comma-separated list of q, k, v, o, gate, up, down, output into DUET_LORA_* bits;
+ * DUET_ERR_ARG naming the unknown entry. */
+int duet_lora_targets_parse(const char *list, unsigned *out, duet_error *err);
+
 typedef struct duet_lm_progress {
     int64_t step, steps;
     double loss;          /* mean training loss per token since the last report */
@@ -1213,7 +1238,7 @@ typedef struct duet_lm_train_params {
     int save_every;              /* steps between checkpoints (0 = only at the end) */
     int resume;                  /* continue from out_path + its .optim sidecar when present */
     int64_t stop_at;             /* > 0: stop after this step with a resumable checkpoint */
-    const char *out_path;        /* the trained model, F32 GGUF */
+    const char *out_path;        /* the trained model, F32 GGUF (LoRA: the adapter file) */
     const char *name;            /* general.name of the output (NULL: keep the source's) */
     const char *log_path;        /* JSON log (NULL: none) */
     const char *curve_prefix;    /* PREFIX.csv and PREFIX.svg of the losses (NULL: none) */
@@ -1236,8 +1261,8 @@ typedef struct duet_lm_train_result {
 
 #define DUET_LM_STOPPED 2   /* positive status: stopped at stop_at, resumable */
 
-/* Train m (its weights change in place) and write p->out_path (and the head, joint training).
- * DUET_OK, DUET_LM_STOPPED, or an error. */
+/* Train m (its weights, or a LoRA model's adapters, change in place) and write p->out_path
+ * (and the head, joint training). DUET_OK, DUET_LM_STOPPED, or an error. */
 int duet_lm_train(duet_lm *m, const duet_lm_train_params *p, duet_lm_train_result *res,
                   duet_error *err);
 

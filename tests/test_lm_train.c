@@ -46,7 +46,7 @@ static double fd_check(objective f, void *ctx, double *x, const double *grad, si
 
 /* Each op: the objective is sum(out * c) for fixed random c, so d obj / d out = c. */
 typedef struct op_ctx {
-    int n, in, out, dim, B, T, H, Hkv, hd;
+    int n, in, out, dim, B, T, H, Hkv, hd, neox;
     double *x, *w, *y, *c, *rstd, *prob, *k, *v, *u, *cs, *sn;
 } op_ctx;
 
@@ -94,7 +94,7 @@ static double obj_rope(void *p) {
     op_ctx *o = p;
     size_t n = (size_t)o->n * o->H * o->hd;
     memcpy(o->y, o->x, n * sizeof(double));
-    lmd_rope(o->y, o->n, o->T, o->H, o->hd, o->cs, o->sn, 1);
+    lmd_rope(o->y, o->n, o->T, o->H, o->hd, o->cs, o->sn, 1, o->neox);
     return dotc(o->y, o->c, n);
 }
 
@@ -108,8 +108,13 @@ TEST(lm_fd_rope) {
     fill(x, 96, 1); fill(c, 96, 1);
     obj_rope(&o);
     memcpy(dx, c, sizeof dx);
-    lmd_rope(dx, 8, 4, 2, 6, cs, sn, -1);
+    lmd_rope(dx, 8, 4, 2, 6, cs, sn, -1, 0);
     fd_check(obj_rope, &o, x, dx, 96, "rope dx");
+    o.neox = 1; /* pairs (i, i + 3) */
+    obj_rope(&o);
+    memcpy(dx, c, sizeof dx);
+    lmd_rope(dx, 8, 4, 2, 6, cs, sn, -1, 1);
+    fd_check(obj_rope, &o, x, dx, 96, "rope dx (neox)");
 }
 
 static double obj_attn(void *p) {

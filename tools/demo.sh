@@ -8,7 +8,8 @@ duet=${1:-build/duet}
 m=${DUET_MODELS:-models}
 n=${DEMO_N:-500}          # held-out problems in the table
 threads=${DEMO_THREADS:-2}
-for f in demo-base demo-expert demo-base.head demo-joint demo-joint.head; do
+for f in demo-base demo-expert demo-base.head demo-joint demo-joint.head demo-pre demo-joint-lora \
+    demo-joint-lora.head; do
     if [ ! -r "$m/$f.gguf" ]; then
         echo "demo: $m/$f.gguf is missing (make models rebuilds the demo models)" >&2
         exit 1
@@ -27,6 +28,8 @@ echo "  base   ($(du -k "$base" | cut -f1) KiB): pre-trained on the format with 
 echo "         problems over 40% of the number pairs"
 echo "  joint  ($(du -k "$joint" | cut -f1) KiB): the same start, base and deferral head trained together on the"
 echo "         same problems with Co-LLM's marginal likelihood (make models rebuilds all of them)"
+echo "  LoRA   ($(du -k "$m/demo-joint-lora.gguf" | cut -f1) KiB of rank-8 adapters): the same objective with that start frozen,"
+echo "         only the adapters and the deferral head learning"
 echo
 i=0
 for line in 3 4 5; do
@@ -44,6 +47,8 @@ common="--expert $expert --task gsm8k --data $data --limit $n -n 40 -t $threads 
 # joint Co-LLM first: random deferral is then run at its deferral frequency
 "$duet" eval -m "$joint" --head "$m/demo-joint.head.gguf" --policy collm $common > "$work/joint.txt"
 rate=$(awk '$1 == "collm" { for (i = 1; i <= NF; i++) if ($i ~ /%$/ && $(i-1) ~ /\//) { sub("%", "", $i); printf "%.4f", $i / 100 } }' "$work/joint.txt")
+"$duet" eval -m "$m/demo-pre.gguf" --lora "$m/demo-joint-lora.gguf" --head "$m/demo-joint-lora.head.gguf" \
+    --policy collm $common > "$work/lora.txt"
 "$duet" eval -m "$base" --head "$m/demo-base.head.gguf" --policy base,expert,confidence,collm \
     $common > "$work/base.txt"
 "$duet" eval -m "$base" --policy random --defer-rate "$rate" $common > "$work/random.txt"
@@ -52,5 +57,7 @@ grep -E '^(base|expert|confidence) ' "$work/base.txt"
 sed -n 's/^random      /random      /p' "$work/random.txt"
 sed -n 's/^collm       /collm (head)/p' "$work/base.txt"
 sed -n 's/^collm       /collm(joint)/p' "$work/joint.txt"
+sed -n 's/^collm       /collm(LoRA) /p' "$work/lora.txt"
 echo "(random defers at the joint model's frequency; collm (head) is a switch trained on the frozen"
-echo " fine-tuned base over validation problems)"
+echo " fine-tuned base over validation problems; collm(LoRA) is the joint objective with the base"
+echo " frozen and rank-8 adapters learning, applied unmerged)"

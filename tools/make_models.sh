@@ -18,6 +18,8 @@
 #   joint, joint.head  the paper's method: from pretrained, base and switch trained together
 #               on the same training problems (marginal likelihood), the switch starting from
 #               weak supervision scored with pretrained (docs/method.md sections 4-5)
+#   pre, joint-lora, joint-lora.head  the same objective with the base frozen: rank-8 LoRA
+#               adapters on pretrained (kept as demo-pre) and the switch learn together
 set -e
 duet=${1:-build/duet}
 gen=${2:-build/gen_demo_task}
@@ -64,6 +66,14 @@ echo "== joint Co-LLM: base and switch together from pretrained and the weak swi
     -o "$work/joint.gguf" --head-out "$work/joint.head.gguf" --name duet-demo-joint \
     $sft --epochs 3 --lr 1e-3 --seed 2 $q
 
-for f in expert base base.head joint joint.head; do cp "$work/$f.gguf" "$out/demo-$f.gguf"; done
+echo "== joint Co-LLM with LoRA: rank-8 adapters and the switch on the frozen pretrained base" >&2
+"$duet" train collm -m "$work/pre.gguf" --lora 8 --lora-alpha 16 -d "$work/base_train.jsonl" \
+    --expert-scores "$work/expert.dsf" --head "$work/weak.head.gguf" \
+    -o "$work/joint-lora.gguf" --head-out "$work/joint-lora.head.gguf" \
+    --name duet-demo-joint-lora $sft --epochs 3 --lr 3e-3 --seed 2 $q
+
+for f in expert base base.head joint joint.head pre joint-lora joint-lora.head; do
+    cp "$work/$f.gguf" "$out/demo-$f.gguf"
+done
 cp "$work/heldout.jsonl" "$out/demo-heldout.jsonl"
 ls -l "$out" >&2

@@ -14,7 +14,5 @@ size_t lora_scratch_bytes(const duet_model *m, int n_rows);
  * Nothing when no adapter is attached there. */
 void lora_apply(const duet_model *m, int mi, const float *x, int n, float *y, float *t, float *u,
                 void *scratch);
-/* Drop the model's adapter bindings (the adapters themselves belong to the caller). */
-void lora_model_free(duet_model *m);
 
 #endif

@@ -5,7 +5,6 @@
  * faster for generation). Names and keys are llama.cpp's, so its GGUF files load as they are.
  */
 #include "engine/model.h"
-#include "engine/lora.h"
 
 #include <errno.h>
 #include <fcntl.h>

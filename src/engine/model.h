@@ -91,6 +91,10 @@ struct duet_model {
 enum { MAT_Q, MAT_K, MAT_V, MAT_O, MAT_GATE, MAT_UP, MAT_DOWN };
 int model_n_matrices(const duet_model *m);
 mtensor *model_matrix(duet_model *m, int i);
+/* Drop the model's adapter bindings (lora.c; the adapters themselves belong to the caller).
+ * Declared here, not in lora.h, so that the model does not include the adapters' header
+ * while they include the model's. */
+void lora_model_free(duet_model *m);
 /* DUET_OK when every element of tensor t (its data at data) is finite, else an error naming
  * path, the tensor and the element. */
 int model_tensor_finite(const char *path, const gguf_tensor *t, const void *data, duet_error *err);

@@ -30,12 +30,14 @@
 
 #include "duet.h"
 #include "base/threadpool.h"
+#include "engine/model.h"
 
 typedef struct lm_config {
     int n_vocab, n_embd, n_layer, n_head, n_head_kv, n_ff, head_dim;
     int tied;                  /* output matrix = token embedding */
     float rms_eps;
     float inv_freq[256];       /* [head_dim/2] RoPE frequencies (the engine's, llama3 too) */
+    int rope_neox;             /* 1: RoPE rotates (x[i], x[i + hd/2]) (qwen2, qwen3); 0: pairs */
 } lm_config;
 
 /* One tensor of the flat parameter array. */
@@ -61,6 +63,50 @@ void lm_layout_free(lm_layout *L);
 
 enum { LM_LOSS_CE = 0, LM_LOSS_COLLM = 1 };
 
+/* ---- LoRA on a frozen base ---------------------------------------------------------------
+ * The base's weights stay where the engine loaded them, in the file's type: matrices are
+ * multiplied straight from their blocks (the engine's kernels forward; W^T dy row by row
+ * backward), norms are read as F32. Only the adapters (and u) are parameters: for each
+ * adapted matrix W (n_out x n_in), A (r x n_in) and B (n_out x r), and the product becomes
+ * W x + s B (A x) with s = alpha / r, as the engine applies a LoRA file at scale 1. */
+enum { LM_MAT_Q, LM_MAT_K, LM_MAT_V, LM_MAT_O, LM_MAT_GATE, LM_MAT_UP, LM_MAT_DOWN, LM_MAT_OUT,
+       LM_N_MAT };
+
+typedef struct lm_frozen_layer {
+    const float *attn_norm, *ffn_norm;   /* [n_embd] */
+    mtensor w[7];                        /* LM_MAT_Q .. LM_MAT_DOWN */
+    const float *bq, *bk, *bv;           /* q/k/v biases (qwen2), or NULL */
+    const float *q_norm, *k_norm;        /* [head_dim] per-head RMSNorm before RoPE (qwen3), or NULL */
+} lm_frozen_layer;
+
+typedef struct lm_frozen {
+    mtensor tok_embd, output;            /* output = tok_embd when tied */
+    const float *output_norm;
+    lm_frozen_layer *layer;              /* [n_layer] */
+} lm_frozen;
+
+typedef struct lm_lora {
+    int rank;
+    float alpha, scale;                  /* scale = alpha / rank, in float as the engine's */
+    unsigned targets;                    /* bit k: matrix kind k (LM_MAT_*) is adapted */
+    /* element offsets of A and B in the flat array, slot lm_lora_slot(); SIZE_MAX: none */
+    size_t *a_off, *b_off;
+} lm_lora;
+
+/* Slot of matrix kind k of layer l (the output: any l). */
+static inline int lm_lora_slot(const lm_config *c, int l, int k) {
+    return k == LM_MAT_OUT ? 7 * c->n_layer : 7 * l + k;
+}
+/* Input and output widths of matrix kind k. */
+static inline void lm_mat_dims(const lm_config *c, int k, int *in, int *out) {
+    int E = c->n_embd, Q = c->n_head * c->head_dim, KV = c->n_head_kv * c->head_dim;
+    static const int which_in[LM_N_MAT] = {0, 0, 0, 1, 0, 0, 2, 0};
+    static const int which_out[LM_N_MAT] = {1, 3, 3, 0, 2, 2, 0, 4};
+    int dims[5] = {E, Q, c->n_ff, KV, c->n_vocab};
+    *in = dims[which_in[k]];
+    *out = dims[which_out[k]];
+}
+
 /* ---- the float model ------------------------------------------------------------------- */
 /* The struct behind the public handle duet_lm (duet.h); the library and the tests use it by
  * value as lm_model. */
@@ -70,16 +116,40 @@ typedef struct duet_lm {
     float *w, *g;              /* [n_params] weights and gradients */
     float *u, *gu;             /* [n_embd] deferral head (joint training), NULL otherwise */
     duet_model *src;           /* the GGUF the model came from (tokenizer, metadata) */
+    lm_lora *lora;             /* LoRA training: w holds only the adapters; NULL: every weight */
+    lm_frozen *fz;             /* LoRA training: the frozen base (views into src) */
     threadpool *tp;
     int n_threads;
 } lm_model;
 
+/* The trainer's shape of a loaded model (refuses a head_dim the RoPE table cannot hold). */
+int lm_config_init(lm_config *c, const duet_model *s, duet_error *err);
 /* Load every weight of a llama GGUF (any supported type) as F32. n_threads as the engine's. */
 int lm_model_load(const char *path, int n_threads, lm_model *m, duet_error *err);
 void lm_model_free(lm_model *m);
 /* Write the weights as an F32 GGUF with the source file's metadata (tokenizer, hparams);
  * general.name is set to name when non-NULL. Atomic (temp file + rename). */
 int lm_model_save(const lm_model *m, const char *path, const char *name, duet_error *err);
+
+/* LoRA (lm_lora.c). Load the base at path and lay out adapters of rank p->rank on the kinds
+ * of p->targets of every layer, A uniform in +-1/sqrt(n_in) (PEFT's kaiming-uniform) from
+ * p->seed and B zero, so step 0 is the base; or, with p->init, the adapter file's values
+ * (its rank, alpha and kinds). llama, qwen2 (frozen q/k/v biases) and qwen3 (frozen
+ * per-head q/k norms); other architectures are refused by name. */
+int lm_lora_load(const char *path, int n_threads, const duet_lm_lora_params *p, lm_model *m,
+                 duet_error *err);
+/* The adapters as llama.cpp's LoRA GGUF (F32 tensors), atomically. lm_model_save calls it
+ * for a LoRA model. */
+int lm_lora_save(const lm_model *m, const char *path, const char *name, duet_error *err);
+/* Views of a loaded model's weights as a frozen base (allocates the layer array). */
+int lm_frozen_init(lm_frozen *fz, const duet_model *src, duet_error *err);
+void lm_frozen_free(lm_frozen *fz);
+/* The adapter layout: tensors "<base>.lora_a" / ".lora_b" in GGUF order, offsets in lo. */
+int lm_lora_layout(lm_layout *L, lm_lora *lo, const lm_config *c, int rank, float alpha,
+                   unsigned targets, duet_error *err);
+void lm_lora_free(lm_lora *lo);
+/* "q,k,v,..." of target bits (--lora-targets' names). */
+void lm_lora_targets_str(unsigned targets, char *buf, size_t cap);
 
 /* Activations of one micro-batch (allocated once for B x T). */
 typedef struct lm_acts lm_acts;

@@ -10,13 +10,22 @@
  * gradients of inputs that can have several consumers (dx, dW) and SET the others (noted).
  * Each gradient element is produced by one thread with a fixed order of summation, so the
  * result does not depend on the thread count (see lm.h).
+ *
+ * A frozen base's matrices (LoRA training) are read from their blocks: the backward pass
+ * dequantises one row at a time. The forward product is the engine's kernel when the
+ * includer defines LM_FROZEN_KERNELS (R must be float then: the trainer computes exactly what
+ * inference will), else a dequantised row dotted in R (the double tests' reference).
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/common.h"
+#include "format/quant.h"
 #include "train/lm.h"
+#ifdef LM_FROZEN_KERNELS
+#include "engine/kernels.h"
+#endif
 
 #define R LM_R
 #define LMS static __attribute__((unused))
@@ -58,7 +67,7 @@ LMS void LM_T(rmsnorm_fwd)(R *y, R *rstd, const R *x, const R *w, int n, int dim
         for (int i = 0; i < dim; i++) yr[i] = w[i] * (r * xr[i]);
     }
 }
-/* dx += r * (w dy) - r^3/dim * x * sum(w dy x);  dw += sum_t dy * x * r */
+/* dx += r * (w dy) - r^3/dim * x * sum(w dy x);  dw += sum_t dy * x * r (dw NULL: none) */
 LMS void LM_T(rmsnorm_bwd)(R *dx, R *dw, const R *dy, const R *x, const R *w, const R *rstd,
                            int n, int dim) {
     for (int t = 0; t < n; t++) {
@@ -69,6 +78,7 @@ LMS void LM_T(rmsnorm_bwd)(R *dx, R *dw, const R *dy, const R *x, const R *w, co
         R c = (R)(dot * r * r * r / dim);
         for (int i = 0; i < dim; i++) dxr[i] += r * w[i] * dyr[i] - c * xr[i];
     }
+    if (!dw) return; /* a frozen norm */
     for (int t = 0; t < n; t++) {
         const R *xr = x + (size_t)t * dim, *dyr = dy + (size_t)t * dim;
         R r = rstd[t];
@@ -136,6 +146,85 @@ LMS void LM_T(matmul_bwd)(threadpool *tp, R *dx, R *dW, const R *dy, const R *x,
     tp_run(tp, LM_T(mm_bwd_worker), &j);
 }
 
+/* ---- a frozen base's matrices, straight from their blocks ---------------------------------
+ * W is an mtensor in the file's type (any the engine reads). Each thread dequantises the rows
+ * it needs into its own buffers (f: float, r: R), [nth][row_cap] in the activations. */
+typedef struct LM_T(fz_job) {
+    R *y, *dx;
+    const R *x, *dy;
+    const mtensor *W;
+    float *f;
+    R *r;
+    int n, row_cap;
+} LM_T(fz_job);
+
+/* Row o of W as R: F32 rows are read in place when R is float; others are dequantised into
+ * f and, when R is not float, converted into r. */
+static inline const R *LM_T(fz_row)(const mtensor *W, int64_t o, float *f, R *r) {
+    if (sizeof(R) == sizeof(float) && W->type == DT_F32)
+        return (const R *)(const void *)((const float *)W->data + o * W->n_in);
+    quant_dequantize_matrix_row(W->type, W->data, W->n_in, o, f);
+    if (sizeof(R) == sizeof(float)) return (const R *)(const void *)f;
+    for (int64_t i = 0; i < W->n_in; i++) r[i] = (R)f[i];
+    return r;
+}
+
+/* y[t][o] = W[o] . x[t] with the row dequantised (rows split over threads). */
+static __attribute__((unused)) void LM_T(fz_fwd_worker)(void *ctx, int ith, int nth) {
+    LM_T(fz_job) *j = ctx;
+    int in = (int)j->W->n_in, out = (int)j->W->n_out;
+    float *f = j->f + (size_t)ith * j->row_cap;
+    R *r = j->r + (size_t)ith * j->row_cap;
+    long lo, hi;
+    tp_split(out, ith, nth, &lo, &hi);
+    for (long o = lo; o < hi; o++) {
+        const R *wr = LM_T(fz_row)(j->W, o, f, r);
+        for (int t = 0; t < j->n; t++)
+            j->y[(size_t)t * out + o] = LM_T(dot)(j->x + (size_t)t * in, wr, in);
+    }
+}
+
+#define LM_FZ_TB 32 /* tokens whose dx rows take each dequantised row while it is in cache */
+
+/* dx[t] += sum_o dy[t][o] W[o], o ascending, every dx row by one thread (tokens split over
+ * threads): the same bits for any thread count. Rows with no gradient in a tile of tokens
+ * are not dequantised. */
+static void LM_T(fz_bwd_worker)(void *ctx, int ith, int nth) {
+    LM_T(fz_job) *j = ctx;
+    int in = (int)j->W->n_in, out = (int)j->W->n_out;
+    float *f = j->f + (size_t)ith * j->row_cap;
+    R *r = j->r + (size_t)ith * j->row_cap;
+    long lo, hi;
+    tp_split(j->n, ith, nth, &lo, &hi);
+    for (long t0 = lo; t0 < hi; t0 += LM_FZ_TB) {
+        long t1 = DUET_MIN(hi, t0 + LM_FZ_TB);
+        for (int o = 0; o < out; o++) {
+            int any = 0;
+            for (long t = t0; t < t1 && !any; t++) any = j->dy[(size_t)t * out + o] != 0;
+            if (!any) continue;
+            const R *wr = LM_T(fz_row)(j->W, o, f, r);
+            for (long t = t0; t < t1; t++) {
+                R d = j->dy[(size_t)t * out + o];
+                if (d != 0) LM_T(axpy)(j->dx + (size_t)t * in, d, wr, in);
+            }
+        }
+    }
+}
+
+/* x[t] = row tok[t] of the frozen embedding (dequantised). f: [dim] floats of scratch. */
+LMS void LM_T(frozen_embed)(R *x, const int32_t *tok, int n, const mtensor *E, float *f) {
+    int dim = (int)E->n_in;
+    for (int t = 0; t < n; t++) {
+        R *xr = x + (size_t)t * dim;
+        if (sizeof(R) == sizeof(float)) {
+            quant_dequantize_matrix_row(E->type, E->data, dim, tok[t], (float *)(void *)xr);
+            continue;
+        }
+        quant_dequantize_matrix_row(E->type, E->data, dim, tok[t], f);
+        for (int i = 0; i < dim; i++) xr[i] = (R)f[i];
+    }
+}
+
 /* ---- RoPE: rotate pairs (2i, 2i+1) of each head by pos * inv_freq[i] ------------------- */
 /* cs/sn: [T][hd/2] tables; x: [B*T][nh*hd]; the position of row r is r % T. */
 LMS void LM_T(rope_tables)(R *cs, R *sn, int T, int hd, const float *inv_freq) {
@@ -146,17 +235,20 @@ LMS void LM_T(rope_tables)(R *cs, R *sn, int T, int hd, const float *inv_freq) {
             sn[p * (hd / 2) + i] = RX(sin)(val);
         }
 }
-/* sign = +1: forward rotation; -1: its transpose (the backward pass of the rotation). */
-LMS void LM_T(rope)(R *x, int n, int T, int nh, int hd, const R *cs, const R *sn, int sign) {
+/* sign = +1: forward rotation; -1: its transpose (the backward pass of the rotation).
+ * neox: the pairs are (i, i + hd/2), as qwen2/qwen3 files expect, instead of (2i, 2i+1). */
+LMS void LM_T(rope)(R *x, int n, int T, int nh, int hd, const R *cs, const R *sn, int sign,
+                    int neox) {
+    int step = neox ? 1 : 2, off = neox ? hd / 2 : 1;
     for (int r = 0; r < n; r++) {
         int p = r % T;
         for (int h = 0; h < nh; h++) {
             R *v = x + ((size_t)r * nh + h) * hd;
             for (int i = 0; i < hd / 2; i++) {
                 R c = cs[p * (hd / 2) + i], s = sign * sn[p * (hd / 2) + i];
-                R x0 = v[2 * i], x1 = v[2 * i + 1];
-                v[2 * i] = x0 * c - x1 * s;
-                v[2 * i + 1] = x0 * s + x1 * c;
+                R x0 = v[i * step], x1 = v[i * step + off];
+                v[i * step] = x0 * c - x1 * s;
+                v[i * step + off] = x0 * s + x1 * c;
             }
         }
     }
@@ -346,6 +438,18 @@ struct LM_T(acts) {
     R *ds;
     /* gradient scratch */
     R *dx, *dxn, *dq, *dk, *dv, *datt, *dhg, *dhu, *dha, *dh, *tmp;
+    /* LoRA (acts_alloc_lora; NULL otherwise) */
+    R *ax;       /* [slots][BT][r] A x of each adapted matrix, saved for backward */
+    R *dax;      /* [BT][r] */
+    R *ltmp;     /* [BT][widest adapted output] B (A x), then s dy */
+    R *nbuf;     /* [max(E, hd)] a frozen norm vector in R */
+    R *qraw, *kraw;   /* [L][BT][Q], [L][BT][KV] q, k before per-head norms (qwen3) */
+    R *qrstd, *krstd; /* [L][BT][H], [L][BT][Hkv] */
+    R *dkn;      /* [BT][KV] */
+    float *frow; /* [nth][row_cap] dequantised rows of frozen matrices */
+    R *rrow;     /* [nth][row_cap] the same in R */
+    void *kscratch; /* the engine kernels' scratch (LM_FROZEN_KERNELS) */
+    int nth, row_cap;
 };
 
 LMS void LM_T(acts_release)(struct LM_T(acts) *a) {
@@ -353,11 +457,15 @@ LMS void LM_T(acts_release)(struct LM_T(acts) *a) {
     R **bufs[] = {&a->x, &a->xmid, &a->xn1, &a->xn2, &a->rstd1, &a->rstd2, &a->q, &a->k, &a->v,
                   &a->prob, &a->att, &a->hg, &a->hu, &a->ha, &a->xfin, &a->hfin, &a->rstdf,
                   &a->logits, &a->cs, &a->sn, &a->ds, &a->dx, &a->dxn, &a->dq, &a->dk, &a->dv,
-                  &a->datt, &a->dhg, &a->dhu, &a->dha, &a->dh, &a->tmp};
+                  &a->datt, &a->dhg, &a->dhu, &a->dha, &a->dh, &a->tmp, &a->ax, &a->dax,
+                  &a->ltmp, &a->nbuf, &a->rrow, &a->qraw, &a->kraw, &a->qrstd, &a->krstd,
+                  &a->dkn};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) duet_afree(*bufs[i]);
     duet_afree(a->loss);
     duet_afree(a->lp);
     duet_afree(a->sc);
+    duet_afree(a->frow);
+    duet_afree(a->kscratch);
     free(a);
 }
 
@@ -392,97 +500,344 @@ LMS struct LM_T(acts) *LM_T(acts_alloc)(const lm_config *c, int B, int T) {
     return a;
 }
 
+/* The frozen matrix of kind k in layer l. */
+static inline const mtensor *LM_T(fz_mat)(const lm_frozen *fz, int l, int k) {
+    return k == LM_MAT_OUT ? &fz->output : &fz->layer[l].w[k];
+}
+
+/* acts_alloc's buffers plus a LoRA run's: the adapters' saved A x and scratch, dequantised
+ * rows for up to nth threads, and the engine kernels' scratch. */
+LMS struct LM_T(acts) *LM_T(acts_alloc_lora)(const lm_config *c, const lm_frozen *fz,
+                                             const lm_lora *lo, int B, int T, int nth) {
+    struct LM_T(acts) *a = LM_T(acts_alloc)(c, B, T);
+    if (!a) return NULL;
+    size_t BT = (size_t)B * T, r = (size_t)lo->rank, maxin = 1, maxout = 1, ks = 1;
+    for (int k = 0; k < LM_N_MAT; k++) {
+        int in, out;
+        lm_mat_dims(c, k, &in, &out);
+        maxin = DUET_MAX(maxin, (size_t)in);
+        if (lo->targets >> k & 1) maxout = DUET_MAX(maxout, (size_t)out);
+    }
+#ifdef LM_FROZEN_KERNELS
+    for (int l = 0; l <= c->n_layer; l++)
+        for (int k = l < c->n_layer ? 0 : LM_MAT_OUT; k < (l < c->n_layer ? 7 : LM_N_MAT); k++) {
+            const mtensor *W = LM_T(fz_mat)(fz, l, k);
+            ks = DUET_MAX(ks, kernels_matmul_scratch(W->type, W->n_in, (int64_t)BT));
+        }
+#endif
+    a->nth = nth > 0 ? nth : 1;
+    a->row_cap = (int)maxin;
+    int ok = 1;
+#define A(f, n) ok &= (a->f = duet_aalloc((n) * sizeof(R))) != NULL
+    A(ax, (7 * (size_t)c->n_layer + 1) * BT * r); A(dax, BT * r); A(ltmp, BT * maxout);
+    A(nbuf, (size_t)DUET_MAX(c->n_embd, c->head_dim)); A(rrow, (size_t)a->nth * maxin);
+    if (fz->layer[0].q_norm) {
+        size_t L = (size_t)c->n_layer, hd = (size_t)c->head_dim;
+        A(qraw, L * BT * c->n_head * hd); A(kraw, L * BT * c->n_head_kv * hd);
+        A(qrstd, L * BT * c->n_head); A(krstd, L * BT * c->n_head_kv);
+        A(dkn, BT * c->n_head_kv * hd);
+    }
+#undef A
+    ok &= (a->frow = duet_aalloc((size_t)a->nth * maxin * sizeof(float))) != NULL;
+    ok &= (a->kscratch = duet_aalloc(ks)) != NULL;
+    if (!ok) {
+        LM_T(acts_release)(a);
+        return NULL;
+    }
+    return a;
+}
+
+/* y[n][n_out] = x[n][n_in] W^T for a frozen W. */
+static void LM_T(frozen_fwd)(threadpool *tp, struct LM_T(acts) *a, R *y, const R *x,
+                             const mtensor *W, int n) {
+#ifdef LM_FROZEN_KERNELS
+    kernels_matmul(tp, W->type, W->data, W->n_in, W->n_out, x, n, y, a->kscratch);
+#else
+    LM_T(fz_job) j = {.y = y, .x = x, .W = W, .f = a->frow, .r = a->rrow, .n = n,
+                      .row_cap = a->row_cap};
+    tp_run(tp, LM_T(fz_fwd_worker), &j);
+#endif
+}
+
+/* dx[n][n_in] += dy[n][n_out] W for a frozen W. */
+static void LM_T(frozen_bwd)(threadpool *tp, struct LM_T(acts) *a, R *dx, const R *dy,
+                             const mtensor *W, int n) {
+    LM_T(fz_job) j = {.dx = dx, .dy = dy, .W = W, .f = a->frow, .r = a->rrow, .n = n,
+                      .row_cap = a->row_cap};
+    tp_run(tp, LM_T(fz_bwd_worker), &j);
+}
+
+/* ---- the network: where the weights come from -------------------------------------------
+ * Full training reads every weight from the flat array w (offsets Lo) and adds gradients to
+ * g. LoRA training (fz set) reads the frozen base fz and the adapters in w (offsets lo); only
+ * the adapters (and u) get gradients. The layers below are the same code for both. */
+typedef struct LM_T(net) {
+    const lm_config *c;
+    const lm_layout *Lo;
+    const lm_frozen *fz;
+    const lm_lora *lo;
+    const R *w, *u;
+    R *g, *gu;
+    struct LM_T(acts) *a;
+    threadpool *tp;
+} LM_T(net);
+
+/* The full model's offset of matrix kind k of layer l. */
+static size_t LM_T(full_off)(const lm_layout *Lo, int l, int k) {
+    if (k == LM_MAT_OUT) return Lo->output;
+    const lm_layer_off *o = &Lo->layer[l];
+    const size_t offs[7] = {o->wq, o->wk, o->wv, o->wo, o->w_gate, o->w_up, o->w_down};
+    return offs[k];
+}
+
+/* y = W x for matrix (l, k); adapted: plus s B (A x), A x kept for the backward pass. */
+static void LM_T(lin_fwd)(const LM_T(net) *N, int l, int k, R *y, const R *x, int n) {
+    int in, out;
+    lm_mat_dims(N->c, k, &in, &out);
+    if (!N->fz) {
+        LM_T(matmul_fwd)(N->tp, y, x, N->w + LM_T(full_off)(N->Lo, l, k), n, in, out);
+        return;
+    }
+    struct LM_T(acts) *a = N->a;
+    LM_T(frozen_fwd)(N->tp, a, y, x, LM_T(fz_mat)(N->fz, l, k), n);
+    int s = lm_lora_slot(N->c, l, k), r = N->lo->rank;
+    if (N->lo->a_off[s] == SIZE_MAX) return;
+    R *ax = a->ax + (size_t)s * a->B * a->T * r, sc = (R)N->lo->scale;
+    LM_T(matmul_fwd)(N->tp, ax, x, N->w + N->lo->a_off[s], n, in, r);
+    LM_T(matmul_fwd)(N->tp, a->ltmp, ax, N->w + N->lo->b_off[s], n, r, out);
+    for (size_t i = 0; i < (size_t)n * out; i++) y[i] += sc * a->ltmp[i];
+}
+
+/* From dy = dL/dy of matrix (l, k): dx += W^T dy (+ the adapter's path; dx NULL: not
+ * wanted) and the gradients of its parameters. */
+static void LM_T(lin_bwd)(const LM_T(net) *N, int l, int k, R *dx, const R *dy, const R *x, int n) {
+    int in, out;
+    lm_mat_dims(N->c, k, &in, &out);
+    if (!N->fz) {
+        size_t off = LM_T(full_off)(N->Lo, l, k);
+        LM_T(matmul_bwd)(N->tp, dx, N->g + off, dy, x, N->w + off, n, in, out);
+        return;
+    }
+    struct LM_T(acts) *a = N->a;
+    if (dx) LM_T(frozen_bwd)(N->tp, a, dx, dy, LM_T(fz_mat)(N->fz, l, k), n);
+    int s = lm_lora_slot(N->c, l, k), r = N->lo->rank;
+    if (N->lo->a_off[s] == SIZE_MAX) return;
+    const R *ax = a->ax + (size_t)s * a->B * a->T * r;
+    R sc = (R)N->lo->scale;
+    for (size_t i = 0; i < (size_t)n * out; i++) a->ltmp[i] = sc * dy[i]; /* d(B A x) */
+    memset(a->dax, 0, (size_t)n * r * sizeof(R));
+    LM_T(matmul_bwd)(N->tp, a->dax, N->g + N->lo->b_off[s], a->ltmp, ax, N->w + N->lo->b_off[s],
+                     n, r, out);
+    LM_T(matmul_bwd)(N->tp, dx, N->g + N->lo->a_off[s], a->dax, x, N->w + N->lo->a_off[s], n,
+                     in, r);
+}
+
+/* A frozen F32 vector as R (a->nbuf when R is not float). */
+static const R *LM_T(fz_vec)(struct LM_T(acts) *a, const float *v, int n) {
+    if (sizeof(R) == sizeof(float)) return (const R *)(const void *)v;
+    for (int i = 0; i < n; i++) a->nbuf[i] = (R)v[i];
+    return a->nbuf;
+}
+
+/* Norm vector `which` (0: attention, 1: FFN) of layer l, or the output norm (l < 0), and its
+ * gradient in *grad (NULL: frozen). A frozen vector is read as F32 (copied to a->nbuf when R
+ * is not float). */
+static const R *LM_T(norm_w)(const LM_T(net) *N, int l, int which, R **grad) {
+    if (!N->fz) {
+        const lm_layout *Lo = N->Lo;
+        size_t off = l < 0 ? Lo->output_norm : which ? Lo->layer[l].ffn_norm : Lo->layer[l].attn_norm;
+        *grad = N->g + off;
+        return N->w + off;
+    }
+    *grad = NULL;
+    const float *v = l < 0 ? N->fz->output_norm
+                           : which ? N->fz->layer[l].ffn_norm : N->fz->layer[l].attn_norm;
+    return LM_T(fz_vec)(N->a, v, N->c->n_embd);
+}
+
+/* x[t] += b for n rows of width w (a frozen bias: its gradient is not wanted, and dx passes
+ * through unchanged). */
+static void LM_T(add_bias)(R *x, const float *b, int n, int w) {
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < w; i++) x[(size_t)t * w + i] += (R)b[i];
+}
+
+/* After the q, k, v products of a frozen base's layer l: biases (qwen2) and the per-head
+ * RMSNorms of q and k (qwen3; the inputs and rstd kept for the backward pass), as the
+ * engine does them before RoPE. */
+static void LM_T(qk_extras_fwd)(const LM_T(net) *N, int l, R *q, R *k, R *v, int n) {
+    const lm_frozen_layer *fl = &N->fz->layer[l];
+    const lm_config *c = N->c;
+    struct LM_T(acts) *a = N->a;
+    int hd = c->head_dim, H = c->n_head, Hk = c->n_head_kv;
+    if (fl->bq) LM_T(add_bias)(q, fl->bq, n, H * hd);
+    if (fl->bk) LM_T(add_bias)(k, fl->bk, n, Hk * hd);
+    if (fl->bv) LM_T(add_bias)(v, fl->bv, n, Hk * hd);
+    if (!fl->q_norm) return;
+    size_t nQ = (size_t)n * H * hd, nKV = (size_t)n * Hk * hd;
+    R *qr = a->qraw + l * nQ, *kr = a->kraw + l * nKV;
+    memcpy(qr, q, nQ * sizeof(R));
+    memcpy(kr, k, nKV * sizeof(R));
+    LM_T(rmsnorm_fwd)(q, a->qrstd + (size_t)l * n * H, qr, LM_T(fz_vec)(a, fl->q_norm, hd), n * H,
+                      hd, c->rms_eps);
+    LM_T(rmsnorm_fwd)(k, a->krstd + (size_t)l * n * Hk, kr, LM_T(fz_vec)(a, fl->k_norm, hd),
+                      n * Hk, hd, c->rms_eps);
+}
+
+/* The per-head norms' backward pass: a->dq and a->dk (gradients after the norms) become the
+ * gradients of the products' outputs. */
+static void LM_T(qk_norm_bwd)(const LM_T(net) *N, int l, int n) {
+    const lm_frozen_layer *fl = &N->fz->layer[l];
+    const lm_config *c = N->c;
+    struct LM_T(acts) *a = N->a;
+    if (!fl->q_norm) return;
+    int hd = c->head_dim, H = c->n_head, Hk = c->n_head_kv;
+    size_t nQ = (size_t)n * H * hd, nKV = (size_t)n * Hk * hd;
+    /* datt is free once attention's backward pass has read it */
+    memset(a->datt, 0, nQ * sizeof(R));
+    LM_T(rmsnorm_bwd)(a->datt, NULL, a->dq, a->qraw + l * nQ, LM_T(fz_vec)(a, fl->q_norm, hd),
+                      a->qrstd + (size_t)l * n * H, n * H, hd);
+    memcpy(a->dq, a->datt, nQ * sizeof(R));
+    memset(a->dkn, 0, nKV * sizeof(R));
+    LM_T(rmsnorm_bwd)(a->dkn, NULL, a->dk, a->kraw + l * nKV, LM_T(fz_vec)(a, fl->k_norm, hd),
+                      a->krstd + (size_t)l * n * Hk, n * Hk, hd);
+    memcpy(a->dk, a->dkn, nKV * sizeof(R));
+}
+
 /* ---- the whole model ------------------------------------------------------------------ */
-/* Returns sum_t w_t loss_t; with backward, adds scale * d/dparams into g (and gu). */
-LMS double LM_T(run)(const lm_config *c, const lm_layout *Lo, const R *w, R *g, const R *u,
-                     R *gu, struct LM_T(acts) *a, const lm_batch *b, threadpool *tp,
-                     int backward, float *logits_out) {
+/* Forward to the logits (a->logits), keeping what the backward pass needs. */
+static void LM_T(net_forward)(const LM_T(net) *N, const lm_batch *b) {
+    const lm_config *c = N->c;
+    struct LM_T(acts) *a = N->a;
     int B = b->B, T = b->T, n = B * T;
     int E = c->n_embd, hd = c->head_dim, H = c->n_head, Hk = c->n_head_kv, F = c->n_ff;
-    int V = c->n_vocab, Q = H * hd, KV = Hk * hd;
+    int Q = H * hd, KV = Hk * hd;
     size_t nE = (size_t)n * E, nQ = (size_t)n * Q, nKV = (size_t)n * KV, nF = (size_t)n * F;
     size_t nP = (size_t)B * H * T * T;
-
-    /* forward */
-    R *xcur = a->x;
-    LM_T(embed_fwd)(xcur, b->tokens, n, w + Lo->tok_embd, E);
+    R *gn;
+    if (!N->fz) LM_T(embed_fwd)(a->x, b->tokens, n, N->w + N->Lo->tok_embd, E);
+    else LM_T(frozen_embed)(a->x, b->tokens, n, &N->fz->tok_embd, a->frow);
     for (int l = 0; l < c->n_layer; l++) {
-        const lm_layer_off *o = &Lo->layer[l];
         R *x = a->x + l * nE, *xmid = a->xmid + l * nE, *xn1 = a->xn1 + l * nE,
           *xn2 = a->xn2 + l * nE, *q = a->q + l * nQ, *k = a->k + l * nKV, *v = a->v + l * nKV,
           *att = a->att + l * nQ, *hg = a->hg + l * nF, *hu = a->hu + l * nF,
           *ha = a->ha + l * nF;
-        LM_T(rmsnorm_fwd)(xn1, a->rstd1 + (size_t)l * n, x, w + o->attn_norm, n, E, c->rms_eps);
-        LM_T(matmul_fwd)(tp, q, xn1, w + o->wq, n, E, Q);
-        LM_T(matmul_fwd)(tp, k, xn1, w + o->wk, n, E, KV);
-        LM_T(matmul_fwd)(tp, v, xn1, w + o->wv, n, E, KV);
-        LM_T(rope)(q, n, T, H, hd, a->cs, a->sn, 1);
-        LM_T(rope)(k, n, T, Hk, hd, a->cs, a->sn, 1);
-        LM_T(attn_fwd)(tp, att, a->prob + l * nP, q, k, v, B, T, H, Hk, hd);
-        LM_T(matmul_fwd)(tp, a->tmp, att, w + o->wo, n, Q, E);
+        LM_T(rmsnorm_fwd)(xn1, a->rstd1 + (size_t)l * n, x, LM_T(norm_w)(N, l, 0, &gn), n, E,
+                          c->rms_eps);
+        LM_T(lin_fwd)(N, l, LM_MAT_Q, q, xn1, n);
+        LM_T(lin_fwd)(N, l, LM_MAT_K, k, xn1, n);
+        LM_T(lin_fwd)(N, l, LM_MAT_V, v, xn1, n);
+        if (N->fz) LM_T(qk_extras_fwd)(N, l, q, k, v, n);
+        LM_T(rope)(q, n, T, H, hd, a->cs, a->sn, 1, c->rope_neox);
+        LM_T(rope)(k, n, T, Hk, hd, a->cs, a->sn, 1, c->rope_neox);
+        LM_T(attn_fwd)(N->tp, att, a->prob + l * nP, q, k, v, B, T, H, Hk, hd);
+        LM_T(lin_fwd)(N, l, LM_MAT_O, a->tmp, att, n);
         for (size_t i = 0; i < nE; i++) xmid[i] = x[i] + a->tmp[i];
-        LM_T(rmsnorm_fwd)(xn2, a->rstd2 + (size_t)l * n, xmid, w + o->ffn_norm, n, E, c->rms_eps);
-        LM_T(matmul_fwd)(tp, hg, xn2, w + o->w_gate, n, E, F);
-        LM_T(matmul_fwd)(tp, hu, xn2, w + o->w_up, n, E, F);
+        LM_T(rmsnorm_fwd)(xn2, a->rstd2 + (size_t)l * n, xmid, LM_T(norm_w)(N, l, 1, &gn), n, E,
+                          c->rms_eps);
+        LM_T(lin_fwd)(N, l, LM_MAT_GATE, hg, xn2, n);
+        LM_T(lin_fwd)(N, l, LM_MAT_UP, hu, xn2, n);
         LM_T(swiglu_fwd)(ha, hg, hu, nF);
-        LM_T(matmul_fwd)(tp, a->tmp, ha, w + o->w_down, n, F, E);
+        LM_T(lin_fwd)(N, l, LM_MAT_DOWN, a->tmp, ha, n);
         R *xnext = l + 1 < c->n_layer ? a->x + (l + 1) * nE : a->xfin;
         for (size_t i = 0; i < nE; i++) xnext[i] = xmid[i] + a->tmp[i];
     }
-    LM_T(rmsnorm_fwd)(a->hfin, a->rstdf, a->xfin, w + Lo->output_norm, n, E, c->rms_eps);
-    LM_T(matmul_fwd)(tp, a->logits, a->hfin, w + Lo->output, n, E, V);
-    if (logits_out)
-        for (size_t i = 0; i < (size_t)n * V; i++) logits_out[i] = (float)a->logits[i];
+    LM_T(rmsnorm_fwd)(a->hfin, a->rstdf, a->xfin, LM_T(norm_w)(N, -1, 0, &gn), n, E, c->rms_eps);
+    LM_T(lin_fwd)(N, 0, LM_MAT_OUT, a->logits, a->hfin, n);
+}
 
-    LM_T(loss_job) lj = {.logits = a->logits, .hidden = a->hfin, .u = u, .ds = a->ds,
-                         .loss = a->loss, .lp = a->lp, .sc = a->sc, .b = b, .n = n, .V = V,
-                         .E = E, .backward = backward};
-    tp_run(tp, LM_T(loss_worker), &lj);
-    double total = 0;
-    for (int t = 0; t < n; t++) total += a->loss[t];
-    if (!backward) return total;
-
-    /* backward: a->logits now holds d loss / d logits */
+/* Backward from a->logits holding d loss / d logits (and a->ds, COLLM). */
+static void LM_T(net_backward)(const LM_T(net) *N, const lm_batch *b) {
+    const lm_config *c = N->c;
+    struct LM_T(acts) *a = N->a;
+    int B = b->B, T = b->T, n = B * T;
+    int E = c->n_embd, hd = c->head_dim, H = c->n_head, Hk = c->n_head_kv, F = c->n_ff;
+    int Q = H * hd, KV = Hk * hd;
+    size_t nE = (size_t)n * E, nQ = (size_t)n * Q, nKV = (size_t)n * KV, nF = (size_t)n * F;
+    size_t nP = (size_t)B * H * T * T;
+    R *gn;
+    const R *nw;
     memset(a->dh, 0, nE * sizeof(R));
-    LM_T(matmul_bwd)(tp, a->dh, g + Lo->output, a->logits, a->hfin, w + Lo->output, n, E, V);
+    LM_T(lin_bwd)(N, 0, LM_MAT_OUT, a->dh, a->logits, a->hfin, n);
     if (b->loss == LM_LOSS_COLLM) {
         for (int t = 0; t < n; t++)
-            if (a->ds[t] != 0) LM_T(axpy)(a->dh + (size_t)t * E, a->ds[t], u, E);
+            if (a->ds[t] != 0) LM_T(axpy)(a->dh + (size_t)t * E, a->ds[t], N->u, E);
         for (int t = 0; t < n; t++)
-            if (a->ds[t] != 0) LM_T(axpy)(gu, a->ds[t], a->hfin + (size_t)t * E, E);
+            if (a->ds[t] != 0) LM_T(axpy)(N->gu, a->ds[t], a->hfin + (size_t)t * E, E);
     }
     memset(a->dx, 0, nE * sizeof(R));
-    LM_T(rmsnorm_bwd)(a->dx, g + Lo->output_norm, a->dh, a->xfin, w + Lo->output_norm, a->rstdf, n, E);
+    nw = LM_T(norm_w)(N, -1, 0, &gn);
+    LM_T(rmsnorm_bwd)(a->dx, gn, a->dh, a->xfin, nw, a->rstdf, n, E);
     for (int l = c->n_layer - 1; l >= 0; l--) {
-        const lm_layer_off *o = &Lo->layer[l];
         R *x = a->x + l * nE, *xmid = a->xmid + l * nE, *xn1 = a->xn1 + l * nE,
           *xn2 = a->xn2 + l * nE, *q = a->q + l * nQ, *k = a->k + l * nKV, *v = a->v + l * nKV,
           *att = a->att + l * nQ, *hg = a->hg + l * nF, *hu = a->hu + l * nF,
           *ha = a->ha + l * nF;
         /* FFN: dx holds d/d(residual after the block) = d/d xmid's identity path */
         memset(a->dha, 0, nF * sizeof(R));
-        LM_T(matmul_bwd)(tp, a->dha, g + o->w_down, a->dx, ha, w + o->w_down, n, F, E);
+        LM_T(lin_bwd)(N, l, LM_MAT_DOWN, a->dha, a->dx, ha, n);
         LM_T(swiglu_bwd)(a->dhg, a->dhu, a->dha, hg, hu, nF);
         memset(a->dxn, 0, nE * sizeof(R));
-        LM_T(matmul_bwd)(tp, a->dxn, g + o->w_gate, a->dhg, xn2, w + o->w_gate, n, E, F);
-        LM_T(matmul_bwd)(tp, a->dxn, g + o->w_up, a->dhu, xn2, w + o->w_up, n, E, F);
-        LM_T(rmsnorm_bwd)(a->dx, g + o->ffn_norm, a->dxn, xmid, w + o->ffn_norm,
-                          a->rstd2 + (size_t)l * n, n, E);
+        LM_T(lin_bwd)(N, l, LM_MAT_GATE, a->dxn, a->dhg, xn2, n);
+        LM_T(lin_bwd)(N, l, LM_MAT_UP, a->dxn, a->dhu, xn2, n);
+        nw = LM_T(norm_w)(N, l, 1, &gn);
+        LM_T(rmsnorm_bwd)(a->dx, gn, a->dxn, xmid, nw, a->rstd2 + (size_t)l * n, n, E);
         /* attention */
         memset(a->datt, 0, nQ * sizeof(R));
-        LM_T(matmul_bwd)(tp, a->datt, g + o->wo, a->dx, att, w + o->wo, n, Q, E);
-        LM_T(attn_bwd)(tp, a->dq, a->dk, a->dv, a->datt, a->prob + l * nP, q, k, v, B, T, H, Hk, hd);
-        LM_T(rope)(a->dq, n, T, H, hd, a->cs, a->sn, -1);
-        LM_T(rope)(a->dk, n, T, Hk, hd, a->cs, a->sn, -1);
-        memset(a->dxn, 0, nE * sizeof(R));
-        LM_T(matmul_bwd)(tp, a->dxn, g + o->wq, a->dq, xn1, w + o->wq, n, E, Q);
-        LM_T(matmul_bwd)(tp, a->dxn, g + o->wk, a->dk, xn1, w + o->wk, n, E, KV);
-        LM_T(matmul_bwd)(tp, a->dxn, g + o->wv, a->dv, xn1, w + o->wv, n, E, KV);
-        LM_T(rmsnorm_bwd)(a->dx, g + o->attn_norm, a->dxn, x, w + o->attn_norm,
-                          a->rstd1 + (size_t)l * n, n, E);
+        LM_T(lin_bwd)(N, l, LM_MAT_O, a->datt, a->dx, att, n);
+        LM_T(attn_bwd)(N->tp, a->dq, a->dk, a->dv, a->datt, a->prob + l * nP, q, k, v, B, T, H,
+                       Hk, hd);
+        LM_T(rope)(a->dq, n, T, H, hd, a->cs, a->sn, -1, c->rope_neox);
+        LM_T(rope)(a->dk, n, T, Hk, hd, a->cs, a->sn, -1, c->rope_neox);
+        if (N->fz) LM_T(qk_norm_bwd)(N, l, n);
+        /* with a frozen embedding nothing below layer 0's q, k, v learns */
+        R *dxn = N->fz && l == 0 ? NULL : a->dxn;
+        if (dxn) memset(dxn, 0, nE * sizeof(R));
+        LM_T(lin_bwd)(N, l, LM_MAT_Q, dxn, a->dq, xn1, n);
+        LM_T(lin_bwd)(N, l, LM_MAT_K, dxn, a->dk, xn1, n);
+        LM_T(lin_bwd)(N, l, LM_MAT_V, dxn, a->dv, xn1, n);
+        if (!dxn) break;
+        nw = LM_T(norm_w)(N, l, 0, &gn);
+        LM_T(rmsnorm_bwd)(a->dx, gn, a->dxn, x, nw, a->rstd1 + (size_t)l * n, n, E);
     }
-    LM_T(embed_bwd)(g + Lo->tok_embd, b->tokens, n, a->dx, E);
+    if (!N->fz) LM_T(embed_bwd)(N->g + N->Lo->tok_embd, b->tokens, n, a->dx, E);
+}
+
+/* Forward, loss and (backward) gradients; returns sum_t w_t loss_t. */
+static double LM_T(net_run)(const LM_T(net) *N, const lm_batch *b, int backward,
+                            float *logits_out) {
+    struct LM_T(acts) *a = N->a;
+    int n = b->B * b->T, V = N->c->n_vocab, E = N->c->n_embd;
+    LM_T(net_forward)(N, b);
+    if (logits_out)
+        for (size_t i = 0; i < (size_t)n * V; i++) logits_out[i] = (float)a->logits[i];
+    LM_T(loss_job) lj = {.logits = a->logits, .hidden = a->hfin, .u = N->u, .ds = a->ds,
+                         .loss = a->loss, .lp = a->lp, .sc = a->sc, .b = b, .n = n, .V = V,
+                         .E = E, .backward = backward};
+    tp_run(N->tp, LM_T(loss_worker), &lj);
+    double total = 0;
+    for (int t = 0; t < n; t++) total += a->loss[t];
+    if (backward) LM_T(net_backward)(N, b);
     return total;
+}
+
+/* The full model: returns sum_t w_t loss_t; with backward, adds scale * d/dparams into g
+ * (and gu). */
+LMS double LM_T(run)(const lm_config *c, const lm_layout *Lo, const R *w, R *g, const R *u,
+                     R *gu, struct LM_T(acts) *a, const lm_batch *b, threadpool *tp,
+                     int backward, float *logits_out) {
+    LM_T(net) N = {.c = c, .Lo = Lo, .w = w, .g = g, .u = u, .gu = gu, .a = a, .tp = tp};
+    return LM_T(net_run)(&N, b, backward, logits_out);
+}
+
+/* LoRA on the frozen base fz: w and g hold the adapters (offsets lo); a from acts_alloc_lora
+ * for at least tp's thread count. */
+LMS double LM_T(lora_run)(const lm_config *c, const lm_frozen *fz, const lm_lora *lo, const R *w,
+                          R *g, const R *u, R *gu, struct LM_T(acts) *a, const lm_batch *b,
+                          threadpool *tp, int backward, float *logits_out) {
+    LM_T(net) N = {.c = c, .fz = fz, .lo = lo, .w = w, .g = g, .u = u, .gu = gu, .a = a,
+                   .tp = tp_n_threads(tp) <= a->nth ? tp : NULL};
+    return LM_T(net_run)(&N, b, backward, logits_out);
 }
 
 #undef R

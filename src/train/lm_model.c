@@ -5,6 +5,7 @@
  */
 #define LM_R float
 #define LM_T(name) lm_##name
+#define LM_FROZEN_KERNELS 1 /* a frozen base's products are the engine's (lm_impl.h) */
 #include "train/lm_impl.h"
 
 #include <errno.h>
@@ -85,14 +86,9 @@ static void copy_mtensor(float *dst, const mtensor *t) {
         quant_dequantize_matrix_row(t->type, t->data, t->n_in, o, dst + (size_t)o * t->n_in);
 }
 
-int lm_model_load(const char *path, int n_threads, lm_model *m, duet_error *err) {
-    memset(m, 0, sizeof *m);
-    duet_model_params mp = {.n_threads = n_threads, .use_mmap = 1};
-    int rc = duet_model_load(path, &mp, &m->src, err);
-    if (rc) return rc;
-    const duet_model *s = m->src;
+int lm_config_init(lm_config *c, const duet_model *s, duet_error *err) {
     const duet_hparams *hp = &s->hp;
-    lm_config *c = &m->c;
+    memset(c, 0, sizeof *c);
     c->n_vocab = hp->n_vocab;
     c->n_embd = hp->n_embd;
     c->n_layer = hp->n_layer;
@@ -102,13 +98,25 @@ int lm_model_load(const char *path, int n_threads, lm_model *m, duet_error *err)
     c->head_dim = hp->head_dim;
     c->tied = hp->tied_output;
     c->rms_eps = hp->rms_eps;
-    if (hp->head_dim / 2 > 256) {
-        lm_model_free(m);
+    if (hp->head_dim / 2 > 256)
         return duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: head_dim %d is too large for the "
-                         "trainer (at most 512)", path, hp->head_dim);
-    }
+                         "trainer (at most 512)", s->path, hp->head_dim);
     memcpy(c->inv_freq, s->rope_inv_freq, (size_t)hp->head_dim / 2 * sizeof(float));
-    if ((rc = lm_layout_init(&m->L, c, err))) {
+    c->rope_neox = s->ap.rope_neox;
+    return DUET_OK;
+}
+
+int lm_model_load(const char *path, int n_threads, lm_model *m, duet_error *err) {
+    memset(m, 0, sizeof *m);
+    duet_model_params mp = {.n_threads = n_threads, .use_mmap = 1};
+    int rc = duet_model_load(path, &mp, &m->src, err);
+    if (rc) return rc;
+    const duet_model *s = m->src;
+    lm_config *c = &m->c;
+    if (strcmp(s->hp.arch, "llama")) /* its layout has no biases or q/k norms */
+        rc = duet_fail(err, DUET_ERR_UNSUPPORTED, "%s: architecture %s: training every weight "
+                       "is supported for llama (LoRA: llama, qwen2, qwen3)", path, s->hp.arch);
+    if (rc || (rc = lm_config_init(c, s, err)) || (rc = lm_layout_init(&m->L, c, err))) {
         lm_model_free(m);
         return rc;
     }
@@ -143,6 +151,10 @@ int lm_model_load(const char *path, int n_threads, lm_model *m, duet_error *err)
 
 void lm_model_free(lm_model *m) {
     if (!m) return;
+    if (m->lora) lm_lora_free(m->lora);
+    free(m->lora);
+    if (m->fz) lm_frozen_free(m->fz);
+    free(m->fz);
     duet_afree(m->w);
     duet_afree(m->g);
     duet_afree(m->u);
@@ -212,6 +224,7 @@ static void copy_kv(gguf_writer *w, const gguf_kv *kv) {
 }
 
 int lm_model_save(const lm_model *m, const char *path, const char *name, duet_error *err) {
+    if (m->lora) return lm_lora_save(m, path, name, err);
     const gguf_file *src = m->src->gguf;
     gguf_writer *w = gguf_writer_new();
     if (!w) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
@@ -242,7 +255,8 @@ int lm_model_save(const lm_model *m, const char *path, const char *name, duet_er
 
 /* ---- forward / backward ------------------------------------------------------------------ */
 int lm_acts_new(const lm_model *m, int B, int T, lm_acts **out, duet_error *err) {
-    *out = lm_acts_alloc(&m->c, B, T);
+    *out = m->lora ? lm_acts_alloc_lora(&m->c, m->fz, m->lora, B, T, m->n_threads)
+                   : lm_acts_alloc(&m->c, B, T);
     if (!*out)
         return duet_fail(err, DUET_ERR_NOMEM, "trainer: cannot allocate activations for a "
                          "batch of %d x %d tokens", B, T);
@@ -254,6 +268,9 @@ const float *lm_acts_score(const lm_acts *a) { return a->sc; }
 const float *lm_acts_hidden(const lm_acts *a) { return a->hfin; }
 
 double lm_step(lm_model *m, lm_acts *a, const lm_batch *b, int backward, float *logits) {
+    if (m->lora)
+        return lm_lora_run(&m->c, m->fz, m->lora, m->w, m->g, m->u, m->gu, a, b, m->tp, backward,
+                           logits);
     return lm_run(&m->c, &m->L, m->w, m->g, m->u, m->gu, a, b, m->tp, backward, logits);
 }
 

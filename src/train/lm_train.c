@@ -243,6 +243,9 @@ static int save_checkpoint(lm_model *m, const duet_lm_train_params *p, const cha
     }
     if (!rc && m->u && p->head_out) {
         duet_head *h = NULL;
+        /* with adapters the head reads the base's hidden states through them, but the model
+         * it is loaded with is the base (plus --lora): it carries the base's name */
+        if (m->lora) name = duet_model_hparams(m->src)->name;
         rc = duet_head_new(name, m->c.n_embd, m->c.n_vocab, duet_model_vocab_hash(m->src), &h, err);
         if (!rc) rc = duet_head_set_u(h, m->u, m->c.n_embd);
         if (!rc) rc = duet_head_save(h, p->head_out, err);
@@ -404,6 +407,13 @@ static void log_config(json_t *log, const lm_model *m, const duet_lm_train_param
                         (json_int_t)p->seed, "n_train_seq", n_train, "n_val_seq", n_val, "objective",
                         joint ? "collm" : "lm", "n_params", (json_int_t)m->L.n_params,
                         "threads", m->n_threads));
+    if (m->lora) { /* the parameters are adapters on a frozen base */
+        char targets[64];
+        lm_lora_targets_str(m->lora->targets, targets, sizeof targets);
+        json_object_set_new(json_object_get(log, "config"), "lora",
+                            json_pack("{s:i, s:f, s:s}", "rank", m->lora->rank, "alpha",
+                                      (double)m->lora->alpha, "targets", targets));
+    }
 }
 
 /* A held-out evaluation at step: its loss (*last_val, NaN without held-out data) into the
