@@ -173,6 +173,9 @@ float duet_lora_alpha(const duet_lora *a) { return a->alpha; }
 int duet_lora_n_matrices(const duet_lora *a) { return a->n; }
 
 /* ---- attached to a model --------------------------------------------------------------- */
+/* Multiply-adds of one adapter's two products below which they run on the calling thread. */
+#define LORA_POOL_MIN (1 << 18)
+
 struct lora_use {
     int n;
     struct { const mtensor *a, *b; float scale; } e[];
@@ -235,8 +238,12 @@ void lora_apply(const duet_model *m, int mi, const float *x, int n, float *y, fl
     for (int k = 0; g && k < g->n; k++) {
         const mtensor *a = g->e[k].a, *b = g->e[k].b;
         float s = g->e[k].scale;
-        kernels_matmul(m->tp, a->type, a->data, a->n_in, a->n_out, x, n, t, scratch);
-        kernels_matmul(m->tp, b->type, b->data, b->n_in, b->n_out, t, n, u, scratch);
+        /* the products are small (rank r): waking the pool costs more than a decode step's
+         * work, so only large batches use it (results do not depend on the split) */
+        threadpool *tp = (double)n * (double)(a->n_in + b->n_out) * (double)a->n_out >= LORA_POOL_MIN
+                             ? m->tp : NULL;
+        kernels_matmul(tp, a->type, a->data, a->n_in, a->n_out, x, n, t, scratch);
+        kernels_matmul(tp, b->type, b->data, b->n_in, b->n_out, t, n, u, scratch);
         size_t all = (size_t)n * (size_t)b->n_out;
         for (size_t i = 0; i < all; i++) y[i] += s * u[i];
     }
