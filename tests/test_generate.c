@@ -512,6 +512,7 @@ TEST(generate_batch_equals_alone) {
  * their own; with the fallback the base speaks where a call failed. */
 typedef struct fake_backend {
     duet_expert_backend be;
+    duet_model *m; /* its own: calls run concurrently, and a model's pool serves one pass at a time */
     duet_session *s;
     int calls;
 } fake_backend;
@@ -542,7 +543,8 @@ TEST(generate_batch_backend_experts_fail_alike) {
         for (int i = 0; i < N; i++) {
             fake_backend *f = &fb[pass][i];
             memset(f, 0, sizeof *f);
-            REQUIRE(!duet_session_new(e, NULL, &f->s, &err));
+            REQUIRE((f->m = fixture_load(fixture_random(DT_F32, 22, 0))) &&
+                    !duet_session_new(f->m, NULL, &f->s, &err));
             f->be = (duet_expert_backend){.ctx = f, .next_logits = fake_next};
             duet_collab_params p = {.policy = i % 2 ? DUET_POLICY_EXPERT : DUET_POLICY_COLLM,
                                     .threshold = 0.3f, .expert_backend = &f->be,
@@ -578,6 +580,7 @@ TEST(generate_batch_backend_experts_fail_alike) {
         for (int i = 0; i < N; i++) {
             duet_gen_free(g[i]), duet_collab_free(c[i]);
             duet_session_free(fb[pass][i].s);
+            duet_model_free(fb[pass][i].m);
         }
     }
     int failures = 0;
