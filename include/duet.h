@@ -452,8 +452,8 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err);
  * bit, but the base passes of all of them run as one batched forward pass, the expert
  * catch-ups of those that defer as another (per model), and calls to remote experts run
  * concurrently, one thread each (so each decoder needs a backend of its own, callable from
- * any thread; one that runs a model in-process must not share that model with another: a
- * model's thread pool serves one forward pass at a time). rcs[i] and
+ * any thread; one that runs a model in-process must load it with 1 thread, since models
+ * loaded with the same thread count share a pool that serves one pass at a time). rcs[i] and
  * errs[i] get decoder i's result. Returns DUET_OK (results are per decoder). */
 int duet_collab_step_batch(duet_collab *const *cs, int n, duet_collab_token *toks, int *rcs,
                            duet_error *errs);

@@ -512,7 +512,8 @@ TEST(generate_batch_equals_alone) {
  * their own; with the fallback the base speaks where a call failed. */
 typedef struct fake_backend {
     duet_expert_backend be;
-    duet_model *m; /* its own: calls run concurrently, and a model's pool serves one pass at a time */
+    duet_model *m; /* its own, with 1 thread: calls run concurrently, and models loaded with
+                      the same thread count share one pool, which serves one pass at a time */
     duet_session *s;
     int calls;
 } fake_backend;
@@ -543,7 +544,8 @@ TEST(generate_batch_backend_experts_fail_alike) {
         for (int i = 0; i < N; i++) {
             fake_backend *f = &fb[pass][i];
             memset(f, 0, sizeof *f);
-            REQUIRE((f->m = fixture_load(fixture_random(DT_F32, 22, 0))) &&
+            duet_model_params one = {.n_threads = 1};
+            REQUIRE(!duet_model_load(fixture_random(DT_F32, 22, 0), &one, &f->m, &err) &&
                     !duet_session_new(f->m, NULL, &f->s, &err));
             f->be = (duet_expert_backend){.ctx = f, .next_logits = fake_next};
             duet_collab_params p = {.policy = i % 2 ? DUET_POLICY_EXPERT : DUET_POLICY_COLLM,
