@@ -258,6 +258,8 @@ typedef struct duet_sampler_params {
 void duet_sampler_defaults(duet_sampler_params *p);
 int duet_sampler_new(const duet_sampler_params *params, duet_sampler **out, duet_error *err);
 void duet_sampler_free(duet_sampler *s);
+/* Restart the sampler's random stream as duet_sampler_new with this seed would start it. */
+void duet_sampler_reseed(duet_sampler *s, uint64_t seed);
 /* Choose a token from logits [n_vocab] (logits are not modified). */
 int32_t duet_sampler_sample(duet_sampler *s, const float *logits, int n_vocab);
 /* Index of the largest value (lowest index wins ties). */
@@ -413,6 +415,11 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err);
  * errs[i] get decoder i's result. Returns DUET_OK (results are per decoder). */
 int duet_collab_step_batch(duet_collab *const *cs, int n, duet_collab_token *toks, int *rcs,
                            duet_error *errs);
+/* Restart the decoder's random streams (the random policy's draws and the sampler's) as
+ * duet_collab_new with sampling.seed = seed would start them. A caller that decodes many
+ * answers on one decoder seeds each answer, so that an answer does not depend on how many
+ * draws the answers before it took (evaluation decodes several at once, in any order). */
+void duet_collab_set_seed(duet_collab *c, uint64_t seed);
 const duet_collab_stats *duet_collab_get_stats(const duet_collab *c);
 /* The canonical token list (prompt + emitted), base ids. */
 const int32_t *duet_collab_tokens(const duet_collab *c, int *n);
