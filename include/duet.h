@@ -1011,8 +1011,14 @@ typedef struct duet_eval_params {
     int n_calib;        /* prompts of the base-only calibration pass (0 = 15) */
     const char *const *stops; /* stop strings (NULL: "\n\nQuestion:") */
     int n_stops;
-    uint64_t seed;      /* random policy */
-    /* called after each example (generation) or window (nll); what names the phase */
+    uint64_t seed;      /* random policy: problem i is decoded with seed + i (duet_collab_set_seed),
+                           whichever decoder runs it and whenever */
+    int parallel;       /* generation tasks: problems decoded together, each on a decoder of its
+                           own, their steps batched (duet_gen_step_batch); 0 = 8; never more than
+                           the problems. Results are the same for every value; 1 decodes one
+                           problem at a time */
+    /* called after each example (generation: done counts the finished ones, which finish in
+     * any order with parallel > 1) or window (nll); what names the phase */
     void (*progress)(void *ud, const char *what, long done, long total);
     void *ud;
     /* generation tasks: called with every answer (may be NULL); output is cut at the stop
@@ -1034,7 +1040,8 @@ typedef struct duet_eval_result {
     long expert_calls;         /* times the expert's next-token distribution was used */
     int n_examples, n_correct;
     int n_truncated;           /* prompts cut from the left to fit the context */
-    double seconds;            /* model time: decoding, or the teacher-forced passes used */
+    double seconds;            /* model time: decoding (with parallel > 1 the wall time of
+                                  the batched decoding), or the teacher-forced passes used */
     double tokens_per_second;
 } duet_eval_result;
 
