@@ -822,6 +822,10 @@ typedef struct duet_scores_params {
     int n_batch;                   /* tokens per prefill call, which bounds the logits buffer
                                       to n_batch x n_vocab (0: min(n_ctx, 512)) */
     int no_hidden;                 /* 1: store no hidden states */
+    int parallel;                  /* sequences scored together, each in a session of its own,
+                                      their chunks in one batched pass and n_batch shared among
+                                      them (0 = 8; 1 with a remote). The file is the same for
+                                      every value */
     const duet_model *ids_model;   /* tokenizer-of: NULL = the scored model's own */
     /* Score with a remote duet serve (its prompt log-probabilities) instead of evaluating
      * the model, which then only gives the vocabulary the server shares (vocab_only is

@@ -1,6 +1,6 @@
-/* test_parallel.c: --parallel N of duet eval and tune. Whatever N, the files they
+/* test_parallel.c: --parallel N of duet eval, tune and score. Whatever N, the files they
  * write are the same bytes as with N = 1 (one problem or sequence at a time): answers and
- * their order, counts, thresholds; only the timing fields (tokens_per_second)
+ * their order, counts, thresholds, score records; only the timing fields (tokens_per_second)
  * are left out of the comparison. Runs on the embedded demo models (models/), whose answers
  * end at different lengths, so that problems finish out of order on the decoders. Needs
  * DUET_BIN (set by `make test`). */
@@ -90,6 +90,23 @@ static int same_file(const char *a, const char *b, int timing) {
     return same;
 }
 
+/* The first n_lines lines of the demo's held-out problems, as a file of their own. */
+static const char *demo_problems(const char *name, int n_lines) {
+    char *all = fixture_read_file(DEMO "demo-heldout.jsonl", NULL);
+    if (!all) return NULL;
+    char *p = all;
+    for (int i = 0; i < n_lines && p; i++) p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL;
+    if (p) *p = 0;
+    const char *path = test_path(test_tmpdir(), name);
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fputs(all, f);
+        fclose(f);
+    }
+    free(all);
+    return f ? path : NULL;
+}
+
 static const int k_parallel[3] = {1, 3, 16}; /* 16: more decoders than problems */
 
 TEST(parallel_eval_writes_the_same_results) {
@@ -111,7 +128,7 @@ TEST(parallel_eval_writes_the_same_results) {
             tmp(outs[k], sizeof outs[k], name, k_parallel[k]);
             strcat(outs[k], ".jsonl");
             snprintf(args, sizeof args, "eval -m " DEMO "demo-base.gguf --expert " DEMO "demo-expert.gguf "
-                     "--task gsm8k --data " DEMO "demo-heldout.jsonl --limit %d -n 40 -t 2 --quiet %s "
+                     "--task gsm8k --data " DEMO "demo-heldout.jsonl --limit %d -n 40 -t 1 --quiet %s "
                      "--json '%s' --outputs '%s' --parallel %d", N_PROBLEMS, runs[r], json[k], outs[k],
                      k_parallel[k]);
             REQUIRE(run_duet(args, err, sizeof err) == 0 || (test_fail_at(__FILE__, __LINE__, "%s: %s", args, err), 0));
@@ -169,7 +186,7 @@ TEST(parallel_tune_writes_the_same_files) {
         REQUIRE(f && fwrite(h, 1, n, f) == n);
         fclose(f);
         snprintf(args, sizeof args, "tune -m " DEMO "demo-base.gguf --expert " DEMO "demo-expert.gguf --head '%s' "
-                 "--task gsm8k --data " DEMO "demo-heldout.jsonl --limit %d -n 40 -t 2 --quiet --calib 4 "
+                 "--task gsm8k --data " DEMO "demo-heldout.jsonl --limit %d -n 40 -t 1 --quiet --calib 4 "
                  "--portions 0,0.1,0.3 -o '%s' --parallel %d", head[k], N_PROBLEMS, prefix[k], k_parallel[k]);
         REQUIRE(run_duet(args, err, sizeof err) == 0 || (test_fail_at(__FILE__, __LINE__, "%s: %s", args, err), 0));
     }
@@ -183,5 +200,61 @@ TEST(parallel_tune_writes_the_same_files) {
             CHECKF(same_file(a, b, e < 2), "tune %s with --parallel %d differs from 1", ext[e], k_parallel[k]);
         }
         CHECKF(same_file(head[0], head[k], 0), "tuned head with --parallel %d differs from 1", k_parallel[k]);
+    }
+}
+
+TEST(parallel_score_writes_the_same_file) {
+    NEED_BIN_AND_DEMO();
+    static char err[8192], args[8192];
+    const char *data = demo_problems("par-score.jsonl", N_PROBLEMS);
+    REQUIRE(data);
+    char jsonl[700];
+    snprintf(jsonl, sizeof jsonl, "%s", data);
+    /* plain text: one paragraph cut into windows of the context */
+    char *all = fixture_read_file(DEMO "demo-heldout.jsonl", NULL);
+    REQUIRE(all);
+    all[4000] = 0;
+    for (char *p = all; *p; p++)
+        if (*p == '\n' || *p == '"' || *p == '{' || *p == '}') *p = ' ';
+    const char *text = test_path(test_tmpdir(), "par-score.txt");
+    FILE *f = fopen(text, "wb");
+    REQUIRE(f);
+    fputs(all, f);
+    fclose(f);
+    free(all);
+    /* prompts that share a long prefix (the eval prompt), so that a session keeps the KV
+     * cache of what its previous sequence shared with the next */
+    char *q = fixture_read_file(data, NULL);
+    REQUIRE(q);
+    const char *shared = test_path(test_tmpdir(), "par-score-shared.jsonl");
+    char shared_path[700];
+    snprintf(shared_path, sizeof shared_path, "%s", shared);
+    f = fopen(shared_path, "wb");
+    REQUIRE(f);
+    for (char *line = strtok(q, "\n"); line; line = strtok(NULL, "\n")) {
+        char *a = strstr(line, "\", \"answer\": \"");
+        REQUIRE(!strncmp(line, "{\"question\": \"", 14) && a);
+        fprintf(f, "{\"prompt\": \"Please solve the following math problem with detailed steps.\\n\\nQuestion: "
+                   "%.*s\\nAnswer:\", \"response\": \"%s\n", (int)(a - line - 14), line + 14, a + 14);
+    }
+    fclose(f);
+    free(q);
+    /* the expert on the base's tokens (vocabulary bridge), the base over text windows, and
+     * the base on the shared-prefix prompts */
+    const char *runs[3][2] = {{"-m " DEMO "demo-expert.gguf --tokenizer-of " DEMO "demo-base.gguf", jsonl},
+                              {"-m " DEMO "demo-base.gguf -c 48", text},
+                              {"-m " DEMO "demo-base.gguf", shared_path}};
+    for (int r = 0; r < 3; r++) {
+        char out[3][700];
+        for (int k = 0; k < 3; k++) {
+            char name[32];
+            snprintf(name, sizeof name, "score%d", r);
+            tmp(out[k], sizeof out[k], name, k_parallel[k]);
+            snprintf(args, sizeof args, "score %s -d '%s' -o '%s' -t 1 --quiet --parallel %d", runs[r][0],
+                     runs[r][1], out[k], k_parallel[k]);
+            REQUIRE(run_duet(args, err, sizeof err) == 0 || (test_fail_at(__FILE__, __LINE__, "%s: %s", args, err), 0));
+        }
+        for (int k = 1; k < 3; k++)
+            CHECKF(same_file(out[0], out[k], 0), "score run %d with --parallel %d differs from 1", r, k_parallel[k]);
     }
 }
