@@ -408,7 +408,8 @@ TEST(train_score_resume_gives_the_same_file) {
 /* Sequences scored together (one session each, their chunks in one batched pass) give the
  * file that scoring one at a time gives, byte for byte: windows of text of uneven lengths,
  * and prompts shared between examples (a session keeps the KV cache of a shared prefix).
- * n_batch 8 shared by the slots makes most sequences take several passes. */
+ * n_batch 8 shared by the slots makes most sequences take several passes. A run stopped
+ * with one parallel resumes with another. */
 TEST(train_score_parallel_gives_the_same_file) {
     duet_model *m = load(fixture_random(DT_Q8_0, 62, 0), 2);
     REQUIRE(m);
@@ -442,6 +443,17 @@ TEST(train_score_parallel_gives_the_same_file) {
         }
         for (int k = 1; k < 4; k++)
             CHECKF(same_file(out[0], out[k]), "%s: parallel %d differs from 1", data[d], parallel[k]);
+        /* stopped with 3 at a time after 4 blocks (mid-group), resumed one at a time */
+        const char *cut = tmp_file(d ? "par-cut-1.scores" : "par-cut-0.scores");
+        stopper sp = {4};
+        duet_scores_params p = {.n_ctx = 40, .n_batch = 8, .parallel = 3, .progress = stop_after, .ud = &sp};
+        duet_scores_stats st;
+        CHECK_EQ_INT(duet_scores_compute(m, &ds, &p, cut, &st, &err), DUET_SCORES_STOPPED);
+        CHECK_EQ_INT(st.n_seq_done, 4);
+        p = (duet_scores_params){.n_ctx = 40, .n_batch = 8, .parallel = 1};
+        CHECK_EQ_INT(duet_scores_compute(m, &ds, &p, cut, &st, &err), DUET_OK);
+        CHECK_EQ_INT(st.n_resumed_seq, 4);
+        CHECKF(same_file(out[0], cut), "%s: resumed with another parallel, the file differs", data[d]);
         duet_dataset_free(&ds);
     }
     duet_model_free(m);
