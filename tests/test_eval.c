@@ -505,9 +505,20 @@ static void keep_answer(void *ud, const duet_eval_spec *spec, int index, const c
     k->n++;
 }
 
+/* Progress calls: each must count one more finished example of the same total. */
+typedef struct progress_log { long last, total, bad, calls; } progress_log;
+
+static void log_progress(void *ud, const char *what, long done, long total) {
+    progress_log *p = ud;
+    p->bad += done != p->last + 1 || (p->calls && total != p->total);
+    p->last = done;
+    p->total = total;
+    p->calls++;
+}
+
 /* The random policy's seed contract: problem i of a run with seed S is answered as that
  * problem alone with seed S + i, whichever decoder runs it (2 decoders here for 3 problems);
- * the answers are handed on in problem order. */
+ * the answers are handed on in problem order, and progress counts 1, 2, 3 of 3. */
 TEST(eval_random_problem_i_is_seed_plus_i) {
     duet_model *b = fixture_load(fixture_random(DT_F32, 51, 0)), *e = fixture_load(fixture_random(DT_F32, 52, 0));
     REQUIRE(b && e);
@@ -515,13 +526,17 @@ TEST(eval_random_problem_i_is_seed_plus_i) {
     duet_eval_result r;
     duet_error err = {0};
     kept_answers all = {0}, one = {0}, other = {0};
+    progress_log pl = {0};
     duet_eval_params ep = {.task = DUET_EVAL_TASK_GSM8K, .max_tokens = 24, .n_ctx = 128, .seed = 11,
-                           .parallel = 2, .on_answer = keep_answer, .answer_ud = &all};
+                           .parallel = 2, .on_answer = keep_answer, .answer_ud = &all,
+                           .progress = log_progress, .ud = &pl};
     duet_eval *c = NULL;
     REQUIRE(!duet_eval_open(b, e, NULL, NULL, write_tmp("gsm3-seed.jsonl", k_gsm3), &ep, &c, &err));
     REQUIRE(!duet_eval_one(c, &spec, &r, &err));
     duet_eval_close(c);
     CHECK(all.n == 3 && r.n_deferred > 0 && r.n_deferred < r.n_tokens);
+    CHECKF(pl.calls == 3 && pl.last == 3 && pl.total == 3 && !pl.bad, "progress: %ld calls, last %ld of %ld, %ld bad",
+           pl.calls, pl.last, pl.total, pl.bad);
     char *lines = strdup(k_gsm3), *save = NULL;
     int i = 0;
     for (char *l = strtok_r(lines, "\n", &save); l && i < 3; l = strtok_r(NULL, "\n", &save), i++) {
