@@ -42,7 +42,7 @@ static void usage(FILE *f) {
             "  -t, --threads N      threads per model (default: all cores)\n"
             "  -s, --seed S         seed of the random policy (default 0; problem i gets S + i)\n"
             "  -np, --parallel N    problems decoded together, their steps batched (default 8;\n"
-            "                       results are the same for any N; 1: one at a time)\n"
+            "                       1: one at a time); every result but tok/s is the same for any N\n"
             "  --json FILE          write the results as JSON (atomically)\n"
             "  --outputs FILE       gsm8k/math: every answer as a JSON line (policy, rate, index,\n"
             "                       output, pred, reference, correct)\n"

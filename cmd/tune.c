@@ -29,7 +29,7 @@ static void usage(FILE *f) {
             "  -c, --ctx-size N     context (default: min of the models' training contexts)\n"
             "  -t, --threads N      threads per model (default: all cores)\n"
             "  -np, --parallel N    problems decoded together, their steps batched (default 8;\n"
-            "                       results are the same for any N; 1: one at a time)\n"
+            "                       1: one at a time); every result but tok/s is the same for any N\n"
             "  --no-store           do not write the threshold into the head file\n"
             "  --quiet              no progress on stderr\n");
 }
