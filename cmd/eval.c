@@ -40,7 +40,9 @@ static void usage(FILE *f) {
             "  --stop STR           stop string (repeatable; default \"\\n\\nQuestion:\")\n"
             "  -c, --ctx-size N     context (default: min of the models' training contexts)\n"
             "  -t, --threads N      threads per model (default: all cores)\n"
-            "  -s, --seed S         seed of the random policy (default 0)\n"
+            "  -s, --seed S         seed of the random policy (default 0; problem i gets S + i)\n"
+            "  -np, --parallel N    problems decoded together, their steps batched (default 8;\n"
+            "                       1: one at a time); every result but tok/s is the same for any N\n"
             "  --json FILE          write the results as JSON (atomically)\n"
             "  --outputs FILE       gsm8k/math: every answer as a JSON line (policy, rate, index,\n"
             "                       output, pred, reference, correct)\n"
@@ -226,6 +228,8 @@ static int parse_args(int argc, char **argv, eval_args *A) {
             if (!arg_int("eval", a, v, 1, 256, &A->n_threads)) return 2;
         } else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
             if (!arg_u64("eval", a, v, &A->ep.seed)) return 2;
+        } else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) {
+            if (!arg_int("eval", a, v, 1, 256, &A->ep.parallel)) return 2;
         } else if (!strcmp(a, "--stop")) {
             if (A->n_stops == 16) { fprintf(stderr, "duet eval: at most 16 --stop strings\n"); return 2; }
             A->stops[A->n_stops++] = v;

@@ -29,6 +29,8 @@ static void usage(FILE *f) {
             "  --skip-bad            skip malformed examples (counted) instead of stopping\n"
             "  --no-hidden           do not store hidden states (default: stored, F16)\n"
             "  -t, --threads N       threads (default: all cores)\n"
+            "  -np, --parallel N     sequences scored together in one batched pass (default 8;\n"
+            "                        the file is the same for any N)\n"
             "  --quiet               no progress or summary (warnings still print)\n");
 }
 
@@ -63,6 +65,8 @@ int cmd_score(int argc, char **argv) {
             VAL(); if (!arg_int("score", a, v, 2, 1 << 20, &n_ctx)) return 2;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             VAL(); if (!arg_int("score", a, v, 1, 256, &n_threads)) return 2;
+        } else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) {
+            VAL(); if (!arg_int("score", a, v, 1, 256, &sp.parallel)) return 2;
         } else if (!strcmp(a, "--format")) {
             VAL();
             if (!strcmp(v, "auto")) dp.format = DUET_DATASET_AUTO;

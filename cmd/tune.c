@@ -28,6 +28,8 @@ static void usage(FILE *f) {
             "  --stop STR           stop string (repeatable; default \"\\n\\nQuestion:\")\n"
             "  -c, --ctx-size N     context (default: min of the models' training contexts)\n"
             "  -t, --threads N      threads per model (default: all cores)\n"
+            "  -np, --parallel N    problems decoded together, their steps batched (default 8;\n"
+            "                       1: one at a time); every result but tok/s is the same for any N\n"
             "  --no-store           do not write the threshold into the head file\n"
             "  --quiet              no progress on stderr\n");
 }
@@ -66,6 +68,8 @@ int cmd_tune(int argc, char **argv) {
             if (!arg_int("tune", a, v, 8, 1 << 24, &ep.n_ctx)) return 2;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             if (!arg_int("tune", a, v, 1, 256, &n_threads)) return 2;
+        } else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) {
+            if (!arg_int("tune", a, v, 1, 256, &ep.parallel)) return 2;
         } else if (!strcmp(a, "--stop")) {
             if (n_stops == 16) { fprintf(stderr, "duet tune: at most 16 --stop strings\n"); return 2; }
             stops[n_stops++] = v;

@@ -281,6 +281,8 @@ typedef struct duet_sampler_params {
 void duet_sampler_defaults(duet_sampler_params *p);
 int duet_sampler_new(const duet_sampler_params *params, duet_sampler **out, duet_error *err);
 void duet_sampler_free(duet_sampler *s);
+/* Restart the sampler's random stream as duet_sampler_new with this seed would start it. */
+void duet_sampler_reseed(duet_sampler *s, uint64_t seed);
 /* Choose a token from logits [n_vocab] (logits are not modified). */
 int32_t duet_sampler_sample(duet_sampler *s, const float *logits, int n_vocab);
 /* Index of the largest value (lowest index wins ties). */
@@ -457,6 +459,11 @@ int duet_collab_step(duet_collab *c, duet_collab_token *tok, duet_error *err);
  * errs[i] get decoder i's result. Returns DUET_OK (results are per decoder). */
 int duet_collab_step_batch(duet_collab *const *cs, int n, duet_collab_token *toks, int *rcs,
                            duet_error *errs);
+/* Restart the decoder's random streams (the random policy's draws and the sampler's) as
+ * duet_collab_new with sampling.seed = seed would start them. A caller that decodes many
+ * answers on one decoder seeds each answer, so that an answer does not depend on how many
+ * draws the answers before it took (evaluation decodes several at once, in any order). */
+void duet_collab_set_seed(duet_collab *c, uint64_t seed);
 const duet_collab_stats *duet_collab_get_stats(const duet_collab *c);
 /* The canonical token list (prompt + emitted), base ids. */
 const int32_t *duet_collab_tokens(const duet_collab *c, int *n);
@@ -866,6 +873,10 @@ typedef struct duet_scores_params {
     int n_batch;                   /* tokens per prefill call, which bounds the logits buffer
                                       to n_batch x n_vocab (0: min(n_ctx, 512)) */
     int no_hidden;                 /* 1: store no hidden states */
+    int parallel;                  /* sequences scored together, each in a session of its own,
+                                      their chunks in one batched pass and n_batch shared among
+                                      them (0 = 8; 1 with a remote). The file is the same for
+                                      every value */
     const duet_model *ids_model;   /* tokenizer-of: NULL = the scored model's own */
     /* Score with a remote duet serve (its prompt log-probabilities) instead of evaluating
      * the model, which then only gives the vocabulary the server shares (vocab_only is
@@ -1064,8 +1075,14 @@ typedef struct duet_eval_params {
     int n_calib;        /* prompts of the base-only calibration pass (0 = 15) */
     const char *const *stops; /* stop strings (NULL: "\n\nQuestion:") */
     int n_stops;
-    uint64_t seed;      /* random policy */
-    /* called after each example (generation) or window (nll); what names the phase */
+    uint64_t seed;      /* random policy: problem i is decoded with seed + i (duet_collab_set_seed),
+                           whichever decoder runs it and whenever */
+    int parallel;       /* generation tasks: problems decoded together, each on a decoder of its
+                           own, their steps batched (duet_gen_step_batch); 0 = 8; never more than
+                           the problems. Results are the same for every value; 1 decodes one
+                           problem at a time */
+    /* called after each example (generation: done counts the finished ones, which finish in
+     * any order with parallel > 1) or window (nll); what names the phase */
     void (*progress)(void *ud, const char *what, long done, long total);
     void *ud;
     /* generation tasks: called with every answer (may be NULL); output is cut at the stop
@@ -1087,7 +1104,8 @@ typedef struct duet_eval_result {
     long expert_calls;         /* times the expert's next-token distribution was used */
     int n_examples, n_correct;
     int n_truncated;           /* prompts cut from the left to fit the context */
-    double seconds;            /* model time: decoding, or the teacher-forced passes used */
+    double seconds;            /* model time: decoding (with parallel > 1 the wall time of
+                                  the batched decoding), or the teacher-forced passes used */
     double tokens_per_second;
 } duet_eval_result;
 

@@ -1,6 +1,6 @@
 /* test_collab.c: Co-LLM decoding: analytic cases (eta 1 = base, eta 0 = expert, random
  * r 0/1, proxy with anti == base = expert), lazy vs eager sync, the expert's evaluation
- * count, the vocabulary bridge, and the head sidecar. */
+ * count, the vocabulary bridge, the head sidecar, and reseeding the random policy. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,6 +121,57 @@ TEST(collab_analytic_cases) {
         CHECK(x.n > 0 && x.st.expert_calls == x.n);
     }
     duet_head_free(h);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
+/* An independent splitmix64 (the published constants), to predict the random policy's draws. */
+static uint64_t ref_splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* duet_collab_set_seed restarts the random policy's draws: on a decoder that has already
+ * decoded another answer (and drawn for it), reseeding with s gives token k the deferral
+ * decision u_k < rate, u_k the k-th 53-bit uniform of splitmix64 started at
+ * s ^ 0x5851f42d4c957f2d (duet.h's random policy), exactly as a fresh decoder made with seed
+ * s; and the same tokens as that fresh decoder. */
+TEST(collab_set_seed_restarts_the_random_policy) {
+    duet_model *b = fixture_load(fixture_random(DT_F32, 21, 0)), *e = fixture_load(fixture_random(DT_F32, 22, 0));
+    REQUIRE(b && e);
+    int32_t pa[16], pb[16];
+    int na, nb;
+    prompt_of(1, pa, &na);
+    prompt_of(2, pb, &nb);
+    const uint64_t seed = 7;
+    duet_collab_params p = {.policy = DUET_POLICY_RANDOM, .random_rate = 0.5f, .sampling.seed = seed};
+    run_out fresh;
+    REQUIRE(!decode(b, e, NULL, NULL, p, pa, na, 40, &fresh));
+    p.sampling.seed = 99;
+    duet_collab *c = NULL;
+    duet_error err = {0};
+    REQUIRE(!duet_collab_new(b, e, NULL, NULL, &p, &c, &err));
+    duet_collab_token t;
+    for (int round = 0; round < 2; round++) { /* another answer first, then prompt a again */
+        int32_t *pr = round ? pa : pb;
+        int n = round ? na : nb;
+        if (round) duet_collab_set_seed(c, seed);
+        REQUIRE(!duet_collab_start(c, pr, n, &err));
+        uint64_t x = seed ^ 0x5851f42d4c957f2dull;
+        for (int k = 0; k < 40; k++) {
+            int rc = duet_collab_step(c, &t, &err);
+            REQUIRE(rc == DUET_OK || rc == DUET_EOS);
+            if (round) {
+                int want = (double)(ref_splitmix64(&x) >> 11) * 0x1.0p-53 < 0.5;
+                CHECKF(t.deferred == want, "token %d: deferred %d, the draw says %d", k, t.deferred, want);
+                if (rc == DUET_OK) CHECKF(k < fresh.n && t.id == fresh.ids[k], "token %d differs from a fresh decoder's", k);
+            }
+            if (rc == DUET_EOS) break;
+        }
+    }
+    duet_collab_free(c);
     duet_model_free(b);
     duet_model_free(e);
 }

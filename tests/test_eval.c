@@ -2,7 +2,8 @@
  * and their equivalence); teacher-forced policy NLL against its analytic cases (base and
  * expert alone = duet_text_score, oracle bounds, quantile thresholds hit the requested rate);
  * the BabyLlama vocabulary bridge; gsm8k generation end to end; data errors naming file:line;
- * duet tune's table, plot and stored threshold; the eval and tune CLIs. */
+ * the random policy's per-problem seeds; duet tune's table, plot and stored threshold; the
+ * eval and tune CLIs. */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -490,6 +491,73 @@ TEST(eval_gsm8k_end_to_end) {
     CHECK(r[0].n_deferred > 0 && r[0].n_deferred < r[0].n_tokens);
     duet_eval_close(c);
     duet_head_free(h);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
+/* Answers kept by index (on_answer). */
+typedef struct kept_answers { char text[8][512]; int n; } kept_answers;
+
+static void keep_answer(void *ud, const duet_eval_spec *spec, int index, const char *output, const char *pred,
+                        const char *reference, int correct) {
+    kept_answers *k = ud;
+    if (index >= 0 && index < 8) snprintf(k->text[index], sizeof k->text[index], "%s", output);
+    k->n++;
+}
+
+/* Progress calls: each must count one more finished example of the same total. */
+typedef struct progress_log { long last, total, bad, calls; } progress_log;
+
+static void log_progress(void *ud, const char *what, long done, long total) {
+    progress_log *p = ud;
+    p->bad += done != p->last + 1 || (p->calls && total != p->total);
+    p->last = done;
+    p->total = total;
+    p->calls++;
+}
+
+/* The random policy's seed contract: problem i of a run with seed S is answered as that
+ * problem alone with seed S + i, whichever decoder runs it (2 decoders here for 3 problems);
+ * the answers are handed on in problem order, and progress counts 1, 2, 3 of 3. */
+TEST(eval_random_problem_i_is_seed_plus_i) {
+    duet_model *b = fixture_load(fixture_random(DT_F32, 51, 0)), *e = fixture_load(fixture_random(DT_F32, 52, 0));
+    REQUIRE(b && e);
+    duet_eval_spec spec = {DUET_POLICY_RANDOM, 0.5, -1};
+    duet_eval_result r;
+    duet_error err = {0};
+    kept_answers all = {0}, one = {0}, other = {0};
+    progress_log pl = {0};
+    duet_eval_params ep = {.task = DUET_EVAL_TASK_GSM8K, .max_tokens = 24, .n_ctx = 128, .seed = 11,
+                           .parallel = 2, .on_answer = keep_answer, .answer_ud = &all,
+                           .progress = log_progress, .ud = &pl};
+    duet_eval *c = NULL;
+    REQUIRE(!duet_eval_open(b, e, NULL, NULL, write_tmp("gsm3-seed.jsonl", k_gsm3), &ep, &c, &err));
+    REQUIRE(!duet_eval_one(c, &spec, &r, &err));
+    duet_eval_close(c);
+    CHECK(all.n == 3 && r.n_deferred > 0 && r.n_deferred < r.n_tokens);
+    CHECKF(pl.calls == 3 && pl.last == 3 && pl.total == 3 && !pl.bad, "progress: %ld calls, last %ld of %ld, %ld bad",
+           pl.calls, pl.last, pl.total, pl.bad);
+    char *lines = strdup(k_gsm3), *save = NULL;
+    int i = 0;
+    for (char *l = strtok_r(lines, "\n", &save); l && i < 3; l = strtok_r(NULL, "\n", &save), i++) {
+        char name[32], text[512];
+        snprintf(name, sizeof name, "gsm-seed-%d.jsonl", i);
+        snprintf(text, sizeof text, "%s\n", l);
+        const char *path = write_tmp(name, text);
+        for (int w = 0; w < 2; w++) { /* seed S + i, and (for i > 0) S itself */
+            kept_answers *k = w ? &other : &one;
+            ep = (duet_eval_params){.task = DUET_EVAL_TASK_GSM8K, .max_tokens = 24, .n_ctx = 128,
+                                    .seed = w ? 11 : 11 + (uint64_t)i, .parallel = 1, .on_answer = keep_answer,
+                                    .answer_ud = k};
+            REQUIRE(!duet_eval_open(b, e, NULL, NULL, path, &ep, &c, &err));
+            REQUIRE(!duet_eval_one(c, &spec, &r, &err));
+            duet_eval_close(c);
+        }
+        CHECKF(!strcmp(one.text[0], all.text[i]), "problem %d: alone with seed %d: \"%s\", in the run: \"%s\"",
+               i, 11 + i, one.text[0], all.text[i]);
+        if (i) CHECKF(strcmp(other.text[0], all.text[i]), "problem %d: seeds 11 and %d answer alike", i, 11 + i);
+    }
+    free(lines);
     duet_model_free(b);
     duet_model_free(e);
 }

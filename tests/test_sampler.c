@@ -3,9 +3,10 @@
  * Each case draws many tokens with a fixed seed and checks two things: tokens outside the kept
  * set never appear, and every kept token's frequency lies within 5 binomial standard
  * deviations of its hand-computed probability (a wrong kept set or a wrong temperature moves
- * some frequency by tens of deviations). */
+ * some frequency by tens of deviations). Reseeding restarts a sampler's stream. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "duet.h"
 #include "test.h"
@@ -182,4 +183,26 @@ TEST(sampler_order_truncate_then_temperature) {
                 ((duet_sampler_params){.temp = 0.5f, .top_k = 4, .top_p = 0.9f, .min_p = 0.3f,
                                        .seed = 23}),
                 l, 5, 0, 36 / 109.0, 0, 64 / 109.0, 9 / 109.0);
+}
+
+/* Reseeding restarts the stream: after any number of draws, reseed(s) then draws equal the
+ * draws of a fresh sampler made with seed s; without the reseed they differ (so the check
+ * can fail). */
+TEST(sampler_reseed_restarts_the_stream) {
+    float l[5];
+    weights_logits(l);
+    duet_sampler_params p = {.temp = 1.0f, .seed = 5};
+    duet_sampler *fresh = NULL, *used = NULL;
+    REQUIRE(!duet_sampler_new(&p, &fresh, NULL));
+    p.seed = 77;
+    REQUIRE(!duet_sampler_new(&p, &used, NULL));
+    int32_t want[64], cont[64];
+    for (int r = 0; r < 64; r++) want[r] = duet_sampler_sample(fresh, l, 5);
+    for (int r = 0; r < 37; r++) duet_sampler_sample(used, l, 5);
+    for (int r = 0; r < 64; r++) cont[r] = duet_sampler_sample(used, l, 5);
+    CHECKF(memcmp(want, cont, sizeof want), "seeds 5 and 77 drew the same 64 tokens");
+    duet_sampler_reseed(used, 5);
+    for (int r = 0; r < 64; r++) CHECK_EQ_INT(duet_sampler_sample(used, l, 5), want[r]);
+    duet_sampler_free(fresh);
+    duet_sampler_free(used);
 }

@@ -1,9 +1,9 @@
 /* test_train.c: datasets, score files (round trip against an independent recomputation,
- * resume after interruption, refusals), the head's gradients against finite differences,
- * head sidecars with features, and head training end to end (BabyLlama pair when present:
- * the trained head must beat random routing on held-out text; with any models: expert
- * scores rewritten so the expert is right exactly on a set of tokens a linear head can
- * identify, which trained heads must find). */
+ * resume after interruption, several sequences at a time, refusals), the head's gradients
+ * against finite differences, head sidecars with features, and head training end to end
+ * (BabyLlama pair when present: the trained head must beat random routing on held-out
+ * text; with any models: expert scores rewritten so the expert is right exactly on a set of
+ * tokens a linear head can identify, which trained heads must find). */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -402,6 +402,60 @@ TEST(train_score_resume_gives_the_same_file) {
     CHECK(duet_scores_compute(m, &d, &p, cut, &st, &err) == DUET_ERR_ARG && strstr(err.msg, "remove it"));
     remove(partial);
     duet_dataset_free(&d);
+    duet_model_free(m);
+}
+
+/* Sequences scored together (one session each, their chunks in one batched pass) give the
+ * file that scoring one at a time gives, byte for byte: windows of text of uneven lengths,
+ * and prompts shared between examples (a session keeps the KV cache of a shared prefix).
+ * n_batch 8 shared by the slots makes most sequences take several passes. A run stopped
+ * with one parallel resumes with another. */
+TEST(train_score_parallel_gives_the_same_file) {
+    duet_model *m = load(fixture_random(DT_Q8_0, 62, 0), 2);
+    REQUIRE(m);
+    char text[8192] = "", jsonl[4096] = "";
+    for (int i = 0; i < 12; i++) {
+        char para[512];
+        snprintf(para, sizeof para, "Paragraph %d says %s.\n\n", i,
+                 i % 3 ? "something short" : "a much longer thing that will need a few windows of "
+                 "a small context to be scored in full, every token exactly once");
+        strcat(text, para);
+    }
+    for (int i = 0; i < 3; i++) strcat(jsonl, k_jsonl);
+    const char *data[2] = {tmp_file("par.txt"), tmp_file("par.jsonl")};
+    write_text(data[0], text);
+    write_text(data[1], jsonl);
+    static const int parallel[4] = {1, 3, 8, 50}; /* 50: more than the sequences and n_batch */
+    for (int d = 0; d < 2; d++) {
+        duet_dataset ds;
+        duet_error err = {0};
+        REQUIRE(!duet_dataset_load(data[d], NULL, &ds, &err));
+        const char *out[4];
+        for (int k = 0; k < 4; k++) {
+            char name[32];
+            snprintf(name, sizeof name, "par-%d-%d.scores", d, parallel[k]);
+            out[k] = tmp_file(name);
+            duet_scores_params p = {.n_ctx = 40, .n_batch = 8, .parallel = parallel[k]};
+            duet_scores_stats st;
+            REQUIRE(!duet_scores_compute(m, &ds, &p, out[k], &st, &err) ||
+                    (test_fail_at(__FILE__, __LINE__, "%s", err.msg), 0));
+            if (d == 0) CHECKF(st.n_seq > 12, "long paragraphs should need several windows: %d sequences", st.n_seq);
+        }
+        for (int k = 1; k < 4; k++)
+            CHECKF(same_file(out[0], out[k]), "%s: parallel %d differs from 1", data[d], parallel[k]);
+        /* stopped with 3 at a time after 4 blocks (mid-group), resumed one at a time */
+        const char *cut = tmp_file(d ? "par-cut-1.scores" : "par-cut-0.scores");
+        stopper sp = {4};
+        duet_scores_params p = {.n_ctx = 40, .n_batch = 8, .parallel = 3, .progress = stop_after, .ud = &sp};
+        duet_scores_stats st;
+        CHECK_EQ_INT(duet_scores_compute(m, &ds, &p, cut, &st, &err), DUET_SCORES_STOPPED);
+        CHECK_EQ_INT(st.n_seq_done, 4);
+        p = (duet_scores_params){.n_ctx = 40, .n_batch = 8, .parallel = 1};
+        CHECK_EQ_INT(duet_scores_compute(m, &ds, &p, cut, &st, &err), DUET_OK);
+        CHECK_EQ_INT(st.n_resumed_seq, 4);
+        CHECKF(same_file(out[0], cut), "%s: resumed with another parallel, the file differs", data[d]);
+        duet_dataset_free(&ds);
+    }
     duet_model_free(m);
 }
 

@@ -120,6 +120,10 @@ static int follower_sync(duet_collab *c, follower *f, int want_logits, duet_erro
 }
 
 /* ---- creation --------------------------------------------------------------------------- */
+/* The random policy's splitmix64 state for a seed (one definition for creation and
+ * reseeding; evaluation's teacher-forced random routing starts its stream the same way). */
+static uint64_t random_policy_stream(uint64_t seed) { return seed ^ 0x5851f42d4c957f2dull; }
+
 int duet_collab_new(duet_model *base, duet_model *expert, duet_model *anti,
                     const duet_head *head, const duet_collab_params *params,
                     duet_collab **out, duet_error *err) {
@@ -171,7 +175,7 @@ int duet_collab_new(duet_model *base, duet_model *expert, duet_model *anti,
     } else if (p.policy == DUET_POLICY_UNCERTAINTY) {
         c->thr_logit = p.threshold >= 0 ? p.threshold : 2.0f;
     }
-    c->rng = p.sampling.seed ^ 0x5851f42d4c957f2dull;
+    c->rng = random_policy_stream(p.sampling.seed);
     c->base_stats = p.details || p.policy == DUET_POLICY_CONFIDENCE ||
                     p.policy == DUET_POLICY_UNCERTAINTY ||
                     (need_head && (duet_head_features(head) & (DUET_HEAD_FEAT_ENTROPY | DUET_HEAD_FEAT_MAXLOGP)));
@@ -614,6 +618,12 @@ int duet_collab_step_batch(duet_collab *const *cs, int n, duet_collab_token *tok
     free(w.grp), free(w.idx), free(w.grc), free(w.erc), free(w.gerr);
     free(w.ss), free(w.ts), free(w.ns), free(w.rem);
     return DUET_OK;
+}
+
+void duet_collab_set_seed(duet_collab *c, uint64_t seed) {
+    c->p.sampling.seed = seed;
+    c->rng = random_policy_stream(seed);
+    duet_sampler_reseed(c->smp, seed);
 }
 
 const duet_collab_stats *duet_collab_get_stats(const duet_collab *c) { return &c->st; }

@@ -49,10 +49,15 @@ int duet_sampler_new(const duet_sampler_params *params, duet_sampler **out, duet
     duet_sampler *s = calloc(1, sizeof *s);
     if (!s) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     if (params) s->p = *params;
-    uint64_t x = s->p.seed;
-    for (int i = 0; i < 4; i++) s->s[i] = duet_splitmix64(&x);
+    duet_sampler_reseed(s, s->p.seed);
     *out = s;
     return DUET_OK;
+}
+
+void duet_sampler_reseed(duet_sampler *s, uint64_t seed) {
+    s->p.seed = seed;
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) s->s[i] = duet_splitmix64(&x);
 }
 
 void duet_sampler_free(duet_sampler *s) {

@@ -389,47 +389,6 @@ static int tf_run(duet_eval *c, duet_error *err) {
 }
 
 /* ---- generation ---------------------------------------------------------------------- */
-/* What the per-token callback adds up for one answer. */
-typedef struct gen_count {
-    fvec *scores;
-    int n_def, oom;
-} gen_count;
-
-static int count_token(void *ud, const duet_gen *g, const duet_collab_token *t) {
-    gen_count *k = ud;
-    k->n_def += t->deferred;
-    if (k->scores && fvec_push(k->scores, t->score)) k->oom = 1;
-    return k->oom;
-}
-
-/* Answer one problem with the library's generation loop (the text the server would return
- * for the same prompt and stops) into out. scores (may be NULL) collects each emitted token's
- * policy score; *n_gen and *n_def count the emitted tokens and those the expert chose (a
- * deferred EOS is not a token). */
-static int generate(duet_eval *c, duet_collab *co, const problem *pb, duet_buf *out, fvec *scores,
-                    int *n_gen, int *n_def, duet_error *err) {
-    out->n = 0;
-    *n_gen = *n_def = 0;
-    if (duet_buf_add(out, "", 0)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-    int rc = duet_collab_start(co, pb->ids, pb->n_ids, err);
-    if (rc) return rc;
-    duet_gen_params gp = {.max_tokens = c->p.max_tokens, .stops = c->stops, .n_stops = c->n_stops,
-                          .utf8 = 1}; /* answers are JSON text: whole characters */
-    gen_count k = {.scores = scores};
-    duet_gen *g = NULL;
-    rc = duet_generate(co, &gp, count_token, &k, &g, err);
-    if (!rc && k.oom) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-    if (!rc) {
-        size_t len;
-        const char *text = duet_gen_text(g, &len);
-        *n_gen = duet_gen_n_tokens(g);
-        *n_def = k.n_def;
-        if (duet_buf_add(out, text, len)) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-    }
-    duet_gen_free(g);
-    return rc;
-}
-
 /* Score an answer; pred gets the extracted answer ("" when none). */
 static int score_answer(int task, const char *output, const char *reference, char *pred, size_t cap) {
     pred[0] = 0;
@@ -449,7 +408,154 @@ static int collab_for(duet_eval *c, const duet_collab_params *cp, duet_collab **
                            cp, co, err);
 }
 
+/* One problem's answer: the text the server would return for the same prompt and stops,
+ * each emitted token's policy score (when asked), the emitted tokens and those the expert
+ * chose (a deferred EOS is not a token). Kept from when its decoder finishes it until every
+ * earlier problem has been handed on, so that results add up in problem order whatever
+ * order the problems finish in. */
+typedef struct answer {
+    duet_buf text;
+    fvec scores;
+    int n_gen, n_def, expert_calls, done;
+    double seconds;     /* the decoder's time on it (start and steps) */
+} answer;
+
+/* A decoder and the problem it is on. */
+typedef struct slot {
+    duet_collab *co;
+    duet_gen *g;
+    int problem;        /* -1: none */
+} slot;
+
+/* A generating pass over problems [0, n): decoders made from cp, each answer handed to take
+ * in problem order. */
+typedef struct gen_pass {
+    const duet_collab_params *cp;
+    int n, want_scores;
+    const char *what;   /* the progress phase */
+    int (*take)(duet_eval *c, void *ud, int i, const answer *a, duet_error *err);
+    void *ud;
+    int parallel;       /* out: decoders used */
+    double wall;        /* out: seconds from the first start to the last answer */
+} gen_pass;
+
+static void answer_free(answer *a) {
+    free(a->text.p);
+    free(a->scores.v);
+    memset(a, 0, sizeof *a);
+}
+
+/* Put problem i on the slot's decoder. Each problem has its own seed, so that its answer does
+ * not depend on which decoder runs it or what that decoder ran before. */
+static int slot_begin(duet_eval *c, slot *s, int i, duet_error *err) {
+    const problem *pb = &c->data.v[i];
+    s->problem = i;
+    duet_collab_set_seed(s->co, c->p.seed + (uint64_t)i);
+    int rc = duet_collab_start(s->co, pb->ids, pb->n_ids, err);
+    duet_gen_params gp = {.max_tokens = c->p.max_tokens, .stops = c->stops, .n_stops = c->n_stops,
+                          .utf8 = 1}; /* answers are JSON text: whole characters */
+    return rc ? rc : duet_gen_new(s->co, &gp, &s->g, err);
+}
+
+/* The slot's problem has ended: keep its answer, free the slot. */
+static int slot_end(slot *s, answer *a, duet_error *err) {
+    size_t len;
+    const char *text = duet_gen_text(s->g, &len);
+    const duet_collab_stats *st = duet_collab_get_stats(s->co);
+    a->n_gen = duet_gen_n_tokens(s->g);
+    a->expert_calls = st->expert_calls;
+    a->seconds = st->t_total;
+    a->done = 1;
+    int rc = duet_buf_add(&a->text, text, len) ? duet_fail(err, DUET_ERR_NOMEM, "out of memory") : DUET_OK;
+    duet_gen_free(s->g);
+    s->g = NULL;
+    s->problem = -1;
+    return rc;
+}
+
+/* What one step gave problem a: the emitted token's counts, or the end of the answer (then
+ * the answers finished so far go on in order). */
+static int after_step(duet_eval *c, gen_pass *R, slot *s, answer *ans, int rc, const duet_collab_token *t,
+                      int *finished, int *handed, duet_error *err) {
+    answer *a = &ans[s->problem];
+    if (rc < 0) return rc;
+    if (rc == DUET_OK) {
+        a->n_def += t->deferred;
+        if (R->want_scores && fvec_push(&a->scores, t->score)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    }
+    if (duet_gen_end(s->g) == DUET_GEN_RUNNING) return DUET_OK;
+    if ((rc = slot_end(s, a, err))) return rc;
+    progress(c, R->what, ++*finished, R->n);
+    for (; *handed < R->n && ans[*handed].done; ++*handed) {
+        if ((rc = R->take(c, R->ud, *handed, &ans[*handed], err))) return rc;
+        answer_free(&ans[*handed]);
+    }
+    return DUET_OK;
+}
+
+/* The stepping loop: every step advances all the problems on decoders, as one batched step
+ * (one decoder alone steps as duet_generate does); a decoder whose problem ends takes the
+ * next one. */
+static int gen_loop(duet_eval *c, gen_pass *R, slot *sl, int P, answer *ans, duet_gen **gs, int *at,
+                    duet_collab_token *toks, int *rcs, duet_error *errs, duet_error *err) {
+    int rc = DUET_OK, next = 0, finished = 0, handed = 0;
+    for (int k = 0; k < P && !rc; k++) rc = slot_begin(c, &sl[k], next++, err);
+    while (!rc) {
+        int m = 0;
+        for (int k = 0; k < P; k++)
+            if (sl[k].problem >= 0) gs[m] = sl[k].g, at[m++] = k;
+        if (!m) break;
+        if (m == 1) rcs[0] = duet_gen_step(gs[0], &toks[0], &errs[0]);
+        else duet_gen_step_batch(gs, m, toks, rcs, errs);
+        for (int j = 0; j < m && !rc; j++) {
+            slot *s = &sl[at[j]];
+            if (rcs[j] < 0 && err) *err = errs[j];
+            rc = after_step(c, R, s, ans, rcs[j], &toks[j], &finished, &handed, err);
+            if (!rc && s->problem < 0 && next < R->n) rc = slot_begin(c, s, next++, err);
+        }
+    }
+    return rc;
+}
+
+/* Run the pass on min(parallel, n) decoders, created once for all its problems. */
+static int run_problems(duet_eval *c, gen_pass *R, duet_error *err) {
+    int n = R->n, P = DUET_MIN(c->p.parallel > 0 ? c->p.parallel : 8, n);
+    R->parallel = P;
+    R->wall = 0;
+    if (n <= 0) return DUET_OK;
+    size_t N = (size_t)P;
+    answer *ans = calloc((size_t)n, sizeof *ans);
+    slot *sl = calloc(N, sizeof *sl);
+    duet_gen **gs = malloc(N * sizeof *gs);
+    int *at = malloc(N * sizeof *at), *rcs = malloc(N * sizeof *rcs);
+    duet_collab_token *toks = malloc(N * sizeof *toks);
+    duet_error *errs = calloc(N, sizeof *errs);
+    int rc = ans && sl && gs && at && rcs && toks && errs ? DUET_OK : duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    for (int k = 0; k < P && !rc; k++) {
+        sl[k].problem = -1;
+        rc = collab_for(c, R->cp, &sl[k].co, err);
+    }
+    double t0 = duet_time_s();
+    if (!rc) rc = gen_loop(c, R, sl, P, ans, gs, at, toks, rcs, errs, err);
+    R->wall = duet_time_s() - t0;
+    for (int k = 0; sl && k < P; k++) {
+        duet_gen_free(sl[k].g);
+        duet_collab_free(sl[k].co);
+    }
+    for (int i = 0; ans && i < n; i++) answer_free(&ans[i]);
+    free(ans), free(sl), free(gs), free(at), free(rcs), free(toks), free(errs);
+    return rc;
+}
+
 /* ---- calibration ----------------------------------------------------------------------- */
+/* A calibration answer's scores join the pass's, in problem order. */
+static int take_scores(duet_eval *c, void *ud, int i, const answer *a, duet_error *err) {
+    fvec *f = ud;
+    for (int k = 0; k < a->scores.n; k++)
+        if (fvec_push(f, a->scores.v[k])) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    return DUET_OK;
+}
+
 static int router_slot(int policy) { return policy == DUET_POLICY_COMPOSE ? DUET_POLICY_COLLM : policy; }
 
 int duet_eval_calibration(duet_eval *c, int policy, const float **scores, int *n, duet_error *err) {
@@ -474,21 +580,12 @@ int duet_eval_calibration(duet_eval *c, int policy, const float **scores, int *n
          * the collab decoder reproduces the base alone and reports each token's score */
         duet_collab_params cp = {.policy = uses_head(policy) ? DUET_POLICY_COLLM : DUET_POLICY_UNCERTAINTY,
                                  .threshold = uses_head(policy) ? 1.0f : INFINITY, .n_ctx = c->n_ctx};
-        duet_collab *co = NULL;
-        duet_buf text = {0};
-        int np = DUET_MIN(c->p.n_calib, c->data.n);
         char what[64];
         snprintf(what, sizeof what, "calibrating %s", duet_eval_policy_name(slot));
         f->n = 0;
-        rc = collab_for(c, &cp, &co, err);
-        for (int i = 0; !rc && i < np; i++) {
-            int ng, nd;
-            rc = generate(c, co, &c->data.v[i], &text, f, &ng, &nd, err);
-            progress(c, what, i + 1, np);
-        }
-        duet_collab_free(co);
-        free(text.p);
-        if (rc) return rc;
+        gen_pass R = {.cp = &cp, .n = DUET_MIN(c->p.n_calib, c->data.n), .want_scores = 1, .what = what,
+                      .take = take_scores, .ud = f};
+        if ((rc = run_problems(c, &R, err))) return rc;
         c->calib_done[slot] = 1;
     }
     *scores = f->v;
@@ -523,8 +620,8 @@ static int resolve_threshold(duet_eval *c, const duet_eval_spec *s, double *cmp,
     int pol = s->policy;
     if (s->rate >= 0) {
         if (!(s->rate <= 1)) return duet_fail(err, DUET_ERR_ARG, "deferral rate %g is outside [0, 1]", s->rate);
-        const float *sc;
-        int n, rc = duet_eval_calibration(c, pol, &sc, &n, err);
+        const float *sc = NULL;
+        int n = 0, rc = duet_eval_calibration(c, pol, &sc, &n, err);
         if (rc) return rc;
         *cmp = duet_eval_rate_threshold(sc, n, s->rate);
         if (isnan(*cmp)) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
@@ -611,6 +708,31 @@ static int eval_nll(duet_eval *c, const duet_eval_spec *s, duet_eval_result *r, 
     return DUET_OK;
 }
 
+/* A policy's answers, added up in problem order. */
+typedef struct tally {
+    const duet_eval_spec *s;
+    duet_eval_result *r;
+    double frac_sum;    /* each problem's own deferral fraction */
+} tally;
+
+static int take_answer(duet_eval *c, void *ud, int i, const answer *a, duet_error *err) {
+    tally *t = ud;
+    duet_eval_result *r = t->r;
+    const problem *pb = &c->data.v[i];
+    char pred[ANSWERS_CAP];
+    int ok = score_answer(c->p.task, a->text.p, pb->reference, pred, sizeof pred);
+    if (c->p.on_answer) c->p.on_answer(c->p.answer_ud, t->s, i, a->text.p, pred, pb->reference, ok);
+    r->n_correct += ok;
+    r->n_examples++;
+    r->n_truncated += pb->truncated;
+    r->n_tokens += a->n_gen;
+    r->n_deferred += a->n_def;
+    r->expert_calls += a->expert_calls;
+    r->seconds += a->seconds;
+    t->frac_sum += a->n_gen ? (double)a->n_def / a->n_gen : 0;
+    return DUET_OK;
+}
+
 static int eval_generation(duet_eval *c, const duet_eval_spec *s, duet_eval_result *r, duet_error *err) {
     int pol = s->policy, rc;
     if (pol == DUET_EVAL_POLICY_ORACLE)
@@ -632,37 +754,18 @@ static int eval_generation(duet_eval *c, const duet_eval_spec *s, duet_eval_resu
         cp.random_rate = (float)s->rate;
         r->rate = s->rate;
     }
-    duet_collab *co = NULL;
-    if ((rc = collab_for(c, &cp, &co, err))) return rc;
-    duet_buf text = {0};
     char what[96];
     if (s->rate >= 0) snprintf(what, sizeof what, "%s @%.2f", duet_eval_policy_name(pol), s->rate);
     else snprintf(what, sizeof what, "%s", duet_eval_policy_name(pol));
-    double frac_sum = 0;
-    for (int i = 0; !rc && i < c->data.n; i++) {
-        const problem *pb = &c->data.v[i];
-        int ng, nd;
-        if ((rc = generate(c, co, pb, &text, NULL, &ng, &nd, err))) break;
-        const duet_collab_stats *st = duet_collab_get_stats(co);
-        char pred[ANSWERS_CAP];
-        int ok = score_answer(c->p.task, text.p, pb->reference, pred, sizeof pred);
-        if (c->p.on_answer) c->p.on_answer(c->p.answer_ud, s, i, text.p, pred, pb->reference, ok);
-        r->n_correct += ok;
-        r->n_examples++;
-        r->n_truncated += pb->truncated;
-        r->n_tokens += ng;
-        r->n_deferred += nd;
-        r->expert_calls += st->expert_calls;
-        r->seconds += st->t_total;
-        frac_sum += ng ? (double)nd / ng : 0;
-        progress(c, what, i + 1, c->data.n);
-    }
-    duet_collab_free(co);
-    free(text.p);
-    if (rc) return rc;
+    tally t = {.s = s, .r = r};
+    gen_pass R = {.cp = &cp, .n = c->data.n, .what = what, .take = take_answer, .ud = &t};
+    if ((rc = run_problems(c, &R, err))) return rc;
+    /* decoders that step together each count every batched step whole: the pass's wall time
+     * is what their tokens took */
+    if (R.parallel > 1) r->seconds = R.wall;
     r->value = r->n_examples ? (double)r->n_correct / r->n_examples : 0;
     r->deferral_frequency = r->n_tokens ? (double)r->n_deferred / r->n_tokens : 0;
-    r->deferral_frequency_examples = r->n_examples ? frac_sum / r->n_examples : 0;
+    r->deferral_frequency_examples = r->n_examples ? t.frac_sum / r->n_examples : 0;
     r->tokens_per_second = r->n_tokens / (r->seconds > 0 ? r->seconds : 1e-9);
     return DUET_OK;
 }

@@ -357,72 +357,157 @@ static score_totals build_index(const duet_model *idm, const plan *pl, uint32_t 
     return T;
 }
 
-/* What scoring one sequence needs: the session (NULL with a remote), the vocabulary map, the
- * buffers. */
+/* One sequence on its way through a session of its own. */
+typedef struct score_slot {
+    duet_session *s;  /* NULL with a remote */
+    int32_t *mt;      /* the sequence in the scored model's vocabulary */
+    uint8_t *blk;     /* its block as written: duet_scores_block, records, hidden, padding */
+    int keep, done;   /* tokens that came from the KV cache; tokens evaluated so far */
+    size_t bb;        /* the block's bytes */
+} score_slot;
+
+/* What scoring needs: the slots, the vocabulary map, the shared buffers. */
 typedef struct {
     const duet_scores_params *P;
-    duet_session *s;
-    int n_batch, V, bridged;
+    score_slot *sl;
+    int n_slots;      /* sequences scored together */
+    int chunk;        /* tokens of one sequence per forward pass: n_batch shared by the slots,
+                         so that their logits rows together stay within n_batch */
+    int V, bridged;
     uint32_t hd;
     const int32_t *map;
-    int32_t *mt;  /* the sequence in the scored model's vocabulary */
-    float *g;     /* a bridged logits row, or remote scores */
-    uint8_t *blk; /* one block as written: duet_scores_block, records, hidden, padding */
+    float *g;         /* a bridged logits row, or remote scores */
 } scorer;
 
-/* Scores sequence i of the plan into the block buffer (header, records, hidden states,
- * padding); *keep is how many of its tokens came from the KV cache. Returns the block's bytes
- * in *bb. */
-static int score_seq(scorer *S, const plan *pl, int64_t i, uint32_t n_bytes, int *keep, size_t *bb,
-                     duet_error *err) {
+static duet_scores_tok *block_recs(uint8_t *blk) { return (duet_scores_tok *)(blk + sizeof(duet_scores_block)); }
+
+/* Sequence i onto slot x: its ids in the scored model's vocabulary, and the KV cache of a
+ * shared prefix (e.g. one prompt for many examples) kept up to the last context token, whose
+ * logits row is needed. */
+static void seq_begin(scorer *S, score_slot *x, const plan *pl, int64_t i) {
     const pseq *q = &pl->seq[i];
     const int32_t *ids = pl->ids + q->off;
-    duet_session *s = S->s;
+    for (int j = 0; j < q->n; j++) x->mt[j] = S->map[ids[j]];
+    int have = x->s ? duet_session_n_past(x->s) : 0;
+    const int32_t *cur = x->s ? duet_session_tokens(x->s) : NULL;
+    x->keep = 0;
+    while (x->keep < have && x->keep < q->n_prompt - 1 && cur[x->keep] == x->mt[x->keep]) x->keep++;
+    if (x->s) duet_session_truncate(x->s, x->keep);
+    x->done = x->keep;
+    x->bb = (size_t)block_bytes((uint64_t)(q->n - q->n_prompt), S->hd);
+}
+
+/* The records and hidden states of the c tokens the slot's session has just evaluated from
+ * position start on (row r predicts the token at start + r + 1). */
+static void seq_rows(scorer *S, score_slot *x, const plan *pl, int64_t i, int start, int c) {
+    const pseq *q = &pl->seq[i];
+    const int32_t *ids = pl->ids + q->off;
     uint32_t hd = S->hd;
-    int rc, V = S->V;
-    for (int j = 0; j < q->n; j++) S->mt[j] = S->map[ids[j]];
-    /* reuse the KV cache of a shared prefix (e.g. one prompt for many examples), up to
-     * the last context token, whose logits row is needed */
-    int have = s ? duet_session_n_past(s) : 0;
-    const int32_t *cur = s ? duet_session_tokens(s) : NULL;
-    *keep = 0;
-    while (*keep < have && *keep < q->n_prompt - 1 && cur[*keep] == S->mt[*keep]) (*keep)++;
-    if (s) duet_session_truncate(s, *keep);
-    int nt = q->n - q->n_prompt;
-    size_t rb = (size_t)nt * sizeof(duet_scores_tok), hb = (size_t)nt * hd * 2;
-    *bb = (size_t)block_bytes((uint64_t)nt, hd);
-    uint8_t *blk = S->blk;
-    duet_scores_tok *recs = (duet_scores_tok *)(blk + sizeof(duet_scores_block));
-    uint16_t *hid = (uint16_t *)(blk + sizeof(duet_scores_block) + rb);
-    if (S->P->remote && (rc = remote_seq(S->P->remote, S->mt, q, ids, recs, S->g, err))) return rc;
-    /* chunks of n_batch keep the logits buffer at n_batch rows whatever the context */
-    for (int start = *keep; !S->P->remote && start < q->n; start += S->n_batch) {
-        int c = DUET_MIN(S->n_batch, q->n - start);
-        if ((rc = duet_session_eval(s, S->mt + start, c, 1, err))) return rc;
-        for (int r = 0; r < c; r++) { /* row r predicts the token at start + r + 1 */
-            int t = start + r + 1 - q->n_prompt;
-            if (t < 0 || t >= nt) continue;
-            const float *l = duet_session_logits(s, r);
-            if (S->bridged) {
-                for (int b = 0; b < V; b++) S->g[b] = l[S->map[b]];
-                l = S->g;
-            }
-            tok_stats(l, V, ids[q->n_prompt + t], &recs[t]);
-            if (hd) {
-                const float *h = duet_session_hidden(s, r);
-                for (uint32_t k = 0; k < hd; k++) { /* saturate: F16 ends at 65504 */
-                    float v = h[k] > 65504.0f ? 65504.0f : h[k] < -65504.0f ? -65504.0f : h[k];
-                    hid[(size_t)t * hd + k] = fp32_to_fp16(v);
-                }
+    int V = S->V, nt = q->n - q->n_prompt;
+    duet_scores_tok *recs = block_recs(x->blk);
+    uint16_t *hid = (uint16_t *)(x->blk + sizeof(duet_scores_block) + (size_t)nt * sizeof(duet_scores_tok));
+    for (int r = 0; r < c; r++) {
+        int t = start + r + 1 - q->n_prompt;
+        if (t < 0 || t >= nt) continue;
+        const float *l = duet_session_logits(x->s, r);
+        if (S->bridged) {
+            for (int b = 0; b < V; b++) S->g[b] = l[S->map[b]];
+            l = S->g;
+        }
+        tok_stats(l, V, ids[q->n_prompt + t], &recs[t]);
+        if (hd) {
+            const float *h = duet_session_hidden(x->s, r);
+            for (uint32_t k = 0; k < hd; k++) { /* saturate: F16 ends at 65504 */
+                float v = h[k] > 65504.0f ? 65504.0f : h[k] < -65504.0f ? -65504.0f : h[k];
+                hid[(size_t)t * hd + k] = fp32_to_fp16(v);
             }
         }
     }
-    memset(blk + sizeof(duet_scores_block) + rb + hb, 0, *bb - sizeof(duet_scores_block) - rb - hb);
+}
+
+/* The block's padding and header, once its records and hidden states are in. */
+static void seq_end(scorer *S, score_slot *x, const plan *pl, int64_t i, uint32_t n_bytes) {
+    const pseq *q = &pl->seq[i];
+    int nt = q->n - q->n_prompt;
+    size_t rb = (size_t)nt * sizeof(duet_scores_tok), hb = (size_t)nt * S->hd * 2;
+    uint8_t *blk = x->blk;
+    memset(blk + sizeof(duet_scores_block) + rb + hb, 0, x->bb - sizeof(duet_scores_block) - rb - hb);
     duet_scores_block b = {{'S', 'E', 'Q', 'B'}, (uint32_t)i, (uint32_t)nt, (uint32_t)q->n_prompt,
                    (uint32_t)q->example, n_bytes, (uint32_t)q->flags,
                    duet_scores_block_check(blk + sizeof(duet_scores_block), rb + hb)};
     memcpy(blk, &b, sizeof b);
+}
+
+/* Scores sequences i0 .. i0 + k - 1 of the plan, sequence i0 + j into slot j's block. Each
+ * forward pass takes the next chunk of every unfinished sequence (one sequence alone is
+ * evaluated as duet_session_eval does; several in one batched pass). */
+static int score_group(scorer *S, const plan *pl, int64_t i0, int k, const duet_scores_seq *index,
+                       duet_batch_seq *bs, duet_error *err) {
+    int rc = DUET_OK;
+    for (int j = 0; j < k; j++) seq_begin(S, &S->sl[j], pl, i0 + j);
+    if (S->P->remote) {
+        for (int j = 0; j < k && !rc; j++) {
+            const pseq *q = &pl->seq[i0 + j];
+            rc = remote_seq(S->P->remote, S->sl[j].mt, q, pl->ids + q->off, block_recs(S->sl[j].blk), S->g, err);
+        }
+    }
+    while (!rc && !S->P->remote) {
+        int m = 0;
+        for (int j = 0; j < k; j++) {
+            score_slot *x = &S->sl[j];
+            int n = pl->seq[i0 + j].n;
+            if (x->done < n)
+                bs[m++] = (duet_batch_seq){x->s, x->mt + x->done, DUET_MIN(S->chunk, n - x->done), 1};
+        }
+        if (!m) break;
+        rc = m == 1 ? duet_session_eval(bs[0].session, bs[0].tokens, bs[0].n, 1, err)
+                    : duet_session_eval_batch(bs, m, err);
+        for (int j = 0, b = 0; j < k && !rc; j++) {
+            score_slot *x = &S->sl[j];
+            if (b < m && bs[b].session == x->s) {
+                seq_rows(S, x, pl, i0 + j, x->done, bs[b].n);
+                x->done += bs[b++].n;
+            }
+        }
+    }
+    for (int j = 0; j < k && !rc; j++) seq_end(S, &S->sl[j], pl, i0 + j, index[i0 + j].n_bytes);
+    return rc;
+}
+
+/* The slots (a session, ids and a block buffer each) and the shared buffers: up to
+ * P->parallel sequences at a time (one with a remote, which scores a sequence per request). */
+static int scorer_init(scorer *S, duet_model *model, const plan *pl, int n_ctx, int64_t seq_done,
+                       duet_error *err) {
+    const duet_scores_params *P = S->P;
+    int max_n = 0;
+    for (int i = 0; i < pl->n_seq; i++) max_n = DUET_MAX(max_n, pl->seq[i].n);
+    duet_session_params sp = {.n_ctx = n_ctx, .n_batch = DUET_MIN(n_ctx, P->n_batch > 0 ? P->n_batch : 512)};
+    int64_t left = DUET_MAX(pl->n_seq - seq_done, 1);
+    S->n_slots = P->remote ? 1 : (int)DUET_MIN(DUET_MIN((int64_t)(P->parallel > 0 ? P->parallel : 8), left),
+                                               (int64_t)sp.n_batch);
+    S->chunk = sp.n_batch / S->n_slots;
+    S->g = malloc((size_t)DUET_MAX(S->V, 3 * max_n) * sizeof *S->g); /* logits row, or remote scores */
+    S->sl = calloc((size_t)S->n_slots, sizeof *S->sl);
+    if (!S->g || !S->sl) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    for (int j = 0; j < S->n_slots; j++) {
+        score_slot *x = &S->sl[j];
+        int rc = P->remote ? DUET_OK : duet_session_new(model, &sp, &x->s, err);
+        if (rc) return rc;
+        x->blk = malloc((size_t)block_bytes((uint64_t)max_n, S->hd));
+        x->mt = malloc((size_t)max_n * sizeof *x->mt);
+        if (!x->blk || !x->mt) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    }
     return DUET_OK;
+}
+
+static void scorer_free(scorer *S) {
+    for (int j = 0; S->sl && j < S->n_slots; j++) {
+        duet_session_free(S->sl[j].s);
+        free(S->sl[j].blk);
+        free(S->sl[j].mt);
+    }
+    free(S->sl);
+    free(S->g);
 }
 
 /* Completes the file: the index, then the completed header, then the rename to out_path.
@@ -488,41 +573,38 @@ int duet_scores_compute(duet_model *model, const duet_dataset *data, const duet_
     snprintf(partial, sizeof partial, "%s.partial", out_path);
     scorer S = {.P = &P, .V = ihp->n_vocab, .bridged = bridged, .hd = hd, .map = map};
     duet_scores_seq *index = NULL;
+    duet_batch_seq *bs = NULL;
     FILE *f = NULL;
     int64_t seq_done = 0;
-    if ((rc = open_partial(partial, &H, &pl, hd, &f, &seq_done, st, err))) goto done;
-
-    int max_n = 0;
-    for (int i = 0; i < pl.n_seq; i++) max_n = DUET_MAX(max_n, pl.seq[i].n);
-    duet_session_params sp = {.n_ctx = n_ctx, .n_batch = DUET_MIN(n_ctx, P.n_batch > 0 ? P.n_batch : 512)};
-    S.n_batch = sp.n_batch;
-    if (!P.remote && (rc = duet_session_new(model, &sp, &S.s, err))) goto done;
-    S.g = malloc((size_t)DUET_MAX(S.V, 3 * max_n) * sizeof *S.g); /* logits row, or remote scores */
-    S.blk = malloc((size_t)block_bytes((uint64_t)max_n, hd));
+    if ((rc = open_partial(partial, &H, &pl, hd, &f, &seq_done, st, err)) ||
+        (rc = scorer_init(&S, model, &pl, n_ctx, seq_done, err)))
+        goto done;
     index = calloc((size_t)pl.n_seq, sizeof *index);
-    S.mt = malloc((size_t)max_n * sizeof *S.mt);
-    if (!S.g || !S.blk || !index || !S.mt) {
+    bs = malloc((size_t)S.n_slots * sizeof *bs);
+    if (!index || !bs) {
         rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
         goto done;
     }
+
     score_totals T = build_index(idm, &pl, hd, seq_done, index);
     duet_scores_progress pr = {seq_done, pl.n_seq, T.tok_done, pl.tok_total, 0, 0};
     st->n_seq_done = seq_done;
-    for (int64_t i = seq_done; i < pl.n_seq; i++) {
-        const pseq *q = &pl.seq[i];
-        int keep;
-        size_t bb;
-        if ((rc = score_seq(&S, &pl, i, index[i].n_bytes, &keep, &bb, err))) goto done;
-        rc = write_all(f, S.blk, bb, partial, err);
-        if (!rc && fflush(f)) rc = duet_fail(err, DUET_ERR_IO, "%s: write failed: %s", partial, strerror(errno));
-        if (rc) goto done;
-        pr.seq_done = st->n_seq_done = i + 1;
-        pr.tok_done += q->n;
-        pr.tok_run += q->n - keep;
-        pr.seconds = duet_time_s() - t0;
-        if (P.progress && i + 1 < pl.n_seq && P.progress(P.ud, &pr)) {
-            rc = DUET_SCORES_STOPPED;
-            goto done;
+    for (int64_t i = seq_done; i < pl.n_seq;) {
+        int k = (int)DUET_MIN((int64_t)S.n_slots, pl.n_seq - i);
+        if ((rc = score_group(&S, &pl, i, k, index, bs, err))) goto done;
+        for (int j = 0; j < k; j++, i++) { /* blocks go to the file in plan order */
+            const pseq *q = &pl.seq[i];
+            rc = write_all(f, S.sl[j].blk, S.sl[j].bb, partial, err);
+            if (!rc && fflush(f)) rc = duet_fail(err, DUET_ERR_IO, "%s: write failed: %s", partial, strerror(errno));
+            if (rc) goto done;
+            pr.seq_done = st->n_seq_done = i + 1;
+            pr.tok_done += q->n;
+            pr.tok_run += q->n - S.sl[j].keep;
+            pr.seconds = duet_time_s() - t0;
+            if (P.progress && i + 1 < pl.n_seq && P.progress(P.ud, &pr)) {
+                rc = DUET_SCORES_STOPPED;
+                goto done;
+            }
         }
     }
     if (P.progress) P.progress(P.ud, &pr);
@@ -530,11 +612,9 @@ int duet_scores_compute(duet_model *model, const duet_dataset *data, const duet_
 done:
     if (f) fclose(f);
     st->seconds = duet_time_s() - t0;
-    duet_session_free(S.s);
-    free(S.g);
-    free(S.blk);
+    scorer_free(&S);
+    free(bs);
     free(index);
-    free(S.mt);
     free(map);
     duet_scores_plan_free(&pl);
     return rc;
