@@ -6,30 +6,17 @@
 # binary built outside the repository (this script does not build it). Writes the raw
 # per-run figures to bench/results/DATE-COMMIT-side-by-side.csv and prints mean ± sd and
 # the ratio duet / llama.cpp per type and test.
-#   BENCH_TYPES  (default "q4_0 q8_0 q4_k_m")  BENCH_REPS (default 4)  BENCH_THREADS (2)
-# Models: build/bench/tinyllama-TYPE.gguf (written once, as bench/run.sh does).
+# Settings and models: bench/side_by_side_lib.sh.
 set -e
 lb=${1:?usage: bench/side_by_side.sh LLAMA_BENCH [DUET_BIN]}
-duet=${2:-build/duet}
-types=${BENCH_TYPES:-"q4_0 q8_0 q4_k_m"}
-reps=${BENCH_REPS:-4}
-th=${BENCH_THREADS:-2}
-mkdir -p build/bench bench/results
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-out=bench/results/$(date +%Y%m%d-%H%M%S)-$commit-side-by-side.csv
-cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+. "$(dirname "$0")/side_by_side_lib.sh"
+sbs_start "${2:-build/duet}" side-by-side
 {
-    echo "# duet vs llama.cpp, commit $commit, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "# machine: $cpu, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# duet:      $duet bench -m MODEL -p 512 -n 128 -t $th -r 1 -o csv"
     echo "# llama.cpp: $lb -m MODEL -p 512 -n 128 -t $th -r 1 -mmp 0 -o csv"
     echo "engine,type,rep,test,tps,share_of_limit,limit_tps"
-} > "$out.tmp"
-for t in $types; do
-    m=build/bench/tinyllama-$t.gguf
-    [ -s "$m" ] || "$duet" make-model --n-embd 2048 --n-layer 22 --n-head 32 --n-head-kv 4 \
-        --n-ff 5632 --n-vocab 32000 --type "$t" --seed 1 -o "$m"
-done
+} >> "$out.tmp"
+sbs_models
 run_duet() { # type rep
     "$duet" bench -m "build/bench/tinyllama-$1.gguf" -p 512 -n 128 -t "$th" -r 1 -o csv |
         awk -F, -v t="$1" -v r="$2" 'NR > 1 { print "duet," t "," r "," $5 "," $6 "," $9 "," $8 }' >> "$out.tmp"
@@ -40,18 +27,8 @@ run_llama() { # type rep
             { p = $c["n_prompt"]; g = $c["n_gen"]; gsub(/"/, "", p); gsub(/"/, "", g); s = $c["avg_ts"]; gsub(/"/, "", s)
               print "llama.cpp," t "," r "," (p > 0 ? "pp" p : "tg" g) "," s ",," }' >> "$out.tmp"
 }
-r=1
-while [ $r -le "$reps" ]; do
-    for t in $types; do
-        if [ $((r % 2)) = 1 ]; then run_duet "$t" $r; run_llama "$t" $r
-        else run_llama "$t" $r; run_duet "$t" $r; fi
-        echo "rep $r $t done" >&2
-    done
-    r=$((r + 1))
-done
-echo "# load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out.tmp"
-mv "$out.tmp" "$out"
-echo "wrote $out"
+sbs_interleave run_duet run_llama
+sbs_finish
 # Summary: mean ± sd per engine, type and test, and the ratio of the means.
 echo "| type | test | duet t/s | llama.cpp t/s | ratio | duet share of limit (tg: bandwidth, pp: FP32 FMA peak) |"
 echo "| --- | --- | ---: | ---: | ---: | ---: |"

@@ -56,6 +56,11 @@ int arg_float(const char *cmd, const char *flag, const char *s, double lo, doubl
 }
 
 int arg_int_list(const char *cmd, const char *flag, const char *s, int *out, int cap) {
+    return arg_int_list_in(cmd, flag, s, 0, 1 << 24, out, cap);
+}
+
+int arg_int_list_in(const char *cmd, const char *flag, const char *s, long lo, long hi, int *out,
+                    int cap) {
     int n = 0;
     char buf[256];
     snprintf(buf, sizeof buf, "%s", s);
@@ -64,7 +69,7 @@ int arg_int_list(const char *cmd, const char *flag, const char *s, int *out, int
             fprintf(stderr, "duet %s: %s: at most %d values\n", cmd, flag, cap);
             return 0;
         }
-        if (!arg_int(cmd, flag, tok, 0, 1 << 24, &out[n++])) return 0;
+        if (!arg_int(cmd, flag, tok, lo, hi, &out[n++])) return 0;
     }
     if (!n) fprintf(stderr, "duet %s: %s needs at least one value\n", cmd, flag);
     return n;

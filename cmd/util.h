@@ -18,6 +18,9 @@ int arg_u64(const char *cmd, const char *flag, const char *s, uint64_t *out);
 int arg_float(const char *cmd, const char *flag, const char *s, double lo, double hi, float *out);
 /* Comma-separated integers ("128,512") into out[cap]; returns count (0 on error). */
 int arg_int_list(const char *cmd, const char *flag, const char *s, int *out, int cap);
+/* The same with every value in [lo, hi]. */
+int arg_int_list_in(const char *cmd, const char *flag, const char *s, long lo, long hi, int *out,
+                    int cap);
 /* A KV cache type by llama.cpp's name (-ctk / -ctv: f32, f16) into *out (DUET_KV_*). */
 int arg_cache_type(const char *cmd, const char *flag, const char *s, int *out);
 /* The name arg_cache_type reads for a DUET_KV_* value. */

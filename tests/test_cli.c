@@ -1,5 +1,7 @@
 /* test_cli.c: the duet binary as a user meets it: output on stdout, one-line errors on
  * stderr, exit codes (0 ok, 1 failure, 2 usage). Needs DUET_BIN (set by `make test`). */
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,6 +121,19 @@ TEST(cli_errors_are_one_line_with_exit_codes) {
     CHECK(strstr(err, "abc") != NULL);
     CHECK_EQ_INT(run_duet("--help", out, sizeof out, err, sizeof err), 0);
     CHECK(strstr(out, "run") && strstr(out, "convert"));
+    /* bench --batch (and llama-batched-bench's -npl): 1..256 sequences; the message names
+     * the flag and the value (for an empty list, the flag) */
+    const char *bad_batch[][2] = {{"--batch", "0"},    {"--batch", "-1"},  {"--batch", "257"},
+                                  {"--batch", "junk"}, {"-npl", "1,x"},    {"-npl", "4,0"},
+                                  {"--batch", ""},     {"--batch", ",,"}};
+    for (int i = 0; i < 8; i++) {
+        snprintf(args, sizeof args, "bench -m x.gguf %s '%s'", bad_batch[i][0], bad_batch[i][1]);
+        CHECKF(run_duet(args, out, sizeof out, err, sizeof err) == 2, "%s: want exit 2", args);
+        const char *v = strrchr(bad_batch[i][1], ',') ? strrchr(bad_batch[i][1], ',') + 1 : bad_batch[i][1];
+        CHECKF(count_lines(err) == 1 && strstr(err, bad_batch[i][0]) && strstr(err, v),
+               "%s: stderr '%s'", args, err);
+        CHECKF(out[0] == 0, "%s: printed '%s'", args, out);
+    }
 }
 
 TEST(cli_make_model_arch) {
@@ -487,4 +502,129 @@ TEST(cli_run_lora_flags) {
              base, base, common, bad);
     CHECK(run_duet(args, one, sizeof one, err, sizeof err) != 0);
     CHECKF(strstr(err, "cli-lora-bad.gguf"), "--expert-lora did not load the adapter: %s", err);
+}
+
+/* Cut a table row at sep into at most cap trimmed cells (a markdown row's outer bars give no
+ * cells); the count. */
+static int split_cells(char *line, char sep, char **cells, int cap) {
+    int n = 0;
+    char *p = line;
+    if (sep == '|' && *p == '|') p++;
+    while (*p && n < cap) {
+        char *e = strchr(p, sep);
+        if (!e && sep == '|') break; /* after the last bar */
+        if (e) *e = 0;
+        while (*p == ' ') p++;
+        char *t = p + strlen(p);
+        while (t > p && t[-1] == ' ') *--t = 0;
+        cells[n++] = p;
+        if (!e) break;
+        p = e + 1;
+    }
+    return n;
+}
+
+/* The next line of *s (NUL-terminated in place), or NULL at the end. */
+static char *next_line(char **s) {
+    if (!**s) return NULL;
+    char *l = *s, *e = strchr(l, '\n');
+    if (e) { *e = 0; *s = e + 1; } else *s += strlen(l);
+    return l;
+}
+
+/* --batch 1,3 -p 8 -n 4 in llama-batched-bench's columns: one row per B; N_KV = B * (PP +
+ * TG): 1 * (8 + 4) = 12 and 3 * (8 + 4) = 36; T = T_PP + T_TG up to the printed rounding
+ * (three decimals each: at most 0.0005 off each, 0.0015 together). */
+TEST(cli_bench_batch_table) {
+    NEED_BIN();
+    const char *m = fixture_random(DT_Q8_0, 71, 0);
+    REQUIRE(m);
+    static char out[16384];
+    char err[4096], args[1024], *cells[32];
+    snprintf(args, sizeof args, "bench -m '%s' --batch 1,3 -p 8 -n 4 -r 2 -t 1", m);
+    CHECKF(run_duet(args, out, sizeof out, err, sizeof err) == 0, "%s", err);
+    char *s = out, *l;
+    REQUIRE((l = next_line(&s)));
+    CHECK_STR(l, "| model | size | params | threads | PP | TG | B | N_KV | T_PP s | S_PP t/s | "
+                 "T_TG s | S_TG t/s | T s | S t/s |");
+    REQUIRE((l = next_line(&s)));
+    CHECK_EQ_INT(split_cells(l, '|', cells, 32), 14);
+    const int want_b[2] = {1, 3}, want_kv[2] = {12, 36};
+    for (int r = 0; r < 2; r++) {
+        REQUIRE((l = next_line(&s)));
+        REQUIRE(split_cells(l, '|', cells, 32) == 14);
+        CHECK_STR(cells[3], "1"); /* threads */
+        CHECK_STR(cells[4], "8");
+        CHECK_STR(cells[5], "4");
+        CHECK_EQ_INT(atoi(cells[6]), want_b[r]);
+        CHECK_EQ_INT(atoi(cells[7]), want_kv[r]);
+        double t_pp = atof(cells[8]), t_tg = atof(cells[10]), t = atof(cells[12]);
+        CHECKF(t_pp >= 0 && t_tg >= 0 && fabs(t - (t_pp + t_tg)) <= 0.0015 + 1e-9,
+               "T %g vs T_PP %g + T_TG %g", t, t_pp, t_tg);
+        for (int c = 9; c <= 13; c += 2) CHECKF(atof(cells[c]) > 0, "speed column %d: %s", c, cells[c]);
+    }
+    CHECKF(next_line(&s) == NULL, "more rows than B values: %s", s);
+}
+
+/* The same in CSV (spelled -npl, as llama-batched-bench does): speeds are tokens over times,
+ * S_PP = B * PP / T_PP, S_TG = B * TG / T_TG, S = N_KV / T, checked against the printed times
+ * (6 decimals, off by at most 5e-7 s) and speeds (3 decimals, off by at most 5e-4): s * t is
+ * within s * 5e-7 + t * 5e-4 of the token count. With -ctk f16 the cache types come in. */
+static void check_speed(double s, double t, double tokens, const char *what) {
+    CHECKF(fabs(s * t - tokens) <= s * 6e-7 + t * 6e-4 + 1e-9, "%s: %g t/s * %g s != %g tokens",
+           what, s, t, tokens);
+}
+
+TEST(cli_bench_batch_csv) {
+    NEED_BIN();
+    const char *m = fixture_random(DT_Q8_0, 71, 0);
+    REQUIRE(m);
+    static char out[16384];
+    char err[4096], args[1024], *cells[32];
+    for (int kv = 0; kv < 2; kv++) {
+        snprintf(args, sizeof args, "bench -m '%s' -npl 1,3 -p 8 -n 4 -r 1 -o csv%s", m,
+                 kv ? " -ctk f16" : "");
+        CHECKF(run_duet(args, out, sizeof out, err, sizeof err) == 0, "%s", err);
+        char *s = out, *l;
+        REQUIRE((l = next_line(&s)));
+        CHECK_STR(l, kv ? "model,size_bytes,params,threads,type_k,type_v,pp,tg,b,n_kv,t_pp,s_pp,t_tg,s_tg,t,s"
+                        : "model,size_bytes,params,threads,pp,tg,b,n_kv,t_pp,s_pp,t_tg,s_tg,t,s");
+        for (int r = 0; r < 2; r++) {
+            int B = r ? 3 : 1, o = kv ? 6 : 4;
+            REQUIRE((l = next_line(&s)));
+            REQUIRE(split_cells(l, ',', cells, 32) == o + 10);
+            if (kv) {
+                CHECK_STR(cells[4], "f16");
+                CHECK_STR(cells[5], "f32");
+            }
+            CHECK_STR(cells[3], "2"); /* the default thread count */
+            CHECK_STR(cells[o], "8");
+            CHECK_STR(cells[o + 1], "4");
+            CHECK_EQ_INT(atoi(cells[o + 2]), B);
+            CHECK_EQ_INT(atoi(cells[o + 3]), B * 12);
+            double v[6];
+            for (int c = 0; c < 6; c++) v[c] = atof(cells[o + 4 + c]);
+            check_speed(v[1], v[0], B * 8, "S_PP");
+            check_speed(v[3], v[2], B * 4, "S_TG");
+            check_speed(v[5], v[4], B * 12, "S");
+            CHECKF(fabs(v[4] - (v[0] + v[2])) <= 1.5e-6, "t %g vs %g + %g", v[4], v[0], v[2]);
+        }
+        CHECKF(next_line(&s) == NULL, "more rows than B values: %s", s);
+    }
+    /* -o json: the same rows as an array of objects */
+    snprintf(args, sizeof args, "bench -m '%s' --batch 1,3 -p 8 -n 4 -r 1 -o json", m);
+    CHECKF(run_duet(args, out, sizeof out, err, sizeof err) == 0, "%s", err);
+    json_error_t je;
+    json_t *js = json_loads(out, 0, &je);
+    REQUIRE(js && json_is_array(js) && json_array_size(js) == 2);
+    for (int r = 0; r < 2; r++) {
+        json_t *o = json_array_get(js, (size_t)r);
+        CHECK_EQ_INT(json_integer_value(json_object_get(o, "pp")), 8);
+        CHECK_EQ_INT(json_integer_value(json_object_get(o, "tg")), 4);
+        CHECK_EQ_INT(json_integer_value(json_object_get(o, "b")), r ? 3 : 1);
+        CHECK_EQ_INT(json_integer_value(json_object_get(o, "n_kv")), r ? 36 : 12);
+        check_speed(json_number_value(json_object_get(o, "s_tg")),
+                    json_number_value(json_object_get(o, "t_tg")), r ? 12 : 4, "json s_tg");
+    }
+    json_decref(js);
 }

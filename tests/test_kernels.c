@@ -224,6 +224,9 @@ static void check_matmul(int level) {
         {64, 1000, 4}, {2048, 17, 3}, /* a whole token tile at some level: the decode path */
         {1001, 17, 7}, /* float types only: n_in not a multiple of any vector */
         {256, 1000, 129}, {512, 5, 1}, {768, 13, 5}, /* K-quant super-blocks */
+        /* several token tiles over rows read once (a few sequences decoded together), the
+         * largest such batch, and the smallest prefill after it */
+        {2048, 1000, 8}, {768, 13, 16}, {768, 13, 17},
     };
     threadpool *pools[3] = {tp_new(1), tp_new(2), tp_new(3)};
     REQUIRE(pools[0] && pools[1] && pools[2]);

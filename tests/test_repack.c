@@ -93,7 +93,10 @@ static void plain_reference(int type, const uint8_t *w, int64_t n_in, int64_t n_
 
 TEST(repack_kernels_equal_the_scalar_plain_kernel) {
     static const int64_t shapes[][2] = {{32, 8}, {96, 24}, {320, 40}, {2048, 48}};
-    static const int toks[] = {1, 2, 5, 9};
+    /* one token (one group at a time), small batches (two groups, one or more token tiles),
+     * the last small batch and the first prefill (16, 17 tokens), a longer prefill */
+    static const int toks[] = {1, 2, 5, 9, 16, 17, 40};
+    enum { NT = 40 }; /* the most tokens */
     const int types[2] = {DT_Q4_0, DT_Q8_0};
     const int saved = kernels_level();
     threadpool *tps[3] = {tp_new(1), tp_new(2), tp_new(3)};
@@ -107,11 +110,11 @@ TEST(repack_kernels_equal_the_scalar_plain_kernel) {
             uint8_t *w = quantized(type, n_out, n_in), *wr = malloc(ws * n_out);
             memcpy(wr, w, ws * n_out);
             REQUIRE(quant_repack_r8(type, wr, n_in, n_out) == r8);
-            float *x = malloc(sizeof(float) * n_in * 9), *want = malloc(sizeof(float) * n_out * 9),
-                  *got = malloc(sizeof(float) * n_out * 9);
-            for (int64_t i = 0; i < n_in * 9; i++) x[i] = (1 + (i / 32) % 5) * frand();
-            plain_reference(type, w, n_in, n_out, x, 9, want);
-            void *scratch = malloc(kernels_matmul_scratch(r8, n_in, 9));
+            float *x = malloc(sizeof(float) * n_in * NT), *want = malloc(sizeof(float) * n_out * NT),
+                  *got = malloc(sizeof(float) * n_out * NT);
+            for (int64_t i = 0; i < n_in * NT; i++) x[i] = (1 + (i / 32) % 5) * frand();
+            plain_reference(type, w, n_in, n_out, x, NT, want);
+            void *scratch = malloc(kernels_matmul_scratch(r8, n_in, NT));
             for (int level = 0; level < KLEVEL_COUNT; level++) {
                 const kernel_traits *kt = kernels_get_level(r8, level);
                 if (!kt) continue;
@@ -137,7 +140,7 @@ TEST(repack_kernels_equal_the_scalar_plain_kernel) {
                 kernels_set_level(level);
                 for (size_t ti = 0; ti < sizeof toks / sizeof toks[0]; ti++)
                     for (int th = 0; th < 3; th++) {
-                        memset(got, 0, sizeof(float) * n_out * 9);
+                        memset(got, 0, sizeof(float) * n_out * NT);
                         kernels_matmul(tps[th], r8, wr, n_in, n_out, x, toks[ti], got, scratch);
                         CHECKF(memcmp(got, want, sizeof(float) * n_out * toks[ti]) == 0,
                                "level %d type %d shape %lldx%lld, %d tokens, %d threads: not the "
@@ -154,7 +157,7 @@ TEST(repack_kernels_equal_the_scalar_plain_kernel) {
             free(want);
             free(got);
         }
-    CHECK(compared >= 2 * 4 * 4 * 3); /* at least the scalar level ran everything */
+    CHECK(compared >= 2 * 4 * 7 * 3); /* at least the scalar level ran everything */
     for (int i = 0; i < 3; i++) tp_free(tps[i]);
 }
 

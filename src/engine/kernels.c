@@ -339,6 +339,50 @@ static void mm_convert(void *p, int ith, int nth) {
         c->kt->from_float(c->xf + t * c->n_in, (char *)c->xq + t * c->xs, c->n_in);
 }
 
+/* Up to this many tokens (decoding one sequence, or a few together) each weight is read
+ * from memory once and used for every token while it is in L1: a tile of rows meets the
+ * token tiles one after another. Past it (prefill), token tiles sweep a chunk kept in L2. */
+#define MM_SMALL_TOK 16
+
+/* A small batch's rows [r0, r1). Decode streams the weights, at memory speed only if the
+ * hardware prefetchers see long sequential streams: a tile of adjacent rows is a few KiB
+ * per stream before it jumps (measured: 2+ adjacent Q8_0 rows ran at half the speed of one
+ * row). So the tile's rows are TR lanes spread over the chunk, row k of the tile in lane k,
+ * each lane read front to back. An R8 group is already one stream (its rows interleaved
+ * block by block, the groups of a chunk following each other): one token takes one group
+ * at a time; more tokens take tile_rows (two groups here), whose tile does more work per
+ * broadcast activation: 1.3-1.4x at 2-6 tokens (Q4_0 and Q8_0, one thread). With more
+ * tokens than a tile holds, the following token tiles reuse the rows from L1: for a
+ * K-quant, 4 tokens had cost 2.4x 3 tokens when each token tile swept the chunk. */
+static void mm_small(const mm_ctx *c, int64_t r0, int64_t r1) {
+    const kernel_traits *kt = c->kt;
+    const int TR = kt->tile_rows, TT = kt->tile_toks;
+    if (kt->group_rows) {
+        const int step = c->n_tok == 1 ? kt->group_rows : TR;
+        for (int64_t r = r0; r < r1; r += step) {
+            int nr = r1 - r < step ? (int)(r1 - r) : step;
+            for (int64_t t = 0; t < c->n_tok; t += TT)
+                kt->tile(c->n_in, c->w + r * c->ws, c->ws, c->x + t * c->xs, c->xs,
+                         c->y + t * c->n_out + r, c->n_out, nr,
+                         c->n_tok - t < TT ? (int)(c->n_tok - t) : TT);
+        }
+        return;
+    }
+    int64_t rows = r1 - r0, lane = (rows + TR - 1) / TR;
+    for (int64_t i = 0; i < lane; i++) {
+        int nr = (int)((rows - i + lane - 1) / lane); /* <= TR */
+        for (int64_t t = 0; t < c->n_tok; t += TT) {
+            int nt = c->n_tok - t < TT ? (int)(c->n_tok - t) : TT;
+            float out[KERNEL_TILE_MAX * KERNEL_TILE_MAX];
+            kt->tile(c->n_in, c->w + (r0 + i) * c->ws, (size_t)lane * c->ws, c->x + t * c->xs,
+                     c->xs, out, KERNEL_TILE_MAX, nr, nt);
+            for (int u = 0; u < nt; u++)
+                for (int k = 0; k < nr; k++)
+                    c->y[(t + u) * c->n_out + r0 + i + k * lane] = out[u * KERNEL_TILE_MAX + k];
+        }
+    }
+}
+
 /* Threads take chunks of output rows from a shared counter (a hypervisor or a third thread
  * on two cores makes static shares uneven). */
 static void mm_compute(void *p, int ith, int nth) {
@@ -350,34 +394,17 @@ static void mm_compute(void *p, int ith, int nth) {
         if (ch >= c->n_chunks) break;
         int64_t r0 = ch * c->chunk_rows;
         int64_t r1 = r0 + c->chunk_rows < c->n_out ? r0 + c->chunk_rows : c->n_out;
-        if (c->n_tok <= TT && !kt->group_rows) {
-            /* Decode (one token tile) streams the weights once, at memory speed only if the
-             * hardware prefetchers see long sequential streams: a tile of adjacent rows is a
-             * few KiB per stream before it jumps (measured: 2+ adjacent Q8_0 rows ran at half
-             * the speed of one row). So the tile's rows are TR lanes spread over the chunk,
-             * row k of the tile in lane k, each lane read front to back. (An R8 group is
-             * already one stream: its rows are interleaved block by block, and the groups
-             * of a chunk follow each other; those take the loop below.) */
-            int64_t rows = r1 - r0, lane = (rows + TR - 1) / TR;
-            for (int64_t i = 0; i < lane; i++) {
-                int nr = (int)((rows - i + lane - 1) / lane); /* <= TR */
-                float out[KERNEL_TILE_MAX * KERNEL_TILE_MAX];
-                kt->tile(c->n_in, c->w + (r0 + i) * c->ws, (size_t)lane * c->ws, c->x, c->xs,
-                         out, KERNEL_TILE_MAX, nr, (int)c->n_tok);
-                for (int64_t t = 0; t < c->n_tok; t++)
-                    for (int k = 0; k < nr; k++)
-                        c->y[t * c->n_out + r0 + i + k * lane] = out[t * KERNEL_TILE_MAX + k];
-            }
+        if (c->n_tok <= MM_SMALL_TOK) {
+            mm_small(c, r0, r1);
             continue;
         }
         /* Prefill: tokens advance in tiles and each token tile sweeps the chunk's rows, so
          * the chunk's weights stay in L2 and the token tile in L1 while every weight block
          * is used tile_toks times from registers. */
-        const int step = c->n_tok <= TT && kt->group_rows ? kt->group_rows : TR; /* 1 stream */
         for (int64_t t = 0; t < c->n_tok; t += TT) {
             int nt = c->n_tok - t < TT ? (int)(c->n_tok - t) : TT;
-            for (int64_t r = r0; r < r1; r += step) {
-                int nr = r1 - r < step ? (int)(r1 - r) : step;
+            for (int64_t r = r0; r < r1; r += TR) {
+                int nr = r1 - r < TR ? (int)(r1 - r) : TR;
                 kt->tile(c->n_in, c->w + r * c->ws, c->ws, c->x + t * c->xs, c->xs,
                          c->y + t * c->n_out + r, c->n_out, nr, nt);
             }
@@ -408,11 +435,11 @@ void kernels_matmul(threadpool *tp, int wtype, const void *W, int64_t n_in, int6
         if (n_tok < 2 * nth) mm_convert(&c, 0, 1); /* too little to be worth a wake-up */
         else tp_run(tp, mm_convert, &c);
     }
-    /* Chunks of ~1 MiB of weights for decode (long streams, see mm_compute) or ~128 KiB for
-     * prefill (fits L2 beside the token tile), and at least 4 per thread when the matrix
+    /* Chunks of ~1 MiB of weights for small batches (long streams, see mm_small) or ~128 KiB
+     * for prefill (fits L2 beside the token tile), and at least 4 per thread when the matrix
      * allows, so that threads finish together. */
     int64_t TR = kt->tile_rows;
-    int64_t target = (n_tok <= kt->tile_toks ? 1 << 20 : 1 << 17) / (int64_t)c.ws;
+    int64_t target = (n_tok <= MM_SMALL_TOK ? 1 << 20 : 1 << 17) / (int64_t)c.ws;
     int64_t rows = target < TR ? TR : (target + TR - 1) / TR * TR;
     int64_t balanced = (n_out + 4 * nth - 1) / (4 * nth);
     balanced = balanced < TR ? TR : (balanced + TR - 1) / TR * TR;
