@@ -113,12 +113,14 @@ TEST(parallel_eval_writes_the_same_results) {
     NEED_BIN_AND_DEMO();
     static char err[8192], args[8192];
     /* every generating policy, thresholds from a rate (a calibration pass), random seeded;
-     * then the demo's own run: random at the rate collm reached */
-    const char *runs[2] = {
-        "--head " DEMO "demo-base.head.gguf --anti " DEMO "demo-joint.gguf -s 5 --calib 4 --defer-rate 0.2 "
-        "--policy base,expert,collm,random,confidence,compose,uncertainty,contrastive,proxy",
-        "--head " DEMO "demo-base.head.gguf -s 3"};
-    for (int r = 0; r < 2; r++) {
+     * the demo's own run: random at the rate collm reached; a base with a LoRA adapter */
+    const char *runs[3] = {
+        "-m " DEMO "demo-base.gguf --head " DEMO "demo-base.head.gguf --anti " DEMO "demo-joint.gguf -s 5 "
+        "--calib 4 --defer-rate 0.2 --policy base,expert,collm,random,confidence,compose,uncertainty,contrastive,proxy",
+        "-m " DEMO "demo-base.gguf --head " DEMO "demo-base.head.gguf -s 3",
+        "-m " DEMO "demo-pre.gguf --lora " DEMO "demo-joint-lora.gguf --head " DEMO "demo-joint-lora.head.gguf "
+        "-s 7 --policy collm,random"};
+    for (int r = 0; r < 3; r++) {
         char json[3][700], outs[3][700];
         for (int k = 0; k < 3; k++) {
             char name[32];
@@ -127,7 +129,7 @@ TEST(parallel_eval_writes_the_same_results) {
             strcat(json[k], ".json");
             tmp(outs[k], sizeof outs[k], name, k_parallel[k]);
             strcat(outs[k], ".jsonl");
-            snprintf(args, sizeof args, "eval -m " DEMO "demo-base.gguf --expert " DEMO "demo-expert.gguf "
+            snprintf(args, sizeof args, "eval --expert " DEMO "demo-expert.gguf "
                      "--task gsm8k --data " DEMO "demo-heldout.jsonl --limit %d -n 40 -t 1 --quiet %s "
                      "--json '%s' --outputs '%s' --parallel %d", N_PROBLEMS, runs[r], json[k], outs[k],
                      k_parallel[k]);
