@@ -5,7 +5,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "fixtures.h"
+#include "serve/slots.h"
 #include "server_client.h"
 
 enum { NREQ = 8 };
@@ -106,4 +109,83 @@ TEST(server_batch_local_expert_equals_alone) {
     snprintf(args, sizeof args, "-m '%s' --expert '%s' --head '%s' --threshold 0.5", g_base,
              g_exp, g_head);
     together_equals_alone(args, "local expert");
+}
+
+/* ---- the step's batch, on the slots alone -------------------------------------------------- */
+typedef struct stepper {
+    srv_slots *pool;
+    srv_slot *sl;
+    duet_gen *g;
+    int rc;
+} stepper;
+
+static void *step_once(void *ud) {
+    stepper *s = ud;
+    duet_collab_token t;
+    duet_error e = {0};
+    s->rc = srv_gen_step(s->pool, s->sl, s->g, &t, &e);
+    return NULL;
+}
+
+static double pool_metric(srv_slots *pool, const char *name) {
+    size_t n;
+    char *text = srv_metrics_text(pool, &n), key[96];
+    snprintf(key, sizeof key, "\nduet_%s ", name);
+    const char *m = text ? strstr(text, key) : NULL;
+    double v = m ? atof(m + strlen(key)) : -1;
+    free(text);
+    return v;
+}
+
+/* A step waits for the compute lock while something else holds it (a prompt chunk, seconds on
+ * a real model). An answer that asks for its token meanwhile must be in that step: left for
+ * the next one, it would wait for another chunk too. Here the test holds the lock; answer A
+ * asks first and, alone past its gather window (1 ms before any step), leads a step that
+ * waits for the lock; answer B asks while A waits. Released, one step must advance both. */
+TEST(server_batch_step_takes_answers_that_asked_while_it_waited) {
+    const char *path = fixture_random(0, 11, 0);
+    REQUIRE(path);
+    duet_model *m = fixture_load(path);
+    REQUIRE(m);
+    srv_slots_params sp = {.n_slots = 2, .queue_timeout_s = 5, .base = m,
+                           .defaults = {.policy = DUET_POLICY_BASE, .n_ctx = 64}};
+    srv_slots *pool = NULL;
+    duet_error err = {0};
+    int n_ctx = 0;
+    REQUIRE(!srv_slots_new(&sp, &pool, &n_ctx, &err));
+    const int32_t prompt[2][4] = {{1, 40, 41, 42}, {1, 50, 51, 52}};
+    stepper st[2] = {0};
+    duet_gen_params gp = {.max_tokens = 4};
+    for (int i = 0; i < 2; i++) {
+        duet_collab *co = NULL;
+        st[i].pool = pool;
+        REQUIRE((st[i].sl = srv_slot_acquire(pool, prompt[i], 4, 1)));
+        REQUIRE(!srv_slot_decoder(st[i].sl, &sp.defaults, &co, &err));
+        REQUIRE(!srv_gen_prefill(pool, co, prompt[i], 4, 256, &err));
+        srv_compute_lock(pool);
+        int rc = duet_collab_start(co, prompt[i], 4, &err);
+        srv_compute_unlock(pool);
+        REQUIRE(!rc);
+        REQUIRE(!duet_gen_new(co, &gp, &st[i].g, &err));
+        srv_gen_join(pool);
+    }
+    pthread_t th[2];
+    srv_compute_lock(pool); /* stands for a prompt chunk in progress */
+    pthread_create(&th[0], NULL, step_once, &st[0]);
+    usleep(300 * 1000); /* A's window (1 ms) is long over: it leads and waits for the lock */
+    pthread_create(&th[1], NULL, step_once, &st[1]);
+    usleep(300 * 1000); /* B has asked */
+    srv_compute_unlock(pool);
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    double steps = pool_metric(pool, "batch_steps_total"), rows = pool_metric(pool, "batch_tokens_total");
+    CHECK(st[0].rc == DUET_OK && st[1].rc == DUET_OK);
+    CHECKF(steps == 1 && rows == 2, "2 answers asked while the lock was held: %.0f steps advanced "
+           "%.0f answers (want 1 step of 2)", steps, rows);
+    for (int i = 0; i < 2; i++) {
+        srv_gen_leave(pool);
+        duet_gen_free(st[i].g);
+        srv_slot_release(pool, st[i].sl);
+    }
+    srv_slots_free(pool);
+    duet_model_free(m);
 }

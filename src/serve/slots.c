@@ -284,16 +284,21 @@ static void abs_deadline(struct timespec *ts, double in_s) {
 }
 
 /* With mu held: take every waiting request, step them as one batch (mu released meanwhile),
- * hand out the results. */
+ * hand out the results. The batch is taken once the compute lock is held: a prompt chunk may
+ * hold it for seconds, and every answer that asks meanwhile belongs in the step that follows
+ * it (taken before, an answer whose thread came back a little late would wait for the step
+ * after the next chunk: two chunks between two of its tokens). */
 static void lead_step(srv_slots *pool) {
     pool->leading = 1;
+    pthread_mutex_unlock(&pool->mu);
+    pthread_mutex_lock(&pool->compute);
+    pthread_mutex_lock(&pool->mu);
     int k = 0;
     for (step_req *r = pool->pending; r && k < pool->p.n_slots; r = r->next) pool->b_reqs[k++] = r;
     pool->pending = k < pool->n_pending ? pool->b_reqs[k - 1]->next : NULL;
     pool->n_pending -= k;
     if (!pool->pending) pool->pending_tail = &pool->pending;
     pthread_mutex_unlock(&pool->mu);
-    pthread_mutex_lock(&pool->compute);
     for (int i = 0; i < k; i++) {
         pool->b_gens[i] = pool->b_reqs[i]->g;
         pool->b_reqs[i]->sl->in_batch = 1;
