@@ -38,7 +38,7 @@
 #define PREFILL_CHUNK 256 /* duet serve's prompt chunk between two batched steps */
 
 typedef struct opts {
-    const char *url, *api, *prompt, *fmt, *label, *extra;
+    const char *url, *api, *prompt, *fmt, *label, *extra, *events;
     int clients, reqs, n_predict, prompt_tokens, stream, late_tokens, late_predict, warmup;
     int wait_s, header; /* header: CSV column names first (2: only them) */
     double late_after;
@@ -346,19 +346,38 @@ static void print_report(const opts *o, const field *f, int nf) {
     }
 }
 
+/* --events FILE: one row per time: request (the late one is "late"), what (start, token,
+ * end), seconds since bench_serve started. */
+static void write_events(const char *path, const rec *rs, int n, const rec *late_r) {
+    FILE *f = fopen(path, "w");
+    if (!f) die("cannot write the --events file");
+    fprintf(f, "request,what,t\n");
+    for (int i = 0; i <= n; i++) {
+        const rec *r = i < n ? &rs[i] : late_r;
+        if (!r) break;
+        char id[16];
+        snprintf(id, sizeof id, i < n ? "%d" : "late", i);
+        fprintf(f, "%s,start,%.6f\n", id, r->t0);
+        for (int k = 0; k < r->n_events; k++) fprintf(f, "%s,token,%.6f\n", id, r->ev[k]);
+        fprintf(f, "%s,end,%.6f\n", id, r->t_end);
+    }
+    fclose(f);
+}
+
 /* ---- the command line -------------------------------------------------------------------- */
 static void usage(FILE *f) {
     fprintf(f,
             "usage: bench_serve --url http://HOST:PORT [--api openai|llama] [--clients N]\n"
             "                   [--requests-per-client M] [--n-predict K] [--prompt TEXT |\n"
             "                   --prompt-tokens K] [--stream] [-o text|csv|json] [--label L]\n"
-            "                   [--no-header] [--warmup 0|1] [--wait-s S] [--extra JSON]\n"
+            "                   [--no-header] [--warmup 0|1] [--wait-s S] [--extra JSON] [--events FILE]\n"
             "                   [--late-prompt-tokens K --late-after-s S [--late-n-predict K]]\n"
             "  --api openai: POST /v1/completions {prompt, max_tokens, temperature 0, stream}\n"
             "  --api llama:  POST /completion {prompt, n_predict, temperature 0, stream, cache_prompt}\n"
             "  --prompt-tokens K: K made-up token ids (BOS first), sent as an id array\n"
             "  --extra JSON: fields merged into every generation request (e.g. duet's threshold)\n"
             "  --warmup 1 (default): one short request per client before the timed run\n"
+            "  --events FILE: every request's start, token event and end times (s) as CSV\n"
             "  --wait-s S: wait up to S seconds for /health to answer 200 first (default 120)\n"
             "  --late-prompt-tokens K: time a K-token prompt alone, then send another one\n"
             "    --late-after-s seconds into the run; report the streams' gaps around it\n");
@@ -384,6 +403,7 @@ static int parse_args(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--warmup")) o->warmup = atoi(v);
         else if (!strcmp(a, "--wait-s")) o->wait_s = atoi(v);
         else if (!strcmp(a, "--extra")) o->extra = v;
+        else if (!strcmp(a, "--events")) o->events = v;
         else if (!strcmp(a, "--late-prompt-tokens")) o->late_tokens = atoi(v);
         else if (!strcmp(a, "--late-after-s")) o->late_after = atof(v);
         else if (!strcmp(a, "--late-n-predict")) o->late_predict = atoi(v);
@@ -551,6 +571,7 @@ int main(int argc, char **argv) {
     char *m1 = http_get(o.url, "/metrics");
     summarize(&o, rs, n, o.late_tokens ? &lt.r : NULL, m0, m1, &S);
     report(&o, &S);
+    if (o.events) write_events(o.events, rs, n, o.late_tokens ? &lt.r : NULL);
     for (int i = 0; i < n; i++) free(rs[i].ev);
     free(lt.r.ev), free((char *)lt.body);
     free(rs), free(cl), free(th), free(S.lat), free(S.ttft), free(body), free(m0), free(m1);
