@@ -464,7 +464,7 @@ static void warm_up(const opts *o, const char *path, json_t *prompt) {
 /* What a run measured, for the report. */
 typedef struct summary {
     int n, ok, errors, n_ttft;
-    double wall, tokens, deferred, prompt_n, gap, steps, rows, chunk_ms, chunk_wall_ms;
+    double wall, tokens, deferred, prompt_n, gap, steps, rows, chunks, unpaced, chunk_ms, chunk_wall_ms;
     double late_s, late_ms, before, during;
     double *lat, *ttft;
 } summary;
@@ -491,6 +491,13 @@ static void summarize(const opts *o, rec *rs, int n, const rec *late_r, const ch
     int duet = m0 && m1 && duet_metric(m1, "batch_steps_total") >= 0;
     S->steps = duet ? duet_metric(m1, "batch_steps_total") - duet_metric(m0, "batch_steps_total") : NAN;
     S->rows = duet ? duet_metric(m1, "batch_tokens_total") - duet_metric(m0, "batch_tokens_total") : NAN;
+    /* prompt chunks during the run, and those that went with no step of the streams between */
+    S->chunks = S->unpaced = NAN;
+    if (duet && duet_metric(m1, "prefill_chunks_total") >= 0) {
+        S->chunks = duet_metric(m1, "prefill_chunks_total") - duet_metric(m0, "prefill_chunks_total");
+        S->unpaced = duet_metric(m1, "prefill_chunks_unpaced_total") -
+                     duet_metric(m0, "prefill_chunks_unpaced_total");
+    }
     S->late_s = S->late_ms = S->before = S->during = NAN;
     if (late_r) {
         if (!late_r->ok) {
@@ -518,6 +525,7 @@ static void report(const opts *o, summary *S) {
         {"max_gap_ms", o->stream && ok ? 1e3 * S->gap : NAN, 1},
         {"deferral", S->tokens > 0 ? S->deferred / S->tokens : NAN, 4},
         {"batch_steps", S->steps, 0}, {"batch_size_mean", S->steps > 0 ? S->rows / S->steps : NAN, 3},
+        {"prefill_chunks", S->chunks, 0}, {"chunks_unpaced", S->unpaced, 0},
         {"late_prompt_tokens", o->late_tokens ? o->late_tokens : NAN, 0},
         {"late_sent_s", S->late_s, 3}, {"late_answer_ms", S->late_ms, 1},
         {"chunk_ms", S->chunk_ms, 1}, {"chunk_alone_wall_ms", S->chunk_wall_ms, 1},

@@ -14,10 +14,35 @@
 #  memory: -np 8, the server's VmRSS when ready, after 8 clients x 64 tokens (and VmHWM),
 #    and after one long prompt (1500 tokens), against 8 full caches of 2048 positions.
 # Writes bench/results/DATE-COMMIT-serve-load.csv (one row per run, bench_serve's columns
-# after ours) and prints a summary. Run it under `flock /tmp/bench.lock` on a shared machine.
+# after ours) and prints a summary (again: bench/serve_load.sh --summary FILE.csv). Run it
+# under `flock /tmp/bench.lock` on a shared machine.
 #   BENCH_PARTS (default "fairness collab memory")  BENCH_REPS (2)  BENCH_REQS (2)
 #   BENCH_THRESHOLD (0.5007)  BENCH_FAIR_N_PREDICT (256)  BENCH_LONG_PROMPT (1500 tokens)
 set -e
+# The summary of a CSV this script wrote, by column name.
+summary() {
+    awk -F, '/^#/ { next } $1 == "part" { for (i = 1; i <= NF; i++) col[$i] = i; next }
+        function v(name) { return $col[name] }
+        $1 == "fairness" {
+            printf "fairness rep %s (load %s): largest gap while the %s-token prompt was answered %.0f ms (before it: %.0f ms); one 256-token chunk %.0f ms: %.2f chunks (target <= 2); late answer %.0f ms; streams %.2f tok/s, errors %d; chunks with no step before them: %s of %s\n",
+                   v("rep"), v("load1"), v("late_prompt_tokens"), v("gap_during_late_ms"), v("gap_before_late_ms"), v("chunk_ms"),
+                   (v("chunk_ms") > 0 ? v("gap_during_late_ms") / v("chunk_ms") : 0), v("late_answer_ms"), v("agg_tps"), v("errors"),
+                   ("chunks_unpaced" in col ? v("chunks_unpaced") : "?"), ("prefill_chunks" in col ? v("prefill_chunks") : "?") }
+        $1 == "collab" { k = $3; t[$2, k] = v("agg_tps"); d[$2, k] = v("deferral"); e[$2, k] = v("errors"); reps[k] = 1 }
+        $1 == "memory" {
+            printf "memory %s (load %s): VmRSS ready %d MiB, after %d MiB, VmHWM %d MiB; %.2f tok/s, errors %d\n",
+                   v("engine"), v("load1"), v("rss_ready_mib"), v("rss_mib"), v("hwm_mib"), v("agg_tps"), v("errors") }
+        END {
+            for (k in reps)
+                printf "collab rep %s: new %.2f tok/s (deferral %.3f, errors %d), old %.2f tok/s (deferral %.3f, errors %d): %.2fx\n",
+                       k, t["new", k], d["new", k], e["new", k], t["old", k], d["old", k], e["old", k],
+                       (t["old", k] > 0 ? t["new", k] / t["old", k] : 0)
+            # 22 layers x 2048 positions x 256 (4 kv heads x 64) x 4 bytes (f32) x 2 (K and V)
+            printf "memory: 8 full f32 caches of 2048 positions would take 8 x %.0f MiB = %.0f MiB\n",
+                   22 * 2048 * 256 * 4 * 2 / 1048576, 8 * 22 * 2048 * 256 * 4 * 2 / 1048576
+        }' "$1"
+}
+[ "$1" = --summary ] && { summary "${2:?usage: bench/serve_load.sh --summary FILE.csv}"; exit 0; }
 duet=${1:?usage: bench/serve_load.sh DUET_BIN [OLD_DUET_BIN]}
 old=${2:-}
 bs=${BENCH_SERVE:-$(dirname "$duet")/bench_serve}
@@ -128,23 +153,4 @@ echo "# load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$out.tmp"
 mv "$out.tmp" "$out"
 echo "wrote $out"
 
-# Summary, by column name.
-awk -F, '/^#/ { next } $1 == "part" { for (i = 1; i <= NF; i++) col[$i] = i; next }
-    function v(name) { return $col[name] }
-    $1 == "fairness" {
-        printf "fairness rep %s (load %s): largest gap while the %s-token prompt was answered %.0f ms (before it: %.0f ms); one 256-token chunk %.0f ms: %.2f chunks (target <= 2); late answer %.0f ms; streams %.2f tok/s, errors %d\n",
-               v("rep"), v("load1"), v("late_prompt_tokens"), v("gap_during_late_ms"), v("gap_before_late_ms"), v("chunk_ms"),
-               (v("chunk_ms") > 0 ? v("gap_during_late_ms") / v("chunk_ms") : 0), v("late_answer_ms"), v("agg_tps"), v("errors") }
-    $1 == "collab" { k = $3; t[$2, k] = v("agg_tps"); d[$2, k] = v("deferral"); e[$2, k] = v("errors"); reps[k] = 1 }
-    $1 == "memory" {
-        printf "memory %s (load %s): VmRSS ready %d MiB, after %d MiB, VmHWM %d MiB; %.2f tok/s, errors %d\n",
-               v("engine"), v("load1"), v("rss_ready_mib"), v("rss_mib"), v("hwm_mib"), v("agg_tps"), v("errors") }
-    END {
-        for (k in reps)
-            printf "collab rep %s: new %.2f tok/s (deferral %.3f, errors %d), old %.2f tok/s (deferral %.3f, errors %d): %.2fx\n",
-                   k, t["new", k], d["new", k], e["new", k], t["old", k], d["old", k], e["old", k],
-                   (t["old", k] > 0 ? t["new", k] / t["old", k] : 0)
-        # 22 layers x 2048 positions x 256 (4 kv heads x 64) x 4 bytes (f32) x 2 (K and V)
-        printf "memory: 8 full f32 caches of 2048 positions would take 8 x %.0f MiB = %.0f MiB\n",
-               22 * 2048 * 256 * 4 * 2 / 1048576, 8 * 22 * 2048 * 256 * 4 * 2 / 1048576
-    }' "$out"
+summary "$out"

@@ -456,7 +456,7 @@ char *srv_metrics_text(srv_slots *s, size_t *n) {
     METRIC("batch_tokens_total", "counter", "answer steps run in batched decoding steps", "%ld", s->m_step_rows);
     METRIC("batch_size_mean", "gauge", "answers per decoding step since start", "%.4f",
            s->m_steps ? (double)s->m_step_rows / (double)s->m_steps : 0.0);
-    METRIC("prefill_chunks_total", "counter", "prompt chunks evaluated", "%ld", s->m_chunks);
+    METRIC("prefill_chunks_total", "counter", "prompt chunks given the compute lock", "%ld", s->m_chunks);
     METRIC("prefill_chunks_unpaced_total", "counter", "prompt chunks that followed another with no "
            "decoding step between them while answers ran (their clients did not ask in time)", "%ld",
            s->m_chunks_unpaced);
