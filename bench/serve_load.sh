@@ -65,6 +65,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 {
     echo "# duet serve under load, commit $commit, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "# machine: $cpu, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "# duet: $duet${old:+; old: $old} (the commit above is the checkout's, not necessarily theirs)"
     echo "# model: $m; expert: $ex; head: $hd (duet head init), threshold $thr"
     echo "# load1: the 1-minute load average just before the run; rss_*: the server's VmRSS (MiB) when ready / after the run; hwm: VmHWM after it"
     echo "part,engine,rep,load1,rss_ready_mib,rss_mib,hwm_mib,$("$bs" --csv-header)"
