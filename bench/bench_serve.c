@@ -21,7 +21,9 @@
  * the running streams before it arrived and while it was being answered.
  *
  * When the server is duet, its /metrics is read before and after the run: batched decoding
- * steps and answer steps in them give the batch size the run reached.
+ * steps and answer steps in them give the batch size the run reached, their seconds the mean
+ * step time and the share of the run spent stepping (step_busy; the rest went to answers
+ * asking for their next token, prompts and HTTP).
  *
  * Only libcurl, jansson and pthreads: it does not link the library.
  */
@@ -464,7 +466,7 @@ static void warm_up(const opts *o, const char *path, json_t *prompt) {
 /* What a run measured, for the report. */
 typedef struct summary {
     int n, ok, errors, n_ttft;
-    double wall, tokens, deferred, prompt_n, gap, steps, rows, chunks, unpaced, chunk_ms, chunk_wall_ms;
+    double wall, tokens, deferred, prompt_n, gap, steps, rows, step_s, chunks, unpaced, chunk_ms, chunk_wall_ms;
     double late_s, late_ms, before, during;
     double *lat, *ttft;
 } summary;
@@ -491,6 +493,10 @@ static void summarize(const opts *o, rec *rs, int n, const rec *late_r, const ch
     int duet = m0 && m1 && duet_metric(m1, "batch_steps_total") >= 0;
     S->steps = duet ? duet_metric(m1, "batch_steps_total") - duet_metric(m0, "batch_steps_total") : NAN;
     S->rows = duet ? duet_metric(m1, "batch_tokens_total") - duet_metric(m0, "batch_tokens_total") : NAN;
+    /* time in steps (the rest of the run the engine waited for the answers to ask) */
+    S->step_s = duet && duet_metric(m1, "batch_step_seconds_total") >= 0
+                    ? duet_metric(m1, "batch_step_seconds_total") - duet_metric(m0, "batch_step_seconds_total")
+                    : NAN;
     /* prompt chunks during the run, and those that went with no step of the streams between */
     S->chunks = S->unpaced = NAN;
     if (duet && duet_metric(m1, "prefill_chunks_total") >= 0) {
@@ -525,6 +531,8 @@ static void report(const opts *o, summary *S) {
         {"max_gap_ms", o->stream && ok ? 1e3 * S->gap : NAN, 1},
         {"deferral", S->tokens > 0 ? S->deferred / S->tokens : NAN, 4},
         {"batch_steps", S->steps, 0}, {"batch_size_mean", S->steps > 0 ? S->rows / S->steps : NAN, 3},
+        {"step_ms_mean", S->steps > 0 ? 1e3 * S->step_s / S->steps : NAN, 2},
+        {"step_busy", S->wall > 0 ? S->step_s / S->wall : NAN, 3},
         {"prefill_chunks", S->chunks, 0}, {"chunks_unpaced", S->unpaced, 0},
         {"late_prompt_tokens", o->late_tokens ? o->late_tokens : NAN, 0},
         {"late_sent_s", S->late_s, 3}, {"late_answer_ms", S->late_ms, 1},

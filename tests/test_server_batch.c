@@ -68,6 +68,7 @@ static void together_equals_alone(const char *serve_args, const char *what) {
         resp_free(&jobs[i].r);
     }
     double steps0 = metric(p.port, "batch_steps_total"), rows0 = metric(p.port, "batch_tokens_total");
+    double secs0 = metric(p.port, "batch_step_seconds_total"), t0 = duet_time_s();
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, NREQ);
     pthread_t th[NREQ];
@@ -79,6 +80,10 @@ static void together_equals_alone(const char *serve_args, const char *what) {
     pthread_barrier_destroy(&go);
     double steps = metric(p.port, "batch_steps_total") - steps0,
            rows = metric(p.port, "batch_tokens_total") - rows0;
+    /* the steps' time lies within the time the test waited for the answers */
+    double secs = metric(p.port, "batch_step_seconds_total") - secs0, wall = duet_time_s() - t0;
+    CHECKF(secs0 >= 0 && secs > 0 && secs <= wall, "%s: %.4f s in steps during %.4f s of requests",
+           what, secs, wall);
     for (int i = 0; i < NREQ; i++) {
         char *got = jobs[i].r.status == 200 ? answer_of(&jobs[i].r) : NULL;
         CHECKF(got && alone[i] && !strcmp(got, alone[i]), "%s: request %d sent with %d others "

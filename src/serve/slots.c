@@ -65,6 +65,7 @@ struct srv_slots {
     duet_error *b_errs;
     struct step_req **b_reqs;
     long m_steps, m_step_rows;
+    double m_step_s;           /* seconds spent in batched steps */
     int m_last_batch;
     long m_chunks, m_chunks_unpaced;
     /* metrics (under mu) */
@@ -323,6 +324,7 @@ static void lead_step(srv_slots *pool) {
     pool->last_step_end = t1;
     pool->m_steps++;
     pool->m_step_rows += k;
+    pool->m_step_s += t1 - t0;
     pool->m_last_batch = k;
     pool->leading = 0;
     pthread_cond_broadcast(&pool->step_cv);
@@ -456,6 +458,8 @@ char *srv_metrics_text(srv_slots *s, size_t *n) {
     METRIC("batch_tokens_total", "counter", "answer steps run in batched decoding steps", "%ld", s->m_step_rows);
     METRIC("batch_size_mean", "gauge", "answers per decoding step since start", "%.4f",
            s->m_steps ? (double)s->m_step_rows / (double)s->m_steps : 0.0);
+    METRIC("batch_step_seconds_total", "counter", "seconds spent in batched decoding steps", "%.6f",
+           s->m_step_s);
     METRIC("prefill_chunks_total", "counter", "prompt chunks given the compute lock", "%ld", s->m_chunks);
     METRIC("prefill_chunks_unpaced_total", "counter", "prompt chunks that followed another with no "
            "decoding step between them while answers ran (their clients did not ask in time)", "%ld",
