@@ -4,7 +4,7 @@
 # speed drifts from minute to minute). For each type and slot count NP both servers are
 # started on free loopback ports with NP slots and 2 threads, then each repetition runs
 # bench_serve (bench/bench_serve.c) against one and then the other, alternating which goes
-# first: NP clients, each sending BENCH_REQS streamed /v1/completions requests of the same
+# first: NP clients (or BENCH_CLIENTS), each sending BENCH_REQS streamed /v1/completions requests of the same
 # made-up prompt (an id array, so both see the same tokens), n_predict 64, temperature 0.
 # LLAMA_SERVER is a llama-server binary built outside the repository (this script does not
 # build it). Writes the raw per-run figures to bench/results/DATE-COMMIT-serve-side-by-side.csv
@@ -12,6 +12,7 @@
 # latency p50/p99, errors, and each server's memory.
 #   BENCH_TYPES (default q4_0)  BENCH_NP (default "4 8")  BENCH_REPS (2)  BENCH_THREADS (2)
 #   BENCH_REQS (2)  BENCH_N_PREDICT (64)  BENCH_PROMPT_TOKENS (32)
+#   BENCH_CLIENTS: client counts to run against each NP (default: NP clients), e.g. "1 2 4 8"
 #   BENCH_DUET_ARGS: extra duet serve flags (e.g. "-ctk f16 -ctv f16")
 # Context: duet serve -c 2048 holds 2048 positions per slot; llama-server splits -c across its
 # slots, so it gets -c 2048*NP. KV cache types: each server's default (duet f32, llama-server
@@ -27,10 +28,10 @@ summary() { # FILE.csv: writes FILE.md and prints it
         echo
         grep '^#' "$csv" | sed 's/^# */    /'
         echo
-        echo "| type | np (= clients) | duet tok/s | llama.cpp tok/s | ratio | duet p50 / p99 ms | llama.cpp p50 / p99 ms | duet TTFT p50 ms | llama.cpp TTFT p50 ms | duet batch | errors duet / llama.cpp | duet RSS ready → peak MiB | llama.cpp RSS ready → peak MiB |"
-        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        echo "| type | np | clients | duet tok/s | llama.cpp tok/s | ratio | duet p50 / p99 ms | llama.cpp p50 / p99 ms | duet TTFT p50 ms | llama.cpp TTFT p50 ms | duet batch | errors duet / llama.cpp | duet RSS ready → peak MiB | llama.cpp RSS ready → peak MiB |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         awk -F, '/^#/ { next } $1 == "engine" { for (i = 1; i <= NF; i++) col[$i] = i; next }
-            { k = $2 "," $3; e = $1 == "duet" ? 0 : 1; keys[k] = 1; n[e, k]++
+            { k = $2 "," $3 "," $col["clients"]; e = $1 == "duet" ? 0 : 1; keys[k] = 1; n[e, k]++
               tps[e, k] += $col["agg_tps"]; p50[e, k] += $col["lat_p50_ms"]; p99[e, k] += $col["lat_p99_ms"]
               ttft[e, k] += $col["ttft_p50_ms"]; err[e, k] += $col["errors"]; bat[e, k] += $col["batch_size_mean"]
               ready[e, k] = $col["rss_ready_mib"]; if ($col["hwm_mib"] > hwm[e, k]) hwm[e, k] = $col["hwm_mib"] }
@@ -39,20 +40,20 @@ summary() { # FILE.csv: writes FILE.md and prints it
                 split(k, a, ",")
                 for (e = 0; e < 2; e++) { c = n[e, k] ? n[e, k] : 1; m[e] = tps[e, k] / c; q5[e] = p50[e, k] / c
                                           q9[e] = p99[e, k] / c; tf[e] = ttft[e, k] / c; bm[e] = bat[e, k] / c }
-                printf "| %s | %s | %.2f | %.2f | %.2fx | %.0f / %.0f | %.0f / %.0f | %.0f | %.0f | %.2f | %d / %d | %s → %s | %s → %s |\n",
-                       a[1], a[2], m[0], m[1], (m[1] > 0 ? m[0] / m[1] : 0), q5[0], q9[0], q5[1], q9[1], tf[0], tf[1],
+                printf "| %s | %s | %s | %.2f | %.2f | %.2fx | %.0f / %.0f | %.0f / %.0f | %.0f | %.0f | %.2f | %d / %d | %s → %s | %s → %s |\n",
+                       a[1], a[2], a[3], m[0], m[1], (m[1] > 0 ? m[0] / m[1] : 0), q5[0], q9[0], q5[1], q9[1], tf[0], tf[1],
                        bm[0], err[0, k], err[1, k], ready[0, k], hwm[0, k], ready[1, k], hwm[1, k]
               }
-            }' "$csv" | sort -t'|' -k2,2 -k3,3n
+            }' "$csv" | sort -t'|' -k2,2 -k3,3n -k4,4n
         echo
         echo "Per repetition (the ratio of each pair run back to back):"
         echo
-        echo "| type | np | rep | load | duet tok/s | llama.cpp tok/s | ratio |"
-        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        echo "| type | np | clients | rep | load | duet tok/s | llama.cpp tok/s | ratio |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
         awk -F, '/^#/ { next } $1 == "engine" { for (i = 1; i <= NF; i++) col[$i] = i; next }
-            { k = $2 "," $3 "," $4; if ($1 == "duet") { d[k] = $col["agg_tps"]; ld[k] = $col["load1"] } else l[k] = $col["agg_tps"] }
+            { k = $2 "," $3 "," $col["clients"] "," $4; if ($1 == "duet") { d[k] = $col["agg_tps"]; ld[k] = $col["load1"] } else l[k] = $col["agg_tps"] }
             END { for (k in d) { split(k, a, ",")
-                printf "| %s | %s | %s | %s | %.2f | %.2f | %.2fx |\n", a[1], a[2], a[3], ld[k], d[k], l[k], (l[k] > 0 ? d[k] / l[k] : 0) } }' "$csv" | sort
+                printf "| %s | %s | %s | %s | %s | %.2f | %.2f | %.2fx |\n", a[1], a[2], a[3], a[4], ld[k], d[k], l[k], (l[k] > 0 ? d[k] / l[k] : 0) } }' "$csv" | sort
     } > "$md"
     cat "$md"
     echo "wrote $md"
@@ -80,7 +81,7 @@ bsargs="--api openai --stream --n-predict $npred --prompt-tokens $ptok --request
     echo "# machine: $cpu, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# duet:      $duet serve -m MODEL -np NP -t $th -c 2048 $dargs --quiet"
     echo "# llama.cpp: $ls -m MODEL -np NP -t $th -c 2048*NP --no-mmap ($($ls --version 2>&1 | grep -m1 version))"
-    echo "# load:      $bs --url URL --clients NP $bsargs"
+    echo "# load:      $bs --url URL --clients ${BENCH_CLIENTS:-NP} $bsargs"
     echo "# load1: the 1-minute load average just before the run; rss/hwm: the server's VmRSS/VmHWM (MiB) after it"
     echo "engine,type,np,rep,load1,rss_ready_mib,rss_mib,hwm_mib,$("$bs" --csv-header)"
 } > "$out.tmp"
@@ -98,9 +99,9 @@ stop_servers() {
 }
 trap stop_servers EXIT INT TERM
 
-run_one() { # engine type np rep url pid rss_ready
+run_one() { # engine type np rep url pid rss_ready clients
     load=$(cut -d' ' -f1 /proc/loadavg)
-    row=$("$bs" --url "$5" --clients "$3" $bsargs --label "$1") || echo "bench_serve: $1 reported errors" >&2
+    row=$("$bs" --url "$5" --clients "$8" $bsargs --label "$1") || echo "bench_serve: $1 reported errors" >&2
     echo "$1,$2,$3,$4,$load,$7,$(mib "$6" VmRSS),$(mib "$6" VmHWM),$row" >> "$out.tmp"
 }
 
@@ -126,13 +127,15 @@ for t in $types; do
         dready=$(mib $dpid VmRSS) lready=$(mib $lpid VmRSS)
         r=1
         while [ $r -le "$reps" ]; do
-            if [ $((r % 2)) = 1 ]; then
-                run_one duet "$t" "$np" $r "http://127.0.0.1:$dport" $dpid "$dready"
-                run_one llama.cpp "$t" "$np" $r "http://127.0.0.1:$lport" $lpid "$lready"
-            else
-                run_one llama.cpp "$t" "$np" $r "http://127.0.0.1:$lport" $lpid "$lready"
-                run_one duet "$t" "$np" $r "http://127.0.0.1:$dport" $dpid "$dready"
-            fi
+            for c in ${BENCH_CLIENTS:-$np}; do
+                if [ $((r % 2)) = 1 ]; then
+                    run_one duet "$t" "$np" $r "http://127.0.0.1:$dport" $dpid "$dready" "$c"
+                    run_one llama.cpp "$t" "$np" $r "http://127.0.0.1:$lport" $lpid "$lready" "$c"
+                else
+                    run_one llama.cpp "$t" "$np" $r "http://127.0.0.1:$lport" $lpid "$lready" "$c"
+                    run_one duet "$t" "$np" $r "http://127.0.0.1:$dport" $dpid "$dready" "$c"
+                fi
+            done
             echo "rep $r $t np $np done" >&2
             r=$((r + 1))
         done
