@@ -60,6 +60,11 @@ $(O)/run_tests: $(TEST_OBJ) $(O)/libduet.a
 $(O)/bench_collab: bench/bench_collab.c $(O)/libduet.a include/duet.h
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ bench/bench_collab.c $(O)/libduet.a $(LDLIBS)
 
+# the serving load generator talks HTTP only: it does not link the library
+$(O)/bench_serve: bench/bench_serve.c
+	@mkdir -p $(dir $@)
+	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ bench/bench_serve.c $(LDLIBS)
+
 $(O)/gen_demo_task: tools/gen_demo_task.c src/base/common.h
 	@mkdir -p $(dir $@)
 	$(CC) $(BASE_CFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ tools/gen_demo_task.c
@@ -105,8 +110,9 @@ serve: deps $(O)/duet
 models: deps $(O)/duet $(O)/gen_demo_task
 	@sh tools/make_models.sh $(O)/duet $(O)/gen_demo_task models
 
-## bench: benchmarks, results written under bench/results/
-bench: deps $(O)/duet $(O)/bench_collab
+## bench: benchmarks, results written under bench/results/ (bench_serve is built for
+## bench/serve_side_by_side.sh, which needs a llama-server binary and runs on its own)
+bench: deps $(O)/duet $(O)/bench_collab $(O)/bench_serve
 	@sh bench/run.sh $(O)/duet
 
 ## mutation: plant each bug of tests/mutations.txt in a scratch copy and report the kill rate

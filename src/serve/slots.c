@@ -56,7 +56,8 @@ struct srv_slots {
     /* batched stepping (under mu) */
     pthread_cond_t step_cv;
     struct step_req *pending, **pending_tail;
-    int n_pending, n_running, leading, chunk_since_step;
+    int n_pending, n_running, leading;
+    long chunk_steps;          /* m_steps when the last prompt chunk took the compute lock */
     double last_step_s, last_step_end;
     duet_gen **b_gens;         /* [n_slots] a step's arguments and results */
     duet_collab_token *b_toks;
@@ -64,7 +65,9 @@ struct srv_slots {
     duet_error *b_errs;
     struct step_req **b_reqs;
     long m_steps, m_step_rows;
+    double m_step_s;           /* seconds spent in batched steps */
     int m_last_batch;
+    long m_chunks, m_chunks_unpaced;
     /* metrics (under mu) */
     long m_requests, m_errors, m_prompt_tokens, m_gen_tokens, m_deferred, m_expert_calls;
     long m_expert_failures, m_lat_count, m_lat_bucket[N_LAT_BUCKETS];
@@ -284,16 +287,21 @@ static void abs_deadline(struct timespec *ts, double in_s) {
 }
 
 /* With mu held: take every waiting request, step them as one batch (mu released meanwhile),
- * hand out the results. */
+ * hand out the results. The batch is taken once the compute lock is held: a prompt chunk may
+ * hold it for seconds, and every answer that asks meanwhile belongs in the step that follows
+ * it (taken before, an answer whose thread came back a little late would wait for the step
+ * after the next chunk: two chunks between two of its tokens). */
 static void lead_step(srv_slots *pool) {
     pool->leading = 1;
+    pthread_mutex_unlock(&pool->mu);
+    pthread_mutex_lock(&pool->compute);
+    pthread_mutex_lock(&pool->mu);
     int k = 0;
     for (step_req *r = pool->pending; r && k < pool->p.n_slots; r = r->next) pool->b_reqs[k++] = r;
     pool->pending = k < pool->n_pending ? pool->b_reqs[k - 1]->next : NULL;
     pool->n_pending -= k;
     if (!pool->pending) pool->pending_tail = &pool->pending;
     pthread_mutex_unlock(&pool->mu);
-    pthread_mutex_lock(&pool->compute);
     for (int i = 0; i < k; i++) {
         pool->b_gens[i] = pool->b_reqs[i]->g;
         pool->b_reqs[i]->sl->in_batch = 1;
@@ -302,8 +310,9 @@ static void lead_step(srv_slots *pool) {
     duet_gen_step_batch(pool->b_gens, k, pool->b_toks, pool->b_rcs, pool->b_errs);
     double t1 = duet_time_s();
     for (int i = 0; i < k; i++) pool->b_reqs[i]->sl->in_batch = 0;
-    pthread_mutex_unlock(&pool->compute);
+    /* counted before the lock goes: a prompt chunk waiting for it sees this step */
     pthread_mutex_lock(&pool->mu);
+    pthread_mutex_unlock(&pool->compute);
     for (int i = 0; i < k; i++) {
         step_req *r = pool->b_reqs[i];
         r->tok = pool->b_toks[i];
@@ -313,9 +322,9 @@ static void lead_step(srv_slots *pool) {
     }
     pool->last_step_s = t1 - t0;
     pool->last_step_end = t1;
-    pool->chunk_since_step = 0;
     pool->m_steps++;
     pool->m_step_rows += k;
+    pool->m_step_s += t1 - t0;
     pool->m_last_batch = k;
     pool->leading = 0;
     pthread_cond_broadcast(&pool->step_cv);
@@ -360,19 +369,38 @@ void srv_gen_leave(srv_slots *pool) {
     pthread_mutex_unlock(&pool->mu);
 }
 
+/* With mu held: may a prompt chunk take the compute lock now? While answers run, only when
+ * one of their steps has run since the last chunk took it (so a stream waits through at most
+ * one chunk between two of its tokens), or when none of them has asked for a token by the
+ * deadline (clients not reading: their threads are still sending). One that has asked gets
+ * its step first, however late. */
+static int chunk_may_go(const srv_slots *pool, double deadline) {
+    return pool->n_running == 0 || pool->m_steps != pool->chunk_steps ||
+           (!pool->n_pending && !pool->leading && duet_time_s() >= deadline);
+}
+
 int srv_gen_prefill(srv_slots *pool, duet_collab *co, const int32_t *ids, int n, int chunk,
                     duet_error *err) {
     for (;;) {
         pthread_mutex_lock(&pool->mu);
-        /* one chunk between two steps while answers run; if they stop asking (clients not
-         * reading), go on after two of their steps' time */
-        struct timespec ts;
-        abs_deadline(&ts, DUET_MAX(0.05, 2 * pool->last_step_s));
-        while (pool->n_running > 0 && pool->chunk_since_step)
-            if (pthread_cond_timedwait(&pool->step_cv, &pool->mu, &ts) == ETIMEDOUT) break;
-        pool->chunk_since_step = 1;
+        double deadline = duet_time_s() + DUET_MAX(0.05, 2 * pool->last_step_s);
+        for (;;) {
+            while (!chunk_may_go(pool, deadline)) { /* woken by steps and by answers asking */
+                struct timespec ts;
+                abs_deadline(&ts, DUET_MAX(0.01, deadline - duet_time_s()));
+                pthread_cond_timedwait(&pool->step_cv, &pool->mu, &ts);
+            }
+            pthread_mutex_unlock(&pool->mu);
+            /* decided again with the lock held: another prompt's chunk may have taken it first */
+            pthread_mutex_lock(&pool->compute);
+            pthread_mutex_lock(&pool->mu);
+            if (chunk_may_go(pool, deadline)) break;
+            pthread_mutex_unlock(&pool->compute);
+        }
+        pool->m_chunks++;
+        pool->m_chunks_unpaced += pool->n_running > 0 && pool->m_steps == pool->chunk_steps;
+        pool->chunk_steps = pool->m_steps;
         pthread_mutex_unlock(&pool->mu);
-        pthread_mutex_lock(&pool->compute);
         int left = duet_collab_prefill(co, ids, n, chunk, err);
         pthread_mutex_unlock(&pool->compute);
         if (left <= 0) return left;
@@ -430,6 +458,12 @@ char *srv_metrics_text(srv_slots *s, size_t *n) {
     METRIC("batch_tokens_total", "counter", "answer steps run in batched decoding steps", "%ld", s->m_step_rows);
     METRIC("batch_size_mean", "gauge", "answers per decoding step since start", "%.4f",
            s->m_steps ? (double)s->m_step_rows / (double)s->m_steps : 0.0);
+    METRIC("batch_step_seconds_total", "counter", "seconds spent in batched decoding steps", "%.6f",
+           s->m_step_s);
+    METRIC("prefill_chunks_total", "counter", "prompt chunks given the compute lock", "%ld", s->m_chunks);
+    METRIC("prefill_chunks_unpaced_total", "counter", "prompt chunks that followed another with no "
+           "decoding step between them while answers ran (their clients did not ask in time)", "%ld",
+           s->m_chunks_unpaced);
     fprintf(f, "# HELP duet_request_latency_seconds time from request to the last byte queued\n"
                "# TYPE duet_request_latency_seconds histogram\n");
     long cum = 0;
