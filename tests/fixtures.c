@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "base/common.h"
@@ -383,3 +384,17 @@ const char *fixture_lora(const char *name, int r, float alpha, int t, int bad) {
     return rc ? NULL : path;
 }
 
+
+/* ---- the CLI ----------------------------------------------------------------------------- */
+int fixture_run_cli(const char *args, const char *tag, char *err, size_t cap) {
+    const char *bin = getenv("DUET_BIN");
+    char e[600], cmd[8192];
+    snprintf(e, sizeof e, "%s/%s-err.txt", test_tmpdir(), tag);
+    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>'%s' </dev/null", bin ? bin : "false", args, e);
+    int st = system(cmd);
+    FILE *f = fopen(e, "rb");
+    size_t n = f ? fread(err, 1, cap - 1, f) : 0;
+    err[n] = 0;
+    if (f) fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}

@@ -59,4 +59,8 @@ enum { LORA_GOOD, LORA_BAD_ARCH, LORA_BAD_SHAPE, LORA_BAD_NO_B, LORA_BAD_NAN, LO
        LORA_BAD_NAME };
 const char *fixture_lora(const char *name, int r, float alpha, int t, int bad);
 
+/* Run `$DUET_BIN ARGS` with stdout to /dev/null and stdin from /dev/null; stderr into
+ * err[cap] (NUL-terminated; tag names its temporary file); the exit status. */
+int fixture_run_cli(const char *args, const char *tag, char *err, size_t cap);
+
 #endif

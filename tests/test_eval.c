@@ -671,15 +671,7 @@ static const char *duet_bin(void) {
 }
 
 static int run_cli(const char *args, char *err, size_t cap) {
-    char e[600], cmd[8192];
-    snprintf(e, sizeof e, "%s/eval-cli-err.txt", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>'%s' </dev/null", duet_bin(), args, e);
-    int st = system(cmd);
-    FILE *f = fopen(e, "rb");
-    size_t n = f ? fread(err, 1, cap - 1, f) : 0;
-    err[n] = 0;
-    if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return fixture_run_cli(args, "eval-cli", err, cap);
 }
 
 TEST(eval_cli_eval_and_tune) {

@@ -29,17 +29,8 @@ static const char *duet_bin(void) {
                 access(DEMO "demo-heldout.jsonl", R_OK) == 0);                               \
     } while (0)
 
-/* `duet ARGS`, stdout to /dev/null; exit status, stderr into err. */
 static int run_duet(const char *args, char *err, size_t cap) {
-    char e[600], cmd[8192];
-    snprintf(e, sizeof e, "%s/parallel-err.txt", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>'%s' </dev/null", duet_bin(), args, e);
-    int st = system(cmd);
-    FILE *f = fopen(e, "rb");
-    size_t n = f ? fread(err, 1, cap - 1, f) : 0;
-    err[n] = 0;
-    if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return fixture_run_cli(args, "parallel", err, cap);
 }
 
 static void tmp(char *buf, size_t cap, const char *name, int n) {
