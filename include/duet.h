@@ -393,6 +393,9 @@ typedef struct duet_collab_params {
     const struct duet_expert_backend *expert_backend;
     int expert_fallback;   /* 1: when the expert fails, the base chooses the token (reported
                               as expert_failed) instead of the step returning the error */
+    int lazy_prompt;       /* 1: duet_collab_start checks and records the prompt, and the first
+                              step evaluates it in its base pass (in duet_collab_step_batch, one
+                              pass with the other decoders' tokens); the same tokens and counts */
 } duet_collab_params;
 
 enum { DUET_SRC_BASE = 0, DUET_SRC_EXPERT = 1, DUET_SRC_MIXED = 2 };

@@ -381,8 +381,9 @@ TEST(utf8_append_holds_split_characters) {
 /* ---- many generations in one batched step -------------------------------------------------
  * duet_gen_step_batch against each generation stepped alone: every policy (with a local
  * expert, and the proxy's anti-expert), greedy and sampled, prompts of different lengths and
- * limits, an answer ending by EOS-free limits at different steps and one by a full context;
- * tokens, sources, texts, end reasons and the decoders' cost counters must be equal. */
+ * limits, an answer ending by EOS-free limits at different steps and one by a full context,
+ * half of them with the prompt left to the first batched pass (lazy_prompt); tokens, sources,
+ * texts, end reasons and the decoders' cost counters must be equal. */
 typedef struct gen_case {
     duet_collab_params p;
     int max_tokens, np;
@@ -472,7 +473,9 @@ TEST(generate_batch_equals_alone) {
         duet_gen *g[N];
         for (int i = 0; i < n; i++) {
             duet_gen_params gp = {.max_tokens = gc[i].max_tokens};
-            c[i] = start(b, e, h, &gc[i].p, gc[i].prompt, gc[i].np);
+            duet_collab_params p = gc[i].p;
+            p.lazy_prompt = (i + n) % 2; /* half leave their prompt to the first batched pass */
+            c[i] = start(b, e, h, &p, gc[i].prompt, gc[i].np);
             REQUIRE(c[i] && !duet_gen_new(c[i], &gp, &g[i], &err));
             memset(&together[i], 0, sizeof together[i]);
         }

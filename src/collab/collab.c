@@ -248,7 +248,9 @@ int duet_collab_start(duet_collab *c, const int32_t *prompt, int n, duet_error *
     c->pre_evaluated = 0;
     c->pre_time = 0;
     double t0 = duet_time_s();
-    int rc = duet_session_sync(c->sb, c->toks, n, err);
+    /* the first step's base sync evaluates what this one would (the longest common prefix
+     * kept, the rest in one call) */
+    int rc = c->p.lazy_prompt ? DUET_OK : duet_session_sync(c->sb, c->toks, n, err);
     c->st.t_base += duet_time_s() - t0;
     if (!rc && c->p.eager_sync && c->has_expert) rc = follower_sync(c, &c->ex, 0, err);
     c->st.t_total += duet_time_s() - t0;

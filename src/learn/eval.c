@@ -531,9 +531,13 @@ static int run_problems(duet_eval *c, gen_pass *R, duet_error *err) {
     duet_collab_token *toks = malloc(N * sizeof *toks);
     duet_error *errs = calloc(N, sizeof *errs);
     int rc = ans && sl && gs && at && rcs && toks && errs ? DUET_OK : duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    /* together, a new problem's prompt joins the next batched step instead of a pass of its
+     * own (the step evaluates what start would) */
+    duet_collab_params cp = *R->cp;
+    cp.lazy_prompt = P > 1;
     for (int k = 0; k < P && !rc; k++) {
         sl[k].problem = -1;
-        rc = collab_for(c, R->cp, &sl[k].co, err);
+        rc = collab_for(c, &cp, &sl[k].co, err);
     }
     double t0 = duet_time_s();
     if (!rc) rc = gen_loop(c, R, sl, P, ans, gs, at, toks, rcs, errs, err);
