@@ -5,9 +5,9 @@
 # run and one llama-batched-bench run of B prompts of PP tokens then TG steps of B tokens,
 # for each B of the list, at 2 threads. LLAMA_BATCHED_BENCH is a binary built outside the
 # repository (this script does not build it), or "none" to run duet alone. Writes the raw
-# per-run rows to bench/results/DATE-COMMIT-batch-side-by-side.csv (with the 1-minute load
-# average when each run started: this machine is shared) and prints S_TG and S_PP per B,
-# mean ± sd, with the ratio duet / llama.cpp.
+# per-run rows to bench/results/DATE-COMMIT-batch-side-by-side.csv (with the machine's idle
+# percentage just before each run: it is shared) and prints S_TG and S_PP per B, mean ± sd,
+# with the ratio duet / llama.cpp.
 #   BENCH_NPL (default 1,4,8)  BENCH_PP (128)  BENCH_TG (64)
 #   BENCH_OLD_DUET: another duet binary (an older commit, without --batch) whose plain
 #     `bench -p PP -n TG` joins the rotation as engine duet-old, a B = 1 row, and so does
@@ -30,29 +30,25 @@ ctx=$((maxb * (pp + tg))) # llama.cpp's one cache holds every sequence
         echo "# llama.cpp: $lbb -m MODEL -npp $pp -ntg $tg -npl $npl -t $th -c $ctx --no-mmap --output-format jsonl"
     [ -z "$old" ] || echo "# duet-old:  $old bench -m MODEL -p $pp -n $tg -t $th -r 1 -o csv"
     [ -z "$old" ] || echo "# duet-plain: $duet bench -m MODEL -p $pp -n $tg -t $th -r 1 -o csv"
-    echo "engine,type,rep,b,pp,tg,n_kv,t_pp,s_pp,t_tg,s_tg,t,s,load"
+    echo "engine,type,rep,b,pp,tg,n_kv,t_pp,s_pp,t_tg,s_tg,t,s,idle_before"
 } >> "$out.tmp"
 sbs_models
-load() { cut -d' ' -f1 /proc/loadavg; }
 run_duet() { # type rep
-    l=$(load)
     "$duet" bench -m "build/bench/tinyllama-$1.gguf" --batch "$npl" -p "$pp" -n "$tg" -t "$th" -r 1 -o csv |
-        awk -F, -v t="$1" -v r="$2" -v l="$l" 'NR > 1 { printf "duet,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n",
+        awk -F, -v t="$1" -v r="$2" -v l="$idle" 'NR > 1 { printf "duet,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s\n",
             t, r, $7, $5, $6, $8, $9, $10, $11, $12, $13, $14, l }' >> "$out.tmp"
 }
 run_llama() { # type rep
-    l=$(load)
     "$lbb" -m "build/bench/tinyllama-$1.gguf" -npp "$pp" -ntg "$tg" -npl "$npl" -t "$th" -c "$ctx" \
         --no-mmap --output-format jsonl 2>/dev/null |
-        awk -v t="$1" -v r="$2" -v l="$l" 'function v(k) { if (match($0, "\"" k "\": *[0-9.eE+-]+")) {
+        awk -v t="$1" -v r="$2" -v l="$idle" 'function v(k) { if (match($0, "\"" k "\": *[0-9.eE+-]+")) {
                 s = substr($0, RSTART, RLENGTH); sub(/^[^:]*: */, "", s); return s } return "" }
             /^\{/ { print "llama.cpp," t "," r "," v("pl") "," v("pp") "," v("tg") "," v("n_kv") "," v("t_pp") "," \
                 v("speed_pp") "," v("t_tg") "," v("speed_tg") "," v("t") "," v("speed") "," l }' >> "$out.tmp"
 }
 run_plain() { # BIN ENGINE type rep: pp and tg rows of the plain bench, as one B = 1 row
-    l=$(load)
     "$1" bench -m "build/bench/tinyllama-$3.gguf" -p "$pp" -n "$tg" -t "$th" -r 1 -o csv |
-        awk -F, -v e="$2" -v t="$3" -v r="$4" -v l="$l" -v pp="$pp" -v tg="$tg" '
+        awk -F, -v e="$2" -v t="$3" -v r="$4" -v l="$idle" -v pp="$pp" -v tg="$tg" '
             NR > 1 && $5 ~ /^pp/ { spp = $6 }
             NR > 1 && $5 ~ /^tg/ { stg = $6 }
             END { tpp = pp / spp; ttg = tg / stg
@@ -92,9 +88,9 @@ awk -F, '/^#/ || $1 == "engine" { next }
         close(sort)
       }
     }' "$out"
-# S_TG per repetition: which state of the machine each pair of runs met (the load column).
+# S_TG per repetition: which state of the machine each pair of runs met (idle_before).
 echo
-echo "| type | B | rep | duet S_TG t/s | other engines S_TG t/s | load at duet's start |"
+echo "| type | B | rep | duet S_TG t/s | other engines S_TG t/s | idle % before duet's run |"
 echo "| --- | ---: | ---: | ---: | --- | ---: |"
 awk -F, '/^#/ || $1 == "engine" { next }
     { k = $2 "," $4 "," $3; if ($1 == "duet") { d[k] = $11; l[k] = $14 } else o[k] = o[k] $1 " " $11 " " }

@@ -3,6 +3,7 @@
 # the interleaved repetitions. This machine is shared and its speed drifts from minute to
 # minute, so engines alternate which goes first, per repetition and type.
 #   BENCH_TYPES  (default "q4_0 q8_0 q4_k_m")  BENCH_REPS (default 4)  BENCH_THREADS (2)
+#   BENCH_WAIT_IDLE, BENCH_WAIT_MAX: see sbs_wait_idle
 # Models: build/bench/tinyllama-TYPE.gguf (written once, as bench/run.sh does).
 
 # sbs_start DUET_BIN KIND: the settings above, and $out.tmp begun for
@@ -31,8 +32,25 @@ sbs_models() {
     done
 }
 
+# sbs_idle: the percentage of CPU time left idle over 3 seconds, by the other jobs (ours
+# are not running when it is called).
+sbs_idle() { vmstat 3 2 | awk 'END { print $15 }'; }
+
+# With BENCH_WAIT_IDLE=P, wait (at most BENCH_WAIT_MAX seconds, default 1800) until the
+# machine is at least P% idle: other jobs' threads make a 2-thread benchmark's threads wait
+# for cores, and engines that spin at barriers (llama.cpp) lose far more than the rest.
+sbs_wait_idle() {
+    [ -n "${BENCH_WAIT_IDLE:-}" ] || return 0
+    w=0
+    while [ "$(sbs_idle)" -lt "$BENCH_WAIT_IDLE" ] && [ $w -lt "${BENCH_WAIT_MAX:-1800}" ]; do
+        sleep 7
+        w=$((w + 10))
+    done
+}
+
 # sbs_interleave RUN1 RUN2 ...: for each repetition and type, every RUNi TYPE REP once, the
 # order rotated by one per repetition (with two: the first goes first in odd repetitions).
+# Before each run $idle is the machine's idle percentage (after BENCH_WAIT_IDLE's wait).
 sbs_interleave() {
     r=1
     while [ $r -le "$reps" ]; do
@@ -40,6 +58,8 @@ sbs_interleave() {
             i=0
             while [ $i -lt $# ]; do
                 eval "run=\${$(( (i + r - 1) % $# + 1 ))}"
+                sbs_wait_idle
+                idle=$(sbs_idle)
                 "$run" "$t" $r
                 i=$((i + 1))
             done
