@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include "format/gguf.h"
+#include "format/quant.h"
+#include "train/lm_frozen.h"
 #include "fixtures.h"
 #include "test.h"
 
@@ -336,7 +338,9 @@ TEST(lm_lora_step0_is_the_base_and_not_copied) {
         CHECK_EQ_INT(m->L.n_params, 16384);
         CHECK_EQ_INT(m->L.n_t, 28);
         const mtensor *wq = &m->fz->layer[1].w[LM_MAT_Q];
-        CHECK(wq->type == (q ? DT_Q8_0 : DT_F32) && wq->data == m->src->layers[1].wq.data);
+        /* Q8_0 in the engine's row-interleaved layout: the load copies and repacks it */
+        CHECK(quant_file_type(wq->type) == (q ? DT_Q8_0 : DT_F32) &&
+              wq->data == m->src->layers[1].wq.data);
         CHECK(m->fz->output.data == m->src->output.data);
         enum { T = 20 };
         int32_t tok[T];
@@ -699,4 +703,63 @@ TEST(lm_lora_cli_eval_takes_adapters) {
              ad, text);
     CHECK_EQ_INT(run_cli(args, err, sizeof err), 1);
     CHECKF(strstr(err, "--expert-lora needs --expert"), "%s", err);
+}
+
+/* The float input gradient through a frozen matrix (lm_frozen_dx, the trainer's fast path)
+ * against dx0 + dy W summed in double over the dequantised matrix, for every type a base
+ * may hold, R8 layouts included, with token counts around the 8-token tile and F32/F16
+ * widths that are not a multiple of the 32-column tile; and the same bits for 1 and 3
+ * threads. The bound is float rounding of a 296-term sum of terms below 1 in size. */
+static float unit_rand(uint64_t *st) { return (float)((duet_splitmix64(st) >> 40) * 0x1.0p-24); }
+
+static void frozen_dx_case(threadpool *tp1, threadpool *tp3, int type, int r8) {
+    const int in = type == DT_Q4_K || type == DT_Q6_K ? 512 : (type == DT_Q4_0 || type == DT_Q8_0 ? 96 : 72);
+    const int out = 296, ns[] = {1, 7, 8, 13};
+    size_t rs = dtype_row_size(type, in);
+    uint8_t *wq = malloc(rs * out);
+    float *row = malloc(sizeof(float) * in), *wf = malloc(sizeof(float) * in * out);
+    if (!wq || !row || !wf) abort();
+    uint64_t st = 99 + (uint64_t)type;
+    for (int o = 0; o < out; o++) {
+        for (int i = 0; i < in; i++) row[i] = 2 * unit_rand(&st) - 1;
+        quant_quantize_row(type, row, wq + (size_t)o * rs, in);
+        quant_dequantize_row(type, wq + (size_t)o * rs, wf + (size_t)o * in, in);
+    }
+    int wtype = r8 ? quant_repack_r8(type, wq, in, out) : type;
+    CHECK(wtype >= 0);
+    mtensor W = {.data = wq, .type = wtype, .n_in = in, .n_out = out};
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        int n = ns[k];
+        float *dy = malloc(sizeof(float) * n * out), *dx1 = malloc(sizeof(float) * n * in);
+        float *dx3 = malloc(sizeof(float) * n * in), *scr = malloc(sizeof(float) * 3 * lm_frozen_dx_scratch());
+        double *ref = malloc(sizeof(double) * n * in);
+        if (!dy || !dx1 || !dx3 || !scr || !ref) abort();
+        for (int i = 0; i < n * out; i++) dy[i] = 2 * unit_rand(&st) - 1;
+        for (int i = 0; i < n * in; i++) ref[i] = dx1[i] = dx3[i] = unit_rand(&st);
+        for (int t = 0; t < n; t++)
+            for (int o = 0; o < out; o++)
+                for (int i = 0; i < in; i++)
+                    ref[(size_t)t * in + i] += (double)dy[(size_t)t * out + o] * wf[(size_t)o * in + i];
+        lm_frozen_dx(tp1, dx1, dy, &W, n, scr);
+        lm_frozen_dx(tp3, dx3, dy, &W, n, scr);
+        double worst = 0;
+        for (int i = 0; i < n * in; i++) worst = fmax(worst, fabs(dx1[i] - ref[i]));
+        CHECKF(worst < 1e-4, "%s%s n=%d: max |dx - ref| = %g", dtype_info(type)->name,
+               r8 ? " (r8)" : "", n, worst);
+        CHECKF(!memcmp(dx1, dx3, sizeof(float) * n * in), "%s%s n=%d: 1 and 3 threads differ",
+               dtype_info(type)->name, r8 ? " (r8)" : "", n);
+        free(dy), free(dx1), free(dx3), free(scr), free(ref);
+    }
+    free(wq), free(row), free(wf);
+}
+
+TEST(lm_lora_frozen_dx_equals_double_reference) {
+    static const int types[] = {DT_F32, DT_F16, DT_BF16, DT_Q4_0, DT_Q8_0, DT_Q4_K, DT_Q6_K};
+    threadpool *tp1 = tp_new(1), *tp3 = tp_new(3);
+    REQUIRE(tp1 && tp3);
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++)
+        for (int r8 = 0; r8 < 2; r8++)
+            if (!r8 || quant_r8_type(types[ti]) >= 0) frozen_dx_case(tp1, tp3, types[ti], r8);
+    tp_free(tp1);
+    tp_free(tp3);
 }

@@ -457,22 +457,30 @@ int quant_repack_r8(int type, void *data, int64_t n_in, int64_t n_out) {
     return r8;
 }
 
-void quant_dequantize_matrix_row(int type, const void *data, int64_t n_in, int64_t r, float *dst) {
+void quant_dequantize_matrix_cols(int type, const void *data, int64_t n_in, int64_t r, int64_t c0,
+                                  int64_t n, float *dst) {
     int base = quant_file_type(type);
     size_t ws = dtype_row_size(base, n_in);
     if (base == type) {
-        quant_dequantize_row(type, (const uint8_t *)data + (size_t)r * ws, dst, n_in);
+        quant_dequantize_row(type, (const uint8_t *)data + (size_t)r * ws + dtype_row_size(type, c0),
+                             dst, n);
         return;
     }
+    /* R8: block b of the 8 rows of a group lies at b * 8 * bs, its scales first, then the
+     * quants interleaved by 4 bytes (quant_repack_r8) */
     const int qb = r8_qbytes(base);
     const size_t bs = 2 + (size_t)qb;
     const uint8_t *grp = (const uint8_t *)data + (size_t)(r / 8) * 8 * ws;
     int k = (int)(r % 8);
     uint8_t blk[2 + QK8_0];
-    for (size_t b = 0; b < ws / bs; b++) {
-        const uint8_t *i = grp + b * 8 * bs;
+    for (int64_t b = c0 / 32; b < (c0 + n) / 32; b++) {
+        const uint8_t *i = grp + (size_t)b * 8 * bs;
         memcpy(blk, i + 2 * k, 2);
         for (int c = 0; c < qb / 4; c++) memcpy(blk + 2 + 4 * c, i + 16 + 32 * c + 4 * k, 4);
-        quant_dequantize_row(base, blk, dst + b * 32, 32);
+        quant_dequantize_row(base, blk, dst + (b * 32 - c0), 32);
     }
+}
+
+void quant_dequantize_matrix_row(int type, const void *data, int64_t n_in, int64_t r, float *dst) {
+    quant_dequantize_matrix_cols(type, data, n_in, r, 0, n_in, dst);
 }

@@ -85,6 +85,9 @@ int quant_file_type(int type);
 int quant_repack_r8(int type, void *data, int64_t n_in, int64_t n_out);
 /* Dequantise row r of a matrix of n_in-element rows of any supported type, R8 included. */
 void quant_dequantize_matrix_row(int type, const void *data, int64_t n_in, int64_t r, float *dst);
+/* Columns [c0, c0 + n) of that row: c0 and n multiples of the file type's block size. */
+void quant_dequantize_matrix_cols(int type, const void *data, int64_t n_in, int64_t r, int64_t c0,
+                                  int64_t n, float *dst);
 
 /* The eight 6-bit scales and mins of a Q4_K/Q5_K block: sc[j], m[j] for j < 8. */
 void quant_kscales(const uint8_t scales[12], uint8_t sc[8], uint8_t m[8]);

@@ -25,6 +25,7 @@
 #include "train/lm.h"
 #ifdef LM_FROZEN_KERNELS
 #include "engine/kernels.h"
+#include "train/lm_frozen.h"
 #endif
 
 #define R LM_R
@@ -189,7 +190,7 @@ static __attribute__((unused)) void LM_T(fz_fwd_worker)(void *ctx, int ith, int 
 /* dx[t] += sum_o dy[t][o] W[o], o ascending, every dx row by one thread (tokens split over
  * threads): the same bits for any thread count. Rows with no gradient in a tile of tokens
  * are not dequantised. */
-static void LM_T(fz_bwd_worker)(void *ctx, int ith, int nth) {
+static __attribute__((unused)) void LM_T(fz_bwd_worker)(void *ctx, int ith, int nth) {
     LM_T(fz_job) *j = ctx;
     int in = (int)j->W->n_in, out = (int)j->W->n_out;
     float *f = j->f + (size_t)ith * j->row_cap;
@@ -449,6 +450,7 @@ struct LM_T(acts) {
     float *frow; /* [nth][row_cap] dequantised rows of frozen matrices */
     R *rrow;     /* [nth][row_cap] the same in R */
     void *kscratch; /* the engine kernels' scratch (LM_FROZEN_KERNELS) */
+    float *fstrip;  /* [nth][lm_frozen_dx_scratch()] (LM_FROZEN_KERNELS) */
     int nth, row_cap;
 };
 
@@ -466,6 +468,7 @@ LMS void LM_T(acts_release)(struct LM_T(acts) *a) {
     duet_afree(a->sc);
     duet_afree(a->frow);
     duet_afree(a->kscratch);
+    duet_afree(a->fstrip);
     free(a);
 }
 
@@ -540,6 +543,9 @@ LMS struct LM_T(acts) *LM_T(acts_alloc_lora)(const lm_config *c, const lm_frozen
 #undef A
     ok &= (a->frow = duet_aalloc((size_t)a->nth * maxin * sizeof(float))) != NULL;
     ok &= (a->kscratch = duet_aalloc(ks)) != NULL;
+#ifdef LM_FROZEN_KERNELS
+    ok &= (a->fstrip = duet_aalloc((size_t)a->nth * lm_frozen_dx_scratch() * sizeof(float))) != NULL;
+#endif
     if (!ok) {
         LM_T(acts_release)(a);
         return NULL;
@@ -562,9 +568,13 @@ static void LM_T(frozen_fwd)(threadpool *tp, struct LM_T(acts) *a, R *y, const R
 /* dx[n][n_in] += dy[n][n_out] W for a frozen W. */
 static void LM_T(frozen_bwd)(threadpool *tp, struct LM_T(acts) *a, R *dx, const R *dy,
                              const mtensor *W, int n) {
+#ifdef LM_FROZEN_KERNELS
+    lm_frozen_dx(tp, dx, dy, W, n, a->fstrip);
+#else
     LM_T(fz_job) j = {.dx = dx, .dy = dy, .W = W, .f = a->frow, .r = a->rrow, .n = n,
                       .row_cap = a->row_cap};
     tp_run(tp, LM_T(fz_bwd_worker), &j);
+#endif
 }
 
 /* ---- the network: where the weights come from -------------------------------------------

@@ -292,7 +292,11 @@ static int arch_check(const duet_model *s, duet_error *err) {
 int lm_lora_load(const char *path, int n_threads, const duet_lm_lora_params *p, lm_model *m,
                  duet_error *err) {
     memset(m, 0, sizeof *m);
-    duet_model_params mp = {.n_threads = n_threads, .use_mmap = 1};
+    /* Copied, not mapped: the engine then repacks Q4_0/Q8_0 matrices into its row-interleaved
+     * layout, whose prompt-sized products (the forward pass over B x T tokens) run about 1.9x
+     * faster (pp256 of a 1.1B Q4_0 file, 2 threads); resident memory is the same, anonymous
+     * instead of the file's pages. */
+    duet_model_params mp = {.n_threads = n_threads, .use_mmap = 0};
     int rc = duet_model_load(path, &mp, &m->src, err);
     if (rc) return rc;
     const duet_model *s = m->src;
