@@ -55,8 +55,11 @@ static void join_ints(const int *v, int n, char *out, size_t cap) {
     if (o + 2 < cap) out[o++] = '\n', out[o] = 0;
 }
 
-/* Shapes on both sides of CPython's pool/set cut (n <= 21 + 4^ceil(log4(3k)) uses the pool). */
-static const int k_shapes[][2] = {{10, 3}, {5, 5}, {30, 6}, {100, 30}, {1319, 200}, {1119, 50}, {200, 10}, {1, 1}};
+/* Shapes on both sides of CPython's pool/set cut (n <= 21 + 4^ceil(log4(3k)) uses the pool:
+ * 21 for k = 5, 85 for k = 16, 277 for k = 22; near the cut the two differ only when a draw
+ * repeats or falls past the shrinking pool, hence k large for its n). */
+static const int k_shapes[][2] = {{10, 3}, {5, 5}, {21, 5}, {22, 5}, {85, 16}, {86, 16}, {277, 22},
+                                  {100, 30}, {1319, 200}, {1119, 50}, {200, 10}, {1, 1}};
 
 TEST(protocol_random_sample_matches_python) {
     static const char *py[] = {"python3"};
