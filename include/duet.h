@@ -800,8 +800,26 @@ typedef struct duet_dataset_example {
     int line;             /* 1-based line of the source file (first line of a paragraph) */
 } duet_dataset_example;
 
+/* How JSONL examples become prompt/response text (`--format paper|duet`):
+ *  DUET (0): as above.
+ *  PAPER: the official Co-LLM training frames (its completion format: the prompt and the
+ *    response each stripped of surrounding whitespace, joined by the scorer's "\n"):
+ *      {"messages": [...]}: prompt = messages[0].content, response = messages[1].content,
+ *          whatever their roles (at least two messages);
+ *      {"question": Q, "answer": A} (GSM8K, as the official training data is made):
+ *          prompt = "Please solve the following math problem with detailed steps.\n\n"
+ *          "Problem: " + Q, response = "Answer: " + A + ".";
+ *      {"problem": P, "solution": S} (MATH; no official training script exists, so the
+ *          official evaluation frame): prompt = the MATH instruction + "Problem: " + P +
+ *          "\n\nSolution:", response = S;
+ *      {"prompt", "response"}: unchanged.
+ *    The frames are part of the dataset's identity (hash): a score file made with one does
+ *    not resume or train with the other. */
+enum { DUET_DATASET_FRAMES_DUET = 0, DUET_DATASET_FRAMES_PAPER = 1 };
+
 typedef struct duet_dataset_params {
     duet_dataset_format format; /* DUET_DATASET_AUTO (0) by default */
+    int frames;           /* DUET_DATASET_FRAMES_* (0: duet's) */
     int skip_bad;         /* 1: skip bad lines/paragraphs and count them; 0: stop at the first */
 } duet_dataset_params;
 
@@ -1271,6 +1289,7 @@ typedef struct duet_lm_progress {
 typedef struct duet_lm_train_params {
     const char *data_path;       /* training data (JSONL or plain text) */
     const char *val_path;        /* held-out data; NULL: val_frac of the examples */
+    int data_frames;             /* DUET_DATASET_FRAMES_* of both files (0: duet's) */
     double val_frac;             /* 0 = 0.05 */
     int seq_len;                 /* T (0 = min(n_ctx_train - 1, 128)) */
     int batch;                   /* sequences per micro-batch (0 = 8) */

@@ -364,3 +364,49 @@ TEST(protocol_cli_eval_json_names_protocol_and_both_scorers) {
              bp, data);
     CHECKF(fixture_run_cli(args, "proto-val", err, sizeof err) == 1 && strstr(err, "validation split draws 10"), "%s", err);
 }
+
+/* ---- training data frames ----------------------------------------------------------------- */
+/* The official completion format, written out by hand from its recipe: GSM8K user text
+ * "Please solve ...\n\nProblem: " + Q and assistant text "Answer: " + A + ".", each stripped
+ * whole; messages: the first two contents, stripped; prompt/response untouched. */
+TEST(protocol_paper_training_frames) {
+    static const char jsonl[] =
+        "{\"question\": \" Tom has 3 apples.\\n\", \"answer\": \"3 + 2 = 5\\n#### 5\"}\n"
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"  Hi there \\n\"}, {\"role\": \"assistant\", "
+        "\"content\": \"\\nHello! \"}, {\"role\": \"user\", \"content\": \"ignored\"}]}\n"
+        "{\"problem\": \" What is 1+1?\\n\", \"solution\": \"It is $\\\\boxed{2}$. \"}\n"
+        "{\"prompt\": \" p \", \"response\": \" r \"}\n";
+    duet_dataset d = {0}, plain = {0};
+    duet_dataset_params pp = {.frames = DUET_DATASET_FRAMES_PAPER};
+    duet_error err = {0};
+    CHECKF(!duet_dataset_load_buffer(jsonl, sizeof jsonl - 1, "frames.jsonl", &pp, &d, &err), "%s", err.msg);
+    REQUIRE(d.n == 4);
+    CHECK_STR(d.ex[0].prompt, "Please solve the following math problem with detailed steps.\n\nProblem:  Tom has 3 apples.");
+    CHECK_STR(d.ex[0].response, "Answer: 3 + 2 = 5\n#### 5.");
+    CHECK_STR(d.ex[1].prompt, "Hi there");
+    CHECK_STR(d.ex[1].response, "Hello!");
+    CHECK_STR(d.ex[2].prompt, "Given a mathematics problem, determine the answer. Simplify your answer as much as "
+                              "possible. You can use latex to format your answer and you should state your final "
+                              "answer as \"The final answer is $(final-answer)$.\"\n\nProblem: What is 1+1?\n\nSolution:");
+    CHECK_STR(d.ex[2].response, "It is $\\boxed{2}$.");
+    CHECK_STR(d.ex[3].prompt, " p ");
+    CHECK_STR(d.ex[3].response, " r ");
+    CHECK(d.ex[0].prompt_len == strlen(d.ex[0].prompt) && d.ex[2].response_len == strlen(d.ex[2].response));
+    /* the same bytes under duet's frames: another dataset identity (no resuming across) */
+    static const char gsm[] = "{\"question\": \"Q\", \"answer\": \"#### 1\"}\n";
+    duet_dataset a = {0};
+    REQUIRE(!duet_dataset_load_buffer(gsm, sizeof gsm - 1, "g.jsonl", NULL, &plain, &err));
+    REQUIRE(!duet_dataset_load_buffer(gsm, sizeof gsm - 1, "g.jsonl", &pp, &a, &err));
+    CHECK(plain.hash != a.hash);
+    CHECK_STR(plain.ex[0].prompt, "Please solve the following math problem with detailed steps.\n\nQuestion: Q\nAnswer:");
+    CHECK_STR(a.ex[0].prompt, "Please solve the following math problem with detailed steps.\n\nProblem: Q");
+    duet_dataset_free(&a);
+    duet_dataset_free(&plain);
+    duet_dataset_free(&d);
+    /* one message is not a prompt and a response; problem/solution is paper-only */
+    static const char one[] = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n";
+    CHECK(duet_dataset_load_buffer(one, sizeof one - 1, "one.jsonl", &pp, &d, &err) == DUET_ERR_FORMAT &&
+          strstr(err.msg, "one.jsonl:1") && strstr(err.msg, "two messages"));
+    static const char ps[] = "{\"problem\": \"p\", \"solution\": \"s\"}\n";
+    CHECK(duet_dataset_load_buffer(ps, sizeof ps - 1, "ps.jsonl", NULL, &d, &err) == DUET_ERR_FORMAT);
+}
