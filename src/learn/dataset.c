@@ -189,14 +189,10 @@ static int parse_line(builder *b, const char *line, size_t len, int lineno, duet
         goto done;
     }
     json_t *msgs = json_object_get(root, "messages");
-    int pr = 1;
-    if (!hp && !hr && b->frames == DUET_DATASET_FRAMES_PAPER &&
-        (pr = parse_paper(root, where, &prompt, &plen, &resp, &rlen, err)) < 0) {
-        rc = pr;
-        goto done;
-    }
-    if (pr == 0) {
-        /* framed by parse_paper */
+    int pr = !hp && !hr && b->frames == DUET_DATASET_FRAMES_PAPER
+                 ? parse_paper(root, where, &prompt, &plen, &resp, &rlen, err) : 1;
+    if (pr < 0) { rc = pr; goto done; }
+    if (pr == 0) { /* framed by parse_paper */
     } else if (hp || hr) { /* prompt/response win over question/answer when a line has both */
         if (!hp || !hr) {
             rc = duet_fail(err, DUET_ERR_FORMAT, "%s: field '%s' is missing (a prompt/response "
