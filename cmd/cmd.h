@@ -21,6 +21,7 @@ int cmd_lora(int argc, char **argv);
 /* ---- evaluation: duet eval and duet tune (cmd/eval.c, cmd/tune.c) ---- */
 int cmd_eval(int argc, char **argv);
 int cmd_tune(int argc, char **argv);
+int cmd_data(int argc, char **argv);
 /* Shared by eval and tune (defined in cmd/eval.c): progress on stderr with rate and ETA (the
  * state from _new is NULL when quiet or stderr is not a terminal; free() it); a comma list of
  * numbers in [lo, hi]; loading base/expert/anti/head (prints the error, returns 1). */
@@ -34,5 +35,8 @@ int cmd_eval_load(const char *cmd, const char *base_path, const char *expert_pat
                   const char *anti_path, const char *head_path, int n_threads,
                   struct duet_model **base, struct duet_model **expert, struct duet_model **anti,
                   struct duet_head **head);
+/* --protocol, --scoring or --split (flag) with value v into ep; 0, or 1 after a message */
+struct duet_eval_params;
+int cmd_eval_protocol_arg(const char *cmd, const char *flag, const char *v, struct duet_eval_params *ep);
 
 #endif

@@ -22,6 +22,7 @@ static const struct {
     {"train", cmd_train, "train models: duet train lm | collm (see duet train --help)"},
     {"eval", cmd_eval, "policies side by side: duet eval -m BASE --expert E --task gsm8k|math|nll"},
     {"tune", cmd_tune, "choose the deferral threshold: duet tune -m BASE --expert E --head H ..."},
+    {"data", cmd_data, "the official test/validation splits: duet data split --task gsm8k|math --data F"},
     {"serve", cmd_serve, "OpenAI-compatible HTTP server: duet serve -m BASE [--expert E] --port 8080"},
     {"lora", cmd_lora, "LoRA adapters: duet lora merge -m BASE --lora A -o OUT.gguf"},
     {"bench", cmd_bench, "prompt/generation speed: duet bench -m MODEL [-p 512] [-n 128]"},

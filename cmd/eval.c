@@ -26,6 +26,13 @@ static void usage(FILE *f) {
             "  --anti FILE          third model for proxy tuning\n"
             "  --task T             gsm8k, math (accuracy of greedy answers) or nll (NLL per byte)\n"
             "  --data FILE          JSONL ({\"question\",\"answer\"} / {\"problem\",\"answer\"}) or text (nll)\n"
+            "  --protocol P         duet (default: duet's prompt, -n 256, stop \"\\n\\nQuestion:\", lenient\n"
+            "                       scorer, every problem) or paper (the official Co-LLM code's prompts,\n"
+            "                       its test split of --data, -n 512, no stop string, its scorer)\n"
+            "  --scoring S          paper or duet: the scorer behind value/accuracy (default: the\n"
+            "                       protocol's); the JSON always carries both scorers' results\n"
+            "  --split S            all, test or validation: the official split of --data (default:\n"
+            "                       test under --protocol paper, else all); before --limit\n"
             "  --policy LIST        base, expert, collm, random, uncertainty, confidence, compose,\n"
             "                       proxy, contrastive, oracle (nll only); default: base,expert\n"
             "                       (+ collm,random with --head)\n"
@@ -34,10 +41,10 @@ static void usage(FILE *f) {
             "                       score, random that rate; one row per rate\n"
             "  --threshold X        eta for collm/compose (default: the head's, else 0.5)\n"
             "  --entropy-threshold X  nats for uncertainty (default 2.0)\n"
-            "  -n, --max-tokens N   new tokens per answer (default 256)\n"
+            "  -n, --max-tokens N   new tokens per answer (default 256; paper: 512)\n"
             "  --limit N            first N examples (gsm8k/math) or bytes of text (nll)\n"
             "  --calib N            prompts of the base-only pass that calibrates rates (default 15)\n"
-            "  --stop STR           stop string (repeatable; default \"\\n\\nQuestion:\")\n"
+            "  --stop STR           stop string (repeatable; default \"\\n\\nQuestion:\"; paper: none)\n"
             "  -c, --ctx-size N     context (default: min of the models' training contexts)\n"
             "  -t, --threads N      threads per model (default: all cores)\n"
             "  -s, --seed S         seed of the random policy (default 0; problem i gets S + i)\n"
@@ -82,6 +89,31 @@ int cmd_eval_number_list(const char *cmd, const char *flag, const char *s, doubl
     }
     if (!n) fprintf(stderr, "duet %s: %s needs at least one value\n", cmd, flag);
     return n;
+}
+
+/* --protocol, --scoring, --split into ep; 0, or 1 after a message */
+int cmd_eval_protocol_arg(const char *cmd, const char *flag, const char *v, duet_eval_params *ep) {
+    int x;
+    if (!strcmp(flag, "--protocol")) {
+        if ((x = duet_eval_protocol_from_name(v)) < 0) {
+            fprintf(stderr, "duet %s: --protocol '%s' is not paper or duet\n", cmd, v);
+            return 1;
+        }
+        ep->protocol = x;
+    } else if (!strcmp(flag, "--scoring")) {
+        if ((x = duet_eval_scoring_from_name(v)) < 0) {
+            fprintf(stderr, "duet %s: --scoring '%s' is not paper or duet\n", cmd, v);
+            return 1;
+        }
+        ep->scoring = x;
+    } else {
+        if ((x = duet_eval_split_from_name(v)) < 0) {
+            fprintf(stderr, "duet %s: --split '%s' is not all, test or validation\n", cmd, v);
+            return 1;
+        }
+        ep->split = x;
+    }
+    return 0;
 }
 
 /* ---- duet eval ------------------------------------------------------------------------- */
@@ -210,6 +242,8 @@ static int parse_args(int argc, char **argv, eval_args *A) {
                 fprintf(stderr, "duet eval: --task '%s' is not gsm8k, math or nll\n", v);
                 return 2;
             }
+        } else if (!strcmp(a, "--protocol") || !strcmp(a, "--scoring") || !strcmp(a, "--split")) {
+            if (cmd_eval_protocol_arg("eval", a, v, &A->ep)) return 2;
         } else if (!strcmp(a, "--defer-rate")) {
             if (!(A->n_rates = cmd_eval_number_list("eval", a, v, 0, 1, A->rates, MAX_RATES))) return 2;
         } else if (!strcmp(a, "--threshold")) {

@@ -25,7 +25,9 @@ static void usage(FILE *f) {
             "  --api-key KEY         API key of the --url server\n"
             "  -c, --ctx-size N      context per sequence (default min(training context, 4096));\n"
             "                        longer examples are cut, with a count\n"
-            "  --format F            auto (default), jsonl or text\n"
+            "  --format F            auto (default), jsonl or text: how the file is read; and\n"
+            "                        (repeatable) duet (default) or paper: the JSONL frames, paper\n"
+            "                        being the official Co-LLM training format (docs/formats.md)\n"
             "  --skip-bad            skip malformed examples (counted) instead of stopping\n"
             "  --no-hidden           do not store hidden states (default: stored, F16)\n"
             "  -t, --threads N       threads (default: all cores)\n"
@@ -72,8 +74,10 @@ int cmd_score(int argc, char **argv) {
             if (!strcmp(v, "auto")) dp.format = DUET_DATASET_AUTO;
             else if (!strcmp(v, "jsonl")) dp.format = DUET_DATASET_JSONL;
             else if (!strcmp(v, "text")) dp.format = DUET_DATASET_TEXT;
+            else if (!strcmp(v, "paper")) dp.frames = DUET_DATASET_FRAMES_PAPER;
+            else if (!strcmp(v, "duet")) dp.frames = DUET_DATASET_FRAMES_DUET;
             else {
-                fprintf(stderr, "duet score: --format '%s' is not auto, jsonl or text\n", v);
+                fprintf(stderr, "duet score: --format '%s' is not auto, jsonl, text, paper or duet\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--skip-bad")) dp.skip_bad = 1;

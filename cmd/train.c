@@ -35,6 +35,8 @@ static void usage(FILE *f, int collm) {
             "  -d, --data FILE       plain text (pre-training) or prompt/response JSONL (loss on the\n"
             "                        response tokens only)\n"
             "  --val-data FILE       held-out data (default: --val-frac of the examples)\n"
+            "  --format duet|paper   JSONL frames of both files: duet's (default) or the official\n"
+            "                        Co-LLM training format (the same as duet score --format)\n"
             "  --val-frac F          held-out share of the examples (default 0.05)\n"
             "  --seq-len T           positions per sequence (default min(context - 1, 128))\n"
             "  --batch B             sequences per micro-batch (default 8)\n"
@@ -116,6 +118,13 @@ static int parse_args(int argc, char **argv, train_args *A) {
         } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) A->init = v;
         else if (!strcmp(a, "-d") || !strcmp(a, "--data")) p->data_path = v;
         else if (!strcmp(a, "--val-data")) p->val_path = v;
+        else if (!strcmp(a, "--format")) {
+            if (strcmp(v, "paper") && strcmp(v, "duet")) {
+                fprintf(stderr, "duet %s: --format '%s' is not duet or paper\n", cmd, v);
+                return 2;
+            }
+            p->data_frames = !strcmp(v, "paper") ? DUET_DATASET_FRAMES_PAPER : DUET_DATASET_FRAMES_DUET;
+        }
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) p->out_path = v;
         else if (!strcmp(a, "--name")) p->name = v;
         else if (!strcmp(a, "--log")) p->log_path = v;

@@ -20,12 +20,20 @@ static void usage(FILE *f) {
             "  --head FILE          deferral head; the chosen threshold is stored in it\n"
             "  --task T             gsm8k, math (accuracy) or nll (NLL per byte)\n"
             "  --data FILE          validation split: JSONL (gsm8k/math) or text (nll)\n"
+            "  --protocol P         duet (default) or paper: the official Co-LLM prompts, -n 512, no\n"
+            "                       stop string, its scorer, and its validation split of --data\n"
+            "                       (GSM8K: 50 problems drawn after the 200 test ones; MATH: 2 per\n"
+            "                       level and type)\n"
+            "  --scoring S          paper or duet: the scorer the sweep maximises (default: the\n"
+            "                       protocol's)\n"
+            "  --split S            all, test or validation: the official split of --data (default:\n"
+            "                       validation under --protocol paper, else all)\n"
             "  -o, --output PREFIX  writes PREFIX.csv, PREFIX.json and PREFIX.svg\n"
             "  --portions LIST      target deferral portions (default 0,0.1,...,0.9)\n"
             "  --limit N            first N examples (gsm8k/math) or bytes of text (nll)\n"
             "  --calib N            prompts of the base-only calibration pass (default 15)\n"
-            "  -n, --max-tokens N   new tokens per answer (default 256)\n"
-            "  --stop STR           stop string (repeatable; default \"\\n\\nQuestion:\")\n"
+            "  -n, --max-tokens N   new tokens per answer (default 256; paper: 512)\n"
+            "  --stop STR           stop string (repeatable; default \"\\n\\nQuestion:\"; paper: none)\n"
             "  -c, --ctx-size N     context (default: min of the models' training contexts)\n"
             "  -t, --threads N      threads per model (default: all cores)\n"
             "  -np, --parallel N    problems decoded together, their steps batched (default 8;\n"
@@ -56,6 +64,8 @@ int cmd_tune(int argc, char **argv) {
                 fprintf(stderr, "duet tune: --task '%s' is not gsm8k, math or nll\n", v);
                 return 2;
             }
+        } else if (!strcmp(a, "--protocol") || !strcmp(a, "--scoring") || !strcmp(a, "--split")) {
+            if (cmd_eval_protocol_arg("tune", a, v, &ep)) return 2;
         } else if (!strcmp(a, "--portions")) {
             if (!(n_portions = cmd_eval_number_list("tune", a, v, 0, 1, portions, DUET_TUNE_MAX_POINTS))) return 2;
         } else if (!strcmp(a, "--limit")) {
@@ -85,6 +95,9 @@ int cmd_tune(int argc, char **argv) {
         return 2;
     }
     ep.task = task;
+    /* the threshold is chosen on the validation problems, never on the test ones */
+    if (ep.protocol == DUET_EVAL_PROTOCOL_PAPER && ep.split == DUET_EVAL_SPLIT_AUTO && task != DUET_EVAL_TASK_NLL)
+        ep.split = DUET_EVAL_SPLIT_VALIDATION;
     if (n_stops) { ep.stops = stops; ep.n_stops = n_stops; }
     ep.ud = cmd_eval_progress_new(quiet);
     ep.progress = ep.ud ? cmd_eval_progress : NULL;

@@ -800,8 +800,26 @@ typedef struct duet_dataset_example {
     int line;             /* 1-based line of the source file (first line of a paragraph) */
 } duet_dataset_example;
 
+/* How JSONL examples become prompt/response text (`--format paper|duet`):
+ *  DUET (0): as above.
+ *  PAPER: the official Co-LLM training frames (its completion format: the prompt and the
+ *    response each stripped of surrounding whitespace, joined by the scorer's "\n"):
+ *      {"messages": [...]}: prompt = messages[0].content, response = messages[1].content,
+ *          whatever their roles (at least two messages);
+ *      {"question": Q, "answer": A} (GSM8K, as the official training data is made):
+ *          prompt = "Please solve the following math problem with detailed steps.\n\n"
+ *          "Problem: " + Q, response = "Answer: " + A + ".";
+ *      {"problem": P, "solution": S} (MATH; no official training script exists, so the
+ *          official evaluation frame): prompt = the MATH instruction + "Problem: " + P +
+ *          "\n\nSolution:", response = S;
+ *      {"prompt", "response"}: unchanged.
+ *    The frames are part of the dataset's identity (hash): a score file made with one does
+ *    not resume or train with the other. */
+enum { DUET_DATASET_FRAMES_DUET = 0, DUET_DATASET_FRAMES_PAPER = 1 };
+
 typedef struct duet_dataset_params {
     duet_dataset_format format; /* DUET_DATASET_AUTO (0) by default */
+    int frames;           /* DUET_DATASET_FRAMES_* (0: duet's) */
     int skip_bad;         /* 1: skip bad lines/paragraphs and count them; 0: stop at the first */
 } duet_dataset_params;
 
@@ -1070,13 +1088,38 @@ typedef struct duet_eval_spec {
                          0.5; 2.0 nats). Ignored when rate >= 0. */
 } duet_eval_spec;
 
+/* The evaluation protocol (docs/method.md, evaluation protocols): duet's own prompts, stop and
+ * lenient scorers, or the official Co-LLM code's prompts, splits, 512 new tokens, no stop
+ * string and strict scorers. */
+enum { DUET_EVAL_PROTOCOL_DUET = 0, DUET_EVAL_PROTOCOL_PAPER = 1 };
+/* Which scorer decides "value"/"n_correct" (both are always computed): AUTO = the protocol's. */
+enum { DUET_EVAL_SCORING_AUTO = 0, DUET_EVAL_SCORING_DUET = 1, DUET_EVAL_SCORING_PAPER = 2 };
+/* Which problems of the file: AUTO = the test split under the paper protocol, else all. */
+enum { DUET_EVAL_SPLIT_AUTO = 0, DUET_EVAL_SPLIT_ALL = 1, DUET_EVAL_SPLIT_TEST = 2,
+       DUET_EVAL_SPLIT_VALIDATION = 3 };
+
+/* "duet"/"paper" -> DUET_EVAL_PROTOCOL_*, "duet"/"paper" -> DUET_EVAL_SCORING_*, "all"/"test"/
+ * "validation" -> DUET_EVAL_SPLIT_*; -1 for any other name */
+int duet_eval_protocol_from_name(const char *name);
+const char *duet_eval_protocol_name(int protocol);
+int duet_eval_scoring_from_name(const char *name);
+int duet_eval_split_from_name(const char *name);
+/* Write the records of a split (gsm8k or math; DUET_EVAL_SPLIT_TEST or _VALIDATION, or _ALL)
+ * of a JSONL file to out_path, one per line as the file has them, in the split's order,
+ * atomically (`duet data split`). *n_written (may be NULL) gets their number. */
+int duet_eval_split_save(int task, const char *data_path, int split, const char *out_path, int *n_written,
+                         duet_error *err);
+
 typedef struct duet_eval_params {
     int task;
+    int protocol;       /* DUET_EVAL_PROTOCOL_* (0: duet) */
+    int scoring;        /* DUET_EVAL_SCORING_* (0: the protocol's) */
+    int split;          /* DUET_EVAL_SPLIT_* (0: the protocol's); applied before limit */
     int limit;          /* examples (gsm8k/math) or bytes of text (nll); 0 = all */
-    int max_tokens;     /* new tokens per answer (0 = 256) */
+    int max_tokens;     /* new tokens per answer (0 = 256; paper protocol: 512) */
     int n_ctx;          /* context of every session (0 = min of the models' defaults, <= 4096) */
     int n_calib;        /* prompts of the base-only calibration pass (0 = 15) */
-    const char *const *stops; /* stop strings (NULL: "\n\nQuestion:") */
+    const char *const *stops; /* stop strings (NULL: "\n\nQuestion:"; paper protocol: none) */
     int n_stops;
     uint64_t seed;      /* random policy: problem i is decoded with seed + i (duet_collab_set_seed),
                            whichever decoder runs it and whenever */
@@ -1107,6 +1150,9 @@ typedef struct duet_eval_result {
     long expert_calls;         /* times the expert's next-token distribution was used */
     int n_examples, n_correct;
     int n_truncated;           /* prompts cut from the left to fit the context */
+    int protocol, scoring;     /* as applied (scoring resolved: DUET or PAPER) */
+    int split;                 /* as applied (resolved: ALL, TEST or VALIDATION) */
+    int n_correct_duet, n_correct_paper; /* both scorers' counts (n_correct is the chosen one's) */
     double seconds;            /* model time: decoding (with parallel > 1 the wall time of
                                   the batched decoding), or the teacher-forced passes used */
     double tokens_per_second;
@@ -1243,6 +1289,7 @@ typedef struct duet_lm_progress {
 typedef struct duet_lm_train_params {
     const char *data_path;       /* training data (JSONL or plain text) */
     const char *val_path;        /* held-out data; NULL: val_frac of the examples */
+    int data_frames;             /* DUET_DATASET_FRAMES_* of both files (0: duet's) */
     double val_frac;             /* 0 = 0.05 */
     int seq_len;                 /* T (0 = min(n_ctx_train - 1, 128)) */
     int batch;                   /* sequences per micro-batch (0 = 8) */

@@ -42,4 +42,38 @@ int answers_math_equiv(const char *a, const char *b);
 /* 1 when the output's final answer is equivalent to the reference answer. */
 int answers_math_correct(const char *output, const char *reference);
 
+/* ---- the official Co-LLM scorers (answers_paper.c) -------------------------------------
+ * GSM8K: commas between digits go (re.sub(r"(\d),(\d)", r"\1\2")); the prediction is the last
+ * match of [-+]?\d*\.\d+|\d+ (the whole output when there is none); the reference is the text
+ * after the first "####" (to a second one), stripped, commas dropped the same way; the two
+ * are equal after lower-casing and deleting every ASCII punctuation character.
+ * MATH: the text after the last "the final answer is" (lower case, as the reference looks
+ * for it), narrowed to its first one-line $...$, cut at ".\n", stripped, a final '.' and
+ * every '$' dropped, then \boxed{...}, \text{...} and "..." unwrapped; the gold answer is
+ * the last \boxed of the solution, unwrapped the same way; equal after the Hendrycks
+ * strip_string normalisation (or, where that raises, equal as they are). */
+/* Python's str.strip(): s[*start .. *start + *len) without leading/trailing whitespace */
+void answers_py_strip(const char *s, size_t n, size_t *start, size_t *len);
+/* The GSM8K prediction of an output (see above) into pred[cap]. */
+void answers_gsm8k_paper_pred(const char *output, char *pred, size_t cap);
+/* The GSM8K reference of an answer text ("... #### 1,000" -> "1000"); 0 when it has no
+ * "####" (out = ""). */
+int answers_gsm8k_paper_reference(const char *answer, char *out, size_t cap);
+/* exact_match(ignore_case, ignore_punctuation) of two strings */
+int answers_exact_match_paper(const char *pred, const char *reference);
+/* 1 when the output is right against a reference from answers_gsm8k_paper_reference;
+ * pred (may be NULL) gets the prediction. */
+int answers_gsm8k_paper_correct(const char *output, const char *reference, char *pred, size_t cap);
+/* The last \boxed{...} (else \fbox{...}) of s with its command, into out[cap]; 0 when none. */
+int answers_math_paper_last_boxed(const char *s, char *out, size_t cap);
+/* The gold answer of a MATH solution (its last box, unwrapped); 0 when it has none. */
+int answers_math_paper_gold(const char *solution, char *out, size_t cap);
+/* The predicted answer of an output; 0 when "the final answer is" is absent (out = ""). */
+int answers_math_paper_extract(const char *output, char *out, size_t cap);
+/* is_equiv: equal after strip_string, or equal as they are where strip_string raises. */
+int answers_math_paper_equiv(const char *a, const char *b);
+/* 1 when the output's predicted answer is equivalent to the gold answer; pred (may be NULL)
+ * gets the prediction. */
+int answers_math_paper_correct(const char *output, const char *gold, char *pred, size_t cap);
+
 #endif

@@ -14,6 +14,8 @@
 
 #include "base/hash.h"
 #include "base/utf8.h"
+#include "learn/answers.h"
+#include "learn/protocol.h"
 
 #define GSM8K_PREFIX "Please solve the following math problem with detailed steps.\n\nQuestion: "
 #define GSM8K_SUFFIX "\nAnswer:"
@@ -32,6 +34,7 @@ void duet_dataset_free(duet_dataset *d) {
 typedef struct builder {
     duet_dataset *d;
     int cap;
+    int frames;   /* DUET_DATASET_FRAMES_* */
 } builder;
 
 /* Takes ownership of prompt and response (freed on failure). */
@@ -98,6 +101,67 @@ static int get_str(json_t *obj, const char *key, const char *where, const char *
     return 1;
 }
 
+/* a + s[0..n) + c, s stripped as strip says (0: not, 1: its right end, 2: both ends);
+ * malloc'd (NULL when out of memory) */
+static char *framed(const char *a, const char *s, size_t n, int strip, const char *c, size_t *len) {
+    size_t st = 0, sl = n;
+    if (strip) answers_py_strip(s, n, &st, &sl);
+    if (strip == 1) sl += st, st = 0;
+    sbuf sb = {0};
+    sb_add(&sb, a, strlen(a));
+    sb_add(&sb, s + st, sl);
+    sb_add(&sb, c, strlen(c));
+    if (sb.oom) {
+        free(sb.p);
+        return NULL;
+    }
+    *len = sb.n;
+    return sb.p;
+}
+
+/* The official training frames (duet.h, DUET_DATASET_FRAMES_PAPER) of a line that is not
+ * prompt/response: 0 with the prompt and response set (NULL when out of memory), 1 when the
+ * line has none of their shapes (the caller reports it), or an error. */
+static int parse_paper(json_t *root, const char *where, char **prompt, size_t *plen, char **resp,
+                       size_t *rlen, duet_error *err) {
+    const char *q = NULL, *a = NULL;
+    size_t qn = 0, an = 0;
+    int hq, ha;
+    json_t *msgs = json_object_get(root, "messages");
+    if ((hq = get_str(root, "question", where, &q, &qn, err)) < 0 || (ha = get_str(root, "answer", where, &a, &an, err)) < 0)
+        return DUET_ERR_FORMAT;
+    if (hq && ha) { /* the whole user text is stripped: only Q's right end can move; the
+                       response "Answer: A." starts and ends with no space to strip */
+        *prompt = framed(PROTOCOL_GSM8K_PREFIX "Problem: ", q, qn, 1, "", plen);
+        *resp = framed("Answer: ", a, an, 0, ".", rlen);
+        return DUET_OK;
+    }
+    if ((hq = get_str(root, "problem", where, &q, &qn, err)) < 0 || (ha = get_str(root, "solution", where, &a, &an, err)) < 0)
+        return DUET_ERR_FORMAT;
+    if (hq && ha) {
+        *prompt = framed(PROTOCOL_MATH_PREFIX "Problem: ", q, qn, 2, "\n\nSolution:", plen);
+        *resp = framed("", a, an, 2, "", rlen);
+        return DUET_OK;
+    }
+    if (!msgs) return 1;
+    if (!json_is_array(msgs) || json_array_size(msgs) < 2)
+        return duet_fail(err, DUET_ERR_FORMAT, "%s: field 'messages' needs at least two messages (the official "
+                         "format takes the first as the prompt, the second as the response)", where);
+    const char *c[2];
+    size_t cl[2];
+    for (int i = 0; i < 2; i++) {
+        json_t *m = json_array_get(msgs, (size_t)i);
+        char w2[640];
+        snprintf(w2, sizeof w2, "%s: messages[%d]", where, i);
+        int g = json_is_object(m) ? get_str(m, "content", w2, &c[i], &cl[i], err) : 0;
+        if (g < 0) return DUET_ERR_FORMAT;
+        if (!g) return duet_fail(err, DUET_ERR_FORMAT, "%s needs a string field 'content'", w2);
+    }
+    *prompt = framed("", c[0], cl[0], 2, "", plen);
+    *resp = framed("", c[1], cl[1], 2, "", rlen);
+    return DUET_OK;
+}
+
 /* One JSONL line into an example (added to b); DUET_ERR_FORMAT with file:line otherwise. */
 static int parse_line(builder *b, const char *line, size_t len, int lineno, duet_error *err) {
     char where[600];
@@ -125,7 +189,11 @@ static int parse_line(builder *b, const char *line, size_t len, int lineno, duet
         goto done;
     }
     json_t *msgs = json_object_get(root, "messages");
-    if (hp || hr) { /* prompt/response win over question/answer when a line has both */
+    int pr = !hp && !hr && b->frames == DUET_DATASET_FRAMES_PAPER
+                 ? parse_paper(root, where, &prompt, &plen, &resp, &rlen, err) : 1;
+    if (pr < 0) { rc = pr; goto done; }
+    if (pr == 0) { /* framed by parse_paper */
+    } else if (hp || hr) { /* prompt/response win over question/answer when a line has both */
         if (!hp || !hr) {
             rc = duet_fail(err, DUET_ERR_FORMAT, "%s: field '%s' is missing (a prompt/response "
                            "example needs both)", where, hp ? "response" : "prompt");
@@ -196,7 +264,8 @@ static int parse_line(builder *b, const char *line, size_t len, int lineno, duet
         resp = dup_n(json_string_value(co), rlen);
     } else {
         rc = duet_fail(err, DUET_ERR_FORMAT, "%s: no example fields: expected 'prompt' and "
-                       "'response', 'messages', or 'question' and 'answer'", where);
+                       "'response', 'messages', or 'question' and 'answer'%s", where,
+                       b->frames == DUET_DATASET_FRAMES_PAPER ? " (or 'problem' and 'solution')" : "");
         goto done;
     }
     if (!prompt || !resp) {
@@ -289,6 +358,8 @@ int duet_dataset_load_buffer(const char *buf, size_t len, const char *name, cons
     memset(d, 0, sizeof *d);
     snprintf(d->path, sizeof d->path, "%s", name);
     d->hash = duet_fnv1a(DUET_FNV_SEED_SHORT, buf, len);
+    if (p.frames == DUET_DATASET_FRAMES_PAPER) /* other text from the same bytes */
+        d->hash = duet_fnv1a(d->hash, "paper-frames", 12);
     duet_dataset_format f = p.format;
     if (f == DUET_DATASET_AUTO) {
         size_t i = 0;
@@ -296,7 +367,7 @@ int duet_dataset_load_buffer(const char *buf, size_t len, const char *name, cons
         f = i < len && buf[i] == '{' ? DUET_DATASET_JSONL : DUET_DATASET_TEXT;
     }
     d->format = f;
-    builder b = {d, 0};
+    builder b = {d, 0, p.frames};
     int rc = f == DUET_DATASET_JSONL ? load_jsonl(&b, buf, len, &p, err) : load_text(&b, buf, len, &p, err);
     if (!rc && d->n == 0) {
         if (d->n_bad)

@@ -17,13 +17,12 @@
 #include "base/atomic_file.h"
 #include "base/common.h"
 #include "learn/answers.h"
+#include "learn/protocol.h"
 #include "collab/vocab_bridge.h"
 
 #define N_ROUTERS (DUET_EVAL_POLICY_ORACLE + 1)
 
 static const char *k_tasks[DUET_EVAL_TASK_COUNT] = {"nll", "gsm8k", "math"};
-static const char *k_prompt_fmt =
-    "Please solve the following math problem with detailed steps.\n\nQuestion: %s\nAnswer:";
 static const char *const k_default_stops[1] = {"\n\nQuestion:"};
 
 int duet_eval_task_from_name(const char *name) {
@@ -62,8 +61,10 @@ static int fvec_push(fvec *f, float x) {
 
 /* ---- context ------------------------------------------------------------------------- */
 typedef struct problem {
-    char *prompt;     /* the paper's prompt around the question */
+    char *prompt;     /* the protocol's prompt around the question */
     char *reference;  /* gsm8k: the answer text ("... #### 18"); math: the final answer */
+    char *ref_paper;  /* the official scorer's reference (gsm8k: "18"; math: the gold box);
+                         NULL when the record has none, and the paper verdict is then 0 */
     int32_t *ids;     /* prompt tokens (base ids, BOS first), cut to fit the context */
     int n_ids, truncated;
 } problem;
@@ -103,6 +104,7 @@ static void problems_free(problems *ps) {
     for (int i = 0; i < ps->n; i++) {
         free(ps->v[i].prompt);
         free(ps->v[i].reference);
+        free(ps->v[i].ref_paper);
         free(ps->v[i].ids);
     }
     free(ps->v);
@@ -123,7 +125,7 @@ static const char *str_field(json_t *o, const char *key, const char *path, long 
 
 /* One problem from a JSONL record: gsm8k {"question","answer"}; math {"problem", "answer"}
  * (or the last \boxed{} of "solution"). */
-static int parse_problem(json_t *o, int task, const char *path, long line, problem *pb,
+static int parse_problem(json_t *o, int task, int protocol, const char *path, long line, problem *pb,
                          duet_error *err) {
     const char *q = str_field(o, task == DUET_EVAL_TASK_GSM8K ? "question" : "problem", path, line, 1, err);
     if (!q) return DUET_ERR_FORMAT;
@@ -141,49 +143,37 @@ static int parse_problem(json_t *o, int task, const char *path, long line, probl
     if (task == DUET_EVAL_TASK_GSM8K && !answers_gsm8k_reference(ref, &v))
         return duet_fail(err, DUET_ERR_FORMAT, "%s:%ld: field 'answer' has no number after '####'",
                          path, line);
-    size_t n = strlen(k_prompt_fmt) + strlen(q) + 1;
-    pb->prompt = malloc(n);
+    pb->prompt = protocol_prompt(task, protocol, q);
     pb->reference = strdup(ref);
     if (!pb->prompt || !pb->reference) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-    snprintf(pb->prompt, n, k_prompt_fmt, q);
+    /* the official scorer's reference: the number after "####"; MATH's gold box of the
+     * solution (the "answer" field when there is no solution) */
+    char paper[ANSWERS_CAP];
+    const char *sol = task == DUET_EVAL_TASK_MATH ? str_field(o, "solution", path, line, 0, err) : NULL;
+    int has = task == DUET_EVAL_TASK_GSM8K ? answers_gsm8k_paper_reference(ref, paper, sizeof paper)
+              : sol ? answers_math_paper_gold(sol, paper, sizeof paper)
+                    : snprintf(paper, sizeof paper, "%s", ref) >= 0;
+    if (has && !(pb->ref_paper = strdup(paper))) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     return DUET_OK;
 }
 
-static int load_problems(const char *path, int task, int limit, problems *out, duet_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return duet_fail(err, DUET_ERR_IO, "%s: %s", path, strerror(errno));
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t len;
-    long ln = 0;
-    int rc = DUET_OK, vcap = 0;
-    while (rc == DUET_OK && (limit <= 0 || out->n < limit) && (len = getline(&line, &cap, f)) >= 0) {
-        ln++;
-        size_t k = 0;
-        while (k < (size_t)len && (line[k] == ' ' || line[k] == '\t' || line[k] == '\r' || line[k] == '\n')) k++;
-        if (k == (size_t)len) continue; /* blank line */
-        json_error_t je;
-        json_t *o = json_loadb(line, (size_t)len, JSON_DISABLE_EOF_CHECK, &je);
-        if (!o || !json_is_object(o)) {
-            rc = duet_fail(err, DUET_ERR_FORMAT, "%s:%ld: %s%s", path, ln,
-                           o ? "not a JSON object" : "invalid JSON: ", o ? "" : je.text);
-            json_decref(o);
-            break;
-        }
-        if (out->n == vcap) {
-            vcap = vcap ? 2 * vcap : 64;
-            problem *v = realloc(out->v, (size_t)vcap * sizeof *v);
-            if (!v) { json_decref(o); rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory"); break; }
-            out->v = v;
-        }
-        memset(&out->v[out->n], 0, sizeof out->v[0]);
-        rc = parse_problem(o, task, path, ln, &out->v[out->n++], err);
-        json_decref(o);
+/* The records of the file that the split keeps (in its order), the first `limit` of them. */
+static int load_problems(const char *path, const duet_eval_params *p, problems *out, duet_error *err) {
+    jsonl_rec *r = NULL;
+    int n = 0, n_idx = 0, rc = protocol_read_jsonl(path, &r, &n, err);
+    int *idx = rc ? NULL : malloc(((size_t)n + 1) * sizeof *idx);
+    if (!rc && !idx) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    if (!rc) rc = protocol_split(p->task, p->split, r, n, path, idx, &n_idx, err);
+    if (!rc && p->limit > 0 && n_idx > p->limit) n_idx = p->limit;
+    if (!rc && n_idx == 0) rc = duet_fail(err, DUET_ERR_FORMAT, "%s: no examples", path);
+    if (!rc && !(out->v = calloc((size_t)n_idx, sizeof *out->v))) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    for (int i = 0; !rc && i < n_idx; i++) {
+        const jsonl_rec *x = &r[idx[i]];
+        out->n++;
+        rc = parse_problem(x->o, p->task, p->protocol, path, x->line, &out->v[i], err);
     }
-    if (rc == DUET_OK && ferror(f)) rc = duet_fail(err, DUET_ERR_IO, "%s: read error", path);
-    if (rc == DUET_OK && out->n == 0) rc = duet_fail(err, DUET_ERR_FORMAT, "%s: no examples", path);
-    free(line);
-    fclose(f);
+    free(idx);
+    protocol_free_jsonl(r, n);
     return rc;
 }
 
@@ -224,10 +214,19 @@ int duet_eval_open(duet_model *base, duet_model *expert, duet_model *anti, const
     c->anti = anti;
     c->head = head;
     c->p = *params;
-    if (c->p.max_tokens <= 0) c->p.max_tokens = 256;
+    int paper = c->p.protocol == DUET_EVAL_PROTOCOL_PAPER;
+    if (c->p.protocol != DUET_EVAL_PROTOCOL_DUET && !paper) {
+        int p = c->p.protocol;
+        free(c);
+        return duet_fail(err, DUET_ERR_ARG, "unknown protocol %d", p);
+    }
+    /* the official generation: 512 new tokens and no stop string, unless asked otherwise */
+    if (c->p.max_tokens <= 0) c->p.max_tokens = paper ? 512 : 256;
     if (c->p.n_calib <= 0) c->p.n_calib = 15;
-    c->stops = c->p.stops ? c->p.stops : k_default_stops;
-    c->n_stops = c->p.stops ? c->p.n_stops : 1;
+    if (c->p.scoring == DUET_EVAL_SCORING_AUTO) c->p.scoring = paper ? DUET_EVAL_SCORING_PAPER : DUET_EVAL_SCORING_DUET;
+    if (c->p.split == DUET_EVAL_SPLIT_AUTO) c->p.split = paper && c->p.task != DUET_EVAL_TASK_NLL ? DUET_EVAL_SPLIT_TEST : DUET_EVAL_SPLIT_ALL;
+    c->stops = c->p.stops ? c->p.stops : paper ? NULL : k_default_stops;
+    c->n_stops = c->p.stops ? c->p.n_stops : paper ? 0 : 1;
     snprintf(c->path, sizeof c->path, "%s", data_path);
     int n_ctx = c->p.n_ctx;
     if (n_ctx <= 0) {
@@ -243,6 +242,8 @@ int duet_eval_open(duet_model *base, duet_model *expert, duet_model *anti, const
                        duet_model_hparams(base)->n_embd);
     else if (n_ctx < 8)
         rc = duet_fail(err, DUET_ERR_ARG, "context of %d tokens is too small to evaluate", n_ctx);
+    else if (c->p.task == DUET_EVAL_TASK_NLL && c->p.split != DUET_EVAL_SPLIT_ALL)
+        rc = duet_fail(err, DUET_ERR_ARG, "the official splits exist for gsm8k and math, not nll");
     if (!rc && c->p.task == DUET_EVAL_TASK_NLL) {
         FILE *f = fopen(data_path, "rb");
         if (!f) {
@@ -265,7 +266,7 @@ int duet_eval_open(duet_model *base, duet_model *expert, duet_model *anti, const
             if (!rc && c->text_len == 0) rc = duet_fail(err, DUET_ERR_FORMAT, "%s: no text to score", data_path);
         }
     } else if (!rc) {
-        rc = load_problems(data_path, c->p.task, c->p.limit, &c->data, err);
+        rc = load_problems(data_path, &c->p, &c->data, err);
         if (!rc) rc = tokenize_prompts(c, &c->data, err);
     }
     if (rc) {
@@ -389,8 +390,8 @@ static int tf_run(duet_eval *c, duet_error *err) {
 }
 
 /* ---- generation ---------------------------------------------------------------------- */
-/* Score an answer; pred gets the extracted answer ("" when none). */
-static int score_answer(int task, const char *output, const char *reference, char *pred, size_t cap) {
+/* Score an answer with duet's lenient scorer; pred gets the extracted answer ("" when none). */
+static int score_duet(int task, const char *output, const char *reference, char *pred, size_t cap) {
     pred[0] = 0;
     if (task == DUET_EVAL_TASK_GSM8K) {
         double v;
@@ -399,6 +400,17 @@ static int score_answer(int task, const char *output, const char *reference, cha
     }
     answers_math_extract(output, pred, cap);
     return answers_math_correct(output, reference);
+}
+
+/* ... and with the official scorer (0 without its reference). */
+static int score_paper(int task, const char *output, const char *ref_paper, char *pred, size_t cap) {
+    pred[0] = 0;
+    if (task == DUET_EVAL_TASK_GSM8K) {
+        int ok = answers_gsm8k_paper_correct(output, ref_paper ? ref_paper : "", pred, cap);
+        return ok && ref_paper;
+    }
+    int ok = answers_math_paper_correct(output, ref_paper ? ref_paper : "", pred, cap);
+    return ok && ref_paper;
 }
 
 static int collab_for(duet_eval *c, const duet_collab_params *cp, duet_collab **co, duet_error *err) {
@@ -723,10 +735,16 @@ static int take_answer(duet_eval *c, void *ud, int i, const answer *a, duet_erro
     tally *t = ud;
     duet_eval_result *r = t->r;
     const problem *pb = &c->data.v[i];
-    char pred[ANSWERS_CAP];
-    int ok = score_answer(c->p.task, a->text.p, pb->reference, pred, sizeof pred);
-    if (c->p.on_answer) c->p.on_answer(c->p.answer_ud, t->s, i, a->text.p, pred, pb->reference, ok);
+    char pred_d[ANSWERS_CAP], pred_p[ANSWERS_CAP];
+    const char *out = a->text.p ? a->text.p : "";
+    int ok_d = score_duet(c->p.task, out, pb->reference, pred_d, sizeof pred_d);
+    int ok_p = score_paper(c->p.task, out, pb->ref_paper, pred_p, sizeof pred_p);
+    int paper = c->p.scoring == DUET_EVAL_SCORING_PAPER, ok = paper ? ok_p : ok_d;
+    const char *ref = paper ? (pb->ref_paper ? pb->ref_paper : "") : pb->reference;
+    if (c->p.on_answer) c->p.on_answer(c->p.answer_ud, t->s, i, out, paper ? pred_p : pred_d, ref, ok);
     r->n_correct += ok;
+    r->n_correct_duet += ok_d;
+    r->n_correct_paper += ok_p;
     r->n_examples++;
     r->n_truncated += pb->truncated;
     r->n_tokens += a->n_gen;
@@ -778,6 +796,9 @@ int duet_eval_one(duet_eval *c, const duet_eval_spec *spec, duet_eval_result *ou
     memset(out, 0, sizeof *out);
     out->spec = *spec;
     out->threshold = out->rate = NAN;
+    out->protocol = c->p.protocol;
+    out->scoring = c->p.scoring;
+    out->split = c->p.split;
     if (spec->rate >= 0 && (duet_eval_policy_thresholded(spec->policy) || spec->policy == DUET_POLICY_RANDOM))
         out->rate = spec->rate;
     int rc = check_models(c, spec->policy, err);
@@ -825,6 +846,13 @@ json_t *duet_eval_results_json(int task, const char *data_path, const duet_eval_
     json_t *root = json_object(), *arr = json_array();
     json_object_set_new(root, "task", json_string(duet_eval_task_name(task)));
     json_object_set_new(root, "data", json_string(data_path));
+    /* how the numbers were obtained: every result of a run shares them */
+    int proto = n > 0 ? r[0].protocol : DUET_EVAL_PROTOCOL_DUET;
+    json_object_set_new(root, "protocol", json_string(duet_eval_protocol_name(proto)));
+    if (task != DUET_EVAL_TASK_NLL) {
+        json_object_set_new(root, "scoring", json_string(protocol_scoring_name(n > 0 ? r[0].scoring : DUET_EVAL_SCORING_DUET)));
+        json_object_set_new(root, "split", json_string(protocol_split_name(n > 0 ? r[0].split : DUET_EVAL_SPLIT_ALL)));
+    }
     for (int i = 0; i < n; i++) {
         json_t *o = json_object();
         json_object_set_new(o, "policy", json_string(duet_eval_policy_name(r[i].spec.policy)));
@@ -842,6 +870,17 @@ json_t *duet_eval_results_json(int task, const char *data_path, const duet_eval_
             json_object_set_new(o, "examples", json_integer(r[i].n_examples));
             json_object_set_new(o, "correct", json_integer(r[i].n_correct));
             json_object_set_new(o, "truncated_prompts", json_integer(r[i].n_truncated));
+            /* both scorers on the same answers: value/correct above are the chosen one's */
+            json_t *sc = json_object();
+            int ne = r[i].n_examples, counts[2] = {r[i].n_correct_paper, r[i].n_correct_duet};
+            static const char *names[2] = {"paper", "duet"};
+            for (int k = 0; k < 2; k++) {
+                json_t *one = json_object();
+                json_object_set_new(one, "value", num(ne ? (double)counts[k] / ne : 0));
+                json_object_set_new(one, "correct", json_integer(counts[k]));
+                json_object_set_new(sc, names[k], one);
+            }
+            json_object_set_new(o, "scorers", sc);
         }
         json_array_append_new(arr, o);
     }

@@ -117,6 +117,10 @@ int duet_tune_save(const duet_tune_result *r, const char *prefix, duet_head *hea
     json_t *root = json_object(), *pts = json_array();
     json_object_set_new(root, "task", json_string(duet_eval_task_name(r->task)));
     json_object_set_new(root, "metric", json_string(metric));
+    const duet_eval_result *first = &r->points[0].res;
+    json_object_set_new(root, "protocol", json_string(duet_eval_protocol_name(first->protocol)));
+    if (r->task != DUET_EVAL_TASK_NLL)
+        json_object_set_new(root, "scoring", json_string(first->scoring == DUET_EVAL_SCORING_PAPER ? "paper" : "duet"));
     json_object_set_new(root, "higher_is_better", json_boolean(duet_eval_higher_is_better(r->task)));
     json_object_set_new(root, "calibration_tokens", json_integer(r->n_calib_tokens));
     json_object_set_new(root, "chosen", point_json(&r->points[r->best]));

@@ -68,10 +68,11 @@ static int attach_expert(seqset *s, const duet_scores *e, const char *data_path,
     return DUET_OK;
 }
 
-static int load_set(lm_model *m, const char *path, int T, const duet_scores *expert, seqset *s,
+static int load_set(lm_model *m, const char *path, int frames, int T, const duet_scores *expert, seqset *s,
                     duet_error *err) {
     duet_dataset d;
-    int rc = duet_dataset_load(path, NULL, &d, err);
+    duet_dataset_params dp = {.frames = frames};
+    int rc = duet_dataset_load(path, &dp, &d, err);
     if (rc) return rc;
     rc = duet_scores_plan_build(m->src, &d, T + 1, &s->plan, err);
     duet_dataset_free(&d);
@@ -279,9 +280,9 @@ static int train_defaults(duet_lm_train_params *p, const duet_hparams *hp, duet_
 
 /* The training and held-out sets: a separate held-out file, or a seeded split of the data. */
 static int load_sets(lm_model *m, const duet_lm_train_params *p, seqset *tr, seqset *va, duet_error *err) {
-    int rc = load_set(m, p->data_path, p->seq_len, p->expert, tr, err);
+    int rc = load_set(m, p->data_path, p->data_frames, p->seq_len, p->expert, tr, err);
     if (!rc && p->val_path) {
-        rc = load_set(m, p->val_path, p->seq_len, p->val_expert, va, err);
+        rc = load_set(m, p->val_path, p->data_frames, p->seq_len, p->val_expert, va, err);
         if (!rc) {
             tr->idx = malloc((size_t)tr->plan.n_seq * sizeof(int));
             va->idx = malloc((size_t)(va->plan.n_seq ? va->plan.n_seq : 1) * sizeof(int));
