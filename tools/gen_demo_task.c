@@ -25,8 +25,17 @@
  * A validation set (problems over all pairs, disjoint from training and held-out) is where a
  * switch for the frozen fine-tuned base can see that base's weaknesses.
  *
- * usage: gen_demo_task OUTDIR [SEED]   writes base_train.jsonl, heldout.jsonl, expert_train.txt,
- *                                      val.jsonl, base_pretrain.jsonl
+ * Knowledge update (--new-facts): facts that appear after the expert was trained, products
+ * with a first factor in 13..15 (second in 2..12) that neither the expert nor the base ever saw.
+ * update_train.jsonl mixes problems over the new facts with problems over the old ones (all
+ * 121 pairs), so that an update trained on it learns the new products and keeps asking the
+ * expert for the old; update_heldout.jsonl holds new-fact problems (GSM8K fields) that occur
+ * in no other file. Both come from their own stream, drawn after every other file, so that
+ * the option leaves the other files' bytes as they are.
+ *
+ * usage: gen_demo_task OUTDIR [SEED] [--new-facts]
+ *   writes base_train.jsonl, heldout.jsonl, expert_train.txt, val.jsonl, base_pretrain.jsonl
+ *   and, with --new-facts, update_train.jsonl and update_heldout.jsonl.
  * Same seed, same bytes.
  */
 #include <errno.h>
@@ -45,6 +54,13 @@
 #define N_VAL 400
 #define N_PRE 1500
 #define SEEN_FRAC 0.4
+/* the knowledge update: first factors NEW_LO..NEW_HI, second LO..HI */
+#define NEW_LO 13
+#define NEW_HI 15
+#define NEW_NP ((NEW_HI - NEW_LO + 1) * (HI - LO + 1))
+#define N_UPD_NEW 900     /* new-fact problems in update_train.jsonl */
+#define N_UPD_OLD 600     /* old-fact problems mixed in */
+#define N_UPD_HELDOUT 200 /* new-fact held-out problems */
 
 static const char *k_names[] = {"Ann", "Ben", "Cal", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy",
                                 "Jo", "Kim", "Leo", "Max", "Ned", "Pam", "Ray", "Sam", "Tom",
@@ -126,9 +142,65 @@ static void json_line(FILE *f, const char *q, const char *a, int sft) {
     fputs("\"}\n", f);
 }
 
+/* One problem not in the question set (then added): a new fact (13..15 x 2..12) when
+ * is_new, else an old one (any of the 121 pairs). */
+static void fresh_problem(int is_new, char *q, size_t qn, char *a, size_t an) {
+    do {
+        int x, y;
+        if (is_new) {
+            int pr = rnd(NEW_NP);
+            x = NEW_LO + pr / (HI - LO + 1), y = LO + pr % (HI - LO + 1);
+        } else {
+            int pr = rnd(NP);
+            x = LO + pr / (HI - LO + 1), y = LO + pr % (HI - LO + 1);
+        }
+        problem(x, y, -1, q, qn, a, an);
+    } while (!set_add(hash_str(q)));
+}
+
+/* The knowledge-update files (see the top of the file); every question already in the set
+ * (training, held-out, validation) is drawn again. */
+static int write_update(const char *dir, uint64_t seed) {
+    g_rng = seed ^ 0x0e3fac75ull; /* its own stream */
+    FILE *tr = open_out(dir, "update_train.jsonl");
+    if (!tr) return 1;
+    char q[256], a[256];
+    int n_new = 0, n_old = 0;
+    while (n_new < N_UPD_NEW || n_old < N_UPD_OLD) {
+        /* interleaved, in proportion, so that any prefix of the file holds both kinds */
+        int is_new = n_old >= N_UPD_OLD ||
+                     (n_new < N_UPD_NEW && rnd(N_UPD_NEW + N_UPD_OLD) < N_UPD_NEW);
+        fresh_problem(is_new, q, sizeof q, a, sizeof a);
+        json_line(tr, q, a, 1);
+        n_new += is_new;
+        n_old += !is_new;
+    }
+    FILE *ho = open_out(dir, "update_heldout.jsonl");
+    if (!ho) {
+        fclose(tr);
+        return 1;
+    }
+    for (int i = 0; i < N_UPD_HELDOUT; i++) {
+        fresh_problem(1, q, sizeof q, a, sizeof a);
+        json_line(ho, q, a, 0);
+    }
+    int bad = ferror(tr) | ferror(ho);
+    bad |= fclose(tr) | fclose(ho);
+    if (bad) {
+        fprintf(stderr, "gen_demo_task: write error in %s\n", dir);
+        return 1;
+    }
+    fprintf(stderr, "gen_demo_task: knowledge update: %d problems over the %d new facts (%d..%d x "
+                    "%d..%d) and %d over the old, %d held-out new-fact problems in %s\n",
+            N_UPD_NEW, NEW_NP, NEW_LO, NEW_HI, LO, HI, N_UPD_OLD, N_UPD_HELDOUT, dir);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2) {
-        fprintf(stderr, "usage: gen_demo_task OUTDIR [SEED]\n");
+    int new_facts = argc > 1 && !strcmp(argv[argc - 1], "--new-facts");
+    argc -= new_facts;
+    if (argc < 2 || argc > 3) {
+        fprintf(stderr, "usage: gen_demo_task OUTDIR [SEED] [--new-facts]\n");
         return 2;
     }
     uint64_t seed = argc > 2 ? strtoull(argv[2], NULL, 10) : 1;
@@ -215,5 +287,5 @@ int main(int argc, char **argv) {
     fprintf(stderr, "gen_demo_task: %d training problems over %d of %d number pairs, %d held-out "
                     "problems over all pairs, %d expert paragraphs, %d validation problems in %s\n",
             N_TRAIN, n_seen, NP, N_HELDOUT, N_EXPERT, N_VAL, argv[1]);
-    return 0;
+    return new_facts ? write_update(argv[1], seed) : 0;
 }

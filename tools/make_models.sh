@@ -20,6 +20,13 @@
 #               weak supervision scored with pretrained (docs/method.md sections 4-5)
 #   pre, joint-lora, joint-lora.head  the same objective with the base frozen: rank-8 LoRA
 #               adapters on pretrained (kept as demo-pre) and the switch learn together
+#   update, update.head  a knowledge update of that LoRA system: facts that appear after the
+#               expert was trained (13..15 x 2..12, update_train.jsonl). Base (pretrained with
+#               the joint-lora adapter, merged only to train on it) and expert stay frozen; a
+#               second rank-8 adapter and the switch (from joint-lora.head) learn the joint
+#               objective on new-fact problems mixed with old ones, so that the switch keeps
+#               asking the expert for the facts it knows and stops asking for those it does
+#               not. At inference the update stacks, unmerged, on demo-pre with demo-joint-lora.
 set -e
 duet=${1:-build/duet}
 gen=${2:-build/gen_demo_task}
@@ -31,7 +38,7 @@ q=--quiet
 [ -t 2 ] && q=
 sft="--seq-len 240 --batch 16"
 
-"$gen" "$work" 1
+"$gen" "$work" 1 --new-facts
 "$duet" make-model --n-embd 64 --n-layer 2 --n-head 4 --n-head-kv 2 --n-ff 192 --n-vocab 512 \
     --n-ctx 320 --tied --seed 12 -o "$work/untuned.gguf"
 
@@ -72,8 +79,18 @@ echo "== joint Co-LLM with LoRA: rank-8 adapters and the switch on the frozen pr
     -o "$work/joint-lora.gguf" --head-out "$work/joint-lora.head.gguf" \
     --name duet-demo-joint-lora $sft --epochs 3 --lr 3e-3 --seed 2 $q
 
-for f in expert base base.head joint joint.head pre joint-lora joint-lora.head; do
+echo "== knowledge update: a second adapter and the switch on the frozen LoRA system, new facts" >&2
+"$duet" lora merge -m "$work/pre.gguf" --lora "$work/joint-lora.gguf" -o "$work/pre-lora.gguf"
+"$duet" score -m "$work/expert.gguf" --tokenizer-of "$work/pre-lora.gguf" \
+    -d "$work/update_train.jsonl" -c 241 --no-hidden -o "$work/update_expert.dsf" $q
+"$duet" train collm -m "$work/pre-lora.gguf" --lora 8 --lora-alpha 16 -d "$work/update_train.jsonl" \
+    --expert-scores "$work/update_expert.dsf" --head "$work/joint-lora.head.gguf" \
+    -o "$work/update.gguf" --head-out "$work/update.head.gguf" \
+    --name duet-demo-update $sft --epochs 4 --lr 1e-2 --seed 2 $q
+
+for f in expert base base.head joint joint.head pre joint-lora joint-lora.head update update.head; do
     cp "$work/$f.gguf" "$out/demo-$f.gguf"
 done
 cp "$work/heldout.jsonl" "$out/demo-heldout.jsonl"
+cp "$work/update_heldout.jsonl" "$out/demo-update-heldout.jsonl"
 ls -l "$out" >&2
