@@ -1270,6 +1270,13 @@ typedef struct duet_lm_train_params {
     const duet_scores *val_expert;  /* expert scores of val_path (with val_path) */
     const float *u_init;         /* [n_embd] head start (the weak-supervision head) */
     const char *head_out;        /* the trained head (sidecar GGUF) */
+    /* with expert: the base's own scores of data_path (and of val_path) switch the objective
+     * to the official weak-supervision one: 2/3 token cross-entropy (the deferral logit in
+     * the softmax) + 1/3 BCE of the deferral logit against the pseudo-label "the expert's top
+     * token is the gold one and the base's is not", positive weight 5, both means over the
+     * response tokens. NULL: the marginal likelihood. */
+    const duet_scores *weak_base;
+    const duet_scores *val_weak_base;
     void (*progress)(void *ud, const duet_lm_progress *p);
     void *ud;
 } duet_lm_train_params;

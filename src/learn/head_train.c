@@ -31,6 +31,14 @@ static void f16_row(const uint16_t *src, float *dst, int n) {
     for (int i = 0; i < n; i++) dst[i] = g_f16[src[i]];
 }
 
+/* ---- pseudo-labels ----------------------------------------------------------------------- */
+float duet_head_train_weak_label(const duet_scores_tok *b, const duet_scores_tok *e) {
+    const double tol = log1p(-1e-5); /* ties within 1e-5 relative count as argmax */
+    int e_top = (double)e->lp >= (double)e->maxlp + tol;
+    int b_top = (double)b->lp >= (double)b->maxlp + tol;
+    return e_top && !b_top ? 1.0f : 0.0f;
+}
+
 /* ---- the head and its losses ------------------------------------------------------------- */
 void duet_head_train_layout_init(duet_head_train_layout *L, int features, int n_embd) {
     if (!features) features = DUET_HEAD_FEAT_HIDDEN;
@@ -389,7 +397,6 @@ static int trainer_init(trainer *T, duet_error *err) {
     T->ent = T->lpb + 2 * n;
     T->mx = T->lpb + 3 * n;
     T->z = T->lpb + 4 * n;
-    const double tol = log1p(-1e-5); /* ties within 1e-5 relative count as argmax */
     for (int q = 0; q < ns; q++) {
         const duet_scores_seq *s = &duet_scores_seqs(T->B)[q];
         const duet_scores_tok *tb = duet_scores_seq_toks(T->B, (uint64_t)q), *te = duet_scores_seq_toks(T->E, (uint64_t)q);
@@ -399,9 +406,7 @@ static int trainer_init(trainer *T, duet_error *err) {
             T->lpe[k] = te[t].lp;
             T->ent[k] = tb[t].entropy;
             T->mx[k] = tb[t].maxlp;
-            int e_top = (double)te[t].lp >= (double)te[t].maxlp + tol;
-            int b_top = (double)tb[t].lp >= (double)tb[t].maxlp + tol;
-            T->z[k] = e_top && !b_top ? 1.0f : 0.0f;
+            T->z[k] = duet_head_train_weak_label(&tb[t], &te[t]);
         }
     }
     int *perm = T->train;
