@@ -239,6 +239,11 @@ int cmd_train(int argc, char **argv) {
     duet_head *h = NULL;
     duet_lm *m = NULL;
     char tmp_init[1100] = "";
+    if (weak && weak_only) {
+        fprintf(stderr, "duet %s: --weak-supervision (base and head) or --weak-supervision-head "
+                        "(the head alone), not both\n", cmd);
+        return 2;
+    }
     if (collm && weak_only) { /* the baseline: the weak-supervision head alone */
         if (!bpath || !epath || !p.head_out) {
             fprintf(stderr, "duet train collm --weak-supervision-head: needs --base-scores, "
@@ -256,11 +261,6 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "duet %s: need -d DATA, -o OUT and -m INIT (or the --n-* shape)%s\n", cmd,
                 collm ? ", --expert-scores, --head-out and --head or --base-scores" : "");
         usage(stderr, collm);
-        return 2;
-    }
-    if (weak && weak_only) {
-        fprintf(stderr, "duet %s: --weak-supervision (base and head) or --weak-supervision-head "
-                        "(the head alone), not both\n", cmd);
         return 2;
     }
     if (weak && (!bpath || !init || (vepath && !vbpath) || (vbpath && !vepath))) {
