@@ -36,10 +36,11 @@ static void train_usage(FILE *f) {
             "  --weak-lr X           learning rate of the weak start (default 1e-2, scaled alike)\n"
             "  --weight-decay X      AdamW weight decay (default 0)\n"
             "  --pos-weight X        weak positive weight (default 8)\n"
-            "  --preset paper        the official Co-LLM head initialisation: weak supervision,\n"
-            "                        u from the mean output row of --base (required), one pass in\n"
-            "                        file order, batch 8, AdamW at a constant 2e-5, no clipping,\n"
-            "                        positive weight 1, the last value kept (overrides those flags;\n"
+            "  --preset paper        the official Co-LLM head initialisation: weak supervision on\n"
+            "                        the hidden state, u from the mean output row of --base\n"
+            "                        (required: the model the score file names), one pass in file\n"
+            "                        order, batch 8, AdamW at a constant 2e-5, no clipping,\n"
+            "                        positive weight 8, the last value kept (overrides those flags;\n"
             "                        the default, duet's own schedule, is --preset duet)\n"
             "  --batch N             sequences per step (default 8)\n"
             "  --val-frac F          validation share of the sequences (default 0.1)\n"
@@ -211,27 +212,20 @@ static int cmd_head_train(int argc, char **argv) {
         return 2;
     }
     if (weak_epochs != -2) hp.weak_epochs = weak_epochs ? weak_epochs : -1;
-    if (paper) { /* the official head initialisation, whatever else was given */
-        if (!base_model) {
-            fprintf(stderr, "duet head train: --preset paper starts u at the mean of the base's "
-                            "output rows: give --base MODEL (the model the base scores were made "
-                            "with)\n");
-            return 2;
-        }
-        hp.objective = DUET_HT_WEAK;
-        hp.schedule = DUET_HT_SCHEDULE_PAPER;
-        hp.lr = hp.weak_lr = 2e-5;
-        hp.epochs = 1;
-        hp.batch_seqs = 8;
-        hp.pos_weight = 1;
-        hp.weight_decay = 0;
-    }
+    if (paper) duet_head_train_preset_paper(&hp); /* whatever else was given */
     duet_error err = {0};
     duet_scores *B = NULL, *E = NULL;
     duet_model *m = NULL;
     duet_head *init = NULL, *h = NULL;
     int rc;
     if ((rc = duet_scores_open(bpath, &B, &err)) || (rc = duet_scores_open(epath, &E, &err))) goto done;
+    if (paper && !base_model) { /* the file names its base, but not where that model lives */
+        rc = DUET_ERR_ARG;
+        snprintf(err.msg, sizeof err.msg, "--preset paper starts u at the mean of the base's "
+                 "output rows: give --base MODEL, the model '%s' that scored %s",
+                 duet_scores_get_header(B)->model_name, bpath);
+        goto done;
+    }
     if (base_model) {
         if ((rc = head_from_base(base_model, B, bpath, &m, &init, &err))) goto done;
         hp.u_init = duet_head_u(init);

@@ -1015,6 +1015,13 @@ typedef struct duet_head_train_result {
     duet_head_routing val;                 /* validation routing of the kept head + baselines */
 } duet_head_train_result;
 
+/* --preset paper: the official Co-LLM head initialisation's settings in p (the rest of p is
+ * kept): weak supervision on the hidden state alone, positive weight 8 (the official run's
+ * weight balance), one pass in file order of batches of 8 sequences, AdamW (betas 0.9, 0.999,
+ * eps 1e-8, no weight decay) at a constant 2e-5 without clipping, the last value kept. u_init
+ * must then be the mean of the base's output rows (duet_head_init), as the official start. */
+void duet_head_train_preset_paper(duet_head_train_params *p);
+
 /* Train a head for the base of `base` (identity from its header). *out is the kept
  * checkpoint; res (may be NULL) is filled on success. */
 int duet_head_train(const duet_scores *base, const duet_scores *expert,

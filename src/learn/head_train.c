@@ -560,6 +560,18 @@ static int write_report(trainer *T, const duet_head_train_result *res, const due
     return rc ? rc : duet_atomic_commit(&out, err);
 }
 
+void duet_head_train_preset_paper(duet_head_train_params *p) {
+    p->objective = DUET_HT_WEAK;
+    p->schedule = DUET_HT_SCHEDULE_PAPER;
+    p->features = DUET_HEAD_FEAT_HIDDEN;
+    p->lr = p->weak_lr = 2e-5;
+    p->epochs = 1;
+    p->batch_seqs = 8;
+    p->pos_weight = 8;  /* the official script's --deferral_initialization_weight_balance */
+    p->weight_decay = 0;
+    p->defer_cost = 0;
+}
+
 /* Fills the unset training parameters with their defaults and refuses the out-of-range ones. */
 static int ht_defaults(duet_head_train_params *p, const duet_scores_header *hb, duet_error *err) {
     if (!p->features) p->features = DUET_HEAD_FEAT_HIDDEN;
