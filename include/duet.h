@@ -1069,6 +1069,9 @@ const char *duet_eval_policy_name(int policy);
 /* 1 for policies whose deferral is "score > threshold" (collm, compose, uncertainty, oracle). */
 int duet_eval_policy_thresholded(int policy);
 
+/* The random baseline's deferral rate when none is asked for: the paper's coin flip. */
+#define DUET_EVAL_RANDOM_RATE 0.5
+
 typedef struct duet_eval_spec {
     int policy;       /* duet_policy or DUET_EVAL_POLICY_ORACLE */
     double rate;      /* target deferral fraction in [0,1], or < 0: none */
@@ -1076,6 +1079,11 @@ typedef struct duet_eval_spec {
                          log-prob gain for oracle), or < 0: default (the head's eta, else
                          0.5; 2.0 nats). Ignored when rate >= 0. */
 } duet_eval_spec;
+
+/* The name a result is reported under: the policy's, except "random_matched" for the random
+ * policy without a rate of its own (duet_eval_run gives it collm's measured deferral rate),
+ * so it stands apart from "random" at a given rate. */
+const char *duet_eval_spec_name(const duet_eval_spec *spec);
 
 typedef struct duet_eval_params {
     int task;
