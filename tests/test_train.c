@@ -1099,6 +1099,26 @@ TEST(train_cli_score_and_head_train) {
     snprintf(args, sizeof args, "score -m '%s' --tokenizer-of '%s' -d '%s' -o '%s' -c 24 --quiet", e, b, data,
              tmp_file("cli-e.scores"));
     CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
+    /* hidden states: stored by default for a model's own tokens (the base file head training
+     * reads them from), not for --tokenizer-of unless asked for */
+    snprintf(args, sizeof args, "score -m '%s' --tokenizer-of '%s' -d '%s' -o '%s' -c 24 --hidden --quiet", e,
+             b, data, tmp_file("cli-eh.scores"));
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
+    {
+        duet_scores *sb = NULL, *se = NULL, *sh = NULL;
+        duet_error e2 = {0};
+        REQUIRE(!duet_scores_open(tmp_file("cli-b.scores"), &sb, &e2) &&
+                !duet_scores_open(tmp_file("cli-e.scores"), &se, &e2) &&
+                !duet_scores_open(tmp_file("cli-eh.scores"), &sh, &e2));
+        const duet_scores_header *hb = duet_scores_get_header(sb), *he = duet_scores_get_header(se),
+                                 *hh = duet_scores_get_header(sh);
+        CHECKF(hb->hidden_dim == hb->n_embd && hb->hidden_dim > 0, "base file: hidden_dim %u", hb->hidden_dim);
+        CHECKF(he->hidden_dim == 0, "--tokenizer-of file: hidden_dim %u", he->hidden_dim);
+        CHECKF(hh->hidden_dim == hh->n_embd && hh->hidden_dim > 0, "--hidden: hidden_dim %u", hh->hidden_dim);
+        duet_scores_close(sb);
+        duet_scores_close(se);
+        duet_scores_close(sh);
+    }
     snprintf(args, sizeof args, "head train --base-scores '%s' --expert-scores '%s' -o '%s' --report '%s' "
              "--features hidden,maxlogp --defer-cost 0.1 --epochs 2 --seed 3", tmp_file("cli-b.scores"),
              tmp_file("cli-e.scores"), tmp_file("cli-head.gguf"), tmp_file("cli-report.json"));
