@@ -818,6 +818,72 @@ TEST(head_train_paper_preset_one_step_by_hand) {
     duet_scores_close(E);
 }
 
+/* Resident kilobytes of this process's mapping that starts at addr (/proc/self/smaps); -1
+ * when none is found. */
+static long mapping_rss_kb(const void *addr) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    long rss = -1;
+    int in = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            in = lo == (unsigned long)(uintptr_t)addr;
+            continue;
+        }
+        if (in && sscanf(line, "Rss: %ld kB", &rss) == 1) break;
+    }
+    fclose(f);
+    return rss;
+}
+
+/* Head training streams a score file: with DUET_SCORES_WINDOW at 1 byte every sequence's
+ * pages are dropped once read, so after training (and opening, which validates every block)
+ * the base file's mapping keeps almost nothing resident, while with the default window all of
+ * it stays. The head must be bit-identical either way. */
+TEST(head_train_streams_score_files) {
+    duet_model *b = load(fixture_random(DT_F32, 71, 0), 2), *e = load(fixture_random(DT_F32, 72, 0), 2);
+    REQUIRE(b && e);
+    const char *data = tmp_file("stream.jsonl");
+    FILE *f = fopen(data, "wb");
+    REQUIRE(f);
+    for (int i = 0; i < 48; i++)
+        fprintf(f, "{\"prompt\": \"Item %d:\", \"response\": \"the quick brown fox jumps over the lazy "
+                   "dog %d times, then the dog chases the fox back across the field %d.\"}\n", i, i, 3 * i);
+    fclose(f);
+    duet_error err = {0};
+    REQUIRE(!score(b, NULL, data, 0, tmp_file("stream-b.scores"), NULL, &err));
+    REQUIRE(!score(e, b, data, 0, tmp_file("stream-e.scores"), NULL, &err));
+    long size_kb = file_size(tmp_file("stream-b.scores")) / 1024;
+    duet_head *h[2] = {0};
+    long rss[2] = {-1, -1};
+    for (int r = 0; r < 2; r++) {
+        if (r) setenv("DUET_SCORES_WINDOW", "1", 1);
+        duet_scores *B = NULL, *E = NULL;
+        int rc = duet_scores_open(tmp_file("stream-b.scores"), &B, &err);
+        if (!rc) rc = duet_scores_open(tmp_file("stream-e.scores"), &E, &err);
+        unsetenv("DUET_SCORES_WINDOW");
+        duet_head_train_params p = {.objective = DUET_HT_WEAK, .epochs = 2, .seed = 5};
+        if (!rc) rc = duet_head_train(B, E, &p, &h[r], NULL, &err);
+        CHECKF(rc == DUET_OK, "run %d: %s", r, err.msg);
+        if (B) rss[r] = mapping_rss_kb(duet_scores_get_header(B));
+        duet_scores_close(B);
+        duet_scores_close(E);
+    }
+    CHECKF(size_kb > 512, "the base file is %ld KiB: too small to tell streaming apart", size_kb);
+    CHECKF(rss[0] >= size_kb / 2, "whole file: %ld of %ld KiB resident", rss[0], size_kb);
+    CHECKF(rss[1] >= 0 && rss[1] <= 64, "streamed: %ld of %ld KiB resident", rss[1], size_kb);
+    if (h[0] && h[1]) {
+        int n = duet_head_n_embd(h[0]);
+        CHECK(n == duet_head_n_embd(h[1]) && !memcmp(duet_head_u(h[0]), duet_head_u(h[1]), (size_t)n * sizeof(float)));
+    }
+    duet_head_free(h[0]);
+    duet_head_free(h[1]);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
 /* --preset paper's schedule (the official head initialisation): every sequence trained on in
  * file order (so the seed changes nothing), one pass of batches of 8, AdamW at a constant lr
  * without clipping, the last value kept. Adam moves each weight by at most about

@@ -62,6 +62,7 @@ static int check_scores(const duet_scores_plan *p, const duet_scores *e, const c
                                  "trainer's is %d (score with --tokenizer-of BASE)", duet_scores_path(e),
                                  k, j, t[j].gold, p->ids[q->off + q->n_prompt + j]);
         }
+        duet_scores_done(e, (uint64_t)k);
     }
     return DUET_OK;
 }
@@ -83,6 +84,8 @@ static int attach_expert(seqset *s, const duet_scores *e, const duet_scores *bas
         const duet_scores_tok *tb = base ? duet_scores_seq_toks(base, (uint64_t)k) : NULL;
         for (int j = 0; j < q->n - q->n_prompt; j++)
             s->lpe[q->off + q->n_prompt + j] = tb ? duet_head_train_weak_label(&tb[j], &t[j]) : t[j].lp;
+        duet_scores_done(e, (uint64_t)k);
+        if (base) duet_scores_done(base, (uint64_t)k);
     }
     return DUET_OK;
 }
