@@ -732,6 +732,34 @@ TEST(lm_train_collm_weak_supervision) {
     CHECK(h && memcmp(duet_head_u(h), u, sizeof u) != 0);
     duet_head_free(h);
     duet_model_free(tm);
+    /* the command line: u starts at the mean of the base's output rows (a learning rate of
+     * 1e-9 over two steps moves it by at most about 1e-8), and the labels need the base's
+     * scores */
+    if (getenv("DUET_BIN")) {
+        char args[4000], msg[2048], dp[600], out[600], hout[600]; /* test_path reuses its buffers */
+        snprintf(dp, sizeof dp, "%s", data);
+        snprintf(out, sizeof out, "%s", test_path(test_tmpdir(), "weak-cli.gguf"));
+        snprintf(hout, sizeof hout, "%s", test_path(test_tmpdir(), "weak-cli.head.gguf"));
+        snprintf(args, sizeof args, "train collm --weak-supervision -m '%s' -d '%s' --base-scores '%s' "
+                 "--expert-scores '%s' -o '%s' --head-out '%s' --seq-len 24 --batch 4 --steps 2 --lr 1e-9 "
+                 "--val-frac 0.2 -t 2 --quiet", base, dp, bp, ep, out, hout);
+        CHECKF(fixture_run_cli(args, "weak-cli", msg, sizeof msg) == 0, "%s", msg);
+        duet_model *cm = fixture_load(out);
+        duet_head *ch = NULL, *mean = NULL;
+        REQUIRE(cm);
+        int lrc = duet_head_load(hout, cm, &ch, &err);
+        CHECKF(!lrc, "%s", err.msg);
+        REQUIRE(!lrc && !duet_head_init(bm, &mean, &err));
+        double worst = 0;
+        for (int i = 0; i < 128; i++) worst = fmax(worst, fabs(duet_head_u(ch)[i] - duet_head_u(mean)[i]));
+        CHECKF(worst < 1e-6, "u differs from the mean output row by %g", worst);
+        duet_head_free(ch);
+        duet_head_free(mean);
+        duet_model_free(cm);
+        snprintf(args, sizeof args, "train collm --weak-supervision -m '%s' -d '%s' --expert-scores '%s' "
+                 "-o '%s' --head-out '%s'", base, dp, ep, out, hout);
+        CHECKF(fixture_run_cli(args, "weak-cli", msg, sizeof msg) == 2 && strstr(msg, "--base-scores"), "%s", msg);
+    }
     duet_scores_close(E);
     duet_scores_close(B);
     duet_scores_close(Bbad);
