@@ -92,12 +92,9 @@ int cmd_score(int argc, char **argv) {
         }
 #undef VAL
     }
-    if (rp.url && (model_path || !tok_of)) {
-        fprintf(stderr, "duet score: --url scores with the server: give --tokenizer-of BASE, not -m\n");
-        return 2;
-    }
-    if (rp.url && hidden == 1) {
-        fprintf(stderr, "duet score: --url gives log-probabilities only: no --hidden\n");
+    if (rp.url && (model_path || !tok_of || hidden == 1)) {
+        fprintf(stderr, "duet score: --url scores with the server: give --tokenizer-of BASE, not -m; "
+                        "it gives log-probabilities only (no --hidden)\n");
         return 2;
     }
     sp.no_hidden = hidden == -1 ? (tok_of || rp.url) : !hidden;

@@ -224,6 +224,30 @@ static int load_trainee(const train_args *A, duet_lm_train_params *p, int resumi
     return rc;
 }
 
+/* --weak-supervision-head: the weak-supervision head alone, the base unchanged. */
+static int weak_head_only(const train_args *A) {
+    if (!A->bpath || !A->epath || !A->p.head_out) {
+        fprintf(stderr, "duet train collm --weak-supervision-head: needs --base-scores, "
+                        "--expert-scores and --head-out\n");
+        return 2;
+    }
+    duet_error err = {0};
+    duet_scores *B = NULL, *E = NULL;
+    duet_head *h = NULL;
+    duet_head_train_params hp = {.objective = DUET_HT_WEAK, .seed = A->p.seed};
+    int rc = duet_scores_open(A->bpath, &B, &err);
+    if (!rc) rc = duet_scores_open(A->epath, &E, &err);
+    if (!rc) rc = duet_head_train(B, E, &hp, &h, NULL, &err);
+    if (!rc) rc = duet_head_save(h, A->p.head_out, &err);
+    if (!rc && !A->quiet)
+        fprintf(stderr, "duet %s: wrote the weak-supervision head %s\n", A->cmd, A->p.head_out);
+    if (rc) fprintf(stderr, "duet %s: %s\n", A->cmd, err.msg);
+    duet_head_free(h);
+    duet_scores_close(B);
+    duet_scores_close(E);
+    return rc ? 1 : 0;
+}
+
 int cmd_train(int argc, char **argv) {
     train_args A;
     int prc = parse_args(argc, argv, &A);
@@ -244,18 +268,7 @@ int cmd_train(int argc, char **argv) {
                         "(the head alone), not both\n", cmd);
         return 2;
     }
-    if (collm && weak_only) { /* the baseline: the weak-supervision head alone */
-        if (!bpath || !epath || !p.head_out) {
-            fprintf(stderr, "duet train collm --weak-supervision-head: needs --base-scores, "
-                            "--expert-scores and --head-out\n");
-            return 2;
-        }
-        duet_head_train_params hp = {.objective = DUET_HT_WEAK, .seed = p.seed};
-        if ((rc = duet_scores_open(bpath, &BS, &err)) || (rc = duet_scores_open(epath, &E, &err))) goto done;
-        if (!(rc = duet_head_train(BS, E, &hp, &h, NULL, &err))) rc = duet_head_save(h, p.head_out, &err);
-        if (!rc && !quiet) fprintf(stderr, "duet %s: wrote the weak-supervision head %s\n", cmd, p.head_out);
-        goto done;
-    }
+    if (collm && weak_only) return weak_head_only(&A);
     if (!p.data_path || !p.out_path || (!init && !mk.n_embd) ||
         (collm && (!epath || !p.head_out || (!head_in && !bpath)))) {
         fprintf(stderr, "duet %s: need -d DATA, -o OUT and -m INIT (or the --n-* shape)%s\n", cmd,

@@ -1191,6 +1191,10 @@ TEST(train_cli_score_and_head_train) {
     CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
     CHECKF(strstr(err, "collm") && strstr(err, "uncert."), "summary: %s", err);
     CHECK(file_size(tmp_file("cli-head.gguf")) > 0 && file_size(tmp_file("cli-report.json")) > 0);
+    /* the head-only weak-supervision baseline under its own flag */
+    snprintf(args, sizeof args, "train collm --weak-supervision-head --base-scores '%s' --expert-scores '%s' "
+             "--head-out '%s' --quiet", tmp_file("cli-b.scores"), tmp_file("cli-e.scores"), tmp_file("cli-weak.gguf"));
+    CHECKF(run_cli(args, err, sizeof err) == 0 && file_size(tmp_file("cli-weak.gguf")) > 0, "%s", err);
     snprintf(args, sizeof args, "run -m '%s' --expert '%s' --head '%s' -p 'ab' -n 4 --temp 0 --quiet", b, e,
              tmp_file("cli-head.gguf"));
     CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
