@@ -140,7 +140,7 @@ static int head_from_base(const char *path, duet_scores *B, const char *bpath, d
 
 static int cmd_head_train(int argc, char **argv) {
     const char *bpath = NULL, *epath = NULL, *out = NULL, *base_model = NULL;
-    int quiet = 0, weak_epochs = -2, paper = 0;
+    int quiet = 0, weak_epochs = -2, paper = 0, usage_error = 0;
     duet_head_train_params hp = {0};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -224,6 +224,7 @@ static int cmd_head_train(int argc, char **argv) {
     if ((rc = duet_scores_open(bpath, &B, &err)) || (rc = duet_scores_open(epath, &E, &err))) goto done;
     if (paper && !base_model) { /* the file names its base, but not where that model lives */
         rc = DUET_ERR_ARG;
+        usage_error = 1;
         snprintf(err.msg, sizeof err.msg, "--preset paper starts u at the mean of the base's "
                  "output rows: give --base MODEL, the model '%s' that scored %s",
                  duet_scores_get_header(B)->model_name, bpath);
@@ -260,7 +261,7 @@ done:
     duet_model_free(m);
     duet_scores_close(B);
     duet_scores_close(E);
-    return rc ? 1 : 0;
+    return rc ? (usage_error ? 2 : 1) : 0;
 }
 
 

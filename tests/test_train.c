@@ -1191,6 +1191,20 @@ TEST(train_cli_score_and_head_train) {
     CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
     CHECKF(strstr(err, "collm") && strstr(err, "uncert."), "summary: %s", err);
     CHECK(file_size(tmp_file("cli-head.gguf")) > 0 && file_size(tmp_file("cli-report.json")) > 0);
+    /* --preset paper needs the base model for u's start: refused, naming the model the file
+     * was scored with */
+    snprintf(args, sizeof args, "head train --preset paper --base-scores '%s' --expert-scores '%s' -o '%s'",
+             tmp_file("cli-b.scores"), tmp_file("cli-e.scores"), tmp_file("cli-paper.gguf"));
+    {
+        duet_scores *sb = NULL;
+        duet_error e2 = {0};
+        REQUIRE(!duet_scores_open(tmp_file("cli-b.scores"), &sb, &e2));
+        char name[160];
+        snprintf(name, sizeof name, "'%s'", duet_scores_get_header(sb)->model_name);
+        duet_scores_close(sb);
+        CHECKF(run_cli(args, err, sizeof err) == 2 && strstr(err, "--base MODEL") && strstr(err, name) &&
+               access(tmp_file("cli-paper.gguf"), F_OK) != 0, "stderr: %s", err);
+    }
     /* the head-only weak-supervision baseline under its own flag */
     snprintf(args, sizeof args, "train collm --weak-supervision-head --base-scores '%s' --expert-scores '%s' "
              "--head-out '%s' --quiet", tmp_file("cli-b.scores"), tmp_file("cli-e.scores"), tmp_file("cli-weak.gguf"));
