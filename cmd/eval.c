@@ -33,9 +33,12 @@ static void usage(FILE *f) {
             "                       protocol's); the JSON always carries both scorers' results\n"
             "  --split S            all, test or validation: the official split of --data (default:\n"
             "                       test under --protocol paper, else all); before --limit\n"
-            "  --policy LIST        base, expert, collm, random, uncertainty, confidence, compose,\n"
-            "                       proxy, contrastive, oracle (nll only); default: base,expert\n"
-            "                       (+ collm,random with --head)\n"
+            "  --policy LIST        base, expert, collm, random, random_matched, uncertainty,\n"
+            "                       confidence, compose, proxy, contrastive, oracle (nll only);\n"
+            "                       default: base,expert (+ collm,random,random_matched with --head)\n"
+            "                       random defers each token with probability 0.5 (the paper's\n"
+            "                       baseline) or at each --defer-rate; random_matched at the rate\n"
+            "                       collm deferred in the same run (needs collm)\n"
             "  --defer-rate LIST    target deferral rates: each thresholded policy (collm, compose,\n"
             "                       uncertainty, oracle) gets the threshold at that quantile of its\n"
             "                       score, random that rate; one row per rate\n"
@@ -123,7 +126,7 @@ static void fmt_or_dash(char *buf, size_t cap, const char *fmt, double v) {
 }
 
 static void print_table(int task, const duet_eval_result *r, int n) {
-    printf("%-12s %6s %10s %12s %9s %12s %10s\n", "policy", "rate", "threshold",
+    printf("%-14s %6s %10s %12s %9s %12s %10s\n", "policy", "rate", "threshold",
            task == DUET_EVAL_TASK_NLL ? "nll/byte" : "accuracy", "deferral", "expert calls", "tok/s");
     for (int i = 0; i < n; i++) {
         char rate[32], thr[32], val[48];
@@ -131,7 +134,7 @@ static void print_table(int task, const duet_eval_result *r, int n) {
         fmt_or_dash(thr, sizeof thr, "%.4g", r[i].threshold);
         if (task == DUET_EVAL_TASK_NLL) snprintf(val, sizeof val, "%.5f", r[i].value);
         else snprintf(val, sizeof val, "%.1f%% %d/%d", 100 * r[i].value, r[i].n_correct, r[i].n_examples);
-        printf("%-12s %6s %10s %12s %8.1f%% %12ld %10.1f\n", duet_eval_policy_name(r[i].spec.policy), rate, thr,
+        printf("%-14s %6s %10s %12s %8.1f%% %12ld %10.1f\n", duet_eval_spec_name(&r[i].spec), rate, thr,
                val, 100 * r[i].deferral_frequency, r[i].expert_calls, r[i].tokens_per_second);
     }
 }
@@ -173,13 +176,21 @@ static int build_specs(const char *list, const double *rates, int n_rates, float
     snprintf(buf, sizeof buf, "%s", list);
     int n = 0;
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int pol = duet_eval_policy_from_name(tok);
+        int matched = !strcmp(tok, "random_matched");
+        int pol = matched ? DUET_POLICY_RANDOM : duet_eval_policy_from_name(tok);
         if (pol < 0) {
             fprintf(stderr, "duet eval: --policy '%s' is not one of base, expert, collm, random, "
-                            "uncertainty, confidence, compose, proxy, contrastive, oracle\n", tok);
+                            "random_matched, uncertainty, confidence, compose, proxy, contrastive, "
+                            "oracle\n", tok);
             return -1;
         }
-        int per_rate = n_rates > 0 && (duet_eval_policy_thresholded(pol) || pol == DUET_POLICY_RANDOM);
+        if (pol == DUET_POLICY_RANDOM && !matched && n_rates == 0) { /* the paper's coin flip */
+            if (n == cap) return -1;
+            specs[n++] = (duet_eval_spec){.policy = pol, .rate = DUET_EVAL_RANDOM_RATE, .threshold = -1};
+            continue;
+        }
+        int per_rate = n_rates > 0 && !matched &&
+                       (duet_eval_policy_thresholded(pol) || pol == DUET_POLICY_RANDOM);
         for (int k = 0; k < (per_rate ? n_rates : 1); k++) {
             if (n == cap) {
                 fprintf(stderr, "duet eval: at most %d policy/rate rows\n", cap);
@@ -290,7 +301,8 @@ int cmd_eval(int argc, char **argv) {
                *policies = A.policies, *outputs = A.outputs;
     int task = A.task, n_threads = A.n_threads, quiet = A.quiet, n_stops = A.n_stops;
     duet_eval_params ep = A.ep;
-    if (!policies) policies = !expert_path ? "base" : head_path ? "base,expert,collm,random" : "base,expert";
+    if (!policies)
+        policies = !expert_path ? "base" : head_path ? "base,expert,collm,random,random_matched" : "base,expert";
     duet_eval_spec specs[MAX_SPECS];
     int n_specs = build_specs(policies, A.rates, A.n_rates, A.eta, A.ent, specs, MAX_SPECS);
     if (n_specs <= 0) return 2;

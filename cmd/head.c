@@ -36,10 +36,11 @@ static void train_usage(FILE *f) {
             "  --weak-lr X           learning rate of the weak start (default 1e-2, scaled alike)\n"
             "  --weight-decay X      AdamW weight decay (default 0)\n"
             "  --pos-weight X        weak positive weight (default 8)\n"
-            "  --preset paper        the official Co-LLM head initialisation: weak supervision,\n"
-            "                        u from the mean output row of --base (required), one pass in\n"
-            "                        file order, batch 8, AdamW at a constant 2e-5, no clipping,\n"
-            "                        positive weight 1, the last value kept (overrides those flags;\n"
+            "  --preset paper        the official Co-LLM head initialisation: weak supervision on\n"
+            "                        the hidden state, u from the mean output row of --base\n"
+            "                        (required: the model the score file names), one pass in file\n"
+            "                        order, batch 8, AdamW at a constant 2e-5, no clipping,\n"
+            "                        positive weight 8, the last value kept (overrides those flags;\n"
             "                        the default, duet's own schedule, is --preset duet)\n"
             "  --batch N             sequences per step (default 8)\n"
             "  --val-frac F          validation share of the sequences (default 0.1)\n"
@@ -47,6 +48,9 @@ static void train_usage(FILE *f) {
             "  --base MODEL          start u at the mean of the base's output rows (default: zero)\n"
             "                        and check the head's identity against the model\n"
             "  --report FILE         JSON report: losses per step, routing per evaluation\n"
+            "  Score files larger than memory are streamed: every DUET_SCORES_WINDOW bytes read\n"
+            "  (environment, default 32 MiB) their pages are let go; what grows with the file is\n"
+            "  about 44 bytes per token of per-token scalars (log-probs, labels, routing keys)\n"
             "  --quiet               no progress or summary\n");
 }
 
@@ -136,7 +140,7 @@ static int head_from_base(const char *path, duet_scores *B, const char *bpath, d
 
 static int cmd_head_train(int argc, char **argv) {
     const char *bpath = NULL, *epath = NULL, *out = NULL, *base_model = NULL;
-    int quiet = 0, weak_epochs = -2, paper = 0;
+    int quiet = 0, weak_epochs = -2, paper = 0, usage_error = 0;
     duet_head_train_params hp = {0};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -211,27 +215,21 @@ static int cmd_head_train(int argc, char **argv) {
         return 2;
     }
     if (weak_epochs != -2) hp.weak_epochs = weak_epochs ? weak_epochs : -1;
-    if (paper) { /* the official head initialisation, whatever else was given */
-        if (!base_model) {
-            fprintf(stderr, "duet head train: --preset paper starts u at the mean of the base's "
-                            "output rows: give --base MODEL (the model the base scores were made "
-                            "with)\n");
-            return 2;
-        }
-        hp.objective = DUET_HT_WEAK;
-        hp.schedule = DUET_HT_SCHEDULE_PAPER;
-        hp.lr = hp.weak_lr = 2e-5;
-        hp.epochs = 1;
-        hp.batch_seqs = 8;
-        hp.pos_weight = 1;
-        hp.weight_decay = 0;
-    }
+    if (paper) duet_head_train_preset_paper(&hp); /* whatever else was given */
     duet_error err = {0};
     duet_scores *B = NULL, *E = NULL;
     duet_model *m = NULL;
     duet_head *init = NULL, *h = NULL;
     int rc;
     if ((rc = duet_scores_open(bpath, &B, &err)) || (rc = duet_scores_open(epath, &E, &err))) goto done;
+    if (paper && !base_model) { /* the file names its base, but not where that model lives */
+        rc = DUET_ERR_ARG;
+        usage_error = 1;
+        snprintf(err.msg, sizeof err.msg, "--preset paper starts u at the mean of the base's "
+                 "output rows: give --base MODEL, the model '%s' that scored %s",
+                 duet_scores_get_header(B)->model_name, bpath);
+        goto done;
+    }
     if (base_model) {
         if ((rc = head_from_base(base_model, B, bpath, &m, &init, &err))) goto done;
         hp.u_init = duet_head_u(init);
@@ -263,7 +261,7 @@ done:
     duet_model_free(m);
     duet_scores_close(B);
     duet_scores_close(E);
-    return rc ? 1 : 0;
+    return rc ? (usage_error ? 2 : 1) : 0;
 }
 
 

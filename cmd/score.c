@@ -29,7 +29,12 @@ static void usage(FILE *f) {
             "                        (repeatable) duet (default) or paper: the JSONL frames, paper\n"
             "                        being the official Co-LLM training format (docs/formats.md)\n"
             "  --skip-bad            skip malformed examples (counted) instead of stopping\n"
-            "  --no-hidden           do not store hidden states (default: stored, F16)\n"
+            "  --no-hidden           do not store hidden states\n"
+            "  --hidden              store the final-norm hidden states (F16, n_embd per token);\n"
+            "                        the default for a model's own tokens, the base file that head\n"
+            "                        training reads them from. With --tokenizer-of or --url the\n"
+            "                        default is none: nothing reads an expert's hidden states, and\n"
+            "                        they would be most of the file (--url cannot give them)\n"
             "  -t, --threads N       threads (default: all cores)\n"
             "  -np, --parallel N     sequences scored together in one batched pass (default 8;\n"
             "                        the file is the same for any N)\n"
@@ -50,7 +55,7 @@ int cmd_score(int argc, char **argv) {
     const char *model_path = NULL, *data_path = NULL, *out = NULL, *tok_of = NULL;
     duet_expert_remote_params rp = {0};
     duet_expert_remote *remote = NULL;
-    int n_ctx = 0, n_threads = 0, quiet = 0;
+    int n_ctx = 0, n_threads = 0, quiet = 0, hidden = -1; /* -1: by the kind of file */
     duet_dataset_params dp = {0};
     duet_scores_params sp = {0};
     for (int i = 1; i < argc; i++) {
@@ -81,8 +86,8 @@ int cmd_score(int argc, char **argv) {
                 return 2;
             }
         } else if (!strcmp(a, "--skip-bad")) dp.skip_bad = 1;
-        else if (!strcmp(a, "--no-hidden")) sp.no_hidden = 1;
-        else if (!strcmp(a, "--hidden")) sp.no_hidden = 0;
+        else if (!strcmp(a, "--no-hidden")) hidden = 0;
+        else if (!strcmp(a, "--hidden")) hidden = 1;
         else if (!strcmp(a, "--quiet")) quiet = 1;
         else {
             fprintf(stderr, "duet score: unknown option '%s'\n", a);
@@ -91,10 +96,12 @@ int cmd_score(int argc, char **argv) {
         }
 #undef VAL
     }
-    if (rp.url && (model_path || !tok_of)) {
-        fprintf(stderr, "duet score: --url scores with the server: give --tokenizer-of BASE, not -m\n");
+    if (rp.url && (model_path || !tok_of || hidden == 1)) {
+        fprintf(stderr, "duet score: --url scores with the server: give --tokenizer-of BASE, not -m; "
+                        "it gives log-probabilities only (no --hidden)\n");
         return 2;
     }
+    sp.no_hidden = hidden == -1 ? (tok_of || rp.url) : !hidden;
     if ((!model_path && !rp.url) || !data_path || !out) {
         fprintf(stderr, "duet score: -m MODEL (or --url URL), -d DATA and -o SCORES are required\n");
         usage(stderr);

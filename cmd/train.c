@@ -1,6 +1,6 @@
 /* train.c: `duet train lm` (pre-training on plain text, fine-tuning on prompt/response JSONL)
  * and `duet train collm` (the paper's joint training of the base and its deferral head, or the
- * weak-supervision baseline), of every weight or, with --lora, of low-rank adapters on a frozen
+ * official weak-supervision baseline, or the head-only one), of every weight or, with --lora, of low-rank adapters on a frozen
  * base: thin wrappers over duet_lm_train and duet_head_train. */
 #include <math.h>
 #include <stdio.h>
@@ -24,9 +24,21 @@ static void usage(FILE *f, int collm) {
                 "  --head FILE           the starting head (duet head train --objective weak)\n"
                 "  --base-scores FILE    or: the base's scores of DATA, to train the weak start here\n"
                 "  --head-out FILE       the trained head (sidecar GGUF, for the trained base)\n"
-                "  --weak-supervision    the baseline: write the weak-supervision head from\n"
-                "                        --base-scores and --expert-scores to --head-out, base unchanged\n"
+                "  --weak-supervision    the paper's weak-supervision baseline, as the official trainer\n"
+                "                        (v2) runs it: the base (or its --lora adapters) and u learn on\n"
+                "                        2/3 token cross-entropy (u's logit in the softmax as an extra\n"
+                "                        row) + 1/3 BCE of u . h against the pseudo-label 'the expert's\n"
+                "                        top token is the gold one and the base's is not' (positive\n"
+                "                        weight 5), both means over the response tokens; the labels come\n"
+                "                        from --base-scores (the base's own scores of DATA) and\n"
+                "                        --expert-scores; u starts at the mean of the base's output rows\n"
+                "                        (or --head). The official run: --lr 2e-5 --decay linear\n"
+                "                        --warmup 0.04 --min-lr 0 --epochs 2 and 128 sequences a step\n"
+                "  --weak-supervision-head  the head-only baseline: write the weak-supervision head\n"
+                "                        from --base-scores and --expert-scores to --head-out, base\n"
+                "                        unchanged (duet head train --objective weak)\n"
                 "  --val-expert-scores F the expert's scores of --val-data\n"
+                "  --val-base-scores F   the base's scores of --val-data (--weak-supervision)\n"
                 "  and the options of duet train lm (below)\n\n");
     fprintf(f,
             "usage: duet train lm (-m INIT.gguf | --n-embd N --n-layer N --n-head N [--n-head-kv N]\n"
@@ -77,8 +89,8 @@ static void progress(void *ud, const duet_lm_progress *p) {
 /* What the command line asks for. */
 typedef struct train_args {
     int collm;
-    const char *cmd, *init, *epath, *vepath, *bpath, *head_in;
-    int quiet, n_threads, weak_only;
+    const char *cmd, *init, *epath, *vepath, *bpath, *vbpath, *head_in;
+    int quiet, n_threads, weak_only, weak;
     duet_make_model_params mk;
     duet_lm_train_params p;
     duet_lm_lora_params lora;   /* rank 0: every weight is trained */
@@ -102,7 +114,8 @@ static int parse_args(int argc, char **argv, train_args *A) {
         if (!strcmp(a, "--quiet")) { A->quiet = 1; continue; }
         if (!strcmp(a, "--tied")) { mk->tied = 1; continue; }
         if (!strcmp(a, "--resume")) { p->resume = 1; continue; }
-        if (collm && !strcmp(a, "--weak-supervision")) { A->weak_only = 1; continue; }
+        if (collm && !strcmp(a, "--weak-supervision-head")) { A->weak_only = 1; continue; }
+        if (collm && !strcmp(a, "--weak-supervision")) { A->weak = 1; continue; }
         if (!(v = arg_value(cmd, argc, argv, &i))) return 2;
         float x;
         int *ip = !strcmp(a, "--n-embd") ? &mk->n_embd : !strcmp(a, "--n-layer") ? &mk->n_layer
@@ -132,6 +145,7 @@ static int parse_args(int argc, char **argv, train_args *A) {
         else if (collm && !strcmp(a, "--expert-scores")) A->epath = v;
         else if (collm && !strcmp(a, "--val-expert-scores")) A->vepath = v;
         else if (collm && !strcmp(a, "--base-scores")) A->bpath = v;
+        else if (collm && !strcmp(a, "--val-base-scores")) A->vbpath = v;
         else if (collm && !strcmp(a, "--head")) A->head_in = v;
         else if (collm && !strcmp(a, "--head-out")) p->head_out = v;
         else if (!strcmp(a, "--steps") || !strcmp(a, "--stop-at")) {
@@ -219,38 +233,62 @@ static int load_trainee(const train_args *A, duet_lm_train_params *p, int resumi
     return rc;
 }
 
+/* --weak-supervision-head: the weak-supervision head alone, the base unchanged. */
+static int weak_head_only(const train_args *A) {
+    if (!A->bpath || !A->epath || !A->p.head_out) {
+        fprintf(stderr, "duet train collm --weak-supervision-head: needs --base-scores, "
+                        "--expert-scores and --head-out\n");
+        return 2;
+    }
+    duet_error err = {0};
+    duet_scores *B = NULL, *E = NULL;
+    duet_head *h = NULL;
+    duet_head_train_params hp = {.objective = DUET_HT_WEAK, .seed = A->p.seed};
+    int rc = duet_scores_open(A->bpath, &B, &err);
+    if (!rc) rc = duet_scores_open(A->epath, &E, &err);
+    if (!rc) rc = duet_head_train(B, E, &hp, &h, NULL, &err);
+    if (!rc) rc = duet_head_save(h, A->p.head_out, &err);
+    if (!rc && !A->quiet)
+        fprintf(stderr, "duet %s: wrote the weak-supervision head %s\n", A->cmd, A->p.head_out);
+    if (rc) fprintf(stderr, "duet %s: %s\n", A->cmd, err.msg);
+    duet_head_free(h);
+    duet_scores_close(B);
+    duet_scores_close(E);
+    return rc ? 1 : 0;
+}
+
 int cmd_train(int argc, char **argv) {
     train_args A;
     int prc = parse_args(argc, argv, &A);
     if (prc >= 0) return prc;
-    int collm = A.collm, quiet = A.quiet, weak_only = A.weak_only;
+    int collm = A.collm, quiet = A.quiet, weak_only = A.weak_only, weak = A.weak;
     const char *cmd = A.cmd, *init = A.init, *epath = A.epath, *vepath = A.vepath, *bpath = A.bpath,
-               *head_in = A.head_in;
+               *vbpath = A.vbpath, *head_in = A.head_in;
     duet_make_model_params mk = A.mk;
     duet_lm_train_params p = A.p;
     duet_error err = {0};
     int rc = 0;
-    duet_scores *E = NULL, *VE = NULL, *BS = NULL;
+    duet_scores *E = NULL, *VE = NULL, *BS = NULL, *VBS = NULL;
     duet_head *h = NULL;
     duet_lm *m = NULL;
     char tmp_init[1100] = "";
-    if (collm && weak_only) { /* the baseline: the weak-supervision head alone */
-        if (!bpath || !epath || !p.head_out) {
-            fprintf(stderr, "duet train collm --weak-supervision: needs --base-scores, "
-                            "--expert-scores and --head-out\n");
-            return 2;
-        }
-        duet_head_train_params hp = {.objective = DUET_HT_WEAK, .seed = p.seed};
-        if ((rc = duet_scores_open(bpath, &BS, &err)) || (rc = duet_scores_open(epath, &E, &err))) goto done;
-        if (!(rc = duet_head_train(BS, E, &hp, &h, NULL, &err))) rc = duet_head_save(h, p.head_out, &err);
-        if (!rc && !quiet) fprintf(stderr, "duet %s: wrote the weak-supervision head %s\n", cmd, p.head_out);
-        goto done;
+    if (weak && weak_only) {
+        fprintf(stderr, "duet %s: --weak-supervision (base and head) or --weak-supervision-head "
+                        "(the head alone), not both\n", cmd);
+        return 2;
     }
+    if (collm && weak_only) return weak_head_only(&A);
     if (!p.data_path || !p.out_path || (!init && !mk.n_embd) ||
         (collm && (!epath || !p.head_out || (!head_in && !bpath)))) {
         fprintf(stderr, "duet %s: need -d DATA, -o OUT and -m INIT (or the --n-* shape)%s\n", cmd,
                 collm ? ", --expert-scores, --head-out and --head or --base-scores" : "");
         usage(stderr, collm);
+        return 2;
+    }
+    if (weak && (!bpath || !init || (vepath && !vbpath) || (vbpath && !vepath))) {
+        fprintf(stderr, "duet %s --weak-supervision: needs -m BASE and --base-scores (the base's "
+                        "own scores of DATA, for the labels); --val-expert-scores and "
+                        "--val-base-scores go together\n", cmd);
         return 2;
     }
     if (A.lora.rank && (!init || mk.n_embd)) {
@@ -280,11 +318,17 @@ int cmd_train(int argc, char **argv) {
         const char *hpath = resuming && access(p.head_out, R_OK) == 0 ? p.head_out : head_in;
         if (hpath) {
             rc = duet_head_load(hpath, duet_lm_source(m), &h, &err);
+        } else if (weak) { /* the official start: the mean of the base's output rows */
+            rc = duet_head_init(duet_lm_source(m), &h, &err);
         } else {
             duet_head_train_params hp = {.objective = DUET_HT_WEAK, .seed = p.seed};
             if (!(rc = duet_scores_open(bpath, &BS, &err))) rc = duet_head_train(BS, E, &hp, &h, NULL, &err);
         }
+        if (!rc && weak && !(rc = duet_scores_open(bpath, &BS, &err)) && vbpath)
+            rc = duet_scores_open(vbpath, &VBS, &err);
         if (rc) goto done;
+        p.weak_base = weak ? BS : NULL;
+        p.val_weak_base = VBS;
         if (duet_head_features(h) != DUET_HEAD_FEAT_HIDDEN) {
             rc = DUET_ERR_ARG;
             snprintf(err.msg, sizeof err.msg, "%s: joint training takes a hidden-state head "
@@ -324,6 +368,7 @@ done:
     duet_scores_close(E);
     duet_scores_close(VE);
     duet_scores_close(BS);
+    duet_scores_close(VBS);
     duet_lm_free(m);
     return rc ? 1 : 0;
 }

@@ -1033,6 +1033,13 @@ typedef struct duet_head_train_result {
     duet_head_routing val;                 /* validation routing of the kept head + baselines */
 } duet_head_train_result;
 
+/* --preset paper: the official Co-LLM head initialisation's settings in p (the rest of p is
+ * kept): weak supervision on the hidden state alone, positive weight 8 (the official run's
+ * weight balance), one pass in file order of batches of 8 sequences, AdamW (betas 0.9, 0.999,
+ * eps 1e-8, no weight decay) at a constant 2e-5 without clipping, the last value kept. u_init
+ * must then be the mean of the base's output rows (duet_head_init), as the official start. */
+void duet_head_train_preset_paper(duet_head_train_params *p);
+
 /* Train a head for the base of `base` (identity from its header). *out is the kept
  * checkpoint; res (may be NULL) is filled on success. */
 int duet_head_train(const duet_scores *base, const duet_scores *expert,
@@ -1080,6 +1087,9 @@ const char *duet_eval_policy_name(int policy);
 /* 1 for policies whose deferral is "score > threshold" (collm, compose, uncertainty, oracle). */
 int duet_eval_policy_thresholded(int policy);
 
+/* The random baseline's deferral rate when none is asked for: the paper's coin flip. */
+#define DUET_EVAL_RANDOM_RATE 0.5
+
 typedef struct duet_eval_spec {
     int policy;       /* duet_policy or DUET_EVAL_POLICY_ORACLE */
     double rate;      /* target deferral fraction in [0,1], or < 0: none */
@@ -1109,6 +1119,11 @@ int duet_eval_split_from_name(const char *name);
  * atomically (`duet data split`). *n_written (may be NULL) gets their number. */
 int duet_eval_split_save(int task, const char *data_path, int split, const char *out_path, int *n_written,
                          duet_error *err);
+
+/* The name a result is reported under: the policy's, except "random_matched" for the random
+ * policy without a rate of its own (duet_eval_run gives it collm's measured deferral rate),
+ * so it stands apart from "random" at a given rate. */
+const char *duet_eval_spec_name(const duet_eval_spec *spec);
 
 typedef struct duet_eval_params {
     int task;
@@ -1317,6 +1332,13 @@ typedef struct duet_lm_train_params {
     const duet_scores *val_expert;  /* expert scores of val_path (with val_path) */
     const float *u_init;         /* [n_embd] head start (the weak-supervision head) */
     const char *head_out;        /* the trained head (sidecar GGUF) */
+    /* with expert: the base's own scores of data_path (and of val_path) switch the objective
+     * to the official weak-supervision one: 2/3 token cross-entropy (the deferral logit in
+     * the softmax) + 1/3 BCE of the deferral logit against the pseudo-label "the expert's top
+     * token is the gold one and the base's is not", positive weight 5, both means over the
+     * response tokens. NULL: the marginal likelihood. */
+    const duet_scores *weak_base;
+    const duet_scores *val_weak_base;
     void (*progress)(void *ud, const duet_lm_progress *p);
     void *ud;
 } duet_lm_train_params;

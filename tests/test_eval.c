@@ -725,6 +725,49 @@ TEST(eval_cli_eval_and_tune) {
     duet_model_free(b);
 }
 
+/* The two random baselines under their own names: "random" flips a fair coin per token (the
+ * paper's baseline) and "random_matched" defers at the rate collm measured in the same run;
+ * with --head they are in the default policy list. */
+TEST(eval_cli_random_baselines) {
+    if (!duet_bin()) SKIP("DUET_BIN not set (run through make test)");
+    const char *bp = fixture_random(DT_F32, 51, 0), *xp = fixture_random(DT_F32, 52, 0);
+    REQUIRE(bp && xp);
+    duet_model *b = fixture_load(bp);
+    REQUIRE(b);
+    duet_head *h = fixture_random_head(b, 13, 4.0f);
+    char head_path[600], json_path[600], args[6000], err[4096];
+    snprintf(head_path, sizeof head_path, "%s/rnd-head.gguf", test_tmpdir());
+    snprintf(json_path, sizeof json_path, "%s/rnd-eval.json", test_tmpdir());
+    duet_error e = {0};
+    REQUIRE(h && !duet_head_save(h, head_path, &e));
+    const char *data = write_tmp("rnd-gsm3.jsonl", k_gsm3);
+    snprintf(args, sizeof args, "eval -m '%s' --expert '%s' --head '%s' --task gsm8k --data '%s' -n 16 -c 128 "
+             "--threshold 0.8 --json '%s' -t 2", bp, xp, head_path, data, json_path);
+    CHECKF(run_cli(args, err, sizeof err) == 0, "duet eval: %s", err);
+    json_error_t je;
+    json_t *j = json_load_file(json_path, 0, &je), *res = json_object_get(j, "results");
+    static const char *want[5] = {"base", "expert", "collm", "random", "random_matched"};
+    CHECKF(json_array_size(res) == 5, "json: %s", j ? "not 5 results" : je.text);
+    double rate[5] = {0}, freq[5] = {0};
+    for (size_t i = 0; i < json_array_size(res) && i < 5; i++) {
+        json_t *o = json_array_get(res, i);
+        CHECK_STR(json_string_value(json_object_get(o, "policy")), want[i]);
+        rate[i] = json_number_value(json_object_get(o, "target_rate"));
+        freq[i] = json_number_value(json_object_get(o, "deferral_frequency"));
+    }
+    CHECK_NEAR(rate[3], 0.5, 0);
+    CHECKF(freq[2] > 0 && freq[2] < 0.4, "collm deferred %.3f: too close to 0.5 to tell the two apart",
+           freq[2]);
+    CHECK_NEAR(rate[4], freq[2], 1e-9);
+    json_decref(j);
+    /* random_matched without collm to match is refused by name */
+    snprintf(args, sizeof args, "eval -m '%s' --expert '%s' --task gsm8k --data '%s' -n 16 -c 128 "
+             "--policy random_matched", bp, xp, data);
+    CHECKF(run_cli(args, err, sizeof err) == 1 && strstr(err, "random_matched"), "no collm: %s", err);
+    duet_head_free(h);
+    duet_model_free(b);
+}
+
 /* Deferral frequency, two ways: over all generated tokens, and the mean of each problem's own
  * frequency (the paper's averaging). The oracle is each problem evaluated alone, at a fixed
  * threshold so that calibration cannot differ between the runs. */

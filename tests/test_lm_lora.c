@@ -163,6 +163,7 @@ static void lora_setup(lora_ctx *m, int type, int tied, int loss, int variant) {
         m->tgt[i] = (int32_t)(duet_splitmix64(&g_rng) % 13);
         m->wt[i] = i % 5 >= 1 ? 1.0f : 0.0f; /* a masked prompt position per sequence */
         m->lpe[i] = (float)(-3 * (urand() + 1));
+        if (loss == LM_LOSS_WEAK) m->lpe[i] = i % 3 == 0 ? 1.0f : 0.0f; /* weak labels */
     }
     m->b = (lm_batch){.B = 2, .T = 5, .tokens = m->tok, .targets = m->tgt, .weight = m->wt,
                       .lpe = m->lpe, .loss = loss, .scale = 1.0 / 8};
@@ -190,11 +191,11 @@ static void check_lora_grads(int type, int tied, int loss, int variant) {
         size_t at = 0;
         double rel = fd_rel(&m, m.w + t->off, m.g + t->off, (size_t)(t->n_in * t->n_out), &at);
         CHECKF(rel < 1e-6, "%s base, %s loss: %s: max |analytic - numeric| / max |grad| = %.3g "
-               "at element %zu", dtype_info(type)->name, loss ? "collm" : "ce", t->name, rel, at);
+               "at element %zu", dtype_info(type)->name, loss == LM_LOSS_WEAK ? "weak" : loss ? "collm" : "ce", t->name, rel, at);
         kinds += strstr(t->name, "blk.0.") != NULL;
     }
     CHECK_EQ_INT(kinds, 14); /* A and B of all seven kinds of a layer were checked */
-    if (loss == LM_LOSS_COLLM) {
+    if (loss != LM_LOSS_CE) {
         size_t at = 0;
         double rel = fd_rel(&m, m.u, m.gu, 32, &at);
         CHECKF(rel < 1e-6, "%s base: head u: rel %.3g at %zu", dtype_info(type)->name, rel, at);
@@ -208,6 +209,8 @@ TEST(lm_lora_fd_ce_q4_0) { check_lora_grads(DT_Q4_0, 0, LM_LOSS_CE, TINY_LLAMA);
 TEST(lm_lora_fd_collm_f32_tied) { check_lora_grads(DT_F32, 1, LM_LOSS_COLLM, TINY_LLAMA); }
 TEST(lm_lora_fd_collm_q8_0) { check_lora_grads(DT_Q8_0, 0, LM_LOSS_COLLM, TINY_LLAMA); }
 TEST(lm_lora_fd_collm_q4_0) { check_lora_grads(DT_Q4_0, 0, LM_LOSS_COLLM, TINY_LLAMA); }
+/* the official weak-supervision objective (CE with the deferral logit in the softmax + BCE) */
+TEST(lm_lora_fd_weak_q8_0) { check_lora_grads(DT_Q8_0, 0, LM_LOSS_WEAK, TINY_LLAMA); }
 /* qwen2 (frozen q/k/v biases, neox RoPE) and qwen3 (frozen per-head q/k norms, heads of 24) */
 TEST(lm_lora_fd_qwen2_q8_0) { check_lora_grads(DT_Q8_0, 0, LM_LOSS_COLLM, TINY_QWEN2); }
 TEST(lm_lora_fd_qwen3_f32) { check_lora_grads(DT_F32, 1, LM_LOSS_COLLM, TINY_QWEN3); }

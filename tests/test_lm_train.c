@@ -197,6 +197,7 @@ static void check_model(int tied, int loss) {
         tgt[i] = (int32_t)(duet_splitmix64(&g_rng) % 11);
         wt[i] = i % T >= 1 ? 1.0f : 0.0f;          /* a masked prompt position per sequence */
         lpe[i] = (float)(-3 * (urand() + 1));
+        if (loss == LM_LOSS_WEAK) lpe[i] = i % 3 == 0 ? 1.0f : 0.0f; /* weak labels, both kinds */
     }
     m.b = (lm_batch){.B = B, .T = T, .tokens = tok, .targets = tgt, .weight = wt, .lpe = lpe,
                      .loss = loss, .scale = 1.0 / 8};
@@ -206,10 +207,11 @@ static void check_model(int tied, int loss) {
     char what[96];
     for (int i = 0; i < m.L.n_t; i++) {
         const lm_tensor *t = &m.L.t[i];
-        snprintf(what, sizeof what, "%s %s (%s)", loss ? "collm" : "ce", t->name, tied ? "tied" : "untied");
+        snprintf(what, sizeof what, "%s %s (%s)", loss == LM_LOSS_WEAK ? "weak" : loss ? "collm" : "ce",
+                 t->name, tied ? "tied" : "untied");
         fd_check(obj_model, &m, m.w + t->off, m.g + t->off, (size_t)(t->n_in * t->n_out), what);
     }
-    if (loss == LM_LOSS_COLLM) fd_check(obj_model, &m, u, gu, 8, "collm head u");
+    if (loss != LM_LOSS_CE) fd_check(obj_model, &m, u, gu, 8, "joint head u");
     /* the prompt position carries no loss: its target can change freely */
     double before = obj_model(&m);
     tgt[0] = (tgt[0] + 1) % 11;
@@ -223,6 +225,7 @@ static void check_model(int tied, int loss) {
 TEST(lm_fd_model_ce_untied) { check_model(0, LM_LOSS_CE); }
 TEST(lm_fd_model_ce_tied) { check_model(1, LM_LOSS_CE); }
 TEST(lm_fd_model_collm) { check_model(0, LM_LOSS_COLLM); }
+TEST(lm_fd_model_weak_tied) { check_model(1, LM_LOSS_WEAK); }
 
 /* The COLLM loss against the formula of docs/method.md section 5, computed by hand for one
  * token. */
@@ -330,6 +333,76 @@ TEST(lm_collm_loss_and_grads_hand_computed) {
     }
     CHECK_NEAR(gu[0], -0.052964330374670970, 1e-9 * 0.053);
     CHECK_NEAR(gu[1], -0.014490239609684801, 1e-9 * 0.0145);
+    lmd_acts_release(a);
+    free(w);
+    free(g);
+    lm_layout_free(&L);
+}
+
+/* The weak-supervision loss (lm.h, LM_LOSS_WEAK) on two positions by hand, with the model of
+ * the test above: inputs 0, 1 with targets 0, 1, logits (0, 1, 0) and (0, 0, 2), deferral
+ * logits s = 1 and -0.5, labels z = 1 and 0, scale 1/2. The softmax runs over the 3 logits
+ * and s (4 classes); BCE(s, z) = -(5 z log sig(s) + (1 - z) log sig(-s)).
+ *   pos 0: denominator 1 + e + 1 + e^1 = 2 + 2e = 7.4365636569180893
+ *          CE = log(2 + 2e) - 0 = 2.006408868078168
+ *          BCE = 5 log(1 + e^-1) = 5 * 0.31326168751822283 = 1.566308437591114
+ *          loss = 2/3 * 2.006408868078168 + 1/3 * 1.566308437591114 = 1.8597087245824833
+ *          p_s = e / (2 + 2e) = 0.3655292893150025, sig(1) = 0.7310585786300049
+ *          dL/ds = 2/3 * 0.3655292893150025 + 1/3 * 5 * (0.7310585786300049 - 1)
+ *                = -0.20454950940665689
+ *          dL/dz = 2/3 (softmax - onehot(0)) = 2/3 (1/7.43656 - 1, e/7.43656, 1/7.43656)
+ *                = (-0.57701952621000152, 0.24368619287666832, 0.089647140456665053)
+ *   pos 1: denominator 1 + 1 + e^2 + e^-0.5 = 9.9955867586432845
+ *          CE = log(9.9955867586432845) - 0 = 2.3021436714462165
+ *          BCE = log(1 + e^-0.5) = 0.47407698418010663
+ *          loss = 2/3 * 2.3021436714462165 + 1/3 * 0.47407698418010663 = 1.6927881090241796
+ *          p_s = e^-0.5 / 9.99558 = 0.060679845451609961, sig(-0.5) = 0.37754066879814544
+ *          dL/ds = 2/3 * 0.060679845451609961 + 1/3 * 0.37754066879814544 = 0.1663001199004551
+ *          dL/dz = 2/3 (1/9.99558, 1/9.99558 - 1, e^2/9.99558)
+ *                = (0.066696101265910496, -0.59997056540075611, 0.4928212338337723)
+ *   sum 3.5524968336066629 (unscaled); d/du = (dL/ds_0 h_0 + dL/ds_1 h_1) / 2 with h_0 = (1, 1),
+ *   h_1 = (1, -1): (-0.019124694753100899, -0.18542481465355598) */
+TEST(lm_weak_loss_and_grads_hand_computed) {
+    lm_config c = {.n_vocab = 3, .n_embd = 2, .n_layer = 1, .n_head = 1, .n_head_kv = 1,
+                   .n_ff = 2, .head_dim = 2, .tied = 0, .rms_eps = 0};
+    lm_layout L;
+    duet_error err;
+    REQUIRE(lm_layout_init(&L, &c, &err) == DUET_OK);
+    double *w = calloc(L.n_params, sizeof(double)), *g = calloc(L.n_params, sizeof(double));
+    const double emb[6] = {1, 1, 1, -1, -1, -1}, out[6] = {0, 0, 0.5, 0.5, 1, -1};
+    memcpy(w + L.tok_embd, emb, sizeof emb);
+    memcpy(w + L.output, out, sizeof out);
+    for (int i = 0; i < 2; i++) {
+        w[L.output_norm + i] = 1;
+        w[L.layer[0].attn_norm + i] = 1;
+        w[L.layer[0].ffn_norm + i] = 1;
+    }
+    double u[2] = {0.25, 0.75}, gu[2] = {0};
+    int32_t tok[2] = {0, 1}, tgt[2] = {0, 1};
+    float wt[2] = {1, 1}, lab[2] = {1, 0};
+    lm_batch b = {.B = 1, .T = 2, .tokens = tok, .targets = tgt, .weight = wt, .lpe = lab,
+                  .loss = LM_LOSS_WEAK, .scale = 0.5};
+    struct lmd_acts *a = lmd_acts_alloc(&c, 1, 2);
+    REQUIRE(a);
+    double got = lmd_run(&c, &L, w, g, u, gu, a, &b, NULL, 1, NULL);
+    CHECK_NEAR(got, 3.5524968336066629, 1e-9 * 3.6);
+    static const double loss[2] = {1.8597087245824833, 1.6927881090241796};
+    static const double ds[2] = {-0.20454950940665689, 0.1663001199004551};
+    static const double dz[2][3] = {
+        {-0.57701952621000152, 0.24368619287666832, 0.089647140456665053},
+        {0.066696101265910496, -0.59997056540075611, 0.4928212338337723}};
+    for (int t = 0; t < 2; t++) {
+        CHECKF(fabs(a->loss[t] - loss[t]) <= 1e-9 * loss[t], "position %d: loss %.17g, want %.17g",
+               t, a->loss[t], loss[t]);
+        CHECKF(fabs(a->ds[t] - ds[t] / 2) <= 1e-9 * fabs(ds[t]), "position %d: dL/ds %.17g, "
+               "want %.17g / 2", t, a->ds[t], ds[t]);
+        for (int v = 0; v < 3; v++)
+            CHECKF(fabs(a->logits[t * 3 + v] - dz[t][v] / 2) <= 1e-9 * fabs(dz[t][v]),
+                   "position %d logit %d: dL/dz %.17g, want %.17g / 2", t, v, a->logits[t * 3 + v],
+                   dz[t][v]);
+    }
+    CHECK_NEAR(gu[0], -0.019124694753100899, 1e-9 * 0.02);
+    CHECK_NEAR(gu[1], -0.18542481465355598, 1e-9 * 0.19);
     lmd_acts_release(a);
     free(w);
     free(g);
@@ -608,6 +681,88 @@ TEST(lm_train_collm_joint) {
     duet_model_free(tm);
     duet_scores_close(E);
     duet_scores_close(Ebad);
+    duet_model_free(bm);
+    duet_model_free(em);
+}
+
+/* The official weak-supervision objective end to end: labels from the base's and the expert's
+ * score files of the data, a base file of other data refused, the held-out loss falls and u
+ * moves from its start. */
+TEST(lm_train_collm_weak_supervision) {
+    const char *base = fixture_random(0, 31, 1), *expert = fixture_random(0, 32, 0);
+    const char *data = write_jsonl("weak.jsonl", 40, 3), *other = write_jsonl("weak-other.jsonl", 30, 3);
+    REQUIRE(base && expert && data && other);
+    duet_error err = {0};
+    duet_model *bm = fixture_load(base), *em = fixture_load(expert);
+    REQUIRE(bm && em);
+    duet_dataset d, d2;
+    REQUIRE(duet_dataset_load(data, NULL, &d, &err) == DUET_OK);
+    REQUIRE(duet_dataset_load(other, NULL, &d2, &err) == DUET_OK);
+    const char *ep = test_path(test_tmpdir(), "weak-expert.dsf"), *bp = test_path(test_tmpdir(), "weak-base.dsf"),
+               *bad = test_path(test_tmpdir(), "weak-base-other.dsf");
+    duet_scores_params sp = {.n_ctx = 25, .no_hidden = 1, .ids_model = bm};
+    REQUIRE(duet_scores_compute(em, &d, &sp, ep, NULL, &err) == DUET_OK);
+    sp.ids_model = NULL;
+    REQUIRE(duet_scores_compute(bm, &d, &sp, bp, NULL, &err) == DUET_OK);
+    REQUIRE(duet_scores_compute(bm, &d2, &sp, bad, NULL, &err) == DUET_OK);
+    duet_dataset_free(&d);
+    duet_dataset_free(&d2);
+    duet_scores *E, *B, *Bbad;
+    REQUIRE(duet_scores_open(ep, &E, &err) == DUET_OK && duet_scores_open(bp, &B, &err) == DUET_OK &&
+            duet_scores_open(bad, &Bbad, &err) == DUET_OK);
+    float u[128];
+    for (int i = 0; i < 128; i++) u[i] = 0.01f * (float)((i % 5) - 2);
+    duet_lm_train_params p = {.data_path = data, .seq_len = 24, .batch = 4, .steps = 8, .lr = 2e-3,
+                              .val_frac = 0.2, .expert = E, .weak_base = Bbad, .u_init = u,
+                              .out_path = test_path(test_tmpdir(), "weak.gguf"),
+                              .head_out = test_path(test_tmpdir(), "weak.head.gguf"), .name = "weak"};
+    lm_model m;
+    duet_lm_train_result r;
+    REQUIRE(lm_model_load(base, 2, &m, &err) == DUET_OK);
+    int brc = duet_lm_train(&m, &p, &r, &err);
+    CHECKF(brc == DUET_ERR_ARG && strstr(err.msg, "weak-base-other.dsf"), "rc %d: %s", brc, err.msg);
+    p.weak_base = B;
+    CHECKF(duet_lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
+    CHECKF(r.last_val < r.first_val, "held-out weak loss %g -> %g", r.first_val, r.last_val);
+    lm_model_free(&m);
+    duet_model *tm = fixture_load(p.out_path);
+    duet_head *h = NULL;
+    REQUIRE(tm);
+    CHECKF(duet_head_load(p.head_out, tm, &h, &err) == DUET_OK, "%s", err.msg);
+    CHECK(h && memcmp(duet_head_u(h), u, sizeof u) != 0);
+    duet_head_free(h);
+    duet_model_free(tm);
+    /* the command line: u starts at the mean of the base's output rows (a learning rate of
+     * 1e-9 over two steps moves it by at most about 1e-8), and the labels need the base's
+     * scores */
+    if (getenv("DUET_BIN")) {
+        char args[4000], msg[2048], dp[600], out[600], hout[600]; /* test_path reuses its buffers */
+        snprintf(dp, sizeof dp, "%s", data);
+        snprintf(out, sizeof out, "%s", test_path(test_tmpdir(), "weak-cli.gguf"));
+        snprintf(hout, sizeof hout, "%s", test_path(test_tmpdir(), "weak-cli.head.gguf"));
+        snprintf(args, sizeof args, "train collm --weak-supervision -m '%s' -d '%s' --base-scores '%s' "
+                 "--expert-scores '%s' -o '%s' --head-out '%s' --seq-len 24 --batch 4 --steps 2 --lr 1e-9 "
+                 "--val-frac 0.2 -t 2 --quiet", base, dp, bp, ep, out, hout);
+        CHECKF(fixture_run_cli(args, "weak-cli", msg, sizeof msg) == 0, "%s", msg);
+        duet_model *cm = fixture_load(out);
+        duet_head *ch = NULL, *mean = NULL;
+        REQUIRE(cm);
+        int lrc = duet_head_load(hout, cm, &ch, &err);
+        CHECKF(!lrc, "%s", err.msg);
+        REQUIRE(!lrc && !duet_head_init(bm, &mean, &err));
+        double worst = 0;
+        for (int i = 0; i < 128; i++) worst = fmax(worst, fabs(duet_head_u(ch)[i] - duet_head_u(mean)[i]));
+        CHECKF(worst < 1e-6, "u differs from the mean output row by %g", worst);
+        duet_head_free(ch);
+        duet_head_free(mean);
+        duet_model_free(cm);
+        snprintf(args, sizeof args, "train collm --weak-supervision -m '%s' -d '%s' --expert-scores '%s' "
+                 "-o '%s' --head-out '%s'", base, dp, ep, out, hout);
+        CHECKF(fixture_run_cli(args, "weak-cli", msg, sizeof msg) == 2 && strstr(msg, "--base-scores"), "%s", msg);
+    }
+    duet_scores_close(E);
+    duet_scores_close(B);
+    duet_scores_close(Bbad);
     duet_model_free(bm);
     duet_model_free(em);
 }

@@ -728,6 +728,162 @@ static void check_default_pos_weight(const duet_scores *TB, const char *tb, cons
     duet_scores_close(E);
 }
 
+/* A complete score file written field by field (the layout of learn/scores.h): n_seq
+ * sequences of one response token each after a one-token context, F16 hidden states of
+ * width hd (none when hd is 0). 0 on success. */
+static int write_tiny_scores(const char *path, const char *model, uint64_t vocab_hash, uint64_t ids_hash,
+                             int n_seq, int hd, const duet_scores_tok *toks, const float *hidden) {
+    uint64_t blk = (sizeof(duet_scores_block) + sizeof(duet_scores_tok) + (uint64_t)hd * 2 + 63) & ~63ull;
+    uint64_t idx = DUET_SCORES_HEADER_SIZE + blk * (uint64_t)n_seq;
+    size_t size = (size_t)idx + (size_t)n_seq * sizeof(duet_scores_seq);
+    uint8_t *buf = calloc(1, size);
+    if (!buf) return -1;
+    duet_scores_header h = {.version = DUET_SCORES_VERSION, .header_size = DUET_SCORES_HEADER_SIZE,
+                            .complete = 1, .hidden_dim = (uint32_t)hd, .n_embd = (uint32_t)(hd ? hd : 2),
+                            .n_vocab = 16, .vocab_hash = vocab_hash, .ids_vocab_hash = ids_hash,
+                            .ids_n_vocab = 16, .n_ctx = 8, .n_seq = (uint64_t)n_seq,
+                            .n_tok = (uint64_t)n_seq, .n_bytes = (uint64_t)n_seq * 3, .index_offset = idx,
+                            .n_examples = (uint32_t)n_seq};
+    memcpy(h.magic, DUET_SCORES_MAGIC, 8);
+    snprintf(h.model_name, sizeof h.model_name, "%s", model);
+    snprintf(h.ids_name, sizeof h.ids_name, "%s", vocab_hash == ids_hash ? model : "tiny-base");
+    memcpy(buf, &h, sizeof h);
+    for (int i = 0; i < n_seq; i++) {
+        uint8_t *b = buf + DUET_SCORES_HEADER_SIZE + blk * (uint64_t)i;
+        memcpy(b + sizeof(duet_scores_block), &toks[i], sizeof toks[i]);
+        for (int j = 0; j < hd; j++) {
+            uint16_t x = fp32_to_fp16(hidden[i * hd + j]);
+            memcpy(b + sizeof(duet_scores_block) + sizeof(duet_scores_tok) + 2 * j, &x, 2);
+        }
+        duet_scores_block k = {.magic = {'S', 'E', 'Q', 'B'}, .seq = (uint32_t)i, .n_tok = 1,
+                               .n_prompt = 1, .example = (uint32_t)i, .n_bytes = 3};
+        k.check = duet_scores_block_check(b + sizeof k, sizeof(duet_scores_tok) + (size_t)hd * 2);
+        memcpy(b, &k, sizeof k);
+        duet_scores_seq q = {.offset = DUET_SCORES_HEADER_SIZE + blk * (uint64_t)i, .tok_start = (uint64_t)i,
+                             .n_tok = 1, .n_prompt = 1, .example = (uint32_t)i, .n_bytes = 3};
+        memcpy(buf + idx + (size_t)i * sizeof q, &q, sizeof q);
+    }
+    FILE *f = fopen(path, "wb");
+    int rc = !f || fwrite(buf, 1, size, f) != size;
+    if (f && fclose(f)) rc = 1;
+    free(buf);
+    return rc ? -1 : 0;
+}
+
+/* --preset paper reproduces one step of the official head initialisation, by hand. Two
+ * sequences of one token each, so the one pass is one batch (of up to 8) and one step.
+ * u0 = (0.25, -0.5) stands for the mean output row (what the CLI passes from --base).
+ *   token 0: h = (-1, 0.5), base lp -1 < maxlp -0.5 (not its top), expert lp = maxlp = -0.2
+ *            (its top): label 1; s = -0.25 - 0.25 = -0.5
+ *   token 1: h = (-0.5, 2), base lp = maxlp = -0.3 (its top): label 0; s = -0.125 - 1 = -1.125
+ *   loss = mean of 8 z (-log sig s) + (1 - z)(-log sig -s) (positive weight 8);
+ *   d/ds_0 = 8 (sig(-0.5) - 1) = 8 (0.37754066879814541 - 1) = -4.9796746496148367
+ *   d/ds_1 = sig(-1.125) = 0.24508501313237172
+ *   g = (d/ds_0 h_0 + d/ds_1 h_1) / 2
+ *     = ((4.9796746496148367 - 0.12254250656618586) / 2, (-2.4898373248074184 + 0.49017002626474344) / 2)
+ *     = (2.4285660715243256, -0.99983364927133744)
+ *   AdamW step 1 (betas 0.9, 0.999, eps 1e-8, no decay, no clipping): m^ = g, v^ = g^2, so
+ *   u -= 2e-5 g / (|g| + 1e-8): u = (0.25 - 2e-5 (1 - 4e-9), -0.5 + 2e-5 (1 - 1e-8))
+ *     = (0.24998000000008236, -0.49998000000020004)
+ * A positive weight of 1 would give d/ds_0 = -0.62245933120185459 and g_1 = +0.0893 > 0, so
+ * u_1 would fall instead of rise; a kept best-validation start would leave u at u0. */
+TEST(head_train_paper_preset_one_step_by_hand) {
+    const char *bp = tmp_file("paper-b.scores"), *ep = tmp_file("paper-e.scores");
+    const duet_scores_tok bt[2] = {{3, -1.0f, -0.5f, 1.0f}, {5, -0.3f, -0.3f, 0.8f}};
+    const duet_scores_tok et[2] = {{3, -0.2f, -0.2f, 0.5f}, {5, -0.1f, -0.1f, 0.4f}};
+    const float hid[4] = {-1, 0.5f, -0.5f, 2};
+    REQUIRE(!write_tiny_scores(bp, "tiny-base", 0x1234, 0x1234, 2, 2, bt, hid));
+    REQUIRE(!write_tiny_scores(ep, "tiny-expert", 0x5678, 0x1234, 2, 0, et, NULL));
+    duet_error err = {0};
+    duet_scores *B = NULL, *E = NULL;
+    REQUIRE(duet_scores_open(bp, &B, &err) == DUET_OK);
+    REQUIRE(duet_scores_open(ep, &E, &err) == DUET_OK);
+    const float u0[2] = {0.25f, -0.5f};
+    duet_head_train_params p = {.features = DUET_HEAD_FEAT_ENTROPY, .pos_weight = 1, .lr = 1,
+                                .epochs = 9}; /* all overridden by the preset */
+    duet_head_train_preset_paper(&p);
+    p.u_init = u0;
+    duet_head *h = NULL;
+    duet_head_train_result res;
+    CHECKF(duet_head_train(B, E, &p, &h, &res, &err) == DUET_OK, "%s", err.msg);
+    if (h) {
+        const float *u = duet_head_u(h);
+        CHECK_EQ_INT(duet_head_features(h), DUET_HEAD_FEAT_HIDDEN);
+        CHECK_EQ_INT(res.best_step, 1);
+        CHECKF(fabs(u[0] - 0.24998000000008236) < 1e-7 && fabs(u[1] - -0.49998000000020004) < 1e-7,
+               "u after one step (%.9g, %.9g), want (0.24998, -0.49998)", u[0], u[1]);
+    }
+    duet_head_free(h);
+    duet_scores_close(B);
+    duet_scores_close(E);
+}
+
+/* Resident kilobytes of this process's mapping that starts at addr (/proc/self/smaps); -1
+ * when none is found. */
+static long mapping_rss_kb(const void *addr) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    long rss = -1;
+    int in = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            in = lo == (unsigned long)(uintptr_t)addr;
+            continue;
+        }
+        if (in && sscanf(line, "Rss: %ld kB", &rss) == 1) break;
+    }
+    fclose(f);
+    return rss;
+}
+
+/* Head training streams a score file: with DUET_SCORES_WINDOW at 1 byte every sequence's
+ * pages are dropped once read, so after training (and opening, which validates every block)
+ * the base file's mapping keeps almost nothing resident, while with the default window all of
+ * it stays. The head must be bit-identical either way. */
+TEST(head_train_streams_score_files) {
+    duet_model *b = load(fixture_random(DT_F32, 71, 0), 2), *e = load(fixture_random(DT_F32, 72, 0), 2);
+    REQUIRE(b && e);
+    const char *data = tmp_file("stream.jsonl");
+    FILE *f = fopen(data, "wb");
+    REQUIRE(f);
+    for (int i = 0; i < 48; i++)
+        fprintf(f, "{\"prompt\": \"Item %d:\", \"response\": \"the quick brown fox jumps over the lazy "
+                   "dog %d times, then the dog chases the fox back across the field %d.\"}\n", i, i, 3 * i);
+    fclose(f);
+    duet_error err = {0};
+    REQUIRE(!score(b, NULL, data, 0, tmp_file("stream-b.scores"), NULL, &err));
+    REQUIRE(!score(e, b, data, 0, tmp_file("stream-e.scores"), NULL, &err));
+    long size_kb = file_size(tmp_file("stream-b.scores")) / 1024;
+    duet_head *h[2] = {0};
+    long rss[2] = {-1, -1};
+    for (int r = 0; r < 2; r++) {
+        if (r) setenv("DUET_SCORES_WINDOW", "1", 1);
+        duet_scores *B = NULL, *E = NULL;
+        int rc = duet_scores_open(tmp_file("stream-b.scores"), &B, &err);
+        if (!rc) rc = duet_scores_open(tmp_file("stream-e.scores"), &E, &err);
+        unsetenv("DUET_SCORES_WINDOW");
+        duet_head_train_params p = {.objective = DUET_HT_WEAK, .epochs = 2, .seed = 5};
+        if (!rc) rc = duet_head_train(B, E, &p, &h[r], NULL, &err);
+        CHECKF(rc == DUET_OK, "run %d: %s", r, err.msg);
+        if (B) rss[r] = mapping_rss_kb(duet_scores_get_header(B));
+        duet_scores_close(B);
+        duet_scores_close(E);
+    }
+    CHECKF(size_kb > 512, "the base file is %ld KiB: too small to tell streaming apart", size_kb);
+    CHECKF(rss[0] >= size_kb / 2, "whole file: %ld of %ld KiB resident", rss[0], size_kb);
+    CHECKF(rss[1] >= 0 && rss[1] <= 64, "streamed: %ld of %ld KiB resident", rss[1], size_kb);
+    if (h[0] && h[1]) {
+        int n = duet_head_n_embd(h[0]);
+        CHECK(n == duet_head_n_embd(h[1]) && !memcmp(duet_head_u(h[0]), duet_head_u(h[1]), (size_t)n * sizeof(float)));
+    }
+    duet_head_free(h[0]);
+    duet_head_free(h[1]);
+    duet_model_free(b);
+    duet_model_free(e);
+}
+
 /* --preset paper's schedule (the official head initialisation): every sequence trained on in
  * file order (so the seed changes nothing), one pass of batches of 8, AdamW at a constant lr
  * without clipping, the last value kept. Adam moves each weight by at most about
@@ -1009,12 +1165,50 @@ TEST(train_cli_score_and_head_train) {
     snprintf(args, sizeof args, "score -m '%s' --tokenizer-of '%s' -d '%s' -o '%s' -c 24 --quiet", e, b, data,
              tmp_file("cli-e.scores"));
     CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
+    /* hidden states: stored by default for a model's own tokens (the base file head training
+     * reads them from), not for --tokenizer-of unless asked for */
+    snprintf(args, sizeof args, "score -m '%s' --tokenizer-of '%s' -d '%s' -o '%s' -c 24 --hidden --quiet", e,
+             b, data, tmp_file("cli-eh.scores"));
+    CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
+    {
+        duet_scores *sb = NULL, *se = NULL, *sh = NULL;
+        duet_error e2 = {0};
+        REQUIRE(!duet_scores_open(tmp_file("cli-b.scores"), &sb, &e2) &&
+                !duet_scores_open(tmp_file("cli-e.scores"), &se, &e2) &&
+                !duet_scores_open(tmp_file("cli-eh.scores"), &sh, &e2));
+        const duet_scores_header *hb = duet_scores_get_header(sb), *he = duet_scores_get_header(se),
+                                 *hh = duet_scores_get_header(sh);
+        CHECKF(hb->hidden_dim == hb->n_embd && hb->hidden_dim > 0, "base file: hidden_dim %u", hb->hidden_dim);
+        CHECKF(he->hidden_dim == 0, "--tokenizer-of file: hidden_dim %u", he->hidden_dim);
+        CHECKF(hh->hidden_dim == hh->n_embd && hh->hidden_dim > 0, "--hidden: hidden_dim %u", hh->hidden_dim);
+        duet_scores_close(sb);
+        duet_scores_close(se);
+        duet_scores_close(sh);
+    }
     snprintf(args, sizeof args, "head train --base-scores '%s' --expert-scores '%s' -o '%s' --report '%s' "
              "--features hidden,maxlogp --defer-cost 0.1 --epochs 2 --seed 3", tmp_file("cli-b.scores"),
              tmp_file("cli-e.scores"), tmp_file("cli-head.gguf"), tmp_file("cli-report.json"));
     CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);
     CHECKF(strstr(err, "collm") && strstr(err, "uncert."), "summary: %s", err);
     CHECK(file_size(tmp_file("cli-head.gguf")) > 0 && file_size(tmp_file("cli-report.json")) > 0);
+    /* --preset paper needs the base model for u's start: refused, naming the model the file
+     * was scored with */
+    snprintf(args, sizeof args, "head train --preset paper --base-scores '%s' --expert-scores '%s' -o '%s'",
+             tmp_file("cli-b.scores"), tmp_file("cli-e.scores"), tmp_file("cli-paper.gguf"));
+    {
+        duet_scores *sb = NULL;
+        duet_error e2 = {0};
+        REQUIRE(!duet_scores_open(tmp_file("cli-b.scores"), &sb, &e2));
+        char name[160];
+        snprintf(name, sizeof name, "'%s'", duet_scores_get_header(sb)->model_name);
+        duet_scores_close(sb);
+        CHECKF(run_cli(args, err, sizeof err) == 2 && strstr(err, "--base MODEL") && strstr(err, name) &&
+               access(tmp_file("cli-paper.gguf"), F_OK) != 0, "stderr: %s", err);
+    }
+    /* the head-only weak-supervision baseline under its own flag */
+    snprintf(args, sizeof args, "train collm --weak-supervision-head --base-scores '%s' --expert-scores '%s' "
+             "--head-out '%s' --quiet", tmp_file("cli-b.scores"), tmp_file("cli-e.scores"), tmp_file("cli-weak.gguf"));
+    CHECKF(run_cli(args, err, sizeof err) == 0 && file_size(tmp_file("cli-weak.gguf")) > 0, "%s", err);
     snprintf(args, sizeof args, "run -m '%s' --expert '%s' --head '%s' -p 'ab' -n 4 --temp 0 --quiet", b, e,
              tmp_file("cli-head.gguf"));
     CHECK_EQ_INT(run_cli(args, err, sizeof err), 0);

@@ -62,7 +62,7 @@ echo "== scores: pretrained and expert on the training problems, base and expert
     -c 241 --no-hidden -o "$work/expert_val.dsf" $q
 
 echo "== switches: weak supervision (pretrained), head-only Co-LLM (frozen base, validation)" >&2
-"$duet" train collm --weak-supervision --base-scores "$work/pre.dsf" \
+"$duet" train collm --weak-supervision-head --base-scores "$work/pre.dsf" \
     --expert-scores "$work/expert.dsf" --head-out "$work/weak.head.gguf" $q
 "$duet" head train --base-scores "$work/base_val.dsf" --expert-scores "$work/expert_val.dsf" \
     --base "$work/base.gguf" -o "$work/base.head.gguf" $q

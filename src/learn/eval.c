@@ -38,6 +38,9 @@ int duet_eval_policy_from_name(const char *name) {
     return !strcmp(name, "oracle") ? DUET_EVAL_POLICY_ORACLE : duet_policy_from_name(name);
 }
 const char *duet_eval_policy_name(int p) { return p == DUET_EVAL_POLICY_ORACLE ? "oracle" : duet_policy_name(p); }
+const char *duet_eval_spec_name(const duet_eval_spec *s) {
+    return s->policy == DUET_POLICY_RANDOM && s->rate < 0 ? "random_matched" : duet_eval_policy_name(s->policy);
+}
 int duet_eval_policy_thresholded(int p) {
     return p == DUET_POLICY_COLLM || p == DUET_POLICY_COMPOSE || p == DUET_POLICY_UNCERTAINTY ||
            p == DUET_EVAL_POLICY_ORACLE;
@@ -821,7 +824,7 @@ int duet_eval_run(duet_eval *c, const duet_eval_spec *specs, int n, duet_eval_re
             continue;
         if (collm < 0)
             return duet_fail(err, DUET_ERR_ARG, "policy %s needs a deferral rate (--defer-rate) or "
-                             "collm in the same run to match", duet_eval_policy_name(specs[i].policy));
+                             "collm in the same run to match", duet_eval_spec_name(&specs[i]));
         duet_eval_spec s = specs[i];
         s.rate = out[collm].deferral_frequency;
         rc = duet_eval_one(c, &s, &out[i], err);
@@ -855,7 +858,7 @@ json_t *duet_eval_results_json(int task, const char *data_path, const duet_eval_
     }
     for (int i = 0; i < n; i++) {
         json_t *o = json_object();
-        json_object_set_new(o, "policy", json_string(duet_eval_policy_name(r[i].spec.policy)));
+        json_object_set_new(o, "policy", json_string(duet_eval_spec_name(&r[i].spec)));
         json_object_set_new(o, "metric", json_string(duet_eval_metric_name(task)));
         json_object_set_new(o, "value", num(r[i].value));
         json_object_set_new(o, "deferral_frequency", num(r[i].deferral_frequency));

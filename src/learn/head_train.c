@@ -31,6 +31,14 @@ static void f16_row(const uint16_t *src, float *dst, int n) {
     for (int i = 0; i < n; i++) dst[i] = g_f16[src[i]];
 }
 
+/* ---- pseudo-labels ----------------------------------------------------------------------- */
+float duet_head_train_weak_label(const duet_scores_tok *b, const duet_scores_tok *e) {
+    const double tol = log1p(-1e-5); /* ties within 1e-5 relative count as argmax */
+    int e_top = (double)e->lp >= (double)e->maxlp + tol;
+    int b_top = (double)b->lp >= (double)b->maxlp + tol;
+    return e_top && !b_top ? 1.0f : 0.0f;
+}
+
 /* ---- the head and its losses ------------------------------------------------------------- */
 void duet_head_train_layout_init(duet_head_train_layout *L, int features, int n_embd) {
     if (!features) features = DUET_HEAD_FEAT_HIDDEN;
@@ -199,6 +207,8 @@ int duet_head_train_check_pair(const duet_scores *B, const duet_scores *E, duet_
                 return duet_fail(err, DUET_ERR_ARG, "sequence %llu (example %u) token %u: gold id "
                                  "%d in %s, %d in %s", (unsigned long long)i, sb[i].example, t,
                                  tb[t].gold, pb, te[t].gold, pe);
+        duet_scores_done(B, i);
+        duet_scores_done(E, i);
     }
     return DUET_OK;
 }
@@ -248,6 +258,8 @@ int duet_head_eval_scores(const duet_head *head, const duet_scores *B, const due
             if (use_h) f16_row(hh + (size_t)t * hd, row, hd);
             s[k] = duet_head_score_ex(head, use_h ? row : NULL, ent[k], mx[k]);
         }
+        duet_scores_done(B, q);
+        duet_scores_done(E, q);
     }
     rc = routing_fill(s, lpb, lpe, ent, mx, n, hb->n_bytes, out, err);
     free(s);
@@ -273,7 +285,9 @@ typedef struct trainer {
     duet_head_train_batch batch;
     /* validation */
     double *vs;
-    float *vlpb, *vlpe, *vent, *vmx;
+    float *vlpb, *vlpe, *vent, *vmx; /* the training arrays themselves when validation is
+                                        every sequence (the paper's schedule) */
+    int v_owned;
     json_t *steps, *losses;
     uint64_t rng;
 } trainer;
@@ -302,6 +316,7 @@ static void load_batch(trainer *T, const int *seqs, int n) {
             T->bx[k] = T->lpe[g];
             T->bz[k] = T->z[g];
         }
+        duet_scores_done(T->B, (uint64_t)seqs[i]);
     }
     T->batch.n = k;
 }
@@ -369,7 +384,7 @@ static void trainer_free(trainer *T) {
     free(T->bh);
     free(T->be);
     free(T->vs);
-    free(T->vlpb);
+    if (T->v_owned) free(T->vlpb);
     json_decref(T->steps);
     json_decref(T->losses);
 }
@@ -389,7 +404,6 @@ static int trainer_init(trainer *T, duet_error *err) {
     T->ent = T->lpb + 2 * n;
     T->mx = T->lpb + 3 * n;
     T->z = T->lpb + 4 * n;
-    const double tol = log1p(-1e-5); /* ties within 1e-5 relative count as argmax */
     for (int q = 0; q < ns; q++) {
         const duet_scores_seq *s = &duet_scores_seqs(T->B)[q];
         const duet_scores_tok *tb = duet_scores_seq_toks(T->B, (uint64_t)q), *te = duet_scores_seq_toks(T->E, (uint64_t)q);
@@ -399,10 +413,10 @@ static int trainer_init(trainer *T, duet_error *err) {
             T->lpe[k] = te[t].lp;
             T->ent[k] = tb[t].entropy;
             T->mx[k] = tb[t].maxlp;
-            int e_top = (double)te[t].lp >= (double)te[t].maxlp + tol;
-            int b_top = (double)tb[t].lp >= (double)tb[t].maxlp + tol;
-            T->z[k] = e_top && !b_top ? 1.0f : 0.0f;
+            T->z[k] = duet_head_train_weak_label(&tb[t], &te[t]);
         }
+        duet_scores_done(T->B, (uint64_t)q);
+        duet_scores_done(T->E, (uint64_t)q);
     }
     int *perm = T->train;
     for (int i = 0; i < ns; i++) perm[i] = i;
@@ -453,14 +467,26 @@ static int trainer_init(trainer *T, duet_error *err) {
     int E = T->L.i_u >= 0 ? T->hd : 0;
     if (!(T->bh = malloc((size_t)T->cap * (size_t)(E ? E : 1) * sizeof(float))) ||
         !(T->be = malloc((size_t)T->cap * 5 * sizeof(float))) ||
-        !(T->vs = malloc((size_t)T->n_val_tok * sizeof(double))) ||
-        !(T->vlpb = malloc((size_t)T->n_val_tok * 4 * sizeof(float))))
+        !(T->vs = malloc((size_t)T->n_val_tok * sizeof(double))))
         return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     T->bm = T->be + T->cap;
     T->bb = T->be + 2 * T->cap;
     T->bx = T->be + 3 * T->cap;
     T->bz = T->be + 4 * T->cap;
     T->batch = (duet_head_train_batch){0, T->bh, T->be, T->bm, T->bb, T->bx, T->bz};
+    T->rng = rng;
+    T->steps = json_array();
+    T->losses = json_array();
+    if (nv == ns) { /* every sequence in file order: the same arrays, no copy per token */
+        T->vlpb = T->lpb;
+        T->vlpe = T->lpe;
+        T->vent = T->ent;
+        T->vmx = T->mx;
+        return DUET_OK;
+    }
+    if (!(T->vlpb = malloc((size_t)T->n_val_tok * 4 * sizeof(float))))
+        return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    T->v_owned = 1;
     T->vlpe = T->vlpb + T->n_val_tok;
     T->vent = T->vlpb + 2 * T->n_val_tok;
     T->vmx = T->vlpb + 3 * T->n_val_tok;
@@ -475,9 +501,6 @@ static int trainer_init(trainer *T, duet_error *err) {
             T->vmx[k] = T->mx[g];
         }
     }
-    T->rng = rng;
-    T->steps = json_array();
-    T->losses = json_array();
     return DUET_OK;
 }
 
@@ -553,6 +576,18 @@ static int write_report(trainer *T, const duet_head_train_result *res, const due
     }
     json_decref(o);
     return rc ? rc : duet_atomic_commit(&out, err);
+}
+
+void duet_head_train_preset_paper(duet_head_train_params *p) {
+    p->objective = DUET_HT_WEAK;
+    p->schedule = DUET_HT_SCHEDULE_PAPER;
+    p->features = DUET_HEAD_FEAT_HIDDEN;
+    p->lr = p->weak_lr = 2e-5;
+    p->epochs = 1;
+    p->batch_seqs = 8;
+    p->pos_weight = 8;  /* the official script's --deferral_initialization_weight_balance */
+    p->weight_decay = 0;
+    p->defer_cost = 0;
 }
 
 /* Fills the unset training parameters with their defaults and refuses the out-of-range ones. */

@@ -40,6 +40,11 @@ double duet_head_train_loss_grad(const duet_head_train_layout *L, const duet_hea
                                  duet_head_objective obj, double defer_cost, double pos_weight,
                                  const double *theta, double *grad);
 
+/* The weak-supervision pseudo-label of one token from its base and expert records: 1 when
+ * the gold token is the expert's top choice and not the base's (a tie within 1e-5 relative
+ * probability counts as top), else 0. */
+float duet_head_train_weak_label(const duet_scores_tok *b, const duet_scores_tok *e);
+
 /* Refuse two files that do not describe the same tokens: DUET_ERR_ARG naming the first
  * mismatch (vocabulary, sequence count, layout of a sequence, gold id of a token). */
 int duet_head_train_check_pair(const duet_scores *base, const duet_scores *expert,

@@ -627,7 +627,20 @@ struct duet_scores {
     size_t size;
     const duet_scores_header *h;
     const duet_scores_seq *seqs;
+    uint64_t window, read_since;   /* duet_scores_done: bytes between drops, bytes since one */
 };
+
+#define SCORES_WINDOW_DEFAULT (32ull << 20)
+
+/* The mapping is read-only and private, so a dropped page reads back from the file as it
+ * was: dropping every page at once is always safe, whatever pointers the caller holds. */
+void duet_scores_done(const duet_scores *cf, uint64_t i) {
+    duet_scores *f = (duet_scores *)cf; /* the counter only; the mapped data stays const */
+    f->read_since += block_bytes(f->seqs[i].n_tok, f->h->hidden_dim);
+    if (f->read_since < f->window) return;
+    madvise((void *)f->base, f->size, MADV_DONTNEED);
+    f->read_since = 0;
+}
 
 const char *duet_scores_path(const duet_scores *f) { return f->path; }
 const duet_scores_header *duet_scores_get_header(const duet_scores *f) { return f->h; }
@@ -704,6 +717,7 @@ static int validate(duet_scores *f, duet_error *err) {
         end = q->offset + bb;
         ts += q->n_tok;
         nbytes += q->n_bytes;
+        duet_scores_done(f, i);
     }
     if (ts != h->n_tok)
         return duet_fail(err, DUET_ERR_FORMAT, "%s: header says %llu tokens, sequences hold %llu",
@@ -716,6 +730,9 @@ int duet_scores_open(const char *path, duet_scores **out, duet_error *err) {
     duet_scores *f = calloc(1, sizeof *f);
     if (!f) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     snprintf(f->path, sizeof f->path, "%s", path);
+    const char *w = getenv("DUET_SCORES_WINDOW");
+    unsigned long long wv = w ? strtoull(w, NULL, 10) : 0;
+    f->window = wv ? (uint64_t)wv : SCORES_WINDOW_DEFAULT;
     int fd = open(path, O_RDONLY);
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb)) {

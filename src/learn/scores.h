@@ -31,6 +31,13 @@
  * torn block; re-running the same command resumes after the last complete block (`check`
  * detects torn data) and renames OUT.partial to OUT when done.
  * Readers map the file and use the index; every count, offset and id is validated at open.
+ *
+ * Files larger than memory. A reader that goes through the sequences calls duet_scores_done
+ * after each one; every DUET_SCORES_WINDOW bytes of blocks (environment, default 32 MiB)
+ * the process's pages of the mapping are dropped, so what a pass keeps resident is bounded by
+ * the window (about twice it: the kernel maps neighbouring cached pages on each fault), not
+ * by the file (opening validates that way too). Dropped pages read back from the file on the
+ * next access, so pointers stay valid; a later pass re-reads from the page cache.
  */
 #ifndef DUET_TRAIN_SCORES_H
 #define DUET_TRAIN_SCORES_H
@@ -98,5 +105,7 @@ const duet_scores_seq *duet_scores_seqs(const duet_scores *f);                 /
 const duet_scores_tok *duet_scores_seq_toks(const duet_scores *f, uint64_t i);
 /* F16 hidden states [n_tok][hidden_dim] of sequence i; NULL when none are stored. */
 const uint16_t *duet_scores_seq_hidden(const duet_scores *f, uint64_t i);
+/* Sequence i has been read (see the top of this file): may drop the mapping's pages. */
+void duet_scores_done(const duet_scores *f, uint64_t i);
 
 #endif

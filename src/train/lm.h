@@ -12,6 +12,11 @@
  *   LM_LOSS_COLLM: -logsumexp(log sig(-s_t) + lpb_t, log sig(s_t) + lpe_t), s_t = u . h_t,
  *                  h_t the final-norm hidden state, lpe_t the expert's log-prob of y_t
  *                  (docs/method.md section 5): the base and u learn together
+ *   LM_LOSS_WEAK:  2/3 * CE' + 1/3 * BCE(s_t, z_t) with positive weight 5: the official
+ *                  weak-supervision trainer. CE' = -log softmax([z_t, s_t])[y_t], the deferral
+ *                  logit s_t = u . h_t taking part in the normaliser as the extra output row
+ *                  it is there; z_t (in lm_batch.lpe) is 1 where the expert's top token is the
+ *                  target and the base's is not. Both terms average over the same tokens.
  * and the total is sum_t w_t loss_t * scale (scale = 1 / tokens of the whole accumulated
  * step, so micro-batches add up to the mean).
  *
@@ -61,7 +66,9 @@ typedef struct lm_layout {
 int lm_layout_init(lm_layout *L, const lm_config *c, duet_error *err);
 void lm_layout_free(lm_layout *L);
 
-enum { LM_LOSS_CE = 0, LM_LOSS_COLLM = 1 };
+enum { LM_LOSS_CE = 0, LM_LOSS_COLLM = 1, LM_LOSS_WEAK = 2 };
+#define LM_WEAK_CE_SHARE (2.0 / 3.0)   /* LM_LOSS_WEAK: weight of the token cross-entropy */
+#define LM_WEAK_POS_WEIGHT 5.0         /* LM_LOSS_WEAK: BCE weight of a positive label */
 
 /* ---- LoRA on a frozen base ---------------------------------------------------------------
  * The base's weights stay where the engine loaded them, in the file's type: matrices are
@@ -161,7 +168,8 @@ typedef struct lm_batch {
     const int32_t *tokens;     /* [B][T] inputs */
     const int32_t *targets;    /* [B][T] next tokens */
     const float *weight;       /* [B][T] loss weights (0 or 1) */
-    const float *lpe;          /* [B][T] expert log-probs of the targets (LM_LOSS_COLLM) */
+    const float *lpe;          /* [B][T] expert log-probs of the targets (LM_LOSS_COLLM), or
+                                  the weak labels 0/1 (LM_LOSS_WEAK) */
     int loss;                  /* LM_LOSS_* */
     double scale;              /* gradient/loss scale (1 / weighted tokens of the step) */
 } lm_batch;

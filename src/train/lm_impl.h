@@ -376,6 +376,32 @@ typedef struct LM_T(loss_job) {
     int n, V, E, backward;
 } LM_T(loss_job);
 
+/* LM_LOSS_WEAK at position t (lm.h): the deferral logit s joins the V logits as one more
+ * class of the softmax, as the official trainer's extra output row does, so the token
+ * cross-entropy's normaliser includes exp(s); z holds logits in, gradients out. */
+static void LM_T(weak_token)(LM_T(loss_job) *j, long t, R *z, R mx, double sum, int y, double wt) {
+    const lm_batch *b = j->b;
+    double s = LM_T(dot)(j->hidden + (size_t)t * j->E, j->u, j->E);
+    double m2 = s > (double)mx ? s : (double)mx;
+    double sum2 = sum * exp((double)mx - m2) + exp(s - m2);
+    double ce = -((double)z[y] - m2 - log(sum2));
+    double lab = b->lpe[t], pw = LM_WEAK_POS_WEIGHT;
+    double sg = 1 / (1 + exp(-s));
+    double bce = -(pw * lab * LM_T(log_sig)(s) + (1 - lab) * LM_T(log_sig)(-s));
+    j->sc[t] = (float)s;
+    j->loss[t] = wt == 0 ? 0 : wt * (LM_WEAK_CE_SHARE * ce + (1 - LM_WEAK_CE_SHARE) * bce);
+    /* dCE/ds = softmax share of s; dBCE/ds = pw z (sig - 1) + (1 - z) sig */
+    double ps = exp(s - m2) / sum2;
+    j->ds[t] = wt == 0 ? 0
+                       : (R)(wt * b->scale *
+                             (LM_WEAK_CE_SHARE * ps +
+                              (1 - LM_WEAK_CE_SHARE) * (pw * lab * (sg - 1) + (1 - lab) * sg)));
+    if (!j->backward) return;
+    R f = (R)(wt * b->scale * LM_WEAK_CE_SHARE), inv = (R)(exp((double)mx - m2) / sum2);
+    for (int v = 0; v < j->V; v++) z[v] = f * RX(exp)(z[v] - mx) * inv;
+    z[y] -= f;
+}
+
 static void LM_T(loss_worker)(void *ctx, int ith, int nth) {
     LM_T(loss_job) *j = ctx;
     const lm_batch *b = j->b;
@@ -392,6 +418,10 @@ static void LM_T(loss_worker)(void *ctx, int ith, int nth) {
         double lpb = (double)(z[y] - mx) - log(sum);
         j->lp[t] = (float)lpb;
         double gz = 1.0; /* weight of the base's token gradient: 1, or (1 - q) under COLLM */
+        if (b->loss == LM_LOSS_WEAK) {
+            LM_T(weak_token)(j, t, z, mx, sum, y, wt);
+            continue;
+        }
         if (b->loss == LM_LOSS_COLLM && wt == 0) { /* no expert log-prob here: no loss */
             j->sc[t] = (float)LM_T(dot)(j->hidden + (size_t)t * j->E, j->u, j->E);
             j->loss[t] = 0;
@@ -769,7 +799,7 @@ static void LM_T(net_backward)(const LM_T(net) *N, const lm_batch *b) {
     const R *nw;
     memset(a->dh, 0, nE * sizeof(R));
     LM_T(lin_bwd)(N, 0, LM_MAT_OUT, a->dh, a->logits, a->hfin, n);
-    if (b->loss == LM_LOSS_COLLM) {
+    if (b->loss != LM_LOSS_CE) {
         for (int t = 0; t < n; t++)
             if (a->ds[t] != 0) LM_T(axpy)(a->dh + (size_t)t * E, a->ds[t], N->u, E);
         for (int t = 0; t < n; t++)

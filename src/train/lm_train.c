@@ -7,6 +7,7 @@
  * expert's score file (checked token by token before training).
  */
 #include "train/lm.h"
+#include "learn/head_train.h"
 #include "learn/scores.h"
 
 #include <errno.h>
@@ -24,7 +25,8 @@
 
 typedef struct seqset {
     duet_scores_plan plan;
-    float *lpe;          /* [plan.n_ids] expert log-prob of each token (NaN: none) */
+    float *lpe;          /* [plan.n_ids] expert log-prob of each token (NaN: none), or its
+                            weak label 0/1 under the weak objective */
     int *idx;            /* sequences of this split */
     int n;
 } seqset;
@@ -36,18 +38,15 @@ static void seqset_free(seqset *s) {
     memset(s, 0, sizeof *s);
 }
 
-/* The expert's score file must describe exactly the plan's response tokens. */
-static int attach_expert(seqset *s, const duet_scores *e, const char *data_path, duet_error *err) {
+/* A score file must describe exactly the plan's response tokens. */
+static int check_scores(const duet_scores_plan *p, const duet_scores *e, const char *data_path,
+                        duet_error *err) {
     const duet_scores_header *h = duet_scores_get_header(e);
-    const duet_scores_plan *p = &s->plan;
     if ((int64_t)h->n_seq != p->n_seq)
         return duet_fail(err, DUET_ERR_ARG, "%s: %llu sequences, but %s gives %d with this "
                          "tokenizer and context (score it with --tokenizer-of BASE and --n-ctx "
                          "equal to the trainer's sequence length + 1)", duet_scores_path(e),
                          (unsigned long long)h->n_seq, data_path, p->n_seq);
-    s->lpe = malloc((size_t)(p->n_ids ? p->n_ids : 1) * sizeof(float));
-    if (!s->lpe) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
-    for (int64_t i = 0; i < p->n_ids; i++) s->lpe[i] = NAN;
     const duet_scores_seq *es = duet_scores_seqs(e);
     for (int k = 0; k < p->n_seq; k++) {
         const duet_scores_plan_seq *q = &p->seq[k];
@@ -62,21 +61,44 @@ static int attach_expert(seqset *s, const duet_scores *e, const char *data_path,
                 return duet_fail(err, DUET_ERR_ARG, "%s: sequence %d token %d is id %d, the "
                                  "trainer's is %d (score with --tokenizer-of BASE)", duet_scores_path(e),
                                  k, j, t[j].gold, p->ids[q->off + q->n_prompt + j]);
-            s->lpe[q->off + q->n_prompt + j] = t[j].lp;
         }
+        duet_scores_done(e, (uint64_t)k);
     }
     return DUET_OK;
 }
 
-static int load_set(lm_model *m, const char *path, int frames, int T, const duet_scores *expert, seqset *s,
-                    duet_error *err) {
+/* Per token of the plan: the expert's log-prob, or with the base's scores (weak objective)
+ * the weak label of the pair. */
+static int attach_expert(seqset *s, const duet_scores *e, const duet_scores *base,
+                         const char *data_path, duet_error *err) {
+    const duet_scores_plan *p = &s->plan;
+    int rc = check_scores(p, e, data_path, err);
+    if (!rc && base) rc = check_scores(p, base, data_path, err);
+    if (rc) return rc;
+    s->lpe = malloc((size_t)(p->n_ids ? p->n_ids : 1) * sizeof(float));
+    if (!s->lpe) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < p->n_ids; i++) s->lpe[i] = NAN;
+    for (int k = 0; k < p->n_seq; k++) {
+        const duet_scores_plan_seq *q = &p->seq[k];
+        const duet_scores_tok *t = duet_scores_seq_toks(e, (uint64_t)k);
+        const duet_scores_tok *tb = base ? duet_scores_seq_toks(base, (uint64_t)k) : NULL;
+        for (int j = 0; j < q->n - q->n_prompt; j++)
+            s->lpe[q->off + q->n_prompt + j] = tb ? duet_head_train_weak_label(&tb[j], &t[j]) : t[j].lp;
+        duet_scores_done(e, (uint64_t)k);
+        if (base) duet_scores_done(base, (uint64_t)k);
+    }
+    return DUET_OK;
+}
+
+static int load_set(lm_model *m, const char *path, int frames, int T, const duet_scores *expert,
+                    const duet_scores *base, seqset *s, duet_error *err) {
     duet_dataset d;
     duet_dataset_params dp = {.frames = frames};
     int rc = duet_dataset_load(path, &dp, &d, err);
     if (rc) return rc;
     rc = duet_scores_plan_build(m->src, &d, T + 1, &s->plan, err);
     duet_dataset_free(&d);
-    if (!rc && expert) rc = attach_expert(s, expert, path, err);
+    if (!rc && expert) rc = attach_expert(s, expert, base, path, err);
     return rc;
 }
 
@@ -275,14 +297,18 @@ static int train_defaults(duet_lm_train_params *p, const duet_hparams *hp, duet_
     if (p->expert && p->val_path && !p->val_expert)
         return duet_fail(err, DUET_ERR_ARG, "joint training with held-out data %s needs the "
                          "expert's scores of it too", p->val_path);
+    if (p->weak_base && (!p->expert || (p->val_path && !p->val_weak_base)))
+        return duet_fail(err, DUET_ERR_ARG, "the weak-supervision objective needs the expert's "
+                         "scores and, with held-out data, the base's scores of it too");
     return DUET_OK;
 }
 
 /* The training and held-out sets: a separate held-out file, or a seeded split of the data. */
 static int load_sets(lm_model *m, const duet_lm_train_params *p, seqset *tr, seqset *va, duet_error *err) {
-    int rc = load_set(m, p->data_path, p->data_frames, p->seq_len, p->expert, tr, err);
+    int rc = load_set(m, p->data_path, p->data_frames, p->seq_len, p->expert, p->weak_base, tr, err);
     if (!rc && p->val_path) {
-        rc = load_set(m, p->val_path, p->data_frames, p->seq_len, p->val_expert, va, err);
+        rc = load_set(m, p->val_path, p->data_frames, p->seq_len, p->val_expert, p->val_weak_base, va,
+                      err);
         if (!rc) {
             tr->idx = malloc((size_t)tr->plan.n_seq * sizeof(int));
             va->idx = malloc((size_t)(va->plan.n_seq ? va->plan.n_seq : 1) * sizeof(int));
@@ -406,7 +432,7 @@ static void log_config(json_t *log, const lm_model *m, const duet_lm_train_param
                         (json_int_t)warm, "decay", p->linear ? "linear" : "cosine", "min_lr_frac",
                         p->min_lr_frac, "weight_decay", p->weight_decay, "clip", p->clip, "seed",
                         (json_int_t)p->seed, "n_train_seq", n_train, "n_val_seq", n_val, "objective",
-                        joint ? "collm" : "lm", "n_params", (json_int_t)m->L.n_params,
+                        !joint ? "lm" : p->weak_base ? "weak-supervision" : "collm", "n_params", (json_int_t)m->L.n_params,
                         "threads", m->n_threads));
     if (m->lora) { /* the parameters are adapters on a frozen base */
         char targets[64];
@@ -442,7 +468,7 @@ int duet_lm_train(lm_model *m, const duet_lm_train_params *pp, duet_lm_train_res
     const duet_hparams *hp = duet_model_hparams(m->src);
     int rc = train_defaults(&p, hp, err);
     if (rc) return rc;
-    int joint = p.expert != NULL, loss = joint ? LM_LOSS_COLLM : LM_LOSS_CE;
+    int joint = p.expert != NULL, loss = !joint ? LM_LOSS_CE : p.weak_base ? LM_LOSS_WEAK : LM_LOSS_COLLM;
     int B = p.batch, T = p.seq_len;
     const char *name = p.name ? p.name : hp->name;
 
