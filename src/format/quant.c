@@ -472,12 +472,21 @@ void quant_dequantize_matrix_cols(int type, const void *data, int64_t n_in, int6
     const size_t bs = 2 + (size_t)qb;
     const uint8_t *grp = (const uint8_t *)data + (size_t)(r / 8) * 8 * ws;
     int k = (int)(r % 8);
-    uint8_t blk[2 + QK8_0];
+    /* read in place (LoRA training dequantises every weight this way each step): byte j of
+     * the row's quants is at 16 + 32 (j / 4) + 4 k + j % 4 of the group's block */
     for (int64_t b = c0 / 32; b < (c0 + n) / 32; b++) {
-        const uint8_t *i = grp + (size_t)b * 8 * bs;
-        memcpy(blk, i + 2 * k, 2);
-        for (int c = 0; c < qb / 4; c++) memcpy(blk + 2 + 4 * c, i + 16 + 32 * c + 4 * k, 4);
-        quant_dequantize_row(base, blk, dst + (b * 32 - c0), 32);
+        const uint8_t *i = grp + (size_t)b * 8 * bs, *q = i + 16 + 4 * k;
+        uint16_t h;
+        memcpy(&h, i + 2 * k, 2);
+        float d = fp16_to_fp32(h), *o = dst + (b * 32 - c0);
+        if (base == DT_Q4_0)
+            for (int j = 0; j < QK4_0 / 2; j++) {
+                uint8_t v = q[32 * (j / 4) + j % 4];
+                o[j] = d * (float)((v & 0x0f) - 8);
+                o[j + QK4_0 / 2] = d * (float)((v >> 4) - 8);
+            }
+        else
+            for (int j = 0; j < QK8_0; j++) o[j] = d * (float)(int8_t)q[32 * (j / 4) + j % 4];
     }
 }
 
