@@ -398,3 +398,20 @@ int fixture_run_cli(const char *args, const char *tag, char *err, size_t cap) {
     if (f) fclose(f);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+/* The first n lines of a file, as a file of the run's own (fixtures.h). */
+const char *fixture_first_lines(const char *src, const char *name, int n) {
+    char *all = fixture_read_file(src, NULL);
+    if (!all) return NULL;
+    char *p = all;
+    for (int i = 0; i < n && p; i++) p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL;
+    if (p) *p = 0;
+    const char *path = test_path(test_tmpdir(), name);
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fputs(all, f);
+        fclose(f);
+    }
+    free(all);
+    return f ? path : NULL;
+}

@@ -25,6 +25,9 @@ const char *fixture_arch(const char *arch, int type, int n_swa, float attn_softc
 
 /* A whole file, NUL-terminated (*n its size; n may be NULL), or NULL. Caller frees. */
 char *fixture_read_file(const char *path, size_t *n);
+/* The first n lines of the file src, as a file of the run's own (test_tmpdir()/name); NULL
+ * when src cannot be read or the copy written. */
+const char *fixture_first_lines(const char *src, const char *name, int n);
 /* Load a model with 2 threads; a failure fails the current test and returns NULL. */
 struct duet_model *fixture_load(const char *path);
 /* Logits of every position after one evaluation of toks[0..n) from an empty context:

@@ -23,23 +23,6 @@ static const char *k_files[] = {DEMO "demo-pre.gguf", DEMO "demo-expert.gguf", D
                                 DEMO "demo-update.head.gguf", DEMO "demo-heldout.jsonl",
                                 DEMO "demo-update-heldout.jsonl"};
 
-/* The first n lines of src, as a file of the run's own; NULL when src cannot be read. */
-static const char *first_lines(const char *src, const char *name, int n) {
-    char *all = fixture_read_file(src, NULL);
-    if (!all) return NULL;
-    char *p = all;
-    for (int i = 0; i < n && p; i++) p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL;
-    if (p) *p = 0;
-    const char *path = test_path(test_tmpdir(), name);
-    FILE *f = fopen(path, "wb");
-    if (f) {
-        fputs(all, f);
-        fclose(f);
-    }
-    free(all);
-    return f ? path : NULL;
-}
-
 /* The first two numbers of a question (every demo question names exactly its two factors);
  * 0 when it has fewer. */
 static int factors(const char *q, long *a, long *b) {
@@ -123,8 +106,8 @@ TEST(demo_update_learns_new_facts_and_still_defers_on_old) {
     if (!bin || access(bin, X_OK) != 0) SKIP("DUET_BIN not set (run through make test)");
     for (size_t i = 0; i < sizeof k_files / sizeof *k_files; i++)
         if (access(k_files[i], R_OK) != 0) SKIP("models/ lacks the demo's knowledge-update files (make models)");
-    const char *data[2] = {first_lines(DEMO "demo-update-heldout.jsonl", "upd-new.jsonl", N_PROBLEMS),
-                           first_lines(DEMO "demo-heldout.jsonl", "upd-old.jsonl", N_PROBLEMS)};
+    const char *data[2] = {fixture_first_lines(DEMO "demo-update-heldout.jsonl", "upd-new.jsonl", N_PROBLEMS),
+                           fixture_first_lines(DEMO "demo-heldout.jsonl", "upd-old.jsonl", N_PROBLEMS)};
     REQUIRE(data[0] && data[1]);
     const char *before = "-m " DEMO "demo-pre.gguf --lora " DEMO "demo-joint-lora.gguf --head " DEMO
                          "demo-joint-lora.head.gguf";

@@ -637,6 +637,19 @@ TEST(lm_train_sft_and_resume) {
     CHECK(weights_equal(test_path(test_tmpdir(), "sft-a.gguf"), p.out_path));
 }
 
+/* The head written beside a trained base loads on that base, and its u moved from u0. */
+static void check_trained_head(const char *out_path, const char *head_out, const float *u0, size_t bytes) {
+    duet_error err = {0};
+    duet_model *tm = fixture_load(out_path);
+    duet_head *h = NULL;
+    CHECK(tm != NULL);
+    if (!tm) return;
+    CHECKF(duet_head_load(head_out, tm, &h, &err) == DUET_OK, "%s", err.msg);
+    CHECK(h && memcmp(duet_head_u(h), u0, bytes) != 0);
+    duet_head_free(h);
+    duet_model_free(tm);
+}
+
 /* Joint training: expert scores made by the scorer; a wrong context is refused by name. */
 TEST(lm_train_collm_joint) {
     const char *base = fixture_random(0, 31, 1), *expert = fixture_random(0, 32, 0);
@@ -671,14 +684,7 @@ TEST(lm_train_collm_joint) {
     CHECKF(duet_lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
     CHECKF(r.last_val < r.first_val, "held-out marginal NLL %g -> %g", r.first_val, r.last_val);
     lm_model_free(&m);
-    /* the head belongs to the trained base */
-    duet_model *tm = fixture_load(p.out_path);
-    duet_head *h = NULL;
-    REQUIRE(tm);
-    CHECKF(duet_head_load(p.head_out, tm, &h, &err) == DUET_OK, "%s", err.msg);
-    CHECK(h && memcmp(duet_head_u(h), u, sizeof u) != 0);
-    duet_head_free(h);
-    duet_model_free(tm);
+    check_trained_head(p.out_path, p.head_out, u, sizeof u);
     duet_scores_close(E);
     duet_scores_close(Ebad);
     duet_model_free(bm);
@@ -725,13 +731,7 @@ TEST(lm_train_collm_weak_supervision) {
     CHECKF(duet_lm_train(&m, &p, &r, &err) == DUET_OK, "%s", err.msg);
     CHECKF(r.last_val < r.first_val, "held-out weak loss %g -> %g", r.first_val, r.last_val);
     lm_model_free(&m);
-    duet_model *tm = fixture_load(p.out_path);
-    duet_head *h = NULL;
-    REQUIRE(tm);
-    CHECKF(duet_head_load(p.head_out, tm, &h, &err) == DUET_OK, "%s", err.msg);
-    CHECK(h && memcmp(duet_head_u(h), u, sizeof u) != 0);
-    duet_head_free(h);
-    duet_model_free(tm);
+    check_trained_head(p.out_path, p.head_out, u, sizeof u);
     /* the command line: u starts at the mean of the base's output rows (a learning rate of
      * 1e-9 over two steps moves it by at most about 1e-8), and the labels need the base's
      * scores */

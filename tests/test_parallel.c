@@ -81,23 +81,6 @@ static int same_file(const char *a, const char *b, int timing) {
     return same;
 }
 
-/* The first n_lines lines of the demo's held-out problems, as a file of their own. */
-static const char *demo_problems(const char *name, int n_lines) {
-    char *all = fixture_read_file(DEMO "demo-heldout.jsonl", NULL);
-    if (!all) return NULL;
-    char *p = all;
-    for (int i = 0; i < n_lines && p; i++) p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL;
-    if (p) *p = 0;
-    const char *path = test_path(test_tmpdir(), name);
-    FILE *f = fopen(path, "wb");
-    if (f) {
-        fputs(all, f);
-        fclose(f);
-    }
-    free(all);
-    return f ? path : NULL;
-}
-
 static const int k_parallel[3] = {1, 3, 16}; /* 16: more decoders than problems */
 
 TEST(parallel_eval_writes_the_same_results) {
@@ -199,7 +182,7 @@ TEST(parallel_tune_writes_the_same_files) {
 TEST(parallel_score_writes_the_same_file) {
     NEED_BIN_AND_DEMO();
     static char err[8192], args[8192];
-    const char *data = demo_problems("par-score.jsonl", N_PROBLEMS);
+    const char *data = fixture_first_lines(DEMO "demo-heldout.jsonl", "par-score.jsonl", N_PROBLEMS);
     REQUIRE(data);
     char jsonl[700];
     snprintf(jsonl, sizeof jsonl, "%s", data);
