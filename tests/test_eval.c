@@ -674,20 +674,44 @@ static int run_cli(const char *args, char *err, size_t cap) {
     return fixture_run_cli(args, "eval-cli", err, cap);
 }
 
+/* What the CLI tests share: random base and expert fixtures, a random head for the base
+ * saved as TAG-head.gguf, and the three GSM8K problems as TAG-gsm3.jsonl. */
+typedef struct cli_fixture {
+    const char *bp, *xp, *data;
+    duet_model *b;
+    duet_head *h;
+    char head_path[600];
+} cli_fixture;
+
+static int cli_fixture_make(cli_fixture *c, const char *tag) {
+    memset(c, 0, sizeof *c);
+    c->bp = fixture_random(DT_F32, 51, 0);
+    c->xp = fixture_random(DT_F32, 52, 0);
+    if (!c->bp || !c->xp || !(c->b = fixture_load(c->bp))) return 0;
+    c->h = fixture_random_head(c->b, 13, 4.0f);
+    snprintf(c->head_path, sizeof c->head_path, "%s/%s-head.gguf", test_tmpdir(), tag);
+    duet_error e = {0};
+    char name[64];
+    snprintf(name, sizeof name, "%s-gsm3.jsonl", tag);
+    c->data = write_tmp(name, k_gsm3);
+    return c->h && c->data && !duet_head_save(c->h, c->head_path, &e);
+}
+
+static void cli_fixture_free(cli_fixture *c) {
+    duet_head_free(c->h);
+    duet_model_free(c->b);
+}
+
 TEST(eval_cli_eval_and_tune) {
     if (!duet_bin()) SKIP("DUET_BIN not set (run through make test)");
-    const char *bp = fixture_random(DT_F32, 51, 0), *xp = fixture_random(DT_F32, 52, 0);
-    REQUIRE(bp && xp);
-    duet_model *b = fixture_load(bp);
-    REQUIRE(b);
-    duet_head *h = fixture_random_head(b, 13, 4.0f);
-    char head_path[600], json_path[600], prefix[600], args[6000], err[4096];
-    snprintf(head_path, sizeof head_path, "%s/cli-head.gguf", test_tmpdir());
+    cli_fixture c;
+    REQUIRE(cli_fixture_make(&c, "cli"));
+    const char *bp = c.bp, *xp = c.xp, *data = c.data, *head_path = c.head_path;
+    duet_model *b = c.b;
+    char json_path[600], prefix[600], args[6000], err[4096];
     snprintf(json_path, sizeof json_path, "%s/cli-eval.json", test_tmpdir());
     snprintf(prefix, sizeof prefix, "%s/cli-tune", test_tmpdir());
     duet_error e = {0};
-    REQUIRE(h && !duet_head_save(h, head_path, &e));
-    const char *data = write_tmp("cli-gsm3.jsonl", k_gsm3);
     snprintf(args, sizeof args, "eval -m '%s' --expert '%s' --head '%s' --task gsm8k --data '%s' -n 16 -c 128 "
              "--policy base,collm,random --defer-rate 0.3 --json '%s' -t 2", bp, xp, head_path, data, json_path);
     CHECKF(run_cli(args, err, sizeof err) == 0, "duet eval: %s", err);
@@ -721,8 +745,7 @@ TEST(eval_cli_eval_and_tune) {
     REQUIRE(!duet_head_load(head_path, b, &g, &e));
     CHECKF(duet_head_threshold(g) >= 0 && duet_head_threshold(g) <= 1, "stored threshold %g", duet_head_threshold(g));
     duet_head_free(g);
-    duet_head_free(h);
-    duet_model_free(b);
+    cli_fixture_free(&c);
 }
 
 /* The two random baselines under their own names: "random" flips a fair coin per token (the
@@ -730,17 +753,11 @@ TEST(eval_cli_eval_and_tune) {
  * with --head they are in the default policy list. */
 TEST(eval_cli_random_baselines) {
     if (!duet_bin()) SKIP("DUET_BIN not set (run through make test)");
-    const char *bp = fixture_random(DT_F32, 51, 0), *xp = fixture_random(DT_F32, 52, 0);
-    REQUIRE(bp && xp);
-    duet_model *b = fixture_load(bp);
-    REQUIRE(b);
-    duet_head *h = fixture_random_head(b, 13, 4.0f);
-    char head_path[600], json_path[600], args[6000], err[4096];
-    snprintf(head_path, sizeof head_path, "%s/rnd-head.gguf", test_tmpdir());
+    cli_fixture c;
+    REQUIRE(cli_fixture_make(&c, "rnd"));
+    const char *bp = c.bp, *xp = c.xp, *data = c.data, *head_path = c.head_path;
+    char json_path[600], args[6000], err[4096];
     snprintf(json_path, sizeof json_path, "%s/rnd-eval.json", test_tmpdir());
-    duet_error e = {0};
-    REQUIRE(h && !duet_head_save(h, head_path, &e));
-    const char *data = write_tmp("rnd-gsm3.jsonl", k_gsm3);
     snprintf(args, sizeof args, "eval -m '%s' --expert '%s' --head '%s' --task gsm8k --data '%s' -n 16 -c 128 "
              "--threshold 0.8 --json '%s' -t 2", bp, xp, head_path, data, json_path);
     CHECKF(run_cli(args, err, sizeof err) == 0, "duet eval: %s", err);
@@ -764,8 +781,7 @@ TEST(eval_cli_random_baselines) {
     snprintf(args, sizeof args, "eval -m '%s' --expert '%s' --task gsm8k --data '%s' -n 16 -c 128 "
              "--policy random_matched", bp, xp, data);
     CHECKF(run_cli(args, err, sizeof err) == 1 && strstr(err, "random_matched"), "no collm: %s", err);
-    duet_head_free(h);
-    duet_model_free(b);
+    cli_fixture_free(&c);
 }
 
 /* Deferral frequency, two ways: over all generated tokens, and the mean of each problem's own
