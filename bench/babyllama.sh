@@ -77,7 +77,9 @@ train() { # NAME ARGS...
         --base "$W/base.gguf" -o "$W/head-$name.gguf" --report "$W/head-$name.json" --quiet "$@"
 }
 if [ -n "$PRESETS" ]; then
-    HEADS=""
+    # the untrained start (u = mean output row) shows how far each schedule moves u
+    "$DUET" head init --base "$W/base.gguf" -o "$W/head-init.gguf" >/dev/null
+    HEADS="init"
     for p in $PRESETS; do train "preset-$p" --preset "$p"; HEADS="$HEADS preset-$p"; done
     BASELINES=base,expert,random
 else
@@ -147,8 +149,9 @@ for p in order:
     out.append(f"| {p} | " + " | ".join(cells) + " |")
 for p, (v, f) in fixed.items():
     out.append(f"| {p} (own rate {100*f:.1f}%) | {v:.4f} ({100*(base-v)/(base-expert):.0f}%) |" + " |" * (len(rates) - 1))
-if heads[0].startswith("preset-"):
-    out.append("\nCell: NLL/byte (share of the base-to-expert gap closed). Heads: preset-P = "
+if heads[-1].startswith("preset-"):
+    out.append("\nCell: NLL/byte (share of the base-to-expert gap closed). Heads: init = "
+               "`duet head init` (u = the mean of the base's output rows, untrained); preset-P = "
                "`duet head train --preset P --base base.gguf` on the same score files; random "
                "defers each token with probability equal to the rate, seed 0.\n")
 else:
@@ -161,6 +164,7 @@ else:
     out.append("```\n" + open(f"{R}-tune.csv").read().strip() + "\n```\n")
     out.append("Chosen: " + json.dumps({k: v for k, v in tune.items() if not isinstance(v, list)}))
 for h in heads:
+    if h == "init": continue   # duet head init writes no report
     rep = json.load(open(f"{W}/head-{h}.json"))
     keep = {k: v for k, v in rep.items() if not isinstance(v, (list, dict))}
     out.append(f"\nhead {h} report: " + json.dumps(keep))
