@@ -111,8 +111,9 @@ if [ -z "$PRESETS" ]; then
     "$DUET" tune -m "$W/base.gguf" --expert "$W/expert.gguf" --head "$W/head-tuned.gguf" --task nll \
         --data "$W/val.txt" -o "$R-tune" $T --quiet >/dev/null
 fi
-CMD="sh bench/babyllama.sh"
-[ -z "$PRESETS" ] || CMD="BABY_PRESETS=\"$PRESETS\" BABY_STORIES=\"$N_TRAIN $N_VAL $N_HELD\" $CMD"
+CMD="sh bench/babyllama.sh"     # the report names the switches that were set
+[ -z "${BABY_STORIES:-}" ] || CMD="BABY_STORIES=\"$N_TRAIN $N_VAL $N_HELD\" $CMD"
+[ -z "$PRESETS" ] || CMD="BABY_PRESETS=\"$PRESETS\" $CMD"
 
 python3 - "$W" "$R" "$SEL" "$HEADS" "$CMD" "$N_TRAIN $N_HELD" <<'PY'
 import json, sys, os
