@@ -34,7 +34,8 @@ static void usage(FILE *f) {
             "  --split S            all, test or validation: the official split of --data (default:\n"
             "                       test under --protocol paper, else all); before --limit\n"
             "  --policy LIST        base, expert, collm, random, random_matched, uncertainty,\n"
-            "                       confidence, compose, proxy, contrastive, oracle (nll only);\n"
+            "                       confidence, compose, oracle (nll only), proxy, contrastive,\n"
+            "                       cd, cd_v2 (these four not nll);\n"
             "                       default: base,expert (+ collm,random,random_matched with --head)\n"
             "                       random defers each token with probability 0.5 (the paper's\n"
             "                       baseline) or at each --defer-rate; random_matched at the rate\n"
@@ -181,7 +182,7 @@ static int build_specs(const char *list, const double *rates, int n_rates, float
         if (pol < 0) {
             fprintf(stderr, "duet eval: --policy '%s' is not one of base, expert, collm, random, "
                             "random_matched, uncertainty, confidence, compose, proxy, contrastive, "
-                            "oracle\n", tok);
+                            "cd, cd_v2, oracle\n", tok);
             return -1;
         }
         if (pol == DUET_POLICY_RANDOM && !matched && n_rates == 0) { /* the paper's coin flip */

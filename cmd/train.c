@@ -23,6 +23,8 @@ static void usage(FILE *f, int collm) {
                 "  --expert-scores FILE  duet score -m EXPERT --tokenizer-of BASE -d DATA -c SEQ_LEN+1\n"
                 "  --head FILE           the starting head (duet head train --objective weak)\n"
                 "  --base-scores FILE    or: the base's scores of DATA, to train the weak start here\n"
+                "                        (duet's head schedule, u from zero; for the official start\n"
+                "                        give --head from duet head train --preset paper)\n"
                 "  --head-out FILE       the trained head (sidecar GGUF, for the trained base)\n"
                 "  --weak-supervision    the paper's weak-supervision baseline, as the official trainer\n"
                 "                        (v2) runs it: the base (or its --lora adapters) and u learn on\n"

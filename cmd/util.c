@@ -243,7 +243,8 @@ void gen_opts_usage(FILE *f) {
           "                       compose, proxy, contrastive, uncertainty, cd, cd_v2\n"
           "  --threshold X        eta for collm/compose (default: the head's, else 0.5);\n"
           "                       entropy in nats for uncertainty (default 2.0)\n"
-          "  --random-rate R      deferral probability of the random policy\n"
+          "  --random-rate R      deferral probability of the random policy (default 0;\n"
+          "                       the paper's random baseline is 0.5)\n"
           "  --anti FILE          third model for proxy tuning (logits_e + logits_b - logits_anti)\n"
           "  --expert-sync MODE   lazy (default: catch up only when deferring) or eager\n"
           "  --color              highlight expert tokens on a terminal\n", f);

@@ -628,3 +628,35 @@ TEST(cli_bench_batch_csv) {
     }
     json_decref(js);
 }
+
+/* Whether `name` occurs in `text` as a whole word: policy names share prefixes ("cd" and
+ * "cd_v2", "random" and "random_matched"), so a plain substring search would pass for a
+ * name the help never spells out. */
+static int is_name_char(char c) { return c == '_' || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+static int has_word(const char *text, const char *name) {
+    size_t n = strlen(name);
+    for (const char *p = strstr(text, name); p; p = strstr(p + 1, name))
+        if (!(p > text && is_name_char(p[-1])) && !is_name_char(p[n])) return 1;
+    return 0;
+}
+
+/* Every policy the library accepts by name is named in the help of the commands that take
+ * --policy: a policy that works but is missing from --help is one a user cannot find. The
+ * names come from the library's own table, so a new policy must be added to the help too. */
+TEST(cli_help_names_every_policy) {
+    NEED_BIN();
+    static char run_help[16384], eval_help[16384], err[4096];
+    REQUIRE(run_duet("run --help", run_help, sizeof run_help, err, sizeof err) == 0);
+    REQUIRE(run_duet("eval --help", eval_help, sizeof eval_help, err, sizeof err) == 0);
+    for (int p = 0; p < DUET_POLICY_COUNT; p++) {
+        const char *name = duet_policy_name(p);
+        CHECKF(has_word(run_help, name), "duet run --help does not name policy '%s'", name);
+        CHECKF(has_word(eval_help, name), "duet eval --help does not name policy '%s'", name);
+    }
+    /* the evaluation-only names */
+    CHECK(has_word(eval_help, duet_eval_policy_name(DUET_EVAL_POLICY_ORACLE)));
+    CHECK(has_word(eval_help, "random_matched"));
+    /* the word match itself: a prefix of a longer name does not count */
+    CHECK(!has_word("cd_v2 random_matched", "cd") && !has_word("cd_v2 random_matched", "random"));
+    CHECK(has_word("x, cd, cd_v2", "cd") && has_word("(cd_v2)", "cd_v2"));
+}
