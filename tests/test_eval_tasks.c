@@ -1,0 +1,264 @@
+/* test_eval_tasks.c: the BioASQ and AlpacaEval tasks of duet eval. Every metric against values
+ * worked out by hand on short texts (ROUGE-1/2/L/Lsum; factoid strict/lenient/MRR, list
+ * P/R/F1, yes/no), the official split's shuffle against Python's, the BioASQ averages on
+ * hand-written answers to the hand-made fixture questions (tests/data), the judge's win-rate
+ * arithmetic on a fake judge whose verdicts the test decides, and both tasks end to end on
+ * fixture models, the judge being a real duet serve. */
+#include <jansson.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/common.h"
+#include "duet.h"
+#include "fixtures.h"
+#include "learn/bioasq.h"
+#include "learn/pyrandom.h"
+#include "learn/rouge.h"
+#include "learn/task.h"
+#include "server_client.h"
+#include "test.h"
+
+/* The hand-made fixture files, found from the repository root. */
+static const char *data_file(const char *name) {
+    static char path[8][256];
+    static int k;
+    char *p = path[k++ % 8];
+    snprintf(p, 256, "tests/data/%s", name);
+    return access(p, R_OK) == 0 ? p : NULL;
+}
+#define NEED_DATA(p, name) \
+    const char *p = data_file(name); \
+    if (!p) SKIP("tests/data/" name " not found (run from the repository root)")
+
+/* ---- ROUGE ---------------------------------------------------------------------------------- */
+TEST(eval_rouge_hand_computed) {
+    rouge_score s[ROUGE_COUNT];
+    duet_error e = {0};
+    /* pred: the cat sat on the mat (6 tokens; case and punctuation go), ref: the cat lay on
+     * the mat today (7).
+     * ROUGE-1: counts pred the2 cat sat on mat, ref the2 cat lay on mat today; overlap 2+1+1+1
+     *   = 5; P = 5/6, R = 5/7, F = 2PR/(P+R) = (50/42)/(65/42) = 10/13.
+     * ROUGE-2: pred the-cat cat-sat sat-on on-the the-mat (5), ref the-cat cat-lay lay-on
+     *   on-the the-mat mat-today (6); overlap the-cat on-the the-mat = 3; P = 3/5, R = 1/2,
+     *   F = 0.6/1.1 = 6/11.
+     * ROUGE-L: LCS the cat on the mat = 5; P = 5/6, R = 5/7, F = 10/13. */
+    REQUIRE(!rouge_pair("The cat, sat on the MAT!", "the cat lay on the mat today", s, &e));
+    CHECK_NEAR(s[ROUGE_1].p, 5.0 / 6, 1e-12);
+    CHECK_NEAR(s[ROUGE_1].r, 5.0 / 7, 1e-12);
+    CHECK_NEAR(s[ROUGE_1].f, 10.0 / 13, 1e-12);
+    CHECK_NEAR(s[ROUGE_2].p, 3.0 / 5, 1e-12);
+    CHECK_NEAR(s[ROUGE_2].r, 1.0 / 2, 1e-12);
+    CHECK_NEAR(s[ROUGE_2].f, 6.0 / 11, 1e-12);
+    CHECK_NEAR(s[ROUGE_L].p, 5.0 / 6, 1e-12);
+    CHECK_NEAR(s[ROUGE_L].r, 5.0 / 7, 1e-12);
+    /* the same words in reverse order: every unigram matches (F 1) but the LCS is one token:
+     * P = R = F = 1/4; no bigram is shared */
+    REQUIRE(!rouge_pair("a b c d", "d c b a", s, &e));
+    CHECK_NEAR(s[ROUGE_1].f, 1, 1e-12);
+    CHECK_NEAR(s[ROUGE_2].f, 0, 1e-12);
+    CHECK_NEAR(s[ROUGE_L].p, 0.25, 1e-12);
+    CHECK_NEAR(s[ROUGE_L].f, 0.25, 1e-12);
+    /* ROUGE-Lsum: pred lines [on the mat] [the cat], ref one line [the cat lay on the mat
+     * today]. Plain LCS over the whole pred (on the mat the cat) is "on the mat" = 3: P =
+     * 3/5, R = 3/7. Summary level: the union of LCS(ref, line 1) = positions 3,4,5 (on the
+     * mat) and LCS(ref, line 2) = positions 0,1 (the cat) covers 5 ref tokens, each within
+     * both texts' counts (the twice in each): hits 5, P = 5/5, R = 5/7, F = (10/7)/(12/7) =
+     * 5/6. */
+    REQUIRE(!rouge_pair("on the mat\nthe cat", "the cat lay on the mat today", s, &e));
+    CHECK_NEAR(s[ROUGE_L].p, 3.0 / 5, 1e-12);
+    CHECK_NEAR(s[ROUGE_L].r, 3.0 / 7, 1e-12);
+    CHECK_NEAR(s[ROUGE_LSUM].p, 1, 1e-12);
+    CHECK_NEAR(s[ROUGE_LSUM].r, 5.0 / 7, 1e-12);
+    CHECK_NEAR(s[ROUGE_LSUM].f, 5.0 / 6, 1e-12);
+    /* non-ASCII separates tokens, as [^a-z0-9]+ does: "caf\xc3\xa9" is the token "caf" */
+    REQUIRE(!rouge_pair("caf\xc3\xa9 x", "caf", s, &e));
+    CHECK_NEAR(s[ROUGE_1].p, 1.0 / 2, 1e-12);
+    CHECK_NEAR(s[ROUGE_1].r, 1, 1e-12);
+    /* several references: per type the one with the best F (here the second, an exact copy) */
+    const char *refs[2] = {"nothing shared", "the cat sat"};
+    REQUIRE(!rouge_multi("the cat sat", refs, 2, s, &e));
+    for (int t = 0; t < ROUGE_COUNT; t++) CHECK_NEAR(s[t].f, 1, 1e-12);
+    REQUIRE(!rouge_pair("", "the cat", s, &e)); /* nothing predicted: all 0 */
+    for (int t = 0; t < ROUGE_COUNT; t++) CHECK_NEAR(s[t].f, 0, 0);
+}
+
+/* ---- BioASQ exact answers ------------------------------------------------------------------- */
+TEST(eval_bioasq_factoid_list_yesno) {
+    char *s1[] = {"glimmerase", "GLM enzyme"};
+    bioasq_entity fac[1] = {{s1, 2}};
+    double a, b, c;
+    /* "GLM" is a substring of "GLM enzyme": strict 1; the items matching are ranks 1 and 3,
+     * and the official loop keeps the last one: MRR = 1/3 */
+    char *i1[] = {"GLM", "shine", "glimmerase"};
+    bioasq_factoid(fac, 1, i1, 3, &a, &b, &c);
+    CHECK_NEAR(a, 1, 0); CHECK_NEAR(b, 1, 0); CHECK_NEAR(c, 1.0 / 3, 1e-12);
+    /* only rank 2 matches ("glimmer" inside "glimmerase"): strict 0, lenient 1, MRR 1/2 */
+    char *i2[] = {"shine", "glimmer"};
+    bioasq_factoid(fac, 1, i2, 2, &a, &b, &c);
+    CHECK_NEAR(a, 0, 0); CHECK_NEAR(b, 1, 0); CHECK_NEAR(c, 0.5, 1e-12);
+    /* a match at rank 6 is beyond the top 5 */
+    char *i3[] = {"k", "j", "q", "z0", "z1", "glimmerase"};
+    bioasq_factoid(fac, 1, i3, 6, &a, &b, &c);
+    CHECK_NEAR(b, 0, 0); CHECK_NEAR(c, 0, 0);
+
+    /* list: gold {red}, {amber, orange}, {violet}; items red, orange, blue and "tumor necrosis
+     * factor (TNF) alpha", which also counts as "tumor necrosis factor alpha" and "TNF alpha":
+     * 6 distinct items, tp = 2 (red, orange), P = 2/6, R = 2/3, F1 = 2(1/3)(2/3)/(1) = 4/9 */
+    char *r[] = {"red"}, *am[] = {"amber", "orange"}, *vi[] = {"violet"};
+    bioasq_entity col[3] = {{r, 1}, {am, 2}, {vi, 1}};
+    char *l1[] = {"red", "orange", "blue", "tumor necrosis factor (TNF) alpha"};
+    REQUIRE(!bioasq_list(col, 3, l1, 4, &a, &b, &c));
+    CHECK_NEAR(a, 1.0 / 3, 1e-12); CHECK_NEAR(b, 2.0 / 3, 1e-12); CHECK_NEAR(c, 4.0 / 9, 1e-12);
+    /* "interleukin 6 (IL6)" counts as itself, "interleukin 6 " and "IL6": tp 1 of 3 distinct:
+     * P = 1/3, R = 1/1, F1 = (2/3)/(4/3) = 1/2 */
+    char *il[] = {"IL6"}, *l2[] = {"interleukin 6 (IL6)"};
+    bioasq_entity ile[1] = {{il, 1}};
+    REQUIRE(!bioasq_list(ile, 1, l2, 1, &a, &b, &c));
+    CHECK_NEAR(a, 1.0 / 3, 1e-12); CHECK_NEAR(b, 1, 0); CHECK_NEAR(c, 0.5, 1e-12);
+    /* a repeated item is one distinct prediction: P = R = 1 */
+    char *l3[] = {"red", "red"};
+    REQUIRE(!bioasq_list(col, 1, l3, 2, &a, &b, &c));
+    CHECK_NEAR(a, 1, 0); CHECK_NEAR(c, 1, 0);
+
+    /* reading answers */
+    bioasq_parsed p;
+    REQUIRE(!bioasq_parse("Glimmerase does it.\nThe final answer is:\n- shine\n- glimmer", BIOASQ_FACTOID, &p));
+    CHECK(p.has_exact && p.n_items == 2);
+    if (p.n_items == 2) { CHECK_STR(p.items[0], "shine"); CHECK_STR(p.items[1], "glimmer"); }
+    CHECK_STR(p.ideal, "Glimmerase does it.");
+    bioasq_parsed_free(&p);
+    REQUIRE(!bioasq_parse("x The final answer is:\n1) alpha\n2) beta The final answer is: gamma", BIOASQ_LIST, &p));
+    CHECK(p.n_items == 2); /* only the text before the second marker */
+    if (p.n_items == 2) CHECK_STR(p.items[1], "beta");
+    bioasq_parsed_free(&p);
+    REQUIRE(!bioasq_parse("The final answer is:glimmerase, shine ", BIOASQ_FACTOID, &p));
+    CHECK(p.n_items == 1); /* no white space first: one item, stripped */
+    if (p.n_items == 1) CHECK_STR(p.items[0], "glimmerase, shine");
+    bioasq_parsed_free(&p);
+    REQUIRE(!bioasq_parse("Zorbaxin is taken with water.\nThe final answer is: Yes", BIOASQ_YESNO, &p));
+    CHECK(p.yesno && !strcmp(p.yesno, "yes"));
+    CHECK_NEAR(bioasq_yesno("yes", p.yesno), 1, 0);
+    bioasq_parsed_free(&p);
+    REQUIRE(!bioasq_parse("The final answer is: I do not know", BIOASQ_YESNO, &p)); /* "not" reads as no */
+    CHECK(p.yesno && !strcmp(p.yesno, "no"));
+    CHECK_NEAR(bioasq_yesno("yes", p.yesno), 0, 0);
+    bioasq_parsed_free(&p);
+    REQUIRE(!bioasq_parse("no marker at all, yes", BIOASQ_YESNO, &p));
+    CHECK(!p.has_exact && !p.yesno);
+    CHECK_NEAR(bioasq_yesno("yes", p.yesno), 0, 0);
+    bioasq_parsed_free(&p);
+}
+
+TEST(eval_bioasq_split_shuffle_is_pythons) {
+    /* Python: random.seed(42); x = list(range(10)); random.shuffle(x) -> [7, 3, 2, 8, 5, 6,
+     * 9, 4, 0, 1]; with range(3) -> [1, 0, 2] */
+    int x[10], want[10] = {7, 3, 2, 8, 5, 6, 9, 4, 0, 1}, y[3], want3[3] = {1, 0, 2};
+    mt19937 m;
+    for (int i = 0; i < 10; i++) x[i] = i;
+    py_random_seed(&m, 42);
+    py_shuffle(&m, x, 10);
+    for (int i = 0; i < 10; i++) CHECKF(x[i] == want[i], "x[%d] = %d, Python gives %d", i, x[i], want[i]);
+    for (int i = 0; i < 3; i++) y[i] = i;
+    py_random_seed(&m, 42);
+    py_shuffle(&m, y, 3);
+    for (int i = 0; i < 3; i++) CHECK(y[i] == want3[i]);
+}
+
+static double metric(const duet_eval_result *r, const char *name) {
+    for (int k = 0; k < r->n_metrics; k++)
+        if (!strcmp(r->metric_names[k], name)) return r->metrics[k];
+    return NAN;
+}
+
+TEST(eval_bioasq_task_prompts_and_averages) {
+    NEED_DATA(path, "bioasq_mini.json");
+    duet_eval_params p = {.task = DUET_EVAL_TASK_BIOASQ, .split = DUET_EVAL_SPLIT_ALL};
+    eval_task t;
+    duet_error e = {0};
+    REQUIRE(!task_bioasq_open(path, &p, &t, &e));
+    REQUIRE(t.n == 4);
+    /* the official frame, written out from its template by hand */
+    CHECK_STR(t.prompts[0],
+              "You are a medical expert answering real-world biomedical questions. Based on your understanding of "
+              "basic and clinical science, medical knowledge, and mechanisms underlying health, disease, patient "
+              "care, and modes of therapy, list the fact or facts that answer the following question with detailed "
+              "explanation.\n\nQuestion: Which made-up enzyme turns glimmer into shine in the toy pathway?\nAnswer:");
+    /* Hand-written answers to the four questions:
+     * factoid: items GLM, shine: strict 1, lenient 1, MRR 1 (only rank 1 matches);
+     * list: red, violet, blue: tp 2 of 3 items and 3 entities: P = R = F1 = 2/3;
+     * yes/no: "no" against yes: 0;
+     * summary: "The humbler stores quiet energy." (5 tokens) against the 10-token ideal answer
+     *   (two lines): ROUGE-1 P 1, R 1/2, F 2/3; ROUGE-2 overlap 4 of 4 and 9 bigrams: F =
+     *   2(4/9)/(13/9) = 8/13; ROUGE-L LCS 5: F 2/3; ROUGE-Lsum: 5 hits from the first line:
+     *   F 2/3.
+     * average = (strict 1 + f1 2/3 + accuracy 0 + rouge2 8/13) / 4;
+     * aggregated = (1+1+1 + 2/3*3 + 0 + 2/3 + 8/13 + 2/3 + 2/3) / 11 = (7 + 8/13) / 11 = 9/13. */
+    const char *ans[4] = {"It is GLM.\nThe final answer is:\n- GLM\n- shine",
+                          "Colours.\nThe final answer is:\n- red\n- violet\n- blue",
+                          "It is not.\nThe final answer is: no", "The humbler stores quiet energy."};
+    t.begin(&t);
+    for (int i = 0; i < 4; i++) {
+        char pred[256];
+        const char *ref;
+        REQUIRE(!t.answer(&t, i, ans[i], pred, sizeof pred, &ref, &e));
+    }
+    duet_eval_result r = {0};
+    REQUIRE(!t.finish(&t, &r, &e));
+    double avg = (1 + 2.0 / 3 + 0 + 8.0 / 13) / 4;
+    CHECK_NEAR(r.value, avg, 1e-12);
+    CHECK_NEAR(metric(&r, "average"), avg, 1e-12);
+    CHECK_NEAR(metric(&r, "mrr"), 1, 1e-12);
+    CHECK_NEAR(metric(&r, "precision"), 2.0 / 3, 1e-12);
+    CHECK_NEAR(metric(&r, "accuracy"), 0, 0);
+    CHECK_NEAR(metric(&r, "rouge2"), 8.0 / 13, 1e-12);
+    CHECK_NEAR(metric(&r, "rougeLsum"), 2.0 / 3, 1e-12);
+    CHECK_NEAR(metric(&r, "aggregated"), 9.0 / 13, 1e-12);
+    /* a second pass starts from nothing: the factoid alone answered wrong */
+    t.begin(&t);
+    char pred[256];
+    const char *ref;
+    REQUIRE(!t.answer(&t, 0, "The final answer is: shine", pred, sizeof pred, &ref, &e));
+    duet_eval_result r2 = {0};
+    REQUIRE(!t.finish(&t, &r2, &e));
+    CHECK_NEAR(r2.value, 0, 0);
+    CHECK(isnan(metric(&r2, "f1"))); /* no list question answered: no list metrics */
+    eval_task_free(&t);
+
+    /* the official split keeps 5 questions of each type for validation: one each leaves no test */
+    p.split = DUET_EVAL_SPLIT_TEST;
+    CHECK(task_bioasq_open(path, &p, &t, &e) == DUET_ERR_FORMAT);
+    CHECK(strstr(e.msg, "no questions in the test split") != NULL);
+    eval_task_free(&t);
+    p.split = DUET_EVAL_SPLIT_VALIDATION;
+    CHECK(!task_bioasq_open(path, &p, &t, &e) && t.n == 4);
+    eval_task_free(&t);
+}
+
+TEST(eval_bioasq_bad_files_name_the_field) {
+    static const char *bad[][2] = {
+        {"{\"qs\": []}", "field 'questions' is missing"},
+        {"{\"questions\": [{\"type\": \"essay\", \"body\": \"b\", \"ideal_answer\": [\"i\"]}]}",
+         "questions[0]: field 'type' is not factoid"},
+        {"{\"questions\": [{\"type\": \"list\", \"ideal_answer\": [\"i\"]}]}", "questions[0]: field 'body' is missing"},
+        {"{\"questions\": [{\"type\": \"list\", \"body\": \"b\", \"ideal_answer\": [\"i\"], \"exact_answer\": 3}]}",
+         "field 'exact_answer'"},
+        {"[1, 2", "bad.json:1"},
+    };
+    char path[600];
+    snprintf(path, sizeof path, "%s/bad.json", test_tmpdir());
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        FILE *f = fopen(path, "wb");
+        REQUIRE(f);
+        fputs(bad[i][0], f);
+        fclose(f);
+        duet_eval_params p = {.task = DUET_EVAL_TASK_BIOASQ, .split = DUET_EVAL_SPLIT_ALL};
+        eval_task t;
+        duet_error e = {0};
+        CHECKF(task_bioasq_open(path, &p, &t, &e) != 0 && strstr(e.msg, bad[i][1]), "case %zu: %s", i, e.msg);
+        eval_task_free(&t);
+    }
+}
