@@ -15,6 +15,7 @@
 #include "base/common.h"
 #include "duet.h"
 #include "fixtures.h"
+#include "format/quant.h"
 #include "learn/bioasq.h"
 #include "learn/pyrandom.h"
 #include "learn/rouge.h"
@@ -261,4 +262,197 @@ TEST(eval_bioasq_bad_files_name_the_field) {
         CHECKF(task_bioasq_open(path, &p, &t, &e) != 0 && strstr(e.msg, bad[i][1]), "case %zu: %s", i, e.msg);
         eval_task_free(&t);
     }
+}
+
+/* ---- the judge ------------------------------------------------------------------------------ */
+/* A fake judge whose verdict the test decides from the two responses it is shown: "A" when
+ * response A holds GOOD, else "B" when B does; "A" whenever both hold POS (a judge that
+ * prefers the first position); a reply that is no verdict when one holds JUNK; else "tie".
+ * Mode BAD answers a chat reply without choices[0]; mode HUGE a reply over the size cap. */
+enum { JUDGE_OK, JUDGE_BAD, JUDGE_HUGE };
+static struct { _Atomic int mode, hits; } g_judge;
+
+static enum MHD_Result judge_send(struct MHD_Connection *c, unsigned st, const char *body, size_t n) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(n, (void *)body, MHD_RESPMEM_MUST_COPY);
+    enum MHD_Result ok = MHD_queue_response(c, st, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+/* the text between the markers a and b of s (b NULL: to the end) contains w */
+static int section_has(const char *s, const char *a, const char *b, const char *w) {
+    const char *p = s ? strstr(s, a) : NULL, *e = p && b ? strstr(p, b) : NULL;
+    if (!p) return 0;
+    const char *f = strstr(p, w);
+    return f && (!e || f < e);
+}
+
+static const char *fake_verdict(const char *prompt) {
+    int ag = section_has(prompt, "Response A:", "Response B:", "GOOD"), bg = section_has(prompt, "Response B:", NULL, "GOOD");
+    int pos = section_has(prompt, "Response A:", "Response B:", "POS") && section_has(prompt, "Response B:", NULL, "POS");
+    int junk = section_has(prompt, "Response A:", NULL, "JUNK");
+    return ag ? "A" : bg ? "B" : pos ? "A" : junk ? "Banana bread" : "tie";
+}
+
+static enum MHD_Result judge_handler(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                     const char *version, const char *up, size_t *up_size, void **cc) {
+    (void)cls, (void)method, (void)version;
+    duet_buf *b = *cc;
+    if (!b) { *cc = calloc(1, sizeof(duet_buf)); return MHD_YES; }
+    if (*up_size) { duet_buf_add(b, up, *up_size); *up_size = 0; return MHD_YES; }
+    duet_buf_add(b, "", 1);
+    json_t *req = b->p ? json_loads(b->p, 0, NULL) : NULL;
+    free(b->p);
+    free(b);
+    *cc = NULL;
+    g_judge.hits++;
+    json_t *m0 = json_array_get(json_object_get(req, "messages"), 0);
+    const char *prompt = json_string_value(json_object_get(m0, "content"));
+    enum MHD_Result ok;
+    if (strcmp(url, "/v1/chat/completions")) ok = judge_send(c, 404, "{}", 2);
+    else if (g_judge.mode == JUDGE_BAD) ok = judge_send(c, 200, "{\"choices\": []}", 15);
+    else if (g_judge.mode == JUDGE_HUGE) {
+        size_t n = 2u << 20;
+        char *s = malloc(n);
+        memset(s, ' ', n);
+        ok = judge_send(c, 200, s, n);
+        free(s);
+    } else {
+        json_t *r = json_pack("{s:[{s:{s:s, s:s}}]}", "choices", "message", "role", "assistant", "content",
+                              fake_verdict(prompt));
+        char *s = json_dumps(r, 0);
+        ok = judge_send(c, 200, s, strlen(s));
+        free(s);
+        json_decref(r);
+    }
+    json_decref(req);
+    return ok;
+}
+
+TEST(eval_judge_win_rate_arithmetic) {
+    g_judge.mode = JUDGE_OK;
+    g_judge.hits = 0;
+    struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION, 0, NULL,
+                                            NULL, judge_handler, NULL, MHD_OPTION_END);
+    REQUIRE(d);
+    char url[64];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d", MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port);
+    const char *instr[4] = {"i0", "i1", "i2", "i3"};
+    const char *outs[4] = {"GOOD answer", "plain", "JUNK", "POS mine"};
+    const char *refs[4] = {"plain", "plain", "plain", "POS theirs"};
+    /* Both orders, 8 comparisons: example 0 wins twice (GOOD is A, then B); example 1 ties
+     * twice; example 2's replies are no verdict: two ties, both invalid; example 3 meets a
+     * judge that always says A: a win (ours first), then a loss. wins 3, ties 4, losses 1:
+     * win rate (3 + 4/2) / 8 = 0.625. */
+    duet_judge_params jp = {.url = url};
+    duet_judge_result r;
+    duet_error e = {0};
+    REQUIRE(!duet_judge_win_rate(&jp, instr, outs, refs, 4, &r, &e));
+    CHECK(r.comparisons == 8 && g_judge.hits == 8);
+    CHECK(r.wins == 3 && r.ties == 4 && r.losses == 1 && r.invalid == 2);
+    CHECK_NEAR(r.win_rate, 0.625, 1e-12);
+    /* one order: win, tie, tie, win: (2 + 2/2) / 4 = 0.75 (the position bias now counts) */
+    jp.one_order = 1;
+    REQUIRE(!duet_judge_win_rate(&jp, instr, outs, refs, 4, &r, &e));
+    CHECK(r.comparisons == 4);
+    CHECK_NEAR(r.win_rate, 0.75, 1e-12);
+    /* a base URL ending in /v1 is not doubled */
+    char v1[80];
+    snprintf(v1, sizeof v1, "%s/v1/", url);
+    jp.url = v1;
+    CHECK(!duet_judge_win_rate(&jp, instr, outs, refs, 1, &r, &e));
+    /* hostile replies: an error naming the field, a size cap; no abort */
+    jp.url = url;
+    g_judge.mode = JUDGE_BAD;
+    CHECK(duet_judge_win_rate(&jp, instr, outs, refs, 1, &r, &e) == DUET_ERR_FORMAT);
+    CHECKF(strstr(e.msg, "'choices[0]'") != NULL, "%s", e.msg);
+    g_judge.mode = JUDGE_HUGE;
+    jp.max_reply = 4096;
+    CHECK(duet_judge_win_rate(&jp, instr, outs, refs, 1, &r, &e) != 0);
+    CHECKF(strstr(e.msg, "larger than 4096 bytes") != NULL, "%s", e.msg);
+    jp.url = "ftp://x";
+    CHECK(duet_judge_win_rate(&jp, instr, outs, refs, 1, &r, &e) == DUET_ERR_ARG);
+    jp.url = "http://127.0.0.1:1"; /* nobody there: a connection error, quickly */
+    jp.retries = -1;
+    CHECK(duet_judge_win_rate(&jp, instr, outs, refs, 1, &r, &e) == DUET_ERR_IO);
+    MHD_stop_daemon(d);
+}
+
+/* ---- end to end ------------------------------------------------------------------------------ */
+static json_t *result0(const char *json_path) {
+    json_t *j = json_load_file(json_path, 0, NULL);
+    json_t *r = json_incref(json_array_get(json_object_get(j, "results"), 0));
+    json_decref(j);
+    return r;
+}
+
+TEST(eval_bioasq_cli_end_to_end) {
+    NEED_BIN();
+    NEED_DATA(data, "bioasq_mini.json");
+    const char *bp = fixture_random(DT_F32, 51, 0);
+    REQUIRE(bp);
+    char json_path[600], out_path[600], args[4000], err[4096];
+    snprintf(json_path, sizeof json_path, "%s/bioasq.json", test_tmpdir());
+    snprintf(out_path, sizeof out_path, "%s/bioasq-out.jsonl", test_tmpdir());
+    snprintf(args, sizeof args, "eval -m '%s' --task bioasq --data '%s' --shots '%s' -n 12 -c 512 --json '%s' "
+             "--outputs '%s' -t 2 --quiet", bp, data, data, json_path, out_path);
+    CHECKF(fixture_run_cli(args, "bioasq-cli", err, sizeof err) == 0, "duet eval: %s", err);
+    json_t *r = result0(json_path);
+    json_t *m = json_object_get(r, "metrics");
+    static const char *keys[] = {"strict_accuracy", "lenient_accuracy", "mrr", "precision", "recall", "f1",
+                                 "accuracy", "rouge1", "rouge2", "rougeL", "rougeLsum", "average"};
+    for (size_t k = 0; k < sizeof keys / sizeof *keys; k++) CHECKF(json_is_number(json_object_get(m, keys[k])), "no %s", keys[k]);
+    /* the value is the official average of four of them, recomputed here from the report */
+    double avg = (json_number_value(json_object_get(m, "strict_accuracy")) + json_number_value(json_object_get(m, "f1")) +
+                  json_number_value(json_object_get(m, "accuracy")) + json_number_value(json_object_get(m, "rouge2"))) / 4;
+    CHECK_NEAR(json_number_value(json_object_get(r, "value")), avg, 1e-9);
+    CHECK_STR(json_string_value(json_object_get(r, "metric")), "average");
+    char buf[1 << 16];
+    read_text(out_path, buf, sizeof buf);
+    int lines = 0;
+    for (char *p = buf; *p; p++) lines += *p == '\n';
+    CHECK(lines == 4);
+    CHECK(strstr(buf, "\"reference\":\"glimmerase | GLM enzyme\"") != NULL);
+    json_decref(r);
+}
+
+TEST(eval_alpacaeval_cli_judged_by_duet_serve) {
+    NEED_FIXTURES();
+    NEED_DATA(data, "alpaca_mini.json");
+    NEED_DATA(ref, "alpaca_ref.json");
+    proc judge;
+    REQUIRE(!spawn_serve(&judge, "-m '%s' -np 1 -c 1024 --quiet", g_base)); /* the judge prompt is long */
+    char json_path[600], out_path[600], args[4000], err[4096];
+    snprintf(json_path, sizeof json_path, "%s/alpaca.json", test_tmpdir());
+    snprintf(out_path, sizeof out_path, "%s/alpaca-out.json", test_tmpdir());
+    snprintf(args, sizeof args, "eval -m '%s' --task alpacaeval --data '%s' -n 6 --json '%s' --outputs '%s' "
+             "--judge-url http://127.0.0.1:%d --judge-model duet --reference '%s' -t 2 --quiet",
+             g_base, data, json_path, out_path, judge.port, ref);
+    CHECKF(fixture_run_cli(args, "alpaca-cli", err, sizeof err) == 0, "duet eval: %s", err);
+    json_t *r = result0(json_path), *m = json_object_get(r, "metrics");
+    /* 2 examples, both orders: 4 verdicts, which add up to the reported win rate */
+    CHECK(json_number_value(json_object_get(m, "comparisons")) == 4);
+    double w = json_number_value(json_object_get(m, "wins")), t = json_number_value(json_object_get(m, "ties")),
+           l = json_number_value(json_object_get(m, "losses"));
+    CHECK(w + t + l == 4);
+    CHECK_NEAR(json_number_value(json_object_get(r, "value")), (w + t / 2) / 4, 1e-12);
+    CHECK_STR(json_string_value(json_object_get(r, "metric")), "win_rate");
+    /* AlpacaEval's format: the instructions in order, the dataset carried over */
+    json_t *o = json_load_file(out_path, 0, NULL);
+    CHECK(json_array_size(o) == 2);
+    json_t *o1 = json_array_get(o, 1);
+    CHECK_STR(json_string_value(json_object_get(o1, "instruction")), "Write one word that means happy.");
+    CHECK_STR(json_string_value(json_object_get(o1, "generator")), "duet-base");
+    CHECK_STR(json_string_value(json_object_get(o1, "dataset")), "handmade");
+    CHECK(json_is_string(json_object_get(o1, "output")));
+    json_decref(o);
+    json_decref(r);
+    /* a reference whose instructions differ: an error naming the record and the field */
+    snprintf(args, sizeof args, "eval -m '%s' --task alpacaeval --data '%s' -n 2 --judge-url http://127.0.0.1:%d "
+             "--reference '%s' --quiet", g_base, ref, judge.port, data);
+    CHECK(fixture_run_cli(args, "alpaca-cli2", err, sizeof err) == 1);
+    CHECKF(strstr(err, "field 'output' is missing") != NULL, "%s", err);
+    snprintf(args, sizeof args, "eval -m '%s' --task alpacaeval --data '%s' --judge-url http://x --quiet", g_base, data);
+    CHECK(fixture_run_cli(args, "alpaca-cli3", err, sizeof err) == 2); /* --judge-url without --reference */
+    CHECK(stop_serve(&judge) == 0);
 }
