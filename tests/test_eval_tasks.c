@@ -75,6 +75,13 @@ TEST(eval_rouge_hand_computed) {
     CHECK_NEAR(s[ROUGE_LSUM].p, 1, 1e-12);
     CHECK_NEAR(s[ROUGE_LSUM].r, 5.0 / 7, 1e-12);
     CHECK_NEAR(s[ROUGE_LSUM].f, 5.0 / 6, 1e-12);
+    /* each token counts at most as often as either text has it: ref lines [a b] [a b], pred
+     * [a b]; both ref lines' LCS unions are {a, b}, but pred has one a and one b: hits 2,
+     * P = 2/2, R = 2/4, F = 2/3 */
+    REQUIRE(!rouge_pair("a b", "a b\na b", s, &e));
+    CHECK_NEAR(s[ROUGE_LSUM].p, 1, 1e-12);
+    CHECK_NEAR(s[ROUGE_LSUM].r, 0.5, 1e-12);
+    CHECK_NEAR(s[ROUGE_LSUM].f, 2.0 / 3, 1e-12);
     /* non-ASCII separates tokens, as [^a-z0-9]+ does: "caf\xc3\xa9" is the token "caf" */
     REQUIRE(!rouge_pair("caf\xc3\xa9 x", "caf", s, &e));
     CHECK_NEAR(s[ROUGE_1].p, 1.0 / 2, 1e-12);
@@ -167,6 +174,42 @@ TEST(eval_bioasq_split_shuffle_is_pythons) {
     py_random_seed(&m, 42);
     py_shuffle(&m, y, 3);
     for (int i = 0; i < 3; i++) CHECK(y[i] == want3[i]);
+}
+
+/* The official split on a file of 7 factoid and 2 yes/no questions (bodies f0..f6, y0, y1;
+ * file order f0 y0 f1 f2 y1 f3 f4 f5 f6). Python: random.seed(42) then random.shuffle of
+ * range(7) gives [1, 3, 4, 2, 6, 0, 5] and of range(2) gives [1, 0]. Factoids first (sorted
+ * type order): validation f1 f3 f4 f2 f6, test f0 f5; the two yes/no questions both go to
+ * validation (y1 y0), none to test. */
+TEST(eval_bioasq_official_split_order) {
+    static const char *order[9] = {"f0", "y0", "f1", "f2", "y1", "f3", "f4", "f5", "f6"};
+    char path[600];
+    snprintf(path, sizeof path, "%s/split.json", test_tmpdir());
+    FILE *f = fopen(path, "wb");
+    REQUIRE(f);
+    fputs("{\"questions\": [", f);
+    for (int i = 0; i < 9; i++)
+        fprintf(f, "%s{\"type\": \"%s\", \"body\": \"%s\", \"ideal_answer\": [\"x\"], \"exact_answer\": %s}",
+                i ? ", " : "", order[i][0] == 'f' ? "factoid" : "yesno", order[i], order[i][0] == 'f' ? "[[\"x\"]]" : "\"yes\"");
+    fputs("]}", f);
+    fclose(f);
+    static const char *test[2] = {"f0", "f5"}, *val[7] = {"f1", "f3", "f4", "f2", "f6", "y1", "y0"};
+    for (int v = 0; v < 2; v++) {
+        duet_eval_params p = {.task = DUET_EVAL_TASK_BIOASQ, .split = v ? DUET_EVAL_SPLIT_VALIDATION : DUET_EVAL_SPLIT_TEST};
+        eval_task t;
+        duet_error e = {0};
+        REQUIRE(!task_bioasq_open(path, &p, &t, &e));
+        int n = v ? 7 : 2;
+        CHECK(t.n == n);
+        for (int i = 0; i < n && i < t.n; i++) {
+            char want[32];
+            snprintf(want, sizeof want, "Question: %s\nAnswer:", v ? val[i] : test[i]);
+            size_t L = strlen(t.prompts[i]), W = strlen(want);
+            CHECKF(L >= W && !strcmp(t.prompts[i] + L - W, want), "%s[%d] is not %s", v ? "validation" : "test", i,
+                   v ? val[i] : test[i]);
+        }
+        eval_task_free(&t);
+    }
 }
 
 static double metric(const duet_eval_result *r, const char *name) {
@@ -337,25 +380,28 @@ TEST(eval_judge_win_rate_arithmetic) {
     REQUIRE(d);
     char url[64];
     snprintf(url, sizeof url, "http://127.0.0.1:%d", MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port);
-    const char *instr[4] = {"i0", "i1", "i2", "i3"};
-    const char *outs[4] = {"GOOD answer", "plain", "JUNK", "POS mine"};
-    const char *refs[4] = {"plain", "plain", "plain", "POS theirs"};
-    /* Both orders, 8 comparisons: example 0 wins twice (GOOD is A, then B); example 1 ties
+    const char *instr[5] = {"i0", "i1", "i2", "i3", "i4"};
+    const char *outs[5] = {"GOOD answer", "plain", "JUNK", "POS mine", "plain"};
+    const char *refs[5] = {"plain", "plain", "plain", "POS theirs", "GOOD answer"};
+    /* Both orders, 10 comparisons: example 0 wins twice (GOOD is A, then B); example 1 ties
      * twice; example 2's replies are no verdict: two ties, both invalid; example 3 meets a
-     * judge that always says A: a win (ours first), then a loss. wins 3, ties 4, losses 1:
-     * win rate (3 + 4/2) / 8 = 0.625. */
+     * judge that always says A: a win (ours first), then a loss; example 4 loses twice.
+     * wins 3, ties 4, losses 3: win rate (3 + 4/2) / 10 = 0.5. */
     duet_judge_params jp = {.url = url};
     duet_judge_result r;
     duet_error e = {0};
+    REQUIRE(!duet_judge_win_rate(&jp, instr, outs, refs, 5, &r, &e));
+    CHECK(r.comparisons == 10 && g_judge.hits == 10);
+    CHECK(r.wins == 3 && r.ties == 4 && r.losses == 3 && r.invalid == 2);
+    CHECK_NEAR(r.win_rate, 0.5, 1e-12);
+    /* the first four alone: wins 3, ties 4, losses 1 of 8: (3 + 2) / 8 = 0.625 */
     REQUIRE(!duet_judge_win_rate(&jp, instr, outs, refs, 4, &r, &e));
-    CHECK(r.comparisons == 8 && g_judge.hits == 8);
-    CHECK(r.wins == 3 && r.ties == 4 && r.losses == 1 && r.invalid == 2);
     CHECK_NEAR(r.win_rate, 0.625, 1e-12);
-    /* one order: win, tie, tie, win: (2 + 2/2) / 4 = 0.75 (the position bias now counts) */
+    /* one order: win, tie, tie, win, loss: (2 + 2/2) / 5 = 0.6 (the position bias now counts) */
     jp.one_order = 1;
-    REQUIRE(!duet_judge_win_rate(&jp, instr, outs, refs, 4, &r, &e));
-    CHECK(r.comparisons == 4);
-    CHECK_NEAR(r.win_rate, 0.75, 1e-12);
+    REQUIRE(!duet_judge_win_rate(&jp, instr, outs, refs, 5, &r, &e));
+    CHECK(r.comparisons == 5);
+    CHECK_NEAR(r.win_rate, 0.6, 1e-12);
     /* a base URL ending in /v1 is not doubled */
     char v1[80];
     snprintf(v1, sizeof v1, "%s/v1/", url);
