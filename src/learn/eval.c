@@ -245,7 +245,9 @@ int duet_eval_open(duet_model *base, duet_model *expert, duet_model *anti, const
     if (c->p.max_tokens <= 0) c->p.max_tokens = paper ? 512 : 256;
     if (c->p.n_calib <= 0) c->p.n_calib = 15;
     if (c->p.scoring == DUET_EVAL_SCORING_AUTO) c->p.scoring = paper ? DUET_EVAL_SCORING_PAPER : DUET_EVAL_SCORING_DUET;
-    if (c->p.split == DUET_EVAL_SPLIT_AUTO) c->p.split = paper && c->p.task != DUET_EVAL_TASK_NLL ? DUET_EVAL_SPLIT_TEST : DUET_EVAL_SPLIT_ALL;
+    if (c->p.split == DUET_EVAL_SPLIT_AUTO) /* AlpacaEval has no split */
+        c->p.split = paper && c->p.task != DUET_EVAL_TASK_NLL && c->p.task != DUET_EVAL_TASK_ALPACAEVAL
+                     ? DUET_EVAL_SPLIT_TEST : DUET_EVAL_SPLIT_ALL;
     c->stops = c->p.stops ? c->p.stops : paper ? NULL : k_default_stops;
     c->n_stops = c->p.stops ? c->p.n_stops : paper ? 0 : 1;
     snprintf(c->path, sizeof c->path, "%s", data_path);

@@ -92,6 +92,8 @@ int task_alpaca_open(const char *path, const duet_eval_params *p, eval_task *t, 
     if (!s) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     t->state = s;
     t->begin = al_begin, t->answer = al_answer, t->finish = al_finish, t->free = al_free;
+    if (p->split == DUET_EVAL_SPLIT_TEST || p->split == DUET_EVAL_SPLIT_VALIDATION)
+        return duet_fail(err, DUET_ERR_ARG, "AlpacaEval has no test or validation split: the whole file is evaluated");
     int n, rc = alpaca_read(path, "dataset", 0, &s->instr, &s->dataset, &n, err);
     s->n = n;
     if (rc) return rc;
