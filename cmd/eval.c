@@ -10,7 +10,6 @@
 #include <string.h>
 
 #include "cmd.h"
-#include "eval_alpaca.h"
 #include "duet.h"
 #include "util.h"
 
@@ -354,11 +353,10 @@ int cmd_eval(int argc, char **argv) {
     duet_error err = {0};
     int rc = 1;
     duet_atomic out = {0};
-    alpaca_out al = {0};
-    int alpaca = task == DUET_EVAL_TASK_ALPACAEVAL;
-    if (alpaca) { /* kept, then written and judged as a whole */
-        ep.on_answer = cmd_alpaca_collect;
-        ep.answer_ud = &al;
+    if (task == DUET_EVAL_TASK_ALPACAEVAL) { /* AlpacaEval's JSON, written by the task */
+        ep.alpaca_outputs = outputs;
+        ep.reference = A.reference;
+        ep.judge = A.judge.url ? &A.judge : NULL;
     } else if (outputs) { /* written to a temp file, renamed at the end: no partial output */
         if (duet_atomic_open(&out, outputs, &err)) goto fail;
         ep.on_answer = write_answer;
@@ -375,7 +373,6 @@ int cmd_eval(int argc, char **argv) {
     if (duet_eval_open(base, expert, anti, head, data, &ep, &ctx, &err) || duet_eval_run(ctx, specs, n_specs, res, &err))
         goto fail;
     int size = duet_eval_size(ctx, &err);
-    if (alpaca && cmd_alpaca_finish(&al, specs, n_specs, size, res, outputs, A.reference, &A.judge, &err)) goto fail;
     printf("duet eval: task %s, %s (%d %s), base %s%s%s\n", duet_eval_task_name(task), data, size,
            task == DUET_EVAL_TASK_NLL ? "tokens" : "examples", duet_model_hparams(base)->name,
            expert ? ", expert " : "", expert ? duet_model_hparams(expert)->name : "");
@@ -394,7 +391,6 @@ fail:
     fprintf(stderr, "duet eval: %s\n", err.msg);
 done:
     duet_atomic_abort(&out);
-    cmd_alpaca_free(&al);
     duet_eval_close(ctx);
     free(ep.ud);
     duet_head_free(head);
