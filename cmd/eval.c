@@ -18,14 +18,28 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: duet eval -m BASE [--expert E] [--head H] --task gsm8k|math|nll --data FILE\n"
+            "usage: duet eval -m BASE [--expert E] [--head H] --task gsm8k|math|nll|bioasq|alpacaeval --data FILE\n"
             "                 [--policy P1,P2,...] [--defer-rate R1,R2,...] [options]\n"
             "  -m, --model FILE     base model (GGUF)\n"
             "  --expert FILE        expert model\n"
             "  --head FILE          deferral head of the base (collm, compose)\n"
             "  --anti FILE          third model for proxy tuning\n"
-            "  --task T             gsm8k, math (accuracy of greedy answers) or nll (NLL per byte)\n"
-            "  --data FILE          JSONL ({\"question\",\"answer\"} / {\"problem\",\"answer\"}) or text (nll)\n"
+            "  --task T             gsm8k, math (accuracy of greedy answers), nll (NLL per byte),\n"
+            "                       bioasq (the official BioASQ metrics; value: their average) or\n"
+            "                       alpacaeval (outputs; a win rate with --judge-url)\n"
+            "  --data FILE          JSONL ({\"question\",\"answer\"} / {\"problem\",\"answer\"}), text (nll),\n"
+            "                       BioASQ JSON ({\"questions\": [...]}) or AlpacaEval JSON (a list of\n"
+            "                       {\"instruction\", ...})\n"
+            "  --shots FILE         bioasq: BioASQ JSON whose first 4 questions of each type are the\n"
+            "                       in-context examples (default: none)\n"
+            "  --judge-url URL      alpacaeval: an OpenAI-compatible server (e.g. duet serve) that\n"
+            "                       judges each output against --reference, in both orders\n"
+            "  --judge-model NAME   the judge's \"model\" (default \"judge\")\n"
+            "  --judge-api-key K    the judge's Bearer token\n"
+            "  --judge-timeout S    seconds per judge request (default 60)\n"
+            "  --judge-one-order    judge each example once (the model's output first)\n"
+            "  --reference FILE     alpacaeval: reference outputs (AlpacaEval JSON, same instructions\n"
+            "                       in the same order)\n"
             "  --protocol P         duet (default: duet's prompt, -n 256, stop \"\\n\\nQuestion:\", lenient\n"
             "                       scorer, every problem) or paper (the official Co-LLM code's prompts,\n"
             "                       its test split of --data, -n 512, no stop string, its scorer)\n"
@@ -55,8 +69,10 @@ static void usage(FILE *f) {
             "  -np, --parallel N    problems decoded together, their steps batched (default 8;\n"
             "                       1: one at a time); every result but tok/s is the same for any N\n"
             "  --json FILE          write the results as JSON (atomically)\n"
-            "  --outputs FILE       gsm8k/math: every answer as a JSON line (policy, rate, index,\n"
-            "                       output, pred, reference, correct)\n"
+            "  --outputs FILE       gsm8k/math/bioasq: every answer as a JSON line (policy, rate,\n"
+            "                       index, output, pred, reference, correct); alpacaeval: AlpacaEval's\n"
+            "                       JSON list of {instruction, output, generator, dataset}, generator\n"
+            "                       \"duet-POLICY\" (\"@RATE\" with a rate)\n"
             "  --quiet              no progress on stderr\n");
     lora_opts_usage(f);
 }
@@ -128,12 +144,13 @@ static void fmt_or_dash(char *buf, size_t cap, const char *fmt, double v) {
 
 static void print_table(int task, const duet_eval_result *r, int n) {
     printf("%-14s %6s %10s %12s %9s %12s %10s\n", "policy", "rate", "threshold",
-           task == DUET_EVAL_TASK_NLL ? "nll/byte" : "accuracy", "deferral", "expert calls", "tok/s");
+           task == DUET_EVAL_TASK_NLL ? "nll/byte" : duet_eval_metric_name(task), "deferral", "expert calls", "tok/s");
     for (int i = 0; i < n; i++) {
         char rate[32], thr[32], val[48];
         fmt_or_dash(rate, sizeof rate, "%.2f", r[i].rate);
         fmt_or_dash(thr, sizeof thr, "%.4g", r[i].threshold);
         if (task == DUET_EVAL_TASK_NLL) snprintf(val, sizeof val, "%.5f", r[i].value);
+        else if (task == DUET_EVAL_TASK_BIOASQ || task == DUET_EVAL_TASK_ALPACAEVAL) fmt_or_dash(val, sizeof val, "%.4f", r[i].value);
         else snprintf(val, sizeof val, "%.1f%% %d/%d", 100 * r[i].value, r[i].n_correct, r[i].n_examples);
         printf("%-14s %6s %10s %12s %8.1f%% %12ld %10.1f\n", duet_eval_spec_name(&r[i].spec), rate, thr,
                val, 100 * r[i].deferral_frequency, r[i].expert_calls, r[i].tokens_per_second);
@@ -223,6 +240,8 @@ int cmd_eval_load(const char *cmd, const char *base_path, const char *expert_pat
 typedef struct eval_args {
     const char *base_path, *expert_path, *head_path, *anti_path;
     const char *data, *json_path, *policies, *stops[16], *outputs;
+    const char *reference;
+    duet_judge_params judge;
     int task, n_threads, quiet, n_stops, n_rates;
     double rates[MAX_RATES];
     float eta, ent;
@@ -237,6 +256,7 @@ static int parse_args(int argc, char **argv, eval_args *A) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--quiet")) { A->quiet = 1; continue; }
+        if (!strcmp(a, "--judge-one-order")) { A->judge.one_order = 1; continue; }
         int lt = lora_opts_parse("eval", &A->lora, argc, argv, &i);
         if (lt < 0) return 2;
         if (lt) continue;
@@ -249,9 +269,19 @@ static int parse_args(int argc, char **argv, eval_args *A) {
         else if (!strcmp(a, "--json")) A->json_path = v;
         else if (!strcmp(a, "--outputs")) A->outputs = v;
         else if (!strcmp(a, "--policy")) A->policies = v;
+        else if (!strcmp(a, "--shots")) A->ep.shots = v;
+        else if (!strcmp(a, "--reference")) A->reference = v;
+        else if (!strcmp(a, "--judge-url")) A->judge.url = v;
+        else if (!strcmp(a, "--judge-model")) A->judge.model = v;
+        else if (!strcmp(a, "--judge-api-key")) A->judge.api_key = v;
+        else if (!strcmp(a, "--judge-timeout")) {
+            int sec;
+            if (!arg_int("eval", a, v, 1, 3600, &sec)) return 2;
+            A->judge.timeout_ms = sec * 1000;
+        }
         else if (!strcmp(a, "--task")) {
             if ((A->task = duet_eval_task_from_name(v)) < 0) {
-                fprintf(stderr, "duet eval: --task '%s' is not gsm8k, math or nll\n", v);
+                fprintf(stderr, "duet eval: --task '%s' is not gsm8k, math, nll, bioasq or alpacaeval\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--protocol") || !strcmp(a, "--scoring") || !strcmp(a, "--split")) {
@@ -290,6 +320,10 @@ static int parse_args(int argc, char **argv, eval_args *A) {
         usage(stderr);
         return 2;
     }
+    if (!A->judge.url != !A->reference || (A->judge.url && A->task != DUET_EVAL_TASK_ALPACAEVAL)) {
+        fprintf(stderr, "duet eval: --judge-url and --reference go together, with --task alpacaeval\n");
+        return 2;
+    }
     return -1;
 }
 
@@ -320,7 +354,11 @@ int cmd_eval(int argc, char **argv) {
     duet_error err = {0};
     int rc = 1;
     duet_atomic out = {0};
-    if (outputs) { /* written to a temp file, renamed at the end: no partial output */
+    if (task == DUET_EVAL_TASK_ALPACAEVAL) { /* AlpacaEval's JSON, written by the task */
+        ep.alpaca_outputs = outputs;
+        ep.reference = A.reference;
+        ep.judge = A.judge.url ? &A.judge : NULL;
+    } else if (outputs) { /* written to a temp file, renamed at the end: no partial output */
         if (duet_atomic_open(&out, outputs, &err)) goto fail;
         ep.on_answer = write_answer;
         ep.answer_ud = out.f;

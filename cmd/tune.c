@@ -60,8 +60,9 @@ int cmd_tune(int argc, char **argv) {
         else if (!strcmp(a, "--data")) data = v;
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) prefix = v;
         else if (!strcmp(a, "--task")) {
-            if ((task = duet_eval_task_from_name(v)) < 0) {
-                fprintf(stderr, "duet tune: --task '%s' is not gsm8k, math or nll\n", v);
+            /* alpacaeval has no value without a judge: nothing to tune on */
+            if ((task = duet_eval_task_from_name(v)) < 0 || task == DUET_EVAL_TASK_ALPACAEVAL) {
+                fprintf(stderr, "duet tune: --task '%s' is not gsm8k, math, bioasq or nll\n", v);
                 return 2;
             }
         } else if (!strcmp(a, "--protocol") || !strcmp(a, "--scoring") || !strcmp(a, "--split")) {

@@ -1068,7 +1068,8 @@ int duet_head_train(const duet_scores *base, const duet_scores *expert,
  * the deferral frequency that collm (the first collm spec without a rate) reached in the
  * same run. */
 enum {
-    DUET_EVAL_TASK_NLL = 0, DUET_EVAL_TASK_GSM8K, DUET_EVAL_TASK_MATH, DUET_EVAL_TASK_COUNT
+    DUET_EVAL_TASK_NLL = 0, DUET_EVAL_TASK_GSM8K, DUET_EVAL_TASK_MATH, DUET_EVAL_TASK_BIOASQ,
+    DUET_EVAL_TASK_ALPACAEVAL, DUET_EVAL_TASK_COUNT
 };
 
 /* Teacher-forced router beyond the collab policies: defer where the expert's log-prob gain
@@ -1125,6 +1126,32 @@ int duet_eval_split_save(int task, const char *data_path, int split, const char 
  * so it stands apart from "random" at a given rate. */
 const char *duet_eval_spec_name(const duet_eval_spec *spec);
 
+/* A pairwise judge behind an OpenAI-compatible /v1/chat/completions (AlpacaEval-style win
+ * rates; docs/method.md). Each comparison asks the judge which of two responses to an
+ * instruction is better and reads "A", "B" or "tie" from the start of its reply; any other
+ * reply counts as a tie and as invalid. With both orders (the default) every example is
+ * judged twice, the model's output first and then second, which cancels a judge's
+ * preference for a position. win_rate = (wins + ties / 2) / comparisons. */
+typedef struct duet_judge_params {
+    const char *url;        /* base URL; "/v1/chat/completions" is appended ("/chat/completions"
+                               when it ends in "/v1") */
+    const char *model;      /* "model" of the request (NULL: "judge") */
+    const char *api_key;    /* Bearer token (NULL: none) */
+    int timeout_ms;         /* per request (0: 60 s) */
+    int retries;            /* on connection errors, 5xx and 429 (0: 2; < 0: none) */
+    size_t max_reply;       /* bytes of one reply (0: 1 MiB) */
+    size_t max_text;        /* bytes of each response shown to the judge (0: 32 KiB; cut at a
+                               UTF-8 character boundary) */
+    int one_order;          /* 1: only the model's output as response A */
+} duet_judge_params;
+typedef struct duet_judge_result {
+    int comparisons, wins, ties, losses, invalid;
+    double win_rate;
+} duet_judge_result;
+/* Judge outputs[i] against refs[i] (both answers to instr[i]), n examples. */
+int duet_judge_win_rate(const duet_judge_params *p, const char *const *instr, const char *const *outputs,
+                        const char *const *refs, int n, duet_judge_result *res, duet_error *err);
+
 typedef struct duet_eval_params {
     int task;
     int protocol;       /* DUET_EVAL_PROTOCOL_* (0: duet) */
@@ -1151,7 +1178,18 @@ typedef struct duet_eval_params {
     void (*on_answer)(void *ud, const duet_eval_spec *spec, int index, const char *output,
                       const char *pred, const char *reference, int correct);
     void *answer_ud;
+    /* bioasq: a BioASQ JSON file whose first 4 questions of each type are the in-context
+       examples of that type (NULL: none) */
+    const char *shots;
+    /* alpacaeval: where to write every policy's outputs in AlpacaEval's JSON (NULL: nowhere;
+       rewritten atomically after each policy), and a judge with the reference outputs
+       (AlpacaEval's JSON, the data's instructions in order; both NULL: no win rate) */
+    const char *alpaca_outputs;
+    const char *reference;
+    const duet_judge_params *judge;
 } duet_eval_params;
+
+#define DUET_EVAL_MAX_METRICS 16
 
 typedef struct duet_eval_result {
     duet_eval_spec spec;
@@ -1171,6 +1209,11 @@ typedef struct duet_eval_result {
     double seconds;            /* model time: decoding (with parallel > 1 the wall time of
                                   the batched decoding), or the teacher-forced passes used */
     double tokens_per_second;
+    /* bioasq, alpacaeval: the task's named metrics (bioasq: the official per-type means and
+       their averages; alpacaeval: the mean output length, and the win rate once judged) */
+    int n_metrics;
+    char metric_names[DUET_EVAL_MAX_METRICS][24];
+    double metrics[DUET_EVAL_MAX_METRICS];
 } duet_eval_result;
 
 typedef struct duet_eval duet_eval;

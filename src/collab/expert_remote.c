@@ -6,131 +6,25 @@
  * See duet.h for the protocol details and the failure semantics.
  */
 #include <ctype.h>
-#include <curl/curl.h>
 #include <jansson.h>
 #include <math.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <pthread.h>
-#include <sys/socket.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "base/common.h"
+#include "base/http_client.h"
 
-#define REMOTE_MAX_RESPONSE (8u << 20) /* larger answers are refused, not buffered */
 #define REMOTE_MAX_CTX (1 << 24)          /* a context beyond 16M tokens is a malformed reply */
 
 struct duet_expert_remote {
     duet_expert_backend be;
     const duet_model *base;
-    int n_vocab, openai, top_k, retries, backoff_ms, timeout_ms;
-    char url[512], model[256], auth[600], name[128];
-    CURL *curl;
-    long calls, failed_attempts;
-    long last_status;  /* HTTP status of the last answer; 0 when the server did not answer */
-    curl_socket_t sock; /* the connection's socket, for on_header */
+    int n_vocab, openai, top_k;
+    char url[512], model[256], name[128];
+    http_client http;  /* its last_status is 0 when the server did not answer */
+    long calls;
 };
-typedef struct buf {
-    duet_buf b;
-    int over;
-} buf;
-
-static size_t on_data(char *d, size_t sz, size_t nm, void *ud) {
-    buf *b = ud;
-    size_t n = sz * nm;
-    if (b->b.n + n + 1 > REMOTE_MAX_RESPONSE) { b->over = 1; return 0; } /* aborts the transfer */
-    return duet_buf_add(&b->b, d, n) ? 0 : n;
-}
-
-/* Latency of a kept-alive connection. llama-server writes a reply's headers and its body
- * separately without TCP_NODELAY, so the body waits (Nagle) until the headers are acknowledged,
- * and Linux delays that acknowledgement by ~40 ms once the connection looks interactive: each
- * expert call cost ~43 ms. TCP_QUICKACK acknowledges at once, but the kernel drops it again
- * whenever this side sends, so it is re-armed as each reply's headers arrive (arming it before
- * the request was measured not to help; a fresh connection per call costs ~1.5 ms instead of
- * ~1.3). The socket is the one curl last opened: a kept-alive transfer reuses it, and a new
- * connection reports its own through on_socket. */
-static int on_socket(void *ud, curl_socket_t fd, curlsocktype purpose) {
-    (void)purpose;
-    *(curl_socket_t *)ud = fd;
-    return CURL_SOCKOPT_OK;
-}
-
-static size_t on_header(char *d, size_t sz, size_t nm, void *ud) {
-    (void)d;
-    curl_socket_t fd = *(curl_socket_t *)ud;
-    int one = 1;
-    if (fd != CURL_SOCKET_BAD) setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one);
-    return sz * nm;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* One HTTP exchange with retries: GET when body is NULL, else POST of JSON. On success
- * returns the parsed JSON of a 2xx answer in *out. */
-static int http_json(duet_expert_remote *r, const char *path, const char *body, json_t **out,
-                     duet_error *err) {
-    *out = NULL;
-    char url[1024];
-    snprintf(url, sizeof url, "%s%s", r->url, path);
-    int wait = r->backoff_ms, rc = DUET_OK, attempts = 0;
-    for (int attempt = 0; attempt <= r->retries; attempt++) {
-        attempts++;
-        if (attempt) { sleep_ms(wait); wait *= 2; }
-        buf b = {0};
-        struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-        if (r->auth[0]) h = curl_slist_append(h, r->auth);
-        curl_easy_reset(r->curl);
-        curl_easy_setopt(r->curl, CURLOPT_URL, url);
-        curl_easy_setopt(r->curl, CURLOPT_HTTPHEADER, h);
-        curl_easy_setopt(r->curl, CURLOPT_WRITEFUNCTION, on_data);
-        curl_easy_setopt(r->curl, CURLOPT_WRITEDATA, &b);
-        curl_easy_setopt(r->curl, CURLOPT_TIMEOUT_MS, (long)r->timeout_ms);
-        curl_easy_setopt(r->curl, CURLOPT_CONNECTTIMEOUT_MS, (long)DUET_MIN(r->timeout_ms, 5000));
-        curl_easy_setopt(r->curl, CURLOPT_NOSIGNAL, 1L);
-        if (body) curl_easy_setopt(r->curl, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(r->curl, CURLOPT_SOCKOPTFUNCTION, on_socket);
-        curl_easy_setopt(r->curl, CURLOPT_SOCKOPTDATA, &r->sock);
-        curl_easy_setopt(r->curl, CURLOPT_HEADERFUNCTION, on_header);
-        curl_easy_setopt(r->curl, CURLOPT_HEADERDATA, &r->sock);
-        CURLcode cc = curl_easy_perform(r->curl);
-        long status = 0;
-        curl_easy_getinfo(r->curl, CURLINFO_RESPONSE_CODE, &status);
-        r->last_status = cc == CURLE_OK ? status : 0;
-        curl_slist_free_all(h);
-        int retry = 0;
-        if (b.over) {
-            rc = duet_fail(err, DUET_ERR_FORMAT, "expert %s: response larger than %u bytes", url,
-                           REMOTE_MAX_RESPONSE);
-        } else if (cc != CURLE_OK) {
-            rc = duet_fail(err, DUET_ERR_IO, "expert %s: %s", url, curl_easy_strerror(cc));
-            retry = 1;
-        } else if (status < 200 || status >= 300) {
-            char snip[160];
-            duet_printable(snip, sizeof snip, b.b.p ? b.b.p : "", b.b.n);
-            rc = duet_fail(err, DUET_ERR_IO, "expert %s: HTTP %ld: %s", url, status, snip);
-            retry = status >= 500 || status == 429;
-        } else {
-            json_error_t je;
-            *out = json_loadb(b.b.p ? b.b.p : "", b.b.n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
-            rc = *out ? DUET_OK
-                      : duet_fail(err, DUET_ERR_FORMAT, "expert %s: malformed JSON: %s", url, je.text);
-        }
-        free(b.b.p);
-        if (rc) r->failed_attempts++;
-        if (!rc || !retry) break;
-    }
-    if (rc && attempts > 1 && err) /* only requests really sent again count */
-        snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
-                 " (after %d attempts)", attempts);
-    return rc;
-}
-
 /* A short printable rendering of a reply value for error messages ("missing" when absent),
  * so that a message says what the server sent, not only that it was wrong. */
 static const char *show_json(const json_t *v, char *buf, size_t cap) {
@@ -270,7 +164,7 @@ static int remote_next(void *ctx, const int32_t *tokens, int n, float *out, duet
     if (!body) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     json_t *js = NULL;
     r->calls++;
-    int rc = http_json(r, r->openai ? "/v1/completions" : "/completion", body, &js, err);
+    int rc = http_client_json(&r->http, r->openai ? "/v1/completions" : "/completion", body, &js, err);
     free(body);
     if (rc) return rc;
     for (int i = 0; i < r->n_vocab; i++) out[i] = -INFINITY;
@@ -284,7 +178,7 @@ static int remote_next(void *ctx, const int32_t *tokens, int n, float *out, duet
 static int check_props(duet_expert_remote *r, duet_error *err) {
     json_t *js = NULL;
     int rc = DUET_OK;
-    if (http_json(r, "/props", NULL, &js, NULL)) return DUET_OK; /* optional endpoint */
+    if (http_client_json(&r->http, "/props", NULL, &js, NULL)) return DUET_OK; /* optional endpoint */
     const char *h = json_string_value(json_object_get(js, "duet_vocab_hash"));
     const char *served = json_string_value(json_object_get(js, "model"));
     if (served) snprintf(r->name, sizeof r->name, "%s", served);
@@ -319,7 +213,7 @@ static int tokenize_as(duet_expert_remote *r, const char *text, int vllm, int32_
     char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
     json_t *js = NULL;
-    int rc = body ? http_json(r, "/tokenize", body, &js, err) : duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    int rc = body ? http_client_json(&r->http, "/tokenize", body, &js, err) : duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     free(body);
     if (rc) return rc;
     json_t *toks = json_object_get(js, "tokens");
@@ -350,7 +244,7 @@ static int check_tokenizer(duet_expert_remote *r, duet_error *err) {
         n = tokenize_as(r, probe, shape == 0, got, 256, &e);
         if (n < 0 && shape == 0) memcpy(first, e.msg, sizeof first);
         /* another request shape can only help a server that answered */
-        if (n < 0 && (shape == 1 || r->last_status == 0)) {
+        if (n < 0 && (shape == 1 || r->http.last_status == 0)) {
             *err = e;
             if (first[0] && shape == 1)
                 snprintf(err->msg + strlen(err->msg), sizeof err->msg - strlen(err->msg),
@@ -371,53 +265,41 @@ static int check_tokenizer(duet_expert_remote *r, duet_error *err) {
     return r->openai ? DUET_OK : check_props(r, err);
 }
 
-static pthread_once_t g_curl_once = PTHREAD_ONCE_INIT;
-static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-
 int duet_expert_remote_new(const duet_model *base, const duet_expert_remote_params *params,
                            duet_expert_remote **out, duet_error *err) {
     *out = NULL;
     const duet_expert_remote_params p = *params;
-    if (!p.url || (strncmp(p.url, "http://", 7) && strncmp(p.url, "https://", 8)))
-        return duet_fail(err, DUET_ERR_ARG, "expert URL '%.200s' does not start with http:// or "
-                         "https://", p.url ? p.url : "");
-    if (strlen(p.url) >= 500) return duet_fail(err, DUET_ERR_ARG, "expert URL is too long");
     if (p.api && strcmp(p.api, "llama") && strcmp(p.api, "openai"))
         return duet_fail(err, DUET_ERR_ARG, "expert API '%.40s' is not llama or openai", p.api);
-    pthread_once(&g_curl_once, curl_init_once);
     duet_expert_remote *r = calloc(1, sizeof *r);
-    if (!r || !(r->curl = curl_easy_init())) {
+    if (!r) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    int rc = http_client_init(&r->http, "expert", p.url, p.api_key, p.retries, p.backoff_ms, p.timeout_ms, 0, err);
+    if (rc) {
         free(r);
-        return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+        return rc;
     }
     r->base = base;
-    r->sock = CURL_SOCKET_BAD;
     r->n_vocab = duet_model_hparams(base)->n_vocab;
     r->openai = p.api && !strcmp(p.api, "openai");
     r->top_k = p.top_k > 0 ? p.top_k : 20;
-    r->retries = p.retries < 0 ? 0 : p.retries ? p.retries : 2;
-    r->backoff_ms = p.backoff_ms > 0 ? p.backoff_ms : 100;
-    r->timeout_ms = p.timeout_ms > 0 ? p.timeout_ms : 30000;
-    snprintf(r->url, sizeof r->url, "%s", p.url);
-    for (size_t n = strlen(r->url); n && r->url[n - 1] == '/'; n--) r->url[n - 1] = 0;
+    snprintf(r->url, sizeof r->url, "%s", r->http.url);
     snprintf(r->name, sizeof r->name, "%.127s", r->url);
     if (p.model) snprintf(r->model, sizeof r->model, "%s", p.model);
-    if (p.api_key) snprintf(r->auth, sizeof r->auth, "Authorization: Bearer %s", p.api_key);
     r->be.ctx = r;
     r->be.next_logits = remote_next;
-    int rc = p.skip_check ? DUET_OK : check_tokenizer(r, err);
+    rc = p.skip_check ? DUET_OK : check_tokenizer(r, err);
     if (rc) {
         duet_expert_remote_free(r);
         return rc;
     }
-    r->calls = r->failed_attempts = 0;
+    r->calls = r->http.failed_attempts = 0;
     *out = r;
     return DUET_OK;
 }
 
 void duet_expert_remote_free(duet_expert_remote *r) {
     if (!r) return;
-    curl_easy_cleanup(r->curl);
+    http_client_free(&r->http);
     free(r);
 }
 
@@ -425,7 +307,7 @@ const duet_expert_backend *duet_expert_remote_backend(duet_expert_remote *r) { r
 
 void duet_expert_remote_counts(const duet_expert_remote *r, long *calls, long *failed_attempts) {
     if (calls) *calls = r->calls;
-    if (failed_attempts) *failed_attempts = r->failed_attempts;
+    if (failed_attempts) *failed_attempts = r->http.failed_attempts;
 }
 
 const char *duet_expert_remote_name(const duet_expert_remote *r) { return r->name; }
@@ -443,7 +325,7 @@ int duet_expert_remote_prompt_scores(duet_expert_remote *r, const int32_t *token
     if (!body) return duet_fail(err, DUET_ERR_NOMEM, "out of memory");
     json_t *js = NULL;
     r->calls++;
-    int rc = http_json(r, "/completion", body, &js, err);
+    int rc = http_client_json(&r->http, "/completion", body, &js, err);
     free(body);
     if (rc) return rc;
     json_t *pp = json_object_get(js, "prompt_probabilities");

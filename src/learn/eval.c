@@ -18,11 +18,12 @@
 #include "base/common.h"
 #include "learn/answers.h"
 #include "learn/protocol.h"
+#include "learn/task.h"
 #include "collab/vocab_bridge.h"
 
 #define N_ROUTERS (DUET_EVAL_POLICY_ORACLE + 1)
 
-static const char *k_tasks[DUET_EVAL_TASK_COUNT] = {"nll", "gsm8k", "math"};
+static const char *k_tasks[DUET_EVAL_TASK_COUNT] = {"nll", "gsm8k", "math", "bioasq", "alpacaeval"};
 static const char *const k_default_stops[1] = {"\n\nQuestion:"};
 
 int duet_eval_task_from_name(const char *name) {
@@ -31,7 +32,12 @@ int duet_eval_task_from_name(const char *name) {
     return -1;
 }
 const char *duet_eval_task_name(int t) { return t >= 0 && t < DUET_EVAL_TASK_COUNT ? k_tasks[t] : "?"; }
-const char *duet_eval_metric_name(int t) { return t == DUET_EVAL_TASK_NLL ? "nll_per_byte" : "accuracy"; }
+const char *duet_eval_metric_name(int t) {
+    return t == DUET_EVAL_TASK_NLL ? "nll_per_byte" : t == DUET_EVAL_TASK_BIOASQ ? "average"
+           : t == DUET_EVAL_TASK_ALPACAEVAL ? "win_rate" : "accuracy";
+}
+/* tasks whose data and scoring are in files of their own (task.h) */
+static int hooked(int t) { return t == DUET_EVAL_TASK_BIOASQ || t == DUET_EVAL_TASK_ALPACAEVAL; }
 int duet_eval_higher_is_better(int t) { return t != DUET_EVAL_TASK_NLL; }
 
 int duet_eval_policy_from_name(const char *name) {
@@ -101,6 +107,7 @@ struct duet_eval {
     int tf_done;
     fvec calib[N_ROUTERS];
     int calib_done[N_ROUTERS];
+    eval_task task;             /* bioasq, alpacaeval */
 };
 
 static void problems_free(problems *ps) {
@@ -180,6 +187,17 @@ static int load_problems(const char *path, const duet_eval_params *p, problems *
     return rc;
 }
 
+/* A task of its own file: its prompts become the problems. */
+static int load_task(duet_eval *c, const char *path, duet_error *err) {
+    int rc = c->p.task == DUET_EVAL_TASK_BIOASQ ? task_bioasq_open(path, &c->p, &c->task, err)
+                                                : task_alpaca_open(path, &c->p, &c->task, err);
+    if (!rc && !(c->data.v = calloc((size_t)c->task.n, sizeof *c->data.v)))
+        rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    for (int i = 0; !rc && i < c->task.n; i++, c->data.n++)
+        if (!(c->data.v[i].prompt = strdup(c->task.prompts[i]))) rc = duet_fail(err, DUET_ERR_NOMEM, "out of memory");
+    return rc;
+}
+
 /* Tokenize every prompt; one that does not leave room for the answer keeps BOS and its
  * last tokens (the question's end and "Answer:" matter most), and is counted. */
 static int tokenize_prompts(duet_eval *c, problems *ps, duet_error *err) {
@@ -227,7 +245,9 @@ int duet_eval_open(duet_model *base, duet_model *expert, duet_model *anti, const
     if (c->p.max_tokens <= 0) c->p.max_tokens = paper ? 512 : 256;
     if (c->p.n_calib <= 0) c->p.n_calib = 15;
     if (c->p.scoring == DUET_EVAL_SCORING_AUTO) c->p.scoring = paper ? DUET_EVAL_SCORING_PAPER : DUET_EVAL_SCORING_DUET;
-    if (c->p.split == DUET_EVAL_SPLIT_AUTO) c->p.split = paper && c->p.task != DUET_EVAL_TASK_NLL ? DUET_EVAL_SPLIT_TEST : DUET_EVAL_SPLIT_ALL;
+    if (c->p.split == DUET_EVAL_SPLIT_AUTO) /* AlpacaEval has no split */
+        c->p.split = paper && c->p.task != DUET_EVAL_TASK_NLL && c->p.task != DUET_EVAL_TASK_ALPACAEVAL
+                     ? DUET_EVAL_SPLIT_TEST : DUET_EVAL_SPLIT_ALL;
     c->stops = c->p.stops ? c->p.stops : paper ? NULL : k_default_stops;
     c->n_stops = c->p.stops ? c->p.n_stops : paper ? 0 : 1;
     snprintf(c->path, sizeof c->path, "%s", data_path);
@@ -268,6 +288,9 @@ int duet_eval_open(duet_model *base, duet_model *expert, duet_model *anti, const
             }
             if (!rc && c->text_len == 0) rc = duet_fail(err, DUET_ERR_FORMAT, "%s: no text to score", data_path);
         }
+    } else if (!rc && hooked(c->p.task)) {
+        rc = load_task(c, data_path, err);
+        if (!rc) rc = tokenize_prompts(c, &c->data, err);
     } else if (!rc) {
         rc = load_problems(data_path, &c->p, &c->data, err);
         if (!rc) rc = tokenize_prompts(c, &c->data, err);
@@ -283,6 +306,7 @@ int duet_eval_open(duet_model *base, duet_model *expert, duet_model *anti, const
 void duet_eval_close(duet_eval *c) {
     if (!c) return;
     problems_free(&c->data);
+    eval_task_free(&c->task);
     free(c->text);
     tf_data *t = &c->tf;
     free(t->lpb);
@@ -740,11 +764,20 @@ static int take_answer(duet_eval *c, void *ud, int i, const answer *a, duet_erro
     const problem *pb = &c->data.v[i];
     char pred_d[ANSWERS_CAP], pred_p[ANSWERS_CAP];
     const char *out = a->text.p ? a->text.p : "";
-    int ok_d = score_duet(c->p.task, out, pb->reference, pred_d, sizeof pred_d);
-    int ok_p = score_paper(c->p.task, out, pb->ref_paper, pred_p, sizeof pred_p);
-    int paper = c->p.scoring == DUET_EVAL_SCORING_PAPER, ok = paper ? ok_p : ok_d;
-    const char *ref = paper ? (pb->ref_paper ? pb->ref_paper : "") : pb->reference;
-    if (c->p.on_answer) c->p.on_answer(c->p.answer_ud, t->s, i, out, paper ? pred_p : pred_d, ref, ok);
+    int ok_d = 0, ok_p = 0, ok = 0;
+    if (hooked(c->p.task)) { /* the task adds its answers up itself */
+        const char *ref = "";
+        int rc = c->task.answer(&c->task, i, out, pred_d, sizeof pred_d, &ref, err);
+        if (rc) return rc;
+        if (c->p.on_answer) c->p.on_answer(c->p.answer_ud, t->s, i, out, pred_d, ref, 0);
+    } else {
+        ok_d = score_duet(c->p.task, out, pb->reference, pred_d, sizeof pred_d);
+        ok_p = score_paper(c->p.task, out, pb->ref_paper, pred_p, sizeof pred_p);
+        int paper = c->p.scoring == DUET_EVAL_SCORING_PAPER;
+        ok = paper ? ok_p : ok_d;
+        const char *ref = paper ? (pb->ref_paper ? pb->ref_paper : "") : pb->reference;
+        if (c->p.on_answer) c->p.on_answer(c->p.answer_ud, t->s, i, out, paper ? pred_p : pred_d, ref, ok);
+    }
     r->n_correct += ok;
     r->n_correct_duet += ok_d;
     r->n_correct_paper += ok_p;
@@ -783,12 +816,14 @@ static int eval_generation(duet_eval *c, const duet_eval_spec *s, duet_eval_resu
     if (s->rate >= 0) snprintf(what, sizeof what, "%s @%.2f", duet_eval_policy_name(pol), s->rate);
     else snprintf(what, sizeof what, "%s", duet_eval_policy_name(pol));
     tally t = {.s = s, .r = r};
+    if (hooked(c->p.task)) c->task.begin(&c->task);
     gen_pass R = {.cp = &cp, .n = c->data.n, .what = what, .take = take_answer, .ud = &t};
     if ((rc = run_problems(c, &R, err))) return rc;
     /* decoders that step together each count every batched step whole: the pass's wall time
      * is what their tokens took */
     if (R.parallel > 1) r->seconds = R.wall;
     r->value = r->n_examples ? (double)r->n_correct / r->n_examples : 0;
+    if (hooked(c->p.task) && (rc = c->task.finish(&c->task, r, err))) return rc;
     r->deferral_frequency = r->n_tokens ? (double)r->n_deferred / r->n_tokens : 0;
     r->deferral_frequency_examples = r->n_examples ? t.frac_sum / r->n_examples : 0;
     r->tokens_per_second = r->n_tokens / (r->seconds > 0 ? r->seconds : 1e-9);
@@ -884,6 +919,11 @@ json_t *duet_eval_results_json(int task, const char *data_path, const duet_eval_
                 json_object_set_new(sc, names[k], one);
             }
             json_object_set_new(o, "scorers", sc);
+        }
+        if (r[i].n_metrics) {
+            json_t *m = json_object();
+            for (int k = 0; k < r[i].n_metrics; k++) json_object_set_new(m, r[i].metric_names[k], num(r[i].metrics[k]));
+            json_object_set_new(o, "metrics", m);
         }
         json_array_append_new(arr, o);
     }

@@ -149,3 +149,11 @@ int np_choice(mt19937 *m, int n, int k, int *out) {
     free(perm);
     return 0;
 }
+
+void py_shuffle(mt19937 *m, int *x, int n) {
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)py_randbelow(m, (uint32_t)(i + 1)), t = x[i];
+        x[i] = x[j];
+        x[j] = t;
+    }
+}

@@ -38,6 +38,9 @@ uint32_t py_randbelow(mt19937 *m, uint32_t n);
  * k > n or out of memory. */
 int py_sample(mt19937 *m, int n, int k, int *out);
 
+/* random.shuffle(x) of x[0..n): for i from n-1 down to 1, swap x[i] with x[_randbelow(i+1)] */
+void py_shuffle(mt19937 *m, int *x, int n);
+
 /* numpy.random.RandomState(seed) */
 void np_random_seed(mt19937 *m, uint32_t seed);
 /* random_interval(max): uniform in [0, max] */
