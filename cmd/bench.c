@@ -29,7 +29,7 @@ static void usage(FILE *f) {
                "[--batch|-npl 1,2,4,8] [-ctk f32|f16] [-ctv f32|f16] [-o md|csv|json] [--mmap] "
                "[--no-repack] [--lora FILE | --lora-scaled FILE S]...\n");
     lora_opts_usage(f);
-    fputs("  (adapters of the benchmarked model: a lora column names them)\n", f);
+    fputs("  (--lora: the benchmarked model's, named in a lora column; no --expert-lora here)\n", f);
 }
 
 typedef struct bench_opts {

@@ -40,7 +40,8 @@ static void usage(FILE *f) {
             "                        the file is the same for any N)\n"
             "  --quiet               no progress or summary (warnings still print)\n");
     lora_opts_usage(f);
-    fputs("  (adapters of the scored model; not with --url, whose server holds its own)\n", f);
+    fputs("  (--lora: the scored model's; no --expert-lora here, and none with --url, whose server\n"
+          "   holds its own weights)\n", f);
 }
 
 static volatile sig_atomic_t g_stop;
