@@ -3,7 +3,8 @@
  * result is bit for bit the bare model's. At scale 1 the fixture adapter (elements up to
  * 0.25 on every matrix) moves the logits far (test_lora.c), so the results must differ.
  * Adapters that cannot load stop the command with the file named; flags that cannot apply
- * (the expert's on a one-model command, any on score --url) are refused as usage errors. */
+ * (the expert's on a one-model command, any on score --url) are refused as usage errors.
+ * A partial score file remembers the adapters it was scored with. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -213,4 +214,53 @@ TEST(lora_cli_bench) {
     snprintf(args, sizeof args, "bench -m '%s' %s --expert-lora '%s'", m, common, ad);
     CHECK_EQ_INT(cli(args, err, sizeof err), 2);
     CHECKF(strstr(err, "--expert-lora"), "%s", err);
+}
+
+static int stop_after(void *ud, const duet_scores_progress *p) {
+    int *left = ud;
+    (void)p;
+    return --*left <= 0;
+}
+
+/* A partial score file records the adapters (duet_model_lora_hash: 0 without any): one made
+ * without an adapter is not resumed with one (refused, naming the file), while one made with
+ * it resumes to the file an uninterrupted run writes. */
+TEST(lora_score_resume_needs_the_same_adapters) {
+    const char *mp = fixture_random(DT_F32, 5, 0), *ad = fixture_lora("lcli-resume.gguf", 4, 8, DT_F32, LORA_GOOD);
+    const char *data = write_text("lcli-resume.txt", k_text);
+    REQUIRE(mp && ad && data);
+    duet_model *bare = fixture_load(mp), *with = fixture_load(mp);
+    duet_lora *a = NULL;
+    duet_error err = {0};
+    REQUIRE(bare && with && !duet_lora_load(ad, with, &a, &err) && !duet_model_add_lora(with, a, 1, &err));
+    CHECK(duet_model_lora_hash(bare) == 0 && duet_model_lora_hash(with) != 0);
+    duet_dataset d;
+    REQUIRE(!duet_dataset_load(data, NULL, &d, &err));
+    char whole[600], cut[600], partial[700];
+    snprintf(whole, sizeof whole, "%s/lcli-whole.scores", test_tmpdir());
+    snprintf(cut, sizeof cut, "%s/lcli-cut.scores", test_tmpdir());
+    snprintf(partial, sizeof partial, "%s.partial", cut);
+    duet_scores_stats st;
+    duet_scores_params p = {.n_ctx = 16, .no_hidden = 1, .parallel = 1};
+    REQUIRE(!duet_scores_compute(with, &d, &p, whole, &st, &err));
+    CHECKF(st.n_seq > 3, "%d sequences: too few to stop half-way", st.n_seq);
+    int left = 2;
+    p.progress = stop_after;
+    p.ud = &left;
+    CHECK_EQ_INT(duet_scores_compute(bare, &d, &p, cut, &st, &err), DUET_SCORES_STOPPED);
+    p.progress = NULL;
+    CHECK_EQ_INT(duet_scores_compute(with, &d, &p, cut, &st, &err), DUET_ERR_ARG);
+    CHECKF(strstr(err.msg, "lcli-cut.scores.partial") && strstr(err.msg, "remove it"), "%s", err.msg);
+    remove(partial);
+    left = 2;
+    p.progress = stop_after;
+    CHECK_EQ_INT(duet_scores_compute(with, &d, &p, cut, &st, &err), DUET_SCORES_STOPPED);
+    p.progress = NULL;
+    CHECK_EQ_INT(duet_scores_compute(with, &d, &p, cut, &st, &err), DUET_OK);
+    CHECKF(st.n_resumed_seq == 2, "resumed %lld sequences, want the 2 written", (long long)st.n_resumed_seq);
+    CHECKF(same_file(whole, cut), "the resumed file differs from the uninterrupted one");
+    duet_dataset_free(&d);
+    duet_model_free(with);
+    duet_model_free(bare);
+    duet_lora_free(a);
 }
