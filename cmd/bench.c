@@ -4,7 +4,9 @@
  * generation the memory bandwidth (weight bytes streamed per token vs bandwidth measured
  * here), for prompt processing the FP32 FMA peak measured here (FLOPs per token vs peak;
  * int8 kernels can pass 100%). With -ctk / -ctv other than f32 the rows gain type_k and
- * type_v columns, as llama-bench shows them only when they are not its default.
+ * type_v columns, as llama-bench shows them only when they are not its default; with
+ * --lora / --lora-scaled (llama.cpp's tools' names; llama-bench has none) a lora column names
+ * the adapters, applied unmerged to the benchmarked model.
  * With --batch (llama-batched-bench's -npl) it measures B sequences decoded together
  * instead, in llama-batched-bench's columns: see bench_batch. */
 #include <math.h>
@@ -25,13 +27,16 @@ enum { FMT_MD, FMT_CSV, FMT_JSON };
 static void usage(FILE *f) {
     fprintf(f, "usage: duet bench -m MODEL [-p 512[,..]] [-n 128[,..]] [-t 2[,..]] [-r REPS] "
                "[--batch|-npl 1,2,4,8] [-ctk f32|f16] [-ctv f32|f16] [-o md|csv|json] [--mmap] "
-               "[--no-repack]\n");
+               "[--no-repack] [--lora FILE | --lora-scaled FILE S]...\n");
+    lora_opts_usage(f);
+    fputs("  (--lora: the benchmarked model's, named in a lora column; no --expert-lora here)\n", f);
 }
 
 typedef struct bench_opts {
     const char *model_path;
     int fmt, reps, use_mmap, no_repack;
     int pl[MAXL], nl[MAXL], tl[MAXL], bl[MAXL], np, nn, nt, nb; /* nb 0: no --batch */
+    lora_opts lora;
 } bench_opts;
 
 static int g_type_k = DUET_KV_F32, g_type_v = DUET_KV_F32; /* -ctk, -ctv */
@@ -127,6 +132,19 @@ static int run_batch(duet_model *m, int B, int pp, int tg, double *t_pp, double 
 }
 
 /* ---- rows -------------------------------------------------------------------------------- */
+/* The lora cell: each adapter as FILE:SCALE (the file's base name), joined by '+'; in JSON an
+ * array of {"file", "scale"} (empty without adapters). */
+static void print_lora(const bench_opts *o) {
+    for (int k = 0; k < o->lora.n[0]; k++) {
+        const char *p = o->lora.path[0][k], *b = strrchr(p, '/') ? strrchr(p, '/') + 1 : p;
+        if (o->fmt == FMT_JSON) {
+            printf("%s{\"file\": ", k ? ", " : "");
+            json_str(stdout, p, strlen(p));
+            printf(", \"scale\": %g}", o->lora.scale[0][k]);
+        } else printf("%s%s:%g", k ? "+" : "", b, o->lora.scale[0][k]);
+    }
+}
+
 /* The columns every row starts with: model, size, params, threads (and the cache types). */
 static void row_start(const bench_opts *o, const duet_hparams *hp, int threads) {
     const char *tk = cache_type_name(g_type_k), *tv = cache_type_name(g_type_v);
@@ -137,32 +155,45 @@ static void row_start(const bench_opts *o, const duet_hparams *hp, int threads) 
         printf(", \"size_bytes\": %llu, \"params\": %llu, \"threads\": %d, \"type_k\": \"%s\", "
                "\"type_v\": \"%s\"", (unsigned long long)hp->weight_bytes,
                (unsigned long long)hp->n_params, threads, tk, tv);
+        printf(", \"lora\": [");
+        print_lora(o);
+        printf("]");
     } else if (o->fmt == FMT_CSV) {
         printf("%s,%llu,%llu,%d,", hp->name, (unsigned long long)hp->weight_bytes,
                (unsigned long long)hp->n_params, threads);
         if (kv) printf("%s,%s,", tk, tv);
+        if (o->lora.n[0]) {
+            print_lora(o);
+            printf(",");
+        }
     } else {
         printf("| %s | %.2f GiB | %.2f B | %d |", hp->name, hp->weight_bytes / (double)(1 << 30),
                hp->n_params / 1e9, threads);
         if (kv) printf(" %s | %s |", tk, tv);
+        if (o->lora.n[0]) {
+            printf(" ");
+            print_lora(o);
+            printf(" |");
+        }
     }
     g_rows++;
 }
 
 static void print_header(const bench_opts *o) {
-    int kv = g_type_k != DUET_KV_F32 || g_type_v != DUET_KV_F32;
+    int kv = g_type_k != DUET_KV_F32 || g_type_v != DUET_KV_F32, lo = o->lora.n[0] > 0;
     if (o->fmt == FMT_JSON) printf("[\n");
     else if (o->fmt == FMT_CSV && o->nb)
-        printf("model,size_bytes,params,threads,%spp,tg,b,n_kv,t_pp,s_pp,t_tg,s_tg,t,s\n",
-               kv ? "type_k,type_v," : "");
+        printf("model,size_bytes,params,threads,%s%spp,tg,b,n_kv,t_pp,s_pp,t_tg,s_tg,t,s\n",
+               kv ? "type_k,type_v," : "", lo ? "lora," : "");
     else if (o->fmt == FMT_CSV)
-        printf("model,size_bytes,params,threads,%stest,tps_mean,tps_sd,limit_tps,share\n",
-               kv ? "type_k,type_v," : "");
+        printf("model,size_bytes,params,threads,%s%stest,tps_mean,tps_sd,limit_tps,share\n",
+               kv ? "type_k,type_v," : "", lo ? "lora," : "");
     else {
-        printf("| model | size | params | threads |%s %s |\n", kv ? " type_k | type_v |" : "",
+        printf("| model | size | params | threads |%s%s %s |\n", kv ? " type_k | type_v |" : "",
+               lo ? " lora |" : "",
                o->nb ? "PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s"
                      : "test | t/s | share of limit");
-        printf("| --- | ---: | ---: | ---: |%s %s |\n", kv ? " --- | --- |" : "",
+        printf("| --- | ---: | ---: | ---: |%s%s %s |\n", kv ? " --- | --- |" : "", lo ? " --- |" : "",
                o->nb ? "---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---:"
                      : "--- | ---: | ---");
     }
@@ -274,6 +305,9 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 1; }
         if (!strcmp(a, "--mmap")) { o->use_mmap = 1; continue; }
         if (!strcmp(a, "--no-repack")) { o->no_repack = 1; continue; }
+        int lt = lora_opts_parse("bench", &o->lora, argc, argv, &i);
+        if (lt < 0) return 2;
+        if (lt) continue;
         if (!(v = arg_value("bench", argc, argv, &i))) return 2;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model_path = v;
         else if (!strcmp(a, "-p")) { if (!(o->np = arg_int_list("bench", a, v, o->pl, MAXL))) return 2; }
@@ -294,6 +328,10 @@ static int parse_args(int argc, char **argv, bench_opts *o) {
     }
     o->fmt = !strcmp(fmt, "csv") ? FMT_CSV : !strcmp(fmt, "json") ? FMT_JSON : FMT_MD;
     if (!o->model_path || (o->fmt == FMT_MD && strcmp(fmt, "md"))) { usage(stderr); return 2; }
+    if (o->lora.n[1]) {
+        fprintf(stderr, "duet bench: --expert-lora does not apply (one model)\n");
+        return 2;
+    }
     return 0;
 }
 
@@ -307,12 +345,16 @@ int cmd_bench(int argc, char **argv) {
         duet_model *m = NULL;
         duet_model_params mp = {.n_threads = o.tl[ti], .use_mmap = o.use_mmap,
                                 .no_repack = o.no_repack};
-        if (duet_model_load(o.model_path, &mp, &m, &err)) {
+        /* adapters bind to the loaded model: loaded again for each */
+        if (duet_model_load(o.model_path, &mp, &m, &err) || lora_attach(&o.lora, 0, m, &err)) {
             fprintf(stderr, "duet bench: %s\n", err.msg);
+            duet_model_free(m);
+            lora_opts_free(&o.lora);
             return 1;
         }
         rc = o.nb ? bench_batch(&o, m, o.tl[ti]) : bench_single(&o, m, o.tl[ti]);
         duet_model_free(m);
+        lora_opts_free(&o.lora);
     }
     if (!rc && o.fmt == FMT_JSON) printf("%s]\n", g_rows ? "\n" : "");
     return rc;

@@ -39,6 +39,9 @@ static void usage(FILE *f) {
             "  -np, --parallel N     sequences scored together in one batched pass (default 8;\n"
             "                        the file is the same for any N)\n"
             "  --quiet               no progress or summary (warnings still print)\n");
+    lora_opts_usage(f);
+    fputs("  (--lora: the scored model's; no --expert-lora here, and none with --url, whose server\n"
+          "   holds its own weights)\n", f);
 }
 
 static volatile sig_atomic_t g_stop;
@@ -58,10 +61,14 @@ int cmd_score(int argc, char **argv) {
     int n_ctx = 0, n_threads = 0, quiet = 0, hidden = -1; /* -1: by the kind of file */
     duet_dataset_params dp = {0};
     duet_scores_params sp = {0};
+    lora_opts lora = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
 #define VAL() do { if (!(v = arg_value("score", argc, argv, &i))) return 2; } while (0)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        int lt = lora_opts_parse("score", &lora, argc, argv, &i);
+        if (lt < 0) return 2;
+        if (lt) continue;
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); model_path = v; }
         else if (!strcmp(a, "-d") || !strcmp(a, "--data")) { VAL(); data_path = v; }
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { VAL(); out = v; }
@@ -101,6 +108,11 @@ int cmd_score(int argc, char **argv) {
                         "it gives log-probabilities only (no --hidden)\n");
         return 2;
     }
+    if (lora.n[1] || (rp.url && lora.n[0])) {
+        fprintf(stderr, "duet score: %s\n", lora.n[1] ? "--expert-lora does not apply (one model is scored)"
+                        : "--lora does not apply with --url: the server scores with its own weights");
+        return 2;
+    }
     sp.no_hidden = hidden == -1 ? (tok_of || rp.url) : !hidden;
     if ((!model_path && !rp.url) || !data_path || !out) {
         fprintf(stderr, "duet score: -m MODEL (or --url URL), -d DATA and -o SCORES are required\n");
@@ -122,7 +134,8 @@ int cmd_score(int argc, char **argv) {
             (st = duet_expert_remote_new(m, &rp, &remote, &err)))
             goto fail;
         tok_of = NULL;
-    } else if ((st = duet_model_load(model_path, &mp, &m, &err))) goto fail;
+    } else if ((st = duet_model_load(model_path, &mp, &m, &err)) || (st = lora_attach(&lora, 0, m, &err)))
+        goto fail;
     if (tok_of) {
         duet_model_params bp = {.vocab_only = 1};
         if ((st = duet_model_load(tok_of, &bp, &base, &err))) goto fail;
@@ -171,5 +184,6 @@ done:
     duet_expert_remote_free(remote);
     duet_model_free(base);
     duet_model_free(m);
+    lora_opts_free(&lora);
     return rc;
 }

@@ -40,6 +40,7 @@ static void usage(FILE *f) {
             "                       1: one at a time); every result but tok/s is the same for any N\n"
             "  --no-store           do not write the threshold into the head file\n"
             "  --quiet              no progress on stderr\n");
+    lora_opts_usage(f);
 }
 
 int cmd_tune(int argc, char **argv) {
@@ -48,11 +49,15 @@ int cmd_tune(int argc, char **argv) {
     int task = -1, n_threads = 0, quiet = 0, n_stops = 0, n_portions = 0, store = 1;
     double portions[DUET_TUNE_MAX_POINTS];
     duet_eval_params ep = {0};
+    lora_opts lora = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--quiet")) { quiet = 1; continue; }
         if (!strcmp(a, "--no-store")) { store = 0; continue; }
+        int lt = lora_opts_parse("tune", &lora, argc, argv, &i);
+        if (lt < 0) return 2;
+        if (lt) continue;
         if (!(v = arg_value("tune", argc, argv, &i))) return 2;
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) base_path = v;
         else if (!strcmp(a, "--expert")) expert_path = v;
@@ -112,7 +117,9 @@ int cmd_tune(int argc, char **argv) {
     if (!tr) { snprintf(err.msg, sizeof err.msg, "out of memory"); goto fail; }
     if (cmd_eval_load("tune", base_path, expert_path, NULL, head_path, n_threads, &base, &expert, NULL, &head))
         goto done;
-    if (duet_eval_open(base, expert, NULL, head, data, &ep, &ctx, &err) ||
+    /* before duet_eval_open, which makes the sessions */
+    if (lora_attach(&lora, 0, base, &err) || lora_attach(&lora, 1, expert, &err) ||
+        duet_eval_open(base, expert, NULL, head, data, &ep, &ctx, &err) ||
         duet_tune_run(ctx, n_portions ? portions : NULL, n_portions, tr, &err) ||
         duet_tune_save(tr, prefix, store ? head : NULL, head_path, &err))
         goto fail;
@@ -140,5 +147,6 @@ done:
     duet_head_free(head);
     duet_model_free(expert);
     duet_model_free(base);
+    lora_opts_free(&lora);
     return rc;
 }

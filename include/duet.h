@@ -156,6 +156,10 @@ int duet_lora_n_matrices(const duet_lora *a);
 /* Attach adapter a to model m (the base it was loaded for) with the given scale; several may
  * be attached, each adds its term. Only before any session of m exists (DUET_ERR_ARG). */
 int duet_model_add_lora(duet_model *m, const duet_lora *a, float scale, duet_error *err);
+/* A fingerprint of the adapters attached to m (which matrices, scales, A and B values): 0
+ * with none (or only ones at scale 0, which change nothing). Files made with the model (score files) record it, so a resume with other
+ * adapters is refused. */
+uint64_t duet_model_lora_hash(const duet_model *m);
 /* Write base_path with adapters[0..n) (each at scales[i]) baked in: every adapted matrix
  * becomes W + sum s B A (in double per element, from the dequantised W) stored as type (a
  * ggml type id; -1: the matrix's own type); everything else is copied unchanged. Atomic. */

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/hash.h"
 #include "engine/kernels.h"
 #include "format/quant.h"
 
@@ -218,6 +219,23 @@ void lora_model_free(duet_model *m) {
     for (int i = 0; i < model_n_matrices(m); i++) free(m->lora[i]);
     free(m->lora);
     m->lora = NULL;
+}
+
+uint64_t duet_model_lora_hash(const duet_model *m) {
+    uint64_t h = 0; /* until a term counts: one at scale 0 adds exactly 0 to every product */
+    for (int i = 0; m->lora && i < model_n_matrices(m); i++)
+        for (int k = 0; m->lora[i] && k < m->lora[i]->n; k++) {
+            const mtensor *t[2] = {m->lora[i]->e[k].a, m->lora[i]->e[k].b};
+            if (m->lora[i]->e[k].scale == 0) continue;
+            if (!h) h = DUET_FNV_SEED_SHORT;
+            h = duet_fnv1a(h, &i, sizeof i);
+            h = duet_fnv1a(h, &m->lora[i]->e[k].scale, sizeof(float));
+            for (int j = 0; j < 2; j++) {
+                h = duet_fnv1a(h, &t[j]->type, sizeof t[j]->type);
+                h = duet_fnv1a(h, t[j]->data, dtype_row_size(t[j]->type, t[j]->n_in) * (size_t)t[j]->n_out);
+            }
+        }
+    return h;
 }
 
 size_t lora_scratch_bytes(const duet_model *m, int n_rows) {

@@ -291,6 +291,9 @@ static void score_header(duet_scores_header *H, const duet_scores_params *P, con
     uint64_t ch = duet_fnv1a(DUET_FNV_SEED_SHORT, &data->hash, 8);
     ch = duet_fnv1a(ch, H, offsetof(duet_scores_header, n_seq)); /* identity + options */
     ch = duet_fnv1a(ch, H->model_name, sizeof H->model_name);
+    /* adapters change every score but not the name; none leaves the hash as it was */
+    uint64_t lh = P->remote ? 0 : duet_model_lora_hash(model);
+    if (lh) ch = duet_fnv1a(ch, &lh, sizeof lh);
     H->config_hash = duet_fnv1a(ch, H->ids_name, sizeof H->ids_name);
 }
 
