@@ -415,3 +415,23 @@ const char *fixture_first_lines(const char *src, const char *name, int n) {
     free(all);
     return f ? path : NULL;
 }
+
+/* Text as a file of the run's own (fixtures.h). */
+const char *fixture_write_text(const char *name, const char *text) {
+    const char *p = test_path(test_tmpdir(), name);
+    FILE *f = fopen(p, "wb");
+    if (!f) return NULL;
+    fputs(text, f);
+    fclose(f);
+    return p;
+}
+
+/* Two files equal byte for byte (fixtures.h). */
+int fixture_same_file(const char *a, const char *b) {
+    size_t na = 0, nb = 0;
+    char *x = fixture_read_file(a, &na), *y = fixture_read_file(b, &nb);
+    int same = x && y && na == nb && !memcmp(x, y, na);
+    free(x);
+    free(y);
+    return same;
+}

@@ -28,6 +28,10 @@ char *fixture_read_file(const char *path, size_t *n);
 /* The first n lines of the file src, as a file of the run's own (test_tmpdir()/name); NULL
  * when src cannot be read or the copy written. */
 const char *fixture_first_lines(const char *src, const char *name, int n);
+/* text as the file test_tmpdir()/name; NULL when it cannot be written. */
+const char *fixture_write_text(const char *name, const char *text);
+/* Whole files equal byte for byte; 0 when either is missing. */
+int fixture_same_file(const char *a, const char *b);
 /* Load a model with 2 threads; a failure fails the current test and returns NULL. */
 struct duet_model *fixture_load(const char *path);
 /* Logits of every position after one evaluation of toks[0..n) from an empty context:

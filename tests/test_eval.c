@@ -256,14 +256,6 @@ TEST(eval_quantile_and_candidates) {
 }
 
 
-static const char *write_tmp(const char *name, const char *text) {
-    const char *p = test_path(test_tmpdir(), name);
-    FILE *f = fopen(p, "wb");
-    if (!f) return NULL;
-    fputs(text, f);
-    fclose(f);
-    return p;
-}
 
 /* Text of about n bytes: sentences from a fixed list with varying numbers in them. */
 static char *story(int n) {
@@ -318,7 +310,7 @@ TEST(eval_nll_analytic_cases) {
     duet_head *h = fixture_random_head(b, 7, 4.0f);
     REQUIRE(h);
     char *text = story(2500);
-    const char *path = write_tmp("nll.txt", text);
+    const char *path = fixture_write_text("nll.txt", text);
     REQUIRE(path);
     duet_eval_params ep = {.task = DUET_EVAL_TASK_NLL, .seed = 3};
     duet_eval *c = NULL;
@@ -423,7 +415,7 @@ TEST(eval_nll_babyllama_bridge) {
     duet_model *b = fixture_load(a), *e = fixture_load(x);
     REQUIRE(b && e);
     char *text = story(1500);
-    const char *path = write_tmp("baby.txt", text);
+    const char *path = fixture_write_text("baby.txt", text);
     duet_eval_params ep = {.task = DUET_EVAL_TASK_NLL};
     duet_eval *c = NULL;
     duet_error err = {0};
@@ -458,7 +450,7 @@ TEST(eval_gsm8k_end_to_end) {
     duet_model *b = fixture_load(fixture_random(DT_F32, 51, 0)), *e = fixture_load(fixture_random(DT_F32, 52, 0));
     REQUIRE(b && e);
     duet_head *h = fixture_random_head(b, 9, 4.0f);
-    const char *path = write_tmp("gsm3.jsonl", k_gsm3);
+    const char *path = fixture_write_text("gsm3.jsonl", k_gsm3);
     REQUIRE(h && path);
     duet_eval_params ep = {.task = DUET_EVAL_TASK_GSM8K, .max_tokens = 24, .n_ctx = 128};
     duet_eval *c = NULL;
@@ -531,7 +523,7 @@ TEST(eval_random_problem_i_is_seed_plus_i) {
                            .parallel = 2, .on_answer = keep_answer, .answer_ud = &all,
                            .progress = log_progress, .ud = &pl};
     duet_eval *c = NULL;
-    REQUIRE(!duet_eval_open(b, e, NULL, NULL, write_tmp("gsm3-seed.jsonl", k_gsm3), &ep, &c, &err));
+    REQUIRE(!duet_eval_open(b, e, NULL, NULL, fixture_write_text("gsm3-seed.jsonl", k_gsm3), &ep, &c, &err));
     REQUIRE(!duet_eval_one(c, &spec, &r, &err));
     duet_eval_close(c);
     CHECK(all.n == 3 && r.n_deferred > 0 && r.n_deferred < r.n_tokens);
@@ -543,7 +535,7 @@ TEST(eval_random_problem_i_is_seed_plus_i) {
         char name[32], text[512];
         snprintf(name, sizeof name, "gsm-seed-%d.jsonl", i);
         snprintf(text, sizeof text, "%s\n", l);
-        const char *path = write_tmp(name, text);
+        const char *path = fixture_write_text(name, text);
         for (int w = 0; w < 2; w++) { /* seed S + i, and (for i > 0) S itself */
             kept_answers *k = w ? &other : &one;
             ep = (duet_eval_params){.task = DUET_EVAL_TASK_GSM8K, .max_tokens = 24, .n_ctx = 128,
@@ -578,7 +570,7 @@ TEST(eval_bad_data_names_file_and_line) {
         {"empty.txt", "", "empty.txt: no text", DUET_EVAL_TASK_NLL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        const char *p = write_tmp(cases[i].name, cases[i].text);
+        const char *p = fixture_write_text(cases[i].name, cases[i].text);
         duet_eval_params ep = {.task = cases[i].task};
         duet_eval *c = NULL;
         duet_error err = {0};
@@ -622,7 +614,7 @@ TEST(eval_tune_nll_writes_table_plot_and_threshold) {
     duet_error err = {0};
     REQUIRE(!duet_head_save(h, head_path, &err));
     char *text = story(1200);
-    const char *path = write_tmp("tune.txt", text);
+    const char *path = fixture_write_text("tune.txt", text);
     duet_eval_params ep = {.task = DUET_EVAL_TASK_NLL};
     duet_eval *c = NULL;
     duet_tune_result *tr = calloc(1, sizeof *tr);
@@ -693,7 +685,7 @@ static int cli_fixture_make(cli_fixture *c, const char *tag) {
     duet_error e = {0};
     char name[64];
     snprintf(name, sizeof name, "%s-gsm3.jsonl", tag);
-    c->data = write_tmp(name, k_gsm3);
+    c->data = fixture_write_text(name, k_gsm3);
     return c->h && c->data && !duet_head_save(c->h, c->head_path, &e);
 }
 
@@ -728,7 +720,7 @@ TEST(eval_cli_eval_and_tune) {
     /* usage errors and bad data: exit codes 2 and 1, one line naming the problem */
     snprintf(args, sizeof args, "eval -m '%s' --task gsm8k --data '%s' --policy nosuch", bp, data);
     CHECK(run_cli(args, err, sizeof err) == 2 && strstr(err, "nosuch"));
-    const char *bad = write_tmp("cli-bad.jsonl", "{\"question\": \"q\", \"answer\": \"#### 1\"}\nnot json\n");
+    const char *bad = fixture_write_text("cli-bad.jsonl", "{\"question\": \"q\", \"answer\": \"#### 1\"}\nnot json\n");
     snprintf(args, sizeof args, "eval -m '%s' --task gsm8k --data '%s'", bp, bad);
     CHECKF(run_cli(args, err, sizeof err) == 1 && strstr(err, "cli-bad.jsonl:2:"), "bad data: %s", err);
     /* tune on the three problems: files written, threshold stored in the head */
@@ -808,7 +800,7 @@ TEST(eval_deferral_frequency_per_example) {
         snprintf(text, sizeof text, "%s\n", lines[i]);
         duet_eval *c = NULL;
         duet_eval_result r;
-        REQUIRE(!duet_eval_open(b, e, NULL, h, write_tmp(name, text), &ep, &c, &err));
+        REQUIRE(!duet_eval_open(b, e, NULL, h, fixture_write_text(name, text), &ep, &c, &err));
         REQUIRE(!duet_eval_one(c, &spec, &r, &err));
         duet_eval_close(c);
         mean += r.deferral_frequency / 3;
@@ -818,7 +810,7 @@ TEST(eval_deferral_frequency_per_example) {
     free(all);
     duet_eval *c = NULL;
     duet_eval_result r;
-    REQUIRE(!duet_eval_open(b, e, NULL, h, write_tmp("gsm3-freq.jsonl", k_gsm3), &ep, &c, &err));
+    REQUIRE(!duet_eval_open(b, e, NULL, h, fixture_write_text("gsm3-freq.jsonl", k_gsm3), &ep, &c, &err));
     REQUIRE(!duet_eval_one(c, &spec, &r, &err));
     duet_eval_close(c);
     CHECK(def > 0 && def < tok);

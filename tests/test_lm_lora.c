@@ -556,14 +556,6 @@ static int run_cli(const char *args, char *err, size_t cap) {
     return run_cli_to(args, "/dev/null", err, cap);
 }
 
-static int same_file(const char *a, const char *b) {
-    size_t na = 0, nb = 0;
-    char *x = fixture_read_file(a, &na), *y = fixture_read_file(b, &nb);
-    int eq = x && y && na == nb && !memcmp(x, y, na);
-    free(x);
-    free(y);
-    return eq;
-}
 
 static const char *lora_jsonl(const char *name, int n) {
     const char *path = test_path(test_tmpdir(), name);
@@ -598,13 +590,13 @@ TEST(lm_lora_cli_threads_and_resume) {
     snprintf(p2, sizeof p2, "%s/lc2.gguf", tmp);
     snprintf(p3, sizeof p3, "%s/lc3.gguf", tmp);
     snprintf(opt, sizeof opt, "%s.optim", p3);
-    CHECKF(same_file(p1, p2), "1 and 2 threads wrote different adapters");
+    CHECKF(fixture_same_file(p1, p2), "1 and 2 threads wrote different adapters");
     snprintf(args, sizeof args, "%s -t 2 --stop-at 3 -o '%s'", common, p3);
     CHECKF(run_cli(args, err, sizeof err) == 0, "%s", err);
     CHECK(access(opt, R_OK) == 0);
     snprintf(args, sizeof args, "%s -t 1 --resume -o '%s'", common, p3);
     CHECKF(run_cli(args, err, sizeof err) == 0, "%s", err);
-    CHECKF(same_file(p1, p3), "3 steps + resume + 3 steps differ from 6 steps");
+    CHECKF(fixture_same_file(p1, p3), "3 steps + resume + 3 steps differ from 6 steps");
     CHECK(access(opt, F_OK) != 0); /* a finished run leaves nothing to resume */
     snprintf(args, sizeof args, "run -m '%s' --lora '%s' -p '1 plus 2' -n 3 --temp 0 --quiet",
              base, p1);
@@ -647,9 +639,9 @@ TEST(lm_lora_cli_collm_resume) {
     CHECKF(run_cli(args, err, sizeof err) == 0, "%s", err);
     snprintf(args, sizeof args, "%s --resume -o '%s' --head-out '%s'", common, a[2], a[3]);
     CHECKF(run_cli(args, err, sizeof err) == 0, "%s", err);
-    CHECKF(same_file(a[0], a[2]), "resumed adapter differs");
-    CHECKF(same_file(a[1], a[3]), "resumed head differs");
-    CHECK(!same_file(a[1], hp)); /* u learned */
+    CHECKF(fixture_same_file(a[0], a[2]), "resumed adapter differs");
+    CHECKF(fixture_same_file(a[1], a[3]), "resumed head differs");
+    CHECK(!fixture_same_file(a[1], hp)); /* u learned */
 }
 
 /* Usage errors exit 2 and say what is wrong. */

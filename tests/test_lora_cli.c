@@ -24,24 +24,7 @@ static int have_bin(void) {
 
 static int cli(const char *args, char *err, size_t cap) { return fixture_run_cli(args, "lora-cli", err, cap); }
 
-/* Whole files equal byte for byte; 0 when either is missing. */
-static int same_file(const char *a, const char *b) {
-    size_t na = 0, nb = 0;
-    char *x = fixture_read_file(a, &na), *y = fixture_read_file(b, &nb);
-    int same = x && y && na == nb && !memcmp(x, y, na);
-    free(x);
-    free(y);
-    return same;
-}
 
-static const char *write_text(const char *name, const char *text) {
-    const char *p = test_path(test_tmpdir(), name);
-    FILE *f = fopen(p, "wb");
-    if (!f) return NULL;
-    fputs(text, f);
-    fclose(f);
-    return p;
-}
 
 static const char *k_text =
     "Once upon a time there was a little dog named Max who liked to run in the park.\n\n"
@@ -54,7 +37,7 @@ static const char *k_text =
 TEST(lora_cli_score) {
     NEED_BIN();
     const char *m = fixture_random(DT_F32, 5, 0), *ad = fixture_lora("lcli-score.gguf", 4, 8, DT_F32, LORA_GOOD);
-    const char *data = write_text("lcli-score.txt", k_text);
+    const char *data = fixture_write_text("lcli-score.txt", k_text);
     REQUIRE(m && ad && data);
     char out[3][600]; /* own buffers: test_path's are reused */
     for (int i = 0; i < 3; i++) snprintf(out[i], sizeof out[i], "%s/lcli-%d.scores", test_tmpdir(), i);
@@ -65,8 +48,8 @@ TEST(lora_cli_score) {
                  data, out[i], flags[i], i ? "'" : "", i ? ad : "", i ? "'" : "", scale[i]);
         CHECKF(cli(args, err, sizeof err) == 0, "%s: %s", args, err);
     }
-    CHECKF(same_file(out[0], out[1]), "--lora-scaled FILE 0 changed the score file");
-    CHECKF(!same_file(out[0], out[2]) && access(out[2], R_OK) == 0, "--lora left the score file unchanged");
+    CHECKF(fixture_same_file(out[0], out[1]), "--lora-scaled FILE 0 changed the score file");
+    CHECKF(!fixture_same_file(out[0], out[2]) && access(out[2], R_OK) == 0, "--lora left the score file unchanged");
     /* a bad adapter: exit 1, the file named; flags that cannot apply: exit 2 */
     const char *bad = fixture_lora("lcli-bad-arch.gguf", 4, 8, DT_F32, LORA_BAD_ARCH);
     REQUIRE(bad);
@@ -112,7 +95,7 @@ static char *tune_csv(const char *prefix) {
 TEST(lora_cli_tune) {
     NEED_BIN();
     const char *bp = fixture_random(DT_F32, 51, 0), *xp = fixture_random(DT_F32, 52, 0);
-    const char *ad = fixture_lora("lcli-tune.gguf", 4, 8, DT_F32, LORA_GOOD), *data = write_text("lcli-tune.txt", k_text);
+    const char *ad = fixture_lora("lcli-tune.gguf", 4, 8, DT_F32, LORA_GOOD), *data = fixture_write_text("lcli-tune.txt", k_text);
     REQUIRE(bp && xp && ad && data);
     duet_model *b = fixture_load(bp);
     REQUIRE(b);
@@ -227,7 +210,7 @@ static int stop_after(void *ud, const duet_scores_progress *p) {
  * it resumes to the file an uninterrupted run writes. */
 TEST(lora_score_resume_needs_the_same_adapters) {
     const char *mp = fixture_random(DT_F32, 5, 0), *ad = fixture_lora("lcli-resume.gguf", 4, 8, DT_F32, LORA_GOOD);
-    const char *data = write_text("lcli-resume.txt", k_text);
+    const char *data = fixture_write_text("lcli-resume.txt", k_text);
     REQUIRE(mp && ad && data);
     duet_model *bare = fixture_load(mp), *with = fixture_load(mp);
     duet_lora *a = NULL;
@@ -258,7 +241,7 @@ TEST(lora_score_resume_needs_the_same_adapters) {
     p.progress = NULL;
     CHECK_EQ_INT(duet_scores_compute(with, &d, &p, cut, &st, &err), DUET_OK);
     CHECKF(st.n_resumed_seq == 2, "resumed %lld sequences, want the 2 written", (long long)st.n_resumed_seq);
-    CHECKF(same_file(whole, cut), "the resumed file differs from the uninterrupted one");
+    CHECKF(fixture_same_file(whole, cut), "the resumed file differs from the uninterrupted one");
     duet_dataset_free(&d);
     duet_model_free(with);
     duet_model_free(bare);

@@ -54,18 +54,6 @@ static long file_size(const char *p) {
     return stat(p, &st) ? -1 : (long)st.st_size;
 }
 
-static int same_file(const char *a, const char *b) {
-    FILE *x = fopen(a, "rb"), *y = fopen(b, "rb");
-    int same = x && y;
-    while (same) {
-        int c = fgetc(x), d = fgetc(y);
-        if (c != d) same = 0;
-        if (c == EOF || d == EOF) break;
-    }
-    if (x) fclose(x);
-    if (y) fclose(y);
-    return same;
-}
 
 /* Score a dataset file; 0 on success. */
 static int g_n_batch; /* prefill chunk of the scoring passes (0: default) */
@@ -393,7 +381,7 @@ TEST(train_score_resume_gives_the_same_file) {
     CHECK_EQ_INT(duet_scores_compute(m, &d, &p, cut, &st, &err), DUET_OK);
     CHECK_EQ_INT(st.n_resumed_seq, 4);
     CHECK(access(partial, F_OK) != 0);
-    CHECKF(same_file(whole, cut), "resumed file differs from the uninterrupted one");
+    CHECKF(fixture_same_file(whole, cut), "resumed file differs from the uninterrupted one");
     /* a partial made with other options is refused, naming it */
     sp.left = 2;
     CHECK_EQ_INT(duet_scores_compute(m, &d, &p, cut, &st, &err), DUET_SCORES_STOPPED);
@@ -442,7 +430,7 @@ TEST(train_score_parallel_gives_the_same_file) {
             if (d == 0) CHECKF(st.n_seq > 12, "long paragraphs should need several windows: %d sequences", st.n_seq);
         }
         for (int k = 1; k < 4; k++)
-            CHECKF(same_file(out[0], out[k]), "%s: parallel %d differs from 1", data[d], parallel[k]);
+            CHECKF(fixture_same_file(out[0], out[k]), "%s: parallel %d differs from 1", data[d], parallel[k]);
         /* stopped with 3 at a time after 4 blocks (mid-group), resumed one at a time */
         const char *cut = tmp_file(d ? "par-cut-1.scores" : "par-cut-0.scores");
         stopper sp = {4};
@@ -453,7 +441,7 @@ TEST(train_score_parallel_gives_the_same_file) {
         p = (duet_scores_params){.n_ctx = 40, .n_batch = 8, .parallel = 1};
         CHECK_EQ_INT(duet_scores_compute(m, &ds, &p, cut, &st, &err), DUET_OK);
         CHECK_EQ_INT(st.n_resumed_seq, 4);
-        CHECKF(same_file(out[0], cut), "%s: resumed with another parallel, the file differs", data[d]);
+        CHECKF(fixture_same_file(out[0], cut), "%s: resumed with another parallel, the file differs", data[d]);
         duet_dataset_free(&ds);
     }
     duet_model_free(m);
