@@ -263,6 +263,28 @@ TEST(lm_collm_loss_value) {
     lm_layout_free(&L);
 }
 
+/* The hand-computed cases' model: vocabulary 3, n_embd 2, one layer whose matrices are zero
+ * (attention and FFN add nothing), unit norms, embeddings (1, 1), (1, -1), (-1, -1) and
+ * output rows (0, 0), (0.5, 0.5), (1, -1). w and g are the caller's to free. */
+static int hand_model(lm_config *c, lm_layout *L, double **w, double **g) {
+    *c = (lm_config){.n_vocab = 3, .n_embd = 2, .n_layer = 1, .n_head = 1, .n_head_kv = 1,
+                     .n_ff = 2, .head_dim = 2, .tied = 0, .rms_eps = 0};
+    duet_error err;
+    if (lm_layout_init(L, c, &err) != DUET_OK) return 0;
+    *w = calloc(L->n_params, sizeof(double));
+    *g = calloc(L->n_params, sizeof(double));
+    if (!*w || !*g) return 0;
+    const double emb[6] = {1, 1, 1, -1, -1, -1}, out[6] = {0, 0, 0.5, 0.5, 1, -1};
+    memcpy(*w + L->tok_embd, emb, sizeof emb);
+    memcpy(*w + L->output, out, sizeof out);
+    for (int i = 0; i < 2; i++) {
+        (*w)[L->output_norm + i] = 1;
+        (*w)[L->layer[0].attn_norm + i] = 1;
+        (*w)[L->layer[0].ffn_norm + i] = 1;
+    }
+    return 1;
+}
+
 /* The joint loss, its d/ds, d/dlogits and d/du on three positions computed by hand.
  * The model passes its embedding through: blocks of zeros add nothing, rms_eps = 0 and norm
  * weights 1, so an embedding row with mean square 1 is its own final hidden state h. Rows:
@@ -292,20 +314,10 @@ TEST(lm_collm_loss_value) {
  *   sum of losses 3.3611650461967037 (lmd_run returns it unscaled); the gradients carry the
  *   scale 1/3: d/du = sum_t dL/ds_t h_t / 3 = (-0.052964330374670970, -0.014490239609684801) */
 TEST(lm_collm_loss_and_grads_hand_computed) {
-    lm_config c = {.n_vocab = 3, .n_embd = 2, .n_layer = 1, .n_head = 1, .n_head_kv = 1,
-                   .n_ff = 2, .head_dim = 2, .tied = 0, .rms_eps = 0};
+    lm_config c;
     lm_layout L;
-    duet_error err;
-    REQUIRE(lm_layout_init(&L, &c, &err) == DUET_OK);
-    double *w = calloc(L.n_params, sizeof(double)), *g = calloc(L.n_params, sizeof(double));
-    const double emb[6] = {1, 1, 1, -1, -1, -1}, out[6] = {0, 0, 0.5, 0.5, 1, -1};
-    memcpy(w + L.tok_embd, emb, sizeof emb);
-    memcpy(w + L.output, out, sizeof out);
-    for (int i = 0; i < 2; i++) {
-        w[L.output_norm + i] = 1;
-        w[L.layer[0].attn_norm + i] = 1;
-        w[L.layer[0].ffn_norm + i] = 1;
-    }
+    double *w, *g;
+    REQUIRE(hand_model(&c, &L, &w, &g));
     double u[2] = {0.25, 0.75}, gu[2] = {0};
     int32_t tok[3] = {0, 1, 2}, tgt[3] = {0, 1, 2};
     float wt[3] = {1, 1, 1}, lpe[3] = {-0.25f, -2.0f, -0.5f};
@@ -363,20 +375,10 @@ TEST(lm_collm_loss_and_grads_hand_computed) {
  *   sum 3.5524968336066629 (unscaled); d/du = (dL/ds_0 h_0 + dL/ds_1 h_1) / 2 with h_0 = (1, 1),
  *   h_1 = (1, -1): (-0.019124694753100899, -0.18542481465355598) */
 TEST(lm_weak_loss_and_grads_hand_computed) {
-    lm_config c = {.n_vocab = 3, .n_embd = 2, .n_layer = 1, .n_head = 1, .n_head_kv = 1,
-                   .n_ff = 2, .head_dim = 2, .tied = 0, .rms_eps = 0};
+    lm_config c;
     lm_layout L;
-    duet_error err;
-    REQUIRE(lm_layout_init(&L, &c, &err) == DUET_OK);
-    double *w = calloc(L.n_params, sizeof(double)), *g = calloc(L.n_params, sizeof(double));
-    const double emb[6] = {1, 1, 1, -1, -1, -1}, out[6] = {0, 0, 0.5, 0.5, 1, -1};
-    memcpy(w + L.tok_embd, emb, sizeof emb);
-    memcpy(w + L.output, out, sizeof out);
-    for (int i = 0; i < 2; i++) {
-        w[L.output_norm + i] = 1;
-        w[L.layer[0].attn_norm + i] = 1;
-        w[L.layer[0].ffn_norm + i] = 1;
-    }
+    double *w, *g;
+    REQUIRE(hand_model(&c, &L, &w, &g));
     double u[2] = {0.25, 0.75}, gu[2] = {0};
     int32_t tok[2] = {0, 1}, tgt[2] = {0, 1};
     float wt[2] = {1, 1}, lab[2] = {1, 0};
