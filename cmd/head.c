@@ -49,7 +49,7 @@ static void train_usage(FILE *f) {
             "                        and check the head's identity against the model\n"
             "  --report FILE         JSON report: losses per step, routing per evaluation\n"
             "  Score files larger than memory are streamed: every DUET_SCORES_WINDOW bytes read\n"
-            "  (environment, default 32 MiB) their pages are let go; what grows with the file is\n"
+            "  (environment, default 4 MiB) their pages are let go; what grows with the file is\n"
             "  about 44 bytes per token of per-token scalars (log-probs, labels, routing keys)\n"
             "  --quiet               no progress or summary\n");
 }

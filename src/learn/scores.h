@@ -33,7 +33,7 @@
  * Readers map the file and use the index; every count, offset and id is validated at open.
  *
  * Files larger than memory. A reader that goes through the sequences calls duet_scores_done
- * after each one; every DUET_SCORES_WINDOW bytes of blocks (environment, default 32 MiB)
+ * after each one; every DUET_SCORES_WINDOW bytes of blocks (environment, default 4 MiB)
  * the process's pages of the mapping are dropped, so what a pass keeps resident is bounded by
  * the window (about twice it: the kernel maps neighbouring cached pages on each fault), not
  * by the file (opening validates that way too). Dropped pages read back from the file on the
