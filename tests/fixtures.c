@@ -387,10 +387,14 @@ const char *fixture_lora(const char *name, int r, float alpha, int t, int bad) {
 
 /* ---- the CLI ----------------------------------------------------------------------------- */
 int fixture_run_cli(const char *args, const char *tag, char *err, size_t cap) {
+    return fixture_run_cli_to(args, "/dev/null", tag, err, cap);
+}
+
+int fixture_run_cli_to(const char *args, const char *out, const char *tag, char *err, size_t cap) {
     const char *bin = getenv("DUET_BIN");
     char e[600], cmd[8192];
     snprintf(e, sizeof e, "%s/%s-err.txt", test_tmpdir(), tag);
-    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>'%s' </dev/null", bin ? bin : "false", args, e);
+    snprintf(cmd, sizeof cmd, "%s %s >'%s' 2>'%s' </dev/null", bin ? bin : "false", args, out, e);
     int st = system(cmd);
     FILE *f = fopen(e, "rb");
     size_t n = f ? fread(err, 1, cap - 1, f) : 0;

@@ -69,5 +69,7 @@ const char *fixture_lora(const char *name, int r, float alpha, int t, int bad);
 /* Run `$DUET_BIN ARGS` with stdout to /dev/null and stdin from /dev/null; stderr into
  * err[cap] (NUL-terminated; tag names its temporary file); the exit status. */
 int fixture_run_cli(const char *args, const char *tag, char *err, size_t cap);
+/* The same with stdout to the file out. */
+int fixture_run_cli_to(const char *args, const char *out, const char *tag, char *err, size_t cap);
 
 #endif

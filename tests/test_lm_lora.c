@@ -537,23 +537,8 @@ TEST(lm_lora_refusals) {
 }
 
 /* ---- the CLI: duet train lm / collm --lora ------------------------------------------------ */
-/* Run `duet ARGS` with stdout to the file out; stderr into err; the exit status. */
-static int run_cli_to(const char *args, const char *out, char *err, size_t cap) {
-    const char *bin = getenv("DUET_BIN");
-    if (!bin || access(bin, X_OK)) return -2;
-    char cmd[6000], ep[600];
-    snprintf(ep, sizeof ep, "%s/lora-cli-err.txt", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s %s >'%s' 2>'%s' </dev/null", bin, args, out, ep);
-    int st = system(cmd);
-    FILE *f = fopen(ep, "rb");
-    size_t n = f ? fread(err, 1, cap - 1, f) : 0;
-    err[n] = 0;
-    if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int run_cli(const char *args, char *err, size_t cap) {
-    return run_cli_to(args, "/dev/null", err, cap);
+    return fixture_run_cli(args, "lora-cli", err, cap);
 }
 
 
@@ -686,7 +671,7 @@ TEST(lm_lora_cli_eval_takes_adapters) {
         const char *o = test_path(test_tmpdir(), "lora-eval-out.txt");
         snprintf(args, sizeof args, "eval -m '%s' %s%s%s --task nll --data '%s' --quiet -t 1",
                  base, k ? "--lora '" : "", k ? ad : "", k ? "'" : "", text);
-        CHECKF(run_cli_to(args, o, err, sizeof err) == 0, "%s", err);
+        CHECKF(fixture_run_cli_to(args, o, "lora-cli", err, sizeof err) == 0, "%s", err);
         char *txt = fixture_read_file(o, NULL);
         const char *row = txt ? strstr(txt, "\nbase ") : NULL;
         CHECKF(row && sscanf(row, " base - - %lf", &nll[k]) == 1, "output: %s", txt ? txt : "");

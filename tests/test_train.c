@@ -1117,17 +1117,7 @@ TEST(train_head_end_to_end) {
 
 /* ---- the CLI --------------------------------------------------------------------------------- */
 static int run_cli(const char *args, char *err, size_t cap) {
-    const char *bin = getenv("DUET_BIN");
-    if (!bin || access(bin, X_OK)) return -2;
-    char cmd[4096], ep[600];
-    snprintf(ep, sizeof ep, "%s/train-cli-err.txt", test_tmpdir());
-    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>'%s' </dev/null", bin, args, ep);
-    int st = system(cmd);
-    FILE *f = fopen(ep, "rb");
-    size_t n = f ? fread(err, 1, cap - 1, f) : 0;
-    err[n] = 0;
-    if (f) fclose(f);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return fixture_run_cli(args, "train-cli", err, cap);
 }
 
 TEST(train_cli_score_and_head_train) {
