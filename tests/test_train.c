@@ -347,11 +347,9 @@ static int stop_after(void *ud, const duet_scores_progress *p) {
     return --s->left <= 0;
 }
 
-TEST(train_score_resume_gives_the_same_file) {
-    duet_model *m = load(fixture_random(DT_Q8_0, 62, 0), 2);
-    REQUIRE(m);
-    const char *data = tmp_file("res.txt");
-    char text[8192] = "";
+/* Twelve paragraphs into text (at least 8 KiB, empty): every third one long enough to need
+ * several windows of a small context. */
+static void twelve_paragraphs(char *text) {
     for (int i = 0; i < 12; i++) {
         char para[512];
         snprintf(para, sizeof para, "Paragraph %d says %s.\n\n", i,
@@ -359,6 +357,14 @@ TEST(train_score_resume_gives_the_same_file) {
                  "a small context to be scored in full, every token exactly once");
         strcat(text, para);
     }
+}
+
+TEST(train_score_resume_gives_the_same_file) {
+    duet_model *m = load(fixture_random(DT_Q8_0, 62, 0), 2);
+    REQUIRE(m);
+    const char *data = tmp_file("res.txt");
+    char text[8192] = "";
+    twelve_paragraphs(text);
     write_text(data, text);
     duet_error err = {0};
     duet_scores_stats st;
@@ -402,13 +408,7 @@ TEST(train_score_parallel_gives_the_same_file) {
     duet_model *m = load(fixture_random(DT_Q8_0, 62, 0), 2);
     REQUIRE(m);
     char text[8192] = "", jsonl[4096] = "";
-    for (int i = 0; i < 12; i++) {
-        char para[512];
-        snprintf(para, sizeof para, "Paragraph %d says %s.\n\n", i,
-                 i % 3 ? "something short" : "a much longer thing that will need a few windows of "
-                 "a small context to be scored in full, every token exactly once");
-        strcat(text, para);
-    }
+    twelve_paragraphs(text);
     for (int i = 0; i < 3; i++) strcat(jsonl, k_jsonl);
     const char *data[2] = {tmp_file("par.txt"), tmp_file("par.jsonl")};
     write_text(data[0], text);
