@@ -818,15 +818,14 @@ static void LM_T(net_backward)(const LM_T(net) *N, const lm_batch *b) {
          * forward's (one layer's buffers instead of every layer's: n_ff + 2 n_embd floats a
          * token a layer, 219 MB of a 1.1B model's 256 tokens) */
         LM_T(swiglu_fwd)(ha, hg, hu, nF);
-        LM_T(rmsnorm_fwd)(xn2, a->rstd2 + (size_t)l * n, xmid, LM_T(norm_w)(N, l, 1, &gn), n, E,
-                          c->rms_eps);
+        nw = LM_T(norm_w)(N, l, 1, &gn);
+        LM_T(rmsnorm_fwd)(xn2, a->rstd2 + (size_t)l * n, xmid, nw, n, E, c->rms_eps);
         memset(a->dha, 0, nF * sizeof(R));
         LM_T(lin_bwd)(N, l, LM_MAT_DOWN, a->dha, a->dx, ha, n);
         LM_T(swiglu_bwd)(a->dhg, a->dhu, a->dha, hg, hu, nF);
         memset(a->dxn, 0, nE * sizeof(R));
         LM_T(lin_bwd)(N, l, LM_MAT_GATE, a->dxn, a->dhg, xn2, n);
         LM_T(lin_bwd)(N, l, LM_MAT_UP, a->dxn, a->dhu, xn2, n);
-        nw = LM_T(norm_w)(N, l, 1, &gn);
         LM_T(rmsnorm_bwd)(a->dx, gn, a->dxn, xmid, nw, a->rstd2 + (size_t)l * n, n, E);
         /* attention */
         memset(a->datt, 0, nQ * sizeof(R));
@@ -839,13 +838,12 @@ static void LM_T(net_backward)(const LM_T(net) *N, const lm_batch *b) {
         /* with a frozen embedding nothing below layer 0's q, k, v learns */
         R *dxn = N->fz && l == 0 ? NULL : a->dxn;
         if (dxn) memset(dxn, 0, nE * sizeof(R));
-        LM_T(rmsnorm_fwd)(xn1, a->rstd1 + (size_t)l * n, x, LM_T(norm_w)(N, l, 0, &gn), n, E,
-                          c->rms_eps);
+        nw = LM_T(norm_w)(N, l, 0, &gn);
+        LM_T(rmsnorm_fwd)(xn1, a->rstd1 + (size_t)l * n, x, nw, n, E, c->rms_eps);
         LM_T(lin_bwd)(N, l, LM_MAT_Q, dxn, a->dq, xn1, n);
         LM_T(lin_bwd)(N, l, LM_MAT_K, dxn, a->dk, xn1, n);
         LM_T(lin_bwd)(N, l, LM_MAT_V, dxn, a->dv, xn1, n);
         if (!dxn) break;
-        nw = LM_T(norm_w)(N, l, 0, &gn);
         LM_T(rmsnorm_bwd)(a->dx, gn, a->dxn, x, nw, a->rstd1 + (size_t)l * n, n, E);
     }
     if (!N->fz) LM_T(embed_bwd)(N->g + N->Lo->tok_embd, b->tokens, n, a->dx, E);
