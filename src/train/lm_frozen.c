@@ -14,6 +14,7 @@
 #include "train/lm_frozen.h"
 
 #include "base/common.h"
+#include "engine/kernels.h"
 #include "format/quant.h"
 
 #if defined(__x86_64__)
@@ -107,21 +108,11 @@ static void fzb_worker(void *ctx, int ith, int nth) {
     }
 }
 
-static int have_avx512(void) {
-#if defined(__x86_64__)
-    static int v = -1;
-    if (v < 0) v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-    return v;
-#else
-    return 0;
-#endif
-}
-
 void lm_frozen_dx(threadpool *tp, float *dx, const float *dy, const mtensor *W, int n,
                    float *scratch) {
     const dtype_traits *ti = dtype_info(quant_file_type(W->type));
     int S = ti && ti->blck > FZ_CW ? ti->blck : FZ_CW; /* a block wide, at least a tile */
     fzb_job j = {.dx = dx, .dy = dy, .W = W, .scratch = scratch, .n = n, .S = S,
-                 .simd = have_avx512()};
+                 .simd = kernels_level() >= KLEVEL_AVX512};
     tp_run(tp, fzb_worker, &j);
 }
